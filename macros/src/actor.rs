@@ -1,0 +1,157 @@
+//! `#[derive(Actor)]`.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident, LitInt, LitStr, Path};
+
+use crate::attr;
+
+const KEYS: &[&str] = &[
+    "capability",
+    "idle_timeout",
+    "activate",
+    "on_deactivate",
+    "name",
+    "mailbox",
+];
+
+/// What the attributes say.
+struct ActorIr {
+    ident: Ident,
+    name: String,
+    capability: String,
+    /// `None`: the default; `Some(None)`: never; `Some(Some(ms))`.
+    idle_ms: Option<Option<u64>>,
+    activate: Option<Path>,
+    on_deactivate: Option<Path>,
+    mailbox: Option<LitInt>,
+}
+
+pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
+    codegen(parse(input)?)
+}
+
+fn parse(input: DeriveInput) -> syn::Result<ActorIr> {
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "mesh actors cannot be generic: the actor type is part of the wire contract",
+        ));
+    }
+    let mut capability: Option<String> = None;
+    let mut name = None;
+    let mut idle_ms = None;
+    let mut activate = None;
+    let mut on_deactivate = None;
+    let mut mailbox = None;
+    for a in attr::find(&input.attrs, "actor") {
+        a.parse_nested_meta(|meta| {
+            let p = &meta.path;
+            if p.is_ident("capability") {
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value().is_empty() {
+                    return Err(syn::Error::new(lit.span(), "capability must not be empty"));
+                }
+                capability = Some(lit.value());
+            } else if p.is_ident("name") {
+                let lit: LitStr = meta.value()?.parse()?;
+                name = Some(lit.value());
+            } else if p.is_ident("idle_timeout") {
+                let lit: LitStr = meta.value()?.parse()?;
+                idle_ms = Some(attr::parse_duration(&lit)?);
+            } else if p.is_ident("activate") {
+                activate = Some(meta.value()?.parse()?);
+            } else if p.is_ident("on_deactivate") {
+                on_deactivate = Some(meta.value()?.parse()?);
+            } else if p.is_ident("mailbox") {
+                let lit: LitInt = meta.value()?.parse()?;
+                if lit.base10_parse::<usize>()? == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "mailbox capacity must be at least 1",
+                    ));
+                }
+                mailbox = Some(lit);
+            } else {
+                return Err(attr::unknown_key(p, "actor", KEYS));
+            }
+            Ok(())
+        })?;
+    }
+    let Some(capability) = capability else {
+        return Err(syn::Error::new(
+            input.ident.span(),
+            format!(
+                "actor `{}` has no capability: add #[actor(capability = \"...\")]",
+                input.ident
+            ),
+        ));
+    };
+    Ok(ActorIr {
+        name: name.unwrap_or_else(|| input.ident.to_string()),
+        ident: input.ident,
+        capability,
+        idle_ms,
+        activate,
+        on_deactivate,
+        mailbox,
+    })
+}
+
+fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
+    let ActorIr {
+        ident,
+        name,
+        capability,
+        idle_ms,
+        activate,
+        on_deactivate,
+        mailbox,
+    } = ir;
+    let p = quote!(::mesh::__private);
+    let idle = idle_ms.map(|ms| match ms {
+        Some(ms) => quote! {
+            const IDLE_TIMEOUT: ::core::option::Option<::core::time::Duration> =
+                ::core::option::Option::Some(::core::time::Duration::from_millis(#ms));
+        },
+        None => quote! {
+            const IDLE_TIMEOUT: ::core::option::Option<::core::time::Duration> = ::core::option::Option::None;
+        },
+    });
+    let mailbox = mailbox.map(|n| quote!(const MAILBOX_CAPACITY: usize = #n;));
+    let activate = match activate {
+        Some(path) => quote_spanned! {path.span()=>
+            fn activate(id: &str) -> impl ::core::future::Future<
+                Output = ::core::result::Result<Self, #p::BoxError>,
+            > + ::core::marker::Send {
+                async move { #path(id).await.map_err(::core::convert::Into::into) }
+            }
+        },
+        None => quote_spanned! {ident.span()=>
+            fn activate(_id: &str) -> impl ::core::future::Future<
+                Output = ::core::result::Result<Self, #p::BoxError>,
+            > + ::core::marker::Send {
+                #p::activate_default::<Self>()
+            }
+        },
+    };
+    let on_deactivate = on_deactivate.map(|path| {
+        quote_spanned! {path.span()=>
+            fn on_deactivate(&mut self, ctx: &#p::Ctx) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                #path(self, ctx)
+            }
+        }
+    });
+    Ok(quote! {
+        #[automatically_derived]
+        impl #p::Actor for #ident {
+            const NAME: &'static str = #name;
+            const CAPABILITY: &'static str = #capability;
+            #idle
+            #mailbox
+            #activate
+            #on_deactivate
+        }
+    })
+}

@@ -1,0 +1,278 @@
+//! `#[mesh::handlers]`: typed dispatch and the wire dispatch table.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, Ident, ImplItem, ItemImpl, ReturnType, Type};
+
+/// One handler: `fn <method>(&mut self, _: <msg>[, ctx]) [-> ret]`.
+struct HandlerIr {
+    method: Ident,
+    msg: Type,
+    is_async: bool,
+    with_ctx: bool,
+    /// Where a reply type mismatch is reported.
+    ret_span: Span,
+}
+
+struct HandlersIr {
+    self_ty: Type,
+    self_ident: Ident,
+    handlers: Vec<HandlerIr>,
+}
+
+pub(crate) fn expand(args: TokenStream, item: ItemImpl) -> syn::Result<TokenStream> {
+    if !args.is_empty() {
+        return Err(syn::Error::new_spanned(
+            args,
+            "#[mesh::handlers] takes no arguments",
+        ));
+    }
+    let ir = parse(&item)?;
+    let generated = codegen(&ir);
+    Ok(quote! {
+        #item
+        #generated
+    })
+}
+
+fn parse(item: &ItemImpl) -> syn::Result<HandlersIr> {
+    if let Some((_, path, _)) = &item.trait_ {
+        return Err(syn::Error::new_spanned(
+            path,
+            "#[mesh::handlers] goes on an inherent `impl Actor { ... }` block, not a trait impl",
+        ));
+    }
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &item.generics,
+            "mesh actors cannot be generic: the actor type is part of the wire contract",
+        ));
+    }
+    let self_ident = match &*item.self_ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+        _ => None,
+    }
+    .ok_or_else(|| syn::Error::new_spanned(&item.self_ty, "expected the actor's type name"))?;
+    let mut handlers = Vec::new();
+    let mut errors: Option<syn::Error> = None;
+    for it in &item.items {
+        let ImplItem::Fn(f) = it else { continue };
+        match parse_handler(f) {
+            Ok(h) => handlers.push(h),
+            Err(e) => match &mut errors {
+                Some(all) => all.combine(e),
+                None => errors = Some(e),
+            },
+        }
+    }
+    if let Some(e) = errors {
+        return Err(e);
+    }
+    Ok(HandlersIr {
+        self_ty: (*item.self_ty).clone(),
+        self_ident,
+        handlers,
+    })
+}
+
+fn parse_handler(f: &syn::ImplItemFn) -> syn::Result<HandlerIr> {
+    let sig = &f.sig;
+    let shape = "a handler is `async fn name(&mut self, msg: Message)` or \
+                 `async fn name(&mut self, msg: Message, ctx: &Ctx)`; \
+                 put other methods in a separate impl block";
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "a handler cannot be generic",
+        ));
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_some() => {}
+        Some(other) => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!("expected `&mut self`: {shape}"),
+            ))
+        }
+        None => {
+            return Err(syn::Error::new_spanned(
+                &sig.ident,
+                format!("missing `&mut self`: {shape}"),
+            ))
+        }
+    }
+    let msg = match inputs.next() {
+        Some(FnArg::Typed(t)) => (*t.ty).clone(),
+        _ => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.join(),
+                format!("missing the message parameter: {shape}"),
+            ))
+        }
+    };
+    let with_ctx = inputs.next().is_some();
+    if let Some(extra) = inputs.next() {
+        return Err(syn::Error::new_spanned(
+            extra,
+            format!("too many parameters: {shape}"),
+        ));
+    }
+    let ret_span = match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.ident.span(),
+    };
+    Ok(HandlerIr {
+        method: sig.ident.clone(),
+        msg,
+        is_async: sig.asyncness.is_some(),
+        with_ctx,
+        ret_span,
+    })
+}
+
+fn codegen(ir: &HandlersIr) -> TokenStream {
+    let p = quote!(::mesh::__private);
+    let self_ty = &ir.self_ty;
+    let env = format_ident!("__MeshEnvelope{}", ir.self_ident);
+    let variants: Vec<Ident> = ir
+        .handlers
+        .iter()
+        .map(|h| format_ident!("H{}", h.method.to_string().trim_start_matches("r#")))
+        .collect();
+
+    // The reply of handler `h`, typed as the message's declared reply so a
+    // mismatch is reported on the handler's return type.
+    let run = |h: &HandlerIr, msg: &Ident| {
+        let method = &h.method;
+        let m = &h.msg;
+        let ctx = h.with_ctx.then(|| quote!(, ctx));
+        let call = if h.is_async {
+            quote!(self.#method(#msg #ctx).await)
+        } else {
+            quote!(self.#method(#msg #ctx))
+        };
+        quote_spanned! {h.ret_span=>
+            let reply: <#m as #p::Message>::Reply = #call;
+        }
+    };
+
+    let enum_variants = ir.handlers.iter().zip(&variants).map(|(h, v)| {
+        let m = &h.msg;
+        quote!(#v(#m, #p::ReplyTo<<#m as #p::Message>::Reply>))
+    });
+    let handle_arms = ir.handlers.iter().zip(&variants).map(|(h, v)| {
+        let msg = format_ident!("msg");
+        let body = run(h, &msg);
+        quote! {
+            #env::#v(msg, reply_to) => {
+                #p::finish(reply_to, ctx, async {
+                    #body
+                    ::core::result::Result::Ok(reply)
+                })
+                .await
+            }
+        }
+    });
+    let wire_arms = ir.handlers.iter().map(|h| {
+        let m = &h.msg;
+        let msg = format_ident!("msg");
+        let body = run(h, &msg);
+        quote! {
+            if tag == <#self_ty as #p::Handler<#m>>::TAG {
+                let msg: #m = #p::decode(body)?;
+                #body
+                return #p::encode(&reply);
+            }
+        }
+    });
+    let fail_arms = variants
+        .iter()
+        .map(|v| quote!(#env::#v(_, r) => r.send(::core::result::Result::Err(err))));
+    let abandoned_arms = variants
+        .iter()
+        .map(|v| quote!(#env::#v(_, r) => r.abandoned()));
+    let table = ir.handlers.iter().map(|h| {
+        let m = &h.msg;
+        quote!((<#self_ty as #p::Handler<#m>>::TAG, <#m as #p::Message>::NAME))
+    });
+    let handler_impls = ir.handlers.iter().zip(&variants).map(|(h, v)| {
+        let m = &h.msg;
+        quote_spanned! {m.span()=>
+            #[automatically_derived]
+            impl #p::Handler<#m> for #self_ty {
+                const TAG: u64 = #p::tag(
+                    <#self_ty as #p::Actor>::CAPABILITY,
+                    <#m as #p::Message>::NAME,
+                );
+                #[inline]
+                fn __wrap(msg: #m, reply: #p::ReplyTo<<#m as #p::Message>::Reply>) -> #env {
+                    #env::#v(msg, reply)
+                }
+            }
+        }
+    });
+
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types, private_interfaces, clippy::large_enum_variant)]
+        pub enum #env {
+            #(#enum_variants,)*
+        }
+
+        #[automatically_derived]
+        impl #p::Handlers for #self_ty {
+            type Envelope = #env;
+
+            const MESSAGES: &'static [(u64, &'static str)] = &[#(#table),*];
+
+            #[allow(unused_variables)]
+            fn __handle(
+                &mut self,
+                env: #env,
+                ctx: &#p::Ctx,
+            ) -> impl ::core::future::Future<Output = #p::Outcome> + ::core::marker::Send {
+                async move {
+                    match env {
+                        #(#handle_arms)*
+                    }
+                }
+            }
+
+            #[allow(unused_variables, unreachable_code)]
+            fn __handle_wire(
+                &mut self,
+                tag: u64,
+                body: &[u8],
+                ctx: &#p::Ctx,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<::std::vec::Vec<u8>, #p::Error>,
+            > + ::core::marker::Send {
+                async move {
+                    #(#wire_arms)*
+                    ::core::result::Result::Err(#p::Error::UnknownMessage {
+                        actor: ::std::string::String::from(<#self_ty as #p::Actor>::NAME),
+                        tag,
+                    })
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn __fail(env: #env, err: #p::Error) {
+                match env {
+                    #(#fail_arms,)*
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn __abandoned(env: &#env) -> bool {
+                match env {
+                    #(#abandoned_arms,)*
+                }
+            }
+        }
+
+        #(#handler_impls)*
+    }
+}

@@ -1,0 +1,258 @@
+//! The local activation table: at most one activation per (actor type, id)
+//! on this node, its mailbox loop, and idle passivation.
+//!
+//! Lifecycle of one activation (one tokio task):
+//!
+//! 1. The first message for an id inserts a mailbox into the table (under
+//!    the table's shard lock, so concurrent first calls agree on one) and
+//!    spawns the task; later messages queue behind it while it activates.
+//! 2. The task runs [`Actor::activate`]. On error every queued caller gets
+//!    [`Error::ActivationFailed`]; a later message starts a new attempt.
+//! 3. Messages are handled one at a time, in arrival order. A panic answers
+//!    that caller with [`Error::HandlerPanicked`] and ends the activation
+//!    (without `on_deactivate`); queued messages stay queued and are served
+//!    by a fresh activation.
+//! 4. After `IDLE_TIMEOUT` without messages (or `ctx.deactivate()`, or node
+//!    shutdown) `on_deactivate` runs **while the mailbox is still in the
+//!    table**, so a new activation for the same id cannot overlap it;
+//!    messages arriving meanwhile are served by activating again in the same
+//!    task. Only an empty mailbox is closed and removed, atomically.
+//!
+//! Callers of a closed mailbox never exist: closing happens under the
+//! table's write lock, and producers push while holding its read lock.
+
+mod mailbox;
+mod task;
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::Notify;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+pub(crate) use mailbox::{Mailbox, Push};
+
+use crate::actor::ReplyTo;
+use crate::node::NodeInner;
+use crate::{Error, Handlers};
+
+/// A message in an activation's mailbox.
+pub(crate) enum Envelope<A: Handlers> {
+    /// A typed message from this process.
+    Local(A::Envelope),
+    /// An encoded message, dispatched through the wire table.
+    Wire(Box<WireCall>),
+}
+
+/// An encoded call: tag, body and where the encoded reply goes.
+pub(crate) struct WireCall {
+    pub(crate) tag: u64,
+    pub(crate) body: Vec<u8>,
+    pub(crate) reply: ReplyTo<Vec<u8>>,
+}
+
+impl<A: Handlers> Envelope<A> {
+    fn fail(self, err: Error) {
+        match self {
+            Envelope::Local(env) => A::__fail(env, err),
+            Envelope::Wire(call) => call.reply.send(Err(err)),
+        }
+    }
+}
+
+/// Node-wide state the activations of every actor type share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    shutting_down: AtomicBool,
+    live_tasks: AtomicUsize,
+    drained: Notify,
+    runtime: tokio::runtime::Handle,
+    node: OnceLock<Weak<NodeInner>>,
+}
+
+impl Shared {
+    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Self {
+        Shared {
+            shutting_down: AtomicBool::new(false),
+            live_tasks: AtomicUsize::new(0),
+            drained: Notify::new(),
+            runtime,
+            node: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_node(&self, node: Weak<NodeInner>) {
+        let _ = self.node.set(node);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until every activation task has ended.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live_tasks.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts a running activation task; wakes `drained` when the last ends.
+struct TaskGuard(Arc<Shared>);
+
+impl TaskGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.live_tasks.fetch_add(1, Ordering::SeqCst);
+        TaskGuard(shared.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.live_tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+type Table<A> = DashMap<Arc<str>, Arc<Mailbox<Envelope<A>>>, Xxh3Builder>;
+
+/// The activations of actor type `A` on one node.
+pub(crate) struct Activations<A: Handlers> {
+    table: Table<A>,
+    shared: Arc<Shared>,
+}
+
+impl<A: Handlers> Activations<A> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        // A random seed per table keeps ids chosen by outsiders from
+        // colliding on purpose.
+        let hasher = Xxh3Builder::new().with_seed(random_seed());
+        Activations {
+            table: DashMap::with_hasher_and_shard_amount(hasher, 128),
+            shared,
+        }
+    }
+
+    /// Delivers `env` to the activation of `id`, activating it if needed.
+    /// Never waits: a full mailbox refuses at once.
+    pub(crate) fn send(&self, id: &str, env: Envelope<A>) -> Result<(), Error> {
+        if self.shared.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        // Fast path: the activation exists. Pushing under the read lock is
+        // what guarantees the mailbox is open (see the module docs).
+        let env = match self.table.get(id) {
+            Some(mb) => return self.push(&mb, id, env),
+            None => env,
+        };
+        match self.table.entry(Arc::from(id)) {
+            Entry::Occupied(o) => self.push(o.get(), id, env),
+            Entry::Vacant(v) => {
+                let mb = Arc::new(Mailbox::new(A::MAILBOX_CAPACITY));
+                if let Err(Push::Full(env) | Push::Closed(env)) = mb.push(env) {
+                    // Capacity is at least one and the mailbox is new.
+                    env.fail(Error::ShuttingDown);
+                }
+                let id = v.key().clone();
+                v.insert(mb.clone());
+                let guard = TaskGuard::new(&self.shared);
+                let node = self.shared.node.get().cloned().unwrap_or_default();
+                self.shared
+                    .runtime
+                    .spawn(task::run::<A>(node, mb, id, guard));
+                Ok(())
+            }
+        }
+    }
+
+    fn push(&self, mb: &Mailbox<Envelope<A>>, id: &str, env: Envelope<A>) -> Result<(), Error> {
+        match mb.push(env) {
+            Ok(()) => Ok(()),
+            Err(Push::Full(_)) => Err(Error::MailboxFull {
+                actor: A::NAME.to_owned(),
+                id: id.to_owned(),
+            }),
+            // Unreachable by the table's locking discipline; answer as if
+            // the node were going away rather than lose the message silently.
+            Err(Push::Closed(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Removes `mb` from the table if it is still the activation of `id` and
+    /// its queue is empty, closing it in the same step.
+    fn retire_if_empty(&self, id: &str, mb: &Arc<Mailbox<Envelope<A>>>) -> bool {
+        self.table
+            .remove_if(id, |_, cur| Arc::ptr_eq(cur, mb) && cur.close_if_empty())
+            .is_some()
+    }
+
+    /// Removes and closes `mb` whatever it holds; returns what it held.
+    fn retire(&self, id: &str, mb: &Arc<Mailbox<Envelope<A>>>) -> VecDeque<Envelope<A>> {
+        let mut left = VecDeque::new();
+        self.table.remove_if(id, |_, cur| {
+            if Arc::ptr_eq(cur, mb) {
+                left = cur.close();
+                true
+            } else {
+                false
+            }
+        });
+        left
+    }
+
+    /// Number of activations (including ones activating or deactivating).
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+/// What the node keeps per actor type, without knowing the type.
+pub(crate) trait AnyActivations: Send + Sync + 'static {
+    fn as_any(&self) -> &dyn Any;
+    /// Delivers an encoded call; the reply comes on the returned receiver.
+    fn send_wire(&self, id: &str, call: WireCall) -> Result<(), Error>;
+    /// Asks every activation to finish its queue and stop.
+    fn stop_all(&self);
+    /// Number of activations.
+    fn count(&self) -> usize;
+}
+
+impl<A: Handlers> AnyActivations for Activations<A> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn send_wire(&self, id: &str, call: WireCall) -> Result<(), Error> {
+        self.send(id, Envelope::Wire(Box::new(call)))
+    }
+
+    fn stop_all(&self) {
+        for entry in self.table.iter() {
+            entry.value().stop();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0x6d65_7368u32)
+}

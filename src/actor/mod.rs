@@ -1,0 +1,159 @@
+//! What an actor is: the [`Actor`], [`Message`], [`Handler`] and [`Handlers`]
+//! traits, and the [`Ctx`] a handler sees.
+//!
+//! Users do not implement these traits by hand: `#[derive(Actor)]`,
+//! `#[derive(Message)]` and `#[mesh::handlers]` generate them. They are public
+//! so that bounds can name them and so that their contracts are documented in
+//! one place.
+
+mod ctx;
+pub(crate) mod reply;
+
+pub use ctx::Ctx;
+pub use reply::ReplyTo;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::Error;
+
+/// The error an activation function may return: anything convertible into a
+/// boxed error (`String`, `&str`, any `std::error::Error`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The idle timeout of an actor that does not set one: 10 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The mailbox capacity of an actor that does not set one.
+pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
+
+/// A virtual actor type. Derive it: `#[derive(Actor)]` with
+/// `#[actor(capability = "...")]`.
+///
+/// An actor of this type exists for every id (a `&str`); it is activated on
+/// first use by [`Actor::activate`] on the node that owns the id's shard for
+/// [`Actor::CAPABILITY`], and passivated after [`Actor::IDLE_TIMEOUT`]
+/// without messages.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a mesh actor",
+    label = "not an actor",
+    note = "add `#[derive(mesh::Actor)]` and `#[actor(capability = \"...\")]` to `{Self}`"
+)]
+pub trait Actor: Sized + Send + 'static {
+    /// The actor type's name, used in errors, logs and metrics. Defaults to
+    /// the type's identifier (`#[actor(name = "...")]` overrides).
+    const NAME: &'static str;
+
+    /// The capability whose shard table places this actor type.
+    const CAPABILITY: &'static str;
+
+    /// How long an activation may stay without messages before it is
+    /// passivated; `None` keeps it until shutdown.
+    const IDLE_TIMEOUT: Option<Duration> = Some(DEFAULT_IDLE_TIMEOUT);
+
+    /// How many messages the mailbox holds before new ones are refused with
+    /// [`Error::MailboxFull`].
+    const MAILBOX_CAPACITY: usize = DEFAULT_MAILBOX_CAPACITY;
+
+    /// The routing key of [`Actor::CAPABILITY`]; not to be overridden.
+    #[doc(hidden)]
+    const __CAPABILITY_KEY: u64 = crate::ring::capability_key(Self::CAPABILITY);
+
+    /// Creates the actor's state for `id` on activation. The derive uses
+    /// `Default` unless `#[actor(activate = path)]` names an async function
+    /// `fn(&str) -> Result<Self, E>`. An error fails every call waiting for
+    /// this activation with [`Error::ActivationFailed`]; the next call tries
+    /// again.
+    fn activate(id: &str) -> impl Future<Output = Result<Self, BoxError>> + Send;
+
+    /// Runs when the activation is passivated or the node shuts down
+    /// (`#[actor(on_deactivate = path)]`, an async `fn(&mut self, &Ctx)`).
+    /// Not run after a handler panicked: the state may be inconsistent.
+    fn on_deactivate(&mut self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// A message: a serializable value with a reply type. Derive it:
+/// `#[derive(Message, Serialize, Deserialize)]` with `#[message(reply = T)]`.
+///
+/// Both the message and its reply must cross the wire, so both are
+/// `Serialize + DeserializeOwned`: a message that cannot is a compile error.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a mesh message",
+    label = "not a message",
+    note = "add `#[derive(mesh::Message)]` and `#[message(reply = T)]` to `{Self}`"
+)]
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// What a handler of this message returns to the caller.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The message's wire name: the type's identifier unless
+    /// `#[message(name = "...")]` sets one. With the actor's capability it
+    /// makes the wire tag, so renaming or moving the Rust type changes
+    /// nothing on the wire as long as this name stays.
+    const NAME: &'static str;
+}
+
+/// An actor's handler set: the `#[mesh::handlers]` block. The generated
+/// implementation holds the typed dispatch and the wire dispatch table.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no `#[mesh::handlers]` block",
+    label = "no handlers",
+    note = "write the handlers of `{Self}` in an `impl` block marked `#[mesh::handlers]`"
+)]
+pub trait Handlers: Actor {
+    /// The typed envelope of every message this actor handles.
+    #[doc(hidden)]
+    type Envelope: Send + 'static;
+
+    /// The wire table: `(tag, message name)` for every handler.
+    const MESSAGES: &'static [(u64, &'static str)];
+
+    /// Runs the handler for `env` and answers its caller.
+    #[doc(hidden)]
+    fn __handle(
+        &mut self,
+        env: Self::Envelope,
+        ctx: &Ctx,
+    ) -> impl Future<Output = crate::__private::Outcome> + Send;
+
+    /// Decodes `body` as the message with wire tag `tag`, runs its handler,
+    /// and encodes the reply.
+    #[doc(hidden)]
+    fn __handle_wire(
+        &mut self,
+        tag: u64,
+        body: &[u8],
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Vec<u8>, Error>> + Send;
+
+    /// Answers `env`'s caller with `err` without running a handler.
+    #[doc(hidden)]
+    fn __fail(env: Self::Envelope, err: Error);
+
+    /// Whether `env`'s caller gave up (timed out or dropped the call).
+    #[doc(hidden)]
+    fn __abandoned(env: &Self::Envelope) -> bool;
+}
+
+/// `Self` handles message `M`. Generated by `#[mesh::handlers]` for each
+/// handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no handler for `{M}`",
+    label = "no handler for this message",
+    note = "add an `async fn(&mut self, msg: {M})` to the `#[mesh::handlers]` block of `{Self}`"
+)]
+pub trait Handler<M: Message>: Handlers {
+    /// The wire tag of `M` for this actor: [`crate::wire::tag`] of the
+    /// capability and the message name.
+    const TAG: u64;
+
+    /// Wraps a message and its reply slot into the actor's envelope.
+    #[doc(hidden)]
+    fn __wrap(msg: M, reply: ReplyTo<M::Reply>) -> Self::Envelope;
+}

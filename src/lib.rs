@@ -1,0 +1,112 @@
+//! # mesh: virtual actors across a service mesh
+//!
+//! An actor exists conceptually forever and is addressed by its type and a
+//! string id from any node. It is activated lazily on first use, on the node
+//! that the 4096-shard table of its *capability* picks, handles one message
+//! at a time, and is passivated when idle.
+//!
+//! ```no_run
+//! use mesh::prelude::*;
+//!
+//! #[derive(Actor, Default)]
+//! #[actor(capability = "counter", idle_timeout = "10m")]
+//! pub struct Counter { value: i64 }
+//!
+//! #[derive(Message, Serialize, Deserialize)]
+//! #[message(reply = i64)]
+//! pub struct Increment(pub i64);
+//!
+//! #[mesh::handlers]
+//! impl Counter {
+//!     async fn increment(&mut self, Increment(n): Increment) -> i64 {
+//!         self.value += n;
+//!         self.value
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), mesh::Error> {
+//!     let node = Node::builder()
+//!         .capabilities(["counter"])
+//!         .actor::<Counter>()
+//!         .start()
+//!         .await?;
+//!     let n: i64 = mesh::call::<Counter, _>("counter_1", Increment(1)).await?;
+//!     mesh::cast::<Counter, _>("counter_1", Increment(5))?;
+//!     node.shutdown().await
+//! }
+//! ```
+//!
+//! ## Guarantees
+//!
+//! - **Single activation per node**: at most one activation of an (actor
+//!   type, id) runs on a node at any time, even under thousands of
+//!   concurrent first calls, and a new one never overlaps the previous one's
+//!   `on_deactivate` hook.
+//! - **Turn-based**: an activation handles one message at a time, in the
+//!   order its mailbox received them.
+//! - **Across nodes, eventual**: placement is computed by every node from its
+//!   own view of the membership; during a topology change the same id may be
+//!   active on two nodes for a moment.
+//! - **Casts are at most once**: `Ok` from [`cast`] means enqueued.
+//! - **Calls have a deadline** (5 s unless set): a call never waits longer;
+//!   a timed-out call's message may still run, unless it had not started,
+//!   in which case it is skipped.
+//!
+//! See the README for the full list, including mailbox bounds and panics.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+extern crate self as mesh;
+
+mod activation;
+mod actor;
+mod error;
+mod node;
+pub mod ring;
+pub mod telemetry;
+pub mod wire;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use actor::{
+    Actor, BoxError, Ctx, Handler, Handlers, Message, ReplyTo, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAILBOX_CAPACITY,
+};
+pub use error::Error;
+pub use node::{call, cast, Call, CallFuture, Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT};
+
+/// `#[derive(Actor)]`: makes a struct a virtual actor type.
+///
+/// Attributes, in `#[actor(...)]`:
+///
+/// | key | value | default |
+/// |---|---|---|
+/// | `capability` | `"name"`: the capability that places this type | required |
+/// | `idle_timeout` | `"90s"`, `"10m"`, `"1h30m"`, `"500ms"` or `"never"` | `"10m"` |
+/// | `activate` | path to `async fn(&str) -> Result<Self, E>`, `E: Into<BoxError>` | `Default::default()` |
+/// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` | nothing |
+/// | `name` | `"Name"` in errors, logs and metrics | the type's identifier |
+/// | `mailbox` | capacity, an integer | 1024 |
+pub use mesh_macros::Actor;
+
+/// `#[derive(Message)]`: makes a serializable type a message.
+///
+/// Attributes, in `#[message(...)]`: `reply = Type` (default `()`), and
+/// `name = "wire-name"` (default: the type's identifier), which with the
+/// actor's capability forms the wire tag.
+pub use mesh_macros::Message;
+
+/// `#[mesh::handlers]` on an `impl` block: every `fn` in it is a handler,
+/// `async fn name(&mut self, msg: M) -> M::Reply` with an optional last
+/// parameter `ctx: &Ctx`. The block is the actor's wire contract; keep
+/// helper methods in another `impl` block.
+pub use mesh_macros::handlers;
+
+/// The names most programs need: `use mesh::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Actor, Ctx, Error, Message, Node};
+    pub use serde::{Deserialize, Serialize};
+}

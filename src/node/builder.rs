@@ -1,0 +1,213 @@
+//! Configuring and starting a node.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
+use crate::activation::{Activations, AnyActivations, Shared};
+use crate::ring::{capability_key, Placement, Rendezvous};
+use crate::{Error, Handlers};
+
+/// The deadline of a call that does not set one with `.timeout(d)`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An actor type given to the builder, before the node exists.
+struct ActorEntry {
+    type_id: TypeId,
+    name: &'static str,
+    capability: &'static str,
+    messages: &'static [(u64, &'static str)],
+    make: fn(Arc<Shared>) -> Arc<dyn AnyActivations>,
+}
+
+/// Configures a [`Node`]; [`NodeBuilder::start`] runs it.
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), mesh::Error> {
+/// # use mesh::prelude::*;
+/// # #[derive(Actor, Default)] #[actor(capability = "counter")] struct Counter;
+/// # #[mesh::handlers] impl Counter {}
+/// let node = Node::builder()
+///     .name("node-a")
+///     .capabilities(["counter"])
+///     .actor::<Counter>()
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until .start() is awaited"]
+pub struct NodeBuilder {
+    name: Option<String>,
+    capabilities: Vec<String>,
+    actors: Vec<ActorEntry>,
+    placement: Arc<dyn Placement>,
+    default_timeout: Duration,
+    default_node: bool,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("capabilities", &self.capabilities)
+            .field(
+                "actors",
+                &self.actors.iter().map(|a| a.name).collect::<Vec<_>>(),
+            )
+            .field("placement", &self.placement)
+            .field("default_timeout", &self.default_timeout)
+            .field("default_node", &self.default_node)
+            .finish()
+    }
+}
+
+impl NodeBuilder {
+    pub(super) fn new() -> Self {
+        NodeBuilder {
+            name: None,
+            capabilities: Vec::new(),
+            actors: Vec::new(),
+            placement: Arc::new(Rendezvous),
+            default_timeout: DEFAULT_CALL_TIMEOUT,
+            default_node: true,
+        }
+    }
+
+    /// The node's id, unique in its cluster. Defaults to `node-<pid>-<n>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The capabilities this node hosts: shards of these capabilities may be
+    /// placed here. Adds to any given before.
+    pub fn capabilities<I, S>(mut self, capabilities: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.capabilities
+            .extend(capabilities.into_iter().map(Into::into));
+        self
+    }
+
+    /// An actor type this node can activate. Its capability must be among
+    /// the node's capabilities.
+    pub fn actor<A: Handlers>(mut self) -> Self {
+        self.actors.push(ActorEntry {
+            type_id: TypeId::of::<A>(),
+            name: A::NAME,
+            capability: A::CAPABILITY,
+            messages: A::MESSAGES,
+            make: |shared| Arc::new(Activations::<A>::new(shared)),
+        });
+        self
+    }
+
+    /// The placement strategy ([`Rendezvous`] by default). Every node of a
+    /// cluster must use the same one.
+    pub fn placement(mut self, strategy: impl Placement) -> Self {
+        self.placement = Arc::new(strategy);
+        self
+    }
+
+    /// The deadline of calls that do not set one (5 s by default).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = timeout;
+        self
+    }
+
+    /// Whether this node becomes the process's default node for
+    /// [`crate::call`] and [`crate::cast`] if none is running (default:
+    /// yes).
+    pub fn default_node(mut self, yes: bool) -> Self {
+        self.default_node = yes;
+        self
+    }
+
+    /// Validates the configuration and starts the node. Must run inside a
+    /// tokio runtime, which the node's activations then use.
+    ///
+    /// Errors: [`Error::Config`] for an empty or duplicate capability, an
+    /// actor type given twice or whose capability the node does not host;
+    /// [`Error::TagCollision`] if two handlers share a wire tag.
+    pub async fn start(self) -> Result<Node, Error> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::Config("start the node inside a tokio runtime".into()))?;
+        let mut capabilities = self.capabilities;
+        if let Some(c) = capabilities.iter().find(|c| c.is_empty()) {
+            return Err(Error::Config(format!("empty capability name {c:?}")));
+        }
+        capabilities.sort();
+        capabilities.dedup();
+        let mut wire: HashMap<u64, (WireRoute, String)> = HashMap::new();
+        for (i, a) in self.actors.iter().enumerate() {
+            if self.actors[..i].iter().any(|b| b.type_id == a.type_id) {
+                return Err(Error::Config(format!("actor type {} given twice", a.name)));
+            }
+            if !capabilities.iter().any(|c| c == a.capability) {
+                return Err(Error::Config(format!(
+                    "actor {} needs capability {:?}, which this node does not host",
+                    a.name, a.capability
+                )));
+            }
+            for &(tag, message) in a.messages {
+                let here = format!("{}::{}", a.name, message);
+                let route = WireRoute {
+                    actor: i,
+                    capability_key: capability_key(a.capability),
+                };
+                if let Some((_, first)) = wire.insert(tag, (route, here.clone())) {
+                    return Err(Error::TagCollision {
+                        tag,
+                        first,
+                        second: here,
+                    });
+                }
+            }
+        }
+        let id: Arc<str> = match self.name {
+            Some(n) if n.is_empty() => return Err(Error::Config("empty node name".into())),
+            Some(n) => n.into(),
+            None => {
+                static N: AtomicU64 = AtomicU64::new(0);
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                format!("node-{}-{n}", std::process::id()).into()
+            }
+        };
+        let mut membership = Membership::new();
+        membership.upsert(&id, &capabilities);
+        let routing = membership.routing(&*self.placement, &id);
+        let shared = Arc::new(Shared::new(runtime));
+        let actors = self
+            .actors
+            .iter()
+            .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
+            .collect();
+        let inner = Arc::new(NodeInner {
+            id,
+            capabilities,
+            strategy: self.placement,
+            membership,
+            routing: ArcSwap::from_pointee(routing),
+            actors,
+            wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
+            shared: shared.clone(),
+            default_timeout: self.default_timeout,
+        });
+        shared.set_node(Arc::downgrade(&inner));
+        if self.default_node {
+            DEFAULT.rcu(|cur| match cur {
+                Some(c) if !c.shared.is_shutting_down() => Some(c.clone()),
+                _ => Some(inner.clone()),
+            });
+        }
+        tracing::info!(node = %inner.id, capabilities = ?inner.capabilities, "node started");
+        Ok(Node { inner })
+    }
+}

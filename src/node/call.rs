@@ -1,0 +1,264 @@
+//! Calls and casts: routing a typed message to its activation and waiting
+//! for the reply.
+//!
+//! Allocation: a call allocates only the reply slot (a tokio oneshot); the
+//! message travels inside the actor's envelope enum, by value. The deadline
+//! timer is armed only if the reply is not ready on the first poll.
+//!
+//! Cancellation: dropping a [`CallFuture`] abandons the call. If its message
+//! has not started yet, the activation skips it.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use super::{no_node, Node, NodeInner, DEFAULT};
+use crate::activation::Envelope;
+use crate::actor::ReplyTo;
+use crate::ring::shard;
+use crate::telemetry::Metrics;
+use crate::{Error, Handler, Message};
+
+/// Which node a call goes through.
+#[derive(Debug, Clone, Copy)]
+enum Via<'a> {
+    Default,
+    Node(&'a Node),
+}
+
+/// A call being prepared: await it (`.await`) to send it; `.timeout(d)`
+/// sets its deadline first.
+#[must_use = "a call does nothing until awaited"]
+pub struct Call<'a, A, M> {
+    via: Via<'a>,
+    id: &'a str,
+    msg: M,
+    timeout: Option<Duration>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A, M> std::fmt::Debug for Call<'_, A, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("actor", &std::any::type_name::<A>())
+            .field("id", &self.id)
+            .field("message", &std::any::type_name::<M>())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<'a, A: Handler<M>, M: Message> Call<'a, A, M> {
+    fn new(via: Via<'a>, id: &'a str, msg: M) -> Self {
+        Call {
+            via,
+            id,
+            msg,
+            timeout: None,
+            _actor: PhantomData,
+        }
+    }
+
+    /// The call fails with [`Error::Timeout`] if no reply came within `d`.
+    /// The deadline travels with the message: if it passes before the
+    /// handler starts, the handler is skipped.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+}
+
+impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
+    type Output = Result<M::Reply, Error>;
+    type IntoFuture = CallFuture<'a, A, M>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        CallFuture {
+            call: Some(self),
+            rx: None,
+            started: None,
+            deadline: None,
+            timer: Timer::Unarmed,
+            span: tracing::Span::none(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Unarmed,
+        Armed { #[pin] sleep: Sleep },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`Call`]: resolves to the handler's reply or an
+    /// [`Error`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct CallFuture<'a, A, M: Message> {
+        call: Option<Call<'a, A, M>>,
+        rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
+        started: Option<Instant>,
+        deadline: Option<Instant>,
+        #[pin]
+        timer: Timer,
+        span: tracing::Span,
+    }
+}
+
+impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
+    type Output = Result<M::Reply, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let metrics = Metrics::get();
+        if let Some(call) = this.call.take() {
+            let span = tracing::debug_span!(
+                "mesh.call",
+                actor = A::NAME,
+                id = call.id,
+                message = M::NAME
+            );
+            let _enter = span.enter();
+            let now = Instant::now();
+            *this.started = Some(now);
+            let (reply, rx) = ReplyTo::call();
+            let sent = with_node(call.via, |node| {
+                let timeout = call.timeout.unwrap_or(node.default_timeout);
+                *this.deadline = Some(now + timeout);
+                node.dispatch::<A, M>(call.id, call.msg, reply)
+            });
+            if let Err(e) = sent {
+                let result = Err(e);
+                metrics.call_done(&result);
+                return Poll::Ready(result);
+            }
+            *this.rx = Some(rx);
+            drop(_enter);
+            *this.span = span;
+        }
+        let _enter = this.span.enter();
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Ready(Err(Error::Config("call polled after completion".into())));
+        };
+        let result = match Pin::new(rx).poll(cx) {
+            Poll::Ready(Ok(result)) => result,
+            // The activation dropped the reply slot: the node's runtime went away.
+            Poll::Ready(Err(_)) => Err(Error::ShuttingDown),
+            Poll::Pending => {
+                if let TimerProj::Unarmed = this.timer.as_mut().project() {
+                    let deadline = this.deadline.unwrap_or_else(Instant::now);
+                    this.timer.set(Timer::Armed {
+                        sleep: tokio::time::sleep_until(deadline),
+                    });
+                }
+                match this.timer.project() {
+                    TimerProj::Armed { sleep } => ready!(sleep.poll(cx)),
+                    TimerProj::Unarmed => return Poll::Pending,
+                }
+                Err(Error::Timeout)
+            }
+        };
+        *this.rx = None;
+        if let Some(started) = *this.started {
+            metrics
+                .call_duration
+                .record(started.elapsed().as_secs_f64());
+        }
+        metrics.call_done(&result);
+        Poll::Ready(result)
+    }
+}
+
+fn with_node<T>(via: Via<'_>, f: impl FnOnce(&NodeInner) -> Result<T, Error>) -> Result<T, Error> {
+    match via {
+        Via::Node(node) => f(&node.inner),
+        Via::Default => match &*DEFAULT.load() {
+            Some(inner) => f(inner),
+            None => Err(Error::NotStarted),
+        },
+    }
+}
+
+impl NodeInner {
+    /// Routes a typed message: local activation, or (with the cluster
+    /// layer) the owner node.
+    pub(crate) fn dispatch<A: Handler<M>, M: Message>(
+        &self,
+        id: &str,
+        msg: M,
+        reply: ReplyTo<M::Reply>,
+    ) -> Result<(), Error> {
+        let routing = self.routing.load();
+        let table = routing.get(A::__CAPABILITY_KEY).ok_or_else(no_node::<A>)?;
+        let s = shard(id);
+        if !table.is_local(s) {
+            return Err(Error::NodeDown {
+                node: table.owner(s).to_owned(),
+            });
+        }
+        let acts = self
+            .activations::<A>()
+            .ok_or_else(|| Error::UnknownActorType {
+                actor: A::NAME.to_owned(),
+            })?;
+        acts.send(id, Envelope::Local(A::__wrap(msg, reply)))
+    }
+}
+
+/// Calls actor `id` of type `A` with `msg` through the default node, and
+/// resolves to its reply.
+///
+/// ```no_run
+/// # use mesh::prelude::*;
+/// # #[derive(Actor, Default)] #[actor(capability = "counter")] struct Counter { n: i64 }
+/// # #[derive(Message, Serialize, Deserialize)] #[message(reply = i64)] struct Increment(i64);
+/// # #[mesh::handlers] impl Counter { async fn inc(&mut self, Increment(k): Increment) -> i64 { self.n += k; self.n } }
+/// # async fn doc() -> Result<(), mesh::Error> {
+/// let n = mesh::call::<Counter, _>("counter_1", Increment(1))
+///     .timeout(std::time::Duration::from_millis(200))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub fn call<'a, A: Handler<M>, M: Message>(id: &'a str, msg: M) -> Call<'a, A, M> {
+    Call::new(Via::Default, id, msg)
+}
+
+/// Sends `msg` to actor `id` of type `A` through the default node without
+/// waiting for a reply.
+///
+/// At most once: `Ok` means the message was enqueued, not that it was
+/// handled. The reply and any handler panic are logged and dropped.
+pub fn cast<A: Handler<M>, M: Message>(id: &str, msg: M) -> Result<(), Error> {
+    cast_via::<A, M>(Via::Default, id, msg)
+}
+
+fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result<(), Error> {
+    let span = tracing::debug_span!("mesh.cast", actor = A::NAME, id = id, message = M::NAME);
+    let _enter = span.enter();
+    let metrics = Metrics::get();
+    let result = with_node(via, |node| node.dispatch::<A, M>(id, msg, ReplyTo::cast()));
+    match &result {
+        Ok(()) => metrics.casts_ok.increment(1),
+        Err(_) => metrics.casts_error.increment(1),
+    }
+    result
+}
+
+impl Node {
+    /// Calls actor `id` of type `A` through this node. See [`crate::call`].
+    pub fn call<'a, A: Handler<M>, M: Message>(&'a self, id: &'a str, msg: M) -> Call<'a, A, M> {
+        Call::new(Via::Node(self), id, msg)
+    }
+
+    /// Casts to actor `id` of type `A` through this node. See [`crate::cast`].
+    pub fn cast<A: Handler<M>, M: Message>(&self, id: &str, msg: M) -> Result<(), Error> {
+        cast_via::<A, M>(Via::Node(self), id, msg)
+    }
+}

@@ -1,0 +1,123 @@
+//! Metric names and the handles the hot paths use.
+//!
+//! Metrics go through the [`metrics`] facade: install a recorder (for
+//! example a Prometheus exporter) **before** starting the first node, because
+//! the handles are resolved once, at that start, and reused on every call.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `mesh_activations_live` | gauge | | activations currently running on this process |
+//! | `mesh_activations_total` | counter | | activations started (successful activation functions) |
+//! | `mesh_activation_failures_total` | counter | | activation functions that returned an error or panicked |
+//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown` | activations ended |
+//! | `mesh_calls_total` | counter | `outcome` = `ok`, `timeout`, `mailbox_full`, `panicked`, `activation_failed`, `shutting_down`, `error` | calls completed, by outcome |
+//! | `mesh_casts_total` | counter | `outcome` = `ok`, `error` | casts enqueued or refused |
+//! | `mesh_call_duration_seconds` | histogram | | call latency as the caller saw it |
+//! | `mesh_mailbox_depth` | histogram | | messages an activation took from its mailbox in one batch |
+//! | `mesh_abandoned_total` | counter | | messages skipped because their caller had already given up |
+//!
+//! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
+//! `DEBUG` level, with fields `actor`, `id` and `message`.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use crate::Error;
+
+/// Gauge: live activations.
+pub const ACTIVATIONS_LIVE: &str = "mesh_activations_live";
+/// Counter: activations started.
+pub const ACTIVATIONS_TOTAL: &str = "mesh_activations_total";
+/// Counter: activation functions that failed.
+pub const ACTIVATION_FAILURES_TOTAL: &str = "mesh_activation_failures_total";
+/// Counter: activations ended, by `reason`.
+pub const DEACTIVATIONS_TOTAL: &str = "mesh_deactivations_total";
+/// Counter: calls completed, by `outcome`.
+pub const CALLS_TOTAL: &str = "mesh_calls_total";
+/// Counter: casts, by `outcome`.
+pub const CASTS_TOTAL: &str = "mesh_casts_total";
+/// Histogram: call latency in seconds.
+pub const CALL_DURATION_SECONDS: &str = "mesh_call_duration_seconds";
+/// Histogram: messages taken from a mailbox in one batch.
+pub const MAILBOX_DEPTH: &str = "mesh_mailbox_depth";
+/// Counter: messages skipped because their caller gave up.
+pub const ABANDONED_TOTAL: &str = "mesh_abandoned_total";
+
+/// Why an activation ended (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndReason {
+    Idle,
+    Requested,
+    Panic,
+    Shutdown,
+}
+
+/// Resolved metric handles, shared by every node of the process.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) live: Gauge,
+    pub(crate) activations: Counter,
+    pub(crate) activation_failures: Counter,
+    deactivations: [Counter; 4],
+    calls_ok: Counter,
+    calls_timeout: Counter,
+    calls_full: Counter,
+    calls_panicked: Counter,
+    calls_activation_failed: Counter,
+    calls_shutting_down: Counter,
+    calls_error: Counter,
+    pub(crate) casts_ok: Counter,
+    pub(crate) casts_error: Counter,
+    pub(crate) call_duration: Histogram,
+    pub(crate) mailbox_depth: Histogram,
+    pub(crate) abandoned: Counter,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+impl Metrics {
+    /// The process's handles, resolved on first use.
+    pub(crate) fn get() -> &'static Metrics {
+        METRICS.get_or_init(|| {
+            let call = |outcome: &'static str| metrics::counter!(CALLS_TOTAL, "outcome" => outcome);
+            let end =
+                |reason: &'static str| metrics::counter!(DEACTIVATIONS_TOTAL, "reason" => reason);
+            Metrics {
+                live: metrics::gauge!(ACTIVATIONS_LIVE),
+                activations: metrics::counter!(ACTIVATIONS_TOTAL),
+                activation_failures: metrics::counter!(ACTIVATION_FAILURES_TOTAL),
+                deactivations: [end("idle"), end("requested"), end("panic"), end("shutdown")],
+                calls_ok: call("ok"),
+                calls_timeout: call("timeout"),
+                calls_full: call("mailbox_full"),
+                calls_panicked: call("panicked"),
+                calls_activation_failed: call("activation_failed"),
+                calls_shutting_down: call("shutting_down"),
+                calls_error: call("error"),
+                casts_ok: metrics::counter!(CASTS_TOTAL, "outcome" => "ok"),
+                casts_error: metrics::counter!(CASTS_TOTAL, "outcome" => "error"),
+                call_duration: metrics::histogram!(CALL_DURATION_SECONDS),
+                mailbox_depth: metrics::histogram!(MAILBOX_DEPTH),
+                abandoned: metrics::counter!(ABANDONED_TOTAL),
+            }
+        })
+    }
+
+    pub(crate) fn deactivated(&self, reason: EndReason) {
+        self.deactivations[reason as usize].increment(1);
+    }
+
+    pub(crate) fn call_done<T>(&self, result: &Result<T, Error>) {
+        let c = match result {
+            Ok(_) => &self.calls_ok,
+            Err(Error::Timeout) => &self.calls_timeout,
+            Err(Error::MailboxFull { .. }) => &self.calls_full,
+            Err(Error::HandlerPanicked { .. }) => &self.calls_panicked,
+            Err(Error::ActivationFailed { .. }) => &self.calls_activation_failed,
+            Err(Error::ShuttingDown) => &self.calls_shutting_down,
+            Err(_) => &self.calls_error,
+        };
+        c.increment(1);
+    }
+}
