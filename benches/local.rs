@@ -1,1 +1,485 @@
-fn main() {}
+//! Single-node benchmarks, each beside raw baselines measured in the same run.
+//!
+//! `cargo bench --bench local` prints one table: activation rate, memory per
+//! idle activation, call throughput and call latency, for mesh, a raw tokio
+//! task + channel per actor, and a raw ractor actor, with the ratios.
+//!
+//! Memory is measured in child processes (this binary re-run with
+//! `--mem-child <kind>`), so each figure starts from a fresh heap.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mesh::prelude::*;
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+
+const ACTIVATIONS: usize = 200_000;
+const SPAWNERS: usize = 64;
+const TP_ACTORS: usize = 1_000;
+const TP_CALLERS: usize = 1_000;
+const TP_CALLS_PER_CALLER: usize = 1_000;
+const LAT_CALLS: usize = 200_000;
+const REPEATS: usize = 3;
+
+// ---------------------------------------------------------------- mesh actor
+
+#[derive(Actor, Default)]
+#[actor(capability = "bench")]
+struct Counter {
+    value: i64,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = i64)]
+struct Inc(i64);
+
+#[mesh::handlers]
+impl Counter {
+    async fn inc(&mut self, Inc(n): Inc) -> i64 {
+        self.value += n;
+        self.value
+    }
+}
+
+async fn mesh_node() -> Node {
+    Node::builder()
+        .capabilities(["bench"])
+        .actor::<Counter>()
+        .default_node(false)
+        .start()
+        .await
+        .expect("bench node starts")
+}
+
+// ------------------------------------------------------- raw tokio baseline
+
+type RawMsg = (i64, oneshot::Sender<i64>);
+
+fn raw_spawn() -> mpsc::Sender<RawMsg> {
+    let (tx, mut rx) = mpsc::channel::<RawMsg>(1024);
+    tokio::spawn(async move {
+        let mut value = 0;
+        while let Some((n, reply)) = rx.recv().await {
+            value += n;
+            let _ = reply.send(value);
+        }
+    });
+    tx
+}
+
+async fn raw_call(tx: &mpsc::Sender<RawMsg>, n: i64) -> i64 {
+    let (rtx, rrx) = oneshot::channel();
+    tx.send((n, rtx)).await.expect("raw actor alive");
+    rrx.await.expect("raw actor replies")
+}
+
+// ------------------------------------------------------ raw ractor baseline
+
+struct RCounter;
+enum RMsg {
+    Inc(i64, RpcReplyPort<i64>),
+}
+
+impl ractor::Actor for RCounter {
+    type Msg = RMsg;
+    type State = i64;
+    type Arguments = ();
+    async fn pre_start(&self, _: ActorRef<RMsg>, _: ()) -> Result<i64, ActorProcessingErr> {
+        Ok(0)
+    }
+    async fn handle(
+        &self,
+        _: ActorRef<RMsg>,
+        msg: RMsg,
+        state: &mut i64,
+    ) -> Result<(), ActorProcessingErr> {
+        let RMsg::Inc(n, reply) = msg;
+        *state += n;
+        let _ = reply.send(*state);
+        Ok(())
+    }
+}
+
+async fn ractor_spawn() -> ActorRef<RMsg> {
+    let (r, _) = <RCounter as ractor::Actor>::spawn(None, RCounter, ())
+        .await
+        .expect("ractor spawn");
+    r
+}
+
+async fn ractor_call(r: &ActorRef<RMsg>, n: i64) -> i64 {
+    ractor::call!(r, RMsg::Inc, n).expect("ractor call")
+}
+
+// ------------------------------------------------------------ measurements
+
+fn ids(n: usize) -> Arc<Vec<String>> {
+    Arc::new((0..n).map(|i| format!("actor-{i}")).collect())
+}
+
+/// Activations per second: every id gets its first call, SPAWNERS at a time.
+async fn activation_rate(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
+    let node = mesh_node().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..SPAWNERS {
+        let ids = ids.clone();
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut keep_raw = Vec::new();
+            let mut keep_ractor = Vec::new();
+            for i in (s..ids.len()).step_by(SPAWNERS) {
+                match kind {
+                    Kind::Mesh => {
+                        node.call::<Counter, _>(&ids[i], Inc(1))
+                            .await
+                            .expect("call");
+                    }
+                    Kind::Tokio => {
+                        let tx = raw_spawn();
+                        raw_call(&tx, 1).await;
+                        keep_raw.push(tx);
+                    }
+                    Kind::Ractor => {
+                        let r = ractor_spawn().await;
+                        ractor_call(&r, 1).await;
+                        keep_ractor.push(r);
+                    }
+                }
+            }
+            (keep_raw, keep_ractor)
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.expect("spawner"));
+    }
+    let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
+    for (_, rs) in &kept {
+        for r in rs {
+            r.stop(None);
+        }
+    }
+    drop(kept);
+    if std::env::var_os("MESH_BENCH_LEAK").is_some() {
+        std::mem::forget(node); // profiling: keep teardown out of the profile
+    } else {
+        node.shutdown().await.expect("shutdown");
+    }
+    rate
+}
+
+/// Calls per second: TP_CALLERS callers, each calling the TP_ACTORS actors in turn.
+async fn throughput(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
+    let node = mesh_node().await;
+    let raw: Arc<Vec<_>> = Arc::new(if kind == Kind::Tokio {
+        (0..TP_ACTORS).map(|_| raw_spawn()).collect()
+    } else {
+        vec![]
+    });
+    let mut rac = Vec::new();
+    if kind == Kind::Ractor {
+        for _ in 0..TP_ACTORS {
+            rac.push(ractor_spawn().await);
+        }
+    }
+    let rac = Arc::new(rac);
+    if kind == Kind::Mesh {
+        for id in ids.iter() {
+            node.call::<Counter, _>(id, Inc(0)).await.expect("warm");
+        }
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..TP_CALLERS {
+        let (ids, node, raw, rac) = (ids.clone(), node.clone(), raw.clone(), rac.clone());
+        tasks.push(tokio::spawn(async move {
+            for j in 0..TP_CALLS_PER_CALLER {
+                let a = (c + j) % TP_ACTORS;
+                match kind {
+                    Kind::Mesh => {
+                        node.call::<Counter, _>(&ids[a], Inc(1))
+                            .await
+                            .expect("call");
+                    }
+                    Kind::Tokio => {
+                        raw_call(&raw[a], 1).await;
+                    }
+                    Kind::Ractor => {
+                        ractor_call(&rac[a], 1).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let rate = (TP_CALLERS * TP_CALLS_PER_CALLER) as f64 / started.elapsed().as_secs_f64();
+    for r in rac.iter() {
+        r.stop(None);
+    }
+    node.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Sequential call latency from one caller to one active actor, in ns.
+async fn latency(kind: Kind) -> Histogram<u64> {
+    let node = mesh_node().await;
+    let raw = raw_spawn();
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for i in 0..LAT_CALLS + 10_000 {
+        let t = Instant::now();
+        match kind {
+            Kind::Mesh => {
+                node.call::<Counter, _>("latency", Inc(1))
+                    .await
+                    .expect("call");
+            }
+            _ => {
+                raw_call(&raw, 1).await;
+            }
+        }
+        if i >= 10_000 {
+            hist.record(t.elapsed().as_nanos() as u64).expect("record");
+        }
+    }
+    node.shutdown().await.expect("shutdown");
+    hist
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mesh,
+    Tokio,
+    Ractor,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Kind {
+        match s {
+            "mesh" => Kind::Mesh,
+            "tokio" => Kind::Tokio,
+            _ => Kind::Ractor,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ memory
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("statm rss");
+    pages * 4096
+}
+
+/// Child process: RSS growth for ACTIVATIONS idle actors of one kind.
+fn mem_child(kind: Kind) {
+    let rt = runtime();
+    let delta = rt.block_on(async {
+        let ids = ids(ACTIVATIONS);
+        let node = mesh_node().await;
+        // Warm up the runtime, the allocator and the node on a few actors.
+        node.call::<Counter, _>("warm", Inc(1)).await.expect("warm");
+        let warm = raw_spawn();
+        raw_call(&warm, 1).await;
+        let wr = ractor_spawn().await;
+        ractor_call(&wr, 1).await;
+        let before = rss_bytes();
+        let mut keep_raw = Vec::new();
+        let mut keep_ractor = Vec::new();
+        for id in ids.iter() {
+            match kind {
+                Kind::Mesh => {
+                    node.call::<Counter, _>(id, Inc(1)).await.expect("call");
+                }
+                Kind::Tokio => {
+                    let tx = raw_spawn();
+                    raw_call(&tx, 1).await;
+                    keep_raw.push(tx);
+                }
+                Kind::Ractor => {
+                    let r = ractor_spawn().await;
+                    ractor_call(&r, 1).await;
+                    keep_ractor.push(r);
+                }
+            }
+        }
+        let after = rss_bytes();
+        assert!(kind != Kind::Mesh || node.activation_count() >= ACTIVATIONS);
+        after.saturating_sub(before)
+    });
+    println!("rss_delta={delta}");
+    std::process::exit(0); // skip tearing 200 000 actors down
+}
+
+fn mem_per_activation(kind: &str) -> f64 {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = Command::new(exe)
+        .args(["--mem-child", kind])
+        .output()
+        .expect("run memory child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let delta: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rss_delta="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "memory child for {kind} failed: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    delta / ACTIVATIONS as f64
+}
+
+// -------------------------------------------------------------------- main
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn row(name: &str, value: String, base_name: &str, base: String, ratio: f64, goal: &str) {
+    let ok = if goal.is_empty() { "" } else { goal };
+    println!("| {name:<38} | {value:>12} | {base_name:<14} | {base:>12} | {ratio:>6.2}x | {ok} |");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--mem-child") {
+        mem_child(Kind::parse(
+            args.get(i + 1).map(String::as_str).unwrap_or("mesh"),
+        ));
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--profile-activation") {
+        // For `perf record`: only mesh activations, repeatedly.
+        let n: usize = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(5);
+        let rt = runtime();
+        for _ in 0..n {
+            println!(
+                "{:.0}/s",
+                rt.block_on(activation_rate(Kind::Mesh, ids(ACTIVATIONS)))
+            );
+        }
+        return;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!("mesh local benchmarks: {cores} cores, tokio multi-thread runtime, median of {REPEATS} runs");
+    let rt = runtime();
+
+    let act_ids = ids(ACTIVATIONS);
+    let mut act = [Vec::new(), Vec::new(), Vec::new()];
+    let tp_ids = ids(TP_ACTORS);
+    let mut tp = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..REPEATS {
+        for (i, k) in [Kind::Mesh, Kind::Tokio, Kind::Ractor]
+            .into_iter()
+            .enumerate()
+        {
+            act[i].push(rt.block_on(activation_rate(k, act_ids.clone())));
+            tp[i].push(rt.block_on(throughput(k, tp_ids.clone())));
+        }
+    }
+    let act = act.map(median);
+    let tp = tp.map(median);
+    let lat_mesh = rt.block_on(latency(Kind::Mesh));
+    let lat_raw = rt.block_on(latency(Kind::Tokio));
+    let mem = ["mesh", "tokio", "ractor"].map(mem_per_activation);
+
+    println!();
+    println!(
+        "| {:<38} | {:>12} | {:<14} | {:>12} | {:>7} | goal |",
+        "figure", "mesh", "baseline", "baseline", "ratio"
+    );
+    println!("|{}|", "-".repeat(110));
+    let per_s = |v: f64| format!("{:.0}/s", v);
+    row(
+        &format!("activations, {ACTIVATIONS} ids, {SPAWNERS} concurrent"),
+        per_s(act[0]),
+        "raw tokio",
+        per_s(act[1]),
+        act[0] / act[1],
+        ">= 0.5x",
+    );
+    row(
+        "",
+        String::new(),
+        "raw ractor",
+        per_s(act[2]),
+        act[0] / act[2],
+        ">= 2x",
+    );
+    let kib = |v: f64| format!("{:.2} KiB", v / 1024.0);
+    row(
+        "memory per idle activation",
+        kib(mem[0]),
+        "raw tokio",
+        kib(mem[1]),
+        mem[0] / mem[1],
+        "<= 2 KiB absolute",
+    );
+    row(
+        "",
+        String::new(),
+        "raw ractor",
+        kib(mem[2]),
+        mem[0] / mem[2],
+        "",
+    );
+    row(
+        &format!("calls, {TP_CALLERS} callers x {TP_ACTORS} actors"),
+        per_s(tp[0]),
+        "raw tokio",
+        per_s(tp[1]),
+        tp[0] / tp[1],
+        ">= 0.5x",
+    );
+    row(
+        "",
+        String::new(),
+        "raw ractor",
+        per_s(tp[2]),
+        tp[0] / tp[2],
+        "",
+    );
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let (p50, p50r) = (us(&lat_mesh, 0.5), us(&lat_raw, 0.5));
+    let (p99, p99r) = (us(&lat_mesh, 0.99), us(&lat_raw, 0.99));
+    row(
+        "call latency p50, 1 caller",
+        format!("{p50:.2} us"),
+        "raw tokio",
+        format!("{p50r:.2} us"),
+        p50 / p50r,
+        "<= 1.3x",
+    );
+    row(
+        "call latency p99, 1 caller",
+        format!("{p99:.2} us"),
+        "raw tokio",
+        format!("{p99r:.2} us"),
+        p99 / p99r,
+        "",
+    );
+    println!();
+    println!("ratios: mesh / baseline (for memory and latency, lower is better).");
+    let _ = Duration::ZERO;
+}

@@ -14,6 +14,9 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Why a push was refused; the message comes back.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub(crate) enum Take {
     Batch,
     /// The mailbox is empty and was asked to stop (node shutdown).
     Stop,
+    /// The mailbox is empty and the idle sweeper found it idle.
+    Idle,
 }
 
 #[derive(Debug)]
@@ -39,6 +44,10 @@ struct State<E> {
     waker: Option<Waker>,
     closed: bool,
     stop: bool,
+    /// Set by the idle sweeper; cleared by the next batch.
+    idle: bool,
+    /// When the activation last took a batch.
+    last_active: Instant,
 }
 
 /// See the module docs.
@@ -56,6 +65,8 @@ impl<E> Mailbox<E> {
                 waker: None,
                 closed: false,
                 stop: false,
+                idle: false,
+                last_active: Instant::now(),
             }),
             capacity: capacity.max(1),
         }
@@ -86,15 +97,28 @@ impl<E> Mailbox<E> {
     }
 
     /// Moves every queued message into `batch` (which must be empty), or
-    /// registers the task to be woken by the next push or stop.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<E>) -> Poll<Take> {
+    /// registers the task to be woken by the next push, stop or idle mark.
+    /// `now` (if the actor passivates at all) stamps the batch's activity.
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<E>,
+        now: Option<Instant>,
+    ) -> Poll<Take> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, batch);
+            s.idle = false;
+            if let Some(now) = now {
+                s.last_active = now;
+            }
             return Poll::Ready(Take::Batch);
         }
         if s.stop {
             return Poll::Ready(Take::Stop);
+        }
+        if s.idle {
+            return Poll::Ready(Take::Idle);
         }
         match &s.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -147,6 +171,26 @@ impl<E> Mailbox<E> {
         }
     }
 
+    /// Marks the mailbox idle, waking its activation to passivate, if it is
+    /// empty and took no batch for `idle` up to `now`.
+    pub(crate) fn mark_if_idle(&self, now: Instant, idle: Duration) -> bool {
+        let mut s = self.lock();
+        if s.idle
+            || s.stop
+            || !s.queue.is_empty()
+            || now.saturating_duration_since(s.last_active) < idle
+        {
+            return false;
+        }
+        s.idle = true;
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// How many messages are queued.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -176,12 +220,18 @@ mod tests {
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
-        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, None),
+            Poll::Ready(Take::Batch)
+        );
         assert_eq!(batch, [0, 1, 2, 3, 4]);
         batch.pop_front();
         mb.push(9).unwrap();
         mb.put_back(&mut batch);
-        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, None),
+            Poll::Ready(Take::Batch)
+        );
         assert_eq!(batch, [1, 2, 3, 4, 9]);
     }
 
@@ -196,14 +246,56 @@ mod tests {
     }
 
     #[test]
+    fn idle_mark_needs_an_empty_mailbox_and_enough_quiet() {
+        let mb = Mailbox::new(8);
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(10);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut batch = VecDeque::new();
+        mb.push(1).unwrap();
+        assert!(
+            !mb.mark_if_idle(t0 + idle * 2, idle),
+            "messages are waiting"
+        );
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, Some(t0)),
+            Poll::Ready(Take::Batch)
+        );
+        assert!(
+            !mb.mark_if_idle(t0 + idle / 2, idle),
+            "not quiet long enough"
+        );
+        assert!(mb.mark_if_idle(t0 + idle, idle));
+        batch.clear();
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, None),
+            Poll::Ready(Take::Idle)
+        );
+        // A message after the mark wins over it, and clears it.
+        mb.push(2).unwrap();
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, Some(t0 + idle)),
+            Poll::Ready(Take::Batch)
+        );
+        batch.clear();
+        assert_eq!(mb.poll_take(&mut cx, &mut batch, None), Poll::Pending);
+    }
+
+    #[test]
     fn stop_is_seen_only_once_empty() {
         let mb = Mailbox::new(8);
         mb.push(1).unwrap();
         mb.stop();
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
-        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, None),
+            Poll::Ready(Take::Batch)
+        );
         batch.clear();
-        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Stop));
+        assert_eq!(
+            mb.poll_take(&mut cx, &mut batch, None),
+            Poll::Ready(Take::Stop)
+        );
     }
 }

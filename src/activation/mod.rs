@@ -32,7 +32,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::Notify;
-use xxhash_rust::xxh3::Xxh3Builder;
 
 pub(crate) use mailbox::{Mailbox, Push};
 
@@ -129,7 +128,9 @@ impl Drop for TaskGuard {
     }
 }
 
-type Table<A> = DashMap<Arc<str>, Arc<Mailbox<Envelope<A>>>, Xxh3Builder>;
+// foldhash: fast on short strings, and randomly seeded per table so ids
+// chosen by outsiders cannot be made to collide on purpose.
+type Table<A> = DashMap<Arc<str>, Arc<Mailbox<Envelope<A>>>, foldhash::fast::RandomState>;
 
 /// The activations of actor type `A` on one node.
 pub(crate) struct Activations<A: Handlers> {
@@ -139,11 +140,8 @@ pub(crate) struct Activations<A: Handlers> {
 
 impl<A: Handlers> Activations<A> {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        // A random seed per table keeps ids chosen by outsiders from
-        // colliding on purpose.
-        let hasher = Xxh3Builder::new().with_seed(random_seed());
         Activations {
-            table: DashMap::with_hasher_and_shard_amount(hasher, 128),
+            table: DashMap::with_hasher_and_shard_amount(Default::default(), 128),
             shared,
         }
     }
@@ -215,6 +213,13 @@ impl<A: Handlers> Activations<A> {
         left
     }
 
+    /// Starts the idle sweeper of this actor type (if it passivates).
+    pub(crate) fn start_sweeper(&self, node: Weak<NodeInner>) {
+        if A::IDLE_TIMEOUT.is_some() {
+            self.shared.runtime.spawn(task::sweep_idle::<A>(node));
+        }
+    }
+
     /// Number of activations (including ones activating or deactivating).
     pub(crate) fn len(&self) -> usize {
         self.table.len()
@@ -228,6 +233,8 @@ pub(crate) trait AnyActivations: Send + Sync + 'static {
     fn send_wire(&self, id: &str, call: WireCall) -> Result<(), Error>;
     /// Asks every activation to finish its queue and stop.
     fn stop_all(&self);
+    /// Starts background work (the idle sweeper).
+    fn start(&self, node: Weak<NodeInner>);
     /// Number of activations.
     fn count(&self) -> usize;
 }
@@ -250,9 +257,8 @@ impl<A: Handlers> AnyActivations for Activations<A> {
     fn count(&self) -> usize {
         self.len()
     }
-}
 
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(0x6d65_7368u32)
+    fn start(&self, node: Weak<NodeInner>) {
+        self.start_sweeper(node);
+    }
 }

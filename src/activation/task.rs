@@ -2,12 +2,10 @@
 //! messages keep coming, then leave the table.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::poll_fn;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, TaskGuard, WireCall};
@@ -108,67 +106,71 @@ async fn serve<A: Handlers>(
     batch: &mut VecDeque<Envelope<A>>,
 ) -> EndReason {
     let metrics = Metrics::get();
-    let idle = A::IDLE_TIMEOUT;
-    let mut sleep: std::pin::Pin<&mut Option<Sleep>> = pin!(idle.map(tokio::time::sleep));
-    let mut last = Instant::now();
+    let stamps = A::IDLE_TIMEOUT.is_some();
     loop {
-        let take = poll_fn(|cx| {
-            if let Poll::Ready(t) = mb.poll_take(cx, batch) {
-                return Poll::Ready(Some(t));
-            }
-            match sleep.as_mut().as_pin_mut() {
-                Some(s) => s.poll(cx).map(|()| None),
-                None => Poll::Pending,
-            }
-        })
-        .await;
-        match take {
-            Some(Take::Batch) => {
-                metrics.mailbox_depth.record(batch.len() as f64);
-                while let Some(env) = batch.pop_front() {
-                    let outcome = match env {
-                        Envelope::Local(env) => {
-                            if A::__abandoned(&env) {
-                                metrics.abandoned.increment(1);
-                                continue;
-                            }
-                            actor.__handle(env, ctx).await
-                        }
-                        Envelope::Wire(call) => {
-                            if call.reply.abandoned() {
-                                metrics.abandoned.increment(1);
-                                continue;
-                            }
-                            let WireCall { tag, body, reply } = *call;
-                            finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
-                        }
-                    };
-                    let end = match outcome {
-                        Outcome::Panicked => Some(EndReason::Panic),
-                        Outcome::Done if ctx.take_deactivate() => Some(EndReason::Requested),
-                        Outcome::Done => None,
-                    };
-                    if let Some(end) = end {
-                        mb.put_back(batch);
-                        return end;
+        let now = stamps.then(Instant::now);
+        match poll_fn(|cx| mb.poll_take(cx, batch, now)).await {
+            Take::Batch => {}
+            Take::Stop => return EndReason::Shutdown,
+            Take::Idle => return EndReason::Idle,
+        }
+        metrics.mailbox_depth.record(batch.len() as f64);
+        while let Some(env) = batch.pop_front() {
+            let outcome = match env {
+                Envelope::Local(env) => {
+                    if A::__abandoned(&env) {
+                        metrics.abandoned.increment(1);
+                        continue;
                     }
+                    actor.__handle(env, ctx).await
                 }
-                if idle.is_some() {
-                    last = Instant::now();
+                Envelope::Wire(call) => {
+                    if call.reply.abandoned() {
+                        metrics.abandoned.increment(1);
+                        continue;
+                    }
+                    let WireCall { tag, body, reply } = *call;
+                    finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
                 }
+            };
+            let end = match outcome {
+                Outcome::Panicked => Some(EndReason::Panic),
+                Outcome::Done if ctx.take_deactivate() => Some(EndReason::Requested),
+                Outcome::Done => None,
+            };
+            if let Some(end) = end {
+                mb.put_back(batch);
+                return end;
             }
-            Some(Take::Stop) => return EndReason::Shutdown,
-            None => {
-                // The idle timer fired: passivate if nothing came since.
-                let (Some(idle), Some(s)) = (idle, sleep.as_mut().as_pin_mut()) else {
-                    continue;
-                };
-                let deadline = last + idle;
-                if Instant::now() >= deadline {
-                    return EndReason::Idle;
-                }
-                s.reset(deadline);
-            }
+        }
+    }
+}
+
+/// Passivates the idle activations of `A`: every `IDLE_TIMEOUT / 4`, marks
+/// the mailboxes that took no message for `IDLE_TIMEOUT`. One task per
+/// actor type and node, instead of one timer per activation, so an idle
+/// activation costs no timer and activating one arms none. An activation is
+/// passivated between `IDLE_TIMEOUT` and `1.25 x IDLE_TIMEOUT` after its
+/// last message.
+pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
+    let Some(idle) = A::IDLE_TIMEOUT else { return };
+    let tick = (idle / 4).max(std::time::Duration::from_millis(1));
+    let mut interval = tokio::time::interval_at(Instant::now() + tick, tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(node) = node.upgrade().map(Node::from_inner) else {
+            return;
+        };
+        let Some(acts) = node.activations::<A>() else {
+            return;
+        };
+        if acts.shared.is_shutting_down() {
+            return;
+        }
+        let now = Instant::now();
+        for entry in acts.table.iter() {
+            entry.value().mark_if_idle(now, idle);
         }
     }
 }

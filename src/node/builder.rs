@@ -201,6 +201,9 @@ impl NodeBuilder {
             default_timeout: self.default_timeout,
         });
         shared.set_node(Arc::downgrade(&inner));
+        for (_, _, acts) in &inner.actors {
+            acts.start(Arc::downgrade(&inner));
+        }
         if self.default_node {
             DEFAULT.rcu(|cur| match cur {
                 Some(c) if !c.shared.is_shutting_down() => Some(c.clone()),
