@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub use crate::actor::{BoxError, Ctx, ReplyTo};
-pub use crate::wire::{decode, encode, tag};
+pub use crate::wire::{decode, encode, tag, Wire};
 pub use crate::{Actor, Error, Handler, Handlers, Message};
 
 /// How handling one message ended, for the activation loop.
@@ -92,16 +92,3 @@ impl<F: Future> Future for CatchUnwind<F> {
         }
     }
 }
-
-/// Implemented by every type that can cross the wire.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot cross the wire",
-    label = "not serializable",
-    note = "mesh messages and replies must derive `Serialize` and `Deserialize` (serde)"
-)]
-pub trait Wire: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
-
-impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Wire for T {}
-
-/// Compile-time check used by `#[derive(Message)]`.
-pub fn assert_wire<T: Wire>() {}

@@ -145,6 +145,7 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
     });
     Ok(quote! {
         #[automatically_derived]
+        #[allow(clippy::manual_async_fn, clippy::useless_conversion)]
         impl #p::Actor for #ident {
             const NAME: &'static str = #name;
             const CAPABILITY: &'static str = #capability;

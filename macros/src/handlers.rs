@@ -153,8 +153,12 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         } else {
             quote!(self.#method(#msg #ctx))
         };
-        quote_spanned! {h.ret_span=>
-            let reply: <#m as #p::Message>::Reply = #call;
+        // The binding is spanned on the handler's return type, so a reply
+        // type mismatch is reported there.
+        let returned = quote_spanned!(h.ret_span=> __mesh_returned);
+        quote! {
+            let __mesh_returned = #call;
+            let reply: <#m as #p::Message>::Reply = #returned;
         }
     };
 
@@ -192,7 +196,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         .map(|v| quote!(#env::#v(_, r) => r.send(::core::result::Result::Err(err))));
     let abandoned_arms = variants
         .iter()
-        .map(|v| quote!(#env::#v(_, r) => r.abandoned()));
+        .map(|v| quote!(#env::#v(_, ref r) => r.abandoned()));
     let table = ir.handlers.iter().map(|h| {
         let m = &h.msg;
         quote!((<#self_ty as #p::Handler<#m>>::TAG, <#m as #p::Message>::NAME))
@@ -222,6 +226,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         }
 
         #[automatically_derived]
+        #[allow(clippy::manual_async_fn, clippy::let_unit_value, clippy::unit_arg)]
         impl #p::Handlers for #self_ty {
             type Envelope = #env;
 
@@ -267,7 +272,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
 
             #[allow(unused_variables)]
             fn __abandoned(env: &#env) -> bool {
-                match env {
+                match *env {
                     #(#abandoned_arms,)*
                 }
             }

@@ -1,7 +1,7 @@
 //! `#[derive(Message)]`.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::{DeriveInput, Ident, LitStr, Type};
 
 use crate::attr;
@@ -54,24 +54,14 @@ fn parse(input: DeriveInput) -> syn::Result<MessageIr> {
 fn codegen(ir: MessageIr) -> syn::Result<TokenStream> {
     let MessageIr { ident, name, reply } = ir;
     let p = quote!(::mesh::__private);
-    let reply_ty = reply.clone().unwrap_or_else(|| syn::parse_quote!(()));
-    // Spanned checks so that a type that cannot cross the wire is reported
-    // on the type itself, with the reason.
-    let check_msg = quote_spanned! {ident.span()=> #p::assert_wire::<#ident>(); };
-    let check_reply = reply.as_ref().map(|r| {
-        let span = syn::spanned::Spanned::span(r);
-        quote_spanned! {span=> #p::assert_wire::<#r>(); }
-    });
+    // `Message: Wire` and `Reply: Wire` make a type that cannot cross the
+    // wire an error on the type itself, with the reason.
+    let reply_ty = reply.unwrap_or_else(|| syn::parse_quote!(()));
     Ok(quote! {
         #[automatically_derived]
         impl #p::Message for #ident {
             type Reply = #reply_ty;
             const NAME: &'static str = #name;
         }
-
-        const _: fn() = || {
-            #check_msg
-            #check_reply
-        };
     })
 }

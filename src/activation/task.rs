@@ -56,7 +56,7 @@ pub(super) async fn run<A: Handlers>(
                 for env in mb.drain() {
                     env.fail(err.clone());
                 }
-                if acts.map_or(true, |a| a.retire_if_empty(&id, &mb)) {
+                if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
                     return;
                 }
                 continue; // new callers arrived: they get a fresh attempt
@@ -81,7 +81,7 @@ pub(super) async fn run<A: Handlers>(
         if end == EndReason::Shutdown || guard.0.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
-        if acts.map_or(true, |a| a.retire_if_empty(&id, &mb)) {
+        if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
             return;
         }
         // Messages arrived during deactivation: serve them with a new activation.
@@ -108,8 +108,8 @@ async fn serve<A: Handlers>(
     let metrics = Metrics::get();
     let stamps = A::IDLE_TIMEOUT.is_some();
     loop {
-        let now = stamps.then(Instant::now);
-        match poll_fn(|cx| mb.poll_take(cx, batch, now)).await {
+        // Stamp the time the batch is taken, not when waiting began.
+        match poll_fn(|cx| mb.poll_take(cx, batch, stamps.then(Instant::now))).await {
             Take::Batch => {}
             Take::Stop => return EndReason::Shutdown,
             Take::Idle => return EndReason::Idle,

@@ -15,9 +15,7 @@ pub use reply::ReplyTo;
 use std::future::Future;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
+use crate::wire::Wire;
 use crate::Error;
 
 /// The error an activation function may return: anything convertible into a
@@ -88,9 +86,9 @@ pub trait Actor: Sized + Send + 'static {
     label = "not a message",
     note = "add `#[derive(mesh::Message)]` and `#[message(reply = T)]` to `{Self}`"
 )]
-pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+pub trait Message: Wire {
     /// What a handler of this message returns to the caller.
-    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    type Reply: Wire;
 
     /// The message's wire name: the type's identifier unless
     /// `#[message(name = "...")]` sets one. With the actor's capability it

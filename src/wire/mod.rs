@@ -22,6 +22,17 @@ use serde::Serialize;
 use crate::ring::capability_key;
 use crate::{Error, Handler, Message};
 
+/// A type that can cross the wire: serde-serializable both ways, `Send`
+/// and owned. Every message and reply is one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross the wire",
+    label = "not serializable",
+    note = "mesh messages and replies must derive `Serialize` and `Deserialize` (serde)"
+)]
+pub trait Wire: Serialize + DeserializeOwned + Send + 'static {}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
+
 /// The wire tag of message `message` for actors of capability `capability`.
 pub const fn tag(capability: &str, message: &str) -> u64 {
     xxhash_rust::const_xxh3::xxh3_64_with_seed(message.as_bytes(), capability_key(capability))

@@ -1,0 +1,10 @@
+//! Misuse of the macros is a compile error with a clear message and span.
+//! The expected messages live beside each case in `tests/ui/*.stderr`;
+//! regenerate them with `TRYBUILD=overwrite cargo test --test ui` after a
+//! deliberate change, and review the diff.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}

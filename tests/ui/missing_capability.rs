@@ -1,0 +1,6 @@
+use mesh::prelude::*;
+
+#[derive(Actor, Default)]
+struct Counter;
+
+fn main() {}

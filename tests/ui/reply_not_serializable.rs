@@ -1,0 +1,7 @@
+use mesh::prelude::*;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = std::time::Instant)]
+struct Now;
+
+fn main() {}
