@@ -26,7 +26,7 @@ mod task;
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dashmap::mapref::entry::Entry;
@@ -67,8 +67,8 @@ impl<A: Handlers> Envelope<A> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     shutting_down: AtomicBool,
-    live_tasks: AtomicUsize,
-    drained: Notify,
+    /// Notified when an activation leaves its table during shutdown.
+    retired: Notify,
     runtime: tokio::runtime::Handle,
     node: OnceLock<Weak<NodeInner>>,
 }
@@ -77,8 +77,7 @@ impl Shared {
     pub(crate) fn new(runtime: tokio::runtime::Handle) -> Self {
         Shared {
             shutting_down: AtomicBool::new(false),
-            live_tasks: AtomicUsize::new(0),
-            drained: Notify::new(),
+            retired: Notify::new(),
             runtime,
             node: OnceLock::new(),
         }
@@ -96,40 +95,27 @@ impl Shared {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Waits until every activation task has ended.
-    pub(crate) async fn drained(&self) {
+    /// Waits until `empty()` holds, re-checking whenever an activation
+    /// retires during shutdown.
+    pub(crate) async fn drained(&self, empty: impl Fn() -> bool) {
         loop {
-            let notified = self.drained.notified();
+            let notified = self.retired.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.live_tasks.load(Ordering::SeqCst) == 0 {
+            if empty() {
                 return;
             }
             notified.await;
         }
     }
-}
 
-/// Counts a running activation task; wakes `drained` when the last ends.
-struct TaskGuard(Arc<Shared>);
-
-impl TaskGuard {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.live_tasks.fetch_add(1, Ordering::SeqCst);
-        TaskGuard(shared.clone())
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if self.0.live_tasks.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.drained.notify_waiters();
+    fn on_retired(&self) {
+        if self.is_shutting_down() {
+            self.retired.notify_waiters();
         }
     }
 }
 
-// foldhash: fast on short strings, and randomly seeded per table so ids
-// chosen by outsiders cannot be made to collide on purpose.
 type Table<A> = DashMap<Arc<str>, Arc<Mailbox<Envelope<A>>>, foldhash::fast::RandomState>;
 
 /// The activations of actor type `A` on one node.
@@ -168,11 +154,10 @@ impl<A: Handlers> Activations<A> {
                 }
                 let id = v.key().clone();
                 v.insert(mb.clone());
-                let guard = TaskGuard::new(&self.shared);
-                let node = self.shared.node.get().cloned().unwrap_or_default();
-                self.shared
-                    .runtime
-                    .spawn(task::run::<A>(node, mb, id, guard));
+                // One strong reference per activation, taken here: the
+                // node's reference count is shared by every core.
+                let node = self.shared.node.get().and_then(Weak::upgrade);
+                self.shared.runtime.spawn(task::run::<A>(node, mb, id));
                 Ok(())
             }
         }
@@ -194,9 +179,14 @@ impl<A: Handlers> Activations<A> {
     /// Removes `mb` from the table if it is still the activation of `id` and
     /// its queue is empty, closing it in the same step.
     fn retire_if_empty(&self, id: &str, mb: &Arc<Mailbox<Envelope<A>>>) -> bool {
-        self.table
+        let retired = self
+            .table
             .remove_if(id, |_, cur| Arc::ptr_eq(cur, mb) && cur.close_if_empty())
-            .is_some()
+            .is_some();
+        if retired {
+            self.shared.on_retired();
+        }
+        retired
     }
 
     /// Removes and closes `mb` whatever it holds; returns what it held.
@@ -210,6 +200,7 @@ impl<A: Handlers> Activations<A> {
                 false
             }
         });
+        self.shared.on_retired();
         left
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use tokio::time::Instant;
 
 use super::mailbox::{Mailbox, Take};
-use super::{Activations, Envelope, TaskGuard, WireCall};
+use super::{Activations, Envelope, WireCall};
 use crate::__private::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::Ctx;
 use crate::node::NodeInner;
@@ -17,25 +17,21 @@ use crate::{Error, Handlers, Node};
 
 type Mb<A> = Arc<Mailbox<Envelope<A>>>;
 
-pub(super) async fn run<A: Handlers>(
-    node: Weak<NodeInner>,
-    mb: Mb<A>,
-    id: Arc<str>,
-    guard: TaskGuard,
-) {
+pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id: Arc<str>) {
     let metrics = Metrics::get();
-    let Some(node) = node.upgrade().map(Node::from_inner) else {
+    let Some(node) = node.map(Node::from_inner) else {
         // The node is gone; nobody can be waiting on a live table.
         for env in mb.close() {
             env.fail(Error::ShuttingDown);
         }
         return;
     };
-    let acts = node.activations::<A>();
-    let ctx = Ctx::new(id.clone(), A::NAME, node.clone());
+    let ctx = Ctx::new(id.clone(), A::NAME, node);
+    let acts = ctx.node().activations::<A>();
+    let shared = ctx.node().shared();
     let mut batch = VecDeque::new();
     loop {
-        if guard.0.is_shutting_down() {
+        if shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
         let mut actor = match CatchUnwind::new(A::activate(&id)).await {
@@ -78,7 +74,7 @@ pub(super) async fn run<A: Handlers>(
             }
         }
         drop(actor);
-        if end == EndReason::Shutdown || guard.0.is_shutting_down() {
+        if end == EndReason::Shutdown || shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
         if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {

@@ -167,7 +167,10 @@ impl Node {
         for (_, _, acts) in &inner.actors {
             acts.stop_all();
         }
-        inner.shared.drained().await;
+        inner
+            .shared
+            .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0))
+            .await;
         // Stop being the default node (only if still this one).
         let current = DEFAULT.load();
         if current
@@ -178,6 +181,10 @@ impl Node {
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 
     /// The activation table of `A`, if this node was built with it.
