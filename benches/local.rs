@@ -9,7 +9,7 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use mesh::prelude::*;
@@ -116,6 +116,32 @@ async fn ractor_call(r: &ActorRef<RMsg>, n: i64) -> i64 {
 
 // ------------------------------------------------------------ measurements
 
+/// What must stay alive for the raw baselines' actors to stay alive.
+#[derive(Default)]
+struct Keep {
+    raw: Vec<mpsc::Sender<RawMsg>>,
+    ractor: Vec<ActorRef<RMsg>>,
+}
+
+/// Brings actor `id` of `kind` to life with its first call.
+async fn activate_one(kind: Kind, node: &Node, id: &str, keep: &mut Keep) {
+    match kind {
+        Kind::Mesh => {
+            node.call::<Counter, _>(id, Inc(1)).await.expect("call");
+        }
+        Kind::Tokio => {
+            let tx = raw_spawn();
+            raw_call(&tx, 1).await;
+            keep.raw.push(tx);
+        }
+        Kind::Ractor => {
+            let r = ractor_spawn().await;
+            ractor_call(&r, 1).await;
+            keep.ractor.push(r);
+        }
+    }
+}
+
 fn ids(n: usize) -> Arc<Vec<String>> {
     Arc::new((0..n).map(|i| format!("actor-{i}")).collect())
 }
@@ -129,28 +155,11 @@ async fn activation_rate(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
         let ids = ids.clone();
         let node = node.clone();
         tasks.push(tokio::spawn(async move {
-            let mut keep_raw = Vec::new();
-            let mut keep_ractor = Vec::new();
+            let mut keep = Keep::default();
             for i in (s..ids.len()).step_by(SPAWNERS) {
-                match kind {
-                    Kind::Mesh => {
-                        node.call::<Counter, _>(&ids[i], Inc(1))
-                            .await
-                            .expect("call");
-                    }
-                    Kind::Tokio => {
-                        let tx = raw_spawn();
-                        raw_call(&tx, 1).await;
-                        keep_raw.push(tx);
-                    }
-                    Kind::Ractor => {
-                        let r = ractor_spawn().await;
-                        ractor_call(&r, 1).await;
-                        keep_ractor.push(r);
-                    }
-                }
+                activate_one(kind, &node, &ids[i], &mut keep).await;
             }
-            (keep_raw, keep_ractor)
+            keep
         }));
     }
     let mut kept = Vec::new();
@@ -158,10 +167,8 @@ async fn activation_rate(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
         kept.push(t.await.expect("spawner"));
     }
     let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
-    for (_, rs) in &kept {
-        for r in rs {
-            r.stop(None);
-        }
+    for r in kept.iter().flat_map(|k| &k.ractor) {
+        r.stop(None);
     }
     drop(kept);
     if std::env::var_os("MESH_BENCH_LEAK").is_some() {
@@ -293,24 +300,9 @@ fn mem_child(kind: Kind) {
         let wr = ractor_spawn().await;
         ractor_call(&wr, 1).await;
         let before = rss_bytes();
-        let mut keep_raw = Vec::new();
-        let mut keep_ractor = Vec::new();
+        let mut keep = Keep::default();
         for id in ids.iter() {
-            match kind {
-                Kind::Mesh => {
-                    node.call::<Counter, _>(id, Inc(1)).await.expect("call");
-                }
-                Kind::Tokio => {
-                    let tx = raw_spawn();
-                    raw_call(&tx, 1).await;
-                    keep_raw.push(tx);
-                }
-                Kind::Ractor => {
-                    let r = ractor_spawn().await;
-                    ractor_call(&r, 1).await;
-                    keep_ractor.push(r);
-                }
-            }
+            activate_one(kind, &node, id, &mut keep).await;
         }
         let after = rss_bytes();
         assert!(kind != Kind::Mesh || node.activation_count() >= ACTIVATIONS);
@@ -354,10 +346,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn row(name: &str, value: String, base_name: &str, base: String, ratio: f64, goal: &str) {
-    let ok = if goal.is_empty() { "" } else { goal };
-    println!("| {name:<38} | {value:>12} | {base_name:<14} | {base:>12} | {ratio:>6.2}x | {ok} |");
-}
+/// One table figure: name, formatter, mesh's value, and up to two
+/// baselines as (name, value, goal).
+type Figure<'a> = (
+    String,
+    &'a dyn Fn(f64) -> String,
+    f64,
+    [(&'a str, f64, &'a str); 2],
+);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -406,80 +402,71 @@ fn main() {
 
     println!();
     println!(
-        "| {:<38} | {:>12} | {:<14} | {:>12} | {:>7} | goal |",
+        "| {:<38} | {:>12} | {:<10} | {:>12} | {:>7} | goal |",
         "figure", "mesh", "baseline", "baseline", "ratio"
     );
-    println!("|{}|", "-".repeat(110));
-    let per_s = |v: f64| format!("{:.0}/s", v);
-    row(
-        &format!("activations, {ACTIVATIONS} ids, {SPAWNERS} concurrent"),
-        per_s(act[0]),
-        "raw tokio",
-        per_s(act[1]),
-        act[0] / act[1],
-        ">= 0.5x",
-    );
-    row(
-        "",
-        String::new(),
-        "raw ractor",
-        per_s(act[2]),
-        act[0] / act[2],
-        ">= 2x",
-    );
+    println!("|{}|", "-".repeat(106));
+    let per_s = |v: f64| format!("{v:.0}/s");
     let kib = |v: f64| format!("{:.2} KiB", v / 1024.0);
-    row(
-        "memory per idle activation",
-        kib(mem[0]),
-        "raw tokio",
-        kib(mem[1]),
-        mem[0] / mem[1],
-        "<= 2 KiB absolute",
-    );
-    row(
-        "",
-        String::new(),
-        "raw ractor",
-        kib(mem[2]),
-        mem[0] / mem[2],
-        "",
-    );
-    row(
-        &format!("calls, {TP_CALLERS} callers x {TP_ACTORS} actors"),
-        per_s(tp[0]),
-        "raw tokio",
-        per_s(tp[1]),
-        tp[0] / tp[1],
-        ">= 0.5x",
-    );
-    row(
-        "",
-        String::new(),
-        "raw ractor",
-        per_s(tp[2]),
-        tp[0] / tp[2],
-        "",
-    );
-    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let (p50, p50r) = (us(&lat_mesh, 0.5), us(&lat_raw, 0.5));
-    let (p99, p99r) = (us(&lat_mesh, 0.99), us(&lat_raw, 0.99));
-    row(
-        "call latency p50, 1 caller",
-        format!("{p50:.2} us"),
-        "raw tokio",
-        format!("{p50r:.2} us"),
-        p50 / p50r,
-        "<= 1.3x",
-    );
-    row(
-        "call latency p99, 1 caller",
-        format!("{p99:.2} us"),
-        "raw tokio",
-        format!("{p99r:.2} us"),
-        p99 / p99r,
-        "",
-    );
+    let us = |v: f64| format!("{v:.2} us");
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let figures: [Figure; 5] = [
+        (
+            format!("activations, {ACTIVATIONS} ids, {SPAWNERS} concurrent"),
+            &per_s,
+            act[0],
+            [
+                ("raw tokio", act[1], ">= 0.5x"),
+                ("raw ractor", act[2], ">= 2x"),
+            ],
+        ),
+        (
+            "memory per idle activation".into(),
+            &kib,
+            mem[0],
+            [
+                ("raw tokio", mem[1], "<= 2 KiB"),
+                ("raw ractor", mem[2], ""),
+            ],
+        ),
+        (
+            format!("calls, {TP_CALLERS} callers x {TP_ACTORS} actors"),
+            &per_s,
+            tp[0],
+            [("raw tokio", tp[1], ">= 0.5x"), ("raw ractor", tp[2], "")],
+        ),
+        (
+            "call latency p50, 1 caller".into(),
+            &us,
+            q(&lat_mesh, 0.5),
+            [("raw tokio", q(&lat_raw, 0.5), "<= 1.3x"), ("", 0.0, "")],
+        ),
+        (
+            "call latency p99, 1 caller".into(),
+            &us,
+            q(&lat_mesh, 0.99),
+            [("raw tokio", q(&lat_raw, 0.99), ""), ("", 0.0, "")],
+        ),
+    ];
+    for (name, fmt, value, baselines) in figures {
+        let mut first = true;
+        for (base_name, base, goal) in baselines {
+            if base_name.is_empty() {
+                continue;
+            }
+            let (label, shown) = if first {
+                (name.as_str(), fmt(value))
+            } else {
+                ("", String::new())
+            };
+            first = false;
+            println!(
+                "| {label:<38} | {shown:>12} | {base_name:<10} | {:>12} | {:>6.2}x | {goal} |",
+                fmt(base),
+                value / base
+            );
+        }
+    }
     println!();
     println!("ratios: mesh / baseline (for memory and latency, lower is better).");
-    let _ = Duration::ZERO;
 }

@@ -76,3 +76,36 @@ pub(crate) fn unknown_key(path: &syn::Path, attr: &str, known: &[&str]) -> syn::
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use proc_macro2::Span;
+    use syn::LitStr;
+
+    fn ms(s: &str) -> syn::Result<Option<u64>> {
+        parse_duration(&LitStr::new(s, Span::call_site()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(ms("500ms").unwrap(), Some(500));
+        assert_eq!(ms("30s").unwrap(), Some(30_000));
+        assert_eq!(ms("10m").unwrap(), Some(600_000));
+        assert_eq!(ms("1h30m").unwrap(), Some(5_400_000));
+        assert_eq!(ms("2d").unwrap(), Some(172_800_000));
+        assert_eq!(ms("never").unwrap(), None);
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10 m",
+            "1.5s",
+            "0s",
+            "10x",
+            "99999999999999999999d",
+        ] {
+            assert!(ms(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

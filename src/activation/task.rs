@@ -139,6 +139,11 @@ async fn serve<A: Handlers>(
                 return end;
             }
         }
+        // The batch and the mailbox queue swap buffers; do not let one burst
+        // pin a large buffer for the life of the activation.
+        if batch.capacity() > 256 {
+            batch.shrink_to(16);
+        }
     }
 }
 

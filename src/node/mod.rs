@@ -131,7 +131,7 @@ impl Node {
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &*self.inner;
         let route = *inner.wire.get(&tag).ok_or(Error::UnknownMessage {
-            actor: String::from("?"),
+            actor: String::from("(any)"),
             tag,
         })?;
         let routing = inner.routing.load();
