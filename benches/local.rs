@@ -4,8 +4,9 @@
 //! idle activation, call throughput and call latency, for mesh, a raw tokio
 //! task + channel per actor, and a raw ractor actor, with the ratios.
 //!
-//! Memory is measured in child processes (this binary re-run with
-//! `--mem-child <kind>`), so each figure starts from a fresh heap.
+//! Activation rate and memory are measured in child processes (this binary
+//! re-run with `--child act|mem <kind>`), so every kind starts from a fresh
+//! heap and none pays for another's teardown.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hdrhistogram::Histogram;
 use mesh::prelude::*;
 use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 const ACTIVATIONS: usize = 200_000;
 const SPAWNERS: usize = 64;
@@ -59,15 +61,19 @@ async fn mesh_node() -> Node {
 type RawMsg = (i64, oneshot::Sender<i64>);
 
 fn raw_spawn() -> mpsc::Sender<RawMsg> {
+    raw_spawn_joinable().0
+}
+
+fn raw_spawn_joinable() -> (mpsc::Sender<RawMsg>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<RawMsg>(1024);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut value = 0;
         while let Some((n, reply)) = rx.recv().await {
             value += n;
             let _ = reply.send(value);
         }
     });
-    tx
+    (tx, task)
 }
 
 async fn raw_call(tx: &mpsc::Sender<RawMsg>, n: i64) -> i64 {
@@ -104,10 +110,13 @@ impl ractor::Actor for RCounter {
 }
 
 async fn ractor_spawn() -> ActorRef<RMsg> {
-    let (r, _) = <RCounter as ractor::Actor>::spawn(None, RCounter, ())
+    ractor_spawn_joinable().await.0
+}
+
+async fn ractor_spawn_joinable() -> (ActorRef<RMsg>, JoinHandle<()>) {
+    <RCounter as ractor::Actor>::spawn(None, RCounter, ())
         .await
-        .expect("ractor spawn");
-    r
+        .expect("ractor spawn")
 }
 
 async fn ractor_call(r: &ActorRef<RMsg>, n: i64) -> i64 {
@@ -116,11 +125,29 @@ async fn ractor_call(r: &ActorRef<RMsg>, n: i64) -> i64 {
 
 // ------------------------------------------------------------ measurements
 
-/// What must stay alive for the raw baselines' actors to stay alive.
+/// The raw baselines' actors: what keeps them alive, and their tasks.
 #[derive(Default)]
 struct Keep {
-    raw: Vec<mpsc::Sender<RawMsg>>,
-    ractor: Vec<ActorRef<RMsg>>,
+    raw: Vec<(mpsc::Sender<RawMsg>, JoinHandle<()>)>,
+    ractor: Vec<(ActorRef<RMsg>, JoinHandle<()>)>,
+}
+
+impl Keep {
+    /// Stops every actor and waits until each has ended.
+    async fn teardown(self) {
+        let mut tasks = Vec::new();
+        for (tx, task) in self.raw {
+            drop(tx);
+            tasks.push(task);
+        }
+        for (r, task) in self.ractor {
+            r.stop(None);
+            tasks.push(task);
+        }
+        for t in tasks {
+            t.await.expect("actor task");
+        }
+    }
 }
 
 /// Brings actor `id` of `kind` to life with its first call.
@@ -130,14 +157,14 @@ async fn activate_one(kind: Kind, node: &Node, id: &str, keep: &mut Keep) {
             node.call::<Counter, _>(id, Inc(1)).await.expect("call");
         }
         Kind::Tokio => {
-            let tx = raw_spawn();
+            let (tx, task) = raw_spawn_joinable();
             raw_call(&tx, 1).await;
-            keep.raw.push(tx);
+            keep.raw.push((tx, task));
         }
         Kind::Ractor => {
-            let r = ractor_spawn().await;
+            let (r, task) = ractor_spawn_joinable().await;
             ractor_call(&r, 1).await;
-            keep.ractor.push(r);
+            keep.ractor.push((r, task));
         }
     }
 }
@@ -147,8 +174,8 @@ fn ids(n: usize) -> Arc<Vec<String>> {
 }
 
 /// Activations per second: every id gets its first call, SPAWNERS at a time.
-async fn activation_rate(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
-    let node = mesh_node().await;
+/// Runs in a child process, which exits without tearing the actors down.
+async fn activation_rate(kind: Kind, node: &Node, ids: Arc<Vec<String>>) -> (f64, Vec<Keep>) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..SPAWNERS {
@@ -167,16 +194,7 @@ async fn activation_rate(kind: Kind, ids: Arc<Vec<String>>) -> f64 {
         kept.push(t.await.expect("spawner"));
     }
     let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
-    for r in kept.iter().flat_map(|k| &k.ractor) {
-        r.stop(None);
-    }
-    drop(kept);
-    if std::env::var_os("MESH_BENCH_LEAK").is_some() {
-        std::mem::forget(node); // profiling: keep teardown out of the profile
-    } else {
-        node.shutdown().await.expect("shutdown");
-    }
-    rate
+    (rate, kept)
 }
 
 /// Calls per second: TP_CALLERS callers, each calling the TP_ACTORS actors in turn.
@@ -288,48 +306,63 @@ fn rss_bytes() -> u64 {
 }
 
 /// Child process: RSS growth for ACTIVATIONS idle actors of one kind.
-fn mem_child(kind: Kind) {
-    let rt = runtime();
-    let delta = rt.block_on(async {
-        let ids = ids(ACTIVATIONS);
-        let node = mesh_node().await;
-        // Warm up the runtime, the allocator and the node on a few actors.
-        node.call::<Counter, _>("warm", Inc(1)).await.expect("warm");
-        let warm = raw_spawn();
-        raw_call(&warm, 1).await;
-        let wr = ractor_spawn().await;
-        ractor_call(&wr, 1).await;
-        let before = rss_bytes();
-        let mut keep = Keep::default();
-        for id in ids.iter() {
-            activate_one(kind, &node, id, &mut keep).await;
-        }
-        let after = rss_bytes();
-        assert!(kind != Kind::Mesh || node.activation_count() >= ACTIVATIONS);
-        after.saturating_sub(before)
-    });
-    println!("rss_delta={delta}");
-    std::process::exit(0); // skip tearing 200 000 actors down
+async fn mem_child(kind: Kind) -> f64 {
+    let ids = ids(ACTIVATIONS);
+    let node = mesh_node().await;
+    warm_up(&node).await;
+    let before = rss_bytes();
+    let mut keep = Keep::default();
+    for id in ids.iter() {
+        activate_one(kind, &node, id, &mut keep).await;
+    }
+    let after = rss_bytes();
+    assert!(kind != Kind::Mesh || node.activation_count() >= ACTIVATIONS);
+    after.saturating_sub(before) as f64 / ACTIVATIONS as f64
 }
 
-fn mem_per_activation(kind: &str) -> f64 {
+/// Child process: activation rate of one kind, from a fresh heap (`warm`
+/// false) or after a first round of ACTIVATIONS was activated and torn
+/// down completely (`warm` true: the heap has grown already).
+async fn act_child(kind: Kind, warm: bool) -> f64 {
+    let ids = ids(ACTIVATIONS);
+    let mut node = mesh_node().await;
+    warm_up(&node).await;
+    if warm {
+        let (_, kept) = activation_rate(kind, &node, ids.clone()).await;
+        for k in kept {
+            k.teardown().await;
+        }
+        node.shutdown().await.expect("shutdown");
+        node = mesh_node().await;
+    }
+    activation_rate(kind, &node, ids).await.0
+}
+
+/// One actor of each kind, so that lazily built runtime structures exist.
+async fn warm_up(node: &Node) {
+    let mut keep = Keep::default();
+    for kind in [Kind::Mesh, Kind::Tokio, Kind::Ractor] {
+        activate_one(kind, node, "warm-up", &mut keep).await;
+    }
+}
+
+/// Runs this binary as `--child <what> <kind>` and reads its figure.
+fn in_child(what: &str, kind: &str) -> f64 {
     let exe = std::env::current_exe().expect("current exe");
     let out = Command::new(exe)
-        .args(["--mem-child", kind])
+        .args(["--child", what, kind])
         .output()
-        .expect("run memory child");
+        .expect("run child");
     let text = String::from_utf8_lossy(&out.stdout);
-    let delta: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("rss_delta="))
+    text.lines()
+        .find_map(|l| l.strip_prefix("value="))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| {
             panic!(
-                "memory child for {kind} failed: {text} {}",
+                "{what} child for {kind} failed: {text} {}",
                 String::from_utf8_lossy(&out.stderr)
             )
-        });
-    delta / ACTIVATIONS as f64
+        })
 }
 
 // -------------------------------------------------------------------- main
@@ -357,48 +390,48 @@ type Figure<'a> = (
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--mem-child") {
-        mem_child(Kind::parse(
-            args.get(i + 1).map(String::as_str).unwrap_or("mesh"),
-        ));
-        return;
-    }
-    if let Some(i) = args.iter().position(|a| a == "--profile-activation") {
-        // For `perf record`: only mesh activations, repeatedly.
-        let n: usize = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(5);
-        let rt = runtime();
-        for _ in 0..n {
-            println!(
-                "{:.0}/s",
-                rt.block_on(activation_rate(Kind::Mesh, ids(ACTIVATIONS)))
-            );
-        }
-        return;
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        let what = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let kind = Kind::parse(args.get(i + 2).map(String::as_str).unwrap_or("mesh"));
+        let value = runtime().block_on(async {
+            match what {
+                "mem" => mem_child(kind).await,
+                "act-warm" => act_child(kind, true).await,
+                "tp" => throughput(kind, ids(TP_ACTORS)).await,
+                _ => act_child(kind, false).await,
+            }
+        });
+        println!("value={value}");
+        std::process::exit(0); // skip tearing 200 000 actors down
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     println!("mesh local benchmarks: {cores} cores, tokio multi-thread runtime, median of {REPEATS} runs");
+    println!(
+        "activations: {SPAWNERS} concurrent callers, each id's first call; fresh process = \
+         new heap, warm heap = after {ACTIVATIONS} were activated and torn down in that process"
+    );
     let rt = runtime();
 
-    let act_ids = ids(ACTIVATIONS);
+    let kinds = ["mesh", "tokio", "ractor"];
     let mut act = [Vec::new(), Vec::new(), Vec::new()];
+    let mut act_warm = [Vec::new(), Vec::new(), Vec::new()];
     let tp_ids = ids(TP_ACTORS);
     let mut tp = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..REPEATS {
-        for (i, k) in [Kind::Mesh, Kind::Tokio, Kind::Ractor]
-            .into_iter()
-            .enumerate()
-        {
-            act[i].push(rt.block_on(activation_rate(k, act_ids.clone())));
-            tp[i].push(rt.block_on(throughput(k, tp_ids.clone())));
+        for (i, k) in kinds.into_iter().enumerate() {
+            act[i].push(in_child("act", k));
+            act_warm[i].push(in_child("act-warm", k));
+            tp[i].push(rt.block_on(throughput(Kind::parse(k), tp_ids.clone())));
         }
     }
     let act = act.map(median);
+    let act_warm = act_warm.map(median);
     let tp = tp.map(median);
     let lat_mesh = rt.block_on(latency(Kind::Mesh));
     let lat_raw = rt.block_on(latency(Kind::Tokio));
-    let mem = ["mesh", "tokio", "ractor"].map(mem_per_activation);
+    let mem = kinds.map(|k| in_child("mem", k));
 
     println!();
     println!(
@@ -410,14 +443,23 @@ fn main() {
     let kib = |v: f64| format!("{:.2} KiB", v / 1024.0);
     let us = |v: f64| format!("{v:.2} us");
     let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let figures: [Figure; 5] = [
+    let figures: [Figure; 6] = [
         (
-            format!("activations, {ACTIVATIONS} ids, {SPAWNERS} concurrent"),
+            format!("activations of {ACTIVATIONS}, fresh process"),
             &per_s,
             act[0],
             [
                 ("raw tokio", act[1], ">= 0.5x"),
                 ("raw ractor", act[2], ">= 2x"),
+            ],
+        ),
+        (
+            format!("activations of {ACTIVATIONS}, warm heap"),
+            &per_s,
+            act_warm[0],
+            [
+                ("raw tokio", act_warm[1], ">= 0.5x"),
+                ("raw ractor", act_warm[2], ">= 2x"),
             ],
         ),
         (

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 pub use crate::actor::{BoxError, Ctx, ReplyTo};
 pub use crate::wire::{decode, encode, tag, Wire};
 pub use crate::{Actor, Error, Handler, Handlers, Message};
+pub use tokio::time::Instant;
 
 /// How handling one message ended, for the activation loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +22,38 @@ pub enum Outcome {
 }
 
 /// Runs a handler future, catching a panic, and answers the caller.
-pub async fn finish<R, F>(reply: ReplyTo<R>, ctx: &Ctx, fut: F) -> Outcome
+///
+/// If the handler does not finish on its first poll and the call has a
+/// deadline, a timer is armed for it: at the deadline the caller gets
+/// [`Error::Timeout`] while the handler runs on to completion (its state
+/// changes stand; its reply is dropped). Handlers that finish without
+/// waiting arm nothing.
+pub async fn finish<R, F>(mut reply: ReplyTo<R>, ctx: &Ctx, fut: F) -> Outcome
 where
     F: Future<Output = Result<R, Error>>,
 {
-    match CatchUnwind::new(fut).await {
+    let mut fut = std::pin::pin!(CatchUnwind::new(fut));
+    let mut first = true;
+    let mut timer: Pin<&mut Option<tokio::time::Sleep>> = std::pin::pin!(None);
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if std::mem::take(&mut first) {
+            if let Some(deadline) = reply.deadline() {
+                timer.set(Some(tokio::time::sleep_until(deadline)));
+            }
+        }
+        if let Some(sleep) = timer.as_mut().as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                reply.time_out();
+                timer.set(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    match result {
         Ok(result) => {
             reply.send(result);
             Outcome::Done

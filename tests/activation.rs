@@ -929,3 +929,68 @@ fn handles_and_futures_are_send_and_sync() {
     send(&mesh::call::<Tally, _>("x", Count).into_future());
     send(&Node::builder().start());
 }
+
+// ------------------------------------------------------------ deadlines behind slow work
+
+static GLACIAL_GATE: Semaphore = Semaphore::const_new(0);
+
+#[derive(Actor)]
+#[actor(capability = "glacial", activate = Glacial::load)]
+struct Glacial;
+
+impl Glacial {
+    async fn load(_id: &str) -> Result<Self, String> {
+        GLACIAL_GATE
+            .acquire()
+            .await
+            .map_err(|e| e.to_string())?
+            .forget();
+        Ok(Glacial)
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u8)]
+struct Poke;
+
+#[mesh::handlers]
+impl Glacial {
+    async fn poke(&mut self, _: Poke) -> u8 {
+        7
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_calls_time_out_on_time_behind_a_slow_activation() {
+    let node = node_with(|b| b.capabilities(["glacial"]).actor::<Glacial>()).await;
+    let t0 = Instant::now();
+    let timed = |d: Duration| {
+        let node = node.clone();
+        async move {
+            let r = node.call::<Glacial, _>("g", Poke).timeout(d).await;
+            (r, Instant::now() - t0)
+        }
+    };
+    let (slow, fast, late, ()) = tokio::join!(
+        // Queued first, with the later deadline...
+        timed(Duration::from_secs(1)),
+        // ...then a call with an earlier one: the timer moves up for it.
+        async {
+            tokio::task::yield_now().await;
+            timed(Duration::from_millis(100)).await
+        },
+        // A call still waiting when the activation completes is served.
+        async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            timed(Duration::from_secs(10)).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            GLACIAL_GATE.add_permits(1);
+        },
+    );
+    assert_eq!(fast, (Err(Error::Timeout), Duration::from_millis(100)));
+    assert_eq!(slow, (Err(Error::Timeout), Duration::from_secs(1)));
+    assert_eq!(late, (Ok(7), Duration::from_secs(2)));
+    node.shutdown().await.unwrap();
+}

@@ -194,6 +194,9 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
     let fail_arms = variants
         .iter()
         .map(|v| quote!(#env::#v(_, r) => r.send(::core::result::Result::Err(err))));
+    let deadline_arms = variants
+        .iter()
+        .map(|v| quote!(#env::#v(_, ref r) => r.deadline()));
     let abandoned_arms = variants
         .iter()
         .map(|v| quote!(#env::#v(_, ref r) => r.abandoned()));
@@ -267,6 +270,13 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
             fn __fail(env: #env, err: #p::Error) {
                 match env {
                     #(#fail_arms,)*
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn __deadline(env: &#env) -> ::core::option::Option<#p::Instant> {
+                match *env {
+                    #(#deadline_arms,)*
                 }
             }
 

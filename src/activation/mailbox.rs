@@ -9,12 +9,18 @@
 //! - A mailbox is closed only under the activation table's write lock, in the
 //!   same step that removes it from the table (see `activation::Activations`).
 //!   A producer that finds the mailbox in the table can therefore always push.
+//! - Idleness is counted in batches, not read from the clock: the idle
+//!   sweeper compares the batch counter between its ticks, so the hot path
+//!   reads no clock for it.
+//! - While the activation waits on user code (a slow handler, activation or
+//!   hook) it *watches* the mailbox: a push whose deadline is earlier than
+//!   the one its timer is armed for wakes it, so queued calls time out on
+//!   time (see `task::watch_queue`).
 //! - An idle mailbox holds no heap buffer beyond what earlier bursts grew.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -38,16 +44,30 @@ pub(crate) enum Take {
     Idle,
 }
 
+/// What the registered waker waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Any message (the activation is idle).
+    Message,
+    /// A message with a deadline earlier than this one (`None`: any
+    /// deadline): the activation is busy in user code.
+    Deadline(Option<Instant>),
+}
+
 #[derive(Debug)]
 struct State<E> {
     queue: VecDeque<E>,
     waker: Option<Waker>,
+    wait: Wait,
     closed: bool,
     stop: bool,
     /// Set by the idle sweeper; cleared by the next batch.
     idle: bool,
-    /// When the activation last took a batch.
-    last_active: Instant,
+    /// Batches taken so far, and the count the sweeper saw last with how
+    /// many of its ticks it has stayed the same.
+    batches: u64,
+    swept: u64,
+    quiet_ticks: u32,
 }
 
 /// See the module docs.
@@ -63,10 +83,13 @@ impl<E> Mailbox<E> {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 waker: None,
+                wait: Wait::Message,
                 closed: false,
                 stop: false,
                 idle: false,
-                last_active: Instant::now(),
+                batches: 0,
+                swept: 0,
+                quiet_ticks: 0,
             }),
             capacity: capacity.max(1),
         }
@@ -78,8 +101,9 @@ impl<E> Mailbox<E> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Enqueues `msg` and wakes the activation.
-    pub(crate) fn push(&self, msg: E) -> Result<(), Push<E>> {
+    /// Enqueues `msg` (whose call expires at `deadline`) and wakes the
+    /// activation if it waits for it.
+    pub(crate) fn push(&self, msg: E, deadline: Option<Instant>) -> Result<(), Push<E>> {
         let mut s = self.lock();
         if s.closed {
             return Err(Push::Closed(msg));
@@ -88,7 +112,15 @@ impl<E> Mailbox<E> {
             return Err(Push::Full(msg));
         }
         s.queue.push_back(msg);
-        let waker = s.waker.take();
+        let wake = match s.wait {
+            Wait::Message => true,
+            Wait::Deadline(armed) => match (deadline, armed) {
+                (Some(d), Some(a)) => d < a,
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+        };
+        let waker = if wake { s.waker.take() } else { None };
         drop(s);
         if let Some(w) = waker {
             w.wake();
@@ -98,20 +130,12 @@ impl<E> Mailbox<E> {
 
     /// Moves every queued message into `batch` (which must be empty), or
     /// registers the task to be woken by the next push, stop or idle mark.
-    /// `now` (if the actor passivates at all) stamps the batch's activity.
-    pub(crate) fn poll_take(
-        &self,
-        cx: &mut Context<'_>,
-        batch: &mut VecDeque<E>,
-        now: Option<Instant>,
-    ) -> Poll<Take> {
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<E>) -> Poll<Take> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
             std::mem::swap(&mut s.queue, batch);
             s.idle = false;
-            if let Some(now) = now {
-                s.last_active = now;
-            }
+            s.batches = s.batches.wrapping_add(1);
             return Poll::Ready(Take::Batch);
         }
         if s.stop {
@@ -120,11 +144,39 @@ impl<E> Mailbox<E> {
         if s.idle {
             return Poll::Ready(Take::Idle);
         }
-        match &s.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => s.waker = Some(cx.waker().clone()),
-        }
+        register(&mut s, cx, Wait::Message);
         Poll::Pending
+    }
+
+    /// Registers the task to be woken by a push whose deadline is earlier
+    /// than `armed` (or by any push with a deadline if `armed` is `None`).
+    pub(crate) fn watch(&self, cx: &mut Context<'_>, armed: Option<Instant>) {
+        let mut s = self.lock();
+        register(&mut s, cx, Wait::Deadline(armed));
+    }
+
+    /// Removes the queued messages whose deadline is at or before `now`;
+    /// returns them and the earliest deadline among those left.
+    pub(crate) fn take_expired(
+        &self,
+        now: Instant,
+        deadline_of: impl Fn(&E) -> Option<Instant>,
+    ) -> (Vec<E>, Option<Instant>) {
+        let mut s = self.lock();
+        let mut expired = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        let queue = std::mem::take(&mut s.queue);
+        for msg in queue {
+            match deadline_of(&msg) {
+                Some(d) if d <= now => expired.push(msg),
+                Some(d) => {
+                    earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                    s.queue.push_back(msg);
+                }
+                None => s.queue.push_back(msg),
+            }
+        }
+        (expired, earliest)
     }
 
     /// Puts unprocessed messages back in front of the queue, in order.
@@ -171,15 +223,18 @@ impl<E> Mailbox<E> {
         }
     }
 
-    /// Marks the mailbox idle, waking its activation to passivate, if it is
-    /// empty and took no batch for `idle` up to `now`.
-    pub(crate) fn mark_if_idle(&self, now: Instant, idle: Duration) -> bool {
+    /// One tick of the idle sweeper: marks the mailbox idle (waking its
+    /// activation to passivate) once it has taken no batch and held no
+    /// message for `ticks` consecutive ticks.
+    pub(crate) fn sweep(&self, ticks: u32) -> bool {
         let mut s = self.lock();
-        if s.idle
-            || s.stop
-            || !s.queue.is_empty()
-            || now.saturating_duration_since(s.last_active) < idle
-        {
+        if s.batches != s.swept || !s.queue.is_empty() {
+            s.swept = s.batches;
+            s.quiet_ticks = 0;
+            return false;
+        }
+        s.quiet_ticks += 1;
+        if s.idle || s.stop || s.quiet_ticks < ticks {
             return false;
         }
         s.idle = true;
@@ -198,17 +253,41 @@ impl<E> Mailbox<E> {
     }
 }
 
+fn register<E>(s: &mut State<E>, cx: &mut Context<'_>, wait: Wait) {
+    s.wait = wait;
+    match &s.waker {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => s.waker = Some(cx.waker().clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Waker;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count::default());
+        (c.clone(), Waker::from(c))
+    }
 
     #[test]
     fn full_mailbox_hands_the_message_back() {
         let mb = Mailbox::new(2);
-        mb.push(1).unwrap();
-        mb.push(2).unwrap();
-        assert!(matches!(mb.push(3), Err(Push::Full(3))));
+        mb.push(1, None).unwrap();
+        mb.push(2, None).unwrap();
+        assert!(matches!(mb.push(3, None), Err(Push::Full(3))));
         assert_eq!(mb.len(), 2);
     }
 
@@ -216,86 +295,90 @@ mod tests {
     fn batch_takes_everything_in_order_and_put_back_restores_it() {
         let mb = Mailbox::new(8);
         for i in 0..5 {
-            mb.push(i).unwrap();
+            mb.push(i, None).unwrap();
         }
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, None),
-            Poll::Ready(Take::Batch)
-        );
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
         assert_eq!(batch, [0, 1, 2, 3, 4]);
         batch.pop_front();
-        mb.push(9).unwrap();
+        mb.push(9, None).unwrap();
         mb.put_back(&mut batch);
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, None),
-            Poll::Ready(Take::Batch)
-        );
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
         assert_eq!(batch, [1, 2, 3, 4, 9]);
     }
 
     #[test]
     fn close_if_empty_refuses_while_messages_wait() {
         let mb = Mailbox::new(8);
-        mb.push(1).unwrap();
+        mb.push(1, None).unwrap();
         assert!(!mb.close_if_empty());
         assert_eq!(mb.drain(), [1]);
         assert!(mb.close_if_empty());
-        assert!(matches!(mb.push(2), Err(Push::Closed(2))));
+        assert!(matches!(mb.push(2, None), Err(Push::Closed(2))));
     }
 
     #[test]
-    fn idle_mark_needs_an_empty_mailbox_and_enough_quiet() {
+    fn idle_needs_quiet_ticks_and_a_new_batch_clears_it() {
         let mb = Mailbox::new(8);
-        let t0 = Instant::now();
-        let idle = Duration::from_secs(10);
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
-        mb.push(1).unwrap();
-        assert!(
-            !mb.mark_if_idle(t0 + idle * 2, idle),
-            "messages are waiting"
-        );
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, Some(t0)),
-            Poll::Ready(Take::Batch)
-        );
-        assert!(
-            !mb.mark_if_idle(t0 + idle / 2, idle),
-            "not quiet long enough"
-        );
-        assert!(mb.mark_if_idle(t0 + idle, idle));
+        mb.push(1, None).unwrap();
+        assert!(!mb.sweep(2), "a message is waiting");
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
         batch.clear();
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, None),
-            Poll::Ready(Take::Idle)
-        );
+        assert!(!mb.sweep(2), "a batch was taken since the last tick");
+        assert!(!mb.sweep(2), "one quiet tick");
+        assert!(mb.sweep(2), "two quiet ticks");
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Idle));
         // A message after the mark wins over it, and clears it.
-        mb.push(2).unwrap();
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, Some(t0 + idle)),
-            Poll::Ready(Take::Batch)
-        );
+        mb.push(2, None).unwrap();
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
         batch.clear();
-        assert_eq!(mb.poll_take(&mut cx, &mut batch, None), Poll::Pending);
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Pending);
     }
 
     #[test]
     fn stop_is_seen_only_once_empty() {
         let mb = Mailbox::new(8);
-        mb.push(1).unwrap();
+        mb.push(1, None).unwrap();
         mb.stop();
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, None),
-            Poll::Ready(Take::Batch)
-        );
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
         batch.clear();
-        assert_eq!(
-            mb.poll_take(&mut cx, &mut batch, None),
-            Poll::Ready(Take::Stop)
-        );
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Stop));
+    }
+
+    #[test]
+    fn a_watching_activation_wakes_only_for_earlier_deadlines() {
+        let mb = Mailbox::new(8);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let t0 = Instant::now();
+        let armed = t0 + Duration::from_secs(10);
+        mb.watch(&mut cx, Some(armed));
+        mb.push(1, None).unwrap();
+        mb.push(2, Some(armed + Duration::from_secs(1))).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 0, "no earlier deadline yet");
+        mb.push(3, Some(t0 + Duration::from_secs(1))).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+
+        let (expired, earliest) = mb.take_expired(t0 + Duration::from_secs(1), |&m| match m {
+            1 => None,
+            2 => Some(armed + Duration::from_secs(1)),
+            _ => Some(t0 + Duration::from_secs(1)),
+        });
+        assert_eq!(expired, [3]);
+        assert_eq!(earliest, Some(armed + Duration::from_secs(1)));
+        assert_eq!(mb.len(), 2);
+
+        // An idle activation wakes for anything.
+        let mut batch = VecDeque::new();
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Ready(Take::Batch));
+        batch.clear();
+        assert_eq!(mb.poll_take(&mut cx, &mut batch), Poll::Pending);
+        mb.push(4, None).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 }

@@ -55,6 +55,22 @@ pub(crate) struct WireCall {
 }
 
 impl<A: Handlers> Envelope<A> {
+    /// When the caller stops waiting (`None` for a cast).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Envelope::Local(env) => A::__deadline(env),
+            Envelope::Wire(call) => call.reply.deadline(),
+        }
+    }
+
+    /// Whether the caller dropped the call.
+    fn abandoned(&self) -> bool {
+        match self {
+            Envelope::Local(env) => A::__abandoned(env),
+            Envelope::Wire(call) => call.reply.abandoned(),
+        }
+    }
+
     fn fail(self, err: Error) {
         match self {
             Envelope::Local(env) => A::__fail(env, err),
@@ -148,7 +164,8 @@ impl<A: Handlers> Activations<A> {
             Entry::Occupied(o) => self.push(o.get(), id, env),
             Entry::Vacant(v) => {
                 let mb = Arc::new(Mailbox::new(A::MAILBOX_CAPACITY));
-                if let Err(Push::Full(env) | Push::Closed(env)) = mb.push(env) {
+                let deadline = env.deadline();
+                if let Err(Push::Full(env) | Push::Closed(env)) = mb.push(env, deadline) {
                     // Capacity is at least one and the mailbox is new.
                     env.fail(Error::ShuttingDown);
                 }
@@ -164,7 +181,8 @@ impl<A: Handlers> Activations<A> {
     }
 
     fn push(&self, mb: &Mailbox<Envelope<A>>, id: &str, env: Envelope<A>) -> Result<(), Error> {
-        match mb.push(env) {
+        let deadline = env.deadline();
+        match mb.push(env, deadline) {
             Ok(()) => Ok(()),
             Err(Push::Full(_)) => Err(Error::MailboxFull {
                 actor: A::NAME.to_owned(),

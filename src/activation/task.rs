@@ -1,11 +1,23 @@
 //! The task behind one activation: activate, serve, deactivate, repeat while
 //! messages keep coming, then leave the table.
+//!
+//! Deadlines: calls arm no timer. This task enforces the deadlines of the
+//! messages it holds: a message found expired when its batch is taken is
+//! answered with [`Error::Timeout`] and skipped; while the task waits on
+//! user code (an activation, a handler that awaits, a hook), it arms one
+//! timer for the earliest deadline in its mailbox ([`watch_queue`]), and the
+//! handler's own call is timed by `__private::finish`. A handler that
+//! blocks its thread without awaiting delays these timeouts until it
+//! returns.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
@@ -34,7 +46,8 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         if shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
-        let mut actor = match CatchUnwind::new(A::activate(&id)).await {
+        let activated = watch_queue(&mb, &mut batch, CatchUnwind::new(A::activate(&id))).await;
+        let mut actor = match activated {
             Ok(Ok(actor)) => actor,
             failed => {
                 let reason = match failed {
@@ -64,7 +77,8 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
         if end != EndReason::Panic {
-            if let Err(payload) = CatchUnwind::new(actor.on_deactivate(&ctx)).await {
+            let hook = watch_queue(&mb, &mut batch, CatchUnwind::new(actor.on_deactivate(&ctx)));
+            if let Err(payload) = hook.await {
                 tracing::error!(
                     actor = A::NAME,
                     id = &*id,
@@ -102,31 +116,30 @@ async fn serve<A: Handlers>(
     batch: &mut VecDeque<Envelope<A>>,
 ) -> EndReason {
     let metrics = Metrics::get();
-    let stamps = A::IDLE_TIMEOUT.is_some();
     loop {
-        // Stamp the time the batch is taken, not when waiting began.
-        match poll_fn(|cx| mb.poll_take(cx, batch, stamps.then(Instant::now))).await {
+        match poll_fn(|cx| mb.poll_take(cx, batch)).await {
             Take::Batch => {}
             Take::Stop => return EndReason::Shutdown,
             Take::Idle => return EndReason::Idle,
         }
         metrics.mailbox_depth.record(batch.len() as f64);
+        let now = Instant::now();
         while let Some(env) = batch.pop_front() {
+            if env.abandoned() {
+                metrics.abandoned.increment(1);
+                continue;
+            }
+            if env.deadline().is_some_and(|d| d <= now) {
+                metrics.abandoned.increment(1);
+                env.fail(Error::Timeout);
+                continue;
+            }
             let outcome = match env {
-                Envelope::Local(env) => {
-                    if A::__abandoned(&env) {
-                        metrics.abandoned.increment(1);
-                        continue;
-                    }
-                    actor.__handle(env, ctx).await
-                }
+                Envelope::Local(env) => watch_queue(mb, batch, actor.__handle(env, ctx)).await,
                 Envelope::Wire(call) => {
-                    if call.reply.abandoned() {
-                        metrics.abandoned.increment(1);
-                        continue;
-                    }
                     let WireCall { tag, body, reply } = *call;
-                    finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
+                    let handled = finish(reply, ctx, actor.__handle_wire(tag, &body, ctx));
+                    watch_queue(mb, batch, handled).await
                 }
             };
             let end = match outcome {
@@ -147,15 +160,62 @@ async fn serve<A: Handlers>(
     }
 }
 
-/// Passivates the idle activations of `A`: every `IDLE_TIMEOUT / 4`, marks
-/// the mailboxes that took no message for `IDLE_TIMEOUT`. One task per
-/// actor type and node, instead of one timer per activation, so an idle
-/// activation costs no timer and activating one arms none. An activation is
-/// passivated between `IDLE_TIMEOUT` and `1.25 x IDLE_TIMEOUT` after its
-/// last message.
+/// Runs `fut` (user code). If it does not finish on its first poll, the
+/// rest of the batch goes back to the mailbox and, until `fut` finishes,
+/// the queued calls whose deadline passes are answered with
+/// [`Error::Timeout`]: one timer, for the earliest deadline, re-armed when a
+/// call with an earlier one arrives.
+async fn watch_queue<A: Handlers, F: Future>(
+    mb: &Mailbox<Envelope<A>>,
+    batch: &mut VecDeque<Envelope<A>>,
+    fut: F,
+) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut first = true;
+    let mut rescan = true;
+    let mut armed: Option<Instant> = None;
+    let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
+    poll_fn(|cx| loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(v);
+        }
+        if std::mem::take(&mut first) {
+            mb.put_back(batch);
+        }
+        if std::mem::take(&mut rescan) {
+            let (expired, earliest) = mb.take_expired(Instant::now(), Envelope::deadline);
+            for env in expired {
+                env.fail(Error::Timeout);
+            }
+            if earliest != armed {
+                armed = earliest;
+                timer.set(earliest.map(tokio::time::sleep_until));
+            }
+        }
+        if let Some(sleep) = timer.as_mut().as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                rescan = true;
+                continue;
+            }
+        }
+        // Woken by a call with an earlier deadline: look again.
+        mb.watch(cx, armed);
+        rescan = true;
+        return Poll::Pending;
+    })
+    .await
+}
+
+/// Passivates the idle activations of `A`: every `IDLE_TIMEOUT / 4` it
+/// ticks every mailbox, and a mailbox that took no message for 4 ticks in a
+/// row is marked idle. One task per actor type and node instead of one
+/// timer per activation, so an idle activation costs no timer and the hot
+/// path reads no clock for idleness. An activation is passivated between
+/// `IDLE_TIMEOUT` and `1.25 x IDLE_TIMEOUT` after its last message.
 pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
+    const TICKS: u32 = 4;
     let Some(idle) = A::IDLE_TIMEOUT else { return };
-    let tick = (idle / 4).max(std::time::Duration::from_millis(1));
+    let tick = (idle / TICKS).max(Duration::from_millis(1));
     let mut interval = tokio::time::interval_at(Instant::now() + tick, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -169,9 +229,8 @@ pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
         if acts.shared.is_shutting_down() {
             return;
         }
-        let now = Instant::now();
         for entry in acts.table.iter() {
-            entry.value().mark_if_idle(now, idle);
+            entry.value().sweep(TICKS);
         }
     }
 }

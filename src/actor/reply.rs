@@ -1,40 +1,70 @@
-//! The reply slot a call waits on.
+//! The reply slot a call waits on, and the call's deadline.
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::Error;
 
-/// Where a handler's reply goes: the caller's one-shot slot, or nowhere for
-/// a cast.
+/// Where a handler's reply goes (the caller's one-shot slot, or nowhere for
+/// a cast), and when the caller stops waiting.
+///
+/// The deadline travels with the message: whoever holds the slot enforces
+/// it (the activation, for a local call), so a call arms no timer of its own.
 #[derive(Debug)]
-pub struct ReplyTo<R>(Option<oneshot::Sender<Result<R, Error>>>);
+pub struct ReplyTo<R> {
+    tx: Option<oneshot::Sender<Result<R, Error>>>,
+    deadline: Option<Instant>,
+}
 
 impl<R> ReplyTo<R> {
-    /// A slot for a call, and the receiver the caller awaits.
-    pub(crate) fn call() -> (Self, oneshot::Receiver<Result<R, Error>>) {
+    /// A slot for a call expiring at `deadline`, and the receiver the caller
+    /// awaits.
+    pub(crate) fn call(deadline: Instant) -> (Self, oneshot::Receiver<Result<R, Error>>) {
         let (tx, rx) = oneshot::channel();
-        (ReplyTo(Some(tx)), rx)
+        (
+            ReplyTo {
+                tx: Some(tx),
+                deadline: Some(deadline),
+            },
+            rx,
+        )
     }
 
     /// No reply: a cast.
     pub(crate) fn cast() -> Self {
-        ReplyTo(None)
+        ReplyTo {
+            tx: None,
+            deadline: None,
+        }
     }
 
     /// Sends the outcome to the caller, if there is one still waiting.
     pub fn send(self, result: Result<R, Error>) {
-        if let Some(tx) = self.0 {
+        if let Some(tx) = self.tx {
             let _ = tx.send(result);
         }
     }
 
+    /// Answers the caller with [`Error::Timeout`] now; a later `send` goes
+    /// nowhere.
+    pub fn time_out(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(Error::Timeout));
+        }
+    }
+
+    /// When the caller stops waiting; `None` for a cast, or once answered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.tx.as_ref().and(self.deadline)
+    }
+
     /// Whether a caller was waiting and has given up.
     pub fn abandoned(&self) -> bool {
-        self.0.as_ref().is_some_and(|tx| tx.is_closed())
+        self.tx.as_ref().is_some_and(|tx| tx.is_closed())
     }
 
     /// Whether this is a cast's slot.
     pub fn is_cast(&self) -> bool {
-        self.0.is_none()
+        self.tx.is_none()
     }
 }

@@ -2,8 +2,9 @@
 //! for the reply.
 //!
 //! Allocation: a call allocates only the reply slot (a tokio oneshot); the
-//! message travels inside the actor's envelope enum, by value. The deadline
-//! timer is armed only if the reply is not ready on the first poll.
+//! message travels inside the actor's envelope enum, by value. A call arms
+//! no timer: its deadline travels with the message and the activation
+//! holding it enforces it (see `activation::task`).
 //!
 //! Cancellation: dropping a [`CallFuture`] abandons the call. If its message
 //! has not started yet, the activation skips it.
@@ -15,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::{no_node, Node, NodeInner, DEFAULT};
 use crate::activation::Envelope;
@@ -82,41 +83,42 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
             call: Some(self),
             rx: None,
             started: None,
-            deadline: None,
-            timer: Timer::Unarmed,
             span: tracing::Span::none(),
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Unarmed,
-        Armed { #[pin] sleep: Sleep },
+/// The future of a [`Call`]: resolves to the handler's reply or an
+/// [`Error`].
+///
+/// It arms no timer: the deadline travels with the message, and whoever
+/// holds the message (the activation) answers [`Error::Timeout`] when it
+/// passes.
+#[must_use = "futures do nothing unless polled"]
+pub struct CallFuture<'a, A, M: Message> {
+    call: Option<Call<'a, A, M>>,
+    rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
+    started: Option<Instant>,
+    span: tracing::Span,
+}
+
+impl<A, M: Message> std::fmt::Debug for CallFuture<'_, A, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallFuture")
+            .field("started", &self.started)
+            .field("waiting", &self.rx.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The future of a [`Call`]: resolves to the handler's reply or an
-    /// [`Error`].
-    #[must_use = "futures do nothing unless polled"]
-    pub struct CallFuture<'a, A, M: Message> {
-        call: Option<Call<'a, A, M>>,
-        rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
-        started: Option<Instant>,
-        deadline: Option<Instant>,
-        #[pin]
-        timer: Timer,
-        span: tracing::Span,
-    }
-}
+// No field is pinned: the future only holds a oneshot receiver, which is Unpin.
+impl<A, M: Message> Unpin for CallFuture<'_, A, M> {}
 
 impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
     type Output = Result<M::Reply, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.get_mut();
         let metrics = Metrics::get();
         if let Some(call) = this.call.take() {
             let span = tracing::debug_span!(
@@ -127,46 +129,35 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             );
             let _enter = span.enter();
             let now = Instant::now();
-            *this.started = Some(now);
-            let (reply, rx) = ReplyTo::call();
+            this.started = Some(now);
             let sent = with_node(call.via, |node| {
                 let timeout = call.timeout.unwrap_or(node.default_timeout);
-                *this.deadline = Some(now + timeout);
-                node.dispatch::<A, M>(call.id, call.msg, reply)
+                let (reply, rx) = ReplyTo::call(now + timeout);
+                node.dispatch::<A, M>(call.id, call.msg, reply)?;
+                Ok(rx)
             });
-            if let Err(e) = sent {
-                let result = Err(e);
-                metrics.call_done(&result);
-                return Poll::Ready(result);
+            match sent {
+                Ok(rx) => this.rx = Some(rx),
+                Err(e) => {
+                    let result = Err(e);
+                    metrics.call_done(&result);
+                    return Poll::Ready(result);
+                }
             }
-            *this.rx = Some(rx);
             drop(_enter);
-            *this.span = span;
+            this.span = span;
         }
         let _enter = this.span.enter();
         let Some(rx) = this.rx.as_mut() else {
             return Poll::Ready(Err(Error::Config("call polled after completion".into())));
         };
-        let result = match Pin::new(rx).poll(cx) {
-            Poll::Ready(Ok(result)) => result,
+        let result = match ready!(Pin::new(rx).poll(cx)) {
+            Ok(result) => result,
             // The activation dropped the reply slot: the node's runtime went away.
-            Poll::Ready(Err(_)) => Err(Error::ShuttingDown),
-            Poll::Pending => {
-                if let TimerProj::Unarmed = this.timer.as_mut().project() {
-                    let deadline = this.deadline.unwrap_or_else(Instant::now);
-                    this.timer.set(Timer::Armed {
-                        sleep: tokio::time::sleep_until(deadline),
-                    });
-                }
-                match this.timer.project() {
-                    TimerProj::Armed { sleep } => ready!(sleep.poll(cx)),
-                    TimerProj::Unarmed => return Poll::Pending,
-                }
-                Err(Error::Timeout)
-            }
+            Err(_) => Err(Error::ShuttingDown),
         };
-        *this.rx = None;
-        if let Some(started) = *this.started {
+        this.rx = None;
+        if let Some(started) = this.started {
             metrics
                 .call_duration
                 .record(started.elapsed().as_secs_f64());

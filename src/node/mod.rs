@@ -146,15 +146,13 @@ impl Node {
                 node: table.owner(shard(id)).to_owned(),
             });
         }
-        let (reply, rx) = ReplyTo::call();
+        let deadline = tokio::time::Instant::now() + inner.default_timeout;
+        let (reply, rx) = ReplyTo::call(deadline);
         inner.actors[route.actor]
             .2
             .send_wire(id, WireCall { tag, body, reply })?;
-        match tokio::time::timeout(inner.default_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::Timeout),
-        }
+        // The activation answers Timeout at the deadline.
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Stops the node: new calls fail with [`Error::ShuttingDown`], every
