@@ -28,50 +28,81 @@ pub enum Outcome {
 /// [`Error::Timeout`] while the handler runs on to completion (its state
 /// changes stand; its reply is dropped). Handlers that finish without
 /// waiting arm nothing.
-pub async fn finish<R, F>(mut reply: ReplyTo<R>, ctx: &Ctx, fut: F) -> Outcome
+///
+/// A named future rather than an `async fn`: an `async fn` would keep both
+/// its argument and its pinned copy, doubling the handler's size in every
+/// activation's task.
+pub fn finish<'a, R, F>(reply: ReplyTo<R>, ctx: &'a Ctx, fut: F) -> Finish<'a, R, F>
 where
     F: Future<Output = Result<R, Error>>,
 {
-    let mut fut = std::pin::pin!(CatchUnwind::new(fut));
-    let mut first = true;
-    let mut timer: Pin<&mut Option<tokio::time::Sleep>> = std::pin::pin!(None);
-    let result = std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-            return Poll::Ready(r);
-        }
-        if std::mem::take(&mut first) {
-            if let Some(deadline) = reply.deadline() {
-                timer.set(Some(tokio::time::sleep_until(deadline)));
+    Finish {
+        fut: CatchUnwind::new(fut),
+        reply: Some(reply),
+        ctx,
+        polled: false,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`finish`].
+    pub struct Finish<'a, R, F> {
+        #[pin]
+        fut: CatchUnwind<F>,
+        reply: Option<ReplyTo<R>>,
+        ctx: &'a Ctx,
+        polled: bool,
+        // Boxed: only a handler that awaits pays for a timer.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<R, F: Future<Output = Result<R, Error>>> Future for Finish<'_, R, F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        let Some(reply) = this.reply.as_mut() else {
+            return Poll::Ready(Outcome::Done);
+        };
+        let result = match this.fut.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if !std::mem::replace(this.polled, true) {
+                    *this.timer = reply
+                        .deadline()
+                        .map(|d| Box::pin(tokio::time::sleep_until(d)));
+                }
+                if let Some(sleep) = this.timer {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        reply.time_out();
+                        *this.timer = None;
+                    }
+                }
+                return Poll::Pending;
             }
-        }
-        if let Some(sleep) = timer.as_mut().as_pin_mut() {
-            if sleep.poll(cx).is_ready() {
-                reply.time_out();
-                timer.set(None);
+        };
+        let Some(reply) = this.reply.take() else {
+            return Poll::Ready(Outcome::Done);
+        };
+        Poll::Ready(match result {
+            Ok(result) => {
+                reply.send(result);
+                Outcome::Done
             }
-        }
-        Poll::Pending
-    })
-    .await;
-    match result {
-        Ok(result) => {
-            reply.send(result);
-            Outcome::Done
-        }
-        Err(payload) => {
-            let message = panic_message(&*payload);
-            tracing::error!(
-                actor = ctx.actor_name(),
-                id = ctx.id(),
-                "handler panicked: {message}"
-            );
-            reply.send(Err(Error::HandlerPanicked {
-                actor: ctx.actor_name().to_owned(),
-                id: ctx.id().to_owned(),
-                message,
-            }));
-            Outcome::Panicked
-        }
+            Err(payload) => {
+                let (actor, id) = (this.ctx.actor_name(), this.ctx.id());
+                let message = panic_message(&*payload);
+                tracing::error!(actor, id, "handler panicked: {message}");
+                reply.send(Err(Error::HandlerPanicked {
+                    actor: actor.to_owned(),
+                    id: id.to_owned(),
+                    message,
+                }));
+                Outcome::Panicked
+            }
+        })
     }
 }
 

@@ -271,3 +271,66 @@ impl<A: Handlers> AnyActivations for Activations<A> {
         self.start_sweeper(node);
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    //! Sizes of what every activation carries.
+    use crate::prelude::*;
+
+    #[derive(Actor, Default)]
+    #[actor(capability = "c")]
+    struct C(i64);
+    #[derive(Message, Serialize, Deserialize)]
+    #[message(reply = i64)]
+    struct Inc(i64);
+    #[crate::handlers]
+    impl C {
+        async fn inc(&mut self, Inc(n): Inc) -> i64 {
+            self.0 += n;
+            self.0
+        }
+    }
+
+    /// Every idle activation holds its task's future: keep it small. The
+    /// memory benchmark measures the whole; this catches a regression early.
+    #[tokio::test]
+    async fn activation_futures_stay_small() {
+        let node = Node::builder()
+            .capabilities(["c"])
+            .actor::<C>()
+            .default_node(false)
+            .start()
+            .await
+            .unwrap();
+        let f = super::task::run::<C>(
+            None,
+            std::sync::Arc::new(super::Mailbox::new(1)),
+            "x".into(),
+        );
+        eprintln!("run future: {} bytes", std::mem::size_of_val(&f));
+        eprintln!(
+            "envelope: {} bytes",
+            std::mem::size_of::<super::Envelope<C>>()
+        );
+        eprintln!(
+            "mailbox: {} bytes",
+            std::mem::size_of::<super::Mailbox<super::Envelope<C>>>()
+        );
+        let ctx = crate::Ctx::new("x".into(), "C", node.clone());
+        let mut c = C(0);
+        let (r, _rx) = crate::actor::ReplyTo::call(tokio::time::Instant::now());
+        let env = <C as crate::Handler<Inc>>::__wrap(Inc(1), r);
+        let h = crate::Handlers::__handle(&mut c, env, &ctx);
+        eprintln!("__handle future: {} bytes", std::mem::size_of_val(&h));
+        drop(h);
+        let mb = super::Mailbox::<super::Envelope<C>>::new(1);
+        let mut batch = std::collections::VecDeque::<super::Envelope<C>>::new();
+        let s = super::task::serve_for_size(&mut c, &mb, &ctx, &mut batch);
+        eprintln!("serve future: {} bytes", std::mem::size_of_val(&s));
+        assert!(std::mem::size_of_val(&f) <= 768, "the activation task grew");
+        assert!(
+            std::mem::size_of::<super::Envelope<C>>() <= 48,
+            "the envelope grew"
+        );
+    }
+}

@@ -12,9 +12,9 @@
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
@@ -46,7 +46,10 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         if shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
-        let activated = watch_queue(&mb, &mut batch, CatchUnwind::new(A::activate(&id))).await;
+        // Boxed, like the hook below: they run once per activation, and
+        // inline they would grow every idle activation's task by their size.
+        let activate = Box::pin(CatchUnwind::new(A::activate(&id)));
+        let activated = watch_queue(&mb, &mut batch, activate).await;
         let mut actor = match activated {
             Ok(Ok(actor)) => actor,
             failed => {
@@ -77,7 +80,8 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
         if end != EndReason::Panic {
-            let hook = watch_queue(&mb, &mut batch, CatchUnwind::new(actor.on_deactivate(&ctx)));
+            let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(&ctx)));
+            let hook = watch_queue(&mb, &mut batch, hook);
             if let Err(payload) = hook.await {
                 tracing::error!(
                     actor = A::NAME,
@@ -137,8 +141,14 @@ async fn serve<A: Handlers>(
             let outcome = match env {
                 Envelope::Local(env) => watch_queue(mb, batch, actor.__handle(env, ctx)).await,
                 Envelope::Wire(call) => {
+                    // Boxed: inline, the wire path's future (decode, handler,
+                    // encode) would grow every activation's task, idle or not;
+                    // a wire call already crossed the network.
                     let WireCall { tag, body, reply } = *call;
-                    let handled = finish(reply, ctx, actor.__handle_wire(tag, &body, ctx));
+                    let actor = &mut *actor;
+                    let handled = Box::pin(async move {
+                        finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
+                    });
                     watch_queue(mb, batch, handled).await
                 }
             };
@@ -165,45 +175,71 @@ async fn serve<A: Handlers>(
 /// the queued calls whose deadline passes are answered with
 /// [`Error::Timeout`]: one timer, for the earliest deadline, re-armed when a
 /// call with an earlier one arrives.
-async fn watch_queue<A: Handlers, F: Future>(
-    mb: &Mailbox<Envelope<A>>,
-    batch: &mut VecDeque<Envelope<A>>,
+fn watch_queue<'a, A: Handlers, F: Future>(
+    mb: &'a Mailbox<Envelope<A>>,
+    batch: &'a mut VecDeque<Envelope<A>>,
     fut: F,
-) -> F::Output {
-    let mut fut = pin!(fut);
-    let mut first = true;
-    let mut rescan = true;
-    let mut armed: Option<Instant> = None;
-    let mut timer: Pin<&mut Option<Sleep>> = pin!(None);
-    poll_fn(|cx| loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+) -> WatchQueue<'a, A, F> {
+    WatchQueue {
+        fut,
+        mb,
+        batch,
+        polled: false,
+        armed: None,
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`watch_queue`]: named, so `fut` is stored once.
+    struct WatchQueue<'a, A: Handlers, F> {
+        #[pin]
+        fut: F,
+        mb: &'a Mailbox<Envelope<A>>,
+        batch: &'a mut VecDeque<Envelope<A>>,
+        polled: bool,
+        armed: Option<Instant>,
+        // Boxed: the fast path (user code that does not wait) pays nothing.
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<A: Handlers, F: Future> Future for WatchQueue<'_, A, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(v) = this.fut.as_mut().poll(cx) {
             return Poll::Ready(v);
         }
-        if std::mem::take(&mut first) {
-            mb.put_back(batch);
+        if !std::mem::replace(this.polled, true) {
+            this.mb.put_back(this.batch);
         }
-        if std::mem::take(&mut rescan) {
-            let (expired, earliest) = mb.take_expired(Instant::now(), Envelope::deadline);
+        // Woken by the timer or by a call with an earlier deadline (or
+        // spuriously): fail what expired and re-arm for the earliest left.
+        loop {
+            let (expired, earliest) = this.mb.take_expired(Instant::now(), Envelope::deadline);
             for env in expired {
                 env.fail(Error::Timeout);
             }
-            if earliest != armed {
-                armed = earliest;
-                timer.set(earliest.map(tokio::time::sleep_until));
+            if earliest != *this.armed {
+                *this.armed = earliest;
+                *this.timer = earliest.map(|d| Box::pin(tokio::time::sleep_until(d)));
             }
-        }
-        if let Some(sleep) = timer.as_mut().as_pin_mut() {
-            if sleep.poll(cx).is_ready() {
-                rescan = true;
-                continue;
+            let fired = match this.timer {
+                Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+                None => false,
+            };
+            if !fired {
+                break;
             }
+            // Spent: scan again, and arm anew for what is left.
+            *this.timer = None;
+            *this.armed = None;
         }
-        // Woken by a call with an earlier deadline: look again.
-        mb.watch(cx, armed);
-        rescan = true;
-        return Poll::Pending;
-    })
-    .await
+        this.mb.watch(cx, *this.armed);
+        Poll::Pending
+    }
 }
 
 /// Passivates the idle activations of `A`: every `IDLE_TIMEOUT / 4` it
@@ -233,4 +269,14 @@ pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
             entry.value().sweep(TICKS);
         }
     }
+}
+
+#[cfg(test)]
+pub(super) fn serve_for_size<'a, A: Handlers>(
+    actor: &'a mut A,
+    mb: &'a Mailbox<Envelope<A>>,
+    ctx: &'a Ctx,
+    batch: &'a mut VecDeque<Envelope<A>>,
+) -> impl Future<Output = EndReason> + 'a {
+    serve(actor, mb, ctx, batch)
 }
