@@ -1,7 +1,7 @@
 //! Quickstart: 10 000 counter actors on the embedded default (one node, no
 //! Consul), driven by concurrent callers.
 //!
-//! Run with `cargo run --release --example quickstart`.
+//! Run with `cargo run --example quickstart` (add `--release` for speed).
 
 use std::time::Instant;
 
