@@ -435,8 +435,12 @@ fn main() {
     let mut lat_mesh = Histogram::<u64>::new(3).expect("histogram");
     let mut lat_raw = Histogram::<u64>::new(3).expect("histogram");
     for _ in 0..2 * REPEATS {
-        lat_mesh.add(rt.block_on(latency(Kind::Mesh))).expect("merge");
-        lat_raw.add(rt.block_on(latency(Kind::Tokio))).expect("merge");
+        lat_mesh
+            .add(rt.block_on(latency(Kind::Mesh)))
+            .expect("merge");
+        lat_raw
+            .add(rt.block_on(latency(Kind::Tokio)))
+            .expect("merge");
     }
     let mem = kinds.map(|k| in_child("mem", k));
 

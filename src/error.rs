@@ -11,7 +11,7 @@ use std::fmt;
 ///
 /// Match on the variant, not on the text. The enum is `#[non_exhaustive]`:
 /// later releases add variants (for example for the cluster transport).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// The call's deadline passed before a reply arrived. The handler may

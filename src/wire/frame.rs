@@ -1,0 +1,365 @@
+//! The frame codec (sans-IO): bytes in, frames out, and back.
+//!
+//! ```text
+//! offset size  field
+//!      0    4  length N of everything after this field, u32 big-endian
+//!      4    2  magic "MS" (0x4d 0x53)
+//!      6    1  protocol version (1)
+//!      7    1  kind (see `Kind`)
+//!      8    1  flags: bit 0 = body checksum present; other bits must be 0
+//!      9    3  reserved, must be 0
+//!     12    8  correlation id, u64 big-endian (0 when the kind has none)
+//!     20    8  xxh3_64 of the body, big-endian (only with flag bit 0)
+//!   20|28    -  body: rmp-serde, N - 16 (or N - 24) bytes
+//! ```
+//!
+//! Limits: `N` must be at least 16 (24 with a checksum) and at most the
+//! codec's `max_frame` (8 MiB by default). The length is checked as soon as
+//! its four bytes arrive, before any of the body is buffered, so an
+//! oversized frame costs nothing to refuse.
+//!
+//! Decoding never panics and never allocates more than the frame it
+//! accepted: every malformed input is a [`FrameError`], after which the
+//! connection must be closed (the stream is no longer in sync).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// The magic bytes that open every frame header.
+pub const MAGIC: [u8; 2] = *b"MS";
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// Bytes from the magic to the end of the correlation id.
+pub const HEADER_LEN: usize = 16;
+/// The largest frame accepted unless configured otherwise: 8 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+
+const FLAG_CHECKSUM: u8 = 0b1;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Handshake, dialer first: cluster, node, version, capabilities, nonce.
+    Hello = 1,
+    /// Handshake, listener's answer: its identity, nonce and proof.
+    Challenge = 2,
+    /// Handshake, dialer's proof.
+    Auth = 3,
+    /// Handshake done: the listener accepted the dialer's proof.
+    Welcome = 4,
+    /// A request that wants a reply (correlation id set).
+    Call = 5,
+    /// A request without reply.
+    Cast = 6,
+    /// The reply to a call (same correlation id).
+    Reply = 7,
+    /// A failed call (same correlation id) or, with id 0, a refusal of the
+    /// connection before it closes.
+    Error = 8,
+    /// Liveness probe (correlation id echoed by `Pong`).
+    Ping = 9,
+    /// Answer to a ping.
+    Pong = 10,
+    /// The sender's view of the membership.
+    Membership = 11,
+}
+
+impl Kind {
+    /// The kind with wire value `v`.
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Hello,
+            2 => Kind::Challenge,
+            3 => Kind::Auth,
+            4 => Kind::Welcome,
+            5 => Kind::Call,
+            6 => Kind::Cast,
+            7 => Kind::Reply,
+            8 => Kind::Error,
+            9 => Kind::Ping,
+            10 => Kind::Pong,
+            11 => Kind::Membership,
+            _ => return None,
+        })
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What it carries.
+    pub kind: Kind,
+    /// The correlation id.
+    pub corr: u64,
+    /// The rmp-serde body.
+    pub body: Bytes,
+}
+
+/// Why bytes are not a frame. After any of these the stream is out of sync:
+/// close the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    Oversized {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The length prefix is smaller than a header.
+    #[error("frame of {len} bytes is shorter than its header")]
+    TooShort {
+        /// The announced length.
+        len: usize,
+    },
+    /// The magic bytes are wrong: not a mesh peer, or out of sync.
+    #[error("bad magic {0:02x?}: not a mesh frame")]
+    BadMagic([u8; 2]),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {0} is not supported (this node speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    /// Unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// Unknown flag bits or non-zero reserved bytes.
+    #[error("invalid flags {0:#04x}")]
+    BadFlags(u8),
+    /// The body does not match its checksum.
+    #[error("body checksum mismatch")]
+    ChecksumMismatch,
+}
+
+/// Encodes and decodes frames. Cheap to copy.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame: usize,
+    checksum: bool,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            max_frame: DEFAULT_MAX_FRAME,
+            checksum: false,
+        }
+    }
+}
+
+impl FrameCodec {
+    /// A codec refusing frames over `max_frame` bytes, adding body checksums
+    /// to the frames it encodes if `checksum` (it verifies them whenever a
+    /// frame carries one).
+    pub fn new(max_frame: usize, checksum: bool) -> Self {
+        FrameCodec {
+            max_frame: max_frame.min(u32::MAX as usize),
+            checksum,
+        }
+    }
+
+    /// The size limit.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Appends one frame to `dst`.
+    pub fn encode(
+        &self,
+        kind: Kind,
+        corr: u64,
+        body: &[u8],
+        dst: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let extra = if self.checksum { 8 } else { 0 };
+        let len = HEADER_LEN + extra + body.len();
+        if len > self.max_frame {
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_frame,
+            });
+        }
+        dst.reserve(4 + len);
+        dst.put_u32(len as u32);
+        dst.put_slice(&MAGIC);
+        dst.put_u8(VERSION);
+        dst.put_u8(kind as u8);
+        dst.put_u8(if self.checksum { FLAG_CHECKSUM } else { 0 });
+        dst.put_slice(&[0, 0, 0]);
+        dst.put_u64(corr);
+        if self.checksum {
+            dst.put_u64(xxh3_64(body));
+        }
+        dst.put_slice(body);
+        Ok(())
+    }
+
+    /// Takes one frame off the front of `src`, if it holds a whole one.
+    /// `Ok(None)`: need more bytes (and `src` has room reserved for them).
+    pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::Oversized {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if len < HEADER_LEN {
+            return Err(FrameError::TooShort { len });
+        }
+        // Check the header as soon as it is here, before the body arrives.
+        if src.len() >= 4 + HEADER_LEN {
+            check_header(&src[4..4 + HEADER_LEN], len)?;
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        let header = &src[4..4 + HEADER_LEN];
+        check_header(header, len)?;
+        let kind = Kind::from_u8(header[3]).ok_or(FrameError::UnknownKind(header[3]))?;
+        let has_checksum = header[4] & FLAG_CHECKSUM != 0;
+        let corr = u64::from_be_bytes([
+            header[8], header[9], header[10], header[11], header[12], header[13], header[14],
+            header[15],
+        ]);
+        src.advance(4 + HEADER_LEN);
+        let mut body = src.split_to(len - HEADER_LEN).freeze();
+        if has_checksum {
+            let want = body.get_u64();
+            if xxh3_64(&body) != want {
+                return Err(FrameError::ChecksumMismatch);
+            }
+        }
+        Ok(Some(Frame { kind, corr, body }))
+    }
+}
+
+/// Validates the 16 header bytes of a frame announcing `len` bytes.
+fn check_header(h: &[u8], len: usize) -> Result<(), FrameError> {
+    if h[0..2] != MAGIC {
+        return Err(FrameError::BadMagic([h[0], h[1]]));
+    }
+    if h[2] != VERSION {
+        return Err(FrameError::UnsupportedVersion(h[2]));
+    }
+    if Kind::from_u8(h[3]).is_none() {
+        return Err(FrameError::UnknownKind(h[3]));
+    }
+    if h[4] & !FLAG_CHECKSUM != 0 || h[5..8] != [0, 0, 0] {
+        return Err(FrameError::BadFlags(h[4]));
+    }
+    if h[4] & FLAG_CHECKSUM != 0 && len < HEADER_LEN + 8 {
+        return Err(FrameError::TooShort { len });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(codec: FrameCodec, kind: Kind, corr: u64, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        codec.encode(kind, corr, body, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn round_trip_with_and_without_checksum() {
+        for checksum in [false, true] {
+            let codec = FrameCodec::new(1024, checksum);
+            let mut buf = encoded(codec, Kind::Call, 42, b"hello");
+            buf.extend_from_slice(&encoded(codec, Kind::Pong, u64::MAX, b""));
+            let a = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(
+                (a.kind, a.corr, &a.body[..]),
+                (Kind::Call, 42, &b"hello"[..])
+            );
+            let b = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(
+                (b.kind, b.corr, &b.body[..]),
+                (Kind::Pong, u64::MAX, &b""[..])
+            );
+            assert!(buf.is_empty());
+            assert_eq!(codec.decode(&mut buf), Ok(None));
+        }
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let buf = encoded(
+            FrameCodec::default(),
+            Kind::Reply,
+            0x0102030405060708,
+            &[0xaa],
+        );
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 17, b'M', b'S', 1, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
+        );
+    }
+
+    #[test]
+    fn partial_input_waits_for_more() {
+        let codec = FrameCodec::default();
+        let full = encoded(codec, Kind::Cast, 7, &[1; 100]);
+        let mut buf = BytesMut::new();
+        for (i, byte) in full.iter().enumerate() {
+            assert_eq!(codec.decode(&mut buf), Ok(None), "after {i} bytes");
+            buf.put_u8(*byte);
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap().body.len(), 100);
+    }
+
+    #[test]
+    fn oversized_is_refused_from_the_length_alone() {
+        let codec = FrameCodec::new(64, false);
+        let mut buf = BytesMut::from(&[0u8, 0, 1, 0][..]);
+        assert_eq!(
+            codec.decode(&mut buf),
+            Err(FrameError::Oversized { len: 256, max: 64 })
+        );
+        let mut out = BytesMut::new();
+        assert!(matches!(
+            codec.encode(Kind::Call, 1, &[0; 64], &mut out),
+            Err(FrameError::Oversized { .. })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bad_headers_are_refused_before_the_body_arrives() {
+        let codec = FrameCodec::default();
+        let good = encoded(codec, Kind::Call, 1, &[0; 1000]);
+        let cases: [(usize, u8, FrameError); 5] = [
+            (4, b'X', FrameError::BadMagic([b'X', b'S'])),
+            (6, 9, FrameError::UnsupportedVersion(9)),
+            (7, 99, FrameError::UnknownKind(99)),
+            (8, 0x80, FrameError::BadFlags(0x80)),
+            (10, 1, FrameError::BadFlags(0)),
+        ];
+        for (at, value, want) in cases {
+            let mut bad = BytesMut::from(&good[..4 + HEADER_LEN]);
+            bad[at] = value;
+            assert_eq!(codec.decode(&mut bad), Err(want));
+        }
+        let mut short = BytesMut::from(&[0u8, 0, 0, 3][..]);
+        assert_eq!(
+            codec.decode(&mut short),
+            Err(FrameError::TooShort { len: 3 })
+        );
+    }
+
+    #[test]
+    fn a_corrupted_body_fails_its_checksum() {
+        let codec = FrameCodec::new(1024, true);
+        let mut buf = encoded(codec, Kind::Call, 1, b"payload");
+        let last = buf.len() - 1;
+        buf[last] ^= 1;
+        assert_eq!(codec.decode(&mut buf), Err(FrameError::ChecksumMismatch));
+    }
+}
