@@ -85,6 +85,14 @@ pub enum Error {
         node: String,
     },
 
+    /// A peer refused the connection (or we refused it): wrong cookie,
+    /// cluster or protocol version, or a malformed handshake.
+    #[error("connection refused: {reason}")]
+    Refused {
+        /// Why, as the refusing side put it.
+        reason: String,
+    },
+
     /// A message or reply could not be encoded or decoded with rmp-serde.
     #[error("codec error: {0}")]
     Codec(String),

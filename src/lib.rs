@@ -66,6 +66,7 @@ mod error;
 mod node;
 pub mod ring;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;
 
 #[doc(hidden)]

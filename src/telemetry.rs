@@ -14,7 +14,8 @@
 //! | `mesh_casts_total` | counter | `outcome` = `ok`, `error` | casts enqueued or refused |
 //! | `mesh_call_duration_seconds` | histogram | | call latency as the caller saw it |
 //! | `mesh_mailbox_depth` | histogram | | messages an activation took from its mailbox in one batch |
-//! | `mesh_abandoned_total` | counter | | messages skipped because their caller had already given up |
+//! | `mesh_abandoned_total` | counter | | messages skipped because their caller had already given up or its deadline passed |
+//! | `mesh_frame_errors_total` | counter | | malformed frames received (each closed its connection) |
 //!
 //! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
 //! `DEBUG` level, with fields `actor`, `id` and `message`.
@@ -43,6 +44,8 @@ pub const CALL_DURATION_SECONDS: &str = "mesh_call_duration_seconds";
 pub const MAILBOX_DEPTH: &str = "mesh_mailbox_depth";
 /// Counter: messages skipped because their caller gave up.
 pub const ABANDONED_TOTAL: &str = "mesh_abandoned_total";
+/// Counter: malformed frames received.
+pub const FRAME_ERRORS_TOTAL: &str = "mesh_frame_errors_total";
 
 /// Why an activation ended (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,7 @@ pub(crate) struct Metrics {
     pub(crate) call_duration: Histogram,
     pub(crate) mailbox_depth: Histogram,
     pub(crate) abandoned: Counter,
+    pub(crate) frame_errors: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -100,6 +104,7 @@ impl Metrics {
                 call_duration: metrics::histogram!(CALL_DURATION_SECONDS),
                 mailbox_depth: metrics::histogram!(MAILBOX_DEPTH),
                 abandoned: metrics::counter!(ABANDONED_TOTAL),
+                frame_errors: metrics::counter!(FRAME_ERRORS_TOTAL),
             }
         })
     }

@@ -1,0 +1,377 @@
+//! One established connection: a writer task batching frames out, a reader
+//! task dispatching frames in, and the table of calls waiting for replies.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::TransportConfig;
+use crate::telemetry::Metrics;
+use crate::wire::{self, Call, Cast, Failure, Frame, FrameCodec, Kind, Membership, Peer, Reply};
+use crate::Error;
+
+/// The future of an inbound call: the encoded reply or the error to send.
+pub type InboundFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
+
+/// What a node does with requests that arrive on its connections.
+pub trait Inbound: Send + Sync + 'static {
+    /// Runs an inbound call; its result goes back as `Reply` or `Error`.
+    fn call(&self, from: &Peer, call: Call) -> InboundFuture;
+    /// Runs an inbound cast.
+    fn cast(&self, from: &Peer, cast: Cast);
+    /// Takes a peer's membership view.
+    fn membership(&self, from: &Peer, membership: Membership) {
+        let _ = (from, membership);
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+
+struct Shared {
+    peer: Peer,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next: AtomicU64,
+    out: mpsc::UnboundedSender<(Kind, u64, Vec<u8>)>,
+    closed: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks the connection closed and fails every waiting call at once.
+    fn close(&self) {
+        self.closed.send_replace(true);
+        let waiters: Vec<Waiter> = self.pending().drain().map(|(_, w)| w).collect();
+        for w in waiters {
+            let _ = w.send(Err(Error::NodeDown {
+                node: self.peer.node.clone(),
+            }));
+        }
+    }
+}
+
+/// A handle on an established connection. Cheap to clone; the connection
+/// closes when the peer goes away, on a malformed frame, or on `close()`.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.shared.peer.node)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts the reader and writer of a stream whose handshake is done.
+    /// `leftover` holds bytes read past the handshake.
+    pub(super) fn spawn<S>(
+        io: S,
+        leftover: BytesMut,
+        peer: Peer,
+        cfg: &TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            peer,
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            out,
+            closed: watch::channel(false).0,
+        });
+        let conn = Connection { shared };
+        tokio::spawn(write_loop(wr, out_rx, cfg.codec, conn.shared.clone()));
+        tokio::spawn(read_loop(
+            rd,
+            leftover,
+            cfg.codec,
+            conn.shared.clone(),
+            inbound,
+        ));
+        conn
+    }
+
+    /// Who is at the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.shared.peer
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// Resolves once the connection has closed.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// Closes the connection: waiting calls fail with `NodeDown`.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    fn send(&self, kind: Kind, corr: u64, body: Vec<u8>) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(self.down());
+        }
+        self.shared
+            .out
+            .send((kind, corr, body))
+            .map_err(|_| self.down())
+    }
+
+    fn down(&self) -> Error {
+        Error::NodeDown {
+            node: self.shared.peer.node.clone(),
+        }
+    }
+
+    /// Sends a request of `kind` and waits for the frame answering it.
+    async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Bytes, Error> {
+        let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending().insert(corr, tx);
+        // Closed between the check and the insert: nobody would fail us.
+        if self.is_closed() {
+            self.shared.pending().remove(&corr);
+            return Err(self.down());
+        }
+        if let Err(e) = self.send(kind, corr, body) {
+            self.shared.pending().remove(&corr);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.down()),
+            Err(_) => {
+                self.shared.pending().remove(&corr);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Calls handler `tag` of actor `id` on the peer; returns the encoded
+    /// reply. Fails with `Timeout` after `timeout`, or `NodeDown` as soon as
+    /// the connection drops.
+    pub async fn call(
+        &self,
+        tag: u64,
+        id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+        hops: u8,
+    ) -> Result<Bytes, Error> {
+        let call = Call {
+            tag,
+            id: id.to_owned(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            hops,
+            payload: ByteBuf::from(payload),
+        };
+        self.request(Kind::Call, wire::encode(&call)?, timeout)
+            .await
+    }
+
+    /// Casts to handler `tag` of actor `id` on the peer: at most once.
+    pub fn cast(&self, tag: u64, id: &str, payload: Vec<u8>, hops: u8) -> Result<(), Error> {
+        let cast = Cast {
+            tag,
+            id: id.to_owned(),
+            hops,
+            payload: ByteBuf::from(payload),
+        };
+        self.send(Kind::Cast, 0, wire::encode(&cast)?)
+    }
+
+    /// Round trip of a `Ping`.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        let started = tokio::time::Instant::now();
+        self.request(Kind::Ping, wire::encode(&wire::Welcome {})?, timeout)
+            .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Sends our membership view.
+    pub fn send_membership(&self, m: &Membership) -> Result<(), Error> {
+        self.send(Kind::Membership, 0, wire::encode(m)?)
+    }
+}
+
+/// Drains the outgoing queue into one buffer per write.
+async fn write_loop<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::UnboundedReceiver<(Kind, u64, Vec<u8>)>,
+    codec: FrameCodec,
+    shared: Arc<Shared>,
+) {
+    const BATCH_BYTES: usize = 256 << 10;
+    let mut wr = std::pin::pin!(wr);
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut closed = shared.closed.subscribe();
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = closed.wait_for(|c| *c) => None,
+        };
+        let Some((kind, corr, body)) = first else {
+            break;
+        };
+        let mut next = Some((kind, corr, body));
+        while let Some((kind, corr, body)) = next.take() {
+            if let Err(e) = codec.encode(kind, corr, &body, &mut buf) {
+                // Too big to send: fail that call, keep the connection.
+                tracing::warn!(peer = %shared.peer.node, "dropping outgoing frame: {e}");
+                if let Some(w) = shared.pending().remove(&corr) {
+                    let _ = w.send(Err(Error::Codec(e.to_string())));
+                }
+            }
+            if buf.len() < BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = wr.write_all(&buf).await {
+            tracing::info!(peer = %shared.peer.node, "connection write failed: {e}");
+            break;
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+    shared.close();
+}
+
+/// Reads frames and dispatches them; closes the connection on EOF, a read
+/// error or a malformed frame.
+async fn read_loop<R: AsyncRead>(
+    rd: R,
+    mut buf: BytesMut,
+    codec: FrameCodec,
+    shared: Arc<Shared>,
+    inbound: Arc<dyn Inbound>,
+) {
+    let mut rd = std::pin::pin!(rd);
+    let mut closed = shared.closed.subscribe();
+    'outer: loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => dispatch(frame, &shared, &inbound),
+                Ok(None) => break,
+                Err(e) => {
+                    Metrics::get().frame_errors.increment(1);
+                    tracing::warn!(peer = %shared.peer.node, "closing connection: {e}");
+                    break 'outer;
+                }
+            }
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = closed.wait_for(|c| *c) => break 'outer,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(peer = %shared.peer.node, "connection read failed: {e}");
+                break;
+            }
+        }
+    }
+    shared.close();
+}
+
+fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
+    let corr = frame.corr;
+    match frame.kind {
+        Kind::Reply | Kind::Pong => {
+            let result = match frame.kind {
+                Kind::Reply => {
+                    wire::decode::<Reply>(&frame.body).map(|r| Bytes::from(r.payload.into_vec()))
+                }
+                _ => Ok(Bytes::new()),
+            };
+            if let Some(w) = shared.pending().remove(&corr) {
+                let _ = w.send(result);
+            }
+        }
+        Kind::Error => {
+            let err = match wire::decode::<Failure>(&frame.body) {
+                Ok(f) => f.error,
+                Err(e) => e,
+            };
+            if corr == 0 {
+                tracing::warn!(peer = %shared.peer.node, "peer closes the connection: {err}");
+                shared.close();
+            } else if let Some(w) = shared.pending().remove(&corr) {
+                let _ = w.send(Err(err));
+            }
+        }
+        Kind::Call => {
+            let shared = shared.clone();
+            let reply = match wire::decode::<Call>(&frame.body) {
+                Ok(call) => Some(inbound.call(&shared.peer, call)),
+                Err(e) => {
+                    respond(&shared, corr, Err(e));
+                    None
+                }
+            };
+            if let Some(fut) = reply {
+                tokio::spawn(async move {
+                    let result = fut.await;
+                    respond(&shared, corr, result);
+                });
+            }
+        }
+        Kind::Cast => match wire::decode::<Cast>(&frame.body) {
+            Ok(cast) => inbound.cast(&shared.peer, cast),
+            Err(e) => tracing::warn!(peer = %shared.peer.node, "dropping malformed cast: {e}"),
+        },
+        Kind::Ping => {
+            let _ = shared.out.send((Kind::Pong, corr, Vec::new()));
+        }
+        Kind::Membership => match wire::decode::<Membership>(&frame.body) {
+            Ok(m) => inbound.membership(&shared.peer, m),
+            Err(e) => {
+                tracing::warn!(peer = %shared.peer.node, "dropping malformed membership: {e}")
+            }
+        },
+        Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => {
+            tracing::warn!(peer = %shared.peer.node, "unexpected {:?} after the handshake", frame.kind);
+        }
+    }
+}
+
+fn respond(shared: &Shared, corr: u64, result: Result<Vec<u8>, Error>) {
+    let frame = match result {
+        Ok(payload) => wire::encode(&Reply {
+            payload: ByteBuf::from(payload),
+        })
+        .map(|b| (Kind::Reply, b)),
+        Err(error) => wire::encode(&Failure { error }).map(|b| (Kind::Error, b)),
+    };
+    match frame {
+        Ok((kind, body)) => {
+            let _ = shared.out.send((kind, corr, body));
+        }
+        Err(e) => tracing::warn!("cannot encode a response: {e}"),
+    }
+}

@@ -1,0 +1,144 @@
+//! Running the sans-IO handshake over a stream.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::TransportConfig;
+use crate::wire::{
+    self, Auth, Challenge, Dialer, Failure, Frame, HandshakeError, Hello, Kind, Listener, Peer,
+    Welcome,
+};
+use crate::Error;
+
+/// What a failed handshake did to us: refused (we or they said no) or the
+/// stream broke.
+pub(super) fn to_error(e: HandshakeError) -> Error {
+    Error::Refused {
+        reason: e.to_string(),
+    }
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cfg: &TransportConfig,
+    buf: &mut BytesMut,
+) -> Result<Frame, HandshakeError> {
+    loop {
+        match cfg.codec.decode(buf) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+        }
+        match io.read_buf(buf).await {
+            Ok(0) => {
+                return Err(HandshakeError::Malformed(
+                    "connection closed during the handshake".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(HandshakeError::Malformed(format!("read failed: {e}"))),
+        }
+    }
+}
+
+async fn write_frame<S: AsyncWrite + Unpin, T: serde::Serialize>(
+    io: &mut S,
+    cfg: &TransportConfig,
+    kind: Kind,
+    body: &T,
+) -> Result<(), HandshakeError> {
+    let body = wire::encode(body).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+    let mut out = BytesMut::new();
+    cfg.codec
+        .encode(kind, 0, &body, &mut out)
+        .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
+    io.write_all(&out)
+        .await
+        .map_err(|e| HandshakeError::Malformed(format!("write failed: {e}")))
+}
+
+/// Expects a frame of `kind` with body `T`; an `Error` frame is the peer's
+/// refusal.
+fn expect<T: serde::de::DeserializeOwned>(frame: Frame, kind: Kind) -> Result<T, HandshakeError> {
+    if frame.kind == Kind::Error {
+        let reason = match wire::decode::<Failure>(&frame.body) {
+            Ok(Failure {
+                error: Error::Refused { reason },
+            }) => reason,
+            Ok(Failure { error }) => error.to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(HandshakeError::Refused(reason));
+    }
+    if frame.kind != kind {
+        return Err(HandshakeError::Malformed(format!(
+            "expected {kind:?}, got {:?}",
+            frame.kind
+        )));
+    }
+    wire::decode(&frame.body).map_err(|e| HandshakeError::Malformed(e.to_string()))
+}
+
+/// Tells the peer why we refuse, best effort, before closing.
+async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, cfg: &TransportConfig, e: &HandshakeError) {
+    if matches!(e, HandshakeError::Refused(_)) {
+        return; // they refused us: nothing to tell
+    }
+    let failure = Failure {
+        error: Error::Refused {
+            reason: e.to_string(),
+        },
+    };
+    let _ = write_frame(io, cfg, Kind::Error, &failure).await;
+    let _ = io.shutdown().await;
+}
+
+/// The dialing side. Returns the peer and any bytes read past the handshake.
+pub(super) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    cfg: &TransportConfig,
+) -> Result<(Peer, BytesMut), HandshakeError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let result = async {
+        let (dialer, hello) = Dialer::start(cfg.identity.clone(), cfg.cookie.clone())?;
+        write_frame(io, cfg, Kind::Hello, &hello).await?;
+        let challenge: Challenge = expect(read_frame(io, cfg, &mut buf).await?, Kind::Challenge)?;
+        let (auth, peer) = dialer.on_challenge(&challenge)?;
+        write_frame(io, cfg, Kind::Auth, &auth).await?;
+        let _: Welcome = expect(read_frame(io, cfg, &mut buf).await?, Kind::Welcome)?;
+        Ok(peer)
+    }
+    .await;
+    match result {
+        Ok(peer) => Ok((peer, buf)),
+        Err(e) => {
+            refuse(io, cfg, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// The listening side. Returns the peer and any bytes read past the handshake.
+pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    cfg: &TransportConfig,
+) -> Result<(Peer, BytesMut), HandshakeError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let result = async {
+        let hello: Hello = expect(read_frame(io, cfg, &mut buf).await?, Kind::Hello)?;
+        let (listener, challenge) = Listener::on_hello(&cfg.identity, cfg.cookie.clone(), &hello)?;
+        write_frame(io, cfg, Kind::Challenge, &challenge).await?;
+        let auth: Auth = expect(read_frame(io, cfg, &mut buf).await?, Kind::Auth)?;
+        let peer = listener.on_auth(&auth)?;
+        write_frame(io, cfg, Kind::Welcome, &Welcome {}).await?;
+        Ok(peer)
+    }
+    .await;
+    match result {
+        Ok(peer) => Ok((peer, buf)),
+        Err(e) => {
+            refuse(io, cfg, &e).await;
+            Err(e)
+        }
+    }
+}

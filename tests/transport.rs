@@ -1,0 +1,394 @@
+//! Transport conformance: the same suite over TCP and over the in-memory
+//! transport (which still frames and handshakes every byte).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mesh::transport::{
+    memory::MemoryNetwork, tcp, Connection, Inbound, InboundFuture, Listening, TransportConfig,
+};
+use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
+use mesh::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Guards a test step that must finish long before any deadline involved.
+async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("did not finish within 10 s")
+}
+
+const ECHO: u64 = 1;
+const FAIL: u64 = 2;
+const HANG: u64 = 3;
+
+struct Echo {
+    casts: mpsc::UnboundedSender<(String, Cast)>,
+}
+
+impl Inbound for Echo {
+    fn call(&self, from: &Peer, call: wire::Call) -> InboundFuture {
+        let from = from.node.clone();
+        Box::pin(async move {
+            match call.tag {
+                ECHO => Ok([
+                    from.as_bytes(),
+                    b":",
+                    call.id.as_bytes(),
+                    b":",
+                    &call.payload,
+                ]
+                .concat()),
+                FAIL => Err(Error::HandlerPanicked {
+                    actor: "Echo".into(),
+                    id: call.id,
+                    message: "on purpose".into(),
+                }),
+                _ => std::future::pending().await,
+            }
+        })
+    }
+
+    fn cast(&self, from: &Peer, cast: Cast) {
+        let _ = self.casts.send((from.node.clone(), cast));
+    }
+}
+
+fn config(node: &str, cluster: &str, cookie: &str) -> TransportConfig {
+    TransportConfig::new(
+        Identity {
+            cluster: cluster.into(),
+            node: node.into(),
+            capabilities: vec![format!("cap-{node}")],
+        },
+        Cookie::new(cookie),
+    )
+}
+
+fn echo() -> (Arc<dyn Inbound>, mpsc::UnboundedReceiver<(String, Cast)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(Echo { casts: tx }), rx)
+}
+
+/// Either transport, behind one interface.
+enum Net {
+    Tcp,
+    Memory(Arc<MemoryNetwork>),
+}
+
+impl Net {
+    async fn listen(&self, cfg: TransportConfig, inbound: Arc<dyn Inbound>) -> Listening {
+        match self {
+            Net::Tcp => tcp::listen("127.0.0.1:0", cfg, inbound).await.unwrap(),
+            Net::Memory(n) => n.listen(&cfg.identity.node.clone(), cfg, inbound),
+        }
+    }
+
+    async fn dial(
+        &self,
+        addr: &str,
+        cfg: &TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Connection, Error> {
+        match self {
+            Net::Tcp => tcp::dial(addr, cfg, inbound).await,
+            Net::Memory(n) => n.dial(addr, cfg, inbound).await,
+        }
+    }
+}
+
+fn nets() -> [Net; 2] {
+    [Net::Tcp, Net::Memory(MemoryNetwork::new())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_in_flight_share_one_connection() {
+    for net in nets() {
+        let (server_in, _) = echo();
+        let mut server = net.listen(config("b", "c", "k"), server_in).await;
+        let (client_in, _) = echo();
+        let conn = net
+            .dial(server.addr(), &config("a", "c", "k"), client_in)
+            .await
+            .unwrap();
+        assert_eq!(conn.peer().node, "b");
+        assert_eq!(conn.peer().capabilities, ["cap-b"]);
+        let accepted = soon(server.accepted()).await.unwrap();
+        assert_eq!(accepted.peer().node, "a");
+
+        let mut calls = Vec::new();
+        for i in 0..2_000 {
+            let conn = conn.clone();
+            calls.push(tokio::spawn(async move {
+                conn.call(
+                    ECHO,
+                    &format!("id{i}"),
+                    vec![i as u8],
+                    Duration::from_secs(30),
+                    0,
+                )
+                .await
+            }));
+        }
+        for (i, c) in calls.into_iter().enumerate() {
+            let reply = soon(c).await.unwrap().unwrap();
+            assert_eq!(
+                &reply[..],
+                [format!("a:id{i}:").as_bytes(), &[i as u8]].concat()
+            );
+        }
+        // The other direction works on the accepted side too.
+        let back = accepted
+            .call(ECHO, "x", b"y".to_vec(), Duration::from_secs(30), 0)
+            .await
+            .unwrap();
+        assert_eq!(&back[..], b"b:x:y");
+        assert!(conn.ping(Duration::from_secs(5)).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn casts_and_remote_errors_arrive_typed() {
+    for net in nets() {
+        let (server_in, mut casts) = echo();
+        let server = net.listen(config("b", "c", "k"), server_in).await;
+        let (client_in, _) = echo();
+        let conn = net
+            .dial(server.addr(), &config("a", "c", "k"), client_in)
+            .await
+            .unwrap();
+        conn.cast(ECHO, "target", b"hi".to_vec(), 0).unwrap();
+        let (from, cast) = soon(casts.recv()).await.unwrap();
+        assert_eq!(
+            (from.as_str(), cast.id.as_str(), &cast.payload[..]),
+            ("a", "target", &b"hi"[..])
+        );
+        let err = conn
+            .call(FAIL, "z", Vec::new(), Duration::from_secs(30), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::HandlerPanicked {
+                actor: "Echo".into(),
+                id: "z".into(),
+                message: "on purpose".into()
+            }
+        );
+        // An oversized message fails that call only.
+        let big = vec![0u8; wire::DEFAULT_MAX_FRAME + 1];
+        assert!(matches!(
+            conn.call(ECHO, "big", big, Duration::from_secs(30), 0)
+                .await,
+            Err(Error::Codec(_))
+        ));
+        assert!(conn
+            .call(ECHO, "small", Vec::new(), Duration::from_secs(30), 0)
+            .await
+            .is_ok());
+    }
+}
+
+#[tokio::test]
+async fn calls_in_flight_fail_fast_when_the_connection_drops() {
+    for net in nets() {
+        let (server_in, _) = echo();
+        let mut server = net.listen(config("b", "c", "k"), server_in).await;
+        let (client_in, _) = echo();
+        let conn = net
+            .dial(server.addr(), &config("a", "c", "k"), client_in)
+            .await
+            .unwrap();
+        let accepted = soon(server.accepted()).await.unwrap();
+        let hanging: Vec<_> = (0..10)
+            .map(|i| {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    conn.call(
+                        HANG,
+                        &i.to_string(),
+                        Vec::new(),
+                        Duration::from_secs(3600),
+                        0,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        // Let the calls reach the server, then kill its side.
+        assert!(conn.ping(Duration::from_secs(5)).await.is_ok());
+        accepted.close();
+        for h in hanging {
+            let err = soon(h).await.unwrap().unwrap_err();
+            assert_eq!(err, Error::NodeDown { node: "b".into() });
+        }
+        soon(conn.closed()).await;
+        assert_eq!(
+            conn.call(ECHO, "late", Vec::new(), Duration::from_secs(5), 0)
+                .await,
+            Err(Error::NodeDown { node: "b".into() })
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_call_times_out_at_its_deadline() {
+    for net in nets() {
+        let (server_in, _) = echo();
+        let server = net.listen(config("b", "c", "k"), server_in).await;
+        let (client_in, _) = echo();
+        let conn = net
+            .dial(server.addr(), &config("a", "c", "k"), client_in)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = conn
+            .call(HANG, "h", Vec::new(), Duration::from_millis(100), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err, Error::Timeout);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(conn
+            .call(ECHO, "after", Vec::new(), Duration::from_secs(5), 0)
+            .await
+            .is_ok());
+    }
+}
+
+#[tokio::test]
+async fn wrong_cookie_and_wrong_cluster_are_refused_with_the_reason() {
+    for net in nets() {
+        let (server_in, _) = echo();
+        let mut server = net.listen(config("b", "blue", "right"), server_in).await;
+        for (cfg, reason) in [
+            (config("a", "blue", "wrong"), "wrong cookie"),
+            (config("a", "green", "right"), "wrong cluster"),
+        ] {
+            let (client_in, _) = echo();
+            let err = net.dial(server.addr(), &cfg, client_in).await.unwrap_err();
+            match &err {
+                Error::Refused { reason: r } => assert!(r.contains(reason), "{r}"),
+                other => panic!("expected Refused, got {other:?}"),
+            }
+        }
+        // Nothing got through; a good dialer still does.
+        let (client_in, _) = echo();
+        let good = net
+            .dial(server.addr(), &config("a", "blue", "right"), client_in)
+            .await
+            .unwrap();
+        assert_eq!(soon(server.accepted()).await.unwrap().peer().node, "a");
+        assert!(!good.is_closed());
+    }
+}
+
+/// Reads whatever the server sends until it closes; returns the frames.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<wire::Frame> {
+    let codec = FrameCodec::default();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    loop {
+        while let Ok(Some(f)) = codec.decode(&mut buf) {
+            frames.push(f);
+        }
+        match soon(stream.read_buf(&mut buf)).await {
+            Ok(0) | Err(_) => return frames,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_wrong_versions_and_silence_are_dropped_with_a_reason() {
+    let (server_in, _) = echo();
+    let mut cfg = config("b", "c", "k");
+    cfg.handshake_timeout = Duration::from_millis(200);
+    let server = tcp::listen("127.0.0.1:0", cfg, server_in).await.unwrap();
+
+    // Garbage bytes: refused with an Error frame saying why, then closed.
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let frames = read_until_closed(&mut s).await;
+    let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
+    assert_eq!(frames[0].kind, Kind::Error);
+    assert!(
+        failure.error.to_string().contains("too long")
+            || failure.error.to_string().contains("exceeds"),
+        "{}",
+        failure.error
+    );
+
+    // Another protocol version: told so in our version, then closed.
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    let mut hello = BytesMut::new();
+    FrameCodec::default()
+        .encode(Kind::Hello, 0, b"\x80", &mut hello)
+        .unwrap();
+    hello[6] = 2;
+    s.write_all(&hello).await.unwrap();
+    let frames = read_until_closed(&mut s).await;
+    let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
+    assert!(
+        failure.error.to_string().contains("protocol version 2"),
+        "{}",
+        failure.error
+    );
+
+    // Silence: dropped after the handshake timeout.
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    let frames = read_until_closed(&mut s).await;
+    assert!(frames.is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
+    let (server_in, _) = echo();
+    let server = tcp::listen("127.0.0.1:0", config("b", "c", "k"), server_in)
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    let codec = FrameCodec::default();
+    // A real handshake, by hand.
+    let me = Identity {
+        cluster: "c".into(),
+        node: "raw".into(),
+        capabilities: vec![],
+    };
+    let (dialer, hello) = wire::Dialer::start(me, Cookie::new("k")).unwrap();
+    let mut out = BytesMut::new();
+    codec
+        .encode(Kind::Hello, 0, &wire::encode(&hello).unwrap(), &mut out)
+        .unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    let challenge = loop {
+        if let Some(f) = codec.decode(&mut buf).unwrap() {
+            break f;
+        }
+        s.read_buf(&mut buf).await.unwrap();
+    };
+    let (auth, _) = dialer
+        .on_challenge(&wire::decode(&challenge.body).unwrap())
+        .unwrap();
+    out.clear();
+    codec
+        .encode(Kind::Auth, 0, &wire::encode(&auth).unwrap(), &mut out)
+        .unwrap();
+    s.write_all(&out).await.unwrap();
+    // Then a frame with a bad magic: the server closes.
+    s.write_all(&[
+        0, 0, 0, 16, b'X', b'X', 1, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    ])
+    .await
+    .unwrap();
+    let frames = read_until_closed(&mut s).await;
+    assert_eq!(
+        frames.iter().map(|f| f.kind).collect::<Vec<_>>(),
+        [Kind::Welcome]
+    );
+}
