@@ -77,7 +77,10 @@ pub use actor::{
     DEFAULT_MAILBOX_CAPACITY,
 };
 pub use error::Error;
-pub use node::{call, cast, Call, CallFuture, Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT};
+pub use node::{
+    call, cast, Call, CallFuture, MemberInfo, Membership, Network, Node, NodeBuilder,
+    DEFAULT_CALL_TIMEOUT,
+};
 
 /// `#[derive(Actor)]`: makes a struct a virtual actor type.
 ///

@@ -63,6 +63,7 @@ fn config(node: &str, cluster: &str, cookie: &str) -> TransportConfig {
             cluster: cluster.into(),
             node: node.into(),
             capabilities: vec![format!("cap-{node}")],
+            addr: String::new(),
         },
         Cookie::new(cookie),
     )
@@ -358,6 +359,7 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         cluster: "c".into(),
         node: "raw".into(),
         capabilities: vec![],
+        addr: String::new(),
     };
     let (dialer, hello) = wire::Dialer::start(me, Cookie::new("k")).unwrap();
     let mut out = BytesMut::new();

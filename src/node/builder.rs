@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::cluster::{self, ClusterConfig, Network};
 use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
 use crate::activation::{Activations, AnyActivations, Shared};
 use crate::ring::{capability_key, Placement, Rendezvous};
+use crate::wire::Cookie;
 use crate::{Error, Handlers};
 
 /// The deadline of a call that does not set one with `.timeout(d)`.
@@ -47,7 +49,9 @@ pub struct NodeBuilder {
     actors: Vec<ActorEntry>,
     placement: Arc<dyn Placement>,
     default_timeout: Duration,
+    shutdown_timeout: Duration,
     default_node: bool,
+    cluster: Option<ClusterConfig>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -62,6 +66,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("placement", &self.placement)
             .field("default_timeout", &self.default_timeout)
             .field("default_node", &self.default_node)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -74,8 +79,65 @@ impl NodeBuilder {
             actors: Vec::new(),
             placement: Arc::new(Rendezvous),
             default_timeout: DEFAULT_CALL_TIMEOUT,
+            shutdown_timeout: Duration::from_secs(30),
             default_node: true,
+            cluster: None,
         }
+    }
+
+    fn cluster_mut(&mut self) -> &mut ClusterConfig {
+        self.cluster.get_or_insert_with(ClusterConfig::default)
+    }
+
+    /// Joins the cluster `name` (default `"mesh"`): peers of another
+    /// cluster are refused. Any cluster setting makes the node clustered.
+    pub fn cluster(mut self, name: impl Into<String>) -> Self {
+        self.cluster_mut().name = name.into();
+        self
+    }
+
+    /// The shared cluster secret; required for a clustered node. Peers
+    /// prove they hold it (HMAC challenge-response), it never crosses the
+    /// wire.
+    pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
+        self.cluster_mut().cookie = Some(Cookie::new(cookie));
+        self
+    }
+
+    /// Where to accept peers: `host:port` for TCP (port 0 picks one; see
+    /// [`Node::addr`]), a name for [`Network::Memory`].
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.cluster_mut().listen = Some(addr.into());
+        self
+    }
+
+    /// Addresses to dial at start and whenever they are not members: the
+    /// static discovery. Members learned from peers are dialed too.
+    pub fn seeds<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster_mut()
+            .seeds
+            .extend(seeds.into_iter().map(Into::into));
+        self
+    }
+
+    /// The transport: TCP (default) or in-memory pipes for tests.
+    pub fn network(mut self, network: Network) -> Self {
+        self.cluster_mut().network = network;
+        self
+    }
+
+    /// How often peers are pinged and gossiped to (default 500 ms), and how
+    /// long a peer may leave a ping unanswered before it is dropped
+    /// (default 2 s). A closed connection drops the peer at once.
+    pub fn heartbeat(mut self, interval: Duration, failure_timeout: Duration) -> Self {
+        let c = self.cluster_mut();
+        c.heartbeat = interval;
+        c.failure_timeout = failure_timeout;
+        self
     }
 
     /// The node's id, unique in its cluster. Defaults to `node-<pid>-<n>`.
@@ -119,6 +181,13 @@ impl NodeBuilder {
     /// The deadline of calls that do not set one (5 s by default).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = timeout;
+        self
+    }
+
+    /// How long [`Node::shutdown`] waits for busy activations (30 s by
+    /// default) before it returns [`Error::Timeout`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
         self
     }
 
@@ -181,7 +250,7 @@ impl NodeBuilder {
             }
         };
         let mut membership = Membership::new();
-        membership.upsert(&id, &capabilities);
+        membership.upsert(&id, "", &capabilities);
         let routing = membership.routing(&*self.placement, &id);
         let shared = Arc::new(Shared::new(runtime));
         let actors = self
@@ -193,14 +262,19 @@ impl NodeBuilder {
             id,
             capabilities,
             strategy: self.placement,
-            membership,
+            membership: tokio::sync::watch::channel(membership).0,
             routing: ArcSwap::from_pointee(routing),
+            cluster: std::sync::OnceLock::new(),
             actors,
             wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
             shared: shared.clone(),
             default_timeout: self.default_timeout,
+            shutdown_timeout: self.shutdown_timeout,
         });
         shared.set_node(Arc::downgrade(&inner));
+        if let Some(cfg) = self.cluster {
+            cluster::start(&inner, cfg).await?;
+        }
         for (_, _, acts) in &inner.actors {
             acts.start(Arc::downgrade(&inner));
         }

@@ -82,6 +82,7 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
         CallFuture {
             call: Some(self),
             rx: None,
+            remote: None,
             started: None,
             span: tracing::Span::none(),
         }
@@ -98,15 +99,20 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 pub struct CallFuture<'a, A, M: Message> {
     call: Option<Call<'a, A, M>>,
     rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
+    /// A call to another node: the encoded reply, boxed (one allocation per
+    /// remote call, next to a network round trip).
+    remote: Option<RemoteReply>,
     started: Option<Instant>,
     span: tracing::Span,
 }
+
+type RemoteReply = Pin<Box<dyn Future<Output = Result<bytes::Bytes, Error>> + Send>>;
 
 impl<A, M: Message> std::fmt::Debug for CallFuture<'_, A, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallFuture")
             .field("started", &self.started)
-            .field("waiting", &self.rx.is_some())
+            .field("waiting", &(self.rx.is_some() || self.remote.is_some()))
             .finish_non_exhaustive()
     }
 }
@@ -132,12 +138,25 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             this.started = Some(now);
             let sent = with_node(call.via, |node| {
                 let timeout = call.timeout.unwrap_or(node.default_timeout);
-                let (reply, rx) = ReplyTo::call(now + timeout);
-                node.dispatch::<A, M>(call.id, call.msg, reply)?;
-                Ok(rx)
+                match node.route::<A>(call.id)? {
+                    Route::Local => {
+                        let (reply, rx) = ReplyTo::call(now + timeout);
+                        node.dispatch_local::<A, M>(call.id, call.msg, reply)?;
+                        Ok(Sent::Local(rx))
+                    }
+                    Route::Remote(conn) => {
+                        let payload = crate::wire::encode(&call.msg)?;
+                        let id = call.id.to_owned();
+                        let tag = <A as Handler<M>>::TAG;
+                        Ok(Sent::Remote(Box::pin(async move {
+                            conn.call(tag, &id, payload, timeout, 0).await
+                        })))
+                    }
+                }
             });
             match sent {
-                Ok(rx) => this.rx = Some(rx),
+                Ok(Sent::Local(rx)) => this.rx = Some(rx),
+                Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
                     let result = Err(e);
                     metrics.call_done(&result);
@@ -148,15 +167,22 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             this.span = span;
         }
         let _enter = this.span.enter();
-        let Some(rx) = this.rx.as_mut() else {
-            return Poll::Ready(Err(Error::Config("call polled after completion".into())));
+        let result = if let Some(remote) = this.remote.as_mut() {
+            let bytes = ready!(remote.as_mut().poll(cx));
+            this.remote = None;
+            bytes.and_then(|b| crate::wire::decode::<M::Reply>(&b))
+        } else {
+            let Some(rx) = this.rx.as_mut() else {
+                return Poll::Ready(Err(Error::Config("call polled after completion".into())));
+            };
+            let result = match ready!(Pin::new(rx).poll(cx)) {
+                Ok(result) => result,
+                // The activation dropped the reply slot: the node's runtime went away.
+                Err(_) => Err(Error::ShuttingDown),
+            };
+            this.rx = None;
+            result
         };
-        let result = match ready!(Pin::new(rx).poll(cx)) {
-            Ok(result) => result,
-            // The activation dropped the reply slot: the node's runtime went away.
-            Err(_) => Err(Error::ShuttingDown),
-        };
-        this.rx = None;
         if let Some(started) = this.started {
             metrics
                 .call_duration
@@ -177,23 +203,45 @@ fn with_node<T>(via: Via<'_>, f: impl FnOnce(&NodeInner) -> Result<T, Error>) ->
     }
 }
 
+/// Where a call goes.
+pub(crate) enum Route {
+    /// This node owns the shard.
+    Local,
+    /// Another node does; this is our connection to it.
+    Remote(crate::transport::Connection),
+}
+
+enum Sent<R> {
+    Local(oneshot::Receiver<Result<R, Error>>),
+    Remote(RemoteReply),
+}
+
 impl NodeInner {
-    /// Routes a typed message: local activation, or (with the cluster
-    /// layer) the owner node.
-    pub(crate) fn dispatch<A: Handler<M>, M: Message>(
+    /// Finds the owner of actor `id` of type `A`.
+    pub(crate) fn route<A: crate::Actor>(&self, id: &str) -> Result<Route, Error> {
+        let routing = self.routing.load();
+        let table = routing.get(A::__CAPABILITY_KEY).ok_or_else(no_node::<A>)?;
+        let s = shard(id);
+        if table.is_local(s) {
+            return Ok(Route::Local);
+        }
+        let owner = table.owner(s);
+        self.cluster
+            .get()
+            .and_then(|c| c.connection(owner))
+            .map(Route::Remote)
+            .ok_or_else(|| Error::NodeDown {
+                node: owner.to_owned(),
+            })
+    }
+
+    /// Delivers a typed message to its local activation.
+    pub(crate) fn dispatch_local<A: Handler<M>, M: Message>(
         &self,
         id: &str,
         msg: M,
         reply: ReplyTo<M::Reply>,
     ) -> Result<(), Error> {
-        let routing = self.routing.load();
-        let table = routing.get(A::__CAPABILITY_KEY).ok_or_else(no_node::<A>)?;
-        let s = shard(id);
-        if !table.is_local(s) {
-            return Err(Error::NodeDown {
-                node: table.owner(s).to_owned(),
-            });
-        }
         let acts = self
             .activations::<A>()
             .ok_or_else(|| Error::UnknownActorType {
@@ -234,7 +282,10 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
     let span = tracing::debug_span!("mesh.cast", actor = A::NAME, id = id, message = M::NAME);
     let _enter = span.enter();
     let metrics = Metrics::get();
-    let result = with_node(via, |node| node.dispatch::<A, M>(id, msg, ReplyTo::cast()));
+    let result = with_node(via, |node| match node.route::<A>(id)? {
+        Route::Local => node.dispatch_local::<A, M>(id, msg, ReplyTo::cast()),
+        Route::Remote(conn) => conn.cast(<A as Handler<M>>::TAG, id, crate::wire::encode(&msg)?, 0),
+    });
     match &result {
         Ok(()) => metrics.casts_ok.increment(1),
         Err(_) => metrics.casts_error.increment(1),

@@ -1,13 +1,23 @@
-//! The membership view: which nodes are up and what each hosts (sans-IO).
+//! The membership view: which nodes are up, where they listen and what each
+//! hosts (sans-IO).
 
 use std::collections::BTreeMap;
 
 use crate::ring::{Placement, RoutingTable};
 
-/// The members a node knows of, keyed by node id, with their capabilities.
+/// What the membership knows of one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Where its listener accepts connections (empty: not listening).
+    pub addr: String,
+    /// The capabilities it hosts, sorted.
+    pub capabilities: Vec<String>,
+}
+
+/// The members a node knows to be up, keyed by node id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
-    members: BTreeMap<String, Vec<String>>,
+    members: BTreeMap<String, MemberInfo>,
 }
 
 impl Membership {
@@ -17,14 +27,18 @@ impl Membership {
     }
 
     /// Adds or updates a member; returns whether anything changed.
-    pub fn upsert(&mut self, node: &str, capabilities: &[String]) -> bool {
+    pub fn upsert(&mut self, node: &str, addr: &str, capabilities: &[String]) -> bool {
         let mut caps = capabilities.to_vec();
         caps.sort_unstable();
         caps.dedup();
-        if self.members.get(node) == Some(&caps) {
+        let info = MemberInfo {
+            addr: addr.to_owned(),
+            capabilities: caps,
+        };
+        if self.members.get(node) == Some(&info) {
             return false;
         }
-        self.members.insert(node.to_owned(), caps);
+        self.members.insert(node.to_owned(), info);
         true
     }
 
@@ -33,9 +47,34 @@ impl Membership {
         self.members.remove(node).is_some()
     }
 
-    /// The members and their capabilities, sorted by node id.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.members.iter().map(|(n, c)| (n.as_str(), c.as_slice()))
+    /// Whether `node` is a member.
+    pub fn contains(&self, node: &str) -> bool {
+        self.members.contains_key(node)
+    }
+
+    /// What is known of `node`.
+    pub fn get(&self, node: &str) -> Option<&MemberInfo> {
+        self.members.get(node)
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The members, sorted by node id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &MemberInfo)> {
+        self.members.iter().map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// The node ids, sorted.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
     }
 
     /// The routing table this membership gives, as seen from `local`.
@@ -43,8 +82,29 @@ impl Membership {
         RoutingTable::compute(
             strategy,
             self.iter()
-                .map(|(n, caps)| (n, caps.iter().map(String::as_str))),
+                .map(|(n, info)| (n, info.capabilities.iter().map(String::as_str))),
             local,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{capability_key, Rendezvous};
+
+    #[test]
+    fn upsert_reports_real_changes_only() {
+        let mut m = Membership::new();
+        assert!(m.upsert("a", "127.0.0.1:1", &["x".into(), "x".into()]));
+        assert!(!m.upsert("a", "127.0.0.1:1", &["x".into()]));
+        assert!(m.upsert("a", "127.0.0.1:2", &["x".into()]));
+        assert!(m.upsert("b", "", &["y".into()]));
+        assert_eq!(m.nodes().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(m.remove("a"));
+        assert!(!m.remove("a"));
+        let rt = m.routing(&Rendezvous, "b");
+        assert!(rt.get(capability_key("x")).is_none());
+        assert!(rt.get(capability_key("y")).is_some_and(|t| t.is_local(0)));
     }
 }

@@ -8,22 +8,24 @@
 
 mod builder;
 mod call;
+mod cluster;
 mod membership;
 
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
-pub use membership::Membership;
+pub use cluster::Network;
+pub use membership::{MemberInfo, Membership};
 
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::watch;
 
-use crate::activation::{Activations, AnyActivations, Shared, WireCall};
-use crate::actor::ReplyTo;
+use crate::activation::{Activations, AnyActivations, Shared};
 use crate::ring::{shard, Placement, RoutingTable};
 use crate::{Actor, Error, Handlers};
 
@@ -48,13 +50,17 @@ pub(crate) struct NodeInner {
     id: Arc<str>,
     capabilities: Vec<String>,
     strategy: Arc<dyn Placement>,
-    membership: Membership,
+    /// The current membership; the routing table is recomputed from it
+    /// under its lock, so the two never disagree for long.
+    membership: watch::Sender<Membership>,
     routing: ArcSwap<RoutingTable>,
+    cluster: OnceLock<cluster::Cluster>,
     // A node has a handful of actor types: a linear scan beats hashing.
     actors: Vec<(TypeId, &'static str, Arc<dyn AnyActivations>)>,
     wire: HashMap<u64, WireRoute>,
     shared: Arc<Shared>,
     default_timeout: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl fmt::Debug for Node {
@@ -104,9 +110,25 @@ impl Node {
         &*self.inner.strategy
     }
 
-    /// The membership this node routes by.
-    pub fn membership(&self) -> &Membership {
-        &self.inner.membership
+    /// The membership this node routes by (a snapshot).
+    pub fn membership(&self) -> Membership {
+        self.inner.membership.borrow().clone()
+    }
+
+    /// Every membership change, to await instead of polling: for example
+    /// `node.membership_changes().wait_for(|m| m.len() == 3).await`.
+    pub fn membership_changes(&self) -> watch::Receiver<Membership> {
+        self.inner.membership.subscribe()
+    }
+
+    /// The address peers dial to reach this node, if it is clustered and
+    /// listening.
+    pub fn addr(&self) -> Option<&str> {
+        self.inner
+            .cluster
+            .get()
+            .map(|c| c.addr())
+            .filter(|a| !a.is_empty())
     }
 
     /// The id of the node owning actor `id` of type `A`.
@@ -130,45 +152,45 @@ impl Node {
     /// request runs; it waits at most the node's default timeout.
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &*self.inner;
-        let route = *inner.wire.get(&tag).ok_or(Error::UnknownMessage {
-            actor: String::from("(any)"),
-            tag,
-        })?;
-        let routing = inner.routing.load();
-        let table =
-            routing
-                .get(route.capability_key)
-                .ok_or_else(|| Error::NoNodeForCapability {
-                    capability: inner.actors[route.actor].1.to_owned(),
-                })?;
-        if !table.is_local(shard(id)) {
-            return Err(Error::NodeDown {
-                node: table.owner(shard(id)).to_owned(),
-            });
-        }
-        let deadline = tokio::time::Instant::now() + inner.default_timeout;
-        let (reply, rx) = ReplyTo::call(deadline);
-        inner.actors[route.actor]
-            .2
-            .send_wire(id, WireCall { tag, body, reply })?;
-        // The activation answers Timeout at the deadline.
-        rx.await.unwrap_or(Err(Error::ShuttingDown))
+        let reply = inner
+            .serve_wire(tag, id, body, inner.default_timeout, 0, false)
+            .await?;
+        Ok(reply.to_vec())
     }
 
-    /// Stops the node: new calls fail with [`Error::ShuttingDown`], every
-    /// activation finishes the messages already queued, runs its
-    /// `on_deactivate` hook and ends; then this returns. Calling it again is
-    /// harmless.
+    /// Cuts this node off the cluster at once, as a crash would look to its
+    /// peers: every connection closes (their calls in flight here fail with
+    /// `NodeDown`), and it stops dialing. Local activations keep running.
+    /// For failure tests and operators; [`Node::shutdown`] is the clean exit.
+    pub fn sever(&self) {
+        if let Some(cluster) = self.inner.cluster.get() {
+            cluster.stop();
+        }
+    }
+
+    /// Stops the node: it leaves the cluster, new calls fail with
+    /// [`Error::ShuttingDown`], every activation finishes the messages
+    /// already queued, runs its `on_deactivate` hook and ends; then this
+    /// returns. If activations are still busy after the shutdown timeout
+    /// (30 s unless `NodeBuilder::shutdown_timeout` says otherwise: a
+    /// handler that never returns), it returns [`Error::Timeout`] and
+    /// leaves them to the runtime. Calling it again is harmless.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         inner.shared.begin_shutdown();
+        // Peers see this node leave at once, not after a heartbeat timeout.
+        if let Some(cluster) = inner.cluster.get() {
+            cluster.stop();
+        }
         for (_, _, acts) in &inner.actors {
             acts.stop_all();
         }
-        inner
+        let drained = inner
             .shared
-            .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0))
-            .await;
+            .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0));
+        let in_time = tokio::time::timeout(inner.shutdown_timeout, drained)
+            .await
+            .is_ok();
         // Stop being the default node (only if still this one).
         let current = DEFAULT.load();
         if current
@@ -176,6 +198,11 @@ impl Node {
             .is_some_and(|c| Arc::ptr_eq(c, &self.inner))
         {
             DEFAULT.compare_and_swap(&*current, None);
+        }
+        if !in_time {
+            let left = self.activation_count();
+            tracing::warn!(node = %inner.id, left, "shutdown timed out: activations still busy");
+            return Err(Error::Timeout);
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())
@@ -192,6 +219,19 @@ impl Node {
 }
 
 impl NodeInner {
+    /// Applies `change` to the membership; if it changed anything, the
+    /// routing table is recomputed and published, and watchers are told.
+    pub(crate) fn update_membership(&self, change: impl FnOnce(&mut Membership) -> bool) -> bool {
+        self.membership.send_if_modified(|m| {
+            let changed = change(m);
+            if changed {
+                self.routing
+                    .store(Arc::new(m.routing(&*self.strategy, &self.id)));
+            }
+            changed
+        })
+    }
+
     pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {
         let want = TypeId::of::<A>();
         self.actors

@@ -22,6 +22,10 @@ use crate::Error;
 pub type InboundFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
 
 /// What a node does with requests that arrive on its connections.
+///
+/// `call` and `cast` are invoked by the connection's reader, in arrival
+/// order; work they do before returning keeps that order (the future a
+/// `call` returns is awaited on its own task).
 pub trait Inbound: Send + Sync + 'static {
     /// Runs an inbound call; its result goes back as `Reply` or `Error`.
     fn call(&self, from: &Peer, call: Call) -> InboundFuture;
@@ -108,6 +112,11 @@ impl Connection {
             inbound,
         ));
         conn
+    }
+
+    /// Whether `self` and `other` are the same connection.
+    pub fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// Who is at the other end.

@@ -34,17 +34,28 @@ impl MemoryNetwork {
         Arc::new(Self::default())
     }
 
-    /// Listens under `name`.
-    pub fn listen(&self, name: &str, cfg: TransportConfig, inbound: Arc<dyn Inbound>) -> Listening {
+    /// Listens under `name` until the returned [`Listening`] is dropped.
+    pub fn listen(
+        self: &Arc<Self>,
+        name: &str,
+        cfg: TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Listening {
         let (tx, accepted) = mpsc::unbounded_channel();
         self.listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_owned(), (cfg, inbound, tx));
+        // Dropping the `Listening` aborts this task, whose guard unlistens.
+        let guard = Unlisten(Arc::downgrade(self), name.to_owned());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
         Listening {
             addr: name.to_owned(),
             accepted,
-            task: tokio::spawn(async {}),
+            task,
         }
     }
 
@@ -81,5 +92,15 @@ impl MemoryNetwork {
             }
         });
         dial_stream(ours, cfg, inbound, name).await
+    }
+}
+
+struct Unlisten(std::sync::Weak<MemoryNetwork>, String);
+
+impl Drop for Unlisten {
+    fn drop(&mut self) {
+        if let Some(net) = self.0.upgrade() {
+            net.unlisten(&self.1);
+        }
     }
 }

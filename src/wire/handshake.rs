@@ -53,6 +53,8 @@ pub struct Identity {
     pub node: String,
     /// The capabilities this node hosts.
     pub capabilities: Vec<String>,
+    /// Where this node's listener accepts connections (empty if none).
+    pub addr: String,
 }
 
 /// Who the other end turned out to be.
@@ -62,6 +64,8 @@ pub struct Peer {
     pub node: String,
     /// Its capabilities.
     pub capabilities: Vec<String>,
+    /// Where its listener accepts connections (empty if none).
+    pub addr: String,
 }
 
 /// Why a handshake failed. Sent to the peer (as text) before closing.
@@ -179,6 +183,7 @@ impl Dialer {
             node: me.node.clone(),
             version: VERSION,
             capabilities: me.capabilities.clone(),
+            addr: me.addr.clone(),
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((Dialer { me, cookie, nonce }, hello))
@@ -208,6 +213,7 @@ impl Dialer {
             Peer {
                 node: c.node.clone(),
                 capabilities: c.capabilities.clone(),
+                addr: c.addr.clone(),
             },
         ))
     }
@@ -250,6 +256,7 @@ impl Listener {
             node: me.node.clone(),
             version: VERSION,
             capabilities: me.capabilities.clone(),
+            addr: me.addr.clone(),
             nonce: ByteBuf::from(nonce.clone()),
             proof: ByteBuf::from(proof),
         };
@@ -261,6 +268,7 @@ impl Listener {
             peer: Peer {
                 node: h.node.clone(),
                 capabilities: h.capabilities.clone(),
+                addr: h.addr.clone(),
             },
             peer_nonce: h.nonce.to_vec(),
         };
@@ -290,6 +298,7 @@ mod tests {
             cluster: cluster.into(),
             node: node.into(),
             capabilities: vec!["game".into()],
+            addr: String::new(),
         }
     }
 

@@ -17,6 +17,9 @@ pub struct Hello {
     pub version: u8,
     /// The capabilities the dialer hosts.
     pub capabilities: Vec<String>,
+    /// Where the dialer's own listener accepts connections (empty if none).
+    #[serde(default)]
+    pub addr: String,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
@@ -33,6 +36,9 @@ pub struct Challenge {
     pub version: u8,
     /// The capabilities the listener hosts.
     pub capabilities: Vec<String>,
+    /// Where the listener accepts connections.
+    #[serde(default)]
+    pub addr: String,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
     /// HMAC-SHA256 proof over both nonces (see `handshake`).

@@ -1,0 +1,497 @@
+//! Static-seed clustering: connections to every member, membership from
+//! live connections, heartbeats, and serving requests from peers.
+//!
+//! Membership is *what this node can reach*: a node is a member while this
+//! node holds a handshaken connection to it. Seeds and the addresses peers
+//! gossip (`Membership` frames, every heartbeat) are only places to dial.
+//! So a dead node leaves the membership as soon as its connection drops
+//! (a killed process: at once) or misses pings for `failure_timeout` (a
+//! hung one), and stale gossip cannot bring it back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use super::NodeInner;
+use crate::activation::WireCall;
+use crate::actor::ReplyTo;
+use crate::ring::shard;
+use crate::transport::memory::MemoryNetwork;
+use crate::transport::{tcp, Connection, Inbound, InboundFuture, Listening, TransportConfig};
+use crate::wire::{self, Cookie, FrameCodec, Identity, Member, Peer};
+use crate::Error;
+
+/// At most this many connections per peer (one it dialed, one we dialed).
+const MAX_CONNECTIONS_PER_PEER: usize = 2;
+
+/// Which transport a clustered node uses.
+#[derive(Debug, Clone, Default)]
+pub enum Network {
+    /// TCP: `listen` and `seeds` are `host:port` addresses.
+    #[default]
+    Tcp,
+    /// In-memory pipes within one process (tests): addresses are names.
+    Memory(Arc<MemoryNetwork>),
+}
+
+/// How a node joins a cluster. Built through [`super::NodeBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterConfig {
+    pub(crate) name: String,
+    pub(crate) cookie: Option<Cookie>,
+    pub(crate) listen: Option<String>,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) network: Network,
+    pub(crate) heartbeat: Duration,
+    pub(crate) failure_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) codec: FrameCodec,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "mesh".into(),
+            cookie: None,
+            listen: None,
+            seeds: Vec::new(),
+            network: Network::Tcp,
+            heartbeat: Duration::from_millis(500),
+            failure_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            codec: FrameCodec::default(),
+        }
+    }
+}
+
+/// The running cluster side of a node.
+pub(crate) struct Cluster {
+    cfg: ClusterConfig,
+    transport: TransportConfig,
+    peers: Mutex<HashMap<String, Vec<Connection>>>,
+    /// Where to keep a connection: seeds and gossiped addresses.
+    addrs: Mutex<BTreeSet<String>>,
+    dialing: Mutex<HashSet<String>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    listening: Mutex<Option<Listening>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Cluster {
+    /// The address peers dial to reach this node.
+    pub(crate) fn addr(&self) -> &str {
+        &self.transport.identity.addr
+    }
+
+    /// A live connection to `node`, if this node holds one.
+    pub(crate) fn connection(&self, node: &str) -> Option<Connection> {
+        lock(&self.peers)
+            .get(node)
+            .and_then(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+    }
+
+    /// Every peer's first live connection.
+    fn connections(&self) -> Vec<Connection> {
+        lock(&self.peers)
+            .values()
+            .filter_map(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .collect()
+    }
+
+    /// Closes every connection and stops the background tasks.
+    pub(crate) fn stop(&self) {
+        lock(&self.listening).take();
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        let conns: Vec<Connection> = lock(&self.peers).drain().flat_map(|(_, c)| c).collect();
+        for c in conns {
+            c.close();
+        }
+    }
+}
+
+/// Starts listening, dialing the seeds, and the heartbeat loop.
+pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Result<(), Error> {
+    let cookie = cfg.cookie.take().ok_or_else(|| {
+        Error::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
+    })?;
+    let identity = Identity {
+        cluster: cfg.name.clone(),
+        node: node.id.to_string(),
+        capabilities: node.capabilities.clone(),
+        addr: String::new(),
+    };
+    let mut transport = TransportConfig::new(identity, cookie.clone());
+    transport.codec = cfg.codec;
+    transport.handshake_timeout = cfg.handshake_timeout;
+    let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound(Arc::downgrade(node)));
+    let listening = match (&cfg.listen, &cfg.network) {
+        (None, _) => None,
+        (Some(addr), Network::Tcp) => {
+            Some(tcp::listen(addr, transport.clone(), inbound.clone()).await?)
+        }
+        (Some(addr), Network::Memory(net)) => {
+            let mut t = transport.clone();
+            t.identity.addr = addr.clone();
+            Some(net.listen(addr, t, inbound.clone()))
+        }
+    };
+    if let Some(l) = &listening {
+        transport.identity.addr = l.addr().to_owned();
+    }
+    let cluster = Cluster {
+        addrs: Mutex::new(cfg.seeds.iter().cloned().collect()),
+        cfg,
+        transport,
+        peers: Mutex::new(HashMap::new()),
+        dialing: Mutex::new(HashSet::new()),
+        tasks: Mutex::new(Vec::new()),
+        listening: Mutex::new(None),
+    };
+    let addr = cluster.addr().to_owned();
+    node.membership.send_modify(|m| {
+        m.upsert(&node.id, &addr, &node.capabilities);
+    });
+    if node.cluster.set(cluster).is_err() {
+        return Err(Error::Config("cluster started twice".into()));
+    }
+    let Some(cluster) = node.cluster.get() else {
+        return Err(Error::Config("cluster missing".into()));
+    };
+    let mut tasks = Vec::new();
+    if let Some(mut l) = listening {
+        let weak = Arc::downgrade(node);
+        tasks.push(tokio::spawn(async move {
+            while let Some(conn) = l.accepted().await {
+                match weak.upgrade() {
+                    Some(node) => add_peer(&node, conn),
+                    None => return,
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(heartbeat(Arc::downgrade(node), inbound)));
+    lock(&cluster.tasks).extend(tasks);
+    Ok(())
+}
+
+/// Records a handshaken connection; the peer becomes a member.
+fn add_peer(node: &Arc<NodeInner>, conn: Connection) {
+    let Some(cluster) = node.cluster.get() else {
+        return;
+    };
+    let peer = conn.peer().clone();
+    if peer.node == *node.id {
+        conn.close(); // dialed ourselves through a seed
+        return;
+    }
+    {
+        let mut peers = lock(&cluster.peers);
+        let conns = peers.entry(peer.node.clone()).or_default();
+        conns.retain(|c| !c.is_closed());
+        if conns.len() >= MAX_CONNECTIONS_PER_PEER {
+            drop(peers);
+            conn.close();
+            return;
+        }
+        conns.push(conn.clone());
+    }
+    if !peer.addr.is_empty() {
+        lock(&cluster.addrs).insert(peer.addr.clone());
+    }
+    node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities));
+    tracing::info!(node = %node.id, peer = %peer.node, "peer up");
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        conn.closed().await;
+        if let Some(node) = weak.upgrade() {
+            remove_connection(&node, &peer.node, &conn);
+        }
+    });
+}
+
+/// Forgets a closed connection; the peer leaves when none is left.
+fn remove_connection(node: &Arc<NodeInner>, peer: &str, conn: &Connection) {
+    let Some(cluster) = node.cluster.get() else {
+        return;
+    };
+    let gone = {
+        let mut peers = lock(&cluster.peers);
+        let Some(conns) = peers.get_mut(peer) else {
+            return;
+        };
+        conns.retain(|c| !c.same(conn) && !c.is_closed());
+        if conns.is_empty() {
+            peers.remove(peer);
+            true
+        } else {
+            false
+        }
+    };
+    if gone && node.update_membership(|m| m.remove(peer)) {
+        tracing::info!(node = %node.id, peer, "peer down");
+    }
+}
+
+/// Dials `addr` unless a dial is in progress; on success the peer joins.
+fn dial(node: &Arc<NodeInner>, addr: String, inbound: Arc<dyn Inbound>) {
+    let Some(cluster) = node.cluster.get() else {
+        return;
+    };
+    if addr == cluster.addr() || !lock(&cluster.dialing).insert(addr.clone()) {
+        return;
+    }
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let Some(node) = weak.upgrade() else { return };
+        let Some(cluster) = node.cluster.get() else {
+            return;
+        };
+        let result = match &cluster.cfg.network {
+            Network::Tcp => tcp::dial(&addr, &cluster.transport, inbound).await,
+            Network::Memory(net) => net.dial(&addr, &cluster.transport, inbound).await,
+        };
+        lock(&cluster.dialing).remove(&addr);
+        match result {
+            Ok(conn) => add_peer(&node, conn),
+            Err(e) => tracing::debug!(node = %node.id, addr, "dial failed: {e}"),
+        }
+    });
+}
+
+/// Every heartbeat: dial the addresses without a member, ping every peer
+/// (closing those that do not answer within the failure timeout), and
+/// gossip the membership.
+async fn heartbeat(weak: Weak<NodeInner>, inbound: Arc<dyn Inbound>) {
+    let Some(period) = weak
+        .upgrade()
+        .and_then(|n| n.cluster.get().map(|c| c.cfg.heartbeat))
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = weak.upgrade() else { return };
+        let Some(cluster) = node.cluster.get() else {
+            return;
+        };
+        let membership = node.membership.borrow().clone();
+        let reached: HashSet<String> = membership.iter().map(|(_, i)| i.addr.clone()).collect();
+        let to_dial: Vec<String> = lock(&cluster.addrs)
+            .iter()
+            .filter(|a| !reached.contains(*a))
+            .cloned()
+            .collect();
+        for addr in to_dial {
+            dial(&node, addr, inbound.clone());
+        }
+        let gossip = wire::Membership {
+            members: membership
+                .iter()
+                .map(|(n, i)| Member {
+                    node: n.to_owned(),
+                    addr: i.addr.clone(),
+                    capabilities: i.capabilities.clone(),
+                })
+                .collect(),
+        };
+        let timeout = cluster.cfg.failure_timeout;
+        for conn in cluster.connections() {
+            let _ = conn.send_membership(&gossip);
+            tokio::spawn(async move {
+                if let Err(e) = conn.ping(timeout).await {
+                    tracing::warn!(peer = %conn.peer().node, "no heartbeat answer within {timeout:?} ({e}): closing");
+                    conn.close();
+                }
+            });
+        }
+    }
+}
+
+/// An encoded call on its way.
+enum Started {
+    Local(tokio::sync::oneshot::Receiver<Result<Vec<u8>, Error>>),
+    Forwarded(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Error>> + Send>>),
+}
+
+/// Serves requests that peers send to this node.
+struct NodeInbound(Weak<NodeInner>);
+
+impl Inbound for NodeInbound {
+    fn call(&self, _from: &Peer, call: wire::Call) -> InboundFuture {
+        let Some(node) = self.0.upgrade() else {
+            return Box::pin(std::future::ready(Err(Error::ShuttingDown)));
+        };
+        let timeout = Duration::from_millis(call.timeout_ms);
+        // Enqueued here, in arrival order; only the wait is deferred.
+        let reply = node.serve_wire(
+            call.tag,
+            &call.id,
+            call.payload.into_vec(),
+            timeout,
+            call.hops,
+            true,
+        );
+        Box::pin(async move { Ok(reply.await?.to_vec()) })
+    }
+
+    fn cast(&self, _from: &Peer, cast: wire::Cast) {
+        let Some(node) = self.0.upgrade() else { return };
+        let (tag, hops) = (cast.tag, cast.hops);
+        let payload = cast.payload.into_vec();
+        if let Err(e) = node.cast_wire(tag, &cast.id, payload, hops) {
+            tracing::debug!(node = %node.id, "inbound cast dropped: {e}");
+        }
+    }
+
+    fn membership(&self, _from: &Peer, membership: wire::Membership) {
+        let Some(node) = self.0.upgrade() else { return };
+        let Some(cluster) = node.cluster.get() else {
+            return;
+        };
+        let mut new = Vec::new();
+        {
+            let mut addrs = lock(&cluster.addrs);
+            for m in membership.members {
+                if m.node != *node.id && !m.addr.is_empty() && addrs.insert(m.addr.clone()) {
+                    new.push(m.addr);
+                }
+            }
+        }
+        let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound(self.0.clone()));
+        for addr in new {
+            dial(&node, addr, inbound.clone());
+        }
+    }
+}
+
+impl NodeInner {
+    /// Runs an encoded call here, or forwards it once to the owner.
+    ///
+    /// Routing and enqueueing happen before the first await, so requests
+    /// that arrive in order on one connection reach the mailbox in order.
+    pub(crate) fn serve_wire(
+        &self,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        hops: u8,
+        from_peer: bool,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send + 'static {
+        let started = self.start_wire(tag, id, body, timeout, hops, from_peer);
+        async move {
+            match started? {
+                Started::Local(rx) => rx
+                    .await
+                    .unwrap_or(Err(Error::ShuttingDown))
+                    .map(Bytes::from),
+                Started::Forwarded(fut) => fut.await,
+            }
+        }
+    }
+
+    fn start_wire(
+        &self,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        hops: u8,
+        from_peer: bool,
+    ) -> Result<Started, Error> {
+        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
+            actor: String::from("(any)"),
+            tag,
+        })?;
+        let owner = {
+            let routing = self.routing.load();
+            let table =
+                routing
+                    .get(route.capability_key)
+                    .ok_or_else(|| Error::NoNodeForCapability {
+                        capability: self.actors[route.actor].1.to_owned(),
+                    })?;
+            let s = shard(id);
+            if table.is_local(s) {
+                None
+            } else {
+                Some(table.owner(s).to_owned())
+            }
+        };
+        match owner {
+            None => {
+                // The activation answers Timeout at the deadline.
+                let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
+                self.actors[route.actor]
+                    .2
+                    .send_wire(id, WireCall { tag, body, reply })?;
+                Ok(Started::Local(rx))
+            }
+            // Not ours (any more): forward once to the owner.
+            Some(owner) if hops == 0 || !from_peer => {
+                let conn = self
+                    .cluster
+                    .get()
+                    .and_then(|c| c.connection(&owner))
+                    .ok_or(Error::NodeDown { node: owner })?;
+                let id = id.to_owned();
+                Ok(Started::Forwarded(Box::pin(async move {
+                    conn.call(tag, &id, body, timeout, hops + 1).await
+                })))
+            }
+            Some(owner) => Err(Error::NodeDown { node: owner }),
+        }
+    }
+
+    /// Runs an encoded cast here, or forwards it once to the owner.
+    pub(crate) fn cast_wire(
+        &self,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        hops: u8,
+    ) -> Result<(), Error> {
+        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
+            actor: String::from("(any)"),
+            tag,
+        })?;
+        let routing = self.routing.load();
+        let table =
+            routing
+                .get(route.capability_key)
+                .ok_or_else(|| Error::NoNodeForCapability {
+                    capability: self.actors[route.actor].1.to_owned(),
+                })?;
+        let s = shard(id);
+        if table.is_local(s) {
+            let reply = ReplyTo::cast();
+            return self.actors[route.actor]
+                .2
+                .send_wire(id, WireCall { tag, body, reply });
+        }
+        let owner = table.owner(s);
+        if hops > 0 {
+            return Err(Error::NodeDown {
+                node: owner.to_owned(),
+            });
+        }
+        let conn = self
+            .cluster
+            .get()
+            .and_then(|c| c.connection(owner))
+            .ok_or_else(|| Error::NodeDown {
+                node: owner.to_owned(),
+            })?;
+        conn.cast(tag, id, body, hops + 1)
+    }
+}

@@ -1,0 +1,279 @@
+//! Clusters in one process, over the in-memory transport and over TCP:
+//! discovery from seeds, routing to owners, remote errors, node loss.
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mesh::prelude::*;
+use mesh::transport::memory::MemoryNetwork;
+use mesh::Network;
+
+/// Guards a step that must finish long before any deadline involved.
+async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("did not finish within 20 s")
+}
+
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Player {
+    score: u64,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+struct Score(u64);
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Crash;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Hang;
+
+#[mesh::handlers]
+impl Player {
+    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
+        self.score += n;
+        (ctx.node().id().to_owned(), self.score)
+    }
+
+    async fn crash(&mut self, _: Crash) {
+        panic!("remote boom");
+    }
+
+    async fn hang(&mut self, _: Hang) {
+        std::future::pending::<()>().await;
+    }
+}
+
+static ROOMS_OPENED: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Actor)]
+#[actor(capability = "chat", activate = Room::open)]
+struct Room {
+    lines: Vec<String>,
+}
+
+impl Room {
+    async fn open(id: &str) -> Result<Self, String> {
+        if id == "forbidden" {
+            return Err("no such room".into());
+        }
+        ROOMS_OPENED.fetch_add(1, Ordering::SeqCst);
+        Ok(Room { lines: Vec::new() })
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = usize)]
+struct Say(String);
+
+#[mesh::handlers]
+impl Room {
+    async fn say(&mut self, Say(line): Say) -> usize {
+        self.lines.push(line);
+        self.lines.len()
+    }
+}
+
+/// A node of `caps` named `name`, listening at `listen`, seeded with `seeds`.
+async fn node(net: &Network, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
+    let mut b = Node::builder()
+        .name(name)
+        .default_node(false)
+        .cluster("test")
+        .cookie("s3cret")
+        .network(net.clone())
+        .listen(listen)
+        .seeds(seeds.iter().copied())
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_millis(300))
+        .capabilities(caps.iter().copied());
+    if caps.contains(&"game") {
+        b = b.actor::<Player>();
+    }
+    if caps.contains(&"chat") {
+        b = b.actor::<Room>();
+    }
+    b.start().await.expect("node starts")
+}
+
+async fn until_members(nodes: &[&Node], n: usize) {
+    for node in nodes {
+        let mut changes = node.membership_changes();
+        soon(changes.wait_for(|m| m.len() == n)).await.unwrap();
+    }
+}
+
+/// Three nodes (game, chat, both) seeded in a chain: all find each other.
+async fn three(net: Network, addrs: [&str; 3]) -> (Node, Node, Node) {
+    let game = node(&net, "game-1", addrs[0], &["game"], &[]).await;
+    let seed = game.addr().unwrap().to_owned();
+    let chat = node(&net, "chat-1", addrs[1], &["chat"], &[&seed]).await;
+    let seed2 = chat.addr().unwrap().to_owned();
+    let both = node(&net, "both-1", addrs[2], &["game", "chat"], &[&seed2]).await;
+    until_members(&[&game, &chat, &both], 3).await;
+    (game, chat, both)
+}
+
+async fn calls_reach_the_owner(net: Network, addrs: [&str; 3]) {
+    let (game, chat, both) = three(net, addrs).await;
+    let mut owners = BTreeMap::new();
+    for i in 0..200 {
+        let id = format!("p{i}");
+        // From every node, including the chat-only one, which hosts no game shard.
+        for (k, from) in [&game, &chat, &both].into_iter().enumerate() {
+            let (served_by, score) = soon(from.call::<Player, _>(&id, Score(1)).into_future())
+                .await
+                .unwrap();
+            assert_eq!(score, k as u64 + 1);
+            assert_eq!(served_by, from.owner_of::<Player>(&id).unwrap());
+            *owners.entry(served_by).or_insert(0) += 1;
+        }
+    }
+    // Game shards live on the two game hosts only, and both have some.
+    assert_eq!(owners.keys().collect::<Vec<_>>(), ["both-1", "game-1"]);
+    assert_eq!(game.activation_count() + both.activation_count(), 200);
+    assert_eq!(chat.activation_count(), 0);
+    // Every node computes the same owners.
+    for i in 0..50 {
+        let id = format!("room{i}");
+        let o = game.owner_of::<Room>(&id).unwrap();
+        assert_eq!(o, chat.owner_of::<Room>(&id).unwrap());
+        assert_eq!(o, both.owner_of::<Room>(&id).unwrap());
+        assert_eq!(
+            soon(game.call::<Room, _>(&id, Say("hi".into())).into_future()).await,
+            Ok(1)
+        );
+    }
+    for n in [game, chat, both] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_owner_in_memory() {
+    let net = Network::Memory(MemoryNetwork::new());
+    calls_reach_the_owner(net, ["mem-a", "mem-b", "mem-c"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_owner_over_tcp() {
+    calls_reach_the_owner(Network::Tcp, ["127.0.0.1:0"; 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_failures_come_back_typed() {
+    let net = Network::Memory(MemoryNetwork::new());
+    let (game, chat, both) = three(net, ["e-a", "e-b", "e-c"]).await;
+    // Find ids owned elsewhere than the caller.
+    let remote_player = (0..)
+        .map(|i| format!("r{i}"))
+        .find(|id| game.owner_of::<Player>(id).unwrap() == "both-1")
+        .unwrap();
+    let err = game
+        .call::<Player, _>(&remote_player, Crash)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::HandlerPanicked {
+            actor: "Player".into(),
+            id: remote_player.clone(),
+            message: "remote boom".into()
+        }
+    );
+    let err = game
+        .call::<Room, _>("forbidden", Say("x".into()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ActivationFailed { ref reason, .. } if reason == "no such room"),
+        "{err:?}"
+    );
+    // A remote call carries its deadline.
+    let err = game
+        .call::<Player, _>(&remote_player, Hang)
+        .timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::Timeout);
+    // Casts cross too (to another actor: this one hangs for good now), and
+    // one connection keeps its order: the cast is handled before the call.
+    let other = format!("{remote_player}-2");
+    chat.cast::<Player, _>(&other, Score(5)).unwrap();
+    let (_, score) = chat.call::<Player, _>(&other, Score(0)).await.unwrap();
+    assert_eq!(score, 5);
+    // The hanging handler cannot finish: shutdown says so instead of hanging.
+    assert_eq!(both.shutdown().await, Err(Error::Timeout));
+    for n in [game, chat] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
+    let net = Network::Memory(MemoryNetwork::new());
+    let (game, chat, both) = three(net, ["l-a", "l-b", "l-c"]).await;
+    let on_both: Vec<String> = (0..)
+        .map(|i| format!("q{i}"))
+        .filter(|id| game.owner_of::<Player>(id).unwrap() == "both-1")
+        .take(20)
+        .collect();
+    let hanging = {
+        let game = game.clone();
+        let id = on_both[0].clone();
+        tokio::spawn(async move {
+            game.call::<Player, _>(&id, Hang)
+                .timeout(Duration::from_secs(3600))
+                .await
+        })
+    };
+    // The call is in flight on both-1 once it answers a later one.
+    assert!(game.call::<Player, _>(&on_both[1], Score(1)).await.is_ok());
+    both.sever();
+    assert_eq!(
+        soon(hanging).await.unwrap(),
+        Err(Error::NodeDown {
+            node: "both-1".into()
+        })
+    );
+    until_members(&[&game, &chat], 2).await;
+    for id in &on_both {
+        assert_eq!(game.owner_of::<Player>(id).unwrap(), "game-1");
+        let (served_by, _) = soon(chat.call::<Player, _>(id, Score(1)).into_future())
+            .await
+            .unwrap();
+        assert_eq!(served_by, "game-1");
+    }
+    for n in [game, chat] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
+    let net = Network::Memory(MemoryNetwork::new());
+    let (game, chat, both) = three(net, ["f-a", "f-b", "f-c"]).await;
+    let id = (0..)
+        .map(|i| format!("w{i}"))
+        .find(|id| game.owner_of::<Player>(id).unwrap() == "both-1")
+        .unwrap();
+    // game-1 receives an encoded call for a shard it does not own: it
+    // forwards it to both-1 instead of failing it.
+    let tag = mesh::wire::tag_of::<Player, Score>();
+    let reply = game
+        .call_wire(tag, &id, mesh::wire::encode(&Score(7)).unwrap())
+        .await
+        .unwrap();
+    let (served_by, score): (String, u64) = mesh::wire::decode(&reply).unwrap();
+    assert_eq!((served_by.as_str(), score), ("both-1", 7));
+    for n in [game, chat, both] {
+        n.shutdown().await.unwrap();
+    }
+}
