@@ -18,10 +18,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{no_node, Node, NodeInner, DEFAULT};
+use super::{Node, NodeInner, DEFAULT};
 use crate::activation::Envelope;
 use crate::actor::ReplyTo;
-use crate::ring::shard;
 use crate::telemetry::Metrics;
 use crate::{Error, Handler, Message};
 
@@ -219,20 +218,12 @@ enum Sent<R> {
 impl NodeInner {
     /// Finds the owner of actor `id` of type `A`.
     pub(crate) fn route<A: crate::Actor>(&self, id: &str) -> Result<Route, Error> {
-        let routing = self.routing.load();
-        let table = routing.get(A::__CAPABILITY_KEY).ok_or_else(no_node::<A>)?;
-        let s = shard(id);
-        if table.is_local(s) {
-            return Ok(Route::Local);
-        }
-        let owner = table.owner(s);
-        self.cluster
-            .get()
-            .and_then(|c| c.connection(owner))
-            .map(Route::Remote)
-            .ok_or_else(|| Error::NodeDown {
-                node: owner.to_owned(),
-            })
+        Ok(
+            match self.owner_of_key(A::__CAPABILITY_KEY, A::CAPABILITY, id)? {
+                None => Route::Local,
+                Some(conn) => Route::Remote(conn),
+            },
+        )
     }
 
     /// Delivers a typed message to its local activation.

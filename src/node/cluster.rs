@@ -320,7 +320,11 @@ async fn heartbeat(weak: Weak<NodeInner>, inbound: Arc<dyn Inbound>) {
 /// An encoded call on its way.
 enum Started {
     Local(tokio::sync::oneshot::Receiver<Result<Vec<u8>, Error>>),
-    Forwarded(std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Error>> + Send>>),
+    /// Forwarded, with the body kept for one retry if the owner dies.
+    Forwarded(
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Error>> + Send>>,
+        Vec<u8>,
+    ),
 }
 
 /// Serves requests that peers send to this node.
@@ -380,7 +384,7 @@ impl NodeInner {
     /// Routing and enqueueing happen before the first await, so requests
     /// that arrive in order on one connection reach the mailbox in order.
     pub(crate) fn serve_wire(
-        &self,
+        self: &Arc<Self>,
         tag: u64,
         id: &str,
         body: Vec<u8>,
@@ -388,14 +392,24 @@ impl NodeInner {
         hops: u8,
         from_peer: bool,
     ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send + 'static {
+        let retry = (self.clone(), id.to_owned());
         let started = self.start_wire(tag, id, body, timeout, hops, from_peer);
         async move {
             match started? {
-                Started::Local(rx) => rx
-                    .await
-                    .unwrap_or(Err(Error::ShuttingDown))
-                    .map(Bytes::from),
-                Started::Forwarded(fut) => fut.await,
+                Started::Local(rx) => local_reply(rx).await,
+                Started::Forwarded(fut, body) => match fut.await {
+                    // The owner died under the forward: it is out of the
+                    // membership now; route once more (to us, or its heir).
+                    Err(Error::NodeDown { node }) => {
+                        let (me, id) = retry;
+                        me.evict(&node);
+                        match me.start_wire(tag, &id, body, timeout, hops + 1, true)? {
+                            Started::Local(rx) => local_reply(rx).await,
+                            Started::Forwarded(..) => Err(Error::NodeDown { node }),
+                        }
+                    }
+                    other => other,
+                },
             }
         }
     }
@@ -413,22 +427,8 @@ impl NodeInner {
             actor: String::from("(any)"),
             tag,
         })?;
-        let owner = {
-            let routing = self.routing.load();
-            let table =
-                routing
-                    .get(route.capability_key)
-                    .ok_or_else(|| Error::NoNodeForCapability {
-                        capability: self.actors[route.actor].1.to_owned(),
-                    })?;
-            let s = shard(id);
-            if table.is_local(s) {
-                None
-            } else {
-                Some(table.owner(s).to_owned())
-            }
-        };
-        match owner {
+        let capability = self.actors[route.actor].1;
+        match self.owner_of_key(route.capability_key, capability, id)? {
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
@@ -438,18 +438,17 @@ impl NodeInner {
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
-            Some(owner) if hops == 0 || !from_peer => {
-                let conn = self
-                    .cluster
-                    .get()
-                    .and_then(|c| c.connection(&owner))
-                    .ok_or(Error::NodeDown { node: owner })?;
+            Some(conn) if hops == 0 || !from_peer => {
                 let id = id.to_owned();
-                Ok(Started::Forwarded(Box::pin(async move {
-                    conn.call(tag, &id, body, timeout, hops + 1).await
-                })))
+                let kept = body.clone();
+                Ok(Started::Forwarded(
+                    Box::pin(async move { conn.call(tag, &id, body, timeout, hops + 1).await }),
+                    kept,
+                ))
             }
-            Some(owner) => Err(Error::NodeDown { node: owner }),
+            Some(conn) => Err(Error::NodeDown {
+                node: conn.peer().node.clone(),
+            }),
         }
     }
 
@@ -465,33 +464,70 @@ impl NodeInner {
             actor: String::from("(any)"),
             tag,
         })?;
-        let routing = self.routing.load();
-        let table =
-            routing
-                .get(route.capability_key)
-                .ok_or_else(|| Error::NoNodeForCapability {
-                    capability: self.actors[route.actor].1.to_owned(),
-                })?;
-        let s = shard(id);
-        if table.is_local(s) {
-            let reply = ReplyTo::cast();
-            return self.actors[route.actor]
-                .2
-                .send_wire(id, WireCall { tag, body, reply });
+        let capability = self.actors[route.actor].1;
+        match self.owner_of_key(route.capability_key, capability, id)? {
+            None => {
+                let reply = ReplyTo::cast();
+                self.actors[route.actor]
+                    .2
+                    .send_wire(id, WireCall { tag, body, reply })
+            }
+            Some(conn) if hops == 0 => conn.cast(tag, id, body, hops + 1),
+            Some(conn) => Err(Error::NodeDown {
+                node: conn.peer().node.clone(),
+            }),
         }
-        let owner = table.owner(s);
-        if hops > 0 {
-            return Err(Error::NodeDown {
-                node: owner.to_owned(),
-            });
-        }
-        let conn = self
-            .cluster
-            .get()
-            .and_then(|c| c.connection(owner))
-            .ok_or_else(|| Error::NodeDown {
-                node: owner.to_owned(),
-            })?;
-        conn.cast(tag, id, body, hops + 1)
     }
+
+    /// The live connection to `node`; without one, `node` is down by the
+    /// membership's own rule, so it is removed at once (rather than when
+    /// the connection's watcher gets to it) and `None` returned.
+    fn peer_or_evict(&self, node: &str) -> Option<Connection> {
+        let conn = self.cluster.get().and_then(|c| c.connection(node));
+        if conn.is_none() {
+            self.evict(node);
+        }
+        conn
+    }
+
+    fn evict(&self, node: &str) {
+        if node != &*self.id && self.update_membership(|m| m.remove(node)) {
+            tracing::info!(node = %self.id, peer = node, "peer down (no live connection)");
+        }
+    }
+
+    /// Who owns the shard of `id` for the capability whose key is `key`:
+    /// `None` for this node, else a live connection to the owner. An owner
+    /// without one is evicted and the (recomputed) table read again.
+    pub(crate) fn owner_of_key(
+        &self,
+        key: u64,
+        capability: &str,
+        id: &str,
+    ) -> Result<Option<Connection>, Error> {
+        let s = shard(id);
+        loop {
+            let owner = {
+                let routing = self.routing.load();
+                let table = routing.get(key).ok_or_else(|| Error::NoNodeForCapability {
+                    capability: capability.to_owned(),
+                })?;
+                if table.is_local(s) {
+                    return Ok(None);
+                }
+                table.owner(s).to_owned()
+            };
+            if let Some(conn) = self.peer_or_evict(&owner) {
+                return Ok(Some(conn));
+            }
+        }
+    }
+}
+
+async fn local_reply(
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>, Error>>,
+) -> Result<Bytes, Error> {
+    rx.await
+        .unwrap_or(Err(Error::ShuttingDown))
+        .map(Bytes::from)
 }

@@ -151,7 +151,7 @@ impl Node {
     /// and the result is the rmp-serde reply. This is what a peer node's
     /// request runs; it waits at most the node's default timeout.
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let inner = &*self.inner;
+        let inner = &self.inner;
         let reply = inner
             .serve_wire(tag, id, body, inner.default_timeout, 0, false)
             .await?;

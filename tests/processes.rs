@@ -1,0 +1,213 @@
+//! Real processes: three `examples/cluster` nodes on loopback and this test
+//! as a fourth node driving calls; one node is killed with SIGKILL under
+//! load. Checks: no call outlives its deadline; calls owned by surviving
+//! nodes all succeed; once the death is detected, every call succeeds.
+//!
+//! Needs the example built (`cargo test` builds it; alone:
+//! `cargo build --example cluster`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh::prelude::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Same wire contract as the example's `Player` (capability and names).
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Player;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+struct Score(u64);
+
+#[mesh::handlers]
+impl Player {
+    async fn score(&mut self, _: Score) -> (String, u64) {
+        unreachable!("this node does not host game")
+    }
+}
+
+const COOKIE: &str = "process-test-cookie";
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("examples").join("cluster");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --example cluster` (cargo test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A spawned node, killed when dropped.
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+async fn spawn_node(name: &str, caps: &str, seeds: &[&str]) -> Proc {
+    let mut cmd = Command::new(example_binary());
+    cmd.args([
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--capabilities",
+        caps,
+        "--heartbeat-ms",
+        "100",
+    ]);
+    if !seeds.is_empty() {
+        cmd.args(["--seeds", &seeds.join(",")]);
+    }
+    cmd.env("MESH_COOKIE", COOKIE)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn the cluster example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some((_, addr)) = line.split_once(" listening on ") {
+                return addr.trim().to_owned();
+            }
+        }
+        panic!("{name} exited before listening");
+    })
+    .await
+    .expect("node started within 30 s");
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Proc { child, addr }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    owner: String,
+    result: Result<String, Error>,
+    took: Duration,
+    after_detection: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load() {
+    let n1 = spawn_node("p-1", "game", &[]).await;
+    let n2 = spawn_node("p-2", "game", &[&n1.addr]).await;
+    let n3 = spawn_node("p-3", "game,chat", &[&n1.addr]).await;
+    let driver = Node::builder()
+        .name("driver")
+        .default_node(false)
+        .cluster("example")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .seeds([n1.addr.clone(), n2.addr.clone(), n3.addr.clone()])
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
+    let mut changes = driver.membership_changes();
+    tokio::time::timeout(Duration::from_secs(30), changes.wait_for(|m| m.len() == 4))
+        .await
+        .expect("4 members within 30 s")
+        .unwrap();
+
+    let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
+    let progress = Arc::new(tokio::sync::watch::channel(0usize).0);
+    let detected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = Duration::from_millis(800);
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let (driver, outcomes, detected, stop) = (
+            driver.clone(),
+            outcomes.clone(),
+            detected.clone(),
+            stop.clone(),
+        );
+        let progress = progress.clone();
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let id = format!("player-{w}-{}", i % 97);
+                let after_detection = detected.load(std::sync::atomic::Ordering::SeqCst);
+                let owner = driver.owner_of::<Player>(&id).unwrap_or_default();
+                let started = Instant::now();
+                let result = driver
+                    .call::<Player, _>(&id, Score(1))
+                    .timeout(deadline)
+                    .await
+                    .map(|(on, _)| on);
+                outcomes.lock().unwrap().push(Outcome {
+                    owner,
+                    result,
+                    took: started.elapsed(),
+                    after_detection,
+                });
+                progress.send_modify(|n| *n += 1);
+            }
+        }));
+    }
+    let mut done = progress.subscribe();
+    // Under load, then SIGKILL p-2.
+    done.wait_for(|n| *n >= 2_000).await.unwrap();
+    let mut n2 = n2;
+    n2.child.start_kill().expect("SIGKILL p-2");
+    let killed_at = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        changes.wait_for(|m| !m.contains("p-2")),
+    )
+    .await
+    .expect("p-2 dropped within 10 s")
+    .unwrap();
+    let detection = killed_at.elapsed();
+    detected.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = *done.borrow();
+    done.wait_for(|n| *n >= before + 2_000).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap();
+    assert!(
+        slowest < deadline + Duration::from_millis(500),
+        "a call took {slowest:?}"
+    );
+    let failed_survivors: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.owner != "p-2" && o.result.is_err())
+        .collect();
+    assert!(
+        failed_survivors.is_empty(),
+        "calls owned by survivors failed: {failed_survivors:?}"
+    );
+    let failed_after: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.after_detection && o.result.is_err())
+        .collect();
+    assert!(
+        failed_after.is_empty(),
+        "calls failed after detection: {failed_after:?}"
+    );
+    let to_dead = outcomes
+        .iter()
+        .filter(|o| o.owner == "p-2" && o.result.is_err())
+        .count();
+    println!(
+        "{} calls; {to_dead} failed fast for p-2 while it died; detected in {detection:?}; slowest call {slowest:?}",
+        outcomes.len()
+    );
+    drop((n1, n3));
+    driver.shutdown().await.unwrap();
+}
