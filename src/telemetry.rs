@@ -9,7 +9,7 @@
 //! | `mesh_activations_live` | gauge | | activations currently running on this process |
 //! | `mesh_activations_total` | counter | | activations started (successful activation functions) |
 //! | `mesh_activation_failures_total` | counter | | activation functions that returned an error or panicked |
-//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown` | activations ended |
+//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown`, `moved` | activations ended |
 //! | `mesh_calls_total` | counter | `outcome` = `ok`, `timeout`, `mailbox_full`, `panicked`, `activation_failed`, `shutting_down`, `error` | calls completed, by outcome |
 //! | `mesh_casts_total` | counter | `outcome` = `ok`, `error` | casts enqueued or refused |
 //! | `mesh_call_duration_seconds` | histogram | | call latency as the caller saw it |
@@ -54,6 +54,7 @@ pub(crate) enum EndReason {
     Requested,
     Panic,
     Shutdown,
+    Moved,
 }
 
 /// Resolved metric handles, shared by every node of the process.
@@ -62,7 +63,7 @@ pub(crate) struct Metrics {
     pub(crate) live: Gauge,
     pub(crate) activations: Counter,
     pub(crate) activation_failures: Counter,
-    deactivations: [Counter; 4],
+    deactivations: [Counter; 5],
     calls_ok: Counter,
     calls_timeout: Counter,
     calls_full: Counter,
@@ -91,7 +92,13 @@ impl Metrics {
                 live: metrics::gauge!(ACTIVATIONS_LIVE),
                 activations: metrics::counter!(ACTIVATIONS_TOTAL),
                 activation_failures: metrics::counter!(ACTIVATION_FAILURES_TOTAL),
-                deactivations: [end("idle"), end("requested"), end("panic"), end("shutdown")],
+                deactivations: [
+                    end("idle"),
+                    end("requested"),
+                    end("panic"),
+                    end("shutdown"),
+                    end("moved"),
+                ],
                 calls_ok: call("ok"),
                 calls_timeout: call("timeout"),
                 calls_full: call("mailbox_full"),

@@ -81,6 +81,40 @@ impl Room {
     }
 }
 
+type Handovers =
+    std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, String, i64)>>>;
+static HANDOVERS: Handovers = std::sync::Mutex::new(None);
+
+#[derive(Actor, Default)]
+#[actor(capability = "ledger", on_deactivate = Account::close)]
+struct Account {
+    balance: i64,
+}
+
+impl Account {
+    async fn close(&mut self, ctx: &Ctx) {
+        if let Some(tx) = &*HANDOVERS.lock().unwrap() {
+            let _ = tx.send((
+                ctx.node().id().to_owned(),
+                ctx.id().to_owned(),
+                self.balance,
+            ));
+        }
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, i64))]
+struct Deposit(i64);
+
+#[mesh::handlers]
+impl Account {
+    async fn deposit(&mut self, Deposit(n): Deposit, ctx: &Ctx) -> (String, i64) {
+        self.balance += n;
+        (ctx.node().id().to_owned(), self.balance)
+    }
+}
+
 /// A node of `caps` named `name`, listening at `listen`, seeded with `seeds`.
 async fn node(net: &Network, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
     let mut b = Node::builder()
@@ -99,6 +133,9 @@ async fn node(net: &Network, name: &str, listen: &str, caps: &[&str], seeds: &[&
     }
     if caps.contains(&"chat") {
         b = b.actor::<Room>();
+    }
+    if caps.contains(&"ledger") {
+        b = b.actor::<Account>();
     }
     b.start().await.expect("node starts")
 }
@@ -209,6 +246,10 @@ async fn remote_failures_come_back_typed() {
     chat.cast::<Player, _>(&other, Score(5)).unwrap();
     let (_, score) = chat.call::<Player, _>(&other, Score(0)).await.unwrap();
     assert_eq!(score, 5);
+    // A body the owner cannot decode fails that call, typed, over there.
+    let tag = mesh::wire::tag_of::<Player, Score>();
+    let err = game.call_wire(tag, &other, vec![0xc1]).await.unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err:?}");
     // The hanging handler cannot finish: shutdown says so instead of hanging.
     assert_eq!(both.shutdown().await, Err(Error::Timeout));
     for n in [game, chat] {
@@ -274,6 +315,54 @@ async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
     let (served_by, score): (String, u64) = mesh::wire::decode(&reply).unwrap();
     assert_eq!((served_by.as_str(), score), ("both-1", 7));
     for n in [game, chat, both] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_whose_shard_moves_are_drained_with_their_hook() {
+    let (tx, mut handovers) = tokio::sync::mpsc::unbounded_channel();
+    *HANDOVERS.lock().unwrap() = Some(tx);
+    let net = Network::Memory(MemoryNetwork::new());
+    let a = node(&net, "d-a", "d-a", &["ledger"], &[]).await;
+    let ids: Vec<String> = (0..60).map(|i| format!("acct{i}")).collect();
+    for id in &ids {
+        assert_eq!(
+            a.call::<Account, _>(id, Deposit(1)).await.unwrap(),
+            ("d-a".to_owned(), 1)
+        );
+    }
+    // A second node joins: about half the shards move to it.
+    let b = node(&net, "d-b", "d-b", &["ledger"], &["d-a"]).await;
+    until_members(&[&a, &b], 2).await;
+    let moved: Vec<&String> = ids
+        .iter()
+        .filter(|id| a.owner_of::<Account>(id).unwrap() == "d-b")
+        .collect();
+    assert!(
+        !moved.is_empty() && moved.len() < ids.len(),
+        "{} of {} moved",
+        moved.len(),
+        ids.len()
+    );
+    // The old owner drains exactly those, running their hook.
+    let mut drained = Vec::new();
+    for _ in 0..moved.len() {
+        let (node, id, balance) = soon(handovers.recv()).await.unwrap();
+        assert_eq!((node.as_str(), balance), ("d-a", 1));
+        drained.push(id);
+    }
+    drained.sort();
+    let mut want: Vec<String> = moved.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(drained, want);
+    // Their next call activates them on the new owner (state is not
+    // transferred: it is the actor's to persist in its hook).
+    assert_eq!(
+        a.call::<Account, _>(moved[0], Deposit(1)).await.unwrap(),
+        ("d-b".to_owned(), 1)
+    );
+    for n in [a, b] {
         n.shutdown().await.unwrap();
     }
 }

@@ -42,6 +42,8 @@ pub(crate) enum Take {
     Stop,
     /// The mailbox is empty and the idle sweeper found it idle.
     Idle,
+    /// The mailbox is empty and its actor's shard moved to another node.
+    Moved,
 }
 
 /// What the registered waker waits for.
@@ -63,6 +65,8 @@ struct State<E> {
     stop: bool,
     /// Set by the idle sweeper; cleared by the next batch.
     idle: bool,
+    /// Set when the actor's shard moved away; consumed when seen.
+    moved: bool,
     /// Batches taken so far, and the count the sweeper saw last with how
     /// many of its ticks it has stayed the same.
     batches: u64,
@@ -87,6 +91,7 @@ impl<E> Mailbox<E> {
                 closed: false,
                 stop: false,
                 idle: false,
+                moved: false,
                 batches: 0,
                 swept: 0,
                 quiet_ticks: 0,
@@ -140,6 +145,9 @@ impl<E> Mailbox<E> {
         }
         if s.stop {
             return Poll::Ready(Take::Stop);
+        }
+        if std::mem::take(&mut s.moved) {
+            return Poll::Ready(Take::Moved);
         }
         if s.idle {
             return Poll::Ready(Take::Idle);
@@ -210,6 +218,18 @@ impl<E> Mailbox<E> {
         let mut s = self.lock();
         s.closed = true;
         std::mem::take(&mut s.queue)
+    }
+
+    /// Tells the activation its shard moved: it finishes what is queued,
+    /// then deactivates (messages that still arrive activate it again).
+    pub(crate) fn mark_moved(&self) {
+        let mut s = self.lock();
+        s.moved = true;
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Asks the activation to finish what is queued and stop.

@@ -244,6 +244,9 @@ pub(crate) trait AnyActivations: Send + Sync + 'static {
     fn stop_all(&self);
     /// Starts background work (the idle sweeper).
     fn start(&self, node: Weak<NodeInner>);
+    /// Deactivates (after their queues) the activations whose id
+    /// `is_local` says this node no longer owns; returns how many.
+    fn drain_moved(&self, is_local: &dyn Fn(&str) -> bool) -> usize;
     /// Number of activations.
     fn count(&self) -> usize;
 }
@@ -269,6 +272,17 @@ impl<A: Handlers> AnyActivations for Activations<A> {
 
     fn start(&self, node: Weak<NodeInner>) {
         self.start_sweeper(node);
+    }
+
+    fn drain_moved(&self, is_local: &dyn Fn(&str) -> bool) -> usize {
+        let mut moved = 0;
+        for entry in self.table.iter() {
+            if !is_local(entry.key()) {
+                entry.value().mark_moved();
+                moved += 1;
+            }
+        }
+        moved
     }
 }
 

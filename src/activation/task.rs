@@ -125,6 +125,7 @@ async fn serve<A: Handlers>(
             Take::Batch => {}
             Take::Stop => return EndReason::Shutdown,
             Take::Idle => return EndReason::Idle,
+            Take::Moved => return EndReason::Moved,
         }
         metrics.mailbox_depth.record(batch.len() as f64);
         let now = Instant::now();

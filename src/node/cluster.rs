@@ -75,6 +75,8 @@ pub(crate) struct Cluster {
     /// Where to keep a connection: seeds and gossiped addresses.
     addrs: Mutex<BTreeSet<String>>,
     dialing: Mutex<HashSet<String>>,
+    /// Failed addresses: how many failures in a row, and when to try again.
+    backoff: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: Mutex<Option<Listening>>,
 }
@@ -152,6 +154,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         transport,
         peers: Mutex::new(HashMap::new()),
         dialing: Mutex::new(HashSet::new()),
+        backoff: Mutex::new(HashMap::new()),
         tasks: Mutex::new(Vec::new()),
         listening: Mutex::new(None),
     };
@@ -260,13 +263,32 @@ fn dial(node: &Arc<NodeInner>, addr: String, inbound: Arc<dyn Inbound>) {
         };
         lock(&cluster.dialing).remove(&addr);
         match result {
-            Ok(conn) => add_peer(&node, conn),
-            Err(e) => tracing::debug!(node = %node.id, addr, "dial failed: {e}"),
+            Ok(conn) => {
+                lock(&cluster.backoff).remove(&addr);
+                add_peer(&node, conn);
+            }
+            Err(e) => {
+                // Back off exponentially from one heartbeat up to 32; log
+                // the first failure, then only at debug level.
+                let mut backoff = lock(&cluster.backoff);
+                let (failures, next) = backoff
+                    .entry(addr.clone())
+                    .or_insert((0, tokio::time::Instant::now()));
+                *failures += 1;
+                *next = tokio::time::Instant::now()
+                    + cluster.cfg.heartbeat * (1u32 << (*failures).min(5));
+                if *failures == 1 {
+                    tracing::warn!(node = %node.id, addr, "cannot reach peer: {e}");
+                } else {
+                    tracing::debug!(node = %node.id, addr, failures = *failures, "cannot reach peer: {e}");
+                }
+            }
         }
     });
 }
 
-/// Every heartbeat: dial the addresses without a member, ping every peer
+/// Every heartbeat: dial the addresses without a member (backing off
+/// exponentially, up to 32 heartbeats, from those that failed), ping every peer
 /// (closing those that do not answer within the failure timeout), and
 /// gossip the membership.
 async fn heartbeat(weak: Weak<NodeInner>, inbound: Arc<dyn Inbound>) {
@@ -286,11 +308,16 @@ async fn heartbeat(weak: Weak<NodeInner>, inbound: Arc<dyn Inbound>) {
         };
         let membership = node.membership.borrow().clone();
         let reached: HashSet<String> = membership.iter().map(|(_, i)| i.addr.clone()).collect();
-        let to_dial: Vec<String> = lock(&cluster.addrs)
-            .iter()
-            .filter(|a| !reached.contains(*a))
-            .cloned()
-            .collect();
+        let now = tokio::time::Instant::now();
+        let to_dial: Vec<String> = {
+            let backoff = lock(&cluster.backoff);
+            lock(&cluster.addrs)
+                .iter()
+                .filter(|a| !reached.contains(*a))
+                .filter(|a| backoff.get(*a).is_none_or(|(_, next)| *next <= now))
+                .cloned()
+                .collect()
+        };
         for addr in to_dial {
             dial(&node, addr, inbound.clone());
         }

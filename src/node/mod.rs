@@ -221,15 +221,31 @@ impl Node {
 impl NodeInner {
     /// Applies `change` to the membership; if it changed anything, the
     /// routing table is recomputed and published, and watchers are told.
+    ///
+    /// Then activations whose shard moved to another node drain: they
+    /// finish their queue, run `on_deactivate` and end; the new owner
+    /// activates them on their next call.
     pub(crate) fn update_membership(&self, change: impl FnOnce(&mut Membership) -> bool) -> bool {
-        self.membership.send_if_modified(|m| {
+        let changed = self.membership.send_if_modified(|m| {
             let changed = change(m);
             if changed {
                 self.routing
                     .store(Arc::new(m.routing(&*self.strategy, &self.id)));
             }
             changed
-        })
+        });
+        if changed {
+            let routing = self.routing.load();
+            for (_, capability, acts) in &self.actors {
+                let key = crate::ring::capability_key(capability);
+                let is_local = |id: &str| routing.get(key).is_some_and(|t| t.is_local(shard(id)));
+                let moved = acts.drain_moved(&is_local);
+                if moved > 0 {
+                    tracing::info!(node = %self.id, capability, moved, "draining activations whose shard moved");
+                }
+            }
+        }
+        changed
     }
 
     pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {
