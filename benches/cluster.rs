@@ -1,0 +1,408 @@
+//! Two-process benchmarks, each beside a raw baseline from the same run.
+//!
+//! `cargo bench --bench cluster` re-runs itself as a server process
+//! (`--serve`) hosting a mesh node and a raw echo server, then measures from
+//! this process over loopback:
+//! - call throughput with 256 calls in flight, vs a raw length-prefixed
+//!   rmp-serde TCP echo with the same pipelining (one connection, a batching
+//!   writer task, a reader task completing requests by id);
+//! - sequential call latency p50/p99, vs a raw TCP ping-pong;
+//! - shards moved when a 4th node joins a running 3-node cluster, read from
+//!   the running nodes' routing, and actors drained by the join.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, BytesMut};
+use hdrhistogram::Histogram;
+use mesh::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+const IN_FLIGHT: usize = 256;
+const TP_CALLS: usize = 200_000;
+const LAT_CALLS: usize = 20_000;
+const COOKIE: &str = "bench-cookie";
+
+#[derive(Actor, Default)]
+#[actor(capability = "echo", idle_timeout = "never")]
+struct Echo;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Ping(u64);
+
+#[mesh::handlers]
+impl Echo {
+    async fn ping(&mut self, Ping(n): Ping) -> u64 {
+        n
+    }
+}
+
+static MOVED: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Actor, Default)]
+#[actor(capability = "spread", on_deactivate = Spread::gone)]
+struct Spread;
+
+impl Spread {
+    async fn gone(&mut self, _: &Ctx) {
+        MOVED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[mesh::handlers]
+impl Spread {
+    async fn ping(&mut self, Ping(n): Ping) -> u64 {
+        n
+    }
+}
+
+// ------------------------------------------------------------ raw baseline
+
+type Frame = (u64, ByteBuf);
+
+fn put_frame(buf: &mut BytesMut, frame: &Frame) {
+    let body = rmp_serde::to_vec(frame).expect("encode");
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+}
+
+fn take_frame(buf: &mut BytesMut) -> Option<Frame> {
+    if buf.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if buf.len() < 4 + len {
+        return None;
+    }
+    buf.advance(4);
+    let body = buf.split_to(len);
+    rmp_serde::from_slice(&body).ok()
+}
+
+/// Raw echo server: decodes each frame and writes back the same value.
+async fn raw_server(listener: TcpListener) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { return };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut inb = BytesMut::with_capacity(64 << 10);
+            let mut out = BytesMut::with_capacity(64 << 10);
+            loop {
+                match s.read_buf(&mut inb).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while let Some(frame) = take_frame(&mut inb) {
+                    put_frame(&mut out, &frame);
+                }
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        });
+    }
+}
+
+/// Raw pipelined client: a batching writer and a reader completing by id.
+#[derive(Clone)]
+struct RawClient {
+    out: mpsc::UnboundedSender<Frame>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ByteBuf>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl RawClient {
+    async fn connect(addr: &str) -> RawClient {
+        let s = TcpStream::connect(addr).await.expect("raw connect");
+        let _ = s.set_nodelay(true);
+        let (mut rd, mut wr) = s.into_split();
+        let (out, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ByteBuf>>>> = Arc::default();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            while let Some(f) = rx.recv().await {
+                put_frame(&mut buf, &f);
+                while let Ok(f) = rx.try_recv() {
+                    put_frame(&mut buf, &f);
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+                buf.clear();
+            }
+        });
+        let p = pending.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            loop {
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while let Some((id, body)) = take_frame(&mut buf) {
+                    if let Some(tx) = p.lock().expect("pending").remove(&id) {
+                        let _ = tx.send(body);
+                    }
+                }
+            }
+        });
+        RawClient {
+            out,
+            pending,
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    async fn call(&self, body: Vec<u8>) -> ByteBuf {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending").insert(id, tx);
+        self.out.send((id, ByteBuf::from(body))).expect("writer alive");
+        rx.await.expect("reply")
+    }
+}
+
+// ------------------------------------------------------------ processes
+
+async fn serve() {
+    let node = Node::builder()
+        .name("server")
+        .cluster("bench")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .capabilities(["echo"])
+        .actor::<Echo>()
+        .start()
+        .await
+        .expect("server node");
+    let raw = TcpListener::bind("127.0.0.1:0").await.expect("raw listener");
+    let raw_addr = raw.local_addr().expect("raw addr");
+    println!("mesh={} raw={raw_addr}", node.addr().expect("listening"));
+    tokio::spawn(raw_server(raw));
+    // Serve until the parent closes our stdin.
+    let mut line = String::new();
+    let _ = BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    let _ = node.shutdown().await;
+}
+
+fn q(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn measure() {
+    let exe = std::env::current_exe().expect("bench binary");
+    let mut child = tokio::process::Command::new(exe)
+        .arg("--serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = lines.next_line().await.expect("server output").expect("server line");
+    let (mesh_addr, raw_addr) = {
+        let mut parts = line.split_whitespace();
+        let m = parts.next().and_then(|p| p.strip_prefix("mesh=")).expect("mesh addr").to_owned();
+        let r = parts.next().and_then(|p| p.strip_prefix("raw=")).expect("raw addr").to_owned();
+        (m, r)
+    };
+    let node = Node::builder()
+        .name("client")
+        .default_node(false)
+        .cluster("bench")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .seeds([mesh_addr])
+        .start()
+        .await
+        .expect("client node");
+    node.membership_changes().wait_for(|m| m.len() == 2).await.expect("joined");
+    let raw = RawClient::connect(&raw_addr).await;
+
+    // Warm up both paths (activations, connections, allocator).
+    let ids: Arc<Vec<String>> = Arc::new((0..IN_FLIGHT).map(|i| format!("echo-{i}")).collect());
+    for id in ids.iter() {
+        node.call::<Echo, _>(id, Ping(0)).await.expect("warm");
+        raw.call(rmp_serde::to_vec(&0u64).expect("encode")).await;
+    }
+
+    let mut tp_mesh = Vec::new();
+    let mut tp_raw = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..IN_FLIGHT {
+            let (node, ids) = (node.clone(), ids.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..TP_CALLS / IN_FLIGHT {
+                    node.call::<Echo, _>(&ids[w], Ping(i as u64)).await.expect("call");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        tp_mesh.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..IN_FLIGHT {
+            let raw = raw.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..TP_CALLS / IN_FLIGHT {
+                    let body = rmp_serde::to_vec(&(i as u64)).expect("encode");
+                    let reply = raw.call(body).await;
+                    let _: u64 = rmp_serde::from_slice(&reply).expect("decode");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        tp_raw.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
+    }
+    tp_mesh.sort_by(f64::total_cmp);
+    tp_raw.sort_by(f64::total_cmp);
+
+    // Sequential latency: mesh call vs raw ping-pong on its own connection.
+    let mut lat_mesh = Histogram::<u64>::new(3).expect("histogram");
+    let mut lat_raw = Histogram::<u64>::new(3).expect("histogram");
+    let mut pingpong = TcpStream::connect(&raw_addr).await.expect("raw connect");
+    let _ = pingpong.set_nodelay(true);
+    let mut buf = BytesMut::new();
+    for round in 0..2 {
+        for i in 0..LAT_CALLS {
+            let t = Instant::now();
+            node.call::<Echo, _>("latency", Ping(i as u64)).await.expect("call");
+            if round > 0 {
+                lat_mesh.record(t.elapsed().as_nanos() as u64).expect("record");
+            }
+            let t = Instant::now();
+            let mut out = BytesMut::new();
+            put_frame(&mut out, &(i as u64, ByteBuf::from(rmp_serde::to_vec(&(i as u64)).expect("encode"))));
+            pingpong.write_all(&out).await.expect("write");
+            loop {
+                if take_frame(&mut buf).is_some() {
+                    break;
+                }
+                pingpong.read_buf(&mut buf).await.expect("read");
+            }
+            if round > 0 {
+                lat_raw.record(t.elapsed().as_nanos() as u64).expect("record");
+            }
+        }
+    }
+    drop(child.stdin.take());
+    let _ = child.wait().await;
+    let _ = node.shutdown().await;
+
+    let (moved_shards, drained, actors) = join_movement().await;
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("mesh cluster benchmarks: {cores} cores, two processes on loopback, median of 3 throughput runs");
+    println!();
+    println!("| figure | mesh | baseline | baseline | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    let (m, r) = (tp_mesh[1], tp_raw[1]);
+    println!(
+        "| calls/s, {IN_FLIGHT} in flight | {m:.0}/s | raw rmp-serde TCP echo | {r:.0}/s | {:.2}x | >= 0.4x |",
+        m / r
+    );
+    let (m50, r50) = (q(&lat_mesh, 0.5), q(&lat_raw, 0.5));
+    let (m99, r99) = (q(&lat_mesh, 0.99), q(&lat_raw, 0.99));
+    println!("| latency p50, sequential | {m50:.1} us | raw TCP ping-pong | {r50:.1} us | {:.2}x | <= 1.5x |", m50 / r50);
+    println!("| latency p99, sequential | {m99:.1} us | raw TCP ping-pong | {r99:.1} us | {:.2}x | |", m99 / r99);
+    println!(
+        "| shards moved, 4th node joins 3 | {:.1}% | ideal 1/4 | 25.0% | {:.2}x | <= 27% |",
+        moved_shards * 100.0,
+        moved_shards / 0.25
+    );
+    println!(
+        "| actors drained by that join | {drained} of {actors} ({:.1}%) | | | | |",
+        drained as f64 * 100.0 / actors as f64
+    );
+}
+
+/// Starts 3 nodes, activates actors on every shard, joins a 4th; returns
+/// the fraction of shards whose owner changed (as the running nodes route)
+/// and how many activations the join drained.
+async fn join_movement() -> (f64, u64, usize) {
+    let start = |name: &str, seeds: Vec<String>| {
+        let name = name.to_owned();
+        async move {
+            Node::builder()
+                .name(name)
+                .default_node(false)
+                .cluster("join")
+                .cookie(COOKIE)
+                .listen("127.0.0.1:0")
+                .seeds(seeds)
+                .capabilities(["spread"])
+                .actor::<Spread>()
+                .start()
+                .await
+                .expect("node")
+        }
+    };
+    let a = start("j-a", vec![]).await;
+    let seed = a.addr().expect("addr").to_owned();
+    let b = start("j-b", vec![seed.clone()]).await;
+    let c = start("j-c", vec![seed.clone()]).await;
+    for n in [&a, &b, &c] {
+        n.membership_changes().wait_for(|m| m.len() == 3).await.expect("3 members");
+    }
+    // One id per shard, so every shard is represented.
+    let mut per_shard: Vec<Option<String>> = vec![None; mesh::ring::SHARDS];
+    let mut i = 0u64;
+    while per_shard.iter().any(Option::is_none) {
+        let id = format!("s{i}");
+        let s = mesh::ring::shard(&id) as usize;
+        per_shard[s].get_or_insert(id);
+        i += 1;
+    }
+    let ids: Vec<String> = per_shard.into_iter().flatten().collect();
+    let before: Vec<String> = ids.iter().map(|id| a.owner_of::<Spread>(id).expect("owner")).collect();
+    for id in &ids {
+        a.call::<Spread, _>(id, Ping(0)).await.expect("activate");
+    }
+    let d = start("j-d", vec![seed]).await;
+    for n in [&a, &b, &c, &d] {
+        n.membership_changes().wait_for(|m| m.len() == 4).await.expect("4 members");
+    }
+    let moved = ids
+        .iter()
+        .zip(&before)
+        .filter(|(id, was)| b.owner_of::<Spread>(id).expect("owner") != **was)
+        .count();
+    // Drained activations end asynchronously: wait until the count settles.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = MOVED.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    for n in [a, b, c, d] {
+        let _ = n.shutdown().await;
+    }
+    (moved as f64 / ids.len() as f64, last, ids.len())
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if std::env::args().any(|a| a == "--serve") {
+        rt.block_on(serve());
+    } else {
+        rt.block_on(measure());
+    }
+}
