@@ -89,7 +89,9 @@ fn take_frame(buf: &mut BytesMut) -> Option<Frame> {
 /// Raw echo server: decodes each frame and writes back the same value.
 async fn raw_server(listener: TcpListener) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else { return };
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let mut inb = BytesMut::with_capacity(64 << 10);
@@ -165,7 +167,9 @@ impl RawClient {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending").insert(id, tx);
-        self.out.send((id, ByteBuf::from(body))).expect("writer alive");
+        self.out
+            .send((id, ByteBuf::from(body)))
+            .expect("writer alive");
         rx.await.expect("reply")
     }
 }
@@ -183,13 +187,17 @@ async fn serve() {
         .start()
         .await
         .expect("server node");
-    let raw = TcpListener::bind("127.0.0.1:0").await.expect("raw listener");
+    let raw = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("raw listener");
     let raw_addr = raw.local_addr().expect("raw addr");
     println!("mesh={} raw={raw_addr}", node.addr().expect("listening"));
     tokio::spawn(raw_server(raw));
     // Serve until the parent closes our stdin.
     let mut line = String::new();
-    let _ = BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    let _ = BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
     let _ = node.shutdown().await;
 }
 
@@ -207,11 +215,23 @@ async fn measure() {
         .spawn()
         .expect("spawn server process");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = lines.next_line().await.expect("server output").expect("server line");
+    let line = lines
+        .next_line()
+        .await
+        .expect("server output")
+        .expect("server line");
     let (mesh_addr, raw_addr) = {
         let mut parts = line.split_whitespace();
-        let m = parts.next().and_then(|p| p.strip_prefix("mesh=")).expect("mesh addr").to_owned();
-        let r = parts.next().and_then(|p| p.strip_prefix("raw=")).expect("raw addr").to_owned();
+        let m = parts
+            .next()
+            .and_then(|p| p.strip_prefix("mesh="))
+            .expect("mesh addr")
+            .to_owned();
+        let r = parts
+            .next()
+            .and_then(|p| p.strip_prefix("raw="))
+            .expect("raw addr")
+            .to_owned();
         (m, r)
     };
     let node = Node::builder()
@@ -224,7 +244,10 @@ async fn measure() {
         .start()
         .await
         .expect("client node");
-    node.membership_changes().wait_for(|m| m.len() == 2).await.expect("joined");
+    node.membership_changes()
+        .wait_for(|m| m.len() == 2)
+        .await
+        .expect("joined");
     let raw = RawClient::connect(&raw_addr).await;
 
     // Warm up both paths (activations, connections, allocator).
@@ -243,7 +266,9 @@ async fn measure() {
             let (node, ids) = (node.clone(), ids.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..TP_CALLS / IN_FLIGHT {
-                    node.call::<Echo, _>(&ids[w], Ping(i as u64)).await.expect("call");
+                    node.call::<Echo, _>(&ids[w], Ping(i as u64))
+                        .await
+                        .expect("call");
                 }
             }));
         }
@@ -281,13 +306,23 @@ async fn measure() {
     for round in 0..2 {
         for i in 0..LAT_CALLS {
             let t = Instant::now();
-            node.call::<Echo, _>("latency", Ping(i as u64)).await.expect("call");
+            node.call::<Echo, _>("latency", Ping(i as u64))
+                .await
+                .expect("call");
             if round > 0 {
-                lat_mesh.record(t.elapsed().as_nanos() as u64).expect("record");
+                lat_mesh
+                    .record(t.elapsed().as_nanos() as u64)
+                    .expect("record");
             }
             let t = Instant::now();
             let mut out = BytesMut::new();
-            put_frame(&mut out, &(i as u64, ByteBuf::from(rmp_serde::to_vec(&(i as u64)).expect("encode"))));
+            put_frame(
+                &mut out,
+                &(
+                    i as u64,
+                    ByteBuf::from(rmp_serde::to_vec(&(i as u64)).expect("encode")),
+                ),
+            );
             pingpong.write_all(&out).await.expect("write");
             loop {
                 if take_frame(&mut buf).is_some() {
@@ -296,7 +331,9 @@ async fn measure() {
                 pingpong.read_buf(&mut buf).await.expect("read");
             }
             if round > 0 {
-                lat_raw.record(t.elapsed().as_nanos() as u64).expect("record");
+                lat_raw
+                    .record(t.elapsed().as_nanos() as u64)
+                    .expect("record");
             }
         }
     }
@@ -306,7 +343,9 @@ async fn measure() {
 
     let (moved_shards, drained, actors) = join_movement().await;
 
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("mesh cluster benchmarks: {cores} cores, two processes on loopback, median of 3 throughput runs");
     println!();
     println!("| figure | mesh | baseline | baseline | ratio | goal |");
@@ -319,7 +358,10 @@ async fn measure() {
     let (m50, r50) = (q(&lat_mesh, 0.5), q(&lat_raw, 0.5));
     let (m99, r99) = (q(&lat_mesh, 0.99), q(&lat_raw, 0.99));
     println!("| latency p50, sequential | {m50:.1} us | raw TCP ping-pong | {r50:.1} us | {:.2}x | <= 1.5x |", m50 / r50);
-    println!("| latency p99, sequential | {m99:.1} us | raw TCP ping-pong | {r99:.1} us | {:.2}x | |", m99 / r99);
+    println!(
+        "| latency p99, sequential | {m99:.1} us | raw TCP ping-pong | {r99:.1} us | {:.2}x | |",
+        m99 / r99
+    );
     println!(
         "| shards moved, 4th node joins 3 | {:.1}% | ideal 1/4 | 25.0% | {:.2}x | <= 27% |",
         moved_shards * 100.0,
@@ -357,7 +399,10 @@ async fn join_movement() -> (f64, u64, usize) {
     let b = start("j-b", vec![seed.clone()]).await;
     let c = start("j-c", vec![seed.clone()]).await;
     for n in [&a, &b, &c] {
-        n.membership_changes().wait_for(|m| m.len() == 3).await.expect("3 members");
+        n.membership_changes()
+            .wait_for(|m| m.len() == 3)
+            .await
+            .expect("3 members");
     }
     // One id per shard, so every shard is represented.
     let mut per_shard: Vec<Option<String>> = vec![None; mesh::ring::SHARDS];
@@ -369,13 +414,19 @@ async fn join_movement() -> (f64, u64, usize) {
         i += 1;
     }
     let ids: Vec<String> = per_shard.into_iter().flatten().collect();
-    let before: Vec<String> = ids.iter().map(|id| a.owner_of::<Spread>(id).expect("owner")).collect();
+    let before: Vec<String> = ids
+        .iter()
+        .map(|id| a.owner_of::<Spread>(id).expect("owner"))
+        .collect();
     for id in &ids {
         a.call::<Spread, _>(id, Ping(0)).await.expect("activate");
     }
     let d = start("j-d", vec![seed]).await;
     for n in [&a, &b, &c, &d] {
-        n.membership_changes().wait_for(|m| m.len() == 4).await.expect("4 members");
+        n.membership_changes()
+            .wait_for(|m| m.len() == 4)
+            .await
+            .expect("4 members");
     }
     let moved = ids
         .iter()
@@ -399,7 +450,10 @@ async fn join_movement() -> (f64, u64, usize) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if std::env::args().any(|a| a == "--serve") {
         rt.block_on(serve());
     } else {

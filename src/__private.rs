@@ -32,8 +32,9 @@ pub enum Outcome {
 /// A named future rather than an `async fn`: an `async fn` would keep both
 /// its argument and its pinned copy, doubling the handler's size in every
 /// activation's task.
-pub fn finish<'a, R, F>(reply: ReplyTo<R>, ctx: &'a Ctx, fut: F) -> Finish<'a, R, F>
+pub fn finish<'a, R, S, F>(reply: S, ctx: &'a Ctx, fut: F) -> Finish<'a, R, S, F>
 where
+    S: ReplySlot<R>,
     F: Future<Output = Result<R, Error>>,
 {
     Finish {
@@ -42,23 +43,48 @@ where
         ctx,
         polled: false,
         timer: None,
+        _reply: std::marker::PhantomData,
+    }
+}
+
+/// Where a handler's outcome goes: a local caller's slot ([`ReplyTo`]) or
+/// a peer's connection.
+pub trait ReplySlot<R> {
+    /// Sends the outcome.
+    fn send(self, result: Result<R, Error>);
+    /// Answers `Timeout` now; a later `send` goes nowhere.
+    fn time_out(&mut self);
+    /// When the caller stops waiting; `None` for a cast or once answered.
+    fn deadline(&self) -> Option<crate::__private::Instant>;
+}
+
+impl<R> ReplySlot<R> for ReplyTo<R> {
+    fn send(self, result: Result<R, Error>) {
+        ReplyTo::send(self, result);
+    }
+    fn time_out(&mut self) {
+        ReplyTo::time_out(self);
+    }
+    fn deadline(&self) -> Option<crate::__private::Instant> {
+        ReplyTo::deadline(self)
     }
 }
 
 pin_project_lite::pin_project! {
     /// The future of [`finish`].
-    pub struct Finish<'a, R, F> {
+    pub struct Finish<'a, R, S, F> {
         #[pin]
         fut: CatchUnwind<F>,
-        reply: Option<ReplyTo<R>>,
+        reply: Option<S>,
         ctx: &'a Ctx,
         polled: bool,
         // Boxed: only a handler that awaits pays for a timer.
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        _reply: std::marker::PhantomData<fn(R)>,
     }
 }
 
-impl<R, F: Future<Output = Result<R, Error>>> Future for Finish<'_, R, F> {
+impl<R, S: ReplySlot<R>, F: Future<Output = Result<R, Error>>> Future for Finish<'_, R, S, F> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {

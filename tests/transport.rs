@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mesh::transport::{
-    memory::MemoryNetwork, tcp, Connection, Inbound, InboundFuture, Listening, TransportConfig,
+    memory::MemoryNetwork, tcp, Connection, Inbound, Listening, Responder, TransportConfig,
 };
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
@@ -30,26 +30,29 @@ struct Echo {
 }
 
 impl Inbound for Echo {
-    fn call(&self, from: &Peer, call: wire::Call) -> InboundFuture {
-        let from = from.node.clone();
-        Box::pin(async move {
-            match call.tag {
-                ECHO => Ok([
-                    from.as_bytes(),
-                    b":",
-                    call.id.as_bytes(),
-                    b":",
-                    &call.payload,
-                ]
-                .concat()),
-                FAIL => Err(Error::HandlerPanicked {
-                    actor: "Echo".into(),
-                    id: call.id,
-                    message: "on purpose".into(),
-                }),
-                _ => std::future::pending().await,
+    fn call(&self, from: &Peer, call: wire::Call, reply: Responder) {
+        match call.tag {
+            ECHO => reply.send(Ok([
+                from.node.as_bytes(),
+                b":",
+                call.id.as_bytes(),
+                b":",
+                &call.payload,
+            ]
+            .concat())),
+            FAIL => reply.send(Err(Error::HandlerPanicked {
+                actor: "Echo".into(),
+                id: call.id,
+                message: "on purpose".into(),
+            })),
+            // Never answered: the responder waits with a task that never ends.
+            _ => {
+                tokio::spawn(async move {
+                    let _held = reply;
+                    std::future::pending::<()>().await
+                });
             }
-        })
+        }
     }
 
     fn cast(&self, from: &Peer, cast: Cast) {

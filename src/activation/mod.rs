@@ -51,7 +51,46 @@ pub(crate) enum Envelope<A: Handlers> {
 pub(crate) struct WireCall {
     pub(crate) tag: u64,
     pub(crate) body: Vec<u8>,
-    pub(crate) reply: ReplyTo<Vec<u8>>,
+    pub(crate) reply: WireReply,
+}
+
+/// Where an encoded reply goes: a caller in this process, or straight into
+/// the connection of the peer that asked.
+pub(crate) enum WireReply {
+    Local(ReplyTo<Vec<u8>>),
+    Peer(crate::transport::Responder),
+}
+
+impl crate::__private::ReplySlot<Vec<u8>> for WireReply {
+    fn send(self, result: Result<Vec<u8>, Error>) {
+        match self {
+            WireReply::Local(r) => r.send(result),
+            WireReply::Peer(r) => r.send(result),
+        }
+    }
+
+    fn time_out(&mut self) {
+        match self {
+            WireReply::Local(r) => r.time_out(),
+            WireReply::Peer(r) => r.time_out(),
+        }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self {
+            WireReply::Local(r) => r.deadline(),
+            WireReply::Peer(r) => r.deadline(),
+        }
+    }
+}
+
+impl WireReply {
+    fn abandoned(&self) -> bool {
+        match self {
+            WireReply::Local(r) => r.abandoned(),
+            WireReply::Peer(r) => r.is_closed(),
+        }
+    }
 }
 
 impl<A: Handlers> Envelope<A> {
@@ -59,7 +98,7 @@ impl<A: Handlers> Envelope<A> {
     fn deadline(&self) -> Option<tokio::time::Instant> {
         match self {
             Envelope::Local(env) => A::__deadline(env),
-            Envelope::Wire(call) => call.reply.deadline(),
+            Envelope::Wire(call) => crate::__private::ReplySlot::deadline(&call.reply),
         }
     }
 
@@ -74,7 +113,7 @@ impl<A: Handlers> Envelope<A> {
     fn fail(self, err: Error) {
         match self {
             Envelope::Local(env) => A::__fail(env, err),
-            Envelope::Wire(call) => call.reply.send(Err(err)),
+            Envelope::Wire(call) => crate::__private::ReplySlot::send(call.reply, Err(err)),
         }
     }
 }
@@ -152,6 +191,7 @@ impl<A: Handlers> Activations<A> {
     /// Never waits: a full mailbox refuses at once.
     pub(crate) fn send(&self, id: &str, env: Envelope<A>) -> Result<(), Error> {
         if self.shared.is_shutting_down() {
+            env.fail(Error::ShuttingDown);
             return Err(Error::ShuttingDown);
         }
         // Fast path: the activation exists. Pushing under the read lock is
@@ -182,15 +222,23 @@ impl<A: Handlers> Activations<A> {
 
     fn push(&self, mb: &Mailbox<Envelope<A>>, id: &str, env: Envelope<A>) -> Result<(), Error> {
         let deadline = env.deadline();
+        // The refused envelope is answered too: a peer waits on it.
         match mb.push(env, deadline) {
             Ok(()) => Ok(()),
-            Err(Push::Full(_)) => Err(Error::MailboxFull {
-                actor: A::NAME.to_owned(),
-                id: id.to_owned(),
-            }),
+            Err(Push::Full(env)) => {
+                let err = Error::MailboxFull {
+                    actor: A::NAME.to_owned(),
+                    id: id.to_owned(),
+                };
+                env.fail(err.clone());
+                Err(err)
+            }
             // Unreachable by the table's locking discipline; answer as if
             // the node were going away rather than lose the message silently.
-            Err(Push::Closed(_)) => Err(Error::ShuttingDown),
+            Err(Push::Closed(env)) => {
+                env.fail(Error::ShuttingDown);
+                Err(Error::ShuttingDown)
+            }
         }
     }
 

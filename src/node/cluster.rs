@@ -16,11 +16,11 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::NodeInner;
-use crate::activation::WireCall;
+use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
 use crate::ring::shard;
 use crate::transport::memory::MemoryNetwork;
-use crate::transport::{tcp, Connection, Inbound, InboundFuture, Listening, TransportConfig};
+use crate::transport::{tcp, Connection, Inbound, Listening, Responder, TransportConfig};
 use crate::wire::{self, Cookie, FrameCodec, Identity, Member, Peer};
 use crate::Error;
 
@@ -79,6 +79,8 @@ pub(crate) struct Cluster {
     backoff: Mutex<HashMap<String, (u32, tokio::time::Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     listening: Mutex<Option<Listening>>,
+    /// Set by `stop`: connections that complete later are closed at once.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +110,8 @@ impl Cluster {
 
     /// Closes every connection and stops the background tasks.
     pub(crate) fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         lock(&self.listening).take();
         for t in lock(&self.tasks).drain(..) {
             t.abort();
@@ -157,6 +161,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         backoff: Mutex::new(HashMap::new()),
         tasks: Mutex::new(Vec::new()),
         listening: Mutex::new(None),
+        stopped: std::sync::atomic::AtomicBool::new(false),
     };
     let addr = cluster.addr().to_owned();
     node.membership.send_modify(|m| {
@@ -197,6 +202,12 @@ fn add_peer(node: &Arc<NodeInner>, conn: Connection) {
     }
     {
         let mut peers = lock(&cluster.peers);
+        // Checked under the peers lock, which `stop` takes after setting it.
+        if cluster.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(peers);
+            conn.close();
+            return;
+        }
         let conns = peers.entry(peer.node.clone()).or_default();
         conns.retain(|c| !c.is_closed());
         if conns.len() >= MAX_CONNECTIONS_PER_PEER {
@@ -358,21 +369,11 @@ enum Started {
 struct NodeInbound(Weak<NodeInner>);
 
 impl Inbound for NodeInbound {
-    fn call(&self, _from: &Peer, call: wire::Call) -> InboundFuture {
-        let Some(node) = self.0.upgrade() else {
-            return Box::pin(std::future::ready(Err(Error::ShuttingDown)));
-        };
-        let timeout = Duration::from_millis(call.timeout_ms);
-        // Enqueued here, in arrival order; only the wait is deferred.
-        let reply = node.serve_wire(
-            call.tag,
-            &call.id,
-            call.payload.into_vec(),
-            timeout,
-            call.hops,
-            true,
-        );
-        Box::pin(async move { Ok(reply.await?.to_vec()) })
+    fn call(&self, _from: &Peer, call: wire::Call, reply: Responder) {
+        match self.0.upgrade() {
+            Some(node) => node.serve_peer(call, reply),
+            None => reply.send(Err(Error::ShuttingDown)),
+        }
     }
 
     fn cast(&self, _from: &Peer, cast: wire::Cast) {
@@ -406,6 +407,42 @@ impl Inbound for NodeInbound {
 }
 
 impl NodeInner {
+    /// Serves a call from a peer: enqueued here with its responder (the
+    /// activation answers straight into the connection), or forwarded once.
+    fn serve_peer(self: &Arc<Self>, call: wire::Call, reply: Responder) {
+        let tag = call.tag;
+        let Some(route) = self.wire.get(&tag).copied() else {
+            let actor = String::from("(any)");
+            return reply.send(Err(Error::UnknownMessage { actor, tag }));
+        };
+        let capability = self.actors[route.actor].1;
+        match self.owner_of_key(route.capability_key, capability, &call.id) {
+            Err(e) => reply.send(Err(e)),
+            Ok(None) => {
+                let body = call.payload.into_vec();
+                let reply = WireReply::Peer(reply);
+                // On refusal the envelope answers the peer itself.
+                let _ = self.actors[route.actor]
+                    .2
+                    .send_wire(&call.id, WireCall { tag, body, reply });
+            }
+            Ok(Some(_)) => {
+                let timeout = reply.deadline().map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(tokio::time::Instant::now())
+                });
+                let fut = self.serve_wire(
+                    tag,
+                    &call.id,
+                    call.payload.into_vec(),
+                    timeout,
+                    call.hops,
+                    true,
+                );
+                tokio::spawn(async move { reply.send(fut.await.map(|b| b.to_vec())) });
+            }
+        }
+    }
+
     /// Runs an encoded call here, or forwards it once to the owner.
     ///
     /// Routing and enqueueing happen before the first await, so requests
@@ -459,6 +496,7 @@ impl NodeInner {
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
+                let reply = WireReply::Local(reply);
                 self.actors[route.actor]
                     .2
                     .send_wire(id, WireCall { tag, body, reply })?;
@@ -494,7 +532,7 @@ impl NodeInner {
         let capability = self.actors[route.actor].1;
         match self.owner_of_key(route.capability_key, capability, id)? {
             None => {
-                let reply = ReplyTo::cast();
+                let reply = WireReply::Local(ReplyTo::cast());
                 self.actors[route.actor]
                     .2
                     .send_wire(id, WireCall { tag, body, reply })

@@ -1,9 +1,7 @@
 //! One established connection: a writer task batching frames out, a reader
 //! task dispatching frames in, and the table of calls waiting for replies.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -11,24 +9,23 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 
 use super::TransportConfig;
 use crate::telemetry::Metrics;
 use crate::wire::{self, Call, Cast, Failure, Frame, FrameCodec, Kind, Membership, Peer, Reply};
 use crate::Error;
 
-/// The future of an inbound call: the encoded reply or the error to send.
-pub type InboundFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + Send>>;
-
 /// What a node does with requests that arrive on its connections.
 ///
 /// `call` and `cast` are invoked by the connection's reader, in arrival
-/// order; work they do before returning keeps that order (the future a
-/// `call` returns is awaited on its own task).
+/// order, and must not block: work they start before returning keeps that
+/// order. A call is answered through its [`Responder`], from wherever the
+/// work ends (an activation answers straight into the connection).
 pub trait Inbound: Send + Sync + 'static {
-    /// Runs an inbound call; its result goes back as `Reply` or `Error`.
-    fn call(&self, from: &Peer, call: Call) -> InboundFuture;
+    /// Runs an inbound call; `reply` sends its `Reply` or `Error` frame.
+    fn call(&self, from: &Peer, call: Call, reply: Responder);
     /// Runs an inbound cast.
     fn cast(&self, from: &Peer, cast: Cast);
     /// Takes a peer's membership view.
@@ -37,25 +34,107 @@ pub trait Inbound: Send + Sync + 'static {
     }
 }
 
+/// The queue of frames (kind, correlation id, body) to the writer task.
+type Outgoing = mpsc::UnboundedSender<(Kind, u64, Vec<u8>)>;
+
+/// Answers one inbound call on its connection. Dropped unanswered, it
+/// answers [`Error::ShuttingDown`], so a caller never waits for nothing.
+#[derive(Debug)]
+pub struct Responder {
+    slot: Option<(u64, Outgoing)>,
+    deadline: Instant,
+}
+
+impl Responder {
+    /// Sends the reply (or the error) to the caller.
+    pub fn send(mut self, result: Result<Vec<u8>, Error>) {
+        self.answer(result);
+    }
+
+    fn answer(&mut self, result: Result<Vec<u8>, Error>) {
+        let Some((corr, out)) = self.slot.take() else {
+            return;
+        };
+        let frame = match result {
+            Ok(payload) => wire::encode(&Reply {
+                payload: ByteBuf::from(payload),
+            })
+            .map(|b| (Kind::Reply, b)),
+            Err(error) => wire::encode(&Failure { error }).map(|b| (Kind::Error, b)),
+        };
+        match frame {
+            Ok((kind, body)) => {
+                let _ = out.send((kind, corr, body));
+            }
+            Err(e) => tracing::warn!("cannot encode a response: {e}"),
+        }
+    }
+
+    /// Answers [`Error::Timeout`] now; a later `send` goes nowhere.
+    pub fn time_out(&mut self) {
+        self.answer(Err(Error::Timeout));
+    }
+
+    /// When the caller stops waiting (its time left, from arrival); `None`
+    /// once answered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.slot.as_ref().map(|_| self.deadline)
+    }
+
+    /// Whether the connection is gone, so nobody waits for the answer.
+    pub fn is_closed(&self) -> bool {
+        self.slot.as_ref().is_none_or(|(_, out)| out.is_closed())
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.answer(Err(Error::ShuttingDown));
+    }
+}
+
 type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+
+/// Calls waiting for their answer, and their deadlines in order.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// The deadline the deadline task sleeps until.
+    armed: Option<Instant>,
+}
+
+impl Pending {
+    fn remove(&mut self, corr: u64) -> Option<Waiter> {
+        let w = self.waiters.remove(&corr)?;
+        self.deadlines.retain(|&(_, c)| c != corr);
+        Some(w)
+    }
+}
 
 struct Shared {
     peer: Peer,
-    pending: Mutex<HashMap<u64, Waiter>>,
+    pending: Mutex<Pending>,
+    /// Wakes the deadline task for a deadline earlier than it is armed for.
+    earlier: Notify,
     next: AtomicU64,
     out: mpsc::UnboundedSender<(Kind, u64, Vec<u8>)>,
     closed: watch::Sender<bool>,
 }
 
 impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Marks the connection closed and fails every waiting call at once.
     fn close(&self) {
         self.closed.send_replace(true);
-        let waiters: Vec<Waiter> = self.pending().drain().map(|(_, w)| w).collect();
+        let waiters: Vec<Waiter> = {
+            let mut p = self.pending();
+            p.deadlines.clear();
+            p.waiters.drain().map(|(_, w)| w).collect()
+        };
         for w in waiters {
             let _ = w.send(Err(Error::NodeDown {
                 node: self.peer.node.clone(),
@@ -97,7 +176,8 @@ impl Connection {
         let (out, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             peer,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
+            earlier: Notify::new(),
             next: AtomicU64::new(1),
             out,
             closed: watch::channel(false).0,
@@ -111,6 +191,7 @@ impl Connection {
             conn.shared.clone(),
             inbound,
         ));
+        tokio::spawn(expire_loop(conn.shared.clone()));
         conn
     }
 
@@ -156,28 +237,32 @@ impl Connection {
         }
     }
 
-    /// Sends a request of `kind` and waits for the frame answering it.
+    /// Sends a request of `kind` and waits for the frame answering it, at
+    /// most `timeout`: the connection's deadline task answers `Timeout`
+    /// (one timer per connection, not one per call).
     async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Bytes, Error> {
         let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
-        self.shared.pending().insert(corr, tx);
+        let wake = {
+            let mut p = self.shared.pending();
+            p.waiters.insert(corr, tx);
+            p.deadlines.insert((deadline, corr));
+            p.armed.is_none_or(|a| deadline < a)
+        };
+        if wake {
+            self.shared.earlier.notify_one();
+        }
         // Closed between the check and the insert: nobody would fail us.
         if self.is_closed() {
-            self.shared.pending().remove(&corr);
+            self.shared.pending().remove(corr);
             return Err(self.down());
         }
         if let Err(e) = self.send(kind, corr, body) {
-            self.shared.pending().remove(&corr);
+            self.shared.pending().remove(corr);
             return Err(e);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.down()),
-            Err(_) => {
-                self.shared.pending().remove(&corr);
-                Err(Error::Timeout)
-            }
-        }
+        rx.await.unwrap_or_else(|_| Err(self.down()))
     }
 
     /// Calls handler `tag` of actor `id` on the peer; returns the encoded
@@ -215,7 +300,7 @@ impl Connection {
 
     /// Round trip of a `Ping`.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         self.request(Kind::Ping, wire::encode(&wire::Welcome {})?, timeout)
             .await?;
         Ok(started.elapsed())
@@ -251,7 +336,8 @@ async fn write_loop<W: AsyncWrite>(
             if let Err(e) = codec.encode(kind, corr, &body, &mut buf) {
                 // Too big to send: fail that call, keep the connection.
                 tracing::warn!(peer = %shared.peer.node, "dropping outgoing frame: {e}");
-                if let Some(w) = shared.pending().remove(&corr) {
+                let waiter = shared.pending().remove(corr);
+                if let Some(w) = waiter {
                     let _ = w.send(Err(Error::Codec(e.to_string())));
                 }
             }
@@ -318,7 +404,8 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
                 }
                 _ => Ok(Bytes::new()),
             };
-            if let Some(w) = shared.pending().remove(&corr) {
+            let waiter = shared.pending().remove(corr);
+            if let Some(w) = waiter {
                 let _ = w.send(result);
             }
         }
@@ -330,26 +417,29 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             if corr == 0 {
                 tracing::warn!(peer = %shared.peer.node, "peer closes the connection: {err}");
                 shared.close();
-            } else if let Some(w) = shared.pending().remove(&corr) {
-                let _ = w.send(Err(err));
-            }
-        }
-        Kind::Call => {
-            let shared = shared.clone();
-            let reply = match wire::decode::<Call>(&frame.body) {
-                Ok(call) => Some(inbound.call(&shared.peer, call)),
-                Err(e) => {
-                    respond(&shared, corr, Err(e));
-                    None
+            } else {
+                let waiter = shared.pending().remove(corr);
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(err));
                 }
-            };
-            if let Some(fut) = reply {
-                tokio::spawn(async move {
-                    let result = fut.await;
-                    respond(&shared, corr, result);
-                });
             }
         }
+        Kind::Call => match wire::decode::<Call>(&frame.body) {
+            Ok(call) => {
+                let reply = Responder {
+                    slot: Some((corr, shared.out.clone())),
+                    deadline: Instant::now() + Duration::from_millis(call.timeout_ms),
+                };
+                inbound.call(&shared.peer, call, reply);
+            }
+            Err(e) => {
+                let reply = Responder {
+                    slot: Some((corr, shared.out.clone())),
+                    deadline: Instant::now(),
+                };
+                reply.send(Err(e));
+            }
+        },
         Kind::Cast => match wire::decode::<Cast>(&frame.body) {
             Ok(cast) => inbound.cast(&shared.peer, cast),
             Err(e) => tracing::warn!(peer = %shared.peer.node, "dropping malformed cast: {e}"),
@@ -369,18 +459,46 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
     }
 }
 
-fn respond(shared: &Shared, corr: u64, result: Result<Vec<u8>, Error>) {
-    let frame = match result {
-        Ok(payload) => wire::encode(&Reply {
-            payload: ByteBuf::from(payload),
-        })
-        .map(|b| (Kind::Reply, b)),
-        Err(error) => wire::encode(&Failure { error }).map(|b| (Kind::Error, b)),
-    };
-    match frame {
-        Ok((kind, body)) => {
-            let _ = shared.out.send((kind, corr, body));
+/// Answers `Timeout` to the calls whose deadline passed: one timer per
+/// connection, armed for the earliest deadline and woken early only for an
+/// earlier one. Ends with the connection.
+async fn expire_loop(shared: Arc<Shared>) {
+    let mut closed = shared.closed.subscribe();
+    loop {
+        if *shared.closed.borrow() {
+            return;
         }
-        Err(e) => tracing::warn!("cannot encode a response: {e}"),
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut p = shared.pending();
+            let mut expired = Vec::new();
+            while let Some(&(d, corr)) = p.deadlines.first() {
+                if d > now {
+                    break;
+                }
+                p.deadlines.pop_first();
+                if let Some(w) = p.waiters.remove(&corr) {
+                    expired.push(w);
+                }
+            }
+            let next = p.deadlines.first().map(|&(d, _)| d);
+            p.armed = next;
+            (expired, next)
+        };
+        for w in expired {
+            let _ = w.send(Err(Error::Timeout));
+        }
+        let earlier = shared.earlier.notified();
+        let sleep = async {
+            match next {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = earlier => {}
+            _ = closed.wait_for(|c| *c) => return,
+        }
     }
 }

@@ -88,7 +88,10 @@ impl MemoryNetwork {
         let (ours, theirs) = tokio::io::duplex(256 << 10);
         tokio::spawn(async move {
             if let Some(conn) = accept_stream(theirs, &lcfg, linbound, "memory").await {
-                let _ = ltx.send(conn);
+                // Nobody listens any more: do not leave it open unowned.
+                if let Err(unclaimed) = ltx.send(conn) {
+                    unclaimed.0.close();
+                }
             }
         });
         dial_stream(ours, cfg, inbound, name).await

@@ -15,15 +15,17 @@
 //! - When a connection closes, every call waiting on it fails at once with
 //!   [`crate::Error::NodeDown`], not at its deadline.
 //! - A call carries the time its caller has left; the callee drops the
-//!   work once it has passed. The caller's own deadline is a timer on the
-//!   call (a remote call costs tens of microseconds; the timer is noise).
+//!   work once it has passed. The caller's side answers `Timeout` from one
+//!   timer per connection, armed for the earliest deadline.
+//! - Inbound calls are answered through a [`Responder`] straight into the
+//!   connection's writer, from wherever the work ends.
 
 mod conn;
 mod handshake;
 pub mod memory;
 pub mod tcp;
 
-pub use conn::{Connection, Inbound, InboundFuture};
+pub use conn::{Connection, Inbound, Responder};
 
 use std::time::Duration;
 

@@ -37,7 +37,10 @@ pub async fn listen(
             let (cfg, inbound, tx) = (cfg.clone(), inbound.clone(), tx.clone());
             tokio::spawn(async move {
                 if let Some(conn) = accept_stream(stream, &cfg, inbound, &from.to_string()).await {
-                    let _ = tx.send(conn);
+                    // Nobody listens any more: do not leave it open unowned.
+                    if let Err(unclaimed) = tx.send(conn) {
+                        unclaimed.0.close();
+                    }
                 }
             });
         }
