@@ -98,7 +98,7 @@ type Waiter = oneshot::Sender<Result<Bytes, Error>>;
 /// Calls waiting for their answer, and their deadlines in order.
 #[derive(Default)]
 struct Pending {
-    waiters: HashMap<u64, Waiter>,
+    waiters: HashMap<u64, (Waiter, Instant)>,
     deadlines: BTreeSet<(Instant, u64)>,
     /// The deadline the deadline task sleeps until.
     armed: Option<Instant>,
@@ -106,8 +106,8 @@ struct Pending {
 
 impl Pending {
     fn remove(&mut self, corr: u64) -> Option<Waiter> {
-        let w = self.waiters.remove(&corr)?;
-        self.deadlines.retain(|&(_, c)| c != corr);
+        let (w, deadline) = self.waiters.remove(&corr)?;
+        self.deadlines.remove(&(deadline, corr));
         Some(w)
     }
 }
@@ -133,7 +133,7 @@ impl Shared {
         let waiters: Vec<Waiter> = {
             let mut p = self.pending();
             p.deadlines.clear();
-            p.waiters.drain().map(|(_, w)| w).collect()
+            p.waiters.drain().map(|(_, (w, _))| w).collect()
         };
         for w in waiters {
             let _ = w.send(Err(Error::NodeDown {
@@ -246,7 +246,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut p = self.shared.pending();
-            p.waiters.insert(corr, tx);
+            p.waiters.insert(corr, (tx, deadline));
             p.deadlines.insert((deadline, corr));
             p.armed.is_none_or(|a| deadline < a)
         };
@@ -477,7 +477,7 @@ async fn expire_loop(shared: Arc<Shared>) {
                     break;
                 }
                 p.deadlines.pop_first();
-                if let Some(w) = p.waiters.remove(&corr) {
+                if let Some((w, _)) = p.waiters.remove(&corr) {
                     expired.push(w);
                 }
             }
