@@ -72,6 +72,9 @@ pub(crate) struct Cluster {
     cfg: ClusterConfig,
     transport: TransportConfig,
     peers: Mutex<HashMap<String, Vec<Connection>>>,
+    /// Each peer's first live connection, republished on every change of
+    /// `peers`: every remote call reads it, without a lock.
+    view: arc_swap::ArcSwap<HashMap<String, Connection>>,
     /// Where to keep a connection: seeds and gossiped addresses.
     addrs: Mutex<BTreeSet<String>>,
     dialing: Mutex<HashSet<String>>,
@@ -95,9 +98,22 @@ impl Cluster {
 
     /// A live connection to `node`, if this node holds one.
     pub(crate) fn connection(&self, node: &str) -> Option<Connection> {
-        lock(&self.peers)
+        self.view
+            .load()
             .get(node)
-            .and_then(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    /// Republishes `view` from `peers` (whose lock the caller holds).
+    fn publish(&self, peers: &HashMap<String, Vec<Connection>>) {
+        let view = peers
+            .iter()
+            .filter_map(|(n, conns)| {
+                Some((n.clone(), conns.iter().find(|c| !c.is_closed())?.clone()))
+            })
+            .collect();
+        self.view.store(Arc::new(view));
     }
 
     /// Every peer's first live connection.
@@ -116,7 +132,12 @@ impl Cluster {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
-        let conns: Vec<Connection> = lock(&self.peers).drain().flat_map(|(_, c)| c).collect();
+        let conns: Vec<Connection> = {
+            let mut peers = lock(&self.peers);
+            let conns = peers.drain().flat_map(|(_, c)| c).collect();
+            self.publish(&peers);
+            conns
+        };
         for c in conns {
             c.close();
         }
@@ -157,6 +178,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         cfg,
         transport,
         peers: Mutex::new(HashMap::new()),
+        view: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         dialing: Mutex::new(HashSet::new()),
         backoff: Mutex::new(HashMap::new()),
         tasks: Mutex::new(Vec::new()),
@@ -216,6 +238,7 @@ fn add_peer(node: &Arc<NodeInner>, conn: Connection) {
             return;
         }
         conns.push(conn.clone());
+        cluster.publish(&peers);
     }
     if !peer.addr.is_empty() {
         lock(&cluster.addrs).insert(peer.addr.clone());
@@ -242,12 +265,12 @@ fn remove_connection(node: &Arc<NodeInner>, peer: &str, conn: &Connection) {
             return;
         };
         conns.retain(|c| !c.same(conn) && !c.is_closed());
-        if conns.is_empty() {
+        let gone = conns.is_empty();
+        if gone {
             peers.remove(peer);
-            true
-        } else {
-            false
         }
+        cluster.publish(&peers);
+        gone
     };
     if gone && node.update_membership(|m| m.remove(peer)) {
         tracing::info!(node = %node.id, peer, "peer down");

@@ -331,6 +331,10 @@ async fn write_loop<W: AsyncWrite>(
         let Some((kind, corr, body)) = first else {
             break;
         };
+        // Let the tasks that are about to send run first: one write then
+        // carries their frames too (far fewer syscalls under load; when
+        // nothing else is runnable the yield returns at once).
+        tokio::task::yield_now().await;
         let mut next = Some((kind, corr, body));
         while let Some((kind, corr, body)) = next.take() {
             if let Err(e) = codec.encode(kind, corr, &body, &mut buf) {
@@ -355,6 +359,9 @@ async fn write_loop<W: AsyncWrite>(
     shared.close();
 }
 
+/// How much a read asks the socket for.
+const READ_CHUNK: usize = 64 << 10;
+
 /// Reads frames and dispatches them; closes the connection on EOF, a read
 /// error or a malformed frame.
 async fn read_loop<R: AsyncRead>(
@@ -377,6 +384,11 @@ async fn read_loop<R: AsyncRead>(
                     break 'outer;
                 }
             }
+        }
+        // Room for a large read: a full buffer would make read_buf grow it
+        // 64 bytes at a time, one syscall each.
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
