@@ -56,11 +56,14 @@ impl Responder {
             return;
         };
         let frame = match result {
-            Ok(payload) => wire::encode(&Reply {
-                payload: ByteBuf::from(payload),
-            })
-            .map(|b| (Kind::Reply, b)),
-            Err(error) => wire::encode(&Failure { error }).map(|b| (Kind::Error, b)),
+            Ok(payload) => {
+                let n = payload.len();
+                let reply = Reply {
+                    payload: ByteBuf::from(payload),
+                };
+                wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
+            }
+            Err(error) => wire::encode_envelope(&Failure { error }, 64).map(|b| (Kind::Error, b)),
         };
         match frame {
             Ok((kind, body)) => {
@@ -283,8 +286,8 @@ impl Connection {
             hops,
             payload: ByteBuf::from(payload),
         };
-        self.request(Kind::Call, wire::encode(&call)?, timeout)
-            .await
+        let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
+        self.request(Kind::Call, body, timeout).await
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
@@ -295,7 +298,8 @@ impl Connection {
             hops,
             payload: ByteBuf::from(payload),
         };
-        self.send(Kind::Cast, 0, wire::encode(&cast)?)
+        let body = wire::encode_envelope(&cast, cast.payload.len() + cast.id.len())?;
+        self.send(Kind::Cast, 0, body)
     }
 
     /// Round trip of a `Ping`.
@@ -308,7 +312,7 @@ impl Connection {
 
     /// Sends our membership view.
     pub fn send_membership(&self, m: &Membership) -> Result<(), Error> {
-        self.send(Kind::Membership, 0, wire::encode(m)?)
+        self.send(Kind::Membership, 0, wire::encode_envelope(m, 256)?)
     }
 }
 

@@ -59,7 +59,21 @@ pub const fn tag_of<A: Handler<M>, M: Message>() -> u64 {
 
 /// Encodes a message or reply body.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
-    rmp_serde::to_vec_named(value).map_err(Error::codec)
+    let mut out = Vec::with_capacity(64);
+    rmp_serde::encode::write_named(&mut out, value).map_err(Error::codec)?;
+    Ok(out)
+}
+
+/// Encodes one of the protocol's own frame bodies (`Call`, `Reply`, ...)
+/// compactly: structs as arrays, since the protocol version pins their
+/// shape. Decoding takes either form.
+pub(crate) fn encode_envelope<T: Serialize + ?Sized>(
+    value: &T,
+    size_hint: usize,
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(size_hint + 32);
+    rmp_serde::encode::write(&mut out, value).map_err(Error::codec)?;
+    Ok(out)
 }
 
 /// Decodes a message or reply body. Never panics on bad bytes.
