@@ -2,11 +2,12 @@
 //! task dispatching frames in, and the table of calls waiting for replies.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -34,15 +35,29 @@ pub trait Inbound: Send + Sync + 'static {
     }
 }
 
-/// The queue of frames (kind, correlation id, body) to the writer task.
-type Outgoing = mpsc::UnboundedSender<(Kind, u64, Vec<u8>)>;
+/// What the writer task writes: a frame to encode, or bytes a direct write
+/// left over (already encoded).
+enum Out {
+    Frame(Kind, u64, Vec<u8>),
+    Raw(BytesMut),
+}
+
+type WriteSide = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// Answers one inbound call on its connection. Dropped unanswered, it
 /// answers [`Error::ShuttingDown`], so a caller never waits for nothing.
-#[derive(Debug)]
 pub struct Responder {
-    slot: Option<(u64, Outgoing)>,
+    slot: Option<(u64, Arc<Shared>)>,
     deadline: Instant,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("corr", &self.slot.as_ref().map(|(c, _)| *c))
+            .field("deadline", &self.deadline)
+            .finish()
+    }
 }
 
 impl Responder {
@@ -52,9 +67,11 @@ impl Responder {
     }
 
     fn answer(&mut self, result: Result<Vec<u8>, Error>) {
-        let Some((corr, out)) = self.slot.take() else {
+        let Some((corr, shared)) = self.slot.take() else {
             return;
         };
+        // The last inbound call in flight writes its reply itself.
+        let alone = shared.inbound.fetch_sub(1, Ordering::Relaxed) == 1;
         let frame = match result {
             Ok(payload) => {
                 let n = payload.len();
@@ -66,9 +83,7 @@ impl Responder {
             Err(error) => wire::encode_envelope(&Failure { error }, 64).map(|b| (Kind::Error, b)),
         };
         match frame {
-            Ok((kind, body)) => {
-                let _ = out.send((kind, corr, body));
-            }
+            Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
             Err(e) => tracing::warn!("cannot encode a response: {e}"),
         }
     }
@@ -86,7 +101,9 @@ impl Responder {
 
     /// Whether the connection is gone, so nobody waits for the answer.
     pub fn is_closed(&self) -> bool {
-        self.slot.as_ref().is_none_or(|(_, out)| out.is_closed())
+        self.slot
+            .as_ref()
+            .is_none_or(|(_, shared)| *shared.closed.borrow())
     }
 }
 
@@ -121,11 +138,56 @@ struct Shared {
     /// Wakes the deadline task for a deadline earlier than it is armed for.
     earlier: Notify,
     next: AtomicU64,
-    out: mpsc::UnboundedSender<(Kind, u64, Vec<u8>)>,
+    out: mpsc::UnboundedSender<Out>,
+    /// Frames handed to the writer task and not yet written.
+    queued: AtomicUsize,
+    /// The socket's write side; the writer task takes it out while it
+    /// awaits a write, a direct write borrows it under the lock.
+    wr: Mutex<Option<WriteSide>>,
+    codec: FrameCodec,
+    /// Inbound calls not answered yet.
+    inbound: AtomicUsize,
     closed: watch::Sender<bool>,
 }
 
 impl Shared {
+    /// Sends a frame. With `direct` (this is the only call in flight) and
+    /// nothing queued, the frame is written from here, without waking the
+    /// writer task: one task hop less per sequential call. Otherwise it
+    /// queues for the writer, which batches.
+    fn enqueue(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) {
+        if direct && self.queued.load(Ordering::Acquire) == 0 {
+            if let Ok(mut guard) = self.wr.try_lock() {
+                // Re-checked under the lock: the writer counts a frame
+                // as queued until it is written, so order is kept.
+                if let (0, Some(wr)) = (self.queued.load(Ordering::Acquire), guard.as_mut()) {
+                    let mut buf = BytesMut::with_capacity(32 + body.len());
+                    if self.codec.encode(kind, corr, &body, &mut buf).is_ok() {
+                        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                        while !buf.is_empty() {
+                            match wr.as_mut().poll_write(&mut cx, &buf) {
+                                std::task::Poll::Ready(Ok(0)) | std::task::Poll::Ready(Err(_)) => {
+                                    drop(guard);
+                                    self.close();
+                                    return;
+                                }
+                                std::task::Poll::Ready(Ok(n)) => buf.advance(n),
+                                std::task::Poll::Pending => break,
+                            }
+                        }
+                        if !buf.is_empty() {
+                            self.queued.fetch_add(1, Ordering::AcqRel);
+                            let _ = self.out.send(Out::Raw(buf));
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let _ = self.out.send(Out::Frame(kind, corr, body));
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -183,10 +245,14 @@ impl Connection {
             earlier: Notify::new(),
             next: AtomicU64::new(1),
             out,
+            queued: AtomicUsize::new(0),
+            wr: Mutex::new(Some(Box::pin(wr))),
+            codec: cfg.codec,
+            inbound: AtomicUsize::new(0),
             closed: watch::channel(false).0,
         });
         let conn = Connection { shared };
-        tokio::spawn(write_loop(wr, out_rx, cfg.codec, conn.shared.clone()));
+        tokio::spawn(write_loop(out_rx, conn.shared.clone()));
         tokio::spawn(read_loop(
             rd,
             leftover,
@@ -224,14 +290,12 @@ impl Connection {
         self.shared.close();
     }
 
-    fn send(&self, kind: Kind, corr: u64, body: Vec<u8>) -> Result<(), Error> {
+    fn send(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) -> Result<(), Error> {
         if self.is_closed() {
             return Err(self.down());
         }
-        self.shared
-            .out
-            .send((kind, corr, body))
-            .map_err(|_| self.down())
+        self.shared.enqueue(kind, corr, body, direct);
+        Ok(())
     }
 
     fn down(&self) -> Error {
@@ -247,11 +311,11 @@ impl Connection {
         let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
-        let wake = {
+        let (wake, alone) = {
             let mut p = self.shared.pending();
             p.waiters.insert(corr, (tx, deadline));
             p.deadlines.insert((deadline, corr));
-            p.armed.is_none_or(|a| deadline < a)
+            (p.armed.is_none_or(|a| deadline < a), p.waiters.len() == 1)
         };
         if wake {
             self.shared.earlier.notify_one();
@@ -261,7 +325,7 @@ impl Connection {
             self.shared.pending().remove(corr);
             return Err(self.down());
         }
-        if let Err(e) = self.send(kind, corr, body) {
+        if let Err(e) = self.send(kind, corr, body, alone) {
             self.shared.pending().remove(corr);
             return Err(e);
         }
@@ -299,7 +363,7 @@ impl Connection {
             payload: ByteBuf::from(payload),
         };
         let body = wire::encode_envelope(&cast, cast.payload.len() + cast.id.len())?;
-        self.send(Kind::Cast, 0, body)
+        self.send(Kind::Cast, 0, body, false)
     }
 
     /// Round trip of a `Ping`.
@@ -312,54 +376,71 @@ impl Connection {
 
     /// Sends our membership view.
     pub fn send_membership(&self, m: &Membership) -> Result<(), Error> {
-        self.send(Kind::Membership, 0, wire::encode_envelope(m, 256)?)
+        self.send(Kind::Membership, 0, wire::encode_envelope(m, 256)?, false)
     }
 }
 
 /// Drains the outgoing queue into one buffer per write.
-async fn write_loop<W: AsyncWrite>(
-    wr: W,
-    mut rx: mpsc::UnboundedReceiver<(Kind, u64, Vec<u8>)>,
-    codec: FrameCodec,
-    shared: Arc<Shared>,
-) {
+async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
     const BATCH_BYTES: usize = 256 << 10;
-    let mut wr = std::pin::pin!(wr);
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut closed = shared.closed.subscribe();
-    loop {
+    'outer: loop {
         let first = tokio::select! {
             msg = rx.recv() => msg,
             _ = closed.wait_for(|c| *c) => None,
         };
-        let Some((kind, corr, body)) = first else {
+        let Some(first) = first else {
             break;
         };
         // Let the tasks that are about to send run first: one write then
         // carries their frames too (far fewer syscalls under load; when
         // nothing else is runnable the yield returns at once).
         tokio::task::yield_now().await;
-        let mut next = Some((kind, corr, body));
-        while let Some((kind, corr, body)) = next.take() {
-            if let Err(e) = codec.encode(kind, corr, &body, &mut buf) {
-                // Too big to send: fail that call, keep the connection.
-                tracing::warn!(peer = %shared.peer.node, "dropping outgoing frame: {e}");
-                let waiter = shared.pending().remove(corr);
-                if let Some(w) = waiter {
-                    let _ = w.send(Err(Error::Codec(e.to_string())));
+        let mut frames = 0;
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            frames += 1;
+            match out {
+                Out::Raw(bytes) => buf.extend_from_slice(&bytes),
+                Out::Frame(kind, corr, body) => {
+                    if let Err(e) = shared.codec.encode(kind, corr, &body, &mut buf) {
+                        // Too big to send: fail that call, keep the connection.
+                        tracing::warn!(peer = %shared.peer.node, "dropping outgoing frame: {e}");
+                        let waiter = shared.pending().remove(corr);
+                        if let Some(w) = waiter {
+                            let _ = w.send(Err(Error::Codec(e.to_string())));
+                        }
+                    }
                 }
             }
             if buf.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            tracing::info!(peer = %shared.peer.node, "connection write failed: {e}");
-            break;
-        }
+        let taken = shared
+            .wr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut wr) = taken else { break };
+        let written = wr.write_all(&buf).await;
+        *shared.wr.lock().unwrap_or_else(PoisonError::into_inner) = Some(wr);
+        shared.queued.fetch_sub(frames, Ordering::AcqRel);
         buf.clear();
+        if let Err(e) = written {
+            tracing::info!(peer = %shared.peer.node, "connection write failed: {e}");
+            break 'outer;
+        }
     }
-    let _ = wr.shutdown().await;
+    let taken = shared
+        .wr
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(mut wr) = taken {
+        let _ = wr.shutdown().await;
+    }
     shared.close();
 }
 
@@ -442,15 +523,17 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
         }
         Kind::Call => match wire::decode::<Call>(&frame.body) {
             Ok(call) => {
+                shared.inbound.fetch_add(1, Ordering::Relaxed);
                 let reply = Responder {
-                    slot: Some((corr, shared.out.clone())),
+                    slot: Some((corr, shared.clone())),
                     deadline: Instant::now() + Duration::from_millis(call.timeout_ms),
                 };
                 inbound.call(&shared.peer, call, reply);
             }
             Err(e) => {
+                shared.inbound.fetch_add(1, Ordering::Relaxed);
                 let reply = Responder {
-                    slot: Some((corr, shared.out.clone())),
+                    slot: Some((corr, shared.clone())),
                     deadline: Instant::now(),
                 };
                 reply.send(Err(e));
@@ -461,7 +544,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             Err(e) => tracing::warn!(peer = %shared.peer.node, "dropping malformed cast: {e}"),
         },
         Kind::Ping => {
-            let _ = shared.out.send((Kind::Pong, corr, Vec::new()));
+            shared.enqueue(Kind::Pong, corr, Vec::new(), false);
         }
         Kind::Membership => match wire::decode::<Membership>(&frame.body) {
             Ok(m) => inbound.membership(&shared.peer, m),
