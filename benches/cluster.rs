@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BufMut, BytesMut};
 use hdrhistogram::Histogram;
@@ -45,6 +45,7 @@ impl Echo {
 }
 
 static MOVED: AtomicU64 = AtomicU64::new(0);
+static MOVED_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 #[derive(Actor, Default)]
 #[actor(capability = "spread", on_deactivate = Spread::gone)]
@@ -52,7 +53,8 @@ struct Spread;
 
 impl Spread {
     async fn gone(&mut self, _: &Ctx) {
-        MOVED.fetch_add(1, Ordering::Relaxed);
+        MOVED.fetch_add(1, Ordering::SeqCst);
+        MOVED_NOTIFY.notify_waiters();
     }
 }
 
@@ -433,16 +435,18 @@ async fn join_movement() -> (f64, u64, usize) {
         .zip(&before)
         .filter(|(id, was)| b.owner_of::<Spread>(id).expect("owner") != **was)
         .count();
-    // Drained activations end asynchronously: wait until the count settles.
-    let mut last = u64::MAX;
+    // One activation per shard: exactly the moved ones drain (their hook
+    // counts them). Await that count.
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = MOVED.load(Ordering::Relaxed);
-        if now == last {
+        let notified = MOVED_NOTIFY.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if MOVED.load(Ordering::SeqCst) >= moved as u64 {
             break;
         }
-        last = now;
+        notified.await;
     }
+    let last = MOVED.load(Ordering::SeqCst);
     for n in [a, b, c, d] {
         let _ = n.shutdown().await;
     }

@@ -216,10 +216,10 @@ async fn idle_actor_is_passivated_after_its_timeout_with_its_hook() {
     let t0 = Instant::now();
     assert_eq!(node.call::<Sleepy, _>("s", Add(5)).await.unwrap(), 5);
     // Activity keeps it alive: a call at 8 s restarts the idle period.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await; // start_paused: virtual time
     assert_eq!(node.call::<Sleepy, _>("s", Add(1)).await.unwrap(), 6);
     let t1 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await; // start_paused: virtual time
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -981,11 +981,11 @@ async fn queued_calls_time_out_on_time_behind_a_slow_activation() {
         },
         // A call still waiting when the activation completes is served.
         async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await; // start_paused
             timed(Duration::from_secs(10)).await
         },
         async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await; // start_paused
             GLACIAL_GATE.add_permits(1);
         },
     );
