@@ -4,9 +4,9 @@
 //! idle activation, call throughput and call latency, for mesh, a raw tokio
 //! task + channel per actor, and a raw ractor actor, with the ratios.
 //!
-//! Activation rate and memory are measured in child processes (this binary
-//! re-run with `--child act|mem <kind>`), so every kind starts from a fresh
-//! heap and none pays for another's teardown.
+//! Activation rate, throughput and memory are measured in child processes
+//! (this binary re-run with `--child act|act-warm|tp|mem <kind>`), so every
+//! kind starts from a fresh process and none pays for another's teardown.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -417,13 +417,12 @@ fn main() {
     let kinds = ["mesh", "tokio", "ractor"];
     let mut act = [Vec::new(), Vec::new(), Vec::new()];
     let mut act_warm = [Vec::new(), Vec::new(), Vec::new()];
-    let tp_ids = ids(TP_ACTORS);
     let mut tp = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..REPEATS {
         for (i, k) in kinds.into_iter().enumerate() {
             act[i].push(in_child("act", k));
             act_warm[i].push(in_child("act-warm", k));
-            tp[i].push(rt.block_on(throughput(Kind::parse(k), tp_ids.clone())));
+            tp[i].push(in_child("tp", k));
         }
     }
     let act = act.map(median);
