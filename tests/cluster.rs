@@ -366,3 +366,64 @@ async fn actors_whose_shard_moves_are_drained_with_their_hook() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_forwarded_while_nodes_disagree_during_a_join() {
+    // Heartbeats an hour apart: after a join, only the node the newcomer
+    // dialed knows it, until gossip, which here never comes in time.
+    let net = Network::Memory(MemoryNetwork::new());
+    let slow = |name: &str, seeds: &[&str]| {
+        Node::builder()
+            .name(name)
+            .default_node(false)
+            .cluster("test")
+            .cookie("s3cret")
+            .network(net.clone())
+            .listen(name)
+            .seeds(seeds.iter().copied())
+            .heartbeat(Duration::from_secs(3600), Duration::from_secs(7200))
+            .capabilities(["game"])
+            .actor::<Player>()
+            .start()
+    };
+    let a = slow("fw-a", &[]).await.unwrap();
+    let b = slow("fw-b", &["fw-a"]).await.unwrap();
+    until_members(&[&a, &b], 2).await;
+    let c = slow("fw-c", &["fw-b"]).await.unwrap();
+    soon(b.membership_changes().wait_for(|m| m.len() == 3))
+        .await
+        .unwrap();
+    soon(c.membership_changes().wait_for(|m| m.len() == 2))
+        .await
+        .unwrap();
+    assert_eq!(a.membership().len(), 2, "a has not heard of c");
+    // An id a still places on b, which b now places on c.
+    let id = (0..)
+        .map(|i| format!("j{i}"))
+        .find(|id| {
+            a.owner_of::<Player>(id).unwrap() == "fw-b"
+                && b.owner_of::<Player>(id).unwrap() == "fw-c"
+        })
+        .unwrap();
+    let (served_by, score) = soon(a.call::<Player, _>(&id, Score(3)).into_future())
+        .await
+        .unwrap();
+    assert_eq!(
+        (served_by.as_str(), score),
+        ("fw-c", 3),
+        "b forwarded it once to c"
+    );
+    // A cast takes the same path, in order with a call after it.
+    a.cast::<Player, _>(&id, Score(4)).unwrap();
+    let (served_by, score) = soon(a.call::<Player, _>(&id, Score(0)).into_future())
+        .await
+        .unwrap();
+    assert_eq!(
+        (served_by.as_str(), score),
+        ("fw-c", 7),
+        "the cast was forwarded too"
+    );
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
