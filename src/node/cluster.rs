@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::NodeInner;
+use super::{NodeInner, WireRoute};
 use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
 use crate::ring::shard;
@@ -434,14 +434,9 @@ impl NodeInner {
     /// activation answers straight into the connection), or forwarded once.
     fn serve_peer(self: &Arc<Self>, call: wire::Call, reply: Responder) {
         let tag = call.tag;
-        let Some(route) = self.wire.get(&tag).copied() else {
-            let actor = String::from("(any)");
-            return reply.send(Err(Error::UnknownMessage { actor, tag }));
-        };
-        let capability = self.actors[route.actor].1;
-        match self.owner_of_key(route.capability_key, capability, &call.id) {
+        match self.locate(tag, &call.id) {
             Err(e) => reply.send(Err(e)),
-            Ok(None) => {
+            Ok((route, None)) => {
                 let body = call.payload.into_vec();
                 let reply = WireReply::Peer(reply);
                 // On refusal the envelope answers the peer itself.
@@ -449,7 +444,7 @@ impl NodeInner {
                     .2
                     .send_wire(&call.id, WireCall { tag, body, reply });
             }
-            Ok(Some(_)) => {
+            Ok((_, Some(_))) => {
                 let timeout = reply.deadline().map_or(Duration::ZERO, |d| {
                     d.saturating_duration_since(tokio::time::Instant::now())
                 });
@@ -510,12 +505,8 @@ impl NodeInner {
         hops: u8,
         from_peer: bool,
     ) -> Result<Started, Error> {
-        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
-            actor: String::from("(any)"),
-            tag,
-        })?;
-        let capability = self.actors[route.actor].1;
-        match self.owner_of_key(route.capability_key, capability, id)? {
+        let (route, owner) = self.locate(tag, id)?;
+        match owner {
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
@@ -548,12 +539,8 @@ impl NodeInner {
         body: Vec<u8>,
         hops: u8,
     ) -> Result<(), Error> {
-        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
-            actor: String::from("(any)"),
-            tag,
-        })?;
-        let capability = self.actors[route.actor].1;
-        match self.owner_of_key(route.capability_key, capability, id)? {
+        let (route, owner) = self.locate(tag, id)?;
+        match owner {
             None => {
                 let reply = WireReply::Local(ReplyTo::cast());
                 self.actors[route.actor]
@@ -565,6 +552,17 @@ impl NodeInner {
                 node: conn.peer().node.clone(),
             }),
         }
+    }
+
+    /// The handler-table entry of `tag`, and who owns the shard of `id` for
+    /// its capability (`None`: this node).
+    fn locate(&self, tag: u64, id: &str) -> Result<(WireRoute, Option<Connection>), Error> {
+        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
+            actor: String::from("(any)"),
+            tag,
+        })?;
+        let owner = self.owner_of_key(route.capability_key, self.actors[route.actor].1, id)?;
+        Ok((route, owner))
     }
 
     /// The live connection to `node`; without one, `node` is down by the

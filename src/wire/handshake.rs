@@ -107,18 +107,20 @@ fn nonce() -> Result<Vec<u8>, HandshakeError> {
     Ok(n)
 }
 
-fn proof(cookie: &Cookie, label: &str, parts: [&[u8]; 5]) -> Vec<u8> {
-    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(&cookie.0) {
-        Ok(mac) => mac,
-        Err(_) => return Vec::new(),
-    };
+/// HMAC-SHA256 keyed by the cookie over a label and length-prefixed parts.
+fn mac(cookie: &Cookie, label: &str, parts: [&[u8]; 5]) -> Option<Hmac<Sha256>> {
+    // HMAC takes keys of any length; `new_from_slice` does not fail for it.
+    let mut mac = Hmac::<Sha256>::new_from_slice(&cookie.0).ok()?;
     mac.update(label.as_bytes());
     for p in parts {
         mac.update(&(p.len() as u64).to_be_bytes());
         mac.update(p);
     }
-    mac.finalize().into_bytes().to_vec()
+    Some(mac)
+}
+
+fn proof(cookie: &Cookie, label: &str, parts: [&[u8]; 5]) -> Vec<u8> {
+    mac(cookie, label, parts).map_or_else(Vec::new, |m| m.finalize().into_bytes().to_vec())
 }
 
 fn verify(
@@ -127,13 +129,7 @@ fn verify(
     parts: [&[u8]; 5],
     claimed: &[u8],
 ) -> Result<(), HandshakeError> {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(&cookie.0).map_err(|_| HandshakeError::WrongCookie)?;
-    mac.update(label.as_bytes());
-    for p in parts {
-        mac.update(&(p.len() as u64).to_be_bytes());
-        mac.update(p);
-    }
+    let mac = mac(cookie, label, parts).ok_or(HandshakeError::WrongCookie)?;
     // Constant-time comparison.
     mac.verify_slice(claimed)
         .map_err(|_| HandshakeError::WrongCookie)
