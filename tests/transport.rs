@@ -104,6 +104,25 @@ impl Net {
     }
 }
 
+/// Node "a" connected to a listening node "b" of cluster "c"; also returns
+/// the casts "b" receives.
+async fn connected(
+    net: &Net,
+) -> (
+    Listening,
+    Connection,
+    mpsc::UnboundedReceiver<(String, Cast)>,
+) {
+    let (server_in, casts) = echo();
+    let server = net.listen(config("b", "c", "k"), server_in).await;
+    let (client_in, _) = echo();
+    let conn = net
+        .dial(server.addr(), &config("a", "c", "k"), client_in)
+        .await
+        .unwrap();
+    (server, conn, casts)
+}
+
 fn nets() -> [Net; 2] {
     [Net::Tcp, Net::Memory(MemoryNetwork::new())]
 }
@@ -111,13 +130,7 @@ fn nets() -> [Net; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_calls_in_flight_share_one_connection() {
     for net in nets() {
-        let (server_in, _) = echo();
-        let mut server = net.listen(config("b", "c", "k"), server_in).await;
-        let (client_in, _) = echo();
-        let conn = net
-            .dial(server.addr(), &config("a", "c", "k"), client_in)
-            .await
-            .unwrap();
+        let (mut server, conn, _) = connected(&net).await;
         assert_eq!(conn.peer().node, "b");
         assert_eq!(conn.peer().capabilities, ["cap-b"]);
         let accepted = soon(server.accepted()).await.unwrap();
@@ -157,13 +170,7 @@ async fn many_calls_in_flight_share_one_connection() {
 #[tokio::test]
 async fn casts_and_remote_errors_arrive_typed() {
     for net in nets() {
-        let (server_in, mut casts) = echo();
-        let server = net.listen(config("b", "c", "k"), server_in).await;
-        let (client_in, _) = echo();
-        let conn = net
-            .dial(server.addr(), &config("a", "c", "k"), client_in)
-            .await
-            .unwrap();
+        let (_server, conn, mut casts) = connected(&net).await;
         conn.cast(ECHO, "target", b"hi".to_vec(), 0).unwrap();
         let (from, cast) = soon(casts.recv()).await.unwrap();
         assert_eq!(
@@ -199,13 +206,7 @@ async fn casts_and_remote_errors_arrive_typed() {
 #[tokio::test]
 async fn calls_in_flight_fail_fast_when_the_connection_drops() {
     for net in nets() {
-        let (server_in, _) = echo();
-        let mut server = net.listen(config("b", "c", "k"), server_in).await;
-        let (client_in, _) = echo();
-        let conn = net
-            .dial(server.addr(), &config("a", "c", "k"), client_in)
-            .await
-            .unwrap();
+        let (mut server, conn, _) = connected(&net).await;
         let accepted = soon(server.accepted()).await.unwrap();
         let hanging: Vec<_> = (0..10)
             .map(|i| {
@@ -241,13 +242,7 @@ async fn calls_in_flight_fail_fast_when_the_connection_drops() {
 #[tokio::test]
 async fn a_call_times_out_at_its_deadline() {
     for net in nets() {
-        let (server_in, _) = echo();
-        let server = net.listen(config("b", "c", "k"), server_in).await;
-        let (client_in, _) = echo();
-        let conn = net
-            .dial(server.addr(), &config("a", "c", "k"), client_in)
-            .await
-            .unwrap();
+        let (_server, conn, _) = connected(&net).await;
         let started = tokio::time::Instant::now();
         let err = conn
             .call(HANG, "h", Vec::new(), Duration::from_millis(100), 0)

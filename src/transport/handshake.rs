@@ -93,6 +93,23 @@ async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, cfg: &TransportConfig, e: &Ha
     let _ = io.shutdown().await;
 }
 
+/// Ends a handshake: the peer and the bytes read past it, or, on failure,
+/// the refusal told to the peer before the error is returned.
+async fn settle<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    cfg: &TransportConfig,
+    result: Result<Peer, HandshakeError>,
+    buf: BytesMut,
+) -> Result<(Peer, BytesMut), HandshakeError> {
+    match result {
+        Ok(peer) => Ok((peer, buf)),
+        Err(e) => {
+            refuse(io, cfg, &e).await;
+            Err(e)
+        }
+    }
+}
+
 /// The dialing side. Returns the peer and any bytes read past the handshake.
 pub(super) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
@@ -109,13 +126,7 @@ pub(super) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(peer)
     }
     .await;
-    match result {
-        Ok(peer) => Ok((peer, buf)),
-        Err(e) => {
-            refuse(io, cfg, &e).await;
-            Err(e)
-        }
-    }
+    settle(io, cfg, result, buf).await
 }
 
 /// The listening side. Returns the peer and any bytes read past the handshake.
@@ -134,11 +145,5 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(peer)
     }
     .await;
-    match result {
-        Ok(peer) => Ok((peer, buf)),
-        Err(e) => {
-            refuse(io, cfg, &e).await;
-            Err(e)
-        }
-    }
+    settle(io, cfg, result, buf).await
 }
