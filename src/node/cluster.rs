@@ -474,8 +474,11 @@ impl NodeInner {
         hops: u8,
         from_peer: bool,
     ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send + 'static {
-        let retry = (self.clone(), id.to_owned());
         let started = self.start_wire(tag, id, body, timeout, hops, from_peer);
+        // What a re-route needs, taken only for a forward (rare), not for
+        // every call served here.
+        let retry =
+            matches!(started, Ok(Started::Forwarded(..))).then(|| (self.clone(), id.to_owned()));
         async move {
             match started? {
                 Started::Local(rx) => local_reply(rx).await,
@@ -483,7 +486,9 @@ impl NodeInner {
                     // The owner died under the forward: it is out of the
                     // membership now; route once more (to us, or its heir).
                     Err(Error::NodeDown { node }) => {
-                        let (me, id) = retry;
+                        let Some((me, id)) = retry else {
+                            return Err(Error::NodeDown { node });
+                        };
                         me.evict(&node);
                         match me.start_wire(tag, &id, body, timeout, hops + 1, true)? {
                             Started::Local(rx) => local_reply(rx).await,
