@@ -2,6 +2,8 @@
 //! every behaviour the adapter will rely on is checked here against the
 //! documented rule, so the agent cannot drift into a convenient quirk.
 
+#[path = "support/consul_agent.rs"]
+mod consul_agent;
 #[path = "support/consul_catalog.rs"]
 mod consul_catalog;
 
@@ -205,7 +207,10 @@ fn ttl_expiry_goes_critical_and_deregister_critical_after_reaps_with_a_floor() {
 #[test]
 fn scaled_time_keeps_the_rules() {
     let t0 = Instant::now();
-    let mut c = Catalog::new(TimeScale { scale: 0.01 });
+    let mut c = Catalog::new(TimeScale {
+        ttl: 0.01,
+        deregister: 0.01,
+    });
     c.add_node("h", "127.0.0.1");
     c.register(
         "h",
@@ -334,4 +339,369 @@ fn go_durations_parse() {
     assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
     assert_eq!(parse_go_duration("ten"), None);
     assert_eq!(parse_go_duration(""), None);
+}
+
+// ---- The HTTP server around the catalog -------------------------------
+
+use consul_agent::{Acl, TestConsul, Token};
+
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn index(&self) -> u64 {
+        self.header("X-Consul-Index").parse().expect("an index")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).expect("json body")
+    }
+}
+
+impl Http {
+    fn new(base: String) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let resp = req.send().await.expect("the agent answers");
+        Answer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.text().await.expect("body"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(format!("{}/v1/{path}", self.base)))
+            .await
+    }
+
+    async fn put(&self, path: &str, body: Option<serde_json::Value>) -> Answer {
+        let mut req = self.client.put(format!("{}/v1/{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+}
+
+fn ttl_service(name: &str, id: &str) -> serde_json::Value {
+    json!({"ID": id, "Name": name, "Tags": ["cap"], "Address": "127.0.0.1", "Port": 7000,
+           "Check": {"TTL": "30s", "Status": "passing"}})
+}
+
+#[tokio::test]
+async fn http_status_codes_and_text_bodies_follow_the_reference() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let http = Http::new(consul.url(0));
+    let a = http
+        .put("agent/service/register", Some(json!({"ID": "x"})))
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (400, "Missing service name"));
+    assert!(a.header("Content-Type").starts_with("text/plain"));
+    assert_eq!(a.header("X-Consul-Default-ACL-Policy"), "allow");
+    let a = http.put("agent/service/register", None).await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.starts_with("Request decode failed"), "{}", a.body);
+    let a = http.put("agent/service/deregister/nope", None).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (404, "Unknown service ID \"nope\". Ensure that the service ID is passed, not the service name.")
+    );
+    let a = http.put("agent/check/pass/service:nope", None).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (404, "Unknown check ID \"service:nope\". Ensure that the check ID is passed, not the check name.")
+    );
+    // A check that is not a TTL check: 500, as the agent code says.
+    let a = http
+        .put(
+            "agent/service/register",
+            Some(
+                json!({"Name": "web", "Check": {"HTTP": "http://127.0.0.1:1/", "Interval": "10s"}}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    let a = http.put("agent/check/pass/service:web", None).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (500, "CheckID \"service:web\" does not have associated TTL")
+    );
+    let a = http
+        .put(
+            "agent/check/update/service:web",
+            Some(json!({"Status": "fine"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (400, "Invalid check status: 'fine'")
+    );
+    let a = http.get("agent/service/register").await;
+    assert_eq!((a.status, a.body.as_str()), (405, "method GET not allowed"));
+    assert_eq!(a.header("Allow"), "PUT");
+    let a = http.get("health/service/web?passing=maybe").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (400, "Invalid value for ?passing")
+    );
+    let a = http.get("health/service/web?stale&consistent").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (
+            400,
+            "Cannot specify ?stale with ?consistent, conflicting semantics."
+        )
+    );
+    let a = http.get("agent/service/nope").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (404, "unknown service ID: nope")
+    );
+    // A write answers 200 with an empty body; unknown names give [] and an index.
+    let a = http
+        .put("agent/service/register", Some(ttl_service("db", "db-1")))
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (200, ""));
+    let a = http.get("health/service/nothing").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "[]"));
+    assert!(a.index() >= 1);
+    assert_eq!(a.header("X-Consul-KnownLeader"), "true");
+    assert_eq!(a.header("X-Consul-Effective-Consistency"), "leader");
+    assert!(a.header("Content-Type").starts_with("application/json"));
+}
+
+#[tokio::test]
+async fn http_health_reads_filter_on_every_check() {
+    let consul = TestConsul::start(2, TimeScale::default()).await;
+    let (a, b) = (Http::new(consul.url(0)), Http::new(consul.url(1)));
+    a.put("agent/service/register", Some(ttl_service("db", "db-1")))
+        .await;
+    b.put(
+        "agent/service/register",
+        Some(json!({"ID": "db-2", "Name": "db", "Tags": ["CAP", "x"],
+        "Check": {"TTL": "30s"}})),
+    )
+    .await;
+    let all = b.get("health/service/db").await.json();
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(2),
+        "one catalog, both agents"
+    );
+    let entry = &all[0];
+    assert_eq!(entry["Checks"][0]["CheckID"], "serfHealth");
+    assert_eq!(entry["Checks"][1]["CheckID"], "service:db-1");
+    // db-2's check starts critical: ?passing (bare, or as a bool) drops it.
+    for q in ["passing", "passing=1", "passing=true"] {
+        let ok = a.get(&format!("health/service/db?{q}")).await.json();
+        assert_eq!(ok.as_array().map(Vec::len), Some(1), "{q}");
+        assert_eq!(ok[0]["Service"]["ID"], "db-1");
+    }
+    let tagged = a.get("health/service/db?tag=cap&tag=X").await.json();
+    assert_eq!(tagged.as_array().map(Vec::len), Some(1));
+    assert_eq!(tagged[0]["Service"]["ID"], "db-2");
+    let services = a.get("agent/services").await.json();
+    assert_eq!(
+        consul_agent::ids(&services),
+        ["db-1"],
+        "an agent lists its own"
+    );
+}
+
+#[tokio::test]
+async fn http_blocking_queries_follow_the_index() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let http = Http::new(consul.url(0));
+    http.put("agent/service/register", Some(ttl_service("db", "db-1")))
+        .await;
+    let first = http.get("health/service/db").await;
+    let index = first.index();
+    // A pass that changes nothing writes nothing: the index stays.
+    assert_eq!(
+        http.put("agent/check/pass/service:db-1", None).await.status,
+        200
+    );
+    assert_eq!(http.get("health/service/db").await.index(), index);
+    // No change: the call returns after the wait, with the same index.
+    let t0 = Instant::now();
+    let same = http
+        .get(&format!("health/service/db?index={index}&wait=200ms"))
+        .await;
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+    assert_eq!(same.index(), index);
+    // A change wakes a blocked call long before its wait.
+    let blocked = tokio::spawn({
+        let url = format!(
+            "{}/v1/health/service/db?index={index}&wait=5m",
+            consul.url(0)
+        );
+        async move {
+            let resp = reqwest::get(url).await.expect("answer");
+            let index: u64 = resp.headers()["X-Consul-Index"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("number");
+            (index, resp.text().await.expect("body"))
+        }
+    });
+    http.put("agent/check/fail/service:db-1?note=down", None)
+        .await;
+    let (woke, body) = tokio::time::timeout(Duration::from_secs(30), blocked)
+        .await
+        .expect("woken well before the 5 minute wait")
+        .expect("task");
+    assert!(woke > index);
+    assert!(body.contains("\"critical\""), "{body}");
+    // The index-reset hook: the next answer carries a lower index.
+    consul.reset_index(1);
+    assert_eq!(http.get("health/service/db").await.index(), 1);
+}
+
+#[tokio::test]
+async fn http_hash_blocking_on_an_agent_service() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let http = Http::new(consul.url(0));
+    http.put("agent/service/register", Some(ttl_service("db", "db-1")))
+        .await;
+    let a = http.get("agent/service/db-1").await;
+    let hash = a.json()["ContentHash"].as_str().expect("hash").to_owned();
+    assert_eq!(a.header("X-Consul-ContentHash"), hash);
+    let t0 = Instant::now();
+    let same = http
+        .get(&format!("agent/service/db-1?hash={hash}&wait=150ms"))
+        .await;
+    assert!(t0.elapsed() >= Duration::from_millis(150));
+    assert_eq!(same.json()["ContentHash"], hash.as_str());
+    let waiting = tokio::spawn({
+        let url = format!(
+            "{}/v1/agent/service/db-1?hash={hash}&wait=5m",
+            consul.url(0)
+        );
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("answer")
+                .text()
+                .await
+                .expect("body")
+        }
+    });
+    let mut changed = ttl_service("db", "db-1");
+    changed["Tags"] = json!(["cap", "new"]);
+    http.put("agent/service/register", Some(changed)).await;
+    let body = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("woken by the change")
+        .expect("task");
+    assert!(body.contains("\"new\""), "{body}");
+}
+
+#[tokio::test]
+async fn http_acl_mode_reads_tokens_from_all_three_places() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let mut acl = Acl::default();
+    acl.tokens.insert(
+        "s3cret".into(),
+        Token {
+            accessor: "acc-1".into(),
+            write: vec!["db".into()],
+        },
+    );
+    consul.set_acl(Some(acl));
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/agent/service/register", consul.url(0));
+    let body = ttl_service("db", "db-1");
+    let send = |req: reqwest::RequestBuilder| async move {
+        let resp = req.send().await.expect("answer");
+        let policy = resp.headers()["X-Consul-Default-ACL-Policy"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        (
+            resp.status().as_u16(),
+            resp.text().await.expect("body"),
+            policy,
+        )
+    };
+    let (code, text, policy) = send(client.put(&url).json(&body)).await;
+    assert_eq!(code, 403);
+    assert_eq!(
+        text,
+        "Permission denied: anonymous token lacks permission 'service:write' on \"db\""
+    );
+    assert_eq!(policy, "deny");
+    let (code, text, _) = send(
+        client
+            .put(&url)
+            .header("X-Consul-Token", "wrong")
+            .json(&body),
+    )
+    .await;
+    assert_eq!((code, text.as_str()), (403, "ACL not found"));
+    let (code, text, _) = send(
+        client
+            .put(&url)
+            .header("X-Consul-Token", "s3cret")
+            .json(&ttl_service("web", "web-1")),
+    )
+    .await;
+    assert_eq!(
+        (code, text.as_str()),
+        (403, "Permission denied: token with AccessorID 'acc-1' lacks permission 'service:write' on \"web\"")
+    );
+    for req in [
+        client.put(&url).header("X-Consul-Token", "s3cret"),
+        client.put(&url).header("Authorization", "Bearer s3cret"),
+        client.put(format!("{url}?token=s3cret")),
+    ] {
+        let (code, text, _) = send(req.json(&body)).await;
+        assert_eq!((code, text.as_str()), (200, ""));
+    }
+}
+
+#[tokio::test]
+async fn http_hooks_restart_and_down() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let http = Http::new(consul.url(0));
+    http.put("agent/service/register", Some(ttl_service("db", "db-1")))
+        .await;
+    consul.restart_agent(0);
+    let a = http.put("agent/check/pass/service:db-1", None).await;
+    assert_eq!(a.status, 404, "a restarted -dev agent forgot the check");
+    consul.stop_agent(0);
+    let down = reqwest::Client::new()
+        .get(format!("{}/v1/agent/services", consul.url(0)))
+        .send()
+        .await;
+    assert!(down.is_err(), "a stopped agent refuses connections");
+    consul.start_agent(0).await;
+    assert_eq!(http.get("agent/services").await.status, 200);
+    consul.fail_with(Some((500, "rpc error making call: No cluster leader")));
+    let a = http.get("agent/services").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (500, "rpc error making call: No cluster leader")
+    );
 }

@@ -87,16 +87,21 @@ pub struct Node {
     pub checks: BTreeMap<String, Check>,
 }
 
-/// For tests: a factor applied to every duration read from a request (TTL,
-/// DeregisterCriticalServiceAfter, after its 1 minute floor).
+/// For tests: factors applied to the durations read from a request: the
+/// TTL, and DeregisterCriticalServiceAfter (after its 1 minute floor, so
+/// 0.01 makes the floor 600 ms).
 #[derive(Debug, Clone, Copy)]
 pub struct TimeScale {
-    pub scale: f64,
+    pub ttl: f64,
+    pub deregister: f64,
 }
 
 impl Default for TimeScale {
     fn default() -> Self {
-        TimeScale { scale: 1.0 }
+        TimeScale {
+            ttl: 1.0,
+            deregister: 1.0,
+        }
     }
 }
 
@@ -214,8 +219,8 @@ impl Catalog {
         self.index
     }
 
-    fn scaled(&self, d: Duration) -> Duration {
-        d.mul_f64(self.time.scale)
+    fn scaled(&self, d: Duration, factor: f64) -> Duration {
+        d.mul_f64(factor)
     }
 
     fn node_mut(&mut self, node: &str) -> Result<&mut Node, ApiError> {
@@ -308,9 +313,8 @@ impl Catalog {
                         .ok_or_else(|| bad(format!("Invalid check: bad TTL {s:?}")))?,
                 ),
             };
-            if ttl.is_none() {
-                return Err(bad("Invalid check: only TTL checks are simulated"));
-            }
+            // Other kinds (HTTP, TCP, script) are accepted but never run:
+            // they keep the status they were registered with.
             let deregister_after =
                 match field(def, "DeregisterCriticalServiceAfter").and_then(Value::as_str) {
                     None => None,
@@ -327,8 +331,9 @@ impl Catalog {
         let scaled: Vec<_> = checks
             .into_iter()
             .map(|(cid, cname, status, ttl, dereg)| {
-                let ttl = ttl.map(|t| self.scaled(t));
-                let dereg = dereg.map(|d| self.scaled(d.max(Duration::from_secs(60))));
+                let ttl = ttl.map(|t| self.scaled(t, self.time.ttl));
+                let dereg = dereg
+                    .map(|d| self.scaled(d.max(Duration::from_secs(60)), self.time.deregister));
                 (cid, cname, status, ttl, dereg)
             })
             .collect();

@@ -1,0 +1,726 @@
+//! A Consul test agent: a real HTTP server (hyper, port 0) per simulated
+//! agent, all sharing one catalog (`consul_catalog.rs`), reproducing the
+//! documented behaviour of `shared/reference/consul-api.md` section 10:
+//! status codes and text/plain error bodies, blocking queries on an index
+//! with `wait` and jitter, hash blocking on `/v1/agent/service/:id`, ACL
+//! tokens from all three sources with 403s, and test hooks (agent
+//! restart, index reset, agent down and up, injected failures, a request
+//! log). TTLs run on a ticker every 10 ms.
+//!
+//! Include it with the catalog:
+//! `#[path = "support/consul_catalog.rs"] mod consul_catalog;` and
+//! `#[path = "support/consul_agent.rs"] mod consul_agent;`.
+
+#![allow(dead_code)] // each test binary uses part of the support code
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::consul_catalog::{parse_go_duration, ApiError, Catalog, Status, TimeScale};
+
+/// An ACL token of the test agent.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub accessor: String,
+    /// Service names it may write, `"*"` for all.
+    pub write: Vec<String>,
+}
+
+/// ACL mode: default policy deny, these tokens known.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    pub tokens: HashMap<String, Token>,
+}
+
+/// One request as the agent saw it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub agent: String,
+    pub method: String,
+    /// Path without `/v1/`, e.g. `agent/check/pass/service:x`.
+    pub path: String,
+    pub query: String,
+    pub at: Instant,
+}
+
+struct Shared {
+    catalog: Mutex<Catalog>,
+    /// Bumped on every change, so blocked queries look again.
+    changed: watch::Sender<u64>,
+    acl: Mutex<Option<Acl>>,
+    fail: Mutex<Option<(u16, String)>>,
+    log: Mutex<Vec<Logged>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+struct Agent {
+    name: String,
+    addr: SocketAddr,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Several simulated Consul agents over one catalog.
+pub struct TestConsul {
+    shared: Arc<Shared>,
+    agents: Vec<Agent>,
+    ticker: JoinHandle<()>,
+}
+
+impl Drop for TestConsul {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        for a in &self.agents {
+            if let Some(s) = lock(&a.server).take() {
+                s.abort();
+            }
+        }
+    }
+}
+
+impl TestConsul {
+    /// Starts `agents` simulated agents (nodes `agent-0`, `agent-1`, ...)
+    /// on `127.0.0.1:0`.
+    pub async fn start(agents: usize, time: TimeScale) -> TestConsul {
+        let mut catalog = Catalog::new(time);
+        for i in 0..agents {
+            catalog.add_node(&format!("agent-{i}"), "127.0.0.1");
+        }
+        let shared = Arc::new(Shared {
+            catalog: Mutex::new(catalog),
+            changed: watch::channel(0).0,
+            acl: Mutex::new(None),
+            fail: Mutex::new(None),
+            log: Mutex::new(Vec::new()),
+        });
+        let mut list = Vec::new();
+        for i in 0..agents {
+            let name = format!("agent-{i}");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the test agent");
+            let addr = listener.local_addr().expect("local addr");
+            let server = tokio::spawn(serve(listener, shared.clone(), name.clone()));
+            list.push(Agent {
+                name,
+                addr,
+                server: Mutex::new(Some(server)),
+            });
+        }
+        let weak = Arc::downgrade(&shared);
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                every.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                let changed = lock(&shared.catalog).tick(Instant::now());
+                if changed {
+                    shared.notify();
+                }
+            }
+        });
+        TestConsul {
+            shared,
+            agents: list,
+            ticker,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>` of agent `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.agents[i].addr)
+    }
+
+    /// The node name of agent `i`.
+    pub fn node(&self, i: usize) -> &str {
+        &self.agents[i].name
+    }
+
+    /// Runs `f` on the catalog (and wakes blocked queries afterwards).
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog) -> T) -> T {
+        let out = f(&mut lock(&self.shared.catalog));
+        self.shared.notify();
+        out
+    }
+
+    /// Hook: agent `i` restarted in `-dev` mode and forgot its registrations.
+    pub fn restart_agent(&self, i: usize) {
+        let name = self.agents[i].name.clone();
+        self.with_catalog(|c| c.restart_agent(&name));
+    }
+
+    /// Hook: the index goes backwards to `to`, as under `?stale`.
+    pub fn reset_index(&self, to: u64) {
+        self.with_catalog(|c| c.reset_index(to));
+    }
+
+    /// Hook: agent `i` goes down (its port refuses connections, open
+    /// connections and blocked queries are cut); the catalog lives on.
+    pub fn stop_agent(&self, i: usize) {
+        if let Some(s) = lock(&self.agents[i].server).take() {
+            s.abort();
+        }
+    }
+
+    /// Hook: agent `i` comes back on the same port.
+    pub async fn start_agent(&self, i: usize) {
+        let a = &self.agents[i];
+        let listener = tokio::net::TcpListener::bind(a.addr)
+            .await
+            .expect("bind the test agent again");
+        let server = tokio::spawn(serve(listener, self.shared.clone(), a.name.clone()));
+        *lock(&a.server) = Some(server);
+    }
+
+    /// Hook: every request answers this status and body, or normally again.
+    pub fn fail_with(&self, failure: Option<(u16, &str)>) {
+        *lock(&self.shared.fail) = failure.map(|(c, b)| (c, b.to_owned()));
+    }
+
+    /// Switches ACL mode on (default deny) with these tokens, or off.
+    pub fn set_acl(&self, acl: Option<Acl>) {
+        *lock(&self.shared.acl) = acl;
+    }
+
+    /// The requests seen so far.
+    pub fn log(&self) -> Vec<Logged> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// When requests whose path starts with `prefix` arrived at agent `i`.
+    pub fn requests(&self, i: usize, prefix: &str) -> Vec<Instant> {
+        let name = &self.agents[i].name;
+        lock(&self.shared.log)
+            .iter()
+            .filter(|l| &l.agent == name && l.path.starts_with(prefix))
+            .map(|l| l.at)
+            .collect()
+    }
+
+    /// Waits until `f` holds of the catalog, re-checking on every change.
+    pub async fn until(&self, mut f: impl FnMut(&Catalog) -> bool) {
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            if f(&lock(&self.shared.catalog)) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, agent: String) {
+    // Dropping the set (when this task is aborted) cuts every connection.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (shared, agent) = (shared.clone(), agent.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (shared, agent) = (shared.clone(), agent.clone());
+                        async move { Ok::<_, Infallible>(handle(&shared, &agent, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// A parsed query string (`?passing` gives `passing -> ""`).
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Go's strconv.ParseBool, and bare `?passing`.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Bytes,
+    json: bool,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn ok_empty() -> Reply {
+        Reply {
+            status: 200,
+            body: Bytes::new(),
+            json: false,
+            headers: Vec::new(),
+        }
+    }
+
+    fn json(v: &Value) -> Reply {
+        Reply {
+            status: 200,
+            body: Bytes::from(serde_json::to_vec(v).expect("json")),
+            json: true,
+            headers: Vec::new(),
+        }
+    }
+
+    fn error(e: ApiError) -> Reply {
+        Reply {
+            status: e.0,
+            body: Bytes::from(e.1),
+            json: false,
+            headers: Vec::new(),
+        }
+    }
+}
+
+fn token_of(req: &Request<hyper::body::Incoming>, query: &[(String, String)]) -> Option<String> {
+    if let Some((_, t)) = query.iter().find(|(k, _)| k == "token") {
+        return Some(t.clone());
+    }
+    let h = req.headers();
+    if let Some(t) = h.get("X-Consul-Token").and_then(|v| v.to_str().ok()) {
+        return Some(t.to_owned());
+    }
+    h.get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+}
+
+/// ACL: `write` names the service a write needs `service:write` on.
+fn authorize(shared: &Shared, token: Option<&str>, write: Option<&str>) -> Result<(), ApiError> {
+    let acl = lock(&shared.acl);
+    let Some(acl) = acl.as_ref() else {
+        return Ok(());
+    };
+    let who = match token {
+        Some(t) => match acl.tokens.get(t) {
+            None => return Err(ApiError(403, "ACL not found".into())),
+            Some(tok) => {
+                if let Some(svc) = write {
+                    if !tok.write.iter().any(|w| w == "*" || w == svc) {
+                        return Err(ApiError(
+                            403,
+                            format!(
+                                "Permission denied: token with AccessorID '{}' lacks permission 'service:write' on {svc:?}",
+                                tok.accessor
+                            ),
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+        },
+        None => "anonymous token",
+    };
+    match write {
+        Some(svc) => Err(ApiError(
+            403,
+            format!("Permission denied: {who} lacks permission 'service:write' on {svc:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn content_hash(v: &Value) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Up to `wait/16` of jitter, as Consul adds.
+fn jitter(wait: Duration) -> Duration {
+    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    wait / 16 * (r % 1000) as u32 / 1000
+}
+
+/// `wait`: default 5m, capped at 10m, `0` means the default.
+fn wait_of(query: &[(String, String)]) -> Result<Duration, ApiError> {
+    let Some((_, w)) = query.iter().find(|(k, _)| k == "wait") else {
+        return Ok(Duration::from_secs(300));
+    };
+    let d =
+        parse_go_duration(w).ok_or_else(|| ApiError(400, format!("Invalid wait time: {w:?}")))?;
+    Ok(if d.is_zero() {
+        Duration::from_secs(300)
+    } else {
+        d.min(Duration::from_secs(600))
+    })
+}
+
+fn index_of(query: &[(String, String)]) -> Result<u64, ApiError> {
+    match query.iter().find(|(k, _)| k == "index") {
+        None => Ok(0),
+        Some((_, v)) => v
+            .parse()
+            .map_err(|_| ApiError(400, format!("Invalid index: {v:?}"))),
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    agent: &str,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let query_str = req.uri().query().unwrap_or("").to_owned();
+    let query = parse_query(&query_str);
+    let method = req.method().clone();
+    let rel = path.strip_prefix("/v1/").unwrap_or(&path).to_owned();
+    lock(&shared.log).push(Logged {
+        agent: agent.to_owned(),
+        method: method.to_string(),
+        path: rel.clone(),
+        query: query_str,
+        at: Instant::now(),
+    });
+    let token = token_of(&req, &query);
+    let acl_mode = lock(&shared.acl).is_some();
+    let injected = lock(&shared.fail).clone();
+    let reply = match injected {
+        Some((code, body)) => Reply::error(ApiError(code, body)),
+        None => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return finish(
+                        Reply::error(ApiError(400, format!("Request decode failed: {e}"))),
+                        acl_mode,
+                    )
+                }
+            };
+            route(
+                shared,
+                agent,
+                &method,
+                &rel,
+                &query,
+                token.as_deref(),
+                &body,
+            )
+            .await
+            .unwrap_or_else(Reply::error)
+        }
+    };
+    finish(reply, acl_mode)
+}
+
+fn finish(reply: Reply, acl_mode: bool) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(
+            "Content-Type",
+            if reply.json {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            },
+        )
+        .header(
+            "X-Consul-Default-ACL-Policy",
+            if acl_mode { "deny" } else { "allow" },
+        );
+    for (k, v) in reply.headers {
+        resp = resp.header(k, v);
+    }
+    resp.body(Full::new(reply.body)).expect("response")
+}
+
+fn method_not_allowed(method: &Method, allow: &str) -> Result<Reply, ApiError> {
+    let mut r = Reply::error(ApiError(405, format!("method {method} not allowed")));
+    r.headers.push(("Allow", allow.to_owned()));
+    Ok(r)
+}
+
+async fn route(
+    shared: &Shared,
+    agent: &str,
+    method: &Method,
+    rel: &str,
+    query: &[(String, String)],
+    token: Option<&str>,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let now = Instant::now();
+    if rel == "agent/service/register" {
+        if method != Method::PUT {
+            return method_not_allowed(method, "PUT");
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))?;
+        let name = v
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("name")))
+            .and_then(|(_, n)| n.as_str())
+            .unwrap_or("")
+            .to_owned();
+        if !name.is_empty() {
+            authorize(shared, token, Some(&name))?;
+        }
+        let replace = query
+            .iter()
+            .find(|(k, _)| k == "replace-existing-checks")
+            .is_some_and(|(_, v)| parse_bool(v) == Some(true));
+        lock(&shared.catalog).register(agent, &v, replace, now)?;
+        shared.notify();
+        return Ok(Reply::ok_empty());
+    }
+    if let Some(id) = rel.strip_prefix("agent/service/deregister/") {
+        if method != Method::PUT {
+            return method_not_allowed(method, "PUT");
+        }
+        let name = {
+            let c = lock(&shared.catalog);
+            c.nodes
+                .get(agent)
+                .and_then(|n| n.services.get(id))
+                .map(|s| s.name.clone())
+        };
+        if let Some(name) = &name {
+            authorize(shared, token, Some(name))?;
+        } else {
+            authorize(shared, token, None)?;
+        }
+        lock(&shared.catalog).deregister(agent, id)?;
+        shared.notify();
+        return Ok(Reply::ok_empty());
+    }
+    if rel == "agent/services" {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        let v = lock(&shared.catalog).agent_services(agent);
+        return Ok(Reply::json(&v));
+    }
+    if let Some(id) = rel.strip_prefix("agent/service/") {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        return agent_service(shared, agent, id, query).await;
+    }
+    for (verb, status) in [
+        ("pass", Status::Passing),
+        ("warn", Status::Warning),
+        ("fail", Status::Critical),
+    ] {
+        if let Some(id) = rel.strip_prefix(&format!("agent/check/{verb}/")) {
+            if method != Method::PUT {
+                return method_not_allowed(method, "PUT");
+            }
+            let note = query
+                .iter()
+                .find(|(k, _)| k == "note")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            return update_check(shared, agent, id, status, &note, token, now);
+        }
+    }
+    if let Some(id) = rel.strip_prefix("agent/check/update/") {
+        if method != Method::PUT {
+            return method_not_allowed(method, "PUT");
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))?;
+        let s = v["Status"].as_str().unwrap_or("");
+        let status = Status::parse(s)
+            .ok_or_else(|| ApiError(400, format!("Invalid check status: '{s}'")))?;
+        let output = v["Output"].as_str().unwrap_or("").to_owned();
+        return update_check(shared, agent, id, status, &output, token, now);
+    }
+    if let Some(name) = rel.strip_prefix("health/service/") {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        return health_service(shared, name, query).await;
+    }
+    Err(ApiError(404, String::new()))
+}
+
+fn update_check(
+    shared: &Shared,
+    agent: &str,
+    id: &str,
+    status: Status,
+    output: &str,
+    token: Option<&str>,
+    now: Instant,
+) -> Result<Reply, ApiError> {
+    let service = {
+        let c = lock(&shared.catalog);
+        c.nodes.get(agent).and_then(|n| {
+            let check = n.checks.get(id)?;
+            n.services.get(&check.service_id).map(|s| s.name.clone())
+        })
+    };
+    authorize(shared, token, service.as_deref())?;
+    let before = lock(&shared.catalog).index();
+    lock(&shared.catalog).update_check(agent, id, status, output, now)?;
+    if lock(&shared.catalog).index() != before {
+        shared.notify();
+    }
+    Ok(Reply::ok_empty())
+}
+
+fn read_headers(index: u64, stale: bool) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Consul-Index", index.max(1).to_string()),
+        ("X-Consul-KnownLeader", "true".into()),
+        ("X-Consul-LastContact", "0".into()),
+        (
+            "X-Consul-Effective-Consistency",
+            if stale { "stale" } else { "leader" }.into(),
+        ),
+    ]
+}
+
+async fn health_service(
+    shared: &Shared,
+    name: &str,
+    query: &[(String, String)],
+) -> Result<Reply, ApiError> {
+    let has = |k: &str| query.iter().any(|(q, _)| q == k);
+    if has("stale") && has("consistent") {
+        return Err(ApiError(
+            400,
+            "Cannot specify ?stale with ?consistent, conflicting semantics.".into(),
+        ));
+    }
+    let passing = match query.iter().find(|(k, _)| k == "passing") {
+        None => false,
+        Some((_, v)) => {
+            parse_bool(v).ok_or_else(|| ApiError(400, "Invalid value for ?passing".into()))?
+        }
+    };
+    let tags: Vec<String> = query
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let index = index_of(query)?;
+    let wait = wait_of(query)?;
+    let deadline = Instant::now() + wait + jitter(wait);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        let (entries, idx) = lock(&shared.catalog).health_service(name, passing, &tags);
+        if index == 0 || idx > index || Instant::now() >= deadline {
+            let mut r = Reply::json(&Value::Array(entries));
+            r.headers = read_headers(idx, has("stale"));
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return Err(ApiError(500, "agent stopping".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn agent_service(
+    shared: &Shared,
+    agent: &str,
+    id: &str,
+    query: &[(String, String)],
+) -> Result<Reply, ApiError> {
+    let want_hash = query
+        .iter()
+        .find(|(k, _)| k == "hash")
+        .map(|(_, v)| v.clone());
+    let wait = wait_of(query)?;
+    let deadline = Instant::now() + wait + jitter(wait);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        let entry = {
+            let services = lock(&shared.catalog).agent_services(agent);
+            services.get(id).cloned()
+        };
+        let Some(mut entry) = entry else {
+            return Err(ApiError(404, format!("unknown service ID: {id}")));
+        };
+        let hash = content_hash(&entry);
+        let blocked = want_hash.as_deref().is_some_and(|h| h == hash);
+        if !blocked || Instant::now() >= deadline {
+            entry["ContentHash"] = json!(hash);
+            let mut r = Reply::json(&entry);
+            r.headers.push(("X-Consul-ContentHash", hash));
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return Err(ApiError(500, "agent stopping".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// For tests reading bodies: sorted map of an agent's services.
+pub fn ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
