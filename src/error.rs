@@ -120,6 +120,12 @@ pub enum Error {
     /// The node builder was given an inconsistent configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// The discovery service (Consul) refused or failed a request the
+    /// node cannot go on without: registering at start, for example. The
+    /// text carries the status and the agent's own words.
+    #[error("discovery: {0}")]
+    Discovery(String),
 }
 
 impl Error {

@@ -62,6 +62,7 @@ extern crate self as mesh;
 
 mod activation;
 mod actor;
+pub mod discovery;
 mod error;
 mod node;
 pub mod ring;

@@ -124,6 +124,24 @@ impl NodeBuilder {
         self
     }
 
+    /// The address peers are told to dial (gossip, handshake, Consul's
+    /// registration), when it is not the listener's own: a node listening
+    /// on `0.0.0.0:7000` advertises `10.0.0.5:7000`, say.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.cluster_mut().advertise = Some(addr.into());
+        self
+    }
+
+    /// An authoritative discovery, such as [`crate::discovery::Consul`]:
+    /// the node registers with it at start (a refusal fails
+    /// [`NodeBuilder::start`]), and its members are the peers it reports
+    /// healthy that this node can reach. Without one, the static seeds
+    /// and gossip are the discovery.
+    pub fn discovery(mut self, discovery: impl crate::discovery::Discovery) -> Self {
+        self.cluster_mut().discovery = Some(std::sync::Arc::new(discovery));
+        self
+    }
+
     /// The transport: TCP (default) or in-memory pipes for tests.
     pub fn network(mut self, network: Network) -> Self {
         self.cluster_mut().network = network;

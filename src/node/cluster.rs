@@ -7,6 +7,11 @@
 //! So a dead node leaves the membership as soon as its connection drops
 //! (a killed process: at once) or misses pings for `failure_timeout` (a
 //! hung one), and stale gossip cannot bring it back.
+//!
+//! With an authoritative [`Discovery`] (Consul), membership is narrower:
+//! a node is a member while the discovery reports it healthy *and* this
+//! node holds a live connection to it. The discovery's view replaces the
+//! addresses to dial, and gossip is ignored.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -18,6 +23,7 @@ use tokio::task::JoinHandle;
 use super::{NodeInner, WireRoute};
 use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
+use crate::discovery::{Discovery, LocalNode, Peers};
 use crate::ring::shard;
 use crate::transport::memory::MemoryNetwork;
 use crate::transport::{tcp, Connection, Inbound, Listening, Responder, TransportConfig};
@@ -38,7 +44,7 @@ pub enum Network {
 }
 
 /// How a node joins a cluster. Built through [`super::NodeBuilder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClusterConfig {
     pub(crate) name: String,
     pub(crate) cookie: Option<Cookie>,
@@ -49,6 +55,24 @@ pub(crate) struct ClusterConfig {
     pub(crate) failure_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) codec: FrameCodec,
+    /// The address peers are told to dial, when not the listener's own.
+    pub(crate) advertise: Option<String>,
+    pub(crate) discovery: Option<Arc<dyn Discovery>>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("seeds", &self.seeds)
+            .field("network", &self.network)
+            .field("heartbeat", &self.heartbeat)
+            .field("failure_timeout", &self.failure_timeout)
+            .field("discovery", &self.discovery.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ClusterConfig {
@@ -63,6 +87,8 @@ impl Default for ClusterConfig {
             failure_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
             codec: FrameCodec::default(),
+            advertise: None,
+            discovery: None,
         }
     }
 }
@@ -84,6 +110,9 @@ pub(crate) struct Cluster {
     listening: Mutex<Option<Listening>>,
     /// Set by `stop`: connections that complete later are closed at once.
     stopped: std::sync::atomic::AtomicBool,
+    /// With an authoritative discovery: the node ids it reports healthy,
+    /// the only peers that may be members. `None`: static discovery.
+    gate: Mutex<Option<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +123,16 @@ impl Cluster {
     /// The address peers dial to reach this node.
     pub(crate) fn addr(&self) -> &str {
         &self.transport.identity.addr
+    }
+
+    /// The authoritative discovery, if the node has one.
+    pub(crate) fn discovery(&self) -> Option<Arc<dyn Discovery>> {
+        self.cfg.discovery.clone()
+    }
+
+    /// Whether `node` may be a member (the discovery reports it).
+    fn admitted(&self, node: &str) -> bool {
+        lock(&self.gate).as_ref().is_none_or(|g| g.contains(node))
     }
 
     /// A live connection to `node`, if this node holds one.
@@ -171,7 +210,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         }
     };
     if let Some(l) = &listening {
-        transport.identity.addr = l.addr().to_owned();
+        transport.identity.addr = cfg.advertise.clone().unwrap_or_else(|| l.addr().to_owned());
     }
     let cluster = Cluster {
         addrs: Mutex::new(cfg.seeds.iter().cloned().collect()),
@@ -184,6 +223,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         tasks: Mutex::new(Vec::new()),
         listening: Mutex::new(None),
         stopped: std::sync::atomic::AtomicBool::new(false),
+        gate: Mutex::new(None),
     };
     let addr = cluster.addr().to_owned();
     node.membership.send_modify(|m| {
@@ -207,9 +247,85 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
             }
         }));
     }
-    tasks.push(tokio::spawn(heartbeat(Arc::downgrade(node), inbound)));
+    tasks.push(tokio::spawn(heartbeat(
+        Arc::downgrade(node),
+        inbound.clone(),
+    )));
     lock(&cluster.tasks).extend(tasks);
+    if let Some(discovery) = cluster.discovery() {
+        *lock(&cluster.gate) = Some(HashSet::new());
+        let me = LocalNode {
+            cluster: cluster.cfg.name.clone(),
+            node: node.id.to_string(),
+            addr: cluster.addr().to_owned(),
+            capabilities: node.capabilities.clone(),
+            protocol: wire::VERSION,
+        };
+        let (tx, rx) = tokio::sync::watch::channel(Peers::new());
+        if let Err(e) = discovery.start(me, tx).await {
+            cluster.stop();
+            return Err(e);
+        }
+        let follow = tokio::spawn(follow_discovery(Arc::downgrade(node), rx, inbound));
+        lock(&cluster.tasks).push(follow);
+    }
     Ok(())
+}
+
+/// Applies each view of an authoritative discovery.
+async fn follow_discovery(
+    weak: Weak<NodeInner>,
+    mut rx: tokio::sync::watch::Receiver<Peers>,
+    inbound: Arc<dyn Inbound>,
+) {
+    loop {
+        let peers = rx.borrow_and_update().clone();
+        match weak.upgrade() {
+            Some(node) => apply_discovered(&node, &peers, &inbound),
+            None => return,
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The discovery reports exactly `peers` healthy: they become the places
+/// to dial, members it no longer reports leave, connected peers it reports
+/// join, and the others are dialed.
+fn apply_discovered(node: &Arc<NodeInner>, peers: &Peers, inbound: &Arc<dyn Inbound>) {
+    let Some(cluster) = node.cluster.get() else {
+        return;
+    };
+    *lock(&cluster.gate) = Some(peers.keys().cloned().collect());
+    *lock(&cluster.addrs) = peers.values().map(|p| p.addr.clone()).collect();
+    let connected: Vec<Peer> = cluster
+        .connections()
+        .iter()
+        .map(|c| c.peer().clone())
+        .collect();
+    node.update_membership(|m| {
+        let gone: Vec<String> = m
+            .nodes()
+            .filter(|n| *n != &*node.id && !peers.contains_key(*n))
+            .map(str::to_owned)
+            .collect();
+        let mut changed = false;
+        for n in gone {
+            tracing::info!(node = %node.id, peer = %n, "peer down (not healthy in discovery)");
+            changed |= m.remove(&n);
+        }
+        for p in connected.iter().filter(|p| peers.contains_key(&p.node)) {
+            changed |= m.upsert(&p.node, &p.addr, &p.capabilities);
+        }
+        changed
+    });
+    for p in peers.values() {
+        if !connected.iter().any(|c| c.node == p.node) {
+            lock(&cluster.backoff).remove(&p.addr);
+            dial(node, p.addr.clone(), inbound.clone());
+        }
+    }
 }
 
 /// Records a handshaken connection; the peer becomes a member.
@@ -240,11 +356,15 @@ fn add_peer(node: &Arc<NodeInner>, conn: Connection) {
         conns.push(conn.clone());
         cluster.publish(&peers);
     }
-    if !peer.addr.is_empty() {
-        lock(&cluster.addrs).insert(peer.addr.clone());
+    if cluster.admitted(&peer.node) {
+        if !peer.addr.is_empty() && lock(&cluster.gate).is_none() {
+            lock(&cluster.addrs).insert(peer.addr.clone());
+        }
+        node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities));
+        tracing::info!(node = %node.id, peer = %peer.node, "peer up");
+    } else {
+        tracing::debug!(node = %node.id, peer = %peer.node, "connected to a peer discovery does not report (yet)");
     }
-    node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities));
-    tracing::info!(node = %node.id, peer = %peer.node, "peer up");
     let weak = Arc::downgrade(node);
     tokio::spawn(async move {
         conn.closed().await;
@@ -341,7 +461,9 @@ async fn heartbeat(weak: Weak<NodeInner>, inbound: Arc<dyn Inbound>) {
             return;
         };
         let membership = node.membership.borrow().clone();
-        let reached: HashSet<String> = membership.iter().map(|(_, i)| i.addr.clone()).collect();
+        let mut reached: HashSet<String> = membership.iter().map(|(_, i)| i.addr.clone()).collect();
+        // Connected but not (yet) admitted by the discovery: no need to dial.
+        reached.extend(cluster.connections().iter().map(|c| c.peer().addr.clone()));
         let now = tokio::time::Instant::now();
         let to_dial: Vec<String> = {
             let backoff = lock(&cluster.backoff);
@@ -413,6 +535,9 @@ impl Inbound for NodeInbound {
         let Some(cluster) = node.cluster.get() else {
             return;
         };
+        if lock(&cluster.gate).is_some() {
+            return; // the discovery says where peers are
+        }
         let mut new = Vec::new();
         {
             let mut addrs = lock(&cluster.addrs);

@@ -164,6 +164,9 @@ impl Node {
     /// For failure tests and operators; [`Node::shutdown`] is the clean exit.
     pub fn sever(&self) {
         if let Some(cluster) = self.inner.cluster.get() {
+            if let Some(d) = cluster.discovery() {
+                d.halt(); // no heartbeat, no deregistration: as in a crash
+            }
             cluster.stop();
         }
     }
@@ -178,8 +181,15 @@ impl Node {
     pub async fn shutdown(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         inner.shared.begin_shutdown();
-        // Peers see this node leave at once, not after a heartbeat timeout.
+        // Peers see this node leave at once, not after a heartbeat timeout:
+        // the discovery first (heartbeat stopped, then deregistered), then
+        // the connections.
         if let Some(cluster) = inner.cluster.get() {
+            if let Some(d) = cluster.discovery() {
+                if let Err(e) = d.stop().await {
+                    tracing::warn!(node = %inner.id, "leaving discovery: {e}");
+                }
+            }
             cluster.stop();
         }
         for (_, _, acts) in &inner.actors {

@@ -1,0 +1,696 @@
+//! The Consul adapter: registration, a TTL health worker, and discovery
+//! by one blocking query, written to Consul's documented HTTP API
+//! (`shared/reference/consul-api.md`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh::Error> {
+//! use mesh::discovery::Consul;
+//! use mesh::Node;
+//!
+//! // Address and token from CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN, as the
+//! // consul CLI reads them, unless set here.
+//! let consul = Consul::new().heartbeat(std::time::Duration::from_secs(1));
+//! let node = Node::builder()
+//!     .cluster("game")
+//!     .cookie("secret")
+//!     .listen("127.0.0.1:7000")
+//!     .capabilities(["player"])
+//!     .discovery(consul.clone())
+//!     .start()
+//!     .await?;
+//! println!("registered as {:?}", consul.services().await?);
+//! node.shutdown().await // heartbeat stops, then the node deregisters
+//! # }
+//! ```
+//!
+//! What it does, per node:
+//!
+//! - **Registers** one service instance: ID `<service>-<node id>`, Name =
+//!   the service (the cluster name unless [`Consul::service`] says
+//!   otherwise), Tags = the capabilities, Meta `mesh_node`, `mesh_protocol`
+//!   and `mesh_addr` (the RPC address), Address/Port from the RPC address,
+//!   with `?replace-existing-checks`. Its TTL check `service:<ID>` is
+//!   registered *passing* (a new check is critical otherwise, and peers
+//!   would see a new node as dead), with `DeregisterCriticalServiceAfter` so
+//!   a killed node disappears (Consul clamps values under 1 minute up to 1
+//!   minute). A refused registration (a wrong ACL token, say) fails
+//!   [`crate::NodeBuilder::start`] with the agent's own words.
+//! - **Keeps the check passing** from a ractor actor, every heartbeat (TTL
+//!   at least 3x the heartbeat, checked at start). When the agent answers
+//!   404, or 500 "does not have associated TTL", it forgot the node (an
+//!   agent restart): the worker registers again. On other errors it backs
+//!   off, doubling from the heartbeat up to the TTL: at most one request
+//!   per TTL while the agent fails.
+//! - **Discovers** peers with one blocking query on
+//!   `/v1/health/service/<service>?passing`: an entry counts when every
+//!   check (node checks such as `serfHealth` too) passes. The index goes
+//!   back to 0 when it moves backwards; the request timeout is the wait
+//!   plus 1/16 (Consul's jitter) plus 5 s; each answer is diffed into the
+//!   peer view, since a wake-up is only a hint; a token bucket (burst 4,
+//!   then one query per 100 ms) keeps churn from turning the loop into a
+//!   flood. When Consul fails, the node keeps serving on the last view,
+//!   logs once per change of state, and retries with backoff (100 ms
+//!   doubling to 5 s).
+//! - **Leaves** on [`crate::Node::shutdown`]: the worker stops first, then
+//!   the service is deregistered (the other order can re-register a zombie
+//!   with a late heartbeat), then the watch ends and the node closes.
+//!
+//! Only plain `http://` agents are supported: this build carries no TLS
+//! client (the usual setup is a local agent on loopback).
+
+mod api;
+mod health;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use self::api::{segment, Api, ApiError};
+use self::health::{HealthMsg, HealthState, HealthWorker};
+use self::watch::{BlockingIndex, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
+use super::{BoxFuture, Discovery, LocalNode, Peers};
+use crate::Error;
+
+/// The agent address when neither the code nor `CONSUL_HTTP_ADDR` sets one.
+pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+
+/// Settings, all optional; see the setters of [`Consul`].
+#[derive(Debug, Clone)]
+struct Config {
+    address: Option<String>,
+    token: Option<String>,
+    datacenter: Option<String>,
+    service: Option<String>,
+    heartbeat: Duration,
+    ttl: Option<Duration>,
+    deregister_after: Duration,
+    wait: Duration,
+    request_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            address: None,
+            token: None,
+            datacenter: None,
+            service: None,
+            heartbeat: Duration::from_secs(1),
+            ttl: None,
+            deregister_after: Duration::from_secs(60),
+            wait: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running registration.
+struct Running {
+    api: Api,
+    node: String,
+    service_id: String,
+    worker: ActorRef<HealthMsg>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// The Consul discovery adapter. Cheap to clone: give one clone to
+/// [`crate::NodeBuilder::discovery`] and keep another for the operator
+/// functions ([`Consul::services`], [`Consul::info`],
+/// [`Consul::upstreams`]). See the [module docs](self) for what it does.
+#[derive(Clone)]
+pub struct Consul {
+    cfg: Config,
+    running: Arc<Mutex<Option<Running>>>,
+}
+
+impl std::fmt::Debug for Consul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consul")
+            .field("address", &self.cfg.address)
+            .field("token", &self.cfg.token.as_ref().map(|_| "<set>"))
+            .field("datacenter", &self.cfg.datacenter)
+            .field("service", &self.cfg.service)
+            .field("heartbeat", &self.cfg.heartbeat)
+            .field("ttl", &self.effective_ttl())
+            .field("deregister_after", &self.cfg.deregister_after)
+            .field("wait", &self.cfg.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Consul {
+    fn default() -> Self {
+        Consul::new()
+    }
+}
+
+/// An upstream of this node's sidecar, as its registration holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Upstream {
+    /// The service the upstream leads to.
+    pub destination_name: String,
+    /// Where the sidecar listens for it locally (defaults to 127.0.0.1).
+    #[serde(default)]
+    pub local_bind_address: String,
+    /// The local port.
+    #[serde(default)]
+    pub local_bind_port: u16,
+}
+
+/// Writes a duration the way Consul parses it (a Go duration string).
+fn go_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis().max(1))
+    }
+}
+
+/// `CONSUL_HTTP_ADDR` rules: `host:port` means http; only http is served
+/// by this build.
+fn normalize_address(addr: &str) -> Result<String, Error> {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.is_empty() {
+        return Err(Error::Config("empty consul address".into()));
+    }
+    if let Some(rest) = addr.strip_prefix("http://") {
+        return Ok(format!("http://{rest}"));
+    }
+    if addr.starts_with("https://") || addr.starts_with("unix://") {
+        return Err(Error::Config(format!(
+            "consul address {addr:?}: only http:// agents are supported by this build (use the local agent's plain HTTP port)"
+        )));
+    }
+    if addr.contains("://") {
+        return Err(Error::Config(format!(
+            "consul address {addr:?}: unknown scheme"
+        )));
+    }
+    Ok(format!("http://{addr}"))
+}
+
+/// Splits an RPC address into the Address and Port Consul stores.
+fn split_addr(addr: &str) -> Result<(String, u16), Error> {
+    let (host, port) = match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => (sa.ip().to_string(), sa.port()),
+        Err(_) => {
+            let (h, p) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| Error::Config(format!("address {addr:?} has no port")))?;
+            let p = p
+                .parse()
+                .map_err(|_| Error::Config(format!("address {addr:?} has no valid port")))?;
+            (h.trim_matches(['[', ']']).to_owned(), p)
+        }
+    };
+    if host == "0.0.0.0" || host == "::" || host.is_empty() {
+        return Err(Error::Config(format!(
+            "the node listens on {addr}, which peers cannot dial: set NodeBuilder::advertise to a reachable address"
+        )));
+    }
+    Ok((host, port))
+}
+
+/// The body of `PUT /v1/agent/service/register` for `me`.
+fn registration(
+    service: &str,
+    me: &LocalNode,
+    ttl: Duration,
+    deregister_after: Duration,
+) -> Result<(String, String, Value), Error> {
+    let (address, port) = split_addr(&me.addr)?;
+    let id = format!("{service}-{}", me.node);
+    let check_id = format!("service:{id}");
+    let body = json!({
+        "ID": id,
+        "Name": service,
+        "Tags": me.capabilities,
+        "Address": address,
+        "Port": port,
+        "Meta": {
+            META_NODE: me.node,
+            META_PROTOCOL: me.protocol.to_string(),
+            META_ADDR: me.addr,
+        },
+        "Check": {
+            "CheckID": check_id,
+            "Name": "mesh node heartbeat",
+            "TTL": go_duration(ttl),
+            "Status": "passing",
+            "DeregisterCriticalServiceAfter": go_duration(deregister_after),
+        },
+    });
+    Ok((id, check_id, body))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A refused start, in the agent's words, with a hint where one helps.
+fn start_error(what: &str, base: &str, e: &ApiError) -> Error {
+    let hint = match e {
+        ApiError::Status { code: 403, .. } => {
+            " (check the ACL token: Consul::token or CONSUL_HTTP_TOKEN)"
+        }
+        ApiError::Transport(_) => " (is the agent running? Consul::address or CONSUL_HTTP_ADDR)",
+        _ => "",
+    };
+    Error::Discovery(format!("{what} at {base}: {e}{hint}"))
+}
+
+impl Consul {
+    /// An adapter with the defaults: address and token from
+    /// `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` (or
+    /// `CONSUL_HTTP_TOKEN_FILE`) when set, else `http://127.0.0.1:8500`
+    /// and the agent's default token; heartbeat 1 s, TTL 3 s,
+    /// deregister-critical-after 1 minute, blocking wait 20 s.
+    pub fn new() -> Consul {
+        Consul {
+            cfg: Config::default(),
+            running: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The agent's HTTP address: `http://host:port` or `host:port`.
+    pub fn address(mut self, addr: impl Into<String>) -> Self {
+        self.cfg.address = Some(addr.into());
+        self
+    }
+
+    /// The ACL token, sent as `X-Consul-Token`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.cfg.token = Some(token.into());
+        self
+    }
+
+    /// The datacenter to discover peers in (`?dc=`); the agent's own by
+    /// default. Registration always goes to the local agent.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.cfg.datacenter = Some(dc.into());
+        self
+    }
+
+    /// The Consul service name of the cluster; the cluster name by default.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.cfg.service = Some(name.into());
+        self
+    }
+
+    /// How often the health worker passes the TTL check (1 s by default).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.cfg.heartbeat = every;
+        self
+    }
+
+    /// The TTL of the check: at least 3x the heartbeat (the default is
+    /// exactly that), so a stalled beat or two does not flap the node.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.cfg.ttl = Some(ttl);
+        self
+    }
+
+    /// `DeregisterCriticalServiceAfter`: how long Consul keeps a node whose
+    /// check is critical (1 minute by default; Consul's floor is 1 minute).
+    pub fn deregister_critical_after(mut self, after: Duration) -> Self {
+        self.cfg.deregister_after = after;
+        self
+    }
+
+    /// The `wait` of the blocking query (20 s by default; Consul caps it
+    /// at 10 minutes).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.cfg.wait = wait;
+        self
+    }
+
+    /// Timeout of each request that does not block (5 s by default).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.request_timeout = timeout;
+        self
+    }
+
+    fn effective_ttl(&self) -> Duration {
+        self.cfg.ttl.unwrap_or(self.cfg.heartbeat * 3)
+    }
+
+    /// The agent address and token this adapter uses: the ones set in
+    /// code, else the consul CLI's environment variables.
+    fn resolved(&self) -> Result<(String, Option<String>), Error> {
+        let addr = match &self.cfg.address {
+            Some(a) => a.clone(),
+            None => std::env::var("CONSUL_HTTP_ADDR")
+                .ok()
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned()),
+        };
+        let token = match &self.cfg.token {
+            Some(t) => Some(t.clone()),
+            None => match std::env::var("CONSUL_HTTP_TOKEN") {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => match std::env::var("CONSUL_HTTP_TOKEN_FILE") {
+                    Ok(path) if !path.is_empty() => Some(
+                        std::fs::read_to_string(&path)
+                            .map_err(|e| {
+                                Error::Config(format!("CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
+                            })?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    _ => None,
+                },
+            },
+        };
+        Ok((normalize_address(&addr)?, token.filter(|t| !t.is_empty())))
+    }
+
+    fn api(&self) -> Result<Api, Error> {
+        if let Some(r) = lock(&self.running).as_ref() {
+            return Ok(r.api.clone());
+        }
+        let (base, token) = self.resolved()?;
+        Api::new(
+            base,
+            token,
+            self.cfg.datacenter.clone(),
+            self.cfg.request_timeout,
+        )
+        .map_err(Error::Config)
+    }
+
+    /// The ID this node registered under, while it runs.
+    pub fn service_id(&self) -> Option<String> {
+        lock(&self.running).as_ref().map(|r| r.service_id.clone())
+    }
+
+    /// Stops (`true`) or resumes (`false`) passing the TTL check, leaving
+    /// everything else running: the check expires after the TTL and peers
+    /// drop this node, as they would a hung one. For failure drills and
+    /// tests; [`crate::Node::shutdown`] is the clean way out.
+    pub fn pause_heartbeat(&self, paused: bool) {
+        if let Some(r) = lock(&self.running).as_ref() {
+            let _ = r.worker.send_message(HealthMsg::Pause(paused));
+        }
+    }
+
+    /// Operator function: the IDs of the services the local agent holds
+    /// for this node (its registration, and its sidecar once one is
+    /// registered), read from `GET /v1/agent/services`.
+    pub async fn services(&self) -> Result<Vec<String>, Error> {
+        let api = self.api()?;
+        let node = lock(&self.running).as_ref().map(|r| r.node.clone());
+        let Some(node) = node else {
+            return Err(Error::NotStarted);
+        };
+        let (all, _): (BTreeMap<String, Value>, _) = api
+            .get("agent/services", &[], None)
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, s)| s["Meta"][META_NODE].as_str() == Some(&node))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Operator function: a registration as the agent holds it
+    /// (`GET /v1/agent/service/<id>`), as JSON.
+    pub async fn info(&self, service_id: &str) -> Result<Value, Error> {
+        let api = self.api()?;
+        let path = format!("agent/service/{}", segment(service_id));
+        api.get(&path, &[], None)
+            .await
+            .map(|(v, _)| v)
+            .map_err(|e| Error::Discovery(e.to_string()))
+    }
+
+    /// Operator function: the upstreams of this node's sidecar
+    /// registration (`<id>-sidecar-proxy`); empty while the node has none.
+    pub async fn upstreams(&self) -> Result<Vec<Upstream>, Error> {
+        let Some(id) = self.service_id() else {
+            return Err(Error::NotStarted);
+        };
+        let api = self.api()?;
+        let (all, _): (BTreeMap<String, Value>, _) = api
+            .get("agent/services", &[], None)
+            .await
+            .map_err(|e| Error::Discovery(e.to_string()))?;
+        let mut out = Vec::new();
+        for s in all.values() {
+            let proxy = &s["Proxy"];
+            if s["Kind"] == "connect-proxy" && proxy["DestinationServiceID"] == id.as_str() {
+                if let Some(ups) = proxy["Upstreams"].as_array() {
+                    for u in ups {
+                        let u: Upstream = serde_json::from_value(u.clone())
+                            .map_err(|e| Error::Discovery(format!("upstream of {id}: {e}")))?;
+                        out.push(u);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn start_inner(
+        &self,
+        me: LocalNode,
+        peers: tokio::sync::watch::Sender<Peers>,
+    ) -> Result<(), Error> {
+        let ttl = self.effective_ttl();
+        if self.cfg.heartbeat.is_zero() || ttl < self.cfg.heartbeat * 3 {
+            return Err(Error::Config(format!(
+                "consul TTL {ttl:?} must be at least 3x the heartbeat {:?}",
+                self.cfg.heartbeat
+            )));
+        }
+        if lock(&self.running).is_some() {
+            return Err(Error::Config(
+                "this Consul adapter is already started".into(),
+            ));
+        }
+        let (base, token) = self.resolved()?;
+        let api = Api::new(
+            base.clone(),
+            token,
+            self.cfg.datacenter.clone(),
+            self.cfg.request_timeout,
+        )
+        .map_err(Error::Config)?;
+        let service = self
+            .cfg
+            .service
+            .clone()
+            .unwrap_or_else(|| me.cluster.clone());
+        let (id, check_id, body) = registration(&service, &me, ttl, self.cfg.deregister_after)?;
+        health::register(&api, &body)
+            .await
+            .map_err(|e| start_error(&format!("registering {id}"), &base, &e))?;
+        let cfg = WatchConfig {
+            service,
+            me: me.node.clone(),
+            protocol: me.protocol,
+            wait: self.cfg.wait,
+            burst: 4,
+            period: Duration::from_millis(100),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        };
+        // The first view before the node returns from start.
+        let mut index = BlockingIndex::default();
+        let first = watch::fetch(&api, &cfg, 0).await;
+        let entries = match first {
+            Ok((entries, returned)) => {
+                index.observe(returned);
+                entries
+            }
+            Err(e) => {
+                let _ = deregister(&api, &id).await;
+                return Err(start_error("reading the peers", &base, &e));
+            }
+        };
+        watch::publish(
+            &peers,
+            watch::peers_from_health(entries, &me.node, me.protocol).0,
+        );
+        let state = HealthState {
+            api: api.clone(),
+            node: me.node.clone(),
+            check_id,
+            registration: body,
+            interval: self.cfg.heartbeat,
+            max_backoff: ttl,
+            failures: 0,
+            paused: false,
+        };
+        let (worker, _) = match Actor::spawn(None, HealthWorker, state).await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = deregister(&api, &id).await;
+                return Err(Error::Discovery(format!(
+                    "cannot start the health worker: {e}"
+                )));
+            }
+        };
+        let watch = tokio::spawn(watch::run(api.clone(), cfg, index, peers));
+        tracing::info!(node = %me.node, service_id = %id, consul = %base, "registered with consul");
+        *lock(&self.running) = Some(Running {
+            api,
+            node: me.node,
+            service_id: id,
+            worker,
+            watch,
+        });
+        Ok(())
+    }
+
+    async fn stop_inner(&self) -> Result<(), Error> {
+        let Some(r) = lock(&self.running).take() else {
+            return Ok(());
+        };
+        // Heartbeat first: a beat after the deregistration would register
+        // a zombie again.
+        if let Err(e) = r
+            .worker
+            .stop_and_wait(None, Some(self.cfg.request_timeout * 2))
+            .await
+        {
+            tracing::warn!(node = %r.node, "consul health worker did not stop cleanly: {e}");
+            r.worker.kill();
+        }
+        let result = deregister(&r.api, &r.service_id).await;
+        r.watch.abort();
+        match result {
+            Ok(()) => {
+                tracing::info!(node = %r.node, service_id = %r.service_id, "deregistered from consul");
+                Ok(())
+            }
+            Err(e) => Err(Error::Discovery(format!(
+                "deregistering {} at {}: {e}",
+                r.service_id,
+                r.api.base()
+            ))),
+        }
+    }
+}
+
+/// `PUT /v1/agent/service/deregister/<id>`; an unknown ID (404) means
+/// it is gone already, which is what was asked.
+async fn deregister(api: &Api, id: &str) -> Result<(), ApiError> {
+    let path = format!("agent/service/deregister/{}", segment(id));
+    match api.put(&path, &[], None).await {
+        Err(ApiError::Status { code: 404, .. }) => Ok(()),
+        other => other,
+    }
+}
+
+impl Discovery for Consul {
+    fn start(
+        &self,
+        me: LocalNode,
+        peers: tokio::sync::watch::Sender<Peers>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.start_inner(me, peers))
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.stop_inner())
+    }
+
+    fn halt(&self) {
+        if let Some(r) = lock(&self.running).take() {
+            r.worker.kill();
+            r.watch.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration(Duration::from_secs(3)), "3s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(go_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(go_duration(Duration::from_micros(10)), "1ms");
+    }
+
+    #[test]
+    fn addresses_follow_the_cli_rules() {
+        assert_eq!(
+            normalize_address("127.0.0.1:8500").ok(),
+            Some("http://127.0.0.1:8500".into())
+        );
+        assert_eq!(
+            normalize_address("http://consul:8500/").ok(),
+            Some("http://consul:8500".into())
+        );
+        assert!(matches!(
+            normalize_address("https://consul:8501"),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            normalize_address("unix:///tmp/c.sock"),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(normalize_address(""), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn the_registration_follows_the_design() {
+        let me = LocalNode {
+            cluster: "game".into(),
+            node: "a".into(),
+            addr: "10.0.0.5:7000".into(),
+            capabilities: vec!["player".into(), "room".into()],
+            protocol: 1,
+        };
+        let (id, check, body) =
+            registration("game", &me, Duration::from_secs(3), Duration::from_secs(60))
+                .expect("valid");
+        assert_eq!(id, "game-a");
+        assert_eq!(check, "service:game-a");
+        assert_eq!(
+            body,
+            json!({
+                "ID": "game-a", "Name": "game", "Tags": ["player", "room"],
+                "Address": "10.0.0.5", "Port": 7000,
+                "Meta": {"mesh_node": "a", "mesh_protocol": "1", "mesh_addr": "10.0.0.5:7000"},
+                "Check": {"CheckID": "service:game-a", "Name": "mesh node heartbeat",
+                    "TTL": "3s", "Status": "passing", "DeregisterCriticalServiceAfter": "60s"}
+            })
+        );
+        let unroutable = LocalNode {
+            addr: "0.0.0.0:7000".into(),
+            ..me.clone()
+        };
+        assert!(matches!(
+            registration(
+                "game",
+                &unroutable,
+                Duration::from_secs(3),
+                Duration::from_secs(60)
+            ),
+            Err(Error::Config(_))
+        ));
+        let named = LocalNode {
+            addr: "node-a.internal:7000".into(),
+            ..me
+        };
+        let (_, _, body) = registration(
+            "game",
+            &named,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+        .expect("valid");
+        assert_eq!(body["Address"], "node-a.internal");
+    }
+}

@@ -1,0 +1,81 @@
+//! Discovery: where a clustered node learns which peers exist.
+//!
+//! Two kinds, as DESIGN.md section 6 lays out:
+//!
+//! - **Static** (the embedded default, built into the cluster layer): a
+//!   seed list, addresses gossiped over the wire, failure detection by
+//!   heartbeats. No [`Discovery`] is set for it.
+//! - **Authoritative** discovery, a [`Discovery`] given to
+//!   [`crate::NodeBuilder::discovery`], such as [`Consul`]: it registers
+//!   the node, and reports the full set of healthy peers whenever it
+//!   changes. A peer is then a member of the routing view only while the
+//!   discovery reports it **and** this node holds a live connection to it;
+//!   gossip is not used to find peers.
+//!
+//! The boundary is small on purpose (Meshx's ServiceMesh behaviour: start,
+//! stop, list): an adapter for another registry implements [`Discovery`].
+
+pub mod consul;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::watch;
+
+use crate::Error;
+
+pub use consul::Consul;
+
+/// A boxed future, as [`Discovery`]'s methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a node publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNode {
+    /// The cluster name (Consul: the service name, unless set otherwise).
+    pub cluster: String,
+    /// The node id, unique in the cluster.
+    pub node: String,
+    /// The address peers dial (`host:port`).
+    pub addr: String,
+    /// The capabilities the node hosts.
+    pub capabilities: Vec<String>,
+    /// The wire protocol version the node speaks.
+    pub protocol: u8,
+}
+
+/// A peer as the discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredPeer {
+    /// The peer's node id.
+    pub node: String,
+    /// Where to dial it (`host:port`).
+    pub addr: String,
+    /// The capabilities it registered.
+    pub capabilities: Vec<String>,
+}
+
+/// The healthy peers by node id, without the local node. Each value sent
+/// replaces the previous one whole.
+pub type Peers = BTreeMap<String, DiscoveredPeer>;
+
+/// An authoritative source of peers. See the [module docs](self).
+pub trait Discovery: Send + Sync + 'static {
+    /// Registers `me` and starts watching. Each full view of the healthy
+    /// peers is sent on `peers`. Fails when the registry refuses the node
+    /// (wrong token, unreachable at start): the node does not start.
+    fn start(&self, me: LocalNode, peers: watch::Sender<Peers>)
+        -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Leaves cleanly: stops keeping the registration alive, *then*
+    /// deregisters (the other order lets a late heartbeat re-register a
+    /// zombie), then stops watching. Called by [`crate::Node::shutdown`]
+    /// before the node closes its connections.
+    fn stop(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Stops every background task at once and leaves the registration
+    /// behind, as a crash would ([`crate::Node::sever`]): the registry
+    /// finds out by itself (a TTL running out).
+    fn halt(&self);
+}
