@@ -62,6 +62,8 @@ struct Shared {
     acl: Mutex<Option<Acl>>,
     fail: Mutex<Option<(u16, String)>>,
     log: Mutex<Vec<Logged>>,
+    /// Bumped on every request logged.
+    logged: watch::Sender<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl TestConsul {
             acl: Mutex::new(None),
             fail: Mutex::new(None),
             log: Mutex::new(Vec::new()),
+            logged: watch::channel(0).0,
         });
         let mut list = Vec::new();
         for i in 0..agents {
@@ -215,6 +218,31 @@ impl TestConsul {
             .filter(|l| &l.agent == name && l.path.starts_with(prefix))
             .map(|l| l.at)
             .collect()
+    }
+
+    /// Waits until agent `i` has seen `n` requests whose path starts with
+    /// `prefix` since `since`, and returns when they arrived.
+    pub async fn wait_requests(
+        &self,
+        i: usize,
+        prefix: &str,
+        since: Instant,
+        n: usize,
+    ) -> Vec<Instant> {
+        let mut rx = self.shared.logged.subscribe();
+        loop {
+            let seen: Vec<Instant> = self
+                .requests(i, prefix)
+                .into_iter()
+                .filter(|at| *at > since)
+                .collect();
+            if seen.len() >= n {
+                return seen;
+            }
+            if rx.changed().await.is_err() {
+                return seen;
+            }
+        }
     }
 
     /// Waits until `f` holds of the catalog, re-checking on every change.
@@ -436,6 +464,7 @@ async fn handle(
         query: query_str,
         at: Instant::now(),
     });
+    shared.logged.send_modify(|n| *n += 1);
     let token = token_of(&req, &query);
     let acl_mode = lock(&shared.acl).is_some();
     let injected = lock(&shared.fail).clone();

@@ -1,0 +1,425 @@
+//! Nodes using the Consul adapter against the test agent (real HTTP, real
+//! TCP between nodes): discovery, routing, TTL failure, agent restart,
+//! agent outage, ACL refusal, index going backwards, backoff, shutdown.
+
+#[path = "support/consul_agent.rs"]
+mod consul_agent;
+#[path = "support/consul_catalog.rs"]
+mod consul_catalog;
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use consul_agent::{Acl, TestConsul, Token};
+use consul_catalog::{Status, TimeScale};
+use mesh::discovery::Consul;
+use mesh::prelude::*;
+
+/// Guards a step that must finish long before any deadline involved.
+async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("did not finish within 30 s")
+}
+
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Player {
+    score: u64,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+struct Score(u64);
+
+#[mesh::handlers]
+impl Player {
+    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
+        self.score += n;
+        (ctx.node().id().to_owned(), self.score)
+    }
+}
+
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const TTL: Duration = Duration::from_millis(300);
+
+/// DeregisterCriticalServiceAfter's 1 minute floor becomes 600 ms.
+fn time() -> TimeScale {
+    TimeScale {
+        ttl: 1.0,
+        deregister: 0.01,
+    }
+}
+
+fn adapter(consul: &TestConsul, agent: usize) -> Consul {
+    Consul::new()
+        .address(consul.url(agent))
+        .heartbeat(HEARTBEAT)
+        .ttl(TTL)
+        .wait(Duration::from_secs(5))
+}
+
+async fn start(name: &str, consul: Consul) -> Result<Node, mesh::Error> {
+    Node::builder()
+        .name(name)
+        .cluster("game")
+        .cookie("test-cookie")
+        .listen("127.0.0.1:0")
+        .capabilities(["game"])
+        .actor::<Player>()
+        .default_node(false)
+        .discovery(consul)
+        .start()
+        .await
+}
+
+/// Waits until `node`'s membership is exactly `want`.
+async fn members(node: &Node, want: &[&str]) {
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let mut rx = node.membership_changes();
+    soon(rx.wait_for(|m| {
+        let mut have: Vec<String> = m.nodes().map(str::to_owned).collect();
+        have.sort();
+        have == want
+    }))
+    .await
+    .expect("membership watch open");
+}
+
+struct Three {
+    consul: TestConsul,
+    adapters: Vec<Consul>,
+    nodes: Vec<Node>,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// Three nodes, each on its own simulated agent, all discovered.
+async fn three() -> Three {
+    let consul = TestConsul::start(3, time()).await;
+    let mut adapters = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let a = adapter(&consul, i);
+        nodes.push(start(name, a.clone()).await.expect("node starts"));
+        adapters.push(a);
+    }
+    for n in &nodes {
+        members(n, &NAMES).await;
+    }
+    Three {
+        consul,
+        adapters,
+        nodes,
+    }
+}
+
+/// Ids of players owned by `owner`, as `by` routes them.
+fn owned_by(by: &Node, owner: &str, n: usize) -> Vec<String> {
+    (0..10_000)
+        .map(|i| format!("p{i}"))
+        .filter(|id| by.owner_of::<Player>(id).ok().as_deref() == Some(owner))
+        .take(n)
+        .collect()
+}
+
+/// Calls every id from every node: each call must succeed on its owner.
+async fn calls_succeed(nodes: &[&Node], ids: &[String]) {
+    for node in nodes {
+        for id in ids {
+            let (served_by, _) = soon(node.call::<Player, _>(id, Score(1)).into_future())
+                .await
+                .unwrap_or_else(|e| panic!("{} calling {id}: {e}", node.id()));
+            assert_eq!(served_by, node.owner_of::<Player>(id).expect("owner"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_discover_each_other_and_route_calls() {
+    let t = three().await;
+    // Registration as DESIGN.md section 6 says, read back from the agent.
+    let holds = t.consul.with_catalog(|c| {
+        let node = &c.nodes["agent-1"];
+        let s = node.services["game-b"].clone();
+        let check = node.checks["service:game-b"].clone();
+        (s, check)
+    });
+    assert_eq!(holds.0.name, "game");
+    assert_eq!(holds.0.tags, ["game"]);
+    assert_eq!(holds.0.meta["mesh_node"], "b");
+    assert_eq!(holds.0.meta["mesh_protocol"], "1");
+    assert_eq!(
+        holds.0.meta["mesh_addr"],
+        format!("{}:{}", holds.0.address, holds.0.port)
+    );
+    assert_eq!(holds.1.status, Status::Passing, "registered passing");
+    assert_eq!(holds.1.ttl.map(|(t, _)| t), Some(TTL));
+    assert_eq!(holds.1.deregister_after, Some(Duration::from_millis(600)));
+    // Operator functions.
+    assert_eq!(t.adapters[1].services().await.expect("list"), ["game-b"]);
+    let info = t.adapters[1].info("game-b").await.expect("info");
+    assert_eq!(info["Service"], "game");
+    assert_eq!(info["Meta"]["mesh_node"], "b");
+    assert!(info["ContentHash"].is_string());
+    assert_eq!(t.adapters[1].upstreams().await.expect("upstreams"), []);
+    assert!(t.adapters[1].info("nope").await.is_err());
+    // Calls from every node reach every owner.
+    let mut ids = Vec::new();
+    for owner in NAMES {
+        ids.extend(owned_by(&t.nodes[0], owner, 5));
+    }
+    let refs: Vec<&Node> = t.nodes.iter().collect();
+    calls_succeed(&refs, &ids).await;
+}
+
+#[tokio::test]
+async fn a_node_whose_heartbeat_stops_is_dropped_and_its_shards_move() {
+    let t = three().await;
+    let (a, b) = (&t.nodes[0], &t.nodes[1]);
+    let lost = owned_by(a, "c", 10);
+    calls_succeed(&[a, b], &lost).await;
+    t.adapters[2].pause_heartbeat(true);
+    // The TTL runs out, the check goes critical, the others drop c.
+    members(a, &["a", "b"]).await;
+    members(b, &["a", "b"]).await;
+    let check = t
+        .consul
+        .with_catalog(|c| c.nodes["agent-2"].checks["service:game-c"].clone());
+    assert_eq!(check.status, Status::Critical);
+    assert_eq!(check.output, "TTL expired");
+    // c's shards are served by a and b now.
+    for id in &lost {
+        assert_ne!(a.owner_of::<Player>(id).expect("owner"), "c");
+    }
+    calls_succeed(&[a, b], &lost).await;
+    // Passing again: c is back, and owns its shards again.
+    t.adapters[2].pause_heartbeat(false);
+    members(a, &["a", "b", "c"]).await;
+    members(b, &["a", "b", "c"]).await;
+    assert_eq!(a.owner_of::<Player>(&lost[0]).expect("owner"), "c");
+}
+
+#[tokio::test]
+async fn nodes_register_again_after_an_agent_restart() {
+    let t = three().await;
+    let registers_before = t.consul.requests(1, "agent/service/register").len();
+    t.consul.restart_agent(1);
+    // The worker's next pass gets 404 and registers again, by itself.
+    soon(t.consul.until(|c| {
+        c.nodes["agent-1"]
+            .checks
+            .get("service:game-b")
+            .is_some_and(|k| k.status == Status::Passing)
+    }))
+    .await;
+    assert!(t.consul.requests(1, "agent/service/register").len() > registers_before);
+    for n in &t.nodes {
+        members(n, &NAMES).await;
+    }
+    let ids = owned_by(&t.nodes[0], "b", 5);
+    let refs: Vec<&Node> = t.nodes.iter().collect();
+    calls_succeed(&refs, &ids).await;
+}
+
+#[tokio::test]
+async fn the_cluster_keeps_serving_while_the_agents_are_down_and_recovers() {
+    let t = three().await;
+    let mut ids = Vec::new();
+    for owner in NAMES {
+        ids.extend(owned_by(&t.nodes[0], owner, 3));
+    }
+    let refs: Vec<&Node> = t.nodes.iter().collect();
+    for i in 0..3 {
+        t.consul.stop_agent(i);
+    }
+    // Every TTL runs out in the catalog meanwhile (the servers live on).
+    soon(t.consul.until(|c| {
+        c.nodes
+            .values()
+            .flat_map(|n| n.checks.values())
+            .all(|k| k.status == Status::Critical)
+    }))
+    .await;
+    // The nodes cannot reach consul, keep the last view, and serve.
+    for n in &t.nodes {
+        assert_eq!(n.membership().len(), 3, "{} kept its view", n.id());
+    }
+    calls_succeed(&refs, &ids).await;
+    for i in 0..3 {
+        t.consul.start_agent(i).await;
+    }
+    // Heartbeats pass again by themselves; discovery resumes.
+    soon(t.consul.until(|c| {
+        c.nodes
+            .values()
+            .flat_map(|n| n.checks.values())
+            .all(|k| k.status == Status::Passing)
+    }))
+    .await;
+    for n in &t.nodes {
+        members(n, &NAMES).await;
+    }
+    calls_succeed(&refs, &ids).await;
+}
+
+#[tokio::test]
+async fn a_wrong_acl_token_is_a_clear_error_at_start() {
+    let consul = TestConsul::start(1, time()).await;
+    let mut acl = Acl::default();
+    acl.tokens.insert(
+        "good".into(),
+        Token {
+            accessor: "acc-good".into(),
+            write: vec!["game".into()],
+        },
+    );
+    consul.set_acl(Some(acl));
+    let err = start("a", adapter(&consul, 0).token("bad"))
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(matches!(err, mesh::Error::Discovery(_)), "{err:?}");
+    assert!(
+        text.contains("403") && text.contains("ACL not found"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CONSUL_HTTP_TOKEN"),
+        "says where the token comes from: {text}"
+    );
+    let err = start("a", adapter(&consul, 0)).await.expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("anonymous token lacks permission 'service:write' on \"game\""),
+        "{err}"
+    );
+    // Nothing was left registered by the refused starts; the right token works.
+    assert!(consul.with_catalog(|c| c.nodes["agent-0"].services.is_empty()));
+    let node = start("a", adapter(&consul, 0).token("good"))
+        .await
+        .expect("starts with the right token");
+    node.shutdown().await.expect("shutdown");
+    assert!(consul.with_catalog(|c| c.nodes["agent-0"].services.is_empty()));
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_or_bad_settings_fail_the_start() {
+    let consul = TestConsul::start(1, time()).await;
+    consul.stop_agent(0);
+    let err = start("a", adapter(&consul, 0)).await.expect_err("no agent");
+    assert!(err.to_string().contains("is the agent running"), "{err}");
+    let err = start("a", adapter(&consul, 0).ttl(Duration::from_millis(200)))
+        .await
+        .expect_err("TTL under 3x the heartbeat");
+    assert!(matches!(err, mesh::Error::Config(_)), "{err:?}");
+    let err = start("a", Consul::new().address("https://127.0.0.1:8501"))
+        .await
+        .expect_err("no TLS client");
+    assert!(matches!(err, mesh::Error::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_index_going_backwards_is_handled() {
+    let t = three().await;
+    // The index drops below what every watch blocks on (as a failover to
+    // a server that is behind can make it), then a node joins.
+    let reset_at = tokio::time::Instant::now();
+    t.consul.reset_index(1);
+    let d = start("d", adapter(&t.consul, 0)).await.expect("d starts");
+    for n in t.nodes.iter().chain([&d]) {
+        members(n, &["a", "b", "c", "d"]).await;
+    }
+    // The watches started over (an index=0 query after the drop).
+    let log = t.consul.log();
+    assert!(
+        log.iter()
+            // b and c (d registers at agent-0 and asks without an index)
+            .filter(|l| l.agent != "agent-0" && l.at > reset_at)
+            .filter(|l| l.path.starts_with("health/service/game"))
+            .any(|l| !l.query.contains("index=")),
+        "b and c asked again without an index after the reset"
+    );
+    d.shutdown().await.expect("shutdown");
+    for n in &t.nodes {
+        members(n, &NAMES).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failing_agent_is_not_flooded() {
+    let t = three().await;
+    t.consul
+        .fail_with(Some((500, "rpc error making call: No cluster leader")));
+    let from = tokio::time::Instant::now();
+    // Let the worker fail a few times (awaiting the agent's own log).
+    soon(t.consul.wait_requests(0, "agent/check/pass/", from, 4)).await;
+    t.consul.fail_with(None);
+    let beats = t
+        .consul
+        .wait_requests(0, "agent/check/pass/", from, 4)
+        .await;
+    // After the first failure, each try waits at least twice the
+    // heartbeat (doubling, capped at the TTL).
+    for w in beats.windows(2).skip(1) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= HEARTBEAT * 2 - Duration::from_millis(10),
+            "gap {gap:?}"
+        );
+    }
+    let watches: Vec<_> = t
+        .consul
+        .requests(0, "health/service/")
+        .into_iter()
+        .filter(|at| *at > from)
+        .collect();
+    for w in watches.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(90),
+            "watch retried after {:?}",
+            w[1] - w[0]
+        );
+    }
+    // Recovered: passing and all members again.
+    for n in &t.nodes {
+        members(n, &NAMES).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_heartbeat_then_deregisters() {
+    let t = three().await;
+    let c = &t.nodes[2];
+    c.shutdown().await.expect("shutdown");
+    assert!(t
+        .consul
+        .with_catalog(|cat| cat.nodes["agent-2"].services.is_empty()));
+    let log = t.consul.log();
+    let dereg = log
+        .iter()
+        .position(|l| l.agent == "agent-2" && l.path.starts_with("agent/service/deregister/game-c"))
+        .expect("deregistered");
+    assert!(
+        !log[dereg..]
+            .iter()
+            .any(|l| l.agent == "agent-2" && l.path.starts_with("agent/check/pass/")),
+        "no heartbeat after the deregistration"
+    );
+    members(&t.nodes[0], &["a", "b"]).await;
+    members(&t.nodes[1], &["a", "b"]).await;
+    assert_eq!(t.adapters[2].services().await, Err(mesh::Error::NotStarted));
+}
+
+#[tokio::test]
+async fn a_killed_node_is_dropped_and_then_reaped_from_consul() {
+    let t = three().await;
+    t.nodes[2].sever(); // as a crash: no deregistration
+    members(&t.nodes[0], &["a", "b"]).await;
+    // DeregisterCriticalServiceAfter (1 minute floor, scaled to 600 ms)
+    // removes the registration a crash left behind.
+    soon(t.consul.until(|c| c.nodes["agent-2"].services.is_empty())).await;
+    let ids = owned_by(&t.nodes[0], "b", 3);
+    calls_succeed(&[&t.nodes[0], &t.nodes[1]], &ids).await;
+}
