@@ -165,6 +165,18 @@ async fn three_nodes_discover_each_other_and_route_calls() {
     assert!(info["ContentHash"].is_string());
     assert_eq!(t.adapters[1].upstreams().await.expect("upstreams"), []);
     assert!(t.adapters[1].info("nope").await.is_err());
+    // Every member is known with the address it listens on, whichever
+    // side dialed.
+    for n in &t.nodes {
+        for (peer, info) in n.membership().iter() {
+            assert!(
+                info.addr.starts_with("127.0.0.1:"),
+                "{} sees {peer} at {:?}",
+                n.id(),
+                info.addr
+            );
+        }
+    }
     // Calls from every node reach every owner.
     let mut ids = Vec::new();
     for owner in NAMES {

@@ -195,6 +195,9 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         addr: String::new(),
     };
     let mut transport = TransportConfig::new(identity, cookie.clone());
+    if let Some(a) = &cfg.advertise {
+        transport.identity.addr = a.clone();
+    }
     transport.codec = cfg.codec;
     transport.handshake_timeout = cfg.handshake_timeout;
     let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound(Arc::downgrade(node)));

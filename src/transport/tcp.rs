@@ -23,6 +23,12 @@ pub async fn listen(
         .local_addr()
         .map_err(|e| Error::Config(format!("no local address: {e}")))?
         .to_string();
+    // The handshake tells dialers where this node listens: the bound
+    // address, unless the caller advertises another.
+    let mut cfg = cfg;
+    if cfg.identity.addr.is_empty() {
+        cfg.identity.addr = local.clone();
+    }
     let (tx, accepted) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {
