@@ -18,45 +18,8 @@ use std::time::Duration;
 use clap::Parser;
 use mesh::prelude::*;
 
-/// A player: lives on a node hosting `game`.
-#[derive(Actor, Default)]
-#[actor(capability = "game")]
-pub struct Player {
-    score: u64,
-}
-
-/// Adds to a player's score; replies with the serving node and the score.
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-pub struct Score(pub u64);
-
-#[mesh::handlers]
-impl Player {
-    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
-        self.score += n;
-        (ctx.node().id().to_owned(), self.score)
-    }
-}
-
-/// A chat room: lives on a node hosting `chat`.
-#[derive(Actor, Default)]
-#[actor(capability = "chat")]
-pub struct Room {
-    lines: u64,
-}
-
-/// Posts a line; replies with the serving node and the line count.
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-pub struct Say(pub String);
-
-#[mesh::handlers]
-impl Room {
-    async fn say(&mut self, _: Say, ctx: &Ctx) -> (String, u64) {
-        self.lines += 1;
-        (ctx.node().id().to_owned(), self.lines)
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
 
 /// One mesh node of the example cluster. The cookie comes from MESH_COOKIE.
 #[derive(Parser, Debug)]
@@ -93,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cookie = std::env::var("MESH_COOKIE")
         .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
-    let mut builder = Node::builder()
+    let builder = Node::builder()
         .name(&args.name)
         .cluster(&args.cluster)
         .cookie(cookie)
@@ -101,45 +64,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .seeds(args.seeds.iter().cloned())
         .heartbeat(heartbeat, heartbeat * 4)
         .capabilities(args.capabilities.iter().cloned());
-    if args.capabilities.iter().any(|c| c == "game") {
-        builder = builder.actor::<Player>();
-    }
-    if args.capabilities.iter().any(|c| c == "chat") {
-        builder = builder.actor::<Room>();
-    }
-    let node = builder.start().await?;
+    let node = common::actors(builder, &args.capabilities).start().await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));
-
-    let mut changes = node.membership_changes();
-    let watcher = tokio::spawn(async move {
-        loop {
-            let members: Vec<String> = changes
-                .borrow_and_update()
-                .nodes()
-                .map(str::to_owned)
-                .collect();
-            println!("members: {}", members.join(", "));
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-
+    let watcher = common::print_membership(&node);
     if args.drive > 0 {
-        let mut changes = node.membership_changes();
-        changes.wait_for(|m| m.len() >= args.expect).await?;
-        for i in 0..args.drive {
-            let id = format!("player-{i}");
-            match node.call::<Player, _>(&id, Score(1)).await {
-                Ok((on, score)) => println!("{id} lives on {on} (score {score})"),
-                Err(e) => println!("{id}: {e}"),
-            }
-            let id = format!("room-{i}");
-            match node.call::<Room, _>(&id, Say("hello".into())).await {
-                Ok((on, lines)) => println!("{id} lives on {on} ({lines} lines)"),
-                Err(e) => println!("{id}: {e}"),
-            }
-        }
+        common::drive(&node, args.expect, args.drive).await?;
     }
 
     tokio::signal::ctrl_c().await?;

@@ -104,8 +104,16 @@ impl TestConsul {
     /// Starts `agents` simulated agents (nodes `agent-0`, `agent-1`, ...)
     /// on `127.0.0.1:0`.
     pub async fn start(agents: usize, time: TimeScale) -> TestConsul {
+        let addrs = vec!["127.0.0.1:0".to_owned(); agents];
+        Self::start_at(&addrs, time)
+            .await
+            .expect("bind the test agents")
+    }
+
+    /// Starts one simulated agent per address.
+    pub async fn start_at(addrs: &[String], time: TimeScale) -> std::io::Result<TestConsul> {
         let mut catalog = Catalog::new(time);
-        for i in 0..agents {
+        for i in 0..addrs.len() {
             catalog.add_node(&format!("agent-{i}"), "127.0.0.1");
         }
         let shared = Arc::new(Shared {
@@ -117,12 +125,10 @@ impl TestConsul {
             logged: watch::channel(0).0,
         });
         let mut list = Vec::new();
-        for i in 0..agents {
+        for (i, at) in addrs.iter().enumerate() {
             let name = format!("agent-{i}");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind the test agent");
-            let addr = listener.local_addr().expect("local addr");
+            let listener = tokio::net::TcpListener::bind(at.as_str()).await?;
+            let addr = listener.local_addr()?;
             let server = tokio::spawn(serve(listener, shared.clone(), name.clone()));
             list.push(Agent {
                 name,
@@ -142,11 +148,11 @@ impl TestConsul {
                 }
             }
         });
-        TestConsul {
+        Ok(TestConsul {
             shared,
             agents: list,
             ticker,
-        }
+        })
     }
 
     /// `http://127.0.0.1:<port>` of agent `i`.
@@ -457,13 +463,19 @@ async fn handle(
     let query = parse_query(&query_str);
     let method = req.method().clone();
     let rel = path.strip_prefix("/v1/").unwrap_or(&path).to_owned();
-    lock(&shared.log).push(Logged {
-        agent: agent.to_owned(),
-        method: method.to_string(),
-        path: rel.clone(),
-        query: query_str,
-        at: Instant::now(),
-    });
+    {
+        let mut log = lock(&shared.log);
+        if log.len() >= 100_000 {
+            log.drain(..50_000); // a long-running agent (the example) stays bounded
+        }
+        log.push(Logged {
+            agent: agent.to_owned(),
+            method: method.to_string(),
+            path: rel.clone(),
+            query: query_str,
+            at: Instant::now(),
+        });
+    }
     shared.logged.send_modify(|n| *n += 1);
     let token = token_of(&req, &query);
     let acl_mode = lock(&shared.acl).is_some();

@@ -1,0 +1,96 @@
+//! What the cluster examples share: the actors, and printing membership
+//! and where calls land. Not an example itself (no `main`).
+
+use mesh::prelude::*;
+
+/// A player: lives on a node hosting `game`.
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+pub struct Player {
+    score: u64,
+}
+
+/// Adds to a player's score; replies with the serving node and the score.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+pub struct Score(pub u64);
+
+#[mesh::handlers]
+impl Player {
+    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
+        self.score += n;
+        (ctx.node().id().to_owned(), self.score)
+    }
+}
+
+/// A chat room: lives on a node hosting `chat`.
+#[derive(Actor, Default)]
+#[actor(capability = "chat")]
+pub struct Room {
+    lines: u64,
+}
+
+/// Posts a line; replies with the serving node and the line count.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+pub struct Say(pub String);
+
+#[mesh::handlers]
+impl Room {
+    async fn say(&mut self, _: Say, ctx: &Ctx) -> (String, u64) {
+        self.lines += 1;
+        (ctx.node().id().to_owned(), self.lines)
+    }
+}
+
+/// Adds the actor types for `capabilities` to `builder`.
+pub fn actors(mut builder: mesh::NodeBuilder, capabilities: &[String]) -> mesh::NodeBuilder {
+    if capabilities.iter().any(|c| c == "game") {
+        builder = builder.actor::<Player>();
+    }
+    if capabilities.iter().any(|c| c == "chat") {
+        builder = builder.actor::<Room>();
+    }
+    builder
+}
+
+/// Prints every membership change of `node`, until it stops.
+pub fn print_membership(node: &Node) -> tokio::task::JoinHandle<()> {
+    let mut changes = node.membership_changes();
+    tokio::spawn(async move {
+        loop {
+            let members: Vec<String> = changes
+                .borrow_and_update()
+                .nodes()
+                .map(str::to_owned)
+                .collect();
+            println!("members: {}", members.join(", "));
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Waits for `expect` members, then calls `n` players and `n` rooms and
+/// prints where each lives.
+pub async fn drive(node: &Node, expect: usize, n: usize) -> Result<(), mesh::Error> {
+    let mut changes = node.membership_changes();
+    changes
+        .wait_for(|m| m.len() >= expect)
+        .await
+        .map_err(|_| mesh::Error::ShuttingDown)?;
+    for i in 0..n {
+        let id = format!("player-{i}");
+        match node.call::<Player, _>(&id, Score(1)).await {
+            Ok((on, score)) => println!("{id} lives on {on} (score {score})"),
+            Err(e) => println!("{id}: {e}"),
+        }
+        let id = format!("room-{i}");
+        match node.call::<Room, _>(&id, Say("hello".into())).await {
+            Ok((on, lines)) => println!("{id} lives on {on} ({lines} lines)"),
+            Err(e) => println!("{id}: {e}"),
+        }
+    }
+    Ok(())
+}

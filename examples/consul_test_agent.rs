@@ -1,0 +1,37 @@
+//! The Consul test agent of the test suite, as a program: for trying
+//! `consul_mesh` where Consul is not installed. It serves the documented
+//! HTTP API subset the adapter uses (see tests/support/consul_agent.rs),
+//! one simulated agent per `--listen` address, all sharing one catalog.
+//! It is a test double, not Consul: no gossip, no raft, no UI.
+//!
+//! ```sh
+//! cargo run --example consul_test_agent -- --listen 127.0.0.1:8500
+//! ```
+
+use clap::Parser;
+
+#[path = "../tests/support/consul_agent.rs"]
+mod consul_agent;
+#[path = "../tests/support/consul_catalog.rs"]
+mod consul_catalog;
+
+/// Serves the Consul test agent until Ctrl-C.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Addresses of the simulated agents, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8500")]
+    listen: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let consul =
+        consul_agent::TestConsul::start_at(&args.listen, consul_catalog::TimeScale::default())
+            .await?;
+    for i in 0..args.listen.len() {
+        println!("consul test agent {} on {}", consul.node(i), consul.url(i));
+    }
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
