@@ -24,27 +24,11 @@ mod common;
 /// One mesh node of the example cluster. The cookie comes from MESH_COOKIE.
 #[derive(Parser, Debug)]
 struct Args {
-    /// This node's id, unique in the cluster.
-    #[arg(long)]
-    name: String,
-    /// host:port to accept peers on.
-    #[arg(long)]
-    listen: String,
+    #[command(flatten)]
+    node: common::NodeArgs,
     /// Peers to dial, comma-separated host:port.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
-    /// Capabilities hosted here, comma-separated (game, chat).
-    #[arg(long, value_delimiter = ',')]
-    capabilities: Vec<String>,
-    /// Cluster name.
-    #[arg(long, default_value = "example")]
-    cluster: String,
-    /// Wait for this many members before driving calls.
-    #[arg(long, default_value_t = 1)]
-    expect: usize,
-    /// Call this many players and rooms, printing where each lives.
-    #[arg(long, default_value_t = 0)]
-    drive: usize,
     /// Heartbeat interval in milliseconds (failure timeout: 4 of them).
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
@@ -57,23 +41,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let builder = Node::builder()
-        .name(&args.name)
-        .cluster(&args.cluster)
+        .name(&args.node.name)
+        .cluster(&args.node.cluster)
         .cookie(cookie)
-        .listen(&args.listen)
+        .listen(&args.node.listen)
         .seeds(args.seeds.iter().cloned())
         .heartbeat(heartbeat, heartbeat * 4)
-        .capabilities(args.capabilities.iter().cloned());
-    let node = common::actors(builder, &args.capabilities).start().await?;
+        .capabilities(args.node.capabilities.iter().cloned());
+    let node = common::actors(builder, &args.node.capabilities)
+        .start()
+        .await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));
     let watcher = common::print_membership(&node);
-    if args.drive > 0 {
-        common::drive(&node, args.expect, args.drive).await?;
+    if args.node.drive > 0 {
+        common::drive(&node, args.node.expect, args.node.drive).await?;
     }
 
     tokio::signal::ctrl_c().await?;
     watcher.abort();
     node.shutdown().await?;
-    println!("{} left the cluster", args.name);
+    println!("{} left the cluster", args.node.name);
     Ok(())
 }

@@ -30,6 +30,8 @@ mod common;
 /// from MESH_COOKIE.
 #[derive(Parser, Debug)]
 struct Args {
+    #[command(flatten)]
+    node: common::NodeArgs,
     /// The Consul agent's HTTP address (default: CONSUL_HTTP_ADDR, else
     /// http://127.0.0.1:8500).
     #[arg(long)]
@@ -37,24 +39,6 @@ struct Args {
     /// ACL token (default: CONSUL_HTTP_TOKEN).
     #[arg(long)]
     token: Option<String>,
-    /// This node's id, unique in the cluster.
-    #[arg(long)]
-    name: String,
-    /// host:port to accept peers on.
-    #[arg(long)]
-    listen: String,
-    /// Capabilities hosted here, comma-separated (game, chat).
-    #[arg(long, value_delimiter = ',')]
-    capabilities: Vec<String>,
-    /// Cluster name, and the Consul service name.
-    #[arg(long, default_value = "example")]
-    cluster: String,
-    /// Wait for this many members before driving calls.
-    #[arg(long, default_value_t = 1)]
-    expect: usize,
-    /// Call this many players and rooms, printing where each lives.
-    #[arg(long, default_value_t = 0)]
-    drive: usize,
     /// Leave (deregister) after driving instead of waiting for Ctrl-C.
     #[arg(long)]
     exit: bool,
@@ -76,13 +60,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         consul = consul.token(token);
     }
     let builder = Node::builder()
-        .name(&args.name)
-        .cluster(&args.cluster)
+        .name(&args.node.name)
+        .cluster(&args.node.cluster)
         .cookie(cookie)
-        .listen(&args.listen)
+        .listen(&args.node.listen)
         .discovery(consul.clone())
-        .capabilities(args.capabilities.iter().cloned());
-    let node = common::actors(builder, &args.capabilities).start().await?;
+        .capabilities(args.node.capabilities.iter().cloned());
+    let node = common::actors(builder, &args.node.capabilities)
+        .start()
+        .await?;
     println!(
         "{} listening on {}, registered in consul as {:?}",
         node.id(),
@@ -90,14 +76,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         consul.services().await?
     );
     let watcher = common::print_membership(&node);
-    if args.drive > 0 {
-        common::drive(&node, args.expect, args.drive).await?;
+    if args.node.drive > 0 {
+        common::drive(&node, args.node.expect, args.node.drive).await?;
     }
     if !args.exit {
         tokio::signal::ctrl_c().await?;
     }
     watcher.abort();
     node.shutdown().await?;
-    println!("{} deregistered and left the cluster", args.name);
+    println!("{} deregistered and left the cluster", args.node.name);
     Ok(())
 }

@@ -3,6 +3,29 @@
 
 use mesh::prelude::*;
 
+/// The options every example node takes.
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id, unique in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// host:port to accept peers on.
+    #[arg(long)]
+    pub listen: String,
+    /// Capabilities hosted here, comma-separated (game, chat).
+    #[arg(long, value_delimiter = ',')]
+    pub capabilities: Vec<String>,
+    /// Cluster name (with Consul: also the service name).
+    #[arg(long, default_value = "example")]
+    pub cluster: String,
+    /// Wait for this many members before driving calls.
+    #[arg(long, default_value_t = 1)]
+    pub expect: usize,
+    /// Call this many players and rooms, printing where each lives.
+    #[arg(long, default_value_t = 0)]
+    pub drive: usize,
+}
+
 /// A player: lives on a node hosting `game`.
 #[derive(Actor, Default)]
 #[actor(capability = "game")]
