@@ -72,6 +72,12 @@ impl Responder {
         };
         // The last inbound call in flight writes its reply itself.
         let alone = shared.inbound.fetch_sub(1, Ordering::Relaxed) == 1;
+        // Closed: nothing more goes out (the direct write below would
+        // still reach the socket until the writer lets go of it, and the
+        // caller must see the close, `NodeDown`, not a late answer).
+        if *shared.closed.borrow() {
+            return;
+        }
         let frame = match result {
             Ok(payload) => {
                 let n = payload.len();
