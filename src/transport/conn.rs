@@ -72,12 +72,6 @@ impl Responder {
         };
         // The last inbound call in flight writes its reply itself.
         let alone = shared.inbound.fetch_sub(1, Ordering::Relaxed) == 1;
-        // Closed: nothing more goes out (the direct write below would
-        // still reach the socket until the writer lets go of it, and the
-        // caller must see the close, `NodeDown`, not a late answer).
-        if *shared.closed.borrow() {
-            return;
-        }
         let frame = match result {
             Ok(payload) => {
                 let n = payload.len();
@@ -161,7 +155,15 @@ impl Shared {
     /// nothing queued, the frame is written from here, without waking the
     /// writer task: one task hop less per sequential call. Otherwise it
     /// queues for the writer, which batches.
+    ///
+    /// Once the connection is closed nothing more goes out: the socket
+    /// stays reachable (here, or by the writer's next batch) until the
+    /// writer drops it, and a caller must see the close (`NodeDown`), not
+    /// a late answer.
     fn enqueue(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) {
+        if *self.closed.borrow() {
+            return;
+        }
         if direct && self.queued.load(Ordering::Acquire) == 0 {
             if let Ok(mut guard) = self.wr.try_lock() {
                 // Re-checked under the lock: the writer counts a frame
