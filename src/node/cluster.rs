@@ -130,11 +130,6 @@ impl Cluster {
         self.cfg.discovery.clone()
     }
 
-    /// Whether `node` may be a member (the discovery reports it).
-    fn admitted(&self, node: &str) -> bool {
-        lock(&self.gate).as_ref().is_none_or(|g| g.contains(node))
-    }
-
     /// A live connection to `node`, if this node holds one.
     pub(crate) fn connection(&self, node: &str) -> Option<Connection> {
         self.view
@@ -359,8 +354,15 @@ fn add_peer(node: &Arc<NodeInner>, conn: Connection) {
         conns.push(conn.clone());
         cluster.publish(&peers);
     }
-    if cluster.admitted(&peer.node) {
-        if !peer.addr.is_empty() && lock(&cluster.gate).is_none() {
+    // Static discovery admits every peer and keeps its address to dial;
+    // an authoritative one admits the peers it reports, and says where
+    // they are itself.
+    let (admitted, gated) = match &*lock(&cluster.gate) {
+        None => (true, false),
+        Some(g) => (g.contains(&peer.node), true),
+    };
+    if admitted {
+        if !peer.addr.is_empty() && !gated {
             lock(&cluster.addrs).insert(peer.addr.clone());
         }
         node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities));

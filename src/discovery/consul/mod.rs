@@ -408,11 +408,8 @@ impl Consul {
         let Some(node) = node else {
             return Err(Error::NotStarted);
         };
-        let (all, _): (BTreeMap<String, Value>, _) = api
-            .get("agent/services", &[], None)
-            .await
-            .map_err(|e| Error::Discovery(e.to_string()))?;
-        Ok(all
+        Ok(agent_services(&api)
+            .await?
             .into_iter()
             .filter(|(_, s)| s["Meta"][META_NODE].as_str() == Some(&node))
             .map(|(id, _)| id)
@@ -436,11 +433,7 @@ impl Consul {
         let Some(id) = self.service_id() else {
             return Err(Error::NotStarted);
         };
-        let api = self.api()?;
-        let (all, _): (BTreeMap<String, Value>, _) = api
-            .get("agent/services", &[], None)
-            .await
-            .map_err(|e| Error::Discovery(e.to_string()))?;
+        let all = agent_services(&self.api()?).await?;
         let mut out = Vec::new();
         for s in all.values() {
             let proxy = &s["Proxy"];
@@ -474,14 +467,8 @@ impl Consul {
                 "this Consul adapter is already started".into(),
             ));
         }
-        let (base, token) = self.resolved()?;
-        let api = Api::new(
-            base.clone(),
-            token,
-            self.cfg.datacenter.clone(),
-            self.cfg.request_timeout,
-        )
-        .map_err(Error::Config)?;
+        let api = self.api()?;
+        let base = api.base().to_owned();
         let service = self
             .cfg
             .service
@@ -577,6 +564,14 @@ impl Consul {
             ))),
         }
     }
+}
+
+/// `GET /v1/agent/services`: the local agent's services by ID.
+async fn agent_services(api: &Api) -> Result<BTreeMap<String, Value>, Error> {
+    api.get("agent/services", &[], None)
+        .await
+        .map(|(all, _)| all)
+        .map_err(|e| Error::Discovery(e.to_string()))
 }
 
 /// `PUT /v1/agent/service/deregister/<id>`; an unknown ID (404) means

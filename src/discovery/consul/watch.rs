@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::api::{segment, Api, ApiError};
+use super::health::backoff;
 use crate::discovery::{DiscoveredPeer, Peers};
 
 /// Meta keys the adapter registers (and reads back from peers).
@@ -279,24 +280,27 @@ pub(crate) async fn run(
     tx: watch::Sender<Peers>,
 ) {
     let mut bucket = TokenBucket::new(cfg.burst, cfg.period, Instant::now());
-    let mut retry = cfg.retry_min;
-    let mut failing = false;
+    let mut failures = 0u32;
     let mut last_skipped = Vec::new();
     loop {
         if tx.is_closed() {
             return;
         }
-        let pause = bucket.take(Instant::now());
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+        // One wait per round: the rate limit, or the backoff after failures.
+        let retry = match failures {
+            0 => Duration::ZERO,
+            n => backoff(cfg.retry_min, n - 1, cfg.retry_max),
+        };
+        let wait = bucket.take(Instant::now()).max(retry);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         match fetch(&api, &cfg, index.get()).await {
             Ok((entries, returned)) => {
-                if failing {
+                if failures > 0 {
                     tracing::info!(node = %cfg.me, "consul answers again: discovery resumed");
-                    failing = false;
+                    failures = 0;
                 }
-                retry = cfg.retry_min;
                 let before = index;
                 index.observe(returned);
                 if index.get() == 0 && before.get() > 0 {
@@ -307,15 +311,13 @@ pub(crate) async fn run(
                 publish(&tx, peers);
             }
             Err(e) => {
-                if !failing {
+                failures += 1;
+                if failures == 1 {
                     tracing::warn!(node = %cfg.me, "consul discovery failed: {e}; serving on the last known membership, retrying");
-                    failing = true;
                 } else {
                     tracing::debug!(node = %cfg.me, "consul discovery still failing: {e}");
                 }
                 index.reset();
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(cfg.retry_max);
             }
         }
     }
