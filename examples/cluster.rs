@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use clap::Parser;
-use mesh::prelude::*;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -37,18 +36,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let cookie = std::env::var("MESH_COOKIE")
-        .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
-    let builder = Node::builder()
-        .name(&args.node.name)
-        .cluster(&args.node.cluster)
-        .cookie(cookie)
-        .listen(&args.node.listen)
+    let node = common::builder(&args.node)?
         .seeds(args.seeds.iter().cloned())
         .heartbeat(heartbeat, heartbeat * 4)
-        .capabilities(args.node.capabilities.iter().cloned());
-    let node = common::actors(builder, &args.node.capabilities)
         .start()
         .await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));

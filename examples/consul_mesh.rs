@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use mesh::discovery::Consul;
-use mesh::prelude::*;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -50,8 +49,6 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let cookie = std::env::var("MESH_COOKIE")
-        .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
     let mut consul = Consul::new().heartbeat(Duration::from_millis(args.heartbeat_ms));
     if let Some(addr) = &args.consul {
         consul = consul.address(addr);
@@ -59,14 +56,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = &args.token {
         consul = consul.token(token);
     }
-    let builder = Node::builder()
-        .name(&args.node.name)
-        .cluster(&args.node.cluster)
-        .cookie(cookie)
-        .listen(&args.node.listen)
+    let node = common::builder(&args.node)?
         .discovery(consul.clone())
-        .capabilities(args.node.capabilities.iter().cloned());
-    let node = common::actors(builder, &args.node.capabilities)
         .start()
         .await?;
     println!(

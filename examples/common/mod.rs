@@ -66,6 +66,20 @@ impl Room {
     }
 }
 
+/// A node builder from the shared options: name, cluster, the cookie from
+/// MESH_COOKIE, listen address, capabilities and their actor types.
+pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, &'static str> {
+    let cookie = std::env::var("MESH_COOKIE")
+        .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
+    let builder = Node::builder()
+        .name(&args.name)
+        .cluster(&args.cluster)
+        .cookie(cookie)
+        .listen(&args.listen)
+        .capabilities(args.capabilities.iter().cloned());
+    Ok(actors(builder, &args.capabilities))
+}
+
 /// Adds the actor types for `capabilities` to `builder`.
 pub fn actors(mut builder: mesh::NodeBuilder, capabilities: &[String]) -> mesh::NodeBuilder {
     if capabilities.iter().any(|c| c == "game") {
