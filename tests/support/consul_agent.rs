@@ -659,9 +659,13 @@ fn update_check(
         })
     };
     authorize(shared, token, service.as_deref())?;
-    let before = lock(&shared.catalog).index();
-    lock(&shared.catalog).update_check(agent, id, status, output, now)?;
-    if lock(&shared.catalog).index() != before {
+    let changed = {
+        let mut c = lock(&shared.catalog);
+        let before = c.index();
+        c.update_check(agent, id, status, output, now)?;
+        c.index() != before
+    };
+    if changed {
         shared.notify();
     }
     Ok(Reply::ok_empty())

@@ -219,10 +219,6 @@ impl Catalog {
         self.index
     }
 
-    fn scaled(&self, d: Duration, factor: f64) -> Duration {
-        d.mul_f64(factor)
-    }
-
     fn node_mut(&mut self, node: &str) -> Result<&mut Node, ApiError> {
         self.nodes
             .get_mut(node)
@@ -331,9 +327,9 @@ impl Catalog {
         let scaled: Vec<_> = checks
             .into_iter()
             .map(|(cid, cname, status, ttl, dereg)| {
-                let ttl = ttl.map(|t| self.scaled(t, self.time.ttl));
-                let dereg = dereg
-                    .map(|d| self.scaled(d.max(Duration::from_secs(60)), self.time.deregister));
+                let ttl = ttl.map(|t| t.mul_f64(self.time.ttl));
+                let dereg =
+                    dereg.map(|d| d.max(Duration::from_secs(60)).mul_f64(self.time.deregister));
                 (cid, cname, status, ttl, dereg)
             })
             .collect();
