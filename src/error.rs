@@ -85,6 +85,16 @@ pub enum Error {
         node: String,
     },
 
+    /// A peer's address could not be reached (nothing listens there, the
+    /// network refused, or a listener could not bind).
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// The address dialed (or bound).
+        addr: String,
+        /// What the transport said.
+        reason: String,
+    },
+
     /// A peer refused the connection (or we refused it): wrong cookie,
     /// cluster or protocol version, or a malformed handshake.
     #[error("connection refused: {reason}")]

@@ -79,9 +79,9 @@ pub use actor::{
 };
 pub use error::Error;
 pub use node::{
-    call, cast, Call, CallFuture, MemberInfo, Membership, Network, Node, NodeBuilder,
-    DEFAULT_CALL_TIMEOUT,
+    call, cast, Call, CallFuture, MemberInfo, Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT,
 };
+pub use transport::Transport;
 
 /// `#[derive(Actor)]`: makes a struct a virtual actor type.
 ///

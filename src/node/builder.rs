@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::cluster::{self, ClusterConfig, Network};
+use super::cluster::{self, ClusterConfig};
+use crate::transport::Transport;
 use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
 use crate::activation::{Activations, AnyActivations, Shared};
 use crate::ring::{capability_key, Placement, Rendezvous};
@@ -142,9 +143,45 @@ impl NodeBuilder {
         self
     }
 
-    /// The transport: TCP (default) or in-memory pipes for tests.
-    pub fn network(mut self, network: Network) -> Self {
-        self.cluster_mut().network = network;
+    /// The transport: [`Transport::tcp`] (the default), in-memory pipes
+    /// for tests ([`Transport::memory`]), or any connector and acceptor
+    /// ([`Transport::custom`]).
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.cluster_mut().transport = transport;
+        self
+    }
+
+    /// The largest frame this node sends or accepts (8 MiB by default): a
+    /// message or reply over it fails that call with a codec error; a
+    /// peer's frame over it closes that connection, refused before its
+    /// body is read.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        let c = self.cluster_mut();
+        c.codec = crate::wire::FrameCodec::new(bytes, c.codec.checksum());
+        self
+    }
+
+    /// Whether this node adds an xxh3 checksum to every frame it sends
+    /// (default: no; TCP already checks its segments). Frames received
+    /// are checked whenever they carry one.
+    pub fn checksums(mut self, yes: bool) -> Self {
+        let c = self.cluster_mut();
+        c.codec = crate::wire::FrameCodec::new(c.codec.max_frame(), yes);
+        self
+    }
+
+    /// How long a connection may take to be established and to complete
+    /// the handshake, either way (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.cluster_mut().handshake_timeout = timeout;
+        self
+    }
+
+    /// At most this many connections per peer (default 2: one each side
+    /// dialed, when both dial at once). The oldest live one carries the
+    /// calls; the others take over when it closes.
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.cluster_mut().max_connections_per_peer = n.max(1);
         self
     }
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::routing::Route;
 use super::{Node, NodeInner, DEFAULT};
-use crate::activation::Envelope;
 use crate::actor::ReplyTo;
 use crate::telemetry::Metrics;
 use crate::{Error, Handler, Message};
@@ -202,44 +202,9 @@ fn with_node<T>(via: Via<'_>, f: impl FnOnce(&NodeInner) -> Result<T, Error>) ->
     }
 }
 
-/// Where a call goes.
-pub(crate) enum Route {
-    /// This node owns the shard.
-    Local,
-    /// Another node does; this is our connection to it.
-    Remote(crate::transport::Connection),
-}
-
 enum Sent<R> {
     Local(oneshot::Receiver<Result<R, Error>>),
     Remote(RemoteReply),
-}
-
-impl NodeInner {
-    /// Finds the owner of actor `id` of type `A`.
-    pub(crate) fn route<A: crate::Actor>(&self, id: &str) -> Result<Route, Error> {
-        Ok(
-            match self.owner_of_key(A::__CAPABILITY_KEY, A::CAPABILITY, id)? {
-                None => Route::Local,
-                Some(conn) => Route::Remote(conn),
-            },
-        )
-    }
-
-    /// Delivers a typed message to its local activation.
-    pub(crate) fn dispatch_local<A: Handler<M>, M: Message>(
-        &self,
-        id: &str,
-        msg: M,
-        reply: ReplyTo<M::Reply>,
-    ) -> Result<(), Error> {
-        let acts = self
-            .activations::<A>()
-            .ok_or_else(|| Error::UnknownActorType {
-                actor: A::NAME.to_owned(),
-            })?;
-        acts.send(id, Envelope::Local(A::__wrap(msg, reply)))
-    }
 }
 
 /// Calls actor `id` of type `A` with `msg` through the default node, and

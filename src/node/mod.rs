@@ -10,10 +10,10 @@ mod builder;
 mod call;
 mod cluster;
 mod membership;
+mod routing;
 
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
-pub use cluster::Network;
 pub use membership::{MemberInfo, Membership};
 
 use std::any::TypeId;
@@ -41,9 +41,9 @@ pub struct Node {
 
 /// Where a wire tag goes on this node.
 #[derive(Debug, Clone, Copy)]
-struct WireRoute {
-    actor: usize,
-    capability_key: u64,
+pub(crate) struct WireRoute {
+    pub(crate) actor: usize,
+    pub(crate) capability_key: u64,
 }
 
 pub(crate) struct NodeInner {

@@ -1,10 +1,18 @@
 //! Connections between nodes: the handshake over a byte stream, then many
 //! requests in flight per connection, multiplexed by correlation id.
 //!
-//! Any `AsyncRead + AsyncWrite` stream works: TCP ([`tcp`]) between
-//! processes, or an in-memory duplex ([`memory`]) in tests, where every
+//! Streams come from a [`Connector`] and an [`Acceptor`] (the connector
+//! boundary, see [`connect`](self#the-connector-boundary)): TCP ([`tcp`])
+//! between processes, or in-memory pipes ([`memory`]) in tests, where every
 //! frame still goes through the codec, so one conformance suite covers
-//! both.
+//! every transport. A [`Transport`] pairs the two for a node.
+//!
+//! ## The connector boundary
+//!
+//! A connector turns a [`DialTarget`] into a stream, an acceptor binds a
+//! [`Listener`] and may upgrade each stream it accepts. Both report
+//! [`ConnFacts`] (remote address, verified identity) that reach the
+//! handshake and end up in the connection's [`Peer`](crate::wire::Peer).
 //!
 //! Contracts:
 //! - Writes are batched: one writer task per connection drains every frame
@@ -21,11 +29,15 @@
 //!   connection's writer, from wherever the work ends.
 
 mod conn;
+mod connect;
 mod handshake;
 pub mod memory;
 pub mod tcp;
 
 pub use conn::{Connection, Inbound, Responder};
+pub use connect::{
+    Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener, Stream,
+};
 
 use std::time::Duration;
 
@@ -58,25 +70,216 @@ impl TransportConfig {
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::Error;
 
-/// Runs the listener side of the handshake on `io` (within the handshake
-/// timeout) and starts the connection; logs and drops the stream on refusal.
-async fn accept_stream<S>(
-    mut io: S,
+/// A node's transport: how it dials peers and how it accepts them.
+#[derive(Clone)]
+pub struct Transport {
+    connector: Arc<dyn Connector>,
+    acceptor: Arc<dyn Acceptor>,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Transport").field(&self.name).finish()
+    }
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport::tcp()
+    }
+}
+
+impl Transport {
+    /// Plain TCP (the default): addresses are `host:port`.
+    pub fn tcp() -> Self {
+        let tcp = Arc::new(tcp::Tcp);
+        Transport {
+            connector: tcp.clone(),
+            acceptor: tcp,
+            name: "tcp",
+        }
+    }
+
+    /// In-memory pipes within one process (tests): addresses are names.
+    pub fn memory(net: Arc<memory::MemoryNetwork>) -> Self {
+        Transport {
+            connector: net.clone(),
+            acceptor: net,
+            name: "memory",
+        }
+    }
+
+    /// Any connector and acceptor (TLS, a sidecar, a test double).
+    pub fn custom(
+        name: &'static str,
+        connector: Arc<dyn Connector>,
+        acceptor: Arc<dyn Acceptor>,
+    ) -> Self {
+        Transport {
+            connector,
+            acceptor,
+            name,
+        }
+    }
+
+    /// The connector.
+    pub fn connector(&self) -> &Arc<dyn Connector> {
+        &self.connector
+    }
+
+    /// The acceptor.
+    pub fn acceptor(&self) -> &Arc<dyn Acceptor> {
+        &self.acceptor
+    }
+
+    /// Listens on `addr`; see [`listen`].
+    pub async fn listen(
+        &self,
+        addr: &str,
+        cfg: TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Listening, Error> {
+        listen(self.acceptor.clone(), addr, cfg, inbound).await
+    }
+
+    /// Dials `target`; see [`dial`].
+    pub async fn dial(
+        &self,
+        target: &DialTarget,
+        cfg: &TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Connection, Error> {
+        dial(&*self.connector, target, cfg, inbound).await
+    }
+}
+
+/// Binds `addr` through `acceptor`. Every accepted stream is secured by the
+/// acceptor and handshaken on its own task (both within the handshake
+/// timeout); the connections that complete are served by `inbound` and
+/// handed out by [`Listening::accepted`]. Dropping the [`Listening`] stops
+/// accepting.
+pub async fn listen(
+    acceptor: Arc<dyn Acceptor>,
+    addr: &str,
+    cfg: TransportConfig,
+    inbound: Arc<dyn Inbound>,
+) -> Result<Listening, Error> {
+    let mut listener = acceptor
+        .bind(addr, &cfg.identity.node)
+        .await
+        .map_err(|e| Error::Unreachable {
+            addr: addr.to_owned(),
+            reason: format!("cannot listen: {e}"),
+        })?;
+    let local = listener.local_addr();
+    // The handshake tells dialers where this node listens: the bound
+    // address, unless the caller advertises another.
+    let mut cfg = cfg;
+    if cfg.identity.addr.is_empty() {
+        cfg.identity.addr = local.clone();
+    }
+    let (tx, accepted) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, facts) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    // A listener that fails at once (out of descriptors)
+                    // must not spin: give the runtime a turn.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let (cfg, inbound, tx) = (cfg.clone(), inbound.clone(), tx.clone());
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Some(conn) = accept_stream(&*acceptor, stream, facts, &cfg, inbound).await {
+                    // Nobody listens any more: do not leave it open unowned.
+                    if let Err(unclaimed) = tx.send(conn) {
+                        unclaimed.0.close();
+                    }
+                }
+            });
+        }
+    });
+    Ok(Listening {
+        addr: local,
+        accepted,
+        task,
+    })
+}
+
+/// Dials `target` through `connector` and runs the handshake, both within
+/// the handshake timeout.
+pub async fn dial(
+    connector: &dyn Connector,
+    target: &DialTarget,
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,
-    from: &str,
-) -> Option<Connection>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match tokio::time::timeout(cfg.handshake_timeout, handshake::accept(&mut io, cfg)).await {
-        Ok(Ok((peer, leftover))) => {
+) -> Result<Connection, Error> {
+    let timeout = cfg.handshake_timeout;
+    let attempt = async {
+        let (mut io, facts) = connector
+            .connect(&cfg.identity.node, target)
+            .await
+            .map_err(|e| Error::Unreachable {
+                addr: target.addr.clone(),
+                reason: e.to_string(),
+            })?;
+        match handshake::dial(&mut io, cfg).await {
+            Ok((peer, leftover)) => {
+                let peer = peer.with_facts(facts);
+                if let Some(expected) = &target.node {
+                    if *expected != peer.node {
+                        tracing::warn!(%target, found = %peer.node, "dialed another node than expected");
+                    }
+                }
+                Ok(Connection::spawn(io, leftover, peer, cfg, inbound))
+            }
+            Err(e) => {
+                tracing::warn!(%target, "handshake failed: {e}");
+                Err(handshake::to_error(e))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Refused {
+            reason: format!("no handshake from {target} within {timeout:?}"),
+        }),
+    }
+}
+
+/// Secures an accepted stream and runs the listener side of the handshake
+/// (both within the handshake timeout), then starts the connection; logs
+/// and drops the stream on refusal.
+async fn accept_stream(
+    acceptor: &dyn Acceptor,
+    stream: BoxStream,
+    facts: ConnFacts,
+    cfg: &TransportConfig,
+    inbound: Arc<dyn Inbound>,
+) -> Option<Connection> {
+    let from = facts.remote.clone();
+    let attempt = async {
+        let (mut io, facts) = acceptor
+            .secure(stream, facts)
+            .await
+            .map_err(|e| format!("securing the stream failed: {e}"))?;
+        let (peer, leftover) = handshake::accept(&mut io, cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((io, leftover, peer.with_facts(facts)))
+    };
+    match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
+        Ok(Ok((io, leftover, peer))) => {
             tracing::debug!(peer = %peer.node, from, "connection accepted");
             Some(Connection::spawn(io, leftover, peer, cfg, inbound))
         }
@@ -92,28 +295,6 @@ where
             );
             None
         }
-    }
-}
-
-/// Runs the dialer side of the handshake on `io` and starts the connection.
-async fn dial_stream<S>(
-    mut io: S,
-    cfg: &TransportConfig,
-    inbound: Arc<dyn Inbound>,
-    to: &str,
-) -> Result<Connection, Error>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match tokio::time::timeout(cfg.handshake_timeout, handshake::dial(&mut io, cfg)).await {
-        Ok(Ok((peer, leftover))) => Ok(Connection::spawn(io, leftover, peer, cfg, inbound)),
-        Ok(Err(e)) => {
-            tracing::warn!(to, "handshake failed: {e}");
-            Err(handshake::to_error(e))
-        }
-        Err(_) => Err(Error::Refused {
-            reason: format!("no handshake from {to} within {:?}", cfg.handshake_timeout),
-        }),
     }
 }
 

@@ -1,12 +1,74 @@
-//! TCP: listen and dial.
+//! Plain TCP: the default transport. No identity is verified at this
+//! layer (the cookie handshake authenticates the peer); `TCP_NODELAY` is
+//! set on every stream, since frames are batched by the writer already.
 
+use std::io;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
-use super::{accept_stream, dial_stream, Connection, Inbound, Listening, TransportConfig};
+use super::{
+    Acceptor, BoxFuture, BoxStream, ConnFacts, Connection, Connector, DialTarget, Inbound,
+    Listener, Listening, TransportConfig,
+};
 use crate::Error;
+
+/// The TCP connector and acceptor.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tcp;
+
+impl Connector for Tcp {
+    fn connect<'a>(
+        &'a self,
+        _local: &'a str,
+        target: &'a DialTarget,
+    ) -> BoxFuture<'a, io::Result<(BoxStream, ConnFacts)>> {
+        Box::pin(async move {
+            let stream = TcpStream::connect(&target.addr).await?;
+            let _ = stream.set_nodelay(true);
+            let remote = stream
+                .peer_addr()
+                .map_or_else(|_| target.addr.clone(), |a| a.to_string());
+            Ok((Box::new(stream) as BoxStream, ConnFacts::unverified(remote)))
+        })
+    }
+}
+
+impl Acceptor for Tcp {
+    fn bind<'a>(
+        &'a self,
+        addr: &'a str,
+        _local: &'a str,
+    ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?.to_string();
+            Ok(Box::new(TcpAccepting { listener, local }) as Box<dyn Listener>)
+        })
+    }
+}
+
+struct TcpAccepting {
+    listener: TcpListener,
+    local: String,
+}
+
+impl Listener for TcpAccepting {
+    fn local_addr(&self) -> String {
+        self.local.clone()
+    }
+
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, ConnFacts)>> {
+        Box::pin(async move {
+            let (stream, from) = self.listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            Ok((
+                Box::new(stream) as BoxStream,
+                ConnFacts::unverified(from.to_string()),
+            ))
+        })
+    }
+}
 
 /// Listens on `addr` (port 0 picks one); every connection that completes
 /// the handshake is served by `inbound` and handed out by
@@ -16,46 +78,7 @@ pub async fn listen(
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<Listening, Error> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::Config(format!("no local address: {e}")))?
-        .to_string();
-    // The handshake tells dialers where this node listens: the bound
-    // address, unless the caller advertises another.
-    let mut cfg = cfg;
-    if cfg.identity.addr.is_empty() {
-        cfg.identity.addr = local.clone();
-    }
-    let (tx, accepted) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, from) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let (cfg, inbound, tx) = (cfg.clone(), inbound.clone(), tx.clone());
-            tokio::spawn(async move {
-                if let Some(conn) = accept_stream(stream, &cfg, inbound, &from.to_string()).await {
-                    // Nobody listens any more: do not leave it open unowned.
-                    if let Err(unclaimed) = tx.send(conn) {
-                        unclaimed.0.close();
-                    }
-                }
-            });
-        }
-    });
-    Ok(Listening {
-        addr: local,
-        accepted,
-        task,
-    })
+    super::listen(Arc::new(Tcp), addr, cfg, inbound).await
 }
 
 /// Dials `addr` and runs the handshake.
@@ -64,11 +87,5 @@ pub async fn dial(
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<Connection, Error> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| Error::NodeDown {
-            node: format!("{addr} ({e})"),
-        })?;
-    let _ = stream.set_nodelay(true);
-    dial_stream(stream, cfg, inbound, addr).await
+    super::dial(&Tcp, &DialTarget::addr(addr), cfg, inbound).await
 }

@@ -163,6 +163,11 @@ impl FrameCodec {
         self.max_frame
     }
 
+    /// Whether encoded frames carry a body checksum.
+    pub fn checksum(&self) -> bool {
+        self.checksum
+    }
+
     /// Appends one frame to `dst`.
     pub fn encode(
         &self,

@@ -66,6 +66,20 @@ pub struct Peer {
     pub capabilities: Vec<String>,
     /// Where its listener accepts connections (empty if none).
     pub addr: String,
+    /// Where the stream came from, as the transport saw it (for logs).
+    pub remote: String,
+    /// The identity the transport verified (a SPIFFE ID from a TLS
+    /// certificate, say); `None` over a transport that verifies none.
+    pub identity: Option<String>,
+}
+
+impl Peer {
+    /// The peer with what the transport established about the stream.
+    pub fn with_facts(mut self, facts: crate::transport::ConnFacts) -> Self {
+        self.remote = facts.remote;
+        self.identity = facts.identity;
+        self
+    }
 }
 
 /// Why a handshake failed. Sent to the peer (as text) before closing.
@@ -210,6 +224,8 @@ impl Dialer {
                 node: c.node.clone(),
                 capabilities: c.capabilities.clone(),
                 addr: c.addr.clone(),
+                remote: String::new(),
+                identity: None,
             },
         ))
     }
@@ -265,6 +281,8 @@ impl Listener {
                 node: h.node.clone(),
                 capabilities: h.capabilities.clone(),
                 addr: h.addr.clone(),
+                remote: String::new(),
+                identity: None,
             },
             peer_nonce: h.nonce.to_vec(),
         };

@@ -1,0 +1,81 @@
+//! Serving requests that peers send to this node.
+//!
+//! Called by each connection's reader in arrival order, without blocking:
+//! a call for a local actor is enqueued in its mailbox before the next
+//! frame is read (so requests on one connection keep their order), with
+//! its responder, and the activation answers straight into the
+//! connection. A call for a shard this node does not own is forwarded
+//! once (see [`super::forward`]).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::Event;
+use crate::activation::{WireCall, WireReply};
+use crate::node::NodeInner;
+use crate::transport::{Inbound, Responder};
+use crate::wire::{self, Peer};
+use crate::Error;
+
+/// Serves requests that peers send to this node.
+pub(super) struct NodeInbound(pub(super) Weak<NodeInner>);
+
+impl Inbound for NodeInbound {
+    fn call(&self, _from: &Peer, call: wire::Call, reply: Responder) {
+        match self.0.upgrade() {
+            Some(node) => node.serve_peer(call, reply),
+            None => reply.send(Err(Error::ShuttingDown)),
+        }
+    }
+
+    fn cast(&self, _from: &Peer, cast: wire::Cast) {
+        let Some(node) = self.0.upgrade() else { return };
+        let (tag, hops) = (cast.tag, cast.hops);
+        let payload = cast.payload.into_vec();
+        if let Err(e) = node.cast_wire(tag, &cast.id, payload, hops) {
+            tracing::debug!(node = %node.id, "inbound cast dropped: {e}");
+        }
+    }
+
+    fn membership(&self, _from: &Peer, membership: wire::Membership) {
+        if let Some(node) = self.0.upgrade() {
+            if let Some(cluster) = node.cluster.get() {
+                cluster.send(Event::Gossip(membership));
+            }
+        }
+    }
+}
+
+impl NodeInner {
+    /// Serves a call from a peer: enqueued here with its responder (the
+    /// activation answers straight into the connection), or forwarded once.
+    pub(super) fn serve_peer(self: &Arc<Self>, call: wire::Call, reply: Responder) {
+        let tag = call.tag;
+        match self.locate(tag, &call.id) {
+            Err(e) => reply.send(Err(e)),
+            Ok((route, None)) => {
+                let body = call.payload.into_vec();
+                let reply = WireReply::Peer(reply);
+                // On refusal the envelope answers the peer itself.
+                let _ = self.actors[route.actor]
+                    .2
+                    .send_wire(&call.id, WireCall { tag, body, reply });
+            }
+            Ok((_, Some(_))) => {
+                let timeout = reply.deadline().map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(tokio::time::Instant::now())
+                });
+                let fut = self.serve_wire(
+                    tag,
+                    &call.id,
+                    call.payload.into_vec(),
+                    timeout,
+                    call.hops,
+                    true,
+                );
+                tokio::spawn(async move { reply.send(fut.await.map(|b| b.to_vec())) });
+            }
+        }
+    }
+
+}

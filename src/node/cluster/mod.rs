@@ -1,0 +1,278 @@
+//! Clustering: the node's connections to its peers and what runs on them.
+//!
+//! One concept per room:
+//! - [`peers`]: the peer table (sans-IO): connections by node id, where to
+//!   dial, backoff, admission;
+//! - [`owner`]: the one task that owns the table, applies every event
+//!   (connected, closed, dial failed, gossip, discovery) and publishes the
+//!   view that calls read without a lock;
+//! - [`heartbeat`]: pings (failure detection) and gossip, every heartbeat;
+//! - [`follow`]: following an authoritative discovery (Consul);
+//! - [`inbound`]: serving requests that peers send;
+//! - [`forward`]: running an encoded call here or forwarding it once.
+//!
+//! Membership is *what this node can reach*: a node is a member while this
+//! node holds a handshaken connection to it. Seeds and the addresses peers
+//! gossip (`Membership` frames, every heartbeat) are only places to dial.
+//! So a dead node leaves the membership as soon as its connection drops
+//! (a killed process: at once) or misses pings for `failure_timeout` (a
+//! hung one), and stale gossip cannot bring it back.
+//!
+//! With an authoritative [`Discovery`] (Consul), membership is narrower:
+//! a node is a member while the discovery reports it healthy *and* this
+//! node holds a live connection to it. The discovery's view replaces the
+//! addresses to dial, and gossip is ignored.
+//!
+//! Stop contract: [`Cluster::stop`] closes every connection this node
+//! holds, at once, including ones whose handshake completes later (they
+//! are closed on arrival), and ends every task of the cluster.
+
+mod follow;
+mod forward;
+mod heartbeat;
+mod inbound;
+mod owner;
+pub(crate) mod peers;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::NodeInner;
+use crate::discovery::{Discovery, LocalNode, Peers};
+use crate::transport::{Connection, Inbound, Transport, TransportConfig};
+use crate::wire::{self, Cookie, FrameCodec, Identity};
+use crate::Error;
+
+pub(crate) use owner::Event;
+
+/// At most this many connections per peer unless configured: one it
+/// dialed and one we dialed, when both dial at once.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 2;
+
+/// How a node joins a cluster. Built through [`super::NodeBuilder`].
+#[derive(Clone)]
+pub(crate) struct ClusterConfig {
+    pub(crate) name: String,
+    pub(crate) cookie: Option<Cookie>,
+    pub(crate) listen: Option<String>,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) transport: Transport,
+    pub(crate) heartbeat: Duration,
+    pub(crate) failure_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) codec: FrameCodec,
+    pub(crate) max_connections_per_peer: usize,
+    /// The address peers are told to dial, when not the listener's own.
+    pub(crate) advertise: Option<String>,
+    pub(crate) discovery: Option<Arc<dyn Discovery>>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("seeds", &self.seeds)
+            .field("transport", &self.transport)
+            .field("heartbeat", &self.heartbeat)
+            .field("failure_timeout", &self.failure_timeout)
+            .field("discovery", &self.discovery.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "mesh".into(),
+            cookie: None,
+            listen: None,
+            seeds: Vec::new(),
+            transport: Transport::tcp(),
+            heartbeat: Duration::from_millis(500),
+            failure_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+            codec: FrameCodec::default(),
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            advertise: None,
+            discovery: None,
+        }
+    }
+}
+
+/// Every peer's live connections, oldest (the one calls use) first.
+pub(crate) type View = HashMap<String, Vec<Connection>>;
+
+/// The running cluster side of a node.
+pub(crate) struct Cluster {
+    cfg: ClusterConfig,
+    transport: TransportConfig,
+    /// Published by the owner task after every event: calls read it
+    /// without a lock.
+    view: ArcSwap<View>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Set by `stop`: connections that complete later are closed at once.
+    stopped: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Cluster {
+    /// The address peers dial to reach this node.
+    pub(crate) fn addr(&self) -> &str {
+        &self.transport.identity.addr
+    }
+
+    /// The authoritative discovery, if the node has one.
+    pub(crate) fn discovery(&self) -> Option<Arc<dyn Discovery>> {
+        self.cfg.discovery.clone()
+    }
+
+    /// The live connection that carries calls to `node`, if any.
+    pub(crate) fn connection(&self, node: &str) -> Option<Connection> {
+        self.view
+            .load()
+            .get(node)?
+            .iter()
+            .find(|c| !c.is_closed())
+            .cloned()
+    }
+
+    /// Every peer's connection that carries calls.
+    pub(crate) fn connections(&self) -> Vec<Connection> {
+        self.view
+            .load()
+            .values()
+            .filter_map(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .collect()
+    }
+
+    /// Hands an event to the owner task; after `stop`, a connection in it
+    /// is closed (the event's drop does it).
+    pub(crate) fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Closes every connection and stops the background tasks.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        // The owner publishes before it checks `stopped`: whatever it
+        // admitted is in the view read here, or it closes it itself.
+        let view = self.view.swap(Arc::new(View::new()));
+        for c in view.values().flatten() {
+            c.close();
+        }
+    }
+}
+
+/// Starts listening, the owner task, the heartbeat, dialing the seeds,
+/// and the discovery.
+pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Result<(), Error> {
+    let cookie = cfg.cookie.take().ok_or_else(|| {
+        Error::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
+    })?;
+    let identity = Identity {
+        cluster: cfg.name.clone(),
+        node: node.id.to_string(),
+        capabilities: node.capabilities.clone(),
+        addr: cfg.advertise.clone().unwrap_or_default(),
+    };
+    let mut transport = TransportConfig::new(identity, cookie);
+    transport.codec = cfg.codec;
+    transport.handshake_timeout = cfg.handshake_timeout;
+    let inbound: Arc<dyn Inbound> = Arc::new(inbound::NodeInbound(Arc::downgrade(node)));
+    let listening = match &cfg.listen {
+        None => None,
+        Some(addr) => Some(
+            cfg.transport
+                .listen(addr, transport.clone(), inbound.clone())
+                .await?,
+        ),
+    };
+    if let Some(l) = &listening {
+        transport.identity.addr = cfg.advertise.clone().unwrap_or_else(|| l.addr().to_owned());
+    }
+    let (events, rx) = mpsc::unbounded_channel();
+    let mut table = peers::PeerTable::new(&node.id, cfg.max_connections_per_peer, cfg.heartbeat);
+    table.add_seeds(cfg.seeds.iter().map(String::as_str));
+    if cfg.discovery.is_some() {
+        // Gate admission from the start: nothing is a member before the
+        // discovery has said so.
+        table.on_discovered(std::iter::empty());
+    }
+    let cluster = Cluster {
+        cfg,
+        transport,
+        view: ArcSwap::from_pointee(View::new()),
+        events,
+        stopped: AtomicBool::new(false),
+        tasks: Mutex::new(Vec::new()),
+    };
+    let addr = cluster.addr().to_owned();
+    node.membership.send_modify(|m| {
+        m.upsert(&node.id, &addr, &node.capabilities);
+    });
+    if node.cluster.set(cluster).is_err() {
+        return Err(Error::Config("cluster started twice".into()));
+    }
+    let Some(cluster) = node.cluster.get() else {
+        return Err(Error::Config("cluster missing".into()));
+    };
+    let mut tasks = vec![tokio::spawn(owner::run(
+        Arc::downgrade(node),
+        table,
+        rx,
+        inbound.clone(),
+    ))];
+    if let Some(mut l) = listening {
+        let weak = Arc::downgrade(node);
+        tasks.push(tokio::spawn(async move {
+            while let Some(conn) = l.accepted().await {
+                let Some(node) = weak.upgrade() else {
+                    conn.close();
+                    return;
+                };
+                match node.cluster.get() {
+                    Some(c) => c.send(Event::connected(conn, None)),
+                    None => conn.close(),
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(heartbeat::run(Arc::downgrade(node))));
+    lock(&cluster.tasks).extend(tasks);
+    if let Some(discovery) = cluster.discovery() {
+        let me = LocalNode {
+            cluster: cluster.cfg.name.clone(),
+            node: node.id.to_string(),
+            addr: cluster.addr().to_owned(),
+            capabilities: node.capabilities.clone(),
+            protocol: wire::VERSION,
+        };
+        let (tx, rx) = tokio::sync::watch::channel(Peers::new());
+        if let Err(e) = discovery.start(me, tx).await {
+            cluster.stop();
+            return Err(e);
+        }
+        let follow = tokio::spawn(follow::run(Arc::downgrade(node), rx));
+        lock(&cluster.tasks).push(follow);
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The owner task: the one place the peer table changes.
+//!
+//! Every change arrives as an [`Event`] on one channel and is applied in
+//! order: the table decides (sans-IO), this task carries it out (closes
+//! refused connections, updates the membership, starts dials) and then
+//! publishes the view that calls read. A dial runs on its own task and
+//! reports back with an event.
+//!
+//! Drop contract: an event that carries a connection closes it when
+//! dropped unapplied (the task was stopped, or the channel is gone), so a
+//! connection that completes its handshake during `stop` is never left
+//! open unowned.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::mpsc;
+
+use super::peers::{Admission, DialKey, PeerTable};
+use super::View;
+use crate::discovery::Peers;
+use crate::node::NodeInner;
+use crate::transport::{Connection, DialTarget, Inbound};
+use crate::wire;
+
+/// A change for the owner task to apply.
+pub(crate) enum Event {
+    /// A handshaken connection, dialed for a key or accepted (`None`).
+    Connected(Owned, Option<DialKey>),
+    /// A connection closed.
+    Closed(Connection),
+    /// A dial failed.
+    DialFailed(DialKey, DialTarget, String),
+    /// A peer's membership view (places to dial).
+    Gossip(wire::Membership),
+    /// The authoritative discovery's full view.
+    Discovered(Peers),
+    /// Time to dial what is due.
+    Tick,
+}
+
+impl Event {
+    pub(crate) fn connected(conn: Connection, via: Option<DialKey>) -> Self {
+        Event::Connected(Owned(Some(conn)), via)
+    }
+}
+
+/// A connection not yet owned by the table: closed if dropped.
+pub(crate) struct Owned(Option<Connection>);
+
+impl Owned {
+    fn take(mut self) -> Option<Connection> {
+        self.0.take()
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close();
+        }
+    }
+}
+
+/// Runs until the node is gone or the cluster stops.
+pub(super) async fn run(
+    weak: Weak<NodeInner>,
+    mut table: PeerTable<Connection>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    inbound: Arc<dyn Inbound>,
+) {
+    // Dial the seeds at once.
+    let mut next = Some(Event::Tick);
+    loop {
+        let event = match next.take() {
+            Some(e) => e,
+            None => match events.recv().await {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        let Some(node) = weak.upgrade() else { return };
+        let Some(cluster) = node.cluster.get() else {
+            return;
+        };
+        apply(&node, &mut table, event);
+        // Publish, then look at `stopped`: `stop` sets it, then swaps the
+        // view out; one of the two sees the other's work.
+        let view: View = table
+            .connections()
+            .map(|(n, c)| (n.to_owned(), c.to_vec()))
+            .collect();
+        cluster.view.store(Arc::new(view));
+        if cluster.is_stopped() {
+            for c in table.drain() {
+                c.close();
+            }
+            cluster.view.store(Arc::new(View::new()));
+            return;
+        }
+        for (key, target) in table.due(tokio::time::Instant::now()) {
+            dial(&weak, &cluster.cfg.transport, key, target, inbound.clone());
+        }
+    }
+}
+
+fn apply(node: &Arc<NodeInner>, table: &mut PeerTable<Connection>, event: Event) {
+    match event {
+        Event::Connected(owned, via) => {
+            let Some(conn) = owned.take() else { return };
+            let peer = conn.peer().clone();
+            match table.on_connected(&peer.node, &peer.addr, conn.clone(), via.as_ref()) {
+                Admission::Refused(why) => {
+                    tracing::debug!(node = %node.id, peer = %peer.node, "closing a connection: {why}");
+                    conn.close();
+                    return;
+                }
+                Admission::Member => {
+                    if node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities)) {
+                        tracing::info!(node = %node.id, peer = %peer.node, "peer up");
+                    }
+                }
+                Admission::Held => {
+                    tracing::debug!(node = %node.id, peer = %peer.node, "connected to a peer discovery does not report (yet)");
+                }
+            }
+            let weak = Arc::downgrade(node);
+            tokio::spawn(async move {
+                conn.closed().await;
+                if let Some(c) = weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+                    c.send(Event::Closed(conn));
+                }
+            });
+        }
+        Event::Closed(conn) => {
+            let peer = &conn.peer().node;
+            if table.on_closed(peer, &conn) && node.update_membership(|m| m.remove(peer)) {
+                tracing::info!(node = %node.id, peer = %peer, "peer down");
+            }
+        }
+        Event::DialFailed(key, target, e) => {
+            let failures = table.on_dial_failed(&key, tokio::time::Instant::now());
+            // Log the first failure, then only at debug level.
+            if failures == 1 {
+                tracing::warn!(node = %node.id, %target, "cannot reach peer: {e}");
+            } else {
+                tracing::debug!(node = %node.id, %target, failures, "cannot reach peer: {e}");
+            }
+        }
+        Event::Gossip(m) => {
+            table.on_gossip(m.members.iter().map(|m| (m.node.as_str(), m.addr.as_str())));
+        }
+        Event::Discovered(peers) => {
+            let admitted =
+                table.on_discovered(peers.values().map(|p| (p.node.as_str(), p.addr.as_str())));
+            let connected: Vec<(String, String, Vec<String>)> = admitted
+                .iter()
+                .filter_map(|n| table.connection(n))
+                .map(|c| {
+                    let p = c.peer();
+                    (p.node.clone(), p.addr.clone(), p.capabilities.clone())
+                })
+                .collect();
+            node.update_membership(|m| {
+                let gone: Vec<String> = m
+                    .nodes()
+                    .filter(|n| *n != &*node.id && !peers.contains_key(*n))
+                    .map(str::to_owned)
+                    .collect();
+                let mut changed = false;
+                for n in gone {
+                    tracing::info!(node = %node.id, peer = %n, "peer down (not healthy in discovery)");
+                    changed |= m.remove(&n);
+                }
+                for (n, addr, caps) in &connected {
+                    changed |= m.upsert(n, addr, caps);
+                }
+                changed
+            });
+        }
+        Event::Tick => {}
+    }
+}
+
+/// Dials `target` on a task of its own; the outcome comes back as an event.
+fn dial(
+    weak: &Weak<NodeInner>,
+    transport: &crate::transport::Transport,
+    key: DialKey,
+    target: DialTarget,
+    inbound: Arc<dyn Inbound>,
+) {
+    let (weak, transport) = (weak.clone(), transport.clone());
+    tokio::spawn(async move {
+        let Some(cfg) = weak
+            .upgrade()
+            .and_then(|n| n.cluster.get().map(|c| c.transport.clone()))
+        else {
+            return;
+        };
+        let result = transport.dial(&target, &cfg, inbound).await;
+        let event = match result {
+            Ok(conn) => Event::connected(conn, Some(key)),
+            Err(e) => Event::DialFailed(key, target, e.to_string()),
+        };
+        match weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+            Some(c) => c.send(event),
+            None => drop(event), // closes a connection in it
+        }
+    });
+}

@@ -1,0 +1,463 @@
+//! The peer table (sans-IO): connections by node id, where to dial, dials
+//! in progress, backoff and admission. The cluster's owner task drives it
+//! with events and carries out what it returns; it does no I/O and reads
+//! no clock (times are passed in), so it is unit-tested on its own.
+//!
+//! Keys: a peer is its **node id**. An address is only where to dial it,
+//! so a node reached through a sidecar's local upstream port (an address
+//! that never equals what it advertises) is still "reached" and not dialed
+//! again. A seed is known by its address until a dial through it finds
+//! which node answers; from then on it counts as reached while that node
+//! is.
+//!
+//! Rules:
+//! - At most `max_per_peer` live connections per peer; one more is
+//!   refused (the caller closes it). Order of use: the oldest live
+//!   connection carries the calls; the others are spares that take over,
+//!   in age order, when it closes.
+//! - Admission: with an authoritative discovery (a *gate*) a connected
+//!   peer is a member only while the discovery reports it; without one,
+//!   every connected peer is a member.
+//! - Dials: a target is due when its node has no live connection, no dial
+//!   to it is in progress, and its backoff has passed. Failures back off
+//!   exponentially from one heartbeat up to 32.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::transport::DialTarget;
+
+/// What the table needs of a connection.
+pub(crate) trait Conn: Clone {
+    /// Whether `self` and `other` are the same connection.
+    fn same(&self, other: &Self) -> bool;
+    /// Whether it has closed.
+    fn is_closed(&self) -> bool;
+}
+
+impl Conn for crate::transport::Connection {
+    fn same(&self, other: &Self) -> bool {
+        crate::transport::Connection::same(self, other)
+    }
+    fn is_closed(&self) -> bool {
+        crate::transport::Connection::is_closed(self)
+    }
+}
+
+/// What a dial was for: a node (known id) or a seed (known address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum DialKey {
+    Node(String),
+    Seed(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    next: Instant,
+}
+
+/// A known peer.
+#[derive(Debug)]
+struct Entry<C> {
+    /// Live connections, oldest first.
+    conns: Vec<C>,
+    /// Where to dial it (empty: nowhere known).
+    addr: String,
+}
+
+impl<C> Default for Entry<C> {
+    fn default() -> Self {
+        Entry {
+            conns: Vec::new(),
+            addr: String::new(),
+        }
+    }
+}
+
+/// What became of a new connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Kept, and the peer is a member.
+    Member,
+    /// Kept, but the discovery does not report the peer (yet).
+    Held,
+    /// Not kept: the caller closes it (a self-dial, or one too many).
+    Refused(&'static str),
+}
+
+/// The peer table. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct PeerTable<C> {
+    local: String,
+    max_per_peer: usize,
+    heartbeat: Duration,
+    peers: HashMap<String, Entry<C>>,
+    /// Seed addresses, and the node each one turned out to be.
+    seeds: BTreeMap<String, Option<String>>,
+    dialing: HashSet<DialKey>,
+    backoff: HashMap<DialKey, Backoff>,
+    /// The node ids an authoritative discovery reports; `None`: static.
+    gate: Option<HashSet<String>>,
+}
+
+impl<C: Conn> PeerTable<C> {
+    pub(crate) fn new(local: &str, max_per_peer: usize, heartbeat: Duration) -> Self {
+        PeerTable {
+            local: local.to_owned(),
+            max_per_peer: max_per_peer.max(1),
+            heartbeat,
+            peers: HashMap::new(),
+            seeds: BTreeMap::new(),
+            dialing: HashSet::new(),
+            backoff: HashMap::new(),
+            gate: None,
+        }
+    }
+
+    /// Adds seed addresses (static discovery).
+    pub(crate) fn add_seeds<'a>(&mut self, seeds: impl IntoIterator<Item = &'a str>) {
+        for s in seeds {
+            self.seeds.entry(s.to_owned()).or_insert(None);
+        }
+    }
+
+    /// Whether `node` may be a member now.
+    pub(crate) fn admits(&self, node: &str) -> bool {
+        self.gate.as_ref().is_none_or(|g| g.contains(node))
+    }
+
+    /// The live connection that carries calls to `node`: its oldest.
+    pub(crate) fn connection(&self, node: &str) -> Option<&C> {
+        self.peers.get(node)?.conns.iter().find(|c| !c.is_closed())
+    }
+
+    /// Every peer's live connections, oldest first.
+    pub(crate) fn connections(&self) -> impl Iterator<Item = (&str, &[C])> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| !e.conns.is_empty())
+            .map(|(n, e)| (n.as_str(), e.conns.as_slice()))
+    }
+
+    /// Whether `node` has a live connection.
+    pub(crate) fn is_connected(&self, node: &str) -> bool {
+        self.connection(node).is_some()
+    }
+
+    /// A handshaken connection to `node` (which advertises `addr`), dialed
+    /// for `via` (or accepted: `None`).
+    pub(crate) fn on_connected(
+        &mut self,
+        node: &str,
+        addr: &str,
+        conn: C,
+        via: Option<&DialKey>,
+    ) -> Admission {
+        if let Some(key) = via {
+            self.dialing.remove(key);
+            self.backoff.remove(key);
+            if let DialKey::Seed(s) = key {
+                self.seeds.insert(s.clone(), Some(node.to_owned()));
+            }
+        }
+        if node == self.local {
+            return Admission::Refused("dialed itself");
+        }
+        let max = self.max_per_peer;
+        let gated = self.gate.is_some();
+        let entry = self.peers.entry(node.to_owned()).or_default();
+        entry.conns.retain(|c| !c.is_closed());
+        if entry.conns.len() >= max {
+            return Admission::Refused("enough connections to this peer");
+        }
+        entry.conns.push(conn);
+        // Static discovery learns where to dial from the handshake; an
+        // authoritative one says so itself.
+        if !gated && !addr.is_empty() {
+            entry.addr = addr.to_owned();
+        }
+        if self.admits(node) {
+            Admission::Member
+        } else {
+            Admission::Held
+        }
+    }
+
+    /// A connection to `node` closed. Returns whether the peer has none
+    /// left (it leaves the membership).
+    pub(crate) fn on_closed(&mut self, node: &str, conn: &C) -> bool {
+        let Some(entry) = self.peers.get_mut(node) else {
+            return false;
+        };
+        let before = entry.conns.len();
+        entry.conns.retain(|c| !c.same(conn) && !c.is_closed());
+        before > 0 && entry.conns.is_empty()
+    }
+
+    /// A dial for `key` failed at `now`.
+    pub(crate) fn on_dial_failed(&mut self, key: &DialKey, now: Instant) -> u32 {
+        self.dialing.remove(key);
+        let b = self.backoff.entry(key.clone()).or_insert(Backoff {
+            failures: 0,
+            next: now,
+        });
+        b.failures += 1;
+        b.next = now + self.heartbeat * (1u32 << b.failures.min(5));
+        b.failures
+    }
+
+    /// Peers learned from gossip: places to dial (static discovery only).
+    /// Returns whether any is new.
+    pub(crate) fn on_gossip<'a>(
+        &mut self,
+        members: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> bool {
+        if self.gate.is_some() {
+            return false; // the discovery says where peers are
+        }
+        let mut new = false;
+        for (node, addr) in members {
+            if node == self.local || addr.is_empty() {
+                continue;
+            }
+            let entry = self.peers.entry(node.to_owned()).or_default();
+            if entry.addr.is_empty() {
+                entry.addr = addr.to_owned();
+                new = true;
+            }
+        }
+        new
+    }
+
+    /// The full view of an authoritative discovery: node id → address.
+    /// It becomes the gate and the places to dial; backoff is forgotten
+    /// for the peers it reports (they are worth a try now). Returns the
+    /// connected peers it admits.
+    pub(crate) fn on_discovered<'a>(
+        &mut self,
+        peers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<String> {
+        let mut gate = HashSet::new();
+        for (node, addr) in peers {
+            if node == self.local {
+                continue;
+            }
+            gate.insert(node.to_owned());
+            self.peers.entry(node.to_owned()).or_default().addr = addr.to_owned();
+            self.backoff.remove(&DialKey::Node(node.to_owned()));
+        }
+        for (node, entry) in self.peers.iter_mut() {
+            if !gate.contains(node) {
+                entry.addr.clear();
+            }
+        }
+        self.seeds.clear();
+        self.gate = Some(gate);
+        self.peers
+            .iter()
+            .filter(|(n, e)| self.admits(n) && e.conns.iter().any(|c| !c.is_closed()))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The dials due at `now`, marked in progress.
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<(DialKey, DialTarget)> {
+        let ready = |key: &DialKey, dialing: &HashSet<DialKey>, backoff: &HashMap<DialKey, Backoff>| {
+            !dialing.contains(key) && backoff.get(key).is_none_or(|b| b.next <= now)
+        };
+        let mut due = Vec::new();
+        for (node, entry) in &self.peers {
+            if entry.addr.is_empty() || entry.conns.iter().any(|c| !c.is_closed()) {
+                continue;
+            }
+            let key = DialKey::Node(node.clone());
+            if ready(&key, &self.dialing, &self.backoff) {
+                due.push((key, DialTarget::node(node.clone(), entry.addr.clone())));
+            }
+        }
+        for (addr, resolved) in &self.seeds {
+            let reached = match resolved {
+                Some(node) => *node == self.local || self.is_connected(node),
+                None => false,
+            };
+            // A seed that is a known node's address is dialed as that node.
+            let known = self.peers.values().any(|e| e.addr == *addr);
+            let key = DialKey::Seed(addr.clone());
+            if !reached && !known && ready(&key, &self.dialing, &self.backoff) {
+                due.push((key, DialTarget::addr(addr.clone())));
+            }
+        }
+        for (key, _) in &due {
+            self.dialing.insert(key.clone());
+        }
+        due
+    }
+
+    /// Forgets every connection (the node stops); returns them to close.
+    pub(crate) fn drain(&mut self) -> Vec<C> {
+        self.peers
+            .values_mut()
+            .flat_map(|e| e.conns.drain(..))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[derive(Clone, Debug)]
+    struct FakeConn(Rc<(u32, Cell<bool>)>);
+
+    impl FakeConn {
+        fn new(id: u32) -> Self {
+            FakeConn(Rc::new((id, Cell::new(false))))
+        }
+        fn close(&self) {
+            self.0 .1.set(true);
+        }
+        fn id(&self) -> u32 {
+            self.0 .0
+        }
+    }
+
+    impl Conn for FakeConn {
+        fn same(&self, other: &Self) -> bool {
+            Rc::ptr_eq(&self.0, &other.0)
+        }
+        fn is_closed(&self) -> bool {
+            self.0 .1.get()
+        }
+    }
+
+    const HB: Duration = Duration::from_millis(100);
+
+    fn table() -> PeerTable<FakeConn> {
+        PeerTable::new("me", 2, HB)
+    }
+
+    fn keys(due: &[(DialKey, DialTarget)]) -> Vec<DialKey> {
+        due.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn a_seed_is_dialed_once_then_counts_as_its_node() {
+        let mut t = table();
+        t.add_seeds(["10.0.0.1:7000"]);
+        let now = Instant::now();
+        let due = t.due(now);
+        assert_eq!(keys(&due), [DialKey::Seed("10.0.0.1:7000".into())]);
+        assert!(t.due(now).is_empty(), "a dial in progress is not repeated");
+        let conn = FakeConn::new(1);
+        let key = DialKey::Seed("10.0.0.1:7000".into());
+        assert_eq!(
+            t.on_connected("b", "10.0.0.1:7000", conn.clone(), Some(&key)),
+            Admission::Member
+        );
+        assert!(t.due(now).is_empty(), "reached through the seed");
+        // The node closes: dialed again, as a node (its address is known).
+        conn.close();
+        assert!(t.on_closed("b", &conn));
+        assert_eq!(keys(&t.due(now)), [DialKey::Node("b".into())]);
+    }
+
+    #[test]
+    fn reached_is_by_node_id_not_by_address() {
+        // Through a sidecar, the dialed address (a local upstream port)
+        // never equals the one the peer advertises: still reached.
+        let mut t = table();
+        t.on_discovered([("b", "127.0.0.1:21001")]);
+        let now = Instant::now();
+        let due = t.due(now);
+        assert_eq!(due[0].1, DialTarget::node("b", "127.0.0.1:21001"));
+        let key = due[0].0.clone();
+        t.on_connected("b", "10.9.9.9:7000", FakeConn::new(1), Some(&key));
+        assert!(t.due(now + HB * 100).is_empty());
+        // An inbound connection from a node with any address: no dial.
+        t.on_discovered([("b", "127.0.0.1:21001"), ("c", "127.0.0.1:21002")]);
+        t.on_connected("c", "somewhere-else:1", FakeConn::new(2), None);
+        assert!(t.due(now + HB * 100).is_empty());
+    }
+
+    #[test]
+    fn at_most_n_connections_per_peer_oldest_first() {
+        let mut t = table();
+        let (c1, c2, c3) = (FakeConn::new(1), FakeConn::new(2), FakeConn::new(3));
+        assert_eq!(t.on_connected("b", "x", c1.clone(), None), Admission::Member);
+        assert_eq!(t.on_connected("b", "x", c2.clone(), None), Admission::Member);
+        assert!(matches!(
+            t.on_connected("b", "x", c3, None),
+            Admission::Refused(_)
+        ));
+        assert_eq!(t.connection("b").map(FakeConn::id), Some(1));
+        c1.close();
+        assert!(!t.on_closed("b", &c1), "a spare is left");
+        assert_eq!(t.connection("b").map(FakeConn::id), Some(2));
+        // Room again for a new one.
+        assert_eq!(
+            t.on_connected("b", "x", FakeConn::new(4), None),
+            Admission::Member
+        );
+        c2.close();
+        assert!(!t.on_closed("b", &c2));
+        assert_eq!(t.connection("b").map(FakeConn::id), Some(4));
+    }
+
+    #[test]
+    fn self_dials_are_refused_and_the_seed_forgotten() {
+        let mut t = table();
+        t.add_seeds(["me:1"]);
+        let now = Instant::now();
+        let due = t.due(now);
+        let adm = t.on_connected("me", "me:1", FakeConn::new(1), Some(&due[0].0));
+        assert!(matches!(adm, Admission::Refused(_)));
+        assert!(t.due(now + HB * 100).is_empty());
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_32_heartbeats() {
+        let mut t = table();
+        t.add_seeds(["s:1"]);
+        let key = DialKey::Seed("s:1".into());
+        let mut now = Instant::now();
+        for expected in [2u32, 4, 8, 16, 32, 32, 32] {
+            assert_eq!(keys(&t.due(now)), [key.clone()]);
+            t.on_dial_failed(&key, now);
+            let next = t.backoff[&key].next;
+            assert_eq!(next - now, HB * expected);
+            assert!(t.due(next - Duration::from_millis(1)).is_empty());
+            now = next;
+        }
+    }
+
+    #[test]
+    fn a_gate_admits_only_what_the_discovery_reports() {
+        let mut t = table();
+        t.on_discovered([("b", "b:1")]);
+        assert_eq!(t.on_connected("c", "c:1", FakeConn::new(1), None), Admission::Held);
+        assert_eq!(t.on_connected("b", "b:1", FakeConn::new(2), None), Admission::Member);
+        // c shows up in the discovery: admitted, as connected.
+        let admitted = t.on_discovered([("b", "b:1"), ("c", "c:1")]);
+        let mut admitted = admitted;
+        admitted.sort();
+        assert_eq!(admitted, ["b", "c"]);
+        // b leaves the discovery: not admitted, not dialed any more.
+        t.on_discovered([("c", "c:1")]);
+        assert!(!t.admits("b"));
+        // Gossip is ignored under a gate.
+        assert!(!t.on_gossip([("d", "d:1")]));
+    }
+
+    #[test]
+    fn gossip_adds_places_to_dial() {
+        let mut t = table();
+        assert!(t.on_gossip([("b", "b:1"), ("me", "me:1"), ("c", "")]));
+        assert!(!t.on_gossip([("b", "b:2")]), "a known address stays");
+        assert_eq!(keys(&t.due(Instant::now())), [DialKey::Node("b".into())]);
+    }
+}
