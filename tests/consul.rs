@@ -2,18 +2,13 @@
 //! TCP between nodes): discovery, routing, TTL failure, agent restart,
 //! agent outage, ACL refusal, index going backwards, backoff, shutdown.
 
-#[path = "support/consul_agent.rs"]
-mod consul_agent;
-#[path = "support/consul_catalog.rs"]
-mod consul_catalog;
-
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use consul_agent::{Acl, TestConsul, Token};
-use consul_catalog::{Status, TimeScale};
 use mesh::discovery::Consul;
 use mesh::prelude::*;
+use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_catalog::{Status, TimeScale};
 
 /// Guards a step that must finish long before any deadline involved.
 async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
