@@ -9,13 +9,7 @@ use std::time::Duration;
 use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
 use mesh::Network;
-
-/// Guards a step that must finish long before any deadline involved.
-async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("did not finish within 20 s")
-}
+use mesh_testkit::soon;
 
 #[derive(Actor, Default)]
 #[actor(capability = "game")]
