@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use mesh::discovery::Consul;
 use mesh::prelude::*;
+use mesh_testkit::actors::{Player, Score};
 use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
 use mesh_testkit::consul_catalog::{Status, TimeScale};
 use mesh_testkit::within;
@@ -14,24 +15,6 @@ use mesh_testkit::within;
 /// The limit of a step against the agents: longer than `soon`'s, as these
 /// steps wait out TTLs, deregistration and backoff over real HTTP.
 const STEP: Duration = Duration::from_secs(30);
-
-#[derive(Actor, Default)]
-#[actor(capability = "game")]
-struct Player {
-    score: u64,
-}
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-struct Score(u64);
-
-#[mesh::handlers]
-impl Player {
-    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
-        self.score += n;
-        (ctx.node().id().to_owned(), self.score)
-    }
-}
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const TTL: Duration = Duration::from_millis(300);

@@ -7,6 +7,7 @@
 //! - [`consul_agent`] and [`consul_catalog`]: the Consul test agent, real
 //!   HTTP servers over one simulated catalog, pinned to the documented
 //!   behaviour by `tests/consul_agent.rs`;
+//! - [`actors`]: the test actors that more than one suite uses;
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run.
@@ -16,6 +17,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub mod actors;
 pub mod consul_agent;
 pub mod consul_catalog;
 
