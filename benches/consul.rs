@@ -9,17 +9,12 @@
 //!
 //! `cargo bench --bench consul`
 
-#[path = "../tests/support/consul_agent.rs"]
-mod consul_agent;
-#[path = "../tests/support/consul_catalog.rs"]
-mod consul_catalog;
-
 use std::time::{Duration, Instant};
 
-use consul_agent::TestConsul;
-use consul_catalog::TimeScale;
 use mesh::discovery::Consul;
 use mesh::prelude::*;
+use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_catalog::TimeScale;
 
 const CONVERGE_REPS: usize = 20;
 const FAILOVER_REPS: usize = 5;

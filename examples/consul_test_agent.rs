@@ -1,7 +1,8 @@
 //! The Consul test agent of the test suite, as a program: for trying
 //! `consul_mesh` where Consul is not installed. It serves the documented
-//! HTTP API subset the adapter uses (see tests/support/consul_agent.rs),
-//! one simulated agent per `--listen` address, all sharing one catalog.
+//! HTTP API subset the adapter uses (see `mesh_testkit::consul_agent`, in
+//! tests/support), one simulated agent per `--listen` address, all sharing
+//! one catalog.
 //! It is a test double, not Consul: no gossip, no raft, no UI.
 //!
 //! ```sh
@@ -9,11 +10,7 @@
 //! ```
 
 use clap::Parser;
-
-#[path = "../tests/support/consul_agent.rs"]
-mod consul_agent;
-#[path = "../tests/support/consul_catalog.rs"]
-mod consul_catalog;
+use mesh_testkit::{consul_agent, consul_catalog};
 
 /// Serves the Consul test agent until Ctrl-C.
 #[derive(Parser, Debug)]

@@ -9,47 +9,8 @@ use std::time::Duration;
 use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
 use mesh::Network;
-
-/// Guards a step that must finish long before any deadline involved.
-async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("did not finish within 20 s")
-}
-
-#[derive(Actor, Default)]
-#[actor(capability = "game")]
-struct Player {
-    score: u64,
-}
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-struct Score(u64);
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = ())]
-struct Crash;
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = ())]
-struct Hang;
-
-#[mesh::handlers]
-impl Player {
-    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
-        self.score += n;
-        (ctx.node().id().to_owned(), self.score)
-    }
-
-    async fn crash(&mut self, _: Crash) {
-        panic!("remote boom");
-    }
-
-    async fn hang(&mut self, _: Hang) {
-        std::future::pending::<()>().await;
-    }
-}
+use mesh_testkit::actors::{Crash, Hang, Player, Score};
+use mesh_testkit::soon;
 
 static ROOMS_OPENED: AtomicUsize = AtomicUsize::new(0);
 

@@ -2,43 +2,19 @@
 //! TCP between nodes): discovery, routing, TTL failure, agent restart,
 //! agent outage, ACL refusal, index going backwards, backoff, shutdown.
 
-#[path = "support/consul_agent.rs"]
-mod consul_agent;
-#[path = "support/consul_catalog.rs"]
-mod consul_catalog;
-
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use consul_agent::{Acl, TestConsul, Token};
-use consul_catalog::{Status, TimeScale};
 use mesh::discovery::Consul;
 use mesh::prelude::*;
+use mesh_testkit::actors::{Player, Score};
+use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_catalog::{Status, TimeScale};
+use mesh_testkit::within;
 
-/// Guards a step that must finish long before any deadline involved.
-async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("did not finish within 30 s")
-}
-
-#[derive(Actor, Default)]
-#[actor(capability = "game")]
-struct Player {
-    score: u64,
-}
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-struct Score(u64);
-
-#[mesh::handlers]
-impl Player {
-    async fn score(&mut self, Score(n): Score, ctx: &Ctx) -> (String, u64) {
-        self.score += n;
-        (ctx.node().id().to_owned(), self.score)
-    }
-}
+/// The limit of a step against the agents: longer than `soon`'s, as these
+/// steps wait out TTLs, deregistration and backoff over real HTTP.
+const STEP: Duration = Duration::from_secs(30);
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const TTL: Duration = Duration::from_millis(300);
@@ -78,11 +54,14 @@ async fn members(node: &Node, want: &[&str]) {
     let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     want.sort();
     let mut rx = node.membership_changes();
-    soon(rx.wait_for(|m| {
-        let mut have: Vec<String> = m.nodes().map(str::to_owned).collect();
-        have.sort();
-        have == want
-    }))
+    within(
+        STEP,
+        rx.wait_for(|m| {
+            let mut have: Vec<String> = m.nodes().map(str::to_owned).collect();
+            have.sort();
+            have == want
+        }),
+    )
     .await
     .expect("membership watch open");
 }
@@ -128,7 +107,7 @@ fn owned_by(by: &Node, owner: &str, n: usize) -> Vec<String> {
 async fn calls_succeed(nodes: &[&Node], ids: &[String]) {
     for node in nodes {
         for id in ids {
-            let (served_by, _) = soon(node.call::<Player, _>(id, Score(1)).into_future())
+            let (served_by, _) = within(STEP, node.call::<Player, _>(id, Score(1)).into_future())
                 .await
                 .unwrap_or_else(|e| panic!("{} calling {id}: {e}", node.id()));
             assert_eq!(served_by, node.owner_of::<Player>(id).expect("owner"));
@@ -219,12 +198,15 @@ async fn nodes_register_again_after_an_agent_restart() {
     let registers_before = t.consul.requests(1, "agent/service/register").len();
     t.consul.restart_agent(1);
     // The worker's next pass gets 404 and registers again, by itself.
-    soon(t.consul.until(|c| {
-        c.nodes["agent-1"]
-            .checks
-            .get("service:game-b")
-            .is_some_and(|k| k.status == Status::Passing)
-    }))
+    within(
+        STEP,
+        t.consul.until(|c| {
+            c.nodes["agent-1"]
+                .checks
+                .get("service:game-b")
+                .is_some_and(|k| k.status == Status::Passing)
+        }),
+    )
     .await;
     assert!(t.consul.requests(1, "agent/service/register").len() > registers_before);
     for n in &t.nodes {
@@ -247,12 +229,15 @@ async fn the_cluster_keeps_serving_while_the_agents_are_down_and_recovers() {
         t.consul.stop_agent(i);
     }
     // Every TTL runs out in the catalog meanwhile (the servers live on).
-    soon(t.consul.until(|c| {
-        c.nodes
-            .values()
-            .flat_map(|n| n.checks.values())
-            .all(|k| k.status == Status::Critical)
-    }))
+    within(
+        STEP,
+        t.consul.until(|c| {
+            c.nodes
+                .values()
+                .flat_map(|n| n.checks.values())
+                .all(|k| k.status == Status::Critical)
+        }),
+    )
     .await;
     // The nodes cannot reach consul, keep the last view, and serve.
     for n in &t.nodes {
@@ -263,12 +248,15 @@ async fn the_cluster_keeps_serving_while_the_agents_are_down_and_recovers() {
         t.consul.start_agent(i).await;
     }
     // Heartbeats pass again by themselves; discovery resumes.
-    soon(t.consul.until(|c| {
-        c.nodes
-            .values()
-            .flat_map(|n| n.checks.values())
-            .all(|k| k.status == Status::Passing)
-    }))
+    within(
+        STEP,
+        t.consul.until(|c| {
+            c.nodes
+                .values()
+                .flat_map(|n| n.checks.values())
+                .all(|k| k.status == Status::Passing)
+        }),
+    )
     .await;
     for n in &t.nodes {
         members(n, &NAMES).await;
@@ -366,7 +354,11 @@ async fn a_failing_agent_is_not_flooded() {
         .fail_with(Some((500, "rpc error making call: No cluster leader")));
     let from = tokio::time::Instant::now();
     // Let the worker fail a few times (awaiting the agent's own log).
-    soon(t.consul.wait_requests(0, "agent/check/pass/", from, 4)).await;
+    within(
+        STEP,
+        t.consul.wait_requests(0, "agent/check/pass/", from, 4),
+    )
+    .await;
     t.consul.fail_with(None);
     let beats = t
         .consul
@@ -431,7 +423,11 @@ async fn a_killed_node_is_dropped_and_then_reaped_from_consul() {
     members(&t.nodes[0], &["a", "b"]).await;
     // DeregisterCriticalServiceAfter (1 minute floor, scaled to 600 ms)
     // removes the registration a crash left behind.
-    soon(t.consul.until(|c| c.nodes["agent-2"].services.is_empty())).await;
+    within(
+        STEP,
+        t.consul.until(|c| c.nodes["agent-2"].services.is_empty()),
+    )
+    .await;
     let ids = owned_by(&t.nodes[0], "b", 3);
     calls_succeed(&[&t.nodes[0], &t.nodes[1]], &ids).await;
 }

@@ -2,14 +2,10 @@
 //! every behaviour the adapter will rely on is checked here against the
 //! documented rule, so the agent cannot drift into a convenient quirk.
 
-#[path = "support/consul_agent.rs"]
-mod consul_agent;
-#[path = "support/consul_catalog.rs"]
-mod consul_catalog;
-
 use std::time::Duration;
 
-use consul_catalog::{parse_go_duration, ApiError, Catalog, Status, TimeScale};
+use mesh_testkit::consul_agent;
+use mesh_testkit::consul_catalog::{parse_go_duration, ApiError, Catalog, Status, TimeScale};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -343,7 +339,7 @@ fn go_durations_parse() {
 
 // ---- The HTTP server around the catalog -------------------------------
 
-use consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
 
 struct Http {
     client: reqwest::Client,

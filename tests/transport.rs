@@ -10,16 +10,10 @@ use mesh::transport::{
 };
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
+use mesh_testkit::soon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-/// Guards a test step that must finish long before any deadline involved.
-async fn soon<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("did not finish within 10 s")
-}
 
 const ECHO: u64 = 1;
 const FAIL: u64 = 2;

@@ -6,12 +6,6 @@
 //! tokens from all three sources with 403s, and test hooks (agent
 //! restart, index reset, agent down and up, injected failures, a request
 //! log). TTLs run on a ticker every 10 ms.
-//!
-//! Include it with the catalog:
-//! `#[path = "support/consul_catalog.rs"] mod consul_catalog;` and
-//! `#[path = "support/consul_agent.rs"] mod consul_agent;`.
-
-#![allow(dead_code)] // each test binary uses part of the support code
 
 use std::collections::HashMap;
 use std::convert::Infallible;

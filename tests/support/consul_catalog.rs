@@ -8,9 +8,8 @@
 //! the documented status codes and text bodies.
 //!
 //! Time is passed in (`now`), and durations can be scaled for tests. The
-//! HTTP server around it (blocking queries, tokens) lives beside it.
-
-#![allow(dead_code)] // each test binary uses part of the support code
+//! HTTP server around it (blocking queries, tokens) lives beside it, in
+//! `consul_agent`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
