@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
-use mesh::Network;
+use mesh::Transport;
 use mesh_testkit::actors::{Crash, Hang, Player, Score};
 use mesh_testkit::soon;
 
@@ -77,13 +77,13 @@ impl Account {
 }
 
 /// A node of `caps` named `name`, listening at `listen`, seeded with `seeds`.
-async fn node(net: &Network, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
+async fn node(net: &Transport, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
     let mut b = Node::builder()
         .name(name)
         .default_node(false)
         .cluster("test")
         .cookie("s3cret")
-        .network(net.clone())
+        .transport(net.clone())
         .listen(listen)
         .seeds(seeds.iter().copied())
         .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
@@ -109,7 +109,7 @@ async fn until_members(nodes: &[&Node], n: usize) {
 }
 
 /// Three nodes (game, chat, both) seeded in a chain: all find each other.
-async fn three(net: Network, addrs: [&str; 3]) -> (Node, Node, Node) {
+async fn three(net: Transport, addrs: [&str; 3]) -> (Node, Node, Node) {
     let game = node(&net, "game-1", addrs[0], &["game"], &[]).await;
     let seed = game.addr().unwrap().to_owned();
     let chat = node(&net, "chat-1", addrs[1], &["chat"], &[&seed]).await;
@@ -119,7 +119,7 @@ async fn three(net: Network, addrs: [&str; 3]) -> (Node, Node, Node) {
     (game, chat, both)
 }
 
-async fn calls_reach_the_owner(net: Network, addrs: [&str; 3]) {
+async fn calls_reach_the_owner(net: Transport, addrs: [&str; 3]) {
     let (game, chat, both) = three(net, addrs).await;
     let mut owners = BTreeMap::new();
     for i in 0..200 {
@@ -156,18 +156,18 @@ async fn calls_reach_the_owner(net: Network, addrs: [&str; 3]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_owner_in_memory() {
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     calls_reach_the_owner(net, ["mem-a", "mem-b", "mem-c"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_owner_over_tcp() {
-    calls_reach_the_owner(Network::Tcp, ["127.0.0.1:0"; 3]).await;
+    calls_reach_the_owner(Transport::tcp(), ["127.0.0.1:0"; 3]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_failures_come_back_typed() {
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     let (game, chat, both) = three(net, ["e-a", "e-b", "e-c"]).await;
     // Find ids owned elsewhere than the caller.
     let remote_player = (0..)
@@ -220,7 +220,7 @@ async fn remote_failures_come_back_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     let (game, chat, both) = three(net, ["l-a", "l-b", "l-c"]).await;
     let on_both: Vec<String> = (0..)
         .map(|i| format!("q{i}"))
@@ -260,7 +260,7 @@ async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     let (game, chat, both) = three(net, ["f-a", "f-b", "f-c"]).await;
     let id = (0..)
         .map(|i| format!("w{i}"))
@@ -284,7 +284,7 @@ async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
 async fn actors_whose_shard_moves_are_drained_with_their_hook() {
     let (tx, mut handovers) = tokio::sync::mpsc::unbounded_channel();
     *HANDOVERS.lock().unwrap() = Some(tx);
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     let a = node(&net, "d-a", "d-a", &["ledger"], &[]).await;
     let ids: Vec<String> = (0..60).map(|i| format!("acct{i}")).collect();
     for id in &ids {
@@ -332,14 +332,14 @@ async fn actors_whose_shard_moves_are_drained_with_their_hook() {
 async fn calls_are_forwarded_while_nodes_disagree_during_a_join() {
     // Heartbeats an hour apart: after a join, only the node the newcomer
     // dialed knows it, until gossip, which here never comes in time.
-    let net = Network::Memory(MemoryNetwork::new());
+    let net = Transport::memory(MemoryNetwork::new());
     let slow = |name: &str, seeds: &[&str]| {
         Node::builder()
             .name(name)
             .default_node(false)
             .cluster("test")
             .cookie("s3cret")
-            .network(net.clone())
+            .transport(net.clone())
             .listen(name)
             .seeds(seeds.iter().copied())
             .heartbeat(Duration::from_secs(3600), Duration::from_secs(7200))

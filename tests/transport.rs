@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mesh::transport::{
-    memory::MemoryNetwork, tcp, Connection, Inbound, Listening, Responder, TransportConfig,
+    memory::MemoryNetwork, tcp, Connection, DialTarget, Inbound, Listening, Responder,
+    TransportConfig,
 };
+use mesh::Transport;
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
 use mesh_testkit::soon;
@@ -71,18 +73,17 @@ fn echo() -> (Arc<dyn Inbound>, mpsc::UnboundedReceiver<(String, Cast)>) {
     (Arc::new(Echo { casts: tx }), rx)
 }
 
-/// Either transport, behind one interface.
-enum Net {
-    Tcp,
-    Memory(Arc<MemoryNetwork>),
+/// One transport under test, and where its listeners bind.
+struct Net {
+    transport: Transport,
+    listen: fn(&str) -> String,
+    memory: Option<Arc<MemoryNetwork>>,
 }
 
 impl Net {
     async fn listen(&self, cfg: TransportConfig, inbound: Arc<dyn Inbound>) -> Listening {
-        match self {
-            Net::Tcp => tcp::listen("127.0.0.1:0", cfg, inbound).await.unwrap(),
-            Net::Memory(n) => n.listen(&cfg.identity.node.clone(), cfg, inbound),
-        }
+        let addr = (self.listen)(&cfg.identity.node);
+        self.transport.listen(&addr, cfg, inbound).await.unwrap()
     }
 
     async fn dial(
@@ -91,10 +92,9 @@ impl Net {
         cfg: &TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<Connection, Error> {
-        match self {
-            Net::Tcp => tcp::dial(addr, cfg, inbound).await,
-            Net::Memory(n) => n.dial(addr, cfg, inbound).await,
-        }
+        self.transport
+            .dial(&DialTarget::addr(addr), cfg, inbound)
+            .await
     }
 }
 
@@ -117,8 +117,22 @@ async fn connected(
     (server, conn, casts)
 }
 
-fn nets() -> [Net; 2] {
-    [Net::Tcp, Net::Memory(MemoryNetwork::new())]
+/// Every transport the conformance suite runs on (TLS and sidecar
+/// transports join here).
+fn nets() -> Vec<Net> {
+    let memory = MemoryNetwork::new();
+    vec![
+        Net {
+            transport: Transport::tcp(),
+            listen: |_| "127.0.0.1:0".to_owned(),
+            memory: None,
+        },
+        Net {
+            transport: Transport::memory(memory.clone()),
+            listen: |node| format!("mem-{node}"),
+            memory: Some(memory),
+        },
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,4 +399,124 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         frames.iter().map(|f| f.kind).collect::<Vec<_>>(),
         [Kind::Welcome]
     );
+}
+
+#[tokio::test]
+async fn connection_facts_reach_both_peers() {
+    for net in nets() {
+        let (mut server, conn, _) = connected(&net).await;
+        let accepted = soon(server.accepted()).await.unwrap();
+        // Neither TCP nor memory verifies an identity; both say where the
+        // stream came from.
+        assert_eq!(conn.peer().identity, None);
+        assert_eq!(accepted.peer().identity, None);
+        assert!(!conn.peer().remote.is_empty());
+        assert!(!accepted.peer().remote.is_empty());
+        assert_eq!(conn.peer().addr, server.addr());
+    }
+}
+
+#[tokio::test]
+async fn dialing_where_nothing_listens_is_unreachable() {
+    for net in nets() {
+        let addr = match net.memory {
+            Some(_) => "mem-nobody".to_owned(),
+            None => {
+                // A port that was just free: bound, then closed.
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let a = l.local_addr().unwrap().to_string();
+                drop(l);
+                a
+            }
+        };
+        let (client_in, _) = echo();
+        let err = net
+            .dial(&addr, &config("a", "c", "k"), client_in)
+            .await
+            .unwrap_err();
+        match err {
+            Error::Unreachable { addr: a, .. } => assert_eq!(a, addr),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+}
+
+/// The memory network between nodes "a" and "b", connected.
+async fn memory_pair() -> (Arc<MemoryNetwork>, Listening, Connection, Connection) {
+    let net = nets().pop().unwrap();
+    let memory = net.memory.clone().unwrap();
+    let (mut server, conn, _) = connected(&net).await;
+    let accepted = soon(server.accepted()).await.unwrap();
+    (memory, server, conn, accepted)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partition_cuts_links_at_once_and_refuses_new_ones_until_healed() {
+    let (memory, server, conn, accepted) = memory_pair().await;
+    assert_eq!(memory.link_count("a", "b"), 1);
+    let hanging = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.call(HANG, "h", Vec::new(), Duration::from_secs(3600), 0)
+                .await
+        })
+    };
+    assert!(conn.ping(Duration::from_secs(5)).await.is_ok());
+    memory.partition("a", "b");
+    // Both ends see the cut as a dropped connection: calls fail at once.
+    assert_eq!(
+        soon(hanging).await.unwrap(),
+        Err(Error::NodeDown { node: "b".into() })
+    );
+    soon(accepted.closed()).await;
+    let (client_in, _) = echo();
+    let refused = TransportUnderTest::memory(&memory)
+        .dial(server.addr(), &config("a", "c", "k"), client_in)
+        .await;
+    assert!(matches!(refused, Err(Error::Unreachable { .. })), "{refused:?}");
+    memory.heal("a", "b");
+    let (client_in, _) = echo();
+    let again = TransportUnderTest::memory(&memory)
+        .dial(server.addr(), &config("a", "c", "k"), client_in)
+        .await
+        .unwrap();
+    assert!(again.ping(Duration::from_secs(5)).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_link_hangs_without_closing_and_resumes_when_healed() {
+    let (memory, _server, conn, accepted) = memory_pair().await;
+    memory.stall("a", "b");
+    // Nothing moves and nothing fails: only the timeout tells (the paused
+    // clock jumps to it once everything is idle).
+    assert_eq!(
+        conn.ping(Duration::from_secs(2)).await,
+        Err(Error::Timeout)
+    );
+    assert!(!conn.is_closed() && !accepted.is_closed());
+    let late = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.call(ECHO, "late", b"x".to_vec(), Duration::from_secs(60), 0)
+                .await
+        })
+    };
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(!late.is_finished());
+    memory.heal("a", "b");
+    // What was written while stalled arrives: nothing was lost.
+    assert_eq!(&soon(late).await.unwrap().unwrap()[..], b"a:late:x");
+}
+
+/// A memory transport over an existing network (for dialing by hand).
+struct TransportUnderTest;
+
+impl TransportUnderTest {
+    fn memory(memory: &Arc<MemoryNetwork>) -> Net {
+        Net {
+            transport: Transport::memory(memory.clone()),
+            listen: |node| format!("mem-{node}"),
+            memory: Some(memory.clone()),
+        }
+    }
 }
