@@ -80,7 +80,9 @@ impl Responder {
                 };
                 wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
             }
-            Err(error) => wire::encode_envelope(&Failure { error }, 64).map(|b| (Kind::Error, b)),
+            Err(error) => {
+                wire::encode_envelope(&Failure::from_error(&error), 64).map(|b| (Kind::Error, b))
+            }
         };
         match frame {
             Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
@@ -515,8 +517,10 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             }
         }
         Kind::Error => {
+            // An unknown code decodes to `Error::Remote`; only a body that
+            // is not a failure at all is a codec error.
             let err = match wire::decode::<Failure>(&frame.body) {
-                Ok(f) => f.error,
+                Ok(f) => f.into_error(),
                 Err(e) => e,
             };
             if corr == 0 {
@@ -560,6 +564,9 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
                 tracing::warn!(peer = %shared.peer.node, "dropping malformed membership: {e}")
             }
         },
+        Kind::Cancel => {
+            // handled by the merger: the caller abandoned inbound call `corr`.
+        }
         Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => {
             tracing::warn!(peer = %shared.peer.node, "unexpected {:?} after the handshake", frame.kind);
         }
