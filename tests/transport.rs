@@ -315,28 +315,30 @@ async fn garbage_wrong_versions_and_silence_are_dropped_with_a_reason() {
     let frames = read_until_closed(&mut s).await;
     let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
     assert_eq!(frames[0].kind, Kind::Error);
+    assert_eq!(failure.code, wire::code::REFUSED);
+    let error = failure.into_error();
+    assert!(matches!(error, Error::Refused { .. }), "{error:?}");
     assert!(
-        failure.error.to_string().contains("too long")
-            || failure.error.to_string().contains("exceeds"),
-        "{}",
-        failure.error
+        error.to_string().contains("too long") || error.to_string().contains("exceeds"),
+        "{error}"
     );
 
-    // Another protocol version: told so in our version, then closed.
+    // Another protocol version (an older peer's): told so in our
+    // version, then closed.
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
     let mut hello = BytesMut::new();
     FrameCodec::default()
         .encode(Kind::Hello, 0, b"\x80", &mut hello)
         .unwrap();
-    hello[6] = 2;
+    assert_eq!(hello[6], wire::VERSION);
+    hello[6] = 1;
     s.write_all(&hello).await.unwrap();
     let frames = read_until_closed(&mut s).await;
-    let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
-    assert!(
-        failure.error.to_string().contains("protocol version 2"),
-        "{}",
-        failure.error
-    );
+    assert_eq!(frames[0].kind, Kind::Error);
+    let error = wire::decode::<wire::Failure>(&frames[0].body)
+        .unwrap()
+        .into_error();
+    assert!(error.to_string().contains("protocol version 1"), "{error}");
 
     // Silence: dropped after the handshake timeout.
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
