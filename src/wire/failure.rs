@@ -29,8 +29,9 @@ use crate::{Error, StartError};
 
 /// The stable wire codes of the errors, one per variant.
 ///
-/// 1 to 99 are the run-time errors ([`Error`]), 101 to 199 the start
-/// errors ([`StartError`], inside [`Error::Start`]). 0 is never assigned.
+/// 1 to 99 are the run-time errors ([`crate::Error`]), 101 to 199 the
+/// start errors ([`crate::StartError`], inside [`crate::Error::Start`]).
+/// 0 is never assigned. A code is never renumbered nor reused.
 pub mod code {
     /// [`crate::Error::Timeout`].
     pub const TIMEOUT: u16 = 1;
