@@ -1,17 +1,30 @@
-//! The one error type of the framework.
+//! The framework's errors, split by when they happen.
 //!
-//! Domain failures travel inside the reply (`Result<T, E>` as a message's reply
-//! type passes through untouched); [`Error`] is only for what the framework
-//! itself could not do. Display strings are short and lowercase so they
-//! compose into larger messages.
+//! - [`Error`]: what can go wrong between a caller and a handler, at run
+//!   time: the error of every call, cast and shutdown. Each variant has a
+//!   stable wire code ([`Error::code`], the table in `PROTOCOL.md`); a
+//!   peer's error crosses the wire as that code plus fields
+//!   ([`crate::wire::Failure`]), never as this Rust enum, so a variant a
+//!   newer peer adds arrives here as [`Error::Remote`], not as a decoding
+//!   failure.
+//! - [`StartError`]: why a node could not start, or an adapter could not
+//!   be configured ([`crate::NodeBuilder::start`],
+//!   [`crate::discovery::Discovery::start`]). It converts into
+//!   [`Error::Start`], so `async fn main() -> Result<(), mesh::Error>` can
+//!   `?` both a start and the calls that follow.
+//!
+//! Domain failures travel inside the reply (`Result<T, E>` as a message's
+//! reply type passes through untouched); these types are only for what the
+//! framework itself could not do. Display strings are short and lowercase
+//! so they compose into larger messages. Match on variants, never on text.
 
 use std::fmt;
 
 /// Everything that can go wrong between a caller and a handler.
 ///
 /// Match on the variant, not on the text. The enum is `#[non_exhaustive]`:
-/// later releases add variants (for example for the cluster transport).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+/// later releases add variants, each with a new wire code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The call's deadline passed before a reply arrived. The handler may
@@ -78,20 +91,22 @@ pub enum Error {
         id: String,
     },
 
-    /// The node owning the actor's shard cannot be reached.
+    /// The node owning the actor's shard is down, or its connection
+    /// closed. `node` is always a node id, never an address (an address
+    /// that cannot be reached is [`Error::Unreachable`]).
     #[error("node {node:?} is down or unreachable")]
     NodeDown {
         /// The owner's node id.
         node: String,
     },
 
-    /// A peer's address could not be reached (nothing listens there, the
-    /// network refused, or a listener could not bind).
+    /// An address could not be reached: the dial failed before any node id
+    /// was known.
     #[error("cannot reach {addr}: {reason}")]
     Unreachable {
-        /// The address dialed (or bound).
+        /// The address dialed (`host:port`, or a memory network name).
         addr: String,
-        /// What the transport said.
+        /// Why, as the transport put it.
         reason: String,
     },
 
@@ -111,9 +126,65 @@ pub enum Error {
     #[error("node is shutting down")]
     ShuttingDown,
 
+    /// The caller abandoned the call (dropped its future) before the reply
+    /// came; the callee may skip work it had not started.
+    #[error("call cancelled")]
+    Cancelled,
+
     /// `mesh::call` / `mesh::cast` was used with no default node running.
     #[error("no node is running in this process")]
     NotStarted,
+
+    /// The discovery service (Consul) failed a request made while the node
+    /// runs: deregistering at shutdown, or an operator function. The text
+    /// carries the status and the agent's own words. A refusal at start is
+    /// [`StartError::Discovery`].
+    #[error("discovery: {0}")]
+    Discovery(String),
+
+    /// The node (or an adapter) could not start; see [`StartError`].
+    #[error(transparent)]
+    Start(StartError),
+
+    /// An error a newer peer reported that this build does not know: its
+    /// wire code and its text, as the peer displayed it. Newer peers add
+    /// codes without a protocol version change; an older node sees them as
+    /// this variant instead of failing to decode the reply.
+    #[error("remote error {code}: {message}")]
+    Remote {
+        /// The peer's wire code for it (not one this build assigns).
+        code: u16,
+        /// The peer's text for it.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn codec(err: impl fmt::Display) -> Self {
+        Error::Codec(err.to_string())
+    }
+}
+
+impl From<StartError> for Error {
+    fn from(e: StartError) -> Self {
+        Error::Start(e)
+    }
+}
+
+/// Why a node could not start, or a discovery adapter could not be set up.
+///
+/// Returned by [`crate::NodeBuilder::start`] and
+/// [`crate::discovery::Discovery::start`]; a configuration mistake shows
+/// here, before any call is made. Converts into [`Error::Start`] with `?`.
+/// The enum is `#[non_exhaustive]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is inconsistent: an empty or duplicate name, an
+    /// actor type whose capability the node does not host, a clustered
+    /// node without a cookie, an adapter setting out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 
     /// Two handlers of the actor types given to one node share a wire tag.
     /// Rename one message (`#[message(name = "...")]`).
@@ -127,19 +198,18 @@ pub enum Error {
         second: String,
     },
 
-    /// The node builder was given an inconsistent configuration.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// The node cannot listen where it was told to.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address given to [`crate::NodeBuilder::listen`].
+        addr: String,
+        /// Why, as the operating system (or the memory network) put it.
+        reason: String,
+    },
 
-    /// The discovery service (Consul) refused or failed a request the
-    /// node cannot go on without: registering at start, for example. The
-    /// text carries the status and the agent's own words.
+    /// The discovery service refused the node at start (a wrong ACL token,
+    /// an agent that cannot be reached), or the adapter could not start its
+    /// own tasks. The text carries the status and the agent's own words.
     #[error("discovery: {0}")]
     Discovery(String),
-}
-
-impl Error {
-    pub(crate) fn codec(err: impl fmt::Display) -> Self {
-        Error::Codec(err.to_string())
-    }
 }

@@ -77,7 +77,7 @@ pub use actor::{
     Actor, BoxError, Ctx, Handler, Handlers, Message, ReplyTo, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAILBOX_CAPACITY,
 };
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use node::{
     call, cast, Call, CallFuture, MemberInfo, Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT,
 };
@@ -112,6 +112,6 @@ pub use mesh_macros::handlers;
 
 /// The names most programs need: `use mesh::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Actor, Ctx, Error, Message, Node};
+    pub use crate::{Actor, Ctx, Error, Message, Node, StartError};
     pub use serde::{Deserialize, Serialize};
 }

@@ -744,7 +744,7 @@ async fn a_node_refuses_inconsistent_configuration() {
     let start =
         |b: mesh::NodeBuilder| async move { b.default_node(false).start().await.unwrap_err() };
     match start(Node::builder().capabilities(["dup"]).actor::<Dup>()).await {
-        Error::TagCollision { tag, first, second } => {
+        StartError::TagCollision { tag, first, second } => {
             assert_eq!(tag, mesh::wire::tag("dup", "same"));
             assert_eq!(
                 (first.as_str(), second.as_str()),
@@ -761,7 +761,7 @@ async fn a_node_refuses_inconsistent_configuration() {
             .actor::<Rival>(),
     )
     .await;
-    assert!(matches!(err, Error::TagCollision { .. }), "{err:?}");
+    assert!(matches!(err, StartError::TagCollision { .. }), "{err:?}");
     let err = start(Node::builder().capabilities(["other"]).actor::<Session>()).await;
     assert_eq!(
         err.to_string(),
@@ -774,9 +774,13 @@ async fn a_node_refuses_inconsistent_configuration() {
             .actor::<Session>(),
     )
     .await;
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(matches!(err, StartError::Config(_)), "{err:?}");
     let err = start(Node::builder().capabilities([""])).await;
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    // `?` in a function returning `mesh::Error` wraps it, Display unchanged.
+    let wrapped = Error::from(err.clone());
+    assert_eq!(wrapped, Error::Start(err.clone()));
+    assert_eq!(wrapped.to_string(), err.to_string());
 }
 
 // ------------------------------------------------------------ wire dispatch table
@@ -919,6 +923,7 @@ fn handles_and_futures_are_send_and_sync() {
     fn send<T: Send>(_: &T) {}
     send_sync::<Node>();
     send_sync::<Error>();
+    send_sync::<StartError>();
     send_sync::<Ctx>();
     let node: Option<Node> = None;
     if let Some(node) = &node {

@@ -98,6 +98,9 @@ async fn node(net: &Transport, name: &str, listen: &str, caps: &[&str], seeds: &
     if caps.contains(&"ledger") {
         b = b.actor::<Account>();
     }
+    if caps.contains(&"gate") {
+        b = b.actor::<Gated>();
+    }
     b.start().await.expect("node starts")
 }
 
@@ -387,4 +390,136 @@ async fn calls_are_forwarded_while_nodes_disagree_during_a_join() {
     for n in [a, b, c] {
         n.shutdown().await.unwrap();
     }
+}
+
+/// Held by `Block` until `Open` adds a permit; `Bump` counts its runs.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static BLOCKED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+static BUMPS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Actor, Default)]
+#[actor(capability = "gate")]
+struct Gated;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Block;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = usize)]
+struct Bump;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Open;
+
+#[mesh::handlers]
+impl Gated {
+    async fn block(&mut self, _: Block) {
+        BLOCKED.notify_one();
+        if let Ok(p) = GATE.acquire().await {
+            p.forget();
+        }
+    }
+
+    async fn bump(&mut self, _: Bump) -> usize {
+        BUMPS.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn open(&mut self, _: Open) {
+        GATE.add_permits(1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_remote_call_is_cancelled_on_the_callee_if_not_started() {
+    use std::future::Future;
+    use std::task::Poll;
+    let net = Transport::memory(MemoryNetwork::new());
+    let b = node(&net, "b", "mem-b", &["gate"], &[]).await;
+    let a = node(&net, "a", "mem-a", &["game"], &["mem-b"]).await;
+    until_members(&[&a, &b], 2).await;
+    // "g" is busy (blocked) on b, so a second message waits in its mailbox.
+    let blocked = {
+        let a = a.clone();
+        tokio::spawn(async move { a.call::<Gated, _>("g", Block).await })
+    };
+    soon(BLOCKED.notified()).await;
+    let mut bump = Box::pin(
+        a.call::<Gated, _>("g", Bump)
+            .timeout(Duration::from_secs(3600))
+            .into_future(),
+    );
+    // One poll sends it; then the caller gives up on it.
+    let pending = std::future::poll_fn(|cx| Poll::Ready(bump.as_mut().poll(cx).is_pending())).await;
+    assert!(pending);
+    drop(bump);
+    // The cancel travels ahead of this call on the same connection.
+    soon(a.call::<Gated, _>("opener", Open).into_future())
+        .await
+        .unwrap();
+    soon(blocked).await.unwrap().unwrap();
+    // The abandoned Bump was skipped: this one is the first to run.
+    assert_eq!(
+        soon(a.call::<Gated, _>("g", Bump).into_future()).await,
+        Ok(1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_makes_the_node_leave() {
+    let net = Transport::memory(MemoryNetwork::new());
+    let a = node(&net, "a", "mem-a", &["game"], &[]).await;
+    let b = node(&net, "b", "mem-b", &["game"], &["mem-a"]).await;
+    until_members(&[&a, &b], 2).await;
+    let b2 = b.clone();
+    drop(b);
+    // A clone keeps it running.
+    assert_eq!(b2.membership().len(), 2);
+    let mut changes = a.membership_changes();
+    drop(b2);
+    // Gone at once, not after a failure timeout: its connections closed.
+    let started = tokio::time::Instant::now();
+    soon(changes.wait_for(|m| m.len() == 1)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    for i in 0..20 {
+        let (served_by, _) = soon(
+            a.call::<Player, _>(&format!("p{i}"), Score(1))
+                .into_future(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(served_by, "a");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_peer_is_dropped_within_the_failure_timeout_and_rejoins_when_it_answers() {
+    let memory = MemoryNetwork::new();
+    let net = Transport::memory(memory.clone());
+    let a = node(&net, "a", "mem-a", &["game"], &[]).await;
+    let b = node(&net, "b", "mem-b", &["game"], &["mem-a"]).await;
+    until_members(&[&a, &b], 2).await;
+    // b hangs: its links stay open but carry nothing (no error, no close).
+    let started = tokio::time::Instant::now();
+    memory.stall("a", "b");
+    until_members(&[&a, &b], 1).await;
+    // heartbeat 50 ms, failure timeout 500 ms: a ping sent within one
+    // heartbeat goes unanswered for the failure timeout.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took <= Duration::from_millis(550), "{took:?}");
+    for i in 0..20 {
+        let (served_by, _) = soon(
+            a.call::<Player, _>(&format!("p{i}"), Score(1))
+                .into_future(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(served_by, "a");
+    }
+    memory.heal("a", "b");
+    until_members(&[&a, &b], 2).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -35,7 +35,7 @@ fn adapter(consul: &TestConsul, agent: usize) -> Consul {
         .wait(Duration::from_secs(5))
 }
 
-async fn start(name: &str, consul: Consul) -> Result<Node, mesh::Error> {
+async fn start(name: &str, consul: Consul) -> Result<Node, StartError> {
     Node::builder()
         .name(name)
         .cluster("game")
@@ -280,7 +280,7 @@ async fn a_wrong_acl_token_is_a_clear_error_at_start() {
         .await
         .expect_err("refused");
     let text = err.to_string();
-    assert!(matches!(err, mesh::Error::Discovery(_)), "{err:?}");
+    assert!(matches!(err, StartError::Discovery(_)), "{err:?}");
     assert!(
         text.contains("403") && text.contains("ACL not found"),
         "{text}"
@@ -313,11 +313,11 @@ async fn an_unreachable_agent_or_bad_settings_fail_the_start() {
     let err = start("a", adapter(&consul, 0).ttl(Duration::from_millis(200)))
         .await
         .expect_err("TTL under 3x the heartbeat");
-    assert!(matches!(err, mesh::Error::Config(_)), "{err:?}");
+    assert!(matches!(err, StartError::Config(_)), "{err:?}");
     let err = start("a", Consul::new().address("https://127.0.0.1:8501"))
         .await
         .expect_err("no TLS client");
-    assert!(matches!(err, mesh::Error::Config(_)), "{err:?}");
+    assert!(matches!(err, StartError::Config(_)), "{err:?}");
 }
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use mesh::transport::{
     memory::MemoryNetwork, tcp, Connection, DialTarget, Inbound, Listening, Responder,
     TransportConfig,
 };
-use mesh::Transport;
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
+use mesh::Transport;
 use mesh_testkit::soon;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -323,28 +323,30 @@ async fn garbage_wrong_versions_and_silence_are_dropped_with_a_reason() {
     let frames = read_until_closed(&mut s).await;
     let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
     assert_eq!(frames[0].kind, Kind::Error);
+    assert_eq!(failure.code, wire::code::REFUSED);
+    let error = failure.into_error();
+    assert!(matches!(error, Error::Refused { .. }), "{error:?}");
     assert!(
-        failure.error.to_string().contains("too long")
-            || failure.error.to_string().contains("exceeds"),
-        "{}",
-        failure.error
+        error.to_string().contains("too long") || error.to_string().contains("exceeds"),
+        "{error}"
     );
 
-    // Another protocol version: told so in our version, then closed.
+    // Another protocol version (an older peer's): told so in our
+    // version, then closed.
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
     let mut hello = BytesMut::new();
     FrameCodec::default()
         .encode(Kind::Hello, 0, b"\x80", &mut hello)
         .unwrap();
-    hello[6] = 2;
+    assert_eq!(hello[6], wire::VERSION);
+    hello[6] = 1;
     s.write_all(&hello).await.unwrap();
     let frames = read_until_closed(&mut s).await;
-    let failure: wire::Failure = wire::decode(&frames[0].body).unwrap();
-    assert!(
-        failure.error.to_string().contains("protocol version 2"),
-        "{}",
-        failure.error
-    );
+    assert_eq!(frames[0].kind, Kind::Error);
+    let error = wire::decode::<wire::Failure>(&frames[0].body)
+        .unwrap()
+        .into_error();
+    assert!(error.to_string().contains("protocol version 1"), "{error}");
 
     // Silence: dropped after the handshake timeout.
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
@@ -473,7 +475,10 @@ async fn a_partition_cuts_links_at_once_and_refuses_new_ones_until_healed() {
     let refused = TransportUnderTest::memory(&memory)
         .dial(server.addr(), &config("a", "c", "k"), client_in)
         .await;
-    assert!(matches!(refused, Err(Error::Unreachable { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::Unreachable { .. })),
+        "{refused:?}"
+    );
     memory.heal("a", "b");
     let (client_in, _) = echo();
     let again = TransportUnderTest::memory(&memory)
@@ -489,10 +494,7 @@ async fn a_stalled_link_hangs_without_closing_and_resumes_when_healed() {
     memory.stall("a", "b");
     // Nothing moves and nothing fails: only the timeout tells (the paused
     // clock jumps to it once everything is idle).
-    assert_eq!(
-        conn.ping(Duration::from_secs(2)).await,
-        Err(Error::Timeout)
-    );
+    assert_eq!(conn.ping(Duration::from_secs(2)).await, Err(Error::Timeout));
     assert!(!conn.is_closed() && !accepted.is_closed());
     let late = {
         let conn = conn.clone();

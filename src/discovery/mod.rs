@@ -23,15 +23,17 @@ use std::pin::Pin;
 
 use tokio::sync::watch;
 
-use crate::Error;
+use crate::{Error, StartError};
 
 pub use consul::Consul;
 
 /// A boxed future, as [`Discovery`]'s methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a node publishes about itself.
+/// What a node publishes about itself. `#[non_exhaustive]`: later
+/// versions publish more; build one with [`LocalNode::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LocalNode {
     /// The cluster name (Consul: the service name, unless set otherwise).
     pub cluster: String,
@@ -45,8 +47,30 @@ pub struct LocalNode {
     pub protocol: u8,
 }
 
-/// A peer as the discovery reports it.
+impl LocalNode {
+    /// A node of `cluster` with id `node`, reachable at `addr`, hosting
+    /// `capabilities`, speaking this build's protocol version
+    /// ([`crate::wire::VERSION`]).
+    pub fn new(
+        cluster: impl Into<String>,
+        node: impl Into<String>,
+        addr: impl Into<String>,
+        capabilities: Vec<String>,
+    ) -> Self {
+        LocalNode {
+            cluster: cluster.into(),
+            node: node.into(),
+            addr: addr.into(),
+            capabilities,
+            protocol: crate::wire::VERSION,
+        }
+    }
+}
+
+/// A peer as the discovery reports it. `#[non_exhaustive]`: an adapter
+/// builds one with [`DiscoveredPeer::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DiscoveredPeer {
     /// The peer's node id.
     pub node: String,
@@ -54,6 +78,21 @@ pub struct DiscoveredPeer {
     pub addr: String,
     /// The capabilities it registered.
     pub capabilities: Vec<String>,
+}
+
+impl DiscoveredPeer {
+    /// Peer `node`, to dial at `addr`, hosting `capabilities`.
+    pub fn new(
+        node: impl Into<String>,
+        addr: impl Into<String>,
+        capabilities: Vec<String>,
+    ) -> Self {
+        DiscoveredPeer {
+            node: node.into(),
+            addr: addr.into(),
+            capabilities,
+        }
+    }
 }
 
 /// The healthy peers by node id, without the local node. Each value sent
@@ -64,14 +103,20 @@ pub type Peers = BTreeMap<String, DiscoveredPeer>;
 pub trait Discovery: Send + Sync + 'static {
     /// Registers `me` and starts watching. Each full view of the healthy
     /// peers is sent on `peers`. Fails when the registry refuses the node
-    /// (wrong token, unreachable at start): the node does not start.
-    fn start(&self, me: LocalNode, peers: watch::Sender<Peers>)
-        -> BoxFuture<'_, Result<(), Error>>;
+    /// (wrong token, unreachable at start: [`StartError::Discovery`]) or
+    /// the adapter's settings are wrong ([`StartError::Config`]): the node
+    /// does not start.
+    fn start(
+        &self,
+        me: LocalNode,
+        peers: watch::Sender<Peers>,
+    ) -> BoxFuture<'_, Result<(), StartError>>;
 
     /// Leaves cleanly: stops keeping the registration alive, *then*
     /// deregisters (the other order lets a late heartbeat re-register a
     /// zombie), then stops watching. Called by [`crate::Node::shutdown`]
-    /// before the node closes its connections.
+    /// before the node closes its connections; a failure is
+    /// [`Error::Discovery`], logged by the node.
     fn stop(&self) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Stops every background task at once and leaves the registration

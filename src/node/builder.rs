@@ -9,12 +9,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::cluster::{self, ClusterConfig};
-use crate::transport::Transport;
 use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
 use crate::activation::{Activations, AnyActivations, Shared};
 use crate::ring::{capability_key, Placement, Rendezvous};
+use crate::transport::Transport;
 use crate::wire::Cookie;
-use crate::{Error, Handlers};
+use crate::{Handlers, StartError};
 
 /// The deadline of a call that does not set one with `.timeout(d)`.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -240,7 +240,7 @@ impl NodeBuilder {
     }
 
     /// How long [`Node::shutdown`] waits for busy activations (30 s by
-    /// default) before it returns [`Error::Timeout`].
+    /// default) before it returns [`crate::Error::Timeout`].
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -257,25 +257,33 @@ impl NodeBuilder {
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
-    /// Errors: [`Error::Config`] for an empty or duplicate capability, an
-    /// actor type given twice or whose capability the node does not host;
-    /// [`Error::TagCollision`] if two handlers share a wire tag.
-    pub async fn start(self) -> Result<Node, Error> {
+    /// Errors: [`StartError::Config`] for an empty or duplicate
+    /// capability, an actor type given twice or whose capability the node
+    /// does not host, or a clustered node without a cookie;
+    /// [`StartError::TagCollision`] if two handlers share a wire tag;
+    /// [`StartError::Listen`] if the listener cannot bind;
+    /// [`StartError::Discovery`] if the discovery refuses the node.
+    /// `?` turns it into [`crate::Error::Start`] where a function returns
+    /// [`crate::Error`].
+    pub async fn start(self) -> Result<Node, StartError> {
         let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| Error::Config("start the node inside a tokio runtime".into()))?;
+            .map_err(|_| StartError::Config("start the node inside a tokio runtime".into()))?;
         let mut capabilities = self.capabilities;
         if let Some(c) = capabilities.iter().find(|c| c.is_empty()) {
-            return Err(Error::Config(format!("empty capability name {c:?}")));
+            return Err(StartError::Config(format!("empty capability name {c:?}")));
         }
         capabilities.sort();
         capabilities.dedup();
         let mut wire: HashMap<u64, (WireRoute, String)> = HashMap::new();
         for (i, a) in self.actors.iter().enumerate() {
             if self.actors[..i].iter().any(|b| b.type_id == a.type_id) {
-                return Err(Error::Config(format!("actor type {} given twice", a.name)));
+                return Err(StartError::Config(format!(
+                    "actor type {} given twice",
+                    a.name
+                )));
             }
             if !capabilities.iter().any(|c| c == a.capability) {
-                return Err(Error::Config(format!(
+                return Err(StartError::Config(format!(
                     "actor {} needs capability {:?}, which this node does not host",
                     a.name, a.capability
                 )));
@@ -287,7 +295,7 @@ impl NodeBuilder {
                     capability_key: capability_key(a.capability),
                 };
                 if let Some((_, first)) = wire.insert(tag, (route, here.clone())) {
-                    return Err(Error::TagCollision {
+                    return Err(StartError::TagCollision {
                         tag,
                         first,
                         second: here,
@@ -296,7 +304,7 @@ impl NodeBuilder {
             }
         }
         let id: Arc<str> = match self.name {
-            Some(n) if n.is_empty() => return Err(Error::Config("empty node name".into())),
+            Some(n) if n.is_empty() => return Err(StartError::Config("empty node name".into())),
             Some(n) => n.into(),
             None => {
                 static N: AtomicU64 = AtomicU64::new(0);
@@ -325,6 +333,7 @@ impl NodeBuilder {
             shared: shared.clone(),
             default_timeout: self.default_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            handle: std::sync::OnceLock::new(),
         });
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {
@@ -340,6 +349,6 @@ impl NodeBuilder {
             });
         }
         tracing::info!(node = %inner.id, capabilities = ?inner.capabilities, "node started");
-        Ok(Node { inner })
+        Ok(Node::first_handle(inner))
     }
 }

@@ -172,7 +172,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             bytes.and_then(|b| crate::wire::decode::<M::Reply>(&b))
         } else {
             let Some(rx) = this.rx.as_mut() else {
-                return Poll::Ready(Err(Error::Config("call polled after completion".into())));
+                panic!("CallFuture polled after completion");
             };
             let result = match ready!(Pin::new(rx).poll(cx)) {
                 Ok(result) => result,

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use crate::ring::{Placement, RoutingTable};
 
-/// What the membership knows of one node.
+/// What the membership knows of one node. `#[non_exhaustive]`: later
+/// versions know more.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberInfo {
     /// Where its listener accepts connections (empty: not listening).
     pub addr: String,

@@ -34,9 +34,33 @@ static DEFAULT: ArcSwapOption<NodeInner> = ArcSwapOption::const_empty();
 
 /// A running node: hosts activations of the actor types it was built with,
 /// for the capabilities it declared.
+///
+/// Drop contract: the node runs while a handle from
+/// [`NodeBuilder::start`] (or a clone of it, or one from
+/// [`Node::default_node`]) is alive. Dropping the last one without
+/// [`Node::shutdown`] stops the node at once: its connections close (peers
+/// see it leave), it leaves its discovery (deregistering in the background
+/// when a runtime is there), its activations stop after the messages
+/// already queued, and it stops being the default node. The handle an
+/// actor gets from [`Ctx::node`](crate::Ctx::node) does not keep the node
+/// running.
 #[derive(Clone)]
 pub struct Node {
+    // Dropped first, while `inner` is still alive for it to stop.
+    _handle: Option<Arc<Handle>>,
     inner: Arc<NodeInner>,
+}
+
+/// Shared by the user's handles; its drop abandons the node.
+#[derive(Debug)]
+pub(crate) struct Handle(std::sync::Weak<NodeInner>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.abandon();
+        }
+    }
 }
 
 /// Where a wire tag goes on this node.
@@ -61,6 +85,8 @@ pub(crate) struct NodeInner {
     shared: Arc<Shared>,
     default_timeout: Duration,
     shutdown_timeout: Duration,
+    /// The user's handles, shared; gone once they all are.
+    handle: OnceLock<std::sync::Weak<Handle>>,
 }
 
 impl fmt::Debug for Node {
@@ -86,13 +112,33 @@ impl Node {
         NodeBuilder::new()
     }
 
+    /// An internal handle (activations, timers): it does not keep the
+    /// node running.
     pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Self {
-        Node { inner }
+        Node {
+            inner,
+            _handle: None,
+        }
+    }
+
+    /// The user's first handle of a node just started.
+    pub(crate) fn first_handle(inner: Arc<NodeInner>) -> Self {
+        let handle = Arc::new(Handle(Arc::downgrade(&inner)));
+        let _ = inner.handle.set(Arc::downgrade(&handle));
+        Node {
+            inner,
+            _handle: Some(handle),
+        }
     }
 
     /// The process's default node, if one is running.
     pub fn default_node() -> Option<Node> {
-        DEFAULT.load_full().map(Node::from_inner)
+        let inner = DEFAULT.load_full()?;
+        let handle = inner.handle.get().and_then(std::sync::Weak::upgrade);
+        Some(Node {
+            inner,
+            _handle: handle,
+        })
     }
 
     /// This node's id.
@@ -229,6 +275,39 @@ impl Node {
 }
 
 impl NodeInner {
+    /// The last user handle was dropped without `shutdown`: stop at once,
+    /// without waiting (see [`Node`]'s drop contract).
+    fn abandon(self: &Arc<Self>) {
+        if self.shared.is_shutting_down() {
+            return;
+        }
+        tracing::warn!(node = %self.id, "the last handle was dropped without shutdown(): stopping the node");
+        self.shared.begin_shutdown();
+        if let Some(cluster) = self.cluster.get() {
+            if let Some(d) = cluster.discovery() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        let id = self.id.clone();
+                        rt.spawn(async move {
+                            if let Err(e) = d.stop().await {
+                                tracing::warn!(node = %id, "leaving discovery: {e}");
+                            }
+                        });
+                    }
+                    Err(_) => d.halt(),
+                }
+            }
+            cluster.stop();
+        }
+        for (_, _, acts) in &self.actors {
+            acts.stop_all();
+        }
+        let current = DEFAULT.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, self)) {
+            DEFAULT.compare_and_swap(&*current, None);
+        }
+    }
+
     /// Applies `change` to the membership; if it changed anything, the
     /// routing table is recomputed and published, and watchers are told.
     ///

@@ -50,7 +50,11 @@ impl NodeInner {
 
     /// The handler-table entry of `tag`, and who owns the shard of `id` for
     /// its capability (`None`: this node).
-    pub(crate) fn locate(&self, tag: u64, id: &str) -> Result<(WireRoute, Option<Connection>), Error> {
+    pub(crate) fn locate(
+        &self,
+        tag: u64,
+        id: &str,
+    ) -> Result<(WireRoute, Option<Connection>), Error> {
         let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
             actor: String::from("(any)"),
             tag,
@@ -98,4 +102,3 @@ impl NodeInner {
         }
     }
 }
-

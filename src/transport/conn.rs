@@ -72,6 +72,9 @@ impl Responder {
         };
         // The last inbound call in flight writes its reply itself.
         let alone = shared.inbound.fetch_sub(1, Ordering::Relaxed) == 1;
+        if shared.take_cancelled(corr) {
+            return; // the caller is gone: nobody reads an answer
+        }
         let frame = match result {
             Ok(payload) => {
                 let n = payload.len();
@@ -80,7 +83,9 @@ impl Responder {
                 };
                 wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
             }
-            Err(error) => wire::encode_envelope(&Failure { error }, 64).map(|b| (Kind::Error, b)),
+            Err(error) => {
+                wire::encode_envelope(&Failure::from_error(&error), 64).map(|b| (Kind::Error, b))
+            }
         };
         match frame {
             Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
@@ -99,11 +104,12 @@ impl Responder {
         self.slot.as_ref().map(|_| self.deadline)
     }
 
-    /// Whether the connection is gone, so nobody waits for the answer.
+    /// Whether nobody waits for the answer any more: the connection is
+    /// gone, or the caller cancelled the call (a `Cancel` frame).
     pub fn is_closed(&self) -> bool {
         self.slot
             .as_ref()
-            .is_none_or(|(_, shared)| *shared.closed.borrow())
+            .is_none_or(|(corr, shared)| *shared.closed.borrow() || shared.is_cancelled(*corr))
     }
 }
 
@@ -147,6 +153,10 @@ struct Shared {
     codec: FrameCodec,
     /// Inbound calls not answered yet.
     inbound: AtomicUsize,
+    /// Inbound calls the caller cancelled, with when the cancel came; a
+    /// count beside it so the common case (none) costs one atomic load.
+    cancelled: Mutex<HashMap<u64, Instant>>,
+    cancelled_len: AtomicUsize,
     closed: watch::Sender<bool>,
 }
 
@@ -196,6 +206,43 @@ impl Shared {
         let _ = self.out.send(Out::Frame(kind, corr, body));
     }
 
+    fn cancelled(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that the caller abandoned inbound call `corr`. A cancel
+    /// that arrives after the answer left stays until pruned: correlation
+    /// ids are never reused on a connection, so it matches nothing.
+    fn cancel(&self, corr: u64) {
+        let mut c = self.cancelled();
+        if c.len() >= MAX_CANCELLED {
+            let horizon = Instant::now() - CANCELLED_KEPT;
+            c.retain(|_, at| *at > horizon);
+            if c.len() >= MAX_CANCELLED {
+                c.clear();
+            }
+        }
+        c.insert(corr, Instant::now());
+        self.cancelled_len.store(c.len(), Ordering::Release);
+    }
+
+    fn is_cancelled(&self, corr: u64) -> bool {
+        self.cancelled_len.load(Ordering::Acquire) > 0 && self.cancelled().contains_key(&corr)
+    }
+
+    /// Whether `corr` was cancelled; forgets it either way.
+    fn take_cancelled(&self, corr: u64) -> bool {
+        if self.cancelled_len.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut c = self.cancelled();
+        let was = c.remove(&corr).is_some();
+        self.cancelled_len.store(c.len(), Ordering::Release);
+        was
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -215,6 +262,31 @@ impl Shared {
         }
     }
 }
+
+/// How many cancelled inbound calls a connection remembers before it
+/// prunes those older than [`CANCELLED_KEPT`].
+const MAX_CANCELLED: usize = 4096;
+const CANCELLED_KEPT: Duration = Duration::from_secs(60);
+
+/// Cancels a request whose future was dropped before its answer.
+struct Abandon<'a> {
+    shared: &'a Arc<Shared>,
+    corr: u64,
+    cancel: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        let waiting = self.shared.pending().remove(self.corr).is_some();
+        if waiting && self.cancel && !*self.shared.closed.borrow() {
+            self.shared
+                .enqueue(Kind::Cancel, self.corr, EMPTY_BODY.to_vec(), false);
+        }
+    }
+}
+
+/// `{}` in MessagePack: the body of frames that carry nothing.
+const EMPTY_BODY: [u8; 1] = [0x80];
 
 /// A handle on an established connection. Cheap to clone; the connection
 /// closes when the peer goes away, on a malformed frame, or on `close()`.
@@ -257,6 +329,8 @@ impl Connection {
             wr: Mutex::new(Some(Box::pin(wr))),
             codec: cfg.codec,
             inbound: AtomicUsize::new(0),
+            cancelled: Mutex::new(HashMap::new()),
+            cancelled_len: AtomicUsize::new(0),
             closed: watch::channel(false).0,
         });
         let conn = Connection { shared };
@@ -337,7 +411,17 @@ impl Connection {
             self.shared.pending().remove(corr);
             return Err(e);
         }
-        rx.await.unwrap_or_else(|_| Err(self.down()))
+        // Dropped before the answer (the caller gave up): forget the call
+        // and, for a `Call`, tell the peer so it skips the work if it has
+        // not started it.
+        let guard = Abandon {
+            shared: &self.shared,
+            corr,
+            cancel: kind == Kind::Call,
+        };
+        let result = rx.await.unwrap_or_else(|_| Err(self.down()));
+        std::mem::forget(guard);
+        result
     }
 
     /// Calls handler `tag` of actor `id` on the peer; returns the encoded
@@ -515,8 +599,10 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             }
         }
         Kind::Error => {
+            // An unknown code decodes to `Error::Remote`; only a body that
+            // is not a failure at all is a codec error.
             let err = match wire::decode::<Failure>(&frame.body) {
-                Ok(f) => f.error,
+                Ok(f) => f.into_error(),
                 Err(e) => e,
             };
             if corr == 0 {
@@ -560,6 +646,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
                 tracing::warn!(peer = %shared.peer.node, "dropping malformed membership: {e}")
             }
         },
+        Kind::Cancel => shared.cancel(corr),
         Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => {
             tracing::warn!(peer = %shared.peer.node, "unexpected {:?} after the handshake", frame.kind);
         }

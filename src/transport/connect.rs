@@ -120,8 +120,11 @@ pub trait Connector: Send + Sync + 'static {
 /// Binds listeners and secures the streams they accept.
 pub trait Acceptor: Send + Sync + 'static {
     /// Listens on `addr` for node `local` (port 0 picks one).
-    fn bind<'a>(&'a self, addr: &'a str, local: &'a str)
-        -> BoxFuture<'a, io::Result<Box<dyn Listener>>>;
+    fn bind<'a>(
+        &'a self,
+        addr: &'a str,
+        local: &'a str,
+    ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>>;
 
     /// Upgrades one accepted stream (a TLS handshake, say) before the
     /// cookie handshake; runs on the connection's task, inside the

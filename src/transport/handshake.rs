@@ -61,11 +61,9 @@ async fn write_frame<S: AsyncWrite + Unpin, T: serde::Serialize>(
 /// refusal.
 fn expect<T: serde::de::DeserializeOwned>(frame: Frame, kind: Kind) -> Result<T, HandshakeError> {
     if frame.kind == Kind::Error {
-        let reason = match wire::decode::<Failure>(&frame.body) {
-            Ok(Failure {
-                error: Error::Refused { reason },
-            }) => reason,
-            Ok(Failure { error }) => error.to_string(),
+        let reason = match wire::decode::<Failure>(&frame.body).map(Failure::into_error) {
+            Ok(Error::Refused { reason }) => reason,
+            Ok(error) => error.to_string(),
             Err(e) => e.to_string(),
         };
         return Err(HandshakeError::Refused(reason));
@@ -84,11 +82,9 @@ async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, cfg: &TransportConfig, e: &Ha
     if matches!(e, HandshakeError::Refused(_)) {
         return; // they refused us: nothing to tell
     }
-    let failure = Failure {
-        error: Error::Refused {
-            reason: e.to_string(),
-        },
-    };
+    let failure = Failure::from_error(&Error::Refused {
+        reason: e.to_string(),
+    });
     let _ = write_frame(io, cfg, Kind::Error, &failure).await;
     let _ = io.shutdown().await;
 }

@@ -73,7 +73,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::Error;
+use crate::{Error, StartError};
 
 /// A node's transport: how it dials peers and how it accepts them.
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl Transport {
         addr: &str,
         cfg: TransportConfig,
         inbound: Arc<dyn Inbound>,
-    ) -> Result<Listening, Error> {
+    ) -> Result<Listening, StartError> {
         listen(self.acceptor.clone(), addr, cfg, inbound).await
     }
 
@@ -169,14 +169,15 @@ pub async fn listen(
     addr: &str,
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
-) -> Result<Listening, Error> {
-    let mut listener = acceptor
-        .bind(addr, &cfg.identity.node)
-        .await
-        .map_err(|e| Error::Unreachable {
-            addr: addr.to_owned(),
-            reason: format!("cannot listen: {e}"),
-        })?;
+) -> Result<Listening, StartError> {
+    let mut listener =
+        acceptor
+            .bind(addr, &cfg.identity.node)
+            .await
+            .map_err(|e| StartError::Listen {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
     let local = listener.local_addr();
     // The handshake tells dialers where this node listens: the bound
     // address, unless the caller advertises another.

@@ -11,7 +11,7 @@ use super::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connection, Connector, DialTarget, Inbound,
     Listener, Listening, TransportConfig,
 };
-use crate::Error;
+use crate::{Error, StartError};
 
 /// The TCP connector and acceptor.
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,7 +77,7 @@ pub async fn listen(
     addr: &str,
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
-) -> Result<Listening, Error> {
+) -> Result<Listening, StartError> {
     super::listen(Arc::new(Tcp), addr, cfg, inbound).await
 }
 

@@ -4,7 +4,7 @@
 //! offset size  field
 //!      0    4  length N of everything after this field, u32 big-endian
 //!      4    2  magic "MS" (0x4d 0x53)
-//!      6    1  protocol version (1)
+//!      6    1  protocol version (2)
 //!      7    1  kind (see `Kind`)
 //!      8    1  flags: bit 0 = body checksum present; other bits must be 0
 //!      9    3  reserved, must be 0
@@ -28,7 +28,15 @@ use xxhash_rust::xxh3::xxh3_64;
 /// The magic bytes that open every frame header.
 pub const MAGIC: [u8; 2] = *b"MS";
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+///
+/// Version 2 changed the `Error` body from the serialized Rust error enum
+/// to a stable code and fields ([`Failure`](super::Failure)) and added the
+/// `Cancel` kind. The rule, also in `PROTOCOL.md`: an optional trailing
+/// body field with a default, or a new error code, needs no bump; any
+/// change an older peer cannot decode (a new kind, a changed or removed
+/// field) does. Peers of different versions refuse each other in the
+/// handshake.
+pub const VERSION: u8 = 2;
 /// Bytes from the magic to the end of the correlation id.
 pub const HEADER_LEN: usize = 16;
 /// The largest frame accepted unless configured otherwise: 8 MiB.
@@ -37,8 +45,11 @@ pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
 const FLAG_CHECKSUM: u8 = 0b1;
 
 /// What a frame carries.
+///
+/// `#[non_exhaustive]`: later versions add kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum Kind {
     /// Handshake, dialer first: cluster, node, version, capabilities, nonce.
     Hello = 1,
@@ -63,6 +74,9 @@ pub enum Kind {
     Pong = 10,
     /// The sender's view of the membership.
     Membership = 11,
+    /// The caller abandoned the call with this correlation id (version 2):
+    /// the callee may skip it. Body `{}`; no answer.
+    Cancel = 12,
 }
 
 impl Kind {
@@ -80,6 +94,7 @@ impl Kind {
             9 => Kind::Ping,
             10 => Kind::Pong,
             11 => Kind::Membership,
+            12 => Kind::Cancel,
             _ => return None,
         })
     }
@@ -97,8 +112,9 @@ pub struct Frame {
 }
 
 /// Why bytes are not a frame. After any of these the stream is out of sync:
-/// close the connection.
+/// close the connection. `#[non_exhaustive]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The length prefix exceeds the limit.
     #[error("frame of {len} bytes exceeds the limit of {max}")]
@@ -304,8 +320,20 @@ mod tests {
         );
         assert_eq!(
             &buf[..],
-            &[0, 0, 0, 17, b'M', b'S', 1, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
+            &[0, 0, 0, 17, b'M', b'S', 2, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
         );
+    }
+
+    #[test]
+    fn version_and_kinds_are_pinned() {
+        assert_eq!(VERSION, 2);
+        for v in 1..=12u8 {
+            let kind = Kind::from_u8(v).expect("kinds 1..=12 exist");
+            assert_eq!(kind as u8, v);
+        }
+        assert_eq!(Kind::from_u8(12), Some(Kind::Cancel));
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(13), None);
     }
 
     #[test]

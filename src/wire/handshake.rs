@@ -83,7 +83,9 @@ impl Peer {
 }
 
 /// Why a handshake failed. Sent to the peer (as text) before closing.
+/// `#[non_exhaustive]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The peer belongs to another cluster.
     #[error("wrong cluster: this node is in {ours:?}, the peer in {theirs:?}")]
@@ -371,10 +373,10 @@ mod tests {
         let (_, mut hello) = Dialer::start(id("c", "a"), Cookie::new("k")).unwrap();
         hello.version = 9;
         let err = Listener::on_hello(&id("c", "b"), Cookie::new("k"), &hello).unwrap_err();
-        assert_eq!(err, HandshakeError::WrongVersion { ours: 1, theirs: 9 });
+        assert_eq!(err, HandshakeError::WrongVersion { ours: 2, theirs: 9 });
         assert_eq!(
             err.to_string(),
-            "wrong protocol version: this node speaks 1, the peer 9"
+            "wrong protocol version: this node speaks 2, the peer 9"
         );
     }
 

@@ -1,10 +1,9 @@
 //! Frame bodies: what each [`Kind`](super::Kind) carries, encoded with
-//! rmp-serde (structs as maps).
+//! rmp-serde (handshake bodies as maps, the others as arrays). The `Error`
+//! body, [`Failure`](super::Failure), has its own module (`failure`).
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-
-use crate::Error;
 
 /// `Hello`: the dialer introduces itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,14 +92,6 @@ pub struct Cast {
 pub struct Reply {
     /// The reply, rmp-serde.
     pub payload: ByteBuf,
-}
-
-/// `Error`: a call failed (correlation id of the call), or the connection is
-/// refused (correlation id 0) and about to close.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The error, as the caller will see it.
-    pub error: Error,
 }
 
 /// One member in a `Membership` frame.

@@ -5,7 +5,7 @@
 //! capability of the actor, the message's `#[message(name)]`, which defaults
 //! to its type identifier), never from module paths: moving a type to
 //! another file changes nothing on the wire. A node refuses to start if two
-//! of its handlers share a tag ([`crate::Error::TagCollision`]).
+//! of its handlers share a tag ([`crate::StartError::TagCollision`]).
 //!
 //! Bodies are MessagePack via rmp-serde, structs encoded as maps (field
 //! names on the wire), so a field added with `#[serde(default)]` stays
@@ -16,19 +16,21 @@
 //!
 //! Between nodes, bodies travel in frames ([`FrameCodec`], layout in
 //! `frame`) after a cookie-authenticated handshake ([`Dialer`],
-//! [`Listener`]). `PROTOCOL.md` at the repository root describes both.
+//! [`Listener`]). A failed call travels as a [`Failure`]: a stable error
+//! [`code`] and fields, never the Rust [`crate::Error`] enum itself.
+//! `PROTOCOL.md` at the repository root describes all of it.
 
+mod failure;
 mod frame;
 mod handshake;
 mod message;
 
+pub use failure::{code, Failure};
 pub use frame::{
     Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, VERSION,
 };
 pub use handshake::{Cookie, Dialer, HandshakeError, Identity, Listener, Peer};
-pub use message::{
-    Auth, Call, Cast, Challenge, Failure, Hello, Member, Membership, Reply, Welcome,
-};
+pub use message::{Auth, Call, Cast, Challenge, Hello, Member, Membership, Reply, Welcome};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -74,7 +74,7 @@ use self::api::{segment, Api, ApiError};
 use self::health::{HealthMsg, HealthState, HealthWorker};
 use self::watch::{BlockingIndex, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
 use super::{BoxFuture, Discovery, LocalNode, Peers};
-use crate::Error;
+use crate::{Error, StartError};
 
 /// The agent address when neither the code nor `CONSUL_HTTP_ADDR` sets one.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
@@ -174,21 +174,21 @@ fn go_duration(d: Duration) -> String {
 
 /// `CONSUL_HTTP_ADDR` rules: `host:port` means http; only http is served
 /// by this build.
-fn normalize_address(addr: &str) -> Result<String, Error> {
+fn normalize_address(addr: &str) -> Result<String, StartError> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
-        return Err(Error::Config("empty consul address".into()));
+        return Err(StartError::Config("empty consul address".into()));
     }
     if let Some(rest) = addr.strip_prefix("http://") {
         return Ok(format!("http://{rest}"));
     }
     if addr.starts_with("https://") || addr.starts_with("unix://") {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "consul address {addr:?}: only http:// agents are supported by this build (use the local agent's plain HTTP port)"
         )));
     }
     if addr.contains("://") {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "consul address {addr:?}: unknown scheme"
         )));
     }
@@ -196,21 +196,21 @@ fn normalize_address(addr: &str) -> Result<String, Error> {
 }
 
 /// Splits an RPC address into the Address and Port Consul stores.
-fn split_addr(addr: &str) -> Result<(String, u16), Error> {
+fn split_addr(addr: &str) -> Result<(String, u16), StartError> {
     let (host, port) = match addr.parse::<std::net::SocketAddr>() {
         Ok(sa) => (sa.ip().to_string(), sa.port()),
         Err(_) => {
             let (h, p) = addr
                 .rsplit_once(':')
-                .ok_or_else(|| Error::Config(format!("address {addr:?} has no port")))?;
+                .ok_or_else(|| StartError::Config(format!("address {addr:?} has no port")))?;
             let p = p
                 .parse()
-                .map_err(|_| Error::Config(format!("address {addr:?} has no valid port")))?;
+                .map_err(|_| StartError::Config(format!("address {addr:?} has no valid port")))?;
             (h.trim_matches(['[', ']']).to_owned(), p)
         }
     };
     if host == "0.0.0.0" || host == "::" || host.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "the node listens on {addr}, which peers cannot dial: set NodeBuilder::advertise to a reachable address"
         )));
     }
@@ -223,7 +223,7 @@ fn registration(
     me: &LocalNode,
     ttl: Duration,
     deregister_after: Duration,
-) -> Result<(String, String, Value), Error> {
+) -> Result<(String, String, Value), StartError> {
     let (address, port) = split_addr(&me.addr)?;
     let id = format!("{service}-{}", me.node);
     let check_id = format!("service:{id}");
@@ -254,7 +254,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A refused start, in the agent's words, with a hint where one helps.
-fn start_error(what: &str, base: &str, e: &ApiError) -> Error {
+fn start_error(what: &str, base: &str, e: &ApiError) -> StartError {
     let hint = match e {
         ApiError::Status { code: 403, .. } => {
             " (check the ACL token: Consul::token or CONSUL_HTTP_TOKEN)"
@@ -262,7 +262,7 @@ fn start_error(what: &str, base: &str, e: &ApiError) -> Error {
         ApiError::Transport(_) => " (is the agent running? Consul::address or CONSUL_HTTP_ADDR)",
         _ => "",
     };
-    Error::Discovery(format!("{what} at {base}: {e}{hint}"))
+    StartError::Discovery(format!("{what} at {base}: {e}{hint}"))
 }
 
 impl Consul {
@@ -342,7 +342,7 @@ impl Consul {
 
     /// The agent address and token this adapter uses: the ones set in
     /// code, else the consul CLI's environment variables.
-    fn resolved(&self) -> Result<(String, Option<String>), Error> {
+    fn resolved(&self) -> Result<(String, Option<String>), StartError> {
         let addr = match &self.cfg.address {
             Some(a) => a.clone(),
             None => std::env::var("CONSUL_HTTP_ADDR")
@@ -358,7 +358,7 @@ impl Consul {
                     Ok(path) if !path.is_empty() => Some(
                         std::fs::read_to_string(&path)
                             .map_err(|e| {
-                                Error::Config(format!("CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
+                                StartError::Config(format!("CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
                             })?
                             .trim()
                             .to_owned(),
@@ -370,7 +370,10 @@ impl Consul {
         Ok((normalize_address(&addr)?, token.filter(|t| !t.is_empty())))
     }
 
-    fn api(&self) -> Result<Api, Error> {
+    /// The client: the running one, else one from the settings (a bad
+    /// setting is [`StartError::Config`]; the operator functions return it
+    /// as [`Error::Start`]).
+    fn api(&self) -> Result<Api, StartError> {
         if let Some(r) = lock(&self.running).as_ref() {
             return Ok(r.api.clone());
         }
@@ -381,7 +384,7 @@ impl Consul {
             self.cfg.datacenter.clone(),
             self.cfg.request_timeout,
         )
-        .map_err(Error::Config)
+        .map_err(StartError::Config)
     }
 
     /// The ID this node registered under, while it runs.
@@ -454,16 +457,16 @@ impl Consul {
         &self,
         me: LocalNode,
         peers: tokio::sync::watch::Sender<Peers>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), StartError> {
         let ttl = self.effective_ttl();
         if self.cfg.heartbeat.is_zero() || ttl < self.cfg.heartbeat * 3 {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "consul TTL {ttl:?} must be at least 3x the heartbeat {:?}",
                 self.cfg.heartbeat
             )));
         }
         if lock(&self.running).is_some() {
-            return Err(Error::Config(
+            return Err(StartError::Config(
                 "this Consul adapter is already started".into(),
             ));
         }
@@ -519,7 +522,7 @@ impl Consul {
             Ok(w) => w,
             Err(e) => {
                 let _ = deregister(&api, &id).await;
-                return Err(Error::Discovery(format!(
+                return Err(StartError::Discovery(format!(
                     "cannot start the health worker: {e}"
                 )));
             }
@@ -589,7 +592,7 @@ impl Discovery for Consul {
         &self,
         me: LocalNode,
         peers: tokio::sync::watch::Sender<Peers>,
-    ) -> BoxFuture<'_, Result<(), Error>> {
+    ) -> BoxFuture<'_, Result<(), StartError>> {
         Box::pin(self.start_inner(me, peers))
     }
 
@@ -629,13 +632,13 @@ mod tests {
         );
         assert!(matches!(
             normalize_address("https://consul:8501"),
-            Err(Error::Config(_))
+            Err(StartError::Config(_))
         ));
         assert!(matches!(
             normalize_address("unix:///tmp/c.sock"),
-            Err(Error::Config(_))
+            Err(StartError::Config(_))
         ));
-        assert!(matches!(normalize_address(""), Err(Error::Config(_))));
+        assert!(matches!(normalize_address(""), Err(StartError::Config(_))));
     }
 
     #[test]
@@ -673,7 +676,7 @@ mod tests {
                 Duration::from_secs(3),
                 Duration::from_secs(60)
             ),
-            Err(Error::Config(_))
+            Err(StartError::Config(_))
         ));
         let named = LocalNode {
             addr: "node-a.internal:7000".into(),

@@ -126,7 +126,6 @@ impl NodeInner {
             }),
         }
     }
-
 }
 
 async fn local_reply(

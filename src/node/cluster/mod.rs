@@ -47,7 +47,7 @@ use super::NodeInner;
 use crate::discovery::{Discovery, LocalNode, Peers};
 use crate::transport::{Connection, Inbound, Transport, TransportConfig};
 use crate::wire::{self, Cookie, FrameCodec, Identity};
-use crate::Error;
+use crate::StartError;
 
 pub(crate) use owner::Event;
 
@@ -182,11 +182,19 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A node dropped without `stop` leaves no connection open behind it
+    /// (their tasks would keep answering pings for a node that is gone).
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Starts listening, the owner task, the heartbeat, dialing the seeds,
 /// and the discovery.
-pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Result<(), Error> {
+pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Result<(), StartError> {
     let cookie = cfg.cookie.take().ok_or_else(|| {
-        Error::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
+        StartError::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
     })?;
     let identity = Identity {
         cluster: cfg.name.clone(),
@@ -230,10 +238,10 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         m.upsert(&node.id, &addr, &node.capabilities);
     });
     if node.cluster.set(cluster).is_err() {
-        return Err(Error::Config("cluster started twice".into()));
+        return Err(StartError::Config("cluster started twice".into()));
     }
     let Some(cluster) = node.cluster.get() else {
-        return Err(Error::Config("cluster missing".into()));
+        return Err(StartError::Config("cluster missing".into()));
     };
     let mut tasks = vec![tokio::spawn(owner::run(
         Arc::downgrade(node),

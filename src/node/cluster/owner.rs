@@ -82,7 +82,7 @@ pub(super) async fn run(
         let Some(cluster) = node.cluster.get() else {
             return;
         };
-        apply(&node, &mut table, event);
+        let joined = apply(&node, &mut table, event);
         // Publish, then look at `stopped`: `stop` sets it, then swaps the
         // view out; one of the two sees the other's work.
         let view: View = table
@@ -90,6 +90,13 @@ pub(super) async fn run(
             .map(|(n, c)| (n.to_owned(), c.to_vec()))
             .collect();
         cluster.view.store(Arc::new(view));
+        // A peer joins the membership only once its connection is in the
+        // view: routing to a member without one would evict it.
+        if let Some(peer) = joined {
+            if node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities)) {
+                tracing::info!(node = %node.id, peer = %peer.node, "peer up");
+            }
+        }
         if cluster.is_stopped() {
             for c in table.drain() {
                 c.close();
@@ -103,22 +110,25 @@ pub(super) async fn run(
     }
 }
 
-fn apply(node: &Arc<NodeInner>, table: &mut PeerTable<Connection>, event: Event) {
+/// Applies `event` to the table; returns a peer to add to the membership
+/// once the view is published.
+fn apply(
+    node: &Arc<NodeInner>,
+    table: &mut PeerTable<Connection>,
+    event: Event,
+) -> Option<wire::Peer> {
+    let mut joined = None;
     match event {
         Event::Connected(owned, via) => {
-            let Some(conn) = owned.take() else { return };
+            let conn = owned.take()?;
             let peer = conn.peer().clone();
             match table.on_connected(&peer.node, &peer.addr, conn.clone(), via.as_ref()) {
                 Admission::Refused(why) => {
                     tracing::debug!(node = %node.id, peer = %peer.node, "closing a connection: {why}");
                     conn.close();
-                    return;
+                    return None;
                 }
-                Admission::Member => {
-                    if node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities)) {
-                        tracing::info!(node = %node.id, peer = %peer.node, "peer up");
-                    }
-                }
+                Admission::Member => joined = Some(peer.clone()),
                 Admission::Held => {
                     tracing::debug!(node = %node.id, peer = %peer.node, "connected to a peer discovery does not report (yet)");
                 }
@@ -179,6 +189,7 @@ fn apply(node: &Arc<NodeInner>, table: &mut PeerTable<Connection>, event: Event)
         }
         Event::Tick => {}
     }
+    joined
 }
 
 /// Dials `target` on a task of its own; the outcome comes back as an event.

@@ -265,9 +265,10 @@ impl<C: Conn> PeerTable<C> {
 
     /// The dials due at `now`, marked in progress.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<(DialKey, DialTarget)> {
-        let ready = |key: &DialKey, dialing: &HashSet<DialKey>, backoff: &HashMap<DialKey, Backoff>| {
-            !dialing.contains(key) && backoff.get(key).is_none_or(|b| b.next <= now)
-        };
+        let ready =
+            |key: &DialKey, dialing: &HashSet<DialKey>, backoff: &HashMap<DialKey, Backoff>| {
+                !dialing.contains(key) && backoff.get(key).is_none_or(|b| b.next <= now)
+            };
         let mut due = Vec::new();
         for (node, entry) in &self.peers {
             if entry.addr.is_empty() || entry.conns.iter().any(|c| !c.is_closed()) {
@@ -388,8 +389,14 @@ mod tests {
     fn at_most_n_connections_per_peer_oldest_first() {
         let mut t = table();
         let (c1, c2, c3) = (FakeConn::new(1), FakeConn::new(2), FakeConn::new(3));
-        assert_eq!(t.on_connected("b", "x", c1.clone(), None), Admission::Member);
-        assert_eq!(t.on_connected("b", "x", c2.clone(), None), Admission::Member);
+        assert_eq!(
+            t.on_connected("b", "x", c1.clone(), None),
+            Admission::Member
+        );
+        assert_eq!(
+            t.on_connected("b", "x", c2.clone(), None),
+            Admission::Member
+        );
         assert!(matches!(
             t.on_connected("b", "x", c3, None),
             Admission::Refused(_)
@@ -439,8 +446,14 @@ mod tests {
     fn a_gate_admits_only_what_the_discovery_reports() {
         let mut t = table();
         t.on_discovered([("b", "b:1")]);
-        assert_eq!(t.on_connected("c", "c:1", FakeConn::new(1), None), Admission::Held);
-        assert_eq!(t.on_connected("b", "b:1", FakeConn::new(2), None), Admission::Member);
+        assert_eq!(
+            t.on_connected("c", "c:1", FakeConn::new(1), None),
+            Admission::Held
+        );
+        assert_eq!(
+            t.on_connected("b", "b:1", FakeConn::new(2), None),
+            Admission::Member
+        );
         // c shows up in the discovery: admitted, as connected.
         let admitted = t.on_discovered([("b", "b:1"), ("c", "c:1")]);
         let mut admitted = admitted;

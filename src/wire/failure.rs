@@ -1,0 +1,619 @@
+//! The `Error` frame body: a failed call (or a refused connection) as a
+//! stable code and a few fields, decoupled from the Rust [`Error`] enum.
+//!
+//! Contract:
+//!
+//! - Every [`Error`] variant (and every [`StartError`] variant, under
+//!   [`Error::Start`]) has a **code** in [`mod@code`], pinned by a golden test:
+//!   a code is never reused nor renumbered. [`Error::code`] gives it.
+//! - The body is `code, text, actor, id, node, tag, detail, addr`: `text`
+//!   is the sender's `Display` of the error; the other fields carry the
+//!   variant's data (which one carries what is in `PROTOCOL.md`). Encoded
+//!   compactly (an array, as `Call` and `Reply` are); maps decode too.
+//! - **Tolerant decoding**: fields after `text` default when missing (a
+//!   shorter body from an older peer), elements or keys past the known
+//!   ones are skipped (a longer body from a newer peer), and a code this
+//!   build does not know becomes [`Error::Remote`], never
+//!   [`Error::Codec`]. So adding a variant, or a trailing field, needs no
+//!   protocol version change.
+//! - [`Failure::from_error`] and [`Failure::into_error`] round-trip every
+//!   variant.
+
+use std::fmt;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{Error, StartError};
+
+/// The stable wire codes of the errors, one per variant.
+///
+/// 1 to 99 are the run-time errors ([`crate::Error`]), 101 to 199 the
+/// start errors ([`crate::StartError`], inside [`crate::Error::Start`]).
+/// 0 is never assigned. A code is never renumbered nor reused.
+pub mod code {
+    /// [`crate::Error::Timeout`].
+    pub const TIMEOUT: u16 = 1;
+    /// [`crate::Error::NoNodeForCapability`].
+    pub const NO_NODE_FOR_CAPABILITY: u16 = 2;
+    /// [`crate::Error::UnknownActorType`].
+    pub const UNKNOWN_ACTOR_TYPE: u16 = 3;
+    /// [`crate::Error::UnknownMessage`].
+    pub const UNKNOWN_MESSAGE: u16 = 4;
+    /// [`crate::Error::ActivationFailed`].
+    pub const ACTIVATION_FAILED: u16 = 5;
+    /// [`crate::Error::HandlerPanicked`].
+    pub const HANDLER_PANICKED: u16 = 6;
+    /// [`crate::Error::MailboxFull`].
+    pub const MAILBOX_FULL: u16 = 7;
+    /// [`crate::Error::NodeDown`].
+    pub const NODE_DOWN: u16 = 8;
+    /// [`crate::Error::Refused`].
+    pub const REFUSED: u16 = 9;
+    /// [`crate::Error::Codec`].
+    pub const CODEC: u16 = 10;
+    /// [`crate::Error::ShuttingDown`].
+    pub const SHUTTING_DOWN: u16 = 11;
+    /// [`crate::Error::Cancelled`].
+    pub const CANCELLED: u16 = 12;
+    /// [`crate::Error::Unreachable`].
+    pub const UNREACHABLE: u16 = 13;
+    /// [`crate::Error::NotStarted`].
+    pub const NOT_STARTED: u16 = 14;
+    /// [`crate::Error::Discovery`].
+    pub const DISCOVERY: u16 = 15;
+    /// [`crate::StartError::Config`].
+    pub const START_CONFIG: u16 = 101;
+    /// [`crate::StartError::TagCollision`].
+    pub const START_TAG_COLLISION: u16 = 102;
+    /// [`crate::StartError::Listen`].
+    pub const START_LISTEN: u16 = 103;
+    /// [`crate::StartError::Discovery`].
+    pub const START_DISCOVERY: u16 = 104;
+}
+
+impl Error {
+    /// The error's stable wire code (see [`crate::wire::code`]); for
+    /// [`Error::Remote`], the code the peer sent.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::Timeout => code::TIMEOUT,
+            Error::NoNodeForCapability { .. } => code::NO_NODE_FOR_CAPABILITY,
+            Error::UnknownActorType { .. } => code::UNKNOWN_ACTOR_TYPE,
+            Error::UnknownMessage { .. } => code::UNKNOWN_MESSAGE,
+            Error::ActivationFailed { .. } => code::ACTIVATION_FAILED,
+            Error::HandlerPanicked { .. } => code::HANDLER_PANICKED,
+            Error::MailboxFull { .. } => code::MAILBOX_FULL,
+            Error::NodeDown { .. } => code::NODE_DOWN,
+            Error::Unreachable { .. } => code::UNREACHABLE,
+            Error::Refused { .. } => code::REFUSED,
+            Error::Codec(_) => code::CODEC,
+            Error::ShuttingDown => code::SHUTTING_DOWN,
+            Error::Cancelled => code::CANCELLED,
+            Error::NotStarted => code::NOT_STARTED,
+            Error::Discovery(_) => code::DISCOVERY,
+            Error::Start(e) => e.code(),
+            Error::Remote { code, .. } => *code,
+        }
+    }
+}
+
+impl StartError {
+    /// The error's stable wire code (see [`crate::wire::code`]).
+    pub fn code(&self) -> u16 {
+        match self {
+            StartError::Config(_) => code::START_CONFIG,
+            StartError::TagCollision { .. } => code::START_TAG_COLLISION,
+            StartError::Listen { .. } => code::START_LISTEN,
+            StartError::Discovery(_) => code::START_DISCOVERY,
+        }
+    }
+}
+
+/// `Error` frame body: a call failed (correlation id of the call), or the
+/// connection is refused (correlation id 0) and about to close.
+///
+/// Build one with [`Failure::from_error`], read one with
+/// [`Failure::into_error`]; the fields are public for inspection. Which
+/// field carries what depends on `code` (table in `PROTOCOL.md`); unused
+/// fields are empty (0 for `tag`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The error's wire code ([`crate::wire::code`]).
+    pub code: u16,
+    /// The error as the sender displayed it: what a receiver that does not
+    /// know the code shows.
+    pub text: String,
+    /// An actor type's name (for `TagCollision`: the first handler).
+    pub actor: String,
+    /// An actor id.
+    pub id: String,
+    /// A node id (never an address).
+    pub node: String,
+    /// A wire tag.
+    pub tag: u64,
+    /// The free text of the variant: a reason, a panic message, a
+    /// capability (for `TagCollision`: the second handler).
+    pub detail: String,
+    /// An address (`host:port`).
+    pub addr: String,
+}
+
+impl Failure {
+    /// The body that tells a peer about `error`.
+    pub fn from_error(error: &Error) -> Failure {
+        let mut f = Failure {
+            code: error.code(),
+            text: error.to_string(),
+            ..Failure::default()
+        };
+        match error {
+            Error::Timeout | Error::ShuttingDown | Error::Cancelled | Error::NotStarted => {}
+            Error::NoNodeForCapability { capability } => f.detail = capability.clone(),
+            Error::UnknownActorType { actor } => f.actor = actor.clone(),
+            Error::UnknownMessage { actor, tag } => {
+                f.actor = actor.clone();
+                f.tag = *tag;
+            }
+            Error::ActivationFailed { actor, id, reason } => {
+                f.actor = actor.clone();
+                f.id = id.clone();
+                f.detail = reason.clone();
+            }
+            Error::HandlerPanicked { actor, id, message } => {
+                f.actor = actor.clone();
+                f.id = id.clone();
+                f.detail = message.clone();
+            }
+            Error::MailboxFull { actor, id } => {
+                f.actor = actor.clone();
+                f.id = id.clone();
+            }
+            Error::NodeDown { node } => f.node = node.clone(),
+            Error::Unreachable { addr, reason } => {
+                f.addr = addr.clone();
+                f.detail = reason.clone();
+            }
+            Error::Refused { reason } => f.detail = reason.clone(),
+            Error::Codec(m) | Error::Discovery(m) => f.detail = m.clone(),
+            Error::Start(e) => match e {
+                StartError::Config(m) | StartError::Discovery(m) => f.detail = m.clone(),
+                StartError::TagCollision { tag, first, second } => {
+                    f.tag = *tag;
+                    f.actor = first.clone();
+                    f.detail = second.clone();
+                }
+                StartError::Listen { addr, reason } => {
+                    f.addr = addr.clone();
+                    f.detail = reason.clone();
+                }
+            },
+            // Relayed as the original peer put it.
+            Error::Remote { message, .. } => f.text = message.clone(),
+        }
+        f
+    }
+
+    /// The error the caller sees. A code this build does not know is
+    /// [`Error::Remote`] with the sender's text.
+    pub fn into_error(self) -> Error {
+        let Failure {
+            code: wire_code,
+            text,
+            actor,
+            id,
+            node,
+            tag,
+            detail,
+            addr,
+        } = self;
+        match wire_code {
+            code::TIMEOUT => Error::Timeout,
+            code::NO_NODE_FOR_CAPABILITY => Error::NoNodeForCapability { capability: detail },
+            code::UNKNOWN_ACTOR_TYPE => Error::UnknownActorType { actor },
+            code::UNKNOWN_MESSAGE => Error::UnknownMessage { actor, tag },
+            code::ACTIVATION_FAILED => Error::ActivationFailed {
+                actor,
+                id,
+                reason: detail,
+            },
+            code::HANDLER_PANICKED => Error::HandlerPanicked {
+                actor,
+                id,
+                message: detail,
+            },
+            code::MAILBOX_FULL => Error::MailboxFull { actor, id },
+            code::NODE_DOWN => Error::NodeDown { node },
+            code::UNREACHABLE => Error::Unreachable {
+                addr,
+                reason: detail,
+            },
+            code::REFUSED => Error::Refused { reason: detail },
+            code::CODEC => Error::Codec(detail),
+            code::SHUTTING_DOWN => Error::ShuttingDown,
+            code::CANCELLED => Error::Cancelled,
+            code::NOT_STARTED => Error::NotStarted,
+            code::DISCOVERY => Error::Discovery(detail),
+            code::START_CONFIG => Error::Start(StartError::Config(detail)),
+            code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
+                tag,
+                first: actor,
+                second: detail,
+            }),
+            code::START_LISTEN => Error::Start(StartError::Listen {
+                addr,
+                reason: detail,
+            }),
+            code::START_DISCOVERY => Error::Start(StartError::Discovery(detail)),
+            _ => Error::Remote {
+                code: wire_code,
+                message: text,
+            },
+        }
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(error: &Error) -> Self {
+        Failure::from_error(error)
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        failure.into_error()
+    }
+}
+
+/// The decoding shape of [`Failure`]: the same fields in the same order,
+/// every one after `text` optional. Kept in step with `Failure` by the
+/// round-trip tests below.
+#[derive(Deserialize)]
+struct Fields {
+    code: u16,
+    text: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    tag: u64,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    addr: String,
+}
+
+impl From<Fields> for Failure {
+    fn from(f: Fields) -> Self {
+        Failure {
+            code: f.code,
+            text: f.text,
+            actor: f.actor,
+            id: f.id,
+            node: f.node,
+            tag: f.tag,
+            detail: f.detail,
+            addr: f.addr,
+        }
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "code", "text", "actor", "id", "node", "tag", "detail", "addr",
+];
+
+impl<'de> Deserialize<'de> for Failure {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("Failure", FIELDS, FailureVisitor)
+    }
+}
+
+struct FailureVisitor;
+
+impl<'de> Visitor<'de> for FailureVisitor {
+    type Value = Failure;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an error frame body (code, text, fields)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Failure, A::Error> {
+        let fields = Fields::deserialize(SeqAccessDeserializer::new(&mut seq))?;
+        // Elements a newer peer appended: skipped. rmp-serde refuses an
+        // array whose elements were not all read (`LengthMismatch`), so a
+        // derived decoder would fail on them.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(fields.into())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Failure, A::Error> {
+        // The derived decoder skips unknown keys and defaults missing ones.
+        Fields::deserialize(MapAccessDeserializer::new(map)).map(Failure::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{decode, encode, encode_envelope};
+
+    /// One of each variant, with every field set.
+    fn every_error() -> Vec<Error> {
+        vec![
+            Error::Timeout,
+            Error::NoNodeForCapability {
+                capability: "game".into(),
+            },
+            Error::UnknownActorType {
+                actor: "Player".into(),
+            },
+            Error::UnknownMessage {
+                actor: "Player".into(),
+                tag: 0xc3ed_7a5e_c398_72c7,
+            },
+            Error::ActivationFailed {
+                actor: "Player".into(),
+                id: "p1".into(),
+                reason: "no such row".into(),
+            },
+            Error::HandlerPanicked {
+                actor: "Player".into(),
+                id: "p1".into(),
+                message: "index out of bounds".into(),
+            },
+            Error::MailboxFull {
+                actor: "Player".into(),
+                id: "p1".into(),
+            },
+            Error::NodeDown {
+                node: "node-b".into(),
+            },
+            Error::Unreachable {
+                addr: "10.0.0.5:7000".into(),
+                reason: "connection refused".into(),
+            },
+            Error::Refused {
+                reason: "wrong cookie".into(),
+            },
+            Error::Codec("invalid type".into()),
+            Error::ShuttingDown,
+            Error::Cancelled,
+            Error::NotStarted,
+            Error::Discovery("deregistering: 500".into()),
+            Error::Start(StartError::Config("empty node name".into())),
+            Error::Start(StartError::TagCollision {
+                tag: 7,
+                first: "A::m".into(),
+                second: "B::m".into(),
+            }),
+            Error::Start(StartError::Listen {
+                addr: "0.0.0.0:7000".into(),
+                reason: "address in use".into(),
+            }),
+            Error::Start(StartError::Discovery("403 ACL not found".into())),
+            Error::Remote {
+                code: 999,
+                message: "quota exceeded".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn codes_are_pinned() {
+        // Pinned forever: a renumbered code breaks every mixed-version
+        // cluster. Add new codes, never change these.
+        let want: [(u16, u16); 19] = [
+            (code::TIMEOUT, 1),
+            (code::NO_NODE_FOR_CAPABILITY, 2),
+            (code::UNKNOWN_ACTOR_TYPE, 3),
+            (code::UNKNOWN_MESSAGE, 4),
+            (code::ACTIVATION_FAILED, 5),
+            (code::HANDLER_PANICKED, 6),
+            (code::MAILBOX_FULL, 7),
+            (code::NODE_DOWN, 8),
+            (code::REFUSED, 9),
+            (code::CODEC, 10),
+            (code::SHUTTING_DOWN, 11),
+            (code::CANCELLED, 12),
+            (code::UNREACHABLE, 13),
+            (code::NOT_STARTED, 14),
+            (code::DISCOVERY, 15),
+            (code::START_CONFIG, 101),
+            (code::START_TAG_COLLISION, 102),
+            (code::START_LISTEN, 103),
+            (code::START_DISCOVERY, 104),
+        ];
+        for (got, want) in want {
+            assert_eq!(got, want);
+        }
+        let codes: Vec<u16> = every_error().iter().map(Error::code).collect();
+        assert_eq!(
+            codes,
+            [1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 101, 102, 103, 104, 999]
+        );
+    }
+
+    #[test]
+    fn the_body_layout_is_pinned() {
+        let body = encode_envelope(&Failure::from_error(&Error::Timeout), 0).unwrap();
+        let mut want = vec![0x98, 0x01, 0xa0 | 14];
+        want.extend_from_slice(b"call timed out");
+        // actor, id, node, tag, detail, addr
+        want.extend_from_slice(&[0xa0, 0xa0, 0xa0, 0x00, 0xa0, 0xa0]);
+        assert_eq!(body, want);
+    }
+
+    #[test]
+    fn every_variant_round_trips_in_both_encodings() {
+        for error in every_error() {
+            let failure = Failure::from_error(&error);
+            assert_eq!(failure.code, error.code(), "{error:?}");
+            for body in [
+                encode_envelope(&failure, 64).unwrap(),
+                encode(&failure).unwrap(),
+            ] {
+                let back: Failure = decode(&body).unwrap();
+                assert_eq!(back, failure);
+                assert_eq!(back.into_error(), error);
+            }
+        }
+    }
+
+    #[test]
+    fn the_text_is_the_senders_display() {
+        let e = Error::NodeDown {
+            node: "node-b".into(),
+        };
+        assert_eq!(Failure::from_error(&e).text, e.to_string());
+        let remote = Error::Remote {
+            code: 999,
+            message: "quota exceeded".into(),
+        };
+        assert_eq!(Failure::from_error(&remote).text, "quota exceeded");
+    }
+
+    /// What a newer peer might send: the same fields and more after them.
+    #[derive(Serialize)]
+    struct Newer {
+        code: u16,
+        text: String,
+        actor: String,
+        id: String,
+        node: String,
+        tag: u64,
+        detail: String,
+        addr: String,
+        retry_after_ms: u64,
+        hints: Vec<(String, u32)>,
+    }
+
+    #[test]
+    fn a_longer_body_from_a_newer_peer_decodes() {
+        let newer = Newer {
+            code: code::MAILBOX_FULL,
+            text: "mailbox of Player \"p1\" is full".into(),
+            actor: "Player".into(),
+            id: "p1".into(),
+            node: String::new(),
+            tag: 0,
+            detail: String::new(),
+            addr: String::new(),
+            retry_after_ms: 250,
+            hints: vec![("backoff".into(), 2)],
+        };
+        let want = Error::MailboxFull {
+            actor: "Player".into(),
+            id: "p1".into(),
+        };
+        // As an array (how bodies are sent) and as a map.
+        for body in [
+            encode_envelope(&newer, 64).unwrap(),
+            encode(&newer).unwrap(),
+        ] {
+            let failure: Failure = decode(&body).unwrap();
+            assert_eq!(failure.into_error(), want);
+        }
+        // Extra elements of any type, nested ones included.
+        let body = rmp_serde::to_vec(&(
+            code::TIMEOUT,
+            "call timed out",
+            "",
+            "",
+            "",
+            0u64,
+            "",
+            "",
+            vec![vec![1u8, 2], vec![3]],
+            ("x", 1.5f64),
+        ))
+        .unwrap();
+        assert_eq!(
+            decode::<Failure>(&body).unwrap().into_error(),
+            Error::Timeout
+        );
+    }
+
+    #[test]
+    fn a_shorter_body_decodes_with_defaults() {
+        let body =
+            rmp_serde::to_vec(&(code::ACTIVATION_FAILED, "activation failed", "Player", "p1"))
+                .unwrap();
+        assert_eq!(
+            decode::<Failure>(&body).unwrap().into_error(),
+            Error::ActivationFailed {
+                actor: "Player".into(),
+                id: "p1".into(),
+                reason: String::new(),
+            }
+        );
+        let body = rmp_serde::to_vec(&(code::SHUTTING_DOWN, "node is shutting down")).unwrap();
+        assert_eq!(
+            decode::<Failure>(&body).unwrap().into_error(),
+            Error::ShuttingDown
+        );
+        #[derive(Serialize)]
+        struct Short {
+            code: u16,
+            text: String,
+            node: String,
+        }
+        let short = Short {
+            code: code::NODE_DOWN,
+            text: "node \"b\" is down or unreachable".into(),
+            node: "b".into(),
+        };
+        assert_eq!(
+            decode::<Failure>(&encode(&short).unwrap())
+                .unwrap()
+                .into_error(),
+            Error::NodeDown { node: "b".into() }
+        );
+    }
+
+    #[test]
+    fn an_unknown_code_is_a_remote_error_not_a_codec_error() {
+        let body = rmp_serde::to_vec(&(
+            4242u16,
+            "quota exceeded for tenant t1",
+            "",
+            "",
+            "",
+            0u64,
+            "",
+            "",
+            7u8,
+        ))
+        .unwrap();
+        let error = decode::<Failure>(&body).unwrap().into_error();
+        assert_eq!(
+            error,
+            Error::Remote {
+                code: 4242,
+                message: "quota exceeded for tenant t1".into(),
+            }
+        );
+        assert_eq!(error.code(), 4242);
+        assert_eq!(
+            error.to_string(),
+            "remote error 4242: quota exceeded for tenant t1"
+        );
+    }
+
+    #[test]
+    fn a_body_without_code_or_text_is_a_codec_error() {
+        for body in [
+            rmp_serde::to_vec(&(1u16,)).unwrap(),
+            rmp_serde::to_vec(&("text", 1u16)).unwrap(),
+            vec![0x90],
+            vec![0x80],
+            vec![0xc1],
+        ] {
+            assert!(matches!(decode::<Failure>(&body), Err(Error::Codec(_))));
+        }
+    }
+}
