@@ -61,7 +61,7 @@ pub(crate) enum WireReply {
     Peer(crate::transport::Responder),
 }
 
-impl crate::__private::ReplySlot<Vec<u8>> for WireReply {
+impl crate::actor::finish::ReplySlot<Vec<u8>> for WireReply {
     fn send(self, result: Result<Vec<u8>, Error>) {
         match self {
             WireReply::Local(r) => r.send(result),
@@ -98,7 +98,7 @@ impl<A: Handlers> Envelope<A> {
     fn deadline(&self) -> Option<tokio::time::Instant> {
         match self {
             Envelope::Local(env) => A::__deadline(env),
-            Envelope::Wire(call) => crate::__private::ReplySlot::deadline(&call.reply),
+            Envelope::Wire(call) => crate::actor::finish::ReplySlot::deadline(&call.reply),
         }
     }
 
@@ -113,7 +113,7 @@ impl<A: Handlers> Envelope<A> {
     fn fail(self, err: Error) {
         match self {
             Envelope::Local(env) => A::__fail(env, err),
-            Envelope::Wire(call) => crate::__private::ReplySlot::send(call.reply, Err(err)),
+            Envelope::Wire(call) => crate::actor::finish::ReplySlot::send(call.reply, Err(err)),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! answered with [`Error::Timeout`] and skipped; while the task waits on
 //! user code (an activation, a handler that awaits, a hook), it arms one
 //! timer for the earliest deadline in its mailbox ([`watch_queue`]), and the
-//! handler's own call is timed by `__private::finish`. A handler that
+//! handler's own call is timed by `actor::finish::finish`. A handler that
 //! blocks its thread without awaiting delays these timeouts until it
 //! returns.
 
@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
-use crate::__private::{finish, panic_message, CatchUnwind, Outcome};
+use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::Ctx;
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};

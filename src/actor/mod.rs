@@ -7,6 +7,7 @@
 //! one place.
 
 mod ctx;
+pub(crate) mod finish;
 pub(crate) mod reply;
 
 pub use ctx::Ctx;
@@ -118,7 +119,7 @@ pub trait Handlers: Actor {
         &mut self,
         env: Self::Envelope,
         ctx: &Ctx,
-    ) -> impl Future<Output = crate::__private::Outcome> + Send;
+    ) -> impl Future<Output = crate::actor::finish::Outcome> + Send;
 
     /// Decodes `body` as the message with wire tag `tag`, runs its handler,
     /// and encodes the reply.

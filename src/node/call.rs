@@ -7,7 +7,10 @@
 //! holding it enforces it (see `activation::task`).
 //!
 //! Cancellation: dropping a [`CallFuture`] abandons the call. If its message
-//! has not started yet, the activation skips it.
+//! has not started yet, the activation skips it. On another node too: the
+//! connection sends a `Cancel` frame for it, and the owner's activation
+//! skips it if it has not started (a handler already running runs on, and
+//! a call another node is forwarding at that moment runs on).
 
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;

@@ -196,6 +196,7 @@ impl Node {
     /// selects the actor type and handler, `body` is the rmp-serde message,
     /// and the result is the rmp-serde reply. This is what a peer node's
     /// request runs; it waits at most the node's default timeout.
+    #[doc(hidden)]
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner

@@ -433,7 +433,7 @@ mod tests {
         let key = DialKey::Seed("s:1".into());
         let mut now = Instant::now();
         for expected in [2u32, 4, 8, 16, 32, 32, 32] {
-            assert_eq!(keys(&t.due(now)), [key.clone()]);
+            assert_eq!(keys(&t.due(now)), std::slice::from_ref(&key));
             t.on_dial_failed(&key, now);
             let next = t.backoff[&key].next;
             assert_eq!(next - now, HB * expected);

@@ -1,0 +1,179 @@
+//! Running one handler: catching its panic, answering its caller, and
+//! answering `Timeout` at the caller's deadline while the handler runs on.
+//! Used by the code `#[mesh::handlers]` generates (through
+//! `mesh::__private`).
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::{BoxError, Ctx, ReplyTo};
+use crate::Error;
+
+/// How handling one message ended, for the activation loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler returned; the reply was sent.
+    Done,
+    /// The handler panicked; the caller got [`Error::HandlerPanicked`].
+    Panicked,
+}
+
+/// Runs a handler future, catching a panic, and answers the caller.
+///
+/// If the handler does not finish on its first poll and the call has a
+/// deadline, a timer is armed for it: at the deadline the caller gets
+/// [`Error::Timeout`] while the handler runs on to completion (its state
+/// changes stand; its reply is dropped). Handlers that finish without
+/// waiting arm nothing.
+///
+/// A named future rather than an `async fn`: an `async fn` would keep both
+/// its argument and its pinned copy, doubling the handler's size in every
+/// activation's task.
+pub fn finish<'a, R, S, F>(reply: S, ctx: &'a Ctx, fut: F) -> Finish<'a, R, S, F>
+where
+    S: ReplySlot<R>,
+    F: Future<Output = Result<R, Error>>,
+{
+    Finish {
+        fut: CatchUnwind::new(fut),
+        reply: Some(reply),
+        ctx,
+        polled: false,
+        timer: None,
+        _reply: std::marker::PhantomData,
+    }
+}
+
+/// Where a handler's outcome goes: a local caller's slot ([`ReplyTo`]) or
+/// a peer's connection.
+pub trait ReplySlot<R> {
+    /// Sends the outcome.
+    fn send(self, result: Result<R, Error>);
+    /// Answers `Timeout` now; a later `send` goes nowhere.
+    fn time_out(&mut self);
+    /// When the caller stops waiting; `None` for a cast or once answered.
+    fn deadline(&self) -> Option<tokio::time::Instant>;
+}
+
+impl<R> ReplySlot<R> for ReplyTo<R> {
+    fn send(self, result: Result<R, Error>) {
+        ReplyTo::send(self, result);
+    }
+    fn time_out(&mut self) {
+        ReplyTo::time_out(self);
+    }
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        ReplyTo::deadline(self)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`finish`].
+    pub struct Finish<'a, R, S, F> {
+        #[pin]
+        fut: CatchUnwind<F>,
+        reply: Option<S>,
+        ctx: &'a Ctx,
+        polled: bool,
+        // Boxed: only a handler that awaits pays for a timer.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        _reply: std::marker::PhantomData<fn(R)>,
+    }
+}
+
+impl<R, S: ReplySlot<R>, F: Future<Output = Result<R, Error>>> Future for Finish<'_, R, S, F> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        let Some(reply) = this.reply.as_mut() else {
+            return Poll::Ready(Outcome::Done);
+        };
+        let result = match this.fut.poll(cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                if !std::mem::replace(this.polled, true) {
+                    *this.timer = reply
+                        .deadline()
+                        .map(|d| Box::pin(tokio::time::sleep_until(d)));
+                }
+                if let Some(sleep) = this.timer {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        reply.time_out();
+                        *this.timer = None;
+                    }
+                }
+                return Poll::Pending;
+            }
+        };
+        let Some(reply) = this.reply.take() else {
+            return Poll::Ready(Outcome::Done);
+        };
+        Poll::Ready(match result {
+            Ok(result) => {
+                reply.send(result);
+                Outcome::Done
+            }
+            Err(payload) => {
+                let (actor, id) = (this.ctx.actor_name(), this.ctx.id());
+                let message = panic_message(&*payload);
+                tracing::error!(actor, id, "handler panicked: {message}");
+                reply.send(Err(Error::HandlerPanicked {
+                    actor: actor.to_owned(),
+                    id: id.to_owned(),
+                    message,
+                }));
+                Outcome::Panicked
+            }
+        })
+    }
+}
+
+/// `Default` activation, for actors without `#[actor(activate = ...)]`.
+pub fn activate_default<A: Default + Send>() -> impl Future<Output = Result<A, BoxError>> + Send {
+    std::future::ready(Ok(A::default()))
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future that turns a panic while polling into `Err(payload)`.
+    pub struct CatchUnwind<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F> CatchUnwind<F> {
+    /// Wraps `fut`.
+    pub fn new(fut: F) -> Self {
+        CatchUnwind { fut }
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.project().fut;
+        // The future is not polled again after a panic, so no broken
+        // invariant inside it can be observed: asserting unwind safety is sound.
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
