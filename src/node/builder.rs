@@ -106,7 +106,7 @@ impl NodeBuilder {
     }
 
     /// Where to accept peers: `host:port` for TCP (port 0 picks one; see
-    /// [`Node::addr`]), a name for [`Network::Memory`].
+    /// [`Node::addr`]), a name for [`Transport::memory`].
     pub fn listen(mut self, addr: impl Into<String>) -> Self {
         self.cluster_mut().listen = Some(addr.into());
         self

@@ -245,6 +245,20 @@ impl TestConsul {
         }
     }
 
+    /// Waits until some logged request satisfies `f`, re-checking on every
+    /// new request.
+    pub async fn wait_logged(&self, mut f: impl FnMut(&Logged) -> bool) {
+        let mut rx = self.shared.logged.subscribe();
+        loop {
+            if lock(&self.shared.log).iter().any(&mut f) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Waits until `f` holds of the catalog, re-checking on every change.
     pub async fn until(&self, mut f: impl FnMut(&Catalog) -> bool) {
         let mut rx = self.shared.changed.subscribe();
