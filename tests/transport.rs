@@ -522,3 +522,22 @@ impl TransportUnderTest {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handshake_over_a_stalled_link_gives_up_at_the_handshake_timeout() {
+    let net = nets().pop().unwrap();
+    let memory = net.memory.clone().unwrap();
+    let (server_in, _) = echo();
+    let server = net.listen(config("b", "c", "k"), server_in).await;
+    memory.stall("a", "b");
+    let mut cfg = config("a", "c", "k");
+    cfg.handshake_timeout = Duration::from_millis(300);
+    let started = tokio::time::Instant::now();
+    let (client_in, _) = echo();
+    let err = net.dial(server.addr(), &cfg, client_in).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert!(
+        matches!(&err, Error::Refused { reason } if reason.contains("no handshake")),
+        "{err:?}"
+    );
+}
