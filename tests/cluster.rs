@@ -466,6 +466,19 @@ async fn a_dropped_remote_call_is_cancelled_on_the_callee_if_not_started() {
     );
 }
 
+/// Calls to 20 players through `node` are all served by `owner`.
+async fn all_served_by(node: &Node, owner: &str) {
+    for i in 0..20 {
+        let (served_by, _) = soon(
+            node.call::<Player, _>(&format!("p{i}"), Score(1))
+                .into_future(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(served_by, owner);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_makes_the_node_leave() {
     let net = Transport::memory(MemoryNetwork::new());
@@ -482,15 +495,7 @@ async fn dropping_the_last_handle_makes_the_node_leave() {
     let started = tokio::time::Instant::now();
     soon(changes.wait_for(|m| m.len() == 1)).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(500));
-    for i in 0..20 {
-        let (served_by, _) = soon(
-            a.call::<Player, _>(&format!("p{i}"), Score(1))
-                .into_future(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(served_by, "a");
-    }
+    all_served_by(&a, "a").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -509,15 +514,7 @@ async fn a_hung_peer_is_dropped_within_the_failure_timeout_and_rejoins_when_it_a
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(took <= Duration::from_millis(550), "{took:?}");
-    for i in 0..20 {
-        let (served_by, _) = soon(
-            a.call::<Player, _>(&format!("p{i}"), Score(1))
-                .into_future(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(served_by, "a");
-    }
+    all_served_by(&a, "a").await;
     memory.heal("a", "b");
     until_members(&[&a, &b], 2).await;
     a.shutdown().await.unwrap();
