@@ -565,3 +565,114 @@ async fn frame_limit_checksums_and_connections_per_peer_are_settable() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Calls `Score(1)` on 200 players through `client` from 8 tasks until
+/// `stop`; counts successes and failures (by error).
+fn load(
+    client: &Node,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::sync::Arc<AtomicUsize>,
+    tokio::task::JoinSet<Vec<Error>>,
+) {
+    let ok = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let (client, stop, ok) = (client.clone(), stop.clone(), ok.clone());
+        tasks.spawn(async move {
+            let mut failed = Vec::new();
+            let mut i = t;
+            while !stop.load(Ordering::SeqCst) {
+                match client
+                    .call::<Player, _>(&format!("p{}", i % 200), Score(1))
+                    .await
+                {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failed.push(e),
+                }
+                i += 8;
+            }
+            failed
+        });
+    }
+    (ok, tasks)
+}
+
+/// Waits until `n` more calls have succeeded.
+async fn more_calls(ok: &AtomicUsize, n: usize) {
+    let target = ok.load(Ordering::SeqCst) + n;
+    soon(async {
+        while ok.load(Ordering::SeqCst) < target {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_loses_no_call() {
+    let net = Transport::memory(MemoryNetwork::new());
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let seeds: Vec<&str> = if i == 0 { vec![] } else { vec!["mem-n0"] };
+        nodes.push(
+            node(
+                &net,
+                &format!("n{i}"),
+                &format!("mem-n{i}"),
+                &["game"],
+                &seeds,
+            )
+            .await,
+        );
+    }
+    // A client node that hosts nothing drives the load.
+    let client = node(&net, "client", "mem-client", &[], &["mem-n0"]).await;
+    let all = |nodes: &Vec<Node>| {
+        let mut v: Vec<Node> = nodes.clone();
+        v.push(client.clone());
+        v
+    };
+    until_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, mut tasks) = load(&client, stop.clone());
+    more_calls(&ok, 500).await;
+    for i in 0..3 {
+        // Each node in turn leaves cleanly under load, then starts again.
+        let leaving = nodes[i].clone();
+        leaving.shutdown().await.expect("a clean leave");
+        let mut changes = client.membership_changes();
+        soon(changes.wait_for(|m| !m.contains(&format!("n{i}"))))
+            .await
+            .unwrap();
+        more_calls(&ok, 300).await;
+        let seed = format!("mem-n{}", (i + 1) % 3);
+        nodes[i] = node(
+            &net,
+            &format!("n{i}"),
+            &format!("mem-n{i}"),
+            &["game"],
+            &[&seed],
+        )
+        .await;
+        until_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
+        more_calls(&ok, 500).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut failed = Vec::new();
+    while let Some(t) = tasks.join_next().await {
+        failed.extend(t.unwrap());
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(ok.load(Ordering::SeqCst) >= 2900);
+    for n in nodes.iter().chain([&client]) {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -17,7 +17,7 @@ fn cases() -> u32 {
 }
 
 fn kind() -> impl Strategy<Value = Kind> {
-    (1u8..=12).prop_map(|k| Kind::from_u8(k).expect("kinds 1..=12 exist"))
+    (1u8..=13).prop_map(|k| Kind::from_u8(k).expect("kinds 1..=13 exist"))
 }
 
 /// Decodes everything in `bytes`; every outcome is fine except a panic or a

@@ -63,6 +63,7 @@ fn config(node: &str, cluster: &str, cookie: &str) -> TransportConfig {
             node: node.into(),
             capabilities: vec![format!("cap-{node}")],
             addr: String::new(),
+            incarnation: 7,
         },
         Cookie::new(cookie),
     )
@@ -368,6 +369,7 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         node: "raw".into(),
         capabilities: vec![],
         addr: String::new(),
+        incarnation: 7,
     };
     let (dialer, hello) = wire::Dialer::start(me, Cookie::new("k")).unwrap();
     let mut out = BytesMut::new();

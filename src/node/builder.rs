@@ -321,8 +321,12 @@ impl NodeBuilder {
             .iter()
             .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
             .collect();
+        let mut incarnation = [0u8; 8];
+        getrandom::fill(&mut incarnation)
+            .map_err(|e| StartError::Config(format!("no randomness for the incarnation: {e}")))?;
         let inner = Arc::new(NodeInner {
             id,
+            incarnation: u64::from_le_bytes(incarnation),
             capabilities,
             strategy: self.placement,
             membership: tokio::sync::watch::channel(membership).0,

@@ -72,6 +72,9 @@ pub(crate) struct WireRoute {
 
 pub(crate) struct NodeInner {
     id: Arc<str>,
+    /// Which run of this node id this is: random at each start, so peers
+    /// tell a restarted node from the one that left.
+    incarnation: u64,
     capabilities: Vec<String>,
     strategy: Arc<dyn Placement>,
     /// The current membership; the routing table is recomputed from it
@@ -218,18 +221,29 @@ impl Node {
         }
     }
 
-    /// Stops the node: it leaves the cluster, new calls fail with
-    /// [`Error::ShuttingDown`], every activation finishes the messages
-    /// already queued, runs its `on_deactivate` hook and ends; then this
-    /// returns. If activations are still busy after the shutdown timeout
-    /// (30 s unless `NodeBuilder::shutdown_timeout` says otherwise: a
-    /// handler that never returns), it returns [`Error::Timeout`] and
-    /// leaves them to the runtime. Calling it again is harmless.
+    /// Stops the node without losing a call: first it leaves the cluster
+    /// gracefully (peers are told and acknowledge, so they route nothing
+    /// new here; activations finish what is queued and run their
+    /// `on_deactivate` hooks; calls that still arrive are forwarded to
+    /// their new owners, and every call peers sent is answered: see the
+    /// `leave` module docs in `node/cluster`). Then new calls fail with
+    /// [`Error::ShuttingDown`], the node leaves its discovery and closes
+    /// its connections, and this returns. If activations are still busy
+    /// after the shutdown timeout (30 s unless
+    /// `NodeBuilder::shutdown_timeout` says otherwise: a handler that
+    /// never returns), it returns [`Error::Timeout`] and leaves them to the
+    /// runtime. Calling it again is harmless.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let inner = &*self.inner;
+        let started = tokio::time::Instant::now();
+        if inner.cluster.get().is_some() && !inner.shared.is_shutting_down() {
+            cluster::leave::announce(&self.inner).await;
+            if !cluster::leave::drain(&self.inner, inner.shutdown_timeout).await {
+                tracing::warn!(node = %inner.id, "leaving: calls still in flight at the shutdown timeout");
+            }
+        }
         inner.shared.begin_shutdown();
-        // Peers see this node leave at once, not after a heartbeat timeout:
-        // the discovery first (heartbeat stopped, then deregistered), then
+        // The discovery first (heartbeat stopped, then deregistered), then
         // the connections.
         if let Some(cluster) = inner.cluster.get() {
             if let Some(d) = cluster.discovery() {
@@ -245,9 +259,8 @@ impl Node {
         let drained = inner
             .shared
             .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0));
-        let in_time = tokio::time::timeout(inner.shutdown_timeout, drained)
-            .await
-            .is_ok();
+        let left = inner.shutdown_timeout.saturating_sub(started.elapsed());
+        let in_time = tokio::time::timeout(left, drained).await.is_ok();
         // Stop being the default node (only if still this one).
         let current = DEFAULT.load();
         if current

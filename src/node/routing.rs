@@ -66,6 +66,12 @@ impl NodeInner {
     /// Removes `node` from the membership at once (rather than when its
     /// connection's watcher gets to it): it has no live connection, so it
     /// is down by the membership's own rule.
+    /// Whether this node is leaving the cluster (it forwards what still
+    /// reaches it).
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.cluster.get().is_some_and(|c| c.is_leaving())
+    }
+
     pub(crate) fn evict(&self, node: &str) {
         if node != &*self.id && self.update_membership(|m| m.remove(node)) {
             tracing::info!(node = %self.id, peer = node, "peer down (no live connection)");

@@ -33,6 +33,45 @@ pub trait Inbound: Send + Sync + 'static {
     fn membership(&self, from: &Peer, membership: Membership) {
         let _ = (from, membership);
     }
+    /// The peer is leaving: route nothing new to it, then `ack` (which
+    /// answers the peer; dropped, it answers too). The default acks at once.
+    fn leave(&self, from: &Peer, ack: Ack) {
+        let _ = from;
+        ack.send();
+    }
+}
+
+/// Acknowledges a peer's `Leave` on its connection (a `Pong` with the
+/// same correlation id). Sent on `send` or on drop, whichever comes first.
+pub struct Ack {
+    slot: Option<(u64, Arc<Shared>)>,
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ack")
+            .field("corr", &self.slot.as_ref().map(|(c, _)| *c))
+            .finish()
+    }
+}
+
+impl Ack {
+    /// Answers the peer now.
+    pub fn send(mut self) {
+        self.answer();
+    }
+
+    fn answer(&mut self) {
+        if let Some((corr, shared)) = self.slot.take() {
+            shared.enqueue(Kind::Pong, corr, Vec::new(), false);
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        self.answer();
+    }
 }
 
 /// What the writer task writes: a frame to encode, or bytes a direct write
@@ -71,7 +110,10 @@ impl Responder {
             return;
         };
         // The last inbound call in flight writes its reply itself.
-        let alone = shared.inbound.fetch_sub(1, Ordering::Relaxed) == 1;
+        let alone = shared.inbound.fetch_sub(1, Ordering::AcqRel) == 1;
+        if alone {
+            shared.answered.notify_waiters();
+        }
         if shared.take_cancelled(corr) {
             return; // the caller is gone: nobody reads an answer
         }
@@ -153,6 +195,8 @@ struct Shared {
     codec: FrameCodec,
     /// Inbound calls not answered yet.
     inbound: AtomicUsize,
+    /// Woken when `inbound` drops to zero.
+    answered: Notify,
     /// Inbound calls the caller cancelled, with when the cancel came; a
     /// count beside it so the common case (none) costs one atomic load.
     cancelled: Mutex<HashMap<u64, Instant>>,
@@ -329,6 +373,7 @@ impl Connection {
             wr: Mutex::new(Some(Box::pin(wr))),
             codec: cfg.codec,
             inbound: AtomicUsize::new(0),
+            answered: Notify::new(),
             cancelled: Mutex::new(HashMap::new()),
             cancelled_len: AtomicUsize::new(0),
             closed: watch::channel(false).0,
@@ -464,6 +509,37 @@ impl Connection {
         self.request(Kind::Ping, wire::encode(&wire::Welcome {})?, timeout)
             .await?;
         Ok(started.elapsed())
+    }
+
+    /// Tells the peer this node is leaving and waits (at most `timeout`)
+    /// for its acknowledgement: once it arrives, the peer routes nothing
+    /// new here, and every call it sent on this connection before has
+    /// arrived (frames keep their order on a connection).
+    pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
+        self.request(Kind::Leave, EMPTY_BODY.to_vec(), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// How many calls the peer sent on this connection are not answered.
+    pub fn inbound_in_flight(&self) -> usize {
+        self.shared.inbound.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every call the peer sent on this connection has been
+    /// answered (or the connection closed).
+    pub async fn answered(&self) {
+        loop {
+            let woken = self.shared.answered.notified();
+            if self.inbound_in_flight() == 0 || self.is_closed() {
+                return;
+            }
+            let mut closed = self.shared.closed.subscribe();
+            tokio::select! {
+                _ = woken => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+        }
     }
 
     /// Sends our membership view.
@@ -647,6 +723,12 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             }
         },
         Kind::Cancel => shared.cancel(corr),
+        Kind::Leave => {
+            let ack = Ack {
+                slot: Some((corr, shared.clone())),
+            };
+            inbound.leave(&shared.peer, ack);
+        }
         Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => {
             tracing::warn!(peer = %shared.peer.node, "unexpected {:?} after the handshake", frame.kind);
         }

@@ -34,7 +34,7 @@ mod handshake;
 pub mod memory;
 pub mod tcp;
 
-pub use conn::{Connection, Inbound, Responder};
+pub use conn::{Ack, Connection, Inbound, Responder};
 pub use connect::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener, Stream,
 };

@@ -77,6 +77,10 @@ pub enum Kind {
     /// The caller abandoned the call with this correlation id (version 2):
     /// the callee may skip it. Body `{}`; no answer.
     Cancel = 12,
+    /// The sender is leaving the cluster: route nothing new to it. Answered
+    /// by a `Pong` (same correlation id) once the receiver's routing no
+    /// longer names it.
+    Leave = 13,
 }
 
 impl Kind {
@@ -95,6 +99,7 @@ impl Kind {
             10 => Kind::Pong,
             11 => Kind::Membership,
             12 => Kind::Cancel,
+            13 => Kind::Leave,
             _ => return None,
         })
     }
@@ -327,13 +332,14 @@ mod tests {
     #[test]
     fn version_and_kinds_are_pinned() {
         assert_eq!(VERSION, 2);
-        for v in 1..=12u8 {
-            let kind = Kind::from_u8(v).expect("kinds 1..=12 exist");
+        for v in 1..=13u8 {
+            let kind = Kind::from_u8(v).expect("kinds 1..=13 exist");
             assert_eq!(kind as u8, v);
         }
         assert_eq!(Kind::from_u8(12), Some(Kind::Cancel));
+        assert_eq!(Kind::from_u8(13), Some(Kind::Leave));
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(13), None);
+        assert_eq!(Kind::from_u8(14), None);
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Identity {
     pub capabilities: Vec<String>,
     /// Where this node's listener accepts connections (empty if none).
     pub addr: String,
+    /// Which run of the node this is: random at each start.
+    pub incarnation: u64,
 }
 
 /// Who the other end turned out to be.
@@ -66,6 +68,9 @@ pub struct Peer {
     pub capabilities: Vec<String>,
     /// Where its listener accepts connections (empty if none).
     pub addr: String,
+    /// Which run of the node it is (random at each start; 0 from a peer
+    /// that does not say).
+    pub incarnation: u64,
     /// Where the stream came from, as the transport saw it (for logs).
     pub remote: String,
     /// The identity the transport verified (a SPIFFE ID from a TLS
@@ -196,6 +201,7 @@ impl Dialer {
             version: VERSION,
             capabilities: me.capabilities.clone(),
             addr: me.addr.clone(),
+            incarnation: me.incarnation,
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((Dialer { me, cookie, nonce }, hello))
@@ -226,6 +232,7 @@ impl Dialer {
                 node: c.node.clone(),
                 capabilities: c.capabilities.clone(),
                 addr: c.addr.clone(),
+                incarnation: c.incarnation,
                 remote: String::new(),
                 identity: None,
             },
@@ -271,6 +278,7 @@ impl Listener {
             version: VERSION,
             capabilities: me.capabilities.clone(),
             addr: me.addr.clone(),
+            incarnation: me.incarnation,
             nonce: ByteBuf::from(nonce.clone()),
             proof: ByteBuf::from(proof),
         };
@@ -283,6 +291,7 @@ impl Listener {
                 node: h.node.clone(),
                 capabilities: h.capabilities.clone(),
                 addr: h.addr.clone(),
+                incarnation: h.incarnation,
                 remote: String::new(),
                 identity: None,
             },
@@ -315,6 +324,7 @@ mod tests {
             node: node.into(),
             capabilities: vec!["game".into()],
             addr: String::new(),
+            incarnation: 7,
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Hello {
     /// Where the dialer's own listener accepts connections (empty if none).
     #[serde(default)]
     pub addr: String,
+    /// Which run of the node this is: random at each start, so peers tell
+    /// a restarted node from the one that left (0 from older peers).
+    #[serde(default)]
+    pub incarnation: u64,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
@@ -38,6 +42,9 @@ pub struct Challenge {
     /// Where the listener accepts connections.
     #[serde(default)]
     pub addr: String,
+    /// Which run of the node this is (see [`Hello::incarnation`]).
+    #[serde(default)]
+    pub incarnation: u64,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
     /// HMAC-SHA256 proof over both nonces (see `handshake`).

@@ -90,7 +90,8 @@ impl NodeInner {
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
-            Some(conn) if hops == 0 || !from_peer => {
+            // A leaving node forwards what still reaches it, once more.
+            Some(conn) if hops == 0 || !from_peer || (hops < 2 && self.is_leaving()) => {
                 let id = id.to_owned();
                 let kept = body.clone();
                 Ok(Started::Forwarded(
@@ -120,7 +121,9 @@ impl NodeInner {
                     .2
                     .send_wire(id, WireCall { tag, body, reply })
             }
-            Some(conn) if hops == 0 => conn.cast(tag, id, body, hops + 1),
+            Some(conn) if hops == 0 || (hops < 2 && self.is_leaving()) => {
+                conn.cast(tag, id, body, hops + 1)
+            }
             Some(conn) => Err(Error::NodeDown {
                 node: conn.peer().node.clone(),
             }),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::Event;
 use crate::activation::{WireCall, WireReply};
 use crate::node::NodeInner;
-use crate::transport::{Inbound, Responder};
+use crate::transport::{Ack, Inbound, Responder};
 use crate::wire::{self, Peer};
 use crate::Error;
 
@@ -34,6 +34,15 @@ impl Inbound for NodeInbound {
         let payload = cast.payload.into_vec();
         if let Err(e) = node.cast_wire(tag, &cast.id, payload, hops) {
             tracing::debug!(node = %node.id, "inbound cast dropped: {e}");
+        }
+    }
+
+    fn leave(&self, from: &Peer, ack: Ack) {
+        // Without a cluster (gone), the ack's drop answers at once.
+        if let Some(node) = self.0.upgrade() {
+            if let Some(cluster) = node.cluster.get() {
+                cluster.send(Event::Left(from.node.clone(), from.incarnation, ack));
+            }
         }
     }
 

@@ -9,7 +9,9 @@
 //! - [`heartbeat`]: pings (failure detection) and gossip, every heartbeat;
 //! - [`follow`]: following an authoritative discovery (Consul);
 //! - [`inbound`]: serving requests that peers send;
-//! - [`forward`]: running an encoded call here or forwarding it once.
+//! - [`forward`]: running an encoded call here or forwarding it once;
+//! - [`leave`]: leaving without losing a call (the first steps of
+//!   `Node::shutdown`).
 //!
 //! Membership is *what this node can reach*: a node is a member while this
 //! node holds a handshaken connection to it. Seeds and the addresses peers
@@ -31,6 +33,7 @@ mod follow;
 mod forward;
 mod heartbeat;
 mod inbound;
+pub(crate) mod leave;
 mod owner;
 pub(crate) mod peers;
 
@@ -120,6 +123,8 @@ pub(crate) struct Cluster {
     events: mpsc::UnboundedSender<Event>,
     /// Set by `stop`: connections that complete later are closed at once.
     stopped: AtomicBool,
+    /// Set when the node starts leaving (see [`leave`]).
+    leaving: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -163,6 +168,11 @@ impl Cluster {
         let _ = self.events.send(event);
     }
 
+    /// Whether the node is leaving (see [`leave`]).
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
@@ -201,6 +211,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         node: node.id.to_string(),
         capabilities: node.capabilities.clone(),
         addr: cfg.advertise.clone().unwrap_or_default(),
+        incarnation: node.incarnation,
     };
     let mut transport = TransportConfig::new(identity, cookie);
     transport.codec = cfg.codec;
@@ -231,6 +242,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         view: ArcSwap::from_pointee(View::new()),
         events,
         stopped: AtomicBool::new(false),
+        leaving: AtomicBool::new(false),
         tasks: Mutex::new(Vec::new()),
     };
     let addr = cluster.addr().to_owned();

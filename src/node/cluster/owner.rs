@@ -19,7 +19,7 @@ use super::peers::{Admission, DialKey, PeerTable};
 use super::View;
 use crate::discovery::Peers;
 use crate::node::NodeInner;
-use crate::transport::{Connection, DialTarget, Inbound};
+use crate::transport::{Ack, Connection, DialTarget, Inbound};
 use crate::wire;
 
 /// A change for the owner task to apply.
@@ -36,6 +36,11 @@ pub(crate) enum Event {
     Discovered(Peers),
     /// Time to dial what is due.
     Tick,
+    /// A peer (this run of it) is leaving; acknowledge once it is out of
+    /// the routing.
+    Left(String, u64, Ack),
+    /// This node is leaving: dial nothing more.
+    Leaving,
 }
 
 impl Event {
@@ -188,6 +193,14 @@ fn apply(
             });
         }
         Event::Tick => {}
+        Event::Left(peer, incarnation, ack) => {
+            table.on_leaving(&peer, incarnation);
+            if node.update_membership(|m| m.remove(&peer)) {
+                tracing::info!(node = %node.id, %peer, "peer leaving");
+            }
+            ack.send();
+        }
+        Event::Leaving => table.set_leaving(),
     }
     joined
 }

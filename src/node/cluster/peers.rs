@@ -35,6 +35,8 @@ pub(crate) trait Conn: Clone {
     fn same(&self, other: &Self) -> bool;
     /// Whether it has closed.
     fn is_closed(&self) -> bool;
+    /// The incarnation of the node at the other end.
+    fn incarnation(&self) -> u64;
 }
 
 impl Conn for crate::transport::Connection {
@@ -43,6 +45,9 @@ impl Conn for crate::transport::Connection {
     }
     fn is_closed(&self) -> bool {
         crate::transport::Connection::is_closed(self)
+    }
+    fn incarnation(&self) -> u64 {
+        self.peer().incarnation
     }
 }
 
@@ -101,6 +106,11 @@ pub(crate) struct PeerTable<C> {
     backoff: HashMap<DialKey, Backoff>,
     /// The node ids an authoritative discovery reports; `None`: static.
     gate: Option<HashSet<String>>,
+    /// Nodes that announced they are leaving, by the incarnation that
+    /// leaves: never a member again (a restart comes back as another).
+    left: HashMap<String, u64>,
+    /// This node is leaving: it dials nothing more.
+    leaving: bool,
 }
 
 impl<C: Conn> PeerTable<C> {
@@ -114,7 +124,28 @@ impl<C: Conn> PeerTable<C> {
             dialing: HashSet::new(),
             backoff: HashMap::new(),
             gate: None,
+            left: HashMap::new(),
+            leaving: false,
         }
+    }
+
+    /// This node is leaving: no more dials.
+    pub(crate) fn set_leaving(&mut self) {
+        self.leaving = true;
+    }
+
+    /// `node` (run `incarnation`) announced it is leaving: it stops being
+    /// a member; its connections stay for the calls in flight. Returns
+    /// whether it was connected.
+    pub(crate) fn on_leaving(&mut self, node: &str, incarnation: u64) -> bool {
+        self.left.insert(node.to_owned(), incarnation);
+        self.is_connected(node)
+    }
+
+    /// Whether a connection of this incarnation of `node` may make it a
+    /// member.
+    fn admits_run(&self, node: &str, incarnation: u64) -> bool {
+        self.admits(node) && self.left.get(node) != Some(&incarnation)
     }
 
     /// Adds seed addresses (static discovery).
@@ -168,6 +199,10 @@ impl<C: Conn> PeerTable<C> {
         }
         let max = self.max_per_peer;
         let gated = self.gate.is_some();
+        let incarnation = conn.incarnation();
+        if self.left.get(node).is_some_and(|i| *i != incarnation) {
+            self.left.remove(node); // a new run of a node that left
+        }
         let entry = self.peers.entry(node.to_owned()).or_default();
         entry.conns.retain(|c| !c.is_closed());
         if entry.conns.len() >= max {
@@ -179,7 +214,7 @@ impl<C: Conn> PeerTable<C> {
         if !gated && !addr.is_empty() {
             entry.addr = addr.to_owned();
         }
-        if self.admits(node) {
+        if self.admits_run(node, incarnation) {
             Admission::Member
         } else {
             Admission::Held
@@ -224,8 +259,12 @@ impl<C: Conn> PeerTable<C> {
                 continue;
             }
             let entry = self.peers.entry(node.to_owned()).or_default();
-            if entry.addr.is_empty() {
+            // A connected peer's address does not matter; an unconnected
+            // one may have restarted elsewhere: take the news.
+            let connected = entry.conns.iter().any(|c| !c.is_closed());
+            if entry.addr != addr && (entry.addr.is_empty() || !connected) {
                 entry.addr = addr.to_owned();
+                self.backoff.remove(&DialKey::Node(node.to_owned()));
                 new = true;
             }
         }
@@ -258,13 +297,21 @@ impl<C: Conn> PeerTable<C> {
         self.gate = Some(gate);
         self.peers
             .iter()
-            .filter(|(n, e)| self.admits(n) && e.conns.iter().any(|c| !c.is_closed()))
+            .filter(|(n, e)| {
+                e.conns
+                    .iter()
+                    .find(|c| !c.is_closed())
+                    .is_some_and(|c| self.admits_run(n, c.incarnation()))
+            })
             .map(|(n, _)| n.clone())
             .collect()
     }
 
     /// The dials due at `now`, marked in progress.
     pub(crate) fn due(&mut self, now: Instant) -> Vec<(DialKey, DialTarget)> {
+        if self.leaving {
+            return Vec::new();
+        }
         let ready =
             |key: &DialKey, dialing: &HashSet<DialKey>, backoff: &HashMap<DialKey, Backoff>| {
                 !dialing.contains(key) && backoff.get(key).is_none_or(|b| b.next <= now)
@@ -333,6 +380,10 @@ mod tests {
         }
         fn is_closed(&self) -> bool {
             self.0 .1.get()
+        }
+        /// Connections with ids from 100 up are a second run of the node.
+        fn incarnation(&self) -> u64 {
+            u64::from(self.0 .0 >= 100)
         }
     }
 
@@ -470,7 +521,55 @@ mod tests {
     fn gossip_adds_places_to_dial() {
         let mut t = table();
         assert!(t.on_gossip([("b", "b:1"), ("me", "me:1"), ("c", "")]));
-        assert!(!t.on_gossip([("b", "b:2")]), "a known address stays");
-        assert_eq!(keys(&t.due(Instant::now())), [DialKey::Node("b".into())]);
+        assert!(!t.on_gossip([("b", "b:1")]), "nothing new");
+        let now = Instant::now();
+        let due = t.due(now);
+        assert_eq!(
+            due,
+            [(DialKey::Node("b".into()), DialTarget::node("b", "b:1"))]
+        );
+        // Not reached there: a new address (a restart elsewhere) replaces it.
+        t.on_dial_failed(&due[0].0, now);
+        assert!(t.on_gossip([("b", "b:2")]));
+        assert_eq!(t.due(now)[0].1, DialTarget::node("b", "b:2"));
+        // Once connected, gossip about its address changes nothing.
+        t.on_connected("b", "b:2", FakeConn::new(1), None);
+        assert!(!t.on_gossip([("b", "b:3")]));
+    }
+
+    #[test]
+    fn a_node_that_left_is_no_member_until_it_runs_again() {
+        let mut t = table();
+        let old = FakeConn::new(1);
+        assert_eq!(
+            t.on_connected("b", "b:1", old.clone(), None),
+            Admission::Member
+        );
+        assert!(t.on_leaving("b", 0));
+        // Its connections stay (calls in flight), but another one from the
+        // same run does not make it a member again; nor does the discovery.
+        assert_eq!(
+            t.on_connected("b", "b:1", FakeConn::new(2), None),
+            Admission::Held
+        );
+        t.on_discovered([("b", "b:1")]);
+        assert!(t.on_discovered([("b", "b:1")]).is_empty());
+        // Its next run is a member.
+        old.close();
+        t.on_closed("b", &old);
+        assert_eq!(
+            t.on_connected("b", "b:1", FakeConn::new(100), None),
+            Admission::Member
+        );
+        assert_eq!(t.on_discovered([("b", "b:1")]), ["b"]);
+    }
+
+    #[test]
+    fn a_leaving_node_dials_nothing() {
+        let mut t = table();
+        t.add_seeds(["s:1"]);
+        t.on_gossip([("b", "b:1")]);
+        t.set_leaving();
+        assert!(t.due(Instant::now()).is_empty());
     }
 }
