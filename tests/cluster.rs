@@ -233,11 +233,19 @@ async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
     let hanging = {
         let game = game.clone();
         let id = on_both[0].clone();
-        tokio::spawn(async move {
+        let mut call = Box::pin(async move {
             game.call::<Player, _>(&id, Hang)
                 .timeout(Duration::from_secs(3600))
                 .await
+        });
+        // Polled once here, so it is sent before the call below (a spawned
+        // task might only start after the node is severed).
+        let pending = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(call.as_mut(), cx).is_pending())
         })
+        .await;
+        assert!(pending);
+        tokio::spawn(call)
     };
     // The call is in flight on both-1 once it answers a later one.
     assert!(game.call::<Player, _>(&on_both[1], Score(1)).await.is_ok());

@@ -25,7 +25,9 @@ use super::routing::Route;
 use super::{Node, NodeInner, DEFAULT};
 use crate::actor::ReplyTo;
 use crate::telemetry::Metrics;
+use crate::transport::Routed;
 use crate::{Error, Handler, Message};
+use std::sync::Arc;
 
 /// Which node a call goes through.
 #[derive(Debug, Clone, Copy)]
@@ -150,8 +152,20 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                         let payload = crate::wire::encode(&call.msg)?;
                         let id = call.id.to_owned();
                         let tag = <A as Handler<M>>::TAG;
+                        let node = node.clone();
+                        let deadline = now + timeout;
                         Ok(Sent::Remote(Box::pin(async move {
-                            conn.call(tag, &id, payload, timeout, 0).await
+                            match conn.call_routed(tag, &id, payload, timeout, 0).await {
+                                Ok(b) => Ok(b),
+                                Err(Routed::Failed(e)) => Err(e),
+                                // The owner never saw it (its connection
+                                // closed first): it is down; route again.
+                                Err(Routed::Unsent(payload)) => {
+                                    node.evict(&conn.peer().node);
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    node.serve_wire(tag, &id, payload, left, 0, false).await
+                                }
+                            }
                         })))
                     }
                 }
@@ -195,7 +209,10 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
     }
 }
 
-fn with_node<T>(via: Via<'_>, f: impl FnOnce(&NodeInner) -> Result<T, Error>) -> Result<T, Error> {
+fn with_node<T>(
+    via: Via<'_>,
+    f: impl FnOnce(&Arc<NodeInner>) -> Result<T, Error>,
+) -> Result<T, Error> {
     match via {
         Via::Node(node) => f(&node.inner),
         Via::Default => match &*DEFAULT.load() {

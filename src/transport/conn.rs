@@ -74,6 +74,21 @@ impl Drop for Ack {
     }
 }
 
+/// How a routed call failed: never sent (the payload, back), or failed.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// The peer never saw it.
+    Unsent(Vec<u8>),
+    /// It may have run; this is what the caller gets.
+    Failed(Error),
+}
+
+impl From<Error> for Routed {
+    fn from(e: Error) -> Self {
+        Routed::Failed(e)
+    }
+}
+
 /// What the writer task writes: a frame to encode, or bytes a direct write
 /// left over (already encoded).
 enum Out {
@@ -161,7 +176,24 @@ impl Drop for Responder {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+/// Why a request got no answer, as the caller's side knows it.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// The peer's answer, a timeout, or the connection closing after the
+    /// request may have gone out.
+    Error(Error),
+    /// The connection closed before the request was handed to the
+    /// socket: the peer never saw it, so it may safely go elsewhere.
+    Unsent,
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Error(e)
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Bytes, Failed>>;
 
 /// Calls waiting for their answer, and their deadlines in order.
 #[derive(Default)]
@@ -170,6 +202,31 @@ struct Pending {
     deadlines: BTreeSet<(Instant, u64)>,
     /// The deadline the deadline task sleeps until.
     armed: Option<Instant>,
+    /// The highest correlation id of a request handed to the socket: the
+    /// peer may have seen it (and those below it). Raised only before a
+    /// write, and only while not `sealed`.
+    attempted: u64,
+    /// Set by `close`: nothing more is written, so requests above
+    /// `attempted` were never sent.
+    sealed: bool,
+}
+
+impl Pending {
+    /// Records that requests up to `corr` are about to be written;
+    /// `false` if the connection closed (write nothing).
+    fn attempt(&mut self, corr: u64) -> bool {
+        if self.sealed {
+            return false;
+        }
+        self.attempted = self.attempted.max(corr);
+        true
+    }
+}
+
+/// Whether a frame of `kind` is a request of ours (its correlation id is
+/// from our counter and a waiter may be waiting on it).
+fn is_request(kind: Kind) -> bool {
+    matches!(kind, Kind::Call | Kind::Ping | Kind::Leave)
 }
 
 impl Pending {
@@ -223,6 +280,9 @@ impl Shared {
                 // Re-checked under the lock: the writer counts a frame
                 // as queued until it is written, so order is kept.
                 if let (0, Some(wr)) = (self.queued.load(Ordering::Acquire), guard.as_mut()) {
+                    if is_request(kind) && !self.pending().attempt(corr) {
+                        return; // closed meanwhile: `close` fails the waiter
+                    }
                     let mut buf = BytesMut::with_capacity(32 + body.len());
                     if self.codec.encode(kind, corr, &body, &mut buf).is_ok() {
                         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -292,16 +352,26 @@ impl Shared {
     }
 
     /// Marks the connection closed and fails every waiting call at once.
+    ///
+    /// A request never handed to the socket fails as [`Failed::Unsent`]
+    /// (the caller may route it elsewhere); one that may have gone out
+    /// fails as `NodeDown` (it may have run).
     fn close(&self) {
         self.closed.send_replace(true);
-        let waiters: Vec<Waiter> = {
+        let (waiters, attempted) = {
             let mut p = self.pending();
+            p.sealed = true;
             p.deadlines.clear();
-            p.waiters.drain().map(|(_, (w, _))| w).collect()
+            let waiters: Vec<(u64, Waiter)> = p.waiters.drain().map(|(c, (w, _))| (c, w)).collect();
+            (waiters, p.attempted)
         };
-        for w in waiters {
-            let _ = w.send(Err(Error::NodeDown {
-                node: self.peer.node.clone(),
+        for (corr, w) in waiters {
+            let _ = w.send(Err(if corr > attempted {
+                Failed::Unsent
+            } else {
+                Failed::Error(Error::NodeDown {
+                    node: self.peer.node.clone(),
+                })
             }));
         }
     }
@@ -434,7 +504,7 @@ impl Connection {
     /// Sends a request of `kind` and waits for the frame answering it, at
     /// most `timeout`: the connection's deadline task answers `Timeout`
     /// (one timer per connection, not one per call).
-    async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Bytes, Error> {
+    async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Bytes, Failed> {
         let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
@@ -450,11 +520,11 @@ impl Connection {
         // Closed between the check and the insert: nobody would fail us.
         if self.is_closed() {
             self.shared.pending().remove(corr);
-            return Err(self.down());
+            return Err(Failed::Unsent);
         }
-        if let Err(e) = self.send(kind, corr, body, alone) {
+        if self.send(kind, corr, body, alone).is_err() {
             self.shared.pending().remove(corr);
-            return Err(e);
+            return Err(Failed::Unsent);
         }
         // Dropped before the answer (the caller gave up): forget the call
         // and, for a `Call`, tell the peer so it skips the work if it has
@@ -464,9 +534,17 @@ impl Connection {
             corr,
             cancel: kind == Kind::Call,
         };
-        let result = rx.await.unwrap_or_else(|_| Err(self.down()));
+        let result = rx.await.unwrap_or_else(|_| Err(self.down().into()));
         std::mem::forget(guard);
         result
+    }
+
+    /// A request's outcome for the public API: never sent is `NodeDown`.
+    fn public(&self, r: Result<Bytes, Failed>) -> Result<Bytes, Error> {
+        r.map_err(|f| match f {
+            Failed::Error(e) => e,
+            Failed::Unsent => self.down(),
+        })
     }
 
     /// Calls handler `tag` of actor `id` on the peer; returns the encoded
@@ -488,7 +566,33 @@ impl Connection {
             payload: ByteBuf::from(payload),
         };
         let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
-        self.request(Kind::Call, body, timeout).await
+        let r = self.request(Kind::Call, body, timeout).await;
+        self.public(r)
+    }
+
+    /// [`Connection::call`], but a call the peer never saw comes back as
+    /// `Err(Unsent(payload))`, so the caller can route it elsewhere.
+    pub(crate) async fn call_routed(
+        &self,
+        tag: u64,
+        id: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+        hops: u8,
+    ) -> Result<Bytes, Routed> {
+        let call = Call {
+            tag,
+            id: id.to_owned(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            hops,
+            payload: ByteBuf::from(payload),
+        };
+        let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
+        match self.request(Kind::Call, body, timeout).await {
+            Ok(b) => Ok(b),
+            Err(Failed::Error(e)) => Err(Routed::Failed(e)),
+            Err(Failed::Unsent) => Err(Routed::Unsent(call.payload.into_vec())),
+        }
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
@@ -506,8 +610,10 @@ impl Connection {
     /// Round trip of a `Ping`.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let started = Instant::now();
-        self.request(Kind::Ping, wire::encode(&wire::Welcome {})?, timeout)
-            .await?;
+        let r = self
+            .request(Kind::Ping, wire::encode(&wire::Welcome {})?, timeout)
+            .await;
+        self.public(r)?;
         Ok(started.elapsed())
     }
 
@@ -516,9 +622,10 @@ impl Connection {
     /// new here, and every call it sent on this connection before has
     /// arrived (frames keep their order on a connection).
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
-        self.request(Kind::Leave, EMPTY_BODY.to_vec(), timeout)
-            .await
-            .map(drop)
+        let r = self
+            .request(Kind::Leave, EMPTY_BODY.to_vec(), timeout)
+            .await;
+        self.public(r).map(drop)
     }
 
     /// How many calls the peer sent on this connection are not answered.
@@ -566,18 +673,22 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
         // nothing else is runnable the yield returns at once).
         tokio::task::yield_now().await;
         let mut frames = 0;
+        let mut last_request = 0;
         let mut next = Some(first);
         while let Some(out) = next.take() {
             frames += 1;
             match out {
                 Out::Raw(bytes) => buf.extend_from_slice(&bytes),
                 Out::Frame(kind, corr, body) => {
+                    if is_request(kind) {
+                        last_request = last_request.max(corr);
+                    }
                     if let Err(e) = shared.codec.encode(kind, corr, &body, &mut buf) {
                         // Too big to send: fail that call, keep the connection.
                         tracing::warn!(peer = %shared.peer.node, "dropping outgoing frame: {e}");
                         let waiter = shared.pending().remove(corr);
                         if let Some(w) = waiter {
-                            let _ = w.send(Err(Error::Codec(e.to_string())));
+                            let _ = w.send(Err(Error::Codec(e.to_string()).into()));
                         }
                     }
                 }
@@ -585,6 +696,9 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
             if buf.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
+        }
+        if last_request > 0 && !shared.pending().attempt(last_request) {
+            break; // closed: these requests were never sent
         }
         let taken = shared
             .wr
@@ -671,7 +785,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             };
             let waiter = shared.pending().remove(corr);
             if let Some(w) = waiter {
-                let _ = w.send(result);
+                let _ = w.send(result.map_err(Failed::Error));
             }
         }
         Kind::Error => {
@@ -687,7 +801,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             } else {
                 let waiter = shared.pending().remove(corr);
                 if let Some(w) = waiter {
-                    let _ = w.send(Err(err));
+                    let _ = w.send(Err(err.into()));
                 }
             }
         }
@@ -762,7 +876,7 @@ async fn expire_loop(shared: Arc<Shared>) {
             (expired, next)
         };
         for w in expired {
-            let _ = w.send(Err(Error::Timeout));
+            let _ = w.send(Err(Error::Timeout.into()));
         }
         let earlier = shared.earlier.notified();
         let sleep = async {
@@ -775,6 +889,90 @@ async fn expire_loop(shared: Arc<Shared>) {
             _ = sleep => {}
             _ = earlier => {}
             _ = closed.wait_for(|c| *c) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::memory::MemoryNetwork;
+    use crate::transport::{DialTarget, Transport};
+    use crate::wire::{Cookie, Identity};
+
+    struct Hang;
+
+    impl Inbound for Hang {
+        fn call(&self, _: &Peer, _: Call, reply: Responder) {
+            tokio::spawn(async move {
+                let _held = reply;
+                std::future::pending::<()>().await
+            });
+        }
+        fn cast(&self, _: &Peer, _: Cast) {}
+    }
+
+    fn cfg(node: &str) -> TransportConfig {
+        TransportConfig::new(
+            Identity {
+                cluster: "c".into(),
+                node: node.into(),
+                capabilities: vec![],
+                addr: String::new(),
+                incarnation: 1,
+            },
+            Cookie::new("k"),
+        )
+    }
+
+    async fn pair() -> (Arc<MemoryNetwork>, super::super::Listening, Connection) {
+        let net = MemoryNetwork::new();
+        let t = Transport::memory(net.clone());
+        let l = t.listen("mem-b", cfg("b"), Arc::new(Hang)).await.unwrap();
+        let conn = t
+            .dial(&DialTarget::addr("mem-b"), &cfg("a"), Arc::new(Hang))
+            .await
+            .unwrap();
+        (net, l, conn)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_the_peer_never_saw_comes_back_unsent_with_its_payload() {
+        let (_net, _l, conn) = pair().await;
+        conn.close();
+        match conn
+            .call_routed(1, "x", b"payload".to_vec(), Duration::from_secs(5), 0)
+            .await
+        {
+            Err(Routed::Unsent(p)) => assert_eq!(p, b"payload"),
+            other => panic!("expected Unsent, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_may_have_gone_out_fails_as_node_down() {
+        let (net, _l, conn) = pair().await;
+        // Handed to the socket, then the link hangs and the connection is
+        // closed: the peer may have it, so it is not routed again.
+        net.stall("a", "b");
+        let call = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0)
+                    .await
+            })
+        };
+        // Let the call reach the (stalled) socket.
+        let mut turns = 0;
+        while conn.shared.pending().attempted == 0 {
+            turns += 1;
+            assert!(turns < 10_000, "the call never reached the socket");
+            tokio::task::yield_now().await;
+        }
+        conn.close();
+        match call.await.unwrap() {
+            Err(Routed::Failed(Error::NodeDown { node })) => assert_eq!(node, "b"),
+            other => panic!("expected NodeDown, got {other:?}"),
         }
     }
 }

@@ -34,6 +34,7 @@ mod handshake;
 pub mod memory;
 pub mod tcp;
 
+pub(crate) use conn::Routed;
 pub use conn::{Ack, Connection, Inbound, Responder};
 pub use connect::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener, Stream,

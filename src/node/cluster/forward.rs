@@ -16,23 +16,35 @@ use bytes::Bytes;
 use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
 use crate::node::NodeInner;
+use crate::transport::Routed;
 use crate::Error;
 
 /// An encoded call on its way.
 enum Started {
     Local(tokio::sync::oneshot::Receiver<Result<Vec<u8>, Error>>),
-    /// Forwarded, with the body kept for one retry if the owner dies.
+    /// Forwarded to the owner (named, for a re-route). A forward the owner
+    /// never saw gives the body back ([`Routed::Unsent`]), so nothing is
+    /// copied for that rare retry.
     Forwarded(
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Error>> + Send>>,
-        Vec<u8>,
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Routed>> + Send>>,
+        String,
     ),
 }
+
+/// How many times a call the owner never saw is routed again (each time
+/// the owner was found dead and evicted).
+const REROUTES: usize = 2;
 
 impl NodeInner {
     /// Runs an encoded call here, or forwards it once to the owner.
     ///
     /// Routing and enqueueing happen before the first await, so requests
     /// that arrive in order on one connection reach the mailbox in order.
+    ///
+    /// Re-routing: a forward whose connection closed before the call was
+    /// written (the owner never saw it) is routed again, to this node or
+    /// the owner's heir. A forward that may have reached the owner is never
+    /// repeated: it fails with `NodeDown` (the handler may have run).
     pub(crate) fn serve_wire(
         self: &Arc<Self>,
         tag: u64,
@@ -47,24 +59,33 @@ impl NodeInner {
         // every call served here.
         let retry =
             matches!(started, Ok(Started::Forwarded(..))).then(|| (self.clone(), id.to_owned()));
+        let deadline = tokio::time::Instant::now() + timeout;
         async move {
-            match started? {
-                Started::Local(rx) => local_reply(rx).await,
-                Started::Forwarded(fut, body) => match fut.await {
-                    // The owner died under the forward: it is out of the
-                    // membership now; route once more (to us, or its heir).
-                    Err(Error::NodeDown { node }) => {
-                        let Some((me, id)) = retry else {
-                            return Err(Error::NodeDown { node });
-                        };
-                        me.evict(&node);
-                        match me.start_wire(tag, &id, body, timeout, hops + 1, true)? {
-                            Started::Local(rx) => local_reply(rx).await,
-                            Started::Forwarded(..) => Err(Error::NodeDown { node }),
+            let mut started = started?;
+            let mut reroutes = 0;
+            loop {
+                match started {
+                    Started::Local(rx) => return local_reply(rx).await,
+                    Started::Forwarded(fut, owner) => match fut.await {
+                        Ok(b) => return Ok(b),
+                        Err(Routed::Failed(e)) => return Err(e),
+                        Err(Routed::Unsent(body)) => {
+                            let Some((me, id)) = retry.as_ref() else {
+                                return Err(Error::NodeDown { node: owner });
+                            };
+                            if reroutes == REROUTES {
+                                return Err(Error::NodeDown { node: owner });
+                            }
+                            reroutes += 1;
+                            // Its connection is gone: down by the
+                            // membership's rule; route once more.
+                            me.evict(&owner);
+                            let left =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            started = me.start_wire(tag, id, body, left, hops, from_peer)?;
                         }
-                    }
-                    other => other,
-                },
+                    },
+                }
             }
         }
     }
@@ -93,10 +114,12 @@ impl NodeInner {
             // A leaving node forwards what still reaches it, once more.
             Some(conn) if hops == 0 || !from_peer || (hops < 2 && self.is_leaving()) => {
                 let id = id.to_owned();
-                let kept = body.clone();
+                let owner = conn.peer().node.clone();
                 Ok(Started::Forwarded(
-                    Box::pin(async move { conn.call(tag, &id, body, timeout, hops + 1).await }),
-                    kept,
+                    Box::pin(
+                        async move { conn.call_routed(tag, &id, body, timeout, hops + 1).await },
+                    ),
+                    owner,
                 ))
             }
             Some(conn) => Err(Error::NodeDown {
