@@ -64,6 +64,7 @@ mod activation;
 mod actor;
 pub mod discovery;
 mod error;
+pub mod history;
 mod node;
 pub mod ring;
 pub mod telemetry;

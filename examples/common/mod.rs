@@ -24,6 +24,10 @@ pub struct NodeArgs {
     /// Call this many players and rooms, printing where each lives.
     #[arg(long, default_value_t = 0)]
     pub drive: usize,
+    /// Append each activation's start and end to this file (see
+    /// `mesh::history`: how duplicate activations are measured).
+    #[arg(long)]
+    pub history: Option<std::path::PathBuf>,
 }
 
 /// A player: lives on a node hosting `game`.
@@ -68,15 +72,18 @@ impl Room {
 
 /// A node builder from the shared options: name, cluster, the cookie from
 /// MESH_COOKIE, listen address, capabilities and their actor types.
-pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, &'static str> {
+pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error::Error>> {
     let cookie = std::env::var("MESH_COOKIE")
         .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
-    let builder = Node::builder()
+    let mut builder = Node::builder()
         .name(&args.name)
         .cluster(&args.cluster)
         .cookie(cookie)
         .listen(&args.listen)
         .capabilities(args.capabilities.iter().cloned());
+    if let Some(path) = &args.history {
+        builder = builder.history(mesh::history::FileHistory::append(path)?);
+    }
     Ok(actors(builder, &args.capabilities))
 }
 

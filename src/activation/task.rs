@@ -23,6 +23,7 @@ use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::Ctx;
+use crate::history::Phase;
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
 use crate::{Error, Handlers, Node};
@@ -76,6 +77,7 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         };
         metrics.activations.increment(1);
         metrics.live.increment(1.0);
+        ctx.node().inner().record(Phase::Activated, A::NAME, &id);
         let end = serve(&mut actor, &mb, &ctx, &mut batch).await;
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
@@ -92,6 +94,7 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
             }
         }
         drop(actor);
+        ctx.node().inner().record(Phase::Deactivated, A::NAME, &id);
         if end == EndReason::Shutdown || shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }

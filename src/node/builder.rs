@@ -53,6 +53,7 @@ pub struct NodeBuilder {
     shutdown_timeout: Duration,
     default_node: bool,
     cluster: Option<ClusterConfig>,
+    history: Option<Arc<dyn crate::history::History>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -83,6 +84,7 @@ impl NodeBuilder {
             shutdown_timeout: Duration::from_secs(30),
             default_node: true,
             cluster: None,
+            history: None,
         }
     }
 
@@ -192,6 +194,13 @@ impl NodeBuilder {
         let c = self.cluster_mut();
         c.heartbeat = interval;
         c.failure_timeout = failure_timeout;
+        self
+    }
+
+    /// Records when each activation starts and ends, for measuring
+    /// duplicate activations ([`crate::history`]).
+    pub fn history(mut self, history: impl crate::history::History) -> Self {
+        self.history = Some(Arc::new(history));
         self
     }
 
@@ -338,6 +347,7 @@ impl NodeBuilder {
             default_timeout: self.default_timeout,
             shutdown_timeout: self.shutdown_timeout,
             handle: std::sync::OnceLock::new(),
+            history: self.history,
         });
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {

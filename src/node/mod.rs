@@ -90,6 +90,8 @@ pub(crate) struct NodeInner {
     shutdown_timeout: Duration,
     /// The user's handles, shared; gone once they all are.
     handle: OnceLock<std::sync::Weak<Handle>>,
+    /// Where activation starts and ends are recorded, if anywhere.
+    history: Option<Arc<dyn crate::history::History>>,
 }
 
 impl fmt::Debug for Node {
@@ -282,6 +284,10 @@ impl Node {
         &self.inner.shared
     }
 
+    pub(crate) fn inner(&self) -> &NodeInner {
+        &self.inner
+    }
+
     /// The activation table of `A`, if this node was built with it.
     pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {
         self.inner.activations::<A>()
@@ -289,6 +295,20 @@ impl Node {
 }
 
 impl NodeInner {
+    /// Records an activation's start or end, if the node keeps a history.
+    pub(crate) fn record(&self, phase: crate::history::Phase, actor: &'static str, id: &str) {
+        if let Some(h) = &self.history {
+            h.record(crate::history::ActivationEvent::new(
+                phase,
+                std::time::SystemTime::now(),
+                &*self.id,
+                self.incarnation,
+                actor,
+                id,
+            ));
+        }
+    }
+
     /// The last user handle was dropped without `shutdown`: stop at once,
     /// without waiting (see [`Node`]'s drop contract).
     fn abandon(self: &Arc<Self>) {

@@ -8,6 +8,7 @@
 //!   HTTP servers over one simulated catalog, pinned to the documented
 //!   behaviour by `tests/consul_agent.rs`;
 //! - [`actors`]: the test actors that more than one suite uses;
+//! - [`procs`]: real node processes (the cluster examples) and signals;
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run.
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub mod actors;
 pub mod consul_agent;
 pub mod consul_catalog;
+pub mod procs;
 
 /// How long [`soon`] waits.
 pub const SOON: Duration = Duration::from_secs(20);

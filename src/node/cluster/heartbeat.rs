@@ -2,8 +2,14 @@
 //! peer, and gossip the membership.
 //!
 //! Failure detection: a peer that leaves a ping unanswered for
-//! `failure_timeout` is closed (and so leaves the membership). A closed
-//! connection needs no ping: the peer leaves at once.
+//! `failure_timeout` is closed (and so leaves the membership). Pings go
+//! out every heartbeat, so a peer that hangs is dropped within
+//! `failure_timeout` plus one heartbeat (plus the scheduling delay of a
+//! loaded machine). A closed connection needs no ping: the peer leaves at
+//! once. A ping whose timeout fired far past its time (more than half the
+//! failure timeout late) says this process was paused, not the peer: it
+//! is not held against the peer, so a resumed node does not drop all its
+//! peers at once.
 //!
 //! The task holds only a weak reference to the node and ends with it.
 
@@ -47,7 +53,17 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
         for conn in cluster.connections() {
             let _ = conn.send_membership(&gossip);
             tokio::spawn(async move {
+                let sent = tokio::time::Instant::now();
                 if let Err(e) = conn.ping(timeout).await {
+                    // A timeout that fired far past its time means this
+                    // process was paused (SIGSTOP, a VM pause), not that
+                    // the peer failed: judge it on the next ping instead
+                    // of dropping every peer at once on resume.
+                    let late = sent.elapsed().saturating_sub(timeout);
+                    if matches!(e, crate::Error::Timeout) && late > timeout / 2 {
+                        tracing::info!(peer = %conn.peer().node, ?late, "a ping timed out late: this process was paused; not judging the peer");
+                        return;
+                    }
                     tracing::warn!(peer = %conn.peer().node, "no heartbeat answer within {timeout:?} ({e}): closing");
                     conn.close();
                 }

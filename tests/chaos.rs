@@ -1,0 +1,363 @@
+//! Chaos suite: real node processes (the cluster examples) on loopback
+//! under steady load from this test, which joins as a node hosting
+//! nothing. Every node records its activations (`--history`), and the
+//! merged histories are checked for duplicate activations
+//! (`mesh::history::overlaps`).
+//!
+//! - a rolling restart (SIGINT: `node.shutdown()`, then a new process of
+//!   the same name), with static seeds and with Consul (the test agent,
+//!   restarted and taken down during the load too): no call fails;
+//! - a hung node (SIGSTOP, later SIGCONT): dropped within the failure
+//!   timeout plus one heartbeat (plus scheduling slack), calls to it end
+//!   at their deadline, it rejoins, and no duplicate activation is left.
+//!
+//! Needs the examples built (`cargo test` builds them).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh::discovery::Consul;
+use mesh::history::{overlaps, ActivationEvent, Overlap};
+use mesh::prelude::*;
+use mesh::Membership;
+use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_catalog::TimeScale;
+use mesh_testkit::procs::{example_binary, Proc};
+use mesh_testkit::within;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+/// Same wire contract as the examples' `Player` (capability and names).
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Player;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (String, u64))]
+struct Score(u64);
+
+#[mesh::handlers]
+impl Player {
+    async fn score(&mut self, _: Score) -> (String, u64) {
+        unreachable!("the driver hosts no game shard")
+    }
+}
+
+const COOKIE: &str = "chaos-cookie";
+/// The nodes' heartbeat; their failure timeout is 4 of them (the
+/// examples' rule), the driver's too.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const FAILURE: Duration = Duration::from_millis(400);
+const STEP: Duration = Duration::from_secs(30);
+
+/// How the processes find each other.
+#[derive(Clone)]
+enum Mode {
+    Seeds,
+    /// The test agent, one simulated agent per node (the driver's last).
+    Consul(Arc<TestConsul>),
+}
+
+/// A scratch directory for this test's histories.
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mesh-chaos-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+async fn spawn(mode: &Mode, i: usize, seeds: &[&str], dir: &Path) -> Proc {
+    let name = format!("p-{i}");
+    let history = dir.join(format!("{name}.history"));
+    let mut cmd = match mode {
+        Mode::Seeds => {
+            let mut cmd = Command::new(example_binary("cluster"));
+            if !seeds.is_empty() {
+                cmd.args(["--seeds", &seeds.join(",")]);
+            }
+            cmd
+        }
+        Mode::Consul(consul) => {
+            let mut cmd = Command::new(example_binary("consul_mesh"));
+            cmd.args(["--consul", &consul.url(i)]);
+            cmd
+        }
+    };
+    cmd.args(["--name", &name, "--listen", "127.0.0.1:0"])
+        .args(["--capabilities", "game", "--cluster", "chaos"])
+        .args(["--heartbeat-ms", &HEARTBEAT.as_millis().to_string()])
+        .arg("--history")
+        .arg(&history);
+    Proc::spawn(cmd, &name, COOKIE).await
+}
+
+async fn driver(mode: &Mode, procs: &[Proc]) -> Node {
+    let b = Node::builder()
+        .name("driver")
+        .default_node(false)
+        .cluster("chaos")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .heartbeat(HEARTBEAT, FAILURE);
+    let b = match mode {
+        Mode::Seeds => b.seeds(procs.iter().map(|p| p.addr.clone())),
+        Mode::Consul(consul) => b.discovery(
+            Consul::new()
+                .address(consul.url(procs.len()))
+                .heartbeat(HEARTBEAT)
+                .wait(Duration::from_secs(5)),
+        ),
+    };
+    b.start().await.expect("the driver starts")
+}
+
+async fn members(node: &Node, f: impl Fn(&Membership) -> bool) {
+    let mut changes = node.membership_changes();
+    within(STEP, changes.wait_for(|m| f(m))).await.unwrap();
+}
+
+#[derive(Debug)]
+struct Outcome {
+    owner: String,
+    result: Result<String, Error>,
+    took: Duration,
+}
+
+/// Steady load: 8 workers calling 97 players each, one call after the
+/// other, each with `deadline`.
+struct Load {
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    progress: Arc<tokio::sync::watch::Sender<usize>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(driver: &Node, deadline: Duration) -> Load {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let progress = Arc::new(tokio::sync::watch::channel(0usize).0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..8)
+            .map(|w| {
+                let (driver, outcomes, progress, stop) = (
+                    driver.clone(),
+                    outcomes.clone(),
+                    progress.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        i += 1;
+                        let id = format!("player-{w}-{}", i % 97);
+                        let owner = driver.owner_of::<Player>(&id).unwrap_or_default();
+                        let started = Instant::now();
+                        let result = driver
+                            .call::<Player, _>(&id, Score(1))
+                            .timeout(deadline)
+                            .await
+                            .map(|(on, _)| on);
+                        let took = started.elapsed();
+                        outcomes.lock().unwrap().push(Outcome {
+                            owner,
+                            result,
+                            took,
+                        });
+                        progress.send_modify(|n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            outcomes,
+            progress,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more calls have ended.
+    async fn more(&self, n: usize) {
+        let mut rx = self.progress.subscribe();
+        let target = *rx.borrow_and_update() + n;
+        within(STEP, rx.wait_for(|done| *done >= target))
+            .await
+            .unwrap();
+    }
+
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *self.outcomes.lock().unwrap())
+    }
+}
+
+/// The activation events every process of `dir` recorded.
+fn histories(dir: &Path) -> Vec<ActivationEvent> {
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("scratch dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("history");
+        events.extend(text.lines().filter_map(ActivationEvent::parse_line));
+    }
+    events
+}
+
+/// Waits, while the load goes on, until no two activations of one id are
+/// alive at once; returns every overlap the run had.
+async fn settled(dir: &Path, load: &Load) -> Vec<Overlap> {
+    let started = Instant::now();
+    loop {
+        let found = overlaps(&histories(dir));
+        if found.iter().all(|o| o.length.is_some()) {
+            return found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "duplicates still alive 10 s later: {:?}",
+            found
+                .iter()
+                .filter(|o| o.length.is_none())
+                .collect::<Vec<_>>()
+        );
+        load.more(200).await;
+    }
+}
+
+fn report(what: &str, outcomes: &[Outcome], found: &[Overlap]) {
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+    let longest = found
+        .iter()
+        .filter_map(|o| o.length)
+        .max()
+        .unwrap_or_default();
+    println!(
+        "{what}: {} calls, {} failed, slowest {slowest:?}; {} duplicate activations, longest {longest:?}",
+        outcomes.len(),
+        outcomes.iter().filter(|o| o.result.is_err()).count(),
+        found.len(),
+    );
+}
+
+async fn rolling_restart(mode: Mode, test: &str) {
+    let dir = scratch(test);
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let seed = procs.first().map(|p: &Proc| p.addr.clone());
+        let seeds: Vec<&str> = seed.iter().map(String::as_str).collect();
+        procs.push(spawn(&mode, i, &seeds, &dir).await);
+    }
+    let driver = driver(&mode, &procs).await;
+    members(&driver, |m| m.len() == 4).await;
+    let load = Load::start(&driver, Duration::from_secs(2));
+    load.more(1_000).await;
+    if let Mode::Consul(consul) = &mode {
+        // The agents fail under load: the nodes keep their view and serve.
+        consul.restart_agent(0);
+        load.more(300).await;
+        consul.stop_agent(1);
+        load.more(500).await;
+        consul.start_agent(1).await;
+        load.more(300).await;
+    }
+    for i in 0..3 {
+        let name = procs[i].name.clone();
+        procs[i].signal("INT");
+        assert!(procs[i].exited(STEP).await, "{name} left cleanly");
+        members(&driver, |m| !m.contains(&name)).await;
+        load.more(300).await;
+        let seed = procs[(i + 1) % 3].addr.clone();
+        procs[i] = spawn(&mode, i, &[&seed], &dir).await;
+        members(&driver, |m| m.len() == 4).await;
+        load.more(500).await;
+    }
+    let found = settled(&dir, &load).await;
+    let outcomes = load.finish().await;
+    report(test, &outcomes, &found);
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
+    driver.shutdown().await.unwrap();
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_seeds_loses_no_call() {
+    rolling_restart(Mode::Seeds, "rolling-seeds").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_consul_and_failing_agents_loses_no_call() {
+    let consul = TestConsul::start(
+        4,
+        TimeScale {
+            ttl: 1.0,
+            deregister: 0.01,
+        },
+    )
+    .await;
+    rolling_restart(Mode::Consul(Arc::new(consul)), "rolling-consul").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
+    let dir = scratch("sigstop");
+    let first = spawn(&Mode::Seeds, 0, &[], &dir).await;
+    let seed = first.addr.clone();
+    let procs = vec![
+        first,
+        spawn(&Mode::Seeds, 1, &[&seed], &dir).await,
+        spawn(&Mode::Seeds, 2, &[&seed], &dir).await,
+    ];
+    let driver = driver(&Mode::Seeds, &procs).await;
+    members(&driver, |m| m.len() == 4).await;
+    let deadline = Duration::from_millis(800);
+    let load = Load::start(&driver, deadline);
+    load.more(1_000).await;
+    procs[1].signal("STOP");
+    let stopped = Instant::now();
+    members(&driver, |m| !m.contains("p-1")).await;
+    let detection = stopped.elapsed();
+    load.more(1_000).await;
+    procs[1].signal("CONT");
+    members(&driver, |m| m.len() == 4).await;
+    load.more(1_000).await;
+    let found = settled(&dir, &load).await;
+    let outcomes = load.finish().await;
+    report("sigstop", &outcomes, &found);
+    println!("hung node dropped after {detection:?}");
+    // The bound: the failure timeout plus one heartbeat, plus slack for a
+    // loaded 2-core machine scheduling three processes and the test.
+    assert!(
+        detection <= FAILURE + HEARTBEAT + Duration::from_millis(400),
+        "dropped after {detection:?}"
+    );
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+    assert!(
+        slowest < deadline + Duration::from_millis(400),
+        "a call took {slowest:?}"
+    );
+    // Only calls that involve the hung node fail (its actors, or a call
+    // forwarded to it), and only as timeouts or as the node being down.
+    for o in outcomes.iter().filter(|o| o.result.is_err()) {
+        let involved =
+            o.owner == "p-1" || matches!(&o.result, Err(Error::NodeDown { node }) if node == "p-1");
+        assert!(involved, "{o:?}");
+        assert!(
+            matches!(o.result, Err(Error::Timeout | Error::NodeDown { .. })),
+            "{o:?}"
+        );
+    }
+    driver.shutdown().await.unwrap();
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
