@@ -183,6 +183,8 @@ pub struct Overlap {
     pub id: String,
     /// The two hosts, as `node/incarnation`.
     pub hosts: (String, String),
+    /// When the second activation started (the overlap began).
+    pub at: SystemTime,
     /// How long both were alive; `None` if both still are at the end of
     /// the history.
     pub length: Option<Duration>,
@@ -242,6 +244,7 @@ pub fn overlaps(events: &[ActivationEvent]) -> Vec<Overlap> {
                     actor: actor.clone(),
                     id: id.clone(),
                     hosts: (ha.clone(), hb.clone()),
+                    at: *sb,
                     length: end.map(|e| e.duration_since(*sb).unwrap_or_default()),
                 });
             }

@@ -13,15 +13,15 @@
 //!
 //! Needs the examples built (`cargo test` builds them).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::discovery::Consul;
-use mesh::history::{overlaps, ActivationEvent, Overlap};
+use mesh::history::Overlap;
 use mesh::prelude::*;
 use mesh::Membership;
+use mesh_testkit::chaos::{scratch, settled, summary, Load, Outcome, STEP};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::procs::{example_binary, Proc};
@@ -29,28 +29,11 @@ use mesh_testkit::within;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-/// Same wire contract as the examples' `Player` (capability and names).
-#[derive(Actor, Default)]
-#[actor(capability = "game")]
-struct Player;
-
-#[derive(Message, Serialize, Deserialize)]
-#[message(reply = (String, u64))]
-struct Score(u64);
-
-#[mesh::handlers]
-impl Player {
-    async fn score(&mut self, _: Score) -> (String, u64) {
-        unreachable!("the driver hosts no game shard")
-    }
-}
-
 const COOKIE: &str = "chaos-cookie";
 /// The nodes' heartbeat; their failure timeout is 4 of them (the
 /// examples' rule), the driver's too.
 const HEARTBEAT: Duration = Duration::from_millis(100);
 const FAILURE: Duration = Duration::from_millis(400);
-const STEP: Duration = Duration::from_secs(30);
 
 /// How the processes find each other.
 #[derive(Clone)]
@@ -58,14 +41,6 @@ enum Mode {
     Seeds,
     /// The test agent, one simulated agent per node (the driver's last).
     Consul(Arc<TestConsul>),
-}
-
-/// A scratch directory for this test's histories.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mesh-chaos-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
 }
 
 async fn spawn(mode: &Mode, i: usize, seeds: &[&str], dir: &Path) -> Proc {
@@ -118,128 +93,8 @@ async fn members(node: &Node, f: impl Fn(&Membership) -> bool) {
     within(STEP, changes.wait_for(|m| f(m))).await.unwrap();
 }
 
-#[derive(Debug)]
-struct Outcome {
-    owner: String,
-    result: Result<String, Error>,
-    took: Duration,
-}
-
-/// Steady load: 8 workers calling 97 players each, one call after the
-/// other, each with `deadline`.
-struct Load {
-    outcomes: Arc<Mutex<Vec<Outcome>>>,
-    progress: Arc<tokio::sync::watch::Sender<usize>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(driver: &Node, deadline: Duration) -> Load {
-        let outcomes = Arc::new(Mutex::new(Vec::new()));
-        let progress = Arc::new(tokio::sync::watch::channel(0usize).0);
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..8)
-            .map(|w| {
-                let (driver, outcomes, progress, stop) = (
-                    driver.clone(),
-                    outcomes.clone(),
-                    progress.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        i += 1;
-                        let id = format!("player-{w}-{}", i % 97);
-                        let owner = driver.owner_of::<Player>(&id).unwrap_or_default();
-                        let started = Instant::now();
-                        let result = driver
-                            .call::<Player, _>(&id, Score(1))
-                            .timeout(deadline)
-                            .await
-                            .map(|(on, _)| on);
-                        let took = started.elapsed();
-                        outcomes.lock().unwrap().push(Outcome {
-                            owner,
-                            result,
-                            took,
-                        });
-                        progress.send_modify(|n| *n += 1);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            outcomes,
-            progress,
-            stop,
-            tasks,
-        }
-    }
-
-    /// Waits until `n` more calls have ended.
-    async fn more(&self, n: usize) {
-        let mut rx = self.progress.subscribe();
-        let target = *rx.borrow_and_update() + n;
-        within(STEP, rx.wait_for(|done| *done >= target))
-            .await
-            .unwrap();
-    }
-
-    async fn finish(self) -> Vec<Outcome> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        std::mem::take(&mut *self.outcomes.lock().unwrap())
-    }
-}
-
-/// The activation events every process of `dir` recorded.
-fn histories(dir: &Path) -> Vec<ActivationEvent> {
-    let mut events = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("scratch dir") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("history");
-        events.extend(text.lines().filter_map(ActivationEvent::parse_line));
-    }
-    events
-}
-
-/// Waits, while the load goes on, until no two activations of one id are
-/// alive at once; returns every overlap the run had.
-async fn settled(dir: &Path, load: &Load) -> Vec<Overlap> {
-    let started = Instant::now();
-    loop {
-        let found = overlaps(&histories(dir));
-        if found.iter().all(|o| o.length.is_some()) {
-            return found;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "duplicates still alive 10 s later: {:?}",
-            found
-                .iter()
-                .filter(|o| o.length.is_none())
-                .collect::<Vec<_>>()
-        );
-        load.more(200).await;
-    }
-}
-
 fn report(what: &str, outcomes: &[Outcome], found: &[Overlap]) {
-    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
-    let longest = found
-        .iter()
-        .filter_map(|o| o.length)
-        .max()
-        .unwrap_or_default();
-    println!(
-        "{what}: {} calls, {} failed, slowest {slowest:?}; {} duplicate activations, longest {longest:?}",
-        outcomes.len(),
-        outcomes.iter().filter(|o| o.result.is_err()).count(),
-        found.len(),
-    );
+    println!("{what}: {}", summary(outcomes, found));
 }
 
 async fn rolling_restart(mode: Mode, test: &str) {
@@ -274,7 +129,7 @@ async fn rolling_restart(mode: Mode, test: &str) {
         members(&driver, |m| m.len() == 4).await;
         load.more(500).await;
     }
-    let found = settled(&dir, &load).await;
+    let found = settled(&dir, &load, Duration::from_secs(10)).await;
     let outcomes = load.finish().await;
     report(test, &outcomes, &found);
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
@@ -331,7 +186,7 @@ async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
     procs[1].signal("CONT");
     members(&driver, |m| m.len() == 4).await;
     load.more(1_000).await;
-    let found = settled(&dir, &load).await;
+    let found = settled(&dir, &load, Duration::from_secs(10)).await;
     let outcomes = load.finish().await;
     report("sigstop", &outcomes, &found);
     println!("hung node dropped after {detection:?}");

@@ -155,17 +155,35 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                         let node = node.clone();
                         let deadline = now + timeout;
                         Ok(Sent::Remote(Box::pin(async move {
-                            match conn.call_routed(tag, &id, payload, timeout, 0).await {
-                                Ok(b) => Ok(b),
-                                Err(Routed::Failed(e)) => Err(e),
-                                // The owner never saw it (its connection
-                                // closed first): it is down; route again.
-                                Err(Routed::Unsent(payload)) => {
-                                    node.evict(&conn.peer().node);
-                                    let left = deadline.saturating_duration_since(Instant::now());
-                                    node.serve_wire(tag, &id, payload, left, 0, false).await
+                            let mut conn = conn;
+                            let mut payload = payload;
+                            for _ in 0..=REROUTES {
+                                let left = deadline.saturating_duration_since(Instant::now());
+                                match conn.call_routed(tag, &id, payload, left, 0).await {
+                                    Ok(b) => return Ok(b),
+                                    Err(Routed::Failed(e)) => return Err(e),
+                                    // The owner never saw it (its connection
+                                    // closed first): it is down; route again.
+                                    Err(Routed::Unsent(p)) => {
+                                        node.evict(&conn.peer().node);
+                                        let key = A::__CAPABILITY_KEY;
+                                        match node.owner_of_key(key, A::CAPABILITY, &id)? {
+                                            Some(next) => (conn, payload) = (next, p),
+                                            // Now ours: run it here, encoded.
+                                            None => {
+                                                let left = deadline
+                                                    .saturating_duration_since(Instant::now());
+                                                return node
+                                                    .serve_wire(tag, &id, p, left, 0, false)
+                                                    .await;
+                                            }
+                                        }
+                                    }
                                 }
                             }
+                            Err(Error::NodeDown {
+                                node: conn.peer().node.clone(),
+                            })
                         })))
                     }
                 }
@@ -221,6 +239,9 @@ fn with_node<T>(
         },
     }
 }
+
+/// How many times a call its owner never saw is routed again.
+const REROUTES: usize = 2;
 
 enum Sent<R> {
     Local(oneshot::Receiver<Result<R, Error>>),

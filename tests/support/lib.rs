@@ -9,6 +9,7 @@
 //!   behaviour by `tests/consul_agent.rs`;
 //! - [`actors`]: the test actors that more than one suite uses;
 //! - [`procs`]: real node processes (the cluster examples) and signals;
+//! - [`chaos`]: steady load from a driver node, outcomes, histories;
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run.
@@ -19,6 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub mod actors;
+pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;
 pub mod procs;

@@ -6,7 +6,8 @@
 //! out every heartbeat, so a peer that hangs is dropped within
 //! `failure_timeout` plus one heartbeat (plus the scheduling delay of a
 //! loaded machine). A closed connection needs no ping: the peer leaves at
-//! once. A ping whose timeout fired far past its time (more than half the
+//! once. A failed ping closes every connection to that peer (its spares
+//! hang too). A ping whose timeout fired far past its time (more than a whole
 //! failure timeout late) says this process was paused, not the peer: it
 //! is not held against the peer, so a resumed node does not drop all its
 //! peers at once.
@@ -52,6 +53,7 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
         let timeout = cluster.cfg.failure_timeout;
         for conn in cluster.connections() {
             let _ = conn.send_membership(&gossip);
+            let weak = weak.clone();
             tokio::spawn(async move {
                 let sent = tokio::time::Instant::now();
                 if let Err(e) = conn.ping(timeout).await {
@@ -60,12 +62,18 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
                     // the peer failed: judge it on the next ping instead
                     // of dropping every peer at once on resume.
                     let late = sent.elapsed().saturating_sub(timeout);
-                    if matches!(e, crate::Error::Timeout) && late > timeout / 2 {
+                    if matches!(e, crate::Error::Timeout) && late > timeout {
                         tracing::info!(peer = %conn.peer().node, ?late, "a ping timed out late: this process was paused; not judging the peer");
                         return;
                     }
-                    tracing::warn!(peer = %conn.peer().node, "no heartbeat answer within {timeout:?} ({e}): closing");
+                    let peer = &conn.peer().node;
+                    tracing::warn!(%peer, "no heartbeat answer within {timeout:?} ({e}): closing its connections");
                     conn.close();
+                    // Its other connections hang too: a spare left open
+                    // would keep it a member until pinged in turn.
+                    if let Some(cluster) = weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+                        cluster.close_peer(peer);
+                    }
                 }
             });
         }

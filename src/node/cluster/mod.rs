@@ -162,6 +162,15 @@ impl Cluster {
             .collect()
     }
 
+    /// Closes every connection to `node` (it stopped answering).
+    pub(crate) fn close_peer(&self, node: &str) {
+        if let Some(conns) = self.view.load().get(node) {
+            for c in conns {
+                c.close();
+            }
+        }
+    }
+
     /// Hands an event to the owner task; after `stop`, a connection in it
     /// is closed (the event's drop does it).
     pub(crate) fn send(&self, event: Event) {
