@@ -13,7 +13,21 @@
 //! 2. `rolling restart`: each node in turn gets SIGINT (a clean leave:
 //!    `node.shutdown()`), then starts again;
 //! 3. `SIGKILL`: one node is killed (a crash), then started again;
-//! 4. `SIGSTOP`: one node hangs for 2 s, then resumes (SIGCONT).
+//! 4. `SIGSTOP`: one node hangs for 2 s, then resumes (SIGCONT);
+//! 5. `partition` (only with `--phases ...,partition`, inside a network
+//!    namespace of its own): iptables cuts one node off from the others
+//!    and the driver, then the cut heals; the row adds how long the
+//!    cluster took to converge (no duplicate left) after the heal.
+//!
+//! The partition phase changes iptables rules, so the example runs it only
+//! with `MESH_CHAOS_NETNS=1`, meant for a namespace made for it (nodes
+//! then listen on 127.0.0.2, .3, ... and send from there):
+//!
+//! ```sh
+//! cargo build --release --example chaos
+//! unshare --net -- sh -c 'ip link set lo up && MESH_CHAOS_NETNS=1 \
+//!     target/release/examples/chaos --phases partition'
+//! ```
 //!
 //! For each phase: calls, failures by error, the slowest call, how long
 //! the driver took to drop the failed node, and the duplicate activations
@@ -52,6 +66,16 @@ struct Args {
     /// Each call's deadline in milliseconds.
     #[arg(long, default_value_t = 1000)]
     deadline_ms: u64,
+    /// The phases to run, in order: steady, rolling, kill, stop, partition.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "steady,rolling,kill,stop"
+    )]
+    phases: Vec<String>,
+    /// The IP this node listens on and sends from (serve mode).
+    #[arg(long, hide = true, default_value = "127.0.0.1")]
+    ip: std::net::IpAddr,
     /// Run as one node of the cluster (used by the example itself).
     #[arg(long, hide = true)]
     serve: bool,
@@ -70,6 +94,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return serve(&args).await;
     }
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
+    let isolated = std::env::var("MESH_CHAOS_NETNS").is_ok_and(|v| v == "1");
+    if args.phases.iter().any(|p| p == "partition") && !isolated {
+        return Err("the partition phase changes iptables rules: run it in a network namespace of its own, with MESH_CHAOS_NETNS=1 (see the example's docs)".into());
+    }
     let dir = scratch("example");
     println!(
         "mesh chaos: {} node processes + a driver, {} cores, heartbeat {heartbeat:?}, failure timeout {:?}",
@@ -91,6 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cluster("chaos")
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
+        .transport(mesh::Transport::tcp_from([127, 0, 0, 1].into()))
         .seeds(procs.iter().map(|p| p.addr.clone()))
         .heartbeat(heartbeat, heartbeat * 4)
         .start()
@@ -100,63 +129,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Duration::from_millis(args.deadline_ms);
     let mut rows = Vec::new();
 
-    // 1. steady
-    let phase = Phase::start(&driver, deadline);
-    phase.load.more(args.calls).await;
-    rows.push(phase.end("steady", None, &dir).await);
-
-    // 2. rolling restart
-    let phase = Phase::start(&driver, deadline);
-    for i in 0..args.nodes {
-        let name = procs[i].name.clone();
-        procs[i].signal("INT");
-        procs[i].exited(Duration::from_secs(30)).await;
-        wait_members(&driver, |m| !m.contains(&name)).await;
-        phase.load.more(args.calls / 4).await;
-        let seed = procs[(i + 1) % args.nodes].addr.clone();
-        procs[i] = spawn(&args, i, &[seed], &dir).await;
-        wait_members(&driver, |m| m.len() == all).await;
-        phase.load.more(args.calls / 2).await;
+    for which in &args.phases {
+        match which.as_str() {
+            "steady" => rows.push(steady(&driver, &args, deadline, &dir).await),
+            "rolling" => rows.push(rolling(&driver, &args, deadline, &dir, &mut procs, all).await),
+            "kill" => rows.push(kill(&driver, &args, deadline, &dir, &mut procs, all).await?),
+            "stop" => rows.push(stop(&driver, &args, deadline, &dir, &mut procs, all).await),
+            "partition" => rows.push(partition(&driver, &args, deadline, &dir, &procs, all).await?),
+            other => return Err(format!("unknown phase {other:?}").into()),
+        }
     }
-    rows.push(phase.end("rolling restart (SIGINT)", None, &dir).await);
-
-    // 3. SIGKILL
-    let phase = Phase::start(&driver, deadline);
-    phase.load.more(args.calls / 2).await;
-    let victim = args.nodes - 1;
-    let name = procs[victim].name.clone();
-    procs[victim].signal("KILL");
-    let killed = Instant::now();
-    let killed_at = SystemTime::now();
-    wait_members(&driver, |m| !m.contains(&name)).await;
-    let detection = killed.elapsed();
-    procs[victim].exited(Duration::from_secs(10)).await;
-    record_kill(&dir.join(format!("{name}.history")), killed_at)?;
-    phase.load.more(args.calls).await;
-    let seed = procs[0].addr.clone();
-    procs[victim] = spawn(&args, victim, &[seed], &dir).await;
-    wait_members(&driver, |m| m.len() == all).await;
-    phase.load.more(args.calls / 2).await;
-    rows.push(phase.end("SIGKILL, restart", Some(detection), &dir).await);
-
-    // 4. SIGSTOP
-    let phase = Phase::start(&driver, deadline);
-    phase.load.more(args.calls / 2).await;
-    let name = procs[victim].name.clone();
-    procs[victim].signal("STOP");
-    let stopped = Instant::now();
-    wait_members(&driver, |m| !m.contains(&name)).await;
-    let detection = stopped.elapsed();
-    phase.load.more(args.calls).await;
-    tokio::time::sleep_until(stopped + Duration::from_secs(2)).await;
-    procs[victim].signal("CONT");
-    wait_members(&driver, |m| m.len() == all).await;
-    phase.load.more(args.calls).await;
-    rows.push(
-        phase
-            .end("SIGSTOP 2 s, SIGCONT", Some(detection), &dir)
-            .await,
-    );
 
     println!();
     println!("| phase | calls | failed (by error) | slowest call | detection | duplicate activations | longest duplicate |");
@@ -170,6 +152,143 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+async fn steady(driver: &Node, args: &Args, deadline: Duration, dir: &Path) -> String {
+    let phase = Phase::start(driver, deadline);
+    phase.load.more(args.calls).await;
+    phase.end("steady", None, dir).await
+}
+
+async fn rolling(
+    driver: &Node,
+    args: &Args,
+    deadline: Duration,
+    dir: &Path,
+    procs: &mut [Proc],
+    all: usize,
+) -> String {
+    let phase = Phase::start(driver, deadline);
+    for i in 0..args.nodes {
+        let name = procs[i].name.clone();
+        procs[i].signal("INT");
+        procs[i].exited(Duration::from_secs(30)).await;
+        wait_members(driver, |m| !m.contains(&name)).await;
+        phase.load.more(args.calls / 4).await;
+        let seed = procs[(i + 1) % args.nodes].addr.clone();
+        procs[i] = spawn(args, i, &[seed], dir).await;
+        wait_members(driver, |m| m.len() == all).await;
+        phase.load.more(args.calls / 2).await;
+    }
+    phase.end("rolling restart (SIGINT)", None, dir).await
+}
+
+async fn kill(
+    driver: &Node,
+    args: &Args,
+    deadline: Duration,
+    dir: &Path,
+    procs: &mut [Proc],
+    all: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let phase = Phase::start(driver, deadline);
+    phase.load.more(args.calls / 2).await;
+    let victim = args.nodes - 1;
+    let name = procs[victim].name.clone();
+    procs[victim].signal("KILL");
+    let killed = Instant::now();
+    let killed_at = SystemTime::now();
+    wait_members(driver, |m| !m.contains(&name)).await;
+    let detection = killed.elapsed();
+    procs[victim].exited(Duration::from_secs(10)).await;
+    record_kill(&dir.join(format!("{name}.history")), killed_at)?;
+    phase.load.more(args.calls).await;
+    let seed = procs[0].addr.clone();
+    procs[victim] = spawn(args, victim, &[seed], dir).await;
+    wait_members(driver, |m| m.len() == all).await;
+    phase.load.more(args.calls / 2).await;
+    Ok(phase.end("SIGKILL, restart", Some(detection), dir).await)
+}
+
+async fn stop(
+    driver: &Node,
+    args: &Args,
+    deadline: Duration,
+    dir: &Path,
+    procs: &mut [Proc],
+    all: usize,
+) -> String {
+    let phase = Phase::start(driver, deadline);
+    phase.load.more(args.calls / 2).await;
+    let victim = args.nodes - 1;
+    let name = procs[victim].name.clone();
+    procs[victim].signal("STOP");
+    let stopped = Instant::now();
+    wait_members(driver, |m| !m.contains(&name)).await;
+    let detection = stopped.elapsed();
+    phase.load.more(args.calls).await;
+    tokio::time::sleep_until(stopped + Duration::from_secs(2)).await;
+    procs[victim].signal("CONT");
+    wait_members(driver, |m| m.len() == all).await;
+    phase.load.more(args.calls).await;
+    phase
+        .end("SIGSTOP 2 s, SIGCONT", Some(detection), dir)
+        .await
+}
+
+/// Runs `iptables` with `rule` (inside the example's own namespace).
+fn iptables(rule: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+    let status = std::process::Command::new("iptables").args(rule).status()?;
+    if !status.success() {
+        return Err(format!("iptables {} failed", rule.join(" ")).into());
+    }
+    Ok(())
+}
+
+async fn partition(
+    driver: &Node,
+    args: &Args,
+    deadline: Duration,
+    dir: &Path,
+    procs: &[Proc],
+    all: usize,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let phase = Phase::start(driver, deadline);
+    phase.load.more(args.calls / 2).await;
+    // The first node on one side; the others and the driver on the other.
+    let cut = &procs[0];
+    let ip = cut
+        .addr
+        .rsplit_once(':')
+        .map_or("", |(ip, _)| ip)
+        .to_owned();
+    let rules = [
+        ["INPUT", "-s", ip.as_str(), "-j", "DROP"],
+        ["INPUT", "-d", ip.as_str(), "-j", "DROP"],
+    ];
+    for r in &rules {
+        iptables(&[&["-I"], &r[..]].concat())?;
+    }
+    let started = Instant::now();
+    wait_members(driver, |m| !m.contains(&cut.name)).await;
+    let detection = started.elapsed();
+    phase.load.more(args.calls).await;
+    for r in &rules {
+        iptables(&[&["-D"], &r[..]].concat())?;
+    }
+    let healed = Instant::now();
+    wait_members(driver, |m| m.len() == all).await;
+    let rejoined = healed.elapsed();
+    phase.settle(dir, Duration::from_secs(20)).await;
+    let converged = healed.elapsed();
+    println!("partition: rejoined {rejoined:.1?} after the heal; converged (no duplicate alive) {converged:.1?} after it");
+    Ok(phase
+        .end(
+            &format!("partition {} / rest, healed", cut.name),
+            Some(detection),
+            dir,
+        )
+        .await)
+}
+
 /// One node process: the cluster example's node, under this binary.
 async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
@@ -177,7 +296,8 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .name(&args.name)
         .cluster("chaos")
         .cookie(COOKIE)
-        .listen("127.0.0.1:0")
+        .listen(std::net::SocketAddr::new(args.ip, 0).to_string())
+        .transport(mesh::Transport::tcp_from(args.ip))
         .seeds(args.seeds.iter().cloned())
         .heartbeat(heartbeat, heartbeat * 4)
         .capabilities(["game"]);
@@ -197,7 +317,14 @@ async fn spawn(args: &Args, i: usize, seeds: &[String], dir: &Path) -> Proc {
     let name = format!("p-{i}");
     let exe = std::env::current_exe().expect("own path");
     let mut cmd = Command::new(exe);
-    cmd.args(["--serve", "--name", &name])
+    // In a namespace of its own, each node on an address of its own.
+    let isolated = std::env::var("MESH_CHAOS_NETNS").is_ok_and(|v| v == "1");
+    let ip = if isolated {
+        format!("127.0.0.{}", i + 2)
+    } else {
+        "127.0.0.1".to_owned()
+    };
+    cmd.args(["--serve", "--name", &name, "--ip", &ip])
         .args(["--heartbeat-ms", &args.heartbeat_ms.to_string()])
         .arg("--history")
         .arg(dir.join(format!("{name}.history")));
@@ -227,6 +354,14 @@ impl Phase {
             load: Load::start(driver, deadline),
             began: SystemTime::now(),
         }
+    }
+
+    /// Waits (at most `limit`, the load going on) until no two
+    /// activations of one id are alive; returns how long that took.
+    async fn settle(&self, dir: &Path, limit: Duration) -> Duration {
+        let started = Instant::now();
+        mesh_testkit::chaos::settled(dir, &self.load, limit).await;
+        started.elapsed()
     }
 
     /// Stops the load and makes the phase's table row.

@@ -9,7 +9,11 @@
 //!   restarted and taken down during the load too): no call fails;
 //! - a hung node (SIGSTOP, later SIGCONT): dropped within the failure
 //!   timeout plus one heartbeat (plus scheduling slack), calls to it end
-//!   at their deadline, it rejoins, and no duplicate activation is left.
+//!   at their deadline, it rejoins, and no duplicate activation is left;
+//! - a network partition, made with iptables inside a network namespace
+//!   this test creates (`unshare --net`), every node on its own address:
+//!   the chaos example's partition phase, which fails unless the cluster
+//!   converges with no duplicate left after the heal.
 //!
 //! Needs the examples built (`cargo test` builds them).
 
@@ -215,4 +219,53 @@ async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
     driver.shutdown().await.unwrap();
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails with what to install when a tool the partition test needs is
+/// missing (`scripts/test.sh` installs them).
+fn require(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install Debian's {package} (apt-get install {package})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_in_its_own_namespace_heals_with_no_duplicate_left() {
+    require("unshare", "util-linux");
+    require("ip", "iproute2");
+    require("iptables", "iptables");
+    let chaos = example_binary("chaos");
+    let script = format!(
+        "ip link set lo up && MESH_CHAOS_NETNS=1 exec {} --phases partition --calls 1000",
+        chaos.display()
+    );
+    let out = within(
+        Duration::from_secs(120),
+        Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", &script])
+            .output(),
+    )
+    .await
+    .expect("run the chaos example in a new network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the partition run failed:\n{stdout}\n{stderr}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| partition p-0"))
+        .expect("the partition row");
+    assert!(!row.contains("still alive"), "{row}");
+    assert!(
+        stdout.contains("converged (no duplicate alive)"),
+        "{stdout}"
+    );
 }

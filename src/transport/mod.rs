@@ -99,7 +99,16 @@ impl Default for Transport {
 impl Transport {
     /// Plain TCP (the default): addresses are `host:port`.
     pub fn tcp() -> Self {
-        let tcp = Arc::new(tcp::Tcp);
+        Transport::tcp_with(tcp::Tcp::default())
+    }
+
+    /// Plain TCP with outgoing connections from `ip` ([`tcp::Tcp::from`]).
+    pub fn tcp_from(ip: std::net::IpAddr) -> Self {
+        Transport::tcp_with(tcp::Tcp::from(ip))
+    }
+
+    fn tcp_with(tcp: tcp::Tcp) -> Self {
+        let tcp = Arc::new(tcp);
         Transport {
             connector: tcp.clone(),
             acceptor: tcp,

@@ -13,9 +13,20 @@ use super::{
 };
 use crate::{Error, StartError};
 
-/// The TCP connector and acceptor.
+/// The TCP connector and acceptor. Outgoing connections leave from the
+/// address the system picks, unless [`Tcp::from`] names one (on a host
+/// with several addresses, so peers and firewalls see the node's own).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Tcp;
+pub struct Tcp {
+    from: Option<std::net::IpAddr>,
+}
+
+impl Tcp {
+    /// Outgoing connections leave from `ip` (port chosen by the system).
+    pub fn from(ip: std::net::IpAddr) -> Self {
+        Tcp { from: Some(ip) }
+    }
+}
 
 impl Connector for Tcp {
     fn connect<'a>(
@@ -24,7 +35,27 @@ impl Connector for Tcp {
         target: &'a DialTarget,
     ) -> BoxFuture<'a, io::Result<(BoxStream, ConnFacts)>> {
         Box::pin(async move {
-            let stream = TcpStream::connect(&target.addr).await?;
+            let stream = match self.from {
+                None => TcpStream::connect(&target.addr).await?,
+                Some(ip) => {
+                    let to = tokio::net::lookup_host(&target.addr)
+                        .await?
+                        .find(|a| a.is_ipv4() == ip.is_ipv4())
+                        .ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!("{} has no address of the family of {ip}", target.addr),
+                            )
+                        })?;
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                    socket.connect(to).await?
+                }
+            };
             let _ = stream.set_nodelay(true);
             let remote = stream
                 .peer_addr()
@@ -78,7 +109,7 @@ pub async fn listen(
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<Listening, StartError> {
-    super::listen(Arc::new(Tcp), addr, cfg, inbound).await
+    super::listen(Arc::new(Tcp::default()), addr, cfg, inbound).await
 }
 
 /// Dials `addr` and runs the handshake.
@@ -87,5 +118,5 @@ pub async fn dial(
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<Connection, Error> {
-    super::dial(&Tcp, &DialTarget::addr(addr), cfg, inbound).await
+    super::dial(&Tcp::default(), &DialTarget::addr(addr), cfg, inbound).await
 }
