@@ -295,6 +295,7 @@ pub fn model_of(a: &RunArgs) -> ModelCfg {
             max_in_flight: a.max_in_flight,
             connections: a.connections,
             stop,
+            pacing: model::Pacing::Thread,
         })
     } else {
         ModelCfg::ClosedLoop(ClosedLoop {

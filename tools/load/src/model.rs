@@ -11,7 +11,9 @@
 //!   its service time. At most `max_in_flight` calls are intended and not
 //!   yet completed: one more is *dropped* (counted, not made), as k6 counts
 //!   `dropped_iterations`. How late the scheduler itself issued each call
-//!   is recorded as scheduler lag.
+//!   is recorded as scheduler lag. The scheduler waits on an OS thread
+//!   ([`Pacing::Thread`], tens of µs of slack) or on tokio's 1 ms timer
+//!   ([`Pacing::Tokio`], which a paused test clock drives).
 //! - **closed-loop** ([`closed_loop`]): `concurrency` workers each make one
 //!   call after another. Latency and service time are the same thing here,
 //!   and the model hides queueing (coordinated omission): every output
@@ -92,6 +94,9 @@ pub struct OpenLoop {
     pub connections: Option<usize>,
     /// When to stop.
     pub stop: Stop,
+    /// How the scheduler waits.
+    #[serde(default)]
+    pub pacing: Pacing,
 }
 
 /// A closed-loop run's settings.
@@ -142,36 +147,56 @@ pub struct Step {
     pub pass: bool,
 }
 
-/// Runs an open loop; returns when every call made has completed.
-pub async fn open_loop(call: &CallFn, cfg: &OpenLoop, rec: &Arc<Recorder>) {
-    assert!(cfg.rate > 0.0, "open loop needs a positive rate");
-    let origin = rec.origin();
-    let counters = &rec.counters;
-    let sem = cfg.connections.map(|c| Arc::new(Semaphore::new(c.max(1))));
-    let mut rng = Rng::new(cfg.seed);
-    let mut tasks = JoinSet::new();
-    let mut offset = 0.0f64; // seconds after origin
-    let mut k = 0u64;
-    loop {
-        match cfg.stop {
-            Stop::Calls(n) if k >= n => break,
-            Stop::Duration(d) if offset >= d.as_secs_f64() => break,
+/// How the open-loop scheduler waits for each intended start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// An OS thread sleeping with the kernel's timer (tens of µs of
+    /// slack): what the command line uses.
+    #[default]
+    Thread,
+    /// tokio's timer (1 ms granularity, so about 1 ms of lag per call),
+    /// which follows a paused test clock.
+    Tokio,
+}
+
+/// The open loop's state between intended starts.
+struct Dispatcher {
+    call: CallFn,
+    cfg: OpenLoop,
+    rec: Arc<Recorder>,
+    sem: Option<Arc<Semaphore>>,
+    rng: Rng,
+    tasks: JoinSet<()>,
+    offset: f64,
+    k: u64,
+}
+
+impl Dispatcher {
+    /// The next intended start, or None when the run is over.
+    fn next(&mut self) -> Option<Instant> {
+        match self.cfg.stop {
+            Stop::Calls(n) if self.k >= n => return None,
+            Stop::Duration(d) if self.offset >= d.as_secs_f64() => return None,
             _ => {}
         }
-        let intended = origin + Duration::from_secs_f64(offset);
-        if Instant::now() < intended {
-            tokio::time::sleep_until(intended).await;
-        }
+        Some(self.rec.origin() + Duration::from_secs_f64(self.offset))
+    }
+
+    /// Makes (or drops) the call intended at `intended`, now.
+    fn dispatch(&mut self, intended: Instant) {
+        let rec = &self.rec;
+        let counters = &rec.counters;
         rec.record_lag(Instant::now().saturating_duration_since(intended));
         counters.intended.fetch_add(1, Ordering::Relaxed);
-        if counters.in_flight.load(Ordering::Relaxed) >= cfg.max_in_flight {
+        if counters.in_flight.load(Ordering::Relaxed) >= self.cfg.max_in_flight {
             rec.record_drop(intended);
         } else {
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            let fut = call(k);
+            let fut = (self.call)(self.k);
             let rec = rec.clone();
-            let sem = sem.clone();
-            tasks.spawn(async move {
+            let sem = self.sem.clone();
+            self.tasks.spawn(async move {
                 let _permit = match &sem {
                     Some(s) => Some(s.acquire().await.expect("semaphore never closed")),
                     None => None,
@@ -191,14 +216,53 @@ pub async fn open_loop(call: &CallFn, cfg: &OpenLoop, rec: &Arc<Recorder>) {
             });
         }
         // Reap finished tasks so a long run holds only the ones in flight.
-        while tasks.try_join_next().is_some() {}
-        k += 1;
-        offset += if cfg.poisson {
-            rng.exp(cfg.rate)
+        while self.tasks.try_join_next().is_some() {}
+        self.k += 1;
+        // A fixed rate computes each start from k (no drift from summing).
+        self.offset = if self.cfg.poisson {
+            self.offset + self.rng.exp(self.cfg.rate)
         } else {
-            1.0 / cfg.rate
+            self.k as f64 / self.cfg.rate
         };
     }
+}
+
+/// Runs an open loop; returns when every call made has completed.
+pub async fn open_loop(call: &CallFn, cfg: &OpenLoop, rec: &Arc<Recorder>) {
+    assert!(cfg.rate > 0.0, "open loop needs a positive rate");
+    let mut d = Dispatcher {
+        call: call.clone(),
+        cfg: cfg.clone(),
+        rec: rec.clone(),
+        sem: cfg.connections.map(|c| Arc::new(Semaphore::new(c.max(1)))),
+        rng: Rng::new(cfg.seed),
+        tasks: JoinSet::new(),
+        offset: 0.0,
+        k: 0,
+    };
+    let mut tasks = match cfg.pacing {
+        Pacing::Tokio => {
+            while let Some(t) = d.next() {
+                if Instant::now() < t {
+                    tokio::time::sleep_until(t).await;
+                }
+                d.dispatch(t);
+            }
+            d.tasks
+        }
+        Pacing::Thread => tokio::task::spawn_blocking(move || {
+            while let Some(t) = d.next() {
+                let now = Instant::now();
+                if now < t {
+                    std::thread::sleep(t - now);
+                }
+                d.dispatch(t);
+            }
+            d.tasks
+        })
+        .await
+        .expect("open-loop scheduler panicked"),
+    };
     while tasks.join_next().await.is_some() {}
 }
 
@@ -282,6 +346,7 @@ pub async fn search(
             max_in_flight: cfg.max_in_flight,
             connections: cfg.connections,
             stop: Stop::Duration(cfg.step),
+            pacing: Pacing::Thread,
         };
         open_loop(call, &open, &rec).await;
         let r = rec.finish(Instant::now());

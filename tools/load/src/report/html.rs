@@ -71,14 +71,15 @@ fn ticks(max: f64) -> Vec<f64> {
 }
 
 fn num(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v.abs() >= 100.0 {
+    let s = if v.abs() >= 100.0 {
         format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
     } else {
         format!("{v:.3}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
     }
 }
 
@@ -276,6 +277,20 @@ pub fn render(r: &RunResult) -> String {
         ],
         None,
     );
+    // Rates per second of run covered; a last sliver under 0.25 s is left
+    // out (too short to be a rate).
+    let rate = |f: &dyn Fn(&super::Interval) -> u64| -> Vec<(f64, f64)> {
+        let mut v: Vec<(f64, f64)> = r
+            .intervals
+            .iter()
+            .filter(|i| i.span_s >= 0.25)
+            .map(|i| (i.second as f64 + 0.5, f(i) as f64 / i.span_s))
+            .collect();
+        if v.is_empty() {
+            v.push((0.0, 0.0));
+        }
+        v
+    };
     let throughput = chart(
         "Throughput per second",
         "seconds since start",
@@ -284,12 +299,12 @@ pub fn render(r: &RunResult) -> String {
             Series {
                 name: "answered".into(),
                 color: "#2ca02c",
-                points: iv(&|i| i.ok as f64),
+                points: rate(&|i| i.ok),
             },
             Series {
                 name: "failed".into(),
                 color: "#d62728",
-                points: iv(&|i| i.errors as f64),
+                points: rate(&|i| i.errors),
             },
         ],
         None,
@@ -357,11 +372,14 @@ svg .label{{font-size:12px;fill:#222}} svg .legend{{font-size:11px}} svg .grid{{
             } else {
                 ("fail", "✗")
             };
+            let shown = crate::threshold::Threshold::parse(&t.expr)
+                .map(|th| th.format(t.observed))
+                .unwrap_or_else(|_| t.observed.to_string());
             let _ = write!(
                 h,
-                r#"<tr><td class="{cls}">{mark}</td><td>{}</td><td>{:.4}</td></tr>"#,
+                r#"<tr><td class="{cls}">{mark}</td><td>{}</td><td>{}</td></tr>"#,
                 esc(&t.expr),
-                t.observed
+                esc(&shown)
             );
         }
         if let Some(search) = &r.search {

@@ -208,6 +208,8 @@ pub struct Summary {
 pub struct Interval {
     /// Seconds since the start.
     pub second: u64,
+    /// How much of this second the run covered (the last one is partial).
+    pub span_s: f64,
     /// Calls answered in it.
     pub ok: u64,
     /// Calls failed in it.
@@ -427,6 +429,7 @@ pub fn build(i: Inputs<'_>) -> RunResult {
             let ms = |ns: u64| ns as f64 / 1e6;
             Interval {
                 second: s as u64,
+                span_s: (seconds - s as f64).clamp(0.0, 1.0),
                 ok: iv.ok,
                 errors: iv.errors,
                 dropped: iv.dropped,
