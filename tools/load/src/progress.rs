@@ -16,10 +16,13 @@ use tokio::time::Instant;
 
 use crate::record::Recorder;
 
+/// The recorder being followed, with its label.
+type Slot = Arc<Mutex<Option<(String, Arc<Recorder>)>>>;
+
 /// A running progress display.
 #[derive(Debug)]
 pub struct Progress {
-    slot: Arc<Mutex<Option<(String, Arc<Recorder>)>>>,
+    slot: Slot,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     tty: bool,
@@ -29,7 +32,7 @@ impl Progress {
     /// Starts the display (nothing is drawn when `quiet`), for runs
     /// expected to make `total` calls, if known.
     pub fn start(total: Option<u64>, quiet: bool) -> Self {
-        let slot: Arc<Mutex<Option<(String, Arc<Recorder>)>>> = Arc::default();
+        let slot: Slot = Arc::default();
         let (stop, mut stopped) = watch::channel(false);
         let tty = std::io::stderr().is_terminal();
         let task = (!quiet).then(|| {
