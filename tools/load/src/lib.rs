@@ -15,7 +15,7 @@
 //! - [`threshold`]: `p99<2ms`-style expressions for SLOs and CI gates.
 //! - [`report`]: the result document and its renderings (terminal summary,
 //!   JSON, SMP, fortio, HTML).
-//! - [`env`]: the machine and build every report records.
+//! - [`mod@env`]: the machine and build every report records.
 //! - [`compare`]: deltas between two result files.
 //! - [`progress`]: the progress line, off the request path.
 //! - [`cli`]: the command line and what each command does.

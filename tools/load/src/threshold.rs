@@ -10,7 +10,7 @@
 //!
 //! Contract: [`Threshold::parse`] rejects anything else with a message
 //! naming the expected form; [`Threshold::observe`] reads the figure from a
-//! [`Figures`] (latencies in milliseconds) and [`Threshold::passes`]
+//! [`Figures`] (latencies in milliseconds) and [`Threshold::holds`]
 //! compares it.
 
 use std::fmt;
