@@ -7,7 +7,7 @@
 //!   stdout once it accepts peers; it runs until Ctrl-C or SIGTERM, then
 //!   leaves the cluster.
 //! - `mesh-load run SCENARIO [...]` drives a scenario, against an embedded
-//!   node in this process when no `--seeds` are given, or else as a client
+//!   node in this process when neither `--seeds` nor `--consul` is given, or else as a client
 //!   node (no capabilities, hosts nothing, unless `--host`) joined to the
 //!   cluster; it waits for a member hosting `bench` first. It prints the
 //!   summary on stdout, progress on stderr, writes the outputs into `--out`.
@@ -73,6 +73,10 @@ pub struct ClusterArgs {
     /// This node's id (default: generated).
     #[arg(long)]
     pub name: Option<String>,
+    /// Discover peers through the Consul agent at this HTTP address
+    /// (e.g. http://127.0.0.1:8500) instead of, or besides, --seeds.
+    #[arg(long)]
+    pub consul: Option<String>,
 }
 
 impl ClusterArgs {
@@ -91,7 +95,15 @@ impl ClusterArgs {
         if let Some(n) = &self.name {
             b = b.name(n);
         }
+        if let Some(url) = &self.consul {
+            b = b.discovery(mesh::discovery::Consul::new().address(url));
+        }
         Ok(b)
+    }
+
+    /// Whether a cluster is to be joined at all.
+    fn clustered(&self) -> bool {
+        !self.seeds.is_empty() || self.consul.is_some()
     }
 }
 
@@ -101,6 +113,10 @@ pub struct ServeArgs {
     /// host:port to accept peers on (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// The address peers are told to dial, when not --listen's (a node
+    /// listening on 0.0.0.0:7101 advertises 10.0.0.5:7101).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Cluster settings.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -178,7 +194,7 @@ pub struct RunArgs {
     /// are then local); it listens on --listen.
     #[arg(long)]
     pub host: bool,
-    /// Where a hosting client node listens.
+    /// Where a hosting (or Consul-registered) client node listens.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
     /// How long to wait for a member hosting `bench`.
@@ -236,7 +252,11 @@ pub fn main(cli: Cli) -> Result<i32, String> {
 }
 
 async fn serve(a: ServeArgs) -> Result<i32, String> {
-    let node = crate::actors::host(a.cluster.builder()?.listen(&a.listen))
+    let mut b = a.cluster.builder()?.listen(&a.listen);
+    if let Some(addr) = &a.advertise {
+        b = b.advertise(addr);
+    }
+    let node = crate::actors::host(b)
         .start()
         .await
         .map_err(|e| format!("starting the node: {e}"))?;
@@ -308,7 +328,7 @@ pub fn model_of(a: &RunArgs) -> ModelCfg {
 }
 
 async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
-    if a.cluster.seeds.is_empty() {
+    if !a.cluster.clustered() {
         let mut b = crate::actors::host(Node::builder());
         if let Some(n) = &a.cluster.name {
             b = b.name(n);
@@ -321,7 +341,12 @@ async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
     }
     let mut b = a.cluster.builder()?;
     if a.host {
-        b = crate::actors::host(b).listen(&a.listen);
+        b = crate::actors::host(b);
+    }
+    if a.host || a.cluster.consul.is_some() {
+        // Hosting, peers must reach it; with Consul, its registration
+        // needs an address.
+        b = b.listen(&a.listen);
     }
     let node = b
         .start()
@@ -343,10 +368,15 @@ async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
     .await;
     if !matches!(found, Ok(Ok(_))) {
         return Err(format!(
-            "no member hosting {:?} joined within {:?} (seeds {})",
+            "no member hosting {:?} joined within {:?} (seeds {}{})",
             crate::actors::CAPABILITY,
             a.wait,
-            a.cluster.seeds.join(",")
+            a.cluster.seeds.join(","),
+            a.cluster
+                .consul
+                .as_ref()
+                .map(|c| format!(", consul {c}"))
+                .unwrap_or_default()
         ));
     }
     Ok((node, "cluster".into()))

@@ -228,6 +228,17 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
             })
         }
     };
+    match cfg.kind {
+        ScenarioKind::ElixirCreation => notes.push((
+            "elixir_mesh_published".into(),
+            "~16 000 creations/s (scripts/README.md, closed loop, no hardware given)".into(),
+        )),
+        ScenarioKind::ElixirHot => notes.push((
+            "elixir_mesh_published".into(),
+            "~30 000 req/s (scripts/README.md, closed loop, no hardware given)".into(),
+        )),
+        _ => {}
+    }
     let echo = cfg.kind == ScenarioKind::Payload;
     let call: CallFn = if cfg.kind == ScenarioKind::FanOut {
         let fanout = cfg.fanout;

@@ -1,7 +1,8 @@
 //! `serve` and `run` as separate processes on 127.0.0.1: the server binds
 //! port 0 and prints `listening on ADDR`; the runner joins it as a client
 //! node (no capabilities), so every call is remote; with `--host` the
-//! runner hosts actors too and the report splits calls by path.
+//! runner hosts actors too and the report splits calls by path. With
+//! `--consul`, both find each other through the Consul test agent.
 
 mod common;
 
@@ -27,7 +28,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(name: &str) -> Server {
+fn serve(name: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(bin())
         .args([
             "serve",
@@ -38,6 +39,7 @@ fn serve(name: &str) -> Server {
             "--name",
             name,
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -67,7 +69,7 @@ fn serve(name: &str) -> Server {
 
 #[test]
 fn run_drives_a_served_node_in_another_process() {
-    let server = serve("load-server");
+    let server = serve("load-server", &[]);
     let dir = Scratch::new("cluster");
     let out = dir.join("remote");
     let o = mesh_load(&[
@@ -165,4 +167,52 @@ fn run_without_a_reachable_cluster_fails_clearly() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cookie"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_run_find_each_other_through_consul() {
+    use mesh_testkit::{consul_agent::TestConsul, consul_catalog::TimeScale};
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let url = consul.url(0);
+    let server = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || serve("consul-server", &["--consul", &url])
+    })
+    .await
+    .unwrap();
+    let dir = Scratch::new("consul");
+    let out = dir.join("out");
+    let args = [
+        "run",
+        "hot",
+        "--consul",
+        &url,
+        "--cookie",
+        COOKIE,
+        "--name",
+        "consul-client",
+        "--calls",
+        "100",
+        "--concurrency",
+        "4",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let o = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mesh_load(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["target"], "cluster");
+    assert_eq!(r["summary"]["ok"], 100);
+    assert!(r["summary"]["by_path"]["remote"].is_object());
+    // Both registered in the agent's catalog under the cluster's name.
+    let registered = consul.with_catalog(|c| format!("{c:?}"));
+    assert!(registered.contains("consul-server"), "{registered}");
+    drop(server);
 }

@@ -156,7 +156,7 @@ pub fn render(r: &RunResult, color: bool) -> String {
     for (k, v) in &r.notes {
         line(&mut out, k, v);
     }
-    line(&mut out, "duration", &format!("{:.2}s", r.duration_s));
+    line(&mut out, "duration", &fmt_ms(r.duration_s * 1e3));
     let e = &r.env;
     line(
         &mut out,
