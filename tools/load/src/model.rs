@@ -12,7 +12,7 @@
 //!   yet completed: one more is *dropped* (counted, not made), as k6 counts
 //!   `dropped_iterations`. How late the scheduler itself issued each call
 //!   is recorded as scheduler lag. The scheduler waits on an OS thread
-//!   ([`Pacing::Thread`], tens of µs of slack) or on tokio's 1 ms timer
+//!   ([`Pacing::Thread`]: a sleep, then yields for the last 150 µs) or on tokio's 1 ms timer
 //!   ([`Pacing::Tokio`], which a paused test clock drives).
 //! - **closed-loop** ([`closed_loop`]): `concurrency` workers each make one
 //!   call after another. Latency and service time are the same thing here,
@@ -151,8 +151,8 @@ pub struct Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pacing {
-    /// An OS thread sleeping with the kernel's timer (tens of µs of
-    /// slack): what the command line uses.
+    /// An OS thread sleeping with the kernel's timer, then yielding for
+    /// the last 150 µs (a few µs of lag): what the command line uses.
     #[default]
     Thread,
     /// tokio's timer (1 ms granularity, so about 1 ms of lag per call),
@@ -227,6 +227,23 @@ impl Dispatcher {
     }
 }
 
+/// How early the thread pacer stops sleeping and starts yielding: the
+/// kernel's timer slack and wake-up latency (tens of µs on Linux, more in
+/// a VM) would otherwise make every start late by that much.
+const SPIN: Duration = Duration::from_micros(150);
+
+/// Blocks this thread until `t`: a sleep for all but the last [`SPIN`],
+/// then yields (other threads run meanwhile) until the instant.
+fn wait_until(t: Instant) {
+    let now = Instant::now();
+    if t > now + SPIN {
+        std::thread::sleep(t - now - SPIN);
+    }
+    while Instant::now() < t {
+        std::thread::yield_now();
+    }
+}
+
 /// Runs an open loop; returns when every call made has completed.
 pub async fn open_loop(call: &CallFn, cfg: &OpenLoop, rec: &Arc<Recorder>) {
     assert!(cfg.rate > 0.0, "open loop needs a positive rate");
@@ -252,10 +269,7 @@ pub async fn open_loop(call: &CallFn, cfg: &OpenLoop, rec: &Arc<Recorder>) {
         }
         Pacing::Thread => tokio::task::spawn_blocking(move || {
             while let Some(t) = d.next() {
-                let now = Instant::now();
-                if now < t {
-                    std::thread::sleep(t - now);
-                }
+                wait_until(t);
                 d.dispatch(t);
             }
             d.tasks
