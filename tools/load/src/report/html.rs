@@ -362,6 +362,18 @@ svg .label{{font-size:12px;fill:#222}} svg .legend{{font-size:11px}} svg .grid{{
         "Open-loop: calls are intended on a schedule whatever happened to earlier ones. Latency counts from each call's intended start (as wrk2 does), so a stall shows in it; service time counts from the actual send."
     };
     let _ = write!(h, r#"<p class="note">{}</p>"#, esc(explain));
+    if let Some(search) = &r.search {
+        let which = search
+            .best_rate
+            .map_or("the last step (no step met the SLO)".to_owned(), |b| {
+                format!("the best passing step, {b:.0} calls/s")
+            });
+        let _ = write!(
+            h,
+            r#"<p class="note">Adaptive search: the figures and charts below are those of {}.</p>"#,
+            esc(&which)
+        );
+    }
     if !r.thresholds.is_empty() || r.search.is_some() {
         h.push_str(
             "<h2>Thresholds</h2><table><tr><th></th><th>threshold</th><th>observed</th></tr>",

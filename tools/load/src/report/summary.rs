@@ -89,6 +89,14 @@ pub fn render(r: &RunResult, color: bool) -> String {
         let _ = writeln!(out);
     }
     let _ = writeln!(out, "  █ TOTAL RESULTS\n");
+    if let Some(search) = &r.search {
+        let which = search
+            .best_rate
+            .map_or("the last step (none passed)".to_owned(), |b| {
+                format!("the best passing step ({b:.0}/s)")
+            });
+        let _ = writeln!(out, "    figures of {which}\n");
+    }
     let completed = s.ok + s.errors;
     line(
         &mut out,
