@@ -1,0 +1,588 @@
+//! The command line and what each command does.
+//!
+//! Contract:
+//! - `mesh-load serve --listen ADDR [--seeds A,B] [--cookie C] [--name N]`
+//!   runs a node hosting the benchmark actors and prints
+//!   `listening on ADDR` (the bound address, port 0 resolved) as a line on
+//!   stdout once it accepts peers; it runs until Ctrl-C or SIGTERM, then
+//!   leaves the cluster.
+//! - `mesh-load run SCENARIO [...]` drives a scenario, against an embedded
+//!   node in this process when neither `--seeds` nor `--consul` is given, or else as a client
+//!   node (no capabilities, hosts nothing, unless `--host`) joined to the
+//!   cluster; it waits for a member hosting `bench` first. It prints the
+//!   summary on stdout, progress on stderr, writes the outputs into `--out`.
+//!   Exit codes: 0 ok, 1 a failure to run, 2 bad usage, 3
+//!   ([`crate::EXIT_THRESHOLDS`]) a threshold breached or no rate met the SLO.
+//! - `mesh-load compare A.json B.json [--fail-if-worse PCT]` prints the
+//!   deltas, warns when the configurations differ, and exits 4
+//!   ([`crate::EXIT_REGRESSION`]) when B is worse beyond PCT percent.
+//!
+//! The model: `--rate` is open-loop (`--poisson` for Poisson arrivals),
+//! `--slo` the adaptive search (from `--rate`, default 1000/s), and
+//! otherwise closed-loop (`--concurrency`, default per scenario).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use mesh::Node;
+use tokio::time::Instant;
+
+use crate::env::Env;
+use crate::model::{self, ClosedLoop, OpenLoop, Search, Stop};
+use crate::progress::Progress;
+use crate::record::Recorder;
+use crate::report::{self, Inputs, ModelCfg, RunConfig};
+use crate::scenario::{self, ScenarioCfg, ScenarioKind};
+use crate::threshold::Threshold;
+
+/// `mesh-load`: load generator and reports for mesh actor workloads.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-load", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node hosting the benchmark actors; prints `listening on ADDR`.
+    Serve(ServeArgs),
+    /// Drive a scenario against an embedded node or a cluster.
+    Run(Box<RunArgs>),
+    /// Compare two result.json files.
+    Compare(CompareArgs),
+}
+
+/// Joining a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Peers to dial, comma-separated host:port (none: embedded node).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// The cluster's shared secret (default: $MESH_COOKIE).
+    #[arg(long)]
+    pub cookie: Option<String>,
+    /// The cluster name.
+    #[arg(long, default_value = "mesh-load")]
+    pub cluster: String,
+    /// This node's id (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Discover peers through the Consul agent at this HTTP address
+    /// (e.g. http://127.0.0.1:8500) instead of, or besides, --seeds.
+    #[arg(long)]
+    pub consul: Option<String>,
+}
+
+impl ClusterArgs {
+    fn cookie(&self) -> Result<String, String> {
+        self.cookie
+            .clone()
+            .or_else(|| std::env::var("MESH_COOKIE").ok())
+            .ok_or_else(|| "a cluster needs a cookie: --cookie or MESH_COOKIE".to_owned())
+    }
+
+    fn builder(&self) -> Result<mesh::NodeBuilder, String> {
+        let mut b = Node::builder()
+            .cluster(&self.cluster)
+            .cookie(self.cookie()?)
+            .seeds(self.seeds.iter().cloned());
+        if let Some(n) = &self.name {
+            b = b.name(n);
+        }
+        if let Some(url) = &self.consul {
+            b = b.discovery(mesh::discovery::Consul::new().address(url));
+        }
+        Ok(b)
+    }
+
+    /// Whether a cluster is to be joined at all.
+    fn clustered(&self) -> bool {
+        !self.seeds.is_empty() || self.consul.is_some()
+    }
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// host:port to accept peers on (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// The address peers are told to dial, when not --listen's (a node
+    /// listening on 0.0.0.0:7101 advertises 10.0.0.5:7101).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Cluster settings.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The scenario.
+    #[arg(value_enum)]
+    pub scenario: ScenarioKind,
+    /// Open-loop: intended calls per second (with --slo: the first step's rate).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open-loop arrivals as a Poisson process instead of a fixed interval.
+    #[arg(long)]
+    pub poisson: bool,
+    /// Closed-loop: this many workers (default: per scenario).
+    #[arg(long, conflicts_with_all = ["rate", "slo"])]
+    pub concurrency: Option<usize>,
+    /// Adaptive: find the highest rate meeting this SLO, e.g. 'p99<5ms'.
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Adaptive: at most this many steps.
+    #[arg(long, default_value_t = 6)]
+    pub steps: usize,
+    /// Adaptive: how long each step runs.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+    /// How long to run (default 10s, unless --calls or a preset says).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "calls")]
+    pub duration: Option<Duration>,
+    /// Make exactly this many calls.
+    #[arg(long)]
+    pub calls: Option<u64>,
+    /// Open-loop: calls intended and not completed beyond which one is dropped.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_in_flight: u64,
+    /// Open-loop: calls sent at once (like wrk2 connections); others wait,
+    /// in latency but not service time. Default: no limit.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Actors the keys spread over (default: per scenario).
+    #[arg(long)]
+    pub actors: Option<u64>,
+    /// Zipf exponent (zipf scenario).
+    #[arg(long, default_value_t = 1.1)]
+    pub zipf_s: f64,
+    /// Leaves each hub calls (fan-out scenario).
+    #[arg(long, default_value_t = 8)]
+    pub fanout: u32,
+    /// Payload bytes in every message (default: 0; payload scenario 4096).
+    #[arg(long)]
+    pub payload: Option<usize>,
+    /// Each call's deadline.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Seed of the key choice and Poisson gaps.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A CI gate, e.g. 'p99<2ms', 'error_rate<1%', 'rps>1000' (repeatable):
+    /// exit 3 when one is breached.
+    #[arg(long = "threshold")]
+    pub thresholds: Vec<String>,
+    /// Write the reports into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Cluster settings (no --seeds: an embedded node).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// In a cluster, host benchmark actors on this node too (some calls
+    /// are then local); it listens on --listen.
+    #[arg(long)]
+    pub host: bool,
+    /// Where a hosting (or Consul-registered) client node listens.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// How long to wait for a member hosting `bench`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+/// `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline result.json.
+    pub a: PathBuf,
+    /// The result.json compared with it.
+    pub b: PathBuf,
+    /// Exit 4 when a figure of B is worse than A's by more than this percent.
+    #[arg(long)]
+    pub fail_if_worse: Option<f64>,
+}
+
+/// Parses `500ms`, `2s`, `1m`, `1.5s`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit {unit:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub fn main(cli: Cli) -> Result<i32, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Run(a) => run(*a).await,
+            Command::Compare(a) => compare(a),
+        }
+    })
+}
+
+async fn serve(a: ServeArgs) -> Result<i32, String> {
+    let mut b = a.cluster.builder()?.listen(&a.listen);
+    if let Some(addr) = &a.advertise {
+        b = b.advertise(addr);
+    }
+    let node = crate::actors::host(b)
+        .start()
+        .await
+        .map_err(|e| format!("starting the node: {e}"))?;
+    let addr = node.addr().unwrap_or("?").to_owned();
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = writeln!(out, "node {}", node.id());
+        let _ = out.flush();
+    }
+    wait_for_signal().await;
+    node.shutdown().await.map_err(|e| e.to_string())?;
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The model a run's arguments ask for.
+pub fn model_of(a: &RunArgs) -> ModelCfg {
+    let preset = a.scenario.preset();
+    let stop = match (a.calls, a.duration, preset) {
+        (Some(n), _, _) => Stop::Calls(n),
+        (None, Some(d), _) => Stop::Duration(d),
+        (None, None, Some((_, n))) => Stop::Calls(n),
+        (None, None, None) => Stop::Duration(Duration::from_secs(10)),
+    };
+    if let Some(slo) = &a.slo {
+        ModelCfg::Adaptive(Search {
+            slo: slo.clone(),
+            start_rate: a.rate.unwrap_or(1000.0),
+            step: a.step_duration,
+            max_steps: a.steps,
+            poisson: a.poisson,
+            seed: a.seed,
+            max_in_flight: a.max_in_flight,
+            connections: a.connections,
+        })
+    } else if let Some(rate) = a.rate {
+        ModelCfg::OpenLoop(OpenLoop {
+            rate,
+            poisson: a.poisson,
+            seed: a.seed,
+            max_in_flight: a.max_in_flight,
+            connections: a.connections,
+            stop,
+            pacing: model::Pacing::Thread,
+        })
+    } else {
+        ModelCfg::ClosedLoop(ClosedLoop {
+            concurrency: a
+                .concurrency
+                .unwrap_or_else(|| a.scenario.default_concurrency()),
+            stop,
+        })
+    }
+}
+
+async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
+    if !a.cluster.clustered() {
+        let mut b = crate::actors::host(Node::builder());
+        if let Some(n) = &a.cluster.name {
+            b = b.name(n);
+        }
+        let node = b
+            .start()
+            .await
+            .map_err(|e| format!("starting the node: {e}"))?;
+        return Ok((node, "embedded".into()));
+    }
+    let mut b = a.cluster.builder()?;
+    if a.host {
+        b = crate::actors::host(b);
+    }
+    if a.host || a.cluster.consul.is_some() {
+        // Hosting, peers must reach it; with Consul, its registration
+        // needs an address.
+        b = b.listen(&a.listen);
+    }
+    let node = b
+        .start()
+        .await
+        .map_err(|e| format!("starting the client node: {e}"))?;
+    let mut changes = node.membership_changes();
+    let found = tokio::time::timeout(
+        a.wait,
+        changes.wait_for(|m| {
+            m.iter().any(|(id, info)| {
+                id != node.id()
+                    && info
+                        .capabilities
+                        .iter()
+                        .any(|c| c == crate::actors::CAPABILITY)
+            })
+        }),
+    )
+    .await;
+    if !matches!(found, Ok(Ok(_))) {
+        return Err(format!(
+            "no member hosting {:?} joined within {:?} (seeds {}{})",
+            crate::actors::CAPABILITY,
+            a.wait,
+            a.cluster.seeds.join(","),
+            a.cluster
+                .consul
+                .as_ref()
+                .map(|c| format!(", consul {c}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok((node, "cluster".into()))
+}
+
+async fn run(a: RunArgs) -> Result<i32, String> {
+    let thresholds = a
+        .thresholds
+        .iter()
+        .map(|t| Threshold::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--threshold {e}"))?;
+    if let Some(slo) = &a.slo {
+        Threshold::parse(slo).map_err(|e| format!("--slo {e}"))?;
+    }
+    if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a positive number".into());
+    }
+    let env = Env::capture();
+    let (node, target) = start_node(&a).await?;
+    let scenario = ScenarioCfg {
+        kind: a.scenario,
+        actors: a.actors.unwrap_or_else(|| a.scenario.default_actors()),
+        zipf_s: a.zipf_s,
+        fanout: a.fanout,
+        payload: a.payload.unwrap_or_else(|| a.scenario.default_payload()),
+        timeout: a.timeout,
+        seed: a.seed,
+    };
+    let prepared = scenario::prepare(&node, &scenario);
+    let model = model_of(&a);
+    let config = RunConfig {
+        scenario,
+        model: model.clone(),
+        target,
+        seeds: a.cluster.seeds.clone(),
+        nodes: node.membership().len(),
+        thresholds: a.thresholds.clone(),
+    };
+    let total = match &model {
+        ModelCfg::OpenLoop(o) => Some(match o.stop {
+            Stop::Calls(n) => n,
+            Stop::Duration(d) => (d.as_secs_f64() * o.rate).ceil() as u64,
+        }),
+        ModelCfg::ClosedLoop(c) => match c.stop {
+            Stop::Calls(n) => Some(n),
+            Stop::Duration(_) => None,
+        },
+        ModelCfg::Adaptive(_) => None,
+    };
+    let label = format!("{} {}", a.scenario.name(), model.kind());
+    let activations_before = node.activation_count();
+    let progress = Progress::start(total, a.quiet);
+    let start = SystemTime::now();
+    let call = prepared.call.clone();
+    let (recording, search) = match &model {
+        ModelCfg::OpenLoop(o) => {
+            let rec = Arc::new(Recorder::new(Instant::now()));
+            progress.watch(label, rec.clone());
+            model::open_loop(&call, o, &rec).await;
+            (rec.finish(Instant::now()), None)
+        }
+        ModelCfg::ClosedLoop(c) => {
+            let rec = Arc::new(Recorder::new(Instant::now()));
+            progress.watch(label, rec.clone());
+            model::closed_loop(&call, c, &rec).await;
+            (rec.finish(Instant::now()), None)
+        }
+        ModelCfg::Adaptive(s) => {
+            let quiet = a.quiet;
+            let (steps, rec, _rate) = model::search(
+                &call,
+                s,
+                |step, _| {
+                    if !quiet {
+                        eprintln!(
+                            "step {:.0}/s: answered {:.1}/s, SLO figure {:.4}, dropped {}, {}",
+                            step.rate,
+                            step.achieved_rps,
+                            step.observed,
+                            step.dropped,
+                            if step.pass { "pass" } else { "fail" }
+                        );
+                    }
+                },
+                || {
+                    let rec = Arc::new(Recorder::new(Instant::now()));
+                    progress.watch(label.clone(), rec.clone());
+                    rec
+                },
+            )
+            .await?;
+            let best = steps
+                .iter()
+                .filter(|s| s.pass)
+                .map(|s| s.rate)
+                .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+            (rec, Some((steps, best)))
+        }
+    };
+    let end = SystemTime::now();
+    progress.finish().await;
+    let activations_after = node.activation_count();
+    let result = report::build(Inputs {
+        env,
+        config,
+        start,
+        end,
+        recording: &recording,
+        thresholds: &thresholds,
+        search,
+        activations: (activations_before, activations_after),
+        notes: prepared.notes.clone(),
+    });
+    print!(
+        "{}",
+        report::summary::render(&result, std::io::stdout().is_terminal())
+    );
+    if let Some(dir) = &a.out {
+        report::write_all(dir, &result).map_err(|e| format!("writing {}: {e}", dir.display()))?;
+        println!("\n  reports: {}", dir.join("report.html").display());
+    }
+    let _ = std::io::stdout().flush();
+    if let Err(e) = node.shutdown().await {
+        eprintln!("mesh-load: shutting the node down: {e}");
+    }
+    Ok(if result.passed() {
+        0
+    } else {
+        crate::EXIT_THRESHOLDS
+    })
+}
+
+fn compare(a: CompareArgs) -> Result<i32, String> {
+    let ra = report::read(&a.a)?;
+    let rb = report::read(&a.b)?;
+    print!(
+        "{}",
+        crate::compare::render(
+            &ra,
+            &rb,
+            &a.a.display().to_string(),
+            &a.b.display().to_string()
+        )
+    );
+    if let Some(pct) = a.fail_if_worse {
+        let ds = crate::compare::deltas(&ra, &rb);
+        let worse = crate::compare::regressions(&ds, pct);
+        if !worse.is_empty() {
+            let names: Vec<_> = worse.iter().map(|d| d.name).collect();
+            println!("\nworse by more than {pct}%: {}", names.join(", "));
+            return Ok(crate::EXIT_REGRESSION);
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn models_from_flags() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["mesh-load", "run"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Run(r) => model_of(&r),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&["hot"]).kind(), "closed-loop");
+        assert_eq!(parse(&["hot", "--rate", "100"]).kind(), "open-loop");
+        assert_eq!(parse(&["hot", "--slo", "p99<5ms"]).kind(), "adaptive");
+        match parse(&["elixir-creation"]) {
+            ModelCfg::ClosedLoop(c) => {
+                assert_eq!(c.concurrency, 500);
+                assert_eq!(c.stop, Stop::Calls(50_000));
+            }
+            m => panic!("{m:?}"),
+        }
+        match parse(&["elixir-hot"]) {
+            ModelCfg::ClosedLoop(c) => {
+                assert_eq!(c.concurrency, 200);
+                assert_eq!(c.stop, Stop::Calls(10_000));
+            }
+            m => panic!("{m:?}"),
+        }
+        assert!(Cli::try_parse_from([
+            "mesh-load",
+            "run",
+            "hot",
+            "--rate",
+            "1",
+            "--concurrency",
+            "2"
+        ])
+        .is_err());
+    }
+}

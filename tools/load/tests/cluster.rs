@@ -1,0 +1,218 @@
+//! `serve` and `run` as separate processes on 127.0.0.1: the server binds
+//! port 0 and prints `listening on ADDR`; the runner joins it as a client
+//! node (no capabilities), so every call is remote; with `--host` the
+//! runner hosts actors too and the report splits calls by path. With
+//! `--consul`, both find each other through the Consul test agent.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{bin, json, mesh_load, text, Scratch};
+
+const COOKIE: &str = "mesh-load-test-cookie";
+
+/// A `mesh-load serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(name: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cookie",
+            COOKIE,
+            "--name",
+            name,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mesh-load serve starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("mesh-load serve printed no 'listening on' line within 15 s");
+        }
+    };
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    Server { child, addr }
+}
+
+#[test]
+fn run_drives_a_served_node_in_another_process() {
+    let server = serve("load-server", &[]);
+    let dir = Scratch::new("cluster");
+    let out = dir.join("remote");
+    let o = mesh_load(&[
+        "run",
+        "uniform",
+        "--seeds",
+        &server.addr,
+        "--cookie",
+        COOKIE,
+        "--name",
+        "load-client",
+        "--actors",
+        "20",
+        "--calls",
+        "400",
+        "--concurrency",
+        "8",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["target"], "cluster");
+    assert_eq!(r["config"]["nodes"], 2, "server and client");
+    assert_eq!(r["summary"]["ok"], 400, "{}", r["summary"]);
+    assert_eq!(r["summary"]["errors"], 0);
+    let paths = r["summary"]["by_path"].as_object().unwrap();
+    assert_eq!(
+        paths.keys().collect::<Vec<_>>(),
+        ["remote"],
+        "a client hosts nothing"
+    );
+    assert_eq!(
+        r["summary"]["activations_after"], 0,
+        "no activation on the client"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cluster (2 nodes)"));
+
+    // A hosting runner: ping-pong over 16 ids, some here, some there.
+    let out = dir.join("pingpong");
+    let o = mesh_load(&[
+        "run",
+        "ping-pong",
+        "--seeds",
+        &server.addr,
+        "--cookie",
+        COOKIE,
+        "--name",
+        "load-host",
+        "--host",
+        "--calls",
+        "64",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["summary"]["ok"], 64);
+    let paths = r["summary"]["by_path"].as_object().unwrap();
+    assert!(
+        paths.contains_key("local") && paths.contains_key("remote"),
+        "both paths reported: {paths:?}"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("{ path:local }") && stdout.contains("{ path:remote }"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_without_a_reachable_cluster_fails_clearly() {
+    // Nothing listens on this port (bound and dropped).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let seed = format!("127.0.0.1:{port}");
+    let o = mesh_load(&[
+        "run", "hot", "--seeds", &seed, "--cookie", COOKIE, "--wait", "1s", "--calls", "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no member hosting \"bench\""),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(bin())
+        .args(["run", "hot", "--seeds", &seed, "--calls", "1"])
+        .env_remove("MESH_COOKIE")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cookie"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_run_find_each_other_through_consul() {
+    use mesh_testkit::{consul_agent::TestConsul, consul_catalog::TimeScale};
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let url = consul.url(0);
+    let server = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || serve("consul-server", &["--consul", &url])
+    })
+    .await
+    .unwrap();
+    let dir = Scratch::new("consul");
+    let out = dir.join("out");
+    let args = [
+        "run",
+        "hot",
+        "--consul",
+        &url,
+        "--cookie",
+        COOKIE,
+        "--name",
+        "consul-client",
+        "--calls",
+        "100",
+        "--concurrency",
+        "4",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let o = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mesh_load(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["target"], "cluster");
+    assert_eq!(r["summary"]["ok"], 100);
+    assert!(r["summary"]["by_path"]["remote"].is_object());
+    // Both registered in the agent's catalog under the cluster's name.
+    let registered = consul.with_catalog(|c| format!("{c:?}"));
+    assert!(registered.contains("consul-server"), "{registered}");
+    drop(server);
+}
