@@ -16,17 +16,20 @@ for component in rustfmt clippy; do
   fi
 done
 
-# The chaos suite's partition test runs in a network namespace of its own
-# (unshare, ip) and cuts links with iptables: install what is missing.
+# What the tests need beyond cargo, installed when missing: the chaos
+# suite's partition test runs in a network namespace of its own (unshare,
+# ip) and cuts links with iptables; mesh-load's report test uses Chromium.
 need_pkgs=()
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+# mesh-load's report test opens the HTML report in a real headless Chromium.
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null 2>&1 || fail "the chaos tests need ${need_pkgs[*]}: install them (no apt-get here)"
-  echo "installing ${need_pkgs[*]} (the chaos tests need them)"
+  command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"
+  echo "installing ${need_pkgs[*]} (the tests need them)"
   apt-get update -qq && apt-get install -y -qq "${need_pkgs[@]}" >/dev/null \
-    || fail "could not install ${need_pkgs[*]}: the chaos tests need them"
+    || fail "could not install ${need_pkgs[*]}: the tests need them"
 fi
 
 echo "== cargo fmt --check"
