@@ -197,9 +197,13 @@ pub struct RunArgs {
     /// Where a hosting (or Consul-registered) client node listens.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: String,
-    /// How long to wait for a member hosting `bench`.
+    /// How long to wait for the members hosting `bench`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub wait: Duration,
+    /// Wait until this many other members host `bench` before the load
+    /// starts (a cluster still forming would be measured otherwise).
+    #[arg(long, default_value_t = 1)]
+    pub expect: usize,
 }
 
 /// `compare`.
@@ -356,19 +360,23 @@ async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
     let found = tokio::time::timeout(
         a.wait,
         changes.wait_for(|m| {
-            m.iter().any(|(id, info)| {
-                id != node.id()
-                    && info
-                        .capabilities
-                        .iter()
-                        .any(|c| c == crate::actors::CAPABILITY)
-            })
+            m.iter()
+                .filter(|(id, info)| {
+                    *id != node.id()
+                        && info
+                            .capabilities
+                            .iter()
+                            .any(|c| c == crate::actors::CAPABILITY)
+                })
+                .count()
+                >= a.expect.max(1)
         }),
     )
     .await;
     if !matches!(found, Ok(Ok(_))) {
         return Err(format!(
-            "no member hosting {:?} joined within {:?} (seeds {}{})",
+            "fewer than {} members hosting {:?} joined within {:?} (seeds {}{})",
+            a.expect.max(1),
             crate::actors::CAPABILITY,
             a.wait,
             a.cluster.seeds.join(","),

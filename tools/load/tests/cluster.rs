@@ -156,7 +156,7 @@ fn run_without_a_reachable_cluster_fails_clearly() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("no member hosting \"bench\""),
+        String::from_utf8_lossy(&o.stderr).contains("members hosting \"bench\""),
         "{}",
         text(&o)
     );
