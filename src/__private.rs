@@ -3,7 +3,8 @@
 //! belongs (`actor::finish` for running a handler).
 
 pub use crate::actor::finish::{
-    activate_default, finish, panic_message, CatchUnwind, Finish, Outcome, ReplySlot,
+    activate_default, activate_with, finish, panic_message, Activate, ActivateFuture, CatchUnwind,
+    Finish, Outcome, ReplySlot,
 };
 pub use crate::actor::{BoxError, Ctx, ReplyTo};
 pub use crate::wire::{decode, encode, tag, Wire};

@@ -68,6 +68,7 @@ pub mod history;
 mod node;
 pub mod ring;
 pub mod telemetry;
+pub use actor::timer;
 pub mod transport;
 pub mod wire;
 
@@ -75,8 +76,8 @@ pub mod wire;
 pub mod __private;
 
 pub use actor::{
-    Actor, BoxError, Ctx, Handler, Handlers, Message, ReplyTo, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAILBOX_CAPACITY,
+    Actor, BoxError, Ctx, Handler, Handlers, Message, MissingDependency, ReplyTo,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
 };
 pub use error::{Error, StartError};
 pub use node::{
@@ -92,7 +93,7 @@ pub use transport::Transport;
 /// |---|---|---|
 /// | `capability` | `"name"`: the capability that places this type | required |
 /// | `idle_timeout` | `"90s"`, `"10m"`, `"1h30m"`, `"500ms"` or `"never"` | `"10m"` |
-/// | `activate` | path to `async fn(&str) -> Result<Self, E>`, `E: Into<BoxError>` | `Default::default()` |
+/// | `activate` | path to `async fn(&str) -> Result<Self, E>` or `async fn(&str, &Ctx) -> Result<Self, E>`, `E: Into<BoxError>` | `Default::default()` |
 /// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` | nothing |
 /// | `name` | `"Name"` in errors, logs and metrics | the type's identifier |
 /// | `mailbox` | capacity, an integer | 1024 |

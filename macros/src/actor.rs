@@ -122,16 +122,16 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
     let mailbox = mailbox.map(|n| quote!(const MAILBOX_CAPACITY: usize = #n;));
     let activate = match activate {
         Some(path) => quote_spanned! {path.span()=>
-            fn activate(id: &str) -> impl ::core::future::Future<
+            fn activate<'a>(id: &'a str, ctx: &'a #p::Ctx) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self, #p::BoxError>,
-            > + ::core::marker::Send {
-                async move { #path(id).await.map_err(::core::convert::Into::into) }
+            > + ::core::marker::Send + 'a {
+                #p::activate_with::<Self, _, _>(#path, id, ctx)
             }
         },
         None => quote_spanned! {ident.span()=>
-            fn activate(_id: &str) -> impl ::core::future::Future<
+            fn activate<'a>(_id: &'a str, _ctx: &'a #p::Ctx) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self, #p::BoxError>,
-            > + ::core::marker::Send {
+            > + ::core::marker::Send + 'a {
                 #p::activate_default::<Self>()
             }
         },

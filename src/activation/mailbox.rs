@@ -72,6 +72,10 @@ struct State<E> {
     batches: u64,
     swept: u64,
     quiet_ticks: u32,
+    /// Queued messages that do not count as activity (timer ticks that do
+    /// not keep the actor alive): a batch of only these leaves the idle
+    /// accounting alone.
+    quiet_queued: usize,
 }
 
 /// See the module docs.
@@ -95,6 +99,7 @@ impl<E> Mailbox<E> {
                 batches: 0,
                 swept: 0,
                 quiet_ticks: 0,
+                quiet_queued: 0,
             }),
             capacity: capacity.max(1),
         }
@@ -109,6 +114,16 @@ impl<E> Mailbox<E> {
     /// Enqueues `msg` (whose call expires at `deadline`) and wakes the
     /// activation if it waits for it.
     pub(crate) fn push(&self, msg: E, deadline: Option<Instant>) -> Result<(), Push<E>> {
+        self.push_as(msg, deadline, false)
+    }
+
+    /// Enqueues a message that does not count as activity (a timer tick
+    /// that does not keep the actor alive): the idle sweeper ignores it.
+    pub(crate) fn push_quiet(&self, msg: E) -> Result<(), Push<E>> {
+        self.push_as(msg, None, true)
+    }
+
+    fn push_as(&self, msg: E, deadline: Option<Instant>, quiet: bool) -> Result<(), Push<E>> {
         let mut s = self.lock();
         if s.closed {
             return Err(Push::Closed(msg));
@@ -117,6 +132,9 @@ impl<E> Mailbox<E> {
             return Err(Push::Full(msg));
         }
         s.queue.push_back(msg);
+        if quiet {
+            s.quiet_queued += 1;
+        }
         let wake = match s.wait {
             Wait::Message => true,
             Wait::Deadline(armed) => match (deadline, armed) {
@@ -138,9 +156,13 @@ impl<E> Mailbox<E> {
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<E>) -> Poll<Take> {
         let mut s = self.lock();
         if !s.queue.is_empty() {
+            // A batch of quiet messages only is no activity.
+            let active = s.queue.len() > std::mem::take(&mut s.quiet_queued);
             std::mem::swap(&mut s.queue, batch);
-            s.idle = false;
-            s.batches = s.batches.wrapping_add(1);
+            if active {
+                s.idle = false;
+                s.batches = s.batches.wrapping_add(1);
+            }
             return Poll::Ready(Take::Batch);
         }
         if s.stop {
@@ -187,7 +209,8 @@ impl<E> Mailbox<E> {
         (expired, earliest)
     }
 
-    /// Puts unprocessed messages back in front of the queue, in order.
+    /// Puts unprocessed messages back in front of the queue, in order
+    /// (they count as activity again, quiet or not: a rare path).
     pub(crate) fn put_back(&self, batch: &mut VecDeque<E>) {
         if batch.is_empty() {
             return;
@@ -248,7 +271,7 @@ impl<E> Mailbox<E> {
     /// message for `ticks` consecutive ticks.
     pub(crate) fn sweep(&self, ticks: u32) -> bool {
         let mut s = self.lock();
-        if s.batches != s.swept || !s.queue.is_empty() {
+        if s.batches != s.swept || s.queue.len() > s.quiet_queued {
             s.swept = s.batches;
             s.quiet_ticks = 0;
             return false;

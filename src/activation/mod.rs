@@ -378,7 +378,7 @@ mod size_tests {
             "mailbox: {} bytes",
             std::mem::size_of::<super::Mailbox<super::Envelope<C>>>()
         );
-        let ctx = crate::Ctx::new("x".into(), "C", node.clone());
+        let ctx = crate::Ctx::new("x".into(), "C", node.clone(), Box::new(()));
         let mut c = C(0);
         let (r, _rx) = crate::actor::ReplyTo::call(tokio::time::Instant::now());
         let env = <C as crate::Handler<Inc>>::__wrap(Inc(1), r);

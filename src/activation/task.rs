@@ -39,7 +39,7 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         }
         return;
     };
-    let ctx = Ctx::new(id.clone(), A::NAME, node);
+    let ctx = Ctx::new(id.clone(), A::NAME, node, Box::new(Arc::downgrade(&mb)));
     let acts = ctx.node().activations::<A>();
     let shared = ctx.node().shared();
     let mut batch = VecDeque::new();
@@ -49,7 +49,7 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         }
         // Boxed, like the hook below: they run once per activation, and
         // inline they would grow every idle activation's task by their size.
-        let activate = Box::pin(CatchUnwind::new(A::activate(&id)));
+        let activate = Box::pin(CatchUnwind::new(A::activate(&id, &ctx)));
         let activated = watch_queue(&mb, &mut batch, activate).await;
         let mut actor = match activated {
             Ok(Ok(actor)) => actor,
@@ -79,6 +79,8 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         metrics.live.increment(1.0);
         ctx.node().inner().record(Phase::Activated, A::NAME, &id);
         let end = serve(&mut actor, &mb, &ctx, &mut batch).await;
+        // Timers end with the activation (a queued tick is dropped).
+        ctx.end_timers();
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
         if end != EndReason::Panic {

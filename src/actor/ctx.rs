@@ -3,27 +3,112 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::Node;
+use super::timer::{Timer, TimerError, Timers};
+use crate::{Handler, Message, Node};
 
 /// What a handler (or a lifecycle hook) knows about its activation.
 ///
 /// A handler takes it as an optional last parameter: `ctx: &Ctx`.
-#[derive(Debug)]
 pub struct Ctx {
     id: Arc<str>,
     actor: &'static str,
     node: Node,
     deactivate: AtomicBool,
+    timers: Timers,
+    /// The activation's own mailbox (a `Weak<Mailbox<Envelope<A>>>`), for
+    /// its timers to deliver to.
+    mailbox: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.id)
+            .field("actor", &self.actor)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {
-    pub(crate) fn new(id: Arc<str>, actor: &'static str, node: Node) -> Self {
+    pub(crate) fn new(
+        id: Arc<str>,
+        actor: &'static str,
+        node: Node,
+        mailbox: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
         Ctx {
             id,
             actor,
             node,
             deactivate: AtomicBool::new(false),
+            timers: Timers::default(),
+            mailbox,
         }
+    }
+
+    /// Starts timer `key`: `msg` is delivered to this activation when
+    /// `when` says (once or periodically), as a message in turn with the
+    /// others. The same key replaces the timer of that key. Timers end with
+    /// the activation (see [`crate::timer`]); by default their ticks do not
+    /// keep the actor from being passivated.
+    ///
+    /// ```no_run
+    /// # use mesh::prelude::*;
+    /// # use mesh::timer::Timer;
+    /// # use std::time::Duration;
+    /// #[derive(Actor, Default)]
+    /// #[actor(capability = "room")]
+    /// struct Room { dirty: bool }
+    ///
+    /// #[derive(Message, Clone, Serialize, Deserialize)]
+    /// struct Flush;
+    ///
+    /// #[mesh::handlers]
+    /// impl Room {
+    ///     async fn flush(&mut self, _: Flush, ctx: &Ctx) {
+    ///         if !std::mem::take(&mut self.dirty) {
+    ///             ctx.cancel_timer("flush");
+    ///         }
+    ///     }
+    /// }
+    /// # fn start(ctx: &Ctx) -> Result<(), mesh::timer::TimerError> {
+    /// ctx.timer::<Room, _>("flush", Timer::every(Duration::from_secs(5)), Flush)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Fails if `A` is not this activation's actor type.
+    pub fn timer<A, M>(&self, key: impl Into<String>, when: Timer, msg: M) -> Result<(), TimerError>
+    where
+        A: Handler<M>,
+        M: Message + Clone,
+    {
+        let Some(mb) = self
+            .mailbox
+            .downcast_ref::<std::sync::Weak<crate::activation::Mailbox<crate::activation::Envelope<A>>>>()
+        else {
+            return Err(TimerError::WrongActor {
+                actor: self.actor,
+                wanted: A::NAME,
+            });
+        };
+        if mb.strong_count() == 0 {
+            return Err(TimerError::Ended);
+        }
+        self.timers
+            .start::<A, M>(key.into(), when, msg, mb.clone(), self.id.clone());
+        Ok(())
+    }
+
+    /// Cancels timer `key`; a tick of it still queued is dropped. Returns
+    /// whether there was one.
+    pub fn cancel_timer(&self, key: &str) -> bool {
+        self.timers.cancel(key)
+    }
+
+    /// Cancels every timer (the activation ends).
+    pub(crate) fn end_timers(&self) {
+        self.timers.cancel_all();
     }
 
     /// The actor's id.
@@ -41,6 +126,17 @@ impl Ctx {
         &self.node
     }
 
+    /// The value of type `T` the node was given with
+    /// [`NodeBuilder::provide`](crate::NodeBuilder::provide): a database
+    /// pool, a configuration, a client. One value per type (wrap two of one
+    /// type in newtypes). A missing one is an error that says so, to
+    /// return from `activate` with `?`.
+    ///
+    /// Cost: one hash lookup and one downcast.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Result<&T, MissingDependency> {
+        self.node.get::<T>()
+    }
+
     /// Asks for this activation to be deactivated once the current message
     /// is handled: its `on_deactivate` hook runs, and the next message
     /// activates a fresh one.
@@ -51,4 +147,13 @@ impl Ctx {
     pub(crate) fn take_deactivate(&self) -> bool {
         self.deactivate.swap(false, Ordering::Relaxed)
     }
+}
+
+/// A value an actor asked for with [`Ctx::get`] was not provided to its
+/// node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no {type_name} was provided to this node: give it with NodeBuilder::provide(..)")]
+pub struct MissingDependency {
+    /// The type asked for.
+    pub type_name: &'static str,
 }

@@ -132,6 +132,53 @@ impl<R, S: ReplySlot<R>, F: Future<Output = Result<R, Error>>> Future for Finish
     }
 }
 
+/// An activation function `#[actor(activate = path)]` may name: an async
+/// `fn(&str) -> Result<A, E>` or `fn(&str, &Ctx) -> Result<A, E>`, with
+/// `E: Into<BoxError>`. `Marker` tells the two apart.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot activate this actor",
+    label = "not an activation function",
+    note = "expected `async fn(id: &str) -> Result<Self, E>` or `async fn(id: &str, ctx: &Ctx) -> Result<Self, E>`, with `E: Into<mesh::BoxError>` (a `String`, a `&str` or any error type)"
+)]
+pub trait Activate<'a, A, Marker>: Send + 'a {
+    /// Starts the activation of `id`.
+    fn activate(self, id: &'a str, ctx: &'a Ctx) -> ActivateFuture<'a, A>;
+}
+
+/// The future of an [`Activate`]: boxed once per activation.
+pub type ActivateFuture<'a, A> = Pin<Box<dyn Future<Output = Result<A, BoxError>> + Send + 'a>>;
+
+impl<'a, A, F, Fut, E> Activate<'a, A, (&'a str,)> for F
+where
+    F: FnOnce(&'a str) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<A, E>> + Send + 'a,
+    E: Into<BoxError>,
+{
+    fn activate(self, id: &'a str, _ctx: &'a Ctx) -> ActivateFuture<'a, A> {
+        Box::pin(async move { self(id).await.map_err(Into::into) })
+    }
+}
+
+impl<'a, A, F, Fut, E> Activate<'a, A, (&'a str, &'a Ctx)> for F
+where
+    F: FnOnce(&'a str, &'a Ctx) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<A, E>> + Send + 'a,
+    E: Into<BoxError>,
+{
+    fn activate(self, id: &'a str, ctx: &'a Ctx) -> ActivateFuture<'a, A> {
+        Box::pin(async move { self(id, ctx).await.map_err(Into::into) })
+    }
+}
+
+/// Runs an activation function (see [`Activate`]).
+pub fn activate_with<'a, A, M, F: Activate<'a, A, M>>(
+    f: F,
+    id: &'a str,
+    ctx: &'a Ctx,
+) -> ActivateFuture<'a, A> {
+    f.activate(id, ctx)
+}
+
 /// `Default` activation, for actors without `#[actor(activate = ...)]`.
 pub fn activate_default<A: Default + Send>() -> impl Future<Output = Result<A, BoxError>> + Send {
     std::future::ready(Ok(A::default()))

@@ -9,8 +9,9 @@
 mod ctx;
 pub(crate) mod finish;
 pub(crate) mod reply;
+pub mod timer;
 
-pub use ctx::Ctx;
+pub use ctx::{Ctx, MissingDependency};
 pub use reply::ReplyTo;
 
 use std::future::Future;
@@ -63,10 +64,14 @@ pub trait Actor: Sized + Send + 'static {
 
     /// Creates the actor's state for `id` on activation. The derive uses
     /// `Default` unless `#[actor(activate = path)]` names an async function
-    /// `fn(&str) -> Result<Self, E>`. An error fails every call waiting for
-    /// this activation with [`Error::ActivationFailed`]; the next call tries
-    /// again.
-    fn activate(id: &str) -> impl Future<Output = Result<Self, BoxError>> + Send;
+    /// `fn(&str) -> Result<Self, E>` or `fn(&str, &Ctx) -> Result<Self, E>`
+    /// (the second reads the node's provided values: [`Ctx::get`]). An
+    /// error fails every call waiting for this activation with
+    /// [`Error::ActivationFailed`]; the next call tries again.
+    fn activate<'a>(
+        id: &'a str,
+        ctx: &'a Ctx,
+    ) -> impl Future<Output = Result<Self, BoxError>> + Send + 'a;
 
     /// Runs when the activation is passivated or the node shuts down
     /// (`#[actor(on_deactivate = path)]`, an async `fn(&mut self, &Ctx)`).

@@ -14,6 +14,8 @@ use crate::Error;
 pub struct ReplyTo<R> {
     tx: Option<oneshot::Sender<Result<R, Error>>>,
     deadline: Option<Instant>,
+    /// For a timer's tick: the timer's state (a stale tick is dropped).
+    tick: Option<std::sync::Arc<crate::actor::timer::TickState>>,
 }
 
 impl<R> ReplyTo<R> {
@@ -25,6 +27,7 @@ impl<R> ReplyTo<R> {
             ReplyTo {
                 tx: Some(tx),
                 deadline: Some(deadline),
+                tick: None,
             },
             rx,
         )
@@ -35,11 +38,24 @@ impl<R> ReplyTo<R> {
         ReplyTo {
             tx: None,
             deadline: None,
+            tick: None,
+        }
+    }
+
+    /// No reply: a timer's tick, dropped unhandled once the timer is gone.
+    pub(crate) fn tick(state: std::sync::Arc<crate::actor::timer::TickState>) -> Self {
+        ReplyTo {
+            tx: None,
+            deadline: None,
+            tick: Some(state),
         }
     }
 
     /// Sends the outcome to the caller, if there is one still waiting.
     pub fn send(self, result: Result<R, Error>) {
+        if let Some(t) = &self.tick {
+            t.handled();
+        }
         if let Some(tx) = self.tx {
             let _ = tx.send(result);
         }
@@ -58,8 +74,12 @@ impl<R> ReplyTo<R> {
         self.tx.as_ref().and(self.deadline)
     }
 
-    /// Whether a caller was waiting and has given up.
+    /// Whether a caller was waiting and has given up (or, for a timer's
+    /// tick, whether its timer was cancelled or its activation ended).
     pub fn abandoned(&self) -> bool {
+        if let Some(t) = &self.tick {
+            return !t.is_live();
+        }
         self.tx.as_ref().is_some_and(|tx| tx.is_closed())
     }
 

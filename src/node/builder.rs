@@ -54,6 +54,7 @@ pub struct NodeBuilder {
     default_node: bool,
     cluster: Option<ClusterConfig>,
     history: Option<Arc<dyn crate::history::History>>,
+    deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -85,6 +86,7 @@ impl NodeBuilder {
             default_node: true,
             cluster: None,
             history: None,
+            deps: HashMap::new(),
         }
     }
 
@@ -194,6 +196,35 @@ impl NodeBuilder {
         let c = self.cluster_mut();
         c.heartbeat = interval;
         c.failure_timeout = failure_timeout;
+        self
+    }
+
+    /// Gives the node a value its actors read with [`crate::Ctx::get`] (in
+    /// `activate`, handlers and hooks): a database pool, a configuration,
+    /// a client. One value per type: a second `provide` of the same type
+    /// replaces the first (wrap two of one type in newtypes).
+    ///
+    /// ```no_run
+    /// # use mesh::prelude::*;
+    /// # #[derive(Clone)] struct Pool;
+    /// # impl Pool { async fn load(&self, _: &str) -> Result<u64, String> { Ok(0) } }
+    /// #[derive(Actor)]
+    /// #[actor(capability = "cart", activate = Cart::load)]
+    /// struct Cart { items: u64 }
+    ///
+    /// impl Cart {
+    ///     async fn load(id: &str, ctx: &Ctx) -> Result<Self, mesh::BoxError> {
+    ///         let pool: &Pool = ctx.get()?;
+    ///         Ok(Cart { items: pool.load(id).await? })
+    ///     }
+    /// }
+    /// # #[mesh::handlers] impl Cart {}
+    /// # async fn doc() -> Result<(), mesh::Error> {
+    /// let node = Node::builder().capabilities(["cart"]).actor::<Cart>().provide(Pool).start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn provide<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.deps.insert(TypeId::of::<T>(), Arc::new(value));
         self
     }
 
@@ -348,6 +379,7 @@ impl NodeBuilder {
             shutdown_timeout: self.shutdown_timeout,
             handle: std::sync::OnceLock::new(),
             history: self.history,
+            deps: self.deps,
         });
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {

@@ -90,6 +90,8 @@ pub(crate) struct NodeInner {
     shutdown_timeout: Duration,
     /// The user's handles, shared; gone once they all are.
     handle: OnceLock<std::sync::Weak<Handle>>,
+    /// The values given with `NodeBuilder::provide`, by type.
+    deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     /// Where activation starts and ends are recorded, if anywhere.
     history: Option<Arc<dyn crate::history::History>>,
 }
@@ -180,6 +182,18 @@ impl Node {
             .get()
             .map(|c| c.addr())
             .filter(|a| !a.is_empty())
+    }
+
+    /// The value of type `T` this node was given with
+    /// [`NodeBuilder::provide`] (see [`crate::Ctx::get`]).
+    pub fn get<T: Send + Sync + 'static>(&self) -> Result<&T, crate::MissingDependency> {
+        self.inner
+            .deps
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .ok_or(crate::MissingDependency {
+                type_name: std::any::type_name::<T>(),
+            })
     }
 
     /// The id of the node owning actor `id` of type `A`.
