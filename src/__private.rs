@@ -2,6 +2,7 @@
 //! stability promise, hidden from the docs. What they name lives where it
 //! belongs (`actor::finish` for running a handler).
 
+pub use crate::actor::chain::Caller;
 pub use crate::actor::finish::{
     activate_default, activate_with, finish, panic_message, Activate, ActivateFuture, CatchUnwind,
     Finish, Outcome, ReplySlot,

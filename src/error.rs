@@ -131,6 +131,27 @@ pub enum Error {
     #[error("call cancelled")]
     Cancelled,
 
+    /// The call would wait on an actor that is itself waiting, further up
+    /// the same chain of calls, for this one to return: a deadlock, so it
+    /// fails at once instead of at its deadline. `chain` names the actors
+    /// from the first caller to the one called again.
+    #[error("call cycle {chain}: the last actor is busy handling a call that waits for this one; make one of these calls a cast, or move the work so it does not call back")]
+    CallCycle {
+        /// The chain, `Actor "id" -> Actor "id" -> ...`.
+        chain: String,
+    },
+
+    /// A chain of calls (a handler calling an actor whose handler calls
+    /// another...) grew past the depth limit (32): most likely runaway
+    /// recursion.
+    #[error("call chain deeper than {limit}: {chain}")]
+    ChainTooDeep {
+        /// The limit.
+        limit: usize,
+        /// The chain so far.
+        chain: String,
+    },
+
     /// `mesh::call` / `mesh::cast` was used with no default node running.
     #[error("no node is running in this process")]
     NotStarted,

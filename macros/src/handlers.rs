@@ -200,6 +200,9 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
     let abandoned_arms = variants
         .iter()
         .map(|v| quote!(#env::#v(_, ref r) => r.abandoned()));
+    let caller_arms = variants
+        .iter()
+        .map(|v| quote!(#env::#v(_, ref r) => r.caller()));
     let table = ir.handlers.iter().map(|h| {
         let m = &h.msg;
         quote!((<#self_ty as #p::Handler<#m>>::TAG, <#m as #p::Message>::NAME))
@@ -284,6 +287,13 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
             fn __abandoned(env: &#env) -> bool {
                 match *env {
                     #(#abandoned_arms,)*
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn __caller(env: &#env) -> #p::Caller {
+                match *env {
+                    #(#caller_arms,)*
                 }
             }
         }

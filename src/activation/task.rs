@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
-use crate::actor::Ctx;
+use crate::actor::{chain, Ctx};
 use crate::history::Phase;
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
@@ -144,17 +144,32 @@ async fn serve<A: Handlers>(
                 env.fail(Error::Timeout);
                 continue;
             }
+            // The handler runs knowing its chain of calls (see
+            // `actor::chain`): calls it makes extend it.
             let outcome = match env {
-                Envelope::Local(env) => watch_queue(mb, batch, actor.__handle(env, ctx)).await,
+                Envelope::Local(env) => {
+                    let current = chain::Current {
+                        actor: A::NAME,
+                        id: ctx.id_arc(),
+                        parent: A::__caller(&env).0,
+                    };
+                    let handled = chain::scope(current, actor.__handle(env, ctx));
+                    watch_queue(mb, batch, handled).await
+                }
                 Envelope::Wire(call) => {
                     // Boxed: inline, the wire path's future (decode, handler,
                     // encode) would grow every activation's task, idle or not;
                     // a wire call already crossed the network.
                     let WireCall { tag, body, reply } = *call;
                     let actor = &mut *actor;
-                    let handled = Box::pin(async move {
+                    let current = chain::Current {
+                        actor: A::NAME,
+                        id: ctx.id_arc(),
+                        parent: None,
+                    };
+                    let handled = Box::pin(chain::scope(current, async move {
                         finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
-                    });
+                    }));
                     watch_queue(mb, batch, handled).await
                 }
             };

@@ -116,6 +116,10 @@ impl Ctx {
         &self.id
     }
 
+    pub(crate) fn id_arc(&self) -> Arc<str> {
+        self.id.clone()
+    }
+
     /// The actor type's name.
     pub fn actor_name(&self) -> &'static str {
         self.actor

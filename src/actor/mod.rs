@@ -6,6 +6,7 @@
 //! so that bounds can name them and so that their contracts are documented in
 //! one place.
 
+pub(crate) mod chain;
 mod ctx;
 pub(crate) mod finish;
 pub(crate) mod reply;
@@ -143,6 +144,13 @@ pub trait Handlers: Actor {
     /// Whether `env`'s caller gave up (dropped the call).
     #[doc(hidden)]
     fn __abandoned(env: &Self::Envelope) -> bool;
+
+    /// The chain of calls the message's call extends.
+    #[doc(hidden)]
+    fn __caller(env: &Self::Envelope) -> crate::actor::chain::Caller {
+        let _ = env;
+        crate::actor::chain::Caller::default()
+    }
 
     /// When `env`'s caller stops waiting (`None` for a cast).
     #[doc(hidden)]

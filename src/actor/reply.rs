@@ -16,6 +16,8 @@ pub struct ReplyTo<R> {
     deadline: Option<Instant>,
     /// For a timer's tick: the timer's state (a stale tick is dropped).
     tick: Option<std::sync::Arc<crate::actor::timer::TickState>>,
+    /// The chain of calls this one extends (see `actor::chain`).
+    caller: crate::actor::chain::Caller,
 }
 
 impl<R> ReplyTo<R> {
@@ -28,6 +30,7 @@ impl<R> ReplyTo<R> {
                 tx: Some(tx),
                 deadline: Some(deadline),
                 tick: None,
+                caller: Default::default(),
             },
             rx,
         )
@@ -39,6 +42,7 @@ impl<R> ReplyTo<R> {
             tx: None,
             deadline: None,
             tick: None,
+            caller: Default::default(),
         }
     }
 
@@ -48,7 +52,19 @@ impl<R> ReplyTo<R> {
             tx: None,
             deadline: None,
             tick: Some(state),
+            caller: Default::default(),
         }
+    }
+
+    /// The same slot, for a call made within `caller`'s chain.
+    pub(crate) fn within(mut self, caller: crate::actor::chain::Caller) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// The chain this call extends.
+    pub fn caller(&self) -> crate::actor::chain::Caller {
+        self.caller.clone()
     }
 
     /// Sends the outcome to the caller, if there is one still waiting.

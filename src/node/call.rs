@@ -144,7 +144,11 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 let timeout = call.timeout.unwrap_or(node.default_timeout);
                 match node.route::<A>(call.id)? {
                     Route::Local => {
+                        // A call back into the chain waiting on this one
+                        // would deadlock: it fails now (`actor::chain`).
+                        let caller = crate::actor::chain::extend(A::NAME, call.id)?;
                         let (reply, rx) = ReplyTo::call(now + timeout);
+                        let reply = reply.within(crate::actor::chain::Caller(caller));
                         node.dispatch_local::<A, M>(call.id, call.msg, reply)?;
                         Ok(Sent::Local(rx))
                     }

@@ -63,6 +63,10 @@ pub mod code {
     pub const NOT_STARTED: u16 = 14;
     /// [`crate::Error::Discovery`].
     pub const DISCOVERY: u16 = 15;
+    /// [`crate::Error::CallCycle`].
+    pub const CALL_CYCLE: u16 = 16;
+    /// [`crate::Error::ChainTooDeep`].
+    pub const CHAIN_TOO_DEEP: u16 = 17;
     /// [`crate::StartError::Config`].
     pub const START_CONFIG: u16 = 101;
     /// [`crate::StartError::TagCollision`].
@@ -93,6 +97,8 @@ impl Error {
             Error::Cancelled => code::CANCELLED,
             Error::NotStarted => code::NOT_STARTED,
             Error::Discovery(_) => code::DISCOVERY,
+            Error::CallCycle { .. } => code::CALL_CYCLE,
+            Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
             Error::Start(e) => e.code(),
             Error::Remote { code, .. } => *code,
         }
@@ -178,6 +184,11 @@ impl Failure {
             }
             Error::Refused { reason } => f.detail = reason.clone(),
             Error::Codec(m) | Error::Discovery(m) => f.detail = m.clone(),
+            Error::CallCycle { chain } => f.detail = chain.clone(),
+            Error::ChainTooDeep { limit, chain } => {
+                f.tag = *limit as u64;
+                f.detail = chain.clone();
+            }
             Error::Start(e) => match e {
                 StartError::Config(m) | StartError::Discovery(m) => f.detail = m.clone(),
                 StartError::TagCollision { tag, first, second } => {
@@ -236,6 +247,11 @@ impl Failure {
             code::CANCELLED => Error::Cancelled,
             code::NOT_STARTED => Error::NotStarted,
             code::DISCOVERY => Error::Discovery(detail),
+            code::CALL_CYCLE => Error::CallCycle { chain: detail },
+            code::CHAIN_TOO_DEEP => Error::ChainTooDeep {
+                limit: usize::try_from(tag).unwrap_or(usize::MAX),
+                chain: detail,
+            },
             code::START_CONFIG => Error::Start(StartError::Config(detail)),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
                 tag,
@@ -385,6 +401,13 @@ mod tests {
             Error::Cancelled,
             Error::NotStarted,
             Error::Discovery("deregistering: 500".into()),
+            Error::CallCycle {
+                chain: "A \"x\" -> B \"y\" -> A \"x\"".into(),
+            },
+            Error::ChainTooDeep {
+                limit: 32,
+                chain: "A \"x\" -> ...".into(),
+            },
             Error::Start(StartError::Config("empty node name".into())),
             Error::Start(StartError::TagCollision {
                 tag: 7,
@@ -407,7 +430,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 19] = [
+        let want: [(u16, u16); 21] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -423,6 +446,8 @@ mod tests {
             (code::UNREACHABLE, 13),
             (code::NOT_STARTED, 14),
             (code::DISCOVERY, 15),
+            (code::CALL_CYCLE, 16),
+            (code::CHAIN_TOO_DEEP, 17),
             (code::START_CONFIG, 101),
             (code::START_TAG_COLLISION, 102),
             (code::START_LISTEN, 103),

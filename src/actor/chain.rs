@@ -1,0 +1,105 @@
+//! Call chains: which actors are waiting on which, so a call that would
+//! wait on an actor already waiting for it fails at once.
+//!
+//! While an activation runs a handler, the handler's task knows the chain
+//! that led to it (a task-local, set around each handler). A call made from
+//! there (`mesh::call`, `node.call`, `ctx.node().call`) extends the chain;
+//! if the actor it calls is already in the chain, that actor is busy
+//! handling a call that waits for this one (turn-based: it handles one
+//! message at a time), so the call would deadlock until its deadline: it
+//! fails with [`Error::CallCycle`] instead, naming the chain. A chain
+//! longer than [`MAX_DEPTH`] fails with [`Error::ChainTooDeep`].
+//!
+//! Scope: chains are followed within one node; a call that crosses to
+//! another node starts a new chain there (a cycle across nodes still waits
+//! for its deadline). Casts do not wait and carry no chain. There is no
+//! reentrancy: an actor never handles a second message of its own chain
+//! while the first waits (that would break the turn-based guarantee).
+//!
+//! Cost: outside a handler, one task-local lookup per call; inside one,
+//! one allocation per call (the chain link).
+
+use std::sync::Arc;
+
+use crate::Error;
+
+/// The deepest chain allowed.
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// One link: an actor handling a call, and who called it.
+#[derive(Debug)]
+pub(crate) struct Hop {
+    actor: &'static str,
+    id: Arc<str>,
+    parent: Option<Arc<Hop>>,
+    depth: usize,
+}
+
+/// What the running handler's task knows.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) actor: &'static str,
+    pub(crate) id: Arc<str>,
+    pub(crate) parent: Option<Arc<Hop>>,
+}
+
+tokio::task_local! {
+    static CURRENT: Current;
+}
+
+/// Runs `fut` (a handler) knowing it is `current`.
+pub(crate) fn scope<F: std::future::Future>(
+    current: Current,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<Current, F> {
+    CURRENT.scope(current, fut)
+}
+
+/// The chain a call to `actor` `id` made here extends, or the error if it
+/// would close a cycle or grow too deep. `None` outside a handler.
+pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, Error> {
+    let Ok(hop) = CURRENT.try_with(|c| {
+        Arc::new(Hop {
+            actor: c.actor,
+            id: c.id.clone(),
+            depth: c.parent.as_ref().map_or(1, |p| p.depth + 1),
+            parent: c.parent.clone(),
+        })
+    }) else {
+        return Ok(None);
+    };
+    let mut at = Some(&hop);
+    while let Some(h) = at {
+        if h.actor == actor && &*h.id == id {
+            return Err(Error::CallCycle {
+                chain: render(&hop, actor, id),
+            });
+        }
+        at = h.parent.as_ref();
+    }
+    if hop.depth >= MAX_DEPTH {
+        return Err(Error::ChainTooDeep {
+            limit: MAX_DEPTH,
+            chain: render(&hop, actor, id),
+        });
+    }
+    Ok(Some(hop))
+}
+
+/// `First "a" -> ... -> Last "z" -> actor "id"`.
+fn render(hop: &Arc<Hop>, actor: &str, id: &str) -> String {
+    let mut links = vec![format!("{actor} {id:?}")];
+    let mut at = Some(hop);
+    while let Some(h) = at {
+        links.push(format!("{} {:?}", h.actor, &*h.id));
+        at = h.parent.as_ref();
+    }
+    links.reverse();
+    links.join(" -> ")
+}
+
+/// Who made a call: the chain its handler extends. Opaque; carried by the
+/// call's reply slot.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Caller(pub(crate) Option<Arc<Hop>>);
