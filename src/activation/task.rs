@@ -39,7 +39,14 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         }
         return;
     };
-    let ctx = Ctx::new(id.clone(), A::NAME, node, Box::new(Arc::downgrade(&mb)));
+    // Boxed: held across every await of the task, it would grow every
+    // activation's future by its size.
+    let ctx = Box::new(Ctx::new(
+        id.clone(),
+        A::NAME,
+        node,
+        Box::new(Arc::downgrade(&mb)),
+    ));
     let acts = ctx.node().activations::<A>();
     let shared = ctx.node().shared();
     let mut batch = VecDeque::new();

@@ -14,10 +14,18 @@ use crate::Error;
 pub struct ReplyTo<R> {
     tx: Option<oneshot::Sender<Result<R, Error>>>,
     deadline: Option<Instant>,
-    /// For a timer's tick: the timer's state (a stale tick is dropped).
-    tick: Option<std::sync::Arc<crate::actor::timer::TickState>>,
+    /// What rarely travels with a message, in one pointer so the common
+    /// envelope stays small: a timer tick's state, or the call chain.
+    extra: Option<std::sync::Arc<Extra>>,
+}
+
+/// See [`ReplyTo`]'s `extra`.
+#[derive(Debug)]
+enum Extra {
+    /// A timer's tick: the timer's state (a stale tick is dropped).
+    Tick(std::sync::Arc<crate::actor::timer::TickState>),
     /// The chain of calls this one extends (see `actor::chain`).
-    caller: crate::actor::chain::Caller,
+    Caller(crate::actor::chain::Caller),
 }
 
 impl<R> ReplyTo<R> {
@@ -29,8 +37,7 @@ impl<R> ReplyTo<R> {
             ReplyTo {
                 tx: Some(tx),
                 deadline: Some(deadline),
-                tick: None,
-                caller: Default::default(),
+                extra: None,
             },
             rx,
         )
@@ -41,8 +48,7 @@ impl<R> ReplyTo<R> {
         ReplyTo {
             tx: None,
             deadline: None,
-            tick: None,
-            caller: Default::default(),
+            extra: None,
         }
     }
 
@@ -51,25 +57,36 @@ impl<R> ReplyTo<R> {
         ReplyTo {
             tx: None,
             deadline: None,
-            tick: Some(state),
-            caller: Default::default(),
+            extra: Some(std::sync::Arc::new(Extra::Tick(state))),
         }
     }
 
     /// The same slot, for a call made within `caller`'s chain.
     pub(crate) fn within(mut self, caller: crate::actor::chain::Caller) -> Self {
-        self.caller = caller;
+        if caller.0.is_some() {
+            self.extra = Some(std::sync::Arc::new(Extra::Caller(caller)));
+        }
         self
+    }
+
+    fn tick_state(&self) -> Option<&crate::actor::timer::TickState> {
+        match self.extra.as_deref() {
+            Some(Extra::Tick(t)) => Some(t),
+            _ => None,
+        }
     }
 
     /// The chain this call extends.
     pub fn caller(&self) -> crate::actor::chain::Caller {
-        self.caller.clone()
+        match self.extra.as_deref() {
+            Some(Extra::Caller(c)) => c.clone(),
+            _ => crate::actor::chain::Caller::default(),
+        }
     }
 
     /// Sends the outcome to the caller, if there is one still waiting.
     pub fn send(self, result: Result<R, Error>) {
-        if let Some(t) = &self.tick {
+        if let Some(t) = self.tick_state() {
             t.handled();
         }
         if let Some(tx) = self.tx {
@@ -93,7 +110,7 @@ impl<R> ReplyTo<R> {
     /// Whether a caller was waiting and has given up (or, for a timer's
     /// tick, whether its timer was cancelled or its activation ended).
     pub fn abandoned(&self) -> bool {
-        if let Some(t) = &self.tick {
+        if let Some(t) = self.tick_state() {
             return !t.is_live();
         }
         self.tx.as_ref().is_some_and(|tx| tx.is_closed())
