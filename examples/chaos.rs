@@ -308,7 +308,7 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));
-    tokio::signal::ctrl_c().await?;
+    common::stop_signal().await;
     node.shutdown().await?;
     Ok(())
 }

@@ -10,7 +10,8 @@
 //!
 //! Every node prints membership changes. A node given `--drive N` waits
 //! for `--expect` members, then calls N players and N chat rooms and prints
-//! which node each lives on. Stop a node with Ctrl-C (a clean leave) or
+//! which node each lives on. Stop a node with Ctrl-C or SIGTERM (a clean
+//! leave that loses no call) or
 //! `kill -9` (a crash): the others notice and take over its shards.
 
 use std::time::Duration;
@@ -48,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         common::drive(&node, args.node.expect, args.node.drive).await?;
     }
 
-    tokio::signal::ctrl_c().await?;
+    common::stop_signal().await;
     watcher.abort();
     node.shutdown().await?;
     println!("{} left the cluster", args.node.name);

@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         common::drive(&node, args.node.expect, args.node.drive).await?;
     }
     if !args.exit {
-        tokio::signal::ctrl_c().await?;
+        common::stop_signal().await;
     }
     watcher.abort();
     node.shutdown().await?;

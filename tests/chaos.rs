@@ -4,8 +4,8 @@
 //! merged histories are checked for duplicate activations
 //! (`mesh::history::overlaps`).
 //!
-//! - a rolling restart (SIGINT: `node.shutdown()`, then a new process of
-//!   the same name), with static seeds and with Consul (the test agent,
+//! - a rolling restart (SIGINT or SIGTERM: `node.shutdown()`, then a new
+//!   process of the same name), with static seeds and with Consul (the test agent,
 //!   restarted and taken down during the load too): no call fails;
 //! - a hung node (SIGSTOP, later SIGCONT): dropped within the failure
 //!   timeout plus one heartbeat (plus scheduling slack), calls to it end
@@ -124,7 +124,8 @@ async fn rolling_restart(mode: Mode, test: &str) {
     }
     for i in 0..3 {
         let name = procs[i].name.clone();
-        procs[i].signal("INT");
+        // Ctrl-C, or what systemd and Kubernetes send: both leave cleanly.
+        procs[i].signal(if i == 1 { "TERM" } else { "INT" });
         assert!(procs[i].exited(STEP).await, "{name} left cleanly");
         members(&driver, |m| !m.contains(&name)).await;
         load.more(300).await;

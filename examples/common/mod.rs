@@ -138,3 +138,28 @@ pub async fn drive(node: &Node, expect: usize, n: usize) -> Result<(), mesh::Err
     }
     Ok(())
 }
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and Kubernetes
+/// send to stop a process), so either runs `node.shutdown()`: the node
+/// leaves without losing a call, runs its hooks and deregisters.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -378,7 +378,13 @@ mod size_tests {
             "mailbox: {} bytes",
             std::mem::size_of::<super::Mailbox<super::Envelope<C>>>()
         );
-        let ctx = crate::Ctx::new("x".into(), "C", node.clone(), Box::new(()));
+        let none: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(());
+        let ctx = crate::Ctx::new(
+            "x".into(),
+            "C",
+            node.clone(),
+            std::sync::Arc::downgrade(&none),
+        );
         let mut c = C(0);
         let (r, _rx) = crate::actor::ReplyTo::call(tokio::time::Instant::now());
         let env = <C as crate::Handler<Inc>>::__wrap(Inc(1), r);

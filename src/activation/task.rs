@@ -39,14 +39,16 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         }
         return;
     };
-    // Boxed: held across every await of the task, it would grow every
-    // activation's future by its size.
+    let mailbox: Arc<dyn std::any::Any + Send + Sync> = mb.clone();
+    // Boxed (one allocation per activation task): held across every await,
+    // inline it would grow the task's future past its size budget.
     let ctx = Box::new(Ctx::new(
         id.clone(),
         A::NAME,
         node,
-        Box::new(Arc::downgrade(&mb)),
+        Arc::downgrade(&mailbox),
     ));
+    drop(mailbox);
     let acts = ctx.node().activations::<A>();
     let shared = ctx.node().shared();
     let mut batch = VecDeque::new();

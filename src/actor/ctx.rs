@@ -14,10 +14,11 @@ pub struct Ctx {
     actor: &'static str,
     node: Node,
     deactivate: AtomicBool,
-    timers: Timers,
-    /// The activation's own mailbox (a `Weak<Mailbox<Envelope<A>>>`), for
-    /// its timers to deliver to.
-    mailbox: Box<dyn std::any::Any + Send + Sync>,
+    /// Created with the first timer: most actors set none.
+    timers: std::sync::OnceLock<Box<Timers>>,
+    /// The activation's own mailbox (a `Mailbox<Envelope<A>>`), for its
+    /// timers to deliver to.
+    mailbox: std::sync::Weak<dyn std::any::Any + Send + Sync>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -35,14 +36,14 @@ impl Ctx {
         id: Arc<str>,
         actor: &'static str,
         node: Node,
-        mailbox: Box<dyn std::any::Any + Send + Sync>,
+        mailbox: std::sync::Weak<dyn std::any::Any + Send + Sync>,
     ) -> Self {
         Ctx {
             id,
             actor,
             node,
             deactivate: AtomicBool::new(false),
-            timers: Timers::default(),
+            timers: std::sync::OnceLock::new(),
             mailbox,
         }
     }
@@ -83,32 +84,37 @@ impl Ctx {
         A: Handler<M>,
         M: Message + Clone,
     {
-        let Some(mb) = self
-            .mailbox
-            .downcast_ref::<std::sync::Weak<crate::activation::Mailbox<crate::activation::Envelope<A>>>>()
+        let Some(mb) = self.mailbox.upgrade() else {
+            return Err(TimerError::Ended);
+        };
+        let Ok(mb) = mb.downcast::<crate::activation::Mailbox<crate::activation::Envelope<A>>>()
         else {
             return Err(TimerError::WrongActor {
                 actor: self.actor,
                 wanted: A::NAME,
             });
         };
-        if mb.strong_count() == 0 {
-            return Err(TimerError::Ended);
-        }
-        self.timers
-            .start::<A, M>(key.into(), when, msg, mb.clone(), self.id.clone());
+        self.timers.get_or_init(Box::default).start::<A, M>(
+            key.into(),
+            when,
+            msg,
+            std::sync::Arc::downgrade(&mb),
+            self.id.clone(),
+        );
         Ok(())
     }
 
     /// Cancels timer `key`; a tick of it still queued is dropped. Returns
     /// whether there was one.
     pub fn cancel_timer(&self, key: &str) -> bool {
-        self.timers.cancel(key)
+        self.timers.get().is_some_and(|t| t.cancel(key))
     }
 
     /// Cancels every timer (the activation ends).
     pub(crate) fn end_timers(&self) {
-        self.timers.cancel_all();
+        if let Some(t) = self.timers.get() {
+            t.cancel_all();
+        }
     }
 
     /// The actor's id.

@@ -393,6 +393,15 @@ impl NodeBuilder {
                 Some(c) if !c.shared.is_shutting_down() => Some(c.clone()),
                 _ => Some(inner.clone()),
             });
+            let default = DEFAULT.load();
+            if let Some(d) = default.as_ref().filter(|d| !Arc::ptr_eq(d, &inner)) {
+                tracing::info!(
+                    node = %inner.id,
+                    default = %d.id,
+                    "not the default node: {} already is, so mesh::call and mesh::cast go through it; call through this node's handle (node.call) instead",
+                    d.id
+                );
+            }
         }
         tracing::info!(node = %inner.id, capabilities = ?inner.capabilities, "node started");
         Ok(Node::first_handle(inner))
