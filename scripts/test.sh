@@ -40,3 +40,5 @@ echo "== cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo test --features otel (trace context across nodes)"
+cargo test --locked --features otel --test trace

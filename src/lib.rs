@@ -68,6 +68,7 @@ pub mod history;
 mod node;
 pub mod ring;
 pub mod telemetry;
+mod trace;
 pub mod transport;
 pub mod wire;
 

@@ -52,6 +52,8 @@ pub(crate) struct WireCall {
     pub(crate) tag: u64,
     pub(crate) body: Vec<u8>,
     pub(crate) reply: WireReply,
+    /// The span the handler runs in (joins the caller's trace).
+    pub(crate) span: tracing::Span,
 }
 
 /// Where an encoded reply goes: a caller in this process, or straight into
