@@ -62,6 +62,8 @@ extern crate self as mesh;
 
 mod activation;
 mod actor;
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod discovery;
 mod error;
 pub mod history;

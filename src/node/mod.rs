@@ -6,6 +6,8 @@
 //! opts out (several nodes in one test process call through explicit
 //! handles).
 
+#[cfg(feature = "admin")]
+mod admin;
 mod builder;
 mod call;
 mod cluster;
@@ -92,6 +94,9 @@ pub(crate) struct NodeInner {
     handle: OnceLock<std::sync::Weak<Handle>>,
     /// Where activation starts and ends are recorded, if anywhere.
     history: Option<Arc<dyn crate::history::History>>,
+    /// The admin endpoint, if asked for (stops when the node is dropped).
+    #[cfg(feature = "admin")]
+    admin: OnceLock<crate::admin::Server>,
 }
 
 impl fmt::Debug for Node {
