@@ -43,6 +43,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== cargo test --features otel (trace context across nodes)"
-cargo test --locked --features otel --test trace
+cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
-cargo test --locked --features admin --test admin
+cargo test --locked --features admin --lib --test admin

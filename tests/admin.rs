@@ -131,6 +131,19 @@ async fn the_json_views_show_members_shards_and_activations() {
         local
     );
 
+    // Placement: where an id lives, as the node routes it.
+    for id in ["p0", "p1", "p2"] {
+        let p = get_json(&a, &format!("/admin/placement?actor=Player&id={id}")).await;
+        let owner = a.owner_of::<Player>(id).unwrap();
+        assert_eq!(p["owner"].as_str(), Some(owner.as_str()));
+        assert_eq!(p["local"], owner == "j-a");
+        assert_eq!(p["shard"].as_u64(), Some(u64::from(mesh::ring::shard(id))));
+    }
+    let (status, body) = get(&a, "/admin/placement?actor=Ghost&id=x").await;
+    assert_eq!((status, body.contains("Ghost")), (404, true), "{body}");
+    let (status, _) = get(&a, "/admin/placement?actor=Player").await;
+    assert_eq!(status, 400);
+
     let me = get_json(&a, "/admin/node").await;
     assert_eq!(
         (me["node"].as_str(), me["members"].as_u64()),

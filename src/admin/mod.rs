@@ -12,6 +12,7 @@
 //! | `/admin/members` | `{self, members: [{node, addr, capabilities}]}` |
 //! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}]}]}`; `?capability=c` for one (404 if no member hosts it) |
 //! | `/admin/activations` | `{node, total, by_type: [{type, capability, count}]}` |
+//! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
 //! | `/livez` | 200 `{"status":"ok"}`, no cluster check |
 //! | `/readyz` | 200, or 503 until the node is a member of its own membership |
@@ -148,6 +149,29 @@ fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Respons
         "/admin/node" => json(StatusCode::OK, &views::node(node)),
         "/admin/members" => json(StatusCode::OK, &views::members(node)),
         "/admin/activations" => json(StatusCode::OK, &views::activations(node)),
+        "/admin/placement" => {
+            let (mut actor, mut id) = (None, None);
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("actor", a)) if !a.is_empty() => actor = Some(a),
+                    Some(("id", i)) => id = Some(i),
+                    _ => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!("unknown query parameter {pair:?}: actor=TYPE&id=ID\n"),
+                        )
+                    }
+                }
+            }
+            let (Some(actor), Some(id)) = (actor, id) else {
+                return text(StatusCode::BAD_REQUEST, "give actor=TYPE&id=ID\n");
+            };
+            let id = percent_decode(id);
+            match views::placement(node, actor, &id) {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => text(StatusCode::NOT_FOUND, e),
+            }
+        }
         "/admin/shards" => {
             let mut capability = None;
             for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -176,8 +200,51 @@ fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Respons
             StatusCode::NOT_FOUND,
             format!(
                 "no such page {path:?}: try /, /admin/node, /admin/members, /admin/shards, \
-                 /admin/activations, /metrics, /livez, /readyz\n"
+                 /admin/activations, /admin/placement, /metrics, /livez, /readyz\n"
             ),
         ),
+    }
+}
+
+/// `%XX` escapes and `+` decoded (an id in a query string); a bad escape
+/// is kept as it is.
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = if b[i] == b'%' {
+            b.get(i + 1)
+                .zip(b.get(i + 2))
+                .and_then(|(&h, &l)| Some((hex(h)? << 4) | hex(l)?))
+        } else {
+            None
+        };
+        match (b[i], escaped) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', None) => out.push(b' '),
+            (c, None) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("player-17"), "player-17");
+        assert_eq!(super::percent_decode("a%20b+c%2Fd"), "a b c/d");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(super::percent_decode("%C3%A9"), "\u{e9}");
     }
 }

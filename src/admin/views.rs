@@ -73,3 +73,29 @@ pub(super) fn shards(node: &NodeInner, only: Option<&str>) -> Option<Value> {
     }
     Some(json!({"node": node.id_str(), "shards": crate::ring::SHARDS, "capabilities": caps}))
 }
+
+/// Where actor `id` of type `actor` lives: `Err` (a 4xx text) for an actor
+/// type this node does not host or a capability no member hosts.
+pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value, String> {
+    let types = node.activations_by_type();
+    let Some(&(name, capability, _)) = types.iter().find(|(t, _, _)| *t == actor) else {
+        let known: Vec<&str> = types.iter().map(|t| t.0).collect();
+        return Err(format!(
+            "unknown actor type {actor:?}: this node hosts {known:?}\n"
+        ));
+    };
+    let routing = node.routing_snapshot();
+    let Some(table) = routing.get(crate::ring::capability_key(capability)) else {
+        return Err(format!("no member hosts capability {capability:?}\n"));
+    };
+    let shard = crate::ring::shard(id);
+    let owner = table.owner(shard);
+    Ok(json!({
+        "actor": name,
+        "id": id,
+        "capability": capability,
+        "shard": shard,
+        "owner": owner,
+        "local": owner == node.id_str(),
+    }))
+}
