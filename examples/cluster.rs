@@ -44,6 +44,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));
+    #[cfg(feature = "admin")]
+    if let Some(admin) = node.admin_addr() {
+        println!("admin page: http://{admin}/");
+    }
     let watcher = common::print_membership(&node);
     if args.node.drive > 0 {
         common::drive(&node, args.node.expect, args.node.drive).await?;

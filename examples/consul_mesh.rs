@@ -66,6 +66,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         node.addr().unwrap_or("?"),
         consul.services().await?
     );
+    #[cfg(feature = "admin")]
+    if let Some(admin) = node.admin_addr() {
+        println!("admin page: http://{admin}/");
+    }
     let watcher = common::print_membership(&node);
     if args.node.drive > 0 {
         common::drive(&node, args.node.expect, args.node.drive).await?;

@@ -23,7 +23,7 @@ need_pkgs=()
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
-# mesh-load's report test opens the HTML report in a real headless Chromium.
+# mesh-load's report test and the admin page test open HTML in a real headless Chromium.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"
@@ -36,7 +36,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo clippy with the optional features (otel, admin)"
+cargo clippy --workspace --all-targets --locked --features otel,admin -- -D warnings
 echo "== cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo test --features otel (trace context across nodes)"
+cargo test --locked --features otel --lib --test trace
+echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
+cargo test --locked --features admin --lib --test admin

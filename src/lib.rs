@@ -62,6 +62,8 @@ extern crate self as mesh;
 
 mod activation;
 mod actor;
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod discovery;
 mod error;
 pub mod history;
@@ -69,6 +71,7 @@ mod node;
 pub mod ring;
 pub mod telemetry;
 pub use actor::timer;
+mod trace;
 pub mod transport;
 pub mod wire;
 

@@ -19,6 +19,12 @@
 //!
 //! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
 //! `DEBUG` level, with fields `actor`, `id` and `message`.
+//!
+//! With the `admin` feature, `mesh::admin::prometheus` renders these in the
+//! Prometheus text format (`/metrics` on the admin endpoint), with
+//! `mesh_call_duration_seconds` as a histogram of buckets 100 µs to 5 s. With
+//! the `otel` feature, the spans join the callers' OpenTelemetry traces
+//! across nodes (see the README's Observability section).
 
 use std::sync::OnceLock;
 

@@ -28,6 +28,10 @@ pub struct NodeArgs {
     /// `mesh::history`: how duplicate activations are measured).
     #[arg(long)]
     pub history: Option<std::path::PathBuf>,
+    /// Serve the admin endpoint and live page here (127.0.0.1:9464, say);
+    /// needs `--features admin`.
+    #[arg(long)]
+    pub admin: Option<String>,
 }
 
 /// A player: lives on a node hosting `game`.
@@ -83,6 +87,17 @@ pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error:
         .capabilities(args.capabilities.iter().cloned());
     if let Some(path) = &args.history {
         builder = builder.history(mesh::history::FileHistory::append(path)?);
+    }
+    if let Some(addr) = &args.admin {
+        #[cfg(feature = "admin")]
+        {
+            builder = builder.admin(addr);
+        }
+        #[cfg(not(feature = "admin"))]
+        return Err(format!(
+            "--admin {addr} needs the admin feature: cargo run --features admin ..."
+        )
+        .into());
     }
     Ok(actors(builder, &args.capabilities))
 }

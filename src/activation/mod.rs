@@ -52,6 +52,8 @@ pub(crate) struct WireCall {
     pub(crate) tag: u64,
     pub(crate) body: Vec<u8>,
     pub(crate) reply: WireReply,
+    /// The span the handler runs in (joins the caller's trace).
+    pub(crate) span: tracing::Span,
 }
 
 /// Where an encoded reply goes: a caller in this process, or straight into
@@ -297,6 +299,9 @@ pub(crate) trait AnyActivations: Send + Sync + 'static {
     fn drain_moved(&self, is_local: &dyn Fn(&str) -> bool) -> usize;
     /// Number of activations.
     fn count(&self) -> usize;
+    /// The actor type's name (the admin endpoint's views).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    fn actor_name(&self) -> &'static str;
 }
 
 impl<A: Handlers> AnyActivations for Activations<A> {
@@ -316,6 +321,10 @@ impl<A: Handlers> AnyActivations for Activations<A> {
 
     fn count(&self) -> usize {
         self.len()
+    }
+
+    fn actor_name(&self) -> &'static str {
+        <A as crate::Actor>::NAME
     }
 
     fn start(&self, node: Weak<NodeInner>) {

@@ -169,16 +169,24 @@ async fn serve<A: Handlers>(
                     // Boxed: inline, the wire path's future (decode, handler,
                     // encode) would grow every activation's task, idle or not;
                     // a wire call already crossed the network.
-                    let WireCall { tag, body, reply } = *call;
+                    let WireCall {
+                        tag,
+                        body,
+                        reply,
+                        span,
+                    } = *call;
                     let actor = &mut *actor;
                     let current = chain::Current {
                         actor: A::NAME,
                         id: ctx.id_arc(),
                         parent: None,
                     };
-                    let handled = Box::pin(chain::scope(current, async move {
-                        finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
-                    }));
+                    let handled = Box::pin(tracing::Instrument::instrument(
+                        chain::scope(current, async move {
+                            finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
+                        }),
+                        span,
+                    ));
                     watch_queue(mb, batch, handled).await
                 }
             };

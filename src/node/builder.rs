@@ -55,6 +55,8 @@ pub struct NodeBuilder {
     cluster: Option<ClusterConfig>,
     history: Option<Arc<dyn crate::history::History>>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    #[cfg(feature = "admin")]
+    admin: Option<String>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -87,6 +89,8 @@ impl NodeBuilder {
             cluster: None,
             history: None,
             deps: HashMap::new(),
+            #[cfg(feature = "admin")]
+            admin: None,
         }
     }
 
@@ -294,6 +298,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves the admin endpoint (feature `admin`, see [`crate::admin`])
+    /// at `addr`, e.g. `"127.0.0.1:0"` (port 0: any free port, see
+    /// [`Node::admin_addr`](crate::Node::admin_addr)). Keep it on loopback:
+    /// it has no authentication. Installs the Prometheus recorder
+    /// ([`crate::admin::prometheus::install`]) unless one is installed.
+    #[cfg(feature = "admin")]
+    pub fn admin(mut self, addr: impl Into<String>) -> Self {
+        self.admin = Some(addr.into());
+        self
+    }
+
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
@@ -306,6 +321,11 @@ impl NodeBuilder {
     /// `?` turns it into [`crate::Error::Start`] where a function returns
     /// [`crate::Error`].
     pub async fn start(self) -> Result<Node, StartError> {
+        // Before the metric handles are resolved (at the first node's start).
+        #[cfg(feature = "admin")]
+        if self.admin.is_some() {
+            crate::admin::prometheus::install();
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StartError::Config("start the node inside a tokio runtime".into()))?;
         let mut capabilities = self.capabilities;
@@ -380,6 +400,8 @@ impl NodeBuilder {
             handle: std::sync::OnceLock::new(),
             history: self.history,
             deps: self.deps,
+            #[cfg(feature = "admin")]
+            admin: std::sync::OnceLock::new(),
         });
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {
@@ -387,6 +409,16 @@ impl NodeBuilder {
         }
         for (_, _, acts) in &inner.actors {
             acts.start(Arc::downgrade(&inner));
+        }
+        #[cfg(feature = "admin")]
+        if let Some(addr) = &self.admin {
+            inner
+                .start_admin(addr)
+                .await
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: format!("admin endpoint: {e}"),
+                })?;
         }
         if self.default_node {
             DEFAULT.rcu(|cur| match cur {

@@ -133,6 +133,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
         if let Some(call) = this.call.take() {
             let span = tracing::debug_span!(
                 "mesh.call",
+                otel.kind = "client",
                 actor = A::NAME,
                 id = call.id,
                 message = M::NAME
@@ -158,12 +159,16 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                         let tag = <A as Handler<M>>::TAG;
                         let node = node.clone();
                         let deadline = now + timeout;
+                        let trace = crate::trace::outgoing(&span);
                         Ok(Sent::Remote(Box::pin(async move {
                             let mut conn = conn;
                             let mut payload = payload;
                             for _ in 0..=REROUTES {
                                 let left = deadline.saturating_duration_since(Instant::now());
-                                match conn.call_routed(tag, &id, payload, left, 0).await {
+                                match conn
+                                    .call_routed(tag, &id, payload, left, 0, trace.clone())
+                                    .await
+                                {
                                     Ok(b) => return Ok(b),
                                     Err(Routed::Failed(e)) => return Err(e),
                                     // The owner never saw it (its connection
@@ -178,7 +183,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                                                 let left = deadline
                                                     .saturating_duration_since(Instant::now());
                                                 return node
-                                                    .serve_wire(tag, &id, p, left, 0, false)
+                                                    .serve_wire(tag, &id, p, left, 0, false, trace)
                                                     .await;
                                             }
                                         }
@@ -280,12 +285,27 @@ pub fn cast<A: Handler<M>, M: Message>(id: &str, msg: M) -> Result<(), Error> {
 }
 
 fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result<(), Error> {
-    let span = tracing::debug_span!("mesh.cast", actor = A::NAME, id = id, message = M::NAME);
+    let span = tracing::debug_span!(
+        "mesh.cast",
+        otel.kind = "producer",
+        actor = A::NAME,
+        id = id,
+        message = M::NAME
+    );
     let _enter = span.enter();
     let metrics = Metrics::get();
     let result = with_node(via, |node| match node.route::<A>(id)? {
         Route::Local => node.dispatch_local::<A, M>(id, msg, ReplyTo::cast()),
-        Route::Remote(conn) => conn.cast(<A as Handler<M>>::TAG, id, crate::wire::encode(&msg)?, 0),
+        Route::Remote(conn) => {
+            let trace = crate::trace::outgoing(&span);
+            conn.cast_traced(
+                <A as Handler<M>>::TAG,
+                id,
+                crate::wire::encode(&msg)?,
+                0,
+                trace,
+            )
+        }
     });
     match &result {
         Ok(()) => metrics.casts_ok.increment(1),

@@ -6,6 +6,8 @@
 //! opts out (several nodes in one test process call through explicit
 //! handles).
 
+#[cfg(feature = "admin")]
+mod admin;
 mod builder;
 mod call;
 mod cluster;
@@ -94,6 +96,9 @@ pub(crate) struct NodeInner {
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     /// Where activation starts and ends are recorded, if anywhere.
     history: Option<Arc<dyn crate::history::History>>,
+    /// The admin endpoint, if asked for (stops when the node is dropped).
+    #[cfg(feature = "admin")]
+    admin: OnceLock<crate::admin::Server>,
 }
 
 impl fmt::Debug for Node {
@@ -219,7 +224,7 @@ impl Node {
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner
-            .serve_wire(tag, id, body, inner.default_timeout, 0, false)
+            .serve_wire(tag, id, body, inner.default_timeout, 0, false, None)
             .await?;
         Ok(reply.to_vec())
     }

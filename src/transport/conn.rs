@@ -564,6 +564,7 @@ impl Connection {
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
             hops,
             payload: ByteBuf::from(payload),
+            trace: None,
         };
         let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
         let r = self.request(Kind::Call, body, timeout).await;
@@ -579,6 +580,7 @@ impl Connection {
         payload: Vec<u8>,
         timeout: Duration,
         hops: u8,
+        trace: Option<wire::TraceContext>,
     ) -> Result<Bytes, Routed> {
         let call = Call {
             tag,
@@ -586,6 +588,8 @@ impl Connection {
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
             hops,
             payload: ByteBuf::from(payload),
+            // An older peer would refuse the body with it.
+            trace: trace.filter(|_| self.shared.peer.trace_context),
         };
         let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
         match self.request(Kind::Call, body, timeout).await {
@@ -597,11 +601,25 @@ impl Connection {
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
     pub fn cast(&self, tag: u64, id: &str, payload: Vec<u8>, hops: u8) -> Result<(), Error> {
+        self.cast_traced(tag, id, payload, hops, None)
+    }
+
+    /// [`Connection::cast`] with the caller's trace context.
+    pub(crate) fn cast_traced(
+        &self,
+        tag: u64,
+        id: &str,
+        payload: Vec<u8>,
+        hops: u8,
+        trace: Option<wire::TraceContext>,
+    ) -> Result<(), Error> {
         let cast = Cast {
             tag,
             id: id.to_owned(),
             hops,
             payload: ByteBuf::from(payload),
+            // An older peer would refuse the body with it.
+            trace: trace.filter(|_| self.shared.peer.trace_context),
         };
         let body = wire::encode_envelope(&cast, cast.payload.len() + cast.id.len())?;
         self.send(Kind::Cast, 0, body, false)
@@ -941,7 +959,7 @@ mod tests {
         let (_net, _l, conn) = pair().await;
         conn.close();
         match conn
-            .call_routed(1, "x", b"payload".to_vec(), Duration::from_secs(5), 0)
+            .call_routed(1, "x", b"payload".to_vec(), Duration::from_secs(5), 0, None)
             .await
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"payload"),
@@ -958,7 +976,7 @@ mod tests {
         let call = {
             let conn = conn.clone();
             tokio::spawn(async move {
-                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0)
+                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None)
                     .await
             })
         };

@@ -71,6 +71,9 @@ pub struct Peer {
     /// Which run of the node it is (random at each start; 0 from a peer
     /// that does not say).
     pub incarnation: u64,
+    /// Whether it decodes a trace context in `Call` and `Cast` bodies
+    /// (said in its handshake; older peers do not).
+    pub trace_context: bool,
     /// Where the stream came from, as the transport saw it (for logs).
     pub remote: String,
     /// The identity the transport verified (a SPIFFE ID from a TLS
@@ -202,6 +205,7 @@ impl Dialer {
             capabilities: me.capabilities.clone(),
             addr: me.addr.clone(),
             incarnation: me.incarnation,
+            trace_context: true,
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((Dialer { me, cookie, nonce }, hello))
@@ -233,6 +237,7 @@ impl Dialer {
                 capabilities: c.capabilities.clone(),
                 addr: c.addr.clone(),
                 incarnation: c.incarnation,
+                trace_context: c.trace_context,
                 remote: String::new(),
                 identity: None,
             },
@@ -279,6 +284,7 @@ impl Listener {
             capabilities: me.capabilities.clone(),
             addr: me.addr.clone(),
             incarnation: me.incarnation,
+            trace_context: true,
             nonce: ByteBuf::from(nonce.clone()),
             proof: ByteBuf::from(proof),
         };
@@ -292,6 +298,7 @@ impl Listener {
                 capabilities: h.capabilities.clone(),
                 addr: h.addr.clone(),
                 incarnation: h.incarnation,
+                trace_context: h.trace_context,
                 remote: String::new(),
                 identity: None,
             },

@@ -23,6 +23,10 @@ pub struct Hello {
     /// a restarted node from the one that left (0 from older peers).
     #[serde(default)]
     pub incarnation: u64,
+    /// Whether it decodes the `trace` field of `Call` and `Cast` (false
+    /// from older peers, which are sent none).
+    #[serde(default)]
+    pub trace_context: bool,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
@@ -45,6 +49,10 @@ pub struct Challenge {
     /// Which run of the node this is (see [`Hello::incarnation`]).
     #[serde(default)]
     pub incarnation: u64,
+    /// Whether it decodes the `trace` field of `Call` and `Cast` (false
+    /// from older peers, which are sent none).
+    #[serde(default)]
+    pub trace_context: bool,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
     /// HMAC-SHA256 proof over both nonces (see `handshake`).
@@ -78,6 +86,15 @@ pub struct Call {
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
+    /// The caller's W3C trace context (last, optional: absent from older
+    /// peers, skipped when there is none, and a malformed one decodes as
+    /// `None`; see [`TraceContext`](super::TraceContext)).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::trace::lenient"
+    )]
+    pub trace: Option<super::TraceContext>,
 }
 
 /// `Cast`: run handler `tag` of actor `id`, no reply.
@@ -92,6 +109,15 @@ pub struct Cast {
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
+    /// The caller's W3C trace context (last, optional: absent from older
+    /// peers, skipped when there is none, and a malformed one decodes as
+    /// `None`; see [`TraceContext`](super::TraceContext)).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::trace::lenient"
+    )]
+    pub trace: Option<super::TraceContext>,
 }
 
 /// `Reply`: the handler's reply, rmp-serde.
@@ -117,4 +143,152 @@ pub struct Member {
 pub struct Membership {
     /// The members.
     pub members: Vec<Member>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::TraceContext;
+
+    /// `Call` as version 2 peers before the trace field encode it.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OldCall {
+        tag: u64,
+        id: String,
+        timeout_ms: u64,
+        #[serde(default)]
+        hops: u8,
+        payload: ByteBuf,
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn call(trace: Option<TraceContext>) -> Call {
+        Call {
+            tag: 7,
+            id: "p-1".into(),
+            timeout_ms: 500,
+            hops: 1,
+            payload: ByteBuf::from(vec![1, 2, 3]),
+            trace,
+        }
+    }
+
+    fn old() -> OldCall {
+        OldCall {
+            tag: 7,
+            id: "p-1".into(),
+            timeout_ms: 500,
+            hops: 1,
+            payload: ByteBuf::from(vec![1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn a_call_without_trace_encodes_as_before() {
+        let new = rmp_serde::to_vec(&call(None)).unwrap();
+        assert_eq!(new, rmp_serde::to_vec(&old()).unwrap());
+        assert_eq!(new[0], 0x95, "an array of 5, the trace skipped");
+        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&old()).unwrap()).unwrap();
+        assert_eq!(back, call(None));
+    }
+
+    #[test]
+    fn the_trace_is_a_sixth_element_only_newer_peers_are_sent() {
+        let t = TraceContext::from_header(TP, Some("congo=t61rcWkgMzE")).unwrap();
+        let bytes = rmp_serde::to_vec(&call(Some(t.clone()))).unwrap();
+        assert_eq!(bytes[0], 0x96);
+        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.trace, Some(t));
+        // rmp-serde refuses an array longer than the struct: an older peer
+        // cannot decode it, hence `trace_context` in the handshake.
+        assert!(rmp_serde::from_slice::<OldCall>(&bytes).is_err());
+        // Structs as maps (decoders accept either form).
+        let traced = call(Some(TraceContext::from_header(TP, None).unwrap()));
+        let named = rmp_serde::to_vec_named(&traced).unwrap();
+        let back: Call = rmp_serde::from_slice(&named).unwrap();
+        assert_eq!(back.trace.unwrap().traceparent(), TP);
+    }
+
+    #[test]
+    fn peers_say_in_their_handshake_that_they_take_a_trace() {
+        /// `Hello` before the trace field (a map: unknown keys are ignored).
+        #[derive(Debug, Serialize, Deserialize)]
+        struct OldHello {
+            cluster: String,
+            node: String,
+            version: u8,
+            capabilities: Vec<String>,
+            nonce: ByteBuf,
+        }
+        let old = OldHello {
+            cluster: "c".into(),
+            node: "n".into(),
+            version: 2,
+            capabilities: vec![],
+            nonce: ByteBuf::from(vec![0; 32]),
+        };
+        let hello: Hello = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
+        assert!(!hello.trace_context, "an older peer is sent no trace");
+        let new = Hello {
+            trace_context: true,
+            ..hello
+        };
+        let bytes = rmp_serde::to_vec_named(&new).unwrap();
+        let older: OldHello = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(older.node, "n");
+        assert!(
+            rmp_serde::from_slice::<Hello>(&bytes)
+                .unwrap()
+                .trace_context
+        );
+    }
+
+    #[test]
+    fn a_bad_trace_is_dropped_and_the_call_decodes() {
+        #[derive(Serialize)]
+        struct Raw<T: Serialize>(u64, String, u64, u8, ByteBuf, T);
+        fn raw<T: Serialize>(t: T) -> Vec<u8> {
+            let body = Raw(7, "p-1".into(), 500, 1, ByteBuf::from(vec![1, 2, 3]), t);
+            rmp_serde::to_vec(&body).unwrap()
+        }
+        let upper = TP.to_uppercase();
+        let cases: Vec<Vec<u8>> = vec![
+            raw(42u32),
+            raw("just a string"),
+            raw((upper.as_str(), None::<String>)),
+            raw((&TP[..54], None::<String>)),
+            raw((format!("{TP}-x"), None::<String>)),
+            raw((1u8, 2u8, 3u8)),
+            raw(vec![vec![1u8]]),
+            raw(()),
+        ];
+        for bytes in cases {
+            let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(back, call(None));
+        }
+        // A bad tracestate alone is dropped; the traceparent stays.
+        let bytes = raw((TP, "Bad=Key"));
+        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let t = back.trace.unwrap();
+        assert_eq!((t.traceparent(), t.tracestate()), (TP, None));
+        // Bytes instead of a string, and a newer element after the two.
+        let bytes = raw((ByteBuf::from(TP.as_bytes()), "a=1", 9u8));
+        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.trace.unwrap().tracestate(), Some("a=1"));
+    }
+
+    #[test]
+    fn a_cast_carries_its_trace_too() {
+        let t = TraceContext::from_header(TP, None).unwrap();
+        let cast = Cast {
+            tag: 1,
+            id: "x".into(),
+            hops: 0,
+            payload: ByteBuf::new(),
+            trace: Some(t),
+        };
+        let back: Cast = rmp_serde::from_slice(&rmp_serde::to_vec(&cast).unwrap()).unwrap();
+        assert_eq!(back, cast);
+    }
 }

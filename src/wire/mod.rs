@@ -24,6 +24,7 @@ mod failure;
 mod frame;
 mod handshake;
 mod message;
+mod trace;
 
 pub use failure::{code, Failure};
 pub use frame::{
@@ -31,6 +32,7 @@ pub use frame::{
 };
 pub use handshake::{Cookie, Dialer, HandshakeError, Identity, Listener, Peer};
 pub use message::{Auth, Call, Cast, Challenge, Hello, Member, Membership, Reply, Welcome};
+pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

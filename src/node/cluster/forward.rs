@@ -17,6 +17,7 @@ use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
 use crate::node::NodeInner;
 use crate::transport::Routed;
+use crate::wire::TraceContext;
 use crate::Error;
 
 /// An encoded call on its way.
@@ -45,6 +46,7 @@ impl NodeInner {
     /// written (the owner never saw it) is routed again, to this node or
     /// the owner's heir. A forward that may have reached the owner is never
     /// repeated: it fails with `NodeDown` (the handler may have run).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn serve_wire(
         self: &Arc<Self>,
         tag: u64,
@@ -53,12 +55,14 @@ impl NodeInner {
         timeout: Duration,
         hops: u8,
         from_peer: bool,
+        trace: Option<TraceContext>,
     ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send + 'static {
-        let started = self.start_wire(tag, id, body, timeout, hops, from_peer);
         // What a re-route needs, taken only for a forward (rare), not for
         // every call served here.
-        let retry =
-            matches!(started, Ok(Started::Forwarded(..))).then(|| (self.clone(), id.to_owned()));
+        let retry_trace = trace.clone();
+        let started = self.start_wire(tag, id, body, timeout, hops, from_peer, trace);
+        let retry = matches!(started, Ok(Started::Forwarded(..)))
+            .then(|| (self.clone(), id.to_owned(), retry_trace));
         let deadline = tokio::time::Instant::now() + timeout;
         async move {
             let mut started = started?;
@@ -70,7 +74,7 @@ impl NodeInner {
                         Ok(b) => return Ok(b),
                         Err(Routed::Failed(e)) => return Err(e),
                         Err(Routed::Unsent(body)) => {
-                            let Some((me, id)) = retry.as_ref() else {
+                            let Some((me, id, trace)) = retry.as_ref() else {
                                 return Err(Error::NodeDown { node: owner });
                             };
                             if reroutes == REROUTES {
@@ -82,7 +86,8 @@ impl NodeInner {
                             me.evict(&owner);
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
-                            started = me.start_wire(tag, id, body, left, hops, from_peer)?;
+                            started =
+                                me.start_wire(tag, id, body, left, hops, from_peer, trace.clone())?;
                         }
                     },
                 }
@@ -90,6 +95,7 @@ impl NodeInner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_wire(
         &self,
         tag: u64,
@@ -98,6 +104,7 @@ impl NodeInner {
         timeout: Duration,
         hops: u8,
         from_peer: bool,
+        trace: Option<TraceContext>,
     ) -> Result<Started, Error> {
         let (route, owner) = self.locate(tag, id)?;
         match owner {
@@ -105,9 +112,17 @@ impl NodeInner {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
                 let reply = WireReply::Local(reply);
-                self.actors[route.actor]
-                    .2
-                    .send_wire(id, WireCall { tag, body, reply })?;
+                let (_, capability, actors) = &self.actors[route.actor];
+                let span = crate::trace::serve_span(&self.id, capability, false, trace.as_ref());
+                actors.send_wire(
+                    id,
+                    WireCall {
+                        tag,
+                        body,
+                        reply,
+                        span,
+                    },
+                )?;
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
@@ -116,9 +131,10 @@ impl NodeInner {
                 let id = id.to_owned();
                 let owner = conn.peer().node.clone();
                 Ok(Started::Forwarded(
-                    Box::pin(
-                        async move { conn.call_routed(tag, &id, body, timeout, hops + 1).await },
-                    ),
+                    Box::pin(async move {
+                        conn.call_routed(tag, &id, body, timeout, hops + 1, trace)
+                            .await
+                    }),
                     owner,
                 ))
             }
@@ -128,24 +144,36 @@ impl NodeInner {
         }
     }
 
-    /// Runs an encoded cast here, or forwards it once to the owner.
+    /// Runs an encoded cast here, or forwards it once to the owner (in a
+    /// `mesh.forward` span, see `crate::trace`).
     pub(crate) fn cast_wire(
         &self,
         tag: u64,
         id: &str,
         body: Vec<u8>,
         hops: u8,
+        trace: Option<TraceContext>,
     ) -> Result<(), Error> {
         let (route, owner) = self.locate(tag, id)?;
         match owner {
             None => {
                 let reply = WireReply::Local(ReplyTo::cast());
-                self.actors[route.actor]
-                    .2
-                    .send_wire(id, WireCall { tag, body, reply })
+                let (_, capability, actors) = &self.actors[route.actor];
+                let span = crate::trace::serve_span(&self.id, capability, true, trace.as_ref());
+                actors.send_wire(
+                    id,
+                    WireCall {
+                        tag,
+                        body,
+                        reply,
+                        span,
+                    },
+                )
             }
             Some(conn) if hops == 0 || (hops < 2 && self.is_leaving()) => {
-                conn.cast(tag, id, body, hops + 1)
+                let (span, trace) = crate::trace::forward(&self.id, trace);
+                let _enter = span.enter();
+                conn.cast_traced(tag, id, body, hops + 1, trace)
             }
             Some(conn) => Err(Error::NodeDown {
                 node: conn.peer().node.clone(),

@@ -32,7 +32,7 @@ impl Inbound for NodeInbound {
         let Some(node) = self.0.upgrade() else { return };
         let (tag, hops) = (cast.tag, cast.hops);
         let payload = cast.payload.into_vec();
-        if let Err(e) = node.cast_wire(tag, &cast.id, payload, hops) {
+        if let Err(e) = node.cast_wire(tag, &cast.id, payload, hops, cast.trace) {
             tracing::debug!(node = %node.id, "inbound cast dropped: {e}");
         }
     }
@@ -65,15 +65,27 @@ impl NodeInner {
             Ok((route, None)) => {
                 let body = call.payload.into_vec();
                 let reply = WireReply::Peer(reply);
+                let (_, capability, actors) = &self.actors[route.actor];
+                let span =
+                    crate::trace::serve_span(&self.id, capability, false, call.trace.as_ref());
                 // On refusal the envelope answers the peer itself.
-                let _ = self.actors[route.actor]
-                    .2
-                    .send_wire(&call.id, WireCall { tag, body, reply });
+                let _ = actors.send_wire(
+                    &call.id,
+                    WireCall {
+                        tag,
+                        body,
+                        reply,
+                        span,
+                    },
+                );
             }
             Ok((_, Some(_))) => {
                 let timeout = reply.deadline().map_or(Duration::ZERO, |d| {
                     d.saturating_duration_since(tokio::time::Instant::now())
                 });
+                // The forward joins the caller's trace; the owner joins
+                // the forward's.
+                let (span, trace) = crate::trace::forward(&self.id, call.trace);
                 let fut = self.serve_wire(
                     tag,
                     &call.id,
@@ -81,8 +93,10 @@ impl NodeInner {
                     timeout,
                     call.hops,
                     true,
+                    trace,
                 );
-                tokio::spawn(async move { reply.send(fut.await.map(|b| b.to_vec())) });
+                let fut = async move { reply.send(fut.await.map(|b| b.to_vec())) };
+                tokio::spawn(tracing::Instrument::instrument(fut, span));
             }
         }
     }

@@ -1,0 +1,101 @@
+//! The JSON views: snapshots of what the node publishes for its call path.
+
+use serde_json::{json, Value};
+
+use crate::node::NodeInner;
+
+pub(super) fn node(node: &NodeInner) -> Value {
+    let m = node.membership_snapshot();
+    json!({
+        "node": node.id_str(),
+        "incarnation": node.incarnation_id(),
+        "addr": m.get(node.id_str()).map(|i| i.addr.clone()).unwrap_or_default(),
+        "capabilities": node.capability_names(),
+        "members": m.len(),
+        "activations": node.activations_by_type().iter().map(|a| a.2).sum::<usize>(),
+        "ready": m.contains(node.id_str()),
+    })
+}
+
+pub(super) fn ready(node: &NodeInner) -> Value {
+    let member = node.membership_snapshot().contains(node.id_str());
+    json!({
+        "ready": member,
+        "checks": [{"name": "member", "ok": member}],
+    })
+}
+
+pub(super) fn members(node: &NodeInner) -> Value {
+    let m = node.membership_snapshot();
+    let members: Vec<Value> = m
+        .iter()
+        .map(|(n, info)| json!({"node": n, "addr": info.addr, "capabilities": info.capabilities}))
+        .collect();
+    json!({"self": node.id_str(), "members": members})
+}
+
+pub(super) fn activations(node: &NodeInner) -> Value {
+    let by_type = node.activations_by_type();
+    let total: usize = by_type.iter().map(|a| a.2).sum();
+    let by_type: Vec<Value> = by_type
+        .iter()
+        .map(|(t, c, n)| json!({"type": t, "capability": c, "count": n}))
+        .collect();
+    json!({"node": node.id_str(), "total": total, "by_type": by_type})
+}
+
+/// Owners and their shard counts per capability (`None`: no member hosts
+/// the one asked for).
+pub(super) fn shards(node: &NodeInner, only: Option<&str>) -> Option<Value> {
+    let routing = node.routing_snapshot();
+    let mut caps = Vec::new();
+    for (capability, table) in routing.iter() {
+        if only.is_some_and(|o| o != capability) {
+            continue;
+        }
+        let mut owners: Vec<(String, usize)> = Vec::new();
+        for s in 0..crate::ring::SHARDS {
+            let owner = table.owner(s as u16);
+            match owners.iter_mut().find(|(n, _)| n == owner) {
+                Some((_, k)) => *k += 1,
+                None => owners.push((owner.to_owned(), 1)),
+            }
+        }
+        owners.sort();
+        let owners: Vec<Value> = owners
+            .into_iter()
+            .map(|(n, k)| json!({"node": n, "count": k}))
+            .collect();
+        caps.push(json!({"capability": capability, "owners": owners}));
+    }
+    if only.is_some() && caps.is_empty() {
+        return None;
+    }
+    Some(json!({"node": node.id_str(), "shards": crate::ring::SHARDS, "capabilities": caps}))
+}
+
+/// Where actor `id` of type `actor` lives: `Err` (a 4xx text) for an actor
+/// type this node does not host or a capability no member hosts.
+pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value, String> {
+    let types = node.activations_by_type();
+    let Some(&(name, capability, _)) = types.iter().find(|(t, _, _)| *t == actor) else {
+        let known: Vec<&str> = types.iter().map(|t| t.0).collect();
+        return Err(format!(
+            "unknown actor type {actor:?}: this node hosts {known:?}\n"
+        ));
+    };
+    let routing = node.routing_snapshot();
+    let Some(table) = routing.get(crate::ring::capability_key(capability)) else {
+        return Err(format!("no member hosts capability {capability:?}\n"));
+    };
+    let shard = crate::ring::shard(id);
+    let owner = table.owner(shard);
+    Ok(json!({
+        "actor": name,
+        "id": id,
+        "capability": capability,
+        "shard": shard,
+        "owner": owner,
+        "local": owner == node.id_str(),
+    }))
+}

@@ -1,0 +1,271 @@
+//! The admin endpoint (feature `admin`) over real HTTP on port 0: the JSON
+//! views, `/metrics`, bad input, and the live page in a real headless
+//! Chromium (`/usr/bin/chromium`; the test fails, never skips, without it).
+//!
+//! Run with `cargo test --features admin --test admin`.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use mesh::prelude::*;
+use mesh::transport::memory::MemoryNetwork;
+use mesh::Transport;
+use mesh_testkit::actors::{Player, Score};
+use mesh_testkit::soon;
+use serde_json::Value;
+
+async fn node(net: &Transport, name: &str, caps: &[&str], seeds: &[&str], admin: bool) -> Node {
+    let b = Node::builder()
+        .name(name)
+        .default_node(false)
+        .cluster("test")
+        .cookie("s3cret")
+        .transport(net.clone())
+        .listen(name)
+        .seeds(seeds.iter().copied())
+        .capabilities(caps.iter().copied());
+    let b = if caps.contains(&"game") {
+        b.actor::<Player>()
+    } else {
+        b
+    };
+    let b = if admin { b.admin("127.0.0.1:0") } else { b };
+    b.start().await.unwrap()
+}
+
+/// Three nodes: `a` (game, with the admin endpoint), `b` (game), `c` (chat).
+async fn three(prefix: &str) -> (Node, Node, Node) {
+    // The recorder must come before the first node resolves its handles.
+    assert!(mesh::admin::prometheus::install());
+    let net = Transport::memory(MemoryNetwork::new());
+    let a = node(&net, &format!("{prefix}-a"), &["game"], &[], true).await;
+    let seed = format!("{prefix}-a");
+    let b = node(&net, &format!("{prefix}-b"), &["game"], &[&seed], false).await;
+    let c = node(&net, &format!("{prefix}-c"), &["chat"], &[&seed], false).await;
+    for n in [&a, &b, &c] {
+        soon(n.membership_changes().wait_for(|m| m.len() == 3))
+            .await
+            .unwrap();
+    }
+    (a, b, c)
+}
+
+async fn get(node: &Node, path: &str) -> (u16, String) {
+    let url = format!("http://{}{path}", node.admin_addr().unwrap());
+    let resp = soon(reqwest::get(&url)).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+async fn get_json(node: &Node, path: &str) -> Value {
+    let (status, body) = get(node, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_views_show_members_shards_and_activations() {
+    let (a, b, c) = three("j").await;
+    let addr = a.admin_addr().unwrap();
+    assert!(addr.ip().is_loopback() && addr.port() != 0);
+
+    let members = get_json(&a, "/admin/members").await;
+    assert_eq!(members["self"], "j-a");
+    let mut got: Vec<(String, String, Vec<String>)> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["node"].as_str().unwrap().to_owned(),
+                m["addr"].as_str().unwrap().to_owned(),
+                serde_json::from_value(m["capabilities"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let caps = |c: &str| vec![c.to_owned()];
+    assert_eq!(
+        got,
+        vec![
+            ("j-a".into(), "j-a".into(), caps("game")),
+            ("j-b".into(), "j-b".into(), caps("game")),
+            ("j-c".into(), "j-c".into(), caps("chat")),
+        ]
+    );
+
+    // Shards: game split between a and b, chat all on c, 4096 each.
+    let shards = get_json(&a, "/admin/shards").await;
+    assert_eq!(shards["shards"], 4096);
+    for cap in shards["capabilities"].as_array().unwrap() {
+        let owners = cap["owners"].as_array().unwrap();
+        let total: u64 = owners.iter().map(|o| o["count"].as_u64().unwrap()).sum();
+        assert_eq!(total, 4096);
+        let names: Vec<&str> = owners.iter().map(|o| o["node"].as_str().unwrap()).collect();
+        match cap["capability"].as_str().unwrap() {
+            "game" => assert_eq!(names, ["j-a", "j-b"]),
+            "chat" => assert_eq!(names, ["j-c"]),
+            other => panic!("capability {other}"),
+        }
+    }
+    let one = get_json(&a, "/admin/shards?capability=chat").await;
+    assert_eq!(one["capabilities"].as_array().unwrap().len(), 1);
+
+    // Activations: the players a owns are active on a.
+    let ids: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+    for id in &ids {
+        soon(a.call::<Player, _>(id, Score(1)).into_future())
+            .await
+            .unwrap();
+    }
+    let local = ids
+        .iter()
+        .filter(|id| a.owner_of::<Player>(id).unwrap() == "j-a")
+        .count();
+    assert!(local > 0);
+    let acts = get_json(&a, "/admin/activations").await;
+    assert_eq!(acts["total"].as_u64().unwrap() as usize, local);
+    assert_eq!(acts["by_type"][0]["type"], "Player");
+    assert_eq!(
+        acts["by_type"][0]["count"].as_u64().unwrap() as usize,
+        local
+    );
+
+    // Placement: where an id lives, as the node routes it.
+    for id in ["p0", "p1", "p2"] {
+        let p = get_json(&a, &format!("/admin/placement?actor=Player&id={id}")).await;
+        let owner = a.owner_of::<Player>(id).unwrap();
+        assert_eq!(p["owner"].as_str(), Some(owner.as_str()));
+        assert_eq!(p["local"], owner == "j-a");
+        assert_eq!(p["shard"].as_u64(), Some(u64::from(mesh::ring::shard(id))));
+    }
+    let (status, body) = get(&a, "/admin/placement?actor=Ghost&id=x").await;
+    assert_eq!((status, body.contains("Ghost")), (404, true), "{body}");
+    let (status, _) = get(&a, "/admin/placement?actor=Player").await;
+    assert_eq!(status, 400);
+
+    let me = get_json(&a, "/admin/node").await;
+    assert_eq!(
+        (me["node"].as_str(), me["members"].as_u64()),
+        (Some("j-a"), Some(3))
+    );
+    assert_eq!(me["ready"], true);
+    assert_eq!(get_json(&a, "/readyz").await["ready"], true);
+    assert_eq!(get_json(&a, "/livez").await["status"], "ok");
+
+    // Prometheus: the call histogram has the documented buckets.
+    let (status, metrics) = get(&a, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE mesh_call_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_call_duration_seconds_bucket{le=\"0.0001\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_call_duration_seconds_bucket{le=\"5\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_calls_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+
+    // Bad input: 4xx with a message.
+    let (status, body) = get(&a, "/admin/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/admin/members"), "{body}");
+    let (status, body) = get(&a, "/admin/shards?capability=nope").await;
+    assert_eq!((status, body.contains("nope")), (404, true));
+    let (status, body) = get(&a, "/admin/shards?shard=1").await;
+    assert_eq!((status, body.contains("shard=1")), (400, true));
+    let url = format!("http://{addr}/admin/members");
+    let post = reqwest::Client::new().post(&url).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The page's DOM after its script polled for a (virtual) 3 seconds.
+async fn dump_dom(url: String) -> String {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the page test needs a real headless Chromium \
+         (apt-get install chromium; scripts/test.sh installs it)"
+    );
+    tokio::task::spawn_blocking(move || {
+        let profile = std::env::temp_dir().join(format!(
+            "mesh-admin-chromium-{}-{}",
+            std::process::id(),
+            url.len() + url.as_ptr() as usize % 1000
+        ));
+        let out = std::process::Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=3000", "--dump-dom", &url])
+            .output()
+            .expect("run chromium");
+        let _ = std::fs::remove_dir_all(&profile);
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_members_and_follows_a_leave() {
+    let (a, b, c) = three("p").await;
+    let url = format!("http://{}/", a.admin_addr().unwrap());
+    let dom = tokio::time::timeout(Duration::from_secs(60), dump_dom(url.clone()))
+        .await
+        .unwrap();
+    for n in ["p-a", "p-b", "p-c"] {
+        assert!(
+            dom.contains(&format!("data-node=\"{n}\"")),
+            "{n} missing:\n{dom}"
+        );
+    }
+    assert!(dom.contains("data-members=\"3\""), "{dom}");
+    assert!(
+        !dom.contains("data-polls=\"0\""),
+        "the page never polled:\n{dom}"
+    );
+    assert!(dom.contains("data-capability=\"chat\""), "{dom}");
+
+    // c leaves: the page (loaded again) shows two members.
+    c.shutdown().await.unwrap();
+    soon(a.membership_changes().wait_for(|m| m.len() == 2))
+        .await
+        .unwrap();
+    let dom = tokio::time::timeout(Duration::from_secs(60), dump_dom(url))
+        .await
+        .unwrap();
+    assert!(!dom.contains("data-node=\"p-c\""), "{dom}");
+    assert!(
+        dom.contains("data-node=\"p-b\"") && dom.contains("data-members=\"2\""),
+        "{dom}"
+    );
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
