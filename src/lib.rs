@@ -65,6 +65,7 @@ mod actor;
 pub mod discovery;
 mod error;
 pub mod history;
+pub mod identity;
 mod node;
 pub mod ring;
 pub mod telemetry;
