@@ -706,7 +706,12 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let Some(mut wr) = taken else { break };
-        let written = wr.write_all(&buf).await;
+        // Flush: a TLS stream may keep encrypted bytes buffered when the
+        // socket was full (a no-op on plain TCP).
+        let written = match wr.write_all(&buf).await {
+            Ok(()) => wr.flush().await,
+            e => e,
+        };
         *shared.wr.lock().unwrap_or_else(PoisonError::into_inner) = Some(wr);
         shared.queued.fetch_sub(frames, Ordering::AcqRel);
         buf.clear();
