@@ -436,7 +436,9 @@ fn reason(e: &io::Error) -> &'static str {
     match tls {
         E::InvalidCertificate(c) => match c {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::UnknownIssuer => "unknown_ca",
+            // A chain of a foreign CA whose name matches a trusted root's
+            // fails on the signature instead.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
             CertificateError::Other(OtherError(o)) if o.is::<WrongIdentity>() => "wrong_identity",
             _ => "bad_certificate",
         },

@@ -41,9 +41,10 @@ impl Ca {
     pub fn new(td: &str) -> Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("pri-test.ca.{td}"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("pri-{}.ca.{td}", SERIAL.fetch_add(1, Ordering::SeqCst)),
+        );
         params.subject_alt_names = vec![SanType::URI(
             format!("spiffe://{td}").as_str().try_into().unwrap(),
         )];
