@@ -297,7 +297,16 @@ impl Shared {
                                 std::task::Poll::Pending => break,
                             }
                         }
-                        if !buf.is_empty() {
+                        // A TLS stream takes the bytes but may hold the
+                        // records back when the socket is full: unless
+                        // the flush completes here, the writer finishes
+                        // it (with a waker that is woken).
+                        let flushed = buf.is_empty()
+                            && matches!(
+                                wr.as_mut().poll_flush(&mut cx),
+                                std::task::Poll::Ready(Ok(()))
+                            );
+                        if !flushed {
                             self.queued.fetch_add(1, Ordering::AcqRel);
                             let _ = self.out.send(Out::Raw(buf));
                         }
