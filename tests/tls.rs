@@ -377,6 +377,7 @@ async fn bad_identity_files_are_refused_with_the_reason() {
         &Leaf {
             cert: good.cert.clone(),
             key: other.key.clone(),
+            serial: good.serial,
         },
         &ca.pem,
     );
@@ -580,4 +581,100 @@ async fn a_tls_cluster_forms_and_refuses_foreign_and_wrong_identities() {
     assert_eq!(n1.membership().len(), 3);
     assert_eq!(f.membership().len(), 1);
     assert_eq!(w.membership().len(), 1);
+}
+
+// ------------------------------------------------------------ Consul Connect
+
+/// Waits until `source` serves a leaf other than `old`.
+async fn renewed(source: &dyn IdentitySource, old: &CertificateDer<'_>) -> CertificateDer<'static> {
+    soon(async {
+        loop {
+            let now = source.current().unwrap().certified_key().cert[0].clone();
+            if now != *old {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_from_the_agents_connect_ca_follow_its_rotations() {
+    use mesh::identity::ConsulIdentity;
+    use mesh_testkit::consul_agent::TestConsul;
+    let consul = TestConsul::start(1, Default::default()).await;
+    let id = pki::service_id(&consul.trust_domain(), "c");
+    let server_source = Arc::new(ConsulIdentity::start(&consul.url(0), "c").await.unwrap());
+    let client_source = Arc::new(ConsulIdentity::start(&consul.url(0), "c").await.unwrap());
+    assert_eq!(server_source.current().unwrap().spiffe_id(), id);
+    let mut server =
+        listen(&Tls::with_tcp(server_source.clone(), Default::default()).transport()).await;
+    let c = Tls::with_tcp(client_source.clone(), Default::default()).transport();
+    let old = dial(&c, server.addr()).await.unwrap();
+    assert_eq!(old.peer().identity.as_deref(), Some(id.as_str()));
+    let accepted = soon(server.accepted()).await.unwrap();
+    assert_eq!(accepted.peer().identity.as_deref(), Some(id.as_str()));
+
+    // A renewed leaf reaches the source through the blocking query, and
+    // the next handshake presents it.
+    let first = server_source.current().unwrap().certified_key().cert[0].clone();
+    consul.rotate_leaf("c");
+    let second = renewed(&*server_source, &first).await;
+    let new = dial(&c, server.addr()).await.unwrap();
+    assert_eq!(echo(&new).await.unwrap(), b"a:hi");
+    assert_ne!(first, second);
+
+    // A new root: leaves reissued by it, both roots trusted; the old
+    // connection lives on, new ones are made with the new leaves.
+    let client_leaf = client_source.current().unwrap().certified_key().cert[0].clone();
+    consul.rotate_root();
+    renewed(&*server_source, &second).await;
+    renewed(&*client_source, &client_leaf).await;
+    let newer = dial(&c, server.addr()).await.unwrap();
+    assert_eq!(echo(&newer).await.unwrap(), b"a:hi");
+    assert_eq!(echo(&old).await.unwrap(), b"a:hi");
+    assert_eq!(server_source.current().unwrap().roots().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_is_a_clear_error() {
+    use mesh::identity::ConsulIdentity;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let err = ConsulIdentity::start(&format!("http://{addr}"), "c")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IdentityError::Agent(_)), "{err}");
+    assert!(err.to_string().contains("ca/leaf/c"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_on_the_agents_connect_ca() {
+    use mesh::identity::ConsulIdentity;
+    use mesh_testkit::consul_agent::TestConsul;
+    let consul = TestConsul::start(1, Default::default()).await;
+    let connect = || async {
+        let source = ConsulIdentity::start(&consul.url(0), "chat").await.unwrap();
+        Tls::new(source).transport()
+    };
+    let n1 = node(connect().await, "n1", &[]).await;
+    let seed = n1.addr().unwrap().to_owned();
+    let n2 = node(connect().await, "n2", &[&seed]).await;
+    for n in [&n1, &n2] {
+        let mut changes = n.membership_changes();
+        soon(changes.wait_for(|m| m.len() == 2)).await.unwrap();
+    }
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let (served_by, _) = soon(
+            n2.call::<Player, _>(&format!("p{i}"), Score(1))
+                .into_future(),
+        )
+        .await
+        .unwrap();
+        owners.insert(served_by);
+    }
+    assert_eq!(owners.len(), 2, "calls crossed the Connect-secured link");
 }

@@ -5,8 +5,8 @@
 //!
 //! Sources here: [`FileIdentity`] (PEM files, reloaded when they change on
 //! disk, as SPIRE's spiffe-helper, cert-manager or a Vault agent write
-//! them). A Consul Connect source (the agent's `ca/leaf` and `ca/roots`
-//! endpoints) can implement the same trait; note that Consul marks those
+//! them) and [`ConsulIdentity`] (the Consul agent's `ca/leaf` and
+//! `ca/roots` endpoints, followed by blocking queries). Consul marks those
 //! agent endpoints deprecated since 1.16, so files are the durable path.
 //!
 //! Contracts:
@@ -21,8 +21,10 @@
 //!   usable root. Bad material is refused with an [`IdentityError`], never
 //!   half-applied.
 
+mod consul;
 mod files;
 
+pub use consul::ConsulIdentity;
 pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
 
 use std::fmt;
@@ -68,6 +70,9 @@ pub enum IdentityError {
     /// The leaf carries no `spiffe://` URI SAN (or does not parse).
     #[error("the leaf certificate has no SPIFFE ID: {0}")]
     NoSpiffeId(String),
+    /// The Consul agent could not be asked, or answered an error.
+    #[error("Consul agent: {0}")]
+    Agent(String),
 }
 
 /// One consistent set of identity material: a leaf (with its chain) and

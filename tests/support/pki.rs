@@ -34,6 +34,8 @@ pub struct Leaf {
     pub cert: String,
     /// The PKCS#8 private key, PEM.
     pub key: String,
+    /// The serial number.
+    pub serial: u64,
 }
 
 impl Ca {
@@ -83,7 +85,8 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
         ];
         l.use_authority_key_identifier_extension = true;
-        l.serial_number = Some(SerialNumber::from(SERIAL.fetch_add(1, Ordering::SeqCst)));
+        let serial = SERIAL.fetch_add(1, Ordering::SeqCst);
+        l.serial_number = Some(SerialNumber::from(serial));
         l.not_before = date_time_ymd(years.0, 1, 1);
         l.not_after = date_time_ymd(years.1, 1, 1);
         let key = KeyPair::generate().unwrap();
@@ -93,6 +96,7 @@ impl Ca {
         Leaf {
             cert: cert.pem(),
             key: key.serialize_pem(),
+            serial,
         }
     }
 }
