@@ -678,3 +678,36 @@ async fn a_tls_cluster_on_the_agents_connect_ca() {
     }
     assert_eq!(owners.len(), 2, "calls crossed the Connect-secured link");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intention_deny_refuses_a_caller_until_allowed() {
+    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
+    use mesh_testkit::consul_agent::TestConsul;
+    let consul = TestConsul::start(1, Default::default()).await;
+    let db = pki::service_id(&consul.trust_domain(), "db");
+    let server = listen(
+        &Tls::new(ConsulIdentity::start(&consul.url(0), "db").await.unwrap())
+            .authorize(ConsulAuthorizer::new(&consul.url(0), "db"))
+            .transport(),
+    )
+    .await;
+    let web = Tls::new(ConsulIdentity::start(&consul.url(0), "web").await.unwrap())
+        .allow([db])
+        .transport();
+    consul.intention("web", "db", false);
+    let before = failures("denied");
+    assert!(dial(&web, server.addr()).await.is_err());
+    counted("denied", before).await;
+    // Allowed: let in on a reconnect once the cached denial (1 s) expires.
+    consul.intention("web", "db", true);
+    let conn = soon(async {
+        loop {
+            if let Ok(c) = dial(&web, server.addr()).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
+}

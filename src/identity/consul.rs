@@ -168,3 +168,92 @@ fn material(leaf: &Value, roots: &Value) -> Result<Material, IdentityError> {
         .unwrap_or_default();
     Material::from_pem(cert.as_bytes(), key.as_bytes(), bundle.as_bytes())
 }
+
+/// Authorizes inbound callers by the Consul agent's intentions,
+/// `POST /v1/agent/connect/authorize` with the target service and the
+/// caller's SPIFFE ID and serial. Answers are cached for a second per
+/// (ID, serial), as haproxy-consul-connect does, so a burst of handshakes
+/// asks once. Deprecated by Consul since 1.16, like the CA endpoints.
+#[derive(Debug)]
+pub struct ConsulAuthorizer {
+    http: reqwest::Client,
+    url: String,
+    target: String,
+    cache: std::sync::Mutex<Answers>,
+}
+
+/// Answers by (SPIFFE ID, serial), with when they were given.
+type Answers =
+    std::collections::HashMap<(String, String), (std::time::Instant, Result<(), String>)>;
+
+/// How long an answer of the agent is reused.
+const AUTHORIZE_CACHE: Duration = Duration::from_secs(1);
+
+impl ConsulAuthorizer {
+    /// Asks the agent at `agent` whether callers may reach `target` (this
+    /// node's service name).
+    pub fn new(agent: &str, target: impl Into<String>) -> Self {
+        ConsulAuthorizer {
+            http: reqwest::Client::new(),
+            url: format!("{}/v1/agent/connect/authorize", agent.trim_end_matches('/')),
+            target: target.into(),
+            cache: Default::default(),
+        }
+    }
+
+    async fn ask(&self, id: &str, serial: &str) -> Result<(), String> {
+        let body = serde_json::json!({
+            "Target": self.target,
+            "ClientCertURI": id,
+            "ClientCertSerial": serial,
+        });
+        let resp = self
+            .http
+            .post(&self.url)
+            .json(&body)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .map_err(|e| format!("authorize unavailable: {e}"))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| format!("authorize unavailable: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("authorize failed: {status}: {}", text.trim()));
+        }
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| format!("authorize answered {e}"))?;
+        let reason = v.get("Reason").and_then(Value::as_str).unwrap_or("");
+        match v.get("Authorized").and_then(Value::as_bool) {
+            Some(true) => Ok(()),
+            _ => Err(format!("authz denied: {reason}")),
+        }
+    }
+}
+
+impl crate::transport::tls::Authorize for ConsulAuthorizer {
+    fn authorize<'a>(
+        &'a self,
+        spiffe_id: &'a str,
+        serial: &'a str,
+    ) -> crate::transport::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = (spiffe_id.to_owned(), serial.to_owned());
+            {
+                let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((at, answer)) = cache.get(&key) {
+                    if at.elapsed() < AUTHORIZE_CACHE {
+                        return answer.clone();
+                    }
+                }
+            }
+            let answer = self.ask(spiffe_id, serial).await;
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.retain(|_, (at, _)| at.elapsed() < AUTHORIZE_CACHE);
+            cache.insert(key, (std::time::Instant::now(), answer.clone()));
+            answer
+        })
+    }
+}

@@ -27,7 +27,7 @@
 //!   `mesh_tls_handshake_failures_total{reason}`, `reason` one of
 //!   `expired`, `unknown_ca`, `wrong_identity`, `no_certificate`,
 //!   `bad_certificate`, `not_tls`, `peer_refused`, `identity_source`,
-//!   `io`, `other`. With TLS 1.3 a client whose certificate the server
+//!   `denied` (an [`Authorize`] refusal), `io`, `other`. With TLS 1.3 a client whose certificate the server
 //!   refuses learns it on its first read, as `peer_refused`.
 
 use std::io;
@@ -61,6 +61,7 @@ pub struct Tls {
 struct Inner {
     source: Arc<dyn IdentitySource>,
     allow: Vec<String>,
+    authorize: Option<Arc<dyn Authorize>>,
     tcp: Tcp,
     provider: Arc<CryptoProvider>,
     built: Mutex<Option<Built>>,
@@ -94,6 +95,7 @@ impl Tls {
             inner: Arc::new(Inner {
                 source,
                 allow: Vec::new(),
+                authorize: None,
                 tcp,
                 provider: Arc::new(identity::provider()),
                 built: Mutex::new(None),
@@ -104,14 +106,29 @@ impl Tls {
     /// Also accepts peers presenting one of `ids` (SPIFFE IDs), besides
     /// this node's own. Call before the transport is used.
     pub fn allow<I: Into<String>>(self, ids: impl IntoIterator<Item = I>) -> Self {
+        self.change(|inner| inner.allow.extend(ids.into_iter().map(Into::into)))
+    }
+
+    /// Inbound callers are authorized by `authorizer` (Consul's
+    /// intentions, say) instead of by their SPIFFE ID: any caller whose
+    /// chain leads to the trust bundle completes the TLS handshake, then
+    /// is asked about, before the cookie handshake. Outbound, the server's
+    /// ID is still checked against this node's own and [`Tls::allow`].
+    pub fn authorize(self, authorizer: impl Authorize) -> Self {
+        self.change(|inner| inner.authorize = Some(Arc::new(authorizer)))
+    }
+
+    fn change(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             source: shared.source.clone(),
             allow: shared.allow.clone(),
+            authorize: shared.authorize.clone(),
             tcp: shared.tcp,
             provider: shared.provider.clone(),
             built: Mutex::new(None),
         });
-        inner.allow.extend(ids.into_iter().map(Into::into));
+        *inner.built.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        f(&mut inner);
         Tls {
             inner: Arc::new(inner),
         }
@@ -161,7 +178,8 @@ impl Inner {
             .with_protocol_versions(&versions)?
             .with_client_cert_verifier(Arc::new(ClientCheck {
                 chain: chain_check,
-                expected: expected.clone(),
+                // With an authorizer, who may call is its decision.
+                expected: self.authorize.is_none().then(|| expected.clone()),
             }))
             .with_cert_resolver(key.clone());
 
@@ -234,6 +252,24 @@ impl Acceptor for Tls {
                 .await
                 .map_err(|e| failed(e, &format!("TLS handshake from {}", facts.remote)))?;
             let identity = peer_id(tls.get_ref().1.peer_certificates());
+            if let Some(authorizer) = &inner.authorize {
+                let id = identity.clone().unwrap_or_default();
+                let serial = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(serial_of)
+                    .unwrap_or_default();
+                if let Err(why) = authorizer.authorize(&id, &serial).await {
+                    let what = format!("caller {id} from {}", facts.remote);
+                    refused("denied", &what, &why);
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{what} refused (denied): {why}"),
+                    ));
+                }
+            }
             let facts = match identity {
                 Some(id) => facts.with_identity(id),
                 None => facts,
@@ -241,6 +277,35 @@ impl Acceptor for Tls {
             Ok((Box::new(tls) as BoxStream, facts))
         })
     }
+}
+
+/// Decides whether an inbound caller, by its verified SPIFFE ID and its
+/// certificate's serial, may use this node. Runs after the TLS handshake
+/// and before the cookie handshake, inside the handshake timeout.
+pub trait Authorize: Send + Sync + 'static {
+    /// `Ok` lets the caller in; `Err` carries the reason it is refused.
+    fn authorize<'a>(
+        &'a self,
+        spiffe_id: &'a str,
+        serial: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A certificate's serial as Consul writes it: lowercase colon-hex,
+/// without the DER sign byte (`"08"`, `"04:00:1f"`).
+fn serial_of(cert: &CertificateDer<'_>) -> String {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return String::new();
+    };
+    let mut bytes = ee.serial();
+    while bytes.len() > 1 && bytes[0] == 0 {
+        bytes = &bytes[1..];
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Serves the same certificate on both sides.
@@ -289,7 +354,7 @@ fn check_id(cert: &CertificateDer<'_>, expected: &Arc<[String]>) -> Result<(), r
 #[derive(Debug)]
 struct ClientCheck {
     chain: Arc<dyn ClientCertVerifier>,
-    expected: Arc<[String]>,
+    expected: Option<Arc<[String]>>,
 }
 
 impl ClientCertVerifier for ClientCheck {
@@ -306,7 +371,16 @@ impl ClientCertVerifier for ClientCheck {
         let ok = self
             .chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_id(end_entity, &self.expected)?;
+        match &self.expected {
+            Some(expected) => check_id(end_entity, expected)?,
+            None => {
+                identity::spiffe_id(end_entity).map_err(|e| {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                        Arc::new(io::Error::other(e)),
+                    )))
+                })?;
+            }
+        }
         Ok(ok)
     }
 

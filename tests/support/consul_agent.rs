@@ -71,6 +71,9 @@ struct ConnectCa {
     roots: Vec<crate::pki::Ca>,
     leaves: HashMap<String, (crate::pki::Leaf, u64)>,
     index: u64,
+    /// (source, destination) -> allowed; absent: allowed (the default
+    /// policy with ACLs off).
+    intentions: HashMap<(String, String), bool>,
 }
 
 impl ConnectCa {
@@ -81,6 +84,7 @@ impl ConnectCa {
             td,
             leaves: HashMap::new(),
             index: 10,
+            intentions: HashMap::new(),
         }
     }
 }
@@ -195,6 +199,13 @@ impl TestConsul {
     /// The Connect CA's trust domain.
     pub fn trust_domain(&self) -> String {
         lock(&self.shared.ca).td.clone()
+    }
+
+    /// Hook: an intention from service `source` to `destination`.
+    pub fn intention(&self, source: &str, destination: &str, allow: bool) {
+        lock(&self.shared.ca)
+            .intentions
+            .insert((source.to_owned(), destination.to_owned()), allow);
     }
 
     /// Hook: the CA renews the leaf of `service` (a new key and serial).
@@ -605,6 +616,33 @@ async fn route(
     body: &[u8],
 ) -> Result<Reply, ApiError> {
     let now = Instant::now();
+    if rel == "agent/connect/authorize" {
+        if method != Method::POST {
+            return method_not_allowed(method, "POST");
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))?;
+        let target = v["Target"].as_str().unwrap_or("");
+        if target.is_empty() {
+            return Err(ApiError(400, "Target service must be specified".into()));
+        }
+        let uri = v["ClientCertURI"].as_str().unwrap_or("");
+        let Some((_, source)) = uri.rsplit_once("/svc/") else {
+            return Err(ApiError(
+                400,
+                "ClientCertURI not a valid Connect identifier".into(),
+            ));
+        };
+        let ca = lock(&shared.ca);
+        let (authorized, reason) = match ca.intentions.get(&(source.to_owned(), target.to_owned()))
+        {
+            Some(&allow) => (allow, format!("Matched L4 intention: {source} => {target}")),
+            None => (true, "Default behavior configured by ACLs".to_owned()),
+        };
+        return Ok(Reply::json(
+            &json!({"Authorized": authorized, "Reason": reason}),
+        ));
+    }
     if let Some(what) = rel.strip_prefix("agent/connect/ca/") {
         if method != Method::GET {
             return method_not_allowed(method, "GET");
