@@ -32,6 +32,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     || fail "could not install ${need_pkgs[*]}: the tests need them"
 fi
 
+echo "== rustls uses ring only (no aws-lc in Cargo.lock)"
+if grep -q '^name = "aws-lc' Cargo.lock; then
+  fail "aws-lc-rs is in Cargo.lock: some crate turned on rustls's default features"
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings denied)"

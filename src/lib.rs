@@ -67,6 +67,7 @@ pub mod admin;
 pub mod discovery;
 mod error;
 pub mod history;
+pub mod identity;
 mod node;
 pub mod ring;
 pub mod telemetry;

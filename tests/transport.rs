@@ -1,10 +1,14 @@
-//! Transport conformance: the same suite over TCP and over the in-memory
-//! transport (which still frames and handshakes every byte).
+//! Transport conformance: the same suite over TCP, over mTLS (files
+//! identity, a test CA) and over the in-memory transport (which still
+//! frames and handshakes every byte).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use mesh::identity::FileIdentity;
+use mesh::transport::tls::Tls;
 use mesh::transport::{
     memory::MemoryNetwork, tcp, Connection, DialTarget, Inbound, Listening, Responder,
     TransportConfig,
@@ -12,7 +16,7 @@ use mesh::transport::{
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
 use mesh::Transport;
-use mesh_testkit::soon;
+use mesh_testkit::{pki, soon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -79,6 +83,8 @@ struct Net {
     transport: Transport,
     listen: fn(&str) -> String,
     memory: Option<Arc<MemoryNetwork>>,
+    /// The identity the transport verifies on both ends, if any.
+    identity: Option<String>,
 }
 
 impl Net {
@@ -118,8 +124,30 @@ async fn connected(
     (server, conn, casts)
 }
 
-/// Every transport the conformance suite runs on (TLS and sidecar
-/// transports join here).
+/// mTLS with a fresh test CA, every node presenting the cluster's one
+/// service identity from files in a scratch directory.
+fn tls() -> Net {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mesh-transport-tls-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ));
+    let ca = pki::Ca::new("11111111-2222.consul");
+    let id = pki::service_id("11111111-2222.consul", "c");
+    let files = pki::Files::in_dir(&dir);
+    files.write(&ca.leaf(&id), &ca.pem);
+    let source = FileIdentity::load(&files.chain, &files.key, &files.bundle).unwrap();
+    Net {
+        transport: Tls::new(source).transport(),
+        listen: |_| "127.0.0.1:0".to_owned(),
+        memory: None,
+        identity: Some(id),
+    }
+}
+
+/// Every transport the conformance suite runs on (sidecar transports join
+/// here); memory last.
 fn nets() -> Vec<Net> {
     let memory = MemoryNetwork::new();
     vec![
@@ -127,11 +155,14 @@ fn nets() -> Vec<Net> {
             transport: Transport::tcp(),
             listen: |_| "127.0.0.1:0".to_owned(),
             memory: None,
+            identity: None,
         },
+        tls(),
         Net {
             transport: Transport::memory(memory.clone()),
             listen: |node| format!("mem-{node}"),
             memory: Some(memory),
+            identity: None,
         },
     ]
 }
@@ -410,10 +441,10 @@ async fn connection_facts_reach_both_peers() {
     for net in nets() {
         let (mut server, conn, _) = connected(&net).await;
         let accepted = soon(server.accepted()).await.unwrap();
-        // Neither TCP nor memory verifies an identity; both say where the
-        // stream came from.
-        assert_eq!(conn.peer().identity, None);
-        assert_eq!(accepted.peer().identity, None);
+        // TLS verifies the peer's SPIFFE ID on both ends; neither TCP nor
+        // memory verifies one. All say where the stream came from.
+        assert_eq!(conn.peer().identity, net.identity);
+        assert_eq!(accepted.peer().identity, net.identity);
         assert!(!conn.peer().remote.is_empty());
         assert!(!accepted.peer().remote.is_empty());
         assert_eq!(conn.peer().addr, server.addr());
@@ -521,6 +552,7 @@ impl TransportUnderTest {
             transport: Transport::memory(memory.clone()),
             listen: |node| format!("mem-{node}"),
             memory: Some(memory.clone()),
+            identity: None,
         }
     }
 }

@@ -297,7 +297,16 @@ impl Shared {
                                 std::task::Poll::Pending => break,
                             }
                         }
-                        if !buf.is_empty() {
+                        // A TLS stream takes the bytes but may hold the
+                        // records back when the socket is full: unless
+                        // the flush completes here, the writer finishes
+                        // it (with a waker that is woken).
+                        let flushed = buf.is_empty()
+                            && matches!(
+                                wr.as_mut().poll_flush(&mut cx),
+                                std::task::Poll::Ready(Ok(()))
+                            );
+                        if !flushed {
                             self.queued.fetch_add(1, Ordering::AcqRel);
                             let _ = self.out.send(Out::Raw(buf));
                         }
@@ -724,7 +733,12 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let Some(mut wr) = taken else { break };
-        let written = wr.write_all(&buf).await;
+        // Flush: a TLS stream may keep encrypted bytes buffered when the
+        // socket was full (a no-op on plain TCP).
+        let written = match wr.write_all(&buf).await {
+            Ok(()) => wr.flush().await,
+            e => e,
+        };
         *shared.wr.lock().unwrap_or_else(PoisonError::into_inner) = Some(wr);
         shared.queued.fetch_sub(frames, Ordering::AcqRel);
         buf.clear();

@@ -33,6 +33,7 @@ mod connect;
 mod handshake;
 pub mod memory;
 pub mod tcp;
+pub mod tls;
 
 pub(crate) use conn::Routed;
 pub use conn::{Ack, Connection, Inbound, Responder};

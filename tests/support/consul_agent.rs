@@ -58,6 +58,35 @@ struct Shared {
     log: Mutex<Vec<Logged>>,
     /// Bumped on every request logged.
     logged: watch::Sender<usize>,
+    /// The Connect CA (`agent/connect/ca/{roots,leaf}`).
+    ca: Mutex<ConnectCa>,
+}
+
+/// The test agent's Connect CA: rcgen certificates in Consul's profile
+/// (see `pki`), one index for roots and leaves, leaves issued on first
+/// request and kept until a rotation.
+struct ConnectCa {
+    td: String,
+    /// Active root last; inactive ones kept, as Consul lists them.
+    roots: Vec<crate::pki::Ca>,
+    leaves: HashMap<String, (crate::pki::Leaf, u64)>,
+    index: u64,
+    /// (source, destination) -> allowed; absent: allowed (the default
+    /// policy with ACLs off).
+    intentions: HashMap<(String, String), bool>,
+}
+
+impl ConnectCa {
+    fn new() -> ConnectCa {
+        let td = "11111111-2222-3333-4444-555555555555.consul".to_owned();
+        ConnectCa {
+            roots: vec![crate::pki::Ca::new(&td)],
+            td,
+            leaves: HashMap::new(),
+            index: 10,
+            intentions: HashMap::new(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +146,7 @@ impl TestConsul {
             fail: Mutex::new(None),
             log: Mutex::new(Vec::new()),
             logged: watch::channel(0).0,
+            ca: Mutex::new(ConnectCa::new()),
         });
         let mut list = Vec::new();
         for (i, at) in addrs.iter().enumerate() {
@@ -164,6 +194,39 @@ impl TestConsul {
         let out = f(&mut lock(&self.shared.catalog));
         self.shared.notify();
         out
+    }
+
+    /// The Connect CA's trust domain.
+    pub fn trust_domain(&self) -> String {
+        lock(&self.shared.ca).td.clone()
+    }
+
+    /// Hook: an intention from service `source` to `destination`.
+    pub fn intention(&self, source: &str, destination: &str, allow: bool) {
+        lock(&self.shared.ca)
+            .intentions
+            .insert((source.to_owned(), destination.to_owned()), allow);
+    }
+
+    /// Hook: the CA renews the leaf of `service` (a new key and serial).
+    pub fn rotate_leaf(&self, service: &str) {
+        let mut ca = lock(&self.shared.ca);
+        ca.index += 1;
+        ca.leaves.remove(service);
+        drop(ca);
+        self.shared.notify();
+    }
+
+    /// Hook: a new active root; the old one stays listed (inactive) and
+    /// every leaf is reissued by the new root.
+    pub fn rotate_root(&self) {
+        let mut ca = lock(&self.shared.ca);
+        let td = ca.td.clone();
+        ca.roots.push(crate::pki::Ca::new(&td));
+        ca.index += 1;
+        ca.leaves.clear();
+        drop(ca);
+        self.shared.notify();
     }
 
     /// Hook: agent `i` restarted in `-dev` mode and forgot its registrations.
@@ -553,6 +616,39 @@ async fn route(
     body: &[u8],
 ) -> Result<Reply, ApiError> {
     let now = Instant::now();
+    if rel == "agent/connect/authorize" {
+        if method != Method::POST {
+            return method_not_allowed(method, "POST");
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))?;
+        let target = v["Target"].as_str().unwrap_or("");
+        if target.is_empty() {
+            return Err(ApiError(400, "Target service must be specified".into()));
+        }
+        let uri = v["ClientCertURI"].as_str().unwrap_or("");
+        let Some((_, source)) = uri.rsplit_once("/svc/") else {
+            return Err(ApiError(
+                400,
+                "ClientCertURI not a valid Connect identifier".into(),
+            ));
+        };
+        let ca = lock(&shared.ca);
+        let (authorized, reason) = match ca.intentions.get(&(source.to_owned(), target.to_owned()))
+        {
+            Some(&allow) => (allow, format!("Matched L4 intention: {source} => {target}")),
+            None => (true, "Default behavior configured by ACLs".to_owned()),
+        };
+        return Ok(Reply::json(
+            &json!({"Authorized": authorized, "Reason": reason}),
+        ));
+    }
+    if let Some(what) = rel.strip_prefix("agent/connect/ca/") {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        return connect_ca(shared, what, query).await;
+    }
     if rel == "agent/service/register" {
         if method != Method::PUT {
             return method_not_allowed(method, "PUT");
@@ -689,6 +785,74 @@ fn read_headers(index: u64, stale: bool) -> Vec<(&'static str, String)> {
             if stale { "stale" } else { "leader" }.into(),
         ),
     ]
+}
+
+/// `agent/connect/ca/roots` and `agent/connect/ca/leaf/<service>`, both
+/// blocking on the CA's index.
+async fn connect_ca(
+    shared: &Shared,
+    what: &str,
+    query: &[(String, String)],
+) -> Result<Reply, ApiError> {
+    let index = index_of(query)?;
+    let wait = wait_of(query)?;
+    let deadline = Instant::now() + wait + jitter(wait);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        let (body, idx) = {
+            let mut ca = lock(&shared.ca);
+            let idx = ca.index;
+            let body = if what == "roots" {
+                let active = ca.roots.len() - 1;
+                let roots: Vec<Value> = ca
+                    .roots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        serde_json::json!({
+                            "ID": format!("root-{i}"),
+                            "Name": "Consul CA Root Cert",
+                            "RootCert": r.pem,
+                            "Active": i == active,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "ActiveRootID": format!("root-{active}"),
+                    "TrustDomain": ca.td,
+                    "Roots": roots,
+                })
+            } else if let Some(service) = what.strip_prefix("leaf/") {
+                let uri = format!("spiffe://{}/ns/default/dc/dc1/svc/{service}", ca.td);
+                if !ca.leaves.contains_key(service) {
+                    let leaf = ca.roots.last().expect("a root").leaf(&uri);
+                    ca.leaves.insert(service.to_owned(), (leaf, idx));
+                }
+                let (leaf, at) = &ca.leaves[service];
+                serde_json::json!({
+                    "SerialNumber": format!("{:02x}", leaf.serial),
+                    "CertPEM": leaf.cert,
+                    "PrivateKeyPEM": leaf.key,
+                    "Service": service,
+                    "ServiceURI": uri,
+                    "CreateIndex": at,
+                    "ModifyIndex": at,
+                })
+            } else {
+                return Err(ApiError(404, format!("unknown Connect CA path {what:?}")));
+            };
+            (body, idx)
+        };
+        if index == 0 || idx > index || Instant::now() >= deadline {
+            let mut r = Reply::json(&body);
+            r.headers = read_headers(idx, false);
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return Err(ApiError(500, "agent stopping".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 async fn health_service(

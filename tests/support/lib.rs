@@ -23,6 +23,7 @@ pub mod actors;
 pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;
+pub mod pki;
 pub mod procs;
 
 /// How long [`soon`] waits.

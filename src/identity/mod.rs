@@ -1,0 +1,183 @@
+//! Where a node's mesh identity comes from: its certificate chain, its
+//! private key and the trust bundle it checks peers against, behind one
+//! small trait, [`IdentitySource`], that the TLS transport
+//! ([`crate::transport::tls`]) asks once per handshake.
+//!
+//! Sources here: [`FileIdentity`] (PEM files, reloaded when they change on
+//! disk, as SPIRE's spiffe-helper, cert-manager or a Vault agent write
+//! them) and [`ConsulIdentity`] (the Consul agent's `ca/leaf` and
+//! `ca/roots` endpoints, followed by blocking queries). Consul marks those
+//! agent endpoints deprecated since 1.16, so files are the durable path.
+//!
+//! Contracts:
+//! - [`IdentitySource::current`] is cheap when nothing changed (the files
+//!   source compares file metadata) and returns the same `Arc` until the
+//!   material changes, so the TLS transport rebuilds its configurations
+//!   only on a rotation.
+//! - A rotation applies to the next handshake; established connections
+//!   live on with the material they were made with.
+//! - [`Material`] is checked when it is built: the key matches the leaf,
+//!   the leaf carries a `spiffe://` URI SAN, the bundle holds at least one
+//!   usable root. Bad material is refused with an [`IdentityError`], never
+//!   half-applied.
+
+mod consul;
+mod files;
+
+pub use consul::{ConsulAuthorizer, ConsulIdentity};
+pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+
+/// Gives the identity material for new handshakes.
+pub trait IdentitySource: Send + Sync + 'static {
+    /// The material to use for a handshake starting now. A source that
+    /// watches something (files, an agent) picks up changes here or on its
+    /// own schedule; it returns the same `Arc` while nothing changed.
+    fn current(&self) -> Result<Arc<Material>, IdentityError>;
+}
+
+/// Why identity material was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// PEM text did not hold what it should.
+    #[error("malformed {what}: {reason}")]
+    Pem {
+        /// `certificate chain`, `private key` or `trust bundle`.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The private key is not the leaf certificate's.
+    #[error("the private key does not match the leaf certificate: {0}")]
+    KeyMismatch(String),
+    /// The leaf carries no `spiffe://` URI SAN (or does not parse).
+    #[error("the leaf certificate has no SPIFFE ID: {0}")]
+    NoSpiffeId(String),
+    /// The Consul agent could not be asked, or answered an error.
+    #[error("Consul agent: {0}")]
+    Agent(String),
+}
+
+/// One consistent set of identity material: a leaf (with its chain) and
+/// its key, the leaf's SPIFFE ID, and the roots peers are checked against.
+pub struct Material {
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    spiffe_id: String,
+}
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Material")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("chain", &self.key.cert.len())
+            .field("roots", &self.roots.len())
+            .finish()
+    }
+}
+
+impl Material {
+    /// Builds material from PEM text: the certificate chain (leaf first),
+    /// the private key (PKCS#8, SEC1 `EC PRIVATE KEY` or PKCS#1) and the
+    /// trust bundle (one or more CA certificates).
+    pub fn from_pem(chain: &[u8], key: &[u8], bundle: &[u8]) -> Result<Self, IdentityError> {
+        let chain = certs(chain, "certificate chain")?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| IdentityError::Pem {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
+        let roots = certs(bundle, "trust bundle")?;
+        Material::from_der(chain, key, roots)
+    }
+
+    /// Builds material from DER: the chain (leaf first), its key, the roots.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, IdentityError> {
+        let leaf = chain.first().ok_or_else(|| IdentityError::Pem {
+            what: "certificate chain",
+            reason: "no certificate".into(),
+        })?;
+        let spiffe_id = spiffe_id(leaf).map_err(IdentityError::NoSpiffeId)?;
+        let key = CertifiedKey::from_der(chain, key, &provider())
+            .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
+        let mut store = RootCertStore::empty();
+        let (_, ignored) = store.add_parsable_certificates(roots);
+        if store.is_empty() {
+            return Err(IdentityError::Pem {
+                what: "trust bundle",
+                reason: format!("no usable CA certificate ({ignored} refused)"),
+            });
+        }
+        Ok(Material {
+            key: Arc::new(key),
+            roots: Arc::new(store),
+            spiffe_id,
+        })
+    }
+
+    /// The leaf's SPIFFE ID (its first `spiffe://` URI SAN).
+    pub fn spiffe_id(&self) -> &str {
+        &self.spiffe_id
+    }
+
+    /// The leaf, its chain and its signing key.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.key
+    }
+
+    /// The roots peers' chains must lead to.
+    pub fn roots(&self) -> &Arc<RootCertStore> {
+        &self.roots
+    }
+}
+
+fn certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Pem {
+            what,
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(IdentityError::Pem {
+            what,
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first `spiffe://` URI SAN of a certificate.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unparsable: {e}"))?;
+    let id = ee
+        .valid_uri_names()
+        .find(|u| u.len() > 9 && u[..9].eq_ignore_ascii_case("spiffe://"))
+        .ok_or_else(|| "no spiffe:// URI SAN".to_owned())?;
+    Ok(id.to_owned())
+}
+
+/// The one crypto provider mesh uses: ring.
+pub(crate) fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
