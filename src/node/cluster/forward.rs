@@ -2,7 +2,9 @@
 //!
 //! A node that receives a call for a shard it no longer owns (the
 //! membership moved under the caller) forwards it to the owner, once: a
-//! forwarded request (`hops > 0`) is never forwarded again. If the owner
+//! forwarded request (`hops > 0`) is never forwarded again but served where
+//! it lands (the views differ for a moment; a brief duplicate activation
+//! is the eventual mode's documented cost, a lost call is not). If the owner
 //! dies under the forward, the call is routed once more (to this node or
 //! the owner's heir). Routing and enqueueing happen before the first
 //! await, so requests that arrive in order on one connection reach the
@@ -107,6 +109,7 @@ impl NodeInner {
         trace: Option<TraceContext>,
     ) -> Result<Started, Error> {
         let (route, owner) = self.locate(tag, id)?;
+        let owner = self.forward_to(owner, hops, from_peer);
         match owner {
             None => {
                 // The activation answers Timeout at the deadline.
@@ -126,8 +129,7 @@ impl NodeInner {
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
-            // A leaving node forwards what still reaches it, once more.
-            Some(conn) if hops == 0 || !from_peer || (hops < 2 && self.is_leaving()) => {
+            Some(conn) => {
                 let id = id.to_owned();
                 let owner = conn.peer().node.clone();
                 Ok(Started::Forwarded(
@@ -138,10 +140,28 @@ impl NodeInner {
                     owner,
                 ))
             }
-            Some(conn) => Err(Error::NodeDown {
-                node: conn.peer().node.clone(),
-            }),
         }
+    }
+
+    /// Where a call this node does not own goes: to `owner` if it may still
+    /// be forwarded (it came from this node's callers, it was not
+    /// forwarded yet, or this node is leaving and it was forwarded once),
+    /// else nowhere (`None`): it is served here. A forwarded call whose
+    /// owner this node disagrees on means the views differ during a
+    /// membership change (eventual placement): serving it where it landed
+    /// loses no call, at the cost of a brief duplicate activation.
+    fn forward_to(
+        &self,
+        owner: Option<crate::transport::Connection>,
+        hops: u8,
+        from_peer: bool,
+    ) -> Option<crate::transport::Connection> {
+        let conn = owner?;
+        if hops == 0 || !from_peer || (hops < 2 && self.is_leaving()) {
+            return Some(conn);
+        }
+        tracing::debug!(node = %self.id, owner = %conn.peer().node, hops, "serving a forwarded call here: the views differ");
+        None
     }
 
     /// Runs an encoded cast here, or forwards it once to the owner (in a
@@ -155,7 +175,7 @@ impl NodeInner {
         trace: Option<TraceContext>,
     ) -> Result<(), Error> {
         let (route, owner) = self.locate(tag, id)?;
-        match owner {
+        match self.forward_to(owner, hops, true) {
             None => {
                 let reply = WireReply::Local(ReplyTo::cast());
                 let (_, capability, actors) = &self.actors[route.actor];
@@ -170,14 +190,11 @@ impl NodeInner {
                     },
                 )
             }
-            Some(conn) if hops == 0 || (hops < 2 && self.is_leaving()) => {
+            Some(conn) => {
                 let (span, trace) = crate::trace::forward(&self.id, trace);
                 let _enter = span.enter();
                 conn.cast_traced(tag, id, body, hops + 1, trace)
             }
-            Some(conn) => Err(Error::NodeDown {
-                node: conn.peer().node.clone(),
-            }),
         }
     }
 }
