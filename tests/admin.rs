@@ -98,7 +98,14 @@ async fn the_json_views_show_members_shards_and_activations() {
     let shards = get_json(&a, "/admin/shards").await;
     assert_eq!(shards["shards"], 4096);
     for cap in shards["capabilities"].as_array().unwrap() {
+        let map = cap["map"].as_array().unwrap();
+        assert_eq!(map.len(), 4096);
         let owners = cap["owners"].as_array().unwrap();
+        // The map agrees with the counts.
+        for (i, o) in owners.iter().enumerate() {
+            let cells = map.iter().filter(|m| m.as_u64() == Some(i as u64)).count() as u64;
+            assert_eq!(cells, o["count"].as_u64().unwrap());
+        }
         let total: u64 = owners.iter().map(|o| o["count"].as_u64().unwrap()).sum();
         assert_eq!(total, 4096);
         let names: Vec<&str> = owners.iter().map(|o| o["node"].as_str().unwrap()).collect();
@@ -251,6 +258,8 @@ async fn the_page_shows_the_members_and_follows_a_leave() {
         "the page never polled:\n{dom}"
     );
     assert!(dom.contains("data-capability=\"chat\""), "{dom}");
+    // A map of every shard per capability (game and chat).
+    assert_eq!(dom.matches("data-cells=\"4096\"").count(), 2, "{dom}");
 
     // c leaves: the page (loaded again) shows two members.
     c.shutdown().await.unwrap();

@@ -87,7 +87,14 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         metrics.activations.increment(1);
         metrics.live.increment(1.0);
         ctx.node().inner().record(Phase::Activated, A::NAME, &id);
-        let end = serve(&mut actor, &mb, &ctx, &mut batch).await;
+        // The chain of calls is known to the whole activation (see
+        // `actor::chain`); each message sets whose call it serves.
+        let end = chain::scope(
+            A::NAME,
+            ctx.id_arc(),
+            serve(&mut actor, &mb, &ctx, &mut batch),
+        )
+        .await;
         // Timers end with the activation (a queued tick is dropped).
         ctx.end_timers();
         metrics.live.decrement(1.0);
@@ -157,13 +164,8 @@ async fn serve<A: Handlers>(
             // `actor::chain`): calls it makes extend it.
             let outcome = match env {
                 Envelope::Local(env) => {
-                    let current = chain::Current {
-                        actor: A::NAME,
-                        id: ctx.id_arc(),
-                        parent: A::__caller(&env).0,
-                    };
-                    let handled = chain::scope(current, actor.__handle(env, ctx));
-                    watch_queue(mb, batch, handled).await
+                    chain::serving(A::__caller(&env));
+                    watch_queue(mb, batch, actor.__handle(env, ctx)).await
                 }
                 Envelope::Wire(call) => {
                     // Boxed: inline, the wire path's future (decode, handler,
@@ -176,15 +178,9 @@ async fn serve<A: Handlers>(
                         span,
                     } = *call;
                     let actor = &mut *actor;
-                    let current = chain::Current {
-                        actor: A::NAME,
-                        id: ctx.id_arc(),
-                        parent: None,
-                    };
+                    chain::serving(chain::Caller::default());
                     let handled = Box::pin(tracing::Instrument::instrument(
-                        chain::scope(current, async move {
-                            finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await
-                        }),
+                        async move { finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await },
                         span,
                     ));
                     watch_queue(mb, batch, handled).await

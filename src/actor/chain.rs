@@ -35,35 +35,53 @@ pub(crate) struct Hop {
     depth: usize,
 }
 
-/// What the running handler's task knows.
-#[derive(Debug, Clone)]
+/// What an activation's task knows: which actor it runs, and the chain of
+/// the call its handler is serving now (set per message).
+#[derive(Debug)]
 pub(crate) struct Current {
-    pub(crate) actor: &'static str,
-    pub(crate) id: Arc<str>,
-    pub(crate) parent: Option<Arc<Hop>>,
+    actor: &'static str,
+    id: Arc<str>,
+    parent: std::cell::RefCell<Option<Arc<Hop>>>,
 }
 
 tokio::task_local! {
     static CURRENT: Current;
 }
 
-/// Runs `fut` (a handler) knowing it is `current`.
+/// Runs `fut` (an activation serving its messages) as actor `actor` `id`.
+/// Set once per activation, not per message: the per-message cost is
+/// [`serving`] (a cell write).
 pub(crate) fn scope<F: std::future::Future>(
-    current: Current,
+    actor: &'static str,
+    id: Arc<str>,
     fut: F,
 ) -> tokio::task::futures::TaskLocalFuture<Current, F> {
-    CURRENT.scope(current, fut)
+    CURRENT.scope(
+        Current {
+            actor,
+            id,
+            parent: std::cell::RefCell::new(None),
+        },
+        fut,
+    )
+}
+
+/// The handler about to run serves a call made within `caller`'s chain
+/// (none for a call from outside any handler, or from another node).
+pub(crate) fn serving(caller: Caller) {
+    let _ = CURRENT.try_with(|c| *c.parent.borrow_mut() = caller.0);
 }
 
 /// The chain a call to `actor` `id` made here extends, or the error if it
 /// would close a cycle or grow too deep. `None` outside a handler.
 pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, Error> {
     let Ok(hop) = CURRENT.try_with(|c| {
+        let parent = c.parent.borrow().clone();
         Arc::new(Hop {
             actor: c.actor,
             id: c.id.clone(),
-            depth: c.parent.as_ref().map_or(1, |p| p.depth + 1),
-            parent: c.parent.clone(),
+            depth: parent.as_ref().map_or(1, |p| p.depth + 1),
+            parent,
         })
     }) else {
         return Ok(None);

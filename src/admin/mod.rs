@@ -10,7 +10,7 @@
 //! | `/` | the live cluster page: one HTML file, inline script, no CDN; it polls the JSON below every second |
 //! | `/admin/node` | `{node, incarnation, addr, capabilities, members, activations, ready}` |
 //! | `/admin/members` | `{self, members: [{node, addr, capabilities}]}` |
-//! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}]}]}`; `?capability=c` for one (404 if no member hosts it) |
+//! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}], map: [owner index of each shard]}]}`; `?capability=c` for one (404 if no member hosts it) |
 //! | `/admin/activations` | `{node, total, by_type: [{type, capability, count}]}` |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |

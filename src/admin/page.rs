@@ -13,8 +13,7 @@ pub(super) const HTML: &str = r##"<!doctype html>
 body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin-top: 1.5em; }
 table { border-collapse: collapse; } td, th { padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: left; }
-.bar { display: flex; height: 14px; width: 600px; border: 1px solid #999; }
-.bar span { display: block; height: 100%; }
+canvas.map { border: 1px solid #999; image-rendering: pixelated; }
 #status { color: #666; } .err { color: #b00; }
 </style>
 </head>
@@ -23,7 +22,7 @@ table { border-collapse: collapse; } td, th { padding: 2px 10px; border-bottom: 
 <p id="status" data-polls="0" data-members="0">loading…</p>
 <h2>Members</h2>
 <table><thead><tr><th>node</th><th>address</th><th>capabilities</th></tr></thead><tbody id="members"></tbody></table>
-<h2>Shards per capability</h2>
+<h2>Shards per capability (4096 cells, coloured by owner)</h2>
 <div id="shards"></div>
 <h2>Activations on this node</h2>
 <table><thead><tr><th>actor type</th><th>capability</th><th>count</th></tr></thead><tbody id="activations"></tbody></table>
@@ -57,15 +56,16 @@ async function poll() {
       const p = document.createElement("p");
       p.dataset.capability = c.capability;
       p.textContent = c.capability + ": " + c.owners.map(o => o.node + " " + o.count).join(", ");
-      const bar = document.createElement("div"); bar.className = "bar";
-      for (const o of c.owners) {
-        const s = document.createElement("span");
-        s.style.width = (100 * o.count / shards.shards) + "%";
-        s.style.background = colorOf(nodes, o.node);
-        s.title = o.node + ": " + o.count + " shards";
-        bar.appendChild(s);
-      }
-      sh.appendChild(p); sh.appendChild(bar);
+      // One 4x4 px cell per shard, 64 per row.
+      const map = document.createElement("canvas");
+      map.className = "map"; map.width = 256; map.height = 256;
+      map.dataset.cells = String(c.map.length);
+      const g = map.getContext("2d");
+      c.map.forEach((owner, shard) => {
+        g.fillStyle = colorOf(nodes, c.owners[owner].node);
+        g.fillRect((shard % 64) * 4, Math.floor(shard / 64) * 4, 4, 4);
+      });
+      sh.appendChild(p); sh.appendChild(map);
     }
     const at = document.getElementById("activations");
     at.replaceChildren();

@@ -62,11 +62,18 @@ pub(super) fn shards(node: &NodeInner, only: Option<&str>) -> Option<Value> {
             }
         }
         owners.sort();
+        // Every shard's owner, as an index into `owners`: the page's map.
+        let map: Vec<usize> = (0..crate::ring::SHARDS)
+            .map(|s| {
+                let owner = table.owner(s as u16);
+                owners.iter().position(|(n, _)| n == owner).unwrap_or(0)
+            })
+            .collect();
         let owners: Vec<Value> = owners
             .into_iter()
             .map(|(n, k)| json!({"node": n, "count": k}))
             .collect();
-        caps.push(json!({"capability": capability, "owners": owners}));
+        caps.push(json!({"capability": capability, "owners": owners, "map": map}));
     }
     if only.is_some() && caps.is_empty() {
         return None;
