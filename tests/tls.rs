@@ -30,12 +30,18 @@ const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 #[derive(Default)]
 struct Cell(Mutex<u64>);
 
+/// Woken on every counter change, so tests await a count instead of
+/// polling it.
+static COUNTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 impl CounterFn for Cell {
     fn increment(&self, v: u64) {
         *self.0.lock().unwrap() += v;
+        COUNTED.notify_waiters();
     }
     fn absolute(&self, v: u64) {
         *self.0.lock().unwrap() = v;
+        COUNTED.notify_waiters();
     }
 }
 
@@ -85,8 +91,12 @@ fn failures(reason: &str) -> u64 {
 /// Waits until `reason` was counted more than `before` times.
 async fn counted(reason: &str, before: u64) {
     soon(async {
-        while failures(reason) <= before {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        loop {
+            let changed = COUNTED.notified();
+            if failures(reason) > before {
+                return;
+            }
+            changed.await;
         }
     })
     .await;
