@@ -23,7 +23,8 @@ need_pkgs=()
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
-# mesh-load's report test and the admin page test open HTML in a real headless Chromium.
+# mesh-load's report test and the admin page test open HTML in a real
+# headless Chromium: apt-get install chromium (below) when it is missing.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"

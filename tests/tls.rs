@@ -595,18 +595,19 @@ async fn a_tls_cluster_forms_and_refuses_foreign_and_wrong_identities() {
 
 // ------------------------------------------------------------ Consul Connect
 
-/// Waits until `source` serves a leaf other than `old`.
-async fn renewed(source: &dyn IdentitySource, old: &CertificateDer<'_>) -> CertificateDer<'static> {
+/// Waits, renewal after renewal, until `source`'s identity satisfies
+/// `done` (a leaf and its roots may arrive as two renewals).
+async fn renewed(
+    source: &mesh::identity::ConsulIdentity,
+    renewals: &mut tokio::sync::watch::Receiver<u64>,
+    done: impl Fn(&mesh::identity::Material) -> bool,
+) {
     soon(async {
-        loop {
-            let now = source.current().unwrap().certified_key().cert[0].clone();
-            if now != *old {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        while !done(&source.current().unwrap()) {
+            renewals.changed().await.unwrap();
         }
     })
-    .await
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,9 +629,15 @@ async fn identities_from_the_agents_connect_ca_follow_its_rotations() {
 
     // A renewed leaf reaches the source through the blocking query, and
     // the next handshake presents it.
+    let (mut server_renewals, mut client_renewals) =
+        (server_source.renewals(), client_source.renewals());
     let first = server_source.current().unwrap().certified_key().cert[0].clone();
     consul.rotate_leaf("c");
-    let second = renewed(&*server_source, &first).await;
+    renewed(&server_source, &mut server_renewals, |m| {
+        m.certified_key().cert[0] != first
+    })
+    .await;
+    let second = server_source.current().unwrap().certified_key().cert[0].clone();
     let new = dial(&c, server.addr()).await.unwrap();
     assert_eq!(echo(&new).await.unwrap(), b"a:hi");
     assert_ne!(first, second);
@@ -639,8 +646,14 @@ async fn identities_from_the_agents_connect_ca_follow_its_rotations() {
     // connection lives on, new ones are made with the new leaves.
     let client_leaf = client_source.current().unwrap().certified_key().cert[0].clone();
     consul.rotate_root();
-    renewed(&*server_source, &second).await;
-    renewed(&*client_source, &client_leaf).await;
+    renewed(&server_source, &mut server_renewals, |m| {
+        m.certified_key().cert[0] != second && m.roots().len() == 2
+    })
+    .await;
+    renewed(&client_source, &mut client_renewals, |m| {
+        m.certified_key().cert[0] != client_leaf && m.roots().len() == 2
+    })
+    .await;
     let newer = dial(&c, server.addr()).await.unwrap();
     assert_eq!(echo(&newer).await.unwrap(), b"a:hi");
     assert_eq!(echo(&old).await.unwrap(), b"a:hi");
@@ -697,7 +710,9 @@ async fn an_intention_deny_refuses_a_caller_until_allowed() {
     let db = pki::service_id(&consul.trust_domain(), "db");
     let server = listen(
         &Tls::new(ConsulIdentity::start(&consul.url(0), "db").await.unwrap())
-            .authorize(ConsulAuthorizer::new(&consul.url(0), "db"))
+            // Every handshake asks the agent: a changed intention applies
+            // to the next connection.
+            .authorize(ConsulAuthorizer::new(&consul.url(0), "db").cache_for(Duration::ZERO))
             .transport(),
     )
     .await;
@@ -708,16 +723,8 @@ async fn an_intention_deny_refuses_a_caller_until_allowed() {
     let before = failures("denied");
     assert!(dial(&web, server.addr()).await.is_err());
     counted("denied", before).await;
-    // Allowed: let in on a reconnect once the cached denial (1 s) expires.
+    // Allowed: let in on the next connection.
     consul.intention("web", "db", true);
-    let conn = soon(async {
-        loop {
-            if let Ok(c) = dial(&web, server.addr()).await {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
+    let conn = dial(&web, server.addr()).await.unwrap();
     assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
 }

@@ -14,9 +14,25 @@ use mesh::Transport;
 use mesh_testkit::actors::{Player, Score};
 use mesh_testkit::soon;
 use opentelemetry::trace::{SpanKind, TraceId, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanExporter};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
+
+/// Woken after every export, so tests await spans instead of polling.
+static EXPORTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The in-memory exporter, telling [`EXPORTED`] after each batch.
+#[derive(Debug, Clone)]
+struct Notifying(InMemorySpanExporter);
+
+impl SpanExporter for Notifying {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let done = self.0.export(batch).await;
+        EXPORTED.notify_waiters();
+        done
+    }
+}
 
 /// One exporter for the test binary: the subscriber is global (the nodes'
 /// tasks run on every worker thread); each test reads its own trace.
@@ -25,7 +41,7 @@ fn exporter() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
     EXPORTER.get_or_init(|| {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
+            .with_simple_exporter(Notifying(exporter.clone()))
             .build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("mesh-test")));
@@ -47,6 +63,7 @@ async fn spans_of(trace: TraceId, done: impl Fn(&[SpanData]) -> bool) -> Vec<Spa
     let (exporter, provider) = exporter();
     soon(async {
         loop {
+            let exported = EXPORTED.notified();
             provider.force_flush().unwrap();
             let spans: Vec<SpanData> = exporter
                 .get_finished_spans()
@@ -57,7 +74,7 @@ async fn spans_of(trace: TraceId, done: impl Fn(&[SpanData]) -> bool) -> Vec<Spa
             if done(&spans) {
                 return spans;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            exported.await;
         }
     })
     .await

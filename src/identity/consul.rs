@@ -24,6 +24,7 @@ use super::{IdentityError, IdentitySource, Material};
 #[derive(Debug)]
 pub struct ConsulIdentity {
     current: Arc<ArcSwap<Material>>,
+    renewals: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,17 +56,29 @@ impl ConsulIdentity {
         let current = Arc::new(ArcSwap::from_pointee(material(&leaf.body, &roots.body)?));
         let (leaf_tx, leaf_rx) = watch::channel(leaf);
         let (roots_tx, roots_rx) = watch::channel(roots);
+        let (renewed, renewals) = watch::channel(0);
         let task = {
             let current = current.clone();
             tokio::spawn(async move {
                 tokio::join!(
                     follow(http.clone(), leaf_url, leaf_tx),
                     follow(http, roots_url, roots_tx),
-                    apply(leaf_rx, roots_rx, current),
+                    apply(leaf_rx, roots_rx, current, renewed),
                 );
             })
         };
-        Ok(ConsulIdentity { current, task })
+        Ok(ConsulIdentity {
+            current,
+            renewals,
+            task,
+        })
+    }
+
+    /// How many renewals (a new leaf or new roots) have been applied, as a
+    /// watch: `renewals().changed().await` waits for the next one (to log
+    /// it, or in a test), instead of polling [`IdentitySource::current`].
+    pub fn renewals(&self) -> watch::Receiver<u64> {
+        self.renewals.clone()
     }
 }
 
@@ -100,8 +113,13 @@ async fn fetch(http: &reqwest::Client, url: &str, index: u64) -> Result<Seen, Id
 /// One blocking-query loop: publishes each new answer.
 async fn follow(http: reqwest::Client, url: String, tx: watch::Sender<Seen>) {
     let mut index = tx.borrow().index;
+    let mut failures = 0;
     loop {
-        match fetch(&http, &url, index).await {
+        let fetched = fetch(&http, &url, index).await;
+        if fetched.is_ok() {
+            failures = 0;
+        }
+        match fetched {
             // An index going backwards (an agent restart) starts over.
             Ok(seen) if seen.index < index => index = 0,
             Ok(seen) => {
@@ -111,9 +129,17 @@ async fn follow(http: reqwest::Client, url: String, tx: watch::Sender<Seen>) {
                 }
             }
             Err(e) => {
-                tracing::warn!("Connect CA watch failed, retrying: {e}");
+                // Backing off as the discovery's watch does (100 ms
+                // doubling to 5 s): the agent is away, not the caller.
+                failures += 1;
+                let wait = crate::discovery::consul::backoff(
+                    Duration::from_millis(100),
+                    failures,
+                    Duration::from_secs(5),
+                );
+                tracing::warn!(?wait, "Connect CA watch failed, retrying: {e}");
                 index = 0;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -124,6 +150,7 @@ async fn apply(
     mut leaf: watch::Receiver<Seen>,
     mut roots: watch::Receiver<Seen>,
     current: Arc<ArcSwap<Material>>,
+    renewed: watch::Sender<u64>,
 ) {
     loop {
         tokio::select! {
@@ -138,6 +165,7 @@ async fn apply(
             Ok(m) => {
                 tracing::info!(spiffe_id = m.spiffe_id(), "Connect identity renewed");
                 current.store(Arc::new(m));
+                renewed.send_modify(|n| *n += 1);
             }
             Err(e) => {
                 tracing::warn!("Connect CA answered unusable material, keeping the previous: {e}");
@@ -180,6 +208,7 @@ pub struct ConsulAuthorizer {
     url: String,
     target: String,
     cache: std::sync::Mutex<Answers>,
+    keep: Duration,
 }
 
 /// Answers by (SPIFFE ID, serial), with when they were given.
@@ -198,7 +227,16 @@ impl ConsulAuthorizer {
             url: format!("{}/v1/agent/connect/authorize", agent.trim_end_matches('/')),
             target: target.into(),
             cache: Default::default(),
+            keep: AUTHORIZE_CACHE,
         }
+    }
+
+    /// How long an answer of the agent is reused (1 s by default): longer
+    /// asks the agent less, shorter applies a changed intention sooner to
+    /// new connections; zero asks on every handshake.
+    pub fn cache_for(mut self, keep: Duration) -> Self {
+        self.keep = keep;
+        self
     }
 
     async fn ask(&self, id: &str, serial: &str) -> Result<(), String> {
@@ -244,14 +282,14 @@ impl crate::transport::tls::Authorize for ConsulAuthorizer {
             {
                 let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((at, answer)) = cache.get(&key) {
-                    if at.elapsed() < AUTHORIZE_CACHE {
+                    if at.elapsed() < self.keep {
                         return answer.clone();
                     }
                 }
             }
             let answer = self.ask(spiffe_id, serial).await;
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, (at, _)| at.elapsed() < AUTHORIZE_CACHE);
+            cache.retain(|_, (at, _)| at.elapsed() < self.keep);
             cache.insert(key, (std::time::Instant::now(), answer.clone()));
             answer
         })

@@ -60,6 +60,7 @@
 
 mod api;
 mod health;
+pub(crate) use health::backoff;
 mod watch;
 
 use std::collections::BTreeMap;
