@@ -567,17 +567,14 @@ impl Connection {
         timeout: Duration,
         hops: u8,
     ) -> Result<Bytes, Error> {
-        let call = Call {
-            tag,
-            id: id.to_owned(),
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
-            hops,
-            payload: ByteBuf::from(payload),
-            trace: None,
-        };
-        let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
-        let r = self.request(Kind::Call, body, timeout).await;
-        self.public(r)
+        match self
+            .call_routed(tag, id, payload, timeout, hops, None)
+            .await
+        {
+            Ok(b) => Ok(b),
+            Err(Routed::Failed(e)) => Err(e),
+            Err(Routed::Unsent(_)) => Err(self.down()),
+        }
     }
 
     /// [`Connection::call`], but a call the peer never saw comes back as

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
-use crate::node::NodeInner;
+use crate::node::{NodeInner, WireRoute};
 use crate::transport::Routed;
 use crate::wire::TraceContext;
 use crate::Error;
@@ -114,18 +114,7 @@ impl NodeInner {
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
-                let reply = WireReply::Local(reply);
-                let (_, capability, actors) = &self.actors[route.actor];
-                let span = crate::trace::serve_span(&self.id, capability, false, trace.as_ref());
-                actors.send_wire(
-                    id,
-                    WireCall {
-                        tag,
-                        body,
-                        reply,
-                        span,
-                    },
-                )?;
+                self.serve_here(route, tag, id, body, WireReply::Local(reply), trace)?;
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
@@ -141,6 +130,31 @@ impl NodeInner {
                 ))
             }
         }
+    }
+
+    /// Hands an encoded call or cast (a cast's slot is `ReplyTo::cast`) to
+    /// its local activation, in a `mesh.serve` span.
+    fn serve_here(
+        &self,
+        route: WireRoute,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        reply: WireReply,
+        trace: Option<TraceContext>,
+    ) -> Result<(), Error> {
+        let (_, capability, actors) = &self.actors[route.actor];
+        let cast = matches!(&reply, WireReply::Local(r) if r.is_cast());
+        let span = crate::trace::serve_span(&self.id, capability, cast, trace.as_ref());
+        actors.send_wire(
+            id,
+            WireCall {
+                tag,
+                body,
+                reply,
+                span,
+            },
+        )
     }
 
     /// Where a call this node does not own goes: to `owner` if it may still
@@ -176,20 +190,14 @@ impl NodeInner {
     ) -> Result<(), Error> {
         let (route, owner) = self.locate(tag, id)?;
         match self.forward_to(owner, hops, true) {
-            None => {
-                let reply = WireReply::Local(ReplyTo::cast());
-                let (_, capability, actors) = &self.actors[route.actor];
-                let span = crate::trace::serve_span(&self.id, capability, true, trace.as_ref());
-                actors.send_wire(
-                    id,
-                    WireCall {
-                        tag,
-                        body,
-                        reply,
-                        span,
-                    },
-                )
-            }
+            None => self.serve_here(
+                route,
+                tag,
+                id,
+                body,
+                WireReply::Local(ReplyTo::cast()),
+                trace,
+            ),
             Some(conn) => {
                 let (span, trace) = crate::trace::forward(&self.id, trace);
                 let _enter = span.enter();
