@@ -34,7 +34,7 @@ fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
     ])
     .arg(format!("--user-data-dir={}", profile.display()))
     .args(args);
-    run_limited(cmd, Duration::from_secs(25))
+    run_limited(cmd, Duration::from_secs(120))
 }
 
 #[test]
