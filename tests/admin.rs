@@ -94,6 +94,26 @@ async fn the_json_views_show_members_shards_and_activations() {
         ]
     );
 
+    // How a is connected to each peer: b and c dialed a (their seed), so
+    // a's oldest connection to each is inbound; the handshake's facts.
+    for m in members["members"].as_array().unwrap() {
+        if m["node"] == "j-a" {
+            assert_eq!(m["self"], true, "{m}");
+            continue;
+        }
+        assert_eq!(m["protocol"], mesh::wire::VERSION, "{m}");
+        assert_eq!(m["discovered_by"], "inbound", "{m}");
+        assert!(
+            m["since_unix_ms"].as_u64().unwrap() > 1_700_000_000_000,
+            "{m}"
+        );
+        assert!(m["connections"].as_u64().unwrap() >= 1, "{m}");
+        assert!(m["identity"].is_null(), "no TLS here: {m}");
+    }
+    // Static seeds: no authoritative discovery to describe.
+    let d = get_json(&a, "/admin/discovery").await;
+    assert!(d["discovery"].is_null(), "{d}");
+
     // Shards: game split between a and b, chat all on c, 4096 each.
     let shards = get_json(&a, "/admin/shards").await;
     assert_eq!(shards["shards"], 4096);
@@ -258,6 +278,12 @@ async fn the_page_shows_the_members_and_follows_a_leave() {
         "the page never polled:\n{dom}"
     );
     assert!(dom.contains("data-capability=\"chat\""), "{dom}");
+    // Each peer's row says how a reached it and what it speaks.
+    assert!(dom.contains("<td>inbound</td>"), "{dom}");
+    assert!(
+        dom.contains(&format!("<td>v{}", mesh::wire::VERSION)),
+        "{dom}"
+    );
     // A map of every shard per capability (game and chat).
     assert_eq!(dom.matches("data-cells=\"4096\"").count(), 2, "{dom}");
 

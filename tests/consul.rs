@@ -144,6 +144,13 @@ async fn three_nodes_discover_each_other_and_route_calls() {
     assert!(info["ContentHash"].is_string());
     assert_eq!(t.adapters[1].upstreams().await.expect("upstreams"), []);
     assert!(t.adapters[1].info("nope").await.is_err());
+    // What the admin endpoint's /admin/discovery shows, with no request.
+    let d = mesh::discovery::Discovery::describe(&t.adapters[1]);
+    assert_eq!(d["kind"], "consul");
+    assert_eq!(d["registered"], true);
+    assert_eq!(d["service_id"], "game-b");
+    assert_eq!(d["check_id"], "service:game-b");
+    assert_eq!(d["agent"], t.consul.url(1));
     // Every member is known with the address it listens on, whichever
     // side dialed.
     for n in &t.nodes {
@@ -417,6 +424,9 @@ async fn shutdown_stops_the_heartbeat_then_deregisters() {
     members(&t.nodes[0], &["a", "b"]).await;
     members(&t.nodes[1], &["a", "b"]).await;
     assert_eq!(t.adapters[2].services().await, Err(mesh::Error::NotStarted));
+    let d = mesh::discovery::Discovery::describe(&t.adapters[2]);
+    assert_eq!(d["registered"], false, "{d}");
+    assert!(d["service_id"].is_null(), "{d}");
 }
 
 #[tokio::test]

@@ -9,7 +9,8 @@
 //! |---|---|
 //! | `/` | the live cluster page: one HTML file, inline script, no CDN; it polls the JSON below every second |
 //! | `/admin/node` | `{node, incarnation, addr, capabilities, members, activations, ready}` |
-//! | `/admin/members` | `{self, members: [{node, addr, capabilities}]}` |
+//! | `/admin/members` | `{self, members: [{node, addr, capabilities, protocol, ...}]}`; a peer adds `features`, `incarnation`, `identity` (the SPIFFE ID TLS verified, or null), `remote`, `since_unix_ms` (its oldest live connection's handshake), `discovered_by` (`seed`, `gossip`, `discovery` or `inbound`: how this node came to hold that connection) and `connections` |
+//! | `/admin/discovery` | `{node, discovery}`: the authoritative discovery's own account ([`Discovery::describe`](crate::discovery::Discovery::describe); Consul: agent, service, check, upstreams), `null` with static seeds |
 //! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}], map: [owner index of each shard]}]}`; `?capability=c` for one (404 if no member hosts it) |
 //! | `/admin/activations` | `{node, total, by_type: [{type, capability, count}]}` |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
@@ -149,6 +150,7 @@ fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Respons
         "/admin/node" => json(StatusCode::OK, &views::node(node)),
         "/admin/members" => json(StatusCode::OK, &views::members(node)),
         "/admin/activations" => json(StatusCode::OK, &views::activations(node)),
+        "/admin/discovery" => json(StatusCode::OK, &views::discovery(node)),
         "/admin/placement" => {
             let (mut actor, mut id) = (None, None);
             for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -200,7 +202,7 @@ fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Respons
             StatusCode::NOT_FOUND,
             format!(
                 "no such page {path:?}: try /, /admin/node, /admin/members, /admin/shards, \
-                 /admin/activations, /admin/placement, /metrics, /livez, /readyz\n"
+                 /admin/activations, /admin/placement, /admin/discovery, /metrics, /livez, /readyz\n"
             ),
         ),
     }

@@ -21,7 +21,7 @@ canvas.map { border: 1px solid #999; image-rendering: pixelated; }
 <h1>mesh: <span id="self">?</span></h1>
 <p id="status" data-polls="0" data-members="0">loading…</p>
 <h2>Members</h2>
-<table><thead><tr><th>node</th><th>address</th><th>capabilities</th></tr></thead><tbody id="members"></tbody></table>
+<table><thead><tr><th>node</th><th>address</th><th>capabilities</th><th>protocol</th><th>connected since</th><th>found by</th><th>identity</th></tr></thead><tbody id="members"></tbody></table>
 <h2>Shards per capability (4096 cells, coloured by owner)</h2>
 <div id="shards"></div>
 <h2>Activations on this node</h2>
@@ -48,6 +48,9 @@ async function poll() {
       tr.style.borderLeft = "6px solid " + colorOf(nodes, m.node);
       cell(tr, m.node + (m.node === members.self ? " (this node)" : ""));
       cell(tr, m.addr); cell(tr, m.capabilities.join(", "));
+      cell(tr, "v" + m.protocol + (m.features && m.features.length ? " + " + m.features.join(", ") : ""));
+      cell(tr, m.since_unix_ms ? new Date(m.since_unix_ms).toLocaleString() : (m.self ? "-" : "not connected"));
+      cell(tr, m.discovered_by || "-"); cell(tr, m.identity || "-");
       tbody.appendChild(tr);
     }
     const sh = document.getElementById("shards");

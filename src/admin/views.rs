@@ -25,13 +25,54 @@ pub(super) fn ready(node: &NodeInner) -> Value {
     })
 }
 
+/// Each member: where it listens, what it hosts, and for a peer how this
+/// node is connected to it (protocol, since when, how it was found).
 pub(super) fn members(node: &NodeInner) -> Value {
     let m = node.membership_snapshot();
     let members: Vec<Value> = m
         .iter()
-        .map(|(n, info)| json!({"node": n, "addr": info.addr, "capabilities": info.capabilities}))
+        .map(|(n, info)| {
+            let mut v = json!({
+                "node": n,
+                "addr": info.addr,
+                "capabilities": info.capabilities,
+                "protocol": crate::wire::VERSION,
+            });
+            if n == node.id_str() {
+                v["self"] = json!(true);
+                return v;
+            }
+            let conns = node.connections_to(n);
+            if let Some(oldest) = conns.first() {
+                let peer = oldest.peer();
+                let mut features = Vec::new();
+                if peer.trace_context {
+                    features.push("trace_context");
+                }
+                v["features"] = json!(features);
+                v["incarnation"] = json!(peer.incarnation);
+                v["identity"] = json!(peer.identity);
+                v["remote"] = json!(peer.remote);
+                v["since_unix_ms"] = json!(unix_ms(oldest.opened_at()));
+                v["discovered_by"] = json!(oldest.origin().map(|o| o.as_str()));
+            }
+            v["connections"] = json!(conns.len());
+            v
+        })
         .collect();
     json!({"self": node.id_str(), "members": members})
+}
+
+/// The discovery's own account (Consul: the registration and upstreams);
+/// `null` for a node without an authoritative discovery.
+pub(super) fn discovery(node: &NodeInner) -> Value {
+    json!({"node": node.id_str(), "discovery": node.discovery_status()})
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub(super) fn activations(node: &NodeInner) -> Value {

@@ -123,4 +123,11 @@ pub trait Discovery: Send + Sync + 'static {
     /// behind, as a crash would ([`crate::Node::sever`]): the registry
     /// finds out by itself (a TTL running out).
     fn halt(&self);
+
+    /// The adapter's own account for operators (the admin endpoint's
+    /// `/admin/discovery`): what it registered, where, and its state. The
+    /// default says only that an adapter is there.
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "custom"})
+    }
 }

@@ -28,6 +28,21 @@ impl NodeInner {
         self.routing.load_full()
     }
 
+    /// The live connections to member `node`, oldest first (none for
+    /// this node itself or a node that runs no cluster).
+    pub(crate) fn connections_to(&self, node: &str) -> Vec<crate::transport::Connection> {
+        self.cluster
+            .get()
+            .map(|c| c.connections_to(node))
+            .unwrap_or_default()
+    }
+
+    /// What the authoritative discovery says of itself (Consul: the
+    /// registration), if the node has one.
+    pub(crate) fn discovery_status(&self) -> Option<serde_json::Value> {
+        self.cluster.get()?.discovery().map(|d| d.describe())
+    }
+
     /// `(actor type, capability, live activations)` per hosted type.
     pub(crate) fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)> {
         self.actors

@@ -259,6 +259,37 @@ struct Shared {
     cancelled: Mutex<HashMap<u64, Instant>>,
     cancelled_len: AtomicUsize,
     closed: watch::Sender<bool>,
+    /// When the handshake completed (wall clock, for operators).
+    opened_at: std::time::SystemTime,
+    /// How this node came to hold the connection, set once by the
+    /// cluster's owner task (for operators).
+    origin: std::sync::OnceLock<Origin>,
+}
+
+/// How a node came to hold a connection to a peer: what the admin
+/// endpoint shows as "discovered by".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Dialed at a configured seed address.
+    Seed,
+    /// Dialed at an address another member gossiped.
+    Gossip,
+    /// Dialed at an address the authoritative discovery (Consul) reported.
+    Discovery,
+    /// The peer dialed this node.
+    Inbound,
+}
+
+impl Origin {
+    /// The lower-case name the admin endpoint prints.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::Seed => "seed",
+            Origin::Gossip => "gossip",
+            Origin::Discovery => "discovery",
+            Origin::Inbound => "inbound",
+        }
+    }
 }
 
 impl Shared {
@@ -456,6 +487,8 @@ impl Connection {
             cancelled: Mutex::new(HashMap::new()),
             cancelled_len: AtomicUsize::new(0),
             closed: watch::channel(false).0,
+            opened_at: std::time::SystemTime::now(),
+            origin: std::sync::OnceLock::new(),
         });
         let conn = Connection { shared };
         tokio::spawn(write_loop(out_rx, conn.shared.clone()));
@@ -478,6 +511,21 @@ impl Connection {
     /// Who is at the other end.
     pub fn peer(&self) -> &Peer {
         &self.shared.peer
+    }
+
+    /// When its handshake completed.
+    pub(crate) fn opened_at(&self) -> std::time::SystemTime {
+        self.shared.opened_at
+    }
+
+    /// How this node came to hold it; `None` until the owner task saw it.
+    pub(crate) fn origin(&self) -> Option<Origin> {
+        self.shared.origin.get().copied()
+    }
+
+    /// Records how this node came to hold it (the first call wins).
+    pub(crate) fn set_origin(&self, origin: Origin) {
+        let _ = self.shared.origin.set(origin);
     }
 
     /// Whether the connection has closed.

@@ -35,8 +35,8 @@ pub mod memory;
 pub mod tcp;
 pub mod tls;
 
-pub(crate) use conn::Routed;
 pub use conn::{Ack, Connection, Inbound, Responder};
+pub(crate) use conn::{Origin, Routed};
 pub use connect::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener, Stream,
 };

@@ -607,6 +607,27 @@ impl Discovery for Consul {
             r.watch.abort();
         }
     }
+
+    /// `{kind: "consul", registered, agent, node, service_id, check_id,
+    /// datacenter, ttl_ms, heartbeat_ms}` (agent and ids only while
+    /// registered). No request is made: this is what the adapter holds.
+    fn describe(&self) -> serde_json::Value {
+        let running = lock(&self.running);
+        let mut v = serde_json::json!({
+            "kind": "consul",
+            "registered": running.is_some(),
+            "datacenter": self.cfg.datacenter,
+            "ttl_ms": self.effective_ttl().as_millis() as u64,
+            "heartbeat_ms": self.cfg.heartbeat.as_millis() as u64,
+        });
+        if let Some(r) = running.as_ref() {
+            v["agent"] = serde_json::json!(r.api.base());
+            v["node"] = serde_json::json!(r.node);
+            v["service_id"] = serde_json::json!(r.service_id);
+            v["check_id"] = serde_json::json!(format!("service:{}", r.service_id));
+        }
+        v
+    }
 }
 
 #[cfg(test)]

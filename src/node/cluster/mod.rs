@@ -162,6 +162,15 @@ impl Cluster {
             .collect()
     }
 
+    /// Every live connection to `node`, oldest first (operators' view).
+    pub(crate) fn connections_to(&self, node: &str) -> Vec<Connection> {
+        self.view
+            .load()
+            .get(node)
+            .map(|conns| conns.iter().filter(|c| !c.is_closed()).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Closes every connection to `node` (it stopped answering).
     pub(crate) fn close_peer(&self, node: &str) {
         if let Some(conns) = self.view.load().get(node) {

@@ -19,7 +19,7 @@ use super::peers::{Admission, DialKey, PeerTable};
 use super::View;
 use crate::discovery::Peers;
 use crate::node::NodeInner;
-use crate::transport::{Ack, Connection, DialTarget, Inbound};
+use crate::transport::{Ack, Connection, DialTarget, Inbound, Origin};
 use crate::wire;
 
 /// A change for the owner task to apply.
@@ -127,6 +127,12 @@ fn apply(
         Event::Connected(owned, via) => {
             let conn = owned.take()?;
             let peer = conn.peer().clone();
+            conn.set_origin(match &via {
+                None => Origin::Inbound,
+                Some(DialKey::Seed(_)) => Origin::Seed,
+                Some(DialKey::Node(_)) if table.authoritative() => Origin::Discovery,
+                Some(DialKey::Node(_)) => Origin::Gossip,
+            });
             match table.on_connected(&peer.node, &peer.addr, conn.clone(), via.as_ref()) {
                 Admission::Refused(why) => {
                     tracing::debug!(node = %node.id, peer = %peer.node, "closing a connection: {why}");

@@ -156,6 +156,12 @@ impl<C: Conn> PeerTable<C> {
     }
 
     /// Whether `node` may be a member now.
+    /// Whether an authoritative discovery gates membership (its
+    /// addresses are the ones dialed).
+    pub(crate) fn authoritative(&self) -> bool {
+        self.gate.is_some()
+    }
+
     pub(crate) fn admits(&self, node: &str) -> bool {
         self.gate.as_ref().is_none_or(|g| g.contains(node))
     }
