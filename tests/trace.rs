@@ -172,6 +172,19 @@ async fn one_trace_spans_caller_forwarder_and_callee() {
     assert_eq!(serve.parent_span_id, forward.span_context.span_id());
     assert!(forward.parent_span_is_remote && serve.parent_span_is_remote);
     assert_eq!(attr(serve, "rpc.system.name").as_deref(), Some("mesh"));
+    // The trace, as `--nocapture` shows it (the closing note).
+    for s in [call, forward, serve] {
+        println!(
+            "trace {} span {} parent {} remote-parent {:5} {:?} {} node={}",
+            s.span_context.trace_id(),
+            s.span_context.span_id(),
+            s.parent_span_id,
+            s.parent_span_is_remote,
+            s.span_kind,
+            s.name,
+            attr(s, "mesh.node").unwrap_or_default()
+        );
+    }
     for n in [a, b, c] {
         n.shutdown().await.unwrap();
     }
