@@ -701,3 +701,418 @@ async fn http_hooks_restart_and_down() {
         (500, "rpc error making call: No cluster leader")
     );
 }
+
+// ---- Connect ----------------------------------------------------------
+//
+// Each rule below is reference section 6 ("Sidecar defaults for
+// Connect.SidecarService", "GET /health/connect") and section 10 items 2, 8
+// and 11, quoting Consul's docs (connect/proxies/deploy-sidecar-services,
+// api-docs/health, connect/intentions "Precedence and match order",
+// api-docs/connect/intentions).
+
+use mesh_testkit::consul_catalog::{CheckKind, SIDECAR_PORTS};
+
+fn parent(id: &str, port: u64, upstream: &str) -> serde_json::Value {
+    json!({"ID": id, "Name": "cluster", "Tags": ["cap.a"], "Address": "10.0.0.5",
+           "Port": port, "Meta": {"node_id": id},
+           "Check": {"TTL": "10s", "Status": "passing"},
+           "Connect": {"SidecarService": {"Proxy": {"Upstreams": [
+               {"DestinationName": upstream, "LocalBindAddress": "127.0.0.1",
+                "LocalBindPort": 9191}]}}}})
+}
+
+#[test]
+fn sidecar_expansion_follows_the_reference() {
+    let now = Instant::now();
+    let mut c = catalog();
+    c.register("host-a", &parent("node-a", 7000, "cluster-b"), false, now)
+        .unwrap();
+    let all = c.agent_services("host-a");
+    assert_eq!(consul_agent::ids(&all), ["node-a", "node-a-sidecar-proxy"]);
+    // "ID is <parent-id>-sidecar-proxy ... Name is <parent-name>-sidecar-proxy,
+    // Kind is connect-proxy; Tags and Meta are copied from the parent;
+    // Address is inherited; Proxy.DestinationServiceName/ID come from the
+    // parent, LocalServiceAddress is 127.0.0.1 and LocalServicePort is the
+    // parent's Port; Port is the lowest free port in [21000, 21255]."
+    let sc = &all["node-a-sidecar-proxy"];
+    assert_eq!(sc["Kind"], "connect-proxy");
+    assert_eq!(sc["Service"], "cluster-sidecar-proxy");
+    assert_eq!(sc["Tags"], json!(["cap.a"]));
+    assert_eq!(sc["Meta"], json!({"node_id": "node-a"}));
+    assert_eq!(sc["Address"], "10.0.0.5");
+    assert_eq!(sc["Port"], 21000);
+    assert_eq!(
+        sc["Proxy"],
+        json!({"DestinationServiceName": "cluster", "DestinationServiceID": "node-a",
+               "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 7000,
+               "MeshGateway": {}, "Expose": {},
+               "Upstreams": [{"DestinationType": "service", "DestinationName": "cluster-b",
+                   "LocalBindAddress": "127.0.0.1", "LocalBindPort": 9191, "MeshGateway": {}}]})
+    );
+    assert!(
+        all["node-a"].get("Kind").is_none(),
+        "Kind omitted when empty"
+    );
+    // "Default checks: service:<id>-sidecar-proxy:1 (TCP, 10s) and :2 (alias)."
+    let checks = &c.nodes["host-a"].checks;
+    let tcp = &checks["service:node-a-sidecar-proxy:1"];
+    assert_eq!(tcp.name, "Connect Sidecar Listening");
+    assert_eq!(
+        tcp.kind,
+        CheckKind::Tcp {
+            target: "10.0.0.5:21000".into(),
+            interval: Duration::from_secs(10)
+        }
+    );
+    let alias = &checks["service:node-a-sidecar-proxy:2"];
+    assert_eq!(alias.name, "Connect Sidecar Aliasing node-a");
+    assert_eq!(alias.kind, CheckKind::Alias("node-a".into()));
+    assert_eq!(alias.status, Status::Passing, "mirrors the passing parent");
+    // The next sidecar takes the next free port; snake_case keys work; a
+    // sidecar's own Tags and Name win over the defaults.
+    c.register(
+        "host-a",
+        &json!({"id": "node-b", "name": "cluster", "port": 7001, "tags": ["p"],
+                "connect": {"sidecar_service": {"name": "custom", "tags": ["own"]}}}),
+        false,
+        now,
+    )
+    .unwrap();
+    let all = c.agent_services("host-a");
+    let b = &all["node-b-sidecar-proxy"];
+    assert_eq!(
+        (b["Port"].as_u64(), b["Service"].as_str()),
+        (Some(21001), Some("custom"))
+    );
+    assert_eq!(b["Tags"], json!(["own"]));
+    assert_eq!(b["Proxy"]["LocalServicePort"], 7001);
+    // "The port stays the same on re-register", even when a lower one is free.
+    c.deregister("host-a", "node-a").unwrap();
+    c.register(
+        "host-a",
+        &json!({"ID": "node-b", "Name": "cluster", "Port": 7001,
+                "Connect": {"SidecarService": {}}}),
+        false,
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        c.agent_services("host-a")["node-b-sidecar-proxy"]["Port"],
+        21001
+    );
+    // "Removal together with the parent": deregister takes the sidecar and
+    // its checks.
+    assert!(!c.nodes["host-a"]
+        .checks
+        .keys()
+        .any(|k| k.contains("node-a")));
+    // "Re-registering the parent without SidecarService removes the old sidecar."
+    c.register(
+        "host-a",
+        &json!({"ID": "node-b", "Name": "cluster", "Port": 7001}),
+        false,
+        now,
+    )
+    .unwrap();
+    assert_eq!(consul_agent::ids(&c.agent_services("host-a")), ["node-b"]);
+    assert!(c.nodes["host-a"].checks.is_empty());
+}
+
+#[test]
+fn a_full_sidecar_range_is_the_documented_400() {
+    let now = Instant::now();
+    let mut c = catalog();
+    let size = SIDECAR_PORTS.1 - SIDECAR_PORTS.0 + 1;
+    for i in 0..size {
+        c.register(
+            "host-a",
+            &json!({"ID": format!("s{i}"), "Name": "s", "Port": 7000 + i,
+                    "Connect": {"SidecarService": {}}}),
+            false,
+            now,
+        )
+        .unwrap();
+    }
+    let before = c.index();
+    // "When the range is full: 400 no port provided for sidecar_service and
+    // none left in the configured range [21000, 21255]" (as Invalid
+    // SidecarService), and the parent is not registered either.
+    assert_eq!(
+        c.register(
+            "host-a",
+            &json!({"ID": "late", "Name": "s", "Port": 1, "Connect": {"SidecarService": {}}}),
+            false,
+            now
+        ),
+        Err(ApiError(
+            400,
+            "Invalid SidecarService: no port provided for sidecar_service and none left in the configured range [21000, 21255]".into()
+        ))
+    );
+    assert!(!c.nodes["host-a"].services.contains_key("late"));
+    assert_eq!(c.index(), before);
+    // Another agent (host) has its own range.
+    c.register("host-b", &parent("other", 7000, "x"), false, now)
+        .unwrap();
+    assert_eq!(
+        c.agent_services("host-b")["other-sidecar-proxy"]["Port"],
+        21000
+    );
+}
+
+#[test]
+fn health_connect_lists_sidecars_by_destination_with_the_alias_mirroring_the_parent() {
+    let now = Instant::now();
+    let mut c = catalog();
+    c.register("host-a", &parent("node-a", 7000, "x"), false, now)
+        .unwrap();
+    c.register("host-b", &ttl_service("cluster", "plain"), false, now)
+        .unwrap();
+    // "It returns the proxies whose Proxy.DestinationServiceName == name":
+    // only the sidecar, with its own checks (TCP, alias) and serfHealth.
+    let (all, index) = c.health_connect("cluster", false);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["Service"]["ID"], "node-a-sidecar-proxy");
+    assert_eq!(all[0]["Service"]["Port"], 21000);
+    assert_eq!(
+        all[0]["Service"]["Proxy"]["DestinationServiceName"],
+        "cluster"
+    );
+    let kinds: Vec<&str> = all[0]["Checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["CheckID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "serfHealth",
+            "service:node-a-sidecar-proxy:1",
+            "service:node-a-sidecar-proxy:2"
+        ]
+    );
+    assert!(c.health_connect("nothing", false).0.is_empty());
+    // Nothing listens yet: the TCP check is critical, `?passing` drops it.
+    assert!(c.health_connect("cluster", true).0.is_empty());
+    assert!(c.tcp_result("host-a", "service:node-a-sidecar-proxy:1", Ok(()), now));
+    let (passing, moved) = c.health_connect("cluster", true);
+    assert_eq!(passing.len(), 1);
+    assert!(
+        moved > index,
+        "a sidecar's change moves its destination's index"
+    );
+    assert_eq!(
+        c.nodes["host-a"].checks["service:node-a-sidecar-proxy:1"].output,
+        "TCP connect 10.0.0.5:21000: Success"
+    );
+    // The parent fails: the alias follows, and the sidecar is not passing.
+    c.update_check("host-a", "service:node-a", Status::Critical, "", now)
+        .unwrap();
+    assert_eq!(
+        c.nodes["host-a"].checks["service:node-a-sidecar-proxy:2"].status,
+        Status::Critical
+    );
+    assert!(c.health_connect("cluster", true).0.is_empty());
+    c.update_check("host-a", "service:node-a", Status::Warning, "", now)
+        .unwrap();
+    assert_eq!(
+        c.nodes["host-a"].checks["service:node-a-sidecar-proxy:2"].status,
+        Status::Warning
+    );
+    // The sidecar goes with its parent, and the index moves again.
+    let before = c.health_connect("cluster", false).1;
+    c.deregister("host-a", "node-a").unwrap();
+    let (gone, after) = c.health_connect("cluster", false);
+    assert!(gone.is_empty());
+    assert!(after > before);
+    // `/v1/catalog/services`: names with the union of their tags.
+    let (names, _) = c.catalog_services();
+    assert_eq!(names, json!({"consul": [], "cluster": ["cap"]}));
+}
+
+#[tokio::test]
+async fn http_health_connect_blocks_and_the_tcp_check_really_dials() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    consul.with_catalog(|c| c.scale_intervals(0.01)); // the 10 s check every 100 ms
+    let http = Http::new(consul.url(0));
+    // The sidecar's public port is a real listener here (port 0).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut body = ttl_service("db", "db-1");
+    body["Connect"] = json!({"SidecarService": {"Port": port}});
+    assert_eq!(
+        http.put("agent/service/register", Some(body)).await.status,
+        200
+    );
+    let first = http.get("health/connect/db?passing").await;
+    assert_eq!(first.status, 200);
+    let mut index = first.index();
+    let mut entries = first.json();
+    // Block until the TCP check has dialed the listener and passed.
+    while entries.as_array().is_none_or(Vec::is_empty) {
+        let a = mesh_testkit::soon(
+            http.get(&format!("health/connect/db?passing&index={index}&wait=30s")),
+        )
+        .await;
+        index = a.index();
+        entries = a.json();
+    }
+    assert_eq!(entries[0]["Service"]["Port"], port);
+    let (accepted, _) = mesh_testkit::soon(listener.accept()).await.unwrap();
+    drop(accepted);
+    // `/v1/agent/checks`: every check of the agent by ID, with its type.
+    let checks = http.get("agent/checks").await.json();
+    assert_eq!(
+        consul_agent::ids(&checks),
+        [
+            "service:db-1",
+            "service:db-1-sidecar-proxy:1",
+            "service:db-1-sidecar-proxy:2"
+        ]
+    );
+    assert_eq!(checks["service:db-1-sidecar-proxy:1"]["Type"], "tcp");
+    assert_eq!(checks["service:db-1-sidecar-proxy:1"]["Status"], "passing");
+    assert_eq!(
+        checks["service:db-1-sidecar-proxy:2"]["ServiceName"],
+        "db-sidecar-proxy"
+    );
+    // `/v1/catalog/services` blocks on the index and wakes on a new name.
+    let names = http.get("catalog/services").await;
+    assert_eq!(
+        names.json(),
+        json!({"consul": [], "db": ["cap"], "db-sidecar-proxy": ["cap"]})
+    );
+    let at = names.index();
+    let blocked = tokio::spawn({
+        let url = format!("{}/v1/catalog/services?index={at}&wait=5m", consul.url(0));
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("answer")
+                .text()
+                .await
+                .expect("body")
+        }
+    });
+    http.put("agent/service/register", Some(ttl_service("web", "web-1")))
+        .await;
+    let woke = mesh_testkit::soon(blocked).await.expect("task");
+    assert!(woke.contains("\"web\""), "{woke}");
+    // Closing the listener fails the check, and the sidecar leaves `?passing`.
+    drop(listener);
+    mesh_testkit::soon(consul.until(|c| c.health_connect("db", true).0.is_empty())).await;
+    let check =
+        consul.with_catalog(|c| c.nodes["agent-0"].checks["service:db-1-sidecar-proxy:1"].clone());
+    assert!(
+        check
+            .output
+            .starts_with(&format!("dial tcp 127.0.0.1:{port}: connect:")),
+        "{}",
+        check.output
+    );
+}
+
+#[tokio::test]
+async fn http_intentions_follow_the_documented_precedence_and_default() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let http = Http::new(consul.url(0));
+    let td = consul.trust_domain();
+    let http = &http;
+    let authorize = |source: &str, target: &str| {
+        let body = json!({"Target": target,
+            "ClientCertURI": format!("spiffe://{td}/ns/default/dc/dc1/svc/{source}"),
+            "ClientCertSerial": "08"});
+        let req = http
+            .client
+            .post(format!("{}/v1/agent/connect/authorize", http.base))
+            .json(&body);
+        async move {
+            http.send(req).await.json()["Authorized"]
+                .as_bool()
+                .expect("a bool")
+        }
+    };
+    let exact = |s: &str, d: &str| format!("connect/intentions/exact?source={s}&destination={d}");
+    // ACLs off: the default policy allows.
+    assert!(authorize("web", "db").await);
+    // "PUT /connect/intentions/exact ... returns true".
+    let a = http
+        .put(&exact("*", "db"), Some(json!({"Action": "deny"})))
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (200, "true"));
+    assert!(!authorize("web", "db").await);
+    // Precedence 9 (exact => exact) beats 8 (* => exact).
+    http.put(&exact("web", "db"), Some(json!({"Action": "allow"})))
+        .await;
+    assert!(authorize("web", "db").await);
+    assert!(!authorize("api", "db").await);
+    let read = http.get(&exact("web", "db")).await.json();
+    assert_eq!(
+        (read["Action"].as_str(), read["Precedence"].as_u64()),
+        (Some("allow"), Some(9))
+    );
+    // 8 (* => db) beats 6 (api => *).
+    http.put(&exact("api", "*"), Some(json!({"Action": "allow"})))
+        .await;
+    assert!(!authorize("api", "db").await);
+    assert!(authorize("api", "cache").await);
+    // DELETE answers true, and the next rule applies.
+    let d = http
+        .send(
+            http.client
+                .delete(format!("{}/v1/{}", http.base, exact("*", "db"))),
+        )
+        .await;
+    assert_eq!((d.status, d.body.as_str()), (200, "true"));
+    assert!(authorize("api", "db").await, "api => * now");
+    assert_eq!(http.get(&exact("*", "db")).await.status, 404);
+    // Only a whole name may be `*` (config entry validation; an RPC error: 500).
+    let p = http
+        .put(
+            &exact("cluster-*", "cluster-a"),
+            Some(json!({"Action": "allow"})),
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.body.as_str()),
+        (
+            500,
+            "Sources[0].Name: wildcard character '*' cannot be used with partial values"
+        )
+    );
+    let p = http
+        .put(&exact("web", "db"), Some(json!({"Action": "maybe"})))
+        .await;
+    assert_eq!(p.status, 500);
+    let p = http
+        .put(
+            "connect/intentions/exact?source=web",
+            Some(json!({"Action": "allow"})),
+        )
+        .await;
+    assert_eq!(
+        (p.status, p.body.as_str()),
+        (500, "required query parameter 'destination' not set")
+    );
+    // "*" => "*" (5) is the last rule before the default.
+    http.put(&exact("*", "*"), Some(json!({"Action": "deny"})))
+        .await;
+    assert!(!authorize("x", "y").await);
+    // The default policy: deny by hook, and deny in ACL mode.
+    http.send(
+        http.client
+            .delete(format!("{}/v1/{}", http.base, exact("*", "*"))),
+    )
+    .await;
+    assert!(authorize("x", "y").await);
+    consul.intention_default(Some(false));
+    assert!(!authorize("x", "y").await);
+    assert_eq!(
+        consul.check_intention("x", "y"),
+        (false, "Default behavior configured by ACLs".into())
+    );
+    consul.intention_default(None);
+    consul.set_acl(Some(Acl::default()));
+    assert!(!consul.check_intention("x", "y").0, "ACL default deny");
+}

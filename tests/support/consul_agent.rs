@@ -5,7 +5,12 @@
 //! with `wait` and jitter, hash blocking on `/v1/agent/service/:id`, ACL
 //! tokens from all three sources with 403s, and test hooks (agent
 //! restart, index reset, agent down and up, injected failures, a request
-//! log). TTLs run on a ticker every 10 ms.
+//! log). TTLs run on a ticker every 10 ms, and so do TCP checks when due
+//! (real dials). Connect (section 6 and 10, items 2, 8, 11): sidecar
+//! expansion (in the catalog), `/v1/health/connect/<name>`, the CA roots
+//! and leaves, `authorize` backed by intentions (`*` wildcards, the
+//! documented precedence, a default policy), the intentions `exact` API;
+//! and `/v1/agent/checks`, blocking `/v1/catalog/services`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,9 +76,37 @@ struct ConnectCa {
     roots: Vec<crate::pki::Ca>,
     leaves: HashMap<String, (crate::pki::Leaf, u64)>,
     index: u64,
-    /// (source, destination) -> allowed; absent: allowed (the default
-    /// policy with ACLs off).
+    /// (source, destination) -> allowed, either side possibly `*`.
     intentions: HashMap<(String, String), bool>,
+    /// The default intention policy; `None`: the ACL default policy
+    /// (allow with ACLs off, deny in ACL mode).
+    default_allow: Option<bool>,
+}
+
+impl ConnectCa {
+    /// Whether `source` may connect to `destination`, and why, by the
+    /// documented precedence (connect/intentions "Precedence and match
+    /// order", the default namespace's rows): exact => exact (9), `*` =>
+    /// exact (8), exact => `*` (6), `*` => `*` (5), else the default.
+    fn decide(&self, source: &str, destination: &str, acl_mode: bool) -> (bool, String) {
+        for (s, d, precedence) in [
+            (source, destination, 9),
+            ("*", destination, 8),
+            (source, "*", 6),
+            ("*", "*", 5),
+        ] {
+            if let Some(&allow) = self.intentions.get(&(s.to_owned(), d.to_owned())) {
+                return (
+                    allow,
+                    format!("Matched L4 intention: {s} => {d} (Precedence: {precedence})"),
+                );
+            }
+        }
+        (
+            self.default_allow.unwrap_or(!acl_mode),
+            "Default behavior configured by ACLs".to_owned(),
+        )
+    }
 }
 
 impl ConnectCa {
@@ -85,6 +118,7 @@ impl ConnectCa {
             leaves: HashMap::new(),
             index: 10,
             intentions: HashMap::new(),
+            default_allow: None,
         }
     }
 }
@@ -166,9 +200,25 @@ impl TestConsul {
             loop {
                 every.tick().await;
                 let Some(shared) = weak.upgrade() else { return };
-                let changed = lock(&shared.catalog).tick(Instant::now());
+                let (changed, due) = {
+                    let mut c = lock(&shared.catalog);
+                    let now = Instant::now();
+                    (c.tick(now), c.due_tcp_checks(now))
+                };
                 if changed {
                     shared.notify();
+                }
+                for (node, check, target) in due {
+                    let weak = Arc::downgrade(&shared);
+                    tokio::spawn(async move {
+                        let result = tcp_check(&target).await;
+                        let Some(shared) = weak.upgrade() else { return };
+                        let changed =
+                            lock(&shared.catalog).tcp_result(&node, &check, result, Instant::now());
+                        if changed {
+                            shared.notify();
+                        }
+                    });
                 }
             }
         });
@@ -201,11 +251,26 @@ impl TestConsul {
         lock(&self.shared.ca).td.clone()
     }
 
-    /// Hook: an intention from service `source` to `destination`.
+    /// Hook: an intention from service `source` to `destination` (either
+    /// may be `*`), as `PUT /v1/connect/intentions/exact` writes one.
     pub fn intention(&self, source: &str, destination: &str, allow: bool) {
         lock(&self.shared.ca)
             .intentions
             .insert((source.to_owned(), destination.to_owned()), allow);
+    }
+
+    /// Hook: the default intention policy (`Some(false)`: deny what no
+    /// intention allows), or `None` for the ACL default policy (allow with
+    /// ACLs off, deny in ACL mode).
+    pub fn intention_default(&self, allow: Option<bool>) {
+        lock(&self.shared.ca).default_allow = allow;
+    }
+
+    /// Hook: `source` and `destination` as the agent's authorize endpoint
+    /// decides them: allowed, and the reason.
+    pub fn check_intention(&self, source: &str, destination: &str) -> (bool, String) {
+        let acl_mode = lock(&self.shared.acl).is_some();
+        lock(&self.shared.ca).decide(source, destination, acl_mode)
     }
 
     /// Hook: the CA renews the leaf of `service` (a new key and serial).
@@ -333,6 +398,21 @@ impl TestConsul {
                 return;
             }
         }
+    }
+}
+
+/// A TCP check: connect within 10 s (Consul's default timeout), then
+/// close.
+async fn tcp_check(target: &str) -> Result<(), String> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(target),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("i/o timeout".into()),
     }
 }
 
@@ -633,15 +713,36 @@ async fn route(
                 "ClientCertURI not a valid Connect identifier".into(),
             ));
         };
-        let ca = lock(&shared.ca);
-        let (authorized, reason) = match ca.intentions.get(&(source.to_owned(), target.to_owned()))
-        {
-            Some(&allow) => (allow, format!("Matched L4 intention: {source} => {target}")),
-            None => (true, "Default behavior configured by ACLs".to_owned()),
-        };
+        let acl_mode = lock(&shared.acl).is_some();
+        let (authorized, reason) = lock(&shared.ca).decide(source, target, acl_mode);
         return Ok(Reply::json(
             &json!({"Authorized": authorized, "Reason": reason}),
         ));
+    }
+    if rel == "connect/intentions/exact" {
+        return intention_exact(shared, method, query, body);
+    }
+    if let Some(name) = rel.strip_prefix("health/connect/") {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        return health_connect(shared, name, query).await;
+    }
+    if rel == "agent/checks" {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        let v = lock(&shared.catalog).agent_checks(agent);
+        return Ok(Reply::json(&v));
+    }
+    if rel == "catalog/services" {
+        if method != Method::GET {
+            return method_not_allowed(method, "GET");
+        }
+        authorize(shared, token, None)?;
+        return catalog_services(shared, query).await;
     }
     if let Some(what) = rel.strip_prefix("agent/connect/ca/") {
         if method != Method::GET {
@@ -887,6 +988,141 @@ async fn health_service(
         if index == 0 || idx > index || Instant::now() >= deadline {
             let mut r = Reply::json(&Value::Array(entries));
             r.headers = read_headers(idx, has("stale"));
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return Err(ApiError(500, "agent stopping".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `PUT|GET|DELETE /v1/connect/intentions/exact?source=&destination=`
+/// (api-docs/connect/intentions): upsert `{"Action":"allow"|"deny"}` and
+/// delete answer `true`; a read answers the intention or 404. The names
+/// are whole service names or `*`: a partial wildcard is refused as the
+/// config entry's validation does (`Name: wildcard character '*' cannot
+/// be used with partial values`), a 500 like every RPC error.
+fn intention_exact(
+    shared: &Shared,
+    method: &Method,
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let param = |k: &str| {
+        query
+            .iter()
+            .find(|(q, _)| q == k)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError(500, format!("required query parameter '{k}' not set")))
+    };
+    if *method != Method::PUT && *method != Method::GET && *method != Method::DELETE {
+        return method_not_allowed(method, "GET, PUT, DELETE");
+    }
+    let source = param("source")?;
+    let destination = param("destination")?;
+    for (what, name) in [("Sources[0].Name", &source), ("Name", &destination)] {
+        if name != "*" && name.contains('*') {
+            return Err(ApiError(
+                500,
+                format!("{what}: wildcard character '*' cannot be used with partial values"),
+            ));
+        }
+    }
+    let key = (source.clone(), destination.clone());
+    let mut ca = lock(&shared.ca);
+    if *method == Method::GET {
+        let Some(&allow) = ca.intentions.get(&key) else {
+            return Err(ApiError(404, "Intention not found".into()));
+        };
+        let precedence = match (source == "*", destination == "*") {
+            (false, false) => 9,
+            (true, false) => 8,
+            (false, true) => 6,
+            (true, true) => 5,
+        };
+        return Ok(Reply::json(&json!({
+            "SourceNS": "default", "SourceName": source,
+            "DestinationNS": "default", "DestinationName": destination,
+            "SourceType": "consul", "Action": if allow { "allow" } else { "deny" },
+            "Meta": {}, "Precedence": precedence
+        })));
+    }
+    if *method == Method::DELETE {
+        ca.intentions.remove(&key);
+        return Ok(Reply::json(&json!(true)));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))?;
+    let action = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case("action")))
+        .and_then(|(_, a)| a.as_str())
+        .unwrap_or("");
+    let allow = match action {
+        "allow" => true,
+        "deny" => false,
+        _ => {
+            return Err(ApiError(
+                500,
+                "Sources[0].Action must be set to 'allow' or 'deny'".into(),
+            ))
+        }
+    };
+    ca.intentions.insert(key, allow);
+    Ok(Reply::json(&json!(true)))
+}
+
+/// `?passing` as Consul reads it: bare or a bool.
+fn passing_of(query: &[(String, String)]) -> Result<bool, ApiError> {
+    match query.iter().find(|(k, _)| k == "passing") {
+        None => Ok(false),
+        Some((_, v)) => {
+            parse_bool(v).ok_or_else(|| ApiError(400, "Invalid value for ?passing".into()))
+        }
+    }
+}
+
+/// `GET /v1/health/connect/<name>`: the sidecars of `name`, blocking on
+/// their index.
+async fn health_connect(
+    shared: &Shared,
+    name: &str,
+    query: &[(String, String)],
+) -> Result<Reply, ApiError> {
+    let passing = passing_of(query)?;
+    let stale = query.iter().any(|(k, _)| k == "stale");
+    let index = index_of(query)?;
+    let wait = wait_of(query)?;
+    let deadline = Instant::now() + wait + jitter(wait);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        let (entries, idx) = lock(&shared.catalog).health_connect(name, passing);
+        if index == 0 || idx > index || Instant::now() >= deadline {
+            let mut r = Reply::json(&Value::Array(entries));
+            r.headers = read_headers(idx, stale);
+            return Ok(r);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return Err(ApiError(500, "agent stopping".into())) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `GET /v1/catalog/services`, blocking on the services index.
+async fn catalog_services(shared: &Shared, query: &[(String, String)]) -> Result<Reply, ApiError> {
+    let stale = query.iter().any(|(k, _)| k == "stale");
+    let index = index_of(query)?;
+    let wait = wait_of(query)?;
+    let deadline = Instant::now() + wait + jitter(wait);
+    let mut rx = shared.changed.subscribe();
+    loop {
+        let (names, idx) = lock(&shared.catalog).catalog_services();
+        if index == 0 || idx > index || Instant::now() >= deadline {
+            let mut r = Reply::json(&names);
+            r.headers = read_headers(idx, stale);
             return Ok(r);
         }
         tokio::select! {
