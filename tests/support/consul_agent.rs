@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::consul_catalog::{parse_go_duration, ApiError, Catalog, Status, TimeScale};
+use crate::consul_kv::{self, Kv};
 
 /// An ACL token of the test agent.
 #[derive(Debug, Clone)]
@@ -65,6 +66,8 @@ struct Shared {
     logged: watch::Sender<usize>,
     /// The Connect CA (`agent/connect/ca/{roots,leaf}`).
     ca: Mutex<ConnectCa>,
+    /// Sessions, KV and txn (`consul_kv`).
+    kv: Mutex<Kv>,
 }
 
 /// The test agent's Connect CA: rcgen certificates in Consul's profile
@@ -181,6 +184,7 @@ impl TestConsul {
             log: Mutex::new(Vec::new()),
             logged: watch::channel(0).0,
             ca: Mutex::new(ConnectCa::new()),
+            kv: Mutex::new(Kv::new(time.ttl)),
         });
         let mut list = Vec::new();
         for (i, at) in addrs.iter().enumerate() {
@@ -205,6 +209,7 @@ impl TestConsul {
                     let now = Instant::now();
                     (c.tick(now), c.due_tcp_checks(now))
                 };
+                let changed = consul_kv::tick(&shared.kv, &shared.catalog, Instant::now()) || changed;
                 if changed {
                     shared.notify();
                 }
@@ -311,6 +316,8 @@ impl TestConsul {
         if let Some(s) = lock(&self.agents[i].server).take() {
             s.abort();
         }
+        // Its serfHealth fails: sessions that list it are invalidated.
+        lock(&self.shared.kv).set_node_down(&self.agents[i].name, true);
     }
 
     /// Hook: agent `i` comes back on the same port.
@@ -321,6 +328,7 @@ impl TestConsul {
             .expect("bind the test agent again");
         let server = tokio::spawn(serve(listener, self.shared.clone(), a.name.clone()));
         *lock(&a.server) = Some(server);
+        lock(&self.shared.kv).set_node_down(&a.name, false);
     }
 
     /// Hook: every request answers this status and body, or normally again.
@@ -695,6 +703,25 @@ async fn route(
     token: Option<&str>,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
+    if let Some(out) = consul_kv::route(
+        &shared.kv,
+        &shared.catalog,
+        &shared.changed,
+        agent,
+        method,
+        rel,
+        query,
+        body,
+    )
+    .await
+    {
+        return out.map(|r| Reply {
+            status: r.status,
+            body: r.body,
+            json: r.json,
+            headers: r.headers,
+        });
+    }
     let now = Instant::now();
     if rel == "agent/connect/authorize" {
         if method != Method::POST {

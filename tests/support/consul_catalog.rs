@@ -1130,6 +1130,13 @@ impl Catalog {
         }
         Value::Object(out)
     }
+
+    /// Allocates the next index of the one index space (KV, sessions and
+    /// the catalog share it, as Raft indexes do in Consul).
+    pub fn next_index(&mut self) -> u64 {
+        self.index += 1;
+        self.index
+    }
 }
 
 /// A check as health and agent reads show it.

@@ -6,7 +6,8 @@
 //!
 //! - [`consul_agent`] and [`consul_catalog`]: the Consul test agent, real
 //!   HTTP servers over one simulated catalog, pinned to the documented
-//!   behaviour by `tests/consul_agent.rs`;
+//!   behaviour by `tests/consul_agent.rs`; [`consul_kv`]: its sessions,
+//!   KV and `/v1/txn`, pinned by `tests/consul_kv.rs`;
 //! - [`actors`]: the test actors that more than one suite uses;
 //! - [`procs`]: real node processes (the cluster examples) and signals;
 //! - [`chaos`]: steady load from a driver node, outcomes, histories;
@@ -23,6 +24,7 @@ pub mod actors;
 pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;
+pub mod consul_kv;
 pub mod pki;
 pub mod procs;
 
