@@ -94,6 +94,56 @@ pub enum UpstreamPorts {
 }
 
 /// Mesh mode settings, given to [`crate::discovery::Consul::through_sidecar`].
+///
+/// # What the node registers
+///
+/// Besides its cluster registration (ID `<service>-<node>`, Name
+/// `<service>`, unchanged so discovery works as in direct mode), a
+/// per-node service: Name `<service>-<node>` (the destination name peers'
+/// upstreams target), ID `<service>-<node>-connect` (what `consul connect
+/// proxy|envoy -sidecar-for` takes), Port = the node's listener, Address =
+/// [`Mesh::sidecar_address`], an alias check on the cluster registration
+/// (the heartbeat drives it; same `DeregisterCriticalServiceAfter`), and
+/// `Connect.SidecarService` with `Proxy.LocalServiceAddress/Port` = the
+/// node's listener and one upstream per peer (`DestinationName`
+/// `<service>-<peer>`, `LocalBindAddress` 127.0.0.1, `LocalBindPort` by
+/// [`UpstreamPorts`]). The agent derives the sidecar
+/// `<service>-<node>-connect-sidecar-proxy` from it.
+///
+/// # Ordering
+///
+/// The start registers the node, reads the Connect trust domain (an agent
+/// without Connect fails the start), registers the per-node service with
+/// upstreams for the first view of the peers, and reads the sidecar's
+/// port back. Afterwards every change of the peer set registers the
+/// per-node service again (peers keep their ports); the view of
+/// [`crate::discovery::Consul::sidecar_upstreams`] changes only once the
+/// agent accepted it. Refusals are retried with backoff (100 ms doubling
+/// to 5 s). Each peer's sidecar is watched with a blocking query on
+/// `/v1/health/connect/<service>-<peer>?passing`; `remote` is `None` until
+/// one passes. When the agent forgets the node (a restart), the heartbeat
+/// registers both registrations again.
+///
+/// # Shutdown
+///
+/// The heartbeat stops, the mesh task stops (nothing is registered after
+/// it), the per-node service is deregistered (the agent removes the
+/// sidecar with it), then the node's registration. A halted node
+/// ([`crate::Node::sever`]) leaves both behind; they go critical with the
+/// TTL and are reaped after `DeregisterCriticalServiceAfter`.
+///
+/// # Intentions
+///
+/// A peer's sidecar presents the leaf of `<service>-<peer>`; this node's
+/// sidecar admits it only if an intention allows `<service>-<peer>` =>
+/// `<service>-<node>`, and under a default-deny policy a pair without an
+/// allow intention is refused. Consul takes `*` only as a whole name
+/// (`<service>-*` is refused: "wildcard character '*' cannot be used with
+/// partial values"), so write either one allow per ordered pair of nodes
+/// (n x (n-1), added when a node joins:
+/// `consul intention create -allow game-a game-b`), or one
+/// `* => <service>-<node>` per node when every service in the mesh may
+/// reach the nodes.
 #[derive(Debug, Clone)]
 pub struct Mesh {
     pub(crate) upstream_ports: UpstreamPorts,

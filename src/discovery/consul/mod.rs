@@ -57,6 +57,44 @@
 //!
 //! Only plain `http://` agents are supported: this build carries no TLS
 //! client (the usual setup is a local agent on loopback).
+//!
+//! # Mesh mode
+//!
+//! With [`Consul::through_sidecar`] each node also registers a Connect
+//! sidecar for itself, so that any Connect proxy (the built-in one, Envoy,
+//! HAProxy) can carry the traffic between nodes:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh::Error> {
+//! use mesh::discovery::consul::{Consul, Mesh};
+//!
+//! let consul = Consul::new().through_sidecar(Mesh::new());
+//! // ... NodeBuilder::discovery(consul.clone()), listening on 127.0.0.1 ...
+//! let mut upstreams = consul.sidecar_upstreams();
+//! upstreams.changed().await.ok();
+//! for u in upstreams.borrow().iter() {
+//!     // peer u.node: dial u.local_bind; its sidecar is u.remote
+//!     println!("{} via {} ({:?})", u.node, u.local_bind, u.remote);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Per node, with cluster service `game` and node `a`:
+//!
+//! | registration | ID | Name | what for |
+//! |---|---|---|---|
+//! | the node (as in direct mode) | `game-a` | `game` | discovery, the TTL heartbeat |
+//! | the per-node service | `game-a-connect` | `game-a` | a destination name of its own; alias check on `game-a` |
+//! | its sidecar (by the agent) | `game-a-connect-sidecar-proxy` | `game-a-sidecar-proxy` | public mTLS port (21000-21255), `Proxy.Upstreams` = one per peer: `game-b` on `127.0.0.1:<port>` |
+//!
+//! Upstreams are registered again whenever membership changes, and each
+//! peer keeps its local port while it stays ([`UpstreamPorts`]); the
+//! peers' sidecars are watched on `/v1/health/connect/game-<peer>`.
+//! [`Consul::sidecar_upstreams`] publishes the result,
+//! [`Consul::local_sidecar`] this node's own side. The whole contract
+//! (ordering, shutdown, how to write intentions: one allow per ordered
+//! pair `game-a => game-b`, or `* => game-<node>`, since Consul refuses
+//! `game-*`) is on [`Mesh`].
 
 mod api;
 mod health;
