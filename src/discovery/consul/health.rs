@@ -2,6 +2,7 @@
 //! passing, re-registers when the agent forgot the node, and backs off
 //! when the agent fails.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -26,6 +27,9 @@ pub(crate) struct HealthState {
     pub(crate) check_id: String,
     /// The registration body, sent again when the agent forgot us.
     pub(crate) registration: Value,
+    /// Mesh mode: the per-node registration as last accepted, sent again
+    /// after `registration` when the agent forgot us.
+    pub(crate) also: Option<Arc<Mutex<Value>>>,
     pub(crate) interval: Duration,
     /// Longest wait between tries while the agent fails.
     pub(crate) max_backoff: Duration,
@@ -67,6 +71,10 @@ impl HealthState {
             if e.forgot_us() {
                 tracing::warn!(node = %self.node, "consul agent forgot this node ({e}): registering again");
                 result = register(&self.api, &self.registration).await;
+                if let (Ok(()), Some(also)) = (&result, &self.also) {
+                    let body = super::lock(also).clone();
+                    result = register(&self.api, &body).await;
+                }
             }
         }
         match result {

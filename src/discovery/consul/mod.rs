@@ -57,11 +57,52 @@
 //!
 //! Only plain `http://` agents are supported: this build carries no TLS
 //! client (the usual setup is a local agent on loopback).
+//!
+//! # Mesh mode
+//!
+//! With [`Consul::through_sidecar`] each node also registers a Connect
+//! sidecar for itself, so that any Connect proxy (the built-in one, Envoy,
+//! HAProxy) can carry the traffic between nodes:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), mesh::Error> {
+//! use mesh::discovery::consul::{Consul, Mesh};
+//!
+//! let consul = Consul::new().through_sidecar(Mesh::new());
+//! // ... NodeBuilder::discovery(consul.clone()), listening on 127.0.0.1 ...
+//! let mut upstreams = consul.sidecar_upstreams();
+//! upstreams.changed().await.ok();
+//! for u in upstreams.borrow().iter() {
+//!     // peer u.node: dial u.local_bind; its sidecar is u.remote
+//!     println!("{} via {} ({:?})", u.node, u.local_bind, u.remote);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Per node, with cluster service `game` and node `a`:
+//!
+//! | registration | ID | Name | what for |
+//! |---|---|---|---|
+//! | the node (as in direct mode) | `game-a` | `game` | discovery, the TTL heartbeat |
+//! | the per-node service | `game-a-connect` | `game-a` | a destination name of its own; alias check on `game-a` |
+//! | its sidecar (by the agent) | `game-a-connect-sidecar-proxy` | `game-a-sidecar-proxy` | public mTLS port (21000-21255), `Proxy.Upstreams` = one per peer: `game-b` on `127.0.0.1:<port>` |
+//!
+//! Upstreams are registered again whenever membership changes, and each
+//! peer keeps its local port while it stays ([`UpstreamPorts`]); the
+//! peers' sidecars are watched on `/v1/health/connect/game-<peer>`.
+//! [`Consul::sidecar_upstreams`] publishes the result,
+//! [`Consul::local_sidecar`] this node's own side. The whole contract
+//! (ordering, shutdown, how to write intentions: one allow per ordered
+//! pair `game-a => game-b`, or `* => game-<node>`, since Consul refuses
+//! `game-*`) is on [`Mesh`].
 
 mod api;
 mod health;
 pub(crate) use health::backoff;
+mod mesh;
 mod watch;
+
+pub use mesh::{LocalSidecar, Mesh, SidecarRemote, SidecarUpstream, UpstreamPorts};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -92,6 +133,7 @@ struct Config {
     deregister_after: Duration,
     wait: Duration,
     request_timeout: Duration,
+    mesh: Option<Mesh>,
 }
 
 impl Default for Config {
@@ -106,6 +148,7 @@ impl Default for Config {
             deregister_after: Duration::from_secs(60),
             wait: Duration::from_secs(20),
             request_timeout: Duration::from_secs(5),
+            mesh: None,
         }
     }
 }
@@ -117,6 +160,13 @@ struct Running {
     service_id: String,
     worker: ActorRef<HealthMsg>,
     watch: tokio::task::JoinHandle<()>,
+    mesh: Option<MeshRunning>,
+}
+
+/// Mesh mode, while the node runs.
+struct MeshRunning {
+    local: LocalSidecar,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The Consul discovery adapter. Cheap to clone: give one clone to
@@ -127,6 +177,8 @@ struct Running {
 pub struct Consul {
     cfg: Config,
     running: Arc<Mutex<Option<Running>>>,
+    /// Mesh mode: the upstreams as last registered.
+    view: Arc<tokio::sync::watch::Sender<Vec<SidecarUpstream>>>,
 }
 
 impl std::fmt::Debug for Consul {
@@ -140,6 +192,7 @@ impl std::fmt::Debug for Consul {
             .field("ttl", &self.effective_ttl())
             .field("deregister_after", &self.cfg.deregister_after)
             .field("wait", &self.cfg.wait)
+            .field("mesh", &self.cfg.mesh)
             .finish_non_exhaustive()
     }
 }
@@ -276,6 +329,7 @@ impl Consul {
         Consul {
             cfg: Config::default(),
             running: Arc::new(Mutex::new(None)),
+            view: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         }
     }
 
@@ -335,6 +389,34 @@ impl Consul {
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.request_timeout = timeout;
         self
+    }
+
+    /// Mesh mode: the node also registers a Connect sidecar for itself
+    /// under its own name (`<service>-<node>`) with one upstream per peer,
+    /// kept in step with membership, and watches where the peers' sidecars
+    /// listen; see [`Mesh`] and the [`mesh` section](self#mesh-mode) of the
+    /// module docs. Direct mode (without this call) registers no sidecar.
+    pub fn through_sidecar(mut self, mesh: Mesh) -> Self {
+        self.cfg.mesh = Some(mesh);
+        self
+    }
+
+    /// Mesh mode: the upstreams of this node's sidecar, one per peer (its
+    /// node id, destination name, local bind address and, once Consul
+    /// lists it passing, the peer sidecar's public address and SPIFFE ID),
+    /// sorted by node id. A value is published only after the agent
+    /// accepted the registration holding it. Empty before start, in direct
+    /// mode, and after shutdown begins (the last value stays).
+    pub fn sidecar_upstreams(&self) -> tokio::sync::watch::Receiver<Vec<SidecarUpstream>> {
+        self.view.subscribe()
+    }
+
+    /// Mesh mode: this node's per-node service and its sidecar as the
+    /// agent holds them, while the node runs.
+    pub fn local_sidecar(&self) -> Option<LocalSidecar> {
+        lock(&self.running)
+            .as_ref()
+            .and_then(|r| r.mesh.as_ref().map(|m| m.local.clone()))
     }
 
     fn effective_ttl(&self) -> Duration {
@@ -432,16 +514,23 @@ impl Consul {
     }
 
     /// Operator function: the upstreams of this node's sidecar
-    /// registration (`<id>-sidecar-proxy`); empty while the node has none.
+    /// registration as the agent holds it (`<id>-sidecar-proxy`, in mesh
+    /// mode the per-node service's); empty while the node has none. The
+    /// live view with node ids and the peers' sidecars is
+    /// [`Consul::sidecar_upstreams`].
     pub async fn upstreams(&self) -> Result<Vec<Upstream>, Error> {
         let Some(id) = self.service_id() else {
             return Err(Error::NotStarted);
         };
+        let mesh_id = self.local_sidecar().map(|l| l.service_id);
         let all = agent_services(&self.api()?).await?;
         let mut out = Vec::new();
         for s in all.values() {
             let proxy = &s["Proxy"];
-            if s["Kind"] == "connect-proxy" && proxy["DestinationServiceID"] == id.as_str() {
+            let parent = proxy["DestinationServiceID"].as_str();
+            let ours =
+                parent == Some(id.as_str()) || (parent.is_some() && parent == mesh_id.as_deref());
+            if s["Kind"] == "connect-proxy" && ours {
                 if let Some(ups) = proxy["Upstreams"].as_array() {
                     for u in ups {
                         let u: Upstream = serde_json::from_value(u.clone())
@@ -483,7 +572,7 @@ impl Consul {
             .await
             .map_err(|e| start_error(&format!("registering {id}"), &base, &e))?;
         let cfg = WatchConfig {
-            service,
+            service: service.clone(),
             me: me.node.clone(),
             protocol: me.protocol,
             wait: self.cfg.wait,
@@ -509,10 +598,21 @@ impl Consul {
             &peers,
             watch::peers_from_health(entries, &me.node, me.protocol).0,
         );
+        let mesh = match &self.cfg.mesh {
+            None => None,
+            Some(m) => match self.start_mesh(m, &api, &me, &service, &id, &peers).await {
+                Ok(started) => Some(started),
+                Err(e) => {
+                    let _ = deregister(&api, &id).await;
+                    return Err(e);
+                }
+            },
+        };
         let state = HealthState {
             api: api.clone(),
             node: me.node.clone(),
             check_id,
+            also: mesh.as_ref().map(|(_, run, _, _)| run.current.clone()),
             registration: body,
             interval: self.cfg.heartbeat,
             max_backoff: ttl,
@@ -522,12 +622,25 @@ impl Consul {
         let (worker, _) = match Actor::spawn(None, HealthWorker, state).await {
             Ok(w) => w,
             Err(e) => {
+                if let Some((local, ..)) = &mesh {
+                    let _ = deregister(&api, &local.service_id).await;
+                }
                 let _ = deregister(&api, &id).await;
                 return Err(StartError::Discovery(format!(
                     "cannot start the health worker: {e}"
                 )));
             }
         };
+        let mesh = mesh.map(|(local, run, book, registered)| {
+            let task = tokio::spawn(mesh::run(
+                run,
+                book,
+                registered,
+                peers.subscribe(),
+                self.view.clone(),
+            ));
+            MeshRunning { local, task }
+        });
         let watch = tokio::spawn(watch::run(api.clone(), cfg, index, peers));
         tracing::info!(node = %me.node, service_id = %id, consul = %base, "registered with consul");
         *lock(&self.running) = Some(Running {
@@ -536,8 +649,105 @@ impl Consul {
             service_id: id,
             worker,
             watch,
+            mesh,
         });
         Ok(())
+    }
+
+    /// Mesh mode's start: the trust domain, the per-node service with the
+    /// upstreams of the first view of the peers, the sidecar's address as
+    /// the agent assigned it. On failure nothing of it stays registered.
+    async fn start_mesh(
+        &self,
+        m: &Mesh,
+        api: &Api,
+        me: &LocalNode,
+        service: &str,
+        cluster_id: &str,
+        peers: &tokio::sync::watch::Sender<Peers>,
+    ) -> Result<
+        (
+            LocalSidecar,
+            mesh::MeshRun,
+            mesh::PortBook,
+            Vec<(String, std::net::SocketAddr)>,
+        ),
+        StartError,
+    > {
+        let base = api.base().to_owned();
+        let local: std::net::SocketAddr = me.addr.parse().map_err(|_| {
+            StartError::Config(format!(
+                "mesh mode needs the node's address as ip:port (the sidecar forwards to it), not {:?}",
+                me.addr
+            ))
+        })?;
+        let trust_domain = mesh::trust_domain(api).await.map_err(|e| {
+            StartError::Discovery(format!(
+                "mesh mode needs Consul Connect, but the agent at {base} has no CA: {e} (enable connect in the agent's configuration)"
+            ))
+        })?;
+        let sidecar_port = match m.sidecar_port {
+            Some(0) => Some(
+                std::net::TcpListener::bind(("0.0.0.0", 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| StartError::Config(format!("no free port for the sidecar: {e}")))?
+                    .port(),
+            ),
+            other => other,
+        };
+        let node = mesh::MeshNode {
+            service: service.to_owned(),
+            node: me.node.clone(),
+            protocol: me.protocol,
+            capabilities: me.capabilities.clone(),
+            cluster_id: cluster_id.to_owned(),
+            local,
+            sidecar_address: m.sidecar_address.unwrap_or(local.ip()),
+            sidecar_port,
+            deregister_after: go_duration(self.cfg.deregister_after),
+        };
+        let mesh_id = node.id();
+        let datacenter = self.cfg.datacenter.clone().unwrap_or_else(|| "dc1".into());
+        let run = mesh::MeshRun {
+            api: api.clone(),
+            node,
+            trust_domain: trust_domain.clone(),
+            datacenter: datacenter.clone(),
+            wait: self.cfg.wait,
+            current: Arc::new(Mutex::new(Value::Null)),
+        };
+        let mut book = mesh::PortBook::new(m.upstream_ports, m.upstream_address);
+        let first: std::collections::BTreeSet<String> = peers.borrow().keys().cloned().collect();
+        let registered = mesh::register_upstreams(&run, &mut book, &first)
+            .await
+            .map_err(|e| {
+                start_error(
+                    &format!("registering {mesh_id} with its sidecar"),
+                    &base,
+                    &e,
+                )
+            })?;
+        let proxy_id = format!("{mesh_id}-sidecar-proxy");
+        let public = match mesh::sidecar_public(api, &proxy_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = deregister(api, &mesh_id).await;
+                return Err(StartError::Discovery(format!(
+                    "reading the sidecar {proxy_id} at {base}: {e}"
+                )));
+            }
+        };
+        let service_name = mesh::destination(service, &me.node);
+        let local_sidecar = LocalSidecar {
+            service_id: mesh_id,
+            spiffe_id: mesh::spiffe_id(&trust_domain, &datacenter, &service_name),
+            service_name,
+            proxy_id,
+            public,
+            local_service: local,
+            trust_domain,
+        };
+        Ok((local_sidecar, run, book, registered))
     }
 
     async fn stop_inner(&self) -> Result<(), Error> {
@@ -554,16 +764,27 @@ impl Consul {
             tracing::warn!(node = %r.node, "consul health worker did not stop cleanly: {e}");
             r.worker.kill();
         }
-        let result = deregister(&r.api, &r.service_id).await;
+        // Mesh mode: no upstream registration after this point; the
+        // per-node service goes (its sidecar with it), then the node's.
+        let mut mesh_result = Ok(());
+        if let Some(m) = &r.mesh {
+            m.task.abort();
+            mesh_result = deregister(&r.api, &m.local.service_id)
+                .await
+                .map_err(|e| (m.local.service_id.clone(), e));
+        }
+        let result = deregister(&r.api, &r.service_id)
+            .await
+            .map_err(|e| (r.service_id.clone(), e))
+            .and(mesh_result);
         r.watch.abort();
         match result {
             Ok(()) => {
                 tracing::info!(node = %r.node, service_id = %r.service_id, "deregistered from consul");
                 Ok(())
             }
-            Err(e) => Err(Error::Discovery(format!(
-                "deregistering {} at {}: {e}",
-                r.service_id,
+            Err((id, e)) => Err(Error::Discovery(format!(
+                "deregistering {id} at {}: {e}",
                 r.api.base()
             ))),
         }
@@ -605,6 +826,9 @@ impl Discovery for Consul {
         if let Some(r) = lock(&self.running).take() {
             r.worker.kill();
             r.watch.abort();
+            if let Some(m) = r.mesh {
+                m.task.abort();
+            }
         }
     }
 
