@@ -54,6 +54,9 @@ pub(crate) struct WireCall {
     pub(crate) reply: WireReply,
     /// The span the handler runs in (joins the caller's trace).
     pub(crate) span: tracing::Span,
+    /// The chain of calls this one extends (from a peer, or a local caller
+    /// whose call went through the wire path).
+    pub(crate) caller: crate::actor::chain::Caller,
 }
 
 /// Where an encoded reply goes: a caller in this process, or straight into

@@ -176,9 +176,10 @@ async fn serve<A: Handlers>(
                         body,
                         reply,
                         span,
+                        caller,
                     } = *call;
                     let actor = &mut *actor;
-                    chain::serving(chain::Caller::default());
+                    chain::serving(caller);
                     let handled = Box::pin(tracing::Instrument::instrument(
                         async move { finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await },
                         span,

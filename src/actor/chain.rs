@@ -10,15 +10,24 @@
 //! fails with [`Error::CallCycle`] instead, naming the chain. A chain
 //! longer than [`MAX_DEPTH`] fails with [`Error::ChainTooDeep`].
 //!
-//! Scope: chains are followed within one node; a call that crosses to
-//! another node starts a new chain there (a cycle across nodes still waits
-//! for its deadline). Casts do not wait and carry no chain. There is no
-//! reentrancy: an actor never handles a second message of its own chain
-//! while the first waits (that would break the turn-based guarantee).
+//! Across nodes: a call to another node carries its chain in the `Call`
+//! frame (the `chain` element, sent to peers whose handshake said
+//! `call_chain`; see `PROTOCOL.md`), and the handler it reaches there
+//! extends it as if the caller were local, so A (node 1) -> B (node 2) ->
+//! A fails on node 2 as soon as B calls A. A peer that does not take
+//! chains (an older build) is sent none: there the chain starts anew, and
+//! a cycle through it waits for its deadline. A forwarding node passes the
+//! chain on unchanged.
+//!
+//! Casts do not wait and carry no chain. There is no reentrancy: an actor
+//! never handles a second message of its own chain while the first waits
+//! (that would break the turn-based guarantee).
 //!
 //! Cost: outside a handler, one task-local lookup per call; inside one,
-//! one allocation per call (the chain link).
+//! one allocation per call (the chain link), plus, for a call to another
+//! node, the chain's names copied into the frame.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::Error;
@@ -29,7 +38,8 @@ pub(crate) const MAX_DEPTH: usize = 32;
 /// One link: an actor handling a call, and who called it.
 #[derive(Debug)]
 pub(crate) struct Hop {
-    actor: &'static str,
+    /// Borrowed for a local actor type, owned for a hop named by a peer.
+    actor: Cow<'static, str>,
     id: Arc<str>,
     parent: Option<Arc<Hop>>,
     depth: usize,
@@ -78,7 +88,7 @@ pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, 
     let Ok(hop) = CURRENT.try_with(|c| {
         let parent = c.parent.borrow().clone();
         Arc::new(Hop {
-            actor: c.actor,
+            actor: Cow::Borrowed(c.actor),
             id: c.id.clone(),
             depth: parent.as_ref().map_or(1, |p| p.depth + 1),
             parent,
@@ -121,3 +131,57 @@ fn render(hop: &Arc<Hop>, actor: &str, id: &str) -> String {
 #[doc(hidden)]
 #[derive(Debug, Clone, Default)]
 pub struct Caller(pub(crate) Option<Arc<Hop>>);
+
+/// A chain as the `Call` frame carries it: `(actor type, id)` from the
+/// first caller to the last.
+pub(crate) type WireChain = Vec<(String, String)>;
+
+impl Caller {
+    /// The chain for a `Call` frame (`None` outside any chain).
+    pub(crate) fn to_wire(&self) -> Option<WireChain> {
+        let mut links = Vec::new();
+        let mut at = self.0.as_ref();
+        while let Some(h) = at {
+            links.push((h.actor.to_string(), h.id.to_string()));
+            at = h.parent.as_ref();
+        }
+        if links.is_empty() {
+            return None;
+        }
+        links.reverse();
+        Some(links)
+    }
+
+    /// The chain a peer sent. Its length is bounded by the frame size; a
+    /// chain past [`MAX_DEPTH`] fails the next call made within it.
+    pub(crate) fn from_wire(links: Option<WireChain>) -> Self {
+        let mut parent: Option<Arc<Hop>> = None;
+        for (depth, (actor, id)) in links.into_iter().flatten().enumerate() {
+            parent = Some(Arc::new(Hop {
+                actor: Cow::Owned(actor),
+                id: id.into(),
+                parent,
+                depth: depth + 1,
+            }));
+        }
+        Caller(parent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_crosses_the_wire_in_order() {
+        assert_eq!(Caller::default().to_wire(), None);
+        assert!(Caller::from_wire(None).0.is_none());
+        let links = vec![
+            ("Alpha".to_owned(), "a".to_owned()),
+            ("Beta".to_owned(), "b".to_owned()),
+        ];
+        let caller = Caller::from_wire(Some(links.clone()));
+        assert_eq!(caller.0.as_ref().map(|h| h.depth), Some(2));
+        assert_eq!(caller.to_wire(), Some(links));
+    }
+}

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::cluster::Along;
 use super::routing::Route;
 use super::{Node, NodeInner, DEFAULT};
 use crate::actor::ReplyTo;
@@ -143,13 +144,15 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             this.started = Some(now);
             let sent = with_node(call.via, |node| {
                 let timeout = call.timeout.unwrap_or(node.default_timeout);
+                // A call back into the chain waiting on this one would
+                // deadlock: it fails now (`actor::chain`), wherever the
+                // actor lives.
+                let caller =
+                    crate::actor::chain::Caller(crate::actor::chain::extend(A::NAME, call.id)?);
                 match node.route::<A>(call.id)? {
                     Route::Local => {
-                        // A call back into the chain waiting on this one
-                        // would deadlock: it fails now (`actor::chain`).
-                        let caller = crate::actor::chain::extend(A::NAME, call.id)?;
                         let (reply, rx) = ReplyTo::call(now + timeout);
-                        let reply = reply.within(crate::actor::chain::Caller(caller));
+                        let reply = reply.within(caller);
                         node.dispatch_local::<A, M>(call.id, call.msg, reply)?;
                         Ok(Sent::Local(rx))
                     }
@@ -160,13 +163,22 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                         let node = node.clone();
                         let deadline = now + timeout;
                         let trace = crate::trace::outgoing(&span);
+                        let chain = caller.to_wire();
                         Ok(Sent::Remote(Box::pin(async move {
                             let mut conn = conn;
                             let mut payload = payload;
                             for _ in 0..=REROUTES {
                                 let left = deadline.saturating_duration_since(Instant::now());
                                 match conn
-                                    .call_routed(tag, &id, payload, left, 0, trace.clone())
+                                    .call_routed(
+                                        tag,
+                                        &id,
+                                        payload,
+                                        left,
+                                        0,
+                                        trace.clone(),
+                                        chain.clone(),
+                                    )
                                     .await
                                 {
                                     Ok(b) => return Ok(b),
@@ -182,8 +194,9 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                                             None => {
                                                 let left = deadline
                                                     .saturating_duration_since(Instant::now());
+                                                let along = Along { trace, caller };
                                                 return node
-                                                    .serve_wire(tag, &id, p, left, 0, false, trace)
+                                                    .serve_wire(tag, &id, p, left, 0, false, along)
                                                     .await;
                                             }
                                         }

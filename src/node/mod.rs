@@ -224,7 +224,15 @@ impl Node {
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner
-            .serve_wire(tag, id, body, inner.default_timeout, 0, false, None)
+            .serve_wire(
+                tag,
+                id,
+                body,
+                inner.default_timeout,
+                0,
+                false,
+                Default::default(),
+            )
             .await?;
         Ok(reply.to_vec())
     }
