@@ -97,12 +97,113 @@ impl Beta {
 async fn node() -> Node {
     Node::builder()
         .default_node(false)
-        .capabilities(["chain"])
+        .capabilities(["chain", "host", "guest"])
         .actor::<Alpha>()
         .actor::<Beta>()
+        .actor::<Host>()
+        .actor::<Guest>()
         .start()
         .await
         .unwrap()
+}
+
+// Reentrancy: `Host` opts in, so a call of its own chain is served while
+// its first handler waits.
+
+#[derive(Actor, Default)]
+#[actor(capability = "host")]
+struct Host {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+#[derive(Actor, Default)]
+#[actor(capability = "guest")]
+struct Guest;
+
+/// Host calls Guest `via`, which calls the Host back with a `Note`.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<Vec<String>, String>)]
+struct Visit {
+    via: String,
+}
+
+/// Host calls itself with a `Note`.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<Vec<String>, String>)]
+struct Remind;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Note(String);
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<(), String>)]
+struct Knock {
+    host: String,
+}
+
+#[mesh::handlers(reentrant)]
+impl Host {
+    async fn visit(&self, v: Visit, ctx: &Ctx) -> Result<Vec<String>, String> {
+        self.seen.lock().unwrap().push("before".into());
+        let knock = Knock {
+            host: ctx.id().into(),
+        };
+        let r = ctx.node().call::<Guest, _>(&v.via, knock).await;
+        r.map_err(|e| e.to_string())??;
+        // State the reentrant call changed while this handler waited.
+        Ok(self.seen.lock().unwrap().clone())
+    }
+
+    async fn remind(&self, _: Remind, ctx: &Ctx) -> Result<Vec<String>, String> {
+        let note = Note("to myself".into());
+        let r = ctx.node().call::<Host, _>(ctx.id(), note).await;
+        r.map_err(|e| e.to_string())?;
+        Ok(self.seen.lock().unwrap().clone())
+    }
+
+    async fn note(&self, Note(line): Note) {
+        self.seen.lock().unwrap().push(line);
+    }
+}
+
+#[mesh::handlers]
+impl Guest {
+    async fn knock(&mut self, k: Knock, ctx: &Ctx) -> Result<(), String> {
+        let note = Note(format!("note from {} on {}", ctx.id(), ctx.node().id()));
+        let r = ctx.node().call::<Host, _>(&k.host, note).await;
+        r.map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reentrant_actor_serves_its_own_chain() {
+    let node = node().await;
+    let started = tokio::time::Instant::now();
+    // Host "h" -> Guest "g" -> Host "h": served interleaved.
+    let seen = node
+        .call::<Host, _>("h", Visit { via: "g".into() })
+        .await
+        .unwrap();
+    let note = format!("note from g on {}", node.id());
+    assert_eq!(seen, Ok(vec!["before".to_owned(), note]));
+    // A reentrant actor may call itself.
+    let seen = node.call::<Host, _>("h", Remind).await.unwrap().unwrap();
+    assert_eq!(seen.last().map(String::as_str), Some("to myself"));
+    assert_eq!(started.elapsed(), Duration::ZERO, "no deadline waited for");
+    // The same shape without reentrancy (Alpha) is a cycle.
+    let r = node
+        .call::<Alpha, _>(
+            "a",
+            Relay {
+                to: "b".into(),
+                back: "a".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.unwrap_err().starts_with("call cycle"));
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,15 +343,17 @@ async fn two_nodes() -> (Node, Node) {
             .listen(listen)
     };
     let one = builder("one", "chains-1")
-        .capabilities(["left"])
+        .capabilities(["left", "host"])
         .actor::<Left>()
+        .actor::<Host>()
         .start()
         .await
         .unwrap();
     let two = builder("two", "chains-2")
         .seeds(["chains-1"])
-        .capabilities(["right"])
+        .capabilities(["right", "guest"])
         .actor::<Right>()
+        .actor::<Guest>()
         .start()
         .await
         .unwrap();
@@ -320,6 +423,24 @@ async fn the_depth_limit_holds_across_nodes() {
         .unwrap_err();
     assert!(e.starts_with("call chain deeper than 32"), "{e}");
     assert!(e.contains(r#"Left "p0" -> Right "p1" -> Left "p2""#), "{e}");
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reentrant_actor_serves_its_own_chain_across_nodes() {
+    let (one, two) = two_nodes().await;
+    // Host "h" (node 1) -> Guest "g" (node 2) -> Host "h": the chain came
+    // back in the Call frame, and the call is served interleaved.
+    let seen = two
+        .call::<Host, _>("h", Visit { via: "g".into() })
+        .timeout(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        Ok(vec!["before".to_owned(), "note from g on two".to_owned()])
+    );
     one.shutdown().await.unwrap();
     two.shutdown().await.unwrap();
 }

@@ -107,6 +107,15 @@ impl<A: Handlers> Envelope<A> {
         }
     }
 
+    /// Whether this call's chain passes through actor `A` `id` (a call a
+    /// reentrant activation serves interleaved).
+    fn in_chain_of(&self, id: &str) -> bool {
+        match self {
+            Envelope::Local(env) => A::__caller(env).passes_through(A::NAME, id),
+            Envelope::Wire(call) => call.caller.passes_through(A::NAME, id),
+        }
+    }
+
     /// Whether the caller dropped the call.
     fn abandoned(&self) -> bool {
         match self {

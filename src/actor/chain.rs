@@ -19,9 +19,35 @@
 //! a cycle through it waits for its deadline. A forwarding node passes the
 //! chain on unchanged.
 //!
-//! Casts do not wait and carry no chain. There is no reentrancy: an actor
-//! never handles a second message of its own chain while the first waits
-//! (that would break the turn-based guarantee).
+//! Casts do not wait and carry no chain.
+//!
+//! # Reentrancy (opt-in)
+//!
+//! By default an activation is turn-based: it handles one message at a
+//! time, start to finish, so a handler sees the state only it changed,
+//! even across its `.await`s. A call back into the chain would wait for
+//! that turn to end, which never happens: hence [`Error::CallCycle`].
+//!
+//! `#[mesh::handlers(reentrant)]` relaxes this for the actor's own chain
+//! (as Orleans' call-chain reentrancy does): a call whose chain passes
+//! through an activation of the actor is served at once, interleaved with
+//! the handler that waits in that chain, instead of failing. A -> B -> A
+//! then works: A's second handler runs while the first awaits B. What is
+//! relaxed, exactly:
+//!
+//! - A handler may observe, after any `.await` of its own, state changed
+//!   by a reentrant call of its chain. Handlers of a reentrant actor
+//!   therefore take `&self` (the actor must be `Sync`); the state they
+//!   change lives in a `Mutex` (not held across an `.await`) or atomics.
+//! - Only calls of the chain interleave. Calls of other chains, casts and
+//!   timer ticks still wait for the turn to end, and the turn ends once the
+//!   first handler and every call interleaved with it have returned.
+//! - A reentrant call is taken out of the mailbox ahead of messages that
+//!   arrived before it.
+//!
+//! The depth limit still applies (a reentrant actor calling itself without
+//! end stops at [`MAX_DEPTH`]), and a non-reentrant actor in the same chain
+//! still fails a call back into it.
 //!
 //! Cost: outside a handler, one task-local lookup per call; inside one,
 //! one allocation per call (the chain link), plus, for a call to another
@@ -83,8 +109,13 @@ pub(crate) fn serving(caller: Caller) {
 }
 
 /// The chain a call to `actor` `id` made here extends, or the error if it
-/// would close a cycle or grow too deep. `None` outside a handler.
-pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, Error> {
+/// would close a cycle (unless `reentrant`) or grow too deep. `None`
+/// outside a handler.
+pub(crate) fn extend(
+    actor: &'static str,
+    reentrant: bool,
+    id: &str,
+) -> Result<Option<Arc<Hop>>, Error> {
     let Ok(hop) = CURRENT.try_with(|c| {
         let parent = c.parent.borrow().clone();
         Arc::new(Hop {
@@ -96,14 +127,10 @@ pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, 
     }) else {
         return Ok(None);
     };
-    let mut at = Some(&hop);
-    while let Some(h) = at {
-        if h.actor == actor && &*h.id == id {
-            return Err(Error::CallCycle {
-                chain: render(&hop, actor, id),
-            });
-        }
-        at = h.parent.as_ref();
+    if !reentrant && passes(Some(&hop), actor, id) {
+        return Err(Error::CallCycle {
+            chain: render(&hop, actor, id),
+        });
     }
     if hop.depth >= MAX_DEPTH {
         return Err(Error::ChainTooDeep {
@@ -112,6 +139,18 @@ pub(crate) fn extend(actor: &'static str, id: &str) -> Result<Option<Arc<Hop>>, 
         });
     }
     Ok(Some(hop))
+}
+
+/// Whether the chain ending at `hop` passes through `actor` `id`.
+fn passes(hop: Option<&Arc<Hop>>, actor: &str, id: &str) -> bool {
+    let mut at = hop;
+    while let Some(h) = at {
+        if h.actor == actor && &*h.id == id {
+            return true;
+        }
+        at = h.parent.as_ref();
+    }
+    false
 }
 
 /// `First "a" -> ... -> Last "z" -> actor "id"`.
@@ -137,6 +176,12 @@ pub struct Caller(pub(crate) Option<Arc<Hop>>);
 pub(crate) type WireChain = Vec<(String, String)>;
 
 impl Caller {
+    /// Whether this chain passes through `actor` `id` (a call a reentrant
+    /// activation serves interleaved).
+    pub(crate) fn passes_through(&self, actor: &str, id: &str) -> bool {
+        passes(self.0.as_ref(), actor, id)
+    }
+
     /// The chain for a `Call` frame (`None` outside any chain).
     pub(crate) fn to_wire(&self) -> Option<WireChain> {
         let mut links = Vec::new();

@@ -147,8 +147,11 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 // A call back into the chain waiting on this one would
                 // deadlock: it fails now (`actor::chain`), wherever the
                 // actor lives.
-                let caller =
-                    crate::actor::chain::Caller(crate::actor::chain::extend(A::NAME, call.id)?);
+                let caller = crate::actor::chain::Caller(crate::actor::chain::extend(
+                    A::NAME,
+                    A::REENTRANT,
+                    call.id,
+                )?);
                 match node.route::<A>(call.id)? {
                     Route::Local => {
                         let (reply, rx) = ReplyTo::call(now + timeout);
