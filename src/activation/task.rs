@@ -163,7 +163,7 @@ async fn serve<A: Handlers>(
             }
             if env.deadline().is_some_and(|d| d <= now) {
                 metrics.abandoned.increment(1);
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
                 continue;
             }
             // The handler runs knowing its chain of calls (see
@@ -238,7 +238,7 @@ async fn serve_interleaved<'a, A: Handlers>(
             }
             if env.deadline().is_some_and(|d| d <= now) {
                 metrics.abandoned.increment(1);
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
                 continue;
             }
             let first = start(&mut il, env, ctx);
@@ -375,7 +375,7 @@ impl<A: Handlers> Future for Turn<'_, '_, A> {
             }
             let (expired, earliest) = this.mb.take_expired(Instant::now(), Envelope::deadline);
             for env in expired {
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
             }
             let picked = this.mb.take_picked(|e| e.in_chain_of(id));
             if !picked.is_empty() {
@@ -458,7 +458,7 @@ impl<A: Handlers, F: Future> Future for WatchQueue<'_, A, F> {
         loop {
             let (expired, earliest) = this.mb.take_expired(Instant::now(), Envelope::deadline);
             for env in expired {
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
             }
             if earliest != *this.armed {
                 *this.armed = earliest;

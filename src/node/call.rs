@@ -85,6 +85,7 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 
     fn into_future(self) -> Self::IntoFuture {
         CallFuture {
+            id: self.id,
             call: Some(self),
             rx: None,
             remote: None,
@@ -102,6 +103,8 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 /// passes.
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<'a, A, M: Message> {
+    /// The actor id, kept to name the call in its error.
+    id: &'a str,
     call: Option<Call<'a, A, M>>,
     rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
     /// A call to another node: the encoded reply, boxed (one allocation per
@@ -217,7 +220,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
                 Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
-                    let result = Err(e);
+                    let result = Err(e.in_call(A::NAME, this.id, M::NAME));
                     metrics.call_done(&result);
                     return Poll::Ready(result);
                 }
@@ -247,6 +250,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 .call_duration
                 .record(started.elapsed().as_secs_f64());
         }
+        let result = result.map_err(|e| e.in_call(A::NAME, this.id, M::NAME));
         metrics.call_done(&result);
         Poll::Ready(result)
     }

@@ -301,7 +301,7 @@ impl Node {
         if !in_time {
             let left = self.activation_count();
             tracing::warn!(node = %inner.id, left, "shutdown timed out: activations still busy");
-            return Err(Error::Timeout);
+            return Err(Error::timeout());
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())

@@ -152,7 +152,7 @@ impl Responder {
 
     /// Answers [`Error::Timeout`] now; a later `send` goes nowhere.
     pub fn time_out(&mut self) {
-        self.answer(Err(Error::Timeout));
+        self.answer(Err(Error::timeout()));
     }
 
     /// When the caller stops waiting (its time left, from arrival); `None`
@@ -910,7 +910,7 @@ async fn expire_loop(shared: Arc<Shared>) {
             (expired, next)
         };
         for w in expired {
-            let _ = w.send(Err(Error::Timeout.into()));
+            let _ = w.send(Err(Error::timeout().into()));
         }
         let earlier = shared.earlier.notified();
         let sleep = async {
