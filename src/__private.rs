@@ -7,7 +7,19 @@ pub use crate::actor::finish::{
     activate_default, activate_with, finish, panic_message, Activate, ActivateFuture, CatchUnwind,
     Finish, Outcome, ReplySlot,
 };
-pub use crate::actor::{BoxError, Ctx, ReplyTo};
+pub use crate::actor::{BoxError, BoxFuture, Ctx, Interleaver, ReplyTo};
 pub use crate::wire::{decode, encode, tag, Wire};
 pub use crate::{Actor, Error, Handler, Handlers, Message};
 pub use tokio::time::Instant;
+
+/// A reentrant actor's handlers run interleaved on `&self`, from one task
+/// that may move between threads: the actor must be `Sync`.
+#[diagnostic::on_unimplemented(
+    message = "reentrant actor `{Self}` must be `Sync`",
+    note = "handlers of `#[mesh::handlers(reentrant)]` run interleaved on `&self`: keep state they change in a `Mutex` or atomics, not a `Cell` or `RefCell`"
+)]
+pub trait ReentrantSync: Sync {}
+impl<T: Sync> ReentrantSync for T {}
+
+/// Checks [`ReentrantSync`] where the macro names the actor.
+pub fn assert_reentrant_sync<T: ReentrantSync>() {}

@@ -29,8 +29,19 @@ use std::fmt;
 pub enum Error {
     /// The call's deadline passed before a reply arrived. The handler may
     /// still run (or have run): a timeout says nothing about the message's fate.
-    #[error("call timed out")]
-    Timeout,
+    ///
+    /// A call's timeout names the actor type, id and message (the caller
+    /// fills them in); a timeout that is no call's (a shutdown, a ping)
+    /// leaves them empty. Match it as `Error::Timeout { .. }`.
+    #[error("{}", timeout_text(actor, id, message))]
+    Timeout {
+        /// The actor type's name (empty when not a call's).
+        actor: String,
+        /// The actor id.
+        id: String,
+        /// The message's wire name.
+        message: String,
+    },
 
     /// No live node hosts the capability the actor type needs.
     #[error("no node for capability {capability:?}")]
@@ -41,7 +52,7 @@ pub enum Error {
 
     /// The node owning the actor's shard does not know this actor type: it
     /// hosts the capability but was not given `.actor::<A>()`.
-    #[error("unknown actor type {actor:?}")]
+    #[error("unknown actor type {actor:?}: the node owning this shard hosts its capability but was not given `.actor::<{actor}>()`; give it to every node that hosts the capability")]
     UnknownActorType {
         /// The actor type's name.
         actor: String,
@@ -184,6 +195,39 @@ impl Error {
     pub(crate) fn codec(err: impl fmt::Display) -> Self {
         Error::Codec(err.to_string())
     }
+
+    /// A timeout whose call is not known here (the caller names it).
+    pub(crate) fn timeout() -> Self {
+        Error::Timeout {
+            actor: String::new(),
+            id: String::new(),
+            message: String::new(),
+        }
+    }
+
+    /// The same error, naming the call it failed (actor type, id,
+    /// message) where it did not yet.
+    pub(crate) fn in_call(mut self, actor: &str, id: &str, message: &str) -> Self {
+        if let Error::Timeout {
+            actor: a,
+            id: i,
+            message: m,
+        } = &mut self
+        {
+            if a.is_empty() {
+                (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
+            }
+        }
+        self
+    }
+}
+
+fn timeout_text(actor: &str, id: &str, message: &str) -> String {
+    match (actor, message) {
+        ("", _) => "call timed out".to_owned(),
+        (_, "") => format!("call to {actor} {id:?} timed out"),
+        _ => format!("call {message} to {actor} {id:?} timed out"),
+    }
 }
 
 impl From<StartError> for Error {
@@ -209,7 +253,7 @@ pub enum StartError {
 
     /// Two handlers of the actor types given to one node share a wire tag.
     /// Rename one message (`#[message(name = "...")]`).
-    #[error("wire tag {tag:#018x} is used by both {first} and {second}")]
+    #[error("wire tag {tag:#018x} is used by both {first} and {second}: two handlers of one capability share a message name; rename one message with `#[message(name = \"...\")]`")]
     TagCollision {
         /// The colliding tag.
         tag: u64,

@@ -129,7 +129,7 @@ impl Metrics {
     pub(crate) fn call_done<T>(&self, result: &Result<T, Error>) {
         let c = match result {
             Ok(_) => &self.calls_ok,
-            Err(Error::Timeout) => &self.calls_timeout,
+            Err(Error::Timeout { .. }) => &self.calls_timeout,
             Err(Error::MailboxFull { .. }) => &self.calls_full,
             Err(Error::HandlerPanicked { .. }) => &self.calls_panicked,
             Err(Error::ActivationFailed { .. }) => &self.calls_activation_failed,

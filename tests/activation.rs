@@ -466,8 +466,12 @@ async fn deadlines_time_out_calls_and_expired_work_is_skipped() {
         .call::<Slow, _>("s", Quick)
         .timeout(Duration::from_millis(50))
         .await;
-    assert_eq!(queued, Err(Error::Timeout));
-    assert_eq!(blocked.await.unwrap(), Err(Error::Timeout));
+    // The error names the call: message, actor type and id.
+    let queued = queued.unwrap_err();
+    assert!(matches!(queued, Error::Timeout { .. }), "{queued:?}");
+    assert_eq!(queued.to_string(), r#"call Quick to Slow "s" timed out"#);
+    let blocked = blocked.await.unwrap().unwrap_err();
+    assert_eq!(blocked.to_string(), r#"call Wait to Slow "s" timed out"#);
     assert_eq!(Instant::now() - t0, Duration::from_millis(200));
 
     // Free the handler: the timed-out `Quick` had not started, so it is skipped.
@@ -481,7 +485,8 @@ async fn deadlines_time_out_calls_and_expired_work_is_skipped() {
 
     // The node's default deadline applies to calls without one.
     let t1 = Instant::now();
-    assert_eq!(node.call::<Slow, _>("s", Wait).await, Err(Error::Timeout));
+    let r = node.call::<Slow, _>("s", Wait).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     assert_eq!(Instant::now() - t1, Duration::from_secs(30));
     SLOW_GATE.add_permits(1);
     node.shutdown().await.unwrap();
@@ -698,11 +703,17 @@ async fn routing_errors_are_typed() {
         }
     );
     assert_eq!(err.to_string(), "no node for capability \"elsewhere\"");
+    let err = node.cast::<NotRegistered, _>("x", Describe).unwrap_err();
     assert_eq!(
-        node.cast::<NotRegistered, _>("x", Describe),
-        Err(Error::UnknownActorType {
+        err,
+        Error::UnknownActorType {
             actor: "NotRegistered".into()
-        })
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("was not given `.actor::<NotRegistered>()`; give it to every node"),
+        "{err}"
     );
     assert_eq!(node.owner_of::<Session>("anything").unwrap(), node.id());
     node.shutdown().await.unwrap();
@@ -762,10 +773,17 @@ async fn a_node_refuses_inconsistent_configuration() {
     )
     .await;
     assert!(matches!(err, StartError::TagCollision { .. }), "{err:?}");
+    // The text says the fix.
+    assert!(
+        err.to_string()
+            .ends_with("rename one message with `#[message(name = \"...\")]`"),
+        "{err}"
+    );
     let err = start(Node::builder().capabilities(["other"]).actor::<Session>()).await;
     assert_eq!(
         err.to_string(),
-        "invalid configuration: actor Session needs capability \"ctx\", which this node does not host"
+        "invalid configuration: actor Session needs capability \"ctx\", which this node does not host: \
+         add it to NodeBuilder::capabilities, or remove `.actor::<Session>()`"
     );
     let err = start(
         Node::builder()
@@ -994,8 +1012,10 @@ async fn queued_calls_time_out_on_time_behind_a_slow_activation() {
             GLACIAL_GATE.add_permits(1);
         },
     );
-    assert_eq!(fast, (Err(Error::Timeout), Duration::from_millis(100)));
-    assert_eq!(slow, (Err(Error::Timeout), Duration::from_secs(1)));
+    assert!(matches!(fast.0, Err(Error::Timeout { .. })), "{fast:?}");
+    assert_eq!(fast.1, Duration::from_millis(100));
+    assert!(matches!(slow.0, Err(Error::Timeout { .. })), "{slow:?}");
+    assert_eq!(slow.1, Duration::from_secs(1));
     assert_eq!(late, (Ok(7), Duration::from_secs(2)));
     node.shutdown().await.unwrap();
 }

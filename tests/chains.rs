@@ -1,4 +1,4 @@
-//! Call chains on one node: a call that would wait on an actor already
+//! Call chains, on one node and across two: a call that would wait on an actor already
 //! waiting for it fails at once, naming the cycle; runaway chains stop at
 //! the depth limit.
 
@@ -97,12 +97,113 @@ impl Beta {
 async fn node() -> Node {
     Node::builder()
         .default_node(false)
-        .capabilities(["chain"])
+        .capabilities(["chain", "host", "guest"])
         .actor::<Alpha>()
         .actor::<Beta>()
+        .actor::<Host>()
+        .actor::<Guest>()
         .start()
         .await
         .unwrap()
+}
+
+// Reentrancy: `Host` opts in, so a call of its own chain is served while
+// its first handler waits.
+
+#[derive(Actor, Default)]
+#[actor(capability = "host")]
+struct Host {
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+#[derive(Actor, Default)]
+#[actor(capability = "guest")]
+struct Guest;
+
+/// Host calls Guest `via`, which calls the Host back with a `Note`.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<Vec<String>, String>)]
+struct Visit {
+    via: String,
+}
+
+/// Host calls itself with a `Note`.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<Vec<String>, String>)]
+struct Remind;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Note(String);
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<(), String>)]
+struct Knock {
+    host: String,
+}
+
+#[mesh::handlers(reentrant)]
+impl Host {
+    async fn visit(&self, v: Visit, ctx: &Ctx) -> Result<Vec<String>, String> {
+        self.seen.lock().unwrap().push("before".into());
+        let knock = Knock {
+            host: ctx.id().into(),
+        };
+        let r = ctx.node().call::<Guest, _>(&v.via, knock).await;
+        r.map_err(|e| e.to_string())??;
+        // State the reentrant call changed while this handler waited.
+        Ok(self.seen.lock().unwrap().clone())
+    }
+
+    async fn remind(&self, _: Remind, ctx: &Ctx) -> Result<Vec<String>, String> {
+        let note = Note("to myself".into());
+        let r = ctx.node().call::<Host, _>(ctx.id(), note).await;
+        r.map_err(|e| e.to_string())?;
+        Ok(self.seen.lock().unwrap().clone())
+    }
+
+    async fn note(&self, Note(line): Note) {
+        self.seen.lock().unwrap().push(line);
+    }
+}
+
+#[mesh::handlers]
+impl Guest {
+    async fn knock(&mut self, k: Knock, ctx: &Ctx) -> Result<(), String> {
+        let note = Note(format!("note from {} on {}", ctx.id(), ctx.node().id()));
+        let r = ctx.node().call::<Host, _>(&k.host, note).await;
+        r.map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reentrant_actor_serves_its_own_chain() {
+    let node = node().await;
+    let started = tokio::time::Instant::now();
+    // Host "h" -> Guest "g" -> Host "h": served interleaved.
+    let seen = node
+        .call::<Host, _>("h", Visit { via: "g".into() })
+        .await
+        .unwrap();
+    let note = format!("note from g on {}", node.id());
+    assert_eq!(seen, Ok(vec!["before".to_owned(), note]));
+    // A reentrant actor may call itself.
+    let seen = node.call::<Host, _>("h", Remind).await.unwrap().unwrap();
+    assert_eq!(seen.last().map(String::as_str), Some("to myself"));
+    assert_eq!(started.elapsed(), Duration::ZERO, "no deadline waited for");
+    // The same shape without reentrancy (Alpha) is a cycle.
+    let r = node
+        .call::<Alpha, _>(
+            "a",
+            Relay {
+                to: "b".into(),
+                back: "a".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.unwrap_err().starts_with("call cycle"));
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,4 +271,176 @@ async fn a_runaway_chain_stops_at_the_depth_limit() {
     let e = r.unwrap_err();
     assert!(e.starts_with("call chain deeper than 32"), "{e}");
     node.shutdown().await.unwrap();
+}
+
+// Across nodes: `Left` lives only on node 1, `Right` only on node 2.
+
+#[derive(Actor, Default)]
+#[actor(capability = "left")]
+struct Left;
+
+#[derive(Actor, Default)]
+#[actor(capability = "right")]
+struct Right;
+
+/// Bounces between `Left` and `Right` ids `p{n}` until `n` reaches `stop`
+/// (each hop crosses to the other node); `back` set: `Right` calls `Left`
+/// `back` instead.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<String, String>)]
+struct Bounce {
+    n: u32,
+    stop: u32,
+    back: Option<String>,
+}
+
+async fn bounce(ctx: &Ctx, b: Bounce, to_left: bool) -> Result<String, String> {
+    if b.n == b.stop {
+        return Ok(format!("{} at {}", ctx.id(), ctx.node().id()));
+    }
+    let next_id = match (&b.back, to_left) {
+        (Some(back), true) => back.clone(),
+        _ => format!("p{}", b.n + 1),
+    };
+    let next = Bounce {
+        n: b.n + 1,
+        stop: b.stop,
+        back: b.back,
+    };
+    let r = if to_left {
+        ctx.node().call::<Left, _>(&next_id, next).await
+    } else {
+        ctx.node().call::<Right, _>(&next_id, next).await
+    };
+    r.map_err(|e| e.to_string())?
+}
+
+#[mesh::handlers]
+impl Left {
+    async fn bounce(&mut self, b: Bounce, ctx: &Ctx) -> Result<String, String> {
+        bounce(ctx, b, false).await
+    }
+}
+
+#[mesh::handlers]
+impl Right {
+    async fn bounce(&mut self, b: Bounce, ctx: &Ctx) -> Result<String, String> {
+        bounce(ctx, b, true).await
+    }
+}
+
+/// Node 1 hosts `Left`, node 2 `Right`, over the memory transport.
+async fn two_nodes() -> (Node, Node) {
+    use mesh::transport::memory::MemoryNetwork;
+    let net = mesh::Transport::memory(MemoryNetwork::new());
+    let builder = |name: &str, listen: &str| {
+        Node::builder()
+            .name(name)
+            .default_node(false)
+            .cluster("chains")
+            .cookie("s3cret")
+            .transport(net.clone())
+            .listen(listen)
+    };
+    let one = builder("one", "chains-1")
+        .capabilities(["left", "host"])
+        .actor::<Left>()
+        .actor::<Host>()
+        .start()
+        .await
+        .unwrap();
+    let two = builder("two", "chains-2")
+        .seeds(["chains-1"])
+        .capabilities(["right", "guest"])
+        .actor::<Right>()
+        .actor::<Guest>()
+        .start()
+        .await
+        .unwrap();
+    for n in [&one, &two] {
+        let mut changes = n.membership_changes();
+        changes.wait_for(|m| m.len() == 2).await.unwrap();
+    }
+    (one, two)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cycle_across_nodes_fails_at_once_naming_the_chain() {
+    let (one, two) = two_nodes().await;
+    let started = tokio::time::Instant::now();
+    let bounce = |back: &str| Bounce {
+        n: 0,
+        stop: 3,
+        back: Some(back.into()),
+    };
+    // Left "a" (node 1) -> Right "p1" (node 2) -> Left "a": a cycle, found
+    // on node 2 from the chain the call frame carried.
+    let r = one
+        .call::<Left, _>("a", bounce("a"))
+        .timeout(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO, "at once, not at 60 s");
+    let e = r.unwrap_err();
+    assert!(
+        e.starts_with(r#"call cycle Left "a" -> Right "p1" -> Left "a""#),
+        "{e}"
+    );
+    // The same path to another Left is no cycle.
+    let ok = one.call::<Left, _>("a", bounce("z")).await.unwrap();
+    assert_eq!(ok.as_deref(), Ok("p3 at two"));
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_depth_limit_holds_across_nodes() {
+    let (one, two) = two_nodes().await;
+    // Each hop crosses to the other node; the chain still grows.
+    let ok = one
+        .call::<Left, _>(
+            "p0",
+            Bounce {
+                n: 0,
+                stop: 20,
+                back: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.as_deref(), Ok("p20 at one"));
+    let e = one
+        .call::<Left, _>(
+            "p0",
+            Bounce {
+                n: 0,
+                stop: 100,
+                back: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(e.starts_with("call chain deeper than 32"), "{e}");
+    assert!(e.contains(r#"Left "p0" -> Right "p1" -> Left "p2""#), "{e}");
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reentrant_actor_serves_its_own_chain_across_nodes() {
+    let (one, two) = two_nodes().await;
+    // Host "h" (node 1) -> Guest "g" (node 2) -> Host "h": the chain came
+    // back in the Call frame, and the call is served interleaved.
+    let seen = two
+        .call::<Host, _>("h", Visit { via: "g".into() })
+        .timeout(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        Ok(vec!["before".to_owned(), "note from g on two".to_owned()])
+    );
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
 }

@@ -213,7 +213,10 @@ async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
             o.owner == "p-1" || matches!(&o.result, Err(Error::NodeDown { node }) if node == "p-1");
         assert!(involved, "{o:?}");
         assert!(
-            matches!(o.result, Err(Error::Timeout | Error::NodeDown { .. })),
+            matches!(
+                o.result,
+                Err(Error::Timeout { .. } | Error::NodeDown { .. })
+            ),
             "{o:?}"
         );
     }

@@ -16,19 +16,25 @@ struct HandlerIr {
 }
 
 struct HandlersIr {
+    reentrant: bool,
     self_ty: Type,
     self_ident: Ident,
     handlers: Vec<HandlerIr>,
 }
 
 pub(crate) fn expand(args: TokenStream, item: ItemImpl) -> syn::Result<TokenStream> {
-    if !args.is_empty() {
-        return Err(syn::Error::new_spanned(
-            args,
-            "#[mesh::handlers] takes no arguments",
-        ));
-    }
-    let ir = parse(&item)?;
+    let reentrant = match syn::parse2::<Option<Ident>>(args.clone()) {
+        Ok(None) => false,
+        Ok(Some(id)) if id == "reentrant" => true,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                args,
+                "#[mesh::handlers] takes no arguments, or `reentrant` \
+                 (`#[mesh::handlers(reentrant)]`: calls of the actor's own chain interleave)",
+            ))
+        }
+    };
+    let ir = parse(&item, reentrant)?;
     let generated = codegen(&ir);
     Ok(quote! {
         #item
@@ -36,7 +42,7 @@ pub(crate) fn expand(args: TokenStream, item: ItemImpl) -> syn::Result<TokenStre
     })
 }
 
-fn parse(item: &ItemImpl) -> syn::Result<HandlersIr> {
+fn parse(item: &ItemImpl, reentrant: bool) -> syn::Result<HandlersIr> {
     if let Some((_, path, _)) = &item.trait_ {
         return Err(syn::Error::new_spanned(
             path,
@@ -58,7 +64,7 @@ fn parse(item: &ItemImpl) -> syn::Result<HandlersIr> {
     let mut errors: Option<syn::Error> = None;
     for it in &item.items {
         let ImplItem::Fn(f) = it else { continue };
-        match parse_handler(f) {
+        match parse_handler(f, reentrant) {
             Ok(h) => handlers.push(h),
             Err(e) => match &mut errors {
                 Some(all) => all.combine(e),
@@ -70,17 +76,26 @@ fn parse(item: &ItemImpl) -> syn::Result<HandlersIr> {
         return Err(e);
     }
     Ok(HandlersIr {
+        reentrant,
         self_ty: (*item.self_ty).clone(),
         self_ident,
         handlers,
     })
 }
 
-fn parse_handler(f: &syn::ImplItemFn) -> syn::Result<HandlerIr> {
+fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr> {
     let sig = &f.sig;
-    let shape = "a handler is `async fn name(&mut self, msg: Message)` or \
-                 `async fn name(&mut self, msg: Message, ctx: &Ctx)`; \
-                 put other methods in a separate impl block";
+    let shape = if reentrant {
+        "a handler of a reentrant actor is `async fn name(&self, msg: Message)` or \
+         `async fn name(&self, msg: Message, ctx: &Ctx)`: calls of one chain interleave, \
+         so they share the state (keep what they change in a `Mutex` or atomics); \
+         put other methods in a separate impl block"
+    } else {
+        "a handler is `async fn name(&mut self, msg: Message)` or \
+         `async fn name(&mut self, msg: Message, ctx: &Ctx)`; \
+         put other methods in a separate impl block"
+    };
+    let want = if reentrant { "`&self`" } else { "`&mut self`" };
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             &sig.generics,
@@ -89,17 +104,18 @@ fn parse_handler(f: &syn::ImplItemFn) -> syn::Result<HandlerIr> {
     }
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
-        Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_some() => {}
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() != reentrant => {}
         Some(other) => {
             return Err(syn::Error::new_spanned(
                 other,
-                format!("expected `&mut self`: {shape}"),
+                format!("expected {want}: {shape}"),
             ))
         }
         None => {
             return Err(syn::Error::new_spanned(
                 &sig.ident,
-                format!("missing `&mut self`: {shape}"),
+                format!("missing {want}: {shape}"),
             ))
         }
     }
@@ -166,31 +182,40 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         let m = &h.msg;
         quote!(#v(#m, #p::ReplyTo<<#m as #p::Message>::Reply>))
     });
-    let handle_arms = ir.handlers.iter().zip(&variants).map(|(h, v)| {
-        let msg = format_ident!("msg");
-        let body = run(h, &msg);
-        quote! {
-            #env::#v(msg, reply_to) => {
-                #p::finish(reply_to, ctx, async {
+    let handle_arms: Vec<TokenStream> = ir
+        .handlers
+        .iter()
+        .zip(&variants)
+        .map(|(h, v)| {
+            let msg = format_ident!("msg");
+            let body = run(h, &msg);
+            quote! {
+                #env::#v(msg, reply_to) => {
+                    #p::finish(reply_to, ctx, async {
+                        #body
+                        ::core::result::Result::Ok(reply)
+                    })
+                    .await
+                }
+            }
+        })
+        .collect();
+    let wire_arms: Vec<TokenStream> = ir
+        .handlers
+        .iter()
+        .map(|h| {
+            let m = &h.msg;
+            let msg = format_ident!("msg");
+            let body = run(h, &msg);
+            quote! {
+                if tag == <#self_ty as #p::Handler<#m>>::TAG {
+                    let msg: #m = #p::decode(body)?;
                     #body
-                    ::core::result::Result::Ok(reply)
-                })
-                .await
+                    return #p::encode(&reply);
+                }
             }
-        }
-    });
-    let wire_arms = ir.handlers.iter().map(|h| {
-        let m = &h.msg;
-        let msg = format_ident!("msg");
-        let body = run(h, &msg);
-        quote! {
-            if tag == <#self_ty as #p::Handler<#m>>::TAG {
-                let msg: #m = #p::decode(body)?;
-                #body
-                return #p::encode(&reply);
-            }
-        }
-    });
+        })
+        .collect();
     let fail_arms = variants
         .iter()
         .map(|v| quote!(#env::#v(_, r) => r.send(::core::result::Result::Err(err))));
@@ -224,7 +249,47 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         }
     });
 
+    let reentrant = ir.reentrant.then(|| {
+        quote! {
+            const REENTRANT: bool = true;
+
+            #[allow(unused_variables, unreachable_code)]
+            fn __interleaver<'a>(
+                &'a self,
+                ctx: &'a #p::Ctx,
+            ) -> ::core::option::Option<#p::Interleaver<'a, Self>> {
+                ::core::option::Option::Some(#p::Interleaver {
+                    local: ::std::boxed::Box::new(move |env: #env| -> #p::BoxFuture<'a, #p::Outcome> {
+                        ::std::boxed::Box::pin(async move {
+                            match env {
+                                #(#handle_arms)*
+                            }
+                        })
+                    }),
+                    wire: ::std::boxed::Box::new(move |tag: u64, body: ::std::vec::Vec<u8>| -> #p::BoxFuture<'a, ::core::result::Result<::std::vec::Vec<u8>, #p::Error>> {
+                        ::std::boxed::Box::pin(async move {
+                            let body = &body[..];
+                            #(#wire_arms)*
+                            ::core::result::Result::Err(#p::Error::UnknownMessage {
+                                actor: ::std::string::String::from(<#self_ty as #p::Actor>::NAME),
+                                tag,
+                            })
+                        })
+                    }),
+                })
+            }
+        }
+    });
+
+    let sync_check = ir.reentrant.then(|| {
+        quote_spanned! {self_ty.span()=>
+            const _: fn() = || #p::assert_reentrant_sync::<#self_ty>();
+        }
+    });
+
     quote! {
+        #sync_check
+
         #[doc(hidden)]
         #[allow(non_camel_case_types, private_interfaces, clippy::large_enum_variant)]
         pub enum #env {
@@ -296,6 +361,8 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
                     #(#caller_arms,)*
                 }
             }
+
+            #reentrant
         }
 
         #(#handler_impls)*

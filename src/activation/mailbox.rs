@@ -185,6 +185,37 @@ impl<E> Mailbox<E> {
         register(&mut s, cx, Wait::Deadline(armed));
     }
 
+    /// Registers the task to be woken by any push (a reentrant activation
+    /// in a turn: a call of its chain may arrive).
+    pub(crate) fn watch_any(&self, cx: &mut Context<'_>) {
+        let mut s = self.lock();
+        register(&mut s, cx, Wait::Message);
+    }
+
+    /// Removes the queued messages `pick` selects, in order (never a
+    /// quiet one: `pick` must not select timer ticks).
+    pub(crate) fn take_picked(&self, pick: impl Fn(&E) -> bool) -> Vec<E> {
+        let mut s = self.lock();
+        if !s.queue.iter().any(&pick) {
+            return Vec::new();
+        }
+        let mut picked = Vec::new();
+        let queue = std::mem::take(&mut s.queue);
+        for msg in queue {
+            if pick(&msg) {
+                picked.push(msg);
+            } else {
+                s.queue.push_back(msg);
+            }
+        }
+        picked
+    }
+
+    /// Whether a queued message is one `pick` selects.
+    pub(crate) fn any(&self, pick: impl Fn(&E) -> bool) -> bool {
+        self.lock().queue.iter().any(pick)
+    }
+
     /// Removes the queued messages whose deadline is at or before `now`;
     /// returns them and the earliest deadline among those left.
     pub(crate) fn take_expired(

@@ -54,6 +54,9 @@ pub(crate) struct WireCall {
     pub(crate) reply: WireReply,
     /// The span the handler runs in (joins the caller's trace).
     pub(crate) span: tracing::Span,
+    /// The chain of calls this one extends (from a peer, or a local caller
+    /// whose call went through the wire path).
+    pub(crate) caller: crate::actor::chain::Caller,
 }
 
 /// Where an encoded reply goes: a caller in this process, or straight into
@@ -101,6 +104,15 @@ impl<A: Handlers> Envelope<A> {
         match self {
             Envelope::Local(env) => A::__deadline(env),
             Envelope::Wire(call) => crate::actor::finish::ReplySlot::deadline(&call.reply),
+        }
+    }
+
+    /// Whether this call's chain passes through actor `A` `id` (a call a
+    /// reentrant activation serves interleaved).
+    fn in_chain_of(&self, id: &str) -> bool {
+        match self {
+            Envelope::Local(env) => A::__caller(env).passes_through(A::NAME, id),
+            Envelope::Wire(call) => call.caller.passes_through(A::NAME, id),
         }
     }
 

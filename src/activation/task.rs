@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
-use crate::actor::{chain, Ctx};
+use crate::actor::{chain, BoxFuture, Ctx, Interleaver};
 use crate::history::Phase;
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
@@ -141,6 +141,12 @@ async fn serve<A: Handlers>(
     batch: &mut VecDeque<Envelope<A>>,
 ) -> EndReason {
     let metrics = Metrics::get();
+    if A::REENTRANT {
+        if let Some(il) = actor.__interleaver(ctx) {
+            // Boxed: only reentrant actors pay for the interleaving loop.
+            return Box::pin(serve_interleaved(il, mb, ctx, batch)).await;
+        }
+    }
     loop {
         match poll_fn(|cx| mb.poll_take(cx, batch)).await {
             Take::Batch => {}
@@ -157,7 +163,7 @@ async fn serve<A: Handlers>(
             }
             if env.deadline().is_some_and(|d| d <= now) {
                 metrics.abandoned.increment(1);
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
                 continue;
             }
             // The handler runs knowing its chain of calls (see
@@ -176,9 +182,10 @@ async fn serve<A: Handlers>(
                         body,
                         reply,
                         span,
+                        caller,
                     } = *call;
                     let actor = &mut *actor;
-                    chain::serving(chain::Caller::default());
+                    chain::serving(caller);
                     let handled = Box::pin(tracing::Instrument::instrument(
                         async move { finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await },
                         span,
@@ -200,6 +207,203 @@ async fn serve<A: Handlers>(
         // pin a large buffer for the life of the activation.
         if batch.capacity() > 256 {
             batch.shrink_to(16);
+        }
+    }
+}
+
+/// [`serve`] for a reentrant actor (`#[mesh::handlers(reentrant)]`, see
+/// `actor::chain`): each message starts a turn ([`Turn`]) during which the
+/// calls whose chain passes through this activation are served at once,
+/// interleaved on `&A`; the other messages wait for the turn to end.
+async fn serve_interleaved<'a, A: Handlers>(
+    mut il: Interleaver<'a, A>,
+    mb: &Mailbox<Envelope<A>>,
+    ctx: &'a Ctx,
+    batch: &mut VecDeque<Envelope<A>>,
+) -> EndReason {
+    let metrics = Metrics::get();
+    loop {
+        match poll_fn(|cx| mb.poll_take(cx, batch)).await {
+            Take::Batch => {}
+            Take::Stop => return EndReason::Shutdown,
+            Take::Idle => return EndReason::Idle,
+            Take::Moved => return EndReason::Moved,
+        }
+        metrics.mailbox_depth.record(batch.len() as f64);
+        let now = Instant::now();
+        while let Some(env) = batch.pop_front() {
+            if env.abandoned() {
+                metrics.abandoned.increment(1);
+                continue;
+            }
+            if env.deadline().is_some_and(|d| d <= now) {
+                metrics.abandoned.increment(1);
+                env.fail(Error::timeout());
+                continue;
+            }
+            let first = start(&mut il, env, ctx);
+            let outcome = Turn {
+                first: Some(first),
+                more: Vec::new(),
+                il: &mut il,
+                mb,
+                batch: &mut *batch,
+                ctx,
+                outcome: Outcome::Done,
+                polled: false,
+                armed: None,
+                timer: None,
+            }
+            .await;
+            let end = match outcome {
+                Outcome::Panicked => Some(EndReason::Panic),
+                Outcome::Done if ctx.take_deactivate() => Some(EndReason::Requested),
+                Outcome::Done => None,
+            };
+            if let Some(end) = end {
+                mb.put_back(batch);
+                return end;
+            }
+        }
+        if batch.capacity() > 256 {
+            batch.shrink_to(16);
+        }
+    }
+}
+
+/// Starts one message of a reentrant actor: its handler on `&A`, knowing
+/// its own chain of calls.
+fn start<'a, A: Handlers>(
+    il: &mut Interleaver<'a, A>,
+    env: Envelope<A>,
+    ctx: &'a Ctx,
+) -> BoxFuture<'a, Outcome> {
+    match env {
+        Envelope::Local(env) => {
+            let caller = A::__caller(&env);
+            Box::pin(WithCaller {
+                caller,
+                fut: (il.local)(env),
+            })
+        }
+        Envelope::Wire(call) => {
+            let WireCall {
+                tag,
+                body,
+                reply,
+                span,
+                caller,
+            } = *call;
+            let handled = finish(reply, ctx, (il.wire)(tag, body));
+            Box::pin(WithCaller {
+                caller,
+                fut: tracing::Instrument::instrument(handled, span),
+            })
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A handler interleaved with others in one task: it sets its own
+    /// chain each time it runs (the task-local holds one at a time).
+    struct WithCaller<F> {
+        caller: chain::Caller,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for WithCaller<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        chain::serving(this.caller.clone());
+        this.fut.poll(cx)
+    }
+}
+
+/// One turn of a reentrant activation: its first handler, and the calls of
+/// its chain started while it waits. Ends when all of them have returned
+/// (at the first panic, the others are dropped: their callers see the
+/// activation gone). Meanwhile, as [`watch_queue`] does, queued calls whose
+/// deadline passes are answered with [`Error::Timeout`].
+struct Turn<'t, 'a, A: Handlers> {
+    first: Option<BoxFuture<'a, Outcome>>,
+    more: Vec<BoxFuture<'a, Outcome>>,
+    il: &'t mut Interleaver<'a, A>,
+    mb: &'t Mailbox<Envelope<A>>,
+    batch: &'t mut VecDeque<Envelope<A>>,
+    ctx: &'a Ctx,
+    outcome: Outcome,
+    polled: bool,
+    armed: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<A: Handlers> Future for Turn<'_, '_, A> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        let id = this.ctx.id();
+        loop {
+            let mut outcome = this.outcome;
+            if let Some(first) = this.first.as_mut() {
+                if let Poll::Ready(o) = first.as_mut().poll(cx) {
+                    this.first = None;
+                    if o == Outcome::Panicked {
+                        outcome = o;
+                    }
+                }
+            }
+            this.more.retain_mut(|f| match f.as_mut().poll(cx) {
+                Poll::Ready(o) => {
+                    if o == Outcome::Panicked {
+                        outcome = o;
+                    }
+                    false
+                }
+                Poll::Pending => true,
+            });
+            this.outcome = outcome;
+            if outcome == Outcome::Panicked || (this.first.is_none() && this.more.is_empty()) {
+                return Poll::Ready(outcome);
+            }
+            if !std::mem::replace(&mut this.polled, true) {
+                this.mb.put_back(this.batch);
+            }
+            let (expired, earliest) = this.mb.take_expired(Instant::now(), Envelope::deadline);
+            for env in expired {
+                env.fail(Error::timeout());
+            }
+            let picked = this.mb.take_picked(|e| e.in_chain_of(id));
+            if !picked.is_empty() {
+                for env in picked {
+                    if !env.abandoned() {
+                        this.more.push(start(this.il, env, this.ctx));
+                    }
+                }
+                continue;
+            }
+            if earliest != this.armed {
+                this.armed = earliest;
+                this.timer = earliest.map(|d| Box::pin(tokio::time::sleep_until(d)));
+            }
+            if let Some(sleep) = this.timer.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.timer = None;
+                    this.armed = None;
+                    continue;
+                }
+            }
+            // Any push wakes the turn: a call of its chain may come. One
+            // that came before the registration is seen here.
+            this.mb.watch_any(cx);
+            if this.mb.any(|e| e.in_chain_of(id)) {
+                continue;
+            }
+            return Poll::Pending;
         }
     }
 }
@@ -254,7 +458,7 @@ impl<A: Handlers, F: Future> Future for WatchQueue<'_, A, F> {
         loop {
             let (expired, earliest) = this.mb.take_expired(Instant::now(), Envelope::deadline);
             for env in expired {
-                env.fail(Error::Timeout);
+                env.fail(Error::timeout());
             }
             if earliest != *this.armed {
                 *this.armed = earliest;

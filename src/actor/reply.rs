@@ -98,7 +98,7 @@ impl<R> ReplyTo<R> {
     /// nowhere.
     pub fn time_out(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(Error::Timeout));
+            let _ = tx.send(Err(Error::timeout()));
         }
     }
 

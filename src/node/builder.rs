@@ -330,7 +330,9 @@ impl NodeBuilder {
             .map_err(|_| StartError::Config("start the node inside a tokio runtime".into()))?;
         let mut capabilities = self.capabilities;
         if let Some(c) = capabilities.iter().find(|c| c.is_empty()) {
-            return Err(StartError::Config(format!("empty capability name {c:?}")));
+            return Err(StartError::Config(format!(
+                "empty capability name {c:?}: give every capability in NodeBuilder::capabilities a name"
+            )));
         }
         capabilities.sort();
         capabilities.dedup();
@@ -338,14 +340,15 @@ impl NodeBuilder {
         for (i, a) in self.actors.iter().enumerate() {
             if self.actors[..i].iter().any(|b| b.type_id == a.type_id) {
                 return Err(StartError::Config(format!(
-                    "actor type {} given twice",
-                    a.name
+                    "actor type {} given twice: remove one `.actor::<{}>()`",
+                    a.name, a.name
                 )));
             }
             if !capabilities.iter().any(|c| c == a.capability) {
                 return Err(StartError::Config(format!(
-                    "actor {} needs capability {:?}, which this node does not host",
-                    a.name, a.capability
+                    "actor {} needs capability {:?}, which this node does not host: add it to \
+                     NodeBuilder::capabilities, or remove `.actor::<{}>()`",
+                    a.name, a.capability, a.name
                 )));
             }
             for &(tag, message) in a.messages {

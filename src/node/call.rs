@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::cluster::Along;
 use super::routing::Route;
 use super::{Node, NodeInner, DEFAULT};
 use crate::actor::ReplyTo;
@@ -84,6 +85,7 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 
     fn into_future(self) -> Self::IntoFuture {
         CallFuture {
+            id: self.id,
             call: Some(self),
             rx: None,
             remote: None,
@@ -101,6 +103,8 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 /// passes.
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<'a, A, M: Message> {
+    /// The actor id, kept to name the call in its error.
+    id: &'a str,
     call: Option<Call<'a, A, M>>,
     rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
     /// A call to another node: the encoded reply, boxed (one allocation per
@@ -143,13 +147,18 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             this.started = Some(now);
             let sent = with_node(call.via, |node| {
                 let timeout = call.timeout.unwrap_or(node.default_timeout);
+                // A call back into the chain waiting on this one would
+                // deadlock: it fails now (`actor::chain`), wherever the
+                // actor lives.
+                let caller = crate::actor::chain::Caller(crate::actor::chain::extend(
+                    A::NAME,
+                    A::REENTRANT,
+                    call.id,
+                )?);
                 match node.route::<A>(call.id)? {
                     Route::Local => {
-                        // A call back into the chain waiting on this one
-                        // would deadlock: it fails now (`actor::chain`).
-                        let caller = crate::actor::chain::extend(A::NAME, call.id)?;
                         let (reply, rx) = ReplyTo::call(now + timeout);
-                        let reply = reply.within(crate::actor::chain::Caller(caller));
+                        let reply = reply.within(caller);
                         node.dispatch_local::<A, M>(call.id, call.msg, reply)?;
                         Ok(Sent::Local(rx))
                     }
@@ -160,13 +169,22 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                         let node = node.clone();
                         let deadline = now + timeout;
                         let trace = crate::trace::outgoing(&span);
+                        let chain = caller.to_wire();
                         Ok(Sent::Remote(Box::pin(async move {
                             let mut conn = conn;
                             let mut payload = payload;
                             for _ in 0..=REROUTES {
                                 let left = deadline.saturating_duration_since(Instant::now());
                                 match conn
-                                    .call_routed(tag, &id, payload, left, 0, trace.clone())
+                                    .call_routed(
+                                        tag,
+                                        &id,
+                                        payload,
+                                        left,
+                                        0,
+                                        trace.clone(),
+                                        chain.clone(),
+                                    )
                                     .await
                                 {
                                     Ok(b) => return Ok(b),
@@ -182,8 +200,9 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                                             None => {
                                                 let left = deadline
                                                     .saturating_duration_since(Instant::now());
+                                                let along = Along { trace, caller };
                                                 return node
-                                                    .serve_wire(tag, &id, p, left, 0, false, trace)
+                                                    .serve_wire(tag, &id, p, left, 0, false, along)
                                                     .await;
                                             }
                                         }
@@ -201,7 +220,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
                 Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
-                    let result = Err(e);
+                    let result = Err(e.in_call(A::NAME, this.id, M::NAME));
                     metrics.call_done(&result);
                     return Poll::Ready(result);
                 }
@@ -231,6 +250,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 .call_duration
                 .record(started.elapsed().as_secs_f64());
         }
+        let result = result.map_err(|e| e.in_call(A::NAME, this.id, M::NAME));
         metrics.call_done(&result);
         Poll::Ready(result)
     }

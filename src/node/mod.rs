@@ -224,7 +224,15 @@ impl Node {
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner
-            .serve_wire(tag, id, body, inner.default_timeout, 0, false, None)
+            .serve_wire(
+                tag,
+                id,
+                body,
+                inner.default_timeout,
+                0,
+                false,
+                Default::default(),
+            )
             .await?;
         Ok(reply.to_vec())
     }
@@ -293,7 +301,7 @@ impl Node {
         if !in_time {
             let left = self.activation_count();
             tracing::warn!(node = %inner.id, left, "shutdown timed out: activations still busy");
-            return Err(Error::Timeout);
+            return Err(Error::timeout());
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())

@@ -152,7 +152,7 @@ impl Responder {
 
     /// Answers [`Error::Timeout`] now; a later `send` goes nowhere.
     pub fn time_out(&mut self) {
-        self.answer(Err(Error::Timeout));
+        self.answer(Err(Error::timeout()));
     }
 
     /// When the caller stops waiting (its time left, from arrival); `None`
@@ -616,7 +616,7 @@ impl Connection {
         hops: u8,
     ) -> Result<Bytes, Error> {
         match self
-            .call_routed(tag, id, payload, timeout, hops, None)
+            .call_routed(tag, id, payload, timeout, hops, None, None)
             .await
         {
             Ok(b) => Ok(b),
@@ -626,7 +626,10 @@ impl Connection {
     }
 
     /// [`Connection::call`], but a call the peer never saw comes back as
-    /// `Err(Unsent(payload))`, so the caller can route it elsewhere.
+    /// `Err(Unsent(payload))`, so the caller can route it elsewhere. It
+    /// carries the caller's trace context and call chain to peers that
+    /// take them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_routed(
         &self,
         tag: u64,
@@ -635,6 +638,7 @@ impl Connection {
         timeout: Duration,
         hops: u8,
         trace: Option<wire::TraceContext>,
+        chain: Option<Vec<(String, String)>>,
     ) -> Result<Bytes, Routed> {
         let call = Call {
             tag,
@@ -644,6 +648,7 @@ impl Connection {
             payload: ByteBuf::from(payload),
             // An older peer would refuse the body with it.
             trace: trace.filter(|_| self.shared.peer.trace_context),
+            chain: chain.filter(|_| self.shared.peer.call_chain),
         };
         let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
         match self.request(Kind::Call, body, timeout).await {
@@ -953,7 +958,7 @@ async fn expire_loop(shared: Arc<Shared>) {
             (expired, next)
         };
         for w in expired {
-            let _ = w.send(Err(Error::Timeout.into()));
+            let _ = w.send(Err(Error::timeout().into()));
         }
         let earlier = shared.earlier.notified();
         let sleep = async {
@@ -1018,7 +1023,15 @@ mod tests {
         let (_net, _l, conn) = pair().await;
         conn.close();
         match conn
-            .call_routed(1, "x", b"payload".to_vec(), Duration::from_secs(5), 0, None)
+            .call_routed(
+                1,
+                "x",
+                b"payload".to_vec(),
+                Duration::from_secs(5),
+                0,
+                None,
+                None,
+            )
             .await
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"payload"),
@@ -1035,7 +1048,7 @@ mod tests {
         let call = {
             let conn = conn.clone();
             tokio::spawn(async move {
-                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None)
+                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
                     .await
             })
         };

@@ -82,7 +82,7 @@ impl Error {
     /// [`Error::Remote`], the code the peer sent.
     pub fn code(&self) -> u16 {
         match self {
-            Error::Timeout => code::TIMEOUT,
+            Error::Timeout { .. } => code::TIMEOUT,
             Error::NoNodeForCapability { .. } => code::NO_NODE_FOR_CAPABILITY,
             Error::UnknownActorType { .. } => code::UNKNOWN_ACTOR_TYPE,
             Error::UnknownMessage { .. } => code::UNKNOWN_MESSAGE,
@@ -156,7 +156,12 @@ impl Failure {
             ..Failure::default()
         };
         match error {
-            Error::Timeout | Error::ShuttingDown | Error::Cancelled | Error::NotStarted => {}
+            Error::Timeout { actor, id, message } => {
+                f.actor = actor.clone();
+                f.id = id.clone();
+                f.detail = message.clone();
+            }
+            Error::ShuttingDown | Error::Cancelled | Error::NotStarted => {}
             Error::NoNodeForCapability { capability } => f.detail = capability.clone(),
             Error::UnknownActorType { actor } => f.actor = actor.clone(),
             Error::UnknownMessage { actor, tag } => {
@@ -221,7 +226,11 @@ impl Failure {
             addr,
         } = self;
         match wire_code {
-            code::TIMEOUT => Error::Timeout,
+            code::TIMEOUT => Error::Timeout {
+                actor,
+                id,
+                message: detail,
+            },
             code::NO_NODE_FOR_CAPABILITY => Error::NoNodeForCapability { capability: detail },
             code::UNKNOWN_ACTOR_TYPE => Error::UnknownActorType { actor },
             code::UNKNOWN_MESSAGE => Error::UnknownMessage { actor, tag },
@@ -361,7 +370,11 @@ mod tests {
     /// One of each variant, with every field set.
     fn every_error() -> Vec<Error> {
         vec![
-            Error::Timeout,
+            Error::Timeout {
+                actor: "Player".into(),
+                id: "p-1".into(),
+                message: "Score".into(),
+            },
             Error::NoNodeForCapability {
                 capability: "game".into(),
             },
@@ -465,7 +478,7 @@ mod tests {
 
     #[test]
     fn the_body_layout_is_pinned() {
-        let body = encode_envelope(&Failure::from_error(&Error::Timeout), 0).unwrap();
+        let body = encode_envelope(&Failure::from_error(&Error::timeout()), 0).unwrap();
         let mut want = vec![0x98, 0x01, 0xa0 | 14];
         want.extend_from_slice(b"call timed out");
         // actor, id, node, tag, detail, addr
@@ -559,7 +572,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             decode::<Failure>(&body).unwrap().into_error(),
-            Error::Timeout
+            Error::timeout()
         );
     }
 

@@ -74,6 +74,9 @@ pub struct Peer {
     /// Whether it decodes a trace context in `Call` and `Cast` bodies
     /// (said in its handshake; older peers do not).
     pub trace_context: bool,
+    /// Whether it decodes a call chain in `Call` bodies (said in its
+    /// handshake; older peers do not).
+    pub call_chain: bool,
     /// Where the stream came from, as the transport saw it (for logs).
     pub remote: String,
     /// The identity the transport verified (a SPIFFE ID from a TLS
@@ -206,6 +209,7 @@ impl Dialer {
             addr: me.addr.clone(),
             incarnation: me.incarnation,
             trace_context: true,
+            call_chain: true,
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((Dialer { me, cookie, nonce }, hello))
@@ -238,6 +242,7 @@ impl Dialer {
                 addr: c.addr.clone(),
                 incarnation: c.incarnation,
                 trace_context: c.trace_context,
+                call_chain: c.call_chain,
                 remote: String::new(),
                 identity: None,
             },
@@ -285,6 +290,7 @@ impl Listener {
             addr: me.addr.clone(),
             incarnation: me.incarnation,
             trace_context: true,
+            call_chain: true,
             nonce: ByteBuf::from(nonce.clone()),
             proof: ByteBuf::from(proof),
         };
@@ -299,6 +305,7 @@ impl Listener {
                 addr: h.addr.clone(),
                 incarnation: h.incarnation,
                 trace_context: h.trace_context,
+                call_chain: h.call_chain,
                 remote: String::new(),
                 identity: None,
             },

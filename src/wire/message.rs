@@ -27,6 +27,10 @@ pub struct Hello {
     /// from older peers, which are sent none).
     #[serde(default)]
     pub trace_context: bool,
+    /// Whether it decodes the `chain` field of `Call` (false from older
+    /// peers, which are sent none).
+    #[serde(default)]
+    pub call_chain: bool,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
@@ -53,6 +57,10 @@ pub struct Challenge {
     /// from older peers, which are sent none).
     #[serde(default)]
     pub trace_context: bool,
+    /// Whether it decodes the `chain` field of `Call` (false from older
+    /// peers, which are sent none).
+    #[serde(default)]
+    pub call_chain: bool,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
     /// HMAC-SHA256 proof over both nonces (see `handshake`).
@@ -72,7 +80,10 @@ pub struct Welcome {}
 
 /// `Call`: run handler `tag` of actor `id`, reply with the same
 /// correlation id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded by hand: `trace` is written (nil when absent) whenever `chain`
+/// follows it, so the elements keep their positions in the array form.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Call {
     /// The handler's wire tag.
     pub tag: u64,
@@ -95,6 +106,35 @@ pub struct Call {
         deserialize_with = "super::trace::lenient"
     )]
     pub trace: Option<super::TraceContext>,
+    /// The chain of calls this one extends, `[actor type, id]` pairs from
+    /// the first caller to the last (after `trace`, optional: sent only to
+    /// peers whose handshake said `call_chain`, absent outside a handler).
+    #[serde(default)]
+    pub chain: Option<Vec<(String, String)>>,
+}
+
+impl Serialize for Call {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let with_trace = self.trace.is_some() || self.chain.is_some();
+        let len = 5 + usize::from(with_trace) + usize::from(self.chain.is_some());
+        let mut st = s.serialize_struct("Call", len)?;
+        st.serialize_field("tag", &self.tag)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("timeout_ms", &self.timeout_ms)?;
+        st.serialize_field("hops", &self.hops)?;
+        st.serialize_field("payload", &self.payload)?;
+        if with_trace {
+            st.serialize_field("trace", &self.trace)?;
+        } else {
+            st.skip_field("trace")?;
+        }
+        match &self.chain {
+            Some(chain) => st.serialize_field("chain", chain)?,
+            None => st.skip_field("chain")?,
+        }
+        st.end()
+    }
 }
 
 /// `Cast`: run handler `tag` of actor `id`, no reply.
@@ -171,6 +211,7 @@ mod tests {
             hops: 1,
             payload: ByteBuf::from(vec![1, 2, 3]),
             trace,
+            chain: None,
         }
     }
 
@@ -276,6 +317,34 @@ mod tests {
         let bytes = raw((ByteBuf::from(TP.as_bytes()), "a=1", 9u8));
         let back: Call = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.trace.unwrap().tracestate(), Some("a=1"));
+    }
+
+    #[test]
+    fn the_chain_follows_the_trace_which_keeps_its_place() {
+        let chain = vec![("Alpha".to_owned(), "a".to_owned())];
+        let chained = Call {
+            chain: Some(chain.clone()),
+            ..call(None)
+        };
+        let bytes = rmp_serde::to_vec(&chained).unwrap();
+        assert_eq!(bytes[0], 0x97, "an array of 7, the trace nil");
+        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, chained);
+        // An older peer cannot decode it, hence `call_chain` in the handshake.
+        assert!(rmp_serde::from_slice::<OldCall>(&bytes).is_err());
+        let t = TraceContext::from_header(TP, None).unwrap();
+        let both = Call {
+            chain: Some(chain),
+            ..call(Some(t))
+        };
+        let bytes = rmp_serde::to_vec(&both).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Call>(&bytes).unwrap(), both);
+        // As a map too.
+        let named = rmp_serde::to_vec_named(&both).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Call>(&named).unwrap(), both);
+        // A traced call without a chain is the version 2 form with trace.
+        let traced = call(Some(TraceContext::from_header(TP, None).unwrap()));
+        assert_eq!(rmp_serde::to_vec(&traced).unwrap()[0], 0x96);
     }
 
     #[test]

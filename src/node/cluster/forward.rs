@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::activation::{WireCall, WireReply};
+use crate::actor::chain::Caller;
 use crate::actor::ReplyTo;
 use crate::node::{NodeInner, WireRoute};
 use crate::transport::Routed;
@@ -32,6 +33,14 @@ enum Started {
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Routed>> + Send>>,
         String,
     ),
+}
+
+/// What travels with a call besides its message: the caller's trace
+/// context and call chain.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Along {
+    pub(crate) trace: Option<TraceContext>,
+    pub(crate) caller: Caller,
 }
 
 /// How many times a call the owner never saw is routed again (each time
@@ -57,14 +66,14 @@ impl NodeInner {
         timeout: Duration,
         hops: u8,
         from_peer: bool,
-        trace: Option<TraceContext>,
+        along: Along,
     ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send + 'static {
         // What a re-route needs, taken only for a forward (rare), not for
         // every call served here.
-        let retry_trace = trace.clone();
-        let started = self.start_wire(tag, id, body, timeout, hops, from_peer, trace);
+        let retry_along = along.clone();
+        let started = self.start_wire(tag, id, body, timeout, hops, from_peer, along);
         let retry = matches!(started, Ok(Started::Forwarded(..)))
-            .then(|| (self.clone(), id.to_owned(), retry_trace));
+            .then(|| (self.clone(), id.to_owned(), retry_along));
         let deadline = tokio::time::Instant::now() + timeout;
         async move {
             let mut started = started?;
@@ -76,7 +85,7 @@ impl NodeInner {
                         Ok(b) => return Ok(b),
                         Err(Routed::Failed(e)) => return Err(e),
                         Err(Routed::Unsent(body)) => {
-                            let Some((me, id, trace)) = retry.as_ref() else {
+                            let Some((me, id, along)) = retry.as_ref() else {
                                 return Err(Error::NodeDown { node: owner });
                             };
                             if reroutes == REROUTES {
@@ -89,7 +98,7 @@ impl NodeInner {
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
                             started =
-                                me.start_wire(tag, id, body, left, hops, from_peer, trace.clone())?;
+                                me.start_wire(tag, id, body, left, hops, from_peer, along.clone())?;
                         }
                     },
                 }
@@ -106,7 +115,7 @@ impl NodeInner {
         timeout: Duration,
         hops: u8,
         from_peer: bool,
-        trace: Option<TraceContext>,
+        along: Along,
     ) -> Result<Started, Error> {
         let (route, owner) = self.locate(tag, id)?;
         let owner = self.forward_to(owner, hops, from_peer);
@@ -114,16 +123,18 @@ impl NodeInner {
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);
-                self.serve_here(route, tag, id, body, WireReply::Local(reply), trace)?;
+                self.serve_here(route, tag, id, body, WireReply::Local(reply), along)?;
                 Ok(Started::Local(rx))
             }
             // Not ours (any more): forward once to the owner.
             Some(conn) => {
                 let id = id.to_owned();
                 let owner = conn.peer().node.clone();
+                // The chain passes on unchanged: this node only forwards.
+                let chain = along.caller.to_wire();
                 Ok(Started::Forwarded(
                     Box::pin(async move {
-                        conn.call_routed(tag, &id, body, timeout, hops + 1, trace)
+                        conn.call_routed(tag, &id, body, timeout, hops + 1, along.trace, chain)
                             .await
                     }),
                     owner,
@@ -141,11 +152,11 @@ impl NodeInner {
         id: &str,
         body: Vec<u8>,
         reply: WireReply,
-        trace: Option<TraceContext>,
+        along: Along,
     ) -> Result<(), Error> {
         let (_, capability, actors) = &self.actors[route.actor];
         let cast = matches!(&reply, WireReply::Local(r) if r.is_cast());
-        let span = crate::trace::serve_span(&self.id, capability, cast, trace.as_ref());
+        let span = crate::trace::serve_span(&self.id, capability, cast, along.trace.as_ref());
         actors.send_wire(
             id,
             WireCall {
@@ -153,6 +164,7 @@ impl NodeInner {
                 body,
                 reply,
                 span,
+                caller: along.caller,
             },
         )
     }
@@ -196,7 +208,10 @@ impl NodeInner {
                 id,
                 body,
                 WireReply::Local(ReplyTo::cast()),
-                trace,
+                Along {
+                    trace,
+                    caller: Caller::default(),
+                },
             ),
             Some(conn) => {
                 let (span, trace) = crate::trace::forward(&self.id, trace);

@@ -62,7 +62,7 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
                     // the peer failed: judge it on the next ping instead
                     // of dropping every peer at once on resume.
                     let late = sent.elapsed().saturating_sub(timeout);
-                    if matches!(e, crate::Error::Timeout) && late > timeout {
+                    if matches!(e, crate::Error::Timeout { .. }) && late > timeout {
                         tracing::info!(peer = %conn.peer().node, ?late, "a ping timed out late: this process was paused; not judging the peer");
                         return;
                     }

@@ -10,8 +10,10 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use super::forward::Along;
 use super::Event;
 use crate::activation::{WireCall, WireReply};
+use crate::actor::chain::Caller;
 use crate::node::NodeInner;
 use crate::transport::{Ack, Inbound, Responder};
 use crate::wire::{self, Peer};
@@ -76,6 +78,7 @@ impl NodeInner {
                         body,
                         reply,
                         span,
+                        caller: Caller::from_wire(call.chain),
                     },
                 );
             }
@@ -86,6 +89,10 @@ impl NodeInner {
                 // The forward joins the caller's trace; the owner joins
                 // the forward's.
                 let (span, trace) = crate::trace::forward(&self.id, call.trace);
+                let along = Along {
+                    trace,
+                    caller: Caller::from_wire(call.chain),
+                };
                 let fut = self.serve_wire(
                     tag,
                     &call.id,
@@ -93,7 +100,7 @@ impl NodeInner {
                     timeout,
                     call.hops,
                     true,
-                    trace,
+                    along,
                 );
                 let fut = async move { reply.send(fut.await.map(|b| b.to_vec())) };
                 tokio::spawn(tracing::Instrument::instrument(fut, span));

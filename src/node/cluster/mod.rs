@@ -52,6 +52,7 @@ use crate::transport::{Connection, Inbound, Transport, TransportConfig};
 use crate::wire::{self, Cookie, FrameCodec, Identity};
 use crate::StartError;
 
+pub(crate) use forward::Along;
 pub(crate) use owner::Event;
 
 /// At most this many connections per peer unless configured: one it

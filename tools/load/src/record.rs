@@ -320,7 +320,12 @@ mod tests {
 
     #[test]
     fn error_kinds_are_variant_names() {
-        assert_eq!(error_kind(&mesh::Error::Timeout), "Timeout");
+        let e = mesh::Error::Timeout {
+            actor: "A".into(),
+            id: "a".into(),
+            message: "M".into(),
+        };
+        assert_eq!(error_kind(&e), "Timeout");
         let e = mesh::Error::NodeDown { node: "a".into() };
         assert_eq!(error_kind(&e), "NodeDown");
         assert_eq!(error_kind(&mesh::Error::Codec("x".into())), "Codec");
