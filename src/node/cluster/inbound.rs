@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::Event;
 use crate::activation::{WireCall, WireReply};
 use crate::node::NodeInner;
-use crate::transport::{Ack, Inbound, Responder};
+use crate::transport::{Ack, Connection, Inbound, Responder};
 use crate::wire::{self, Peer};
 use crate::Error;
 
@@ -43,6 +43,17 @@ impl Inbound for NodeInbound {
             if let Some(cluster) = node.cluster.get() {
                 cluster.send(Event::Left(from.node.clone(), from.incarnation, ack));
             }
+        }
+    }
+
+    fn retire(&self, conn: Connection, ack: Ack) {
+        // Without a node, the ack's drop answers at once.
+        if let Some(node) = self.0.upgrade() {
+            tokio::spawn(super::retire::retired_by_peer(
+                Arc::downgrade(&node),
+                conn,
+                ack,
+            ));
         }
     }
 
