@@ -8,6 +8,11 @@
 //!     --seeds 127.0.0.1:7001 --expect 3 --drive 12
 //! ```
 //!
+//! With mTLS between the nodes (identity files in PEM, as SPIRE's
+//! spiffe-helper, cert-manager or a Vault agent write them), add to each
+//! node `--tls-cert node.pem --tls-key node-key.pem --tls-roots bundle.pem`
+//! (every node presents the cluster's one SPIFFE ID; see the README).
+//!
 //! Every node prints membership changes. A node given `--drive N` waits
 //! for `--expect` members, then calls N players and N chat rooms and prints
 //! which node each lives on. Stop a node with Ctrl-C or SIGTERM (a clean

@@ -16,6 +16,7 @@
 //! | `mesh_mailbox_depth` | histogram | | messages an activation took from its mailbox in one batch |
 //! | `mesh_abandoned_total` | counter | | messages skipped because their caller had already given up or its deadline passed |
 //! | `mesh_frame_errors_total` | counter | | malformed frames received (each closed its connection) |
+//! | `mesh_connections_closed_total` | counter | `reason` = `denied`, `max_lifetime` | accepted connections this node closed on its transport's demand: a re-authorization refused (closed at once), or the maximum lifetime reached (retired gracefully) |
 //!
 //! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
 //! `DEBUG` level, with fields `actor`, `id` and `message`.
@@ -52,6 +53,9 @@ pub const MAILBOX_DEPTH: &str = "mesh_mailbox_depth";
 pub const ABANDONED_TOTAL: &str = "mesh_abandoned_total";
 /// Counter: malformed frames received.
 pub const FRAME_ERRORS_TOTAL: &str = "mesh_frame_errors_total";
+/// Counter: connections closed on their transport's demand, by `reason`
+/// (`denied`, `max_lifetime`).
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "mesh_connections_closed_total";
 
 /// Why an activation ended (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

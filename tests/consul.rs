@@ -5,6 +5,7 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use mesh::discovery::consul::AgentTls;
 use mesh::discovery::Consul;
 use mesh::prelude::*;
 use mesh_testkit::actors::{Player, Score};
@@ -321,10 +322,20 @@ async fn an_unreachable_agent_or_bad_settings_fail_the_start() {
         .await
         .expect_err("TTL under 3x the heartbeat");
     assert!(matches!(err, StartError::Config(_)), "{err:?}");
-    let err = start("a", Consul::new().address("https://127.0.0.1:8501"))
+    let err = start("a", Consul::new().address("unix:///tmp/consul.sock"))
         .await
-        .expect_err("no TLS client");
+        .expect_err("no unix sockets");
     assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    let err = start(
+        "a",
+        Consul::new()
+            .address("https://127.0.0.1:8501")
+            .agent_tls(AgentTls::new().ca_file("/nonexistent/ca.pem")),
+    )
+    .await
+    .expect_err("an unreadable CA file");
+    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 
 #[tokio::test]
@@ -443,4 +454,116 @@ async fn a_killed_node_is_dropped_and_then_reaped_from_consul() {
     .await;
     let ids = owned_by(&t.nodes[0], "b", 3);
     calls_succeed(&[&t.nodes[0], &t.nodes[1]], &ids).await;
+}
+
+// ------------------------------------------------------------ https agents
+
+/// An HTTPS front for the test agent at `upstream` (`http://host:port`):
+/// TLS with `server` (a certificate for `consul.test`), client
+/// certificates of `clients` required, bytes relayed to the agent.
+async fn https_front(
+    upstream: &str,
+    server: &mesh_testkit::pki::Leaf,
+    clients: &mesh_testkit::pki::Ca,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(clients.pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server.cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            conns.spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut agent) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut agent).await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    (format!("https://{addr}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_agent_with_a_ca_file_and_a_client_certificate() {
+    use mesh_testkit::pki::{self, Ca};
+    let consul = TestConsul::start(1, time()).await;
+    let ca = Ca::new("consul");
+    let (url, _front) = https_front(&consul.url(0), &ca.server_leaf("consul.test"), &ca).await;
+    let dir = std::env::temp_dir().join(format!("mesh-https-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cli = ca.leaf(&pki::service_id("consul", "cli"));
+    let ca_file = write("ca.pem", &ca.pem);
+    let (cert, key) = (write("cli.pem", &cli.cert), write("cli-key.pem", &cli.key));
+    // The certificate names consul.test, not the address's IP: the
+    // server name setting is what lets the check pass.
+    let tls = AgentTls::new()
+        .ca_file(&ca_file)
+        .client_cert(&cert, &key)
+        .server_name("consul.test");
+    let https = |tls: AgentTls| adapter(&consul, 0).address(url.clone()).agent_tls(tls);
+    let a = start("a", https(tls.clone())).await.expect("registers over https");
+    let b = start("b", https(tls.clone())).await.expect("registers over https");
+    members(&a, &["a", "b"]).await;
+    members(&b, &["a", "b"]).await;
+    assert_eq!(consul.with_catalog(|c| c.nodes["agent-0"].services.len()), 2);
+
+    // A wrong CA, no server name, no client certificate: each refused,
+    // with the reason.
+    let other = Ca::new("other");
+    let wrong = write("other.pem", &other.pem);
+    let err = start(
+        "c",
+        https(AgentTls::new().ca_file(&wrong).client_cert(&cert, &key).server_name("consul.test")),
+    )
+    .await
+    .expect_err("a wrong CA");
+    let text = err.to_string();
+    assert!(text.contains("certificate") && text.contains("CONSUL_CACERT"), "{text}");
+    let err = start("c", https(AgentTls::new().ca_file(&ca_file).client_cert(&cert, &key)))
+        .await
+        .expect_err("the certificate does not name the IP");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    let err = start("c", https(AgentTls::new().ca_file(&ca_file).server_name("consul.test")))
+        .await
+        .expect_err("no client certificate");
+    assert!(matches!(err, StartError::Discovery(_)), "{err:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,9 +3,13 @@
 //! load. Checks: no call outlives its deadline; calls owned by surviving
 //! nodes all succeed; once the death is detected, every call succeeds.
 //!
+//! Also: a cluster of `examples/cluster` processes over mTLS with identity
+//! files, which refuses a process whose certificate is from a foreign CA.
+//!
 //! Needs the example built (`cargo test` builds it; alone:
 //! `cargo build --example cluster`).
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -210,4 +214,155 @@ async fn sigkill_under_load() {
     );
     drop((n1, n3));
     driver.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------------------ mTLS across processes
+
+/// Counts refused TLS handshakes by reason, and wakes waiters on each.
+#[derive(Default, Clone)]
+struct Refusals(Arc<Mutex<std::collections::BTreeMap<String, Arc<RefusalCell>>>>);
+
+#[derive(Default)]
+struct RefusalCell(std::sync::atomic::AtomicU64);
+
+static REFUSED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+impl metrics::CounterFn for RefusalCell {
+    fn increment(&self, v: u64) {
+        self.0.fetch_add(v, std::sync::atomic::Ordering::SeqCst);
+        REFUSED.notify_waiters();
+    }
+    fn absolute(&self, v: u64) {
+        self.0.store(v, std::sync::atomic::Ordering::SeqCst);
+        REFUSED.notify_waiters();
+    }
+}
+
+impl metrics::Recorder for Refusals {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let mut name = key.name().to_owned();
+        for l in key.labels() {
+            name.push_str(&format!("{{{}={}}}", l.key(), l.value()));
+        }
+        metrics::Counter::from_arc(self.0.lock().unwrap().entry(name).or_default().clone())
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+impl Refusals {
+    fn get(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
+    use mesh::identity::FileIdentity;
+    use mesh::transport::tls::Tls;
+    use mesh_testkit::pki::{self, Ca, Files};
+    use mesh_testkit::procs::{example_binary, Proc};
+    let refusals = Refusals::default();
+    metrics::set_global_recorder(refusals.clone()).expect("the only recorder of this test");
+    let td = "11111111-2222-3333-4444-555555555555.consul";
+    let id = pki::service_id(td, "example");
+    let dir = std::env::temp_dir().join(format!("mesh-tls-procs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = Ca::new(td);
+    let files = |name: &str, ca: &Ca| {
+        let f = Files::in_dir(&dir.join(name));
+        f.write(&ca.leaf(&id), &ca.pem);
+        f
+    };
+    let tls_node = |name: &str, f: &Files, seeds: &[&str]| {
+        let mut cmd = Command::new(example_binary("cluster"));
+        cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--capabilities", "game"]);
+        cmd.args(["--heartbeat-ms", "100"]);
+        cmd.arg("--tls-cert").arg(&f.chain);
+        cmd.arg("--tls-key").arg(&f.key);
+        cmd.arg("--tls-roots").arg(&f.bundle);
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        cmd
+    };
+    let f1 = files("p-1", &ca);
+    let n1 = Proc::spawn(tls_node("p-1", &f1, &[]), "p-1", COOKIE).await;
+    let f2 = files("p-2", &ca);
+    let n2 = Proc::spawn(tls_node("p-2", &f2, &[&n1.addr]), "p-2", COOKIE).await;
+    // This test is the third node, on the same CA.
+    let fd = files("driver", &ca);
+    let identity = FileIdentity::load(&fd.chain, &fd.key, &fd.bundle).unwrap();
+    let driver = Node::builder()
+        .name("driver")
+        .default_node(false)
+        .cluster("example")
+        .cookie(COOKIE)
+        .transport(Tls::new(identity).transport())
+        .listen("127.0.0.1:0")
+        .seeds([n1.addr.clone(), n2.addr.clone()])
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
+    let mut changes = driver.membership_changes();
+    tokio::time::timeout(Duration::from_secs(30), changes.wait_for(|m| m.len() == 3))
+        .await
+        .expect("3 members within 30 s")
+        .unwrap();
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let (by, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            driver.call::<Player, _>(&format!("tls-{i}"), Score(1)).into_future(),
+        )
+        .await
+        .expect("a call within 10 s")
+        .expect("a call over mTLS");
+        owners.insert(by);
+    }
+    assert_eq!(
+        owners.into_iter().collect::<Vec<_>>(),
+        ["p-1", "p-2"],
+        "calls crossed mTLS links to both processes"
+    );
+
+    // A process with a certificate of a foreign CA (same SPIFFE ID, same
+    // cookie) is refused by the nodes it dials: this one counts it.
+    let unknown_ca = "mesh_tls_handshake_failures_total{reason=unknown_ca}";
+    let before = refusals.get(unknown_ca);
+    let foreign = Ca::new(td);
+    // It trusts the cluster's CA too, so it accepts the nodes' certificates
+    // and the refusal is theirs, of its certificate.
+    let ff = Files::in_dir(&dir.join("p-f"));
+    ff.write(&foreign.leaf(&id), &format!("{}{}", foreign.pem, ca.pem));
+    let driver_addr = driver.addr().unwrap().to_owned();
+    let _nf = Proc::spawn(tls_node("p-f", &ff, &[&driver_addr, &n1.addr]), "p-f", COOKIE).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let woken = REFUSED.notified();
+            if refusals.get(unknown_ca) > before {
+                return;
+            }
+            woken.await;
+        }
+    })
+    .await
+    .expect("the foreign process is refused within 30 s");
+    assert!(!driver.membership().contains("p-f"));
+    assert_eq!(driver.membership().len(), 3);
+    driver.shutdown().await.unwrap();
+    drop((n1, n2));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -88,6 +88,16 @@ fn failures(reason: &str) -> u64 {
         .map_or(0, |c| *c.0.lock().unwrap())
 }
 
+/// The counter `name` (with its labels, `name{label=value}`) so far.
+fn count(name: &str) -> u64 {
+    recorder()
+        .0
+        .lock()
+        .unwrap()
+        .get(name)
+        .map_or(0, |c| *c.0.lock().unwrap())
+}
+
 /// Waits until `reason` was counted more than `before` times.
 async fn counted(reason: &str, before: u64) {
     soon(async {
@@ -101,6 +111,23 @@ async fn counted(reason: &str, before: u64) {
     })
     .await;
 }
+
+/// Waits until the counter `name` reaches `at_least`.
+async fn reaches(name: &str, at_least: u64) {
+    soon(async {
+        loop {
+            let changed = COUNTED.notified();
+            if count(name) >= at_least {
+                return;
+            }
+            changed.await;
+        }
+    })
+    .await;
+}
+
+const CLOSED_DENIED: &str = "mesh_connections_closed_total{reason=denied}";
+const CLOSED_MAX_LIFETIME: &str = "mesh_connections_closed_total{reason=max_lifetime}";
 
 // ------------------------------------------------------------ helpers
 
@@ -727,4 +754,127 @@ async fn an_intention_deny_refuses_a_caller_until_allowed() {
     consul.intention("web", "db", true);
     let conn = dial(&web, server.addr()).await.unwrap();
     assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
+}
+
+// ------------------------------------------------------------ open connections
+
+/// A node hosting nothing that calls `seed`'s players; it does not listen,
+/// so its only connection is the one it dials (accepted by the seed).
+async fn caller(t: Transport, seed: &str) -> Node {
+    Node::builder()
+        .name("caller")
+        .default_node(false)
+        .cluster("tls")
+        .cookie("s3cret")
+        .transport(t)
+        .seeds([seed])
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("node starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intention_denied_after_the_handshake_closes_the_open_connection() {
+    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
+    use mesh_testkit::consul_agent::TestConsul;
+    recorder();
+    let consul = TestConsul::start(1, Default::default()).await;
+    let db = pki::service_id(&consul.trust_domain(), "db");
+    let server = node(
+        Tls::new(ConsulIdentity::start(&consul.url(0), "db").await.unwrap())
+            .authorize(ConsulAuthorizer::new(&consul.url(0), "db").cache_for(Duration::ZERO))
+            .reauthorize_every(Duration::from_millis(100))
+            .transport(),
+        "db",
+        &[],
+    )
+    .await;
+    let seed = server.addr().unwrap().to_owned();
+    let web = caller(
+        Tls::new(ConsulIdentity::start(&consul.url(0), "web").await.unwrap())
+            .allow([db])
+            .transport(),
+        &seed,
+    )
+    .await;
+    let mut changes = web.membership_changes();
+    soon(changes.wait_for(|m| m.len() == 2)).await.unwrap();
+    let (served_by, _) = soon(web.call::<Player, _>("p1", Score(1)).into_future())
+        .await
+        .unwrap();
+    assert_eq!(served_by, "db");
+
+    // Denied after the handshake: the open connection is closed by the
+    // next re-authorization (the handshake alone would never see it).
+    let closed = count(CLOSED_DENIED);
+    let refused = failures("denied");
+    consul.intention("web", "db", false);
+    reaches(CLOSED_DENIED, closed + 1).await;
+    soon(changes.wait_for(|m| m.len() == 1)).await.unwrap();
+    // The redial is refused at its handshake, so calls find nobody.
+    counted("denied", refused).await;
+    assert!(matches!(
+        web.call::<Player, _>("p1", Score(1)).await,
+        Err(Error::NoNodeForCapability { .. })
+    ));
+
+    // Allowed again: the caller gets back in on a redial.
+    consul.intention("web", "db", true);
+    soon(changes.wait_for(|m| m.len() == 2)).await.unwrap();
+    let (_, score) = soon(web.call::<Player, _>("p1", Score(1)).into_future())
+        .await
+        .unwrap();
+    assert!(score >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_replaced_at_their_maximum_lifetime_without_a_failed_call() {
+    recorder();
+    let ca = Ca::new(TD);
+    let tls = |name: &str| {
+        Tls::new(identity(name, &ca.leaf(&cluster_id()), &ca.pem).1)
+            .max_connection_lifetime(Some(Duration::from_millis(150)))
+            .transport()
+    };
+    let server = node(tls("server"), "server", &[]).await;
+    let seed = server.addr().unwrap().to_owned();
+    let client = caller(tls("client"), &seed).await;
+    let mut changes = client.membership_changes();
+    soon(changes.wait_for(|m| m.len() == 2)).await.unwrap();
+
+    // A steady stream of calls, 16 in flight, while connections retire.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streams = tokio::task::JoinSet::new();
+    for lane in 0..16 {
+        let (client, stop) = (client.clone(), stop.clone());
+        streams.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("p{}", (lane * 1000 + i) % 64);
+                match client.call::<Player, _>(&id, Score(1)).await {
+                    Ok((by, _)) if by == "server" => ok += 1,
+                    Ok((by, _)) => failed.push(format!("served by {by}")),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                i += 1;
+            }
+            (ok, failed)
+        });
+    }
+    let before = count(CLOSED_MAX_LIFETIME);
+    reaches(CLOSED_MAX_LIFETIME, before + 4).await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = streams.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)]);
+    assert!(ok > 0);
+    // Still one member, reached over a fresh connection.
+    assert_eq!(client.membership().len(), 2);
 }

@@ -32,6 +32,20 @@ pub struct NodeArgs {
     /// needs `--features admin`.
     #[arg(long)]
     pub admin: Option<String>,
+    /// mTLS between nodes: this node's certificate chain (PEM), reloaded
+    /// when it changes on disk. With `--tls-key` and `--tls-roots`.
+    #[arg(long, requires_all = ["tls_key", "tls_roots"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_roots"])]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The trust bundle (PEM roots) peers' certificates must lead to.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_roots: Option<std::path::PathBuf>,
+    /// With TLS: also accept peers presenting these SPIFFE IDs
+    /// (comma-separated), besides this node's own.
+    #[arg(long, value_delimiter = ',')]
+    pub tls_allow: Vec<String>,
 }
 
 /// A player: lives on a node hosting `game`.
@@ -85,6 +99,11 @@ pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error:
         .cookie(cookie)
         .listen(&args.listen)
         .capabilities(args.capabilities.iter().cloned());
+    if let (Some(cert), Some(key), Some(roots)) = (&args.tls_cert, &args.tls_key, &args.tls_roots) {
+        let identity = mesh::identity::FileIdentity::load(cert, key, roots)?;
+        let tls = mesh::transport::tls::Tls::new(identity).allow(args.tls_allow.iter().cloned());
+        builder = builder.transport(tls.transport());
+    }
     if let Some(path) = &args.history {
         builder = builder.history(mesh::history::FileHistory::append(path)?);
     }

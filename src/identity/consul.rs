@@ -44,8 +44,13 @@ struct Seen {
 impl ConsulIdentity {
     /// Fetches the leaf of `service` and the roots from the agent at
     /// `agent` (`http://host:port`) now, then follows both.
+    ///
+    /// An `https://` agent is reached with the `consul` CLI's TLS
+    /// variables ([`AgentTls::from_env`](crate::discovery::consul::AgentTls::from_env)).
     pub async fn start(agent: &str, service: &str) -> Result<Self, IdentityError> {
-        let http = reqwest::Client::new();
+        let tls = crate::discovery::consul::AgentTls::from_env();
+        let http = crate::discovery::consul::agent_client(agent, &tls, None)
+            .map_err(|e| IdentityError::Agent(format!("agent {agent}: {e}")))?;
         let leaf_url = format!(
             "{}/v1/agent/connect/ca/leaf/{service}",
             agent.trim_end_matches('/')
@@ -204,7 +209,7 @@ fn material(leaf: &Value, roots: &Value) -> Result<Material, IdentityError> {
 /// asks once. Deprecated by Consul since 1.16, like the CA endpoints.
 #[derive(Debug)]
 pub struct ConsulAuthorizer {
-    http: reqwest::Client,
+    http: Result<reqwest::Client, String>,
     url: String,
     target: String,
     cache: std::sync::Mutex<Answers>,
@@ -221,9 +226,15 @@ const AUTHORIZE_CACHE: Duration = Duration::from_secs(1);
 impl ConsulAuthorizer {
     /// Asks the agent at `agent` whether callers may reach `target` (this
     /// node's service name).
+    ///
+    /// An `https://` agent is reached with the `consul` CLI's TLS
+    /// variables; when they do not make a client (an unreadable
+    /// `CONSUL_CACERT`), every caller is refused with that reason.
     pub fn new(agent: &str, target: impl Into<String>) -> Self {
+        let tls = crate::discovery::consul::AgentTls::from_env();
         ConsulAuthorizer {
-            http: reqwest::Client::new(),
+            http: crate::discovery::consul::agent_client(agent, &tls, None)
+                .map_err(|e| format!("agent {agent}: {e}")),
             url: format!("{}/v1/agent/connect/authorize", agent.trim_end_matches('/')),
             target: target.into(),
             cache: Default::default(),
@@ -245,8 +256,8 @@ impl ConsulAuthorizer {
             "ClientCertURI": id,
             "ClientCertSerial": serial,
         });
-        let resp = self
-            .http
+        let http = self.http.as_ref().map_err(Clone::clone)?;
+        let resp = http
             .post(&self.url)
             .json(&body)
             .timeout(Duration::from_secs(1))

@@ -63,16 +63,25 @@ impl NodeInner {
         Ok((route, owner))
     }
 
-    /// Removes `node` from the membership at once (rather than when its
-    /// connection's watcher gets to it): it has no live connection, so it
-    /// is down by the membership's own rule.
     /// Whether this node is leaving the cluster (it forwards what still
     /// reaches it).
     pub(crate) fn is_leaving(&self) -> bool {
         self.cluster.get().is_some_and(|c| c.is_leaving())
     }
 
+    /// Removes `node` from the membership at once (rather than when its
+    /// connection's watcher gets to it): it has no live connection, so it
+    /// is down by the membership's own rule.
     pub(crate) fn evict(&self, node: &str) {
+        // A call that found a retired connection sealed: the peer has
+        // another one, it is not down.
+        if self
+            .cluster
+            .get()
+            .is_some_and(|c| c.connection(node).is_some())
+        {
+            return;
+        }
         if node != &*self.id && self.update_membership(|m| m.remove(node)) {
             tracing::info!(node = %self.id, peer = node, "peer down (no live connection)");
         }

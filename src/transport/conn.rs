@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
-use super::TransportConfig;
+use super::{Lifetime, TransportConfig};
 use crate::telemetry::Metrics;
 use crate::wire::{self, Call, Cast, Failure, Frame, FrameCodec, Kind, Membership, Peer, Reply};
 use crate::Error;
@@ -37,6 +37,13 @@ pub trait Inbound: Send + Sync + 'static {
     /// answers the peer; dropped, it answers too). The default acks at once.
     fn leave(&self, from: &Peer, ack: Ack) {
         let _ = from;
+        ack.send();
+    }
+    /// The peer retires `conn` (a `Retire` frame): send no new request on
+    /// it, then `ack` (dropped, it answers too). The peer answers what is
+    /// in flight, then closes. The default seals it and acks at once.
+    fn retire(&self, conn: Connection, ack: Ack) {
+        conn.seal();
         ack.send();
     }
 }
@@ -94,6 +101,8 @@ impl From<Error> for Routed {
 enum Out {
     Frame(Kind, u64, Vec<u8>),
     Raw(BytesMut),
+    /// Write what came before, then close (`Connection::close_after_queued`).
+    Close,
 }
 
 type WriteSide = Pin<Box<dyn AsyncWrite + Send>>;
@@ -125,28 +134,29 @@ impl Responder {
             return;
         };
         // The last inbound call in flight writes its reply itself.
-        let alone = shared.inbound.fetch_sub(1, Ordering::AcqRel) == 1;
-        if alone {
+        let alone = shared.inbound.load(Ordering::Acquire) == 1;
+        // The caller is gone (cancelled): nobody reads an answer.
+        if !shared.take_cancelled(corr) {
+            let frame = match result {
+                Ok(payload) => {
+                    let n = payload.len();
+                    let reply = Reply {
+                        payload: ByteBuf::from(payload),
+                    };
+                    wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
+                }
+                Err(error) => wire::encode_envelope(&Failure::from_error(&error), 64)
+                    .map(|b| (Kind::Error, b)),
+            };
+            match frame {
+                Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
+                Err(e) => tracing::warn!("cannot encode a response: {e}"),
+            }
+        }
+        // Counted as answered once the reply is queued: what waits for
+        // `answered` and then closes gracefully still sends it.
+        if shared.inbound.fetch_sub(1, Ordering::AcqRel) == 1 {
             shared.answered.notify_waiters();
-        }
-        if shared.take_cancelled(corr) {
-            return; // the caller is gone: nobody reads an answer
-        }
-        let frame = match result {
-            Ok(payload) => {
-                let n = payload.len();
-                let reply = Reply {
-                    payload: ByteBuf::from(payload),
-                };
-                wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
-            }
-            Err(error) => {
-                wire::encode_envelope(&Failure::from_error(&error), 64).map(|b| (Kind::Error, b))
-            }
-        };
-        match frame {
-            Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
-            Err(e) => tracing::warn!("cannot encode a response: {e}"),
         }
     }
 
@@ -209,6 +219,10 @@ struct Pending {
     /// Set by `close`: nothing more is written, so requests above
     /// `attempted` were never sent.
     sealed: bool,
+    /// Set by `Connection::seal`: `idle` is notified when the last
+    /// waiter goes (nobody waits for it otherwise).
+    draining: bool,
+    idle: Arc<Notify>,
 }
 
 impl Pending {
@@ -226,16 +240,31 @@ impl Pending {
 /// Whether a frame of `kind` is a request of ours (its correlation id is
 /// from our counter and a waiter may be waiting on it).
 fn is_request(kind: Kind) -> bool {
-    matches!(kind, Kind::Call | Kind::Ping | Kind::Leave)
+    matches!(kind, Kind::Call | Kind::Ping | Kind::Leave | Kind::Retire)
 }
 
 impl Pending {
     fn remove(&mut self, corr: u64) -> Option<Waiter> {
         let (w, deadline) = self.waiters.remove(&corr)?;
         self.deadlines.remove(&(deadline, corr));
+        self.removed();
         Some(w)
     }
+
+    /// After a waiter left: wakes `Connection::settled` when none is left.
+    fn removed(&self) {
+        if self.draining && self.waiters.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
 }
+
+/// Where a connection is in its retirement (`Shared::retiring`).
+const LIVE: u8 = 0;
+/// This node retires it: the peer is asked to move its calls.
+const RETIRING: u8 = 1;
+/// The peer retires it: this node moves its calls to a fresh connection.
+const RETIRED_BY_PEER: u8 = 2;
 
 struct Shared {
     peer: Peer,
@@ -264,6 +293,24 @@ struct Shared {
     /// How this node came to hold the connection, set once by the
     /// cluster's owner task (for operators).
     origin: std::sync::OnceLock<Origin>,
+    /// [`LIVE`], [`RETIRING`] or [`RETIRED_BY_PEER`].
+    retiring: AtomicU8,
+    /// No new call goes out (`Connection::seal`).
+    sealed: AtomicBool,
+    /// Calls between their `sealed` check and their enqueue.
+    sending: AtomicUsize,
+    /// When the handshake completed.
+    opened: Instant,
+    lifetime: Option<Lifetime>,
+}
+
+/// Counts a call between its `sealed` check and its enqueue.
+struct Sending<'a>(&'a AtomicUsize);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a node came to hold a connection to a peer: what the admin
@@ -401,6 +448,7 @@ impl Shared {
         let (waiters, attempted) = {
             let mut p = self.pending();
             p.sealed = true;
+            p.idle.notify_waiters();
             p.deadlines.clear();
             let waiters: Vec<(u64, Waiter)> = p.waiters.drain().map(|(c, (w, _))| (c, w)).collect();
             (waiters, p.attempted)
@@ -465,6 +513,7 @@ impl Connection {
         io: S,
         leftover: BytesMut,
         peer: Peer,
+        lifetime: Option<Lifetime>,
         cfg: &TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Connection
@@ -489,6 +538,11 @@ impl Connection {
             closed: watch::channel(false).0,
             opened_at: std::time::SystemTime::now(),
             origin: std::sync::OnceLock::new(),
+            retiring: AtomicU8::new(LIVE),
+            sealed: AtomicBool::new(false),
+            sending: AtomicUsize::new(0),
+            opened: Instant::now(),
+            lifetime,
         });
         let conn = Connection { shared };
         tokio::spawn(write_loop(out_rx, conn.shared.clone()));
@@ -544,6 +598,19 @@ impl Connection {
         self.shared.close();
     }
 
+    /// Closes the connection once every frame queued so far is written
+    /// (answers included): what [`Connection::answered`] saw answered
+    /// reaches the peer. Calls still waiting then fail as on `close`.
+    pub fn close_after_queued(&self) {
+        if self.is_closed() {
+            return;
+        }
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.shared.out.send(Out::Close).is_err() {
+            self.shared.close();
+        }
+    }
+
     fn send(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) -> Result<(), Error> {
         if self.is_closed() {
             return Err(self.down());
@@ -562,6 +629,19 @@ impl Connection {
     /// most `timeout`: the connection's deadline task answers `Timeout`
     /// (one timer per connection, not one per call).
     async fn request(&self, kind: Kind, body: Vec<u8>, timeout: Duration) -> Result<Bytes, Failed> {
+        // A sealed connection takes no new call: it comes back unsent (the
+        // caller routes it to a fresh connection). `seal` waits for the
+        // calls past this check to be enqueued.
+        let _sending = if kind == Kind::Call {
+            self.shared.sending.fetch_add(1, Ordering::SeqCst);
+            let guard = Sending(&self.shared.sending);
+            if self.shared.sealed.load(Ordering::SeqCst) {
+                return Err(Failed::Unsent);
+            }
+            Some(guard)
+        } else {
+            None
+        };
         let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
@@ -583,6 +663,7 @@ impl Connection {
             self.shared.pending().remove(corr);
             return Err(Failed::Unsent);
         }
+        drop(_sending);
         // Dropped before the answer (the caller gave up): forget the call
         // and, for a `Call`, tell the peer so it skips the work if it has
         // not started it.
@@ -705,6 +786,82 @@ impl Connection {
         self.public(r).map(drop)
     }
 
+    /// Asks the peer to retire this connection and waits (at most
+    /// `timeout`) for its acknowledgement: once it arrives, the peer sends
+    /// no new call on it, and every call it sent before has arrived.
+    /// From now on this node's routing prefers its other connections.
+    pub async fn retire(&self, timeout: Duration) -> Result<(), Error> {
+        let _ = self.shared.retiring.compare_exchange(
+            LIVE,
+            RETIRING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        let r = self
+            .request(Kind::Retire, EMPTY_BODY.to_vec(), timeout)
+            .await;
+        self.public(r).map(drop)
+    }
+
+    /// Whether this connection is being retired (by either side): routing
+    /// prefers another one.
+    pub fn is_retiring(&self) -> bool {
+        self.shared.retiring.load(Ordering::Acquire) != LIVE
+    }
+
+    /// Whether the peer retires it (so this side should dial a fresh one).
+    pub fn is_retired_by_peer(&self) -> bool {
+        self.shared.retiring.load(Ordering::Acquire) == RETIRED_BY_PEER
+    }
+
+    /// Sends no new call on this connection from now on: a call made on
+    /// it comes back as never sent (routed elsewhere by the node), or
+    /// `NodeDown` through [`Connection::call`]. Returns once every call
+    /// already past the check is queued, so a frame queued after `seal`
+    /// comes after all of them. Pings, casts and answers still go out.
+    pub fn seal(&self) {
+        self.shared.sealed.store(true, Ordering::SeqCst);
+        self.shared.pending().draining = true;
+        // The window is a few instructions without an await.
+        while self.shared.sending.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether [`Connection::seal`] was called.
+    pub fn is_sealed(&self) -> bool {
+        self.shared.sealed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request of ours waits for an answer on this
+    /// connection (or it closed). Meant after [`Connection::seal`].
+    pub async fn settled(&self) {
+        loop {
+            let idle = self.shared.pending().idle.clone();
+            let woken = idle.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.shared.pending().waiters.is_empty() || self.is_closed() {
+                return;
+            }
+            let mut closed = self.shared.closed.subscribe();
+            tokio::select! {
+                _ = woken => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+        }
+    }
+
+    /// How long ago the handshake completed.
+    pub fn age(&self) -> Duration {
+        self.shared.opened.elapsed()
+    }
+
+    /// What the transport asks of this connection while it is open.
+    pub fn lifetime(&self) -> Option<&Lifetime> {
+        self.shared.lifetime.as_ref()
+    }
+
     /// How many calls the peer sent on this connection are not answered.
     pub fn inbound_in_flight(&self) -> usize {
         self.shared.inbound.load(Ordering::Acquire)
@@ -751,10 +908,14 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
         tokio::task::yield_now().await;
         let mut frames = 0;
         let mut last_request = 0;
+        let mut closing = false;
         let mut next = Some(first);
         while let Some(out) = next.take() {
-            frames += 1;
             match out {
+                Out::Close => {
+                    closing = true;
+                    break;
+                }
                 Out::Raw(bytes) => buf.extend_from_slice(&bytes),
                 Out::Frame(kind, corr, body) => {
                     if is_request(kind) {
@@ -770,6 +931,7 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
                     }
                 }
             }
+            frames += 1;
             if buf.len() < BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
@@ -795,6 +957,9 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
         if let Err(e) = written {
             tracing::info!(peer = %shared.peer.node, "connection write failed: {e}");
             break 'outer;
+        }
+        if closing {
+            break;
         }
     }
     let taken = shared
@@ -925,6 +1090,21 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             };
             inbound.leave(&shared.peer, ack);
         }
+        Kind::Retire => {
+            let ack = Ack {
+                slot: Some((corr, shared.clone())),
+            };
+            let _ = shared.retiring.compare_exchange(
+                LIVE,
+                RETIRED_BY_PEER,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            let conn = Connection {
+                shared: shared.clone(),
+            };
+            inbound.retire(conn, ack);
+        }
         Kind::Hello | Kind::Challenge | Kind::Auth | Kind::Welcome => {
             tracing::warn!(peer = %shared.peer.node, "unexpected {:?} after the handshake", frame.kind);
         }
@@ -952,6 +1132,7 @@ async fn expire_loop(shared: Arc<Shared>) {
                 if let Some((w, _)) = p.waiters.remove(&corr) {
                     expired.push(w);
                 }
+                p.removed();
             }
             let next = p.deadlines.first().map(|&(d, _)| d);
             p.armed = next;

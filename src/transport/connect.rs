@@ -25,6 +25,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -88,6 +89,54 @@ pub struct ConnFacts {
     /// from its certificate, say); `None` when the transport verifies
     /// nothing, as plain TCP does.
     pub identity: Option<String>,
+    /// What the transport asks of the connection while it is open (an
+    /// accepted TLS connection: re-authorization, maximum lifetime);
+    /// `None`: nothing. A node enforces it (see [`Lifetime`]).
+    pub lifetime: Option<Lifetime>,
+}
+
+/// Checks an open connection must keep passing, and how old it may grow.
+/// A node carries them out for the connections it accepted:
+/// - every `recheck` period it runs the check; a refusal is logged,
+///   counted in `mesh_connections_closed_total{reason="denied"}` and
+///   closes the connection at once (calls in flight on it fail with
+///   `NodeDown`);
+/// - at `max_age` it retires the connection gracefully: the peer is told
+///   (a `Retire` frame) and moves its new calls to a fresh connection,
+///   then what is in flight is answered and the connection closes; no
+///   call fails because of it. Counted in
+///   `mesh_connections_closed_total{reason="max_lifetime"}`.
+#[derive(Clone, Default)]
+pub struct Lifetime {
+    /// Retire the connection once it is this old.
+    pub max_age: Option<std::time::Duration>,
+    /// Run the check this often.
+    pub recheck: Option<(std::time::Duration, Arc<dyn Recheck>)>,
+}
+
+impl std::fmt::Debug for Lifetime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifetime")
+            .field("max_age", &self.max_age)
+            .field("recheck", &self.recheck.as_ref().map(|(d, _)| d))
+            .finish()
+    }
+}
+
+/// Compares the settings only (checks are not comparable).
+impl PartialEq for Lifetime {
+    fn eq(&self, other: &Self) -> bool {
+        self.max_age == other.max_age
+            && self.recheck.as_ref().map(|(d, _)| d) == other.recheck.as_ref().map(|(d, _)| d)
+    }
+}
+
+impl Eq for Lifetime {}
+
+/// A check repeated on an open connection (re-authorization of its peer).
+pub trait Recheck: Send + Sync + 'static {
+    /// `Ok` keeps the connection; `Err` carries why it must close.
+    fn recheck(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 impl ConnFacts {
@@ -96,6 +145,7 @@ impl ConnFacts {
         ConnFacts {
             remote: remote.into(),
             identity: None,
+            lifetime: None,
         }
     }
 

@@ -38,7 +38,8 @@ pub mod tls;
 pub use conn::{Ack, Connection, Inbound, Responder};
 pub(crate) use conn::{Origin, Routed};
 pub use connect::{
-    Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener, Stream,
+    Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
+    Stream,
 };
 
 use std::time::Duration;
@@ -247,13 +248,14 @@ pub async fn dial(
             })?;
         match handshake::dial(&mut io, cfg).await {
             Ok((peer, leftover)) => {
+                let lifetime = facts.lifetime.clone();
                 let peer = peer.with_facts(facts);
                 if let Some(expected) = &target.node {
                     if *expected != peer.node {
                         tracing::warn!(%target, found = %peer.node, "dialed another node than expected");
                     }
                 }
-                Ok(Connection::spawn(io, leftover, peer, cfg, inbound))
+                Ok(Connection::spawn(io, leftover, peer, lifetime, cfg, inbound))
             }
             Err(e) => {
                 tracing::warn!(%target, "handshake failed: {e}");
@@ -288,12 +290,13 @@ async fn accept_stream(
         let (peer, leftover) = handshake::accept(&mut io, cfg)
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>((io, leftover, peer.with_facts(facts)))
+        let lifetime = facts.lifetime.clone();
+        Ok::<_, String>((io, leftover, peer.with_facts(facts), lifetime))
     };
     match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
-        Ok(Ok((io, leftover, peer))) => {
+        Ok(Ok((io, leftover, peer, lifetime))) => {
             tracing::debug!(peer = %peer.node, from, "connection accepted");
-            Some(Connection::spawn(io, leftover, peer, cfg, inbound))
+            Some(Connection::spawn(io, leftover, peer, lifetime, cfg, inbound))
         }
         Ok(Err(e)) => {
             tracing::warn!(from, "refused a connection: {e}");

@@ -29,9 +29,25 @@
 //!   `bad_certificate`, `not_tls`, `peer_refused`, `identity_source`,
 //!   `denied` (an [`Authorize`] refusal), `io`, `other`. With TLS 1.3 a client whose certificate the server
 //!   refuses learns it on its first read, as `peer_refused`.
+//!
+//! Open connections (those this node accepted; enforced by the node, see
+//! [`Lifetime`](super::Lifetime)):
+//! - with an [`Authorize`], the caller is asked about again every
+//!   [`Tls::reauthorize_every`] (default [`DEFAULT_REAUTHORIZE_EVERY`], 1
+//!   minute, as Consul recommends), so an intention changed after the
+//!   handshake applies to open connections too: a refusal closes the
+//!   connection at once (calls in flight on it fail with `NodeDown`), is
+//!   logged and counted in `mesh_connections_closed_total{reason="denied"}`,
+//!   and the caller's redial is refused at its handshake;
+//! - every connection is retired at [`Tls::max_connection_lifetime`]
+//!   (default [`DEFAULT_MAX_CONNECTION_LIFETIME`], 1 hour): the caller
+//!   moves to a fresh connection (a new handshake: the current leaf,
+//!   roots and rules), no call fails, and it is counted in
+//!   `mesh_connections_closed_total{reason="max_lifetime"}`.
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -45,12 +61,21 @@ use rustls::{
 };
 
 use super::tcp::Tcp;
-use super::{Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Listener};
+use super::{
+    Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
+};
 use crate::identity::{self, IdentitySource, Material};
 use crate::Transport;
 
 /// Counter: refused TLS handshakes, by `reason`.
 pub const HANDSHAKE_FAILURES_TOTAL: &str = "mesh_tls_handshake_failures_total";
+
+/// How often an accepted caller is authorized again, unless configured.
+pub const DEFAULT_REAUTHORIZE_EVERY: Duration = Duration::from_secs(60);
+
+/// How long an accepted connection lives before it is replaced, unless
+/// configured.
+pub const DEFAULT_MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The mTLS connector and acceptor. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -62,6 +87,8 @@ struct Inner {
     source: Arc<dyn IdentitySource>,
     allow: Vec<String>,
     authorize: Option<Arc<dyn Authorize>>,
+    reauthorize_every: Duration,
+    max_lifetime: Option<Duration>,
     tcp: Tcp,
     provider: Arc<CryptoProvider>,
     built: Mutex<Option<Built>>,
@@ -96,6 +123,8 @@ impl Tls {
                 source,
                 allow: Vec::new(),
                 authorize: None,
+                reauthorize_every: DEFAULT_REAUTHORIZE_EVERY,
+                max_lifetime: Some(DEFAULT_MAX_CONNECTION_LIFETIME),
                 tcp,
                 provider: Arc::new(identity::provider()),
                 built: Mutex::new(None),
@@ -118,11 +147,29 @@ impl Tls {
         self.change(|inner| inner.authorize = Some(Arc::new(authorizer)))
     }
 
+    /// How often a caller accepted with an [`Authorize`] is asked about
+    /// again while its connection is open (default
+    /// [`DEFAULT_REAUTHORIZE_EVERY`]); a refusal closes it. Call before
+    /// the transport is used.
+    pub fn reauthorize_every(self, every: Duration) -> Self {
+        self.change(|inner| inner.reauthorize_every = every.max(Duration::from_millis(1)))
+    }
+
+    /// How long an accepted connection lives before the node replaces it
+    /// without failing a call (default
+    /// [`DEFAULT_MAX_CONNECTION_LIFETIME`]); `None`: for ever. Call
+    /// before the transport is used.
+    pub fn max_connection_lifetime(self, lifetime: Option<Duration>) -> Self {
+        self.change(|inner| inner.max_lifetime = lifetime)
+    }
+
     fn change(self, f: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             source: shared.source.clone(),
             allow: shared.allow.clone(),
             authorize: shared.authorize.clone(),
+            reauthorize_every: shared.reauthorize_every,
+            max_lifetime: shared.max_lifetime,
             tcp: shared.tcp,
             provider: shared.provider.clone(),
             built: Mutex::new(None),
@@ -252,15 +299,15 @@ impl Acceptor for Tls {
                 .await
                 .map_err(|e| failed(e, &format!("TLS handshake from {}", facts.remote)))?;
             let identity = peer_id(tls.get_ref().1.peer_certificates());
+            let serial = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(serial_of)
+                .unwrap_or_default();
             if let Some(authorizer) = &inner.authorize {
                 let id = identity.clone().unwrap_or_default();
-                let serial = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(serial_of)
-                    .unwrap_or_default();
                 if let Err(why) = authorizer.authorize(&id, &serial).await {
                     let what = format!("caller {id} from {}", facts.remote);
                     refused("denied", &what, &why);
@@ -270,11 +317,40 @@ impl Acceptor for Tls {
                     ));
                 }
             }
-            let facts = match identity {
+            let mut facts = match identity.clone() {
                 Some(id) => facts.with_identity(id),
                 None => facts,
             };
+            facts.lifetime = Some(Lifetime {
+                max_age: inner.max_lifetime,
+                recheck: inner.authorize.clone().map(|authorizer| {
+                    let check: Arc<dyn Recheck> = Arc::new(Reauthorize {
+                        authorizer,
+                        id: identity.unwrap_or_default(),
+                        serial,
+                    });
+                    (inner.reauthorize_every, check)
+                }),
+            });
             Ok((Box::new(tls) as BoxStream, facts))
+        })
+    }
+}
+
+/// Asks the [`Authorize`] about an accepted caller again.
+struct Reauthorize {
+    authorizer: Arc<dyn Authorize>,
+    id: String,
+    serial: String,
+}
+
+impl Recheck for Reauthorize {
+    fn recheck(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.authorizer
+                .authorize(&self.id, &self.serial)
+                .await
+                .map_err(|why| format!("caller {} refused (denied): {why}", self.id))
         })
     }
 }

@@ -81,6 +81,13 @@ pub enum Kind {
     /// by a `Pong` (same correlation id) once the receiver's routing no
     /// longer names it.
     Leave = 13,
+    /// The sender retires this connection (maximum lifetime reached):
+    /// send no new request on it. Answered by a `Pong` (same correlation
+    /// id) once the receiver sends none (it has a fresh connection, or
+    /// gave up waiting for one); the sender then answers what is in
+    /// flight and closes. A node that predates it closes the connection
+    /// on it (an unknown kind), which is the hard close it replaces.
+    Retire = 14,
 }
 
 impl Kind {
@@ -100,6 +107,7 @@ impl Kind {
             11 => Kind::Membership,
             12 => Kind::Cancel,
             13 => Kind::Leave,
+            14 => Kind::Retire,
             _ => return None,
         })
     }
@@ -332,14 +340,15 @@ mod tests {
     #[test]
     fn version_and_kinds_are_pinned() {
         assert_eq!(VERSION, 2);
-        for v in 1..=13u8 {
-            let kind = Kind::from_u8(v).expect("kinds 1..=13 exist");
+        for v in 1..=14u8 {
+            let kind = Kind::from_u8(v).expect("kinds 1..=14 exist");
             assert_eq!(kind as u8, v);
         }
         assert_eq!(Kind::from_u8(12), Some(Kind::Cancel));
         assert_eq!(Kind::from_u8(13), Some(Kind::Leave));
+        assert_eq!(Kind::from_u8(14), Some(Kind::Retire));
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(14), None);
+        assert_eq!(Kind::from_u8(15), None);
     }
 
     #[test]

@@ -101,6 +101,31 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A server certificate for DNS name `dns` (an HTTPS endpoint, such as
+    /// a Consul agent's), valid from 2020 to 2100.
+    pub fn server_leaf(&self, dns: &str) -> Leaf {
+        let mut l = CertificateParams::new(vec![dns.to_owned()]).unwrap();
+        l.distinguished_name = DistinguishedName::new();
+        l.distinguished_name.push(DnType::CommonName, dns);
+        l.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        l.use_authority_key_identifier_extension = true;
+        let serial = SERIAL.fetch_add(1, Ordering::SeqCst);
+        l.serial_number = Some(SerialNumber::from(serial));
+        l.not_before = date_time_ymd(2020, 1, 1);
+        l.not_after = date_time_ymd(2100, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = l
+            .signed_by(&key, &Issuer::from_params(&self.params, &self.key))
+            .unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+            serial,
+        }
+    }
+}
+
 /// Where a node's identity files are.
 #[derive(Debug, Clone)]
 pub struct Files {

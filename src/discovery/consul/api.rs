@@ -47,7 +47,7 @@ impl std::fmt::Display for ApiError {
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     http: reqwest::Client,
-    /// `http://host:port`, without a trailing slash.
+    /// `http(s)://host:port`, without a trailing slash.
     base: String,
     token: Option<String>,
     datacenter: Option<String>,
@@ -69,11 +69,9 @@ impl Api {
         token: Option<String>,
         datacenter: Option<String>,
         timeout: Duration,
+        tls: &super::AgentTls,
     ) -> Result<Api, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = super::agent_client(&base, tls, Some(timeout))?;
         Ok(Api {
             http,
             base,

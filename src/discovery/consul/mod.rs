@@ -55,9 +55,6 @@
 //!   the service is deregistered (the other order can re-register a zombie
 //!   with a late heartbeat), then the watch ends and the node closes.
 //!
-//! Only plain `http://` agents are supported: this build carries no TLS
-//! client (the usual setup is a local agent on loopback).
-//!
 //! # Mesh mode
 //!
 //! With [`Consul::through_sidecar`] each node also registers a Connect
@@ -95,7 +92,15 @@
 //! (ordering, shutdown, how to write intentions: one allow per ordered
 //! pair `game-a => game-b`, or `* => game-<node>`, since Consul refuses
 //! `game-*`) is on [`Mesh`].
+//! **TLS to the agent**: an `https://` address (or `CONSUL_HTTP_SSL=true`
+//! with `host:port`) is reached over rustls (ring provider), with
+//! `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`,
+//! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME` and
+//! `CONSUL_HTTP_SSL_VERIFY` read as the `consul` CLI reads them, or set in
+//! code with [`Consul::agent_tls`] (see [`AgentTls`]). `unix://` agents
+//! are not supported.
 
+mod agent_tls;
 mod api;
 mod health;
 pub(crate) use health::backoff;
@@ -116,6 +121,8 @@ use self::api::{segment, Api, ApiError};
 use self::health::{HealthMsg, HealthState, HealthWorker};
 use self::watch::{BlockingIndex, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
 use super::{BoxFuture, Discovery, LocalNode, Peers};
+pub use agent_tls::AgentTls;
+pub(crate) use agent_tls::client as agent_client;
 use crate::{Error, StartError};
 
 /// The agent address when neither the code nor `CONSUL_HTTP_ADDR` sets one.
@@ -134,6 +141,8 @@ struct Config {
     wait: Duration,
     request_timeout: Duration,
     mesh: Option<Mesh>,
+    /// TLS to an `https://` agent; `None`: from the environment.
+    tls: Option<AgentTls>,
 }
 
 impl Default for Config {
@@ -149,6 +158,7 @@ impl Default for Config {
             wait: Duration::from_secs(20),
             request_timeout: Duration::from_secs(5),
             mesh: None,
+            tls: None,
         }
     }
 }
@@ -226,20 +236,23 @@ fn go_duration(d: Duration) -> String {
     }
 }
 
-/// `CONSUL_HTTP_ADDR` rules: `host:port` means http; only http is served
-/// by this build.
-fn normalize_address(addr: &str) -> Result<String, StartError> {
+/// `CONSUL_HTTP_ADDR` rules: `host:port` means http, or https with
+/// `CONSUL_HTTP_SSL=true` (`https`); `unix://` is not supported.
+fn normalize_address(addr: &str, https: bool) -> Result<String, StartError> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
         return Err(StartError::Config("empty consul address".into()));
     }
-    if let Some(rest) = addr.strip_prefix("http://") {
-        return Ok(format!("http://{rest}"));
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        return Ok(addr.to_owned());
     }
-    if addr.starts_with("https://") || addr.starts_with("unix://") {
+    if addr.starts_with("unix://") {
         return Err(StartError::Config(format!(
-            "consul address {addr:?}: only http:// agents are supported by this build (use the local agent's plain HTTP port)"
+            "consul address {addr:?}: unix sockets are not supported (use the agent's HTTP or HTTPS port)"
         )));
+    }
+    if https {
+        return Ok(format!("https://{addr}"));
     }
     if addr.contains("://") {
         return Err(StartError::Config(format!(
@@ -313,6 +326,9 @@ fn start_error(what: &str, base: &str, e: &ApiError) -> StartError {
         ApiError::Status { code: 403, .. } => {
             " (check the ACL token: Consul::token or CONSUL_HTTP_TOKEN)"
         }
+        ApiError::Transport(t) if t.contains("certificate") || t.contains("tls") => {
+            " (check the agent's TLS settings: CONSUL_CACERT, CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME, or Consul::agent_tls)"
+        }
         ApiError::Transport(_) => " (is the agent running? Consul::address or CONSUL_HTTP_ADDR)",
         _ => "",
     };
@@ -333,7 +349,15 @@ impl Consul {
         }
     }
 
-    /// The agent's HTTP address: `http://host:port` or `host:port`.
+    /// TLS to an `https://` agent (CA, client certificate, server name),
+    /// instead of the `consul` CLI's environment variables.
+    pub fn agent_tls(mut self, tls: AgentTls) -> Self {
+        self.cfg.tls = Some(tls);
+        self
+    }
+
+    /// The agent's address: `http://host:port`, `https://host:port`, or
+    /// `host:port` (http, or https with `CONSUL_HTTP_SSL=true`).
     pub fn address(mut self, addr: impl Into<String>) -> Self {
         self.cfg.address = Some(addr.into());
         self
@@ -450,7 +474,16 @@ impl Consul {
                 },
             },
         };
-        Ok((normalize_address(&addr)?, token.filter(|t| !t.is_empty())))
+        let https = self.tls().https_default;
+        Ok((
+            normalize_address(&addr, https)?,
+            token.filter(|t| !t.is_empty()),
+        ))
+    }
+
+    /// The TLS settings: set in code, else from the environment.
+    fn tls(&self) -> AgentTls {
+        self.cfg.tls.clone().unwrap_or_else(AgentTls::from_env)
     }
 
     /// The client: the running one, else one from the settings (a bad
@@ -466,6 +499,7 @@ impl Consul {
             token,
             self.cfg.datacenter.clone(),
             self.cfg.request_timeout,
+            &self.tls(),
         )
         .map_err(StartError::Config)
     }
@@ -869,22 +903,34 @@ mod tests {
     #[test]
     fn addresses_follow_the_cli_rules() {
         assert_eq!(
-            normalize_address("127.0.0.1:8500").ok(),
+            normalize_address("127.0.0.1:8500", false).ok(),
             Some("http://127.0.0.1:8500".into())
         );
         assert_eq!(
-            normalize_address("http://consul:8500/").ok(),
+            normalize_address("http://consul:8500/", false).ok(),
+            Some("http://consul:8500".into())
+        );
+        assert_eq!(
+            normalize_address("https://consul:8501", false).ok(),
+            Some("https://consul:8501".into())
+        );
+        // CONSUL_HTTP_SSL=true: no scheme means https.
+        assert_eq!(
+            normalize_address("consul:8501", true).ok(),
+            Some("https://consul:8501".into())
+        );
+        assert_eq!(
+            normalize_address("http://consul:8500", true).ok(),
             Some("http://consul:8500".into())
         );
         assert!(matches!(
-            normalize_address("https://consul:8501"),
+            normalize_address("unix:///tmp/c.sock", false),
             Err(StartError::Config(_))
         ));
         assert!(matches!(
-            normalize_address("unix:///tmp/c.sock"),
+            normalize_address("", false),
             Err(StartError::Config(_))
         ));
-        assert!(matches!(normalize_address(""), Err(StartError::Config(_))));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::Event;
 use crate::activation::{WireCall, WireReply};
 use crate::actor::chain::Caller;
 use crate::node::NodeInner;
-use crate::transport::{Ack, Inbound, Responder};
+use crate::transport::{Ack, Connection, Inbound, Responder};
 use crate::wire::{self, Peer};
 use crate::Error;
 
@@ -45,6 +45,17 @@ impl Inbound for NodeInbound {
             if let Some(cluster) = node.cluster.get() {
                 cluster.send(Event::Left(from.node.clone(), from.incarnation, ack));
             }
+        }
+    }
+
+    fn retire(&self, conn: Connection, ack: Ack) {
+        // Without a node, the ack's drop answers at once.
+        if let Some(node) = self.0.upgrade() {
+            tokio::spawn(super::retire::retired_by_peer(
+                Arc::downgrade(&node),
+                conn,
+                ack,
+            ));
         }
     }
 

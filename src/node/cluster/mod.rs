@@ -11,7 +11,10 @@
 //! - [`inbound`]: serving requests that peers send;
 //! - [`forward`]: running an encoded call here or forwarding it once;
 //! - [`leave`]: leaving without losing a call (the first steps of
-//!   `Node::shutdown`).
+//!   `Node::shutdown`);
+//! - [`retire`]: what a connection's transport asks while it is open
+//!   (re-authorization, maximum lifetime), and replacing a connection
+//!   without failing a call.
 //!
 //! Membership is *what this node can reach*: a node is a member while this
 //! node holds a handshaken connection to it. Seeds and the addresses peers
@@ -36,6 +39,7 @@ mod inbound;
 pub(crate) mod leave;
 mod owner;
 pub(crate) mod peers;
+mod retire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +125,8 @@ pub(crate) struct Cluster {
     /// Published by the owner task after every event: calls read it
     /// without a lock.
     view: ArcSwap<View>,
+    /// Bumped after every publish of `view`.
+    published: tokio::sync::watch::Sender<()>,
     events: mpsc::UnboundedSender<Event>,
     /// Set by `stop`: connections that complete later are closed at once.
     stopped: AtomicBool,
@@ -146,12 +152,7 @@ impl Cluster {
 
     /// The live connection that carries calls to `node`, if any.
     pub(crate) fn connection(&self, node: &str) -> Option<Connection> {
-        self.view
-            .load()
-            .get(node)?
-            .iter()
-            .find(|c| !c.is_closed())
-            .cloned()
+        peers::carrier(self.view.load().get(node)?).cloned()
     }
 
     /// Every peer's connection that carries calls.
@@ -159,7 +160,7 @@ impl Cluster {
         self.view
             .load()
             .values()
-            .filter_map(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .filter_map(|conns| peers::carrier(conns).cloned())
             .collect()
     }
 
@@ -259,6 +260,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         cfg,
         transport,
         view: ArcSwap::from_pointee(View::new()),
+        published: tokio::sync::watch::channel(()).0,
         events,
         stopped: AtomicBool::new(false),
         leaving: AtomicBool::new(false),

@@ -95,6 +95,7 @@ pub(super) async fn run(
             .map(|(n, c)| (n.to_owned(), c.to_vec()))
             .collect();
         cluster.view.store(Arc::new(view));
+        cluster.published.send_replace(());
         // A peer joins the membership only once its connection is in the
         // view: routing to a member without one would evict it.
         if let Some(peer) = joined {
@@ -143,6 +144,12 @@ fn apply(
                 Admission::Held => {
                     tracing::debug!(node = %node.id, peer = %peer.node, "connected to a peer discovery does not report (yet)");
                 }
+            }
+            if conn.lifetime().is_some() {
+                tokio::spawn(super::retire::supervise(
+                    Arc::downgrade(node),
+                    conn.clone(),
+                ));
             }
             let weak = Arc::downgrade(node);
             tokio::spawn(async move {

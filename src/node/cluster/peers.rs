@@ -14,7 +14,11 @@
 //! - At most `max_per_peer` live connections per peer; one more is
 //!   refused (the caller closes it). Order of use: the oldest live
 //!   connection carries the calls; the others are spares that take over,
-//!   in age order, when it closes.
+//!   in age order, when it closes. A connection being retired (maximum
+//!   lifetime, see `retire`) carries calls only while no other one can,
+//!   and none once sealed; it does not count against the limit.
+//! - A connection the *peer* retires does not count as one: a dial to
+//!   that peer is due (its replacement).
 //! - Admission: with an authoritative discovery (a *gate*) a connected
 //!   peer is a member only while the discovery reports it; without one,
 //!   every connected peer is a member.
@@ -37,6 +41,26 @@ pub(crate) trait Conn: Clone {
     fn is_closed(&self) -> bool;
     /// The incarnation of the node at the other end.
     fn incarnation(&self) -> u64;
+    /// Whether it is being retired, by either side.
+    fn is_retiring(&self) -> bool;
+    /// Whether the peer retires it (this side dials a replacement).
+    fn is_retired_by_peer(&self) -> bool;
+    /// Whether it takes no new call.
+    fn is_sealed(&self) -> bool;
+}
+
+/// The connection that carries calls among `conns` (oldest first): the
+/// oldest open one not being retired, else the oldest open unsealed one.
+pub(crate) fn carrier<C: Conn>(conns: &[C]) -> Option<&C> {
+    conns
+        .iter()
+        .find(|c| !c.is_closed() && !c.is_retiring())
+        .or_else(|| conns.iter().find(|c| !c.is_closed() && !c.is_sealed()))
+}
+
+/// Whether `c` counts as a connection to its peer (no dial is due for it).
+fn holds<C: Conn>(c: &C) -> bool {
+    !c.is_closed() && !c.is_retired_by_peer()
 }
 
 impl Conn for crate::transport::Connection {
@@ -48,6 +72,15 @@ impl Conn for crate::transport::Connection {
     }
     fn incarnation(&self) -> u64 {
         self.peer().incarnation
+    }
+    fn is_retiring(&self) -> bool {
+        crate::transport::Connection::is_retiring(self)
+    }
+    fn is_retired_by_peer(&self) -> bool {
+        crate::transport::Connection::is_retired_by_peer(self)
+    }
+    fn is_sealed(&self) -> bool {
+        crate::transport::Connection::is_sealed(self)
     }
 }
 
@@ -166,9 +199,9 @@ impl<C: Conn> PeerTable<C> {
         self.gate.as_ref().is_none_or(|g| g.contains(node))
     }
 
-    /// The live connection that carries calls to `node`: its oldest.
+    /// The live connection that carries calls to `node` (see [`carrier`]).
     pub(crate) fn connection(&self, node: &str) -> Option<&C> {
-        self.peers.get(node)?.conns.iter().find(|c| !c.is_closed())
+        carrier(&self.peers.get(node)?.conns)
     }
 
     /// Every peer's live connections, oldest first.
@@ -211,7 +244,7 @@ impl<C: Conn> PeerTable<C> {
         }
         let entry = self.peers.entry(node.to_owned()).or_default();
         entry.conns.retain(|c| !c.is_closed());
-        if entry.conns.len() >= max {
+        if entry.conns.iter().filter(|c| !c.is_retiring()).count() >= max {
             return Admission::Refused("enough connections to this peer");
         }
         entry.conns.push(conn);
@@ -324,7 +357,7 @@ impl<C: Conn> PeerTable<C> {
             };
         let mut due = Vec::new();
         for (node, entry) in &self.peers {
-            if entry.addr.is_empty() || entry.conns.iter().any(|c| !c.is_closed()) {
+            if entry.addr.is_empty() || entry.conns.iter().any(holds) {
                 continue;
             }
             let key = DialKey::Node(node.clone());
@@ -366,11 +399,16 @@ mod tests {
     use std::rc::Rc;
 
     #[derive(Clone, Debug)]
-    struct FakeConn(Rc<(u32, Cell<bool>)>);
+    /// Id, closed, retirement: 0 live, 1 retiring (ours), 2 retired by
+    /// the peer, 3 sealed (and retiring).
+    struct FakeConn(Rc<(u32, Cell<bool>, Cell<u8>)>);
 
     impl FakeConn {
         fn new(id: u32) -> Self {
-            FakeConn(Rc::new((id, Cell::new(false))))
+            FakeConn(Rc::new((id, Cell::new(false), Cell::new(0))))
+        }
+        fn retire(&self, state: u8) {
+            self.0 .2.set(state);
         }
         fn close(&self) {
             self.0 .1.set(true);
@@ -390,6 +428,15 @@ mod tests {
         /// Connections with ids from 100 up are a second run of the node.
         fn incarnation(&self) -> u64 {
             u64::from(self.0 .0 >= 100)
+        }
+        fn is_retiring(&self) -> bool {
+            self.0 .2.get() > 0
+        }
+        fn is_retired_by_peer(&self) -> bool {
+            self.0 .2.get() == 2
+        }
+        fn is_sealed(&self) -> bool {
+            self.0 .2.get() == 3
         }
     }
 
@@ -568,6 +615,38 @@ mod tests {
             Admission::Member
         );
         assert_eq!(t.on_discovered([("b", "b:1")]), ["b"]);
+    }
+
+    #[test]
+    fn a_retiring_connection_carries_calls_until_a_fresh_one_is_there() {
+        let mut t = table();
+        t.on_gossip([("b", "b:1")]);
+        let now = Instant::now();
+        let due = t.due(now);
+        let old = FakeConn::new(1);
+        t.on_connected("b", "b:1", old.clone(), Some(&due[0].0));
+        // We retire it: still the carrier (nothing else), no dial (the
+        // peer dials the replacement).
+        old.retire(1);
+        assert_eq!(t.connection("b").map(FakeConn::id), Some(1));
+        assert!(t.due(now).is_empty());
+        // The peer retires it: a dial is due.
+        old.retire(2);
+        assert_eq!(keys(&t.due(now)), [DialKey::Node("b".into())]);
+        // The replacement is admitted although the limit counts two
+        // (retiring ones do not count), and carries the calls.
+        t.on_connected("b", "b:1", FakeConn::new(2), Some(&DialKey::Node("b".into())));
+        assert_eq!(
+            t.on_connected("b", "b:1", FakeConn::new(3), None),
+            Admission::Member
+        );
+        assert_eq!(t.connection("b").map(FakeConn::id), Some(2));
+        // Sealed and alone: it carries nothing.
+        let mut t = table();
+        let only = FakeConn::new(4);
+        t.on_connected("c", "c:1", only.clone(), None);
+        only.retire(3);
+        assert!(t.connection("c").is_none());
     }
 
     #[test]
