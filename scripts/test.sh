@@ -18,7 +18,8 @@ done
 
 # What the tests need beyond cargo, installed when missing: the chaos
 # suite's partition test runs in a network namespace of its own (unshare,
-# ip) and cuts links with iptables; mesh-load's report test uses Chromium.
+# ip) and cuts links with iptables; mesh-load's report test uses Chromium;
+# the sidecar suite runs HAProxy.
 need_pkgs=()
 command -v unshare >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
@@ -26,6 +27,9 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 # mesh-load's report test and the admin page test open HTML in a real
 # headless Chromium: apt-get install chromium (below) when it is missing.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# The sidecar suite (tests/sidecar.rs) runs real HAProxy sidecars
+# (Debian's 2.6); it fails, never skips, without it.
+[ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"
   echo "installing ${need_pkgs[*]} (the tests need them)"

@@ -70,6 +70,7 @@ pub mod history;
 pub mod identity;
 mod node;
 pub mod ring;
+pub mod sidecar;
 pub mod telemetry;
 pub use actor::timer;
 mod trace;

@@ -1,6 +1,7 @@
 //! Transport conformance: the same suite over TCP, over mTLS (files
-//! identity, a test CA) and over the in-memory transport (which still
-//! frames and handshakes every byte).
+//! identity, a test CA), through a pair of real HAProxy sidecars (Connect
+//! leaves from a test CA; HAProxy must be installed) and over the
+//! in-memory transport (which still frames and handshakes every byte).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mesh::identity::FileIdentity;
+use mesh::sidecar::{Certs, Haproxy, HaproxySettings, SidecarTransport, Upstream, UpstreamPorts};
 use mesh::transport::tls::Tls;
 use mesh::transport::{
     memory::MemoryNetwork, tcp, Connection, DialTarget, Inbound, Listening, Responder,
@@ -85,12 +87,95 @@ struct Net {
     memory: Option<Arc<MemoryNetwork>>,
     /// The identity the transport verifies on both ends, if any.
     identity: Option<String>,
+    /// Sidecar pairs in front of the listeners, if this is the sidecar
+    /// transport.
+    sidecar: Option<Arc<Sidecars>>,
+}
+
+/// For the sidecar transport: each listener gets its own HAProxy sidecar
+/// (the public side) and the dialer's HAProxy sidecar one upstream to it;
+/// dialing a listener's address dials that upstream port instead.
+struct Sidecars {
+    ca: pki::Ca,
+    /// Listener address -> (its sidecar, the dialer's, the upstream address).
+    pairs: std::sync::Mutex<std::collections::HashMap<String, (Haproxy, Haproxy, String)>>,
+}
+
+/// A port free right now (HAProxy cannot bind port 0 and say which).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn sidecar_dir(what: &str) -> std::path::PathBuf {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "mesh-transport-sidecar-{what}-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+impl Sidecars {
+    async fn front(&self, app: &str) {
+        assert!(
+            std::path::Path::new(mesh::sidecar::DEFAULT_HAPROXY).exists(),
+            "HAProxy is missing: apt-get install -y haproxy (scripts/test.sh does)"
+        );
+        let td = "11111111-2222.consul";
+        let certs = |svc: &str| {
+            let leaf = self.ca.leaf(&pki::service_id(td, svc));
+            Certs {
+                chain_pem: leaf.cert,
+                key_pem: leaf.key,
+                roots_pem: self.ca.pem.clone(),
+            }
+        };
+        let public = free_port();
+        let server = Haproxy::start(
+            HaproxySettings::new(sidecar_dir("b"), format!("127.0.0.1:{public}"), certs("b"))
+                .allow([pki::service_id(td, "a")]),
+            app,
+        )
+        .await
+        .unwrap();
+        let port = free_port();
+        let client = Haproxy::start(
+            HaproxySettings::new(
+                sidecar_dir("a"),
+                format!("127.0.0.1:{}", free_port()),
+                certs("a"),
+            )
+            .upstreams(vec![Upstream {
+                node: "b".into(),
+                destination: "b".into(),
+                local_port: port,
+                peer_addr: format!("127.0.0.1:{public}"),
+                peer_id: pki::service_id(td, "b"),
+            }]),
+            "127.0.0.1:1",
+        )
+        .await
+        .unwrap();
+        self.pairs.lock().unwrap().insert(
+            app.to_owned(),
+            (server, client, format!("127.0.0.1:{port}")),
+        );
+    }
+
+    fn upstream(&self, app: &str) -> Option<String> {
+        self.pairs.lock().unwrap().get(app).map(|p| p.2.clone())
+    }
 }
 
 impl Net {
     async fn listen(&self, cfg: TransportConfig, inbound: Arc<dyn Inbound>) -> Listening {
         let addr = (self.listen)(&cfg.identity.node);
-        self.transport.listen(&addr, cfg, inbound).await.unwrap()
+        let l = self.transport.listen(&addr, cfg, inbound).await.unwrap();
+        if let Some(s) = &self.sidecar {
+            s.front(l.addr()).await;
+        }
+        l
     }
 
     async fn dial(
@@ -99,8 +184,15 @@ impl Net {
         cfg: &TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<Connection, Error> {
+        // Through the sidecars: the dialer's upstream port for that listener
+        // (a loopback address, as a seed through a sidecar is given).
+        let via = self.sidecar.as_ref().and_then(|s| s.upstream(addr));
         self.transport
-            .dial(&DialTarget::addr(addr), cfg, inbound)
+            .dial(
+                &DialTarget::addr(via.as_deref().unwrap_or(addr)),
+                cfg,
+                inbound,
+            )
             .await
     }
 }
@@ -143,11 +235,11 @@ fn tls() -> Net {
         listen: |_| "127.0.0.1:0".to_owned(),
         memory: None,
         identity: Some(id),
+        sidecar: None,
     }
 }
 
-/// Every transport the conformance suite runs on (sidecar transports join
-/// here); memory last.
+/// Every transport the conformance suite runs on; memory last.
 fn nets() -> Vec<Net> {
     let memory = MemoryNetwork::new();
     vec![
@@ -156,13 +248,26 @@ fn nets() -> Vec<Net> {
             listen: |_| "127.0.0.1:0".to_owned(),
             memory: None,
             identity: None,
+            sidecar: None,
         },
         tls(),
+        Net {
+            transport: SidecarTransport::new(UpstreamPorts::new()).transport(),
+            listen: |_| "127.0.0.1:0".to_owned(),
+            memory: None,
+            // The sidecars verify the certificates, not the node's transport.
+            identity: None,
+            sidecar: Some(Arc::new(Sidecars {
+                ca: pki::Ca::new("11111111-2222.consul"),
+                pairs: Default::default(),
+            })),
+        },
         Net {
             transport: Transport::memory(memory.clone()),
             listen: |node| format!("mem-{node}"),
             memory: Some(memory),
             identity: None,
+            sidecar: None,
         },
     ]
 }
@@ -554,6 +659,7 @@ impl TransportUnderTest {
             listen: |node| format!("mem-{node}"),
             memory: Some(memory.clone()),
             identity: None,
+            sidecar: None,
         }
     }
 }

@@ -159,6 +159,40 @@ impl NodeBuilder {
         self
     }
 
+    /// Sends all node traffic through `sidecar` (see [`crate::sidecar`]):
+    /// peers are dialed by node id at their local upstream ports, the
+    /// node listens on loopback only (`127.0.0.1:0` unless
+    /// [`NodeBuilder::listen`] names a loopback address), and a managed
+    /// sidecar (HAProxy, a command template) is started once the listener
+    /// is bound and stopped at the end of [`Node::shutdown`]. Replaces the
+    /// transport.
+    ///
+    /// ```no_run
+    /// # async fn doc(certs: mesh::sidecar::Certs) -> Result<(), mesh::Error> {
+    /// use mesh::sidecar::{HaproxySettings, Sidecar};
+    /// let sidecar = Sidecar::haproxy(
+    ///     HaproxySettings::new("/run/mesh/sidecar", "0.0.0.0:21000", certs)
+    ///         .allow(["spiffe://td.consul/ns/default/dc/dc1/svc/mesh-b"]),
+    /// );
+    /// let node = mesh::Node::builder()
+    ///     .name("a")
+    ///     .cookie("secret")
+    ///     .through_sidecar(sidecar.clone())
+    ///     .start()
+    ///     .await?;
+    /// // Later, as the discovery reports peers: sidecar.set_upstreams(...).
+    /// # Ok(()) }
+    /// ```
+    pub fn through_sidecar(mut self, sidecar: crate::sidecar::Sidecar) -> Self {
+        let c = self.cluster_mut();
+        c.transport = sidecar.transport();
+        if c.listen.is_none() {
+            c.listen = Some("127.0.0.1:0".into());
+        }
+        c.sidecar = Some(sidecar);
+        self
+    }
+
     /// The largest frame this node sends or accepts (8 MiB by default): a
     /// message or reply over it fails that call with a codec error; a
     /// peer's frame over it closes that connection, refused before its

@@ -281,6 +281,10 @@ impl Node {
                 }
             }
             cluster.stop();
+            // Drained and disconnected: the sidecar has nothing left to carry.
+            if let Some(sidecar) = cluster.sidecar() {
+                sidecar.stop().await;
+            }
         }
         for (_, _, acts) in &inner.actors {
             acts.stop_all();

@@ -79,6 +79,8 @@ pub(crate) struct ClusterConfig {
     /// The address peers are told to dial, when not the listener's own.
     pub(crate) advertise: Option<String>,
     pub(crate) discovery: Option<Arc<dyn Discovery>>,
+    /// The sidecar node traffic goes through, if any.
+    pub(crate) sidecar: Option<crate::sidecar::Sidecar>,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -111,6 +113,7 @@ impl Default for ClusterConfig {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             advertise: None,
             discovery: None,
+            sidecar: None,
         }
     }
 }
@@ -143,6 +146,11 @@ impl Cluster {
     /// The address peers dial to reach this node.
     pub(crate) fn addr(&self) -> &str {
         &self.transport.identity.addr
+    }
+
+    /// The sidecar node traffic goes through, if any.
+    pub(crate) fn sidecar(&self) -> Option<&crate::sidecar::Sidecar> {
+        self.cfg.sidecar.as_ref()
     }
 
     /// The authoritative discovery, if the node has one.
@@ -248,6 +256,19 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
     if let Some(l) = &listening {
         transport.identity.addr = cfg.advertise.clone().unwrap_or_else(|| l.addr().to_owned());
     }
+    // The sidecar forwards to the listener: start it once that is bound,
+    // before registering and dialing.
+    if let Some(sidecar) = &cfg.sidecar {
+        let Some(l) = &listening else {
+            return Err(StartError::Config(
+                "a node through a sidecar needs a listener (NodeBuilder::listen)".into(),
+            ));
+        };
+        sidecar
+            .start(l.addr())
+            .await
+            .map_err(|e| StartError::Config(format!("sidecar: {e}")))?;
+    }
     let (events, rx) = mpsc::unbounded_channel();
     let mut table = peers::PeerTable::new(&node.id, cfg.max_connections_per_peer, cfg.heartbeat);
     table.add_seeds(cfg.seeds.iter().map(String::as_str));
@@ -310,6 +331,9 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         let (tx, rx) = tokio::sync::watch::channel(Peers::new());
         if let Err(e) = discovery.start(me, tx).await {
             cluster.stop();
+            if let Some(sidecar) = cluster.sidecar() {
+                sidecar.stop().await;
+            }
             return Err(e);
         }
         let follow = tokio::spawn(follow::run(Arc::downgrade(node), rx));

@@ -1,0 +1,680 @@
+//! Managed sidecar processes: HAProxy configured from the registration,
+//! the leaf and the roots; and any command template (`consul connect proxy
+//! -sidecar-for {{id}}`, `consul connect envoy -sidecar-for {{id}}`).
+//!
+//! HAProxy contracts:
+//! - Started as `haproxy -W -S <dir>/master.sock -p <dir>/haproxy.pid -f
+//!   <dir>/haproxy.cfg` (master-worker); ready when its worker answers on
+//!   the stats socket (its listeners are bound by then).
+//! - **Changes** (upstreams, allowed callers, a leaf or root rotation):
+//!   the configuration is rendered, checked by `haproxy -c` in a staging
+//!   directory (a bad input leaves the running sidecar untouched and
+//!   returns the error), written (each file aside, then renamed), then
+//!   the master is told `reload`. The new worker serves new connections
+//!   with the new files; the old one keeps its established connections
+//!   until they close or `hard-stop-after` passes
+//!   ([`super::haproxy::Timeouts::hard_stop_after`]), when they are cut
+//!   and the nodes redial. Changes are applied one at a time.
+//! - **The process dies** (the master or its worker: the master exits
+//!   with its worker): every connection through it closes, so calls in
+//!   flight on them fail at once with [`crate::Error::NodeDown`]; the
+//!   supervisor starts it again with backoff, from the current files, and
+//!   the peer table redials. A change made while it is down is applied by
+//!   that restart.
+//! - **Stop**: SIGTERM to the master (hard stop of its workers), SIGKILL
+//!   after 5 s. A node stops its sidecar after it has drained and closed
+//!   its connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use super::haproxy::{self, files, Certs, HaproxyConfig, Timeouts, Upstream};
+use super::supervisor::{Restart, Spec, Status, Supervisor};
+use super::SidecarError;
+
+/// Where Debian installs HAProxy.
+pub const DEFAULT_HAPROXY: &str = "/usr/sbin/haproxy";
+
+/// How to run a managed HAProxy sidecar.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HaproxySettings {
+    /// The binary (default [`DEFAULT_HAPROXY`]).
+    pub binary: PathBuf,
+    /// Its directory: configuration, certificates, sockets (created).
+    pub dir: PathBuf,
+    /// The public (mTLS) bind address, `host:port`.
+    pub public: String,
+    /// This node's leaf and the roots.
+    pub certs: Certs,
+    /// The SPIFFE IDs allowed to call in.
+    pub allow: Vec<String>,
+    /// The peers, as known at start.
+    pub upstreams: Vec<Upstream>,
+    /// Timeouts of the configuration.
+    pub timeouts: Timeouts,
+    /// Restart backoff.
+    pub restart: Restart,
+    /// How long a start or a reload may take to be ready (default 10 s).
+    pub ready_timeout: Duration,
+}
+
+impl HaproxySettings {
+    /// Settings with the defaults: HAProxy at [`DEFAULT_HAPROXY`] with its
+    /// files in `dir`, listening for peers on `public`, presenting
+    /// `certs`, no caller allowed and no upstream yet.
+    pub fn new(dir: impl Into<PathBuf>, public: impl Into<String>, certs: Certs) -> Self {
+        HaproxySettings {
+            binary: DEFAULT_HAPROXY.into(),
+            dir: dir.into(),
+            public: public.into(),
+            certs,
+            allow: Vec::new(),
+            upstreams: Vec::new(),
+            timeouts: Timeouts::default(),
+            restart: Restart::default(),
+            ready_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The SPIFFE IDs allowed to call in.
+    pub fn allow<I: Into<String>>(mut self, ids: impl IntoIterator<Item = I>) -> Self {
+        self.allow = ids.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The peers known at start.
+    pub fn upstreams(mut self, upstreams: Vec<Upstream>) -> Self {
+        self.upstreams = upstreams;
+        self
+    }
+
+    /// Another HAProxy binary.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = path.into();
+        self
+    }
+
+    /// Other timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Another restart backoff.
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+}
+
+/// A running, supervised HAProxy sidecar. Cheap to clone.
+#[derive(Clone)]
+pub struct Haproxy {
+    inner: Arc<HaInner>,
+}
+
+struct HaInner {
+    binary: PathBuf,
+    dir: PathBuf,
+    ready_timeout: Duration,
+    cfg: Mutex<HaproxyConfig>,
+    /// One change at a time.
+    applying: tokio::sync::Mutex<()>,
+    sup: Supervisor,
+}
+
+impl std::fmt::Debug for Haproxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Haproxy")
+            .field("dir", &self.inner.dir)
+            .field("process", &self.inner.sup)
+            .finish()
+    }
+}
+
+fn install_hint() -> String {
+    "install it with `apt-get install haproxy` (Debian's 2.6)".into()
+}
+
+impl Haproxy {
+    /// Renders and writes the configuration for the node listening on
+    /// `app` (loopback), starts HAProxy and waits until it is ready.
+    ///
+    /// Errors: [`SidecarError::Missing`] when the binary is not there
+    /// (saying how to install it), [`SidecarError::Config`] for an input
+    /// that cannot be rendered or that HAProxy refuses,
+    /// [`SidecarError::Process`] when it does not become ready.
+    pub async fn start(settings: HaproxySettings, app: &str) -> Result<Haproxy, SidecarError> {
+        if !settings.binary.exists() {
+            return Err(SidecarError::Missing {
+                program: settings.binary.display().to_string(),
+                hint: install_hint(),
+            });
+        }
+        let dir = absolute(&settings.dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let cfg = HaproxyConfig {
+            dir: dir.clone(),
+            public: settings.public,
+            app: app.to_owned(),
+            certs: settings.certs,
+            allow: settings.allow,
+            upstreams: settings.upstreams,
+            timeouts: settings.timeouts,
+        };
+        check_and_write(&settings.binary, &cfg).await?;
+        let stats = dir.join(files::STATS_SOCKET);
+        let spec = Spec {
+            name: "haproxy",
+            program: settings.binary.clone(),
+            args: vec![
+                "-W".into(),
+                "-S".into(),
+                dir.join(files::MASTER_SOCKET).into(),
+                "-p".into(),
+                dir.join(files::PID_FILE).into(),
+                "-f".into(),
+                dir.join(files::CONFIG).into(),
+            ],
+            install_hint: install_hint(),
+            classify: classify_haproxy,
+            // Ready when a worker of *this* master answers (a worker of a
+            // killed predecessor may still hold the socket a moment).
+            ready: Arc::new(move |master| {
+                let stats = stats.clone();
+                Box::pin(async move {
+                    let worker = worker_pid(&stats).await?;
+                    if parent_of(worker) == Some(master) {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other(format!(
+                            "worker {worker} is not master {master}'s"
+                        )))
+                    }
+                })
+            }),
+            ready_timeout: settings.ready_timeout,
+            restart: settings.restart,
+            grace: Duration::from_secs(5),
+        };
+        let sup = Supervisor::start(spec).await?;
+        Ok(Haproxy {
+            inner: Arc::new(HaInner {
+                binary: settings.binary,
+                dir,
+                ready_timeout: settings.ready_timeout,
+                cfg: Mutex::new(cfg),
+                applying: tokio::sync::Mutex::new(()),
+                sup,
+            }),
+        })
+    }
+
+    /// Replaces the upstreams (one per peer) and reloads.
+    pub async fn set_upstreams(&self, upstreams: Vec<Upstream>) -> Result<(), SidecarError> {
+        self.change(|c| c.upstreams = upstreams).await
+    }
+
+    /// Replaces the leaf and roots (a rotation) and reloads: new
+    /// connections carry the new certificate.
+    pub async fn set_certs(&self, certs: Certs) -> Result<(), SidecarError> {
+        self.change(|c| c.certs = certs).await
+    }
+
+    /// Replaces the allowed callers and reloads.
+    pub async fn set_allow(&self, allow: Vec<String>) -> Result<(), SidecarError> {
+        self.change(|c| c.allow = allow).await
+    }
+
+    /// The configuration as last applied.
+    pub fn config(&self) -> HaproxyConfig {
+        lock(&self.inner.cfg).clone()
+    }
+
+    async fn change(&self, f: impl FnOnce(&mut HaproxyConfig)) -> Result<(), SidecarError> {
+        let _one = self.inner.applying.lock().await;
+        let mut next = self.config();
+        f(&mut next);
+        if next == self.config() {
+            return Ok(());
+        }
+        check_and_write(&self.inner.binary, &next).await?;
+        *lock(&self.inner.cfg) = next;
+        self.reload().await
+    }
+
+    /// Has the master reload the files, and waits for the new worker. A
+    /// sidecar that is down (between restarts) picks the files up when
+    /// it starts again: that is not an error.
+    async fn reload(&self) -> Result<(), SidecarError> {
+        let stats = self.inner.dir.join(files::STATS_SOCKET);
+        let Ok(old) = worker_pid(&stats).await else {
+            tracing::info!(target: "mesh::sidecar", sidecar = "haproxy", "not running: the change applies at its restart");
+            return Ok(());
+        };
+        let master = self.inner.dir.join(files::MASTER_SOCKET);
+        cli(&master, "reload")
+            .await
+            .map_err(|e| SidecarError::Process {
+                sidecar: "haproxy",
+                reason: format!("reload through {}: {e}", master.display()),
+            })?;
+        let waited = tokio::time::timeout(self.inner.ready_timeout, async {
+            loop {
+                match worker_pid(&stats).await {
+                    Ok(pid) if pid != old => return pid,
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(pid) => {
+                tracing::info!(target: "mesh::sidecar", sidecar = "haproxy", worker = pid, "reloaded");
+                Ok(())
+            }
+            Err(_) => Err(SidecarError::Process {
+                sidecar: "haproxy",
+                reason: format!(
+                    "no new worker within {:?} of a reload",
+                    self.inner.ready_timeout
+                ),
+            }),
+        }
+    }
+
+    /// The counters of `show stat`, one row per proxy and server.
+    pub async fn stats(&self) -> Result<Vec<StatRow>, SidecarError> {
+        let text = cli(&self.inner.dir.join(files::STATS_SOCKET), "show stat")
+            .await
+            .map_err(|e| SidecarError::Process {
+                sidecar: "haproxy",
+                reason: format!("show stat: {e}"),
+            })?;
+        Ok(parse_stat(&text))
+    }
+
+    /// Sends `command` to the runtime API (stats socket, level admin) and
+    /// returns the answer.
+    pub async fn runtime(&self, command: &str) -> Result<String, SidecarError> {
+        cli(&self.inner.dir.join(files::STATS_SOCKET), command)
+            .await
+            .map_err(|e| SidecarError::Process {
+                sidecar: "haproxy",
+                reason: format!("{command}: {e}"),
+            })
+    }
+
+    /// The supervised process's status (the master's pid, starts).
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.sup.status()
+    }
+
+    /// The master's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.sup.pid()
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after 5 s) and waits for it to exit.
+    pub async fn stop(&self) {
+        self.inner.sup.stop().await;
+    }
+}
+
+/// One row of `show stat`: a frontend, a backend or a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatRow {
+    /// `pxname`: the proxy (`public`, `app`, `upstream_<port>`, `peer_<port>`).
+    pub proxy: String,
+    /// `svname`: `FRONTEND`, `BACKEND` or the server's name.
+    pub server: String,
+    /// Every column by its header name (`stot`, `scur`, `dreq`, ...).
+    pub fields: Vec<(String, String)>,
+}
+
+impl StatRow {
+    /// Column `name` as a number (0 when empty or missing).
+    pub fn get(&self, name: &str) -> u64 {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn parse_stat(text: &str) -> Vec<StatRow> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return Vec::new();
+    };
+    let names: Vec<&str> = header.split(',').collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let values: Vec<&str> = l.split(',').collect();
+            StatRow {
+                proxy: values.first().copied().unwrap_or_default().to_owned(),
+                server: values.get(1).copied().unwrap_or_default().to_owned(),
+                fields: names
+                    .iter()
+                    .zip(values.iter())
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The parent of process `pid` (Linux `/proc`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The current worker's pid, as it answers `show info`.
+async fn worker_pid(stats: &Path) -> std::io::Result<u32> {
+    let info = cli(stats, "show info").await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no Pid in `show info`"))
+}
+
+/// One command on a HAProxy CLI socket (stats or master): written, the
+/// write side shut (the master CLI answers only then), the answer read
+/// to the end (within 5 s).
+async fn cli(socket: &Path, command: &str) -> std::io::Result<String> {
+    let exchange = async {
+        let mut s = UnixStream::connect(socket).await?;
+        s.write_all(command.as_bytes()).await?;
+        s.write_all(b"\n").await?;
+        s.shutdown().await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| std::io::Error::other(format!("no answer to {command:?} within 5 s")))?
+}
+
+/// Renders `cfg`, checks it with `haproxy -c` in a staging directory,
+/// then writes the files into place.
+async fn check_and_write(binary: &Path, cfg: &HaproxyConfig) -> Result<(), SidecarError> {
+    let stage_dir = cfg.dir.join("staging");
+    std::fs::create_dir_all(&stage_dir).map_err(|e| io_err(&stage_dir, e))?;
+    let staged = haproxy::render(&HaproxyConfig {
+        dir: stage_dir.clone(),
+        ..cfg.clone()
+    })
+    .map_err(|e| SidecarError::Config(e.0))?;
+    write_files(&stage_dir, &staged)?;
+    check(binary, &stage_dir.join(files::CONFIG)).await?;
+    let rendered = haproxy::render(cfg).map_err(|e| SidecarError::Config(e.0))?;
+    write_files(&cfg.dir, &rendered)
+}
+
+/// `haproxy -c -f <config>`: `Ok` when HAProxy accepts the configuration.
+pub async fn check(binary: &Path, config: &Path) -> Result<(), SidecarError> {
+    let out = tokio::process::Command::new(binary)
+        .arg("-c")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .await
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                SidecarError::Missing {
+                    program: binary.display().to_string(),
+                    hint: install_hint(),
+                }
+            } else {
+                SidecarError::Process {
+                    sidecar: "haproxy",
+                    reason: format!("haproxy -c: {e}"),
+                }
+            }
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    Err(SidecarError::Config(format!(
+        "haproxy refuses the configuration: {}",
+        text.trim()
+    )))
+}
+
+fn write_files(dir: &Path, rendered: &haproxy::Rendered) -> Result<(), SidecarError> {
+    // Certificates before the configuration that names them.
+    for (name, contents) in rendered.files.iter().rev() {
+        let path = dir.join(name);
+        let aside = dir.join(format!(".{name}.new"));
+        write_private(&aside, contents).map_err(|e| io_err(&aside, e))?;
+        std::fs::rename(&aside, &path).map_err(|e| io_err(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Writes a file readable by its owner only (it may hold a key).
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, SidecarError> {
+    std::path::absolute(dir).map_err(|e| io_err(dir, e))
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> SidecarError {
+    SidecarError::Io(format!("{}: {e}", path.display()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// HAProxy's own messages by their tag; traffic logs (stdout) at debug.
+fn classify_haproxy(line: &str, stderr: bool) -> tracing::Level {
+    if line.starts_with("[ALERT]") {
+        tracing::Level::ERROR
+    } else if line.starts_with("[WARNING]") {
+        tracing::Level::WARN
+    } else if line.starts_with("[NOTICE]") || stderr {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::DEBUG
+    }
+}
+
+/// How to run a command-template sidecar.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CommandSettings {
+    /// The command line, run by `/bin/sh -c` after `{{id}}` is replaced
+    /// by the (shell-quoted) service id, e.g. `consul connect proxy
+    /// -sidecar-for {{id}}`.
+    pub template: String,
+    /// The value of `{{id}}`: the node's service id as registered.
+    pub id: String,
+    /// Ready when this `host:port` accepts a TCP connection (the proxy's
+    /// public port, say); `None`: ready once started.
+    pub ready_addr: Option<String>,
+    /// Restart backoff.
+    pub restart: Restart,
+    /// How long a start may take to be ready (default 10 s).
+    pub ready_timeout: Duration,
+    /// Between SIGTERM and SIGKILL at stop (default 5 s).
+    pub grace: Duration,
+}
+
+impl CommandSettings {
+    /// `template` with `{{id}}` standing for `id`.
+    pub fn new(template: impl Into<String>, id: impl Into<String>) -> Self {
+        CommandSettings {
+            template: template.into(),
+            id: id.into(),
+            ready_addr: None,
+            restart: Restart::default(),
+            ready_timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Ready when `addr` accepts a TCP connection.
+    pub fn ready_when_listening(mut self, addr: impl Into<String>) -> Self {
+        self.ready_addr = Some(addr.into());
+        self
+    }
+
+    /// Another restart backoff.
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// The command line as run (the template with `{{id}}` replaced).
+    pub fn command_line(&self) -> String {
+        self.template.replace("{{id}}", &shell_quote(&self.id))
+    }
+}
+
+/// `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A running, supervised command-template sidecar.
+#[derive(Debug)]
+pub struct CommandSidecar {
+    sup: Supervisor,
+}
+
+impl CommandSidecar {
+    /// Starts the command and waits until it is ready.
+    pub async fn start(settings: CommandSettings) -> Result<CommandSidecar, SidecarError> {
+        if settings.template.trim().is_empty() {
+            return Err(SidecarError::Config("empty command template".into()));
+        }
+        let line = settings.command_line();
+        let ready_addr = settings.ready_addr.clone();
+        let spec = Spec {
+            name: "command",
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), line.into()],
+            install_hint: "a POSIX shell is needed to run command templates".into(),
+            classify: |_, stderr| {
+                if stderr {
+                    tracing::Level::WARN
+                } else {
+                    tracing::Level::INFO
+                }
+            },
+            ready: Arc::new(move |_pid| {
+                let addr = ready_addr.clone();
+                Box::pin(async move {
+                    match addr {
+                        None => Ok(()),
+                        Some(a) => tokio::net::TcpStream::connect(a).await.map(|_| ()),
+                    }
+                })
+            }),
+            ready_timeout: settings.ready_timeout,
+            restart: settings.restart,
+            grace: settings.grace,
+        };
+        Ok(CommandSidecar {
+            sup: Supervisor::start(spec).await?,
+        })
+    }
+
+    /// The process's status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.sup.status()
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.sup.pid()
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after the grace period).
+    pub async fn stop(&self) {
+        self.sup.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_gets_the_id_as_one_shell_word() {
+        let s = CommandSettings::new("consul connect proxy -sidecar-for {{id}}", "mesh-a");
+        assert_eq!(
+            s.command_line(),
+            "consul connect proxy -sidecar-for 'mesh-a'"
+        );
+        let s = CommandSettings::new("run {{id}}", "x'; rm -rf /; '");
+        assert_eq!(s.command_line(), "run 'x'\\''; rm -rf /; '\\'''");
+    }
+
+    #[test]
+    fn show_stat_rows_are_read_by_column_name() {
+        let rows = parse_stat(
+            "# pxname,svname,qcur,scur,stot,dreq\npublic,FRONTEND,,1,7,2\napp,app,0,1,5,\n\n",
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].proxy.as_str(), rows[0].server.as_str()),
+            ("public", "FRONTEND")
+        );
+        assert_eq!(rows[0].get("stot"), 7);
+        assert_eq!(rows[0].get("dreq"), 2);
+        assert_eq!(rows[1].get("dreq"), 0);
+        assert_eq!(rows[1].get("nope"), 0);
+    }
+
+    #[test]
+    fn haproxy_lines_are_levelled_by_their_tag() {
+        assert_eq!(
+            classify_haproxy("[ALERT]    (1) : x", true),
+            tracing::Level::ERROR
+        );
+        assert_eq!(
+            classify_haproxy("[WARNING]  (1) : x", true),
+            tracing::Level::WARN
+        );
+        assert_eq!(
+            classify_haproxy("[NOTICE]   (1) : x", true),
+            tracing::Level::INFO
+        );
+        assert_eq!(
+            classify_haproxy("127.0.0.1:1 [..] public", false),
+            tracing::Level::DEBUG
+        );
+    }
+}
