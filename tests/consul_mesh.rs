@@ -8,11 +8,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mesh::discovery::consul::{Mesh, SidecarUpstream};
+use mesh::discovery::consul::{Mesh, SidecarUpstream, UpstreamPorts};
 use mesh::discovery::Consul;
 use mesh::prelude::*;
 use mesh_testkit::actors::Player;
-use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
 use mesh_testkit::consul_catalog::{Catalog, TimeScale, SIDECAR_PORTS};
 use mesh_testkit::within;
 
@@ -323,4 +323,82 @@ async fn peers_sidecars_are_learned_from_health_connect() {
     .await;
     a.shutdown().await.expect("a leaves");
     b.shutdown().await.expect("b leaves");
+}
+
+#[tokio::test]
+async fn a_refused_sidecar_registration_fails_the_start_and_leaves_nothing() {
+    // The token may write the cluster service but not the node's own name.
+    let consul = TestConsul::start(1, time()).await;
+    let mut acl = Acl::default();
+    acl.tokens.insert(
+        "t".into(),
+        Token {
+            accessor: "acc".into(),
+            write: vec!["game".into()],
+        },
+    );
+    consul.set_acl(Some(acl));
+    let refused = Node::builder()
+        .name("a")
+        .cluster("game")
+        .cookie("test-cookie")
+        .listen("127.0.0.1:0")
+        .default_node(false)
+        .discovery(adapter(&consul, 0, Mesh::new()).token("t"))
+        .start()
+        .await;
+    let Err(StartError::Discovery(why)) = refused else {
+        panic!("the start must fail in the agent's words: {refused:?}");
+    };
+    assert!(
+        why.contains("registering game-a-connect with its sidecar"),
+        "{why}"
+    );
+    assert!(
+        why.contains("lacks permission 'service:write' on \"game-a\""),
+        "{why}"
+    );
+    // The node's own registration, accepted first, was taken back.
+    within(
+        STEP,
+        consul.until(|c| c.nodes["agent-0"].services.is_empty()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_full_upstream_port_range_leaves_the_extra_peer_out() {
+    // One port for two peers: the first peer (by node id) gets it, the
+    // other gets no upstream, and the node keeps running.
+    let consul = TestConsul::start(3, time()).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let narrow = move || {
+        Mesh::new().upstream_ports(UpstreamPorts::Range {
+            first: port,
+            count: 1,
+        })
+    };
+    // b and c first, so that a's first registration holds both peers.
+    let b = start("b", adapter(&consul, 1, narrow())).await;
+    let c = start("c", adapter(&consul, 2, narrow())).await;
+    let mut m = b.membership_changes();
+    within(STEP, m.wait_for(|m| m.nodes().count() == 2))
+        .await
+        .expect("watch");
+    let ca = adapter(&consul, 0, narrow());
+    let a = start("a", ca.clone()).await;
+    let nodes = [a, b, c];
+    let ups = upstreams_to(&ca, &["b"]).await;
+    assert_eq!(ups[0].local_bind.port(), port);
+    within(
+        STEP,
+        consul.until(|c| sidecar_of(c, "agent-0", "a").is_some_and(|s| s.upstreams().len() == 1)),
+    )
+    .await;
+    for n in nodes {
+        n.shutdown().await.expect("leaves");
+    }
 }

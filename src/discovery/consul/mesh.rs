@@ -684,8 +684,12 @@ pub(crate) async fn trust_domain(api: &Api) -> Result<String, String> {
     }
 }
 
-/// `GET /v1/agent/service/<proxy id>`: the sidecar's public address.
-pub(crate) async fn sidecar_public(api: &Api, proxy_id: &str) -> Result<SocketAddr, String> {
+/// `GET /v1/agent/service/<proxy id>`: the sidecar's public address, and
+/// the agent's datacenter when the answer carries it.
+pub(crate) async fn sidecar_public(
+    api: &Api,
+    proxy_id: &str,
+) -> Result<(SocketAddr, Option<String>), String> {
     let (v, _): (Value, _) = api
         .get(&format!("agent/service/{}", segment(proxy_id)), &[], None)
         .await
@@ -700,7 +704,11 @@ pub(crate) async fn sidecar_public(api: &Api, proxy_id: &str) -> Result<SocketAd
         .unwrap_or("")
         .parse()
         .map_err(|_| format!("{proxy_id} has no IP address: {}", v["Address"]))?;
-    Ok(SocketAddr::new(ip, port))
+    let dc = v["Datacenter"]
+        .as_str()
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned);
+    Ok((SocketAddr::new(ip, port), dc))
 }
 
 #[cfg(test)]

@@ -741,12 +741,12 @@ impl Consul {
             deregister_after: go_duration(self.cfg.deregister_after),
         };
         let mesh_id = node.id();
-        let datacenter = self.cfg.datacenter.clone().unwrap_or_else(|| "dc1".into());
-        let run = mesh::MeshRun {
+        let proxy_id = format!("{mesh_id}-sidecar-proxy");
+        let mut run = mesh::MeshRun {
             api: api.clone(),
             node,
             trust_domain: trust_domain.clone(),
-            datacenter: datacenter.clone(),
+            datacenter: self.cfg.datacenter.clone().unwrap_or_else(|| "dc1".into()),
             wait: self.cfg.wait,
             current: Arc::new(Mutex::new(Value::Null)),
         };
@@ -761,9 +761,15 @@ impl Consul {
                     &e,
                 )
             })?;
-        let proxy_id = format!("{mesh_id}-sidecar-proxy");
         let public = match mesh::sidecar_public(api, &proxy_id).await {
-            Ok(p) => p,
+            Ok((public, dc)) => {
+                // The agent's own datacenter names this node's SPIFFE ID,
+                // and peers' whose entries lack one.
+                if let Some(dc) = dc {
+                    run.datacenter = dc;
+                }
+                public
+            }
             Err(e) => {
                 let _ = deregister(api, &mesh_id).await;
                 return Err(StartError::Discovery(format!(
@@ -771,6 +777,7 @@ impl Consul {
                 )));
             }
         };
+        let datacenter = run.datacenter.clone();
         let service_name = mesh::destination(service, &me.node);
         let local_sidecar = LocalSidecar {
             service_id: mesh_id,
