@@ -190,6 +190,27 @@ async fn three_nodes_register_a_sidecar_each_with_one_upstream_per_peer() {
                 t.consul.trust_domain()
             )
         );
+        // What the admin endpoint's /admin/discovery shows: the sidecar
+        // and one upstream per peer, as held (no request).
+        let d = mesh::discovery::Discovery::describe(&t.adapters[i]);
+        assert_eq!(d["sidecar"]["proxy_id"], local.proxy_id, "{d}");
+        assert_eq!(d["sidecar"]["public"], local.public.to_string(), "{d}");
+        let shown: Vec<(String, String)> = d["upstreams"]
+            .as_array()
+            .expect("upstreams")
+            .iter()
+            .map(|u| {
+                (
+                    u["destination"].as_str().unwrap_or("").to_owned(),
+                    u["local_bind"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let held: Vec<(String, String)> = ups
+            .iter()
+            .map(|u| (u.destination.clone(), u.local_bind.to_string()))
+            .collect();
+        assert_eq!(shown, held, "{d}");
         // Operator functions see the same.
         let mut ids = t.adapters[i].services().await.expect("services");
         ids.sort();

@@ -875,7 +875,10 @@ impl Discovery for Consul {
 
     /// `{kind: "consul", registered, agent, node, service_id, check_id,
     /// datacenter, ttl_ms, heartbeat_ms}` (agent and ids only while
-    /// registered). No request is made: this is what the adapter holds.
+    /// registered); in mesh mode also `sidecar` (this node's per-node
+    /// service and proxy) and `upstreams` (one per peer: destination, local
+    /// bind, the peer's sidecar and SPIFFE ID once known). No request is
+    /// made: this is what the adapter holds.
     fn describe(&self) -> serde_json::Value {
         let running = lock(&self.running);
         let mut v = serde_json::json!({
@@ -890,6 +893,34 @@ impl Discovery for Consul {
             v["node"] = serde_json::json!(r.node);
             v["service_id"] = serde_json::json!(r.service_id);
             v["check_id"] = serde_json::json!(format!("service:{}", r.service_id));
+            if let Some(m) = r.mesh.as_ref() {
+                let l = &m.local;
+                v["sidecar"] = serde_json::json!({
+                    "service_id": l.service_id,
+                    "service_name": l.service_name,
+                    "proxy_id": l.proxy_id,
+                    "public": l.public.to_string(),
+                    "local_service": l.local_service.to_string(),
+                    "spiffe_id": l.spiffe_id,
+                });
+            }
+        }
+        if self.cfg.mesh.is_some() {
+            let upstreams: Vec<serde_json::Value> = self
+                .view
+                .borrow()
+                .iter()
+                .map(|u| {
+                    serde_json::json!({
+                        "node": u.node,
+                        "destination": u.destination,
+                        "local_bind": u.local_bind.to_string(),
+                        "remote": u.remote.as_ref().map(|r| r.addr.to_string()),
+                        "remote_spiffe_id": u.remote.as_ref().map(|r| r.spiffe_id.clone()),
+                    })
+                })
+                .collect();
+            v["upstreams"] = serde_json::json!(upstreams);
         }
         v
     }
