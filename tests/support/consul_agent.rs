@@ -209,7 +209,8 @@ impl TestConsul {
                     let now = Instant::now();
                     (c.tick(now), c.due_tcp_checks(now))
                 };
-                let changed = consul_kv::tick(&shared.kv, &shared.catalog, Instant::now()) || changed;
+                let changed =
+                    consul_kv::tick(&shared.kv, &shared.catalog, Instant::now()) || changed;
                 if changed {
                     shared.notify();
                 }

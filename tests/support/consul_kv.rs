@@ -549,18 +549,15 @@ impl Kv {
                     return true;
                 }
                 let node = catalog.nodes.get(&s.node);
-                s.node_checks
-                    .iter()
-                    .chain(&s.service_checks)
-                    .any(|id| {
-                        if id == SERF_HEALTH {
-                            return node.is_none() || self.down.contains(&s.node);
-                        }
-                        match node.and_then(|n| n.checks.get(id)) {
-                            None => true,
-                            Some(c) => c.status == Status::Critical,
-                        }
-                    })
+                s.node_checks.iter().chain(&s.service_checks).any(|id| {
+                    if id == SERF_HEALTH {
+                        return node.is_none() || self.down.contains(&s.node);
+                    }
+                    match node.and_then(|n| n.checks.get(id)) {
+                        None => true,
+                        Some(c) => c.status == Status::Critical,
+                    }
+                })
             })
             .map(|s| s.id.clone())
             .collect()
@@ -573,7 +570,12 @@ impl Kv {
 
     /// `GET /v1/session/info/:id`: `[]` or `[session]`, and the index.
     pub fn session_info(&self, id: &str) -> (Value, u64) {
-        let list: Vec<Value> = self.sessions.get(id).map(Session::to_json).into_iter().collect();
+        let list: Vec<Value> = self
+            .sessions
+            .get(id)
+            .map(Session::to_json)
+            .into_iter()
+            .collect();
         (Value::Array(list), self.session_index())
     }
 
@@ -886,12 +888,7 @@ impl Kv {
 
     /// `PUT /v1/txn` (KV ops only, already decoded and within the op
     /// limit). `idx` is called once, and only if some op writes.
-    pub fn txn(
-        &mut self,
-        ops: &[TxnOp],
-        idx: impl FnOnce() -> u64,
-        now: Instant,
-    ) -> TxnOutcome {
+    pub fn txn(&mut self, ops: &[TxnOp], idx: impl FnOnce() -> u64, now: Instant) -> TxnOutcome {
         // preCheck (before Raft): keys present, lock-delay.
         let mut errors = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -1110,19 +1107,13 @@ fn has(query: &[(String, String)], k: &str) -> bool {
 }
 
 fn param<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .find(|(q, _)| q == k)
-        .map(|(_, v)| v.as_str())
+    query.iter().find(|(q, _)| q == k).map(|(_, v)| v.as_str())
 }
 
 /// `strconv.ParseUint(v, 10, 64)`, failing as the agent does (500).
 fn parse_uint(v: &str) -> Result<u64, ApiError> {
-    v.parse().map_err(|_| {
-        server_error(format!(
-            "strconv.ParseUint: parsing {v:?}: invalid syntax"
-        ))
-    })
+    v.parse()
+        .map_err(|_| server_error(format!("strconv.ParseUint: parsing {v:?}: invalid syntax")))
 }
 
 /// `conflictingFlags`: 400 `Conflicting flags: <query>\n`.
@@ -1130,7 +1121,10 @@ fn conflicting(query: &[(String, String)], flags: &[&str]) -> Result<(), ApiErro
     if flags.iter().filter(|f| has(query, f)).count() > 1 {
         let mut q: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
         q.sort();
-        return Err(ApiError(400, format!("Conflicting flags: {}\n", q.join("&"))));
+        return Err(ApiError(
+            400,
+            format!("Conflicting flags: {}\n", q.join("&")),
+        ));
     }
     Ok(())
 }
@@ -1275,7 +1269,10 @@ async fn session(
         changed.send_modify(|v| *v += 1);
         return Ok(KvReply::json(&json!({ "ID": id })));
     }
-    if let Some(id) = what.strip_prefix("destroy/").or((what == "destroy").then_some("")) {
+    if let Some(id) = what
+        .strip_prefix("destroy/")
+        .or((what == "destroy").then_some(""))
+    {
         if let Err(m) = put(method) {
             return method_not_allowed(&m, "PUT");
         }
@@ -1295,7 +1292,10 @@ async fn session(
         }
         return Ok(KvReply::json(&json!(true)));
     }
-    if let Some(id) = what.strip_prefix("renew/").or((what == "renew").then_some("")) {
+    if let Some(id) = what
+        .strip_prefix("renew/")
+        .or((what == "renew").then_some(""))
+    {
         if let Err(m) = put(method) {
             return method_not_allowed(&m, "PUT");
         }
@@ -1308,7 +1308,10 @@ async fn session(
             None => Err(ApiError(404, format!("Session id '{id}' not found"))),
         };
     }
-    if let Some(id) = what.strip_prefix("info/").or((what == "info").then_some("")) {
+    if let Some(id) = what
+        .strip_prefix("info/")
+        .or((what == "info").then_some(""))
+    {
         if let Err(m) = get(method) {
             return method_not_allowed(&m, "GET");
         }
@@ -1318,7 +1321,10 @@ async fn session(
         let (v, idx) = blocking(query, changed, || lock(kv).session_info(id)).await?;
         return Ok(KvReply::json(&v).with_read_headers(idx));
     }
-    if let Some(node) = what.strip_prefix("node/").or((what == "node").then_some("")) {
+    if let Some(node) = what
+        .strip_prefix("node/")
+        .or((what == "node").then_some(""))
+    {
         if let Err(m) = get(method) {
             return method_not_allowed(&m, "GET");
         }
@@ -1396,7 +1402,10 @@ async fn kv_endpoint(
             return Err(ApiError(400, "Missing key name".into()));
         }
         conflicting(query, &["cas", "acquire", "release"])?;
-        let flags = param(query, "flags").map(parse_uint).transpose()?.unwrap_or(0);
+        let flags = param(query, "flags")
+            .map(parse_uint)
+            .transpose()?
+            .unwrap_or(0);
         let mut mode = PutMode::Set;
         if let Some(c) = param(query, "cas") {
             mode = PutMode::Cas(parse_uint(c)?);
@@ -1462,9 +1471,7 @@ pub fn decode_txn(body: &[u8]) -> Result<Vec<TxnOp>, ApiError> {
             .as_object()
             .and_then(|o| field(o, "KV"))
             .and_then(Value::as_object)
-            .ok_or_else(|| {
-                bad("only KV operations are supported by the test agent".into())
-            })?;
+            .ok_or_else(|| bad("only KV operations are supported by the test agent".into()))?;
         let s = |k: &str| {
             field(kv, k)
                 .and_then(Value::as_str)
