@@ -396,9 +396,7 @@ impl Kv {
             // NodeChecks empties the default Checks.
             if checks.is_empty() {
                 node_checks.clear();
-            } else if checks == [SERF_HEALTH] {
-                checks.clear();
-            } else if node_checks.is_empty() {
+            } else if checks == [SERF_HEALTH] || node_checks.is_empty() {
                 checks.clear();
             }
         } else {
