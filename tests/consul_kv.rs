@@ -426,6 +426,8 @@ async fn renew_destroy_info_list_and_node_follow_the_reference() {
     assert!(i.index() > before, "a destroy moves the sessions' index");
     let d = h0.put(&format!("session/destroy/{a}"), "").await;
     assert_eq!((d.status, d.body.as_str()), (200, "true"), "idempotent");
+    let live: Vec<String> = consul.with_kv(|kv| kv.sessions.keys().cloned().collect());
+    assert_eq!(live, [b.clone()]);
     let d = h0.put("session/destroy/", "").await;
     assert_eq!((d.status, d.body.as_str()), (400, "Missing session"));
     assert_eq!(h0.get("session/node/agent-0").await.body, "[]");
