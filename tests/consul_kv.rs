@@ -427,7 +427,7 @@ async fn renew_destroy_info_list_and_node_follow_the_reference() {
     let d = h0.put(&format!("session/destroy/{a}"), "").await;
     assert_eq!((d.status, d.body.as_str()), (200, "true"), "idempotent");
     let live: Vec<String> = consul.with_kv(|kv| kv.sessions.keys().cloned().collect());
-    assert_eq!(live, [b.clone()]);
+    assert_eq!(live, vec![b.clone()]);
     let d = h0.put("session/destroy/", "").await;
     assert_eq!((d.status, d.body.as_str()), (400, "Missing session"));
     assert_eq!(h0.get("session/node/agent-0").await.body, "[]");
