@@ -289,6 +289,7 @@ struct Shared {
     cancelled_len: AtomicUsize,
     closed: watch::Sender<bool>,
     /// When the handshake completed (wall clock, for operators).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     opened_at: std::time::SystemTime,
     /// How this node came to hold the connection, set once by the
     /// cluster's owner task (for operators).
@@ -329,6 +330,7 @@ pub(crate) enum Origin {
 
 impl Origin {
     /// The lower-case name the admin endpoint prints.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Origin::Seed => "seed",
@@ -568,11 +570,13 @@ impl Connection {
     }
 
     /// When its handshake completed.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     pub(crate) fn opened_at(&self) -> std::time::SystemTime {
         self.shared.opened_at
     }
 
     /// How this node came to hold it; `None` until the owner task saw it.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     pub(crate) fn origin(&self) -> Option<Origin> {
         self.shared.origin.get().copied()
     }

@@ -252,6 +252,14 @@ impl TestConsul {
         out
     }
 
+    /// Runs `f` on the sessions and KV (`consul_kv`), e.g. to compare the
+    /// lock table with the nodes' activations, and wakes blocked queries.
+    pub fn with_kv<T>(&self, f: impl FnOnce(&mut Kv) -> T) -> T {
+        let out = f(&mut lock(&self.shared.kv));
+        self.shared.notify();
+        out
+    }
+
     /// The Connect CA's trust domain.
     pub fn trust_domain(&self) -> String {
         lock(&self.shared.ca).td.clone()

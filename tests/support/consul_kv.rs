@@ -45,7 +45,7 @@
 //! they are all Raft indexes.
 //!
 //! **Scaled time**: TTLs and lock-delays are multiplied by the
-//! [`TimeScale`]'s `ttl` factor, as the catalog does for check TTLs, so a
+//! [`TimeScale`](crate::consul_catalog::TimeScale)'s `ttl` factor, as the catalog does for check TTLs, so a
 //! test with real node processes can use Consul's 10 s minimum TTL and
 //! still run in a fraction of it. The session JSON shows the values as
 //! given (unscaled).

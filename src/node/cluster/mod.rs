@@ -173,6 +173,7 @@ impl Cluster {
     }
 
     /// Every live connection to `node`, oldest first (operators' view).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     pub(crate) fn connections_to(&self, node: &str) -> Vec<Connection> {
         self.view
             .load()
