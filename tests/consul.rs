@@ -527,11 +527,18 @@ async fn an_https_agent_with_a_ca_file_and_a_client_certificate() {
         .client_cert(&cert, &key)
         .server_name("consul.test");
     let https = |tls: AgentTls| adapter(&consul, 0).address(url.clone()).agent_tls(tls);
-    let a = start("a", https(tls.clone())).await.expect("registers over https");
-    let b = start("b", https(tls.clone())).await.expect("registers over https");
+    let a = start("a", https(tls.clone()))
+        .await
+        .expect("registers over https");
+    let b = start("b", https(tls.clone()))
+        .await
+        .expect("registers over https");
     members(&a, &["a", "b"]).await;
     members(&b, &["a", "b"]).await;
-    assert_eq!(consul.with_catalog(|c| c.nodes["agent-0"].services.len()), 2);
+    assert_eq!(
+        consul.with_catalog(|c| c.nodes["agent-0"].services.len()),
+        2
+    );
 
     // A wrong CA, no server name, no client certificate: each refused,
     // with the reason.
@@ -539,19 +546,33 @@ async fn an_https_agent_with_a_ca_file_and_a_client_certificate() {
     let wrong = write("other.pem", &other.pem);
     let err = start(
         "c",
-        https(AgentTls::new().ca_file(&wrong).client_cert(&cert, &key).server_name("consul.test")),
+        https(
+            AgentTls::new()
+                .ca_file(&wrong)
+                .client_cert(&cert, &key)
+                .server_name("consul.test"),
+        ),
     )
     .await
     .expect_err("a wrong CA");
     let text = err.to_string();
-    assert!(text.contains("certificate") && text.contains("CONSUL_CACERT"), "{text}");
-    let err = start("c", https(AgentTls::new().ca_file(&ca_file).client_cert(&cert, &key)))
-        .await
-        .expect_err("the certificate does not name the IP");
+    assert!(
+        text.contains("certificate") && text.contains("CONSUL_CACERT"),
+        "{text}"
+    );
+    let err = start(
+        "c",
+        https(AgentTls::new().ca_file(&ca_file).client_cert(&cert, &key)),
+    )
+    .await
+    .expect_err("the certificate does not name the IP");
     assert!(err.to_string().contains("certificate"), "{err}");
-    let err = start("c", https(AgentTls::new().ca_file(&ca_file).server_name("consul.test")))
-        .await
-        .expect_err("no client certificate");
+    let err = start(
+        "c",
+        https(AgentTls::new().ca_file(&ca_file).server_name("consul.test")),
+    )
+    .await
+    .expect_err("no client certificate");
     assert!(matches!(err, StartError::Discovery(_)), "{err:?}");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

@@ -239,9 +239,27 @@ impl metrics::CounterFn for RefusalCell {
 }
 
 impl metrics::Recorder for Refusals {
-    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
     fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
         let mut name = key.name().to_owned();
         for l in key.labels() {
@@ -252,7 +270,11 @@ impl metrics::Recorder for Refusals {
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
 }
@@ -287,7 +309,14 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     };
     let tls_node = |name: &str, f: &Files, seeds: &[&str]| {
         let mut cmd = Command::new(example_binary("cluster"));
-        cmd.args(["--name", name, "--listen", "127.0.0.1:0", "--capabilities", "game"]);
+        cmd.args([
+            "--name",
+            name,
+            "--listen",
+            "127.0.0.1:0",
+            "--capabilities",
+            "game",
+        ]);
         cmd.args(["--heartbeat-ms", "100"]);
         cmd.arg("--tls-cert").arg(&f.chain);
         cmd.arg("--tls-key").arg(&f.key);
@@ -325,7 +354,9 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     for i in 0..40 {
         let (by, _) = tokio::time::timeout(
             Duration::from_secs(10),
-            driver.call::<Player, _>(&format!("tls-{i}"), Score(1)).into_future(),
+            driver
+                .call::<Player, _>(&format!("tls-{i}"), Score(1))
+                .into_future(),
         )
         .await
         .expect("a call within 10 s")
@@ -348,7 +379,12 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     let ff = Files::in_dir(&dir.join("p-f"));
     ff.write(&foreign.leaf(&id), &format!("{}{}", foreign.pem, ca.pem));
     let driver_addr = driver.addr().unwrap().to_owned();
-    let _nf = Proc::spawn(tls_node("p-f", &ff, &[&driver_addr, &n1.addr]), "p-f", COOKIE).await;
+    let _nf = Proc::spawn(
+        tls_node("p-f", &ff, &[&driver_addr, &n1.addr]),
+        "p-f",
+        COOKIE,
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let woken = REFUSED.notified();

@@ -873,7 +873,13 @@ async fn connections_are_replaced_at_their_maximum_lifetime_without_a_failed_cal
         ok += o;
         failed.extend(f);
     }
-    assert!(failed.is_empty(), "{} of {} calls failed: {:?}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 0);
     // Still one member, reached over a fresh connection.
     assert_eq!(client.membership().len(), 2);

@@ -255,7 +255,9 @@ pub async fn dial(
                         tracing::warn!(%target, found = %peer.node, "dialed another node than expected");
                     }
                 }
-                Ok(Connection::spawn(io, leftover, peer, lifetime, cfg, inbound))
+                Ok(Connection::spawn(
+                    io, leftover, peer, lifetime, cfg, inbound,
+                ))
             }
             Err(e) => {
                 tracing::warn!(%target, "handshake failed: {e}");
@@ -296,7 +298,9 @@ async fn accept_stream(
     match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
         Ok(Ok((io, leftover, peer, lifetime))) => {
             tracing::debug!(peer = %peer.node, from, "connection accepted");
-            Some(Connection::spawn(io, leftover, peer, lifetime, cfg, inbound))
+            Some(Connection::spawn(
+                io, leftover, peer, lifetime, cfg, inbound,
+            ))
         }
         Ok(Err(e)) => {
             tracing::warn!(from, "refused a connection: {e}");

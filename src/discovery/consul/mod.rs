@@ -81,9 +81,9 @@ use self::api::{segment, Api, ApiError};
 use self::health::{HealthMsg, HealthState, HealthWorker};
 use self::watch::{BlockingIndex, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
 use super::{BoxFuture, Discovery, LocalNode, Peers};
-pub use agent_tls::AgentTls;
-pub(crate) use agent_tls::client as agent_client;
 use crate::{Error, StartError};
+pub(crate) use agent_tls::client as agent_client;
+pub use agent_tls::AgentTls;
 
 /// The agent address when neither the code nor `CONSUL_HTTP_ADDR` sets one.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";

@@ -140,10 +140,7 @@ fn apply(
                 }
             }
             if conn.lifetime().is_some() {
-                tokio::spawn(super::retire::supervise(
-                    Arc::downgrade(node),
-                    conn.clone(),
-                ));
+                tokio::spawn(super::retire::supervise(Arc::downgrade(node), conn.clone()));
             }
             let weak = Arc::downgrade(node);
             tokio::spawn(async move {

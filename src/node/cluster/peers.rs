@@ -629,7 +629,12 @@ mod tests {
         assert_eq!(keys(&t.due(now)), [DialKey::Node("b".into())]);
         // The replacement is admitted although the limit counts two
         // (retiring ones do not count), and carries the calls.
-        t.on_connected("b", "b:1", FakeConn::new(2), Some(&DialKey::Node("b".into())));
+        t.on_connected(
+            "b",
+            "b:1",
+            FakeConn::new(2),
+            Some(&DialKey::Node("b".into())),
+        );
         assert_eq!(
             t.on_connected("b", "b:1", FakeConn::new(3), None),
             Admission::Member

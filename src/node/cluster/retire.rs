@@ -171,4 +171,3 @@ fn has_fresh(cluster: &Cluster, node: &str, old: &Connection) -> bool {
             .any(|c| !c.same(old) && !c.is_closed() && !c.is_retiring())
     })
 }
-
