@@ -1192,6 +1192,32 @@ mod tests {
         )
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_connection_takes_no_new_call_from_the_peer_once_it_acked() {
+        let (_net, mut l, conn) = pair().await;
+        let accepted = l.accepted().await.unwrap();
+        assert!(!accepted.is_retiring() && !conn.is_retiring());
+        // The listener side retires it; the dialer (default `Inbound::retire`)
+        // seals its side and acknowledges.
+        accepted.retire(Duration::from_secs(5)).await.unwrap();
+        assert!(accepted.is_retiring() && !accepted.is_retired_by_peer());
+        assert!(conn.is_retired_by_peer() && conn.is_sealed());
+        match conn
+            .call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None)
+            .await
+        {
+            Err(Routed::Unsent(p)) => assert_eq!(p, b"p"),
+            other => panic!("expected Unsent, got {other:?}"),
+        }
+        // Pings still go out on it, and it stays open until closed.
+        conn.ping(Duration::from_secs(5)).await.unwrap();
+        accepted.seal();
+        accepted.settled().await;
+        accepted.answered().await;
+        accepted.close_after_queued();
+        conn.closed().await;
+    }
+
     async fn pair() -> (Arc<MemoryNetwork>, super::super::Listening, Connection) {
         let net = MemoryNetwork::new();
         let t = Transport::memory(net.clone());

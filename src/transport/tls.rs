@@ -31,7 +31,7 @@
 //!   refuses learns it on its first read, as `peer_refused`.
 //!
 //! Open connections (those this node accepted; enforced by the node, see
-//! [`Lifetime`](super::Lifetime)):
+//! [`super::Lifetime`]):
 //! - with an [`Authorize`], the caller is asked about again every
 //!   [`Tls::reauthorize_every`] (default [`DEFAULT_REAUTHORIZE_EVERY`], 1
 //!   minute, as Consul recommends), so an intention changed after the

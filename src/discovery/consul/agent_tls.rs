@@ -1,23 +1,4 @@
-//! TLS to the Consul agent (`https://` addresses), configured the way the
-//! `consul` CLI reads its environment:
-//!
-//! | variable | meaning |
-//! |---|---|
-//! | `CONSUL_HTTP_ADDR` | `https://host:port` selects TLS |
-//! | `CONSUL_HTTP_SSL` | `true`: an address without a scheme is `https` |
-//! | `CONSUL_CACERT` | PEM file of the CA(s) that sign the agent's certificate |
-//! | `CONSUL_CAPATH` | a directory of PEM files, each read as CA certificates |
-//! | `CONSUL_CLIENT_CERT` | PEM certificate (chain) presented to the agent (`verify_incoming`) |
-//! | `CONSUL_CLIENT_KEY` | its PEM private key |
-//! | `CONSUL_TLS_SERVER_NAME` | the name the agent's certificate is checked for, instead of the address's host |
-//! | `CONSUL_HTTP_SSL_VERIFY` | `false`: the agent's certificate is not checked (tests only) |
-//!
-//! Without `CONSUL_CACERT` or `CONSUL_CAPATH`, the system bundle is used
-//! (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
-//! rustls on the ring provider (the same as the node's own mTLS), TLS 1.3
-//! and 1.2. A file that cannot be read or parsed is a clear error at
-//! start; a certificate the agent does not pass fails each request with
-//! rustls's reason (an unknown issuer, a name mismatch).
+//! TLS to the Consul agent (`https://` addresses): [`AgentTls`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,8 +10,26 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// How to reach an `https://` agent. [`AgentTls::from_env`] reads the
-/// `consul` CLI's variables (see the [module docs](self)); the setters
-/// override them.
+/// `consul` CLI's variables, as the CLI reads them; the setters override
+/// them.
+///
+/// | variable | meaning |
+/// |---|---|
+/// | `CONSUL_HTTP_ADDR` | `https://host:port` selects TLS |
+/// | `CONSUL_HTTP_SSL` | `true`: an address without a scheme is `https` |
+/// | `CONSUL_CACERT` | PEM file of the CA(s) that sign the agent's certificate |
+/// | `CONSUL_CAPATH` | a directory of PEM files, each read as CA certificates |
+/// | `CONSUL_CLIENT_CERT` | PEM certificate (chain) presented to the agent (`verify_incoming`) |
+/// | `CONSUL_CLIENT_KEY` | its PEM private key |
+/// | `CONSUL_TLS_SERVER_NAME` | the name the agent's certificate is checked for, instead of the address's host |
+/// | `CONSUL_HTTP_SSL_VERIFY` | `false`: the agent's certificate is not checked (tests only) |
+///
+/// Without `CONSUL_CACERT` or `CONSUL_CAPATH`, the system bundle is used
+/// (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
+/// rustls on the ring provider (the same as the node's own mTLS), TLS 1.3
+/// and 1.2. A file that cannot be read or parsed is a clear error at
+/// start; a certificate the agent does not pass fails each request with
+/// rustls's reason (an unknown issuer, a name mismatch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentTls {
     ca_file: Option<PathBuf>,
