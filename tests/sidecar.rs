@@ -122,12 +122,15 @@ struct Rig {
     upstream_port: u16,
 }
 
+/// Makes a's certificates from the rig's CA.
+type ClientCerts = Box<dyn FnOnce(&pki::Ca) -> Certs>;
+
 struct RigOptions {
     /// Who b lets in.
     allow: Vec<String>,
     /// a's leaf and roots, given the rig's CA (default: a's own leaf
     /// from it).
-    client_certs: Option<Box<dyn FnOnce(&pki::Ca) -> Certs>>,
+    client_certs: Option<ClientCerts>,
 }
 
 async fn rig(opts: RigOptions) -> Rig {
