@@ -122,12 +122,15 @@ struct Rig {
     upstream_port: u16,
 }
 
+/// Makes a's certificates from the rig's CA.
+type ClientCerts = Box<dyn FnOnce(&pki::Ca) -> Certs>;
+
 struct RigOptions {
     /// Who b lets in.
     allow: Vec<String>,
     /// a's leaf and roots, given the rig's CA (default: a's own leaf
     /// from it).
-    client_certs: Option<Box<dyn FnOnce(&pki::Ca) -> Certs>>,
+    client_certs: Option<ClientCerts>,
 }
 
 async fn rig(opts: RigOptions) -> Rig {
@@ -677,7 +680,9 @@ async fn three_nodes_route_calls_through_their_own_sidecars() {
     c.shutdown().await.unwrap();
 }
 
-/// Records the messages of `mesh::sidecar` events (this thread only).
+/// Records the messages of `mesh::sidecar` events, as the process's
+/// global subscriber (a thread's scoped one can miss events while other
+/// tests register callsites concurrently).
 #[derive(Clone, Default)]
 struct Lines(Arc<std::sync::Mutex<Vec<String>>>, Arc<tokio::sync::Notify>);
 
@@ -717,8 +722,8 @@ impl Lines {
 async fn a_command_sidecar_is_supervised_with_a_stand_in_program() {
     use tracing_subscriber::layer::SubscriberExt as _;
     let lines = Lines::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(lines.clone()))
+        .expect("the only test that installs a subscriber");
     // Stands in for `consul connect proxy -sidecar-for {{id}}`: prints,
     // then runs until signalled.
     let settings = CommandSettings::new(

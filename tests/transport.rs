@@ -553,6 +553,13 @@ async fn connection_facts_reach_both_peers() {
         assert!(!conn.peer().remote.is_empty());
         assert!(!accepted.peer().remote.is_empty());
         assert_eq!(conn.peer().addr, server.addr());
+        // Through the sidecars, the dialer's stream is its upstream port.
+        if let Some(s) = &net.sidecar {
+            assert_eq!(
+                Some(&conn.peer().remote),
+                s.upstream(server.addr()).as_ref()
+            );
+        }
     }
 }
 

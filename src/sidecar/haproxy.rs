@@ -518,7 +518,8 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused_with_what_is_wrong() {
-        let cases: Vec<(fn(&mut HaproxyConfig), &str)> = vec![
+        type Change = fn(&mut HaproxyConfig);
+        let cases: Vec<(Change, &str)> = vec![
             (|c| c.public = "0.0.0.0".into(), "public address"),
             (|c| c.app = "127.0.0.1:0".into(), "app address"),
             (|c| c.allow.push("web".into()), "not a SPIFFE ID"),

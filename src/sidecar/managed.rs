@@ -3,9 +3,10 @@
 //! -sidecar-for {{id}}`, `consul connect envoy -sidecar-for {{id}}`).
 //!
 //! HAProxy contracts:
-//! - Started as `haproxy -W -S <dir>/master.sock -p <dir>/haproxy.pid -f
-//!   <dir>/haproxy.cfg` (master-worker); ready when its worker answers on
-//!   the stats socket (its listeners are bound by then).
+//! - Started in master-worker mode, from its directory `D`:
+//!   `haproxy -W -S D/master.sock -p D/haproxy.pid -f D/haproxy.cfg`;
+//!   ready when a worker of that master answers on the stats socket (its
+//!   listeners are bound by then).
 //! - **Changes** (upstreams, allowed callers, a leaf or root rotation):
 //!   the configuration is rendered, checked by `haproxy -c` in a staging
 //!   directory (a bad input leaves the running sidecar untouched and

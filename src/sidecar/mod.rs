@@ -34,7 +34,7 @@
 //! - **Changes** reach a managed HAProxy by a master-worker reload:
 //!   established connections stay on the old worker (up to
 //!   `hard-stop-after`), new ones use the new configuration and
-//!   certificates. See [`managed`](Haproxy) for details.
+//!   certificates. See [`managed`] for details.
 //! - **Shutdown**: [`Node::shutdown`](crate::Node::shutdown) drains calls,
 //!   leaves the discovery and closes the node's connections, then stops
 //!   the sidecar (SIGTERM, SIGKILL after a grace period). Dropping every
@@ -42,7 +42,7 @@
 
 mod connector;
 pub mod haproxy;
-mod managed;
+pub mod managed;
 pub mod supervisor;
 
 pub use connector::{SidecarTransport, UpstreamPorts};

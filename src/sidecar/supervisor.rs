@@ -2,7 +2,7 @@
 //! `tracing`, restart with exponential backoff when it dies, stop.
 //!
 //! Contracts:
-//! - [`Supervisor::start`] returns once the first run is ready (its
+//! - Starting returns once the first run is ready (its
 //!   readiness probe answered) or fails: a program that is missing, exits
 //!   before it is ready, or is not ready within the limit is an error
 //!   carrying the last lines it printed, and nothing is left running.
