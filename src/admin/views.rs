@@ -49,6 +49,9 @@ pub(super) fn members(node: &NodeInner) -> Value {
                 if peer.trace_context {
                     features.push("trace_context");
                 }
+                if peer.call_chain {
+                    features.push("call_chain");
+                }
                 v["features"] = json!(features);
                 v["incarnation"] = json!(peer.incarnation);
                 v["identity"] = json!(peer.identity);
