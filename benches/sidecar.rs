@@ -3,12 +3,14 @@
 //!
 //! `cargo bench --bench sidecar` (HAProxy installed: `apt-get install
 //! haproxy`) makes a test CA in Consul Connect's profile, re-runs itself
-//! as a server process (`--serve DIR PORT`) hosting two mesh nodes, one
-//! over plain TCP (direct) and one through its own managed HAProxy
-//! sidecar (public mTLS port PORT), plus a raw TCP ping-pong; then this
-//! process measures over loopback, the sidecar path through its own
-//! HAProxy too (both ends):
-//! - call throughput with 256 calls in flight, sidecars vs direct;
+//! as a server process (`--serve DIR PORT`) hosting three mesh nodes, one
+//! over plain TCP (direct), one through its own managed HAProxy sidecar
+//! (public mTLS port PORT) and one over in-process mTLS
+//! (`mesh::transport::tls`, the same certificates), plus a raw TCP
+//! ping-pong; then this process measures over loopback, the sidecar path
+//! through its own HAProxy too (both ends):
+//! - call throughput with 256 calls in flight, sidecars vs direct, and
+//!   in-process mTLS vs direct and vs the sidecars;
 //! - sequential call latency p50/p99, sidecars vs direct, and direct vs
 //!   a raw 8-byte TCP ping-pong (the floor of any round trip here; the
 //!   pipelined raw echo baseline is in `benches/cluster.rs`).
@@ -50,6 +52,19 @@ impl Echo {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// In-process mTLS with `who`'s leaf, admitting the other bench identity.
+fn tls(dir: &Path, who: &str, other: &str) -> Transport {
+    let identity = mesh::identity::FileIdentity::load(
+        dir.join(format!("{who}.crt")),
+        dir.join(format!("{who}.key")),
+        dir.join("roots.pem"),
+    )
+    .expect("identity files");
+    mesh::transport::tls::Tls::new(identity)
+        .allow([pki::service_id(TD, other)])
+        .transport()
 }
 
 fn read_certs(dir: &Path, who: &str) -> Certs {
@@ -99,6 +114,14 @@ async fn serve(dir: PathBuf, public: u16) {
         .allow([pki::service_id(TD, "bench-client")]),
     );
     let meshed = node("server", "mesh", None, Some(sidecar), &[]).await;
+    let tls_node = node(
+        "server",
+        "tls",
+        Some(tls(&dir, "server", "bench-client")),
+        None,
+        &[],
+    )
+    .await;
     let raw = TcpListener::bind("127.0.0.1:0").await.expect("raw");
     let raw_addr = raw.local_addr().expect("raw addr");
     tokio::spawn(async move {
@@ -114,12 +137,17 @@ async fn serve(dir: PathBuf, public: u16) {
             });
         }
     });
-    println!("{} {raw_addr}", direct.addr().expect("addr"));
+    println!(
+        "{} {raw_addr} {}",
+        direct.addr().expect("addr"),
+        tls_node.addr().expect("addr")
+    );
     let mut line = String::new();
     let _ = BufReader::new(tokio::io::stdin())
         .read_line(&mut line)
         .await;
     let _ = meshed.shutdown().await;
+    let _ = tls_node.shutdown().await;
     let _ = direct.shutdown().await;
 }
 
@@ -270,6 +298,17 @@ async fn measure() {
         .await,
     )
     .await;
+    let mtls = figures(
+        node(
+            "client",
+            "tls",
+            Some(tls(&dir, "client", "bench-server")),
+            None,
+            &[addrs[2].clone()],
+        )
+        .await,
+    )
+    .await;
     let (raw50, raw99) = raw_latency(&addrs[1]).await;
     drop(child.stdin.take());
     let _ = child.wait().await;
@@ -299,6 +338,33 @@ async fn measure() {
         meshed.p99,
         direct.p99,
         meshed.p99 - direct.p99
+    );
+    println!();
+    println!("| figure | in-process mTLS | direct | ratio | sidecars | mTLS / sidecars |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| calls/s, {IN_FLIGHT} in flight | {:.0}/s | {:.0}/s | {:.2}x | {:.0}/s | {:.2}x |",
+        mtls.throughput,
+        direct.throughput,
+        mtls.throughput / direct.throughput,
+        meshed.throughput,
+        mtls.throughput / meshed.throughput
+    );
+    println!(
+        "| latency p50, sequential | {:.1} us | {:.1} us | {:.2}x | {:.1} us | {:.2}x |",
+        mtls.p50,
+        direct.p50,
+        mtls.p50 / direct.p50,
+        meshed.p50,
+        mtls.p50 / meshed.p50
+    );
+    println!(
+        "| latency p99, sequential | {:.1} us | {:.1} us | {:.2}x | {:.1} us | {:.2}x |",
+        mtls.p99,
+        direct.p99,
+        mtls.p99 / direct.p99,
+        meshed.p99,
+        mtls.p99 / meshed.p99
     );
     println!();
     println!("| figure | direct | raw 8-byte TCP ping-pong | ratio |");
