@@ -99,7 +99,7 @@ pub use transport::Transport;
 /// | `capability` | `"name"`: the capability that places this type | required |
 /// | `idle_timeout` | `"90s"`, `"10m"`, `"1h30m"`, `"500ms"` or `"never"` | `"10m"` |
 /// | `activate` | path to `async fn(&str) -> Result<Self, E>` or `async fn(&str, &Ctx) -> Result<Self, E>`, `E: Into<BoxError>` | `Default::default()` |
-/// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` | nothing |
+/// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` or `async fn(&mut self)` | nothing |
 /// | `name` | `"Name"` in errors, logs and metrics | the type's identifier |
 /// | `mailbox` | capacity, an integer | 1024 |
 pub use mesh_macros::Actor;

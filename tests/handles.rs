@@ -149,3 +149,38 @@ fn flatten_folds_the_call_error_into_the_reply_error() {
         Err("node is shutting down".into())
     );
 }
+
+static GOODBYES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A deactivation hook may leave out the context.
+#[derive(Actor, Default)]
+#[actor(capability = "chat", on_deactivate = Quiet::bye)]
+struct Quiet;
+
+impl Quiet {
+    async fn bye(&mut self) {
+        GOODBYES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+struct Ping;
+
+#[mesh::handlers]
+impl Quiet {
+    async fn ping(&mut self, _: Ping) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deactivation_hook_without_the_context_runs() {
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["chat"])
+        .actor::<Quiet>()
+        .start()
+        .await
+        .unwrap();
+    node.actor::<Quiet>("q").call(Ping).await.unwrap();
+    node.shutdown().await.unwrap();
+    assert_eq!(GOODBYES.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
