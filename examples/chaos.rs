@@ -89,6 +89,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::init_logs();
     let args = Args::parse();
     if args.serve {
         return serve(&args).await;

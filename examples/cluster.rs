@@ -41,6 +41,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::init_logs();
     let args = Args::parse();
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let node = common::builder(&args.node)?

@@ -48,6 +48,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    common::init_logs();
     let args = Args::parse();
     let mut consul = Consul::new().heartbeat(Duration::from_millis(args.heartbeat_ms));
     if let Some(addr) = &args.consul {

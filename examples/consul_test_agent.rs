@@ -12,7 +12,7 @@
 use clap::Parser;
 use mesh_testkit::{consul_agent, consul_catalog};
 
-/// Serves the Consul test agent until Ctrl-C.
+/// Serves the Consul test agent until Ctrl-C or SIGTERM.
 #[derive(Parser, Debug)]
 struct Args {
     /// Addresses of the simulated agents, comma-separated.
@@ -22,6 +22,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logs();
     let args = Args::parse();
     let consul =
         consul_agent::TestConsul::start_at(&args.listen, consul_catalog::TimeScale::default())
@@ -29,6 +30,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..args.listen.len() {
         println!("consul test agent {} on {}", consul.node(i), consul.url(i));
     }
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
     Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (`info` when unset).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }

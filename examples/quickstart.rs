@@ -42,6 +42,7 @@ const ROUNDS: usize = 20;
 
 #[tokio::main]
 async fn main() -> Result<(), mesh::Error> {
+    init_logs();
     let node = Node::builder()
         .capabilities(["counter"])
         .actor::<Counter>()
@@ -49,6 +50,26 @@ async fn main() -> Result<(), mesh::Error> {
         .await?;
     println!("node {} hosts {:?}", node.id(), node.capabilities());
 
+    // The workload, unless Ctrl-C (SIGINT) or SIGTERM comes first: either
+    // way the node shuts down cleanly (hooks run, nothing is left behind).
+    let wrong = tokio::select! {
+        wrong = workload(&node) => Some(wrong?),
+        () = stop_signal() => {
+            println!("stopping early");
+            None
+        }
+    };
+
+    node.shutdown().await?;
+    println!("shut down: {} activations left", node.activation_count());
+    if wrong.is_some_and(|w| w > 0) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Activates the counters, drives them, and checks them: how many are wrong.
+async fn workload(node: &Node) -> Result<usize, mesh::Error> {
     // Phase 1: first calls activate 10 000 actors, from 64 concurrent callers.
     let started = Instant::now();
     run(ACTORS, 1).await?;
@@ -90,12 +111,34 @@ async fn main() -> Result<(), mesh::Error> {
     let after = mesh::call::<Counter, _>("counter_42", Get).await?;
     println!("after a cast of +100, counter_42 = {after}");
 
-    node.shutdown().await?;
-    println!("shut down: {} activations left", node.activation_count());
-    if wrong > 0 {
-        std::process::exit(1);
+    Ok(wrong)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (`info` when unset; for example
+/// `RUST_LOG=mesh=debug`).
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and Kubernetes send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
     }
-    Ok(())
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Sends `rounds` increments to each of `actors` counters from CALLERS tasks.

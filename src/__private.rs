@@ -4,8 +4,8 @@
 
 pub use crate::actor::chain::Caller;
 pub use crate::actor::finish::{
-    activate_default, activate_with, finish, panic_message, Activate, ActivateFuture, CatchUnwind,
-    Finish, Outcome, ReplySlot,
+    activate_default, activate_with, deactivate_with, finish, panic_message, Activate,
+    ActivateFuture, CatchUnwind, Finish, Outcome, ReplySlot,
 };
 pub use crate::actor::{BoxError, BoxFuture, Ctx, Interleaver, ReplyTo};
 pub use crate::wire::{decode, encode, tag, Wire};

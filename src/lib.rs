@@ -90,7 +90,8 @@ pub use actor::{
 };
 pub use error::{Error, StartError};
 pub use node::{
-    call, cast, Call, CallFuture, MemberInfo, Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT,
+    call, cast, ActorHandle, ActorRef, Call, CallFuture, Flatten, HandleCall, MemberInfo,
+    Membership, Node, NodeBuilder, DEFAULT_CALL_TIMEOUT,
 };
 pub use transport::Transport;
 
@@ -103,7 +104,7 @@ pub use transport::Transport;
 /// | `capability` | `"name"`: the capability that places this type | required |
 /// | `idle_timeout` | `"90s"`, `"10m"`, `"1h30m"`, `"500ms"` or `"never"` | `"10m"` |
 /// | `activate` | path to `async fn(&str) -> Result<Self, E>` or `async fn(&str, &Ctx) -> Result<Self, E>`, `E: Into<BoxError>` | `Default::default()` |
-/// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` | nothing |
+/// | `on_deactivate` | path to `async fn(&mut self, &Ctx)` or `async fn(&mut self)` | nothing |
 /// | `name` | `"Name"` in errors, logs and metrics | the type's identifier |
 /// | `mailbox` | capacity, an integer | 1024 |
 pub use mesh_macros::Actor;
@@ -119,10 +120,15 @@ pub use mesh_macros::Message;
 /// `async fn name(&mut self, msg: M) -> M::Reply` with an optional last
 /// parameter `ctx: &Ctx`. The block is the actor's wire contract; keep
 /// helper methods in another `impl` block.
+///
+/// `#[mesh::handlers(reentrant)]`: calls of the actor's own chain are
+/// served interleaved instead of failing with [`Error::CallCycle`]; its
+/// handlers take `&self` and the actor must be `Sync` (what this relaxes:
+/// the README's "Call cycles and reentrancy").
 pub use mesh_macros::handlers;
 
 /// The names most programs need: `use mesh::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Actor, Ctx, Error, Message, Node, StartError};
+    pub use crate::{Actor, ActorRef, Ctx, Error, Flatten, Message, Node, StartError};
     pub use serde::{Deserialize, Serialize};
 }

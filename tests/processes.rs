@@ -401,4 +401,103 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     driver.shutdown().await.unwrap();
     drop((n1, n2));
     let _ = std::fs::remove_dir_all(&dir);
+
+/// Spawns the cluster example with `cookie` and `RUST_LOG=warn`, its
+/// stdout and stderr lines sent to the returned channel.
+fn spawn_logged(
+    name: &str,
+    cookie: &str,
+    seeds: &[&str],
+) -> (Child, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let mut cmd = Command::new(example_binary());
+    cmd.args([
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--capabilities",
+        "game",
+    ]);
+    if !seeds.is_empty() {
+        cmd.args(["--seeds", &seeds.join(",")]);
+    }
+    cmd.env("MESH_COOKIE", cookie)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn the cluster example");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let err = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    for mut lines in [
+        Box::new(out) as Box<dyn LineSource>,
+        Box::new(err) as Box<dyn LineSource>,
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(line) = lines.next().await {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (child, rx)
+}
+
+/// Lines of a child's stdout or stderr.
+trait LineSource: Send {
+    fn next(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>>;
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin + Send> LineSource for tokio::io::Lines<R> {
+    fn next(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>> {
+        Box::pin(async move { self.next_line().await.ok().flatten() })
+    }
+}
+
+/// Waits (at most 30 s) for a line containing `needle`.
+async fn line_with(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, needle: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = rx.recv().await {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the process ended without printing {needle:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line with {needle:?} within 30 s"))
+}
+
+/// The examples log through `RUST_LOG`: a node dialing with the wrong
+/// cookie says so on stderr (it printed nothing anywhere before), and
+/// SIGTERM stops a node cleanly, as Ctrl-C does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_log_a_wrong_cookie_and_stop_on_sigterm() {
+    let (mut a, mut a_lines) = spawn_logged("logs-a", COOKIE, &[]);
+    let listening = line_with(&mut a_lines, " listening on ").await;
+    let addr = listening
+        .split_once(" listening on ")
+        .map(|(_, addr)| addr.trim().to_owned())
+        .expect("an address");
+    let (mut b, mut b_lines) = spawn_logged("logs-b", "another-cookie", &[&addr]);
+    let refused = line_with(&mut b_lines, "wrong cookie").await;
+    assert!(refused.contains("WARN"), "{refused}");
+    drop(b.kill().await);
+    let pid = a.id().expect("running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success());
+    line_with(&mut a_lines, "logs-a left the cluster").await;
+    let exit = tokio::time::timeout(Duration::from_secs(30), a.wait())
+        .await
+        .expect("exited within 30 s")
+        .expect("exit status");
+    assert!(exit.success(), "{exit:?}");
 }

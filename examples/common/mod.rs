@@ -173,6 +173,18 @@ pub async fn drive(node: &Node, expect: usize, n: usize) -> Result<(), mesh::Err
     Ok(())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (`info` when unset; for example
+/// `RUST_LOG=mesh=debug` or `RUST_LOG=warn,mesh::transport=trace`), so a
+/// refused handshake (a wrong cookie) or a failing discovery shows.
+pub fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and Kubernetes
 /// send to stop a process), so either runs `node.shutdown()`: the node
 /// leaves without losing a call, runs its hooks and deregisters.

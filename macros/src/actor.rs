@@ -139,7 +139,7 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
     let on_deactivate = on_deactivate.map(|path| {
         quote_spanned! {path.span()=>
             fn on_deactivate(&mut self, ctx: &#p::Ctx) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
-                #path(self, ctx)
+                #p::deactivate_with(#path, self, ctx)
             }
         }
     });

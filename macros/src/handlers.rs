@@ -128,7 +128,28 @@ fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr>
             ))
         }
     };
-    let with_ctx = inputs.next().is_some();
+    if is_ctx(&msg) {
+        return Err(syn::Error::new_spanned(
+            &msg,
+            format!("the message comes first, then `ctx: &Ctx`: {shape}"),
+        ));
+    }
+    if let Type::Reference(_) = msg {
+        return Err(syn::Error::new_spanned(
+            &msg,
+            format!("a handler takes its message by value, not by reference: {shape}"),
+        ));
+    }
+    let with_ctx = match inputs.next() {
+        None => false,
+        Some(FnArg::Typed(t)) if matches!(*t.ty, Type::Reference(_)) => true,
+        Some(other) => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!("the parameter after the message can only be `ctx: &Ctx`: {shape}"),
+            ))
+        }
+    };
     if let Some(extra) = inputs.next() {
         return Err(syn::Error::new_spanned(
             extra,
@@ -146,6 +167,15 @@ fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr>
         with_ctx,
         ret_span,
     })
+}
+
+/// Whether `ty` is `&Ctx` (or `&mesh::Ctx`, or `Ctx`).
+fn is_ctx(ty: &Type) -> bool {
+    let ty = match ty {
+        Type::Reference(r) => &*r.elem,
+        other => other,
+    };
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Ctx"))
 }
 
 fn codegen(ir: &HandlersIr) -> TokenStream {

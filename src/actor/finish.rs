@@ -179,6 +179,52 @@ pub fn activate_with<'a, A, M, F: Activate<'a, A, M>>(
     f.activate(id, ctx)
 }
 
+/// A deactivation hook `#[actor(on_deactivate = path)]` may name: an async
+/// `fn(&mut self, &Ctx)` or `fn(&mut self)`, returning nothing. `Marker`
+/// tells the two apart.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be this actor's `on_deactivate` hook",
+    label = "not a deactivation hook",
+    note = "expected `async fn(&mut self, ctx: &Ctx)` or `async fn(&mut self)`, returning nothing"
+)]
+pub trait Deactivate<'s, 'c, A: 's, Marker>: Send {
+    /// The hook's future.
+    type Fut: Future<Output = ()> + Send;
+    /// Runs the hook.
+    fn deactivate(self, actor: &'s mut A, ctx: &'c Ctx) -> Self::Fut;
+}
+
+impl<'s, 'c, A: 's, F, Fut> Deactivate<'s, 'c, A, (&'s mut A, &'c Ctx)> for F
+where
+    F: FnOnce(&'s mut A, &'c Ctx) -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
+    type Fut = Fut;
+    fn deactivate(self, actor: &'s mut A, ctx: &'c Ctx) -> Fut {
+        self(actor, ctx)
+    }
+}
+
+impl<'s, 'c, A: 's, F, Fut> Deactivate<'s, 'c, A, (&'s mut A,)> for F
+where
+    F: FnOnce(&'s mut A) -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
+    type Fut = Fut;
+    fn deactivate(self, actor: &'s mut A, _ctx: &'c Ctx) -> Fut {
+        self(actor)
+    }
+}
+
+/// Runs `#[actor(on_deactivate = f)]`, checking its signature.
+pub fn deactivate_with<'s, 'c, A: 's, M, F: Deactivate<'s, 'c, A, M>>(
+    f: F,
+    actor: &'s mut A,
+    ctx: &'c Ctx,
+) -> F::Fut {
+    f.deactivate(actor, ctx)
+}
+
 /// `Default` activation, for actors without `#[actor(activate = ...)]`.
 pub fn activate_default<A: Default + Send>() -> impl Future<Output = Result<A, BoxError>> + Send {
     std::future::ready(Ok(A::default()))

@@ -75,7 +75,7 @@ pub trait Actor: Sized + Send + 'static {
     ) -> impl Future<Output = Result<Self, BoxError>> + Send + 'a;
 
     /// Runs when the activation is passivated or the node shuts down
-    /// (`#[actor(on_deactivate = path)]`, an async `fn(&mut self, &Ctx)`).
+    /// (`#[actor(on_deactivate = path)]`, an async `fn(&mut self, &Ctx)` or `fn(&mut self)`).
     /// Not run after a handler panicked: the state may be inconsistent.
     fn on_deactivate(&mut self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
         let _ = ctx;

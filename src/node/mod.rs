@@ -11,11 +11,13 @@ mod admin;
 mod builder;
 mod call;
 mod cluster;
+mod handle;
 mod membership;
 mod routing;
 
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
+pub use handle::{ActorHandle, ActorRef, Flatten, HandleCall};
 pub use membership::{MemberInfo, Membership};
 
 use std::any::TypeId;

@@ -1203,7 +1203,7 @@ mod tests {
         assert!(accepted.is_retiring() && !accepted.is_retired_by_peer());
         assert!(conn.is_retired_by_peer() && conn.is_sealed());
         match conn
-            .call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None)
+            .call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
             .await
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"p"),
