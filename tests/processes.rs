@@ -401,6 +401,7 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     driver.shutdown().await.unwrap();
     drop((n1, n2));
     let _ = std::fs::remove_dir_all(&dir);
+}
 
 /// Spawns the cluster example with `cookie` and `RUST_LOG=warn`, its
 /// stdout and stderr lines sent to the returned channel.
