@@ -7,6 +7,15 @@
 //! [`NodeBuilder::admin`](crate::NodeBuilder::admin) does it for you unless
 //! another recorder came first, in which case `/metrics` answers 503.
 //!
+//! **Upkeep.** The exporter queues every histogram sample until upkeep
+//! folds it into the buckets, and `install_recorder` leaves upkeep to the
+//! caller: a node nobody scrapes would grow by 8 bytes per call, without
+//! bound (metrics-rs/metrics#467). [`install`] therefore starts one thread,
+//! `mesh-metrics-upkeep`, that runs upkeep every [`UPKEEP_EVERY`] for the
+//! life of the process, and every scrape runs it too. Folding a sample
+//! costs the same whenever it happens; the thread only bounds how many
+//! wait (one second of calls).
+//!
 //! `mesh_call_duration_seconds` is a histogram with [`CALL_BUCKETS`]:
 //! 100 µs to 5 s (the default call deadline), so p50 to p99 of local and
 //! remote calls and every timeout land in a bucket. Other histograms
@@ -23,6 +32,9 @@ pub const CALL_BUCKETS: &[f64] = &[
 
 /// Bucket bounds of `mesh_mailbox_depth` (messages per batch).
 pub const DEPTH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0];
+
+/// How often the upkeep thread folds queued histogram samples.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -44,7 +56,20 @@ pub fn install() -> bool {
                     )
                 });
             match builder.and_then(|b| b.install_recorder()) {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    let upkeep = handle.clone();
+                    let started = std::thread::Builder::new()
+                        .name("mesh-metrics-upkeep".into())
+                        .spawn(move || loop {
+                            std::thread::sleep(UPKEEP_EVERY);
+                            upkeep.run_upkeep();
+                        });
+                    if let Err(e) = started {
+                        // Scrapes still run upkeep; only an unscraped node grows.
+                        tracing::warn!("no metrics upkeep thread ({e}): scrape /metrics to bound histogram memory");
+                    }
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!("no Prometheus recorder: {e}");
                     None
