@@ -262,13 +262,12 @@ async fn calls_route_through_haproxy_sidecars_configured_from_consul() {
     // (Counted over every worker: the connections opened before the
     // last reload live on an old one.)
     let (mut inbound, mut out) = (0, 0);
-    for i in 0..3 {
+    for (i, name) in NAMES.iter().enumerate() {
         let to_app = c.sessions(i, |p, s| p == "app" && s == "BACKEND").await;
         let public = c.sessions(i, |p, s| p == "public" && s == "FRONTEND").await;
         assert!(
             public >= to_app,
-            "node {}: {public} in, {to_app} to the app",
-            NAMES[i]
+            "node {name}: {public} in, {to_app} to the app"
         );
         inbound += to_app;
         out += c
