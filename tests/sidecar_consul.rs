@@ -447,3 +447,81 @@ async fn a_killed_haproxy_is_restarted_and_a_leaf_rotation_reloads() {
         n.shutdown().await.expect("shutdown");
     }
 }
+
+fn adapter(consul: &TestConsul, agent: usize) -> Consul {
+    Consul::new()
+        .address(consul.url(agent))
+        .heartbeat(Duration::from_millis(100))
+        .ttl(Duration::from_millis(300))
+        .wait(Duration::from_secs(5))
+        .through_sidecar(Mesh::new().sidecar_port(0))
+}
+
+fn builder(name: &str, m: &ConsulSidecar) -> mesh::NodeBuilder {
+    Node::builder()
+        .name(name)
+        .cluster("game")
+        .cookie("test-cookie")
+        .capabilities(["game"])
+        .actor::<Player>()
+        .default_node(false)
+        .discovery(m.clone())
+        .through_sidecar(m.sidecar())
+}
+
+#[tokio::test]
+async fn a_missing_haproxy_fails_the_start_and_leaves_nothing_registered() {
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let m = ConsulSidecar::haproxy(
+        adapter(&consul, 0),
+        ConsulHaproxy::new(scratch("missing")).binary("/nonexistent/haproxy"),
+    );
+    let err = builder("a", &m)
+        .start()
+        .await
+        .err()
+        .expect("the start fails");
+    let text = err.to_string();
+    assert!(matches!(err, mesh::StartError::Config(_)), "{err:?}");
+    assert!(
+        text.contains("sidecar:") && text.contains("apt-get install haproxy"),
+        "{text}"
+    );
+    // The node and its per-node service were deregistered.
+    within(
+        STEP,
+        consul.until(|cat| cat.nodes["agent-0"].services.is_empty()),
+    )
+    .await;
+    assert!(m.consul().local_sidecar().is_none());
+}
+
+#[tokio::test]
+async fn an_external_sidecar_dials_the_registered_upstream_ports() {
+    let consul = TestConsul::start(2, TimeScale::default()).await;
+    let ma = ConsulSidecar::external(adapter(&consul, 0));
+    let mb = ConsulSidecar::external(adapter(&consul, 1));
+    let a = builder("a", &ma).start().await.expect("a starts");
+    let b = builder("b", &mb).start().await.expect("b starts");
+    // Nothing runs; the node listens on loopback only; the ports a dials
+    // are the upstreams Consul holds for it.
+    assert!(ma.sidecar().running_haproxy().is_none());
+    assert!(a.addr().expect("listening").starts_with("127.0.0.1:"));
+    let mut ups = ma.consul().sidecar_upstreams();
+    let to_b = within(STEP, ups.wait_for(|u| u.len() == 1))
+        .await
+        .expect("the adapter runs")[0]
+        .clone();
+    let mut applied = ma.applied();
+    within(STEP, applied.wait_for(|x| x.upstreams.len() == 1))
+        .await
+        .expect("applied");
+    assert_eq!(ma.sidecar().ports().get("b"), Some(to_b.local_bind.port()));
+    // b leaves: its port goes.
+    b.shutdown().await.expect("b leaves");
+    within(STEP, applied.wait_for(|x| x.upstreams.is_empty()))
+        .await
+        .expect("applied");
+    assert_eq!(ma.sidecar().ports().get("b"), None);
+    a.shutdown().await.expect("a leaves");
+}
