@@ -84,17 +84,37 @@ impl Cluster {
     /// (asked through the master CLI: `show proc`, then `@!<pid> show
     /// stat`), for the rows `pick` selects.
     async fn sessions(&self, i: usize, pick: impl Fn(&str, &str) -> bool) -> u64 {
+        self.counted(i, "stot", false, pick).await
+    }
+
+    /// Column `field` summed over every worker of node `i`'s HAProxy (see
+    /// [`Cluster::sessions`]), or over the old ones only (`old_only`:
+    /// those a reload replaced, alive while they hold connections).
+    async fn counted(
+        &self,
+        i: usize,
+        field: &str,
+        old_only: bool,
+        pick: impl Fn(&str, &str) -> bool,
+    ) -> u64 {
         let master = self.haproxy(i).dir().join("master.sock");
         let procs = master_cli(&master, "show proc").await;
+        // `show proc`: the master, "# workers" (the current one), "# old
+        // workers" (replaced by a reload), "# programs".
+        let mut old = false;
         let workers: Vec<&str> = procs
             .lines()
             .filter_map(|l| {
+                if l.starts_with('#') {
+                    old = l.starts_with("# old workers");
+                    return None;
+                }
                 let mut cols = l.split_whitespace();
                 let pid = cols.next()?;
-                (cols.next()? == "worker").then_some(pid)
+                (cols.next()? == "worker" && (old || !old_only)).then_some(pid)
             })
             .collect();
-        assert!(!workers.is_empty(), "no worker in {procs}");
+        assert!(old_only || !workers.is_empty(), "no worker in {procs}");
         let mut total = 0;
         for pid in workers {
             let text = master_cli(&master, &format!("@!{pid} show stat")).await;
@@ -105,10 +125,7 @@ impl Cluster {
                 .unwrap_or_else(|| panic!("no stat header from worker {pid}: {text}"))
                 .split(',')
                 .collect();
-            let stot = header
-                .iter()
-                .position(|h| *h == "stot")
-                .expect("stot column");
+            let stot = header.iter().position(|h| *h == field).expect("the column");
             for l in lines {
                 let cols: Vec<&str> = l.split(',').collect();
                 if cols.len() > stot && pick(cols[0], cols[1]) {
@@ -149,9 +166,17 @@ impl Cluster {
 async fn master_cli(socket: &std::path::Path, command: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(STEP, async {
-        let mut s = tokio::net::UnixStream::connect(socket)
-            .await
-            .expect("the master CLI");
+        // The master re-executes itself at a reload: its socket refuses
+        // connections for that moment.
+        let mut s = loop {
+            match tokio::net::UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("the master CLI {}: {e}", socket.display()),
+            }
+        };
         s.write_all(format!("{command}\n").as_bytes())
             .await
             .expect("write");
@@ -428,7 +453,14 @@ async fn a_killed_haproxy_is_restarted_and_a_leaf_rotation_reloads() {
     c.route(&[0, 1, 2], 3).await;
 
     // The CA renews b's leaf: b's HAProxy reloads (same master, no new
-    // start) with the new leaf; calls keep working.
+    // start) with the new leaf; the node connections it carries stay
+    // open (on the old worker), and calls keep working.
+    let open = |p: &str, s: &str| (p == "public" || p.starts_with("upstream_")) && s == "FRONTEND";
+    for n in &c.nodes {
+        within(STEP, n.membership_changes().wait_for(|m| m.len() == 3))
+            .await
+            .expect("membership");
+    }
     let hb = c.haproxy(1);
     let old = hb.config().certs.chain_pem;
     let master = hb.pid();
@@ -442,6 +474,15 @@ async fn a_killed_haproxy_is_restarted_and_a_leaf_rotation_reloads() {
     assert_ne!(new, old);
     assert_eq!(hb.pid(), master);
     assert_eq!(hb.status().borrow().starts, 1);
+    let kept = c.counted(1, "scur", true, open).await;
+    assert!(
+        kept >= 1,
+        "no established connection left on b's old worker"
+    );
+    for n in &c.nodes {
+        let m = n.membership_changes().borrow().clone();
+        assert_eq!(m.len(), 3, "{}: {:?}", n.id(), m);
+    }
     c.route(&[0, 1, 2], 3).await;
     for n in &c.nodes {
         n.shutdown().await.expect("shutdown");
