@@ -517,11 +517,7 @@ async fn a_missing_haproxy_fails_the_start_and_leaves_nothing_registered() {
         adapter(&consul, 0),
         ConsulHaproxy::new(scratch("missing")).binary("/nonexistent/haproxy"),
     );
-    let err = builder("a", &m)
-        .start()
-        .await
-        .err()
-        .expect("the start fails");
+    let err = builder("a", &m).start().await.expect_err("the start fails");
     let text = err.to_string();
     assert!(matches!(err, mesh::StartError::Config(_)), "{err:?}");
     assert!(
