@@ -6,7 +6,10 @@
 //! (listeners on loopback, HAProxy counting sessions); an intention deny
 //! refuses new connections; a peer that dies loses its shards to the
 //! others; a killed HAProxy is restarted and traffic resumes; a leaf
-//! rotation reloads HAProxy with the new leaf.
+//! rotation reloads HAProxy with the new leaf while established
+//! connections stay on the old worker. Also: a missing HAProxy fails the
+//! node's start with the install hint and leaves nothing registered; an
+//! external sidecar's dial ports follow the registered upstreams.
 //!
 //! HAProxy is required: these tests fail (never skip) without it;
 //! `scripts/test.sh` installs it. The test agent's simulated agents all

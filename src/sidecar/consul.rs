@@ -29,7 +29,7 @@
 //!
 //! With a managed HAProxy ([`ConsulSidecar::haproxy`]):
 //! - **public frontend**: binds [`LocalSidecar::public`] (the sidecar
-//!   port the agent assigned, or [`Mesh::sidecar_port`]), or that port on
+//!   port the agent assigned, or [`Mesh::sidecar_port`](crate::discovery::consul::Mesh::sidecar_port)), or that port on
 //!   [`ConsulHaproxy::bind`]; forwards to [`LocalSidecar::local_service`],
 //!   the node's loopback listener;
 //! - **its certificate**: the leaf of the per-node service

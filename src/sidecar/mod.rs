@@ -11,6 +11,8 @@
 //! - [`supervisor`]: one supervised process (start, readiness, logs into
 //!   `tracing`, restart with backoff, stop);
 //! - [`Haproxy`] and [`CommandSidecar`]: the managed sidecars;
+//! - [`consul::ConsulSidecar`]: the sidecar driven by the Consul adapter
+//!   in mesh mode (leaf, upstreams and intentions from Consul);
 //! - [`SidecarTransport`]: the connector (dials a peer by node id at its
 //!   upstream port) and the loopback-only acceptor.
 //!
