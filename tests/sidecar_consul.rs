@@ -565,3 +565,55 @@ async fn an_external_sidecar_dials_the_registered_upstream_ports() {
     assert_eq!(ma.sidecar().ports().get("b"), None);
     a.shutdown().await.expect("a leaves");
 }
+
+#[tokio::test]
+async fn a_command_sidecar_starts_once_registered_with_the_per_node_service_id() {
+    require_haproxy();
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    // A stand-in for `consul connect proxy -sidecar-for {{id}}` (neither
+    // consul nor envoy is installed here): it notes the id it was given,
+    // then serves the registered public port (HAProxy as a plain TCP
+    // listener), which is what the start waits for.
+    let dir = scratch("command");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cfg = dir.join("standin.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1m\n  timeout server 1m\nlisten standin\n  bind 127.0.0.1:{port}\n  server none 127.0.0.1:1\n"
+        ),
+    )
+    .expect("stand-in config");
+    let noted = dir.join("id");
+    let template = format!(
+        "echo {{{{id}}}} > {}; exec {} -db -f {}",
+        noted.display(),
+        mesh::sidecar::DEFAULT_HAPROXY,
+        cfg.display()
+    );
+    let adapter = Consul::new()
+        .address(consul.url(0))
+        .heartbeat(Duration::from_millis(100))
+        .ttl(Duration::from_millis(300))
+        .through_sidecar(Mesh::new().sidecar_port(port));
+    let m = ConsulSidecar::command(adapter, template);
+    let a = builder("a", &m).start().await.expect("a starts");
+    let running = m.sidecar().running_command().expect("the command runs");
+    assert!(running.pid().is_some());
+    assert_eq!(
+        std::fs::read_to_string(&noted)
+            .expect("the id noted")
+            .trim(),
+        "game-a-connect"
+    );
+    let mut status = running.status();
+    a.shutdown().await.expect("a leaves");
+    // Stopped by the node's shutdown.
+    within(STEP, status.wait_for(|s| s.stopped))
+        .await
+        .expect("stopped");
+    assert!(m.sidecar().running_command().is_none());
+}
