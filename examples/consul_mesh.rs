@@ -16,11 +16,27 @@
 //! uses stands in: `cargo run --example consul_test_agent`. The token comes
 //! from `--token` or CONSUL_HTTP_TOKEN; the address from `--consul` or
 //! CONSUL_HTTP_ADDR.
+//!
+//! Through the service mesh (Consul Connect), `--sidecar` puts every byte
+//! between nodes through a sidecar proxy (see the README's "Through the
+//! service mesh"); the node then listens on loopback only:
+//!
+//! ```sh
+//! # a managed HAProxy per node, configured from Consul (leaf, upstreams, intentions)
+//! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities game --sidecar haproxy
+//! # the platform runs the proxy (the node only registers it)
+//! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities game --sidecar external
+//! # a supervised command; {{id}} is the per-node service ID
+//! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities game \
+//!     --sidecar command "consul connect proxy -sidecar-for {{id}}"
+//! ```
 
 use std::time::Duration;
 
 use clap::Parser;
+use mesh::discovery::consul::Mesh;
 use mesh::discovery::Consul;
+use mesh::sidecar::consul::{ConsulHaproxy, ConsulSidecar};
 
 #[path = "common/mod.rs"]
 mod common;
@@ -44,6 +60,42 @@ struct Args {
     /// Health check heartbeat in milliseconds (TTL: 3 of them).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Through the service mesh: `haproxy` (managed), `external`, or
+    /// `command "<template>"` (`{{id}}` = the per-node service ID). The
+    /// node registers a Connect sidecar for itself and listens on
+    /// loopback only.
+    #[arg(long, num_args = 1..=2, value_names = ["MODE", "TEMPLATE"])]
+    sidecar: Vec<String>,
+    /// The sidecar's public port (default: the agent's choice from
+    /// 21000-21255; 0: a free one, for several nodes on one host with the
+    /// test agent).
+    #[arg(long)]
+    sidecar_port: Option<u16>,
+    /// The managed HAProxy's directory (default: a temporary one per node).
+    #[arg(long)]
+    sidecar_dir: Option<std::path::PathBuf>,
+}
+
+/// The sidecar asked for on the command line, if any.
+fn sidecar(args: &Args, consul: &Consul) -> Result<Option<ConsulSidecar>, String> {
+    let Some(mode) = args.sidecar.first() else {
+        return Ok(None);
+    };
+    let consul = consul.clone();
+    match (mode.as_str(), args.sidecar.get(1)) {
+        ("haproxy", None) => {
+            let dir = args.sidecar_dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("mesh-sidecar-{}", args.node.name))
+            });
+            Ok(Some(ConsulSidecar::haproxy(consul, ConsulHaproxy::new(dir))))
+        }
+        ("external", None) => Ok(Some(ConsulSidecar::external(consul))),
+        ("command", Some(template)) => Ok(Some(ConsulSidecar::command(consul, template))),
+        ("command", None) => Err("--sidecar command needs a template: --sidecar command \"consul connect proxy -sidecar-for {{id}}\"".into()),
+        (other, _) => Err(format!(
+            "--sidecar {other}: expected haproxy, external or command \"<template>\""
+        )),
+    }
 }
 
 #[tokio::main]
@@ -57,10 +109,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = &args.token {
         consul = consul.token(token);
     }
-    let node = common::builder(&args.node)?
-        .discovery(consul.clone())
-        .start()
-        .await?;
+    if !args.sidecar.is_empty() {
+        let mut m = Mesh::new();
+        if let Some(port) = args.sidecar_port {
+            m = m.sidecar_port(port);
+        }
+        consul = consul.through_sidecar(m);
+    }
+    let builder = common::builder(&args.node)?;
+    let node = match sidecar(&args, &consul)? {
+        None => builder.discovery(consul.clone()).start().await?,
+        Some(s) => {
+            builder
+                .discovery(s.clone())
+                .through_sidecar(s.sidecar())
+                .start()
+                .await?
+        }
+    };
+    if let Some(local) = consul.local_sidecar() {
+        println!(
+            "through the mesh: {} (sidecar {} on {}, SPIFFE ID {})",
+            local.service_name, local.proxy_id, local.public, local.spiffe_id
+        );
+    }
     println!(
         "{} listening on {}, registered in consul as {:?}",
         node.id(),

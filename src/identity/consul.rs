@@ -24,6 +24,7 @@ use super::{IdentityError, IdentitySource, Material};
 #[derive(Debug)]
 pub struct ConsulIdentity {
     current: Arc<ArcSwap<Material>>,
+    pem: Arc<ArcSwap<ConnectPem>>,
     renewals: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,22 +59,26 @@ impl ConsulIdentity {
         let roots_url = format!("{}/v1/agent/connect/ca/roots", agent.trim_end_matches('/'));
         let leaf = fetch(&http, &leaf_url, 0).await?;
         let roots = fetch(&http, &roots_url, 0).await?;
-        let current = Arc::new(ArcSwap::from_pointee(material(&leaf.body, &roots.body)?));
+        let first = pem_of(&leaf.body, &roots.body)?;
+        let current = Arc::new(ArcSwap::from_pointee(first.material()?));
+        let pem = Arc::new(ArcSwap::from_pointee(first));
         let (leaf_tx, leaf_rx) = watch::channel(leaf);
         let (roots_tx, roots_rx) = watch::channel(roots);
         let (renewed, renewals) = watch::channel(0);
         let task = {
             let current = current.clone();
+            let pem = pem.clone();
             tokio::spawn(async move {
                 tokio::join!(
                     follow(http.clone(), leaf_url, leaf_tx),
                     follow(http, roots_url, roots_tx),
-                    apply(leaf_rx, roots_rx, current, renewed),
+                    apply(leaf_rx, roots_rx, current, pem, renewed),
                 );
             })
         };
         Ok(ConsulIdentity {
             current,
+            pem,
             renewals,
             task,
         })
@@ -84,6 +89,46 @@ impl ConsulIdentity {
     /// it, or in a test), instead of polling [`IdentitySource::current`].
     pub fn renewals(&self) -> watch::Receiver<u64> {
         self.renewals.clone()
+    }
+
+    /// The current leaf, key and roots as the agent sent them (PEM), for
+    /// a proxy that loads files (a managed HAProxy sidecar). Changes with
+    /// [`ConsulIdentity::renewals`], together with
+    /// [`IdentitySource::current`].
+    pub fn pem(&self) -> Arc<ConnectPem> {
+        self.pem.load_full()
+    }
+}
+
+/// A Connect leaf, its key and the CA roots, PEM, as the agent's
+/// `ca/leaf` and `ca/roots` answered them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectPem {
+    /// The leaf certificate (`CertPEM`).
+    pub cert: String,
+    /// Its private key (`PrivateKeyPEM`).
+    pub key: String,
+    /// Every root the agent lists, active or not, one after the other.
+    pub roots: String,
+}
+
+impl std::fmt::Debug for ConnectPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectPem")
+            .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("key", &"<redacted>")
+            .field("roots", &format_args!("{} bytes", self.roots.len()))
+            .finish()
+    }
+}
+
+impl ConnectPem {
+    fn material(&self) -> Result<Material, IdentityError> {
+        Material::from_pem(
+            self.cert.as_bytes(),
+            self.key.as_bytes(),
+            self.roots.as_bytes(),
+        )
     }
 }
 
@@ -155,6 +200,7 @@ async fn apply(
     mut leaf: watch::Receiver<Seen>,
     mut roots: watch::Receiver<Seen>,
     current: Arc<ArcSwap<Material>>,
+    pem: Arc<ArcSwap<ConnectPem>>,
     renewed: watch::Sender<u64>,
 ) {
     loop {
@@ -166,10 +212,11 @@ async fn apply(
             leaf.borrow_and_update().clone(),
             roots.borrow_and_update().clone(),
         );
-        match material(&l.body, &r.body) {
-            Ok(m) => {
+        match pem_of(&l.body, &r.body).and_then(|p| Ok((p.material()?, p))) {
+            Ok((m, p)) => {
                 tracing::info!(spiffe_id = m.spiffe_id(), "Connect identity renewed");
                 current.store(Arc::new(m));
+                pem.store(Arc::new(p));
                 renewed.send_modify(|n| *n += 1);
             }
             Err(e) => {
@@ -180,7 +227,7 @@ async fn apply(
     }
 }
 
-fn material(leaf: &Value, roots: &Value) -> Result<Material, IdentityError> {
+fn pem_of(leaf: &Value, roots: &Value) -> Result<ConnectPem, IdentityError> {
     let field = |v: &Value, k: &str| {
         v.get(k)
             .and_then(Value::as_str)
@@ -199,7 +246,11 @@ fn material(leaf: &Value, roots: &Value) -> Result<Material, IdentityError> {
                 .collect()
         })
         .unwrap_or_default();
-    Material::from_pem(cert.as_bytes(), key.as_bytes(), bundle.as_bytes())
+    Ok(ConnectPem {
+        cert,
+        key,
+        roots: bundle,
+    })
 }
 
 /// Authorizes inbound callers by the Consul agent's intentions,

@@ -24,7 +24,7 @@
 mod consul;
 mod files;
 
-pub use consul::{ConsulAuthorizer, ConsulIdentity};
+pub use consul::{ConnectPem, ConsulAuthorizer, ConsulIdentity};
 pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
 
 use std::fmt;

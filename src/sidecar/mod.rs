@@ -11,6 +11,8 @@
 //! - [`supervisor`]: one supervised process (start, readiness, logs into
 //!   `tracing`, restart with backoff, stop);
 //! - [`Haproxy`] and [`CommandSidecar`]: the managed sidecars;
+//! - [`consul::ConsulSidecar`]: the sidecar driven by the Consul adapter
+//!   in mesh mode (leaf, upstreams and intentions from Consul);
 //! - [`SidecarTransport`]: the connector (dials a peer by node id at its
 //!   upstream port) and the loopback-only acceptor.
 //!
@@ -41,6 +43,7 @@
 //!   handle of a running sidecar kills its process.
 
 mod connector;
+pub mod consul;
 pub mod haproxy;
 pub mod managed;
 pub mod supervisor;
@@ -287,6 +290,25 @@ impl Sidecar {
             }
         }
         Ok(())
+    }
+
+    /// Makes this sidecar the managed HAProxy `running`, started after
+    /// the node by [`consul::ConsulSidecar`] (which learns the public
+    /// port and the leaf only once the node has registered); the node
+    /// stops it at the end of its shutdown like any managed sidecar.
+    pub(crate) fn attach_haproxy(&self, settings: HaproxySettings, running: Haproxy) {
+        *lock(&self.inner.kind) = Kind::Haproxy {
+            settings: Box::new(settings),
+            running: Some(running),
+        };
+    }
+
+    /// As [`Sidecar::attach_haproxy`], for a command-template sidecar.
+    pub(crate) fn attach_command(&self, settings: CommandSettings, running: CommandSidecar) {
+        *lock(&self.inner.kind) = Kind::Command {
+            settings,
+            running: Some(Arc::new(running)),
+        };
     }
 
     /// Stops the managed sidecar (if running) and waits for it to exit.
