@@ -24,6 +24,7 @@ use hdrhistogram::Histogram;
 use mesh::prelude::*;
 use mesh::sidecar::{Certs, HaproxySettings, Sidecar, Upstream};
 use mesh::Transport;
+use mesh_testkit::free_port;
 use mesh_testkit::pki::{self, Ca};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,11 +48,6 @@ impl Echo {
     async fn ping(&mut self, Ping(n): Ping) -> u64 {
         n
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// In-process mTLS with `who`'s leaf, admitting the other bench identity.

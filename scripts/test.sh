@@ -27,8 +27,9 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 # mesh-load's report test and the admin page test open HTML in a real
 # headless Chromium: apt-get install chromium (below) when it is missing.
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
-# The sidecar suite (tests/sidecar.rs) runs real HAProxy sidecars
-# (Debian's 2.6); it fails, never skips, without it.
+# The sidecar suites (tests/sidecar.rs, sidecar_consul.rs, transport.rs)
+# run real HAProxy sidecars (Debian's 2.6): apt-get install haproxy
+# (below) when it is missing; they fail, never skip, without it.
 [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"

@@ -14,8 +14,6 @@
 //! just before it starts.
 
 use std::future::IntoFuture;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,39 +28,11 @@ use mesh::transport::{
 use mesh::wire::{self, Cast, Cookie, Identity, Peer};
 use mesh::{Error, StartError};
 use mesh_testkit::actors::{Player, Score};
-use mesh_testkit::{pki, soon};
+use mesh_testkit::{free_port, pki, require_haproxy, scratch, soon};
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 const ECHO: u64 = 1;
 const HANG: u64 = 3;
-
-/// HAProxy must be installed: fail with how to, never skip.
-fn require_haproxy() {
-    assert!(
-        std::path::Path::new(mesh::sidecar::DEFAULT_HAPROXY).exists(),
-        "{} is missing: these tests need HAProxy (apt-get install -y haproxy; scripts/test.sh installs it)",
-        mesh::sidecar::DEFAULT_HAPROXY
-    );
-}
-
-/// A fresh scratch directory.
-fn scratch(what: &str) -> PathBuf {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-sidecar-{what}-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A port free right now on loopback (see the module docs).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 fn id(svc: &str) -> String {
     pki::service_id(TD, svc)
@@ -150,7 +120,7 @@ async fn rig(opts: RigOptions) -> Rig {
     let public_port = free_port();
     let server = Haproxy::start(
         HaproxySettings::new(
-            scratch("b"),
+            scratch("sidecar-b"),
             format!("127.0.0.1:{public_port}"),
             certs(&ca, &ca.leaf(&id("mesh-b"))),
         )
@@ -173,7 +143,7 @@ async fn rig(opts: RigOptions) -> Rig {
     };
     let client = Haproxy::start(
         HaproxySettings::new(
-            scratch("a"),
+            scratch("sidecar-a"),
             format!("127.0.0.1:{}", free_port()),
             client_certs,
         )
@@ -246,7 +216,7 @@ async fn echo(conn: &Connection, payload: &str) -> Result<String, Error> {
 async fn the_rendered_configuration_passes_haproxy_check() {
     require_haproxy();
     let ca = pki::Ca::new(TD);
-    let dir = scratch("render");
+    let dir = scratch("sidecar-render");
     let cfg = haproxy::HaproxyConfig {
         dir: dir.clone(),
         public: "127.0.0.1:21000".into(),
@@ -275,7 +245,7 @@ async fn the_rendered_configuration_passes_haproxy_check() {
 
     // A certificate HAProxy cannot load is refused before anything runs.
     let mut bad = HaproxySettings::new(
-        scratch("bad"),
+        scratch("sidecar-bad"),
         format!("127.0.0.1:{}", free_port()),
         cfg.certs.clone(),
     );
@@ -291,7 +261,7 @@ async fn the_rendered_configuration_passes_haproxy_check() {
 async fn a_missing_haproxy_is_a_clear_error_at_start() {
     let ca = pki::Ca::new(TD);
     let settings = HaproxySettings::new(
-        scratch("missing"),
+        scratch("sidecar-missing"),
         "127.0.0.1:21000",
         certs(&ca, &ca.leaf(&id("mesh-a"))),
     )
@@ -598,7 +568,7 @@ async fn three_nodes_route_calls_through_their_own_sidecars() {
             .map(|p| id(&format!("mesh-{p}")));
         sidecars.push(Sidecar::haproxy(
             HaproxySettings::new(
-                scratch(me),
+                scratch(&format!("sidecar-{me}")),
                 format!("127.0.0.1:{}", public[i]),
                 certs(&ca, &ca.leaf(&id(&format!("mesh-{me}")))),
             )

@@ -17,8 +17,6 @@
 //! (`Mesh::sidecar_port(0)`).
 
 use std::future::IntoFuture;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,30 +31,10 @@ use mesh::Error;
 use mesh_testkit::actors::{Player, Score};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
-use mesh_testkit::within;
+use mesh_testkit::{require_haproxy, scratch, within};
 
 const STEP: Duration = Duration::from_secs(30);
 const NAMES: [&str; 3] = ["a", "b", "c"];
-
-fn require_haproxy() {
-    assert!(
-        std::path::Path::new(mesh::sidecar::DEFAULT_HAPROXY).exists(),
-        "{} is missing: these tests need HAProxy (apt-get install -y haproxy; scripts/test.sh installs it)",
-        mesh::sidecar::DEFAULT_HAPROXY
-    );
-}
-
-fn scratch(what: &str) -> PathBuf {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-sidecar-consul-{what}-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch directory");
-    dir
-}
 
 struct Cluster {
     consul: TestConsul,
@@ -210,7 +188,11 @@ async fn cluster(recheck: Duration) -> Cluster {
             .ttl(Duration::from_millis(300))
             .wait(Duration::from_secs(5))
             .through_sidecar(Mesh::new().sidecar_port(0));
-        let m = ConsulSidecar::haproxy(adapter, ConsulHaproxy::new(scratch(name))).recheck(recheck);
+        let m = ConsulSidecar::haproxy(
+            adapter,
+            ConsulHaproxy::new(scratch(&format!("sidecar-consul-{name}"))),
+        )
+        .recheck(recheck);
         let node = Node::builder()
             .name(*name)
             .cluster("game")
@@ -526,7 +508,7 @@ async fn a_missing_haproxy_fails_the_start_and_leaves_nothing_registered() {
     let consul = TestConsul::start(1, TimeScale::default()).await;
     let m = ConsulSidecar::haproxy(
         adapter(&consul, 0),
-        ConsulHaproxy::new(scratch("missing")).binary("/nonexistent/haproxy"),
+        ConsulHaproxy::new(scratch("sidecar-consul-missing")).binary("/nonexistent/haproxy"),
     );
     let err = builder("a", &m).start().await.expect_err("the start fails");
     let text = err.to_string();
@@ -582,7 +564,7 @@ async fn a_command_sidecar_starts_once_registered_with_the_per_node_service_id()
     // consul nor envoy is installed here): it notes the id it was given,
     // then serves the registered public port (HAProxy as a plain TCP
     // listener), which is what the start waits for.
-    let dir = scratch("command");
+    let dir = scratch("sidecar-consul-command");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

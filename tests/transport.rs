@@ -18,7 +18,7 @@ use mesh::transport::{
 use mesh::wire::{self, Cast, Cookie, FrameCodec, Identity, Kind, Peer};
 use mesh::Error;
 use mesh::Transport;
-use mesh_testkit::{pki, soon};
+use mesh_testkit::{free_port, pki, require_haproxy, scratch, soon};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -101,27 +101,9 @@ struct Sidecars {
     pairs: std::sync::Mutex<std::collections::HashMap<String, (Haproxy, Haproxy, String)>>,
 }
 
-/// A port free right now (HAProxy cannot bind port 0 and say which).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn sidecar_dir(what: &str) -> std::path::PathBuf {
-    static RUN: AtomicUsize = AtomicUsize::new(0);
-    std::env::temp_dir().join(format!(
-        "mesh-transport-sidecar-{what}-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::SeqCst)
-    ))
-}
-
 impl Sidecars {
     async fn front(&self, app: &str) {
-        assert!(
-            std::path::Path::new(mesh::sidecar::DEFAULT_HAPROXY).exists(),
-            "HAProxy is missing: apt-get install -y haproxy (scripts/test.sh does)"
-        );
+        require_haproxy();
         let td = "11111111-2222.consul";
         let certs = |svc: &str| {
             let leaf = self.ca.leaf(&pki::service_id(td, svc));
@@ -133,8 +115,12 @@ impl Sidecars {
         };
         let public = free_port();
         let server = Haproxy::start(
-            HaproxySettings::new(sidecar_dir("b"), format!("127.0.0.1:{public}"), certs("b"))
-                .allow([pki::service_id(td, "a")]),
+            HaproxySettings::new(
+                scratch("transport-sidecar-b"),
+                format!("127.0.0.1:{public}"),
+                certs("b"),
+            )
+            .allow([pki::service_id(td, "a")]),
             app,
         )
         .await
@@ -142,7 +128,7 @@ impl Sidecars {
         let port = free_port();
         let client = Haproxy::start(
             HaproxySettings::new(
-                sidecar_dir("a"),
+                scratch("transport-sidecar-a"),
                 format!("127.0.0.1:{}", free_port()),
                 certs("a"),
             )

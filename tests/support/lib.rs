@@ -13,11 +13,15 @@
 //! - [`chaos`]: steady load from a driver node, outcomes, histories;
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
-//!   message instead of stalling the run.
+//!   message instead of stalling the run;
+//! - [`scratch`], [`free_port`] and [`require_haproxy`]: what the suites
+//!   that run real HAProxy sidecars share.
 //!
 //! What only one suite uses stays in that suite.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub mod actors;
@@ -43,4 +47,36 @@ pub async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, f)
         .await
         .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+/// A fresh, empty directory `<tmp>/mesh-<what>-<pid>-<n>`, new at each
+/// call (`n` counts the calls of this process).
+pub fn scratch(what: &str) -> PathBuf {
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mesh-{what}-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("scratch directory {}: {e}", dir.display()));
+    dir
+}
+
+/// A loopback port free right now (HAProxy cannot bind port 0 and say
+/// which, so its tests pick one just before starting it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address").port()
+}
+
+/// Panics, saying how to install it, when HAProxy is missing: the sidecar
+/// suites fail, never skip.
+pub fn require_haproxy() {
+    assert!(
+        std::path::Path::new(mesh::sidecar::DEFAULT_HAPROXY).exists(),
+        "{} is missing: these tests need HAProxy (apt-get install -y haproxy; scripts/test.sh installs it)",
+        mesh::sidecar::DEFAULT_HAPROXY
+    );
 }
