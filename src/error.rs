@@ -163,6 +163,19 @@ pub enum Error {
         chain: String,
     },
 
+    /// A write fenced with a strong-mode lease was refused: the shard's
+    /// lock is no longer held by this activation's session (another node
+    /// took it, or the session ended), so the write could overwrite a newer
+    /// owner's. Do not retry it as is: the activation's state is stale.
+    /// See [`crate::lease`].
+    #[error("fenced write refused for lock {key:?}: {reason} (this activation lost its lease; another node may own the id now)")]
+    Fenced {
+        /// The shard lock key the write was fenced with.
+        key: String,
+        /// What the store said.
+        reason: String,
+    },
+
     /// `mesh::call` / `mesh::cast` was used with no default node running.
     #[error("no node is running in this process")]
     NotStarted,

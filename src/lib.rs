@@ -68,10 +68,7 @@ pub mod discovery;
 mod error;
 pub mod history;
 pub mod identity;
-// The local lease rule of the strong mode (issue 15); the node does not
-// use it yet, so its items are unused outside its tests until then.
-#[allow(dead_code)]
-mod lease;
+pub mod lease;
 mod node;
 pub mod ring;
 pub mod sidecar;

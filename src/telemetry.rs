@@ -9,7 +9,7 @@
 //! | `mesh_activations_live` | gauge | | activations currently running on this process |
 //! | `mesh_activations_total` | counter | | activations started (successful activation functions) |
 //! | `mesh_activation_failures_total` | counter | | activation functions that returned an error or panicked |
-//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown`, `moved` | activations ended |
+//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown`, `moved`, `lost` (strong mode: the lease was lost) | activations ended |
 //! | `mesh_calls_total` | counter | `outcome` = `ok`, `timeout`, `mailbox_full`, `panicked`, `activation_failed`, `shutting_down`, `error` | calls completed, by outcome |
 //! | `mesh_casts_total` | counter | `outcome` = `ok`, `error` | casts enqueued or refused |
 //! | `mesh_call_duration_seconds` | histogram | | call latency as the caller saw it |
@@ -65,6 +65,8 @@ pub(crate) enum EndReason {
     Panic,
     Shutdown,
     Moved,
+    /// Strong mode: the lease was lost; ended without its hook.
+    Lost,
 }
 
 /// Resolved metric handles, shared by every node of the process.
@@ -73,7 +75,7 @@ pub(crate) struct Metrics {
     pub(crate) live: Gauge,
     pub(crate) activations: Counter,
     pub(crate) activation_failures: Counter,
-    deactivations: [Counter; 5],
+    deactivations: [Counter; 6],
     calls_ok: Counter,
     calls_timeout: Counter,
     calls_full: Counter,
@@ -108,6 +110,7 @@ impl Metrics {
                     end("panic"),
                     end("shutdown"),
                     end("moved"),
+                    end("lost"),
                 ],
                 calls_ok: call("ok"),
                 calls_timeout: call("timeout"),

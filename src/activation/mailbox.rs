@@ -321,7 +321,6 @@ impl<E> Mailbox<E> {
     }
 
     /// How many messages are queued.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().queue.len()
     }

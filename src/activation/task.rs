@@ -24,6 +24,7 @@ use super::{Activations, Envelope, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::{chain, BoxFuture, Ctx, Interleaver};
 use crate::history::Phase;
+use crate::lease::gate::{Check, Gate};
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
 use crate::{Error, Handlers, Node};
@@ -56,6 +57,28 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         if shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
+        // Strong mode: activate only on a shard this node holds, under a
+        // valid lease (see `crate::lease`).
+        let leased = match ctx.node().inner().gate.is_some() {
+            false => false,
+            // Boxed: rare (strong mode, before each activation), and inline it
+            // would grow every activation's task.
+            true => match Box::pin(enter::<A>(&ctx, &mb, &mut batch)).await {
+                Some(token) => {
+                    ctx.set_token(token);
+                    true
+                }
+                None if shared.is_shutting_down() => {
+                    return fail_rest(acts, &id, &mb, Error::ShuttingDown);
+                }
+                None => {
+                    if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
         // Boxed, like the hook below: they run once per activation, and
         // inline they would grow every idle activation's task by their size.
         let activate = Box::pin(CatchUnwind::new(A::activate(&id, &ctx)));
@@ -78,6 +101,9 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
                 for env in mb.drain() {
                     env.fail(err.clone());
                 }
+                if let Some(l) = Leased::of(&ctx, leased) {
+                    l.exit::<A>();
+                }
                 if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
                     return;
                 }
@@ -86,20 +112,31 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         };
         metrics.activations.increment(1);
         metrics.live.increment(1.0);
-        ctx.node().inner().record(Phase::Activated, A::NAME, &id);
+        ctx.node()
+            .inner()
+            .record(Phase::Activated, A::NAME, &id, ctx.lease().1);
         // The chain of calls is known to the whole activation (see
         // `actor::chain`); each message sets whose call it serves.
         let end = chain::scope(
             A::NAME,
             ctx.id_arc(),
-            serve(&mut actor, &mb, &ctx, &mut batch),
+            serve(&mut actor, &mb, &ctx, &mut batch, leased),
         )
         .await;
         // Timers end with the activation (a queued tick is dropped).
         ctx.end_timers();
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
-        if end != EndReason::Panic {
+        // Strong mode: the hook may write (fenced) state; it runs only
+        // under the lease, and not at all once the lease is lost.
+        let end = match end {
+            EndReason::Panic | EndReason::Lost => end,
+            _ if !leased => end,
+            // Boxed, as `enter`.
+            _ if Box::pin(still_leased::<A>(&ctx, &mb, &mut batch)).await => end,
+            _ => EndReason::Lost,
+        };
+        if end != EndReason::Panic && end != EndReason::Lost {
             let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(&ctx)));
             let hook = watch_queue(&mb, &mut batch, hook);
             if let Err(payload) = hook.await {
@@ -112,7 +149,18 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
             }
         }
         drop(actor);
-        ctx.node().inner().record(Phase::Deactivated, A::NAME, &id);
+        let phase = if end == EndReason::Lost {
+            Phase::Lost
+        } else {
+            Phase::Deactivated
+        };
+        ctx.node()
+            .inner()
+            .record(phase, A::NAME, &id, ctx.lease().1);
+        if let Some(l) = Leased::of(&ctx, leased) {
+            l.exit::<A>();
+        }
+        ctx.set_token(0);
         if end == EndReason::Shutdown || shared.is_shutting_down() {
             return fail_rest(acts, &id, &mb, Error::ShuttingDown);
         }
@@ -139,15 +187,16 @@ async fn serve<A: Handlers>(
     mb: &Mailbox<Envelope<A>>,
     ctx: &Ctx,
     batch: &mut VecDeque<Envelope<A>>,
+    leased: bool,
 ) -> EndReason {
     let metrics = Metrics::get();
     if A::REENTRANT {
         if let Some(il) = actor.__interleaver(ctx) {
             // Boxed: only reentrant actors pay for the interleaving loop.
-            return Box::pin(serve_interleaved(il, mb, ctx, batch)).await;
+            return Box::pin(serve_interleaved(il, mb, ctx, batch, leased)).await;
         }
     }
-    loop {
+    'take: loop {
         match poll_fn(|cx| mb.poll_take(cx, batch)).await {
             Take::Batch => {}
             Take::Stop => return EndReason::Shutdown,
@@ -165,6 +214,27 @@ async fn serve<A: Handlers>(
                 metrics.abandoned.increment(1);
                 env.fail(Error::timeout());
                 continue;
+            }
+            if let Some(l) = Leased::of(ctx, leased) {
+                match l.check::<A>() {
+                    Check::Go => {}
+                    Check::Wait => {
+                        batch.push_front(env);
+                        mb.put_back(batch);
+                        if !Box::pin(l.wait_valid::<A>(mb, batch, ctx.node().shared())).await {
+                            return EndReason::Lost;
+                        }
+                        continue 'take;
+                    }
+                    Check::Lost => {
+                        batch.push_front(env);
+                        mb.put_back(batch);
+                        return EndReason::Lost;
+                    }
+                }
+            }
+            if ctx.node().inner().has_history() {
+                served::<A>(ctx);
             }
             // The handler runs knowing its chain of calls (see
             // `actor::chain`): calls it makes extend it.
@@ -220,9 +290,10 @@ async fn serve_interleaved<'a, A: Handlers>(
     mb: &Mailbox<Envelope<A>>,
     ctx: &'a Ctx,
     batch: &mut VecDeque<Envelope<A>>,
+    leased: bool,
 ) -> EndReason {
     let metrics = Metrics::get();
-    loop {
+    'take: loop {
         match poll_fn(|cx| mb.poll_take(cx, batch)).await {
             Take::Batch => {}
             Take::Stop => return EndReason::Shutdown,
@@ -240,6 +311,29 @@ async fn serve_interleaved<'a, A: Handlers>(
                 metrics.abandoned.increment(1);
                 env.fail(Error::timeout());
                 continue;
+            }
+            // Strong mode: each turn starts under the lease (the calls it
+            // interleaves belong to its chain).
+            if let Some(l) = Leased::of(ctx, leased) {
+                match l.check::<A>() {
+                    Check::Go => {}
+                    Check::Wait => {
+                        batch.push_front(env);
+                        mb.put_back(batch);
+                        if !Box::pin(l.wait_valid::<A>(mb, batch, ctx.node().shared())).await {
+                            return EndReason::Lost;
+                        }
+                        continue 'take;
+                    }
+                    Check::Lost => {
+                        batch.push_front(env);
+                        mb.put_back(batch);
+                        return EndReason::Lost;
+                    }
+                }
+            }
+            if ctx.node().inner().has_history() {
+                served::<A>(ctx);
             }
             let first = start(&mut il, env, ctx);
             let outcome = Turn {
@@ -516,5 +610,125 @@ pub(super) fn serve_for_size<'a, A: Handlers>(
     ctx: &'a Ctx,
     batch: &'a mut VecDeque<Envelope<A>>,
 ) -> impl Future<Output = EndReason> + 'a {
-    serve(actor, mb, ctx, batch)
+    serve(actor, mb, ctx, batch, false)
+}
+
+/// An activation's hold on its shard, in strong mode.
+pub(super) struct Leased<'g> {
+    gate: &'g Gate,
+    shard: u16,
+    token: u64,
+}
+
+/// While an activation waits at the gate, it looks again at least this
+/// often (its queued calls expire meanwhile; an empty mailbox ends it).
+const RECHECK: Duration = Duration::from_millis(50);
+
+impl Leased<'_> {
+    /// The hold of the activation of `ctx`, if it is `leased` (strong
+    /// mode). Built where needed from the boxed `Ctx`, so that nothing of
+    /// it lives in the activation's task.
+    fn of(ctx: &Ctx, leased: bool) -> Option<Leased<'_>> {
+        if !leased {
+            return None;
+        }
+        let gate = ctx.node().inner().gate.as_deref()?;
+        let (shard, token) = ctx.lease();
+        Some(Leased { gate, shard, token })
+    }
+
+    fn check<A: Handlers>(&self) -> Check {
+        self.gate.check(A::__CAPABILITY_KEY, self.shard, self.token)
+    }
+
+    fn exit<A: Handlers>(&self) {
+        self.gate.exit(A::__CAPABILITY_KEY, self.shard);
+    }
+
+    /// Waits until the lease holds again (true) or is lost (false); the
+    /// queued calls' deadlines run meanwhile.
+    async fn wait_valid<A: Handlers>(
+        &self,
+        mb: &Mailbox<Envelope<A>>,
+        batch: &mut VecDeque<Envelope<A>>,
+        shared: &crate::activation::Shared,
+    ) -> bool {
+        loop {
+            let changed = self.gate.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.check::<A>() {
+                Check::Go => return true,
+                Check::Lost => return false,
+                Check::Wait if shared.is_shutting_down() => return false,
+                Check::Wait => {}
+            }
+            let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
+        }
+    }
+}
+
+/// Waits at the gate until this node may activate `id`'s shard (the
+/// shard and the token),
+/// or until nothing is left to wait for (`None`: the mailbox emptied, its
+/// calls expired, or the node is shutting down).
+///
+/// A call queued for a shard this node will not hold (it is handing it
+/// off, or leaving, or its ring names another owner) is routed again, to
+/// the owner: it would otherwise wait here for a lease that never comes.
+/// (A typed call from this process stays and waits for its deadline: it
+/// has no encoded form to forward.)
+async fn enter<A: Handlers>(
+    ctx: &Ctx,
+    mb: &Mailbox<Envelope<A>>,
+    batch: &mut VecDeque<Envelope<A>>,
+) -> Option<u64> {
+    let (node, id) = (ctx.node(), ctx.id());
+    let gate = node.inner().gate.as_deref()?;
+    let key = A::__CAPABILITY_KEY;
+    let s = crate::ring::shard(id);
+    loop {
+        let changed = gate.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if let Some(token) = gate.enter(key, s) {
+            return Some(token);
+        }
+        if node.shared().is_shutting_down() || mb.len() == 0 {
+            return None;
+        }
+        if !node.inner().will_hold(key, s) {
+            for env in mb.take_picked(|e| matches!(e, Envelope::Wire(_))) {
+                if let Envelope::Wire(call) = env {
+                    node.inner_arc().reroute_wire(id, *call);
+                }
+            }
+            if mb.len() == 0 {
+                return None;
+            }
+        }
+        let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
+    }
+}
+
+/// Strong mode, before the `on_deactivate` hook: waits until the lease
+/// holds (true) or is lost (false).
+async fn still_leased<A: Handlers>(
+    ctx: &Ctx,
+    mb: &Mailbox<Envelope<A>>,
+    batch: &mut VecDeque<Envelope<A>>,
+) -> bool {
+    match Leased::of(ctx, true) {
+        Some(l) => l.wait_valid::<A>(mb, batch, ctx.node().shared()).await,
+        None => true,
+    }
+}
+
+/// Records a dispatch in the node's history (a checker orders the
+/// dispatches of an id's activations: `history::violations`).
+#[cold]
+fn served<A: Handlers>(ctx: &Ctx) {
+    ctx.node()
+        .inner()
+        .record(Phase::Served, A::NAME, ctx.id(), ctx.lease().1);
 }

@@ -14,6 +14,11 @@ pub struct Ctx {
     actor: &'static str,
     node: Node,
     deactivate: AtomicBool,
+    /// Strong mode: the fencing token this activation entered with (0:
+    /// none, or eventual mode).
+    token: std::sync::atomic::AtomicU64,
+    /// The shard of `id` (strong mode's lease key, with the capability).
+    shard: u16,
     /// Created with the first timer: most actors set none.
     timers: std::sync::OnceLock<Box<Timers>>,
     /// The activation's own mailbox (a `Mailbox<Envelope<A>>`), for its
@@ -39,13 +44,49 @@ impl Ctx {
         mailbox: std::sync::Weak<dyn std::any::Any + Send + Sync>,
     ) -> Self {
         Ctx {
+            shard: crate::ring::shard(&id),
             id,
             actor,
             node,
             deactivate: AtomicBool::new(false),
+            token: std::sync::atomic::AtomicU64::new(0),
             timers: std::sync::OnceLock::new(),
             mailbox,
         }
+    }
+
+    /// Strong mode ([`crate::lease`]): what this activation fences its
+    /// writes to outside state with: its shard's lock key, the session
+    /// holding it and the fencing token. `None` on a node in eventual mode
+    /// (and outside an activation's life). Pass it to
+    /// [`crate::discovery::Consul::fenced_put`], or give the token to any
+    /// store that refuses tokens below the highest it has seen.
+    pub fn fence(&self) -> Option<crate::lease::Fence> {
+        let token = self.token.load(std::sync::atomic::Ordering::Relaxed);
+        if token == 0 {
+            return None;
+        }
+        let gate = self.node.inner().gate.as_ref()?;
+        let session = gate.session()?;
+        let capability = self.node.inner().capability_of(self.actor)?;
+        Some(crate::lease::Fence {
+            key: gate.lock_key(capability, self.shard),
+            session: session.to_string(),
+            token,
+        })
+    }
+
+    /// The lease this activation holds: its shard and token (0: none).
+    pub(crate) fn lease(&self) -> (u16, u64) {
+        (
+            self.shard,
+            self.token.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn set_token(&self, token: u64) {
+        self.token
+            .store(token, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Starts timer `key`: `msg` is delivered to this activation when

@@ -124,6 +124,14 @@ pub trait Discovery: Send + Sync + 'static {
     /// finds out by itself (a TTL running out).
     fn halt(&self);
 
+    /// The store the strong mode keeps its leases in
+    /// ([`crate::NodeBuilder::strong`]), if this discovery has one; called
+    /// once, after [`Discovery::start`]. The default has none: a node with
+    /// this discovery cannot run in strong mode.
+    fn lease_store(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {
+        None
+    }
+
     /// The adapter's own account for operators (the admin endpoint's
     /// `/admin/discovery`): what it registered, where, and its state. The
     /// default says only that an adapter is there.

@@ -1,45 +1,227 @@
-//! The local lease rule of the strong mode (issue 15): a sans-IO state
-//! machine that answers "may this node activate or dispatch for shard `s`
-//! now?", from the replies of a lease store (Consul sessions and lock
-//! keys), without asking the store on the call path.
+//! Strong single activation: an opt-in mode in which at most one
+//! activation of an id runs at a time across the cluster, enforced by
+//! leases in an authoritative store (Consul), with fencing tokens for the
+//! actor's own writes.
 //!
-//! It is the base of the opt-in strong single-activation mode and is not
-//! wired into the node yet: the wrapper that will drive it (a renew loop,
-//! lock and unlock transactions, the dispatch gate) comes with the rest
-//! of issue 15. The design it implements is
-//! `shared/reference/chaos-and-leases.md` section 3.2:
+//! ```no_run
+//! # async fn run() -> Result<(), mesh::Error> {
+//! use mesh::discovery::Consul;
+//! use mesh::lease::Strong;
+//! use mesh::Node;
 //!
-//! - **One session per node** with a TTL. Consul treats the TTL as a lower
-//!   bound: it never invalidates a session less than a TTL after the last
-//!   create or renew it *received* (its timer actually runs 2 x TTL).
-//! - **The local deadline** is computed from when the last successful
-//!   renew was *sent*, which is no later than when the server received it:
-//!   `deadline = t_send + TTL x (1 - rho) - epsilon`, with `rho` the
-//!   tolerated clock-rate error between this node and the server (a
-//!   local clock running slow by `rho` measures `TTL x (1 - rho)` while
-//!   `TTL` passes on the server's) and `epsilon` a fixed allowance for
-//!   scheduling. Past the deadline the node must stop dispatching on every
-//!   leased shard and buffer; a later successful renew restores the lease
-//!   (the session was still valid when the server got it, so its locks
-//!   were still held); an answer that the session is gone (Consul's 404)
-//!   loses every shard at once.
-//! - **`owned[s]`** holds a shard only after its lock succeeded, with the
-//!   lock's **fencing token** (the lock write's `ModifyIndex`, ordered
-//!   across shards since all Raft indexes share one space).
+//! let consul = Consul::new();
+//! let node = Node::builder()
+//!     .cluster("wallets")
+//!     .cookie("secret")
+//!     .listen("127.0.0.1:7000")
+//!     .capabilities(["wallet"])
+//!     .discovery(consul.clone())
+//!     .strong(Strong::new())
+//!     .start()
+//!     .await?;
+//! # node.shutdown().await }
+//! ```
 //!
-//! Time is passed in as [`tokio::time::Instant`] (`CLOCK_MONOTONIC` on
-//! Linux, which does not count suspend; a suspended host looks like a
-//! paused process, and the deadline covers both because it is checked
-//! after the pause, before any dispatch). Replies may be handled out of
-//! order: the deadline only ever moves to a later send time, and replies
-//! for an older session are ignored.
+//! **Eventual** placement (the default, as in the Elixir Mesh library)
+//! routes by the local ring alone: during a join, a leave, a partition or
+//! a pause, one id can be active on two nodes for a while. **Strong** mode
+//! keeps routing a local ring lookup (no directory hop) and gates only
+//! activation and dispatch:
 //!
-//! Why a lease alone is not enough: a process paused after
-//! [`Lease::check`] said yes (GC, SIGSTOP, a slow page fault) can resume
-//! after another node took the shard and still perform the write it was
-//! about to do. Writes to external state must carry the token and the
-//! store must refuse tokens below the highest it has seen (in Consul: a
-//! `check-session` of the shard key in the same `/v1/txn` as the write).
+//! - **One session per node** in the store (Consul: TTL-only, no node
+//!   checks, `Behavior` release; TTL 10 s, lock-delay 5 s by default), kept
+//!   alive every TTL / 4.
+//! - **One lock key per (capability, shard)**,
+//!   `mesh/<cluster>/own/<capability>/<shard:04>`, locked in batches of 64
+//!   per `/v1/txn`. Its fencing token is the lock write's `ModifyIndex`,
+//!   which grows with every grant across the whole store.
+//! - **The local deadline**: `send time of the last successful renew + TTL
+//!   x (1 - rho) - epsilon` (rho 1 %, epsilon 500 ms). Consul never
+//!   invalidates a session less than a TTL after it *received* a renew,
+//!   and no other session can lock a released key until the lock-delay
+//!   after an invalidation, so stopping at the deadline stays safe for a
+//!   clock running up to rho slower than the server's.
+//! - **Dispatch gate**: an activation starts only on a shard this node has
+//!   locked, under a valid deadline, and checks the same before each
+//!   message (one atomic load and a clock read). Past the deadline it
+//!   stops and buffers (its mailbox, with the callers' deadlines); a renew
+//!   resumes it; a lost session ends every activation of the node without
+//!   its `on_deactivate` hook (its state may be stale), and their ids
+//!   activate again once locked anew.
+//! - **Handoff**: when the ring gives a shard to another node, the old
+//!   owner marks it draining (no new activation; calls arriving are
+//!   forwarded to the new owner, as in eventual mode), its activations
+//!   finish what is queued and run their hooks, then it unlocks the key.
+//!   The new owner retries the lock every `retry` (250 ms) and buffers the
+//!   calls it gets meanwhile, each until its own deadline. A node that
+//!   leaves does the same for all its shards, then destroys its session.
+//! - **Crash**: the dead node's session expires at least a TTL after its
+//!   last renew (Consul's timer runs twice the TTL), then its keys are
+//!   free after the lock-delay: its shards are unavailable for at most
+//!   `2 x TTL + lock-delay + retry`, about 25 s with the defaults (the
+//!   10 s TTL is Consul's minimum).
+//!
+//! Strong mode needs an authoritative store: a static-seed cluster cannot
+//! offer it, and [`crate::NodeBuilder::start`] refuses `strong` without a
+//! discovery that has a [`LeaseStore`] ([`crate::discovery::Consul`] has).
+//! When the store is unreachable, nodes stop serving their shards at
+//! their deadline (CP: the cluster's availability becomes the store's).
+//!
+//! # Why a lease alone is not enough
+//!
+//! A process paused right after its gate said yes (GC, SIGSTOP, a slow
+//! page fault, a suspended VM) can resume after another node took the
+//! shard and still perform the write it was about to do. Writes to state
+//! outside the actor must be **fenced**: carry the activation's token
+//! ([`crate::Ctx::fence`]) and let the store refuse a stale one. With
+//! Consul, [`crate::discovery::Consul::fenced_put`] writes in one `/v1/txn`
+//! with a `check-session` of the shard's lock key, which fails once the
+//! key is held by another session (or by none).
+//!
+//! # The local lease rule
+//!
+//! The rule behind the deadline is a sans-IO state machine ([`Lease`],
+//! crate-private): time is passed in as [`tokio::time::Instant`]
+//! (`CLOCK_MONOTONIC` on Linux, which does not count suspend; a suspended
+//! host looks like a paused process, and the deadline covers both because
+//! it is checked after the pause, before any dispatch). Replies may be
+//! handled out of order: the deadline only ever moves to a later send
+//! time, and replies for an older session are ignored.
+
+pub(crate) mod gate;
+pub(crate) mod keeper;
+mod store;
+
+pub use store::{LeaseStore, LeaseStoreError};
+
+/// The strong mode's settings ([`crate::NodeBuilder::strong`]). See the
+/// [module docs](self) for what each one bounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Strong {
+    pub(crate) ttl: Duration,
+    pub(crate) lock_delay: Duration,
+    pub(crate) rho: f64,
+    pub(crate) epsilon: Duration,
+    pub(crate) time_scale: f64,
+    pub(crate) retry: Duration,
+    pub(crate) batch: usize,
+}
+
+impl Default for Strong {
+    fn default() -> Self {
+        Strong::new()
+    }
+}
+
+impl Strong {
+    /// The defaults: session TTL 10 s (Consul's minimum), lock-delay 5 s,
+    /// clock-rate margin 1 %, scheduling allowance 500 ms, lock retry
+    /// every 250 ms, 64 keys per transaction.
+    pub fn new() -> Strong {
+        Strong {
+            ttl: Duration::from_secs(10),
+            lock_delay: Duration::from_secs(5),
+            rho: LeaseConfig::DEFAULT_RHO,
+            epsilon: LeaseConfig::DEFAULT_EPSILON,
+            time_scale: 1.0,
+            retry: Duration::from_millis(250),
+            batch: 64,
+        }
+    }
+
+    /// The session TTL: a crashed node's shards come back after about
+    /// twice this plus the lock-delay. Consul refuses less than 10 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The session's lock-delay: how long after an invalidation its keys
+    /// stay unlockable (Consul caps it at 60 s).
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
+        self
+    }
+
+    /// The tolerated clock-rate difference with the store's servers
+    /// (default 0.01) and a fixed scheduling allowance (default 500 ms),
+    /// both taken off the local deadline.
+    pub fn margins(mut self, rho: f64, epsilon: Duration) -> Self {
+        self.rho = rho;
+        self.epsilon = epsilon;
+        self
+    }
+
+    /// How often a shard the store refused is tried again (default 250
+    /// ms): bounds how long a handoff waits after the old owner released.
+    pub fn retry(mut self, every: Duration) -> Self {
+        self.retry = every;
+        self
+    }
+
+    /// For a test store that runs time faster than it is told (the mesh
+    /// test agent's `TimeScale`): the TTL, lock-delay and allowance are
+    /// multiplied by `scale` where this node computes its deadline, and
+    /// sent unscaled. Leave it at 1.0 with a real Consul.
+    pub fn time_scale(mut self, scale: f64) -> Self {
+        self.time_scale = scale;
+        self
+    }
+
+    /// Checks the settings (at start).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if !(self.time_scale > 0.0 && self.time_scale.is_finite()) {
+            return Err(format!(
+                "strong mode: time scale {} must be positive",
+                self.time_scale
+            ));
+        }
+        if self.batch == 0 || self.retry.is_zero() {
+            return Err("strong mode: retry and batch must be positive".into());
+        }
+        self.try_lease_config()
+            .map(drop)
+            .map_err(|e| format!("strong mode: {e} (see Strong::margins and Strong::ttl)"))
+    }
+
+    fn try_lease_config(&self) -> Result<LeaseConfig, LeaseConfigError> {
+        LeaseConfig::new(
+            self.ttl.mul_f64(self.time_scale),
+            self.rho,
+            self.epsilon.mul_f64(self.time_scale),
+        )
+    }
+
+    /// The lease timing, as this node measures it (checked at start).
+    pub(crate) fn lease_config(&self) -> LeaseConfig {
+        self.try_lease_config().unwrap_or(LeaseConfig {
+            ttl: self.ttl.mul_f64(self.time_scale),
+            rho: 0.0,
+            epsilon: Duration::ZERO,
+        })
+    }
+
+    /// How long a crashed owner's shards stay unavailable at most, as the
+    /// store counts time: `2 x TTL + lock-delay + retry`.
+    pub fn failover_bound(&self) -> Duration {
+        (self.ttl * 2 + self.lock_delay).mul_f64(self.time_scale) + self.retry
+    }
+}
+
+/// What an activation in strong mode fences its writes with
+/// ([`crate::Ctx::fence`]): the lock key of its shard, the session holding
+/// it, and the lock's fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Fence {
+    /// The shard's lock key (`mesh/<cluster>/own/<capability>/<shard>`).
+    pub key: String,
+    /// The session that holds it (this node's).
+    pub session: String,
+    /// The fencing token: the lock write's index. A later owner of the
+    /// shard holds a larger one.
+    pub token: u64,
+}
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -121,6 +303,9 @@ impl LeaseConfig {
 }
 
 /// Where the lease stands at an instant.
+// The rule's own queries: the node reads the same facts lock-free from
+// `gate::Gate`, and the unit tests read them here.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LeaseState {
     /// No session yet (or a new one is being created after a loss).
@@ -141,6 +326,7 @@ pub(crate) enum LeaseState {
 }
 
 /// Why [`Lease::check`] refused.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Denied {
     /// This node does not hold the shard's lock.
@@ -176,11 +362,6 @@ impl<K: Ord + Clone> Lease<K> {
             last_attempt: None,
             owned: BTreeMap::new(),
         }
-    }
-
-    /// The timing in use.
-    pub(crate) fn config(&self) -> &LeaseConfig {
-        &self.config
     }
 
     /// The current session's id.
@@ -242,6 +423,7 @@ impl<K: Ord + Clone> Lease<K> {
     }
 
     /// The state at `now`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn state(&self, now: Instant) -> LeaseState {
         match self.deadline() {
             None if self.lost => LeaseState::Lost,
@@ -270,6 +452,7 @@ impl<K: Ord + Clone> Lease<K> {
     /// The gate before activating for, or dispatching to, `key`: the
     /// shard's token if this node holds its lock and the lease is valid
     /// at `now`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn check(&self, key: &K, now: Instant) -> Result<FencingToken, Denied> {
         match self.state(now) {
             LeaseState::Valid { .. } => self.owned.get(key).copied().ok_or(Denied::NotOwned),
@@ -278,6 +461,7 @@ impl<K: Ord + Clone> Lease<K> {
     }
 
     /// The shards held, with their tokens, whatever the state.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn owned(&self) -> impl Iterator<Item = (&K, FencingToken)> + '_ {
         self.owned.iter().map(|(k, t)| (k, *t))
     }

@@ -54,6 +54,7 @@ pub struct NodeBuilder {
     default_node: bool,
     cluster: Option<ClusterConfig>,
     history: Option<Arc<dyn crate::history::History>>,
+    strong: Option<crate::lease::Strong>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     #[cfg(feature = "admin")]
     admin: Option<String>,
@@ -88,6 +89,7 @@ impl NodeBuilder {
             default_node: true,
             cluster: None,
             history: None,
+            strong: None,
             deps: HashMap::new(),
             #[cfg(feature = "admin")]
             admin: None,
@@ -273,6 +275,18 @@ impl NodeBuilder {
         self
     }
 
+    /// Strong single activation ([`crate::lease`]): at most one activation
+    /// of an id at a time across the cluster, enforced by leases in the
+    /// discovery's store, with fencing tokens ([`crate::Ctx::fence`]).
+    /// Needs an authoritative discovery with a lease store, such as
+    /// [`crate::discovery::Consul`]; a static-seed cluster cannot offer it
+    /// and [`NodeBuilder::start`] refuses. Every node of a cluster must use
+    /// the same mode. The default is eventual placement.
+    pub fn strong(mut self, strong: crate::lease::Strong) -> Self {
+        self.strong = Some(strong);
+        self
+    }
+
     /// The node's id, unique in its cluster. Defaults to `node-<pid>-<n>`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -409,6 +423,28 @@ impl NodeBuilder {
                 format!("node-{}-{n}", std::process::id()).into()
             }
         };
+        let gate = match &self.strong {
+            None => None,
+            Some(strong) => {
+                strong.check().map_err(StartError::Config)?;
+                let Some(cluster) = self.cluster.as_ref().filter(|c| c.discovery.is_some()) else {
+                    return Err(StartError::Config(
+                        "strong mode needs an authoritative store for its leases: give \
+                         NodeBuilder::discovery a Consul (a static-seed cluster cannot offer it), \
+                         or remove NodeBuilder::strong"
+                            .into(),
+                    ));
+                };
+                let caps: Vec<(&str, u64)> = capabilities
+                    .iter()
+                    .map(|c| (c.as_str(), capability_key(c)))
+                    .collect();
+                Some(Arc::new(crate::lease::gate::Gate::new(
+                    format!("mesh/{}/own", cluster.name),
+                    &caps,
+                )))
+            }
+        };
         let mut membership = Membership::new();
         membership.upsert(&id, "", &capabilities);
         let routing = membership.routing(&*self.placement, &id);
@@ -436,6 +472,8 @@ impl NodeBuilder {
             shutdown_timeout: self.shutdown_timeout,
             handle: std::sync::OnceLock::new(),
             history: self.history,
+            gate,
+            keeper: std::sync::OnceLock::new(),
             deps: self.deps,
             #[cfg(feature = "admin")]
             admin: std::sync::OnceLock::new(),
@@ -443,6 +481,33 @@ impl NodeBuilder {
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {
             cluster::start(&inner, cfg).await?;
+        }
+        if let (Some(strong), Some(gate)) = (self.strong, &inner.gate) {
+            let store = inner
+                .cluster
+                .get()
+                .and_then(|c| c.discovery())
+                .and_then(|d| d.lease_store())
+                .ok_or_else(|| {
+                    StartError::Config(
+                        "strong mode: this discovery has no lease store (Consul has one)".into(),
+                    )
+                })?;
+            let session = format!("mesh/{}/{}", inner.id, inner.incarnation);
+            let value = serde_json::to_vec(&serde_json::json!({
+                "node": &*inner.id,
+                "incarnation": inner.incarnation,
+            }))
+            .unwrap_or_default();
+            let keeper = crate::lease::keeper::Keeper::start(
+                &inner,
+                gate.clone(),
+                store,
+                strong,
+                session,
+                value,
+            );
+            let _ = inner.keeper.set(keeper);
         }
         for (_, _, acts) in &inner.actors {
             acts.start(Arc::downgrade(&inner));

@@ -98,6 +98,10 @@ pub(crate) struct NodeInner {
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     /// Where activation starts and ends are recorded, if anywhere.
     history: Option<Arc<dyn crate::history::History>>,
+    /// Strong mode: the gate activations pass, and its keeper (see
+    /// [`crate::lease`]).
+    pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,
+    pub(crate) keeper: OnceLock<crate::lease::keeper::Keeper>,
     /// The admin endpoint, if asked for (stops when the node is dropped).
     #[cfg(feature = "admin")]
     admin: OnceLock<crate::admin::Server>,
@@ -250,6 +254,9 @@ impl Node {
             }
             cluster.stop();
         }
+        if let Some(keeper) = self.inner.keeper.get() {
+            keeper.halt(); // the session expires by itself
+        }
     }
 
     /// Stops the node without losing a call: first it leaves the cluster
@@ -269,6 +276,7 @@ impl Node {
         let started = tokio::time::Instant::now();
         if inner.cluster.get().is_some() && !inner.shared.is_shutting_down() {
             cluster::leave::announce(&self.inner).await;
+            inner.hand_off_all();
             if !cluster::leave::drain(&self.inner, inner.shutdown_timeout).await {
                 tracing::warn!(node = %inner.id, "leaving: calls still in flight at the shutdown timeout");
             }
@@ -296,6 +304,14 @@ impl Node {
             .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0));
         let left = inner.shutdown_timeout.saturating_sub(started.elapsed());
         let in_time = tokio::time::timeout(left, drained).await.is_ok();
+        // Strong mode: the activations have ended (hooks and fenced writes
+        // done), so the locks can go, then the session.
+        if let Some(keeper) = inner.keeper.get() {
+            let left = inner.shutdown_timeout.saturating_sub(started.elapsed());
+            keeper
+                .leave(left.max(std::time::Duration::from_secs(1)))
+                .await;
+        }
         // Stop being the default node (only if still this one).
         let current = DEFAULT.load();
         if current
@@ -317,6 +333,10 @@ impl Node {
         &self.inner.shared
     }
 
+    pub(crate) fn inner_arc(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+
     pub(crate) fn inner(&self) -> &NodeInner {
         &self.inner
     }
@@ -329,17 +349,32 @@ impl Node {
 
 impl NodeInner {
     /// Records an activation's start or end, if the node keeps a history.
-    pub(crate) fn record(&self, phase: crate::history::Phase, actor: &'static str, id: &str) {
+    pub(crate) fn record(
+        &self,
+        phase: crate::history::Phase,
+        actor: &'static str,
+        id: &str,
+        token: u64,
+    ) {
         if let Some(h) = &self.history {
-            h.record(crate::history::ActivationEvent::new(
-                phase,
-                std::time::SystemTime::now(),
-                &*self.id,
-                self.incarnation,
-                actor,
-                id,
-            ));
+            h.record(
+                crate::history::ActivationEvent::new(
+                    phase,
+                    std::time::SystemTime::now(),
+                    &*self.id,
+                    self.incarnation,
+                    actor,
+                    id,
+                )
+                .with_token(token),
+            );
         }
+    }
+
+    /// Whether this node records a history (one branch per message).
+    #[inline]
+    pub(crate) fn has_history(&self) -> bool {
+        self.history.is_some()
     }
 
     /// The last user handle was dropped without `shutdown`: stop at once,
@@ -402,6 +437,76 @@ impl NodeInner {
             }
         }
         changed
+    }
+
+    /// The capability of actor type `name` on this node.
+    pub(crate) fn capability_of(&self, name: &str) -> Option<&'static str> {
+        self.actors
+            .iter()
+            .find(|(_, _, a)| a.actor_name() == name)
+            .map(|(_, c, _)| *c)
+    }
+
+    /// Strong mode: whether this node holds, or is about to lock, shard
+    /// `s` of the capability keyed `key` (not draining it, not leaving,
+    /// and its ring names it the owner).
+    pub(crate) fn will_hold(&self, key: u64, s: u16) -> bool {
+        let Some(gate) = &self.gate else {
+            return true;
+        };
+        if gate.draining(key, s) || self.is_leaving() || self.shared.is_shutting_down() {
+            return false;
+        }
+        self.routing.load().get(key).is_some_and(|t| t.is_local(s))
+    }
+
+    /// Strong mode: routes again an encoded call queued for an activation
+    /// this node will not hold (its shard moved, or the node is leaving):
+    /// to the owner the ring names now, answering the original caller.
+    pub(crate) fn reroute_wire(self: &Arc<Self>, id: &str, call: crate::activation::WireCall) {
+        use crate::actor::finish::ReplySlot;
+        let crate::activation::WireCall {
+            tag,
+            body,
+            reply,
+            span: _,
+            caller,
+        } = call;
+        let now = tokio::time::Instant::now();
+        let timeout = reply
+            .deadline()
+            .map_or(self.default_timeout, |d| d.saturating_duration_since(now));
+        let along = cluster::forward::Along {
+            trace: None,
+            caller,
+        };
+        let served = self.serve_wire(tag, id, body, timeout, 0, false, along);
+        tokio::spawn(async move {
+            reply.send(served.await.map(|b| b.to_vec()));
+        });
+    }
+
+    /// The routing table as last published.
+    pub(crate) fn routing_table(&self) -> Arc<RoutingTable> {
+        self.routing.load_full()
+    }
+
+    /// A receiver that sees every membership change.
+    pub(crate) fn membership_changes(&self) -> watch::Receiver<Membership> {
+        self.membership.subscribe()
+    }
+
+    /// Strong mode, leaving: every shard hands off (the keeper marks them
+    /// draining and unlocks each once its activations end), so the new
+    /// owners can serve the calls this node forwards while it drains.
+    pub(crate) fn hand_off_all(&self) {
+        let Some(gate) = &self.gate else {
+            return;
+        };
+        for (_, _, acts) in &self.actors {
+            acts.drain_moved(&|_| false);
+        }
+        gate.drained.notify_one();
     }
 
     pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {

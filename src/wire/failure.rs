@@ -67,6 +67,8 @@ pub mod code {
     pub const CALL_CYCLE: u16 = 16;
     /// [`crate::Error::ChainTooDeep`].
     pub const CHAIN_TOO_DEEP: u16 = 17;
+    /// [`crate::Error::Fenced`].
+    pub const FENCED: u16 = 30;
     /// [`crate::StartError::Config`].
     pub const START_CONFIG: u16 = 101;
     /// [`crate::StartError::TagCollision`].
@@ -99,6 +101,7 @@ impl Error {
             Error::Discovery(_) => code::DISCOVERY,
             Error::CallCycle { .. } => code::CALL_CYCLE,
             Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
+            Error::Fenced { .. } => code::FENCED,
             Error::Start(e) => e.code(),
             Error::Remote { code, .. } => *code,
         }
@@ -194,6 +197,10 @@ impl Failure {
                 f.tag = *limit as u64;
                 f.detail = chain.clone();
             }
+            Error::Fenced { key, reason } => {
+                f.id = key.clone();
+                f.detail = reason.clone();
+            }
             Error::Start(e) => match e {
                 StartError::Config(m) | StartError::Discovery(m) => f.detail = m.clone(),
                 StartError::TagCollision { tag, first, second } => {
@@ -260,6 +267,10 @@ impl Failure {
             code::CHAIN_TOO_DEEP => Error::ChainTooDeep {
                 limit: usize::try_from(tag).unwrap_or(usize::MAX),
                 chain: detail,
+            },
+            code::FENCED => Error::Fenced {
+                key: id,
+                reason: detail,
             },
             code::START_CONFIG => Error::Start(StartError::Config(detail)),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {

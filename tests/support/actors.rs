@@ -3,6 +3,7 @@
 //! actor: tests that match on `"Player"` or on `tag_of::<Player, Score>()`
 //! rely on that. Actors that only one suite uses stay in that suite.
 
+use mesh::discovery::Consul;
 use mesh::prelude::*;
 
 /// A player of capability `game` keeping a score, for routing tests: its
@@ -42,5 +43,65 @@ impl Player {
 
     async fn hang(&mut self, _: Hang) {
         std::future::pending::<()>().await;
+    }
+}
+
+/// A bank account of capability `bank` whose balance lives in Consul KV
+/// (`accounts/<id>`), read at activation and written on every deposit:
+/// fenced with the activation's lease in strong mode
+/// ([`Consul::fenced_put`]), plain otherwise. The node must
+/// `provide(consul)`. A refused write deactivates it (its state is stale)
+/// and answers the error.
+#[derive(Actor)]
+#[actor(capability = "bank", activate = Account::load)]
+pub struct Account {
+    balance: u64,
+    key: String,
+}
+
+impl Account {
+    async fn load(id: &str, ctx: &Ctx) -> Result<Self, String> {
+        let consul = ctx.get::<Consul>().map_err(|e| e.to_string())?;
+        let key = format!("accounts/{id}");
+        let balance = match consul.kv_get(&key).await.map_err(|e| e.to_string())? {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("{key}: not a number"))?,
+            None => 0,
+        };
+        Ok(Account { balance, key })
+    }
+}
+
+/// Adds to the balance; replies with the new balance, or why the write
+/// was refused.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<u64, String>)]
+pub struct Deposit(pub u64);
+
+#[mesh::handlers]
+impl Account {
+    async fn deposit(&mut self, Deposit(n): Deposit, ctx: &Ctx) -> Result<u64, String> {
+        let consul = ctx.get::<Consul>().map_err(|e| e.to_string())?;
+        let next = self.balance + n;
+        let value = next.to_string();
+        let written = match ctx.fence() {
+            Some(fence) => consul
+                .fenced_put(&fence, &self.key, value.as_bytes())
+                .await
+                .map(drop),
+            None => consul.kv_put(&self.key, value.as_bytes()).await,
+        };
+        match written {
+            Ok(()) => {
+                self.balance = next;
+                Ok(next)
+            }
+            Err(e) => {
+                ctx.deactivate();
+                Err(e.to_string())
+            }
+        }
     }
 }

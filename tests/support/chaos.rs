@@ -195,9 +195,10 @@ pub fn record_kill(path: &Path, at: std::time::SystemTime) -> std::io::Result<us
             Phase::Activated => {
                 open.insert(key, e.node.clone());
             }
-            Phase::Deactivated => {
+            Phase::Deactivated | Phase::Lost => {
                 open.remove(&key);
             }
+            _ => {}
         }
     }
     let file = mesh::history::FileHistory::append(path)?;

@@ -123,6 +123,25 @@ impl Api {
         Self::send(req).await.map(drop)
     }
 
+    /// A write whose answer is JSON (`/v1/session/create`, `/v1/txn`):
+    /// PUT with a JSON body, the decoded answer back.
+    pub(crate) async fn put_read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ApiError> {
+        let mut req = self.request(reqwest::Method::PUT, path).json(body);
+        if let Some(dc) = &self.datacenter {
+            req = req.query(&[("dc", dc)]);
+        }
+        let resp = Self::send(req).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Transport(error_chain(&e)))?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
     /// A read: GET, the decoded JSON and the `X-Consul-Index` header.
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,

@@ -103,6 +103,7 @@
 mod agent_tls;
 mod api;
 mod health;
+mod lease;
 pub(crate) use health::backoff;
 mod mesh;
 mod watch;
@@ -851,6 +852,16 @@ async fn deregister(api: &Api, id: &str) -> Result<(), ApiError> {
 }
 
 impl Discovery for Consul {
+    fn lease_store(&self) -> Option<Arc<dyn crate::lease::LeaseStore>> {
+        match self.leases() {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                tracing::warn!("consul: no lease store: {e}");
+                None
+            }
+        }
+    }
+
     fn start(
         &self,
         me: LocalNode,

@@ -33,7 +33,18 @@ enum Started {
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, Routed>> + Send>>,
         String,
     ),
+    /// Strong mode: the call may not be forwarded again, but this node
+    /// does not own its shard either, so it may never hold the lease to
+    /// serve it. It waits for the views to agree (a membership change, or
+    /// [`STRONG_RECHECK`]), then goes to the owner it sees then.
+    Await(Vec<u8>, Along),
 }
+
+/// Strong mode: how long a call that landed on a node that does not own
+/// its shard waits before it is routed again (each bounce between two
+/// disagreeing views costs at least this, until they agree or the call's
+/// deadline passes).
+const STRONG_RECHECK: Duration = Duration::from_millis(50);
 
 /// What travels with a call besides its message: the caller's trace
 /// context and call chain.
@@ -71,8 +82,8 @@ impl NodeInner {
         // What a re-route needs, taken only for a forward (rare), not for
         // every call served here.
         let retry_along = along.clone();
-        let started = self.start_wire(tag, id, body, timeout, hops, from_peer, along);
-        let retry = matches!(started, Ok(Started::Forwarded(..)))
+        let started = self.start_wire(tag, id, body, timeout, hops, from_peer, along, false);
+        let retry = matches!(started, Ok(Started::Forwarded(..) | Started::Await(..)))
             .then(|| (self.clone(), id.to_owned(), retry_along));
         let deadline = tokio::time::Instant::now() + timeout;
         async move {
@@ -97,10 +108,41 @@ impl NodeInner {
                             me.evict(&owner);
                             let left =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
-                            started =
-                                me.start_wire(tag, id, body, left, hops, from_peer, along.clone())?;
+                            started = me.start_wire(
+                                tag,
+                                id,
+                                body,
+                                left,
+                                hops,
+                                from_peer,
+                                along.clone(),
+                                false,
+                            )?;
                         }
                     },
+                    Started::Await(body, along) => {
+                        let Some((me, id, _)) = retry.as_ref() else {
+                            return Err(Error::timeout());
+                        };
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::timeout());
+                        }
+                        let mut changes = me.membership_changes();
+                        let _ =
+                            tokio::time::timeout(left.min(STRONG_RECHECK), changes.changed()).await;
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        started = me.start_wire(
+                            tag,
+                            id,
+                            body,
+                            left,
+                            hops.saturating_add(1),
+                            from_peer,
+                            along,
+                            true,
+                        )?;
+                    }
                 }
             }
         }
@@ -116,10 +158,19 @@ impl NodeInner {
         hops: u8,
         from_peer: bool,
         along: Along,
+        force: bool,
     ) -> Result<Started, Error> {
         let (route, owner) = self.locate(tag, id)?;
-        let owner = self.forward_to(owner, hops, from_peer);
+        // Strong mode never serves a shard this node does not own: it
+        // could not hold its lease (see `crate::lease`).
+        let elsewhere = self.gate.is_some() && owner.is_some();
+        let owner = if force {
+            owner
+        } else {
+            self.forward_to(owner, hops, from_peer)
+        };
         match owner {
+            None if elsewhere => Ok(Started::Await(body, along)),
             None => {
                 // The activation answers Timeout at the deadline.
                 let (reply, rx) = ReplyTo::call(tokio::time::Instant::now() + timeout);

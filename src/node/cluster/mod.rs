@@ -33,7 +33,7 @@
 //! are closed on arrival), and ends every task of the cluster.
 
 mod follow;
-mod forward;
+pub(crate) mod forward;
 mod heartbeat;
 mod inbound;
 pub(crate) mod leave;
