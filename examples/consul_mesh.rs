@@ -30,12 +30,23 @@
 //! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities game \
 //!     --sidecar command "consul connect proxy -sidecar-for {{id}}"
 //! ```
+//!
+//! **Strong single activation** (`--strong`, see `mesh::lease`): at most
+//! one activation of an id at a time across the cluster, under Consul
+//! leases. With `--capabilities bank` the node hosts `Account`, whose
+//! balance lives in Consul KV and is written with a fenced write:
+//!
+//! ```sh
+//! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities bank --strong
+//! ```
 
 use std::time::Duration;
 
 use clap::Parser;
 use mesh::discovery::consul::Mesh;
 use mesh::discovery::Consul;
+use mesh::lease::Strong;
+use mesh::prelude::*;
 use mesh::sidecar::consul::{ConsulHaproxy, ConsulSidecar};
 
 #[path = "common/mod.rs"]
@@ -57,9 +68,20 @@ struct Args {
     /// Leave (deregister) after driving instead of waiting for Ctrl-C.
     #[arg(long)]
     exit: bool,
-    /// Health check heartbeat in milliseconds (TTL: 3 of them).
+    /// Health check heartbeat in milliseconds (TTL: 3 of them unless
+    /// `--ttl-ms` says).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// The health check's TTL in milliseconds.
+    #[arg(long)]
+    ttl_ms: Option<u64>,
+    /// Strong single activation: Consul leases per shard (`mesh::lease`).
+    #[arg(long)]
+    strong: bool,
+    /// Strong mode against a test agent whose time runs faster
+    /// (`Strong::time_scale`); 1 with a real Consul.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
     /// Through the service mesh: `haproxy` (managed), `external`, or
     /// `command "<template>"` (`{{id}}` = the per-node service ID). The
     /// node registers a Connect sidecar for itself and listens on
@@ -109,6 +131,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(token) = &args.token {
         consul = consul.token(token);
     }
+    if let Some(ttl) = args.ttl_ms {
+        consul = consul.ttl(Duration::from_millis(ttl));
+    }
     if !args.sidecar.is_empty() {
         let mut m = Mesh::new();
         if let Some(port) = args.sidecar_port {
@@ -116,7 +141,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         consul = consul.through_sidecar(m);
     }
-    let builder = common::builder(&args.node)?;
+    let mut builder = common::builder(&args.node)?;
+    if args.node.capabilities.iter().any(|c| c == "bank") {
+        builder = builder.actor::<Account>().provide(consul.clone());
+    }
+    if args.strong {
+        builder = builder.strong(Strong::new().time_scale(args.time_scale));
+    }
     let node = match sidecar(&args, &consul)? {
         None => builder.discovery(consul.clone()).start().await?,
         Some(s) => {
@@ -154,4 +185,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     node.shutdown().await?;
     println!("{} deregistered and left the cluster", args.node.name);
     Ok(())
+}
+
+/// A bank account (capability `bank`): its balance lives in Consul KV at
+/// `accounts/<id>`, read when it activates and written on every deposit,
+/// with a fenced write on a strong node (`Consul::fenced_put`: refused
+/// once another node owns the account), a plain one otherwise.
+#[derive(Actor)]
+#[actor(capability = "bank", activate = Account::load)]
+struct Account {
+    balance: u64,
+    key: String,
+}
+
+impl Account {
+    async fn load(id: &str, ctx: &Ctx) -> Result<Self, String> {
+        let consul = ctx.get::<Consul>().map_err(|e| e.to_string())?;
+        let key = format!("accounts/{id}");
+        let balance = match consul.kv_get(&key).await.map_err(|e| e.to_string())? {
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("{key}: not a number"))?,
+            None => 0,
+        };
+        Ok(Account { balance, key })
+    }
+}
+
+/// Adds to the balance; replies with the new balance, or why the write
+/// was refused.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<u64, String>)]
+struct Deposit(u64);
+
+#[mesh::handlers]
+impl Account {
+    async fn deposit(&mut self, Deposit(n): Deposit, ctx: &Ctx) -> Result<u64, String> {
+        let consul = ctx.get::<Consul>().map_err(|e| e.to_string())?;
+        let next = self.balance + n;
+        let value = next.to_string();
+        let written = match ctx.fence() {
+            Some(fence) => consul
+                .fenced_put(&fence, &self.key, value.as_bytes())
+                .await
+                .map(drop),
+            None => consul.kv_put(&self.key, value.as_bytes()).await,
+        };
+        match written {
+            Ok(()) => {
+                self.balance = next;
+                Ok(next)
+            }
+            Err(e) => {
+                // Stale: another node may own this account now.
+                ctx.deactivate();
+                Err(e.to_string())
+            }
+        }
+    }
 }

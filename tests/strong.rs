@@ -16,9 +16,7 @@
 //! The same churn in eventual mode is the negative control: the checkers
 //! must flag it, or the strong run proves nothing.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::discovery::Consul;
@@ -26,6 +24,7 @@ use mesh::history::{violations, MemoryHistory, Violation};
 use mesh::lease::Strong;
 use mesh::prelude::*;
 use mesh_testkit::actors::{Account, Deposit};
+use mesh_testkit::bank::{check_balances, Deposits};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::within;
@@ -102,115 +101,6 @@ async fn members(n: &Node, want: usize) {
         .expect("membership watch");
 }
 
-/// Deposits of 1 into `ACCOUNTS` accounts, `PER_ACCOUNT` workers each,
-/// through the driver; counts what was acknowledged and attempted per account.
-struct Deposits {
-    acked: Arc<Mutex<BTreeMap<String, (u64, u64)>>>,
-    failures: Arc<Mutex<Vec<String>>>,
-    done: Arc<tokio::sync::watch::Sender<usize>>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Deposits {
-    fn start(driver: &Node, prefix: &str) -> Deposits {
-        let acked = Arc::new(Mutex::new(BTreeMap::new()));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let done = Arc::new(tokio::sync::watch::channel(0usize).0);
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..ACCOUNTS * PER_ACCOUNT)
-            .map(|w| {
-                let id = format!("{prefix}-{}", w % ACCOUNTS);
-                let (driver, acked, failures, done, stop) = (
-                    driver.clone(),
-                    acked.clone(),
-                    failures.clone(),
-                    done.clone(),
-                    stop.clone(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::SeqCst) {
-                        let started = Instant::now();
-                        let result = driver
-                            .call::<Account, _>(&id, Deposit(1))
-                            .timeout(Duration::from_secs(5))
-                            .await;
-                        let mut table = acked.lock().unwrap_or_else(PoisonError::into_inner);
-                        let entry = table.entry(id.clone()).or_insert((0, 0));
-                        entry.1 += 1;
-                        match result {
-                            Ok(Ok(_)) => entry.0 += 1,
-                            Ok(Err(e)) => failures
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(format!("{id}: refused: {e}")),
-                            Err(e) => failures
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(format!("{id}: {e} (sent at {:?})", started)),
-                        }
-                        drop(table);
-                        done.send_modify(|n| *n += 1);
-                    }
-                })
-            })
-            .collect();
-        Deposits {
-            acked,
-            failures,
-            done,
-            stop,
-            tasks,
-        }
-    }
-
-    async fn more(&self, n: usize) {
-        let mut rx = self.done.subscribe();
-        let target = *rx.borrow_and_update() + n;
-        within(STEP, rx.wait_for(|d| *d >= target))
-            .await
-            .expect("deposits go on");
-    }
-
-    /// Stops; per account (acknowledged, attempted), and the failures.
-    async fn finish(self) -> (BTreeMap<String, (u64, u64)>, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.expect("a depositor panicked");
-        }
-        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(PoisonError::into_inner));
-        let failures =
-            std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner));
-        (acked, failures)
-    }
-}
-
-/// The balances in KV against what was acknowledged and attempted:
-/// the accounts that lost an acknowledged deposit or gained more than
-/// was attempted.
-async fn check_balances(
-    consul: &Consul,
-    acked: &BTreeMap<String, (u64, u64)>,
-) -> Vec<(String, u64, u64, u64)> {
-    let mut wrong = Vec::new();
-    for (id, (ok, tried)) in acked {
-        let stored = consul
-            .kv_get(&format!("accounts/{id}"))
-            .await
-            .expect("read a balance")
-            .map(|v| {
-                String::from_utf8_lossy(&v)
-                    .parse::<u64>()
-                    .expect("a number")
-            })
-            .unwrap_or(0);
-        if stored < *ok || stored > *tried {
-            wrong.push((id.clone(), *ok, stored, *tried));
-        }
-    }
-    wrong
-}
-
 /// Joins, then a graceful leave, under steady deposits; returns the
 /// violations, the accounts whose balance is wrong, the failures and the
 /// number of calls.
@@ -234,7 +124,13 @@ async fn churn(
     let driver = node(&consul, 3, "driver", mode, &history, false).await;
     members(&driver, 2).await;
     let t0 = Instant::now();
-    let load = Deposits::start(&driver, prefix);
+    let load = Deposits::start(
+        &driver,
+        prefix,
+        ACCOUNTS,
+        PER_ACCOUNT,
+        Duration::from_secs(5),
+    );
     load.more(200).await;
     println!("{:?} b joins", t0.elapsed());
     let b = node(&consul, 1, "b", mode, &history, true).await;

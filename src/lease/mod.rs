@@ -223,6 +223,18 @@ pub struct Fence {
     pub token: u64,
 }
 
+impl Fence {
+    /// A fence from its parts (for tools and tests; an actor gets its own
+    /// from [`crate::Ctx::fence`]).
+    pub fn new(key: impl Into<String>, session: impl Into<String>, token: u64) -> Fence {
+        Fence {
+            key: key.into(),
+            session: session.into(),
+            token,
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub mod actors;
+pub mod bank;
 pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;

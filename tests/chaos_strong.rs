@@ -1,0 +1,360 @@
+//! Chaos suite of the strong mode (`mesh::lease`): real node processes
+//! (the `consul_mesh` example hosting `Account`, whose balance lives in
+//! Consul KV) on loopback, the Consul test agent in this process with its
+//! time scaled 20x (session TTL 10 s -> 500 ms, timer 1 s, lock-delay 250
+//! ms; the nodes are told with `--time-scale`), and steady deposits from
+//! this test, which joins as a node hosting nothing.
+//!
+//! Every process records its activations and dispatches (`--history`);
+//! the merged histories go through `mesh::history::violations` (per id,
+//! each activation's last act comes before the next one starts, tokens
+//! growing), and every balance is checked against the deposits
+//! acknowledged and attempted.
+//!
+//! - a hung owner (SIGSTOP past its session's expiry, then SIGCONT): in
+//!   strong mode nothing is served out of turn, no deposit is lost, and a
+//!   write fenced with the paused node's session is refused; the same run
+//!   in eventual mode is the negative control, and must be flagged;
+//! - a killed owner: its shards come back after the session expires and
+//!   the lock-delay; the failover time is printed next to its bound;
+//! - a rolling restart: no call fails and nothing is served out of turn.
+//!
+//! Needs the examples built (`cargo test` builds them).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::discovery::Consul;
+use mesh::history::{violations, Violation};
+use mesh::lease::{Fence, Strong};
+use mesh::prelude::*;
+use mesh_testkit::actors::Account;
+use mesh_testkit::bank::{check_balances, Deposits};
+use mesh_testkit::chaos::{histories, scratch};
+use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_catalog::TimeScale;
+use mesh_testkit::procs::{example_binary, Proc};
+use mesh_testkit::within;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+const COOKIE: &str = "strong-chaos";
+const SCALE: f64 = 0.05;
+const STEP: Duration = Duration::from_secs(30);
+const ACCOUNTS: usize = 30;
+const PER_ACCOUNT: usize = 4;
+
+async fn agent() -> Arc<TestConsul> {
+    Arc::new(
+        TestConsul::start(
+            4,
+            TimeScale {
+                ttl: SCALE,
+                deregister: 0.01,
+            },
+        )
+        .await,
+    )
+}
+
+fn adapter(consul: &TestConsul, i: usize) -> Consul {
+    Consul::new()
+        .address(consul.url(i))
+        .heartbeat(Duration::from_millis(100))
+        .ttl(Duration::from_secs(6))
+        .wait(Duration::from_secs(5))
+}
+
+async fn spawn(consul: &TestConsul, i: usize, strong: bool, dir: &Path) -> Proc {
+    let name = format!("p-{i}");
+    let mut cmd = Command::new(example_binary("consul_mesh"));
+    cmd.args(["--consul", &consul.url(i), "--name", &name])
+        .args(["--listen", "127.0.0.1:0", "--capabilities", "bank"])
+        .args([
+            "--cluster",
+            "chaos",
+            "--heartbeat-ms",
+            "100",
+            "--ttl-ms",
+            "6000",
+        ])
+        .arg("--history")
+        .arg(dir.join(format!("{name}.history")));
+    if strong {
+        cmd.args(["--strong", "--time-scale", &SCALE.to_string()]);
+    }
+    Proc::spawn(cmd, &name, COOKIE).await
+}
+
+async fn driver(consul: &TestConsul, strong: bool) -> Node {
+    let mut b = Node::builder()
+        .name("driver")
+        .default_node(false)
+        .cluster("chaos")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
+        .discovery(adapter(consul, 3));
+    if strong {
+        b = b.strong(Strong::new().time_scale(SCALE));
+    }
+    b.start().await.expect("the driver starts")
+}
+
+async fn members(n: &Node, f: impl Fn(&mesh::Membership) -> bool) {
+    let mut rx = n.membership_changes();
+    within(STEP, rx.wait_for(|m| f(m)))
+        .await
+        .expect("membership watch");
+}
+
+/// The session id of node `name` (its newest, if several).
+fn session_of(consul: &TestConsul, name: &str) -> Option<String> {
+    let (list, _) = consul.with_kv(|kv| kv.session_list(None));
+    list.as_array()?
+        .iter()
+        .filter(|s| {
+            s["Name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("mesh/{name}/")))
+        })
+        .max_by_key(|s| s["CreateIndex"].as_u64())
+        .and_then(|s| s["ID"].as_str())
+        .map(str::to_owned)
+}
+
+/// The session holding lock key `key`, if any.
+fn holder(consul: &TestConsul, key: &str) -> Option<String> {
+    consul.with_kv(|kv| {
+        let (entries, _) = kv.list(key);
+        entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.session.clone())
+            .filter(|s| !s.is_empty())
+    })
+}
+
+/// An account the driver routes to `node`, and its shard's lock key.
+fn account_on(driver: &Node, node: &str, prefix: &str) -> (String, String) {
+    (0..ACCOUNTS)
+        .map(|a| format!("{prefix}-{a}"))
+        .find(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == node))
+        .map(|id| {
+            let key = format!("mesh/chaos/own/bank/{:04}", mesh::ring::shard(&id));
+            (id, key)
+        })
+        .expect("an account on the node")
+}
+
+fn report(test: &str, found: &[Violation], wrong: &[(String, u64, u64, u64)], calls: u64) {
+    println!(
+        "{test}: {calls} deposits, {} violations, {} wrong balances",
+        found.len(),
+        wrong.len()
+    );
+    for v in found.iter().take(5) {
+        println!("  violation: {v:?}");
+    }
+    for w in wrong.iter().take(5) {
+        println!("  (id, acked, stored, attempted): {w:?}");
+    }
+}
+
+struct Outcome {
+    found: Vec<Violation>,
+    wrong: Vec<(String, u64, u64, u64)>,
+    failures: Vec<String>,
+    stale_write: Option<Result<u64, Error>>,
+}
+
+/// SIGSTOP the owner of some accounts until its session expired and
+/// another node took one of its shards, then SIGCONT, under deposits.
+async fn hung_owner(strong: bool, test: &str) -> Outcome {
+    let dir = scratch(test);
+    let consul = agent().await;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(spawn(&consul, i, strong, &dir).await);
+    }
+    let driver = driver(&consul, strong).await;
+    members(&driver, |m| m.len() == 4).await;
+    let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(2));
+    load.more(300).await;
+    let (_, key) = account_on(&driver, "p-1", test);
+    let old = session_of(&consul, "p-1");
+    procs[1].signal("STOP");
+    members(&driver, |m| !m.contains("p-1")).await;
+    if strong {
+        // Until another node holds one of the hung node's shards: its
+        // session expired (no sooner than a TTL after its last renew) and
+        // the lock-delay passed.
+        within(STEP, async {
+            loop {
+                load.more(20).await;
+                if holder(&consul, &key).is_some_and(|h| Some(&h) != old.as_ref()) {
+                    return;
+                }
+            }
+        })
+        .await;
+    } else {
+        load.more(600).await;
+    }
+    procs[1].signal("CONT");
+    members(&driver, |m| m.len() == 4).await;
+    load.more(600).await;
+    // What the paused node's last write would have been fenced with.
+    let stale_write = match (strong, old) {
+        (true, Some(session)) => Some(
+            adapter(&consul, 3)
+                .fenced_put(
+                    &Fence::new(key.clone(), session, 1),
+                    &format!("accounts/{test}-probe"),
+                    b"stale",
+                )
+                .await,
+        ),
+        _ => None,
+    };
+    let (acked, failures) = load.finish().await;
+    let calls = acked.values().map(|(_, t)| t).sum();
+    let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    driver.shutdown().await.expect("driver leaves");
+    drop(procs);
+    let found = violations(&histories(&dir));
+    report(test, &found, &wrong, calls);
+    let _ = std::fs::remove_dir_all(&dir);
+    Outcome {
+        found,
+        wrong,
+        failures,
+        stale_write,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_owner_in_strong_mode_serves_nothing_out_of_turn_and_its_stale_write_is_refused() {
+    let o = hung_owner(true, "hung-strong").await;
+    assert!(o.found.is_empty(), "{:#?}", o.found);
+    assert!(
+        o.wrong.is_empty(),
+        "(id, acked, stored, attempted): {:?}",
+        o.wrong
+    );
+    match o.stale_write {
+        Some(Err(Error::Fenced { .. })) => {}
+        other => panic!("the stale fenced write was not refused: {other:?}"),
+    }
+    // Calls to the hung node end at their deadline; nothing else fails.
+    for f in &o.failures {
+        assert!(f.contains("timed out") || f.contains("down"), "{f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_owner_in_eventual_mode_is_flagged_by_the_checkers() {
+    let o = hung_owner(false, "hung-eventual").await;
+    assert!(
+        !o.found.is_empty() || !o.wrong.is_empty(),
+        "the checkers found nothing in eventual mode: they prove nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_hands_its_shards_over_after_its_session_expires() {
+    let test = "killed-strong";
+    let dir = scratch(test);
+    let consul = agent().await;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(spawn(&consul, i, true, &dir).await);
+    }
+    let driver = driver(&consul, true).await;
+    members(&driver, |m| m.len() == 4).await;
+    let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(5));
+    load.more(300).await;
+    let (_, key) = account_on(&driver, "p-1", test);
+    let old = session_of(&consul, "p-1");
+    procs[1].signal("KILL");
+    let killed = Instant::now();
+    println!("killed at {killed:?}");
+    within(STEP, async {
+        loop {
+            load.more(10).await;
+            if holder(&consul, &key).is_some_and(|h| Some(&h) != old.as_ref()) {
+                return;
+            }
+        }
+    })
+    .await;
+    let failover = killed.elapsed();
+    load.more(300).await;
+    let (acked, failures) = load.finish().await;
+    let calls = acked.values().map(|(_, t)| t).sum();
+    let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    driver.shutdown().await.expect("driver leaves");
+    drop(procs);
+    let found = violations(&histories(&dir));
+    report(test, &found, &wrong, calls);
+    let bound = Strong::new().time_scale(SCALE).failover_bound();
+    println!(
+        "failover after SIGKILL: {failover:?} (bound 2 x TTL + lock-delay + retry = {bound:?}, as the agent counts time)"
+    );
+    assert!(found.is_empty(), "{found:#?}");
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    // Only deposits that were in flight on the killed node fail (their
+    // outcome is unknown: counted as attempted, not acknowledged).
+    for f in &failures {
+        assert!(f.contains("p-1") || f.contains("down"), "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_in_strong_mode_loses_no_call() {
+    let test = "rolling-strong";
+    let dir = scratch(test);
+    let consul = agent().await;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(spawn(&consul, i, true, &dir).await);
+    }
+    let driver = driver(&consul, true).await;
+    members(&driver, |m| m.len() == 4).await;
+    let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(5));
+    load.more(300).await;
+    for i in 0..3 {
+        let name = procs[i].name.clone();
+        procs[i].signal("TERM");
+        assert!(procs[i].exited(STEP).await, "{name} left cleanly");
+        members(&driver, |m| !m.contains(&name)).await;
+        load.more(200).await;
+        procs[i] = spawn(&consul, i, true, &dir).await;
+        members(&driver, |m| m.len() == 4).await;
+        load.more(300).await;
+    }
+    let (acked, failures) = load.finish().await;
+    let calls = acked.values().map(|(_, t)| t).sum();
+    let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    driver.shutdown().await.expect("driver leaves");
+    drop(procs);
+    let found = violations(&histories(&dir));
+    report(test, &found, &wrong, calls);
+    assert!(found.is_empty(), "{found:#?}");
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

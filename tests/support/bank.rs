@@ -1,0 +1,135 @@
+//! Steady deposits into bank accounts (`actors::Account`, or any actor
+//! named `Account` of capability `bank` with a `Deposit` message, such as
+//! the `consul_mesh` example's), and the check of their balances in Consul
+//! KV: the strong mode's chaos workload.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use mesh::discovery::Consul;
+use mesh::Node;
+use tokio::time::Instant;
+
+use crate::actors::{Account, Deposit};
+use crate::within;
+
+const STEP: Duration = Duration::from_secs(30);
+
+/// Deposits of 1 into `accounts` accounts, `per_account` workers each,
+/// through the driver, each call with `deadline`; counts what was acknowledged and attempted per account.
+pub struct Deposits {
+    acked: Arc<Mutex<BTreeMap<String, (u64, u64)>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    done: Arc<tokio::sync::watch::Sender<usize>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Deposits {
+    /// Starts the workers.
+    pub fn start(
+        driver: &Node,
+        prefix: &str,
+        accounts: usize,
+        per_account: usize,
+        deadline: Duration,
+    ) -> Deposits {
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(tokio::sync::watch::channel(0usize).0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..accounts * per_account)
+            .map(|w| {
+                let id = format!("{prefix}-{}", w % accounts);
+                let (driver, acked, failures, done, stop) = (
+                    driver.clone(),
+                    acked.clone(),
+                    failures.clone(),
+                    done.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let result = driver
+                            .call::<Account, _>(&id, Deposit(1))
+                            .timeout(deadline)
+                            .await;
+                        let mut table = acked.lock().unwrap_or_else(PoisonError::into_inner);
+                        let entry = table.entry(id.clone()).or_insert((0, 0));
+                        entry.1 += 1;
+                        match result {
+                            Ok(Ok(_)) => entry.0 += 1,
+                            Ok(Err(e)) => failures
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(format!("{id}: refused: {e}")),
+                            Err(e) => failures
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .push(format!("{id}: {e} (sent at {:?})", started)),
+                        }
+                        drop(table);
+                        done.send_modify(|n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        Deposits {
+            acked,
+            failures,
+            done,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until `n` more deposits have ended.
+    pub async fn more(&self, n: usize) {
+        let mut rx = self.done.subscribe();
+        let target = *rx.borrow_and_update() + n;
+        within(STEP, rx.wait_for(|d| *d >= target))
+            .await
+            .expect("deposits go on");
+    }
+
+    /// Stops; per account (acknowledged, attempted), and the failures.
+    pub async fn finish(self) -> (BTreeMap<String, (u64, u64)>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.expect("a depositor panicked");
+        }
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap_or_else(PoisonError::into_inner));
+        let failures =
+            std::mem::take(&mut *self.failures.lock().unwrap_or_else(PoisonError::into_inner));
+        (acked, failures)
+    }
+}
+
+/// The balances in KV against what was acknowledged and attempted:
+/// the accounts that lost an acknowledged deposit or gained more than
+/// was attempted.
+pub async fn check_balances(
+    consul: &Consul,
+    acked: &BTreeMap<String, (u64, u64)>,
+) -> Vec<(String, u64, u64, u64)> {
+    let mut wrong = Vec::new();
+    for (id, (ok, tried)) in acked {
+        let stored = consul
+            .kv_get(&format!("accounts/{id}"))
+            .await
+            .expect("read a balance")
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .parse::<u64>()
+                    .expect("a number")
+            })
+            .unwrap_or(0);
+        if stored < *ok || stored > *tried {
+            wrong.push((id.clone(), *ok, stored, *tried));
+        }
+    }
+    wrong
+}
