@@ -328,13 +328,13 @@ async fn a_rolling_restart_in_strong_mode_loses_no_call() {
     members(&driver, |m| m.len() == 4).await;
     let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(5));
     load.more(300).await;
-    for i in 0..3 {
-        let name = procs[i].name.clone();
-        procs[i].signal("TERM");
-        assert!(procs[i].exited(STEP).await, "{name} left cleanly");
+    for (i, proc) in procs.iter_mut().enumerate() {
+        let name = proc.name.clone();
+        proc.signal("TERM");
+        assert!(proc.exited(STEP).await, "{name} left cleanly");
         members(&driver, |m| !m.contains(&name)).await;
         load.more(200).await;
-        procs[i] = spawn(&consul, i, true, &dir).await;
+        *proc = spawn(&consul, i, true, &dir).await;
         members(&driver, |m| m.len() == 4).await;
         load.more(300).await;
     }
