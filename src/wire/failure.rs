@@ -432,6 +432,10 @@ mod tests {
                 limit: 32,
                 chain: "A \"x\" -> ...".into(),
             },
+            Error::Fenced {
+                key: "mesh/c/own/bank/0042".into(),
+                reason: "failed session check".into(),
+            },
             Error::Start(StartError::Config("empty node name".into())),
             Error::Start(StartError::TagCollision {
                 tag: 7,
@@ -454,7 +458,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 21] = [
+        let want: [(u16, u16); 22] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -472,6 +476,7 @@ mod tests {
             (code::DISCOVERY, 15),
             (code::CALL_CYCLE, 16),
             (code::CHAIN_TOO_DEEP, 17),
+            (code::FENCED, 30),
             (code::START_CONFIG, 101),
             (code::START_TAG_COLLISION, 102),
             (code::START_LISTEN, 103),
@@ -483,7 +488,10 @@ mod tests {
         let codes: Vec<u16> = every_error().iter().map(Error::code).collect();
         assert_eq!(
             codes,
-            [1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 101, 102, 103, 104, 999]
+            [
+                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 101, 102, 103, 104,
+                999
+            ]
         );
     }
 

@@ -1,0 +1,327 @@
+//! Strong mode (`mesh::lease`) against eventual mode, in the same run:
+//! the same three nodes (two hosting, one calling), in-process, on
+//! loopback TCP, with the Consul test agent (time scaled 20x: session TTL
+//! 10 s -> 500 ms, lock-delay 5 s -> 250 ms), once per mode. Eventual mode
+//! is the baseline of each figure:
+//!
+//! - local call throughput (a node calling actors it hosts: the gate's
+//!   deadline check per message is the strong mode's whole cost here);
+//! - remote call throughput (the caller hosts nothing);
+//! - activation rate (calls to new ids: strong activations pass the gate);
+//! - join handoff: from a node's start to a call served by it on an id
+//!   that moved to it (strong: the old owner drains and unlocks, the new
+//!   one locks);
+//! - leave handoff: from `shutdown()` to a call served elsewhere on an id
+//!   the leaving node owned;
+//! - crash failover: from `sever()` (as a crash: nothing released) to a
+//!   call served elsewhere, next to the documented bound
+//!   `2 x TTL + lock-delay + retry`.
+//!
+//! Each figure is the median of `RUNS` runs, with the spread (min-max) of
+//! the ratio. `cargo bench --bench strong`
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh::discovery::Consul;
+use mesh::lease::Strong;
+use mesh::prelude::*;
+use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_catalog::TimeScale;
+
+const SCALE: f64 = 0.05;
+const RUNS: usize = 3;
+const WINDOW: Duration = Duration::from_secs(2);
+const CALLERS: usize = 64;
+
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Counter {
+    n: u64,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = String)]
+struct Hit;
+
+#[mesh::handlers]
+impl Counter {
+    async fn hit(&mut self, _: Hit, ctx: &Ctx) -> String {
+        self.n += 1;
+        ctx.node().id().to_owned()
+    }
+}
+
+fn strong() -> Strong {
+    Strong::new()
+        .time_scale(SCALE)
+        .retry(Duration::from_millis(20))
+}
+
+async fn start(
+    consul: &TestConsul,
+    agent: usize,
+    name: &str,
+    strong_mode: bool,
+    hosts: bool,
+) -> Node {
+    let adapter = Consul::new()
+        .address(consul.url(agent))
+        .heartbeat(Duration::from_millis(100))
+        .ttl(Duration::from_secs(6));
+    let mut b = Node::builder()
+        .name(name)
+        .cluster("bench")
+        .cookie("bench-cookie")
+        .listen("127.0.0.1:0")
+        .default_node(false)
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
+        .discovery(adapter);
+    if hosts {
+        b = b.capabilities(["game"]).actor::<Counter>();
+    }
+    if strong_mode {
+        b = b.strong(strong());
+    }
+    b.start().await.expect("node starts")
+}
+
+async fn until(node: &Node, f: impl Fn(&mesh::Membership) -> bool) {
+    node.membership_changes()
+        .wait_for(|m| f(m))
+        .await
+        .expect("membership watch");
+}
+
+/// Calls per second from `CALLERS` tasks on `from` to `ids` (cycled) for
+/// `WINDOW`.
+async fn throughput(from: &Node, ids: Arc<Vec<String>>) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|w| {
+            let (from, ids, stop, done) = (from.clone(), ids.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = &ids[i % ids.len()];
+                    from.call::<Counter, _>(id, Hit).await.expect("call");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += CALLERS;
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let took = t0.elapsed();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    n as f64 / took.as_secs_f64()
+}
+
+/// Activations per second: `CALLERS` tasks each calling new ids.
+async fn activations(from: &Node, prefix: &str) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|w| {
+            let (from, stop, done, prefix) =
+                (from.clone(), stop.clone(), done.clone(), prefix.to_owned());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    from.call::<Counter, _>(&format!("{prefix}-{w}-{i}"), Hit)
+                        .await
+                        .expect("call");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = done.load(Ordering::Relaxed);
+    let took = t0.elapsed();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    n as f64 / took.as_secs_f64()
+}
+
+/// Calls `id` from `from` until `want(serving node)` holds; when it did.
+async fn served_by(from: &Node, id: &str, want: impl Fn(&str) -> bool) -> Instant {
+    loop {
+        if let Ok(on) = from
+            .call::<Counter, _>(id, Hit)
+            .timeout(Duration::from_secs(10))
+            .await
+        {
+            if want(&on) {
+                return Instant::now();
+            }
+        }
+    }
+}
+
+fn owned_by(n: &Node, node: &str, prefix: &str) -> String {
+    (0..)
+        .map(|k| format!("{prefix}{k}"))
+        .find(|id| n.owner_of::<Counter>(id).is_ok_and(|o| o == node))
+        .expect("an id")
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Figures {
+    local: f64,
+    remote: f64,
+    activations: f64,
+    join: Duration,
+    leave: Duration,
+    crash: Duration,
+}
+
+async fn run(strong_mode: bool, round: usize) -> Figures {
+    let consul = TestConsul::start(
+        4,
+        TimeScale {
+            ttl: SCALE,
+            deregister: 0.01,
+        },
+    )
+    .await;
+    let a = start(&consul, 0, "a", strong_mode, true).await;
+    let b = start(&consul, 1, "b", strong_mode, true).await;
+    let c = start(&consul, 2, "c", strong_mode, false).await;
+    for n in [&a, &b, &c] {
+        until(n, |m| m.len() == 3).await;
+    }
+    // Warm: every id of the working set active.
+    let ids: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    let local: Arc<Vec<String>> = Arc::new(
+        ids.iter()
+            .filter(|id| a.owner_of::<Counter>(id).is_ok_and(|o| o == "a"))
+            .cloned()
+            .collect(),
+    );
+    let all = Arc::new(ids);
+    for id in all.iter() {
+        c.call::<Counter, _>(id, Hit).await.expect("warm");
+    }
+    let before: Vec<usize> = (0..3).map(|i| consul.requests(i, "txn").len()).collect();
+    let renews_before: Vec<usize> = (0..3)
+        .map(|i| consul.requests(i, "session/renew").len())
+        .collect();
+    let mut f = Figures {
+        local: throughput(&a, local).await,
+        remote: throughput(&c, all).await,
+        activations: activations(&c, &format!("fresh{round}")).await,
+        ..Figures::default()
+    };
+    if std::env::var("MESH_BENCH_DEBUG").is_ok() {
+        let after: Vec<usize> = (0..3).map(|i| consul.requests(i, "txn").len()).collect();
+        let renews: Vec<usize> = (0..3)
+            .map(|i| consul.requests(i, "session/renew").len())
+            .collect();
+        println!("txns during the windows: {before:?} -> {after:?}; renews {renews_before:?} -> {renews:?}");
+    }
+
+    // Join: d starts; an id that moves to d is served by d.
+    let t0 = Instant::now();
+    let d = start(&consul, 3, "d", strong_mode, true).await;
+    until(&c, |m| m.contains("d")).await;
+    let moved = owned_by(&c, "d", "j");
+    f.join = served_by(&c, &moved, |on| on == "d").await - t0;
+    // Leave: d shuts down; its id is served elsewhere.
+    let t0 = Instant::now();
+    d.shutdown().await.expect("d leaves");
+    f.leave = served_by(&c, &moved, |on| on != "d").await - t0;
+    // Crash: b is severed (nothing released); its id is served elsewhere.
+    let lost = owned_by(&c, "b", "k");
+    c.call::<Counter, _>(&lost, Hit).await.expect("on b");
+    let t0 = Instant::now();
+    b.sever();
+    f.crash = served_by(&c, &lost, |on| on != "b").await - t0;
+    for n in [a, c] {
+        n.shutdown().await.expect("shutdown");
+    }
+    b.shutdown().await.ok();
+    f
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "mesh strong vs eventual: {cores} cores, {RUNS} runs, {CALLERS} callers, {WINDOW:?} windows, test agent time x{}",
+        1.0 / SCALE
+    );
+    let mut eventual = Vec::new();
+    let mut strong_runs = Vec::new();
+    let runs = std::env::var("MESH_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RUNS);
+    for round in 0..runs {
+        eventual.push(run(false, round).await);
+        strong_runs.push(run(true, round).await);
+        println!("run {round}: eventual {:?}", eventual[round]);
+        println!("run {round}: strong   {:?}", strong_runs[round]);
+    }
+    type Get = fn(&Figures) -> f64;
+    let rows: [(&str, Get, &str, &str); 6] = [
+        ("local calls/s", |f| f.local, "", ">= 0.95x"),
+        ("remote calls/s", |f| f.remote, "", ">= 0.95x"),
+        ("activations/s", |f| f.activations, "", ""),
+        ("join handoff, ms", |f| ms(f.join), "", ""),
+        ("leave handoff, ms", |f| ms(f.leave), "", ""),
+        ("crash failover, ms", |f| ms(f.crash), "", ""),
+    ];
+    println!();
+    println!("| figure | strong (median) | eventual (median) | ratio (median, min-max) | goal |");
+    println!("|---|---|---|---|---|");
+    for (name, get, _, goal) in rows {
+        let s: Vec<f64> = strong_runs.iter().map(get).collect();
+        let e: Vec<f64> = eventual.iter().map(get).collect();
+        let ratios: Vec<f64> = s.iter().zip(&e).map(|(s, e)| s / e).collect();
+        let (lo, hi) = spread(&ratios);
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.3}x ({lo:.3}-{hi:.3}) | {goal} |",
+            median(s),
+            median(e),
+            median(ratios.clone())
+        );
+    }
+    let bound = strong().failover_bound();
+    let crash: Vec<f64> = strong_runs.iter().map(|f| ms(f.crash)).collect();
+    let (lo, hi) = spread(&crash);
+    println!(
+        "| strong crash failover vs its bound (2 x TTL + lock-delay + retry, scaled) | {:.0} ms ({lo:.0}-{hi:.0}) | bound {:.0} ms | {:.2}x | <= 1x + scheduling |",
+        median(crash.clone()),
+        ms(bound),
+        median(crash) / ms(bound)
+    );
+}
