@@ -1,12 +1,17 @@
 //! Activation histories, and a checker for duplicate activations.
 //!
-//! Placement is eventual (see the crate docs): during a topology change the
-//! same id may be active on two nodes for a while. This module is how that
-//! window is measured. A node given a [`History`]
+//! Placement is eventual by default (see the crate docs): during a topology
+//! change the same id may be active on two nodes for a while; strong mode
+//! ([`crate::lease`]) promises it never is. This module is how either is
+//! measured. A node given a [`History`]
 //! ([`NodeBuilder::history`](crate::NodeBuilder::history)) records when each
-//! activation starts serving and when it has ended (after its
-//! `on_deactivate` hook); [`overlaps`] finds the ids whose activations on
-//! two nodes overlapped in time, and for how long.
+//! activation starts, each message it is about to handle, and when it has
+//! ended (after its `on_deactivate` hook, or lost with its lease), with
+//! the activation's fencing token in strong mode. [`overlaps`] finds the
+//! ids whose activations on two nodes were alive at the same time, and for
+//! how long; [`violations`] the ids whose activations *acted* out of turn
+//! (a message handled after the next activation started), which is what
+//! the strong mode must never show.
 //!
 //! Events carry wall-clock times (`SystemTime`), so histories of several
 //! processes on one machine can be merged; across machines the overlap
@@ -14,8 +19,8 @@
 //! events as text lines ([`ActivationEvent::to_line`]) that
 //! [`ActivationEvent::parse_line`] reads back.
 //!
-//! Cost: one call of the recorder per activation start and end, none per
-//! message; without a recorder, one branch.
+//! Cost: one call of the recorder per activation start and end and per
+//! message; without a recorder, one branch per message.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -26,7 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Phase {
-    /// The actor was activated: it serves messages from now on.
+    /// An activation starts: its `activate` runs (it may read state) and
+    /// it serves messages from then on. A failed `activate` is followed by
+    /// `Deactivated`.
     Activated,
     /// A message is about to be handled (recorded per message, only on a
     /// node with a history).

@@ -330,12 +330,16 @@ async fn a_rolling_restart_in_strong_mode_loses_no_call() {
     load.more(300).await;
     for (i, proc) in procs.iter_mut().enumerate() {
         let name = proc.name.clone();
+        println!("{:?} TERM {name}", Instant::now());
         proc.signal("TERM");
         assert!(proc.exited(STEP).await, "{name} left cleanly");
+        println!("{:?} {name} exited", Instant::now());
         members(&driver, |m| !m.contains(&name)).await;
         load.more(200).await;
+        println!("{:?} {name} starts again", Instant::now());
         *proc = spawn(&consul, i, true, &dir).await;
         members(&driver, |m| m.len() == 4).await;
+        println!("{:?} {name} is back", Instant::now());
         load.more(300).await;
     }
     let (acked, failures) = load.finish().await;
@@ -356,5 +360,195 @@ async fn a_rolling_restart_in_strong_mode_loses_no_call() {
         failures.len(),
         &failures[..failures.len().min(10)]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fails with what to install when a tool the namespace test needs is
+/// missing (`scripts/test.sh` installs them).
+fn require(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install Debian's {package} (apt-get install {package})"
+    );
+}
+
+/// Runs test `name` of this binary again, alone, in a network namespace
+/// of its own (`unshare --net`, loopback up), where it may change
+/// iptables; fails if it fails.
+async fn in_own_namespace(name: &str) {
+    require("unshare", "util-linux");
+    require("ip", "iproute2");
+    require("iptables", "iptables");
+    let exe = std::env::current_exe().expect("test binary");
+    let script = format!(
+        "ip link set lo up && exec {} --exact {name} --nocapture --test-threads 1",
+        exe.display()
+    );
+    let out = within(
+        Duration::from_secs(120),
+        Command::new("unshare")
+            .args(["--net", "--", "sh", "-c", &script])
+            .env("MESH_STRONG_NETNS", "1")
+            .output(),
+    )
+    .await
+    .expect("run the test in a new network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "in its namespace:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("cut off from consul:"), "{stdout}");
+}
+
+fn iptables(args: &[&str]) {
+    let status = std::process::Command::new("iptables")
+        .args(args)
+        .status()
+        .expect("run iptables");
+    assert!(status.success(), "iptables {args:?} failed");
+}
+
+/// Wall-clock time of a tokio instant, from one pair read together.
+fn wall(at: Instant, pair: (Instant, std::time::SystemTime)) -> std::time::SystemTime {
+    if at >= pair.0 {
+        pair.1 + (at - pair.0)
+    } else {
+        pair.1 - (pair.0 - at)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_replaced_before() {
+    let test =
+        "a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_replaced_before";
+    if std::env::var("MESH_STRONG_NETNS").is_err() {
+        return in_own_namespace(test).await;
+    }
+    let dir = scratch("cutoff-strong");
+    let consul = agent().await;
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(spawn(&consul, i, true, &dir).await);
+    }
+    let driver = driver(&consul, true).await;
+    members(&driver, |m| m.len() == 4).await;
+    let load = Deposits::start(
+        &driver,
+        "cutoff",
+        ACCOUNTS,
+        PER_ACCOUNT,
+        Duration::from_millis(1500),
+    );
+    load.more(300).await;
+    let p1_accounts: Vec<String> = (0..ACCOUNTS)
+        .map(|a| format!("cutoff-{a}"))
+        .filter(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == "p-1"))
+        .collect();
+    // p-1 can no longer reach its agent; its peers still reach it.
+    let port = consul
+        .url(1)
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    iptables(&["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"]);
+    let pair = (Instant::now(), std::time::SystemTime::now());
+    // Its peers see its health check fail and route around it; calls it
+    // still holds end at their deadline; its accounts are activated again
+    // elsewhere once its session expired.
+    members(&driver, |m| !m.contains("p-1")).await;
+    within(STEP, async {
+        loop {
+            load.more(20).await;
+            let taken = histories(&dir).iter().any(|e| {
+                e.node != "p-1"
+                    && e.phase == mesh::history::Phase::Activated
+                    && p1_accounts.contains(&e.id)
+            });
+            if taken {
+                return;
+            }
+        }
+    })
+    .await;
+    load.more(300).await;
+    let (acked, failures) = load.finish().await;
+    let calls: u64 = acked.values().map(|(_, t)| t).sum();
+    let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    iptables(&["-F", "INPUT"]);
+    driver.shutdown().await.expect("driver leaves");
+    drop(procs);
+    let events = histories(&dir);
+    let found = violations(&events);
+    report("cutoff-strong", &found, &wrong, calls);
+    // The last renew of p-1 the agent received, as wall-clock time.
+    let last_renew = consul
+        .requests(1, "session/renew")
+        .into_iter()
+        .max()
+        .map(|t| wall(t, pair))
+        .expect("p-1 renewed");
+    let strong = Strong::new().time_scale(SCALE);
+    let validity =
+        Duration::from_secs(10).mul_f64(SCALE * 0.99) - Duration::from_millis(500).mul_f64(SCALE);
+    let ttl = Duration::from_secs(10).mul_f64(SCALE);
+    let last_served = events
+        .iter()
+        .filter(|e| e.node == "p-1" && e.phase == mesh::history::Phase::Served)
+        .map(|e| e.at)
+        .max()
+        .expect("p-1 served");
+    let after = |t: std::time::SystemTime| {
+        t.duration_since(last_renew)
+            .map(|d| format!("+{d:?}"))
+            .unwrap_or_else(|e| format!("-{:?}", e.duration()))
+    };
+    let taken_over = events
+        .iter()
+        .filter(|e| {
+            e.node != "p-1"
+                && e.phase == mesh::history::Phase::Activated
+                && p1_accounts.contains(&e.id)
+                && e.at > pair.1
+        })
+        .map(|e| e.at)
+        .min()
+        .expect("p-1's accounts were taken over");
+    println!(
+        "cut off from consul: last renew received at 0, p-1's last dispatch {}, first takeover {} (lease validity {validity:?}, session TTL {ttl:?}, failover bound {:?})",
+        after(last_served),
+        after(taken_over),
+        strong.failover_bound()
+    );
+    assert!(found.is_empty(), "{found:#?}");
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    // It stops serving within its lease, counted from the last renew that
+    // got through (sent no later than received), with 5 ms for reading
+    // the two clocks apart.
+    assert!(
+        last_served <= last_renew + validity + Duration::from_millis(5),
+        "p-1 served {} after its last renew",
+        after(last_served)
+    );
+    // No takeover before its session could expire: a TTL after the last
+    // renew the agent received.
+    assert!(
+        taken_over >= last_renew + ttl,
+        "taken over {} after the last renew",
+        after(taken_over)
+    );
+    for f in &failures {
+        assert!(f.contains("timed out") || f.contains("down"), "{f}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -81,6 +81,12 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         };
         // Boxed, like the hook below: they run once per activation, and
         // inline they would grow every idle activation's task by their size.
+        // Recorded as the activation starts (it may read state from here
+        // on), not once `activate` returns: a history orders activations by
+        // when they began to act.
+        ctx.node()
+            .inner()
+            .record(Phase::Activated, A::NAME, &id, ctx.lease().1);
         let activate = Box::pin(CatchUnwind::new(A::activate(&id, &ctx)));
         let activated = watch_queue(&mb, &mut batch, activate).await;
         let mut actor = match activated {
@@ -92,6 +98,9 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
                     Ok(Ok(_)) => String::new(),
                 };
                 metrics.activation_failures.increment(1);
+                ctx.node()
+                    .inner()
+                    .record(Phase::Deactivated, A::NAME, &id, ctx.lease().1);
                 tracing::warn!(actor = A::NAME, id = &*id, "activation failed: {reason}");
                 let err = Error::ActivationFailed {
                     actor: A::NAME.to_owned(),
@@ -112,9 +121,6 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         };
         metrics.activations.increment(1);
         metrics.live.increment(1.0);
-        ctx.node()
-            .inner()
-            .record(Phase::Activated, A::NAME, &id, ctx.lease().1);
         // The chain of calls is known to the whole activation (see
         // `actor::chain`); each message sets whose call it serves.
         let end = chain::scope(

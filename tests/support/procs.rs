@@ -40,9 +40,20 @@ impl Proc {
     /// Spawns `cmd` (with `MESH_COOKIE` set to `cookie`) and waits (at
     /// most 30 s) for its `<name> listening on <addr>` line.
     pub async fn spawn(mut cmd: Command, name: &str, cookie: &str) -> Proc {
+        // MESH_PROC_LOGS=<dir>: each process's stderr (its logs, filtered
+        // by RUST_LOG) goes to <dir>/<name>.log, for debugging a run.
+        let stderr = match std::env::var_os("MESH_PROC_LOGS") {
+            Some(dir) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::path::Path::new(&dir).join(format!("{name}.log")))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        };
         cmd.env("MESH_COOKIE", cookie)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn a node process");
         let stdout = child.stdout.take().expect("piped stdout");
