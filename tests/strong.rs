@@ -101,7 +101,7 @@ async fn members(n: &Node, want: usize) {
         .expect("membership watch");
 }
 
-/// Joins, then a graceful leave, under steady deposits; returns the
+/// Joins, a graceful leave and a crash, under steady deposits; returns the
 /// violations, the accounts whose balance is wrong, the failures and the
 /// number of calls.
 async fn churn(
@@ -145,12 +145,19 @@ async fn churn(
     println!("{:?} b left", t0.elapsed());
     members(&driver, 3).await;
     load.more(300).await;
+    // A crash: c stops at once, releasing nothing; in strong mode its
+    // shards come back once its session expired.
+    println!("{:?} c crashes", t0.elapsed());
+    c.sever();
+    members(&driver, 2).await;
+    load.more(300).await;
     let (acked, failures) = load.finish().await;
     let calls = acked.values().map(|(_, t)| t).sum();
     let wrong = check_balances(&adapter(&consul, 3), &acked).await;
-    for n in [&a, &c, &driver] {
+    for n in [&a, &driver] {
         n.shutdown().await.expect("shutdown");
     }
+    drop(c); // severed: dropping the handle ends what is left of it
     (violations(&history.events()), wrong, failures, calls)
 }
 
@@ -168,11 +175,11 @@ async fn strong_mode_hands_shards_over_with_one_activation_at_a_time_and_no_lost
         wrong.is_empty(),
         "(id, acked, stored, attempted): {wrong:?}"
     );
-    assert!(
-        failures.is_empty(),
-        "{:?}",
-        &failures[..failures.len().min(10)]
-    );
+    // Only deposits in flight on the crashed node fail (their outcome is
+    // unknown: counted as attempted, not acknowledged).
+    for f in &failures {
+        assert!(f.contains("down"), "{f}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
