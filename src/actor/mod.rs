@@ -63,6 +63,11 @@ pub trait Actor: Sized + Send + 'static {
     #[doc(hidden)]
     const __CAPABILITY_KEY: u64 = crate::ring::capability_key(Self::CAPABILITY);
 
+    /// The routing key of this actor type ([`crate::ring::actor_key`]);
+    /// not to be overridden.
+    #[doc(hidden)]
+    const __ACTOR_KEY: u64 = crate::ring::actor_key(Self::CAPABILITY, Self::NAME);
+
     /// Creates the actor's state for `id` on activation. The derive uses
     /// `Default` unless `#[actor(activate = path)]` names an async function
     /// `fn(&str) -> Result<Self, E>` or `fn(&str, &Ctx) -> Result<Self, E>`
@@ -204,7 +209,7 @@ impl<A: Handlers> std::fmt::Debug for Interleaver<'_, A> {
 )]
 pub trait Handler<M: Message>: Handlers {
     /// The wire tag of `M` for this actor: [`crate::wire::tag`] of the
-    /// capability and the message name.
+    /// capability, the actor type's name and the message name.
     const TAG: u64;
 
     /// Wraps a message and its reply slot into the actor's envelope.

@@ -241,6 +241,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         capabilities: node.capabilities.clone(),
         addr: cfg.advertise.clone().unwrap_or_default(),
         incarnation: node.incarnation,
+        actors: node.hosted.clone(),
     };
     let mut transport = TransportConfig::new(identity, cookie);
     transport.codec = cfg.codec;
@@ -290,7 +291,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
     };
     let addr = cluster.addr().to_owned();
     node.membership.send_modify(|m| {
-        m.upsert(&node.id, &addr, &node.capabilities);
+        m.upsert_hosting(&node.id, &addr, &node.capabilities, Some(&node.hosted));
     });
     if node.cluster.set(cluster).is_err() {
         return Err(StartError::Config("cluster started twice".into()));
