@@ -285,3 +285,84 @@ pub const fn capability_key(capability: &str) -> u64 {
 pub const fn actor_key(capability: &str, actor: &str) -> u64 {
     xxhash_rust::const_xxh3::xxh3_64_with_seed(actor.as_bytes(), capability_key(capability))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::Rendezvous;
+
+    type Types = Vec<(&'static str, &'static str)>;
+
+    fn rt(members: &[(&'static str, &[&'static str], Option<Types>)]) -> RoutingTable {
+        RoutingTable::compute_hosting(
+            &Rendezvous,
+            members
+                .iter()
+                .map(|(n, caps, types)| (*n, caps.iter().copied(), types.clone())),
+            "a",
+        )
+    }
+
+    fn nodes(t: Option<&ShardTable>) -> Vec<&str> {
+        t.map(|t| t.nodes().collect()).unwrap_or_default()
+    }
+
+    const ROOM: (&str, &str) = ("chat", "Room");
+    const USER: (&str, &str) = ("chat", "User");
+
+    fn key((c, a): (&str, &str)) -> (u64, u64) {
+        (actor_key(c, a), capability_key(c))
+    }
+
+    #[test]
+    fn nodes_hosting_the_same_types_share_one_table() {
+        let both = Some(vec![ROOM, USER]);
+        let t = rt(&[
+            ("a", &["chat"], both.clone()),
+            ("b", &["chat"], both.clone()),
+            ("c", &["chat"], both),
+        ]);
+        let (r, c) = key(ROOM);
+        let (u, _) = key(USER);
+        // One table in memory, whatever the number of actor types.
+        assert_eq!(t.distinct_tables(), 1);
+        assert!(std::ptr::eq(t.actor(r, c).unwrap(), t.get(c).unwrap()));
+        assert!(std::ptr::eq(t.actor(u, c).unwrap(), t.get(c).unwrap()));
+    }
+
+    #[test]
+    fn a_type_is_placed_only_on_the_nodes_that_host_it() {
+        let t = rt(&[
+            ("a", &["chat"], Some(vec![ROOM, USER])),
+            ("b", &["chat"], Some(vec![USER])),
+            // Says nothing: hosts every type of its capabilities.
+            ("c", &["chat"], None),
+            // Names a type without its capability: not counted.
+            ("d", &["game"], Some(vec![ROOM])),
+        ]);
+        let (r, c) = key(ROOM);
+        let (u, _) = key(USER);
+        assert_eq!(nodes(t.get(c)), ["a", "b", "c"]);
+        assert_eq!(nodes(t.actor(r, c)), ["a", "c"]);
+        assert_eq!(nodes(t.actor(u, c)), ["a", "b", "c"]);
+        // User's table is the capability's: shared.
+        assert!(std::ptr::eq(t.actor(u, c).unwrap(), t.get(c).unwrap()));
+        // A type nobody names: only on the nodes that did not say.
+        let (x, _) = key(("chat", "Ghost"));
+        assert_eq!(nodes(t.actor(x, c)), ["c"]);
+        // chat, game, chat/Room, chat/unsaid.
+        assert_eq!(t.distinct_tables(), 4);
+        // Without a member that did not say, a type nobody names has none.
+        let t = rt(&[("a", &["chat"], Some(vec![ROOM]))]);
+        assert!(t.actor(x, c).is_none());
+        assert!(t.actor(r, c).is_some_and(|t| t.is_local(0)));
+    }
+
+    #[test]
+    fn members_that_do_not_say_host_every_type() {
+        let t = RoutingTable::compute(&Rendezvous, [("a", ["chat"]), ("b", ["chat"])], "a");
+        let (r, c) = key(ROOM);
+        assert_eq!(nodes(t.actor(r, c)), ["a", "b"]);
+        assert_eq!(t.distinct_tables(), 1);
+    }
+}
