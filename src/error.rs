@@ -75,8 +75,8 @@ pub enum Error {
     /// call that raced a membership change).
     ///
     /// The node that refused names itself; the caller fills in the actor
-    /// type, id, message and capability (empty where not known).
-    #[error("{}", unknown_message_text(actor, *tag, node, id, message, capability))]
+    /// type, id and message (empty where not known).
+    #[error("{}", unknown_message_text(actor, *tag, node, id, message))]
     UnknownMessage {
         /// The actor type's name.
         actor: String,
@@ -88,8 +88,6 @@ pub enum Error {
         id: String,
         /// The message's wire name.
         message: String,
-        /// The actor type's capability.
-        capability: String,
     },
 
     /// The actor's activation function returned an error (or panicked). The
@@ -270,14 +268,13 @@ impl Error {
             node: node.to_owned(),
             id: String::new(),
             message: String::new(),
-            capability: String::new(),
         }
     }
 
-    /// The same error, naming the call it failed (actor type, its
-    /// capability, id, message) where it did not yet. Runs only on a
-    /// failed call: the success path pays nothing for the context.
-    pub(crate) fn in_call(mut self, actor: &str, capability: &str, id: &str, message: &str) -> Self {
+    /// The same error, naming the call it failed (actor type, id,
+    /// message) where it did not yet. Runs only on a failed call: the
+    /// success path pays nothing for the context.
+    pub(crate) fn in_call(mut self, actor: &str, id: &str, message: &str) -> Self {
         fn fill(field: &mut String, value: &str) {
             if field.is_empty() {
                 value.clone_into(field);
@@ -288,12 +285,8 @@ impl Error {
                 actor: a,
                 id: i,
                 message: m,
-            } => {
-                if a.is_empty() {
-                    (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
-                }
             }
-            Error::NodeDown {
+            | Error::NodeDown {
                 actor: a,
                 id: i,
                 message: m,
@@ -304,22 +297,18 @@ impl Error {
                 id: i,
                 message: m,
                 ..
-            } => {
-                if a.is_empty() {
-                    (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
-                }
+            } if a.is_empty() => {
+                (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
             }
             Error::UnknownMessage {
                 actor: a,
                 id: i,
                 message: m,
-                capability: c,
                 ..
             } => {
                 fill(a, actor);
                 fill(i, id);
                 fill(m, message);
-                fill(c, capability);
             }
             Error::Codec(text) => {
                 use std::fmt::Write;
@@ -371,14 +360,7 @@ fn no_node_text(capability: &str, actor: &str, id: &str, message: &str) -> Strin
     )
 }
 
-fn unknown_message_text(
-    actor: &str,
-    tag: u64,
-    node: &str,
-    id: &str,
-    message: &str,
-    capability: &str,
-) -> String {
+fn unknown_message_text(actor: &str, tag: u64, node: &str, id: &str, message: &str) -> String {
     let on = if node.is_empty() {
         "the node".to_owned()
     } else {
@@ -387,20 +369,12 @@ fn unknown_message_text(
     match (actor, message) {
         ("", _) => format!("{on} has no handler for wire tag {tag:#018x}"),
         (_, "") => format!("{on} has no handler of {actor} for wire tag {tag:#018x}"),
-        _ => {
-            let of = if capability.is_empty() {
-                String::new()
-            } else {
-                format!(" of capability {capability:?}")
-            };
-            format!(
-                "{}: {on} has no handler for {message} (wire tag {tag:#018x}): it runs a \
-                 build of {actor} without {message} (an older build?), or does not host \
-                 {actor}; deploy the build of {actor} that handles {message} on every node{of} \
-                 that hosts {actor}",
-                call_text(actor, id, message)
-            )
-        }
+        _ => format!(
+            "{}: {on} has no handler for {message} (wire tag {tag:#018x}): it runs a build \
+             of {actor} without {message} (an older build?), or does not host {actor}; \
+             deploy the build of {actor} that handles {message} on every node that hosts {actor}",
+            call_text(actor, id, message)
+        ),
     }
 }
 

@@ -599,10 +599,7 @@ async fn a_partition_cuts_links_at_once_and_refuses_new_ones_until_healed() {
     assert!(conn.ping(Duration::from_secs(5)).await.is_ok());
     memory.partition("a", "b");
     // Both ends see the cut as a dropped connection: calls fail at once.
-    assert_eq!(
-        soon(hanging).await.unwrap(),
-        Err(node_down("b"))
-    );
+    assert_eq!(soon(hanging).await.unwrap(), Err(node_down("b")));
     soon(accepted.closed()).await;
     let (client_in, _) = echo();
     let refused = TransportUnderTest::memory(&memory)

@@ -222,7 +222,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
                 Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
-                    let result = Err(e.in_call(A::NAME, A::CAPABILITY, this.id, M::NAME));
+                    let result = Err(e.in_call(A::NAME, this.id, M::NAME));
                     metrics.call_done(&result);
                     return Poll::Ready(result);
                 }
@@ -252,7 +252,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 .call_duration
                 .record(started.elapsed().as_secs_f64());
         }
-        let result = result.map_err(|e| e.in_call(A::NAME, A::CAPABILITY, this.id, M::NAME));
+        let result = result.map_err(|e| e.in_call(A::NAME, this.id, M::NAME));
         metrics.call_done(&result);
         Poll::Ready(result)
     }
@@ -333,7 +333,7 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
         Ok(()) => metrics.casts_ok.increment(1),
         Err(_) => metrics.casts_error.increment(1),
     }
-    result.map_err(|e| e.in_call(A::NAME, A::CAPABILITY, id, M::NAME))
+    result.map_err(|e| e.in_call(A::NAME, id, M::NAME))
 }
 
 impl Node {

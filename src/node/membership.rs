@@ -126,10 +126,9 @@ impl Membership {
                 (
                     n,
                     info.capabilities.iter().map(String::as_str),
-                    info.actors.as_ref().map(|a| {
-                        a.iter()
-                            .map(|h| (h.capability.as_str(), h.actor.as_str()))
-                    }),
+                    info.actors
+                        .as_ref()
+                        .map(|a| a.iter().map(|h| (h.capability.as_str(), h.actor.as_str()))),
                 )
             }),
             local,

@@ -214,7 +214,7 @@ impl Node {
         let routing = self.inner.routing.load();
         let table = routing
             .actor(A::__ACTOR_KEY, A::__CAPABILITY_KEY)
-            .ok_or_else(|| Error::no_node(A::CAPABILITY).in_call(A::NAME, A::CAPABILITY, id, ""))?;
+            .ok_or_else(|| Error::no_node(A::CAPABILITY).in_call(A::NAME, id, ""))?;
         Ok(table.owner(shard(id)).to_owned())
     }
 
@@ -420,4 +420,3 @@ impl NodeInner {
             .and_then(|(_, _, a)| a.as_any().downcast_ref())
     }
 }
-

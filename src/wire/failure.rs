@@ -183,14 +183,12 @@ impl Failure {
                 node,
                 id,
                 message,
-                capability,
             } => {
                 f.actor = actor.clone();
                 f.tag = *tag;
                 f.node = node.clone();
                 f.id = id.clone();
                 f.message = message.clone();
-                f.detail = capability.clone();
             }
             Error::ActivationFailed { actor, id, reason } => {
                 f.actor = actor.clone();
@@ -279,7 +277,6 @@ impl Failure {
                 node,
                 id,
                 message,
-                capability: detail,
             },
             code::ACTIVATION_FAILED => Error::ActivationFailed {
                 actor,
@@ -445,7 +442,6 @@ mod tests {
                 node: "node-b".into(),
                 id: "p-1".into(),
                 message: "Score".into(),
-                capability: "game".into(),
             },
             Error::ActivationFailed {
                 actor: "Player".into(),

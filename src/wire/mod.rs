@@ -35,9 +35,7 @@ pub use frame::{
     Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, VERSION,
 };
 pub use handshake::{Cookie, Dialer, HandshakeError, Identity, Listener, Peer};
-pub use message::{
-    Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome,
-};
+pub use message::{Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
 use serde::de::DeserializeOwned;
