@@ -1,5 +1,11 @@
 //! The membership view: which nodes are up, where they listen and what each
 //! hosts (sans-IO).
+//!
+//! What a member hosts is what its handshake said: its capabilities and the
+//! actor types of each ([`MemberInfo::actors`]). [`Membership::routing`]
+//! places each actor type only on the members hosting it; a member that
+//! did not say which types it hosts is taken to host every type of its
+//! capabilities.
 
 use std::collections::BTreeMap;
 

@@ -17,6 +17,10 @@
 //! closes: wrong cluster, wrong version, wrong cookie, or a malformed
 //! message. A listener also drops a dialer that says nothing within the
 //! handshake timeout (in the transport).
+//!
+//! Both `Hello` and `Challenge` also say what the sender hosts: its
+//! capabilities and, since version 3, its actor types with their handlers'
+//! wire tags ([`Hosted`]); the [`Peer`] each side gets carries them.
 
 use hmac::{Hmac, Mac};
 use serde_bytes::ByteBuf;

@@ -19,6 +19,8 @@
 //! Membership is *what this node can reach*: a node is a member while this
 //! node holds a handshaken connection to it. Seeds and the addresses peers
 //! gossip (`Membership` frames, every heartbeat) are only places to dial.
+//! What a member hosts (capabilities, actor types) is what its handshake
+//! said; gossip carries only places to dial.
 //! So a dead node leaves the membership as soon as its connection drops
 //! (a killed process: at once) or misses pings for `failure_timeout` (a
 //! hung one), and stale gossip cannot bring it back.
