@@ -62,7 +62,9 @@ pub enum Error {
     },
 
     /// The node owning the actor's shard does not know this actor type: it
-    /// hosts the capability but was not given `.actor::<A>()`.
+    /// hosts the capability but was not given `.actor::<A>()`. Rare since
+    /// placement by actor type (a type is placed only on the nodes that
+    /// host it; when none does, a call gets [`Error::NoNodeForCapability`]).
     #[error("unknown actor type {actor:?}: the node owning this shard hosts its capability but was not given `.actor::<{actor}>()`; give it to every node that hosts the capability")]
     UnknownActorType {
         /// The actor type's name.
