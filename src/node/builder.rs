@@ -452,6 +452,11 @@ impl NodeBuilder {
             routing: ArcSwap::from_pointee(routing),
             cluster: std::sync::OnceLock::new(),
             actors,
+            message_names: self
+                .actors
+                .iter()
+                .flat_map(|a| a.messages.iter().copied())
+                .collect(),
             wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
             shared: shared.clone(),
             default_timeout: self.default_timeout,

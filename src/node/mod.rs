@@ -85,6 +85,8 @@ pub(crate) struct NodeInner {
     /// The actor types this node hosts, sorted: what its handshake
     /// advertises.
     hosted: Vec<crate::wire::Hosted>,
+    /// The message name of each wire tag this node handles (for logs).
+    message_names: HashMap<u64, &'static str>,
     strategy: Arc<dyn Placement>,
     /// The current membership; the routing table is recomputed from it
     /// under its lock, so the two never disagree for long.

@@ -245,11 +245,16 @@ fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
                 mine.capability, mine.actor, mine.actor
             ),
             Some(t) if t.tags != mine.tags => {
-                let missing = mine.tags.iter().filter(|x| !t.tags.contains(x)).count();
+                let missing: Vec<&str> = mine
+                    .tags
+                    .iter()
+                    .filter(|x| !t.tags.contains(x))
+                    .map(|x| node.message_names.get(x).copied().unwrap_or("?"))
+                    .collect();
                 let extra = t.tags.iter().filter(|x| !mine.tags.contains(x)).count();
                 tracing::warn!(
                     node = %node.id, peer = %peer.node,
-                    "peer runs another build of {} (capability {:?}): it lacks {missing} of this node's messages and has {extra} this node lacks; a call of a message the owner lacks fails (deploy one build of {} on every node)",
+                    "peer runs another build of {} (capability {:?}): it has no handler for {missing:?} and {extra} handlers this node lacks; a call of a message the owner lacks fails with UnknownMessage (deploy one build of {} on every node that hosts it)",
                     mine.actor, mine.capability, mine.actor
                 );
             }
