@@ -47,9 +47,9 @@ pub enum Error {
     /// capability). Nodes place an actor type only on the nodes that host
     /// it: those of its capability given `.actor::<A>()`.
     ///
-    /// A call's error names the actor type, id and message (the caller
-    /// fills them in, as for [`Error::Timeout`]); they are empty otherwise.
-    #[error("{}", no_node_text(capability, actor, id, message))]
+    /// A call's error names the actor type and id (the caller fills them
+    /// in, as for [`Error::Timeout`]); they are empty otherwise.
+    #[error("{}", no_node_text(capability, actor, id))]
     NoNodeForCapability {
         /// The capability of the actor type.
         capability: String,
@@ -57,8 +57,6 @@ pub enum Error {
         actor: String,
         /// The actor id.
         id: String,
-        /// The message's wire name.
-        message: String,
     },
 
     /// The node owning the actor's shard does not know this actor type: it
@@ -77,8 +75,8 @@ pub enum Error {
     /// call that raced a membership change).
     ///
     /// The node that refused names itself; the caller fills in the actor
-    /// type, id and message (empty where not known).
-    #[error("{}", unknown_message_text(actor, *tag, node, id, message))]
+    /// type and message (empty where not known).
+    #[error("{}", unknown_message_text(actor, *tag, node, message))]
     UnknownMessage {
         /// The actor type's name.
         actor: String,
@@ -86,8 +84,6 @@ pub enum Error {
         tag: u64,
         /// The node that has no handler for it (empty: not known).
         node: String,
-        /// The actor id.
-        id: String,
         /// The message's wire name.
         message: String,
     },
@@ -131,9 +127,9 @@ pub enum Error {
     /// closed. `node` is always a node id, never an address (an address
     /// that cannot be reached is [`Error::Unreachable`]).
     ///
-    /// A call's error names the actor type, id and message (the caller
-    /// fills them in); they are empty otherwise.
-    #[error("{}", node_down_text(node, actor, id, message))]
+    /// A call's error names the actor type and id (the caller fills them
+    /// in); they are empty otherwise.
+    #[error("{}", node_down_text(node, actor, id))]
     NodeDown {
         /// The owner's node id.
         node: String,
@@ -141,8 +137,6 @@ pub enum Error {
         actor: String,
         /// The actor id.
         id: String,
-        /// The message's wire name.
-        message: String,
     },
 
     /// An address could not be reached: the dial failed before any node id
@@ -247,7 +241,6 @@ impl Error {
             node: node.into(),
             actor: String::new(),
             id: String::new(),
-            message: String::new(),
         }
     }
 
@@ -257,7 +250,6 @@ impl Error {
             capability: capability.into(),
             actor: String::new(),
             id: String::new(),
-            message: String::new(),
         }
     }
 
@@ -268,7 +260,6 @@ impl Error {
             actor: actor.to_owned(),
             tag,
             node: node.to_owned(),
-            id: String::new(),
             message: String::new(),
         }
     }
@@ -287,29 +278,23 @@ impl Error {
                 actor: a,
                 id: i,
                 message: m,
-            }
-            | Error::NodeDown {
-                actor: a,
-                id: i,
-                message: m,
-                ..
-            }
-            | Error::NoNodeForCapability {
-                actor: a,
-                id: i,
-                message: m,
-                ..
             } if a.is_empty() => {
                 (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
             }
+            Error::NodeDown {
+                actor: a, id: i, ..
+            }
+            | Error::NoNodeForCapability {
+                actor: a, id: i, ..
+            } if a.is_empty() => {
+                (*a, *i) = (actor.to_owned(), id.to_owned());
+            }
             Error::UnknownMessage {
                 actor: a,
-                id: i,
                 message: m,
                 ..
             } => {
                 fill(a, actor);
-                fill(i, id);
                 fill(m, message);
             }
             Error::Codec(text) => {
@@ -339,18 +324,18 @@ fn timeout_text(actor: &str, id: &str, message: &str) -> String {
     }
 }
 
-fn node_down_text(node: &str, actor: &str, id: &str, message: &str) -> String {
+fn node_down_text(node: &str, actor: &str, id: &str) -> String {
     if actor.is_empty() {
         format!("node {node:?} is down or unreachable")
     } else {
         format!(
             "{}: node {node:?} is down or unreachable",
-            call_text(actor, id, message)
+            call_text(actor, id, "")
         )
     }
 }
 
-fn no_node_text(capability: &str, actor: &str, id: &str, message: &str) -> String {
+fn no_node_text(capability: &str, actor: &str, id: &str) -> String {
     if actor.is_empty() {
         return format!("no node for capability {capability:?}");
     }
@@ -358,11 +343,11 @@ fn no_node_text(capability: &str, actor: &str, id: &str, message: &str) -> Strin
         "{}: no node hosts {actor} (capability {capability:?}); start one with \
          `.actor::<{actor}>()`, or look in the logs for the connections to the \
          nodes that do (a refused one names the cookie, cluster or protocol version)",
-        call_text(actor, id, message)
+        call_text(actor, id, "")
     )
 }
 
-fn unknown_message_text(actor: &str, tag: u64, node: &str, id: &str, message: &str) -> String {
+fn unknown_message_text(actor: &str, tag: u64, node: &str, message: &str) -> String {
     let on = if node.is_empty() {
         "the node".to_owned()
     } else {
@@ -372,10 +357,9 @@ fn unknown_message_text(actor: &str, tag: u64, node: &str, id: &str, message: &s
         ("", _) => format!("{on} has no handler for wire tag {tag:#018x}"),
         (_, "") => format!("{on} has no handler of {actor} for wire tag {tag:#018x}"),
         _ => format!(
-            "{}: {on} has no handler for {message} (wire tag {tag:#018x}): it runs a build \
-             of {actor} without {message} (an older build?), or does not host {actor}; \
-             deploy the build of {actor} that handles {message} on every node that hosts {actor}",
-            call_text(actor, id, message)
+            "{on} has no handler for {message} of {actor} (wire tag {tag:#018x}): it runs a \
+             build of {actor} without {message} (an older build?), or does not host {actor}; \
+             deploy the build of {actor} that handles {message} on every node that hosts {actor}"
         ),
     }
 }

@@ -702,12 +702,11 @@ async fn routing_errors_are_typed() {
             capability: "elsewhere".into(),
             actor: "Elsewhere".into(),
             id: "x".into(),
-            message: "Describe".into(),
         }
     );
     assert_eq!(
         err.to_string(),
-        "call Describe to Elsewhere \"x\": no node hosts Elsewhere (capability \"elsewhere\"); \
+        "call to Elsewhere \"x\": no node hosts Elsewhere (capability \"elsewhere\"); \
          start one with `.actor::<Elsewhere>()`, or look in the logs for the connections to \
          the nodes that do (a refused one names the cookie, cluster or protocol version)"
     );

@@ -189,7 +189,7 @@ async fn a_node_without_an_actor_type_owns_none_of_its_ids() {
     let err = b.call::<Room, _>("room-1", Get).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        "call Get to Room \"room-1\": no node hosts Room (capability \"chat\"); start one with \
+        "call to Room \"room-1\": no node hosts Room (capability \"chat\"); start one with \
          `.actor::<Room>()`, or look in the logs for the connections to the nodes that do \
          (a refused one names the cookie, cluster or protocol version)"
     );
@@ -237,16 +237,15 @@ async fn an_older_build_without_a_message_fails_naming_node_actor_message_and_fi
             actor: "Room".into(),
             tag,
             node: "p-2".into(),
-            id: old.clone(),
             message: "Join".into(),
         }
     );
     assert_eq!(
         err.to_string(),
         format!(
-            "call Join to Room {old:?}: node \"p-2\" has no handler for Join (wire tag {tag:#018x}): \
-             it runs a build of Room without Join (an older build?), or does not host Room; \
-             deploy the build of Room that handles Join on every node that hosts Room"
+            "node \"p-2\" has no handler for Join of Room (wire tag {tag:#018x}): it runs a \
+             build of Room without Join (an older build?), or does not host Room; deploy the \
+             build of Room that handles Join on every node that hosts Room"
         )
     );
     // A reply whose type changed between builds: a codec error naming the call.

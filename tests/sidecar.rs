@@ -346,7 +346,6 @@ async fn a_killed_sidecar_fails_calls_in_flight_and_is_restarted() {
                 node: "b".into(),
                 actor: String::new(),
                 id: String::new(),
-                message: String::new(),
             })
         );
     }

@@ -682,6 +682,5 @@ fn node_down(node: &str) -> Error {
         node: node.into(),
         actor: String::new(),
         id: String::new(),
-        message: String::new(),
     }
 }

@@ -169,25 +169,21 @@ impl Failure {
                 capability,
                 actor,
                 id,
-                message,
             } => {
                 f.detail = capability.clone();
                 f.actor = actor.clone();
                 f.id = id.clone();
-                f.message = message.clone();
             }
             Error::UnknownActorType { actor } => f.actor = actor.clone(),
             Error::UnknownMessage {
                 actor,
                 tag,
                 node,
-                id,
                 message,
             } => {
                 f.actor = actor.clone();
                 f.tag = *tag;
                 f.node = node.clone();
-                f.id = id.clone();
                 f.message = message.clone();
             }
             Error::ActivationFailed { actor, id, reason } => {
@@ -204,16 +200,10 @@ impl Failure {
                 f.actor = actor.clone();
                 f.id = id.clone();
             }
-            Error::NodeDown {
-                node,
-                actor,
-                id,
-                message,
-            } => {
+            Error::NodeDown { node, actor, id } => {
                 f.node = node.clone();
                 f.actor = actor.clone();
                 f.id = id.clone();
-                f.message = message.clone();
             }
             Error::Unreachable { addr, reason } => {
                 f.addr = addr.clone();
@@ -268,14 +258,12 @@ impl Failure {
                 capability: detail,
                 actor,
                 id,
-                message,
             },
             code::UNKNOWN_ACTOR_TYPE => Error::UnknownActorType { actor },
             code::UNKNOWN_MESSAGE => Error::UnknownMessage {
                 actor,
                 tag,
                 node,
-                id,
                 message,
             },
             code::ACTIVATION_FAILED => Error::ActivationFailed {
@@ -289,12 +277,7 @@ impl Failure {
                 message: detail,
             },
             code::MAILBOX_FULL => Error::MailboxFull { actor, id },
-            code::NODE_DOWN => Error::NodeDown {
-                node,
-                actor,
-                id,
-                message,
-            },
+            code::NODE_DOWN => Error::NodeDown { node, actor, id },
             code::UNREACHABLE => Error::Unreachable {
                 addr,
                 reason: detail,
@@ -431,7 +414,6 @@ mod tests {
                 capability: "game".into(),
                 actor: "Player".into(),
                 id: "p-1".into(),
-                message: "Score".into(),
             },
             Error::UnknownActorType {
                 actor: "Player".into(),
@@ -440,7 +422,6 @@ mod tests {
                 actor: "Player".into(),
                 tag: 0xc3ed_7a5e_c398_72c7,
                 node: "node-b".into(),
-                id: "p-1".into(),
                 message: "Score".into(),
             },
             Error::ActivationFailed {
@@ -461,7 +442,6 @@ mod tests {
                 node: "node-b".into(),
                 actor: "Player".into(),
                 id: "p-1".into(),
-                message: "Score".into(),
             },
             Error::Unreachable {
                 addr: "10.0.0.5:7000".into(),
@@ -535,6 +515,13 @@ mod tests {
             codes,
             [1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 101, 102, 103, 104, 999]
         );
+    }
+
+    #[test]
+    fn an_error_stays_small() {
+        // Larger, it grows every activation's task: 104 bytes cost 38
+        // bytes per idle activation in the local benchmark (2.6%).
+        assert!(std::mem::size_of::<Error>() <= 80);
     }
 
     #[test]

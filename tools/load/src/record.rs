@@ -330,7 +330,6 @@ mod tests {
             node: "a".into(),
             actor: "A".into(),
             id: "a".into(),
-            message: "M".into(),
         };
         assert_eq!(error_kind(&e), "NodeDown");
         assert_eq!(error_kind(&mesh::Error::Codec("x".into())), "Codec");
