@@ -70,6 +70,7 @@ fn probe_config(node: &str) -> TransportConfig {
             capabilities: vec![],
             addr: String::new(),
             incarnation: 1,
+            actors: Vec::new(),
         },
         Cookie::new(COOKIE),
     )

@@ -12,6 +12,12 @@ pub use crate::wire::{decode, encode, tag, Wire};
 pub use crate::{Actor, Error, Handler, Handlers, Message};
 pub use tokio::time::Instant;
 
+/// `Error::UnknownMessage` of actor type `actor` for `tag` (the caller
+/// names the rest of the call).
+pub fn unknown_message(actor: &'static str, tag: u64) -> Error {
+    Error::unknown_message("", actor, tag)
+}
+
 /// A reentrant actor's handlers run interleaved on `&self`, from one task
 /// that may move between threads: the actor must be `Sync`.
 #[diagnostic::on_unimplemented(

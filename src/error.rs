@@ -43,28 +43,49 @@ pub enum Error {
         message: String,
     },
 
-    /// No live node hosts the capability the actor type needs.
-    #[error("no node for capability {capability:?}")]
+    /// No live node hosts the actor type (or, outside a call, the
+    /// capability). Nodes place an actor type only on the nodes that host
+    /// it: those of its capability given `.actor::<A>()`.
+    ///
+    /// A call's error names the actor type and id (the caller fills them
+    /// in, as for [`Error::Timeout`]); they are empty otherwise.
+    #[error("{}", no_node_text(capability, actor, id))]
     NoNodeForCapability {
-        /// The capability that has no owner.
+        /// The capability of the actor type.
         capability: String,
+        /// The actor type's name (empty when not a call's).
+        actor: String,
+        /// The actor id.
+        id: String,
     },
 
     /// The node owning the actor's shard does not know this actor type: it
-    /// hosts the capability but was not given `.actor::<A>()`.
+    /// hosts the capability but was not given `.actor::<A>()`. Rare since
+    /// placement by actor type (a type is placed only on the nodes that
+    /// host it; when none does, a call gets [`Error::NoNodeForCapability`]).
     #[error("unknown actor type {actor:?}: the node owning this shard hosts its capability but was not given `.actor::<{actor}>()`; give it to every node that hosts the capability")]
     UnknownActorType {
         /// The actor type's name.
         actor: String,
     },
 
-    /// The actor does not handle a message with this wire tag.
-    #[error("actor {actor:?} has no handler for wire tag {tag:#018x}")]
+    /// The node a call reached has no handler for its wire tag: it runs a
+    /// build of the actor type without that message (an older build,
+    /// during a rolling deploy), or does not host the actor type at all (a
+    /// call that raced a membership change).
+    ///
+    /// The node that refused names itself; the caller fills in the actor
+    /// type and message (empty where not known).
+    #[error("{}", unknown_message_text(actor, *tag, node, message))]
     UnknownMessage {
         /// The actor type's name.
         actor: String,
         /// The wire tag that matched no handler.
         tag: u64,
+        /// The node that has no handler for it (empty: not known).
+        node: String,
+        /// The message's wire name.
+        message: String,
     },
 
     /// The actor's activation function returned an error (or panicked). The
@@ -105,10 +126,17 @@ pub enum Error {
     /// The node owning the actor's shard is down, or its connection
     /// closed. `node` is always a node id, never an address (an address
     /// that cannot be reached is [`Error::Unreachable`]).
-    #[error("node {node:?} is down or unreachable")]
+    ///
+    /// A call's error names the actor type and id (the caller fills them
+    /// in); they are empty otherwise.
+    #[error("{}", node_down_text(node, actor, id))]
     NodeDown {
         /// The owner's node id.
         node: String,
+        /// The actor type's name (empty when not a call's).
+        actor: String,
+        /// The actor id.
+        id: String,
     },
 
     /// An address could not be reached: the dial failed before any node id
@@ -130,6 +158,8 @@ pub enum Error {
     },
 
     /// A message or reply could not be encoded or decoded with rmp-serde.
+    /// A call's error ends with the call it failed (`(call Join to Room
+    /// "r1")`), added by the caller.
     #[error("codec error: {0}")]
     Codec(String),
 
@@ -218,28 +248,132 @@ impl Error {
         }
     }
 
+    /// `NodeDown` of `node`, no call named yet.
+    pub(crate) fn node_down(node: impl Into<String>) -> Self {
+        Error::NodeDown {
+            node: node.into(),
+            actor: String::new(),
+            id: String::new(),
+        }
+    }
+
+    /// `NoNodeForCapability` of `capability`, no call named yet.
+    pub(crate) fn no_node(capability: impl Into<String>) -> Self {
+        Error::NoNodeForCapability {
+            capability: capability.into(),
+            actor: String::new(),
+            id: String::new(),
+        }
+    }
+
+    /// `UnknownMessage`: node `node` (empty: not known) has no handler of
+    /// actor type `actor` (empty: not known) for `tag`.
+    pub(crate) fn unknown_message(node: &str, actor: &str, tag: u64) -> Self {
+        Error::UnknownMessage {
+            actor: actor.to_owned(),
+            tag,
+            node: node.to_owned(),
+            message: String::new(),
+        }
+    }
+
     /// The same error, naming the call it failed (actor type, id,
-    /// message) where it did not yet.
+    /// message) where it did not yet. Runs only on a failed call: the
+    /// success path pays nothing for the context.
     pub(crate) fn in_call(mut self, actor: &str, id: &str, message: &str) -> Self {
-        if let Error::Timeout {
-            actor: a,
-            id: i,
-            message: m,
-        } = &mut self
-        {
-            if a.is_empty() {
+        fn fill(field: &mut String, value: &str) {
+            if field.is_empty() {
+                value.clone_into(field);
+            }
+        }
+        match &mut self {
+            Error::Timeout {
+                actor: a,
+                id: i,
+                message: m,
+            } if a.is_empty() => {
                 (*a, *i, *m) = (actor.to_owned(), id.to_owned(), message.to_owned());
             }
+            Error::NodeDown {
+                actor: a, id: i, ..
+            }
+            | Error::NoNodeForCapability {
+                actor: a, id: i, ..
+            } if a.is_empty() => {
+                (*a, *i) = (actor.to_owned(), id.to_owned());
+            }
+            Error::UnknownMessage {
+                actor: a,
+                message: m,
+                ..
+            } => {
+                fill(a, actor);
+                fill(m, message);
+            }
+            Error::Codec(text) => {
+                use std::fmt::Write;
+                let _ = write!(text, " ({})", call_text(actor, id, message));
+            }
+            _ => {}
         }
         self
     }
 }
 
+/// `call Join to Room "r1"`, `call to Room "r1"` without a message.
+fn call_text(actor: &str, id: &str, message: &str) -> String {
+    if message.is_empty() {
+        format!("call to {actor} {id:?}")
+    } else {
+        format!("call {message} to {actor} {id:?}")
+    }
+}
+
 fn timeout_text(actor: &str, id: &str, message: &str) -> String {
+    if actor.is_empty() {
+        "call timed out".to_owned()
+    } else {
+        format!("{} timed out", call_text(actor, id, message))
+    }
+}
+
+fn node_down_text(node: &str, actor: &str, id: &str) -> String {
+    if actor.is_empty() {
+        format!("node {node:?} is down or unreachable")
+    } else {
+        format!(
+            "{}: node {node:?} is down or unreachable",
+            call_text(actor, id, "")
+        )
+    }
+}
+
+fn no_node_text(capability: &str, actor: &str, id: &str) -> String {
+    if actor.is_empty() {
+        return format!("no node for capability {capability:?}");
+    }
+    format!(
+        "{}: no node hosts {actor} (capability {capability:?}); start one with \
+         `.actor::<{actor}>()`, or look in the logs for the connections to the \
+         nodes that do (a refused one names the cookie, cluster or protocol version)",
+        call_text(actor, id, "")
+    )
+}
+
+fn unknown_message_text(actor: &str, tag: u64, node: &str, message: &str) -> String {
+    let on = if node.is_empty() {
+        "the node".to_owned()
+    } else {
+        format!("node {node:?}")
+    };
     match (actor, message) {
-        ("", _) => "call timed out".to_owned(),
-        (_, "") => format!("call to {actor} {id:?} timed out"),
-        _ => format!("call {message} to {actor} {id:?} timed out"),
+        ("", _) => format!("{on} has no handler for wire tag {tag:#018x}"),
+        (_, "") => format!("{on} has no handler of {actor} for wire tag {tag:#018x}"),
+        _ => format!(
+            "{on} has no handler for {message} of {actor} (wire tag {tag:#018x}): it runs a \
+             build of {actor} without {message} (an older build?), or does not host {actor}; \
+             deploy the build of {actor} that handles {message} on every node that hosts {actor}"
+        ),
     }
 }
 
@@ -264,9 +398,12 @@ pub enum StartError {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    /// Two handlers of the actor types given to one node share a wire tag.
+    /// Two handlers of the actor types given to one node share a wire tag:
+    /// two messages of one name in one actor type (a tag hashes the
+    /// capability, the actor type's name and the message's name, so other
+    /// actor types may reuse message names), or a 64-bit hash collision.
     /// Rename one message (`#[message(name = "...")]`).
-    #[error("wire tag {tag:#018x} is used by both {first} and {second}: two handlers of one capability share a message name; rename one message with `#[message(name = \"...\")]`")]
+    #[error("wire tag {tag:#018x} is used by both {first} and {second}: two handlers of one actor type share a message name; rename one message with `#[message(name = \"...\")]`")]
     TagCollision {
         /// The colliding tag.
         tag: u64,

@@ -110,7 +110,7 @@ pub use mesh_macros::Actor;
 ///
 /// Attributes, in `#[message(...)]`: `reply = Type` (default `()`), and
 /// `name = "wire-name"` (default: the type's identifier), which with the
-/// actor's capability forms the wire tag.
+/// actor's capability and name forms the wire tag.
 pub use mesh_macros::Message;
 
 /// `#[mesh::handlers]` on an `impl` block: every `fn` in it is a handler,

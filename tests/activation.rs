@@ -699,20 +699,27 @@ async fn routing_errors_are_typed() {
     assert_eq!(
         err,
         Error::NoNodeForCapability {
-            capability: "elsewhere".into()
+            capability: "elsewhere".into(),
+            actor: "Elsewhere".into(),
+            id: "x".into(),
         }
     );
-    assert_eq!(err.to_string(), "no node for capability \"elsewhere\"");
-    let err = node.cast::<NotRegistered, _>("x", Describe).unwrap_err();
     assert_eq!(
-        err,
-        Error::UnknownActorType {
-            actor: "NotRegistered".into()
-        }
+        err.to_string(),
+        "call to Elsewhere \"x\": no node hosts Elsewhere (capability \"elsewhere\"); \
+         start one with `.actor::<Elsewhere>()`, or look in the logs for the connections to \
+         the nodes that do (a refused one names the cookie, cluster or protocol version)"
+    );
+    // The node hosts the capability but not the type: placement by actor
+    // type finds no node for it (it never routes it to a node without it).
+    let err = node.cast::<NotRegistered, _>("x", Describe).unwrap_err();
+    assert!(
+        matches!(&err, Error::NoNodeForCapability { actor, .. } if actor == "NotRegistered"),
+        "{err:?}"
     );
     assert!(
         err.to_string()
-            .contains("was not given `.actor::<NotRegistered>()`; give it to every node"),
+            .contains("no node hosts NotRegistered (capability \"ctx\"); start one with `.actor::<NotRegistered>()`"),
         "{err}"
     );
     assert_eq!(node.owner_of::<Session>("anything").unwrap(), node.id());
@@ -743,6 +750,14 @@ impl Dup {
 #[actor(capability = "ctx", name = "Rival")]
 struct Rival;
 
+/// Another type that calls itself `Rival` in the same capability.
+#[derive(Actor, Default)]
+#[actor(capability = "ctx", name = "Rival")]
+struct RivalTwin;
+
+#[mesh::handlers]
+impl RivalTwin {}
+
 #[mesh::handlers]
 impl Rival {
     async fn divide(&mut self, _: Divide) -> Result<u32, String> {
@@ -756,7 +771,7 @@ async fn a_node_refuses_inconsistent_configuration() {
         |b: mesh::NodeBuilder| async move { b.default_node(false).start().await.unwrap_err() };
     match start(Node::builder().capabilities(["dup"]).actor::<Dup>()).await {
         StartError::TagCollision { tag, first, second } => {
-            assert_eq!(tag, mesh::wire::tag("dup", "same"));
+            assert_eq!(tag, mesh::wire::tag("dup", "Dup", "same"));
             assert_eq!(
                 (first.as_str(), second.as_str()),
                 ("Dup::same", "Dup::same")
@@ -764,20 +779,25 @@ async fn a_node_refuses_inconsistent_configuration() {
         }
         other => panic!("expected TagCollision, got {other:?}"),
     }
-    // Two actor types of one capability handling one message name collide too.
-    let err = start(
-        Node::builder()
-            .capabilities(["ctx"])
-            .actor::<Session>()
-            .actor::<Rival>(),
-    )
-    .await;
-    assert!(matches!(err, StartError::TagCollision { .. }), "{err:?}");
     // The text says the fix.
+    let err = start(Node::builder().capabilities(["dup"]).actor::<Dup>()).await;
     assert!(
         err.to_string()
             .ends_with("rename one message with `#[message(name = \"...\")]`"),
         "{err}"
+    );
+    // Two actor types of one name in one capability: refused, the fix said.
+    let err = start(
+        Node::builder()
+            .capabilities(["ctx"])
+            .actor::<Rival>()
+            .actor::<RivalTwin>(),
+    )
+    .await;
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: two actor types named Rival in capability \"ctx\": the name \
+         identifies the type on the wire; rename one with `#[actor(name = \"...\")]`"
     );
     let err = start(Node::builder().capabilities(["other"]).actor::<Session>()).await;
     assert_eq!(
@@ -813,10 +833,10 @@ async fn calls_round_trip_through_the_wire_table() {
     })
     .await;
     let bump = tag_of::<Panicky, Bump>();
-    assert_eq!(bump, mesh::wire::tag("panicky", "Bump"));
+    assert_eq!(bump, mesh::wire::tag("panicky", "Panicky", "Bump"));
     assert_eq!(
         tag_of::<Session, Divide>(),
-        mesh::wire::tag("ctx", "session.Divide")
+        mesh::wire::tag("ctx", "Session", "session.Divide")
     );
 
     // Wire and typed calls reach the same activation.

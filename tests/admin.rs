@@ -102,6 +102,13 @@ async fn the_json_views_show_members_shards_and_activations() {
             continue;
         }
         assert_eq!(m["protocol"], mesh::wire::VERSION, "{m}");
+        // The actor types it advertised in its handshake.
+        let actors = if m["node"] == "j-b" {
+            serde_json::json!([{"capability": "game", "actor": "Player", "handlers": 3}])
+        } else {
+            serde_json::json!([])
+        };
+        assert_eq!(m["actors"], actors, "{m}");
         assert_eq!(m["discovered_by"], "inbound", "{m}");
         assert!(
             m["since_unix_ms"].as_u64().unwrap() > 1_700_000_000_000,

@@ -209,8 +209,8 @@ async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
     // Only calls that involve the hung node fail (its actors, or a call
     // forwarded to it), and only as timeouts or as the node being down.
     for o in outcomes.iter().filter(|o| o.result.is_err()) {
-        let involved =
-            o.owner == "p-1" || matches!(&o.result, Err(Error::NodeDown { node }) if node == "p-1");
+        let involved = o.owner == "p-1"
+            || matches!(&o.result, Err(Error::NodeDown { node, .. }) if node == "p-1");
         assert!(involved, "{o:?}");
         assert!(
             matches!(

@@ -142,7 +142,7 @@ fn account_on(driver: &Node, node: &str, prefix: &str) -> (String, String) {
         .map(|a| format!("{prefix}-{a}"))
         .find(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == node))
         .map(|id| {
-            let key = format!("mesh/chaos/own/bank/{:04}", mesh::ring::shard(&id));
+            let key = format!("mesh/chaos/own/bank/Account/{:04}", mesh::ring::shard(&id));
             (id, key)
         })
         .expect("an account on the node")

@@ -253,11 +253,22 @@ async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
     // The call is in flight on both-1 once it answers a later one.
     assert!(game.call::<Player, _>(&on_both[1], Score(1)).await.is_ok());
     both.sever();
+    // The error names the call: node, actor type and id.
+    let err = soon(hanging).await.unwrap().unwrap_err();
     assert_eq!(
-        soon(hanging).await.unwrap(),
-        Err(Error::NodeDown {
-            node: "both-1".into()
-        })
+        err,
+        Error::NodeDown {
+            node: "both-1".into(),
+            actor: "Player".into(),
+            id: on_both[0].clone(),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "call to Player {:?}: node \"both-1\" is down or unreachable",
+            on_both[0]
+        )
     );
     until_members(&[&game, &chat], 2).await;
     for id in &on_both {

@@ -129,7 +129,10 @@ async fn three_nodes_discover_each_other_and_route_calls() {
     assert_eq!(holds.0.name, "game");
     assert_eq!(holds.0.tags, ["game"]);
     assert_eq!(holds.0.meta["mesh_node"], "b");
-    assert_eq!(holds.0.meta["mesh_protocol"], "2");
+    assert_eq!(
+        holds.0.meta["mesh_protocol"],
+        mesh::wire::VERSION.to_string()
+    );
     assert_eq!(
         holds.0.meta["mesh_addr"],
         format!("{}:{}", holds.0.address, holds.0.port)

@@ -72,6 +72,7 @@ fn config(node: &str) -> TransportConfig {
             capabilities: vec![],
             addr: String::new(),
             incarnation: 1,
+            actors: Vec::new(),
         },
         Cookie::new("k"),
     )
@@ -341,7 +342,11 @@ async fn a_killed_sidecar_fails_calls_in_flight_and_is_restarted() {
     for h in hanging {
         assert_eq!(
             soon(h).await.unwrap(),
-            Err(Error::NodeDown { node: "b".into() })
+            Err(Error::NodeDown {
+                node: "b".into(),
+                actor: String::new(),
+                id: String::new(),
+            })
         );
     }
     // Restarted by the supervisor (a new master, ready).

@@ -358,6 +358,7 @@ async fn an_intention_deny_refuses_new_connections() {
             capabilities: vec![],
             addr: String::new(),
             incarnation: 1,
+            actors: Vec::new(),
         },
         Cookie::new("test-cookie"),
     );

@@ -171,6 +171,7 @@ fn config(node: &str) -> TransportConfig {
             capabilities: vec![],
             addr: String::new(),
             incarnation: 1,
+            actors: Vec::new(),
         },
         Cookie::new("k"),
     );

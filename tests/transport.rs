@@ -70,6 +70,7 @@ fn config(node: &str, cluster: &str, cookie: &str) -> TransportConfig {
             capabilities: vec![format!("cap-{node}")],
             addr: String::new(),
             incarnation: 7,
+            actors: Vec::new(),
         },
         Cookie::new(cookie),
     )
@@ -359,13 +360,13 @@ async fn calls_in_flight_fail_fast_when_the_connection_drops() {
         accepted.close();
         for h in hanging {
             let err = soon(h).await.unwrap().unwrap_err();
-            assert_eq!(err, Error::NodeDown { node: "b".into() });
+            assert_eq!(err, node_down("b"));
         }
         soon(conn.closed()).await;
         assert_eq!(
             conn.call(ECHO, "late", Vec::new(), Duration::from_secs(5), 0)
                 .await,
-            Err(Error::NodeDown { node: "b".into() })
+            Err(node_down("b"))
         );
     }
 }
@@ -492,6 +493,7 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         capabilities: vec![],
         addr: String::new(),
         incarnation: 7,
+        actors: Vec::new(),
     };
     let (dialer, hello) = wire::Dialer::start(me, Cookie::new("k")).unwrap();
     let mut out = BytesMut::new();
@@ -597,10 +599,7 @@ async fn a_partition_cuts_links_at_once_and_refuses_new_ones_until_healed() {
     assert!(conn.ping(Duration::from_secs(5)).await.is_ok());
     memory.partition("a", "b");
     // Both ends see the cut as a dropped connection: calls fail at once.
-    assert_eq!(
-        soon(hanging).await.unwrap(),
-        Err(Error::NodeDown { node: "b".into() })
-    );
+    assert_eq!(soon(hanging).await.unwrap(), Err(node_down("b")));
     soon(accepted.closed()).await;
     let (client_in, _) = echo();
     let refused = TransportUnderTest::memory(&memory)
@@ -674,4 +673,14 @@ async fn a_handshake_over_a_stalled_link_gives_up_at_the_handshake_timeout() {
         matches!(&err, Error::Refused { reason } if reason.contains("no handshake")),
         "{err:?}"
     );
+}
+
+/// `NodeDown` of a raw connection's call: no actor, id or message named
+/// (a node's call names them).
+fn node_down(node: &str) -> Error {
+    Error::NodeDown {
+        node: node.into(),
+        actor: String::new(),
+        id: String::new(),
+    }
 }

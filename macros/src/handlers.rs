@@ -269,6 +269,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
             impl #p::Handler<#m> for #self_ty {
                 const TAG: u64 = #p::tag(
                     <#self_ty as #p::Actor>::CAPABILITY,
+                    <#self_ty as #p::Actor>::NAME,
                     <#m as #p::Message>::NAME,
                 );
                 #[inline]
@@ -300,10 +301,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
                         ::std::boxed::Box::pin(async move {
                             let body = &body[..];
                             #(#wire_arms)*
-                            ::core::result::Result::Err(#p::Error::UnknownMessage {
-                                actor: ::std::string::String::from(<#self_ty as #p::Actor>::NAME),
-                                tag,
-                            })
+                            ::core::result::Result::Err(#p::unknown_message(<#self_ty as #p::Actor>::NAME, tag))
                         })
                     }),
                 })
@@ -357,10 +355,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
             > + ::core::marker::Send {
                 async move {
                     #(#wire_arms)*
-                    ::core::result::Result::Err(#p::Error::UnknownMessage {
-                        actor: ::std::string::String::from(<#self_ty as #p::Actor>::NAME),
-                        tag,
-                    })
+                    ::core::result::Result::Err(#p::unknown_message(<#self_ty as #p::Actor>::NAME, tag))
                 }
             }
 

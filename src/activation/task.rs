@@ -644,11 +644,11 @@ impl Leased<'_> {
     }
 
     fn check<A: Handlers>(&self) -> Check {
-        self.gate.check(A::__CAPABILITY_KEY, self.shard, self.token)
+        self.gate.check(A::__ACTOR_KEY, self.shard, self.token)
     }
 
     fn exit<A: Handlers>(&self) {
-        self.gate.exit(A::__CAPABILITY_KEY, self.shard);
+        self.gate.exit(A::__ACTOR_KEY, self.shard);
     }
 
     /// Waits until the lease holds again (true) or is lost (false); the
@@ -691,7 +691,7 @@ async fn enter<A: Handlers>(
 ) -> Option<u64> {
     let (node, id) = (ctx.node(), ctx.id());
     let gate = node.inner().gate.as_deref()?;
-    let key = A::__CAPABILITY_KEY;
+    let key = A::__ACTOR_KEY;
     let s = crate::ring::shard(id);
     loop {
         let changed = gate.changed();
@@ -703,7 +703,7 @@ async fn enter<A: Handlers>(
         if node.shared().is_shutting_down() || mb.len() == 0 {
             return None;
         }
-        if !node.inner().will_hold(key, s) {
+        if !node.inner().will_hold(key, A::__CAPABILITY_KEY, s) {
             for env in mb.take_picked(|e| matches!(e, Envelope::Wire(_))) {
                 if let Envelope::Wire(call) = env {
                     node.inner_arc().reroute_wire(id, *call);

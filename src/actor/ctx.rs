@@ -69,8 +69,9 @@ impl Ctx {
         let gate = self.node.inner().gate.as_ref()?;
         let session = gate.session()?;
         let capability = self.node.inner().capability_of(self.actor)?;
+        let key = crate::ring::actor_key(capability, self.actor);
         Some(crate::lease::Fence {
-            key: gate.lock_key(capability, self.shard),
+            key: gate.lock_key_of(key, self.shard)?,
             session: session.to_string(),
             token,
         })

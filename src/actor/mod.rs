@@ -44,11 +44,15 @@ pub const DEFAULT_MAILBOX_CAPACITY: usize = 1024;
     note = "add `#[derive(mesh::Actor)]` and `#[actor(capability = \"...\")]` to `{Self}`"
 )]
 pub trait Actor: Sized + Send + 'static {
-    /// The actor type's name, used in errors, logs and metrics. Defaults to
-    /// the type's identifier (`#[actor(name = "...")]` overrides).
+    /// The actor type's name, used in errors, logs and metrics, and on the
+    /// wire: it is part of every wire tag of the type, and nodes advertise
+    /// the types they host by it. Defaults to the type's identifier
+    /// (`#[actor(name = "...")]` overrides). Two types of one name in one
+    /// capability are one actor type to the cluster (two builds of it).
     const NAME: &'static str;
 
-    /// The capability whose shard table places this actor type.
+    /// The capability of this actor type: it is placed on the nodes of this
+    /// capability that host it.
     const CAPABILITY: &'static str;
 
     /// How long an activation may stay without messages before it is
@@ -62,6 +66,11 @@ pub trait Actor: Sized + Send + 'static {
     /// The routing key of [`Actor::CAPABILITY`]; not to be overridden.
     #[doc(hidden)]
     const __CAPABILITY_KEY: u64 = crate::ring::capability_key(Self::CAPABILITY);
+
+    /// The routing key of this actor type ([`crate::ring::actor_key`]);
+    /// not to be overridden.
+    #[doc(hidden)]
+    const __ACTOR_KEY: u64 = crate::ring::actor_key(Self::CAPABILITY, Self::NAME);
 
     /// Creates the actor's state for `id` on activation. The derive uses
     /// `Default` unless `#[actor(activate = path)]` names an async function
@@ -98,8 +107,8 @@ pub trait Message: Wire {
     type Reply: Wire;
 
     /// The message's wire name: the type's identifier unless
-    /// `#[message(name = "...")]` sets one. With the actor's capability it
-    /// makes the wire tag, so renaming or moving the Rust type changes
+    /// `#[message(name = "...")]` sets one. With the actor's capability and
+    /// name it makes the wire tag, so renaming or moving the Rust type changes
     /// nothing on the wire as long as this name stays.
     const NAME: &'static str;
 }
@@ -204,7 +213,7 @@ impl<A: Handlers> std::fmt::Debug for Interleaver<'_, A> {
 )]
 pub trait Handler<M: Message>: Handlers {
     /// The wire tag of `M` for this actor: [`crate::wire::tag`] of the
-    /// capability and the message name.
+    /// capability, the actor type's name and the message name.
     const TAG: u64;
 
     /// Wraps a message and its reply slot into the actor's envelope.

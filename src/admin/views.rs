@@ -25,8 +25,10 @@ pub(super) fn ready(node: &NodeInner) -> Value {
     })
 }
 
-/// Each member: where it listens, what it hosts, and for a peer how this
-/// node is connected to it (protocol, since when, how it was found).
+/// Each member: where it listens, what it hosts (capabilities, and the
+/// actor types its handshake advertised with how many handlers each has;
+/// `null` if it did not say), and for a peer how this node is connected to
+/// it (protocol, since when, how it was found).
 pub(super) fn members(node: &NodeInner) -> Value {
     let m = node.membership_snapshot();
     let members: Vec<Value> = m
@@ -36,6 +38,11 @@ pub(super) fn members(node: &NodeInner) -> Value {
                 "node": n,
                 "addr": info.addr,
                 "capabilities": info.capabilities,
+                "actors": info.actors.as_ref().map(|a| a.iter().map(|h| json!({
+                    "capability": h.capability,
+                    "actor": h.actor,
+                    "handlers": h.tags.len(),
+                })).collect::<Vec<_>>()),
                 "protocol": crate::wire::VERSION,
             });
             if n == node.id_str() {
@@ -136,8 +143,11 @@ pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value
         ));
     };
     let routing = node.routing_snapshot();
-    let Some(table) = routing.get(crate::ring::capability_key(capability)) else {
-        return Err(format!("no member hosts capability {capability:?}\n"));
+    let key = crate::ring::actor_key(capability, name);
+    let Some(table) = routing.actor(key, crate::ring::capability_key(capability)) else {
+        return Err(format!(
+            "no member hosts {name} (capability {capability:?})\n"
+        ));
     };
     let shard = crate::ring::shard(id);
     let owner = table.owner(shard);

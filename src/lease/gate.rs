@@ -2,7 +2,11 @@
 //! read, without locks, before they activate or handle a message.
 //!
 //! Written only by the keeper task ([`super::keeper`]); read by every
-//! activation of a leased capability. Per (capability, shard) it holds:
+//! activation of a leased actor type. Leases are per (actor type, shard):
+//! with placement by actor type, the types of one capability may live on
+//! different nodes, so each type's shards have their own owners (in the
+//! common case, where every node of a capability hosts all its types, the
+//! owners agree). Per (actor type, shard) it holds:
 //!
 //! - the **state**: `0` (not held), a fencing token (held), or a token with
 //!   [`DRAINING`] set (held, but handing off: activations already running
@@ -47,19 +51,24 @@ pub(crate) enum Check {
     Lost,
 }
 
-/// One leased capability.
+/// One leased actor type.
 #[derive(Debug)]
 pub(crate) struct CapGate {
+    /// The actor type's key (`ring::actor_key`).
     pub(crate) key: u64,
+    /// Its capability's key (`ring::capability_key`).
+    pub(crate) cap: u64,
+    /// `<capability>/<actor type>`, the lock keys' middle part.
     pub(crate) name: String,
     state: Box<[AtomicU64]>,
     live: Box<[AtomicU32]>,
 }
 
 impl CapGate {
-    fn new(key: u64, name: &str) -> CapGate {
+    fn new(key: u64, cap: u64, name: &str) -> CapGate {
         CapGate {
             key,
+            cap,
             name: name.to_owned(),
             state: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             live: (0..SHARDS).map(|_| AtomicU32::new(0)).collect(),
@@ -93,14 +102,15 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// A gate for `capabilities` (name and key), nothing held.
-    pub(crate) fn new(prefix: String, capabilities: &[(&str, u64)]) -> Gate {
+    /// A gate for `types` (actor key, capability key, and
+    /// `<capability>/<actor>`), nothing held.
+    pub(crate) fn new(prefix: String, types: &[(u64, u64, String)]) -> Gate {
         Gate {
             base: Instant::now(),
             deadline: AtomicU64::new(0),
-            caps: capabilities
+            caps: types
                 .iter()
-                .map(|(name, key)| CapGate::new(*key, name))
+                .map(|(key, cap, name)| CapGate::new(*key, *cap, name))
                 .collect(),
             session: ArcSwapOption::empty(),
             prefix,
@@ -117,9 +127,14 @@ impl Gate {
         self.caps.iter().find(|c| c.key == key)
     }
 
-    /// The lock key of shard `s` of capability `name`.
+    /// The lock key of shard `s` of `name` (`<capability>/<actor>`).
     pub(crate) fn lock_key(&self, name: &str, s: u16) -> String {
         format!("{}/{name}/{s:04}", self.prefix)
+    }
+
+    /// The lock key of shard `s` of the actor type keyed `key`.
+    pub(crate) fn lock_key_of(&self, key: u64, s: u16) -> Option<String> {
+        self.cap(key).map(|c| self.lock_key(&c.name, s))
     }
 
     fn valid_at(&self, now: Instant) -> bool {
@@ -228,7 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn enter_needs_a_held_shard_and_a_valid_deadline() {
-        let g = Gate::new("mesh/c/own".into(), &[("game", 7)]);
+        let g = Gate::new("mesh/c/own".into(), &[(7, 3, "game/Player".into())]);
         assert_eq!(g.enter(7, 1), None, "not held");
         g.set(7, 1, 40);
         assert_eq!(g.enter(7, 1), None, "no deadline yet");
@@ -248,6 +263,9 @@ mod tests {
         g.exit(7, 1);
         assert_eq!(g.caps()[0].live(1), 0);
         assert_eq!(g.enter(9, 1), None, "unknown capability");
-        assert_eq!(g.lock_key("game", 1), "mesh/c/own/game/0001");
+        assert_eq!(
+            g.lock_key_of(7, 1).as_deref(),
+            Some("mesh/c/own/game/Player/0001")
+        );
     }
 }

@@ -264,7 +264,7 @@ impl Run {
         let mut to_lock: Vec<Key> = Vec::new();
         let mut to_unlock: Vec<Key> = Vec::new();
         for cap in self.gate.caps() {
-            let table = routing.get(cap.key);
+            let table = routing.actor(cap.key, cap.cap);
             for s in 0..SHARDS as u16 {
                 let wanted = !leaving && table.is_some_and(|t| t.is_local(s));
                 let st = cap.state(s);

@@ -31,8 +31,9 @@
 //! - **One session per node** in the store (Consul: TTL-only, no node
 //!   checks, `Behavior` release; TTL 10 s, lock-delay 5 s by default), kept
 //!   alive every TTL / 4.
-//! - **One lock key per (capability, shard)**,
-//!   `mesh/<cluster>/own/<capability>/<shard:04>`, locked in batches of 64
+//! - **One lock key per (actor type, shard)**,
+//!   `mesh/<cluster>/own/<capability>/<actor>/<shard:04>` (the types of a
+//!   capability may be placed on different nodes), locked in batches of 64
 //!   per `/v1/txn`. Its fencing token is the lock write's `ModifyIndex`,
 //!   which grows with every grant across the whole store.
 //! - **The local deadline**: `send time of the last successful renew + TTL
@@ -214,7 +215,8 @@ impl Strong {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Fence {
-    /// The shard's lock key (`mesh/<cluster>/own/<capability>/<shard>`).
+    /// The shard's lock key
+    /// (`mesh/<cluster>/own/<capability>/<actor>/<shard>`).
     pub key: String,
     /// The session that holds it (this node's).
     pub session: String,

@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use super::cluster::{self, ClusterConfig};
 use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
 use crate::activation::{Activations, AnyActivations, Shared};
-use crate::ring::{capability_key, Placement, Rendezvous};
+use crate::ring::{actor_key, capability_key, Placement, Rendezvous};
 use crate::transport::Transport;
-use crate::wire::Cookie;
+use crate::wire::{Cookie, Hosted};
 use crate::{Handlers, StartError};
 
 /// The deadline of a call that does not set one with `.timeout(d)`.
@@ -363,7 +363,8 @@ impl NodeBuilder {
     /// Errors: [`StartError::Config`] for an empty or duplicate
     /// capability, an actor type given twice or whose capability the node
     /// does not host, or a clustered node without a cookie;
-    /// [`StartError::TagCollision`] if two handlers share a wire tag;
+    /// [`StartError::TagCollision`] if two handlers share a wire tag (two
+    /// messages of one name in one actor type);
     /// [`StartError::Listen`] if the listener cannot bind;
     /// [`StartError::Discovery`] if the discovery refuses the node.
     /// `?` turns it into [`crate::Error::Start`] where a function returns
@@ -385,6 +386,7 @@ impl NodeBuilder {
         capabilities.sort();
         capabilities.dedup();
         let mut wire: HashMap<u64, (WireRoute, String)> = HashMap::new();
+        let mut hosted: Vec<Hosted> = Vec::new();
         for (i, a) in self.actors.iter().enumerate() {
             if self.actors[..i].iter().any(|b| b.type_id == a.type_id) {
                 return Err(StartError::Config(format!(
@@ -399,11 +401,29 @@ impl NodeBuilder {
                     a.name, a.capability, a.name
                 )));
             }
+            if self.actors[..i]
+                .iter()
+                .any(|b| b.name == a.name && b.capability == a.capability)
+            {
+                return Err(StartError::Config(format!(
+                    "two actor types named {} in capability {:?}: the name identifies the type \
+                     on the wire; rename one with `#[actor(name = \"...\")]`",
+                    a.name, a.capability
+                )));
+            }
+            let mut tags: Vec<u64> = a.messages.iter().map(|&(t, _)| t).collect();
+            tags.sort_unstable();
+            hosted.push(Hosted {
+                capability: a.capability.to_owned(),
+                actor: a.name.to_owned(),
+                tags,
+            });
             for &(tag, message) in a.messages {
                 let here = format!("{}::{}", a.name, message);
                 let route = WireRoute {
                     actor: i,
                     capability_key: capability_key(a.capability),
+                    actor_key: actor_key(a.capability, a.name),
                 };
                 if let Some((_, first)) = wire.insert(tag, (route, here.clone())) {
                     return Err(StartError::TagCollision {
@@ -435,18 +455,26 @@ impl NodeBuilder {
                             .into(),
                     ));
                 };
-                let caps: Vec<(&str, u64)> = capabilities
+                let types: Vec<(u64, u64, String)> = self
+                    .actors
                     .iter()
-                    .map(|c| (c.as_str(), capability_key(c)))
+                    .map(|a| {
+                        (
+                            crate::ring::actor_key(a.capability, a.name),
+                            capability_key(a.capability),
+                            format!("{}/{}", a.capability, a.name),
+                        )
+                    })
                     .collect();
                 Some(Arc::new(crate::lease::gate::Gate::new(
                     format!("mesh/{}/own", cluster.name),
-                    &caps,
+                    &types,
                 )))
             }
         };
+        hosted.sort_unstable();
         let mut membership = Membership::new();
-        membership.upsert(&id, "", &capabilities);
+        membership.upsert_hosting(&id, "", &capabilities, Some(&hosted));
         let routing = membership.routing(&*self.placement, &id);
         let shared = Arc::new(Shared::new(runtime));
         let actors = self
@@ -461,11 +489,17 @@ impl NodeBuilder {
             id,
             incarnation: u64::from_le_bytes(incarnation),
             capabilities,
+            hosted,
             strategy: self.placement,
             membership: tokio::sync::watch::channel(membership).0,
             routing: ArcSwap::from_pointee(routing),
             cluster: std::sync::OnceLock::new(),
             actors,
+            message_names: self
+                .actors
+                .iter()
+                .flat_map(|a| a.messages.iter().copied())
+                .collect(),
             wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
             shared: shared.clone(),
             default_timeout: self.default_timeout,

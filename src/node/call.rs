@@ -193,8 +193,12 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                                     // closed first): it is down; route again.
                                     Err(Routed::Unsent(p)) => {
                                         node.evict(&conn.peer().node);
-                                        let key = A::__CAPABILITY_KEY;
-                                        match node.owner_of_key(key, A::CAPABILITY, &id)? {
+                                        match node.owner_of_key(
+                                            A::__ACTOR_KEY,
+                                            A::__CAPABILITY_KEY,
+                                            A::CAPABILITY,
+                                            &id,
+                                        )? {
                                             Some(next) => (conn, payload) = (next, p),
                                             // Now ours: run it here, encoded.
                                             None => {
@@ -209,9 +213,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                                     }
                                 }
                             }
-                            Err(Error::NodeDown {
-                                node: conn.peer().node.clone(),
-                            })
+                            Err(Error::node_down(conn.peer().node.clone()))
                         })))
                     }
                 }
@@ -331,7 +333,7 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
         Ok(()) => metrics.casts_ok.increment(1),
         Err(_) => metrics.casts_error.increment(1),
     }
-    result
+    result.map_err(|e| e.in_call(A::NAME, id, M::NAME))
 }
 
 impl Node {

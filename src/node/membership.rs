@@ -1,9 +1,16 @@
 //! The membership view: which nodes are up, where they listen and what each
 //! hosts (sans-IO).
+//!
+//! What a member hosts is what its handshake said: its capabilities and the
+//! actor types of each ([`MemberInfo::actors`]). [`Membership::routing`]
+//! places each actor type only on the members hosting it; a member that
+//! did not say which types it hosts is taken to host every type of its
+//! capabilities.
 
 use std::collections::BTreeMap;
 
 use crate::ring::{Placement, RoutingTable};
+use crate::wire::Hosted;
 
 /// What the membership knows of one node. `#[non_exhaustive]`: later
 /// versions know more.
@@ -14,6 +21,21 @@ pub struct MemberInfo {
     pub addr: String,
     /// The capabilities it hosts, sorted.
     pub capabilities: Vec<String>,
+    /// The actor types it hosts, sorted, with their handlers' wire tags, as
+    /// its handshake said. `None`: it did not say, and is taken to host
+    /// every actor type of its capabilities.
+    pub actors: Option<Vec<Hosted>>,
+}
+
+impl MemberInfo {
+    /// Whether it hosts actor type `actor` of capability `capability`.
+    pub fn hosts(&self, capability: &str, actor: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+            && self.actors.as_ref().is_none_or(|a| {
+                a.iter()
+                    .any(|h| h.capability == capability && h.actor == actor)
+            })
+    }
 }
 
 /// The members a node knows to be up, keyed by node id.
@@ -28,14 +50,35 @@ impl Membership {
         Self::default()
     }
 
-    /// Adds or updates a member; returns whether anything changed.
+    /// Adds or updates a member that does not say which actor types it
+    /// hosts (it is taken to host every type of its capabilities); returns
+    /// whether anything changed.
     pub fn upsert(&mut self, node: &str, addr: &str, capabilities: &[String]) -> bool {
+        self.upsert_hosting(node, addr, capabilities, None)
+    }
+
+    /// Adds or updates a member with the actor types it hosts (`None`: it
+    /// did not say); returns whether anything changed.
+    pub fn upsert_hosting(
+        &mut self,
+        node: &str,
+        addr: &str,
+        capabilities: &[String],
+        actors: Option<&[Hosted]>,
+    ) -> bool {
         let mut caps = capabilities.to_vec();
         caps.sort_unstable();
         caps.dedup();
+        let actors = actors.map(|a| {
+            let mut a = a.to_vec();
+            a.sort_unstable();
+            a.dedup();
+            a
+        });
         let info = MemberInfo {
             addr: addr.to_owned(),
             capabilities: caps,
+            actors,
         };
         if self.members.get(node) == Some(&info) {
             return false;
@@ -79,12 +122,21 @@ impl Membership {
         self.members.keys().map(String::as_str)
     }
 
-    /// The routing table this membership gives, as seen from `local`.
+    /// The routing table this membership gives, as seen from `local`: a
+    /// table per capability, and per actor type over the members that
+    /// host it.
     pub fn routing(&self, strategy: &dyn Placement, local: &str) -> RoutingTable {
-        RoutingTable::compute(
+        RoutingTable::compute_hosting(
             strategy,
-            self.iter()
-                .map(|(n, info)| (n, info.capabilities.iter().map(String::as_str))),
+            self.iter().map(|(n, info)| {
+                (
+                    n,
+                    info.capabilities.iter().map(String::as_str),
+                    info.actors
+                        .as_ref()
+                        .map(|a| a.iter().map(|h| (h.capability.as_str(), h.actor.as_str()))),
+                )
+            }),
             local,
         )
     }

@@ -72,6 +72,8 @@ impl Drop for Handle {
 pub(crate) struct WireRoute {
     pub(crate) actor: usize,
     pub(crate) capability_key: u64,
+    /// The key of the actor type's own routing table.
+    pub(crate) actor_key: u64,
 }
 
 pub(crate) struct NodeInner {
@@ -80,6 +82,11 @@ pub(crate) struct NodeInner {
     /// tell a restarted node from the one that left.
     incarnation: u64,
     capabilities: Vec<String>,
+    /// The actor types this node hosts, sorted: what its handshake
+    /// advertises.
+    hosted: Vec<crate::wire::Hosted>,
+    /// The message name of each wire tag this node handles (for logs).
+    message_names: HashMap<u64, &'static str>,
     strategy: Arc<dyn Placement>,
     /// The current membership; the routing table is recomputed from it
     /// under its lock, so the two never disagree for long.
@@ -207,12 +214,13 @@ impl Node {
             })
     }
 
-    /// The id of the node owning actor `id` of type `A`.
+    /// The id of the node owning actor `id` of type `A`: among the nodes
+    /// of its capability that host `A`.
     pub fn owner_of<A: Actor>(&self, id: &str) -> Result<String, Error> {
         let routing = self.inner.routing.load();
         let table = routing
-            .get(A::__CAPABILITY_KEY)
-            .ok_or_else(|| no_node::<A>())?;
+            .actor(A::__ACTOR_KEY, A::__CAPABILITY_KEY)
+            .ok_or_else(|| Error::no_node(A::CAPABILITY).in_call(A::NAME, id, ""))?;
         Ok(table.owner(shard(id)).to_owned())
     }
 
@@ -428,8 +436,10 @@ impl NodeInner {
         if changed {
             let routing = self.routing.load();
             for (_, capability, acts) in &self.actors {
-                let key = crate::ring::capability_key(capability);
-                let is_local = |id: &str| routing.get(key).is_some_and(|t| t.is_local(shard(id)));
+                let cap = crate::ring::capability_key(capability);
+                let key = crate::ring::actor_key(capability, acts.actor_name());
+                let table = routing.actor(key, cap);
+                let is_local = |id: &str| table.is_some_and(|t| t.is_local(shard(id)));
                 let moved = acts.drain_moved(&is_local);
                 if moved > 0 {
                     tracing::info!(node = %self.id, capability, moved, "draining activations whose shard moved");
@@ -448,16 +458,19 @@ impl NodeInner {
     }
 
     /// Strong mode: whether this node holds, or is about to lock, shard
-    /// `s` of the capability keyed `key` (not draining it, not leaving,
-    /// and its ring names it the owner).
-    pub(crate) fn will_hold(&self, key: u64, s: u16) -> bool {
+    /// `s` of the actor type keyed `key` of capability `cap` (not draining
+    /// it, not leaving, and its ring names it the owner).
+    pub(crate) fn will_hold(&self, key: u64, cap: u64, s: u16) -> bool {
         let Some(gate) = &self.gate else {
             return true;
         };
         if gate.draining(key, s) || self.is_leaving() || self.shared.is_shutting_down() {
             return false;
         }
-        self.routing.load().get(key).is_some_and(|t| t.is_local(s))
+        self.routing
+            .load()
+            .actor(key, cap)
+            .is_some_and(|t| t.is_local(s))
     }
 
     /// Strong mode: routes again an encoded call queued for an activation
@@ -515,11 +528,5 @@ impl NodeInner {
             .iter()
             .find(|(t, _, _)| *t == want)
             .and_then(|(_, _, a)| a.as_any().downcast_ref())
-    }
-}
-
-fn no_node<A: Actor>() -> Error {
-    Error::NoNodeForCapability {
-        capability: A::CAPABILITY.to_owned(),
     }
 }

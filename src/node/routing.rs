@@ -1,7 +1,9 @@
 //! Routing: where a call for (actor type, id) goes, in one place.
 //!
 //! The owner of an id's shard comes from the routing table (a lock-free
-//! read of the table published on every membership change); a remote
+//! read of the table published on every membership change): the actor
+//! type's own table, over the nodes of its capability that host it (nodes
+//! advertise their actor types in the handshake); a remote
 //! owner's connection from the cluster's view (also lock-free). An owner
 //! the table names but this node holds no live connection to is down by
 //! the membership's own rule: it is evicted at once and the recomputed
@@ -26,7 +28,7 @@ impl NodeInner {
     /// Finds the owner of actor `id` of type `A`.
     pub(crate) fn route<A: crate::Actor>(&self, id: &str) -> Result<Route, Error> {
         Ok(
-            match self.owner_of_key(A::__CAPABILITY_KEY, A::CAPABILITY, id)? {
+            match self.owner_of_key(A::__ACTOR_KEY, A::__CAPABILITY_KEY, A::CAPABILITY, id)? {
                 None => Route::Local,
                 Some(conn) => Route::Remote(conn),
             },
@@ -49,17 +51,23 @@ impl NodeInner {
     }
 
     /// The handler-table entry of `tag`, and who owns the shard of `id` for
-    /// its capability (`None`: this node).
+    /// its actor type (`None`: this node). A tag this node has no handler
+    /// for is `UnknownMessage` naming this node; the caller names the rest.
     pub(crate) fn locate(
         &self,
         tag: u64,
         id: &str,
     ) -> Result<(WireRoute, Option<Connection>), Error> {
-        let route = *self.wire.get(&tag).ok_or(Error::UnknownMessage {
-            actor: String::from("(any)"),
-            tag,
-        })?;
-        let owner = self.owner_of_key(route.capability_key, self.actors[route.actor].1, id)?;
+        let route = *self
+            .wire
+            .get(&tag)
+            .ok_or_else(|| Error::unknown_message(&self.id, "", tag))?;
+        let owner = self.owner_of_key(
+            route.actor_key,
+            route.capability_key,
+            self.actors[route.actor].1,
+            id,
+        )?;
         Ok((route, owner))
     }
 
@@ -87,11 +95,13 @@ impl NodeInner {
         }
     }
 
-    /// Who owns the shard of `id` for the capability whose key is `key`:
-    /// `None` for this node, else a live connection to the owner. An owner
-    /// without one is evicted and the (recomputed) table read again.
+    /// Who owns the shard of `id` for the actor type whose key is `actor`
+    /// (of the capability whose key is `key`): `None` for this node, else a
+    /// live connection to the owner. An owner without one is evicted and
+    /// the (recomputed) table read again.
     pub(crate) fn owner_of_key(
         &self,
+        actor: u64,
         key: u64,
         capability: &str,
         id: &str,
@@ -100,9 +110,9 @@ impl NodeInner {
         loop {
             let owner = {
                 let routing = self.routing.load();
-                let table = routing.get(key).ok_or_else(|| Error::NoNodeForCapability {
-                    capability: capability.to_owned(),
-                })?;
+                let table = routing
+                    .actor(actor, key)
+                    .ok_or_else(|| Error::no_node(capability))?;
                 if table.is_local(s) {
                     return Ok(None);
                 }

@@ -2,9 +2,11 @@
 //!
 //! An actor id maps to one of [`SHARDS`] shards with [`shard`]; per
 //! capability, every shard has one owner among the nodes hosting that
-//! capability, chosen by a [`Placement`] strategy. The owners of all shards of
-//! all capabilities form a [`RoutingTable`], recomputed once per membership
-//! change and published atomically; routing a call reads it without locks.
+//! capability, chosen by a [`Placement`] strategy; per actor type, among the
+//! nodes of its capability that host that type (nodes advertise the types
+//! they host). The owners of all shards of all capabilities and actor types
+//! form a [`RoutingTable`], recomputed once per membership change and
+//! published atomically; routing a call reads it without locks.
 //!
 //! Everything here is a pure function of its inputs: every node computes the
 //! same table from the same membership, so there is no coordinator and no
@@ -14,7 +16,7 @@ mod placement;
 mod table;
 
 pub use placement::{Modulo, Placement, Rendezvous};
-pub use table::{capability_key, RoutingTable, ShardTable};
+pub use table::{actor_key, capability_key, Hosting, RoutingTable, ShardTable};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 

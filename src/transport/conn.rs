@@ -459,9 +459,7 @@ impl Shared {
             let _ = w.send(Err(if corr > attempted {
                 Failed::Unsent
             } else {
-                Failed::Error(Error::NodeDown {
-                    node: self.peer.node.clone(),
-                })
+                Failed::Error(Error::node_down(self.peer.node.clone()))
             }));
         }
     }
@@ -624,9 +622,7 @@ impl Connection {
     }
 
     fn down(&self) -> Error {
-        Error::NodeDown {
-            node: self.shared.peer.node.clone(),
-        }
+        Error::node_down(self.shared.peer.node.clone())
     }
 
     /// Sends a request of `kind` and waits for the frame answering it, at
@@ -1187,6 +1183,7 @@ mod tests {
                 capabilities: vec![],
                 addr: String::new(),
                 incarnation: 1,
+                actors: Vec::new(),
             },
             Cookie::new("k"),
         )
@@ -1272,7 +1269,7 @@ mod tests {
         }
         conn.close();
         match call.await.unwrap() {
-            Err(Routed::Failed(Error::NodeDown { node })) => assert_eq!(node, "b"),
+            Err(Routed::Failed(Error::NodeDown { node, .. })) => assert_eq!(node, "b"),
             other => panic!("expected NodeDown, got {other:?}"),
         }
     }

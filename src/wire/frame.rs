@@ -4,7 +4,7 @@
 //! offset size  field
 //!      0    4  length N of everything after this field, u32 big-endian
 //!      4    2  magic "MS" (0x4d 0x53)
-//!      6    1  protocol version (2)
+//!      6    1  protocol version (3)
 //!      7    1  kind (see `Kind`)
 //!      8    1  flags: bit 0 = body checksum present; other bits must be 0
 //!      9    3  reserved, must be 0
@@ -29,14 +29,17 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: [u8; 2] = *b"MS";
 /// The protocol version this build speaks.
 ///
-/// Version 2 changed the `Error` body from the serialized Rust error enum
-/// to a stable code and fields ([`Failure`](super::Failure)) and added the
+/// Version 3 made wire tags hash the actor type's name too (two actor
+/// types of one capability may share message names) and has peers
+/// advertise the actor types they host in the handshake. Version 2
+/// changed the `Error` body from the serialized Rust error enum to a
+/// stable code and fields ([`Failure`](super::Failure)) and added the
 /// `Cancel` kind. The rule, also in `PROTOCOL.md`: an optional trailing
 /// body field with a default, or a new error code, needs no bump; any
 /// change an older peer cannot decode (a new kind, a changed or removed
 /// field) does. Peers of different versions refuse each other in the
 /// handshake.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes from the magic to the end of the correlation id.
 pub const HEADER_LEN: usize = 16;
 /// The largest frame accepted unless configured otherwise: 8 MiB.
@@ -333,13 +336,13 @@ mod tests {
         );
         assert_eq!(
             &buf[..],
-            &[0, 0, 0, 17, b'M', b'S', 2, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
+            &[0, 0, 0, 17, b'M', b'S', 3, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
         );
     }
 
     #[test]
     fn version_and_kinds_are_pinned() {
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
         for v in 1..=14u8 {
             let kind = Kind::from_u8(v).expect("kinds 1..=14 exist");
             assert_eq!(kind as u8, v);

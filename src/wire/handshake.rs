@@ -17,13 +17,17 @@
 //! closes: wrong cluster, wrong version, wrong cookie, or a malformed
 //! message. A listener also drops a dialer that says nothing within the
 //! handshake timeout (in the transport).
+//!
+//! Both `Hello` and `Challenge` also say what the sender hosts: its
+//! capabilities and, since version 3, its actor types with their handlers'
+//! wire tags ([`Hosted`]); the [`Peer`] each side gets carries them.
 
 use hmac::{Hmac, Mac};
 use serde_bytes::ByteBuf;
 use sha2::Sha256;
 
 use super::frame::VERSION;
-use super::message::{Auth, Challenge, Hello};
+use super::message::{Auth, Challenge, Hello, Hosted};
 
 const NONCE_LEN: usize = 32;
 
@@ -57,6 +61,8 @@ pub struct Identity {
     pub addr: String,
     /// Which run of the node this is: random at each start.
     pub incarnation: u64,
+    /// The actor types this node hosts (advertised in the handshake).
+    pub actors: Vec<Hosted>,
 }
 
 /// Who the other end turned out to be.
@@ -77,6 +83,9 @@ pub struct Peer {
     /// Whether it decodes a call chain in `Call` bodies (said in its
     /// handshake; older peers do not).
     pub call_chain: bool,
+    /// The actor types it hosts, with their handlers' wire tags (`None`:
+    /// it did not say; taken to host every type of its capabilities).
+    pub actors: Option<Vec<Hosted>>,
     /// Where the stream came from, as the transport saw it (for logs).
     pub remote: String,
     /// The identity the transport verified (a SPIFFE ID from a TLS
@@ -210,6 +219,7 @@ impl Dialer {
             incarnation: me.incarnation,
             trace_context: true,
             call_chain: true,
+            actors: Some(me.actors.clone()),
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((Dialer { me, cookie, nonce }, hello))
@@ -243,6 +253,7 @@ impl Dialer {
                 incarnation: c.incarnation,
                 trace_context: c.trace_context,
                 call_chain: c.call_chain,
+                actors: c.actors.clone(),
                 remote: String::new(),
                 identity: None,
             },
@@ -291,6 +302,7 @@ impl Listener {
             incarnation: me.incarnation,
             trace_context: true,
             call_chain: true,
+            actors: Some(me.actors.clone()),
             nonce: ByteBuf::from(nonce.clone()),
             proof: ByteBuf::from(proof),
         };
@@ -306,6 +318,7 @@ impl Listener {
                 incarnation: h.incarnation,
                 trace_context: h.trace_context,
                 call_chain: h.call_chain,
+                actors: h.actors.clone(),
                 remote: String::new(),
                 identity: None,
             },
@@ -339,6 +352,11 @@ mod tests {
             capabilities: vec!["game".into()],
             addr: String::new(),
             incarnation: 7,
+            actors: vec![Hosted {
+                capability: "game".into(),
+                actor: "Player".into(),
+                tags: vec![crate::wire::tag("game", "Player", "Score")],
+            }],
         }
     }
 
@@ -362,8 +380,12 @@ mod tests {
     #[test]
     fn same_cluster_and_cookie_agree() {
         let (d, l) = run((id("c", "a"), "s3cret"), (id("c", "b"), "s3cret"));
-        assert_eq!(d.unwrap().node, "b");
-        assert_eq!(l.unwrap().node, "a");
+        let (d, l) = (d.unwrap(), l.unwrap());
+        assert_eq!(d.node, "b");
+        assert_eq!(l.node, "a");
+        // Each learns what the other hosts.
+        assert_eq!(d.actors, Some(id("c", "b").actors));
+        assert_eq!(l.actors, Some(id("c", "a").actors));
     }
 
     #[test]
@@ -397,10 +419,46 @@ mod tests {
         let (_, mut hello) = Dialer::start(id("c", "a"), Cookie::new("k")).unwrap();
         hello.version = 9;
         let err = Listener::on_hello(&id("c", "b"), Cookie::new("k"), &hello).unwrap_err();
-        assert_eq!(err, HandshakeError::WrongVersion { ours: 2, theirs: 9 });
+        assert_eq!(err, HandshakeError::WrongVersion { ours: 3, theirs: 9 });
         assert_eq!(
             err.to_string(),
-            "wrong protocol version: this node speaks 2, the peer 9"
+            "wrong protocol version: this node speaks 3, the peer 9"
+        );
+    }
+
+    #[test]
+    fn version_3_refuses_version_2_both_ways() {
+        assert_eq!(VERSION, 3);
+        // A version 2 dialer (its wire tags hash no actor type name): the
+        // listener refuses it before proving anything.
+        let (_, mut hello) = Dialer::start(id("c", "old"), Cookie::new("k")).unwrap();
+        hello.version = 2;
+        hello.actors = None;
+        let err = Listener::on_hello(&id("c", "new"), Cookie::new("k"), &hello).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "wrong protocol version: this node speaks 3, the peer 2"
+        );
+        // A version 2 listener: the dialer refuses its challenge.
+        let (d, hello) = Dialer::start(id("c", "new"), Cookie::new("k")).unwrap();
+        let (_, mut challenge) =
+            Listener::on_hello(&id("c", "old"), Cookie::new("k"), &hello).unwrap();
+        challenge.version = 2;
+        assert_eq!(
+            d.on_challenge(&challenge).unwrap_err(),
+            HandshakeError::WrongVersion { ours: 3, theirs: 2 }
+        );
+        // Below the handshake, a version 2 frame header is refused too.
+        let codec = crate::wire::FrameCodec::default();
+        let mut buf = bytes::BytesMut::new();
+        codec
+            .encode(crate::wire::Kind::Hello, 0, b"\x80", &mut buf)
+            .unwrap();
+        buf[6] = 2;
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "protocol version 2 is not supported (this node speaks 3)"
         );
     }
 

@@ -31,6 +31,11 @@ pub struct Hello {
     /// peers, which are sent none).
     #[serde(default)]
     pub call_chain: bool,
+    /// The actor types it hosts, with their handlers' wire tags (since
+    /// version 3; `None`: it did not say, and is taken to host every actor
+    /// type of its capabilities).
+    #[serde(default)]
+    pub actors: Option<Vec<Hosted>>,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
@@ -61,10 +66,29 @@ pub struct Challenge {
     /// peers, which are sent none).
     #[serde(default)]
     pub call_chain: bool,
+    /// The actor types it hosts, with their handlers' wire tags (since
+    /// version 3; `None`: it did not say, and is taken to host every actor
+    /// type of its capabilities).
+    #[serde(default)]
+    pub actors: Option<Vec<Hosted>>,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
     /// HMAC-SHA256 proof over both nonces (see `handshake`).
     pub proof: ByteBuf,
+}
+
+/// One actor type a node hosts, as its handshake advertises it: the
+/// routing of that type considers only the nodes that host it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Hosted {
+    /// The actor type's capability.
+    pub capability: String,
+    /// The actor type's name (`Actor::NAME`).
+    pub actor: String,
+    /// The wire tags of its handlers, sorted: which messages this build of
+    /// the type handles.
+    #[serde(default)]
+    pub tags: Vec<u64>,
 }
 
 /// `Auth`: the dialer's proof.

@@ -1,11 +1,15 @@
 //! Wire identities and the message body codec (sans-IO).
 //!
 //! Every handler has a **wire tag**: `xxh3_64_with_seed(message_name,
-//! xxh3_64(capability))`, computed at compile time from explicit names (the
-//! capability of the actor, the message's `#[message(name)]`, which defaults
-//! to its type identifier), never from module paths: moving a type to
-//! another file changes nothing on the wire. A node refuses to start if two
-//! of its handlers share a tag ([`crate::StartError::TagCollision`]).
+//! xxh3_64_with_seed(actor_name, xxh3_64(capability)))`, computed at
+//! compile time from explicit names (the capability of the actor, its
+//! `#[actor(name)]` and the message's `#[message(name)]`, which default to
+//! the type identifiers), never from module paths: moving a type to
+//! another file changes nothing on the wire. Two actor types of one
+//! capability may handle messages of the same name: their tags differ
+//! (since protocol version 3). A node refuses to start if two of its
+//! handlers still share a tag, a 64-bit hash collision
+//! ([`crate::StartError::TagCollision`]).
 //!
 //! Bodies are MessagePack via rmp-serde, structs encoded as maps (field
 //! names on the wire), so a field added with `#[serde(default)]` stays
@@ -31,13 +35,13 @@ pub use frame::{
     Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, VERSION,
 };
 pub use handshake::{Cookie, Dialer, HandshakeError, Identity, Listener, Peer};
-pub use message::{Auth, Call, Cast, Challenge, Hello, Member, Membership, Reply, Welcome};
+pub use message::{Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ring::capability_key;
+use crate::ring::actor_key;
 use crate::{Error, Handler, Message};
 
 /// A type that can cross the wire: serde-serializable both ways, `Send`
@@ -51,9 +55,11 @@ pub trait Wire: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
 
-/// The wire tag of message `message` for actors of capability `capability`.
-pub const fn tag(capability: &str, message: &str) -> u64 {
-    xxhash_rust::const_xxh3::xxh3_64_with_seed(message.as_bytes(), capability_key(capability))
+/// The wire tag of message `message` for actor type `actor` (its
+/// `Actor::NAME`) of capability `capability`:
+/// `xxh3_64_with_seed(message, actor_key(capability, actor))`.
+pub const fn tag(capability: &str, actor: &str, message: &str) -> u64 {
+    xxhash_rust::const_xxh3::xxh3_64_with_seed(message.as_bytes(), actor_key(capability, actor))
 }
 
 /// The wire tag of `M` when sent to actor type `A`.
@@ -92,13 +98,25 @@ mod tests {
     #[test]
     fn tag_golden_vectors() {
         // Pinned forever: a change here breaks every mixed-version cluster.
-        assert_eq!(tag("counter", "Increment"), TAG_COUNTER_INCREMENT);
-        assert_ne!(tag("counter", "Increment"), tag("chat", "Increment"));
-        assert_ne!(tag("counter", "Increment"), tag("counter", "Decrement"));
+        assert_eq!(
+            tag("counter", "Counter", "Increment"),
+            TAG_COUNTER_INCREMENT
+        );
+        assert_eq!(actor_key("counter", "Counter"), KEY_COUNTER_COUNTER);
+        let t = tag("counter", "Counter", "Increment");
+        assert_ne!(t, tag("chat", "Counter", "Increment"));
+        assert_ne!(t, tag("counter", "Counter", "Decrement"));
+        // Two actor types of one capability: same message name, two tags.
+        assert_ne!(t, tag("counter", "Gauge", "Increment"));
     }
 
-    // From the reference C implementation (python-xxhash).
-    const TAG_COUNTER_INCREMENT: u64 = 0xc3ed_7a5e_c398_72c7;
+    // From the reference C implementation (python-xxhash):
+    // xxh3_64(b"Counter", seed=xxh3_64(b"counter")), then
+    // xxh3_64(b"Increment", seed=that).
+    // Before protocol version 3, the tag was xxh3_64(b"Increment",
+    // seed=xxh3_64(b"counter")) = 0xc3ed_7a5e_c398_72c7.
+    const KEY_COUNTER_COUNTER: u64 = 0x0a82_0c6e_9103_7ac1;
+    const TAG_COUNTER_INCREMENT: u64 = 0x3274_dac1_3a02_bdc7;
 
     #[test]
     fn decode_garbage_is_an_error_not_a_panic() {

@@ -97,10 +97,10 @@ impl NodeInner {
                         Err(Routed::Failed(e)) => return Err(e),
                         Err(Routed::Unsent(body)) => {
                             let Some((me, id, along)) = retry.as_ref() else {
-                                return Err(Error::NodeDown { node: owner });
+                                return Err(Error::node_down(owner));
                             };
                             if reroutes == REROUTES {
-                                return Err(Error::NodeDown { node: owner });
+                                return Err(Error::node_down(owner));
                             }
                             reroutes += 1;
                             // Its connection is gone: down by the

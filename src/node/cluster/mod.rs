@@ -19,6 +19,8 @@
 //! Membership is *what this node can reach*: a node is a member while this
 //! node holds a handshaken connection to it. Seeds and the addresses peers
 //! gossip (`Membership` frames, every heartbeat) are only places to dial.
+//! What a member hosts (capabilities, actor types) is what its handshake
+//! said; gossip carries only places to dial.
 //! So a dead node leaves the membership as soon as its connection drops
 //! (a killed process: at once) or misses pings for `failure_timeout` (a
 //! hung one), and stale gossip cannot bring it back.
@@ -241,6 +243,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         capabilities: node.capabilities.clone(),
         addr: cfg.advertise.clone().unwrap_or_default(),
         incarnation: node.incarnation,
+        actors: node.hosted.clone(),
     };
     let mut transport = TransportConfig::new(identity, cookie);
     transport.codec = cfg.codec;
@@ -290,7 +293,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
     };
     let addr = cluster.addr().to_owned();
     node.membership.send_modify(|m| {
-        m.upsert(&node.id, &addr, &node.capabilities);
+        m.upsert_hosting(&node.id, &addr, &node.capabilities, Some(&node.hosted));
     });
     if node.cluster.set(cluster).is_err() {
         return Err(StartError::Config("cluster started twice".into()));

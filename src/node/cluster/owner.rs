@@ -99,8 +99,16 @@ pub(super) async fn run(
         // A peer joins the membership only once its connection is in the
         // view: routing to a member without one would evict it.
         if let Some(peer) = joined {
-            if node.update_membership(|m| m.upsert(&peer.node, &peer.addr, &peer.capabilities)) {
+            if node.update_membership(|m| {
+                m.upsert_hosting(
+                    &peer.node,
+                    &peer.addr,
+                    &peer.capabilities,
+                    peer.actors.as_deref(),
+                )
+            }) {
                 tracing::info!(node = %node.id, peer = %peer.node, "peer up");
+                compare_builds(&node, &peer);
             }
         }
         if cluster.is_stopped() {
@@ -177,13 +185,10 @@ fn apply(
         Event::Discovered(peers) => {
             let admitted =
                 table.on_discovered(peers.values().map(|p| (p.node.as_str(), p.addr.as_str())));
-            let connected: Vec<(String, String, Vec<String>)> = admitted
+            let connected: Vec<wire::Peer> = admitted
                 .iter()
                 .filter_map(|n| table.connection(n))
-                .map(|c| {
-                    let p = c.peer();
-                    (p.node.clone(), p.addr.clone(), p.capabilities.clone())
-                })
+                .map(|c| c.peer().clone())
                 .collect();
             node.update_membership(|m| {
                 let gone: Vec<String> = m
@@ -196,8 +201,13 @@ fn apply(
                     tracing::info!(node = %node.id, peer = %n, "peer down (not healthy in discovery)");
                     changed |= m.remove(&n);
                 }
-                for (n, addr, caps) in &connected {
-                    changed |= m.upsert(n, addr, caps);
+                for p in &connected {
+                    changed |= m.upsert_hosting(
+                        &p.node,
+                        &p.addr,
+                        &p.capabilities,
+                        p.actors.as_deref(),
+                    );
                 }
                 changed
             });
@@ -213,6 +223,44 @@ fn apply(
         Event::Leaving => table.set_leaving(),
     }
     joined
+}
+
+/// Logs what a new peer hosts differently from this node, for the same
+/// capability: an actor type it lacks (placed only on the nodes that host
+/// it, so nothing fails), or another build of a type (a message one of the
+/// two lacks fails its calls on the ids the lacking node owns).
+fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
+    let Some(theirs) = &peer.actors else { return };
+    for mine in &node.hosted {
+        if !peer.capabilities.contains(&mine.capability) {
+            continue;
+        }
+        match theirs
+            .iter()
+            .find(|t| t.capability == mine.capability && t.actor == mine.actor)
+        {
+            None => tracing::info!(
+                node = %node.id, peer = %peer.node,
+                "peer hosts capability {:?} without actor type {}: {} is placed only on the nodes that host it",
+                mine.capability, mine.actor, mine.actor
+            ),
+            Some(t) if t.tags != mine.tags => {
+                let missing: Vec<&str> = mine
+                    .tags
+                    .iter()
+                    .filter(|x| !t.tags.contains(x))
+                    .map(|x| node.message_names.get(x).copied().unwrap_or("?"))
+                    .collect();
+                let extra = t.tags.iter().filter(|x| !mine.tags.contains(x)).count();
+                tracing::warn!(
+                    node = %node.id, peer = %peer.node,
+                    "peer runs another build of {} (capability {:?}): it has no handler for {missing:?} and {extra} handlers this node lacks; a call of a message the owner lacks fails with UnknownMessage (deploy one build of {} on every node that hosts it)",
+                    mine.actor, mine.capability, mine.actor
+                );
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Dials `target` on a task of its own; the outcome comes back as an event.

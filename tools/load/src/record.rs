@@ -326,7 +326,11 @@ mod tests {
             message: "M".into(),
         };
         assert_eq!(error_kind(&e), "Timeout");
-        let e = mesh::Error::NodeDown { node: "a".into() };
+        let e = mesh::Error::NodeDown {
+            node: "a".into(),
+            actor: "A".into(),
+            id: "a".into(),
+        };
         assert_eq!(error_kind(&e), "NodeDown");
         assert_eq!(error_kind(&mesh::Error::Codec("x".into())), "Codec");
     }
