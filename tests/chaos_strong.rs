@@ -136,13 +136,34 @@ fn holder(consul: &TestConsul, key: &str) -> Option<String> {
     })
 }
 
+/// Waits, while `load` goes on, until lock key `key` is held by `node`'s
+/// session: the shard was handed over to it (the start of a run hands
+/// shards from the first node to the later ones).
+async fn until_held(consul: &TestConsul, load: &Deposits, key: &str, node: &str) -> String {
+    within(STEP, async {
+        loop {
+            if let (Some(h), Some(s)) = (holder(consul, key), session_of(consul, node)) {
+                if h == s {
+                    return s;
+                }
+            }
+            load.more(20).await;
+        }
+    })
+    .await
+}
+
+fn lock_key(id: &str) -> String {
+    format!("mesh/chaos/own/bank/Account/{:04}", mesh::ring::shard(id))
+}
+
 /// An account the driver routes to `node`, and its shard's lock key.
 fn account_on(driver: &Node, node: &str, prefix: &str) -> (String, String) {
     (0..ACCOUNTS)
         .map(|a| format!("{prefix}-{a}"))
         .find(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == node))
         .map(|id| {
-            let key = format!("mesh/chaos/own/bank/Account/{:04}", mesh::ring::shard(&id));
+            let key = lock_key(&id);
             (id, key)
         })
         .expect("an account on the node")
@@ -183,7 +204,11 @@ async fn hung_owner(strong: bool, test: &str) -> Outcome {
     let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(2));
     load.more(300).await;
     let (_, key) = account_on(&driver, "p-1", test);
-    let old = session_of(&consul, "p-1");
+    let old = if strong {
+        Some(until_held(&consul, &load, &key, "p-1").await)
+    } else {
+        None
+    };
     procs[1].signal("STOP");
     members(&driver, |m| !m.contains("p-1")).await;
     if strong {
@@ -276,7 +301,7 @@ async fn a_killed_owner_hands_its_shards_over_after_its_session_expires() {
     let load = Deposits::start(&driver, test, ACCOUNTS, PER_ACCOUNT, Duration::from_secs(5));
     load.more(300).await;
     let (_, key) = account_on(&driver, "p-1", test);
-    let old = session_of(&consul, "p-1");
+    let old = Some(until_held(&consul, &load, &key, "p-1").await);
     procs[1].signal("KILL");
     let killed = Instant::now();
     println!("killed at {killed:?}");
@@ -447,10 +472,28 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
         Duration::from_millis(1500),
     );
     load.more(300).await;
+    let (_, key) = account_on(&driver, "p-1", "cutoff");
+    let session = until_held(&consul, &load, &key, "p-1").await;
+    // The accounts whose shard p-1 holds now.
     let p1_accounts: Vec<String> = (0..ACCOUNTS)
         .map(|a| format!("cutoff-{a}"))
-        .filter(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == "p-1"))
+        .filter(|id| holder(&consul, &lock_key(id)).as_ref() == Some(&session))
         .collect();
+    // p-1 serves its accounts (its shards were handed over to it).
+    within(STEP, async {
+        loop {
+            load.more(20).await;
+            let serving = histories(&dir).iter().any(|e| {
+                e.node == "p-1"
+                    && e.phase == mesh::history::Phase::Served
+                    && p1_accounts.contains(&e.id)
+            });
+            if serving {
+                return;
+            }
+        }
+    })
+    .await;
     // p-1 can no longer reach its agent; its peers still reach it.
     let port = consul
         .url(1)
@@ -482,19 +525,23 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
     let (acked, failures) = load.finish().await;
     let calls: u64 = acked.values().map(|(_, t)| t).sum();
     let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    let healed = Instant::now();
     iptables(&["-F", "INPUT"]);
     driver.shutdown().await.expect("driver leaves");
     drop(procs);
     let events = histories(&dir);
     let found = violations(&events);
     report("cutoff-strong", &found, &wrong, calls);
-    // The last renew of p-1 the agent received, as wall-clock time.
+    // The last renew (or create, which renews too) of p-1's session the
+    // agent received, as wall-clock time.
     let last_renew = consul
         .requests(1, "session/renew")
         .into_iter()
+        .chain(consul.requests(1, "session/create"))
+        .filter(|t| *t < healed)
         .max()
         .map(|t| wall(t, pair))
-        .expect("p-1 renewed");
+        .expect("p-1 created its session");
     let strong = Strong::new().time_scale(SCALE);
     let validity =
         Duration::from_secs(10).mul_f64(SCALE * 0.99) - Duration::from_millis(500).mul_f64(SCALE);

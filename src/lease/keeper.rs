@@ -1,36 +1,42 @@
-//! The keeper: the one task of a strong node that talks to the lease
-//! store. It keeps the session alive, locks the shards the routing table
-//! gives this node, hands off the ones it no longer owns, and publishes
-//! all of it to the [`Gate`] the activations read.
+//! The keeper: the tasks of a strong node that talk to the lease store.
+//! They keep the session alive, lock the shards the routing table gives
+//! this node, hand off the ones it no longer owns, and publish all of it to
+//! the [`Gate`] the activations read.
 //!
-//! Per turn, in this order:
+//! Two tasks share the lease rule ([`Lease`], under a mutex never held
+//! across an await; the gate is written under it too, so a reply for a
+//! dead session can never publish a token):
 //!
-//! 1. **Session.** Without one, create it (backing off while the store
-//!    fails). The create's send time starts the deadline.
-//! 2. **Renew** when due (every TTL / 4), the clock read *before* sending.
-//!    A success moves the deadline (from the send time); `SessionGone`
-//!    clears every shard at once (the activations end without their
-//!    hooks) and the next turn creates a new session; any other failure
-//!    changes nothing, so the deadline lapses by itself.
-//! 3. **Reconcile** with the routing table (and the leaving flag):
-//!    - a shard this node should own and does not hold: lock it, in
-//!      batches; refused keys (held by the previous owner, or under
-//!      lock-delay) are tried again every `retry`;
-//!    - a shard it holds and should not: mark it draining (running
-//!      activations finish and run their hooks, none starts), and once
-//!      its live count is zero clear it, then unlock it, in batches.
-//! 4. **Wait** for the next renew, a membership change, a live count
-//!    reaching zero, the retry timer (only while something is pending),
-//!    or a stop.
+//! - **The renew task** renews every TTL / 4, the clock read *before*
+//!   sending. A success moves the deadline (from the send time);
+//!   `SessionGone` clears every shard at once (the activations end without
+//!   their hooks) and wakes the main task to create a new session; any
+//!   other failure changes nothing, so the deadline lapses by itself. It
+//!   runs apart so that a long reconcile (thousands of shards to lock on a
+//!   slow store) never delays a renew.
+//! - **The main task**, per turn:
+//!   1. **Session.** Without one, create it (backing off while the store
+//!      fails). The create's send time starts the deadline.
+//!   2. **Reconcile** with the routing table (and the leaving flag):
+//!      - a shard this node should own and does not hold: lock it, in
+//!        batches; refused keys (held by the previous owner, or under
+//!        lock-delay) are tried again every `retry`;
+//!      - a shard it holds and should not: mark it draining (running
+//!        activations finish and run their hooks, none starts), and once
+//!        its live count is zero clear it, then unlock it, in batches.
+//!   3. **Wait** for a membership change, a live count reaching zero, a
+//!      lost session, the retry timer (only while something is pending),
+//!      or a stop.
 //!
 //! Stop: [`Stop::Leave`] unlocks what is held and destroys the session
-//! (called once the node's activations have ended); [`Stop::Halt`] (a
-//! severed node) leaves everything behind, as a crash would.
+//! (called once the node's activations have ended; renews go on until
+//! then); [`Stop::Halt`] (a severed node) leaves everything behind, as a
+//! crash would.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::gate::{Gate, DRAINING};
@@ -54,7 +60,7 @@ pub(crate) enum Stop {
 #[derive(Debug)]
 pub(crate) struct Keeper {
     stop: watch::Sender<Stop>,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Keeper {
@@ -68,23 +74,31 @@ impl Keeper {
         lock_value: Vec<u8>,
     ) -> Keeper {
         let (stop, stop_rx) = watch::channel(Stop::Run);
-        let k = Run {
-            lease: Lease::new(strong.lease_config()),
+        let shared = Arc::new(Shared {
+            lease: Mutex::new(Lease::new(strong.lease_config())),
             gate,
             store,
+            lost: Notify::new(),
+            created: Notify::new(),
+            failing: Mutex::new(None),
+        });
+        let (renewing, renew_stop) = watch::channel(false);
+        let k = Run {
+            shared: shared.clone(),
             strong,
             session_name,
             lock_value,
             node: Arc::downgrade(node),
             membership: node.membership_changes(),
             stop: stop_rx,
+            renewing,
             pending_unlock: Vec::new(),
-            failing: None,
         };
-        let task = tokio::spawn(k.run());
+        let renew = tokio::spawn(renew_loop(shared, renew_stop));
+        let main = tokio::spawn(k.run());
         Keeper {
             stop,
-            task: std::sync::Mutex::new(Some(task)),
+            tasks: Mutex::new(vec![main, renew]),
         }
     }
 
@@ -92,27 +106,21 @@ impl Keeper {
     /// (bounded by `limit`).
     pub(crate) async fn leave(&self, limit: Duration) {
         self.stop.send_replace(Stop::Leave);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(t) = task {
-            if tokio::time::timeout(limit, t).await.is_err() {
-                tracing::warn!("strong mode: releasing the leases took longer than {limit:?}");
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
             }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("strong mode: releasing the leases took longer than {limit:?}");
         }
     }
 
     /// Ends the keeper at once, leaving the session to expire.
     pub(crate) fn halt(&self) {
         self.stop.send_replace(Stop::Halt);
-        if let Some(t) = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
+        for t in std::mem::take(&mut *lock(&self.tasks)) {
             t.abort();
         }
     }
@@ -124,56 +132,146 @@ impl Drop for Keeper {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 type Key = (u64, u16);
 
-struct Run {
-    lease: Lease<Key>,
+/// What the two tasks share.
+struct Shared {
+    /// The lease rule; the gate is written while it is held.
+    lease: Mutex<Lease<Key>>,
     gate: Arc<Gate>,
     store: Arc<dyn LeaseStore>,
+    /// The renew task found the session gone.
+    lost: Notify,
+    /// The main task created a session.
+    created: Notify,
+    /// The last failure logged (logged once per change).
+    failing: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn log_failure(&self, what: &str, e: &LeaseStoreError) {
+        let msg = format!("{what}: {e}");
+        let mut failing = lock(&self.failing);
+        if failing.as_deref() != Some(&msg) {
+            tracing::warn!("strong mode: {msg}");
+            *failing = Some(msg);
+        }
+    }
+
+    fn session(&self) -> Option<String> {
+        lock(&self.lease).session().map(str::to_owned)
+    }
+}
+
+/// The renew task. See the [module docs](self).
+async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let created = shared.created.notified();
+        tokio::pin!(created);
+        created.as_mut().enable();
+        let (id, due) = {
+            let lease = lock(&shared.lease);
+            (lease.session().map(str::to_owned), lease.next_renew())
+        };
+        let (Some(id), Some(due)) = (id, due) else {
+            tokio::select! {
+                _ = created => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        if due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = created => continue,
+                _ = stop.changed() => continue,
+            }
+        }
+        let sent = Instant::now();
+        lock(&shared.lease).renew_sent(sent);
+        match shared.store.renew(&id).await {
+            Ok(()) => {
+                *lock(&shared.failing) = None;
+                let mut lease = lock(&shared.lease);
+                lease.renewed(&id, sent);
+                if lease.session() == Some(id.as_str()) {
+                    shared.gate.set_deadline(lease.deadline());
+                }
+            }
+            Err(LeaseStoreError::SessionGone) => {
+                let mut lease = lock(&shared.lease);
+                if lease.session() != Some(id.as_str()) {
+                    continue; // an older session, already replaced
+                }
+                let lost = lease.session_gone(&id);
+                shared.gate.set_session(None);
+                shared.gate.clear();
+                drop(lease);
+                tracing::warn!(
+                    session = %id,
+                    shards = lost.len(),
+                    "strong mode: the lease session is gone; every shard is lost and its activations end"
+                );
+                shared.lost.notify_one();
+            }
+            Err(e) => shared.log_failure("cannot renew the lease session", &e),
+        }
+    }
+}
+
+/// The main task.
+struct Run {
+    shared: Arc<Shared>,
     strong: Strong,
     session_name: String,
     lock_value: Vec<u8>,
     node: Weak<NodeInner>,
     membership: watch::Receiver<crate::Membership>,
     stop: watch::Receiver<Stop>,
+    /// Tells the renew task to end (after the leases are released).
+    renewing: watch::Sender<bool>,
     /// Keys cleared locally whose unlock the store has not confirmed.
     pending_unlock: Vec<String>,
-    /// The last failure logged (logged once per change).
-    failing: Option<String>,
 }
 
 impl Run {
-    fn log_failure(&mut self, what: &str, e: &LeaseStoreError) {
-        let msg = format!("{what}: {e}");
-        if self.failing.as_deref() != Some(&msg) {
-            tracing::warn!("strong mode: {msg}");
-            self.failing = Some(msg);
-        }
-    }
-
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
             if *self.stop.borrow() != Stop::Run {
                 break;
             }
-            if self.lease.session().is_none() {
+            if self.shared.session().is_none() {
                 let sent = Instant::now();
                 let created = self
+                    .shared
                     .store
                     .create_session(&self.session_name, self.strong.ttl, self.strong.lock_delay)
                     .await;
                 match created {
                     Ok(id) => {
                         failures = 0;
-                        self.failing = None;
+                        *lock(&self.shared.failing) = None;
                         tracing::info!(session = %id, "strong mode: lease session created");
-                        self.lease.session_created(id.clone(), sent);
-                        self.gate.set_session(Some(Arc::new(id)));
-                        self.gate.set_deadline(self.lease.deadline());
+                        self.pending_unlock.clear();
+                        {
+                            let mut lease = lock(&self.shared.lease);
+                            lease.session_created(id.clone(), sent);
+                            self.shared.gate.set_session(Some(Arc::new(id)));
+                            self.shared.gate.set_deadline(lease.deadline());
+                        }
+                        self.shared.created.notify_one();
                     }
                     Err(e) => {
-                        self.log_failure("cannot create the lease session", &e);
+                        self.shared
+                            .log_failure("cannot create the lease session", &e);
                         failures += 1;
                         let wait = crate::discovery::consul::backoff(
                             self.strong.retry,
@@ -187,18 +285,8 @@ impl Run {
                     }
                 }
             }
-            if self.lease.next_renew().is_some_and(|t| t <= Instant::now()) {
-                self.renew().await;
-                if self.lease.session().is_none() {
-                    continue;
-                }
-            }
             let pending = self.reconcile().await;
-            let mut next = self.lease.next_renew();
-            if pending {
-                let retry = Instant::now() + self.strong.retry;
-                next = Some(next.map_or(retry, |n| n.min(retry)));
-            }
+            let next = pending.then(|| Instant::now() + self.strong.retry);
             if self.wait(next).await {
                 break;
             }
@@ -206,10 +294,11 @@ impl Run {
         if *self.stop.borrow() == Stop::Leave {
             self.release_all().await;
         }
+        self.renewing.send_replace(true);
     }
 
-    /// Waits for `until`, a membership change, a drained shard or a stop;
-    /// true on a stop.
+    /// Waits for `until`, a membership change, a drained shard, a lost
+    /// session or a stop; true on a stop.
     async fn wait(&mut self, until: Option<Instant>) -> bool {
         let sleep = async {
             match until {
@@ -220,37 +309,11 @@ impl Run {
         tokio::select! {
             _ = sleep => {}
             _ = self.membership.changed() => {}
-            _ = self.gate.drained.notified() => {}
+            _ = self.shared.gate.drained.notified() => {}
+            _ = self.shared.lost.notified() => {}
             _ = self.stop.changed() => {}
         }
         *self.stop.borrow() != Stop::Run
-    }
-
-    async fn renew(&mut self) {
-        let Some(id) = self.lease.session().map(str::to_owned) else {
-            return;
-        };
-        let sent = Instant::now();
-        self.lease.renew_sent(sent);
-        match self.store.renew(&id).await {
-            Ok(()) => {
-                self.failing = None;
-                self.lease.renewed(&id, sent);
-                self.gate.set_deadline(self.lease.deadline());
-            }
-            Err(LeaseStoreError::SessionGone) => {
-                let lost = self.lease.session_gone(&id);
-                tracing::warn!(
-                    session = %id,
-                    shards = lost.len(),
-                    "strong mode: the lease session is gone; every shard is lost and its activations end"
-                );
-                self.gate.set_session(None);
-                self.gate.clear();
-                self.pending_unlock.clear();
-            }
-            Err(e) => self.log_failure("cannot renew the lease session", &e),
-        }
     }
 
     /// One pass over every shard; true if something is left to retry.
@@ -261,9 +324,10 @@ impl Run {
         let leaving = node.is_leaving();
         let routing = node.routing_table();
         drop(node);
+        let gate = self.shared.gate.clone();
         let mut to_lock: Vec<Key> = Vec::new();
         let mut to_unlock: Vec<Key> = Vec::new();
-        for cap in self.gate.caps() {
+        for cap in gate.caps() {
             let table = routing.actor(cap.key, cap.cap);
             for s in 0..SHARDS as u16 {
                 let wanted = !leaving && table.is_some_and(|t| t.is_local(s));
@@ -273,11 +337,11 @@ impl Run {
                         to_lock.push((cap.key, s));
                     } else if st & DRAINING != 0 {
                         // Ours again before it was released.
-                        self.gate.set(cap.key, s, st & !DRAINING);
+                        gate.set(cap.key, s, st & !DRAINING);
                     }
                 } else if st != 0 {
                     let live = if st & DRAINING == 0 {
-                        self.gate.set(cap.key, s, st | DRAINING)
+                        gate.set(cap.key, s, st | DRAINING)
                     } else {
                         cap.live(s)
                     };
@@ -287,22 +351,26 @@ impl Run {
                 }
             }
         }
-        let Some(session) = self.lease.session().map(str::to_owned) else {
+        let Some(session) = self.shared.session() else {
             return true;
         };
         // Unlock first: a peer may be waiting for these.
-        for (key, s) in &to_unlock {
-            self.gate.set(*key, *s, 0);
-            self.lease.released(&(*key, *s));
-            let name = self.cap_name(*key);
-            self.pending_unlock.push(self.gate.lock_key(&name, *s));
+        {
+            let mut lease = lock(&self.shared.lease);
+            for (key, s) in &to_unlock {
+                gate.set(*key, *s, 0);
+                lease.released(&(*key, *s));
+                if let Some(k) = gate.lock_key_of(*key, *s) {
+                    self.pending_unlock.push(k);
+                }
+            }
         }
         let mut pending = false;
         if !self.pending_unlock.is_empty() {
             let keys = std::mem::take(&mut self.pending_unlock);
             for batch in keys.chunks(self.strong.batch) {
-                if let Err(e) = self.store.unlock(&session, batch).await {
-                    self.log_failure("cannot release shards", &e);
+                if let Err(e) = self.shared.store.unlock(&session, batch).await {
+                    self.shared.log_failure("cannot release shards", &e);
                     self.pending_unlock.extend_from_slice(batch);
                     pending = true;
                 }
@@ -311,28 +379,25 @@ impl Run {
         for batch in to_lock.chunks(self.strong.batch) {
             let keys: Vec<(String, Vec<u8>)> = batch
                 .iter()
-                .map(|(key, s)| {
-                    (
-                        self.gate.lock_key(&self.cap_name(*key), *s),
-                        self.lock_value.clone(),
-                    )
-                })
+                .filter_map(|(key, s)| gate.lock_key_of(*key, *s))
+                .map(|k| (k, self.lock_value.clone()))
                 .collect();
-            match self.store.lock(&session, &keys).await {
+            match self.shared.store.lock(&session, &keys).await {
                 Ok(tokens) => {
+                    let mut lease = lock(&self.shared.lease);
                     for ((key, s), token) in batch.iter().zip(tokens) {
                         match token {
-                            Some(t)
-                                if self.lease.acquired(&session, (*key, *s), FencingToken(t)) =>
-                            {
-                                self.gate.set(*key, *s, t & !DRAINING);
+                            // Published under the lease's lock: a token of
+                            // a session lost meanwhile is refused here.
+                            Some(t) if lease.acquired(&session, (*key, *s), FencingToken(t)) => {
+                                gate.set(*key, *s, t & !DRAINING);
                             }
                             _ => pending = true,
                         }
                     }
                 }
                 Err(e) => {
-                    self.log_failure("cannot lock shards", &e);
+                    self.shared.log_failure("cannot lock shards", &e);
                     pending = true;
                 }
             }
@@ -340,39 +405,36 @@ impl Run {
         pending
     }
 
-    fn cap_name(&self, key: u64) -> String {
-        self.gate
-            .caps()
-            .iter()
-            .find(|c| c.key == key)
-            .map(|c| c.name.clone())
-            .unwrap_or_default()
-    }
-
     /// Leaving: unlock everything held and destroy the session.
     async fn release_all(&mut self) {
-        let Some(session) = self.lease.session().map(str::to_owned) else {
+        let Some(session) = self.shared.session() else {
             return;
         };
+        let gate = self.shared.gate.clone();
         let mut keys = std::mem::take(&mut self.pending_unlock);
-        for cap in self.gate.caps() {
-            for s in 0..SHARDS as u16 {
-                if cap.state(s) != 0 {
-                    self.gate.set(cap.key, s, 0);
-                    keys.push(self.gate.lock_key(&cap.name, s));
+        {
+            let _lease = lock(&self.shared.lease);
+            for cap in gate.caps() {
+                for s in 0..SHARDS as u16 {
+                    if cap.state(s) != 0 {
+                        gate.set(cap.key, s, 0);
+                        keys.push(gate.lock_key(&cap.name, s));
+                    }
                 }
             }
         }
         for batch in keys.chunks(self.strong.batch) {
-            if let Err(e) = self.store.unlock(&session, batch).await {
-                self.log_failure("cannot release shards while leaving", &e);
+            if let Err(e) = self.shared.store.unlock(&session, batch).await {
+                self.shared
+                    .log_failure("cannot release shards while leaving", &e);
             }
         }
         // Destroying the session releases anything an unlock missed.
-        if let Err(e) = self.store.destroy(&session).await {
-            self.log_failure("cannot destroy the lease session", &e);
+        if let Err(e) = self.shared.store.destroy(&session).await {
+            self.shared
+                .log_failure("cannot destroy the lease session", &e);
         }
-        self.gate.set_session(None);
-        self.gate.set_deadline(None);
+        gate.set_session(None);
+        gate.set_deadline(None);
     }
 }
