@@ -81,7 +81,7 @@
 //!
 //! # The local lease rule
 //!
-//! The rule behind the deadline is a sans-IO state machine ([`Lease`],
+//! The rule behind the deadline is a sans-IO state machine (`Lease`,
 //! crate-private): time is passed in as [`tokio::time::Instant`]
 //! (`CLOCK_MONOTONIC` on Linux, which does not count suspend; a suspended
 //! host looks like a paused process, and the deadline covers both because
