@@ -68,6 +68,19 @@
 //! When the store is unreachable, nodes stop serving their shards at
 //! their deadline (CP: the cluster's availability becomes the store's).
 //!
+//! # Limits
+//!
+//! - The mode is per node (every actor type of a strong node is leased);
+//!   every node of a cluster must use the same mode.
+//! - A call from a peer that reaches a node which will not hold its shard
+//!   (it is handing the shard off, leaving, or its ring names another
+//!   owner) is routed again to the owner. A typed call made in this same
+//!   process and queued for such a shard has no encoded form to forward:
+//!   it waits for its deadline.
+//! - Casts are not buffered across a handoff any better than calls: a
+//!   cast waiting at the gate of a node that never gets the shard is
+//!   dropped with its mailbox.
+//!
 //! # Why a lease alone is not enough
 //!
 //! A process paused right after its gate said yes (GC, SIGSTOP, a slow
