@@ -29,7 +29,7 @@ use mesh_testkit::chaos::{scratch, settled, summary, Load, Outcome, STEP};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::procs::{example_binary, Proc};
-use mesh_testkit::within;
+use mesh_testkit::{require, within};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -223,19 +223,6 @@ async fn a_hung_node_is_dropped_on_time_and_rejoins_without_duplicates() {
     driver.shutdown().await.unwrap();
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Fails with what to install when a tool the partition test needs is
-/// missing (`scripts/test.sh` installs them).
-fn require(tool: &str, package: &str) {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{tool} is missing: install Debian's {package} (apt-get install {package})"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,17 +16,14 @@
 //! The same churn in eventual mode is the negative control: the checkers
 //! must flag it, or the strong run proves nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::discovery::Consul;
 use mesh::history::{violations, MemoryHistory, Violation};
 use mesh::lease::Strong;
 use mesh::prelude::*;
 use mesh_testkit::actors::{Account, Deposit};
-use mesh_testkit::bank::{check_balances, Deposits};
+use mesh_testkit::bank::{adapter, agent, check_balances, Deposits};
 use mesh_testkit::consul_agent::TestConsul;
-use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::within;
 use tokio::time::Instant;
 
@@ -42,28 +39,6 @@ fn strong() -> Strong {
     Strong::new()
         .time_scale(SCALE)
         .retry(Duration::from_millis(20))
-}
-
-async fn agent(agents: usize) -> Arc<TestConsul> {
-    Arc::new(
-        TestConsul::start(
-            agents,
-            TimeScale {
-                ttl: SCALE,
-                deregister: 0.01,
-            },
-        )
-        .await,
-    )
-}
-
-fn adapter(consul: &TestConsul, i: usize) -> Consul {
-    Consul::new()
-        .address(consul.url(i))
-        .heartbeat(Duration::from_millis(100))
-        // 6 s, scaled: 300 ms.
-        .ttl(Duration::from_secs(6))
-        .wait(Duration::from_secs(5))
 }
 
 async fn node(
@@ -118,7 +93,7 @@ async fn churn(
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .try_init();
     }
-    let consul = agent(4).await;
+    let consul = agent(4, SCALE).await;
     let history = MemoryHistory::new();
     let a = node(&consul, 0, "a", mode, &history, true).await;
     let driver = node(&consul, 3, "driver", mode, &history, false).await;
@@ -241,7 +216,7 @@ fn session_of(consul: &TestConsul, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_session_ends_the_activations_and_they_return_under_a_new_one() {
-    let consul = agent(1).await;
+    let consul = agent(1, SCALE).await;
     let history = MemoryHistory::new();
     let a = node(&consul, 0, "a", Some(strong()), &history, true).await;
     let first = a

@@ -221,23 +221,14 @@ async fn serve<A: Handlers>(
                 env.fail(Error::timeout());
                 continue;
             }
-            if let Some(l) = Leased::of(ctx, leased) {
-                match l.check::<A>() {
-                    Check::Go => {}
-                    Check::Wait => {
-                        batch.push_front(env);
-                        mb.put_back(batch);
-                        if !Box::pin(l.wait_valid::<A>(mb, batch, ctx.node().shared())).await {
-                            return EndReason::Lost;
-                        }
-                        continue 'take;
-                    }
-                    Check::Lost => {
-                        batch.push_front(env);
-                        mb.put_back(batch);
-                        return EndReason::Lost;
-                    }
+            let check = lease_check::<A>(ctx, leased);
+            if check != Check::Go {
+                batch.push_front(env);
+                mb.put_back(batch);
+                if check == Check::Wait && Box::pin(still_leased::<A>(ctx, mb, batch)).await {
+                    continue 'take;
                 }
+                return EndReason::Lost;
             }
             if ctx.node().inner().has_history() {
                 served::<A>(ctx);
@@ -320,23 +311,14 @@ async fn serve_interleaved<'a, A: Handlers>(
             }
             // Strong mode: each turn starts under the lease (the calls it
             // interleaves belong to its chain).
-            if let Some(l) = Leased::of(ctx, leased) {
-                match l.check::<A>() {
-                    Check::Go => {}
-                    Check::Wait => {
-                        batch.push_front(env);
-                        mb.put_back(batch);
-                        if !Box::pin(l.wait_valid::<A>(mb, batch, ctx.node().shared())).await {
-                            return EndReason::Lost;
-                        }
-                        continue 'take;
-                    }
-                    Check::Lost => {
-                        batch.push_front(env);
-                        mb.put_back(batch);
-                        return EndReason::Lost;
-                    }
+            let check = lease_check::<A>(ctx, leased);
+            if check != Check::Go {
+                batch.push_front(env);
+                mb.put_back(batch);
+                if check == Check::Wait && Box::pin(still_leased::<A>(ctx, mb, batch)).await {
+                    continue 'take;
                 }
+                return EndReason::Lost;
             }
             if ctx.node().inner().has_history() {
                 served::<A>(ctx);
@@ -717,8 +699,18 @@ async fn enter<A: Handlers>(
     }
 }
 
-/// Strong mode, before the `on_deactivate` hook: waits until the lease
-/// holds (true) or is lost (false).
+/// Strong mode, before a message: may it be handled now? (`Go` when the
+/// activation is not leased.)
+#[inline]
+fn lease_check<A: Handlers>(ctx: &Ctx, leased: bool) -> Check {
+    match Leased::of(ctx, leased) {
+        Some(l) => l.check::<A>(),
+        None => Check::Go,
+    }
+}
+
+/// Strong mode, before a message or the `on_deactivate` hook: waits
+/// until the lease holds (true) or is lost (false).
 async fn still_leased<A: Handlers>(
     ctx: &Ctx,
     mb: &Mailbox<Envelope<A>>,

@@ -13,7 +13,35 @@ use mesh::Node;
 use tokio::time::Instant;
 
 use crate::actors::{Account, Deposit};
+use crate::consul_agent::TestConsul;
+use crate::consul_catalog::TimeScale;
 use crate::within;
+
+/// A test agent of `agents` simulated agents whose session and health
+/// TTLs run `1 / scale` times faster (the strong-mode suites tell their
+/// nodes the same with `Strong::time_scale`).
+pub async fn agent(agents: usize, scale: f64) -> Arc<TestConsul> {
+    Arc::new(
+        TestConsul::start(
+            agents,
+            TimeScale {
+                ttl: scale,
+                deregister: 0.01,
+            },
+        )
+        .await,
+    )
+}
+
+/// The adapter of a strong-mode suite's node on agent `i`: heartbeat
+/// 100 ms, health TTL 6 s before scaling.
+pub fn adapter(consul: &TestConsul, i: usize) -> Consul {
+    Consul::new()
+        .address(consul.url(i))
+        .heartbeat(Duration::from_millis(100))
+        .ttl(Duration::from_secs(6))
+        .wait(Duration::from_secs(5))
+}
 
 const STEP: Duration = Duration::from_secs(30);
 

@@ -72,6 +72,20 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local address").port()
 }
 
+/// Panics, saying what to install, when the command `tool` (from Debian's
+/// `package`) is missing: the suites that need it fail, never skip
+/// (`scripts/test.sh` installs them).
+pub fn require(tool: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is missing: install Debian's {package} (apt-get install {package})"
+    );
+}
+
 /// Panics, saying how to install it, when HAProxy is missing: the sidecar
 /// suites fail, never skip.
 pub fn require_haproxy() {
