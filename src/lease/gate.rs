@@ -23,8 +23,14 @@
 //! draining (and does not start): never an activation running on a shard
 //! whose lock was released.
 //!
-//! Waiters ([`Gate::changed`]) are woken on every change of a state or of
-//! the deadline; a waiter re-reads and decides again.
+//! The same order covers the wake-up of the keeper: an activation ending
+//! decrements the live count *then* reads the state, so either it sees the
+//! shard draining and wakes the keeper, or the keeper's own read of the
+//! count after marking it draining sees zero.
+//!
+//! Waiters ([`Gate::changed`]) are woken on every change of the deadline
+//! or the session, and once per pass of the keeper over the shards; a
+//! waiter re-reads and decides again.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
@@ -156,10 +162,14 @@ impl Gate {
         None
     }
 
-    /// An activation that entered has ended.
+    /// An activation that entered has ended. The keeper is woken only
+    /// when the last one of a draining shard ends: that shard can be
+    /// unlocked now (an idle activation passivating on a held shard is
+    /// none of its business).
     pub(crate) fn exit(&self, key: u64, s: u16) {
         if let Some(cap) = self.cap(key) {
-            if cap.live[s as usize].fetch_sub(1, SeqCst) == 1 {
+            let last = cap.live[s as usize].fetch_sub(1, SeqCst) == 1;
+            if last && cap.state[s as usize].load(SeqCst) & DRAINING != 0 {
                 self.drained.notify_one();
             }
         }
@@ -214,14 +224,19 @@ impl Gate {
     }
 
     /// Sets the state of shard `s` (a token, a token with [`DRAINING`], or
-    /// 0) and wakes the waiters. Returns the live count read after.
+    /// 0). Returns the live count read after. Waiters are woken by
+    /// [`Gate::publish`], once per pass over the shards, not per shard.
     pub(crate) fn set(&self, key: u64, s: u16, state: u64) -> u32 {
         let Some(cap) = self.cap(key) else {
             return 0;
         };
         cap.state[s as usize].store(state, SeqCst);
-        self.changed.notify_waiters();
         cap.live[s as usize].load(SeqCst)
+    }
+
+    /// Wakes the waiters after [`Gate::set`]s.
+    pub(crate) fn publish(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Clears every shard (the session was lost).
@@ -256,6 +271,11 @@ mod tests {
         assert_eq!(g.check(7, 1, 40), Check::Go);
         assert_eq!(g.enter(7, 1), None);
         // The deadline passes: wait; a new token: lost.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
+        // A renew moves the deadline: the same activation goes on.
+        g.set_deadline(Some(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(g.check(7, 1, 40), Check::Wait);
         g.set(7, 1, 41);

@@ -286,6 +286,7 @@ impl Run {
                 }
             }
             let pending = self.reconcile().await;
+            self.shared.gate.publish();
             let next = pending.then(|| Instant::now() + self.strong.retry);
             if self.wait(next).await {
                 break;
@@ -377,12 +378,16 @@ impl Run {
             }
         }
         for batch in to_lock.chunks(self.strong.batch) {
-            let keys: Vec<(String, Vec<u8>)> = batch
+            let keys: Vec<String> = batch
                 .iter()
                 .filter_map(|(key, s)| gate.lock_key_of(*key, *s))
-                .map(|k| (k, self.lock_value.clone()))
                 .collect();
-            match self.shared.store.lock(&session, &keys).await {
+            match self
+                .shared
+                .store
+                .lock(&session, &keys, &self.lock_value)
+                .await
+            {
                 Ok(tokens) => {
                     let mut lease = lock(&self.shared.lease);
                     for ((key, s), token) in batch.iter().zip(tokens) {

@@ -54,16 +54,18 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Destroys session `id`, releasing its locks at once.
     fn destroy(&self, id: &str) -> BoxFuture<'_, Result<(), LeaseStoreError>>;
 
-    /// Tries to lock each of `keys` (with its value) for session `id`, in
-    /// one atomic step or as few as the store needs. Returns per key the
-    /// fencing token (a number that grows with every grant in the store,
-    /// across keys) or `None` when the key is held by another session or
-    /// under lock-delay. Holding a key already is a success.
-    fn lock(
-        &self,
-        id: &str,
-        keys: &[(String, Vec<u8>)],
-    ) -> BoxFuture<'_, Result<Vec<Option<u64>>, LeaseStoreError>>;
+    /// Tries to lock each of `keys` for session `id`, each with `value`
+    /// (who holds it), in one atomic step or as few as the store needs.
+    /// Returns per key the fencing token (a number that grows with every
+    /// grant in the store, across keys) or `None` when the key is held by
+    /// another session or under lock-delay. Holding a key already is a
+    /// success.
+    fn lock<'a>(
+        &'a self,
+        id: &'a str,
+        keys: &'a [String],
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, LeaseStoreError>>;
 
     /// Unlocks `keys` held by session `id`.
     fn unlock(&self, id: &str, keys: &[String]) -> BoxFuture<'_, Result<(), LeaseStoreError>>;

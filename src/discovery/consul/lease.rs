@@ -150,13 +150,13 @@ impl LeaseStore for ConsulLeases {
         })
     }
 
-    fn lock(
-        &self,
-        id: &str,
-        keys: &[(String, Vec<u8>)],
-    ) -> BoxFuture<'_, Result<Vec<Option<u64>>, LeaseStoreError>> {
-        let id = id.to_owned();
-        let keys = keys.to_vec();
+    fn lock<'a>(
+        &'a self,
+        id: &'a str,
+        keys: &'a [String],
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<Vec<Option<u64>>, LeaseStoreError>> {
+        let value = b64(value);
         Box::pin(async move {
             let mut tokens = vec![None; keys.len()];
             // Which of `keys` the next attempt sends.
@@ -171,7 +171,7 @@ impl LeaseStore for ConsulLeases {
                 let ops: Vec<Value> = trying
                     .iter()
                     .map(|&i| {
-                        json!({"KV": {"Verb": "lock", "Key": keys[i].0, "Value": b64(&keys[i].1), "Session": id}})
+                        json!({"KV": {"Verb": "lock", "Key": keys[i], "Value": value, "Session": id}})
                     })
                     .collect();
                 match txn(&self.api, &ops).await.map_err(|e| other("lock", e))? {
