@@ -22,7 +22,7 @@ use mesh::history::{violations, MemoryHistory, Violation};
 use mesh::lease::Strong;
 use mesh::prelude::*;
 use mesh_testkit::actors::{Account, Deposit};
-use mesh_testkit::bank::{adapter, agent, check_balances, Deposits};
+use mesh_testkit::bank::{adapter, agent, check_balances, session_of, Deposits};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::within;
 use tokio::time::Instant;
@@ -198,20 +198,6 @@ async fn strong_mode_needs_an_authoritative_store() {
         .await
         .expect_err("margins that leave nothing");
     assert!(err.to_string().contains("no validity"), "{err}");
-}
-
-/// The id of node `name`'s lease session, from the agent's session table.
-fn session_of(consul: &TestConsul, name: &str) -> Option<String> {
-    let (list, _) = consul.with_kv(|kv| kv.session_list(None));
-    list.as_array()?
-        .iter()
-        .find(|s| {
-            s["Name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with(&format!("mesh/{name}/")))
-        })
-        .and_then(|s| s["ID"].as_str())
-        .map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

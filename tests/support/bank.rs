@@ -97,7 +97,11 @@ impl Deposits {
                             Err(e) => failures
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .push(format!("{id}: {e} (sent at {:?})", started)),
+                                .push(format!(
+                                    "{id}: {e} (sent {:?} before it failed, at {:?})",
+                                    started.elapsed(),
+                                    std::time::SystemTime::now()
+                                )),
                         }
                         drop(table);
                         done.send_modify(|n| *n += 1);
@@ -160,4 +164,31 @@ pub async fn check_balances(
         }
     }
     wrong
+}
+
+/// The session id of node `name` (its newest, if several).
+pub fn session_of(consul: &TestConsul, name: &str) -> Option<String> {
+    let (list, _) = consul.with_kv(|kv| kv.session_list(None));
+    list.as_array()?
+        .iter()
+        .filter(|s| {
+            s["Name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("mesh/{name}/")))
+        })
+        .max_by_key(|s| s["CreateIndex"].as_u64())
+        .and_then(|s| s["ID"].as_str())
+        .map(str::to_owned)
+}
+
+/// The session holding lock key `key`, if any.
+pub fn holder(consul: &TestConsul, key: &str) -> Option<String> {
+    consul.with_kv(|kv| {
+        let (entries, _) = kv.list(key);
+        entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.session.clone())
+            .filter(|s| !s.is_empty())
+    })
 }
