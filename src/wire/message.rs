@@ -116,8 +116,10 @@ pub struct Call {
     /// Milliseconds left before the caller gives up: the callee drops the
     /// work once they have passed. Relative, because clocks differ.
     pub timeout_ms: u64,
-    /// How many times this call was forwarded (at most once).
-    #[serde(default)]
+    /// How many times this call was forwarded (at most once, or twice
+    /// through a leaving node; more in strong mode while views disagree).
+    /// A peer's value decodes clamped to 16.
+    #[serde(default, deserialize_with = "clamped_hops")]
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
@@ -169,6 +171,16 @@ impl Serialize for Call {
 /// The most links of a `Call`'s chain decoded: the depth limit (a node
 /// refuses a chain that long).
 const MAX_CHAIN: usize = crate::actor::chain::MAX_DEPTH;
+
+/// The largest `hops` a peer's `Call` or `Cast` decodes with: past every
+/// value the forwarding rules tell apart, far from `u8::MAX` (forwarding
+/// adds one, saturating).
+pub(crate) const MAX_HOPS: u8 = 16;
+
+/// Decodes `hops`, clamped to [`MAX_HOPS`].
+fn clamped_hops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    u8::deserialize(d).map(|h| h.min(MAX_HOPS))
+}
 
 /// Decodes a `Call`'s chain keeping at most [`MAX_CHAIN`] links; the
 /// elements past them are skipped (whatever they are) without being
@@ -232,8 +244,9 @@ pub struct Cast {
     pub tag: u64,
     /// The actor id.
     pub id: String,
-    /// How many times this cast was forwarded (at most once).
-    #[serde(default)]
+    /// How many times this cast was forwarded (at most once, or twice
+    /// through a leaving node). A peer's value decodes clamped to 16.
+    #[serde(default, deserialize_with = "clamped_hops")]
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
@@ -486,6 +499,33 @@ mod tests {
         struct Bad(u64, String, u64, u8, ByteBuf, (), Vec<u8>);
         let bad = Bad(7, "p-1".into(), 500, 1, ByteBuf::new(), (), vec![1]);
         assert!(rmp_serde::from_slice::<Call>(&rmp_serde::to_vec(&bad).unwrap()).is_err());
+    }
+
+    #[test]
+    fn hops_from_a_peer_are_clamped() {
+        let far = Call {
+            hops: u8::MAX,
+            ..call(None)
+        };
+        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&far).unwrap()).unwrap();
+        assert_eq!(back.hops, MAX_HOPS);
+        // Adding the forward's one cannot overflow.
+        assert_eq!(back.hops.checked_add(1), Some(MAX_HOPS + 1));
+        let cast = Cast {
+            tag: 1,
+            id: "x".into(),
+            hops: 200,
+            payload: ByteBuf::new(),
+            trace: None,
+        };
+        let back: Cast = rmp_serde::from_slice(&rmp_serde::to_vec(&cast).unwrap()).unwrap();
+        assert_eq!(back.hops, MAX_HOPS);
+        // Values the rules use pass unchanged.
+        for hops in [0, 1, 2, MAX_HOPS] {
+            let c = Call { hops, ..call(None) };
+            let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+            assert_eq!(back.hops, hops);
+        }
     }
 
     #[test]
