@@ -105,8 +105,13 @@ impl ActivationEvent {
     }
 
     /// One text line (no newline): `phase nanos node incarnation token
-    /// actor id`, the id last so it may hold spaces. Node and actor names
-    /// hold none.
+    /// actor id`, the id last so it may hold spaces.
+    ///
+    /// Names are escaped, so that no id (which callers, and peers, choose)
+    /// can break the line or forge another: a backslash is written `\\`,
+    /// a line feed `\n`, a carriage return `\r`, any other control
+    /// character `\u{hex}`, and a space in the node or actor name `\s`.
+    /// [`ActivationEvent::parse_line`] undoes it.
     pub fn to_line(&self) -> String {
         let nanos = self
             .at
@@ -116,11 +121,11 @@ impl ActivationEvent {
         format!(
             "{} {nanos} {} {} {} {} {}",
             self.phase.word(),
-            self.node,
+            escape(&self.node, true),
             self.incarnation,
             self.token,
-            self.actor,
-            self.id
+            escape(&self.actor, true),
+            escape(&self.id, false)
         )
     }
 
@@ -137,13 +142,70 @@ impl ActivationEvent {
         };
         let nanos: u128 = parts.next()?.parse().ok()?;
         let at = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).ok()?);
-        let node = parts.next()?.to_owned();
+        let node = unescape(parts.next()?)?;
         let incarnation = parts.next()?.parse().ok()?;
         let token = parts.next()?.parse().ok()?;
-        let actor = parts.next()?.to_owned();
-        let id = parts.next()?.to_owned();
+        let actor = unescape(parts.next()?)?;
+        let id = unescape(parts.next()?)?;
         Some(ActivationEvent::new(phase, at, node, incarnation, actor, id).with_token(token))
     }
+}
+
+/// `s` with backslashes, control characters and (with `spaces`) spaces
+/// escaped: see [`ActivationEvent::to_line`].
+fn escape(s: &str, spaces: bool) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c != '\\' && !c.is_control() && !(spaces && c == ' ');
+    if s.chars().all(plain) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            ' ' if spaces => out.push_str("\\s"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Undoes [`escape`]; `None` for a malformed escape.
+fn unescape(s: &str) -> Option<String> {
+    if !s.contains('\\') {
+        return Some(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            's' => out.push(' '),
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let mut hex = String::new();
+                loop {
+                    match chars.next()? {
+                        '}' => break,
+                        c => hex.push(c),
+                    }
+                }
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Receives a node's activation events. Called on the activation's task:
@@ -153,31 +215,75 @@ pub trait History: Send + Sync + 'static {
     fn record(&self, event: ActivationEvent);
 }
 
-/// Keeps events in memory.
-#[derive(Debug, Default, Clone)]
-pub struct MemoryHistory(Arc<Mutex<Vec<ActivationEvent>>>);
+/// Keeps events in memory: the first [`MemoryHistory::DEFAULT_LIMIT`]
+/// (or the limit given), then counts the others as dropped. The first
+/// ones are kept rather than the last, so the history stays a consistent
+/// prefix (no activation's end without its start).
+#[derive(Debug, Clone)]
+pub struct MemoryHistory(Arc<Mutex<Kept>>);
+
+#[derive(Debug)]
+struct Kept {
+    events: Vec<ActivationEvent>,
+    limit: usize,
+    dropped: u64,
+}
+
+impl Default for MemoryHistory {
+    fn default() -> Self {
+        Self::with_limit(Self::DEFAULT_LIMIT)
+    }
+}
 
 impl MemoryHistory {
-    /// An empty history.
+    /// How many events [`MemoryHistory::new`] keeps: 2^20 (about 200 MiB
+    /// with short names).
+    pub const DEFAULT_LIMIT: usize = 1 << 20;
+
+    /// An empty history keeping up to [`MemoryHistory::DEFAULT_LIMIT`]
+    /// events.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The events so far.
+    /// An empty history keeping up to `limit` events.
+    pub fn with_limit(limit: usize) -> Self {
+        MemoryHistory(Arc::new(Mutex::new(Kept {
+            events: Vec::new(),
+            limit,
+            dropped: 0,
+        })))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The events so far (the first ones, up to the limit).
     pub fn events(&self) -> Vec<ActivationEvent> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.kept().events.clone()
+    }
+
+    /// How many events came past the limit and were not kept.
+    pub fn dropped(&self) -> u64 {
+        self.kept().dropped
     }
 }
 
 impl History for MemoryHistory {
     fn record(&self, event: ActivationEvent) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(event);
+        let mut kept = self.kept();
+        if kept.events.len() < kept.limit {
+            kept.events.push(event);
+            return;
+        }
+        kept.dropped += 1;
+        if kept.dropped == 1 {
+            tracing::warn!(
+                limit = kept.limit,
+                "memory history full: later activation events are not kept"
+            );
+        }
     }
 }
 
@@ -427,6 +533,66 @@ mod tests {
         assert_eq!(ActivationEvent::parse_line("activated x n 1 0 P id"), None);
         let t = ev(Phase::Lost, 5, "n", "a b").with_token(99);
         assert_eq!(ActivationEvent::parse_line(&t.to_line()), Some(t));
+    }
+
+    #[test]
+    fn ids_cannot_break_or_forge_lines() {
+        // An id with a line feed and a forged event after it.
+        let forged = "x\nlost 5 n 1 0 P victim";
+        let e = ev(Phase::Activated, 1, "n", forged);
+        let line = e.to_line();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        let back: Vec<_> = line
+            .lines()
+            .filter_map(ActivationEvent::parse_line)
+            .collect();
+        assert_eq!(back, [e]);
+        // Every awkward character, in every name, round-trips.
+        let awkward = "a b\\n\\\r\t\u{0}\u{7f}\u{85}é\\u{41}";
+        let mut e = ActivationEvent::new(Phase::Served, UNIX_EPOCH, awkward, 3, awkward, awkward);
+        e.token = 9;
+        let line = e.to_line();
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+        assert_eq!(
+            line.split(' ').count(),
+            7 + 1,
+            "the id keeps its space: {line:?}"
+        );
+        assert_eq!(ActivationEvent::parse_line(&line), Some(e));
+        // Plain names are written as before.
+        assert_eq!(
+            ev(Phase::Lost, 0, "n-1", "player 7").to_line(),
+            "lost 0 n-1 1 0 P player 7"
+        );
+        // Malformed escapes are no line.
+        for bad in [
+            "activated 0 n 1 0 P a\\",
+            "activated 0 n 1 0 P a\\q",
+            "activated 0 n 1 0 P \\u{zz}",
+            "activated 0 n 1 0 P \\u{41",
+        ] {
+            assert_eq!(ActivationEvent::parse_line(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_memory_history_keeps_the_first_events_up_to_its_limit() {
+        let h = MemoryHistory::with_limit(3);
+        for ms in 0..10 {
+            h.record(ev(Phase::Served, ms, "n", "x"));
+        }
+        let kept: Vec<_> = h.events().iter().map(|e| e.at).collect();
+        assert_eq!(
+            kept,
+            (0..3)
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(h.dropped(), 7);
+        assert_eq!(
+            MemoryHistory::new().0.lock().unwrap().limit,
+            MemoryHistory::DEFAULT_LIMIT
+        );
     }
 
     #[test]

@@ -444,3 +444,114 @@ async fn a_reentrant_actor_serves_its_own_chain_across_nodes() {
     one.shutdown().await.unwrap();
     two.shutdown().await.unwrap();
 }
+
+// A peer's chain is bounded: one with more links than the depth limit is
+// refused when it arrives, by the owner and by a node that would forward
+// it, and never built.
+
+/// Two nodes on 127.0.0.1 hosting `Alpha`; the first is the seed.
+async fn two_tcp_nodes() -> (Node, Node) {
+    let builder = |name: &str| {
+        Node::builder()
+            .name(name)
+            .default_node(false)
+            .cluster("chains")
+            .cookie("s3cret")
+            .transport(mesh::Transport::tcp())
+            .listen("127.0.0.1:0")
+            .capabilities(["chain"])
+            .actor::<Alpha>()
+            .actor::<Beta>()
+    };
+    let one = builder("one").start().await.unwrap();
+    let seed = one.addr().unwrap().to_owned();
+    let two = builder("two").seeds([seed]).start().await.unwrap();
+    for n in [&one, &two] {
+        let mut changes = n.membership_changes();
+        mesh_testkit::soon(changes.wait_for(|m| m.len() == 2))
+            .await
+            .unwrap();
+    }
+    (one, two)
+}
+
+/// A `Call` of `Alpha`'s `Hello` on `id`, as a peer sends it.
+fn hello_call(id: &str, chain: Option<Vec<(String, String)>>) -> Vec<u8> {
+    let call = mesh::wire::Call {
+        tag: mesh::wire::tag_of::<Alpha, Hello>(),
+        id: id.into(),
+        timeout_ms: 10_000,
+        hops: 0,
+        payload: serde_bytes::ByteBuf::from(mesh::wire::encode(&Hello).unwrap()),
+        trace: None,
+        chain,
+    };
+    rmp_serde::to_vec(&call).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_bomb_from_a_peer_is_refused_and_the_nodes_live() {
+    use mesh::wire::{self, Kind};
+    let (one, two) = two_tcp_nodes().await;
+    // An id `two` serves itself, and one it would forward to `one`.
+    let owned_by = |node: &str| {
+        (0..)
+            .map(|i| format!("a{i}"))
+            .find(|id| two.owner_of::<Alpha>(id).unwrap() == node)
+            .unwrap()
+    };
+    let (here, forwarded) = (owned_by("two"), owned_by("one"));
+    // Served once first: the activation is there when the bomb arrives.
+    for id in [&here, &forwarded] {
+        assert!(two.call::<Alpha, _>(id, Hello).await.unwrap().is_ok());
+    }
+    let mut peer =
+        mesh_testkit::raw::RawPeer::connect(two.addr().unwrap(), "chains", "bomber", "s3cret")
+            .await;
+    // 100 000 hops of empty names: about 300 KiB. Built as a linked list
+    // and dropped recursively, it overflowed the stack and aborted the
+    // process; forwarded, it did the same to the owner.
+    let bomb: Vec<(String, String)> = vec![(String::new(), String::new()); 100_000];
+    let mut corr = 0;
+    for id in [&here, &forwarded] {
+        corr += 1;
+        let body = hello_call(id, Some(bomb.clone()));
+        assert!(body.len() > 300_000);
+        peer.send(Kind::Call, corr, &body).await;
+        let answer = mesh_testkit::soon(peer.answer(corr))
+            .await
+            .expect("answered");
+        assert_eq!(answer.kind, Kind::Error);
+        match wire::decode::<wire::Failure>(&answer.body)
+            .unwrap()
+            .into_error()
+        {
+            mesh::Error::ChainTooDeep { limit, chain } => {
+                assert_eq!(limit, 32);
+                assert!(chain.ends_with(&format!(r#" -> Alpha "{id}""#)), "{chain}");
+            }
+            other => panic!("expected ChainTooDeep, got {other:?}"),
+        }
+        // The same connection and activation still serve, with a chain
+        // a real peer sends.
+        corr += 1;
+        let chain = vec![("Beta".to_owned(), "b".to_owned())];
+        peer.send(Kind::Call, corr, &hello_call(id, Some(chain)))
+            .await;
+        let answer = mesh_testkit::soon(peer.answer(corr))
+            .await
+            .expect("answered");
+        assert_eq!(answer.kind, Kind::Reply, "{answer:?}");
+        let reply: wire::Reply = wire::decode(&answer.body).unwrap();
+        let hello: Result<String, String> = wire::decode(&reply.payload).unwrap();
+        assert_eq!(hello, Ok(format!("hello from {id}")));
+    }
+    // Both nodes are alive and still a cluster.
+    for id in [&here, &forwarded] {
+        assert!(one.call::<Alpha, _>(id, Hello).await.unwrap().is_ok());
+        assert!(two.call::<Alpha, _>(id, Hello).await.unwrap().is_ok());
+    }
+    assert_eq!(one.membership().len(), 2);
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}

@@ -19,6 +19,14 @@
 //! a cycle through it waits for its deadline. A forwarding node passes the
 //! chain on unchanged.
 //!
+//! A peer's chain is checked before anything is done with the call: one of
+//! [`MAX_DEPTH`] links or more (a call made there would be deeper than
+//! the limit) is refused at once with [`Error::ChainTooDeep`], by the owner
+//! and by a node that would forward it alike, and its decoder keeps no
+//! more than [`MAX_DEPTH`] links whatever the frame holds (see
+//! `wire::Call::chain`). A chain is a linked list of [`Hop`]s, dropped
+//! iteratively: however long, dropping it never recurses.
+//!
 //! Casts do not wait and carry no chain.
 //!
 //! # Reentrancy (opt-in)
@@ -62,6 +70,9 @@ use crate::Error;
 pub(crate) const MAX_DEPTH: usize = 32;
 
 /// One link: an actor handling a call, and who called it.
+///
+/// Dropped iteratively (see its `Drop`): the default drop of a linked list
+/// recurses once per link.
 #[derive(Debug)]
 pub(crate) struct Hop {
     /// Borrowed for a local actor type, owned for a hop named by a peer.
@@ -69,6 +80,18 @@ pub(crate) struct Hop {
     id: Arc<str>,
     parent: Option<Arc<Hop>>,
     depth: usize,
+}
+
+impl Drop for Hop {
+    /// Unlinks the parents this hop owns alone one at a time, so a long
+    /// chain does not recurse once per link (and overflow the stack). It
+    /// stops at a parent another chain still holds.
+    fn drop(&mut self) {
+        let mut next = self.parent.take();
+        while let Some(hop) = next {
+            next = Arc::into_inner(hop).and_then(|mut h| h.parent.take());
+        }
+    }
 }
 
 /// What an activation's task knows: which actor it runs, and the chain of
@@ -197,11 +220,25 @@ impl Caller {
         Some(links)
     }
 
-    /// The chain a peer sent. Its length is bounded by the frame size; a
-    /// chain past [`MAX_DEPTH`] fails the next call made within it.
-    pub(crate) fn from_wire(links: Option<WireChain>) -> Self {
+    /// The chain a peer sent with a call to `actor` `id`, or
+    /// [`Error::ChainTooDeep`] if it has [`MAX_DEPTH`] links or more: a
+    /// call made within it would be deeper than the limit (as
+    /// [`extend`] refuses it here), and a longer chain is no legitimate
+    /// peer's. Refused before any link is built.
+    pub(crate) fn from_wire(
+        links: Option<WireChain>,
+        actor: &str,
+        id: &str,
+    ) -> Result<Self, Error> {
+        let links = links.unwrap_or_default();
+        if links.len() >= MAX_DEPTH {
+            return Err(Error::ChainTooDeep {
+                limit: MAX_DEPTH,
+                chain: render_wire(&links, actor, id),
+            });
+        }
         let mut parent: Option<Arc<Hop>> = None;
-        for (depth, (actor, id)) in links.into_iter().flatten().enumerate() {
+        for (depth, (actor, id)) in links.into_iter().enumerate() {
             parent = Some(Arc::new(Hop {
                 actor: Cow::Owned(actor),
                 id: id.into(),
@@ -209,8 +246,30 @@ impl Caller {
                 depth: depth + 1,
             }));
         }
-        Caller(parent)
+        Ok(Caller(parent))
     }
+}
+
+/// How much of a name a peer sent goes into an error message.
+const NAME_SHOWN: usize = 64;
+
+/// [`render`] for a chain a peer sent (which may be long, with long
+/// names): each name cut to [`NAME_SHOWN`] bytes.
+fn render_wire(links: &[(String, String)], actor: &str, id: &str) -> String {
+    fn cut(s: &str) -> &str {
+        let mut end = s.len().min(NAME_SHOWN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        &s[..end]
+    }
+    links
+        .iter()
+        .map(|(a, i)| (a.as_str(), i.as_str()))
+        .chain([(actor, id)])
+        .map(|(a, i)| format!("{} {:?}", cut(a), cut(i)))
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 #[cfg(test)]
@@ -220,13 +279,85 @@ mod tests {
     #[test]
     fn a_chain_crosses_the_wire_in_order() {
         assert_eq!(Caller::default().to_wire(), None);
-        assert!(Caller::from_wire(None).0.is_none());
+        assert!(Caller::from_wire(None, "T", "t").unwrap().0.is_none());
         let links = vec![
             ("Alpha".to_owned(), "a".to_owned()),
             ("Beta".to_owned(), "b".to_owned()),
         ];
-        let caller = Caller::from_wire(Some(links.clone()));
+        let caller = Caller::from_wire(Some(links.clone()), "T", "t").unwrap();
         assert_eq!(caller.0.as_ref().map(|h| h.depth), Some(2));
         assert_eq!(caller.to_wire(), Some(links));
+    }
+
+    #[test]
+    fn a_peer_chain_at_the_depth_limit_is_refused() {
+        let link = |i: usize| (format!("A{i}"), "x".repeat(i * 10));
+        // The deepest a peer of this build sends: a handler there may
+        // still be called (it fails to call further).
+        let most: WireChain = (0..MAX_DEPTH - 1).map(link).collect();
+        let caller = Caller::from_wire(Some(most), "T", "t").unwrap();
+        assert_eq!(caller.0.as_ref().map(|h| h.depth), Some(MAX_DEPTH - 1));
+        let over: WireChain = (0..MAX_DEPTH).map(link).collect();
+        match Caller::from_wire(Some(over), "T", "t") {
+            Err(Error::ChainTooDeep { limit, chain }) => {
+                assert_eq!(limit, MAX_DEPTH);
+                assert!(
+                    chain.starts_with(r#"A0 "" -> A1 "xxxxxxxxxx" -> "#),
+                    "{chain}"
+                );
+                assert!(chain.ends_with(r#" -> T "t""#), "{chain}");
+                // Long names are cut in the message.
+                let long = format!("{:?}", "x".repeat(NAME_SHOWN));
+                assert!(chain.contains(&format!("A31 {long}")), "{chain}");
+            }
+            other => panic!("expected ChainTooDeep, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_are_cut_on_a_char_boundary() {
+        let id = "\u{e9}".repeat(NAME_SHOWN);
+        let s = render_wire(&[], "T", &id);
+        assert_eq!(s, format!("T {:?}", "\u{e9}".repeat(NAME_SHOWN / 2)));
+    }
+
+    /// A chain of `len` links, built here (`extend` stops at the limit).
+    fn long_chain(len: usize) -> Option<Arc<Hop>> {
+        let id: Arc<str> = "x".into();
+        let mut parent = None;
+        for depth in 1..=len {
+            parent = Some(Arc::new(Hop {
+                actor: Cow::Borrowed("A"),
+                id: id.clone(),
+                parent,
+                depth,
+            }));
+        }
+        parent
+    }
+
+    #[test]
+    fn dropping_a_very_long_chain_does_not_recurse() {
+        // On a small stack, so a recursive drop overflows whatever the
+        // test threads' stack size is.
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let chain = long_chain(1_000_000);
+                drop(Caller(chain));
+                // A chain another one shares: the shared part stays whole.
+                let head = long_chain(1_000);
+                let mut mid = head.clone();
+                for _ in 0..500 {
+                    mid = mid.and_then(|h| h.parent.clone());
+                }
+                drop(head);
+                let mid = Caller(mid);
+                assert_eq!(mid.0.as_ref().map(|h| h.depth), Some(500));
+                assert_eq!(mid.to_wire().map(|w| w.len()), Some(500));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -167,17 +167,70 @@ fn certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-/// The first `spiffe://` URI SAN of a certificate.
+/// The first `spiffe://` URI SAN of a certificate (the scheme in any
+/// case). A URI SAN is only known to be UTF-8, not ASCII: it is compared
+/// as bytes, never sliced as a `str`.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<String, String> {
     let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unparsable: {e}"))?;
     let id = ee
         .valid_uri_names()
-        .find(|u| u.len() > 9 && u[..9].eq_ignore_ascii_case("spiffe://"))
+        .find(|u| is_spiffe(u))
         .ok_or_else(|| "no spiffe:// URI SAN".to_owned())?;
     Ok(id.to_owned())
+}
+
+/// Whether `uri` is a `spiffe://` URI with something after the scheme.
+fn is_spiffe(uri: &str) -> bool {
+    const SCHEME: &[u8] = b"spiffe://";
+    let uri = uri.as_bytes();
+    uri.len() > SCHEME.len() && uri[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
 }
 
 /// The one crypto provider mesh uses: ring.
 pub(crate) fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate with `uri` as its URI SAN.
+    fn cert_with_uri(uri: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_non_ascii_uri_san_is_no_spiffe_id_and_no_panic() {
+        let good = cert_with_uri("spiffe://c.consul/ns/default/dc/dc1/svc/web");
+        assert_eq!(
+            spiffe_id(&CertificateDer::from(good)).unwrap(),
+            "spiffe://c.consul/ns/default/dc/dc1/svc/web"
+        );
+        let upper = cert_with_uri("SPIFFE://x");
+        assert_eq!(
+            spiffe_id(&CertificateDer::from(upper)).unwrap(),
+            "SPIFFE://x"
+        );
+        // A CA may sign a URI SAN that is UTF-8 but not ASCII (rcgen will
+        // not write one: patched in, same length, so the DER stays
+        // well-formed; the signature does not matter here). "é" straddles
+        // byte 9, where the scheme check used to slice the `str`.
+        let mut der = cert_with_uri("spiffe:/XYrest-of-it");
+        let at = der
+            .windows(4)
+            .position(|w| w == b"/XYr")
+            .expect("the URI in the DER");
+        der[at + 1..at + 3].copy_from_slice("\u{e9}".as_bytes());
+        let err = spiffe_id(&CertificateDer::from(der)).unwrap_err();
+        assert_eq!(err, "no spiffe:// URI SAN");
+        assert!(!is_spiffe("spiffe://"));
+        assert!(!is_spiffe("spiffe:/\u{e9}x"));
+        assert!(is_spiffe("Spiffe://a"));
+    }
 }

@@ -946,10 +946,20 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
             .take();
         let Some(mut wr) = taken else { break };
         // Flush: a TLS stream may keep encrypted bytes buffered when the
-        // socket was full (a no-op on plain TCP).
-        let written = match wr.write_all(&buf).await {
-            Ok(()) => wr.flush().await,
-            e => e,
+        // socket was full (a no-op on plain TCP). A peer that stops
+        // reading (hung, or stopped) blocks the write for as long as it
+        // likes: `close` ends it, and the write side is dropped, not put
+        // back (a frame may be half written).
+        let write = async {
+            wr.write_all(&buf).await?;
+            wr.flush().await
+        };
+        let written = tokio::select! {
+            w = write => w,
+            _ = closed.wait_for(|c| *c) => {
+                drop(wr);
+                break 'outer;
+            }
         };
         *shared.wr.lock().unwrap_or_else(PoisonError::into_inner) = Some(wr);
         shared.queued.fetch_sub(frames, Ordering::AcqRel);
@@ -968,7 +978,12 @@ async fn write_loop(mut rx: mpsc::UnboundedReceiver<Out>, shared: Arc<Shared>) {
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     if let Some(mut wr) = taken {
-        let _ = wr.shutdown().await;
+        // A TLS shutdown writes too (close_notify): `close` ends it.
+        tokio::select! {
+            biased;
+            _ = wr.shutdown() => {}
+            _ = closed.wait_for(|c| *c) => {}
+        }
     }
     shared.close();
 }
@@ -1244,6 +1259,43 @@ mod tests {
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"payload"),
             other => panic!("expected Unsent, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_stops_a_writer_blocked_on_a_peer_that_never_reads() {
+        // The other end never reads: the pipe holds 1 KiB, the cast is 64.
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let peer = Peer {
+            node: "b".into(),
+            capabilities: vec![],
+            addr: String::new(),
+            incarnation: 1,
+            trace_context: false,
+            call_chain: false,
+            actors: None,
+            remote: String::new(),
+            identity: None,
+        };
+        let conn = Connection::spawn(ours, BytesMut::new(), peer, None, &cfg("a"), Arc::new(Hang));
+        conn.cast(1, "x", vec![0; 64 << 10], 0).unwrap();
+        // The writer takes the write side out while its write waits.
+        let mut turns = 0;
+        while conn.shared.queued.load(Ordering::Acquire) == 0
+            || conn.shared.wr.lock().unwrap().is_some()
+        {
+            turns += 1;
+            assert!(turns < 10_000, "the writer never blocked");
+            tokio::task::yield_now().await;
+        }
+        // The heartbeat gives up on the peer: the writer stops and drops
+        // its side, so the stream closes (the other end's writes fail)
+        // instead of waiting on the peer for as long as it hangs.
+        conn.close();
+        let w = tokio::time::timeout(Duration::from_secs(60), theirs.write_all(&[0; 4096])).await;
+        match w {
+            Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe),
+            other => panic!("the stream stayed open after close: {other:?}"),
         }
     }
 

@@ -116,8 +116,10 @@ pub struct Call {
     /// Milliseconds left before the caller gives up: the callee drops the
     /// work once they have passed. Relative, because clocks differ.
     pub timeout_ms: u64,
-    /// How many times this call was forwarded (at most once).
-    #[serde(default)]
+    /// How many times this call was forwarded (at most once, or twice
+    /// through a leaving node; more in strong mode while views disagree).
+    /// A peer's value decodes clamped to 16.
+    #[serde(default, deserialize_with = "clamped_hops")]
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
@@ -133,7 +135,12 @@ pub struct Call {
     /// The chain of calls this one extends, `[actor type, id]` pairs from
     /// the first caller to the last (after `trace`, optional: sent only to
     /// peers whose handshake said `call_chain`, absent outside a handler).
-    #[serde(default)]
+    ///
+    /// Decoded with a limit: at most 32 links (the call chain depth limit)
+    /// are kept, and the elements past them are skipped unstored. A node
+    /// refuses a chain of 32 links or more with `ChainTooDeep`, so a
+    /// longer one decodes as its first 32 and is refused just the same.
+    #[serde(default, deserialize_with = "bounded_chain")]
     pub chain: Option<Vec<(String, String)>>,
 }
 
@@ -161,6 +168,75 @@ impl Serialize for Call {
     }
 }
 
+/// The most links of a `Call`'s chain decoded: the depth limit (a node
+/// refuses a chain that long).
+const MAX_CHAIN: usize = crate::actor::chain::MAX_DEPTH;
+
+/// The largest `hops` a peer's `Call` or `Cast` decodes with: past every
+/// value the forwarding rules tell apart, far from `u8::MAX` (forwarding
+/// adds one, saturating).
+pub(crate) const MAX_HOPS: u8 = 16;
+
+/// Decodes `hops`, clamped to [`MAX_HOPS`].
+fn clamped_hops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    u8::deserialize(d).map(|h| h.min(MAX_HOPS))
+}
+
+/// Decodes a `Call`'s chain keeping at most [`MAX_CHAIN`] links; the
+/// elements past them are skipped (whatever they are) without being
+/// stored.
+fn bounded_chain<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<(String, String)>>, D::Error> {
+    use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+    struct Links;
+
+    impl<'de> Visitor<'de> for Links {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of [actor type, id] pairs")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut links = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_CHAIN));
+            while links.len() < MAX_CHAIN {
+                match seq.next_element::<(String, String)>()? {
+                    Some(link) => links.push(link),
+                    None => return Ok(links),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(links)
+        }
+    }
+
+    struct Chain;
+
+    impl<'de> Visitor<'de> for Chain {
+        type Value = Option<Vec<(String, String)>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a call chain or nil")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(Links).map(Some)
+        }
+    }
+
+    d.deserialize_option(Chain)
+}
+
 /// `Cast`: run handler `tag` of actor `id`, no reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cast {
@@ -168,8 +244,9 @@ pub struct Cast {
     pub tag: u64,
     /// The actor id.
     pub id: String,
-    /// How many times this cast was forwarded (at most once).
-    #[serde(default)]
+    /// How many times this cast was forwarded (at most once, or twice
+    /// through a leaving node). A peer's value decodes clamped to 16.
+    #[serde(default, deserialize_with = "clamped_hops")]
     pub hops: u8,
     /// The message, rmp-serde.
     pub payload: ByteBuf,
@@ -369,6 +446,86 @@ mod tests {
         // A traced call without a chain is the version 2 form with trace.
         let traced = call(Some(TraceContext::from_header(TP, None).unwrap()));
         assert_eq!(rmp_serde::to_vec(&traced).unwrap()[0], 0x96);
+    }
+
+    #[test]
+    fn a_long_chain_decodes_as_its_first_links_only() {
+        // 100 000 hops (about 300 KiB of empty names), as a peer may send.
+        let long: Vec<(String, String)> = (0..100_000)
+            .map(|i| {
+                (
+                    String::new(),
+                    if i < 40 { i.to_string() } else { String::new() },
+                )
+            })
+            .collect();
+        let bomb = Call {
+            chain: Some(long.clone()),
+            ..call(None)
+        };
+        let bytes = rmp_serde::to_vec(&bomb).unwrap();
+        assert!(bytes.len() > 300_000);
+        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.chain.as_deref(), Some(&long[..MAX_CHAIN]));
+        assert_eq!((back.id.as_str(), back.tag), ("p-1", 7));
+        // As a map too, and whatever the elements past the limit are.
+        let named = rmp_serde::to_vec_named(&bomb).unwrap();
+        let back: Call = rmp_serde::from_slice(&named).unwrap();
+        assert_eq!(back.chain.map(|c| c.len()), Some(MAX_CHAIN));
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Elem {
+            Link(String, String),
+            Junk(u32),
+        }
+        #[derive(Serialize)]
+        struct Raw(u64, String, u64, u8, ByteBuf, (), Vec<Elem>);
+        let mut elems: Vec<Elem> = (0..MAX_CHAIN)
+            .map(|i| Elem::Link("A".into(), i.to_string()))
+            .collect();
+        elems.extend((0..1000).map(Elem::Junk));
+        let raw = Raw(7, "p-1".into(), 500, 1, ByteBuf::new(), (), elems);
+        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&raw).unwrap()).unwrap();
+        assert_eq!(back.chain.map(|c| c.len()), Some(MAX_CHAIN));
+        // A short chain and nil decode as sent.
+        let short = Call {
+            chain: Some(long[..3].to_vec()),
+            ..call(None)
+        };
+        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&short).unwrap()).unwrap();
+        assert_eq!(back, short);
+        // A bad link within the limit is still an error.
+        #[derive(Serialize)]
+        struct Bad(u64, String, u64, u8, ByteBuf, (), Vec<u8>);
+        let bad = Bad(7, "p-1".into(), 500, 1, ByteBuf::new(), (), vec![1]);
+        assert!(rmp_serde::from_slice::<Call>(&rmp_serde::to_vec(&bad).unwrap()).is_err());
+    }
+
+    #[test]
+    fn hops_from_a_peer_are_clamped() {
+        let far = Call {
+            hops: u8::MAX,
+            ..call(None)
+        };
+        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&far).unwrap()).unwrap();
+        assert_eq!(back.hops, MAX_HOPS);
+        // Adding the forward's one cannot overflow.
+        assert_eq!(back.hops.checked_add(1), Some(MAX_HOPS + 1));
+        let cast = Cast {
+            tag: 1,
+            id: "x".into(),
+            hops: 200,
+            payload: ByteBuf::new(),
+            trace: None,
+        };
+        let back: Cast = rmp_serde::from_slice(&rmp_serde::to_vec(&cast).unwrap()).unwrap();
+        assert_eq!(back.hops, MAX_HOPS);
+        // Values the rules use pass unchanged.
+        for hops in [0, 1, 2, MAX_HOPS] {
+            let c = Call { hops, ..call(None) };
+            let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+            assert_eq!(back.hops, hops);
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run;
+//! - [`raw`]: a raw peer that handshakes by hand, then sends and reads
+//!   frames as they are (a misbehaving member);
 //! - [`scratch`], [`free_port`] and [`require_haproxy`]: what the suites
 //!   that run real HAProxy sidecars share.
 //!
@@ -32,6 +34,7 @@ pub mod consul_catalog;
 pub mod consul_kv;
 pub mod pki;
 pub mod procs;
+pub mod raw;
 
 /// How long [`soon`] waits.
 pub const SOON: Duration = Duration::from_secs(20);

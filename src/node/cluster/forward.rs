@@ -185,8 +185,16 @@ impl NodeInner {
                 let chain = along.caller.to_wire();
                 Ok(Started::Forwarded(
                     Box::pin(async move {
-                        conn.call_routed(tag, &id, body, timeout, hops + 1, along.trace, chain)
-                            .await
+                        conn.call_routed(
+                            tag,
+                            &id,
+                            body,
+                            timeout,
+                            hops.saturating_add(1),
+                            along.trace,
+                            chain,
+                        )
+                        .await
                     }),
                     owner,
                 ))
@@ -267,7 +275,7 @@ impl NodeInner {
             Some(conn) => {
                 let (span, trace) = crate::trace::forward(&self.id, trace);
                 let _enter = span.enter();
-                conn.cast_traced(tag, id, body, hops + 1, trace)
+                conn.cast_traced(tag, id, body, hops.saturating_add(1), trace)
             }
         }
     }

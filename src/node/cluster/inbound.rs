@@ -71,14 +71,26 @@ impl Inbound for NodeInbound {
 impl NodeInner {
     /// Serves a call from a peer: enqueued here with its responder (the
     /// activation answers straight into the connection), or forwarded once.
+    /// A call whose chain is too deep is refused at once, here and not
+    /// forwarded (see [`crate::actor::chain`]).
     pub(super) fn serve_peer(self: &Arc<Self>, call: wire::Call, reply: Responder) {
         let tag = call.tag;
-        match self.locate(tag, &call.id) {
-            Err(e) => reply.send(Err(e)),
-            Ok((route, None)) => {
+        let (route, owner) = match self.locate(tag, &call.id) {
+            Ok(found) => found,
+            Err(e) => return reply.send(Err(e)),
+        };
+        let (_, capability, actors) = &self.actors[route.actor];
+        let caller = match Caller::from_wire(call.chain, actors.actor_name(), &call.id) {
+            Ok(caller) => caller,
+            Err(e) => {
+                tracing::debug!(node = %self.id, "refusing a call from a peer: {e}");
+                return reply.send(Err(e));
+            }
+        };
+        match owner {
+            None => {
                 let body = call.payload.into_vec();
                 let reply = WireReply::Peer(reply);
-                let (_, capability, actors) = &self.actors[route.actor];
                 let span =
                     crate::trace::serve_span(&self.id, capability, false, call.trace.as_ref());
                 // On refusal the envelope answers the peer itself.
@@ -89,21 +101,18 @@ impl NodeInner {
                         body,
                         reply,
                         span,
-                        caller: Caller::from_wire(call.chain),
+                        caller,
                     },
                 );
             }
-            Ok((_, Some(_))) => {
+            Some(_) => {
                 let timeout = reply.deadline().map_or(Duration::ZERO, |d| {
                     d.saturating_duration_since(tokio::time::Instant::now())
                 });
                 // The forward joins the caller's trace; the owner joins
                 // the forward's.
                 let (span, trace) = crate::trace::forward(&self.id, call.trace);
-                let along = Along {
-                    trace,
-                    caller: Caller::from_wire(call.chain),
-                };
+                let along = Along { trace, caller };
                 let fut = self.serve_wire(
                     tag,
                     &call.id,

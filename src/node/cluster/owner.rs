@@ -181,6 +181,12 @@ fn apply(
         }
         Event::Gossip(m) => {
             table.on_gossip(m.members.iter().map(|m| (m.node.as_str(), m.addr.as_str())));
+            if let Some(ignored) = table.gossip_overflow(tokio::time::Instant::now()) {
+                tracing::warn!(
+                    node = %node.id, ignored, limit = super::peers::MAX_PEERS,
+                    "gossip names more peers than a node learns by gossip: ignored (use an authoritative discovery for a larger cluster)"
+                );
+            }
         }
         Event::Discovered(peers) => {
             let admitted =

@@ -25,6 +25,12 @@
 //! - Dials: a target is due when its node has no live connection, no dial
 //!   to it is in progress, and its backoff has passed. Failures back off
 //!   exponentially from one heartbeat up to 32.
+//! - Gossip adds at most [`MAX_PEERS`] peers: once the table knows that
+//!   many, gossip about further nodes is ignored (and counted, for a
+//!   warning at most once a minute, see [`PeerTable::gossip_overflow`]),
+//!   so a peer cannot grow the table without end. Connections and an
+//!   authoritative discovery are not limited by it: each peer they add
+//!   is an authenticated connection, or the operator's own view.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -32,6 +38,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::transport::DialTarget;
+
+/// The most peers a node learns by gossip: a cluster that relies on
+/// static seeds and gossip holds at most this many nodes (past it, use an
+/// authoritative discovery such as Consul).
+pub(crate) const MAX_PEERS: usize = 1024;
+
+/// How often, at most, ignored gossip is reported.
+pub(crate) const OVERFLOW_REPORT: Duration = Duration::from_secs(60);
 
 /// What the table needs of a connection.
 pub(crate) trait Conn: Clone {
@@ -144,6 +158,10 @@ pub(crate) struct PeerTable<C> {
     left: HashMap<String, u64>,
     /// This node is leaving: it dials nothing more.
     leaving: bool,
+    /// Gossiped nodes ignored (the table was full) since the last report.
+    overflow: usize,
+    /// When ignored gossip was last reported.
+    reported: Option<Instant>,
 }
 
 impl<C: Conn> PeerTable<C> {
@@ -159,6 +177,8 @@ impl<C: Conn> PeerTable<C> {
             gate: None,
             left: HashMap::new(),
             leaving: false,
+            overflow: 0,
+            reported: None,
         }
     }
 
@@ -284,7 +304,8 @@ impl<C: Conn> PeerTable<C> {
     }
 
     /// Peers learned from gossip: places to dial (static discovery only).
-    /// Returns whether any is new.
+    /// Returns whether any is new. A node the table does not know is
+    /// ignored once it holds [`MAX_PEERS`] peers.
     pub(crate) fn on_gossip<'a>(
         &mut self,
         members: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -295,6 +316,10 @@ impl<C: Conn> PeerTable<C> {
         let mut new = false;
         for (node, addr) in members {
             if node == self.local || addr.is_empty() {
+                continue;
+            }
+            if !self.peers.contains_key(node) && self.peers.len() >= MAX_PEERS {
+                self.overflow = self.overflow.saturating_add(1);
                 continue;
             }
             let entry = self.peers.entry(node.to_owned()).or_default();
@@ -308,6 +333,17 @@ impl<C: Conn> PeerTable<C> {
             }
         }
         new
+    }
+
+    /// How many gossiped nodes were ignored since the last report, if
+    /// any were and a report is due at `now` (at most one per
+    /// [`OVERFLOW_REPORT`]); the count starts again.
+    pub(crate) fn gossip_overflow(&mut self, now: Instant) -> Option<usize> {
+        if self.overflow == 0 || self.reported.is_some_and(|r| now < r + OVERFLOW_REPORT) {
+            return None;
+        }
+        self.reported = Some(now);
+        Some(std::mem::take(&mut self.overflow))
     }
 
     /// The full view of an authoritative discovery: node id → address.
@@ -588,6 +624,41 @@ mod tests {
         // Once connected, gossip about its address changes nothing.
         t.on_connected("b", "b:2", FakeConn::new(1), None);
         assert!(!t.on_gossip([("b", "b:3")]));
+    }
+
+    #[test]
+    fn gossip_adds_at_most_max_peers() {
+        let mut t = table();
+        let now = Instant::now();
+        let names: Vec<(String, String)> = (0..MAX_PEERS + 500)
+            .map(|i| (format!("n{i}"), format!("n{i}:1")))
+            .collect();
+        let gossip = |from: usize, to: usize| {
+            names[from..to]
+                .iter()
+                .map(|(n, a)| (n.as_str(), a.as_str()))
+                .collect::<Vec<_>>()
+        };
+        assert!(t.on_gossip(gossip(0, MAX_PEERS + 500)));
+        assert_eq!(t.peers.len(), MAX_PEERS);
+        assert_eq!(t.due(now).len(), MAX_PEERS);
+        // Reported once, then not again within the minute.
+        assert_eq!(t.gossip_overflow(now), Some(500));
+        assert!(!t.on_gossip(gossip(MAX_PEERS, MAX_PEERS + 10)));
+        assert_eq!(t.gossip_overflow(now + OVERFLOW_REPORT / 2), None);
+        assert_eq!(t.peers.len(), MAX_PEERS);
+        assert_eq!(t.gossip_overflow(now + OVERFLOW_REPORT), Some(10));
+        assert_eq!(t.gossip_overflow(now + OVERFLOW_REPORT * 3), None);
+        // Known peers still take news of their address.
+        let known = DialKey::Node("n0".into());
+        t.on_dial_failed(&known, now);
+        assert!(t.on_gossip([("n0", "n0:2")]));
+        assert_eq!(t.peers["n0"].addr, "n0:2");
+        // A connection is not refused for the gossip limit.
+        assert_eq!(
+            t.on_connected("late", "late:1", FakeConn::new(1), None),
+            Admission::Member
+        );
     }
 
     #[test]
