@@ -11,7 +11,8 @@
 //!   [`Restart::max`], and falls back to the minimum once a run has lasted
 //!   [`Restart::max`]. Each start and exit is logged; [`Supervisor::status`]
 //!   publishes every change, so a caller can await a restart.
-//! - Environment: what [`Spec::env`] says (HAProxy gets only `PATH`).
+//! - Environment: as the supervised program asks (HAProxy gets `PATH`
+//!   only; a command template inherits the node's, less `MESH_COOKIE`).
 //! - Output: every line on stdout and stderr becomes a `tracing` event
 //!   (target `mesh::sidecar`, field `sidecar`), its level chosen by the
 //!   supervised program's [`Classify`].

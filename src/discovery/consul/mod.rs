@@ -99,6 +99,16 @@
 //! `CONSUL_HTTP_SSL_VERIFY` read as the `consul` CLI reads them, or set in
 //! code with [`Consul::agent_tls`] (see [`AgentTls`]). `unix://` agents
 //! are not supported.
+//!
+//! **Every request to the agent** (the adapter's, the lease store's,
+//! [`ConsulIdentity`](crate::identity::ConsulIdentity)'s,
+//! [`ConsulAuthorizer`](crate::identity::ConsulAuthorizer)'s and the
+//! managed sidecar's) carries the ACL token when one is set, never
+//! follows a redirect (a 3xx is an error: the token goes to the agent
+//! only), and reads at most 64 MiB of answer (more is an error). A path
+//! with a `.` or `..` segment (a KV key such as `a/../b`) is refused
+//! before it is sent: URL parsing would turn it into another key than
+//! the one a write names. `Debug` never prints the token.
 
 mod agent_tls;
 mod api;
