@@ -591,3 +591,21 @@ async fn an_https_agent_with_a_ca_file_and_a_client_certificate() {
     b.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn kv_keys_with_dot_segments_are_refused_not_read_elsewhere() {
+    // `kv_get("wallets/x/../victim")` would be sent as `kv/wallets/victim`
+    // (URL parsing drops dot segments) while a write names the literal
+    // key: such keys are refused with a clear error instead.
+    let consul = TestConsul::start(1, time()).await;
+    let c = adapter(&consul, 0);
+    c.kv_put("wallets/victim", b"secret").await.unwrap();
+    for key in ["wallets/x/../victim", "wallets/./victim", "wallets/.."] {
+        let err = c.kv_get(key).await.unwrap_err().to_string();
+        assert!(err.contains("\"..\" segment"), "{key}: {err}");
+    }
+    assert_eq!(
+        c.kv_get("wallets/victim").await.unwrap().as_deref(),
+        Some(&b"secret"[..])
+    );
+}

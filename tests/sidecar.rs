@@ -411,6 +411,220 @@ async fn a_caller_with_a_foreign_ca_certificate_is_refused() {
     assert_eq!(echo(&conn, "ok").await.unwrap(), "a:ok");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_subject_holds_the_allowed_id_is_refused() {
+    // A leaf of the same CA for another service, whose subject CN holds
+    // the allowed ID's SAN entry bytes (0x86, the length, the URI: the
+    // CN's UTF-8 writes U+0086 as C2 86). A substring match over the
+    // certificate's hex (`-m sub`) would let it in as mesh-a.
+    let allowed = id("mesh-a");
+    let len = u8::try_from(allowed.len()).unwrap();
+    assert!(len < 0x80);
+    let cn = format!("\u{86}{}{allowed}", char::from(len));
+    let rig = rig(RigOptions {
+        allow: vec![allowed.clone()],
+        client_certs: Some(Box::new(move |ca: &pki::Ca| {
+            certs(ca, &ca.leaf_with_cn(&id("mesh-evil"), &cn))
+        })),
+    })
+    .await;
+    let presented = der(&rig.client.config().certs.chain_pem);
+    let hex: String = presented.iter().map(|b| format!("{b:02X}")).collect();
+    assert!(
+        hex.contains(&haproxy::san_uri_hex(&allowed)),
+        "the forged subject must hold the allowed SAN entry's bytes"
+    );
+    let err = soon(rig.dial()).await.unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+    assert!(rig.stat(&rig.server, "public", "FRONTEND", "dreq").await >= 1);
+    assert_eq!(rig.stat(&rig.server, "app", "BACKEND", "stot").await, 0);
+    // The real mesh-a leaf of the same CA passes the same rule.
+    let good = rig.ca.leaf(&allowed);
+    rig.client.set_certs(certs(&rig.ca, &good)).await.unwrap();
+    let conn = soon(rig.dial()).await.unwrap();
+    assert_eq!(echo(&conn, "ok").await.unwrap(), "a:ok");
+}
+
+/// The permission bits of `path` (not following a symlink).
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_directory_files_and_sockets_are_private() {
+    let rig = rig(allow_a()).await;
+    let dir = rig.server.dir().to_owned();
+    // Read back from the filesystem, as HAProxy and we left them (the
+    // directory was made 0755 by the test's scratch()).
+    assert_eq!(mode(&dir), 0o700, "the directory");
+    assert_eq!(mode(&dir.join("staging")), 0o700, "the staging directory");
+    for f in [
+        haproxy::files::LEAF,
+        haproxy::files::ROOTS,
+        haproxy::files::CONFIG,
+        haproxy::files::CRT_LIST,
+    ] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(
+        mode(&dir.join(haproxy::files::MASTER_SOCKET)),
+        0o600,
+        "master socket"
+    );
+    assert_eq!(
+        mode(&dir.join(haproxy::files::STATS_SOCKET)),
+        0o600,
+        "stats socket"
+    );
+    // Still so after a reload.
+    rig.server.set_allow(vec![id("mesh-z")]).await.unwrap();
+    assert_eq!(mode(&dir.join(haproxy::files::MASTER_SOCKET)), 0o600);
+    assert_eq!(mode(&dir.join(haproxy::files::LEAF)), 0o600);
+}
+
+#[tokio::test]
+async fn planted_symlinks_are_not_followed() {
+    require_haproxy();
+    let ca = pki::Ca::new(TD);
+    let leaf = ca.leaf(&id("mesh-a"));
+    let outside = scratch("sidecar-victim");
+    let victim = outside.join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    // Symlinks where the key is written aside and where it lands, in the
+    // directory and in its staging directory.
+    let dir = scratch("sidecar-planted");
+    std::fs::create_dir_all(dir.join("staging")).unwrap();
+    for d in [dir.clone(), dir.join("staging")] {
+        for name in [".leaf.pem.new", "leaf.pem", ".haproxy.cfg.new"] {
+            std::os::unix::fs::symlink(&victim, d.join(name)).unwrap();
+        }
+    }
+    let h = Haproxy::start(
+        HaproxySettings::new(
+            dir.clone(),
+            format!("127.0.0.1:{}", free_port()),
+            certs(&ca, &leaf),
+        ),
+        "127.0.0.1:1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let written = dir.join(haproxy::files::LEAF);
+    assert!(std::fs::symlink_metadata(&written)
+        .unwrap()
+        .file_type()
+        .is_file());
+    assert!(std::fs::read_to_string(&written)
+        .unwrap()
+        .contains(leaf.key.trim()));
+    assert_eq!(mode(&written), 0o600);
+    h.stop().await;
+    // A directory that is itself a symlink is refused.
+    let link = outside.join("dir-link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let err = Haproxy::start(
+        HaproxySettings::new(
+            link,
+            format!("127.0.0.1:{}", free_port()),
+            certs(&ca, &leaf),
+        ),
+        "127.0.0.1:1",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+}
+
+/// The variables of process `pid` (`/proc/<pid>/environ`).
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn haproxy_starts_without_the_nodes_environment() {
+    // The secrets are in the environment from the process's start: this
+    // test runs itself in a child process that has them (no set_var in
+    // a multi-threaded test binary).
+    const CHILD: &str = "MESH_SIDECAR_ENV_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "haproxy_starts_without_the_nodes_environment",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("MESH_COOKIE", "cookie-secret")
+            .env("CONSUL_HTTP_TOKEN", "token-secret")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "the child test failed:\n{text}");
+        assert!(text.contains("1 passed"), "{text}");
+        return;
+    }
+    require_haproxy();
+    assert_eq!(std::env::var("MESH_COOKIE").as_deref(), Ok("cookie-secret"));
+    let ca = pki::Ca::new(TD);
+    let h = Haproxy::start(
+        HaproxySettings::new(
+            scratch("sidecar-env"),
+            format!("127.0.0.1:{}", free_port()),
+            certs(&ca, &ca.leaf(&id("mesh-a"))),
+        ),
+        "127.0.0.1:1",
+    )
+    .await
+    .unwrap();
+    let master = h.pid().unwrap();
+    let info = h.runtime("show info").await.unwrap();
+    let worker: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in [master, worker] {
+        let vars = environ(pid);
+        assert!(
+            !vars
+                .iter()
+                .any(|v| v.starts_with("MESH_COOKIE=") || v.starts_with("CONSUL_HTTP_TOKEN=")),
+            "{pid}: {vars:?}"
+        );
+        assert!(vars.iter().any(|v| v.starts_with("PATH=")), "{vars:?}");
+    }
+    h.stop().await;
+    // A command template keeps the CONSUL_* variables its proxy reads,
+    // not the node's cookie.
+    let cmd = CommandSidecar::start(CommandSettings::new("exec sleep 600", "x"))
+        .await
+        .unwrap();
+    let vars = environ(cmd.pid().unwrap());
+    assert!(
+        !vars.iter().any(|v| v.starts_with("MESH_COOKIE=")),
+        "{vars:?}"
+    );
+    assert!(vars.iter().any(|v| v == "CONSUL_HTTP_TOKEN=token-secret"));
+    cmd.stop().await;
+}
+
 /// The certificate b's sidecar presents to a new TLS client, DER.
 async fn served_leaf(port: u16, client: &Certs) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;

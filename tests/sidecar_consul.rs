@@ -608,3 +608,79 @@ async fn a_command_sidecar_starts_once_registered_with_the_per_node_service_id()
         .expect("stopped");
     assert!(m.sidecar().running_command().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_acls_on_the_sidecar_asks_consul_with_the_nodes_token() {
+    use mesh_testkit::consul_agent::{Acl, Token};
+    require_haproxy();
+    let consul = TestConsul::start(2, TimeScale::default()).await;
+    let mut acl = Acl::default();
+    for n in ["a", "b"] {
+        acl.tokens.insert(
+            format!("token-{n}"),
+            Token {
+                accessor: format!("acc-{n}"),
+                write: vec!["game".into(), format!("game-{n}")],
+            },
+        );
+    }
+    consul.set_acl(Some(acl));
+    // ACLs default to deny: the intentions let the two nodes in.
+    consul.intention("game-a", "game-b", true);
+    consul.intention("game-b", "game-a", true);
+    let ma = ConsulSidecar::haproxy(
+        adapter(&consul, 0).token("token-a"),
+        ConsulHaproxy::new(scratch("sidecar-consul-acl-a")),
+    );
+    let mb = ConsulSidecar::haproxy(
+        adapter(&consul, 1).token("token-b"),
+        ConsulHaproxy::new(scratch("sidecar-consul-acl-b")),
+    );
+    let a = builder("a", &ma).start().await.expect("a starts");
+    let b = builder("b", &mb).start().await.expect("b starts");
+    for m in [&ma, &mb] {
+        let mut applied = m.applied();
+        within(
+            STEP,
+            applied.wait_for(|a| a.upstreams.len() == 1 && a.allow.len() == 1),
+        )
+        .await
+        .expect("the peer is let in by the intentions, asked with the token");
+    }
+    within(STEP, a.membership_changes().wait_for(|m| m.len() == 2))
+        .await
+        .expect("membership");
+    let mut served = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let (by, _) = within(
+            STEP,
+            a.call::<Player, _>(&format!("p{i}"), Score(1))
+                .into_future(),
+        )
+        .await
+        .expect("a call through the sidecars");
+        served.insert(by);
+    }
+    assert!(served.contains("b"), "{served:?}");
+    // Every Connect request (leaf, roots, authorize) carried its node's
+    // token.
+    let connect: Vec<_> = consul
+        .log()
+        .into_iter()
+        .filter(|l| l.path.starts_with("agent/connect/"))
+        .map(|l| (l.agent, l.path, l.token))
+        .collect();
+    assert!(connect
+        .iter()
+        .any(|(_, p, _)| p == "agent/connect/authorize"));
+    for (agent, path, token) in &connect {
+        let want = if agent == "agent-0" {
+            "token-a"
+        } else {
+            "token-b"
+        };
+        assert_eq!(token.as_deref(), Some(want), "{agent} {path}");
+    }
+    a.shutdown().await.expect("a leaves");
+    b.shutdown().await.expect("b leaves");
+}

@@ -757,6 +757,84 @@ async fn an_intention_deny_refuses_a_caller_until_allowed() {
     assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
 }
 
+#[tokio::test]
+async fn with_acls_on_the_connect_requests_carry_the_token() {
+    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
+    use mesh::transport::tls::Authorize;
+    use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+    let consul = TestConsul::start(1, Default::default()).await;
+    let mut acl = Acl::default();
+    for svc in ["db", "web"] {
+        acl.tokens.insert(
+            format!("{svc}-token"),
+            Token {
+                accessor: format!("acc-{svc}"),
+                write: vec![svc.into()],
+            },
+        );
+    }
+    consul.set_acl(Some(acl));
+    let agent = consul.url(0);
+    // Without a token the leaf (and its private key) is refused, as
+    // Consul refuses it; with another service's token or an unknown one
+    // too.
+    for (token, want) in [
+        (None, "Permission denied: anonymous token"),
+        (
+            Some("web-token"),
+            "lacks permission 'service:write' on \"db\"",
+        ),
+        (Some("nope"), "ACL not found"),
+    ] {
+        let err = ConsulIdentity::start_with_token(&agent, "db", token)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+        assert!(err.to_string().contains(want), "{token:?}: {err}");
+    }
+    // With the service's token: the leaf, and every request (roots and
+    // the blocking watches too) carries it.
+    let before = consul.log().len();
+    let db = ConsulIdentity::start_with_token(&agent, "db", Some("db-token"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.current().unwrap().spiffe_id(),
+        pki::service_id(&consul.trust_domain(), "db")
+    );
+    soon(consul.wait_logged(|l| l.path == "agent/connect/ca/roots" && l.query.contains("index=")))
+        .await;
+    let asked: Vec<_> = consul.log()[before..]
+        .iter()
+        .filter(|l| l.path.starts_with("agent/connect/"))
+        .map(|l| (l.path.clone(), l.token.clone()))
+        .collect();
+    assert!(asked.iter().any(|(p, _)| p == "agent/connect/ca/roots"));
+    assert!(
+        asked.iter().all(|(_, t)| t.as_deref() == Some("db-token")),
+        "{asked:?}"
+    );
+    // The authorizer: refused without the token (every caller is then
+    // refused), answered by the intentions with it.
+    let web = pki::service_id(&consul.trust_domain(), "web");
+    consul.intention("web", "db", true);
+    let anonymous = ConsulAuthorizer::new(&agent, "db").cache_for(Duration::ZERO);
+    let err = anonymous.authorize(&web, "01").await.unwrap_err();
+    assert!(
+        err.contains("403") && err.contains("Permission denied"),
+        "{err}"
+    );
+    let with_token = ConsulAuthorizer::new(&agent, "db")
+        .token("db-token")
+        .cache_for(Duration::ZERO);
+    assert_eq!(with_token.authorize(&web, "01").await, Ok(()));
+    consul.intention("web", "db", false);
+    let err = with_token.authorize(&web, "01").await.unwrap_err();
+    assert!(err.contains("authz denied"), "{err}");
+    // Neither prints the token.
+    assert!(!format!("{with_token:?}").contains("db-token"));
+}
+
 // ------------------------------------------------------------ open connections
 
 /// A node hosting nothing that calls `seed`'s players; it does not listen,

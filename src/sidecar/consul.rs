@@ -88,9 +88,12 @@
 //!   a crash would.
 //!
 //! The identity and authorize requests go to the adapter's agent with
-//! the `consul` CLI's TLS variables and **no ACL token** (these agent
-//! endpoints are what haproxy-consul-connect uses; run with ACLs off or
-//! a default policy that lets the node read its leaf).
+//! the adapter's own ACL token and TLS settings (those of
+//! [`Consul::token`] and [`Consul::agent_tls`], else the `consul` CLI's
+//! variables): the token needs `service:write` on the per-node service
+//! (`<service>-<node>`), which it has already to register it. No
+//! anonymous policy is needed, and none should hand out leaves: the
+//! leaf answer holds the node's private key.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -328,23 +331,28 @@ impl ConsulSidecar {
                 Ok(tokio::spawn(follow_ports(sidecar, ups, applied)))
             }
             Mode::Haproxy(s) => {
-                let agent = agent_of(consul)?;
-                let identity = ConsulIdentity::start(&agent, &local.service_name)
-                    .await
-                    .map_err(|e| {
-                        SidecarError::Config(format!(
-                            "the leaf of {} from the agent: {e}",
-                            local.service_name
-                        ))
-                    })?;
-                let http = crate::discovery::consul::agent_client(
+                let (agent, token, tls) = consul.agent_access().ok_or_else(|| {
+                    SidecarError::Config("the Consul adapter is not running".into())
+                })?;
+                let identity = ConsulIdentity::start_with(
                     &agent,
-                    &crate::discovery::consul::AgentTls::from_env(),
-                    None,
+                    &local.service_name,
+                    token.clone(),
+                    &tls,
+                    Default::default(),
                 )
-                .map_err(SidecarError::Config)?;
+                .await
+                .map_err(|e| {
+                    SidecarError::Config(format!(
+                        "the leaf of {} from the agent: {e}",
+                        local.service_name
+                    ))
+                })?;
+                let http = crate::discovery::consul::agent_client(&agent, &tls, None)
+                    .map_err(SidecarError::Config)?;
                 let asker = Asker {
                     http,
+                    token,
                     url: format!("{}/v1/agent/connect/authorize", agent.trim_end_matches('/')),
                     local: local.clone(),
                 };
@@ -384,14 +392,6 @@ impl ConsulSidecar {
             }
         }
     }
-}
-
-/// The adapter's agent address, as it describes itself while running.
-fn agent_of(consul: &Consul) -> Result<String, SidecarError> {
-    consul.describe()["agent"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| SidecarError::Config("the Consul adapter is not running".into()))
 }
 
 fn certs(pem: &ConnectPem) -> Certs {
@@ -475,6 +475,7 @@ async fn follow_ports(
 /// Asks the agent's intentions for each peer.
 struct Asker {
     http: reqwest::Client,
+    token: Option<crate::discovery::consul::Token>,
     url: String,
     local: LocalSidecar,
 }
@@ -510,20 +511,25 @@ impl Asker {
             "Target": self.local.service_name,
             "ClientCertURI": id,
         });
-        let resp = self
-            .http
-            .post(&self.url)
-            .json(&body)
+        let mut req = self.http.post(&self.url).json(&body);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t.secret());
+        }
+        let resp = req
             .timeout(Duration::from_secs(10))
             .send()
             .await
             .map_err(|e| e.to_string())?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
+            let text = crate::discovery::consul::error_body(resp).await;
             return Err(format!("{status}: {}", text.trim()));
         }
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let bytes = crate::discovery::consul::read_capped(resp, 64 << 10)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&bytes);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         v.get("Authorized")
             .and_then(serde_json::Value::as_bool)
             .ok_or_else(|| format!("no Authorized in {text}"))

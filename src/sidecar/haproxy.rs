@@ -12,12 +12,27 @@
 //!   (`sidecar.invalid`): HAProxy 2.6 otherwise stops enforcing
 //!   `verify required` on that bind after a runtime certificate commit.
 //!   An inbound caller is let through only if its certificate carries one
-//!   of the allowed SPIFFE IDs: HAProxy cannot check a URI SAN with
-//!   `verifyhost`, so an ACL matches the DER bytes of the SAN entry
-//!   (`86`, the length, the URI) in `ssl_c_der`. The length byte makes
+//!   of the allowed SPIFFE IDs: HAProxy 2.6 has no fetch for a URI SAN
+//!   (and `verifyhost` checks DNS names), so an ACL matches, with a
+//!   regular expression over `ssl_c_der,hex`, the whole DER of a
+//!   subjectAltName *extension* holding exactly that one URI
+//!   ([`san_extension_regex`]): the extension's SEQUENCE with its length,
+//!   the OID 2.5.29.17 (`0603551D11`), the optional critical flag, the
+//!   OCTET STRING and the GeneralNames SEQUENCE with their lengths, then
+//!   the URI entry (`86`, its length, the URI). The match starts on a
+//!   byte boundary (`^(..)*?`), never at a nibble offset, so a field
+//!   holding the ID's bytes elsewhere (a subject CN or O, another
+//!   extension's value) does not pass: the lengths tie the bytes to an
+//!   extension that holds the URI and nothing else. The length bytes make
 //!   `svc/web` unable to match `svc/web2`. Matching is byte for byte
 //!   (Consul's own check ignores ASCII case; write IDs as Consul issues
-//!   them, lowercase). No allowed ID: every caller is refused.
+//!   them, lowercase). A leaf with other SANs besides the URI (DNS names,
+//!   IPs) is refused: Consul's service leaves carry the URI alone. The
+//!   limit: the match is on bytes, not a parse, so a CA that signs
+//!   caller-chosen bytes into a leaf (an RSA modulus chosen to hold this
+//!   exact byte run, through `/v1/connect/ca/sign`) could still forge
+//!   one; Consul's built-in CA issues EC keys by default. No allowed ID:
+//!   every caller is refused.
 //! - **Local backend** `app`: the node's listener on loopback.
 //! - **One upstream per peer**: a plain frontend on `127.0.0.1:<local
 //!   port>` and a backend that dials the peer's sidecar with TLS,
@@ -265,10 +280,10 @@ pub fn render(cfg: &HaproxyConfig) -> Result<Rendered, RenderError> {
         for id in &cfg.allow {
             let _ = writeln!(c, "    # allow {id}");
         }
-        let patterns: Vec<String> = cfg.allow.iter().map(|id| san_uri_hex(id)).collect();
+        let patterns: Vec<String> = cfg.allow.iter().map(|id| san_extension_regex(id)).collect();
         let _ = writeln!(
             c,
-            "    acl allowed_caller ssl_c_der,hex -m sub {}",
+            "    acl allowed_caller ssl_c_der,hex -m reg {}",
             patterns.join(" ")
         );
         let _ = writeln!(
@@ -318,20 +333,45 @@ pub fn render(cfg: &HaproxyConfig) -> Result<Rendered, RenderError> {
     })
 }
 
-/// The ACL pattern of a URI SAN entry: its DER (tag `86`, the length,
-/// the URI) in uppercase hex, as `ssl_c_der,hex` prints it.
+/// The DER of a URI SAN entry (tag `86`, the length, the URI) in
+/// uppercase hex, as `ssl_c_der,hex` prints it.
 pub fn san_uri_hex(uri: &str) -> String {
-    let len = uri.len();
-    let mut der = vec![0x86u8];
+    hex(&tlv(0x86, uri.as_bytes()))
+}
+
+/// The ACL pattern (a PCRE for `ssl_c_der,hex -m reg`) of a certificate
+/// whose subjectAltName extension holds `uri` and nothing else: from a
+/// byte boundary of the certificate, the extension's DER, critical or
+/// not, with every length computed from the URI's (see the module docs).
+pub fn san_extension_regex(uri: &str) -> String {
+    let names = tlv(0x30, &tlv(0x86, uri.as_bytes()));
+    let value = tlv(0x04, &names);
+    // 06 03 55 1D 11: the OID 2.5.29.17; 01 01 FF: critical TRUE.
+    let oid = [0x06, 0x03, 0x55, 0x1D, 0x11];
+    let plain = tlv(0x30, &[&oid[..], &value].concat());
+    let critical = tlv(0x30, &[&oid[..], &[0x01, 0x01, 0xFF], &value].concat());
+    format!("^(..)*?({}|{})", hex(&plain), hex(&critical))
+}
+
+/// A DER TLV: `tag`, the definite length (short or long form), `value`.
+fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let len = value.len();
+    let mut der = vec![tag];
     if len < 0x80 {
         der.push(len as u8);
     } else if len <= 0xff {
         der.extend([0x81, len as u8]);
-    } else {
+    } else if len <= 0xffff {
         der.extend([0x82, (len >> 8) as u8, len as u8]);
+    } else {
+        der.extend([0x83, (len >> 16) as u8, (len >> 8) as u8, len as u8]);
     }
-    der.extend(uri.as_bytes());
-    der.iter().map(|b| format!("{b:02X}")).collect()
+    der.extend(value);
+    der
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// A duration as HAProxy reads it, in milliseconds (at least 1).
@@ -465,15 +505,38 @@ mod tests {
         assert!(hex[4..].starts_with("7370696666653A2F2F"), "{hex}");
         let c = render(&cfg()).unwrap().config().to_owned();
         assert!(
-            c.contains(&format!("acl allowed_caller ssl_c_der,hex -m sub {hex}\n")),
+            c.contains(&format!(
+                "acl allowed_caller ssl_c_der,hex -m reg {}\n",
+                san_extension_regex(id)
+            )),
             "{c}"
         );
+        assert!(!c.contains("-m sub"), "{c}");
         let accept = c.find("tcp-request content accept if").unwrap();
         let reject = c.find("tcp-request content reject").unwrap();
         assert!(accept < reject);
         // A longer ID takes the long length form.
         let long = format!("spiffe://td/ns/default/dc/dc1/svc/{}", "x".repeat(120));
         assert!(san_uri_hex(&long).starts_with(&format!("8681{:02X}", long.len())));
+    }
+
+    #[test]
+    fn the_pattern_is_the_whole_san_extension_from_a_byte_boundary() {
+        let id = "spiffe://td/ns/default/dc/dc1/svc/web";
+        let entry = san_uri_hex(id); // 86 25 <37 bytes>
+                                     // GeneralNames 30 27, OCTET STRING 04 29, extension 30 30 (or
+                                     // 30 33 with the critical flag).
+        let plain = format!("30300603551D11042930278625{}", &entry[4..]);
+        let critical = format!("30330603551D110101FF042930278625{}", &entry[4..]);
+        assert_eq!(
+            san_extension_regex(id),
+            format!("^(..)*?({plain}|{critical})")
+        );
+        // Long lengths: a URI of 200 bytes gives 81 C8, then 30 81 CB, ...
+        let long = format!("spiffe://td/{}", "x".repeat(188));
+        assert_eq!(long.len(), 200);
+        let r = san_extension_regex(&long);
+        assert!(r.contains("0603551D110481CE3081CB8681C8"), "{r}");
     }
 
     #[test]

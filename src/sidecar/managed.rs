@@ -4,9 +4,22 @@
 //!
 //! HAProxy contracts:
 //! - Started in master-worker mode, from its directory `D`:
-//!   `haproxy -W -S D/master.sock -p D/haproxy.pid -f D/haproxy.cfg`;
+//!   `haproxy -W -S D/master.sock,mode,600 -p D/haproxy.pid -f D/haproxy.cfg`;
 //!   ready when a worker of that master answers on the stats socket (its
 //!   listeners are bound by then).
+//! - **Files and process** (they hold the node's private key and drive
+//!   the proxy): `D` is created `0700` (an existing one must be a
+//!   directory, not a symlink, owned by this process's user; its mode is
+//!   set to `0700`); both CLI sockets are `mode 600`; every file is
+//!   written `0600` aside (`.name.new`: whatever is there is unlinked,
+//!   then the file is created with `O_EXCL`, so a planted symlink is
+//!   never followed), then renamed over the name (a symlink there is
+//!   replaced, not followed). HAProxy and `haproxy -c` start with an
+//!   empty environment plus `PATH`: the node's cookie, ACL token and
+//!   the rest of its environment are not theirs (the master CLI's
+//!   `show env` would print them). A command-template sidecar inherits
+//!   the environment (a `consul connect` proxy reads the `CONSUL_*`
+//!   variables) except `MESH_COOKIE`.
 //! - **Changes** (upstreams, allowed callers, a leaf or root rotation):
 //!   the configuration is rendered, checked by `haproxy -c` in a staging
 //!   directory (a bad input leaves the running sidecar untouched and
@@ -35,7 +48,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use super::haproxy::{self, files, Certs, HaproxyConfig, Timeouts, Upstream};
-use super::supervisor::{Restart, Spec, Status, Supervisor};
+use super::supervisor::{Env, Restart, Spec, Status, Supervisor};
 use super::SidecarError;
 
 /// Where Debian installs HAProxy.
@@ -159,7 +172,7 @@ impl Haproxy {
             });
         }
         let dir = absolute(&settings.dir)?;
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        private_dir(&dir)?;
         let cfg = HaproxyConfig {
             dir: dir.clone(),
             public: settings.public,
@@ -177,12 +190,17 @@ impl Haproxy {
             args: vec![
                 "-W".into(),
                 "-S".into(),
-                dir.join(files::MASTER_SOCKET).into(),
+                {
+                    let mut s: std::ffi::OsString = dir.join(files::MASTER_SOCKET).into();
+                    s.push(",mode,600");
+                    s
+                },
                 "-p".into(),
                 dir.join(files::PID_FILE).into(),
                 "-f".into(),
                 dir.join(files::CONFIG).into(),
             ],
+            env: minimal_env(),
             install_hint: install_hint(),
             classify: classify_haproxy,
             // Ready when a worker of *this* master answers (a worker of a
@@ -416,8 +434,9 @@ async fn cli(socket: &Path, command: &str) -> std::io::Result<String> {
 /// Renders `cfg`, checks it with `haproxy -c` in a staging directory,
 /// then writes the files into place.
 async fn check_and_write(binary: &Path, cfg: &HaproxyConfig) -> Result<(), SidecarError> {
+    private_dir(&cfg.dir)?;
     let stage_dir = cfg.dir.join("staging");
-    std::fs::create_dir_all(&stage_dir).map_err(|e| io_err(&stage_dir, e))?;
+    private_dir(&stage_dir)?;
     let staged = haproxy::render(&HaproxyConfig {
         dir: stage_dir.clone(),
         ..cfg.clone()
@@ -432,6 +451,8 @@ async fn check_and_write(binary: &Path, cfg: &HaproxyConfig) -> Result<(), Sidec
 /// `haproxy -c -f <config>`: `Ok` when HAProxy accepts the configuration.
 pub async fn check(binary: &Path, config: &Path) -> Result<(), SidecarError> {
     let out = tokio::process::Command::new(binary)
+        .env_clear()
+        .envs(minimal_vars())
         .arg("-c")
         .arg("-f")
         .arg(config)
@@ -472,18 +493,75 @@ fn write_files(dir: &Path, rendered: &haproxy::Rendered) -> Result<(), SidecarEr
     Ok(())
 }
 
-/// Writes a file readable by its owner only (it may hold a key).
+/// Writes a new file readable by its owner only (it may hold a key):
+/// whatever is at `path` is unlinked (a symlink itself, not its target),
+/// then the file is created with `O_EXCL`, which never follows a symlink
+/// (one planted in between fails the write).
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
+}
+
+/// The environment of HAProxy and `haproxy -c`: `PATH` only.
+fn minimal_vars() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    vec![(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    )]
+}
+
+fn minimal_env() -> Env {
+    Env::Only(minimal_vars())
+}
+
+/// Makes `dir` a private directory: created `0700` (its parents as
+/// usual) when missing; otherwise it must be a directory (a symlink is
+/// refused) owned by this process's user, and its mode becomes `0700`.
+fn private_dir(dir: &Path) -> Result<(), SidecarError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(dir, e)),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io_err(dir, e))?;
+    if !meta.file_type().is_dir() {
+        return Err(SidecarError::Io(format!(
+            "{}: not a directory (a symlink is refused: the sidecar's key lives there)",
+            dir.display()
+        )));
+    }
+    // `/proc/self` belongs to this process's effective user.
+    let me = std::fs::metadata("/proc/self")
+        .map_err(|e| io_err(Path::new("/proc/self"), e))?
+        .uid();
+    if meta.uid() != me {
+        return Err(SidecarError::Io(format!(
+            "{}: owned by uid {}, not by this process's (uid {me}): the sidecar's key would be readable by its owner",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, SidecarError> {
@@ -586,6 +664,7 @@ impl CommandSidecar {
             name: "command",
             program: "/bin/sh".into(),
             args: vec!["-c".into(), line.into()],
+            env: Env::InheritExcept(vec!["MESH_COOKIE"]),
             install_hint: "a POSIX shell is needed to run command templates".into(),
             classify: |_, stderr| {
                 if stderr {

@@ -11,6 +11,8 @@
 //!   [`Restart::max`], and falls back to the minimum once a run has lasted
 //!   [`Restart::max`]. Each start and exit is logged; [`Supervisor::status`]
 //!   publishes every change, so a caller can await a restart.
+//! - Environment: as the supervised program asks (HAProxy gets `PATH`
+//!   only; a command template inherits the node's, less `MESH_COOKIE`).
 //! - Output: every line on stdout and stderr becomes a `tracing` event
 //!   (target `mesh::sidecar`, field `sidecar`), its level chosen by the
 //!   supervised program's [`Classify`].
@@ -74,6 +76,16 @@ pub type Classify = fn(line: &str, stderr: bool) -> tracing::Level;
 /// when it is ready. Called again (every 50 ms) until it answers `Ok`.
 pub type Ready = Arc<dyn Fn(u32) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>;
 
+/// The environment a supervised process starts with.
+#[derive(Debug, Clone)]
+pub(crate) enum Env {
+    /// Only these variables (`env_clear` first): nothing of the node's
+    /// own environment (cookie, ACL token) reaches the process.
+    Only(Vec<(OsString, OsString)>),
+    /// The node's environment without these variables.
+    InheritExcept(Vec<&'static str>),
+}
+
 /// What to run and how to watch it.
 #[derive(Clone)]
 pub(crate) struct Spec {
@@ -81,6 +93,8 @@ pub(crate) struct Spec {
     pub(crate) name: &'static str,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
+    /// Its environment.
+    pub(crate) env: Env,
     /// Added to the error when the program is missing.
     pub(crate) install_hint: String,
     pub(crate) classify: Classify,
@@ -228,7 +242,18 @@ async fn run_once(
     tail: &Tail,
     first: &mut Option<oneshot::Sender<Result<(), SidecarError>>>,
 ) -> Once {
-    let mut child = match Command::new(&spec.program)
+    let mut command = Command::new(&spec.program);
+    match &spec.env {
+        Env::Only(vars) => {
+            command.env_clear().envs(vars.iter().map(|(k, v)| (k, v)));
+        }
+        Env::InheritExcept(names) => {
+            for n in names {
+                command.env_remove(n);
+            }
+        }
+    }
+    let mut child = match command
         .args(&spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -9,7 +9,9 @@
 //! (real dials). Connect (section 6 and 10, items 2, 8, 11): sidecar
 //! expansion (in the catalog), `/v1/health/connect/<name>`, the CA roots
 //! and leaves, `authorize` backed by intentions (`*` wildcards, the
-//! documented precedence, a default policy), the intentions `exact` API;
+//! documented precedence, a default policy), the intentions `exact` API
+//! (in ACL mode the leaf and `authorize` need `service:write` on the
+//! service, as Consul's do; the roots need no token);
 //! and `/v1/agent/checks`, blocking `/v1/catalog/services`.
 
 use std::collections::HashMap;
@@ -52,6 +54,8 @@ pub struct Logged {
     /// Path without `/v1/`, e.g. `agent/check/pass/service:x`.
     pub path: String,
     pub query: String,
+    /// The ACL token it carried (any of the three sources).
+    pub token: Option<String>,
     pub at: Instant,
 }
 
@@ -631,6 +635,7 @@ async fn handle(
     let query = parse_query(&query_str);
     let method = req.method().clone();
     let rel = path.strip_prefix("/v1/").unwrap_or(&path).to_owned();
+    let token = token_of(&req, &query);
     {
         let mut log = lock(&shared.log);
         if log.len() >= 100_000 {
@@ -641,11 +646,11 @@ async fn handle(
             method: method.to_string(),
             path: rel.clone(),
             query: query_str,
+            token: token.clone(),
             at: Instant::now(),
         });
     }
     shared.logged.send_modify(|n| *n += 1);
-    let token = token_of(&req, &query);
     let acl_mode = lock(&shared.acl).is_some();
     let injected = lock(&shared.fail).clone();
     let reply = match injected {
@@ -742,6 +747,8 @@ async fn route(
         if target.is_empty() {
             return Err(ApiError(400, "Target service must be specified".into()));
         }
+        // Consul: `service:write` on the target.
+        authorize(shared, token, Some(target))?;
         let uri = v["ClientCertURI"].as_str().unwrap_or("");
         let Some((_, source)) = uri.rsplit_once("/svc/") else {
             return Err(ApiError(
@@ -783,6 +790,11 @@ async fn route(
     if let Some(what) = rel.strip_prefix("agent/connect/ca/") {
         if method != Method::GET {
             return method_not_allowed(method, "GET");
+        }
+        // Consul: the leaf needs `service:write` on the service; the
+        // roots need no ACL.
+        if let Some(service) = what.strip_prefix("leaf/") {
+            authorize(shared, token, Some(service))?;
         }
         return connect_ca(shared, what, query).await;
     }

@@ -71,8 +71,22 @@ impl Ca {
     /// A leaf for `uri`, valid from January 1st of `years.0` to that of
     /// `years.1` (an expired one with years in the past).
     pub fn leaf_valid(&self, uri: &str, years: (i32, i32)) -> Leaf {
+        self.leaf_inner(uri, years, None)
+    }
+
+    /// A leaf for `uri` whose subject has common name `cn` (a CA that
+    /// copies a requested subject): to test that nothing but the URI SAN
+    /// names the caller.
+    pub fn leaf_with_cn(&self, uri: &str, cn: &str) -> Leaf {
+        self.leaf_inner(uri, (2020, 2100), Some(cn))
+    }
+
+    fn leaf_inner(&self, uri: &str, years: (i32, i32), cn: Option<&str>) -> Leaf {
         let mut l = CertificateParams::default();
         l.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = cn {
+            l.distinguished_name.push(DnType::CommonName, cn);
+        }
         l.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         l.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

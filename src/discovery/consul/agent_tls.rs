@@ -22,7 +22,13 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 /// | `CONSUL_CLIENT_CERT` | PEM certificate (chain) presented to the agent (`verify_incoming`) |
 /// | `CONSUL_CLIENT_KEY` | its PEM private key |
 /// | `CONSUL_TLS_SERVER_NAME` | the name the agent's certificate is checked for, instead of the address's host |
-/// | `CONSUL_HTTP_SSL_VERIFY` | `false`: the agent's certificate is not checked (tests only) |
+/// | `CONSUL_HTTP_SSL_VERIFY` | `false`: the agent's certificate is not checked (tests only; logged as a warning) |
+///
+/// The two flags are read as Go's `strconv.ParseBool` reads them (`1`,
+/// `t`, `true`, `0`, `f`, `false`, any case; `yes`/`no` and `on`/`off`
+/// too): any other value is an error when a client is built, never a
+/// silent `false` (a typo such as `CONSUL_HTTP_SSL_VERIFY=ture` must not
+/// turn the check off).
 ///
 /// Without `CONSUL_CACERT` or `CONSUL_CAPATH`, the system bundle is used
 /// (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
@@ -40,6 +46,8 @@ pub struct AgentTls {
     skip_verify: bool,
     /// `CONSUL_HTTP_SSL=true`.
     pub(crate) https_default: bool,
+    /// A variable that did not parse: every client build fails with it.
+    invalid: Option<String>,
 }
 
 impl AgentTls {
@@ -56,15 +64,28 @@ impl AgentTls {
     /// [`AgentTls::from_env`] over any lookup (empty values count as unset).
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let flag = |k: &str| get(k).map(|v| parse_bool(&v));
+        let mut invalid = None;
+        let mut flag = |k: &str| match get(k).map(|v| (parse_bool(&v), v)) {
+            None => None,
+            Some((Some(b), _)) => Some(b),
+            Some((None, v)) => {
+                invalid.get_or_insert_with(|| {
+                    format!("{k}={v:?} is not a boolean (true/false, 1/0, t/f, yes/no, on/off)")
+                });
+                None
+            }
+        };
+        let skip_verify = flag("CONSUL_HTTP_SSL_VERIFY") == Some(false);
+        let https_default = flag("CONSUL_HTTP_SSL") == Some(true);
         AgentTls {
             ca_file: get("CONSUL_CACERT").map(PathBuf::from),
             ca_path: get("CONSUL_CAPATH").map(PathBuf::from),
             client_cert: get("CONSUL_CLIENT_CERT").map(PathBuf::from),
             client_key: get("CONSUL_CLIENT_KEY").map(PathBuf::from),
             server_name: get("CONSUL_TLS_SERVER_NAME"),
-            skip_verify: flag("CONSUL_HTTP_SSL_VERIFY") == Some(false),
-            https_default: flag("CONSUL_HTTP_SSL") == Some(true),
+            skip_verify,
+            https_default,
+            invalid,
         }
     }
 
@@ -97,6 +118,14 @@ impl AgentTls {
 
     /// The rustls client configuration (ring provider).
     pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        if let Some(e) = &self.invalid {
+            return Err(e.clone());
+        }
+        if self.skip_verify {
+            tracing::warn!(
+                "CONSUL_HTTP_SSL_VERIFY=false: the Consul agent's certificate is not checked; anyone on the path can read the ACL token"
+            );
+        }
         let provider = Arc::new(crate::identity::provider());
         let mut roots = RootCertStore::empty();
         let mut sources: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
@@ -163,11 +192,14 @@ impl AgentTls {
     }
 }
 
-fn parse_bool(v: &str) -> bool {
-    matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "1" | "t" | "true" | "yes" | "on"
-    )
+/// Go's `strconv.ParseBool` (any case), plus yes/no and on/off; `None`
+/// for anything else.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "yes" | "on" => Some(true),
+        "0" | "f" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -194,13 +226,19 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// The HTTP client for the agent at `base`: with TLS when it is
-/// `https://`, else plain.
+/// `https://`, else plain. It never follows a redirect (reqwest's
+/// cross-host scrub would keep `X-Consul-Token`: a 3xx is answered as
+/// the error it is), and a variable of [`AgentTls::from_env`] that did
+/// not parse fails it.
 pub(crate) fn client(
     base: &str,
     tls: &AgentTls,
     connect_timeout: Option<Duration>,
 ) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder();
+    if let Some(e) = &tls.invalid {
+        return Err(e.clone());
+    }
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
     if let Some(t) = connect_timeout {
         b = b.connect_timeout(t);
     }
@@ -343,6 +381,34 @@ mod tests {
         ]));
         assert!(!t.https_default && t.skip_verify);
         assert_eq!(AgentTls::from_lookup(env(&[])), AgentTls::new());
+        let t = AgentTls::from_lookup(env(&[("CONSUL_HTTP_SSL_VERIFY", "0")]));
+        assert!(t.skip_verify && t.invalid.is_none());
+        let t = AgentTls::from_lookup(env(&[("CONSUL_HTTP_SSL_VERIFY", "TRUE")]));
+        assert!(!t.skip_verify && t.invalid.is_none());
+    }
+
+    #[test]
+    fn an_unknown_flag_value_is_an_error_not_a_silent_false() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        // A typo does not turn the check off: every client build fails.
+        let t = AgentTls::from_lookup(env(&[("CONSUL_HTTP_SSL_VERIFY", "ture")]));
+        assert!(!t.skip_verify);
+        for base in ["https://127.0.0.1:8501", "http://127.0.0.1:8500"] {
+            let e = client(base, &t, None).unwrap_err();
+            assert!(e.contains("CONSUL_HTTP_SSL_VERIFY=\"ture\""), "{e}");
+        }
+        let e = t.client_config().unwrap_err();
+        assert!(e.contains("not a boolean"), "{e}");
+        let t = AgentTls::from_lookup(env(&[("CONSUL_HTTP_SSL", "yes please")]));
+        let e = client("http://127.0.0.1:8500", &t, None).unwrap_err();
+        assert!(e.contains("CONSUL_HTTP_SSL="), "{e}");
     }
 
     #[test]

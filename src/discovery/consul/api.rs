@@ -14,8 +14,12 @@ pub(crate) enum ApiError {
     Status { code: u16, body: String },
     /// No answer: connection refused or reset, timeout.
     Transport(String),
-    /// An answer that does not parse.
+    /// An answer that does not parse, or is larger than the cap
+    /// ([`MAX_BODY`]).
     Decode(String),
+    /// A request refused before it was sent (a path with a `.` or `..`
+    /// segment, which URL parsing would turn into another path).
+    Invalid(String),
 }
 
 impl ApiError {
@@ -39,7 +43,39 @@ impl std::fmt::Display for ApiError {
             }
             ApiError::Transport(e) => write!(f, "consul unreachable: {e}"),
             ApiError::Decode(e) => write!(f, "cannot read consul's answer: {e}"),
+            ApiError::Invalid(e) => write!(f, "not sent to consul: {e}"),
         }
+    }
+}
+
+/// The largest answer body read from the agent (64 MiB): a health answer
+/// of thousands of nodes fits; whatever answers at the agent's address
+/// cannot stream an unbounded body into memory.
+pub(crate) const MAX_BODY: usize = 64 << 20;
+
+/// The largest error body kept (the rest is cut off, not an error).
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// An ACL token: sent as `X-Consul-Token`, never printed (`Debug` shows
+/// `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Token(String);
+
+impl Token {
+    /// `None` for an empty token.
+    pub(crate) fn new(t: impl Into<String>) -> Option<Token> {
+        let t = t.into();
+        (!t.is_empty()).then_some(Token(t))
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -49,7 +85,9 @@ pub(crate) struct Api {
     http: reqwest::Client,
     /// `http(s)://host:port`, without a trailing slash.
     base: String,
-    token: Option<String>,
+    token: Option<Token>,
+    /// The TLS settings the client was built with.
+    tls: super::AgentTls,
     datacenter: Option<String>,
     /// Timeout of a request that does not block.
     timeout: Duration,
@@ -75,7 +113,8 @@ impl Api {
         Ok(Api {
             http,
             base,
-            token,
+            token: token.and_then(Token::new),
+            tls: tls.clone(),
             datacenter,
             timeout,
         })
@@ -85,13 +124,23 @@ impl Api {
         &self.base
     }
 
+    /// The ACL token requests carry.
+    pub(crate) fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// The TLS settings of the client.
+    pub(crate) fn tls(&self) -> &super::AgentTls {
+        &self.tls
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .request(method, format!("{}/v1/{path}", self.base))
             .timeout(self.timeout);
         if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t);
+            req = req.header("X-Consul-Token", t.secret());
         }
         req
     }
@@ -105,8 +154,18 @@ impl Api {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let body = resp.text().await.unwrap_or_default();
-        Err(ApiError::Status { code, body })
+        Err(ApiError::Status {
+            code,
+            body: error_body(resp).await,
+        })
+    }
+
+    /// The answer's body, at most [`MAX_BODY`] bytes.
+    async fn body(resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+        read_capped(resp, MAX_BODY).await.map_err(|e| match e {
+            Capped::Transport(e) => ApiError::Transport(e),
+            Capped::TooLarge(e) => ApiError::Decode(e),
+        })
     }
 
     /// A write: PUT with an optional JSON body, 200 and an empty body back.
@@ -116,6 +175,7 @@ impl Api {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<(), ApiError> {
+        check_path(path)?;
         let mut req = self.request(reqwest::Method::PUT, path).query(query);
         if let Some(b) = body {
             req = req.json(b);
@@ -130,15 +190,13 @@ impl Api {
         path: &str,
         body: &Value,
     ) -> Result<T, ApiError> {
+        check_path(path)?;
         let mut req = self.request(reqwest::Method::PUT, path).json(body);
         if let Some(dc) = &self.datacenter {
             req = req.query(&[("dc", dc)]);
         }
         let resp = Self::send(req).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(error_chain(&e)))?;
+        let bytes = Self::body(resp).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
     }
 
@@ -149,6 +207,7 @@ impl Api {
         query: &[(&str, String)],
         timeout: Option<Duration>,
     ) -> Result<(T, Option<u64>), ApiError> {
+        check_path(path)?;
         let mut req = self.request(reqwest::Method::GET, path).query(query);
         if let Some(dc) = &self.datacenter {
             req = req.query(&[("dc", dc)]);
@@ -158,18 +217,81 @@ impl Api {
         }
         let resp = Self::send(req).await?;
         let index = index_of(&resp);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Transport(error_chain(&e)))?;
+        let bytes = Self::body(resp).await?;
         let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))?;
         Ok((value, index))
     }
 }
 
+/// Refuses a path with a `.` or `..` segment: URL parsing removes dot
+/// segments (`%2e` too), so `kv/a/../b` would read `kv/b` while a write
+/// of the same key through `/v1/txn` names it literally.
+fn check_path(path: &str) -> Result<(), ApiError> {
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(ApiError::Invalid(format!(
+            "{path:?} has a \".\" or \"..\" segment (Consul keys and IDs with those cannot be addressed in a URL)"
+        )));
+    }
+    Ok(())
+}
+
+/// Why a body was not read whole.
+#[derive(Debug)]
+pub(crate) enum Capped {
+    /// The connection failed while reading.
+    Transport(String),
+    /// Larger than the cap.
+    TooLarge(String),
+}
+
+impl std::fmt::Display for Capped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Capped::Transport(e) | Capped::TooLarge(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads `resp`'s body, refusing more than `limit` bytes (by its
+/// `Content-Length` before reading, or as it streams in).
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, Capped> {
+    let too_large = || Capped::TooLarge(format!("the answer is larger than {limit} bytes"));
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Capped::Transport(error_chain(&e)))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// An error answer's text, cut at [`MAX_ERROR_BODY`] bytes.
+pub(crate) async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_ERROR_BODY - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() == MAX_ERROR_BODY {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// reqwest's error with its causes ("error sending request: connection
 /// refused"), which its Display alone leaves out.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -208,6 +330,135 @@ mod tests {
         assert!(!e(500, "rpc error").forgot_us());
         assert!(!e(403, "ACL not found").forgot_us());
         assert!(!ApiError::Transport("refused".into()).forgot_us());
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server on 127.0.0.1:0 answering every request with `reply`
+    /// (raw bytes) and closing; counts the connections it accepted.
+    async fn raw_server(reply: String) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                h.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(reply.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    fn api(base: &str) -> Api {
+        Api::new(
+            base.to_owned(),
+            Some("s3cr3t-token".into()),
+            None,
+            Duration::from_secs(5),
+            &super::super::AgentTls::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_with_the_token() {
+        let (elsewhere, hits) = raw_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                .into(),
+        )
+        .await;
+        let (agent, _) = raw_server(format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}/v1/agent/self\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        let got = api(&agent)
+            .get::<Value>("agent/self", &[], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(got, ApiError::Status { code: 307, .. }), "{got:?}");
+        // Had the client followed, the other host would have been asked
+        // (with the token) before the call returned.
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_cap_are_refused() {
+        // Announced too large: refused before reading.
+        let (agent, _) = raw_server(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n[",
+            MAX_BODY + 1
+        ))
+        .await;
+        let got = api(&agent)
+            .get::<Value>("agent/self", &[], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&got, ApiError::Decode(e) if e.contains(&format!("larger than {MAX_BODY} bytes"))),
+            "{got:?}"
+        );
+        // Streamed without a length: cut as it passes the cap.
+        let chunk = "x".repeat(500);
+        let (agent, _) = raw_server(format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1f4\r\n{chunk}\r\n1f4\r\n{chunk}\r\n1f4\r\n{chunk}\r\n0\r\n\r\n"
+        ))
+        .await;
+        let resp = reqwest::get(format!("{agent}/x")).await.unwrap();
+        let got = read_capped(resp, 1000).await.unwrap_err();
+        assert!(
+            matches!(&got, Capped::TooLarge(e) if e.contains("larger than 1000 bytes")),
+            "{got:?}"
+        );
+        let resp = reqwest::get(format!("{agent}/x")).await.unwrap();
+        assert_eq!(read_capped(resp, 1500).await.unwrap().len(), 1500);
+    }
+
+    #[tokio::test]
+    async fn dot_segments_are_refused_before_sending() {
+        // Nothing listens there: the refusal comes before any request.
+        let a = api("http://127.0.0.1:1");
+        for path in [
+            "kv/wallets/x/../victim",
+            "kv/./a",
+            "kv/a/..",
+            "agent/service/.",
+        ] {
+            let got = a.get::<Value>(path, &[], None).await.unwrap_err();
+            assert!(
+                matches!(&got, ApiError::Invalid(e) if e.contains("\"..\" segment")),
+                "{path}: {got:?}"
+            );
+            let got = a.put(path, &[], None).await.unwrap_err();
+            assert!(matches!(got, ApiError::Invalid(_)), "{path}: {got:?}");
+        }
+        // Dots inside a segment are fine (the transport error proves it
+        // was sent).
+        let got = a.get::<Value>("kv/a.b/..c", &[], None).await.unwrap_err();
+        assert!(matches!(got, ApiError::Transport(_)), "{got:?}");
+    }
+
+    #[test]
+    fn the_token_is_redacted_in_debug() {
+        let a = api("http://127.0.0.1:1");
+        let printed = format!("{a:?}");
+        assert!(!printed.contains("s3cr3t-token"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        assert_eq!(a.token().map(Token::secret), Some("s3cr3t-token"));
     }
 
     #[test]

@@ -99,6 +99,16 @@
 //! `CONSUL_HTTP_SSL_VERIFY` read as the `consul` CLI reads them, or set in
 //! code with [`Consul::agent_tls`] (see [`AgentTls`]). `unix://` agents
 //! are not supported.
+//!
+//! **Every request to the agent** (the adapter's, the lease store's,
+//! [`ConsulIdentity`](crate::identity::ConsulIdentity)'s,
+//! [`ConsulAuthorizer`](crate::identity::ConsulAuthorizer)'s and the
+//! managed sidecar's) carries the ACL token when one is set, never
+//! follows a redirect (a 3xx is an error: the token goes to the agent
+//! only), and reads at most 64 MiB of answer (more is an error). A path
+//! with a `.` or `..` segment (a KV key such as `a/../b`) is refused
+//! before it is sent: URL parsing would turn it into another key than
+//! the one a write names. `Debug` never prints the token.
 
 mod agent_tls;
 mod api;
@@ -107,6 +117,8 @@ mod lease;
 pub(crate) use health::backoff;
 mod mesh;
 mod watch;
+pub(crate) use api::{error_body, error_chain, read_capped, segment, Token, MAX_BODY};
+pub(crate) use watch::{BlockingIndex, TokenBucket};
 
 pub use mesh::{LocalSidecar, Mesh, SidecarRemote, SidecarUpstream, UpstreamPorts};
 
@@ -118,9 +130,9 @@ use ractor::{Actor, ActorRef};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use self::api::{segment, Api, ApiError};
+use self::api::{Api, ApiError};
 use self::health::{HealthMsg, HealthState, HealthWorker};
-use self::watch::{BlockingIndex, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
+use self::watch::{WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
 use super::{BoxFuture, Discovery, LocalNode, Peers};
 use crate::{Error, StartError};
 pub(crate) use agent_tls::client as agent_client;
@@ -321,6 +333,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The ACL token of the `consul` CLI's environment: `CONSUL_HTTP_TOKEN`,
+/// else the contents of `CONSUL_HTTP_TOKEN_FILE`; `None` when neither is
+/// set (the agent's default token applies).
+pub(crate) fn env_token() -> Result<Option<String>, String> {
+    match std::env::var("CONSUL_HTTP_TOKEN") {
+        Ok(t) if !t.is_empty() => Ok(Some(t)),
+        _ => match std::env::var("CONSUL_HTTP_TOKEN_FILE") {
+            Ok(path) if !path.is_empty() => Ok(Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))?
+                    .trim()
+                    .to_owned(),
+            )),
+            _ => Ok(None),
+        },
+    }
+}
+
 /// A refused start, in the agent's words, with a hint where one helps.
 fn start_error(what: &str, base: &str, e: &ApiError) -> StartError {
     let hint = match e {
@@ -460,20 +490,7 @@ impl Consul {
         };
         let token = match &self.cfg.token {
             Some(t) => Some(t.clone()),
-            None => match std::env::var("CONSUL_HTTP_TOKEN") {
-                Ok(t) if !t.is_empty() => Some(t),
-                _ => match std::env::var("CONSUL_HTTP_TOKEN_FILE") {
-                    Ok(path) if !path.is_empty() => Some(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| {
-                                StartError::Config(format!("CONSUL_HTTP_TOKEN_FILE {path:?}: {e}"))
-                            })?
-                            .trim()
-                            .to_owned(),
-                    ),
-                    _ => None,
-                },
-            },
+            None => env_token().map_err(StartError::Config)?,
         };
         let https = self.tls().https_default;
         Ok((
@@ -503,6 +520,18 @@ impl Consul {
             &self.tls(),
         )
         .map_err(StartError::Config)
+    }
+
+    /// While it runs: the agent address, the ACL token and the TLS
+    /// settings its requests use (for the sidecar's Connect requests).
+    pub(crate) fn agent_access(&self) -> Option<(String, Option<Token>, AgentTls)> {
+        lock(&self.running).as_ref().map(|r| {
+            (
+                r.api.base().to_owned(),
+                r.api.token().cloned(),
+                r.api.tls().clone(),
+            )
+        })
     }
 
     /// The ID this node registered under, while it runs.
