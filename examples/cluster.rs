@@ -1,7 +1,7 @@
 //! A cluster of separate processes on loopback, with static seeds.
 //!
 //! ```sh
-//! export MESH_COOKIE=change-me
+//! export MESH_COOKIE=$(openssl rand -base64 32)   # the same on every node
 //! cargo run --example cluster -- --name game-1 --listen 127.0.0.1:7001 --capabilities game
 //! cargo run --example cluster -- --name chat-1 --listen 127.0.0.1:7002 --capabilities chat --seeds 127.0.0.1:7001
 //! cargo run --example cluster -- --name both-1 --listen 127.0.0.1:7003 --capabilities game,chat \

@@ -4,7 +4,7 @@
 //! Against a real agent (`consul agent -dev` listens on 127.0.0.1:8500):
 //!
 //! ```sh
-//! export MESH_COOKIE=change-me
+//! export MESH_COOKIE=$(openssl rand -base64 32)   # the same on every node
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name game-1 --listen 127.0.0.1:7001 --capabilities game
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name chat-1 --listen 127.0.0.1:7002 --capabilities chat
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name both-1 --listen 127.0.0.1:7003 \

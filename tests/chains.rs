@@ -338,7 +338,7 @@ async fn two_nodes() -> (Node, Node) {
             .name(name)
             .default_node(false)
             .cluster("chains")
-            .cookie("s3cret")
+            .cookie(mesh_testkit::COOKIE)
             .transport(net.clone())
             .listen(listen)
     };

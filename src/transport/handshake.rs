@@ -81,7 +81,9 @@ fn expect<T: serde::de::DeserializeOwned>(frame: Frame, kind: Kind) -> Result<T,
             Ok(error) => error.to_string(),
             Err(e) => e.to_string(),
         };
-        return Err(HandshakeError::Refused(wire::printable(&reason, REASON_MAX)));
+        return Err(HandshakeError::Refused(wire::printable(
+            &reason, REASON_MAX,
+        )));
     }
     if frame.kind != kind {
         return Err(HandshakeError::Malformed(format!(

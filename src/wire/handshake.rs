@@ -342,9 +342,8 @@ pub fn printable(s: &str, max: usize) -> String {
 /// decoder allocate much more than its own size. Never panics.
 pub fn decode_bounded<T: DeserializeOwned>(body: &[u8]) -> Result<T, HandshakeError> {
     check_msgpack(body, MAX_ITEMS, MAX_STRING).map_err(HandshakeError::Malformed)?;
-    rmp_serde::from_slice(body).map_err(|e| {
-        HandshakeError::Malformed(printable(&format!("undecodable body: {e}"), 200))
-    })
+    rmp_serde::from_slice(body)
+        .map_err(|e| HandshakeError::Malformed(printable(&format!("undecodable body: {e}"), 200)))
 }
 
 /// Walks one MessagePack value spanning all of `b` without decoding it:
@@ -398,17 +397,13 @@ fn check_msgpack(b: &[u8], max_items: usize, max_len: usize) -> Result<(), Strin
             0xc1 => return Err("invalid MessagePack byte 0xc1".into()),
         };
         if skip > max_len as u64 {
-            return Err(format!(
-                "a string of {skip} bytes (the limit is {max_len})"
-            ));
+            return Err(format!("a string of {skip} bytes (the limit is {max_len})"));
         }
         take_skip(b, &mut at, skip as usize)?;
         if open > 0 {
             items = items.saturating_add(usize::try_from(open).unwrap_or(usize::MAX));
             if items > max_items {
-                return Err(format!(
-                    "more than {max_items} list and map elements"
-                ));
+                return Err(format!("more than {max_items} list and map elements"));
             }
             pending += open as usize;
         }
@@ -523,9 +518,7 @@ fn check_fields(f: &Fields<'_>) -> Result<(), String> {
         tags += a.tags.len();
     }
     if tags > MAX_TAGS {
-        return Err(format!(
-            "{tags} handler tags (the limit is {MAX_TAGS})"
-        ));
+        return Err(format!("{tags} handler tags (the limit is {MAX_TAGS})"));
     }
     Ok(())
 }
@@ -850,13 +843,20 @@ mod tests {
         // Each learns what the other hosts.
         assert_eq!(d.actors, Some(id("c", "b").actors));
         assert_eq!(l.actors, Some(id("c", "a").actors));
-        assert_eq!((l.incarnation, l.trace_context, l.call_chain), (7, true, true));
+        assert_eq!(
+            (l.incarnation, l.trace_context, l.call_chain),
+            (7, true, true)
+        );
     }
 
     #[test]
     fn a_wrong_cookie_is_caught_by_the_listener_first() {
         let (d, l) = run((id("c", "a"), "mine"), (id("c", "b"), "theirs"));
-        assert_eq!(l, Err(HandshakeError::WrongCookie), "the dialer proves first");
+        assert_eq!(
+            l,
+            Err(HandshakeError::WrongCookie),
+            "the dialer proves first"
+        );
         assert!(matches!(d, Err(HandshakeError::Refused(r)) if r.contains("wrong cookie")));
         // A listener that skips the check (or forges its proof) is caught
         // by the dialer.
@@ -891,7 +891,8 @@ mod tests {
     #[test]
     fn the_listener_reveals_nothing_before_the_dialer_proves() {
         let (_, hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
-        let (_, challenge) = Listener::on_hello(&id("c", "secret-b"), Cookie::new(K), &hello).unwrap();
+        let (_, challenge) =
+            Listener::on_hello(&id("c", "secret-b"), Cookie::new(K), &hello).unwrap();
         let bytes = crate::wire::encode(&challenge).unwrap();
         // A version and a nonce: no node id, capability, actor or proof.
         let text = String::from_utf8_lossy(&bytes);
@@ -946,7 +947,8 @@ mod tests {
         );
         // A version 3 listener: the dialer refuses its challenge.
         let (d, hello) = Dialer::start(id("c", "new"), Cookie::new(K)).unwrap();
-        let (_, mut challenge) = Listener::on_hello(&id("c", "old"), Cookie::new(K), &hello).unwrap();
+        let (_, mut challenge) =
+            Listener::on_hello(&id("c", "old"), Cookie::new(K), &hello).unwrap();
         challenge.version = 3;
         assert_eq!(
             d.on_challenge(&challenge).unwrap_err(),
@@ -1009,11 +1011,20 @@ mod tests {
             assert!(bits(weak) < MIN_COOKIE_BITS, "{weak}: {}", bits(weak));
         }
         // `openssl rand -base64 32` and `-hex 32`.
-        for strong in [K, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"] {
-            assert!(bits(strong) >= MIN_COOKIE_BITS, "{strong}: {}", bits(strong));
+        for strong in [
+            K,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        ] {
+            assert!(
+                bits(strong) >= MIN_COOKIE_BITS,
+                "{strong}: {}",
+                bits(strong)
+            );
         }
         // 32 random bytes, raw.
-        let raw: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(97).wrapping_add(13)).collect();
+        let raw: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(97).wrapping_add(13))
+            .collect();
         assert!(Cookie::new(raw).entropy_bits() >= MIN_COOKIE_BITS);
     }
 
