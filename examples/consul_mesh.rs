@@ -17,6 +17,10 @@
 //! from `--token` or CONSUL_HTTP_TOKEN; the address from `--consul` or
 //! CONSUL_HTTP_ADDR.
 //!
+//! Plain TCP between nodes assumes a trusted network: in production, run
+//! the nodes through the sidecars (below), which carry every frame over
+//! mTLS.
+//!
 //! Through the service mesh (Consul Connect), `--sidecar` puts every byte
 //! between nodes through a sidecar proxy (see the README's "Through the
 //! service mesh"); the node then listens on loopback only:

@@ -233,15 +233,28 @@ impl Identity {
     /// to start with one over them): a clear reason if not.
     pub fn check(&self) -> Result<(), String> {
         check_name("cluster name", &self.cluster)?;
-        check_fields(&Fields {
-            node: &self.node,
-            capabilities: &self.capabilities,
-            addr: &self.addr,
-            incarnation: self.incarnation,
+        check_fields(&fields_of(self))?;
+        // And its `Auth` or `Welcome` fits a handshake frame (with a
+        // checksum, the longest address and incarnation).
+        let probe = Welcome {
+            node: self.node.clone(),
+            capabilities: self.capabilities.clone(),
+            addr: "a".repeat(MAX_ADDR),
+            incarnation: u64::MAX,
             trace_context: true,
             call_chain: true,
-            actors: &self.actors,
-        })
+            actors: self.actors.clone(),
+            proof: ByteBuf::from(vec![0; PROOF_LEN]),
+        };
+        let len = super::encode(&probe).map_err(|e| e.to_string())?.len();
+        let room = super::HANDSHAKE_MAX_FRAME - super::HEADER_LEN - 8;
+        if len > room {
+            return Err(format!(
+                "its handshake would take {len} bytes (the limit is {room}): fewer or \
+                 shorter capabilities and actor types"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1074,6 +1087,10 @@ mod tests {
         assert!(me.check().unwrap_err().contains("capabilities"));
         me = id("c", &"n".repeat(MAX_NAME + 1));
         assert!(me.check().unwrap_err().contains("node id"));
+        // Each field within its limit, but the whole over the frame's.
+        me = id("c", "a");
+        me.capabilities = (0..MAX_CAPABILITIES).map(|i| format!("{i:0255}")).collect();
+        assert!(me.check().unwrap_err().contains("handshake would take"));
         assert!(id("c", "a").check().is_ok());
     }
 
