@@ -337,14 +337,12 @@ pub enum HandshakeError {
 /// non-printable characters escaped, and how long it was when cut.
 pub fn printable(s: &str, max: usize) -> String {
     let mut out = String::new();
-    let mut shown = 0;
-    for c in s.chars() {
+    for (shown, c) in s.chars().enumerate() {
         if shown == max {
             out.push_str(&format!("... ({} bytes)", s.len()));
             return out;
         }
         out.extend(c.escape_debug());
-        shown += 1;
     }
     out
 }
