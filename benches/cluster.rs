@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 const IN_FLIGHT: usize = 256;
 const TP_CALLS: usize = 200_000;
 const LAT_CALLS: usize = 20_000;
-const COOKIE: &str = "bench-cookie";
+const COOKIE: &str = mesh_testkit::COOKIE;
 
 #[derive(Actor, Default)]
 #[actor(capability = "echo", idle_timeout = "never")]

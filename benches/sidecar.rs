@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 const IN_FLIGHT: usize = 256;
 const TP_CALLS: usize = 100_000;
 const LAT_CALLS: usize = 10_000;
-const COOKIE: &str = "bench-cookie";
+const COOKIE: &str = mesh_testkit::COOKIE;
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
 #[derive(Actor, Default)]

@@ -73,7 +73,7 @@ async fn start(
     let mut b = Node::builder()
         .name(name)
         .cluster("bench")
-        .cookie("bench-cookie")
+        .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
         .default_node(false)
         .heartbeat(Duration::from_millis(100), Duration::from_millis(400))

@@ -29,7 +29,7 @@ const IN_FLIGHT: usize = 256;
 const TP_CALLS: usize = 100_000;
 const LAT_CALLS: usize = 10_000;
 const DIALS: usize = 200;
-const COOKIE: &str = "bench-cookie";
+const COOKIE: &str = mesh_testkit::COOKIE;
 
 #[derive(Actor, Default)]
 #[actor(capability = "echo", idle_timeout = "never")]

@@ -49,7 +49,8 @@ use tokio::time::Instant;
 #[path = "common/mod.rs"]
 mod common;
 
-const COOKIE: &str = "chaos-example-cookie";
+/// The example's own cookie (generate yours: `openssl rand -base64 32`).
+const COOKIE: &str = "aWDFMC0E1jGX+C4KrLkjfQZASsEv6ObjR6S81QpsGb0=";
 
 /// Chaos phases against a local cluster of node processes.
 #[derive(Parser, Debug)]

@@ -1,17 +1,23 @@
 //! A cluster of separate processes on loopback, with static seeds.
 //!
 //! ```sh
-//! export MESH_COOKIE=change-me
+//! export MESH_COOKIE=$(openssl rand -base64 32)   # the same on every node
 //! cargo run --example cluster -- --name game-1 --listen 127.0.0.1:7001 --capabilities game
 //! cargo run --example cluster -- --name chat-1 --listen 127.0.0.1:7002 --capabilities chat --seeds 127.0.0.1:7001
 //! cargo run --example cluster -- --name both-1 --listen 127.0.0.1:7003 --capabilities game,chat \
 //!     --seeds 127.0.0.1:7001 --expect 3 --drive 12
 //! ```
 //!
-//! With mTLS between the nodes (identity files in PEM, as SPIRE's
-//! spiffe-helper, cert-manager or a Vault agent write them), add to each
-//! node `--tls-cert node.pem --tls-key node-key.pem --tls-roots bundle.pem`
-//! (every node presents the cluster's one SPIFFE ID; see the README).
+//! These runs use plain TCP, which assumes a trusted network (here,
+//! loopback). In production, across any network you do not trust, run
+//! every node with mTLS (identity files in PEM, as SPIRE's spiffe-helper,
+//! cert-manager or a Vault agent write them; every node presents the
+//! cluster's one SPIFFE ID, see the README):
+//!
+//! ```sh
+//! cargo run --example cluster -- --name game-1 --listen 0.0.0.0:7001 --capabilities game \
+//!     --tls-cert node.pem --tls-key node-key.pem --tls-roots bundle.pem
+//! ```
 //!
 //! Every node prints membership changes. A node given `--drive N` waits
 //! for `--expect` members, then calls N players and N chat rooms and prints

@@ -4,7 +4,7 @@
 //! Against a real agent (`consul agent -dev` listens on 127.0.0.1:8500):
 //!
 //! ```sh
-//! export MESH_COOKIE=change-me
+//! export MESH_COOKIE=$(openssl rand -base64 32)   # the same on every node
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name game-1 --listen 127.0.0.1:7001 --capabilities game
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name chat-1 --listen 127.0.0.1:7002 --capabilities chat
 //! cargo run --example consul_mesh -- --consul http://127.0.0.1:8500 --name both-1 --listen 127.0.0.1:7003 \
@@ -16,6 +16,10 @@
 //! uses stands in: `cargo run --example consul_test_agent`. The token comes
 //! from `--token` or CONSUL_HTTP_TOKEN; the address from `--consul` or
 //! CONSUL_HTTP_ADDR.
+//!
+//! Plain TCP between nodes assumes a trusted network: in production, run
+//! the nodes through the sidecars (below), which carry every frame over
+//! mTLS.
 //!
 //! Through the service mesh (Consul Connect), `--sidecar` puts every byte
 //! between nodes through a sidecar proxy (see the README's "Through the

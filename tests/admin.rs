@@ -19,7 +19,7 @@ async fn node(net: &Transport, name: &str, caps: &[&str], seeds: &[&str], admin:
         .name(name)
         .default_node(false)
         .cluster("test")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(net.clone())
         .listen(name)
         .seeds(seeds.iter().copied())

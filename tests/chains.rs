@@ -338,7 +338,7 @@ async fn two_nodes() -> (Node, Node) {
             .name(name)
             .default_node(false)
             .cluster("chains")
-            .cookie("s3cret")
+            .cookie(mesh_testkit::COOKIE)
             .transport(net.clone())
             .listen(listen)
     };
@@ -456,7 +456,7 @@ async fn two_tcp_nodes() -> (Node, Node) {
             .name(name)
             .default_node(false)
             .cluster("chains")
-            .cookie("s3cret")
+            .cookie(mesh_testkit::COOKIE)
             .transport(mesh::Transport::tcp())
             .listen("127.0.0.1:0")
             .capabilities(["chain"])
@@ -506,7 +506,7 @@ async fn a_chain_bomb_from_a_peer_is_refused_and_the_nodes_live() {
         assert!(two.call::<Alpha, _>(id, Hello).await.unwrap().is_ok());
     }
     let mut peer =
-        mesh_testkit::raw::RawPeer::connect(two.addr().unwrap(), "chains", "bomber", "s3cret")
+        mesh_testkit::raw::RawPeer::connect(two.addr().unwrap(), "chains", "bomber", mesh_testkit::COOKIE)
             .await;
     // 100 000 hops of empty names: about 300 KiB. Built as a linked list
     // and dropped recursively, it overflowed the stack and aborted the

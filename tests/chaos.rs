@@ -33,7 +33,7 @@ use mesh_testkit::{require, within};
 use tokio::process::Command;
 use tokio::time::Instant;
 
-const COOKIE: &str = "chaos-cookie";
+const COOKIE: &str = mesh_testkit::COOKIE;
 /// The nodes' heartbeat; their failure timeout is 4 of them (the
 /// examples' rule), the driver's too.
 const HEARTBEAT: Duration = Duration::from_millis(100);

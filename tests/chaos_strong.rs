@@ -37,7 +37,7 @@ use mesh_testkit::{require, within};
 use tokio::process::Command;
 use tokio::time::Instant;
 
-const COOKIE: &str = "strong-chaos";
+const COOKIE: &str = mesh_testkit::COOKIE;
 const SCALE: f64 = 0.05;
 const STEP: Duration = Duration::from_secs(30);
 const ACCOUNTS: usize = 30;

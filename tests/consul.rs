@@ -40,7 +40,7 @@ async fn start(name: &str, consul: Consul) -> Result<Node, StartError> {
     Node::builder()
         .name(name)
         .cluster("game")
-        .cookie("test-cookie")
+        .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
         .capabilities(["game"])
         .actor::<Player>()

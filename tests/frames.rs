@@ -32,6 +32,10 @@ fn drain(codec: FrameCodec, bytes: &[u8]) -> Result<usize, FrameError> {
         let _ = wire::decode::<wire::Hello>(&frame.body);
         let _ = wire::decode::<wire::Failure>(&frame.body);
         let _ = wire::decode::<wire::Membership>(&frame.body);
+        // The handshake's bounded decoding, too.
+        let _ = wire::decode_bounded::<wire::Hello>(&frame.body);
+        let _ = wire::decode_bounded::<wire::Auth>(&frame.body);
+        let _ = wire::decode_bounded::<wire::Welcome>(&frame.body);
         frames += 1;
     }
     Ok(frames)
@@ -43,6 +47,12 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), checksum in any::<bool>()) {
         let _ = drain(FrameCodec::new(256, checksum), &bytes);
+    }
+
+    #[test]
+    fn bounded_decoding_of_random_bodies_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = wire::decode_bounded::<wire::Auth>(&bytes);
+        let _ = wire::decode_bounded::<wire::Failure>(&bytes);
     }
 
     #[test]

@@ -108,7 +108,7 @@ async fn node(
         .name(name)
         .default_node(false)
         .cluster("test")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(net.clone())
         .listen(name)
         .seeds(seeds.iter().copied())

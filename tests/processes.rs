@@ -36,7 +36,7 @@ impl Player {
     }
 }
 
-const COOKIE: &str = "process-test-cookie";
+const COOKIE: &str = mesh_testkit::COOKIE;
 
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -485,7 +485,7 @@ async fn examples_log_a_wrong_cookie_and_stop_on_sigterm() {
         .split_once(" listening on ")
         .map(|(_, addr)| addr.trim().to_owned())
         .expect("an address");
-    let (mut b, mut b_lines) = spawn_logged("logs-b", "another-cookie", &[&addr]);
+    let (mut b, mut b_lines) = spawn_logged("logs-b", mesh_testkit::OTHER_COOKIE, &[&addr]);
     let refused = line_with(&mut b_lines, "wrong cookie").await;
     assert!(refused.contains("WARN"), "{refused}");
     drop(b.kill().await);

@@ -74,7 +74,7 @@ fn config(node: &str) -> TransportConfig {
             incarnation: 1,
             actors: Vec::new(),
         },
-        Cookie::new("k"),
+        Cookie::new(mesh_testkit::COOKIE),
     )
 }
 
@@ -276,7 +276,7 @@ async fn a_missing_haproxy_is_a_clear_error_at_start() {
     let err = Node::builder()
         .name("a")
         .default_node(false)
-        .cookie("k")
+        .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::haproxy(settings))
         .start()
         .await
@@ -744,7 +744,7 @@ async fn sidecar_node(name: &str, sidecar: Sidecar, seeds: &[String]) -> Node {
         .name(name)
         .default_node(false)
         .cluster("mesh")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .through_sidecar(sidecar)
         .seeds(seeds.iter().cloned())
         .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
@@ -969,7 +969,7 @@ async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_onl
     let node = Node::builder()
         .name("ext")
         .default_node(false)
-        .cookie("k")
+        .cookie(mesh_testkit::COOKIE)
         .through_sidecar(sidecar.clone())
         .start()
         .await
@@ -980,7 +980,7 @@ async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_onl
     let err = Node::builder()
         .name("ext2")
         .default_node(false)
-        .cookie("k")
+        .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::external())
         .listen("0.0.0.0:0")
         .start()

@@ -196,7 +196,7 @@ async fn cluster(recheck: Duration) -> Cluster {
         let node = Node::builder()
             .name(*name)
             .cluster("game")
-            .cookie("test-cookie")
+            .cookie(mesh_testkit::COOKIE)
             .capabilities(["game"])
             .actor::<Player>()
             .default_node(false)
@@ -360,7 +360,7 @@ async fn an_intention_deny_refuses_new_connections() {
             incarnation: 1,
             actors: Vec::new(),
         },
-        Cookie::new("test-cookie"),
+        Cookie::new(mesh_testkit::COOKIE),
     );
     config.handshake_timeout = Duration::from_secs(10);
     let through_b = SidecarTransport::new(c.meshes[1].sidecar().ports().clone());
@@ -496,7 +496,7 @@ fn builder(name: &str, m: &ConsulSidecar) -> mesh::NodeBuilder {
     Node::builder()
         .name(name)
         .cluster("game")
-        .cookie("test-cookie")
+        .cookie(mesh_testkit::COOKIE)
         .capabilities(["game"])
         .actor::<Player>()
         .default_node(false)

@@ -173,7 +173,7 @@ fn config(node: &str) -> TransportConfig {
             incarnation: 1,
             actors: Vec::new(),
         },
-        Cookie::new("k"),
+        Cookie::new(mesh_testkit::COOKIE),
     );
     cfg.handshake_timeout = Duration::from_secs(3);
     cfg
@@ -561,7 +561,7 @@ async fn node(t: Transport, name: &str, seeds: &[&str]) -> Node {
         .name(name)
         .default_node(false)
         .cluster("tls")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(t)
         .listen("127.0.0.1:0")
         .seeds(seeds.iter().copied())
@@ -844,7 +844,7 @@ async fn caller(t: Transport, seed: &str) -> Node {
         .name("caller")
         .default_node(false)
         .cluster("tls")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(t)
         .seeds([seed])
         .heartbeat(Duration::from_millis(50), Duration::from_millis(500))

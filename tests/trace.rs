@@ -96,7 +96,7 @@ async fn disagreeing(prefix: &str) -> (Node, Node, Node, String) {
             .name(name.clone())
             .default_node(false)
             .cluster("test")
-            .cookie("s3cret")
+            .cookie(mesh_testkit::COOKIE)
             .transport(net.clone())
             .listen(name)
             .seeds(seeds)

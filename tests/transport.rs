@@ -508,7 +508,7 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         }
         s.read_buf(&mut buf).await.unwrap();
     };
-    let (auth, _) = dialer
+    let (_, auth) = dialer
         .on_challenge(&wire::decode(&challenge.body).unwrap())
         .unwrap();
     out.clear();

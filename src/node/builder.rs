@@ -56,6 +56,7 @@ pub struct NodeBuilder {
     history: Option<Arc<dyn crate::history::History>>,
     strong: Option<crate::lease::Strong>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    weak_cookie: bool,
     #[cfg(feature = "admin")]
     admin: Option<String>,
 }
@@ -91,6 +92,7 @@ impl NodeBuilder {
             history: None,
             strong: None,
             deps: HashMap::new(),
+            weak_cookie: false,
             #[cfg(feature = "admin")]
             admin: None,
         }
@@ -108,10 +110,25 @@ impl NodeBuilder {
     }
 
     /// The shared cluster secret; required for a clustered node. Peers
-    /// prove they hold it (HMAC challenge-response), it never crosses the
-    /// wire.
+    /// prove they hold it (HMAC challenge-response over a key derived
+    /// from it by Argon2id), it never crosses the wire.
+    ///
+    /// It must be strong: [`NodeBuilder::start`] refuses a cookie of less
+    /// than 128 bits of estimated entropy
+    /// ([`Cookie::entropy_bits`](crate::wire::Cookie::entropy_bits)), since
+    /// a peer that sees one proof can guess cookies offline. Generate one:
+    /// `openssl rand -base64 32`.
     pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
         self.cluster_mut().cookie = Some(Cookie::new(cookie));
+        self
+    }
+
+    /// Lets [`NodeBuilder::start`] accept a weak cookie (under 128 bits of
+    /// estimated entropy). **For tests only**: with a weak cookie, anyone a
+    /// node dials, or who watches plain TCP traffic, can recover the cookie
+    /// offline from one handshake.
+    pub fn allow_weak_cookie(mut self) -> Self {
+        self.weak_cookie = true;
         self
     }
 
@@ -362,7 +379,10 @@ impl NodeBuilder {
     ///
     /// Errors: [`StartError::Config`] for an empty or duplicate
     /// capability, an actor type given twice or whose capability the node
-    /// does not host, or a clustered node without a cookie;
+    /// does not host, a clustered node without a cookie or with a weak
+    /// one (see [`NodeBuilder::cookie`]), or an identity over the
+    /// handshake's limits (ids and names of at most 255 bytes, at most 256
+    /// capabilities and actor types, 4096 handlers);
     /// [`StartError::TagCollision`] if two handlers share a wire tag (two
     /// messages of one name in one actor type);
     /// [`StartError::Listen`] if the listener cannot bind;
@@ -473,6 +493,9 @@ impl NodeBuilder {
             }
         };
         hosted.sort_unstable();
+        if let Some(cluster) = &self.cluster {
+            check_cluster(cluster, &id, &capabilities, &hosted, self.weak_cookie).await?;
+        }
         let mut membership = Membership::new();
         membership.upsert_hosting(&id, "", &capabilities, Some(&hosted));
         let routing = membership.routing(&*self.placement, &id);
@@ -574,4 +597,44 @@ impl NodeBuilder {
         tracing::info!(node = %inner.id, capabilities = ?inner.capabilities, "node started");
         Ok(Node::first_handle(inner))
     }
+}
+
+/// Checks a clustered node's cookie and handshake identity, then derives
+/// its handshake key (Argon2id, once per process and cookie) so that the
+/// first handshake does not wait for it.
+async fn check_cluster(
+    cluster: &ClusterConfig,
+    id: &str,
+    capabilities: &[String],
+    hosted: &[Hosted],
+    weak_cookie: bool,
+) -> Result<(), StartError> {
+    let identity = crate::wire::Identity {
+        cluster: cluster.name.clone(),
+        node: id.to_owned(),
+        capabilities: capabilities.to_vec(),
+        addr: cluster.advertise.clone().unwrap_or_default(),
+        incarnation: 0,
+        actors: hosted.to_vec(),
+    };
+    identity
+        .check()
+        .map_err(|e| StartError::Config(format!("this node cannot join a cluster: {e}")))?;
+    let Some(cookie) = cluster.cookie.clone() else {
+        return Ok(()); // cluster::start says what is missing
+    };
+    let bits = cookie.entropy_bits();
+    if !weak_cookie && bits < crate::wire::MIN_COOKIE_BITS {
+        return Err(StartError::Config(format!(
+            "the cluster cookie is too weak: about {bits:.0} bits of entropy, {:.0} needed \
+             (anyone this node dials could guess it offline); generate one with \
+             `openssl rand -base64 32`, or, in tests only, call NodeBuilder::allow_weak_cookie",
+            crate::wire::MIN_COOKIE_BITS
+        )));
+    }
+    let name = cluster.name.clone();
+    tokio::task::spawn_blocking(move || crate::wire::prepare_key(&cookie, &name))
+        .await
+        .map_err(|e| StartError::Config(format!("deriving the handshake key: {e}")))?
+        .map_err(|e| StartError::Config(e.to_string()))
 }

@@ -1,12 +1,17 @@
 //! Running the sans-IO handshake over a stream.
+//!
+//! Until the peer is authenticated, frames are read with the handshake's
+//! own small limit ([`wire::HANDSHAKE_MAX_FRAME`]) and bodies decoded with
+//! [`wire::decode_bounded`]; what a refusal says is escaped and cut before
+//! it is logged.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::TransportConfig;
 use crate::wire::{
-    self, Auth, Challenge, Dialer, Failure, Frame, HandshakeError, Hello, Kind, Listener, Peer,
-    Welcome,
+    self, Auth, Challenge, Dialer, Failure, Frame, FrameCodec, HandshakeError, Hello, Kind,
+    Listener, Peer, Welcome,
 };
 use crate::Error;
 
@@ -18,13 +23,20 @@ pub(super) fn to_error(e: HandshakeError) -> Error {
     }
 }
 
+/// The codec of the handshake: its own small frame limit, the node's
+/// checksum setting.
+fn codec(cfg: &TransportConfig) -> FrameCodec {
+    FrameCodec::new(wire::HANDSHAKE_MAX_FRAME, cfg.codec.checksum())
+}
+
 async fn read_frame<S: AsyncRead + Unpin>(
     io: &mut S,
     cfg: &TransportConfig,
     buf: &mut BytesMut,
 ) -> Result<Frame, HandshakeError> {
+    let codec = codec(cfg);
     loop {
-        match cfg.codec.decode(buf) {
+        match codec.decode(buf) {
             Ok(Some(frame)) => return Ok(frame),
             Ok(None) => {}
             Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
@@ -49,7 +61,7 @@ async fn write_frame<S: AsyncWrite + Unpin, T: serde::Serialize>(
 ) -> Result<(), HandshakeError> {
     let body = wire::encode(body).map_err(|e| HandshakeError::Malformed(e.to_string()))?;
     let mut out = BytesMut::new();
-    cfg.codec
+    codec(cfg)
         .encode(kind, 0, &body, &mut out)
         .map_err(|e| HandshakeError::Malformed(e.to_string()))?;
     io.write_all(&out)
@@ -57,16 +69,21 @@ async fn write_frame<S: AsyncWrite + Unpin, T: serde::Serialize>(
         .map_err(|e| HandshakeError::Malformed(format!("write failed: {e}")))
 }
 
-/// Expects a frame of `kind` with body `T`; an `Error` frame is the peer's
-/// refusal.
+/// The most characters of a peer's refusal kept (and logged).
+const REASON_MAX: usize = 200;
+
+/// Expects a frame of `kind` with body `T` (decoded within the handshake's
+/// limits); an `Error` frame is the peer's refusal.
 fn expect<T: serde::de::DeserializeOwned>(frame: Frame, kind: Kind) -> Result<T, HandshakeError> {
     if frame.kind == Kind::Error {
-        let reason = match wire::decode::<Failure>(&frame.body).map(Failure::into_error) {
+        let reason = match wire::decode_bounded::<Failure>(&frame.body).map(Failure::into_error) {
             Ok(Error::Refused { reason }) => reason,
             Ok(error) => error.to_string(),
             Err(e) => e.to_string(),
         };
-        return Err(HandshakeError::Refused(reason));
+        return Err(HandshakeError::Refused(wire::printable(
+            &reason, REASON_MAX,
+        )));
     }
     if frame.kind != kind {
         return Err(HandshakeError::Malformed(format!(
@@ -74,7 +91,7 @@ fn expect<T: serde::de::DeserializeOwned>(frame: Frame, kind: Kind) -> Result<T,
             frame.kind
         )));
     }
-    wire::decode(&frame.body).map_err(|e| HandshakeError::Malformed(e.to_string()))
+    wire::decode_bounded(&frame.body)
 }
 
 /// Tells the peer why we refuse, best effort, before closing.
@@ -116,10 +133,10 @@ pub(super) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
         let (dialer, hello) = Dialer::start(cfg.identity.clone(), cfg.cookie.clone())?;
         write_frame(io, cfg, Kind::Hello, &hello).await?;
         let challenge: Challenge = expect(read_frame(io, cfg, &mut buf).await?, Kind::Challenge)?;
-        let (auth, peer) = dialer.on_challenge(&challenge)?;
+        let (dialer, auth) = dialer.on_challenge(&challenge)?;
         write_frame(io, cfg, Kind::Auth, &auth).await?;
-        let _: Welcome = expect(read_frame(io, cfg, &mut buf).await?, Kind::Welcome)?;
-        Ok(peer)
+        let welcome: Welcome = expect(read_frame(io, cfg, &mut buf).await?, Kind::Welcome)?;
+        dialer.on_welcome(&welcome)
     }
     .await;
     settle(io, cfg, result, buf).await
@@ -136,8 +153,8 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let (listener, challenge) = Listener::on_hello(&cfg.identity, cfg.cookie.clone(), &hello)?;
         write_frame(io, cfg, Kind::Challenge, &challenge).await?;
         let auth: Auth = expect(read_frame(io, cfg, &mut buf).await?, Kind::Auth)?;
-        let peer = listener.on_auth(&auth)?;
-        write_frame(io, cfg, Kind::Welcome, &Welcome {}).await?;
+        let (peer, welcome) = listener.on_auth(&auth)?;
+        write_frame(io, cfg, Kind::Welcome, &welcome).await?;
         Ok(peer)
     }
     .await;

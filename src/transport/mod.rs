@@ -27,6 +27,17 @@
 //!   timer per connection, armed for the earliest deadline.
 //! - Inbound calls are answered through a [`Responder`] straight into the
 //!   connection's writer, from wherever the work ends.
+//! - Before a peer is authenticated it costs little: the handshake reads
+//!   frames of at most [`crate::wire::HANDSHAKE_MAX_FRAME`] bytes, decodes
+//!   them within fixed limits, and at most
+//!   [`TransportConfig::max_handshakes`] handshakes (securing the stream
+//!   included) run at once on a listener, at most
+//!   [`TransportConfig::max_handshakes_per_ip`] from one source address
+//!   (loopback excepted: a sidecar forwards every peer from there). A
+//!   stream beyond either cap is closed at once.
+//! - A listener whose `accept` fails (out of descriptors, say) backs off,
+//!   from 5 ms doubling to 1 s, and logs at most once per 10 s how many
+//!   accepts failed.
 
 mod conn;
 mod connect;
@@ -57,17 +68,177 @@ pub struct TransportConfig {
     pub codec: FrameCodec,
     /// How long a peer may take to complete the handshake.
     pub handshake_timeout: Duration,
+    /// At most this many handshakes in progress at once on a listener
+    /// (default [`MAX_HANDSHAKES`]); a stream beyond it is closed at once.
+    pub max_handshakes: usize,
+    /// At most this many of them from one source IP address (default
+    /// [`MAX_HANDSHAKES_PER_IP`]); loopback addresses are not counted
+    /// (a sidecar forwards every peer from there).
+    pub max_handshakes_per_ip: usize,
 }
 
+/// The default cap on handshakes in progress at once on a listener.
+pub const MAX_HANDSHAKES: usize = 64;
+/// The default cap on handshakes in progress at once from one source IP.
+pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+
 impl TransportConfig {
-    /// Defaults: 8 MiB frames without checksums, 5 s handshake timeout.
+    /// Defaults: 8 MiB frames without checksums, 5 s handshake timeout,
+    /// 64 handshakes at once, 8 from one source address.
     pub fn new(identity: Identity, cookie: Cookie) -> Self {
         TransportConfig {
             identity,
             cookie,
             codec: FrameCodec::default(),
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: MAX_HANDSHAKES,
+            max_handshakes_per_ip: MAX_HANDSHAKES_PER_IP,
         }
+    }
+}
+
+/// The handshakes in progress on one listener: how many, and from where.
+struct Pending {
+    total: usize,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// Admits a handshake while the caps allow it; the slot frees when the
+/// [`Slot`] drops.
+#[derive(Clone)]
+struct Admission {
+    pending: Arc<std::sync::Mutex<Pending>>,
+    max: usize,
+    max_per_ip: usize,
+}
+
+struct Slot {
+    pending: Arc<std::sync::Mutex<Pending>>,
+    ip: Option<std::net::IpAddr>,
+}
+
+fn lock_pending(m: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Admission {
+    fn new(max: usize, max_per_ip: usize) -> Self {
+        Admission {
+            pending: Arc::new(std::sync::Mutex::new(Pending {
+                total: 0,
+                per_ip: std::collections::HashMap::new(),
+            })),
+            max,
+            max_per_ip,
+        }
+    }
+
+    /// A slot for a handshake from `remote` (`ip:port` for TCP), or why
+    /// not. Only remote addresses that parse as a socket address and are
+    /// not loopback count against the per-address cap.
+    fn admit(&self, remote: &str) -> Result<Slot, &'static str> {
+        let ip = remote
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_loopback());
+        let mut p = lock_pending(&self.pending);
+        if p.total >= self.max {
+            return Err("too many handshakes in progress");
+        }
+        if let Some(ip) = ip {
+            let n = p.per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err("too many handshakes in progress from this address");
+            }
+            *n += 1;
+        }
+        p.total += 1;
+        Ok(Slot {
+            pending: self.pending.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = lock_pending(&self.pending);
+        p.total = p.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = p.per_ip.entry(ip) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+}
+
+/// A log line at most once per interval, with how many were held back.
+struct RateLimited {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    held: u64,
+}
+
+impl RateLimited {
+    fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// Whether to log now, and how many events were held back since the
+    /// last line (this one not counted).
+    fn tick(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+/// What a listener does when `accept` fails (out of descriptors, say):
+/// wait, from [`ACCEPT_BACKOFF_MIN`] doubling to [`ACCEPT_BACKOFF_MAX`]
+/// while it keeps failing, and log at most once per [`ACCEPT_LOG_EVERY`].
+struct AcceptErrors {
+    delay: Duration,
+    log: RateLimited,
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl AcceptErrors {
+    fn new() -> Self {
+        AcceptErrors {
+            delay: ACCEPT_BACKOFF_MIN,
+            log: RateLimited::new(ACCEPT_LOG_EVERY),
+        }
+    }
+
+    /// A failed accept: how long to wait before the next, and whether to
+    /// log it (with how many failures went unlogged before it).
+    fn failed(&mut self, now: tokio::time::Instant) -> (Duration, Option<u64>) {
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(ACCEPT_BACKOFF_MAX);
+        (wait, self.log.tick(now))
+    }
+
+    /// A successful accept: the next failure waits the least again.
+    fn succeeded(&mut self) {
+        self.delay = ACCEPT_BACKOFF_MIN;
     }
 }
 
@@ -198,22 +369,48 @@ pub async fn listen(
         cfg.identity.addr = local.clone();
     }
     let (tx, accepted) = mpsc::unbounded_channel();
+    let admission = Admission::new(cfg.max_handshakes, cfg.max_handshakes_per_ip);
     let task = tokio::spawn(async move {
+        let mut errors = AcceptErrors::new();
+        let mut turned_away = RateLimited::new(ACCEPT_LOG_EVERY);
         loop {
             let (stream, facts) = match listener.accept().await {
-                Ok(x) => x,
+                Ok(x) => {
+                    errors.succeeded();
+                    x
+                }
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    // A listener that fails at once (out of descriptors)
-                    // must not spin: give the runtime a turn.
-                    tokio::task::yield_now().await;
+                    // Out of descriptors, say: the next accept would fail
+                    // at once too. Back off; log once in a while.
+                    let (wait, log) = errors.failed(tokio::time::Instant::now());
+                    if let Some(held) = log {
+                        tracing::warn!(
+                            "accept failed: {e} (backing off {wait:?}; {held} more failures since the last report)"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let slot = match admission.admit(&facts.remote) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if let Some(held) = turned_away.tick(tokio::time::Instant::now()) {
+                        tracing::warn!(
+                            from = %facts.remote,
+                            "closed a connection before its handshake: {why} ({held} more since the last report)"
+                        );
+                    }
+                    drop(stream);
                     continue;
                 }
             };
             let (cfg, inbound, tx) = (cfg.clone(), inbound.clone(), tx.clone());
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Some(conn) = accept_stream(&*acceptor, stream, facts, &cfg, inbound).await {
+                let conn = accept_stream(&*acceptor, stream, facts, &cfg, inbound).await;
+                drop(slot);
+                if let Some(conn) = conn {
                     // Nobody listens any more: do not leave it open unowned.
                     if let Err(unclaimed) = tx.send(conn) {
                         unclaimed.0.close();
@@ -283,7 +480,7 @@ async fn accept_stream(
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Option<Connection> {
-    let from = facts.remote.clone();
+    let from = crate::wire::printable(&facts.remote, 100);
     let attempt = async {
         let (mut io, facts) = acceptor
             .secure(stream, facts)
@@ -340,5 +537,133 @@ impl Listening {
 impl Drop for Listening {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A listener whose every accept fails as on a process out of
+    /// descriptors (after `cap` failures it waits forever, so that a loop
+    /// that does not back off fails the test instead of hanging it).
+    struct Exhausted {
+        calls: Arc<AtomicUsize>,
+        cap: usize,
+    }
+
+    impl connect::Listener for Exhausted {
+        fn local_addr(&self) -> String {
+            "exhausted".into()
+        }
+
+        fn accept(&mut self) -> BoxFuture<'_, std::io::Result<(BoxStream, ConnFacts)>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let cap = self.cap;
+            Box::pin(async move {
+                if n >= cap {
+                    std::future::pending::<()>().await;
+                }
+                Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+            })
+        }
+    }
+
+    struct ExhaustedAcceptor(Arc<AtomicUsize>);
+
+    impl Acceptor for ExhaustedAcceptor {
+        fn bind<'a>(
+            &'a self,
+            _addr: &'a str,
+            _local: &'a str,
+        ) -> BoxFuture<'a, std::io::Result<Box<dyn connect::Listener>>> {
+            let calls = self.0.clone();
+            Box::pin(async move {
+                Ok(Box::new(Exhausted { calls, cap: 10_000 }) as Box<dyn connect::Listener>)
+            })
+        }
+    }
+
+    struct Nobody;
+
+    impl Inbound for Nobody {
+        fn call(&self, _: &crate::wire::Peer, _: crate::wire::Call, _: Responder) {}
+        fn cast(&self, _: &crate::wire::Peer, _: crate::wire::Cast) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accept_that_keeps_failing_backs_off_instead_of_spinning() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let identity = Identity {
+            cluster: "c".into(),
+            node: "n".into(),
+            capabilities: vec![],
+            addr: String::new(),
+            incarnation: 1,
+            actors: vec![],
+        };
+        let cfg = TransportConfig::new(identity, Cookie::new("k"));
+        let _listening = listen(
+            Arc::new(ExhaustedAcceptor(calls.clone())),
+            "x",
+            cfg,
+            Arc::new(Nobody),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // 5 ms doubling to 1 s: 5+10+...+640 ms (8 tries, 1.3 s), then one
+        // a second: about 17 tries in 10 s, not thousands.
+        let n = calls.load(Ordering::SeqCst);
+        assert!((10..=20).contains(&n), "{n} accepts in 10 s");
+    }
+
+    #[test]
+    fn accept_failures_are_logged_once_per_interval() {
+        let mut errors = AcceptErrors::new();
+        let start = tokio::time::Instant::now();
+        let mut logged = Vec::new();
+        let mut at = start;
+        let mut waits = Vec::new();
+        // 25 s of failures.
+        while at < start + Duration::from_secs(25) {
+            let (wait, log) = errors.failed(at);
+            if let Some(held) = log {
+                logged.push((at - start, held));
+            }
+            waits.push(wait);
+            at += wait;
+        }
+        assert_eq!(waits[..3], [5, 10, 20].map(Duration::from_millis));
+        assert_eq!(*waits.last().unwrap(), Duration::from_secs(1));
+        // At 0 s, then the first failure 10 s or more after, and so on.
+        assert_eq!(logged.len(), 3, "{logged:?}");
+        assert_eq!(logged[0].1, 0);
+        assert!(logged[1].0 >= Duration::from_secs(10));
+        assert!(logged[1].1 > 5, "the held-back failures are counted");
+        // A success resets the backoff.
+        errors.succeeded();
+        assert_eq!(errors.failed(at).0, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn handshakes_are_capped_in_all_and_per_source_address() {
+        let a = Admission::new(3, 2);
+        let x1 = a.admit("10.0.0.1:1000").unwrap();
+        let _x2 = a.admit("10.0.0.1:1001").unwrap();
+        assert!(a.admit("10.0.0.1:1002").is_err(), "per address");
+        let _y = a.admit("10.0.0.2:1000").unwrap();
+        assert!(a.admit("10.0.0.3:1000").is_err(), "in all");
+        drop(x1);
+        let _z = a.admit("10.0.0.1:1003").unwrap();
+        // Loopback (a sidecar) and names (in memory) count in all only.
+        let b = Admission::new(10, 1);
+        let _l: Vec<_> = (0..5)
+            .map(|i| b.admit(&format!("127.0.0.1:{i}")).unwrap())
+            .collect();
+        let _m = b.admit("mem-a").unwrap();
+        let _n = b.admit("mem-a").unwrap();
+        assert_eq!(lock_pending(&b.pending).total, 7);
     }
 }

@@ -4,7 +4,7 @@
 //! offset size  field
 //!      0    4  length N of everything after this field, u32 big-endian
 //!      4    2  magic "MS" (0x4d 0x53)
-//!      6    1  protocol version (3)
+//!      6    1  protocol version (4)
 //!      7    1  kind (see `Kind`)
 //!      8    1  flags: bit 0 = body checksum present; other bits must be 0
 //!      9    3  reserved, must be 0
@@ -14,9 +14,10 @@
 //! ```
 //!
 //! Limits: `N` must be at least 16 (24 with a checksum) and at most the
-//! codec's `max_frame` (8 MiB by default). The length is checked as soon as
-//! its four bytes arrive, before any of the body is buffered, so an
-//! oversized frame costs nothing to refuse.
+//! codec's `max_frame` (8 MiB by default; during the handshake, before the
+//! peer is authenticated, [`HANDSHAKE_MAX_FRAME`], 64 KiB). The length is
+//! checked as soon as its four bytes arrive, before any of the body is
+//! buffered, so an oversized frame costs nothing to refuse.
 //!
 //! Decoding never panics and never allocates more than the frame it
 //! accepted: every malformed input is a [`FrameError`], after which the
@@ -29,6 +30,11 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const MAGIC: [u8; 2] = *b"MS";
 /// The protocol version this build speaks.
 ///
+/// Version 4 made the dialer prove first in the handshake, with a key
+/// derived from the cookie by Argon2id: the listener says nothing about
+/// itself before the dialer is authenticated (`Hello` and `Challenge`
+/// carry only versions, the cluster and nonces; `Auth` and `Welcome` the
+/// identities and proofs over the whole transcript).
 /// Version 3 made wire tags hash the actor type's name too (two actor
 /// types of one capability may share message names) and has peers
 /// advertise the actor types they host in the handshake. Version 2
@@ -39,11 +45,14 @@ pub const MAGIC: [u8; 2] = *b"MS";
 /// change an older peer cannot decode (a new kind, a changed or removed
 /// field) does. Peers of different versions refuse each other in the
 /// handshake.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Bytes from the magic to the end of the correlation id.
 pub const HEADER_LEN: usize = 16;
 /// The largest frame accepted unless configured otherwise: 8 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+/// The largest frame accepted (or sent) during the handshake, before the
+/// peer is authenticated, whatever the codec's limit: 64 KiB.
+pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 
 const FLAG_CHECKSUM: u8 = 0b1;
 
@@ -54,13 +63,14 @@ const FLAG_CHECKSUM: u8 = 0b1;
 #[repr(u8)]
 #[non_exhaustive]
 pub enum Kind {
-    /// Handshake, dialer first: cluster, node, version, capabilities, nonce.
+    /// Handshake, dialer first: version, cluster, nonce.
     Hello = 1,
-    /// Handshake, listener's answer: its identity, nonce and proof.
+    /// Handshake, listener's answer: version and nonce.
     Challenge = 2,
-    /// Handshake, dialer's proof.
+    /// Handshake, the dialer's identity and proof.
     Auth = 3,
-    /// Handshake done: the listener accepted the dialer's proof.
+    /// Handshake done: the listener accepted the dialer's proof; its
+    /// identity and proof.
     Welcome = 4,
     /// A request that wants a reply (correlation id set).
     Call = 5,
@@ -336,13 +346,14 @@ mod tests {
         );
         assert_eq!(
             &buf[..],
-            &[0, 0, 0, 17, b'M', b'S', 3, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
+            &[0, 0, 0, 17, b'M', b'S', 4, 7, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0xaa]
         );
     }
 
     #[test]
     fn version_and_kinds_are_pinned() {
-        assert_eq!(VERSION, 3);
+        assert_eq!(VERSION, 4);
+        assert_eq!(HANDSHAKE_MAX_FRAME, 65_536);
         for v in 1..=14u8 {
             let kind = Kind::from_u8(v).expect("kinds 1..=14 exist");
             assert_eq!(kind as u8, v);

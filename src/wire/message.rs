@@ -5,76 +5,25 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-/// `Hello`: the dialer introduces itself.
+/// `Hello`: the dialer opens the handshake (version 4): nothing about
+/// itself yet but its cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// The cluster the dialer belongs to.
-    pub cluster: String,
-    /// The dialer's node id.
-    pub node: String,
     /// The protocol version the dialer speaks.
     pub version: u8,
-    /// The capabilities the dialer hosts.
-    pub capabilities: Vec<String>,
-    /// Where the dialer's own listener accepts connections (empty if none).
-    #[serde(default)]
-    pub addr: String,
-    /// Which run of the node this is: random at each start, so peers tell
-    /// a restarted node from the one that left (0 from older peers).
-    #[serde(default)]
-    pub incarnation: u64,
-    /// Whether it decodes the `trace` field of `Call` and `Cast` (false
-    /// from older peers, which are sent none).
-    #[serde(default)]
-    pub trace_context: bool,
-    /// Whether it decodes the `chain` field of `Call` (false from older
-    /// peers, which are sent none).
-    #[serde(default)]
-    pub call_chain: bool,
-    /// The actor types it hosts, with their handlers' wire tags (since
-    /// version 3; `None`: it did not say, and is taken to host every actor
-    /// type of its capabilities).
-    #[serde(default)]
-    pub actors: Option<Vec<Hosted>>,
+    /// The cluster the dialer belongs to.
+    pub cluster: String,
     /// The dialer's random nonce (32 bytes).
     pub nonce: ByteBuf,
 }
 
-/// `Challenge`: the listener introduces itself and proves it knows the
-/// cookie.
+/// `Challenge`: the listener's nonce, and nothing about the listener.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
-    /// The listener's cluster.
-    pub cluster: String,
-    /// The listener's node id.
-    pub node: String,
     /// The protocol version the listener speaks.
     pub version: u8,
-    /// The capabilities the listener hosts.
-    pub capabilities: Vec<String>,
-    /// Where the listener accepts connections.
-    #[serde(default)]
-    pub addr: String,
-    /// Which run of the node this is (see [`Hello::incarnation`]).
-    #[serde(default)]
-    pub incarnation: u64,
-    /// Whether it decodes the `trace` field of `Call` and `Cast` (false
-    /// from older peers, which are sent none).
-    #[serde(default)]
-    pub trace_context: bool,
-    /// Whether it decodes the `chain` field of `Call` (false from older
-    /// peers, which are sent none).
-    #[serde(default)]
-    pub call_chain: bool,
-    /// The actor types it hosts, with their handlers' wire tags (since
-    /// version 3; `None`: it did not say, and is taken to host every actor
-    /// type of its capabilities).
-    #[serde(default)]
-    pub actors: Option<Vec<Hosted>>,
     /// The listener's random nonce (32 bytes).
     pub nonce: ByteBuf,
-    /// HMAC-SHA256 proof over both nonces (see `handshake`).
-    pub proof: ByteBuf,
 }
 
 /// One actor type a node hosts, as its handshake advertises it: the
@@ -91,16 +40,53 @@ pub struct Hosted {
     pub tags: Vec<u64>,
 }
 
-/// `Auth`: the dialer's proof.
+/// `Auth`: the dialer introduces itself and proves it holds the cookie
+/// (see `handshake` for what the proof covers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
-    /// HMAC-SHA256 proof over both nonces (see `handshake`).
+    /// The dialer's node id.
+    pub node: String,
+    /// The capabilities the dialer hosts.
+    pub capabilities: Vec<String>,
+    /// Where the dialer's own listener accepts connections (empty if none).
+    #[serde(default)]
+    pub addr: String,
+    /// Which run of the node this is: random at each start, so peers tell
+    /// a restarted node from the one that left.
+    pub incarnation: u64,
+    /// Whether it decodes the `trace` field of `Call` and `Cast`.
+    pub trace_context: bool,
+    /// Whether it decodes the `chain` field of `Call`.
+    pub call_chain: bool,
+    /// The actor types it hosts, with their handlers' wire tags.
+    pub actors: Vec<Hosted>,
+    /// HMAC-SHA256 proof over the transcript so far (32 bytes).
     pub proof: ByteBuf,
 }
 
-/// `Welcome`: the listener accepted the dialer.
+/// `Welcome`: the listener accepted the dialer's proof; it introduces
+/// itself and proves it holds the cookie too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {}
+pub struct Welcome {
+    /// The listener's node id.
+    pub node: String,
+    /// The capabilities the listener hosts.
+    pub capabilities: Vec<String>,
+    /// Where the listener accepts connections.
+    #[serde(default)]
+    pub addr: String,
+    /// Which run of the node this is (see [`Auth::incarnation`]).
+    pub incarnation: u64,
+    /// Whether it decodes the `trace` field of `Call` and `Cast`.
+    pub trace_context: bool,
+    /// Whether it decodes the `chain` field of `Call`.
+    pub call_chain: bool,
+    /// The actor types it hosts, with their handlers' wire tags.
+    pub actors: Vec<Hosted>,
+    /// HMAC-SHA256 proof over the whole transcript, `Welcome` included
+    /// (32 bytes).
+    pub proof: ByteBuf,
+}
 
 /// `Call`: run handler `tag` of actor `id`, reply with the same
 /// correlation id.
@@ -350,40 +336,6 @@ mod tests {
         let named = rmp_serde::to_vec_named(&traced).unwrap();
         let back: Call = rmp_serde::from_slice(&named).unwrap();
         assert_eq!(back.trace.unwrap().traceparent(), TP);
-    }
-
-    #[test]
-    fn peers_say_in_their_handshake_that_they_take_a_trace() {
-        /// `Hello` before the trace field (a map: unknown keys are ignored).
-        #[derive(Debug, Serialize, Deserialize)]
-        struct OldHello {
-            cluster: String,
-            node: String,
-            version: u8,
-            capabilities: Vec<String>,
-            nonce: ByteBuf,
-        }
-        let old = OldHello {
-            cluster: "c".into(),
-            node: "n".into(),
-            version: 2,
-            capabilities: vec![],
-            nonce: ByteBuf::from(vec![0; 32]),
-        };
-        let hello: Hello = rmp_serde::from_slice(&rmp_serde::to_vec_named(&old).unwrap()).unwrap();
-        assert!(!hello.trace_context, "an older peer is sent no trace");
-        let new = Hello {
-            trace_context: true,
-            ..hello
-        };
-        let bytes = rmp_serde::to_vec_named(&new).unwrap();
-        let older: OldHello = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(older.node, "n");
-        assert!(
-            rmp_serde::from_slice::<Hello>(&bytes)
-                .unwrap()
-                .trace_context
-        );
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!
 //! Between nodes, bodies travel in frames ([`FrameCodec`], layout in
 //! `frame`) after a cookie-authenticated handshake ([`Dialer`],
-//! [`Listener`]). A failed call travels as a [`Failure`]: a stable error
+//! [`Listener`]; the dialer proves first, with a key the cookie gives
+//! through Argon2id). A failed call travels as a [`Failure`]: a stable error
 //! [`code`] and fields, never the Rust [`crate::Error`] enum itself.
 //! `PROTOCOL.md` at the repository root describes all of it.
 
@@ -32,9 +33,15 @@ mod trace;
 
 pub use failure::{code, Failure};
 pub use frame::{
-    Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HEADER_LEN, MAGIC, VERSION,
+    Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAGIC,
+    VERSION,
 };
-pub use handshake::{Cookie, Dialer, HandshakeError, Identity, Listener, Peer};
+pub(crate) use handshake::prepare_key;
+pub use handshake::{
+    decode_bounded, printable, AwaitingWelcome, Cookie, Dialer, HandshakeError, Identity, Listener,
+    Peer, MAX_ACTORS, MAX_ADDR, MAX_CAPABILITIES, MAX_ITEMS, MAX_NAME, MAX_STRING, MAX_TAGS,
+    MIN_COOKIE_BITS,
+};
 pub use message::{Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 

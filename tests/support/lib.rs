@@ -16,6 +16,7 @@
 //!   message instead of stalling the run;
 //! - [`raw`]: a raw peer that handshakes by hand, then sends and reads
 //!   frames as they are (a misbehaving member);
+//! - [`COOKIE`] and [`OTHER_COOKIE`]: strong cluster cookies;
 //! - [`scratch`], [`free_port`] and [`require_haproxy`]: what the suites
 //!   that run real HAProxy sidecars share.
 //!
@@ -35,6 +36,14 @@ pub mod consul_kv;
 pub mod pki;
 pub mod procs;
 pub mod raw;
+
+/// The cluster cookie of the suites' nodes: strong, as a node requires
+/// (generated with `openssl rand -base64 32`; a node refuses a weak one
+/// unless told `allow_weak_cookie`).
+pub const COOKIE: &str = "9uycQGcy8Aj7DsT2mSoVbluh82iXeksxsSFb1MpyjR0=";
+
+/// Another strong cookie, for the tests of a node holding the wrong one.
+pub const OTHER_COOKIE: &str = "khB0lE6xjj6JQW8C2u+GUdF1NLNjZM0Ev9z8B25SOVE=";
 
 /// How long [`soon`] waits.
 pub const SOON: Duration = Duration::from_secs(20);

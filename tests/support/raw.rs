@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 pub struct RawPeer {
     io: Io,
     /// What the node said of itself in its handshake.
-    pub challenge: wire::Challenge,
+    pub peer: wire::Peer,
 }
 
 /// The stream and what was read past the last frame.
@@ -66,12 +66,14 @@ impl RawPeer {
         let frame = io.recv().await.expect("a challenge");
         assert_eq!(frame.kind, Kind::Challenge, "{frame:?}");
         let challenge: wire::Challenge = wire::decode(&frame.body).expect("challenge body");
-        let (auth, _) = dialer.on_challenge(&challenge).expect("auth");
+        let (waiting, auth) = dialer.on_challenge(&challenge).expect("auth");
         io.send(Kind::Auth, 0, &wire::encode(&auth).expect("encode"))
             .await;
-        let welcome = io.recv().await.expect("a welcome");
-        assert_eq!(welcome.kind, Kind::Welcome, "{welcome:?}");
-        RawPeer { io, challenge }
+        let frame = io.recv().await.expect("a welcome");
+        assert_eq!(frame.kind, Kind::Welcome, "{frame:?}");
+        let welcome: wire::Welcome = wire::decode(&frame.body).expect("welcome body");
+        let peer = waiting.on_welcome(&welcome).expect("the node's proof");
+        RawPeer { io, peer }
     }
 
     /// Sends one frame.

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{bin, json, mesh_load, text, Scratch};
 
-const COOKIE: &str = "mesh-load-test-cookie";
+/// A strong cookie, as nodes require (`openssl rand -base64 32`).
+const COOKIE: &str = "veCLvSdmubDodCa34gM9yDnYsz5OnvgJ3KZ8WVaiC4A=";
 
 /// A `mesh-load serve` process, killed when dropped.
 struct Server {
