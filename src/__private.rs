@@ -29,3 +29,29 @@ impl<T: Sync> ReentrantSync for T {}
 
 /// Checks [`ReentrantSync`] where the macro names the actor.
 pub fn assert_reentrant_sync<T: ReentrantSync>() {}
+
+/// A message crosses the wire. `#[derive(Message)]` requires this of the
+/// message where it is defined, so a message without serde's derives is
+/// first an error on the type that says what to derive, before rustc's own
+/// errors for serde's bounds reached through `Wire` (each with a list of
+/// the types implementing them). `do_not_recommend` keeps the error on this
+/// trait, with this message, instead of serde's.
+#[diagnostic::on_unimplemented(
+    message = "message `{Self}` must derive `Serialize` and `Deserialize`",
+    label = "not serializable: add `Serialize, Deserialize` to its derives",
+    note = "a mesh message crosses the wire: write `#[derive(Message, Serialize, Deserialize)]` (serde's derives, re-exported by `mesh::prelude`)"
+)]
+pub trait SerializableMessage {}
+#[diagnostic::do_not_recommend]
+impl<T: serde::Serialize + serde::de::DeserializeOwned> SerializableMessage for T {}
+
+/// A reply crosses the wire too: the same check, on the
+/// `#[message(reply = Type)]` tokens.
+#[diagnostic::on_unimplemented(
+    message = "reply type `{Self}` must implement `Serialize` and `Deserialize`",
+    label = "not serializable",
+    note = "a mesh reply crosses the wire: derive `Serialize, Deserialize` on your own type; for a type of another crate, pick a serializable one (or see whether the crate has a `serde` feature)"
+)]
+pub trait SerializableReply {}
+#[diagnostic::do_not_recommend]
+impl<T: serde::Serialize + serde::de::DeserializeOwned> SerializableReply for T {}

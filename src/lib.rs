@@ -116,7 +116,9 @@ pub use mesh_macros::Message;
 /// `#[mesh::handlers]` on an `impl` block: every `fn` in it is a handler,
 /// `async fn name(&mut self, msg: M) -> M::Reply` with an optional last
 /// parameter `ctx: &Ctx`. The block is the actor's wire contract; keep
-/// helper methods in another `impl` block.
+/// helper methods in another `impl` block (a plain `fn` in it is a compile
+/// error). A handler under `#[cfg(...)]` that is configured out is left out
+/// of the dispatch and the wire table.
 ///
 /// `#[mesh::handlers(reentrant)]`: calls of the actor's own chain are
 /// served interleaved instead of failing with [`Error::CallCycle`]; its

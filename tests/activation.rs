@@ -633,7 +633,7 @@ impl Session {
         )
     }
 
-    fn logout(&mut self, _: Logout, ctx: &Ctx) -> u32 {
+    async fn logout(&mut self, _: Logout, ctx: &Ctx) -> u32 {
         ctx.deactivate();
         self.n
     }

@@ -1,16 +1,20 @@
 //! `#[mesh::handlers]`: typed dispatch and the wire dispatch table.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItem, ItemImpl, ReturnType, Type};
+use syn::{Attribute, FnArg, Ident, ImplItem, ItemImpl, ReturnType, Type};
 
-/// One handler: `fn <method>(&mut self, _: <msg>[, ctx]) [-> ret]`.
+/// One handler: `async fn <method>(&mut self, _: <msg>[, ctx]) [-> ret]`.
 struct HandlerIr {
     method: Ident,
     msg: Type,
-    is_async: bool,
     with_ctx: bool,
+    /// The handler's `#[cfg(...)]` attributes, repeated on every generated
+    /// piece that names it (envelope variant, dispatch arms, wire table
+    /// entry, `Handler` impl), so a handler configured out disappears from
+    /// all of them at once.
+    cfgs: Vec<Attribute>,
     /// Where a reply type mismatch is reported.
     ret_span: Span,
 }
@@ -19,6 +23,9 @@ struct HandlersIr {
     reentrant: bool,
     self_ty: Type,
     self_ident: Ident,
+    /// The block's own `#[cfg(...)]` attributes (when written after
+    /// `#[mesh::handlers]`), repeated on every generated item.
+    cfgs: Vec<Attribute>,
     handlers: Vec<HandlerIr>,
 }
 
@@ -64,7 +71,7 @@ fn parse(item: &ItemImpl, reentrant: bool) -> syn::Result<HandlersIr> {
     let mut errors: Option<syn::Error> = None;
     for it in &item.items {
         let ImplItem::Fn(f) = it else { continue };
-        match parse_handler(f, reentrant) {
+        match parse_handler(f, &self_ident, reentrant) {
             Ok(h) => handlers.push(h),
             Err(e) => match &mut errors {
                 Some(all) => all.combine(e),
@@ -79,11 +86,12 @@ fn parse(item: &ItemImpl, reentrant: bool) -> syn::Result<HandlersIr> {
         reentrant,
         self_ty: (*item.self_ty).clone(),
         self_ident,
+        cfgs: cfgs_of(&item.attrs),
         handlers,
     })
 }
 
-fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr> {
+fn parse_handler(f: &syn::ImplItemFn, actor: &Ident, reentrant: bool) -> syn::Result<HandlerIr> {
     let sig = &f.sig;
     let shape = if reentrant {
         "a handler of a reentrant actor is `async fn name(&self, msg: Message)` or \
@@ -96,6 +104,22 @@ fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr>
          put other methods in a separate impl block"
     };
     let want = if reentrant { "`&self`" } else { "`&mut self`" };
+    // Every fn of the block is a handler, reachable from the wire: a plain
+    // `fn` here is an error rather than silently a handler (or a helper).
+    if sig.asyncness.is_none() {
+        let (fn_token, name) = (&sig.fn_token, &sig.ident);
+        return Err(syn::Error::new_spanned(
+            quote!(#fn_token #name),
+            format!(
+                "`{name}` is not `async`: every fn in a `#[mesh::handlers]` block is a \
+                 handler, callable from the wire, and must be `async fn {name}({recv}, \
+                 msg: Message)` (optionally with a last `ctx: &Ctx`); \
+                 a helper method goes in a separate `impl {actor} {{ ... }}` block \
+                 without `#[mesh::handlers]`",
+                recv = if reentrant { "&self" } else { "&mut self" },
+            ),
+        ));
+    }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             &sig.generics,
@@ -163,10 +187,19 @@ fn parse_handler(f: &syn::ImplItemFn, reentrant: bool) -> syn::Result<HandlerIr>
     Ok(HandlerIr {
         method: sig.ident.clone(),
         msg,
-        is_async: sig.asyncness.is_some(),
         with_ctx,
+        cfgs: cfgs_of(&f.attrs),
         ret_span,
     })
+}
+
+/// The `#[cfg(...)]` attributes among `attrs`.
+fn cfgs_of(attrs: &[Attribute]) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .cloned()
+        .collect()
 }
 
 /// Whether `ty` is `&Ctx` (or `&mesh::Ctx`, or `Ctx`).
@@ -178,9 +211,15 @@ fn is_ctx(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Ctx"))
 }
 
+/// The generated code names everything by absolute path and calls every
+/// function in its qualified form (`<Actor>::handler(self, ..)`,
+/// `::mesh::__private::ReplyTo::send(r, ..)`): a method call such as
+/// `self.count(msg)` would resolve to whatever trait in the user's scope
+/// has a method of that name (`Iterator::count`) once the handler is gone.
 fn codegen(ir: &HandlersIr) -> TokenStream {
     let p = quote!(::mesh::__private);
     let self_ty = &ir.self_ty;
+    let block_cfgs = &ir.cfgs;
     let env = format_ident!("__MeshEnvelope{}", ir.self_ident);
     let variants: Vec<Ident> = ir
         .handlers
@@ -194,23 +233,19 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         let method = &h.method;
         let m = &h.msg;
         let ctx = h.with_ctx.then(|| quote!(, ctx));
-        let call = if h.is_async {
-            quote!(self.#method(#msg #ctx).await)
-        } else {
-            quote!(self.#method(#msg #ctx))
-        };
         // The binding is spanned on the handler's return type, so a reply
         // type mismatch is reported there.
         let returned = quote_spanned!(h.ret_span=> __mesh_returned);
         quote! {
-            let __mesh_returned = #call;
+            let __mesh_returned = <#self_ty>::#method(self, #msg #ctx).await;
             let reply: <#m as #p::Message>::Reply = #returned;
         }
     };
 
     let enum_variants = ir.handlers.iter().zip(&variants).map(|(h, v)| {
         let m = &h.msg;
-        quote!(#v(#m, #p::ReplyTo<<#m as #p::Message>::Reply>))
+        let cfgs = &h.cfgs;
+        quote!(#(#cfgs)* #v(#m, #p::ReplyTo<<#m as #p::Message>::Reply>))
     });
     let handle_arms: Vec<TokenStream> = ir
         .handlers
@@ -219,7 +254,9 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         .map(|(h, v)| {
             let msg = format_ident!("msg");
             let body = run(h, &msg);
+            let cfgs = &h.cfgs;
             quote! {
+                #(#cfgs)*
                 #env::#v(msg, reply_to) => {
                     #p::finish(reply_to, ctx, async {
                         #body
@@ -237,34 +274,65 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
             let m = &h.msg;
             let msg = format_ident!("msg");
             let body = run(h, &msg);
+            let cfgs = &h.cfgs;
             quote! {
-                if tag == <#self_ty as #p::Handler<#m>>::TAG {
+                #(#cfgs)*
+                __mesh_tag if __mesh_tag == <#self_ty as #p::Handler<#m>>::TAG => {
                     let msg: #m = #p::decode(body)?;
                     #body
-                    return #p::encode(&reply);
+                    #p::encode(&reply)
                 }
             }
         })
         .collect();
-    let fail_arms = variants
-        .iter()
-        .map(|v| quote!(#env::#v(_, r) => r.send(::core::result::Result::Err(err))));
-    let deadline_arms = variants
-        .iter()
-        .map(|v| quote!(#env::#v(_, ref r) => r.deadline()));
-    let abandoned_arms = variants
-        .iter()
-        .map(|v| quote!(#env::#v(_, ref r) => r.abandoned()));
-    let caller_arms = variants
-        .iter()
-        .map(|v| quote!(#env::#v(_, ref r) => r.caller()));
-    let table = ir.handlers.iter().map(|h| {
+    let wire_dispatch = quote! {
+        match tag {
+            #(#wire_arms)*
+            _ => ::core::result::Result::Err(#p::unknown_message(<#self_ty as #p::Actor>::NAME, tag)),
+        }
+    };
+    let per_variant = |f: &dyn Fn(&Ident) -> TokenStream| -> Vec<TokenStream> {
+        ir.handlers
+            .iter()
+            .zip(&variants)
+            .map(|(h, v)| {
+                let cfgs = &h.cfgs;
+                let arm = f(v);
+                quote!(#(#cfgs)* #arm)
+            })
+            .collect()
+    };
+    let fail_arms = per_variant(
+        &|v| quote!(#env::#v(_, r) => #p::ReplyTo::send(r, ::core::result::Result::Err(err))),
+    );
+    let deadline_arms = per_variant(&|v| quote!(#env::#v(_, ref r) => #p::ReplyTo::deadline(r)));
+    let abandoned_arms = per_variant(&|v| quote!(#env::#v(_, ref r) => #p::ReplyTo::abandoned(r)));
+    let caller_arms = per_variant(&|v| quote!(#env::#v(_, ref r) => #p::ReplyTo::caller(r)));
+    // The wire table, `(tag, message name)` per handler. An array literal
+    // cannot hold `#[cfg]` elements, so it is filled by `#[cfg]`'d
+    // statements in a const block, its length counted the same way.
+    let count = ir.handlers.iter().map(|h| {
+        let cfgs = &h.cfgs;
+        quote!(#(#cfgs)* let () = __mesh_len += 1;)
+    });
+    let fill = ir.handlers.iter().map(|h| {
         let m = &h.msg;
-        quote!((<#self_ty as #p::Handler<#m>>::TAG, <#m as #p::Message>::NAME))
+        let cfgs = &h.cfgs;
+        quote! {
+            #(#cfgs)*
+            let () = {
+                __mesh_table[__mesh_i] =
+                    (<#self_ty as #p::Handler<#m>>::TAG, <#m as #p::Message>::NAME);
+                __mesh_i += 1;
+            };
+        }
     });
     let handler_impls = ir.handlers.iter().zip(&variants).map(|(h, v)| {
         let m = &h.msg;
+        let cfgs = &h.cfgs;
         quote_spanned! {m.span()=>
+            #(#block_cfgs)*
+            #(#cfgs)*
             #[automatically_derived]
             impl #p::Handler<#m> for #self_ty {
                 const TAG: u64 = #p::tag(
@@ -300,8 +368,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
                     wire: ::std::boxed::Box::new(move |tag: u64, body: ::std::vec::Vec<u8>| -> #p::BoxFuture<'a, ::core::result::Result<::std::vec::Vec<u8>, #p::Error>> {
                         ::std::boxed::Box::pin(async move {
                             let body = &body[..];
-                            #(#wire_arms)*
-                            ::core::result::Result::Err(#p::unknown_message(<#self_ty as #p::Actor>::NAME, tag))
+                            #wire_dispatch
                         })
                     }),
                 })
@@ -309,27 +376,75 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
         }
     });
 
+    // A message without serde's derives: the first error of the block is
+    // this one, on the handler's message type, saying what to derive
+    // (before rustc's errors for the same bounds through `Message: Wire`,
+    // which list every type implementing serde's traits). The bound is
+    // spanned on the type's last token so the error covers the whole type.
+    let serde_checks = ir.handlers.iter().map(|h| {
+        let m = &h.msg;
+        let cfgs = &h.cfgs;
+        let last = m
+            .to_token_stream()
+            .into_iter()
+            .last()
+            .map_or_else(|| m.span(), |t| t.span());
+        let bound = quote_spanned! {last=> #m: ::mesh::__private::SerializableMessage};
+        quote! {
+            #(#block_cfgs)*
+            #(#cfgs)*
+            const _: () = {
+                #[allow(dead_code)]
+                fn __mesh_serializable()
+                where
+                    #bound,
+                {
+                }
+            };
+        }
+    });
+
     let sync_check = ir.reentrant.then(|| {
         quote_spanned! {self_ty.span()=>
+            #(#block_cfgs)*
             const _: fn() = || #p::assert_reentrant_sync::<#self_ty>();
         }
     });
 
     quote! {
+        #(#serde_checks)*
+
         #sync_check
 
+        #(#block_cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types, private_interfaces, clippy::large_enum_variant)]
         pub enum #env {
             #(#enum_variants,)*
         }
 
+        #(#block_cfgs)*
         #[automatically_derived]
         #[allow(clippy::manual_async_fn, clippy::let_unit_value, clippy::unit_arg)]
         impl #p::Handlers for #self_ty {
             type Envelope = #env;
 
-            const MESSAGES: &'static [(u64, &'static str)] = &[#(#table),*];
+            #[allow(unused_mut, unused_assignments)]
+            const MESSAGES: &'static [(u64, &'static str)] = {
+                const __MESH_LEN: usize = {
+                    let mut __mesh_len = 0usize;
+                    #(#count)*
+                    __mesh_len
+                };
+                const __MESH_TABLE: [(u64, &'static str); __MESH_LEN] = {
+                    let mut __mesh_table = [(0u64, ""); __MESH_LEN];
+                    let mut __mesh_i = 0usize;
+                    #(#fill)*
+                    let _ = __mesh_i;
+                    __mesh_table
+                };
+                &__MESH_TABLE
+            };
 
             #[allow(unused_variables)]
             fn __handle(
@@ -354,8 +469,7 @@ fn codegen(ir: &HandlersIr) -> TokenStream {
                 Output = ::core::result::Result<::std::vec::Vec<u8>, #p::Error>,
             > + ::core::marker::Send {
                 async move {
-                    #(#wire_arms)*
-                    ::core::result::Result::Err(#p::unknown_message(<#self_ty as #p::Actor>::NAME, tag))
+                    #wire_dispatch
                 }
             }
 

@@ -1,7 +1,8 @@
 //! `#[derive(Message)]`.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitStr, Type};
 
 use crate::attr;
@@ -55,9 +56,36 @@ fn codegen(ir: MessageIr) -> syn::Result<TokenStream> {
     let MessageIr { ident, name, reply } = ir;
     let p = quote!(::mesh::__private);
     // `Message: Wire` and `Reply: Wire` make a type that cannot cross the
-    // wire an error on the type itself, with the reason.
+    // wire an error, but rustc reports serde's bounds one by one, each with
+    // a list of the types that implement them. The `where` clauses of
+    // `__mesh_serializable`, emitted before the impl, are checked on the
+    // definition (trivial bounds), reported first, on the message or the
+    // reply type, and say what to derive.
     let reply_ty = reply.unwrap_or_else(|| syn::parse_quote!(()));
+    let check_message = quote_spanned! {ident.span()=>
+        #ident: ::mesh::__private::SerializableMessage
+    };
+    // The bound is spanned on the type's last token, so the predicate (and
+    // the error) covers the whole type, `std::time::Instant` and not `std`.
+    let last = reply_ty
+        .to_token_stream()
+        .into_iter()
+        .last()
+        .map_or_else(|| reply_ty.span(), |t| t.span());
+    let check_reply = quote_spanned! {last=>
+        #reply_ty: ::mesh::__private::SerializableReply
+    };
     Ok(quote! {
+        const _: () = {
+            #[allow(dead_code)]
+            fn __mesh_serializable()
+            where
+                #check_message,
+                #check_reply,
+            {
+            }
+        };
+
         #[automatically_derived]
         impl #p::Message for #ident {
             type Reply = #reply_ty;
