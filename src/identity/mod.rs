@@ -30,7 +30,6 @@ pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -118,7 +117,7 @@ impl Material {
             reason: "no certificate".into(),
         })?;
         let spiffe_id = spiffe_id(leaf).map_err(IdentityError::NoSpiffeId)?;
-        let key = CertifiedKey::from_der(chain, key, &provider())
+        let key = CertifiedKey::from_der(chain, key, &crate::transport::tls::crypto_provider())
             .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
         let mut store = RootCertStore::empty();
         let (_, ignored) = store.add_parsable_certificates(roots);
@@ -175,9 +174,4 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<String, String> {
         .find(|u| u.len() > 9 && u[..9].eq_ignore_ascii_case("spiffe://"))
         .ok_or_else(|| "no spiffe:// URI SAN".to_owned())?;
     Ok(id.to_owned())
-}
-
-/// The one crypto provider mesh uses: ring.
-pub(crate) fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
