@@ -58,6 +58,8 @@ pub struct NodeBuilder {
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     #[cfg(feature = "admin")]
     admin: Option<String>,
+    #[cfg(feature = "admin")]
+    admin_limits: crate::admin::Limits,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -93,6 +95,8 @@ impl NodeBuilder {
             deps: HashMap::new(),
             #[cfg(feature = "admin")]
             admin: None,
+            #[cfg(feature = "admin")]
+            admin_limits: crate::admin::Limits::default(),
         }
     }
 
@@ -357,6 +361,15 @@ impl NodeBuilder {
         self
     }
 
+    /// The admin endpoint's connection limits (feature `admin`): header
+    /// read timeout, idle timeout, connection cap (default
+    /// [`Limits::default`](crate::admin::Limits::default)).
+    #[cfg(feature = "admin")]
+    pub fn admin_limits(mut self, limits: crate::admin::Limits) -> Self {
+        self.admin_limits = limits;
+        self
+    }
+
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
@@ -549,7 +562,7 @@ impl NodeBuilder {
         #[cfg(feature = "admin")]
         if let Some(addr) = &self.admin {
             inner
-                .start_admin(addr)
+                .start_admin(addr, self.admin_limits)
                 .await
                 .map_err(|e| StartError::Listen {
                     addr: addr.clone(),
