@@ -27,7 +27,8 @@
 //!   feature) two mesh nodes negotiate the post-quantum hybrid
 //!   `X25519MLKEM768` (X25519 combined with ML-KEM-768), so traffic
 //!   recorded today cannot be decrypted later by a quantum computer that
-//!   breaks X25519 alone; ring offers no post-quantum group (`X25519`).
+//!   breaks X25519 alone; ring offers no post-quantum group (rustls
+//!   0.23.48's ring provider prefers `secp384r1`, then `X25519`).
 //!   Every completed handshake is counted in
 //!   `mesh_tls_handshakes_total{group}` (`X25519MLKEM768`, `X25519`,
 //!   `secp256r1`, ..., `other`), on both sides, so an operator can see
@@ -688,7 +689,7 @@ mod tests {
         if cfg!(feature = "aws-lc-rs") {
             assert_eq!(first, NamedGroup::X25519MLKEM768);
         } else {
-            assert_eq!(first, NamedGroup::X25519);
+            assert_eq!(first, NamedGroup::secp384r1);
         }
         let mut classic = fallback;
         classic.kx_groups.retain(|g| g.name() == NamedGroup::X25519);
