@@ -83,3 +83,5 @@ echo "== cargo test --features otel (trace context across nodes)"
 cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
 cargo test --locked --features admin --lib --test admin
+echo "== cargo test with the ring provider (mTLS between nodes, no post-quantum key exchange)"
+cargo test --locked --no-default-features --features ring --test tls
