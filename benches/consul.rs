@@ -74,7 +74,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// A raw registration (reqwest PUT) waking a raw blocking query.
 async fn raw_wakeup(consul: &TestConsul, i: usize) -> Duration {
-    let http = reqwest::Client::new();
+    let http = mesh_testkit::http();
     let base = consul.url(3);
     let first = http
         .get(format!("{base}/v1/health/service/raw?passing"))

@@ -72,7 +72,7 @@ async fn run(node: &Node, ids: &Arc<Vec<String>>, scrape: bool) -> Arm {
         let (done, scrapes, bytes, busy) =
             (done.clone(), scrapes.clone(), bytes.clone(), busy.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = mesh_testkit::http();
             let mut tick = tokio::time::interval(SCRAPE_EVERY);
             while !done.load(Ordering::Relaxed) {
                 tick.tick().await;

@@ -221,7 +221,16 @@ async fn measure() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!("mesh mTLS vs plain TCP: {cores} cores, two processes on loopback, TLS 1.3 (ring), median of 3 throughput runs");
+    let provider = if cfg!(feature = "aws-lc-rs") {
+        "aws-lc-rs"
+    } else {
+        "ring"
+    };
+    let group = mesh::transport::tls::crypto_provider().kx_groups[0].name();
+    println!(
+        "mesh mTLS vs plain TCP: {cores} cores, two processes on loopback, TLS 1.3 \
+         ({provider}, key exchange {group:?}), median of 3 throughput runs"
+    );
     println!();
     println!("| figure | mTLS | plain TCP | ratio | goal |");
     println!("|---|---|---|---|---|");

@@ -55,10 +55,20 @@ fi
 echo "   rendered in $((SECONDS - start)) s"
 rm -rf "$chromium_check"
 
-echo "== rustls uses ring only (no aws-lc in Cargo.lock)"
-if grep -q '^name = "aws-lc' Cargo.lock; then
-  fail "aws-lc-rs is in Cargo.lock: some crate turned on rustls's default features"
-fi
+# One rustls crypto provider per build, never an accidental second: the
+# default build (feature `aws-lc-rs`) links aws-lc-rs and not ring, and the
+# `--no-default-features --features ring` build ring and not aws-lc-rs.
+# (aws-lc-sys builds its C with the cc crate and gcc on x86_64 Linux: no
+# cmake, no nasm.)
+providers() {
+  cargo tree --locked -e normal -p mesh --prefix none "$@" \
+    | grep -oE '^(aws-lc-rs|ring) ' | sort -u | tr -d ' ' | paste -sd, -
+}
+echo "== one crypto provider per build (aws-lc-rs by default, ring with --features ring)"
+[ "$(providers)" = "aws-lc-rs" ] \
+  || fail "the default build of mesh links '$(providers)', not exactly aws-lc-rs: some crate turned on another rustls provider"
+[ "$(providers --no-default-features --features ring)" = "ring" ] \
+  || fail "the ring build of mesh links '$(providers --no-default-features --features ring)', not exactly ring"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings denied)"
@@ -73,3 +83,5 @@ echo "== cargo test --features otel (trace context across nodes)"
 cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
 cargo test --locked --features admin --lib --test admin
+echo "== cargo test with the ring provider (mTLS between nodes, no post-quantum key exchange)"
+cargo test --locked --no-default-features --features ring --test tls

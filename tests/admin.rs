@@ -1,12 +1,14 @@
 //! The admin endpoint (feature `admin`) over real HTTP on port 0: the JSON
 //! views, `/metrics`, bad input, and the live page in a real headless
-//! Chromium (`/usr/bin/chromium`; the test fails, never skips, without it).
+//! Chromium (`/usr/bin/chromium`; the test fails, never skips, without it),
+//! and the connection limits against 1000 idle connections.
 //!
 //! Run with `cargo test --features admin --test admin`.
 
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use mesh::admin::Limits;
 use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
 use mesh::Transport;
@@ -52,7 +54,7 @@ async fn three(prefix: &str) -> (Node, Node, Node) {
 
 async fn get(node: &Node, path: &str) -> (u16, String) {
     let url = format!("http://{}{path}", node.admin_addr().unwrap());
-    let resp = soon(reqwest::get(&url)).await.unwrap();
+    let resp = soon(mesh_testkit::http().get(&url).send()).await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
 }
@@ -216,7 +218,7 @@ async fn the_json_views_show_members_shards_and_activations() {
     let (status, body) = get(&a, "/admin/shards?shard=1").await;
     assert_eq!((status, body.contains("shard=1")), (400, true));
     let url = format!("http://{addr}/admin/members");
-    let post = reqwest::Client::new().post(&url).send().await.unwrap();
+    let post = mesh_testkit::http().post(&url).send().await.unwrap();
     assert_eq!(post.status().as_u16(), 405);
 
     for n in [a, b, c] {
@@ -310,4 +312,170 @@ async fn the_page_shows_the_members_and_follows_a_leave() {
     for n in [a, b] {
         n.shutdown().await.unwrap();
     }
+}
+
+// ------------------------------------------------------------ slowloris
+
+/// Sets this process's soft descriptor limit to `n` (at most the hard
+/// limit); returns the previous soft limit.
+fn nofile(n: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let was = getrlimit(Resource::Nofile);
+    let hard = was.maximum.unwrap_or(u64::MAX);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(n.min(hard)),
+            maximum: was.maximum,
+        },
+    )
+    .expect("set RLIMIT_NOFILE");
+    was.current.unwrap_or(u64::MAX)
+}
+
+/// Whether the server closed `s`: reads (any answer, e.g. a 408) to the
+/// end.
+async fn closed_by_server(mut s: tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    match s.read_to_end(&mut sink).await {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+async fn cluster_node(name: &str, seeds: &[String], admin: Option<Limits>) -> Node {
+    let b = Node::builder()
+        .name(name)
+        .default_node(false)
+        .cluster("flood")
+        .cookie("s3cret")
+        .transport(Transport::tcp())
+        .listen("127.0.0.1:0")
+        .seeds(seeds.iter().cloned());
+    let b = match admin {
+        Some(limits) => b
+            .capabilities(["game"])
+            .actor::<Player>()
+            .admin("127.0.0.1:0")
+            .admin_limits(limits),
+        None => b,
+    };
+    b.start().await.unwrap()
+}
+
+/// 1000 connections to the admin port that send nothing (slowloris): the
+/// cap holds 64 of them and closes the rest at once, so the node still
+/// accepts a new cluster member and serves its call while they are held;
+/// the header read timeout closes the held ones; then the endpoint
+/// answers again. The descriptor limit is lowered to what the idle
+/// clients, the cap and the rest of the process need, so an admin server
+/// without the cap would use up the descriptors the cluster needs.
+/// Real time (hyper's timer is tokio's, but the cluster runs over real
+/// sockets too): the header read timeout is set to 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_neither_starve_the_cluster_nor_outlive_the_timeout() {
+    use std::time::Instant;
+
+    const IDLE: usize = 1000;
+    let cap = mesh::admin::DEFAULT_MAX_CONNECTIONS;
+    let timeout = Duration::from_secs(5);
+    let was = nofile((IDLE + cap + 400) as u64);
+
+    let limits = Limits::default().header_read_timeout(timeout);
+    let a = cluster_node("flood-a", &[], Some(limits)).await;
+    let admin = a.admin_addr().unwrap();
+    let seed = a.addr().unwrap().to_owned();
+
+    // Open them all, then watch each for the server's close.
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut conns = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        let s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        conns.push((s, Instant::now()));
+    }
+    for (s, opened) in conns {
+        let tx = closed_tx.clone();
+        tokio::spawn(async move {
+            let closed = closed_by_server(s).await;
+            let _ = tx.send((closed, opened, Instant::now()));
+        });
+    }
+    drop(closed_tx);
+
+    // Beyond the cap: closed at once, before any timeout.
+    for _ in 0..IDLE - cap {
+        let (closed, opened, at) = soon(closed_rx.recv()).await.unwrap();
+        assert!(closed);
+        assert!(
+            at - opened < timeout,
+            "a connection beyond the cap was held {:?}",
+            at - opened
+        );
+    }
+
+    // The cap's connections are held: a new member joins over TCP and
+    // its call is served meanwhile.
+    let b = cluster_node("flood-b", &[seed], None).await;
+    soon(b.membership_changes().wait_for(|m| m.len() == 2))
+        .await
+        .unwrap();
+    let (who, _) = soon(b.call::<Player, _>("p1", Score(1)).into_future())
+        .await
+        .unwrap();
+    assert!(!who.is_empty());
+    assert!(
+        closed_rx.is_empty(),
+        "the held connections were closed before the cluster call was served"
+    );
+
+    // The held ones are closed by the header read timeout, not before.
+    for _ in 0..cap {
+        let (closed, opened, at) = soon(closed_rx.recv()).await.unwrap();
+        assert!(closed);
+        assert!(
+            at - opened >= timeout - Duration::from_millis(50),
+            "an idle connection was closed after {:?}, before the timeout",
+            at - opened
+        );
+    }
+    assert!(closed_rx.recv().await.is_none());
+
+    // The endpoint answers again.
+    let (status, _) = get(&a, "/livez").await;
+    assert_eq!(status, 200);
+
+    // A client that trickles its head is closed at the header timeout
+    // too, although bytes keep coming (the idle timeout is 30 s).
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let opened = Instant::now();
+    {
+        use tokio::io::AsyncWriteExt;
+        s.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+        let mut n = 0;
+        while s
+            .write_all(format!("x-{n}: y\r\n").as_bytes())
+            .await
+            .is_ok()
+        {
+            n += 1;
+            let mut probe = [0u8; 1];
+            // A read that ends (the server closed) stops the trickle.
+            match tokio::time::timeout(Duration::from_millis(500), s.peek(&mut probe)).await {
+                Err(_) => continue,
+                Ok(_) => break,
+            }
+        }
+    }
+    assert!(closed_by_server(s).await);
+    let held = opened.elapsed();
+    assert!(
+        held >= timeout - Duration::from_millis(50) && held < timeout * 3,
+        "a trickling head was closed after {held:?}"
+    );
+
+    for n in [b, a] {
+        n.shutdown().await.unwrap();
+    }
+    nofile(was);
 }

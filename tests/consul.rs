@@ -471,7 +471,7 @@ async fn https_front(
 ) -> (String, tokio::task::JoinHandle<()>) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = mesh::transport::tls::crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(clients.pem.as_bytes()).unwrap())

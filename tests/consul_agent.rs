@@ -372,7 +372,7 @@ impl Answer {
 impl Http {
     fn new(base: String) -> Http {
         Http {
-            client: reqwest::Client::new(),
+            client: mesh_testkit::http(),
             base,
         }
     }
@@ -553,7 +553,7 @@ async fn http_blocking_queries_follow_the_index() {
             consul.url(0)
         );
         async move {
-            let resp = reqwest::get(url).await.expect("answer");
+            let resp = mesh_testkit::http().get(url).send().await.expect("answer");
             let index: u64 = resp.headers()["X-Consul-Index"]
                 .to_str()
                 .expect("ascii")
@@ -596,7 +596,9 @@ async fn http_hash_blocking_on_an_agent_service() {
             consul.url(0)
         );
         async move {
-            reqwest::get(url)
+            mesh_testkit::http()
+                .get(url)
+                .send()
                 .await
                 .expect("answer")
                 .text()
@@ -626,7 +628,7 @@ async fn http_acl_mode_reads_tokens_from_all_three_places() {
         },
     );
     consul.set_acl(Some(acl));
-    let client = reqwest::Client::new();
+    let client = mesh_testkit::http();
     let url = format!("{}/v1/agent/service/register", consul.url(0));
     let body = ttl_service("db", "db-1");
     let send = |req: reqwest::RequestBuilder| async move {
@@ -687,7 +689,7 @@ async fn http_hooks_restart_and_down() {
     let a = http.put("agent/check/pass/service:db-1", None).await;
     assert_eq!(a.status, 404, "a restarted -dev agent forgot the check");
     consul.stop_agent(0);
-    let down = reqwest::Client::new()
+    let down = mesh_testkit::http()
         .get(format!("{}/v1/agent/services", consul.url(0)))
         .send()
         .await;
@@ -987,7 +989,9 @@ async fn http_health_connect_blocks_and_the_tcp_check_really_dials() {
     let blocked = tokio::spawn({
         let url = format!("{}/v1/catalog/services?index={at}&wait=5m", consul.url(0));
         async move {
-            reqwest::get(url)
+            mesh_testkit::http()
+                .get(url)
+                .send()
                 .await
                 .expect("answer")
                 .text()

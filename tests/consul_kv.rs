@@ -222,7 +222,7 @@ impl Answer {
 impl Http {
     fn new(base: String) -> Http {
         Http {
-            client: reqwest::Client::new(),
+            client: mesh_testkit::http(),
             base,
         }
     }

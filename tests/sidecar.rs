@@ -673,7 +673,7 @@ async fn served_leaf(port: u16, client: &Certs) -> Vec<u8> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = mesh::transport::tls::crypto_provider();
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(client.chain_pem.as_bytes())
             .collect::<Result<_, _>>()

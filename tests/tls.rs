@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mesh::identity::{FileIdentity, IdentityError, IdentitySource};
 use mesh::prelude::*;
-use mesh::transport::tls::{Tls, HANDSHAKE_FAILURES_TOTAL};
+use mesh::transport::tls::{Tls, HANDSHAKES_TOTAL, HANDSHAKE_FAILURES_TOTAL};
 use mesh::transport::{Connection, DialTarget, Inbound, Listening, Responder, TransportConfig};
 use mesh::wire::{self, Cast, Cookie, Identity, Peer};
 use mesh::Transport;
@@ -252,7 +252,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 /// certificate on the first read).
 async fn raw(addr: &str, leaf: Option<&Leaf>) -> (CertificateDer<'static>, bool) {
     use rustls::pki_types::pem::PemObject;
-    let p = Arc::new(rustls::crypto::ring::default_provider());
+    let p = mesh::transport::tls::crypto_provider();
     let b = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -305,6 +305,69 @@ async fn the_verified_spiffe_id_reaches_both_peers() {
         Some(cluster_id().as_str())
     );
     assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
+}
+
+/// The key exchange two nodes negotiate in this build: the post-quantum
+/// hybrid with aws-lc-rs (the default feature); with ring (rustls
+/// 0.23.48) its first classical group, secp384r1.
+#[cfg(feature = "aws-lc-rs")]
+const KEY_EXCHANGE: &str = "X25519MLKEM768";
+#[cfg(not(feature = "aws-lc-rs"))]
+const KEY_EXCHANGE: &str = "secp384r1";
+
+#[tokio::test]
+async fn nodes_negotiate_the_post_quantum_key_exchange_with_aws_lc_rs() {
+    recorder();
+    let counter = format!("{HANDSHAKES_TOTAL}{{group={KEY_EXCHANGE}}}");
+    let before = count(&counter);
+    let ca = Ca::new(TD);
+    let (_files, mut server) = server(&ca).await;
+    let leaf = ca.leaf(&cluster_id());
+    let conn = dial(&client(&leaf, &ca.pem), server.addr()).await.unwrap();
+    soon(server.accepted()).await.unwrap();
+    assert_eq!(echo(&conn).await.unwrap(), b"a:hi");
+    // Both sides counted their handshake (before the dial returned and
+    // the listener handed the connection on) by the group they agreed on.
+    let by_group: Vec<(String, u64)> = recorder()
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(HANDSHAKES_TOTAL))
+        .map(|(k, c)| (k.clone(), *c.0.lock().unwrap()))
+        .collect();
+    assert!(count(&counter) >= before + 2, "{by_group:?}");
+
+    // Seen from a bare rustls client on the same provider: the server's
+    // choice, as rustls reports it.
+    use rustls::pki_types::pem::PemObject;
+    let p = mesh::transport::tls::crypto_provider();
+    let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(p)))
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(leaf.cert.as_bytes()).unwrap()],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("mesh.invalid").unwrap(), tcp)
+        .await
+        .unwrap();
+    let state = tls.get_ref().1;
+    let group = state.negotiated_key_exchange_group().unwrap().name();
+    println!(
+        "negotiated: {:?}, key exchange {group:?}",
+        state.protocol_version().unwrap()
+    );
+    assert_eq!(format!("{group:?}"), KEY_EXCHANGE);
+    assert_eq!(
+        state.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
 }
 
 #[tokio::test]

@@ -25,20 +25,100 @@
 //! a view reads the membership and routing table snapshots the call path
 //! publishes (no lock the call path takes), so scraping never blocks a
 //! call. Each connection is its own task.
+//!
+//! Connection limits ([`Limits`], set with
+//! [`NodeBuilder::admin_limits`](crate::NodeBuilder::admin_limits)), so a
+//! client that opens connections and sends nothing (slowloris) cannot use
+//! up the descriptors the cluster listener and the Consul client share:
+//! - **at most [`DEFAULT_MAX_CONNECTIONS`] (64) open connections**; one
+//!   beyond the cap is closed at once, unanswered, and counted in
+//!   `mesh_admin_connections_refused_total`. So during such a flood the
+//!   endpoint itself answers again only once the held connections time
+//!   out (below); the cluster is not affected;
+//! - **a request head must arrive within [`DEFAULT_HEADER_READ_TIMEOUT`]
+//!   (10 s)** of the connection's start or of the previous response's
+//!   end: this is also the idle limit of a keep-alive connection, and it
+//!   closes a client that trickles its head;
+//! - **a connection on which no byte moves either way for
+//!   [`DEFAULT_IDLE_TIMEOUT`] (30 s) is closed** (a client that stops
+//!   reading a response).
 
 mod page;
 pub mod prometheus;
 mod views;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::node::NodeInner;
+
+/// Counter: admin connections closed at once because [`Limits`]'s cap was
+/// reached.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "mesh_admin_connections_refused_total";
+
+/// How long a request head may take, unless configured.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may move no byte, unless configured.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many admin connections may be open at once, unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// The admin endpoint's connection limits (see the [module docs](self)).
+/// `Limits::default()` has the documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Limits {
+    /// How long a request head may take from the connection's start or
+    /// the previous response's end (default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]); also the keep-alive idle limit.
+    pub fn header_read_timeout(mut self, limit: Duration) -> Self {
+        self.header_read_timeout = limit.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a connection may move no byte either way before it is
+    /// closed (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, limit: Duration) -> Self {
+        self.idle_timeout = limit.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many connections may be open at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], at least 1); one beyond is closed at
+    /// once.
+    pub fn max_connections(mut self, cap: usize) -> Self {
+        self.max_connections = cap.max(1);
+        self
+    }
+}
 
 /// A running admin server: stops accepting when dropped (with its node).
 #[derive(Debug)]
@@ -54,10 +134,15 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves `node` there.
-    pub(crate) async fn start(addr: &str, node: Weak<NodeInner>) -> std::io::Result<Server> {
+    /// Binds `addr` and serves `node` there within `limits`.
+    pub(crate) async fn start(
+        addr: &str,
+        node: Weak<NodeInner>,
+        limits: Limits,
+    ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let task = tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -69,14 +154,24 @@ impl Server {
                         continue;
                     }
                 };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // At the cap: close it at once (dropping the stream).
+                    metrics::counter!(CONNECTIONS_REFUSED_TOTAL).increment(1);
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _permit = permit;
+                    let io = hyper_util::rt::TokioIo::new(Idle::new(stream, limits.idle_timeout));
                     let svc = hyper::service::service_fn(move |req: Request<_>| {
                         let resp = respond(&node, req.method(), req.uri());
                         async move { Ok::<_, Infallible>(resp) }
                     });
+                    // Without a timer hyper silently drops its header read
+                    // timeout.
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(limits.header_read_timeout)
                         .serve_connection(io, svc)
                         .await;
                 });
@@ -88,6 +183,116 @@ impl Server {
     /// The address it listens on.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+/// A stream that fails with `TimedOut` once no byte has moved either way
+/// for `limit` while a read or a write waits.
+struct Idle<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Idle<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Idle {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// A wait: an error once the deadline has passed.
+    fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "admin connection idle",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, data) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    this.moved();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.waiting(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Pending => this.waiting(cx),
+            ready => ready,
+        }
     }
 }
 
@@ -241,6 +446,41 @@ fn percent_decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A read that waits, and a write the peer does not drain, fail once
+    /// no byte has moved for the limit; traffic pushes the deadline on.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_reading_and_writing() {
+        let limit = Duration::from_secs(30);
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut idle = super::Idle::new(near, limit);
+        let start = tokio::time::Instant::now();
+        // Bytes at 20 s push the deadline to 50 s.
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            far.write_all(b"x").await.unwrap();
+            far
+        });
+        let mut buf = [0u8; 8];
+        assert_eq!(idle.read(&mut buf).await.unwrap(), 1);
+        let far = feeder.await.unwrap();
+        let err = idle.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(50));
+
+        // A writer whose peer never reads: the buffer fills, then waits.
+        let (near, _far_kept) = tokio::io::duplex(64);
+        let mut idle = super::Idle::new(near, limit);
+        let start = tokio::time::Instant::now();
+        let err = idle.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), limit);
+        drop(far);
+    }
+
     #[test]
     fn percent_decoding() {
         assert_eq!(super::percent_decode("player-17"), "player-17");

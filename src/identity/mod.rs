@@ -30,7 +30,6 @@ pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -118,7 +117,7 @@ impl Material {
             reason: "no certificate".into(),
         })?;
         let spiffe_id = spiffe_id(leaf).map_err(IdentityError::NoSpiffeId)?;
-        let key = CertifiedKey::from_der(chain, key, &provider())
+        let key = CertifiedKey::from_der(chain, key, &crate::transport::tls::crypto_provider())
             .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
         let mut store = RootCertStore::empty();
         let (_, ignored) = store.add_parsable_certificates(roots);
@@ -184,11 +183,6 @@ fn is_spiffe(uri: &str) -> bool {
     const SCHEME: &[u8] = b"spiffe://";
     let uri = uri.as_bytes();
     uri.len() > SCHEME.len() && uri[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
-}
-
-/// The one crypto provider mesh uses: ring.
-pub(crate) fn provider() -> CryptoProvider {
-    rustls::crypto::ring::default_provider()
 }
 
 #[cfg(test)]

@@ -51,9 +51,14 @@ impl NodeInner {
             .collect()
     }
 
-    /// Serves the admin endpoint at `addr`; the server stops with the node.
-    pub(crate) async fn start_admin(self: &Arc<Self>, addr: &str) -> std::io::Result<()> {
-        let server = crate::admin::Server::start(addr, Arc::downgrade(self)).await?;
+    /// Serves the admin endpoint at `addr` within `limits`; the server
+    /// stops with the node.
+    pub(crate) async fn start_admin(
+        self: &Arc<Self>,
+        addr: &str,
+        limits: crate::admin::Limits,
+    ) -> std::io::Result<()> {
+        let server = crate::admin::Server::start(addr, Arc::downgrade(self), limits).await?;
         let _ = self.admin.set(server);
         Ok(())
     }

@@ -59,6 +59,8 @@ pub struct NodeBuilder {
     weak_cookie: bool,
     #[cfg(feature = "admin")]
     admin: Option<String>,
+    #[cfg(feature = "admin")]
+    admin_limits: crate::admin::Limits,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -95,6 +97,8 @@ impl NodeBuilder {
             weak_cookie: false,
             #[cfg(feature = "admin")]
             admin: None,
+            #[cfg(feature = "admin")]
+            admin_limits: crate::admin::Limits::default(),
         }
     }
 
@@ -374,6 +378,15 @@ impl NodeBuilder {
         self
     }
 
+    /// The admin endpoint's connection limits (feature `admin`): header
+    /// read timeout, idle timeout, connection cap (default
+    /// [`Limits::default`](crate::admin::Limits::default)).
+    #[cfg(feature = "admin")]
+    pub fn admin_limits(mut self, limits: crate::admin::Limits) -> Self {
+        self.admin_limits = limits;
+        self
+    }
+
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
@@ -572,7 +585,7 @@ impl NodeBuilder {
         #[cfg(feature = "admin")]
         if let Some(addr) = &self.admin {
             inner
-                .start_admin(addr)
+                .start_admin(addr, self.admin_limits)
                 .await
                 .map_err(|e| StartError::Listen {
                     addr: addr.clone(),

@@ -18,9 +18,21 @@
 //! as `identity`.
 //!
 //! Contracts:
-//! - TLS 1.3 and 1.2, ring provider, client certificates required, no
-//!   ALPN, no client session resumption (it would hide a rotation: a
-//!   resumed session skips the certificate exchange).
+//! - TLS 1.3 and 1.2 on [`crypto_provider`] (the process's installed
+//!   rustls provider, else aws-lc-rs or ring by mesh's features), client
+//!   certificates required, no ALPN, no client session resumption (it
+//!   would hide a rotation: a resumed session skips the certificate
+//!   exchange).
+//! - Key exchange: the provider's preference. With aws-lc-rs (the default
+//!   feature) two mesh nodes negotiate the post-quantum hybrid
+//!   `X25519MLKEM768` (X25519 combined with ML-KEM-768), so traffic
+//!   recorded today cannot be decrypted later by a quantum computer that
+//!   breaks X25519 alone; ring offers no post-quantum group (rustls
+//!   0.23.48's ring provider prefers `secp384r1`, then `X25519`).
+//!   Every completed handshake is counted in
+//!   `mesh_tls_handshakes_total{group}` (`X25519MLKEM768`, `X25519`,
+//!   `secp256r1`, ..., `other`), on both sides, so an operator can see
+//!   what the cluster negotiates.
 //! - The identity source is asked on every handshake; a new leaf or new
 //!   roots apply to the next handshake, established connections live on.
 //! - A refused handshake is logged with its cause and counted in
@@ -69,6 +81,66 @@ use crate::Transport;
 
 /// Counter: refused TLS handshakes, by `reason`.
 pub const HANDSHAKE_FAILURES_TOTAL: &str = "mesh_tls_handshake_failures_total";
+
+/// Counter: completed TLS handshakes (either side), by the negotiated key
+/// exchange `group` (`X25519MLKEM768` is post-quantum).
+pub const HANDSHAKES_TOTAL: &str = "mesh_tls_handshakes_total";
+
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+compile_error!(
+    "mesh needs a rustls crypto provider: enable the feature `aws-lc-rs` (the default) or `ring`"
+);
+
+/// The rustls crypto provider mesh's TLS (node-to-node mTLS, the https
+/// Consul agent client) uses: the process's default if one was installed
+/// ([`CryptoProvider::install_default`]) when the [`Tls`] or client is
+/// built, else the one of mesh's features: `aws-lc-rs` (the default; it
+/// prefers the post-quantum hybrid key exchange `X25519MLKEM768`) or
+/// `ring` (no post-quantum key exchange); aws-lc-rs when both are on.
+/// mesh never installs a process default itself.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    match CryptoProvider::get_default() {
+        Some(installed) => installed.clone(),
+        None => Arc::new(fallback_provider()),
+    }
+}
+
+#[cfg(feature = "aws-lc-rs")]
+fn fallback_provider() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+fn fallback_provider() -> CryptoProvider {
+    // rustls 0.23.48 deprecates it for its lack of post-quantum key
+    // exchange; this build asked for ring (feature `ring`) knowingly.
+    #[allow(deprecated)]
+    rustls::crypto::ring::default_provider()
+}
+
+/// The `group` label of a negotiated key exchange: a static name.
+fn group_label(group: Option<rustls::NamedGroup>) -> &'static str {
+    use rustls::NamedGroup as G;
+    match group {
+        Some(G::X25519MLKEM768) => "X25519MLKEM768",
+        Some(G::secp256r1MLKEM768) => "secp256r1MLKEM768",
+        Some(G::MLKEM768) => "MLKEM768",
+        Some(G::MLKEM1024) => "MLKEM1024",
+        Some(G::X25519) => "X25519",
+        Some(G::secp256r1) => "secp256r1",
+        Some(G::secp384r1) => "secp384r1",
+        Some(G::secp521r1) => "secp521r1",
+        Some(_) => "other",
+        None => "none",
+    }
+}
+
+/// Counts (and logs at debug) a completed handshake by its key exchange.
+fn completed(state: &rustls::CommonState, what: &dyn std::fmt::Display) {
+    let group = group_label(state.negotiated_key_exchange_group().map(|g| g.name()));
+    tracing::debug!(group, "TLS handshake {what} completed");
+    metrics::counter!(HANDSHAKES_TOTAL, "group" => group).increment(1);
+}
 
 /// How often an accepted caller is authorized again, unless configured.
 pub const DEFAULT_REAUTHORIZE_EVERY: Duration = Duration::from_secs(60);
@@ -126,7 +198,7 @@ impl Tls {
                 reauthorize_every: DEFAULT_REAUTHORIZE_EVERY,
                 max_lifetime: Some(DEFAULT_MAX_CONNECTION_LIFETIME),
                 tcp,
-                provider: Arc::new(identity::provider()),
+                provider: crypto_provider(),
                 built: Mutex::new(None),
             }),
         }
@@ -262,6 +334,7 @@ impl Connector for Tls {
                 .connect(server_name(&target.addr), tcp)
                 .await
                 .map_err(|e| failed(e, &format!("TLS handshake with {target}")))?;
+            completed(tls.get_ref().1, &format_args!("with {target}"));
             let identity = peer_id(tls.get_ref().1.peer_certificates());
             let facts = match identity {
                 Some(id) => facts.with_identity(id),
@@ -298,6 +371,7 @@ impl Acceptor for Tls {
                 .accept(stream)
                 .await
                 .map_err(|e| failed(e, &format!("TLS handshake from {}", facts.remote)))?;
+            completed(tls.get_ref().1, &format_args!("from {}", facts.remote));
             let identity = peer_id(tls.get_ref().1.peer_certificates());
             let serial = tls
                 .get_ref()
@@ -596,5 +670,44 @@ fn reason(e: &io::Error) -> &'static str {
         E::InvalidMessage(_) | E::InappropriateMessage { .. } => "not_tls",
         E::AlertReceived(_) => "peer_refused",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::crypto::CryptoProvider;
+    use rustls::NamedGroup;
+
+    /// The fallback of this build prefers the post-quantum hybrid with
+    /// aws-lc-rs; a provider the process installed wins over it.
+    #[test]
+    fn the_process_default_provider_wins_over_the_features() {
+        let fallback = super::fallback_provider();
+        let first = fallback.kx_groups[0].name();
+        if cfg!(feature = "aws-lc-rs") {
+            assert_eq!(first, NamedGroup::X25519MLKEM768);
+        } else {
+            assert_eq!(first, NamedGroup::secp384r1);
+        }
+        let mut classic = fallback;
+        classic.kx_groups.retain(|g| g.name() == NamedGroup::X25519);
+        let _ = classic.install_default();
+        let installed = CryptoProvider::get_default().expect("installed");
+        let used = super::crypto_provider();
+        assert!(Arc::ptr_eq(&used, installed));
+        assert_eq!(used.kx_groups.len(), 1);
+    }
+
+    #[test]
+    fn group_labels_are_static_names() {
+        assert_eq!(
+            super::group_label(Some(NamedGroup::X25519MLKEM768)),
+            "X25519MLKEM768"
+        );
+        assert_eq!(super::group_label(Some(NamedGroup::X25519)), "X25519");
+        assert_eq!(super::group_label(Some(NamedGroup::FFDHE2048)), "other");
+        assert_eq!(super::group_label(None), "none");
     }
 }

@@ -18,7 +18,8 @@
 //!   frames as they are (a misbehaving member);
 //! - [`COOKIE`] and [`OTHER_COOKIE`]: strong cluster cookies;
 //! - [`scratch`], [`free_port`] and [`require_haproxy`]: what the suites
-//!   that run real HAProxy sidecars share.
+//!   that run real HAProxy sidecars share;
+//! - [`http`]: a reqwest client for the suites' own HTTP servers.
 //!
 //! What only one suite uses stays in that suite.
 
@@ -60,6 +61,23 @@ pub async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, f)
         .await
         .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
+}
+
+/// A reqwest client (for the suites' plain-HTTP servers: the admin
+/// endpoint, the Consul test agent). mesh builds reqwest without a crypto
+/// provider of its own, so `reqwest::Client::new()` would panic unless the
+/// process installed one; this hands reqwest a rustls configuration on
+/// mesh's provider instead, with no roots (no https).
+pub fn http() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(mesh::transport::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("the provider's protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("an HTTP client")
 }
 
 /// A fresh, empty directory `<tmp>/mesh-<what>-<pid>-<n>`, new at each

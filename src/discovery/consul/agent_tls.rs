@@ -32,7 +32,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 ///
 /// Without `CONSUL_CACERT` or `CONSUL_CAPATH`, the system bundle is used
 /// (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
-/// rustls on the ring provider (the same as the node's own mTLS), TLS 1.3
+/// rustls on mesh's crypto provider (the same as the node's own mTLS,
+/// [`crypto_provider`](crate::transport::tls::crypto_provider)), TLS 1.3
 /// and 1.2. A file that cannot be read or parsed is a clear error at
 /// start; a certificate the agent does not pass fails each request with
 /// rustls's reason (an unknown issuer, a name mismatch).
@@ -116,7 +117,7 @@ impl AgentTls {
         self
     }
 
-    /// The rustls client configuration (ring provider).
+    /// The rustls client configuration (mesh's crypto provider).
     pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, String> {
         if let Some(e) = &self.invalid {
             return Err(e.clone());
@@ -126,7 +127,7 @@ impl AgentTls {
                 "CONSUL_HTTP_SSL_VERIFY=false: the Consul agent's certificate is not checked; anyone on the path can read the ACL token"
             );
         }
-        let provider = Arc::new(crate::identity::provider());
+        let provider = crate::transport::tls::crypto_provider();
         let mut roots = RootCertStore::empty();
         let mut sources: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
         if let Some(dir) = &self.ca_path {
@@ -242,9 +243,18 @@ pub(crate) fn client(
     if let Some(t) = connect_timeout {
         b = b.connect_timeout(t);
     }
-    if base.starts_with("https://") {
-        b = b.use_preconfigured_tls(tls.client_config()?);
-    }
+    // Always a configuration of mesh's own: reqwest has no provider of
+    // its own in this build (it would panic building a plain client).
+    let config = if base.starts_with("https://") {
+        tls.client_config()?
+    } else {
+        rustls::ClientConfig::builder_with_provider(crate::transport::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth()
+    };
+    b = b.use_preconfigured_tls(config);
     b.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }

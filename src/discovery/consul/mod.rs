@@ -93,7 +93,7 @@
 //! pair `game-a => game-b`, or `* => game-<node>`, since Consul refuses
 //! `game-*`) is on [`Mesh`].
 //! **TLS to the agent**: an `https://` address (or `CONSUL_HTTP_SSL=true`
-//! with `host:port`) is reached over rustls (ring provider), with
+//! with `host:port`) is reached over rustls (mesh's crypto provider), with
 //! `CONSUL_CACERT`, `CONSUL_CAPATH`, `CONSUL_CLIENT_CERT`,
 //! `CONSUL_CLIENT_KEY`, `CONSUL_TLS_SERVER_NAME` and
 //! `CONSUL_HTTP_SSL_VERIFY` read as the `consul` CLI reads them, or set in
