@@ -29,26 +29,43 @@
 //! activation and dispatch:
 //!
 //! - **One session per node** in the store (Consul: TTL-only, no node
-//!   checks, `Behavior` release; TTL 10 s, lock-delay 5 s by default), kept
-//!   alive every TTL / 4.
+//!   checks, `Behavior` release; TTL 10 s, lock-delay 10 s by default),
+//!   kept alive every TTL / 4.
 //! - **One lock key per (actor type, shard)**,
 //!   `mesh/<cluster>/own/<capability>/<actor>/<shard:04>` (the types of a
 //!   capability may be placed on different nodes), locked in batches of 64
 //!   per `/v1/txn`. Its fencing token is the lock write's `ModifyIndex`,
 //!   which grows with every grant across the whole store.
 //! - **The local deadline**: `send time of the last successful renew + TTL
-//!   x (1 - rho) - epsilon` (rho 1 %, epsilon 500 ms). Consul never
-//!   invalidates a session less than a TTL after it *received* a renew,
-//!   and no other session can lock a released key until the lock-delay
-//!   after an invalidation, so stopping at the deadline stays safe for a
-//!   clock running up to rho slower than the server's.
+//!   x (1 - rho) - epsilon` (rho 1 %, epsilon 500 ms; the *validity* is
+//!   9.4 s with the defaults), measured on two clocks at once
+//!   ([the lease clocks](#the-lease-clocks)): `CLOCK_BOOTTIME` and the wall
+//!   clock. Consul never invalidates a session less than a TTL after it
+//!   *received* a renew (TTL expiry), and no other session can lock a
+//!   released key until the lock-delay after an invalidation, so stopping
+//!   at the deadline stays safe for a clock running up to rho slower than
+//!   the server's.
+//! - **Explicit invalidation** (an operator's `consul session destroy`, a
+//!   server-side invalidation): the keys are free at `D + lock-delay`,
+//!   where `D` is the invalidation, which came after the last renew was
+//!   received. This node stops at most `validity / (1 - rho)` of server
+//!   time after that renew was sent, that is before `D + TTL - epsilon /
+//!   (1 - rho)` (`D + 9.49 s` with the defaults). Hence the lock-delay
+//!   must be at least `TTL - epsilon / (1 - rho)`: the default is 10 s,
+//!   and [`crate::NodeBuilder::start`] refuses a shorter one (and one
+//!   above Consul's 60 s cap, which a TTL above about 60 s would need).
 //! - **Dispatch gate**: an activation starts only on a shard this node has
 //!   locked, under a valid deadline, and checks the same before each
-//!   message (one atomic load and a clock read). Past the deadline it
-//!   stops and buffers (its mailbox, with the callers' deadlines); a renew
-//!   resumes it; a lost session ends every activation of the node without
-//!   its `on_deactivate` hook (its state may be stale), and their ids
-//!   activate again once locked anew.
+//!   message (two atomic loads and a read of both clocks), before each
+//!   call of its chain that a reentrant turn
+//!   (`#[mesh::handlers(reentrant)]`) interleaves, and before its
+//!   `on_deactivate` hook. Past the deadline it stops and buffers (its
+//!   mailbox, with the callers' deadlines; a reentrant turn's handlers
+//!   already running go on, the calls of its chain wait); a renew resumes
+//!   it; a lost session ends every activation of the node without its
+//!   `on_deactivate` hook (its state may be stale; a reentrant turn ends
+//!   at the next call of its chain, its running handlers dropped), and
+//!   their ids activate again once locked anew.
 //! - **Handoff**: when the ring gives a shard to another node, the old
 //!   owner marks it draining (no new activation; calls arriving are
 //!   forwarded to the new owner, as in eventual mode), its activations
@@ -59,7 +76,7 @@
 //! - **Crash**: the dead node's session expires at least a TTL after its
 //!   last renew (Consul's timer runs twice the TTL), then its keys are
 //!   free after the lock-delay: its shards are unavailable for at most
-//!   `2 x TTL + lock-delay + retry`, about 25 s with the defaults (the
+//!   `2 x TTL + lock-delay + retry`, about 30 s with the defaults (the
 //!   10 s TTL is Consul's minimum).
 //!
 //! Strong mode needs an authoritative store: a static-seed cluster cannot
@@ -89,18 +106,35 @@
 //! outside the actor must be **fenced**: carry the activation's token
 //! ([`crate::Ctx::fence`]) and let the store refuse a stale one. With
 //! Consul, [`crate::discovery::Consul::fenced_put`] writes in one `/v1/txn`
-//! with a `check-session` of the shard's lock key, which fails once the
-//! key is held by another session (or by none).
+//! with a `check-session` of the shard's lock key and a `check-index` of
+//! the token (the lock key's `ModifyIndex` must still be the one its grant
+//! wrote), which fails once the key is held by another session, by none,
+//! or by this same session under a later grant (the shard went away and
+//! came back: an earlier activation's late write is refused).
 //!
-//! # The local lease rule
+//! # The lease clocks
 //!
-//! The rule behind the deadline is a sans-IO state machine (`Lease`,
-//! crate-private): time is passed in as [`tokio::time::Instant`]
-//! (`CLOCK_MONOTONIC` on Linux, which does not count suspend; a suspended
-//! host looks like a paused process, and the deadline covers both because
-//! it is checked after the pause, before any dispatch). Replies may be
-//! handled out of order: the deadline only ever moves to a later send
-//! time, and replies for an older session are ignored.
+//! The deadline is stamped on two clocks at the send of the renew, and
+//! the gate lets an activation act only while both are before it:
+//!
+//! - `CLOCK_BOOTTIME`, which keeps counting while the host is suspended
+//!   (`CLOCK_MONOTONIC`, Rust's and tokio's `Instant`, stops): after a
+//!   suspend longer than the validity, the gate refuses at once, before
+//!   any renew could report the session gone.
+//! - The wall clock: a virtual machine paused by its hypervisor (a
+//!   snapshot, a migration, `virsh suspend`) counts no boot time either.
+//!   Once its wall clock is set right after the resume (NTP, the guest
+//!   agent, kvmclock), the time since the last renew shows the lease
+//!   expired, and the gate refuses. Until then such a guest acts as a
+//!   paused process does (below): only fenced writes are safe. A wall
+//!   clock stepped forward ends the lease early (a renew restores it); one
+//!   stepped back is still bounded by the boot clock.
+//!
+//! Tokio's clock only schedules the renews; it decides nothing. The rule
+//! is the gate's alone (`gate::Gate`, crate-private, tested on an injected
+//! clock); the keeper's book (`Lease`) computes the deadline it publishes.
+//! Replies may be handled out of order: the deadline only ever moves to a
+//! later send, and replies for an older session are ignored.
 
 pub(crate) mod clock;
 pub(crate) mod gate;
