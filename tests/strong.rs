@@ -1,7 +1,7 @@
 //! Strong single activation (`NodeBuilder::strong`, `mesh::lease`) with
 //! in-process nodes on loopback and the Consul test agent, its time
-//! scaled so that a 10 s session TTL lasts 500 ms (timer 1 s) and the 5 s
-//! lock-delay 250 ms; the nodes are told the same scale
+//! scaled so that a 10 s session TTL lasts 500 ms (timer 1 s) and the 10 s
+//! lock-delay 500 ms; the nodes are told the same scale
 //! (`Strong::time_scale`).
 //!
 //! Every scenario runs steady deposits into accounts whose balance lives
