@@ -1,7 +1,7 @@
 //! Strong mode (`mesh::lease`) against eventual mode, in the same run:
 //! the same three nodes (two hosting, one calling), in-process, on
 //! loopback TCP, with the Consul test agent (time scaled 20x: session TTL
-//! 10 s -> 500 ms, lock-delay 5 s -> 250 ms), once per mode. Eventual mode
+//! 10 s -> 500 ms, lock-delay 10 s -> 500 ms), once per mode. Eventual mode
 //! is the baseline of each figure:
 //!
 //! - local call throughput (a node calling actors it hosts: the gate's

@@ -1,7 +1,7 @@
 //! Chaos suite of the strong mode (`mesh::lease`): real node processes
 //! (the `consul_mesh` example hosting `Account`, whose balance lives in
 //! Consul KV) on loopback, the Consul test agent in this process with its
-//! time scaled 20x (session TTL 10 s -> 500 ms, timer 1 s, lock-delay 250
+//! time scaled 20x (session TTL 10 s -> 500 ms, timer 1 s, lock-delay 500
 //! ms; the nodes are told with `--time-scale`), and steady deposits from
 //! this test, which joins as a node hosting nothing.
 //!

@@ -1,7 +1,7 @@
 //! Strong single activation (`NodeBuilder::strong`, `mesh::lease`) with
 //! in-process nodes on loopback and the Consul test agent, its time
-//! scaled so that a 10 s session TTL lasts 500 ms (timer 1 s) and the 5 s
-//! lock-delay 250 ms; the nodes are told the same scale
+//! scaled so that a 10 s session TTL lasts 500 ms (timer 1 s) and the 10 s
+//! lock-delay 500 ms; the nodes are told the same scale
 //! (`Strong::time_scale`).
 //!
 //! Every scenario runs steady deposits into accounts whose balance lives
@@ -16,15 +16,18 @@
 //! The same churn in eventual mode is the negative control: the checkers
 //! must flag it, or the strong run proves nothing.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh::history::{violations, MemoryHistory, Violation};
-use mesh::lease::Strong;
+use mesh::history::{violations, MemoryHistory, Phase, Violation};
+use mesh::lease::{Fence, Strong};
 use mesh::prelude::*;
 use mesh_testkit::actors::{Account, Deposit};
 use mesh_testkit::bank::{adapter, agent, check_balances, session_of, Deposits};
 use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::consul_kv::{TxnOp, TxnOutcome};
 use mesh_testkit::within;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const STEP: Duration = Duration::from_secs(30);
@@ -200,6 +203,378 @@ async fn strong_mode_needs_an_authoritative_store() {
     assert!(err.to_string().contains("no validity"), "{err}");
 }
 
+/// Issue 19, point 12: a lock-delay shorter than the lease's validity
+/// would free the keys, after an explicit `session destroy`, while the old
+/// owner still serves until its deadline. The defaults are safe; a shorter
+/// lock-delay is refused at start, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_delay_shorter_than_the_lease_validity_is_refused_at_start() {
+    let consul = agent(1, SCALE).await;
+    let history = MemoryHistory::new();
+    // The defaults (10 s TTL, 10 s lock-delay) start.
+    let a = node(
+        &consul,
+        0,
+        "a",
+        Some(Strong::new().time_scale(SCALE)),
+        &history,
+        true,
+    )
+    .await;
+    a.shutdown().await.expect("shutdown");
+    // The review's case: 5 s against a validity of about 9.5 s.
+    let err = Node::builder()
+        .cluster("bank")
+        .cookie("c")
+        .listen("127.0.0.1:0")
+        .capabilities(["bank"])
+        .actor::<Account>()
+        .default_node(false)
+        .discovery(adapter(&consul, 0))
+        .strong(Strong::new().lock_delay(Duration::from_secs(5)))
+        .start()
+        .await
+        .expect_err("an unsafe lock-delay");
+    let text = err.to_string();
+    assert!(
+        text.contains("lock-delay 5s is shorter than the lease validity")
+            && text.contains("session destroy")
+            && text.contains("at least 9.495s"),
+        "{text}"
+    );
+}
+
+// ---- Fenced writes: the token, not only the session --------------------
+
+/// A session created on the test agent's state, as a node's keeper would.
+fn session(consul: &TestConsul, name: &str) -> String {
+    let body =
+        serde_json::json!({"Name": name, "TTL": "10s", "LockDelay": "10s", "NodeChecks": []});
+    consul.with_catalog(|c| {
+        let idx = c.next_index();
+        consul.with_kv(|kv| {
+            kv.session_create(
+                c,
+                consul.node(0),
+                body.to_string().as_bytes(),
+                idx,
+                Instant::now(),
+            )
+            .expect("session created")
+        })
+    })
+}
+
+/// One `lock` or `unlock` of `key` for `session` in a transaction: the
+/// key's `ModifyIndex` after it (a lock's fencing token).
+fn lock_op(consul: &TestConsul, verb: &str, key: &str, session: &str) -> u64 {
+    let op = TxnOp {
+        verb: verb.into(),
+        key: key.into(),
+        value: b"holder".to_vec(),
+        flags: 0,
+        index: 0,
+        session: session.into(),
+    };
+    let out = consul
+        .with_catalog(|c| consul.with_kv(|kv| kv.txn(&[op], || c.next_index(), Instant::now())));
+    match out {
+        TxnOutcome::Ok(results) => results[0]["KV"]["ModifyIndex"].as_u64().expect("an index"),
+        TxnOutcome::Failed(e) => panic!("{verb} {key}: {e:?}"),
+    }
+}
+
+/// Issue 19, point 11 (review finding 12): a detached task of an earlier
+/// activation (token T1) writes after the shard went to another node and
+/// came back to this node under the same session (token T3). The session
+/// check alone lets it through; the token's `check-index` refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_fenced_by_an_earlier_grant_is_refused_even_under_the_same_session() {
+    let consul = agent(1, SCALE).await;
+    let store = adapter(&consul, 0);
+    let key = "mesh/bank/own/bank/Account/0007";
+    let (a, b) = (session(&consul, "mesh/a/1"), session(&consul, "mesh/b/1"));
+    let t1 = lock_op(&consul, "lock", key, &a);
+    let fence = |token| Fence::new(key, a.clone(), token);
+    store
+        .fenced_put(&fence(t1), "accounts/x", b"1")
+        .await
+        .expect("the holder of T1 writes");
+    // The shard goes to b, and back to a under the same session.
+    lock_op(&consul, "unlock", key, &a);
+    let t2 = lock_op(&consul, "lock", key, &b);
+    lock_op(&consul, "unlock", key, &b);
+    let t3 = lock_op(&consul, "lock", key, &a);
+    assert!(t1 < t2 && t2 < t3, "{t1} {t2} {t3}");
+    // The late write of the T1 activation: refused, though a holds the key.
+    let err = store
+        .fenced_put(&fence(t1), "accounts/x", b"stale")
+        .await
+        .expect_err("a stale token");
+    match &err {
+        mesh::Error::Fenced { key: k, reason } => {
+            assert_eq!(k, key);
+            assert!(reason.contains("failed index check"), "{reason}");
+        }
+        other => panic!("not fenced: {other}"),
+    }
+    let stored = store.kv_get("accounts/x").await.expect("read");
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"1"[..]),
+        "the stale write was applied"
+    );
+    // The activation of T3 writes; b's grant under a's session does not.
+    store
+        .fenced_put(&fence(t3), "accounts/x", b"2")
+        .await
+        .expect("the holder of T3 writes");
+    assert!(store
+        .fenced_put(&fence(t2), "accounts/x", b"3")
+        .await
+        .is_err());
+    let stored = store.kv_get("accounts/x").await.expect("read");
+    assert_eq!(stored.as_deref(), Some(&b"2"[..]));
+}
+
+// ---- Reentrant turns: every call of the chain passes the gate ------------
+
+/// A reentrant host: `Visit` calls a `Guest`, which calls the host back
+/// (`Note`) while the visit waits, in the same turn.
+#[derive(Actor, Default)]
+#[actor(capability = "turns")]
+struct Host;
+
+#[derive(Actor, Default)]
+#[actor(capability = "turns")]
+struct Guest;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<u64, String>)]
+struct Visit {
+    via: String,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Note;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<u64, String>)]
+struct Knock {
+    host: String,
+}
+
+/// What the test sees of a turn, and the door the guest waits behind.
+struct Turns {
+    knocked: Notify,
+    go: Notify,
+    /// (handler, its activation's token, when it ran).
+    served: Mutex<Vec<(&'static str, u64, Instant)>>,
+    /// How many handlers ran.
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl Turns {
+    fn new() -> Arc<Turns> {
+        Arc::new(Turns {
+            knocked: Notify::new(),
+            go: Notify::new(),
+            served: Mutex::new(Vec::new()),
+            count: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// Waits until `n` handlers ran; returns what they saw.
+    async fn served(&self, n: usize) -> Vec<(&'static str, u64, Instant)> {
+        let mut rx = self.count.subscribe();
+        within(STEP, rx.wait_for(|c| *c >= n))
+            .await
+            .expect("the count");
+        self.served.lock().unwrap().clone()
+    }
+}
+
+fn served(ctx: &Ctx, what: &'static str) -> u64 {
+    let token = ctx.fence().map_or(0, |f| f.token);
+    if let Ok(t) = ctx.get::<Arc<Turns>>() {
+        t.served.lock().unwrap().push((what, token, Instant::now()));
+        t.count.send_modify(|c| *c += 1);
+    }
+    token
+}
+
+#[mesh::handlers(reentrant)]
+impl Host {
+    async fn visit(&self, v: Visit, ctx: &Ctx) -> Result<u64, String> {
+        served(ctx, "visit");
+        let knock = Knock {
+            host: ctx.id().into(),
+        };
+        let r = ctx.node().call::<Guest, _>(&v.via, knock).await;
+        r.map_err(|e| e.to_string())?
+    }
+
+    async fn note(&self, _: Note, ctx: &Ctx) -> u64 {
+        served(ctx, "note")
+    }
+}
+
+#[mesh::handlers]
+impl Guest {
+    async fn knock(&mut self, k: Knock, ctx: &Ctx) -> Result<u64, String> {
+        let turns = ctx.get::<Arc<Turns>>().map_err(|e| e.to_string())?;
+        turns.knocked.notify_one();
+        turns.go.notified().await;
+        let r = ctx
+            .node()
+            .call::<Host, _>(&k.host, Note)
+            .timeout(STEP)
+            .await;
+        r.map_err(|e| e.to_string())
+    }
+}
+
+async fn turns_node(
+    consul: &TestConsul,
+    scale: f64,
+    turns: &Arc<Turns>,
+    history: &MemoryHistory,
+) -> Node {
+    Node::builder()
+        .name("a")
+        .cluster("turns")
+        .cookie("turns-cookie")
+        .listen("127.0.0.1:0")
+        .default_node(false)
+        .capabilities(["turns"])
+        .actor::<Host>()
+        .actor::<Guest>()
+        .provide(turns.clone())
+        .history(history.clone())
+        .discovery(adapter(consul, 0))
+        .strong(
+            Strong::new()
+                .time_scale(scale)
+                .retry(Duration::from_millis(20)),
+        )
+        .start()
+        .await
+        .expect("node starts")
+}
+
+/// Issue 19, point 9 (review finding 5): the session is lost while a
+/// reentrant turn waits on its chain; the call back into the host must not
+/// start in that turn, on the old grant. The turn ends as lost and the
+/// call is served by a new activation, under the new session's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_a_reentrant_turn_does_not_start_once_the_lease_is_lost() {
+    let consul = agent(1, SCALE).await;
+    let (turns, history) = (Turns::new(), MemoryHistory::new());
+    let a = turns_node(&consul, SCALE, &turns, &history).await;
+    let visit = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.call::<Host, _>("h", Visit { via: "g".into() })
+                .timeout(STEP)
+                .await
+        })
+    };
+    within(STEP, turns.knocked.notified()).await;
+    // The session destroyed behind the node's back; it learns at its next
+    // renew (404), clears every shard, then creates a new session.
+    let old = session_of(&consul, "a").expect("a session");
+    let t0 = Instant::now();
+    // The index first: the agent locks its catalog before its KV, and so
+    // must the test (the other order deadlocks with the agent's tick).
+    let idx = consul.with_catalog(|c| c.next_index());
+    let destroyed = consul.with_kv(|kv| kv.session_destroy(&old, idx, Instant::now()));
+    assert!(destroyed);
+    within(
+        STEP,
+        consul.wait_logged(|l| l.path.starts_with("session/create") && l.at > t0),
+    )
+    .await;
+    // Now the guest calls the host back, in the visit's chain.
+    turns.go.notify_one();
+    let served = turns.served(2).await;
+    let outcome = within(STEP, visit).await.expect("the visit task");
+    let tokens: Vec<(&str, u64)> = served.iter().map(|(w, t, _)| (*w, *t)).collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?} {outcome:?}");
+    let (visit_token, note_token) = (tokens[0].1, tokens[1].1);
+    assert_eq!(tokens[0].0, "visit");
+    assert_eq!(tokens[1].0, "note");
+    assert!(visit_token > 0);
+    assert!(
+        note_token > visit_token,
+        "the call back ran on the lost grant {visit_token}: {tokens:?}"
+    );
+    // The visit was in the lost turn: its caller learns it did not end.
+    assert!(!matches!(outcome, Ok(Ok(_))), "{outcome:?}");
+    let events = history.events();
+    assert!(events.iter().any(|e| e.phase == Phase::Lost), "{events:?}");
+    assert!(violations(&events).is_empty(), "{events:?}");
+    a.shutdown().await.expect("shutdown");
+}
+
+/// Issue 19, point 9, the other answer of the gate: the lease lapses
+/// (renews fail) while a reentrant turn waits on its chain; the call back
+/// into the host waits, queued, and starts in the same turn, on the same
+/// grant, once a renew succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_a_reentrant_turn_waits_while_the_lease_has_lapsed() {
+    // Slower than the other suites: the session (timer 2 x TTL = 4 s
+    // after the last renew received) must outlive the lapse (deadline
+    // 1.88 s after the last renew sent) and the wait after it.
+    const SLOW: f64 = 0.2;
+    let consul = agent(1, SLOW).await;
+    let (turns, history) = (Turns::new(), MemoryHistory::new());
+    let a = turns_node(&consul, SLOW, &turns, &history).await;
+    let visit = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.call::<Host, _>("h", Visit { via: "g".into() })
+                .timeout(STEP)
+                .await
+        })
+    };
+    within(STEP, turns.knocked.notified()).await;
+    // Consul answers nothing but 500 from now on: the last successful
+    // renew was sent before this, so the lease lapses within its
+    // validity (10 s x 0.99 - 0.5 s, scaled: 1.88 s).
+    let failing = Instant::now();
+    consul.fail_with(Some((500, "test: no leader")));
+    let validity = Duration::from_millis(1_880);
+    tokio::time::sleep_until(failing + validity + Duration::from_millis(20)).await;
+    turns.go.notify_one();
+    // The call back is queued at the gate: not served while the renews
+    // keep failing (one more renew attempt is seen failing meanwhile).
+    let after = Instant::now();
+    within(STEP, consul.wait_requests(0, "session/renew", after, 1)).await;
+    assert_eq!(
+        turns.served.lock().unwrap().len(),
+        1,
+        "the call back ran while the lease had lapsed"
+    );
+    let healed = Instant::now();
+    consul.fail_with(None);
+    let outcome = within(STEP, visit).await.expect("the visit task");
+    let served = turns.served(2).await;
+    assert_eq!(served.len(), 2, "{served:?}");
+    let ((v, visit_token, _), (n, note_token, note_at)) = (served[0], served[1]);
+    assert_eq!((v, n), ("visit", "note"));
+    assert!(note_at >= healed, "served before the lease held again");
+    // Same turn, same grant: the visit returns the note's token.
+    assert_eq!(note_token, visit_token);
+    assert!(
+        matches!(outcome, Ok(Ok(t)) if t == visit_token),
+        "{outcome:?}"
+    );
+    let events = history.events();
+    assert!(!events.iter().any(|e| e.phase == Phase::Lost), "{events:?}");
+    a.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_session_ends_the_activations_and_they_return_under_a_new_one() {
     let consul = agent(1, SCALE).await;
@@ -213,10 +588,10 @@ async fn a_lost_session_ends_the_activations_and_they_return_under_a_new_one() {
     let old = session_of(&consul, "a").expect("a session");
     // Destroyed behind the node's back (an operator, or the servers
     // invalidating it): the next renew answers 404.
-    let destroyed = consul.with_kv(|kv| {
-        let idx = consul.with_catalog(|c| c.next_index());
-        kv.session_destroy(&old, idx, Instant::now())
-    });
+    // The index first: the agent locks its catalog before its KV, and so
+    // must the test (the other order deadlocks with the agent's tick).
+    let idx = consul.with_catalog(|c| c.next_index());
+    let destroyed = consul.with_kv(|kv| kv.session_destroy(&old, idx, Instant::now()));
     assert!(destroyed);
     // The node finds out at its next renew (404) and creates a new
     // session; its next call ends the old activation without its hook

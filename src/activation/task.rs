@@ -309,8 +309,8 @@ async fn serve_interleaved<'a, A: Handlers>(
                 env.fail(Error::timeout());
                 continue;
             }
-            // Strong mode: each turn starts under the lease (the calls it
-            // interleaves belong to its chain).
+            // Strong mode: each turn starts under the lease, and each call
+            // it interleaves later is checked again (`Turn`).
             let check = lease_check::<A>(ctx, leased);
             if check != Check::Go {
                 batch.push_front(env);
@@ -331,16 +331,19 @@ async fn serve_interleaved<'a, A: Handlers>(
                 mb,
                 batch: &mut *batch,
                 ctx,
+                leased,
                 outcome: Outcome::Done,
                 polled: false,
                 armed: None,
                 timer: None,
+                gate_wait: None,
             }
             .await;
             let end = match outcome {
-                Outcome::Panicked => Some(EndReason::Panic),
-                Outcome::Done if ctx.take_deactivate() => Some(EndReason::Requested),
-                Outcome::Done => None,
+                TurnEnd::Lost => Some(EndReason::Lost),
+                TurnEnd::Done(Outcome::Panicked) => Some(EndReason::Panic),
+                TurnEnd::Done(Outcome::Done) if ctx.take_deactivate() => Some(EndReason::Requested),
+                TurnEnd::Done(Outcome::Done) => None,
             };
             if let Some(end) = end {
                 mb.put_back(batch);
@@ -410,6 +413,15 @@ impl<F: Future> Future for WithCaller<F> {
 /// (at the first panic, the others are dropped: their callers see the
 /// activation gone). Meanwhile, as [`watch_queue`] does, queued calls whose
 /// deadline passes are answered with [`Error::Timeout`].
+///
+/// Strong mode: each call of the chain passes the gate before it starts,
+/// as the turn's first message did (the lease may have lapsed, or the
+/// shard moved, since). While the gate says wait, the calls stay queued
+/// (their deadlines running) and the turn's running handlers go on; once
+/// it says the lease is lost, the turn ends at once ([`TurnEnd::Lost`]):
+/// its running handlers are dropped (their callers see the activation
+/// gone) and the queued calls are served by a later activation, under a
+/// new grant.
 struct Turn<'t, 'a, A: Handlers> {
     first: Option<BoxFuture<'a, Outcome>>,
     more: Vec<BoxFuture<'a, Outcome>>,
@@ -417,16 +429,28 @@ struct Turn<'t, 'a, A: Handlers> {
     mb: &'t Mailbox<Envelope<A>>,
     batch: &'t mut VecDeque<Envelope<A>>,
     ctx: &'a Ctx,
+    /// Strong mode: the activation holds a lease (see [`lease_check`]).
+    leased: bool,
     outcome: Outcome,
     polled: bool,
     armed: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Strong mode: a call of the chain waits at the gate for a change.
+    gate_wait: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
-impl<A: Handlers> Future for Turn<'_, '_, A> {
-    type Output = Outcome;
+/// How a [`Turn`] ended.
+enum TurnEnd {
+    /// Every handler of the turn returned, or one panicked.
+    Done(Outcome),
+    /// Strong mode: a call of the chain found the lease lost.
+    Lost,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
+    type Output = TurnEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TurnEnd> {
         let this = self.get_mut();
         let id = this.ctx.id();
         loop {
@@ -450,7 +474,7 @@ impl<A: Handlers> Future for Turn<'_, '_, A> {
             });
             this.outcome = outcome;
             if outcome == Outcome::Panicked || (this.first.is_none() && this.more.is_empty()) {
-                return Poll::Ready(outcome);
+                return Poll::Ready(TurnEnd::Done(outcome));
             }
             if !std::mem::replace(&mut this.polled, true) {
                 this.mb.put_back(this.batch);
@@ -459,14 +483,45 @@ impl<A: Handlers> Future for Turn<'_, '_, A> {
             for env in expired {
                 env.fail(Error::timeout());
             }
-            let picked = this.mb.take_picked(|e| e.in_chain_of(id));
-            if !picked.is_empty() {
-                for env in picked {
-                    if !env.abandoned() {
-                        this.more.push(start(this.il, env, this.ctx));
+            // Strong mode: a call of the chain starts only past the gate.
+            let mut waiting = false;
+            if this.leased && this.mb.any(|e| e.in_chain_of(id)) {
+                match lease_check::<A>(this.ctx, true) {
+                    Check::Go => this.gate_wait = None,
+                    Check::Lost => return Poll::Ready(TurnEnd::Lost),
+                    Check::Wait => {
+                        let ctx: &'a Ctx = this.ctx;
+                        match (this.gate_wait.as_mut(), ctx.node().inner().gate.as_deref()) {
+                            (Some(changed), _) => {
+                                if changed.as_mut().poll(cx).is_ready() {
+                                    this.gate_wait = None;
+                                    continue;
+                                }
+                            }
+                            (None, Some(gate)) => {
+                                // Registered before the check again: a
+                                // change in between is not missed.
+                                let mut changed = Box::pin(gate.changed());
+                                changed.as_mut().enable();
+                                this.gate_wait = Some(changed);
+                                continue;
+                            }
+                            (None, None) => {}
+                        }
+                        waiting = true;
                     }
                 }
-                continue;
+            }
+            if !waiting {
+                let picked = this.mb.take_picked(|e| e.in_chain_of(id));
+                if !picked.is_empty() {
+                    for env in picked {
+                        if !env.abandoned() {
+                            this.more.push(start(this.il, env, this.ctx));
+                        }
+                    }
+                    continue;
+                }
             }
             if earliest != this.armed {
                 this.armed = earliest;
@@ -480,9 +535,11 @@ impl<A: Handlers> Future for Turn<'_, '_, A> {
                 }
             }
             // Any push wakes the turn: a call of its chain may come. One
-            // that came before the registration is seen here.
+            // that came before the registration is seen here (unless the
+            // calls of the chain wait at the gate: its change wakes the
+            // turn then).
             this.mb.watch_any(cx);
-            if this.mb.any(|e| e.in_chain_of(id)) {
+            if !waiting && this.mb.any(|e| e.in_chain_of(id)) {
                 continue;
             }
             return Poll::Pending;

@@ -14,7 +14,17 @@
 //! - the **live count**: activations of the shard that passed the gate and
 //!   have not ended. The keeper unlocks a draining shard only at zero.
 //!
-//! and, for the node, the local lease deadline (see [`super::Lease`]).
+//! and, for the node, the local lease deadline, on the two clocks of
+//! [`super::clock`]: `CLOCK_BOOTTIME` and the wall clock, each stamped at
+//! the send of the last successful renew plus the validity (see
+//! [`super::Lease::deadline`]). The lease holds while *both* clocks are
+//! before their deadline.
+//!
+//! **This is the rule dispatch runs, and the only one**: an activation
+//! starts ([`Gate::enter`]) only on a shard held (not draining) under a
+//! valid deadline, and handles each message, or each call a reentrant
+//! turn interleaves, or its `on_deactivate` hook, only after
+//! [`Gate::check`] said [`Check::Go`] for the token it entered with.
 //!
 //! Ordering: an activation increments the live count *then* reads the
 //! state; the keeper marks a shard draining (or clears it) *then* reads
@@ -37,8 +47,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
+use super::clock::{Clock, Stamp, SystemClock};
 use crate::ring::SHARDS;
 
 /// Set on a state whose shard is handing off.
@@ -93,9 +103,12 @@ impl CapGate {
 /// The gate of one node. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Gate {
-    base: Instant,
-    /// Nanoseconds after `base` at which the lease stops holding; 0: none.
-    deadline: AtomicU64,
+    clock: Arc<dyn Clock>,
+    /// The boot-clock reading (nanoseconds) at which the lease stops
+    /// holding; 0: none.
+    boot_deadline: AtomicU64,
+    /// The same on the wall clock (nanoseconds since the Unix epoch).
+    wall_deadline: AtomicU64,
     caps: Vec<CapGate>,
     /// The session the tokens were granted under (for fenced writes).
     session: ArcSwapOption<String>,
@@ -111,9 +124,19 @@ impl Gate {
     /// A gate for `types` (actor key, capability key, and
     /// `<capability>/<actor>`), nothing held.
     pub(crate) fn new(prefix: String, types: &[(u64, u64, String)]) -> Gate {
+        Gate::with_clock(prefix, types, Arc::new(SystemClock))
+    }
+
+    /// The same, reading the time from `clock`.
+    pub(crate) fn with_clock(
+        prefix: String,
+        types: &[(u64, u64, String)],
+        clock: Arc<dyn Clock>,
+    ) -> Gate {
         Gate {
-            base: Instant::now(),
-            deadline: AtomicU64::new(0),
+            clock,
+            boot_deadline: AtomicU64::new(0),
+            wall_deadline: AtomicU64::new(0),
             caps: types
                 .iter()
                 .map(|(key, cap, name)| CapGate::new(*key, *cap, name))
@@ -143,9 +166,20 @@ impl Gate {
         self.cap(key).map(|c| self.lock_key(&c.name, s))
     }
 
-    fn valid_at(&self, now: Instant) -> bool {
-        let d = self.deadline.load(SeqCst);
-        d != 0 && (now.saturating_duration_since(self.base).as_nanos() as u64) < d
+    /// Both clocks, now (the keeper stamps its renews with it).
+    pub(crate) fn now(&self) -> Stamp {
+        self.clock.now()
+    }
+
+    /// Whether the lease holds now: both clocks before their deadline.
+    fn valid(&self) -> bool {
+        let boot = self.boot_deadline.load(SeqCst);
+        let wall = self.wall_deadline.load(SeqCst);
+        if boot == 0 || wall == 0 {
+            return false;
+        }
+        let now = self.clock.now();
+        nanos(now.boot) < boot && nanos(now.wall) < wall
     }
 
     /// An activation of shard `s` wants to start: `Some(token)` if it may
@@ -155,7 +189,7 @@ impl Gate {
         let cap = self.cap(key)?;
         cap.live[s as usize].fetch_add(1, SeqCst);
         let st = cap.state[s as usize].load(SeqCst);
-        if st != 0 && st & DRAINING == 0 && self.valid_at(Instant::now()) {
+        if st != 0 && st & DRAINING == 0 && self.valid() {
             return Some(st);
         }
         self.exit(key, s);
@@ -184,7 +218,7 @@ impl Gate {
         let st = cap.state[s as usize].load(SeqCst) & !DRAINING;
         if st != token {
             Check::Lost
-        } else if self.valid_at(Instant::now()) {
+        } else if self.valid() {
             Check::Go
         } else {
             Check::Wait
@@ -215,11 +249,22 @@ impl Gate {
     }
 
     /// Sets the deadline (`None`: no lease) and wakes the waiters.
-    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) {
-        let nanos = deadline.map_or(0, |d| {
-            (d.saturating_duration_since(self.base).as_nanos() as u64).max(1)
-        });
-        self.deadline.store(nanos, SeqCst);
+    ///
+    /// The two clocks' deadlines are stored one after the other: a reader
+    /// in between may pair the new one with the old one (or with none),
+    /// each a deadline the keeper published, so it decides no later than
+    /// either would.
+    pub(crate) fn set_deadline(&self, deadline: Option<Stamp>) {
+        match deadline {
+            Some(d) => {
+                self.boot_deadline.store(nanos(d.boot).max(1), SeqCst);
+                self.wall_deadline.store(nanos(d.wall).max(1), SeqCst);
+            }
+            None => {
+                self.boot_deadline.store(0, SeqCst);
+                self.wall_deadline.store(0, SeqCst);
+            }
+        }
         self.changed.notify_waiters();
     }
 
@@ -239,30 +284,73 @@ impl Gate {
         self.changed.notify_waiters();
     }
 
-    /// Clears every shard (the session was lost).
-    pub(crate) fn clear(&self) {
+    /// Clears every shard (the session was lost); returns how many were
+    /// held.
+    pub(crate) fn clear(&self) -> usize {
+        self.boot_deadline.store(0, SeqCst);
+        self.wall_deadline.store(0, SeqCst);
+        let mut held = 0;
         for cap in &self.caps {
             for st in cap.state.iter() {
-                st.store(0, SeqCst);
+                if st.swap(0, SeqCst) != 0 {
+                    held += 1;
+                }
             }
         }
-        self.deadline.store(0, SeqCst);
         self.changed.notify_waiters();
+        held
     }
+}
+
+/// `d` in nanoseconds (saturating: 584 years).
+fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::clock::TestClock;
+    use crate::lease::{Lease, LeaseConfig};
     use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// A gate for one actor type (key 7) on `clock`, and the keeper's book
+    /// for a 10 s TTL, 1 % rate margin and 500 ms allowance: valid 9.4 s
+    /// after a successful renew was sent.
+    fn gate(clock: &Arc<TestClock>) -> (Gate, Lease) {
+        let g = Gate::with_clock(
+            "mesh/c/own".into(),
+            &[(7, 3, "game/Player".into())],
+            clock.clone(),
+        );
+        let c = LeaseConfig::new(
+            Duration::from_secs(10),
+            LeaseConfig::DEFAULT_RHO,
+            LeaseConfig::DEFAULT_EPSILON,
+        )
+        .unwrap();
+        assert_eq!(c.validity(), ms(9_400));
+        (g, Lease::new(c))
+    }
+
+    /// What the keeper does after each answer: publish the deadline.
+    fn publish(g: &Gate, l: &Lease) {
+        g.set_deadline(l.deadline());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn enter_needs_a_held_shard_and_a_valid_deadline() {
-        let g = Gate::new("mesh/c/own".into(), &[(7, 3, "game/Player".into())]);
+        let clock = TestClock::new();
+        let (g, _) = gate(&clock);
         assert_eq!(g.enter(7, 1), None, "not held");
         g.set(7, 1, 40);
         assert_eq!(g.enter(7, 1), None, "no deadline yet");
-        g.set_deadline(Some(Instant::now() + Duration::from_secs(1)));
+        g.set_deadline(Some(clock.now().plus(Duration::from_secs(1))));
         assert_eq!(g.enter(7, 1), Some(40));
         assert_eq!(g.caps()[0].live(1), 1);
         assert_eq!(g.check(7, 1, 40), Check::Go);
@@ -271,21 +359,151 @@ mod tests {
         assert_eq!(g.check(7, 1, 40), Check::Go);
         assert_eq!(g.enter(7, 1), None);
         // The deadline passes: wait; a new token: lost.
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(g.check(7, 1, 40), Check::Wait);
         // A renew moves the deadline: the same activation goes on.
-        g.set_deadline(Some(Instant::now() + Duration::from_secs(1)));
+        g.set_deadline(Some(clock.now().plus(Duration::from_secs(1))));
         assert_eq!(g.check(7, 1, 40), Check::Go);
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(Duration::from_secs(1));
         assert_eq!(g.check(7, 1, 40), Check::Wait);
         g.set(7, 1, 41);
         assert_eq!(g.check(7, 1, 40), Check::Lost);
         g.exit(7, 1);
         assert_eq!(g.caps()[0].live(1), 0);
         assert_eq!(g.enter(9, 1), None, "unknown capability");
+        assert_eq!(g.check(9, 1, 41), Check::Lost, "unknown capability");
         assert_eq!(
             g.lock_key_of(7, 1).as_deref(),
             Some("mesh/c/own/game/Player/0001")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_send_time_of_the_last_successful_renew() {
+        let clock = TestClock::new();
+        let (g, mut l) = gate(&clock);
+        let t0 = clock.now();
+        l.session_created("s1".into(), t0, Instant::now());
+        publish(&g, &l);
+        g.set(7, 1, 40);
+        assert_eq!(g.enter(7, 1), Some(40));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        assert_eq!(g.enter(7, 2), None, "not held");
+        // Valid until exactly t0 + 9.4 s, then expired.
+        clock.advance(ms(9_399));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        clock.advance(ms(1));
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
+        assert_eq!(g.enter(7, 1), None);
+        // A renew sent at 2.5 s but answered only at 9.5 s: valid again,
+        // from the send time, not the answer's.
+        clock.advance(ms(100));
+        l.renew_sent(Instant::now());
+        l.renewed("s1", t0.plus(ms(2_500)));
+        publish(&g, &l);
+        assert_eq!(l.deadline(), Some(t0.plus(ms(11_900))));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        clock.advance(ms(2_399));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        clock.advance(ms(1));
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_or_stale_replies_never_move_the_deadline_back_or_revive_a_session() {
+        let clock = TestClock::new();
+        let (g, mut l) = gate(&clock);
+        let t0 = clock.now();
+        l.session_created("s1".into(), t0, Instant::now());
+        l.renewed("s1", t0.plus(ms(5_000)));
+        l.renewed("s1", t0.plus(ms(2_500))); // an older renew answered late
+        assert_eq!(l.deadline(), Some(t0.plus(ms(14_400))));
+        publish(&g, &l);
+        g.set(7, 1, 10);
+        g.set(7, 2, 11);
+        assert_eq!(g.check(7, 1, 10), Check::Go);
+        // The session is gone: every shard lost at once.
+        assert!(l.session_gone("s1"));
+        assert_eq!(g.clear(), 2);
+        assert_eq!(g.check(7, 1, 10), Check::Lost);
+        assert_eq!(g.check(7, 2, 11), Check::Lost);
+        // Late answers for the dead session change nothing.
+        l.renewed("s1", t0.plus(ms(6_000)));
+        assert_eq!(l.deadline(), None);
+        assert!(!l.session_gone("s1"), "not the current session");
+        // A new session starts with no shards: nothing enters until the
+        // keeper locks them anew, under new tokens.
+        l.session_created("s2".into(), t0.plus(ms(7_000)), Instant::now());
+        publish(&g, &l);
+        assert_eq!(g.enter(7, 1), None);
+        g.set(7, 1, 20);
+        assert_eq!(g.check(7, 1, 10), Check::Lost, "the old token");
+        assert_eq!(g.enter(7, 1), Some(20));
+        assert_eq!(g.check(7, 1, 20), Check::Go);
+    }
+
+    /// A host suspended (laptop lid, `systemctl suspend`): its monotonic
+    /// clock, and tokio's with it, stopped; the boot clock did not. After
+    /// resume the deadline has passed on the boot clock, and the gate
+    /// refuses although tokio's clock says the lease is young.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspend_past_the_validity_makes_the_gate_refuse_though_tokio_says_valid() {
+        let clock = TestClock::new();
+        let (g, mut l) = gate(&clock);
+        let monotonic_deadline = Instant::now() + ms(9_400);
+        l.session_created("s1".into(), clock.now(), Instant::now());
+        publish(&g, &l);
+        g.set(7, 1, 40);
+        assert_eq!(g.enter(7, 1), Some(40));
+        clock.advance(ms(1_000));
+        tokio::time::advance(ms(1_000)).await;
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        // Suspended for 40 s: only the boot clock moved.
+        clock.suspend(Duration::from_secs(40));
+        assert!(Instant::now() < monotonic_deadline, "tokio: still valid");
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
+        assert_eq!(g.enter(7, 1), None);
+        // A renew that succeeds after the resume (the session survived)
+        // makes it valid again, from that renew's send.
+        l.renew_sent(Instant::now());
+        l.renewed("s1", clock.now());
+        publish(&g, &l);
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+    }
+
+    /// A VM paused by its hypervisor: no clock of the guest moved, until
+    /// its wall clock was set right on resume. The wall clock's time since
+    /// the last renew is past the validity: the gate refuses, although
+    /// both the boot clock and tokio's say the lease is young. A wall
+    /// clock stepped back does not extend the lease past the boot clock's
+    /// deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_past_the_validity_makes_the_gate_refuse_though_tokio_says_valid() {
+        let clock = TestClock::new();
+        let (g, mut l) = gate(&clock);
+        let monotonic_deadline = Instant::now() + ms(9_400);
+        l.session_created("s1".into(), clock.now(), Instant::now());
+        publish(&g, &l);
+        g.set(7, 1, 40);
+        assert_eq!(g.enter(7, 1), Some(40));
+        // Just under the validity on the wall clock: still valid.
+        clock.step_wall(ms(9_399));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        clock.step_wall(ms(30_601));
+        assert!(Instant::now() < monotonic_deadline, "tokio: still valid");
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
+        assert_eq!(g.enter(7, 1), None);
+        // A renew sent after the step: valid again.
+        clock.advance(ms(1));
+        l.renewed("s1", clock.now());
+        publish(&g, &l);
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        // The wall clock stepped back by an hour: the boot clock still
+        // ends the lease at its own deadline.
+        clock.step_wall_back(Duration::from_secs(3_600));
+        clock.advance(ms(9_399));
+        assert_eq!(g.check(7, 1, 40), Check::Go);
+        clock.advance(ms(1));
+        assert_eq!(g.check(7, 1, 40), Check::Wait);
     }
 }

@@ -3,12 +3,12 @@
 //! this node, hand off the ones it no longer owns, and publish all of it to
 //! the [`Gate`] the activations read.
 //!
-//! Two tasks share the lease rule ([`Lease`], under a mutex never held
+//! Two tasks share the session's book ([`Lease`], under a mutex never held
 //! across an await; the gate is written under it too, so a reply for a
 //! dead session can never publish a token):
 //!
-//! - **The renew task** renews every TTL / 4, the clock read *before*
-//!   sending. A success moves the deadline (from the send time);
+//! - **The renew task** renews every TTL / 4, the lease clocks
+//!   ([`super::clock`]) read *before* sending. A success moves the deadline (from the send time);
 //!   `SessionGone` clears every shard at once (the activations end without
 //!   their hooks) and wakes the main task to create a new session; any
 //!   other failure changes nothing, so the deadline lapses by itself. It
@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use super::gate::{Gate, DRAINING};
 use super::store::{LeaseStore, LeaseStoreError};
-use super::{FencingToken, Lease, Strong};
+use super::{Lease, Strong};
 use crate::node::NodeInner;
 use crate::ring::SHARDS;
 
@@ -140,8 +140,8 @@ type Key = (u64, u16);
 
 /// What the two tasks share.
 struct Shared {
-    /// The lease rule; the gate is written while it is held.
-    lease: Mutex<Lease<Key>>,
+    /// The session's book; the gate is written while it is held.
+    lease: Mutex<Lease>,
     gate: Arc<Gate>,
     store: Arc<dyn LeaseStore>,
     /// The renew task found the session gone.
@@ -194,8 +194,9 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 _ = stop.changed() => continue,
             }
         }
-        let sent = Instant::now();
-        lock(&shared.lease).renew_sent(sent);
+        // Both clocks read *before* sending: the deadline counts from here.
+        let sent = shared.gate.now();
+        lock(&shared.lease).renew_sent(Instant::now());
         match shared.store.renew(&id).await {
             Ok(()) => {
                 *lock(&shared.failing) = None;
@@ -210,13 +211,13 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 if lease.session() != Some(id.as_str()) {
                     continue; // an older session, already replaced
                 }
-                let lost = lease.session_gone(&id);
+                lease.session_gone(&id);
                 shared.gate.set_session(None);
-                shared.gate.clear();
+                let lost = shared.gate.clear();
                 drop(lease);
                 tracing::warn!(
                     session = %id,
-                    shards = lost.len(),
+                    shards = lost,
                     "strong mode: the lease session is gone; every shard is lost and its activations end"
                 );
                 shared.lost.notify_one();
@@ -249,7 +250,7 @@ impl Run {
                 break;
             }
             if self.shared.session().is_none() {
-                let sent = Instant::now();
+                let (sent, at) = (self.shared.gate.now(), Instant::now());
                 let created = self
                     .shared
                     .store
@@ -263,7 +264,7 @@ impl Run {
                         self.pending_unlock.clear();
                         {
                             let mut lease = lock(&self.shared.lease);
-                            lease.session_created(id.clone(), sent);
+                            lease.session_created(id.clone(), sent, at);
                             self.shared.gate.set_session(Some(Arc::new(id)));
                             self.shared.gate.set_deadline(lease.deadline());
                         }
@@ -357,10 +358,9 @@ impl Run {
         };
         // Unlock first: a peer may be waiting for these.
         {
-            let mut lease = lock(&self.shared.lease);
+            let _lease = lock(&self.shared.lease);
             for (key, s) in &to_unlock {
                 gate.set(*key, *s, 0);
-                lease.released(&(*key, *s));
                 if let Some(k) = gate.lock_key_of(*key, *s) {
                     self.pending_unlock.push(k);
                 }
@@ -389,12 +389,13 @@ impl Run {
                 .await
             {
                 Ok(tokens) => {
-                    let mut lease = lock(&self.shared.lease);
+                    let lease = lock(&self.shared.lease);
+                    let current = lease.session() == Some(session.as_str());
                     for ((key, s), token) in batch.iter().zip(tokens) {
                         match token {
                             // Published under the lease's lock: a token of
                             // a session lost meanwhile is refused here.
-                            Some(t) if lease.acquired(&session, (*key, *s), FencingToken(t)) => {
+                            Some(t) if current => {
                                 gate.set(*key, *s, t & !DRAINING);
                             }
                             _ => pending = true,

@@ -29,26 +29,43 @@
 //! activation and dispatch:
 //!
 //! - **One session per node** in the store (Consul: TTL-only, no node
-//!   checks, `Behavior` release; TTL 10 s, lock-delay 5 s by default), kept
-//!   alive every TTL / 4.
+//!   checks, `Behavior` release; TTL 10 s, lock-delay 10 s by default),
+//!   kept alive every TTL / 4.
 //! - **One lock key per (actor type, shard)**,
 //!   `mesh/<cluster>/own/<capability>/<actor>/<shard:04>` (the types of a
 //!   capability may be placed on different nodes), locked in batches of 64
 //!   per `/v1/txn`. Its fencing token is the lock write's `ModifyIndex`,
 //!   which grows with every grant across the whole store.
 //! - **The local deadline**: `send time of the last successful renew + TTL
-//!   x (1 - rho) - epsilon` (rho 1 %, epsilon 500 ms). Consul never
-//!   invalidates a session less than a TTL after it *received* a renew,
-//!   and no other session can lock a released key until the lock-delay
-//!   after an invalidation, so stopping at the deadline stays safe for a
-//!   clock running up to rho slower than the server's.
+//!   x (1 - rho) - epsilon` (rho 1 %, epsilon 500 ms; the *validity* is
+//!   9.4 s with the defaults), measured on two clocks at once
+//!   ([the lease clocks](#the-lease-clocks)): `CLOCK_BOOTTIME` and the wall
+//!   clock. Consul never invalidates a session less than a TTL after it
+//!   *received* a renew (TTL expiry), and no other session can lock a
+//!   released key until the lock-delay after an invalidation, so stopping
+//!   at the deadline stays safe for a clock running up to rho slower than
+//!   the server's.
+//! - **Explicit invalidation** (an operator's `consul session destroy`, a
+//!   server-side invalidation): the keys are free at `D + lock-delay`,
+//!   where `D` is the invalidation, which came after the last renew was
+//!   received. This node stops at most `validity / (1 - rho)` of server
+//!   time after that renew was sent, that is before `D + TTL - epsilon /
+//!   (1 - rho)` (`D + 9.49 s` with the defaults). Hence the lock-delay
+//!   must be at least `TTL - epsilon / (1 - rho)`: the default is 10 s,
+//!   and [`crate::NodeBuilder::start`] refuses a shorter one (and one
+//!   above Consul's 60 s cap, which a TTL above about 60 s would need).
 //! - **Dispatch gate**: an activation starts only on a shard this node has
 //!   locked, under a valid deadline, and checks the same before each
-//!   message (one atomic load and a clock read). Past the deadline it
-//!   stops and buffers (its mailbox, with the callers' deadlines); a renew
-//!   resumes it; a lost session ends every activation of the node without
-//!   its `on_deactivate` hook (its state may be stale), and their ids
-//!   activate again once locked anew.
+//!   message (two atomic loads and a read of both clocks), before each
+//!   call of its chain that a reentrant turn
+//!   (`#[mesh::handlers(reentrant)]`) interleaves, and before its
+//!   `on_deactivate` hook. Past the deadline it stops and buffers (its
+//!   mailbox, with the callers' deadlines; a reentrant turn's handlers
+//!   already running go on, the calls of its chain wait); a renew resumes
+//!   it; a lost session ends every activation of the node without its
+//!   `on_deactivate` hook (its state may be stale; a reentrant turn ends
+//!   at the next call of its chain, its running handlers dropped), and
+//!   their ids activate again once locked anew.
 //! - **Handoff**: when the ring gives a shard to another node, the old
 //!   owner marks it draining (no new activation; calls arriving are
 //!   forwarded to the new owner, as in eventual mode), its activations
@@ -59,7 +76,7 @@
 //! - **Crash**: the dead node's session expires at least a TTL after its
 //!   last renew (Consul's timer runs twice the TTL), then its keys are
 //!   free after the lock-delay: its shards are unavailable for at most
-//!   `2 x TTL + lock-delay + retry`, about 25 s with the defaults (the
+//!   `2 x TTL + lock-delay + retry`, about 30 s with the defaults (the
 //!   10 s TTL is Consul's minimum).
 //!
 //! Strong mode needs an authoritative store: a static-seed cluster cannot
@@ -89,19 +106,37 @@
 //! outside the actor must be **fenced**: carry the activation's token
 //! ([`crate::Ctx::fence`]) and let the store refuse a stale one. With
 //! Consul, [`crate::discovery::Consul::fenced_put`] writes in one `/v1/txn`
-//! with a `check-session` of the shard's lock key, which fails once the
-//! key is held by another session (or by none).
+//! with a `check-session` of the shard's lock key and a `check-index` of
+//! the token (the lock key's `ModifyIndex` must still be the one its grant
+//! wrote), which fails once the key is held by another session, by none,
+//! or by this same session under a later grant (the shard went away and
+//! came back: an earlier activation's late write is refused).
 //!
-//! # The local lease rule
+//! # The lease clocks
 //!
-//! The rule behind the deadline is a sans-IO state machine (`Lease`,
-//! crate-private): time is passed in as [`tokio::time::Instant`]
-//! (`CLOCK_MONOTONIC` on Linux, which does not count suspend; a suspended
-//! host looks like a paused process, and the deadline covers both because
-//! it is checked after the pause, before any dispatch). Replies may be
-//! handled out of order: the deadline only ever moves to a later send
-//! time, and replies for an older session are ignored.
+//! The deadline is stamped on two clocks at the send of the renew, and
+//! the gate lets an activation act only while both are before it:
+//!
+//! - `CLOCK_BOOTTIME`, which keeps counting while the host is suspended
+//!   (`CLOCK_MONOTONIC`, Rust's and tokio's `Instant`, stops): after a
+//!   suspend longer than the validity, the gate refuses at once, before
+//!   any renew could report the session gone.
+//! - The wall clock: a virtual machine paused by its hypervisor (a
+//!   snapshot, a migration, `virsh suspend`) counts no boot time either.
+//!   Once its wall clock is set right after the resume (NTP, the guest
+//!   agent, kvmclock), the time since the last renew shows the lease
+//!   expired, and the gate refuses. Until then such a guest acts as a
+//!   paused process does (below): only fenced writes are safe. A wall
+//!   clock stepped forward ends the lease early (a renew restores it); one
+//!   stepped back is still bounded by the boot clock.
+//!
+//! Tokio's clock only schedules the renews; it decides nothing. The rule
+//! is the gate's alone (`gate::Gate`, crate-private, tested on an injected
+//! clock); the keeper's book (`Lease`) computes the deadline it publishes.
+//! Replies may be handled out of order: the deadline only ever moves to a
+//! later send, and replies for an older session are ignored.
 
+pub(crate) mod clock;
 pub(crate) mod gate;
 pub(crate) mod keeper;
 mod store;
@@ -128,13 +163,14 @@ impl Default for Strong {
 }
 
 impl Strong {
-    /// The defaults: session TTL 10 s (Consul's minimum), lock-delay 5 s,
+    /// The defaults: session TTL 10 s (Consul's minimum), lock-delay 10 s
+    /// (no shorter than the lease's validity, see [`Strong::lock_delay`]),
     /// clock-rate margin 1 %, scheduling allowance 500 ms, lock retry
     /// every 250 ms, 64 keys per transaction.
     pub fn new() -> Strong {
         Strong {
             ttl: Duration::from_secs(10),
-            lock_delay: Duration::from_secs(5),
+            lock_delay: Duration::from_secs(10),
             rho: LeaseConfig::DEFAULT_RHO,
             epsilon: LeaseConfig::DEFAULT_EPSILON,
             time_scale: 1.0,
@@ -144,7 +180,8 @@ impl Strong {
     }
 
     /// The session TTL: a crashed node's shards come back after about
-    /// twice this plus the lock-delay. Consul refuses less than 10 s.
+    /// twice this plus the lock-delay. Consul refuses less than 10 s. A
+    /// longer TTL needs a longer lock-delay ([`Strong::lock_delay`]).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -152,6 +189,15 @@ impl Strong {
 
     /// The session's lock-delay: how long after an invalidation its keys
     /// stay unlockable (Consul caps it at 60 s).
+    ///
+    /// It must cover the lease's validity as the store counts time,
+    /// `TTL - epsilon / (1 - rho)` (9.49 s with the defaults): when the
+    /// session is invalidated before its TTL ran out (an operator's
+    /// `consul session destroy`, a server-side invalidation), the keys are
+    /// free for another node after the lock-delay, while this node may
+    /// still dispatch until its deadline, up to a validity after its last
+    /// renew. [`crate::NodeBuilder::start`] refuses a shorter one, and one
+    /// above Consul's 60 s cap (which a TTL above about 60 s would need).
     pub fn lock_delay(mut self, delay: Duration) -> Self {
         self.lock_delay = delay;
         self
@@ -193,9 +239,37 @@ impl Strong {
         if self.batch == 0 || self.retry.is_zero() {
             return Err("strong mode: retry and batch must be positive".into());
         }
-        self.try_lease_config()
-            .map(drop)
-            .map_err(|e| format!("strong mode: {e} (see Strong::margins and Strong::ttl)"))
+        let config = self
+            .try_lease_config()
+            .map_err(|e| format!("strong mode: {e} (see Strong::margins and Strong::ttl)"))?;
+        // Both sides of the comparison are scaled alike (the test agent
+        // scales the lock-delay as it does the TTL).
+        let lock_delay = self.lock_delay.mul_f64(self.time_scale);
+        let needed = config.validity_at_the_store();
+        if lock_delay < needed {
+            return Err(format!(
+                "strong mode: lock-delay {:?} is shorter than the lease validity as the store \
+                 counts it, {:?} (TTL {:?} - epsilon {:?} / (1 - rho {})): after an explicit \
+                 invalidation of the session (consul session destroy) another node could lock \
+                 this node's shards while it still serves them; set Strong::lock_delay to at \
+                 least {:?}, or shorten Strong::ttl",
+                self.lock_delay,
+                ceil_ms(needed.div_f64(self.time_scale)),
+                self.ttl,
+                self.epsilon,
+                self.rho,
+                ceil_ms(needed.div_f64(self.time_scale)),
+            ));
+        }
+        if self.lock_delay > MAX_LOCK_DELAY {
+            return Err(format!(
+                "strong mode: lock-delay {:?} is above Consul's cap of {MAX_LOCK_DELAY:?} \
+                 (Consul would shorten it below the lease validity); shorten Strong::ttl so \
+                 that TTL - epsilon / (1 - rho) fits in {MAX_LOCK_DELAY:?}",
+                self.lock_delay,
+            ));
+        }
+        Ok(())
     }
 
     fn try_lease_config(&self) -> Result<LeaseConfig, LeaseConfigError> {
@@ -222,6 +296,15 @@ impl Strong {
     }
 }
 
+/// `d` rounded up to a millisecond (for messages).
+fn ceil_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
+}
+
+/// Consul's cap on a session's lock-delay (`MaxLockDelay`): a longer
+/// one is silently shortened to it.
+const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
+
 /// What an activation in strong mode fences its writes with
 /// ([`crate::Ctx::fence`]): the lock key of its shard, the session holding
 /// it, and the lock's fencing token.
@@ -233,8 +316,13 @@ pub struct Fence {
     pub key: String,
     /// The session that holds it (this node's).
     pub session: String,
-    /// The fencing token: the lock write's index. A later owner of the
-    /// shard holds a larger one.
+    /// The fencing token: the index of the lock write that granted the
+    /// shard (Consul: that write's `ModifyIndex`, which the lock key
+    /// keeps until its next write; not its `LockIndex`, a per-key count
+    /// that no transaction verb can check). A later grant of the shard,
+    /// to any session, holds a larger one, ordered across shards;
+    /// [`crate::discovery::Consul::fenced_put`] checks it with
+    /// `check-index`, which compares the key's `ModifyIndex`.
     pub token: u64,
 }
 
@@ -250,16 +338,12 @@ impl Fence {
     }
 }
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The fencing token of a held shard: the `ModifyIndex` of the write that
-/// locked it. Tokens grow with every grant, across shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct FencingToken(pub(crate) u64);
+use clock::Stamp;
 
 /// The timing of a lease.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -322,6 +406,15 @@ impl LeaseConfig {
             .saturating_sub(self.epsilon)
     }
 
+    /// The validity as the store's servers may count it, their clock up
+    /// to `rho` faster than ours: `validity / (1 - rho)`, that is
+    /// `TTL - epsilon / (1 - rho)`. The lock-delay must be at least this
+    /// ([`Strong::check`]).
+    pub(crate) fn validity_at_the_store(&self) -> Duration {
+        self.ttl
+            .saturating_sub(self.epsilon.div_f64(1.0 - self.rho))
+    }
+
     /// How often to renew: a quarter of the TTL, so three renews in a row
     /// can fail before the deadline.
     pub(crate) fn renew_every(&self) -> Duration {
@@ -329,65 +422,33 @@ impl LeaseConfig {
     }
 }
 
-/// Where the lease stands at an instant.
-// The rule's own queries: the node reads the same facts lock-free from
-// `gate::Gate`, and the unit tests read them here.
-#[cfg_attr(not(test), allow(dead_code))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LeaseState {
-    /// No session yet (or a new one is being created after a loss).
-    NoSession,
-    /// Dispatch allowed on owned shards until `deadline`.
-    Valid {
-        /// When the lease stops holding unless renewed.
-        deadline: Instant,
-    },
-    /// The deadline passed: stop dispatching and buffer; a successful
-    /// renew makes it valid again.
-    Expired {
-        /// The deadline that passed.
-        since: Instant,
-    },
-    /// The store said the session is gone: every shard is lost.
-    Lost,
-}
-
-/// Why [`Lease::check`] refused.
-#[cfg_attr(not(test), allow(dead_code))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Denied {
-    /// This node does not hold the shard's lock.
-    NotOwned,
-    /// The lease is not valid now (see [`LeaseState`]).
-    NotValid(LeaseState),
-}
-
-/// The lease of one node over its shards, keyed by `K` (for mesh: the
-/// capability and the shard).
+/// The keeper's book of its session: which one is current, the stamp of
+/// the send of its last successful create or renew (the deadline's
+/// origin), and when the next renew is due.
 ///
-/// All methods are synchronous and cheap; none does I/O.
+/// It only computes the deadline the keeper publishes; whether a shard may
+/// be served is decided by [`gate::Gate`] alone. All methods are
+/// synchronous and cheap; none does I/O. Replies may be handled out of
+/// order: the deadline only ever moves to a later send, and replies for
+/// another session are ignored.
 #[derive(Debug)]
-pub(crate) struct Lease<K> {
+pub(crate) struct Lease {
     config: LeaseConfig,
-    /// The current session and the send time of its last successful
-    /// create or renew.
-    session: Option<(String, Instant)>,
-    /// The session was reported gone and no new one exists yet.
-    lost: bool,
-    /// When the last renew was sent, successful or not.
+    /// The current session and the stamp of its last successful create or
+    /// renew.
+    session: Option<(String, Stamp)>,
+    /// When the last renew was sent, successful or not (tokio's clock:
+    /// it schedules the renews, it decides nothing).
     last_attempt: Option<Instant>,
-    owned: BTreeMap<K, FencingToken>,
 }
 
-impl<K: Ord + Clone> Lease<K> {
+impl Lease {
     /// A lease with no session.
-    pub(crate) fn new(config: LeaseConfig) -> Lease<K> {
+    pub(crate) fn new(config: LeaseConfig) -> Lease {
         Lease {
             config,
             session: None,
-            lost: false,
             last_attempt: None,
-            owned: BTreeMap::new(),
         }
     }
 
@@ -396,19 +457,15 @@ impl<K: Ord + Clone> Lease<K> {
         self.session.as_ref().map(|(id, _)| id.as_str())
     }
 
-    /// A session create sent at `sent_at` succeeded with `id` (a create
-    /// renews the TTL, as a renew does). Replaces any earlier session:
-    /// shards held under it are forgotten.
-    pub(crate) fn session_created(&mut self, id: String, sent_at: Instant) {
-        if self.session.as_ref().is_some_and(|(old, _)| *old != id) {
-            self.owned.clear();
-        }
-        self.session = Some((id, sent_at));
-        self.lost = false;
-        self.last_attempt = Some(sent_at);
+    /// A session create sent at `sent` (the lease clocks) and `at`
+    /// (tokio's) succeeded with `id` (a create renews the TTL, as a renew
+    /// does). Replaces any earlier session.
+    pub(crate) fn session_created(&mut self, id: String, sent: Stamp, at: Instant) {
+        self.session = Some((id, sent));
+        self.last_attempt = Some(at);
     }
 
-    /// A renew is being sent at `at` (read the clock *before* sending).
+    /// A renew is being sent at `at` (read the clocks *before* sending).
     pub(crate) fn renew_sent(&mut self, at: Instant) {
         self.last_attempt = Some(self.last_attempt.map_or(at, |t| t.max(at)));
     }
@@ -420,77 +477,33 @@ impl<K: Ord + Clone> Lease<K> {
         self.last_attempt.map(|t| t + self.config.renew_every())
     }
 
-    /// The renew of session `id` sent at `sent_at` succeeded. Ignored for
+    /// The renew of session `id` sent at `sent` succeeded. Ignored for
     /// another session; the deadline never moves back.
-    pub(crate) fn renewed(&mut self, id: &str, sent_at: Instant) {
+    pub(crate) fn renewed(&mut self, id: &str, sent: Stamp) {
         if let Some((current, last)) = &mut self.session {
-            if current == id && sent_at > *last {
-                *last = sent_at;
+            if current == id && sent.boot > last.boot {
+                *last = sent;
             }
         }
     }
 
     /// The store answered that session `id` does not exist (Consul: 404
-    /// on renew): every shard is lost. Returns them, with their tokens,
-    /// so their activations can be dropped. Ignored for another session.
-    pub(crate) fn session_gone(&mut self, id: &str) -> Vec<(K, FencingToken)> {
-        if self.session() != Some(id) {
-            return Vec::new();
-        }
-        self.session = None;
-        self.lost = true;
-        std::mem::take(&mut self.owned).into_iter().collect()
-    }
-
-    /// The local deadline: `t_send(last successful renew) + validity`.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.session
-            .as_ref()
-            .map(|(_, sent)| *sent + self.config.validity())
-    }
-
-    /// The state at `now`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn state(&self, now: Instant) -> LeaseState {
-        match self.deadline() {
-            None if self.lost => LeaseState::Lost,
-            None => LeaseState::NoSession,
-            Some(deadline) if now < deadline => LeaseState::Valid { deadline },
-            Some(since) => LeaseState::Expired { since },
-        }
-    }
-
-    /// The lock of `key` under session `id` succeeded with `token`.
-    /// Ignored (returns false) if `id` is not the current session, e.g. a
-    /// late reply from before a loss: that lock died with its session.
-    pub(crate) fn acquired(&mut self, id: &str, key: K, token: FencingToken) -> bool {
+    /// on renew): true if it was the current one, which is forgotten
+    /// (every shard held under it is lost).
+    pub(crate) fn session_gone(&mut self, id: &str) -> bool {
         if self.session() != Some(id) {
             return false;
         }
-        self.owned.insert(key, token);
+        self.session = None;
         true
     }
 
-    /// `key` was released (unlocked, or handed off). Returns its token.
-    pub(crate) fn released(&mut self, key: &K) -> Option<FencingToken> {
-        self.owned.remove(key)
-    }
-
-    /// The gate before activating for, or dispatching to, `key`: the
-    /// shard's token if this node holds its lock and the lease is valid
-    /// at `now`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn check(&self, key: &K, now: Instant) -> Result<FencingToken, Denied> {
-        match self.state(now) {
-            LeaseState::Valid { .. } => self.owned.get(key).copied().ok_or(Denied::NotOwned),
-            other => Err(Denied::NotValid(other)),
-        }
-    }
-
-    /// The shards held, with their tokens, whatever the state.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn owned(&self) -> impl Iterator<Item = (&K, FencingToken)> + '_ {
-        self.owned.iter().map(|(k, t)| (k, *t))
+    /// The local deadline, on both lease clocks: the stamp of the last
+    /// successful renew's send + [`LeaseConfig::validity`].
+    pub(crate) fn deadline(&self) -> Option<Stamp> {
+        self.session
+            .as_ref()
+            .map(|(_, sent)| sent.plus(self.config.validity()))
     }
 }
 
@@ -502,9 +515,7 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// 10 s TTL, 1 % rate margin, 500 ms allowance: valid 9.4 s after a
-    /// successful renew was sent.
-    fn lease() -> Lease<u16> {
+    fn config() -> LeaseConfig {
         let c = LeaseConfig::new(
             Duration::from_secs(10),
             LeaseConfig::DEFAULT_RHO,
@@ -513,7 +524,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.validity(), ms(9_400));
         assert_eq!(c.renew_every(), ms(2_500));
-        Lease::new(c)
+        c
+    }
+
+    fn stamp(boot_ms: u64) -> Stamp {
+        Stamp {
+            boot: ms(boot_ms),
+            wall: Duration::from_secs(1_700_000_000) + ms(boot_ms),
+        }
     }
 
     #[test]
@@ -535,77 +553,22 @@ mod tests {
     }
 
     #[test]
-    fn the_deadline_counts_from_the_send_time_of_the_last_successful_renew() {
-        let t0 = Instant::now();
-        let mut l = lease();
-        assert_eq!(l.state(t0), LeaseState::NoSession);
-        l.session_created("s1".into(), t0);
-        assert!(l.acquired("s1", 7, FencingToken(40)));
-        assert_eq!(l.check(&7, t0), Ok(FencingToken(40)));
-        assert_eq!(l.check(&8, t0), Err(Denied::NotOwned));
-        // Valid until exactly t0 + 9.4 s, then expired.
-        assert_eq!(l.check(&7, t0 + ms(9_399)), Ok(FencingToken(40)));
-        let expired = LeaseState::Expired {
-            since: t0 + ms(9_400),
-        };
-        assert_eq!(l.state(t0 + ms(9_400)), expired);
-        assert_eq!(l.check(&7, t0 + ms(9_400)), Err(Denied::NotValid(expired)));
-        // A renew sent at 2.5 s but answered only at 9.5 s: valid again,
-        // from the send time, not the answer's.
-        l.renew_sent(t0 + ms(2_500));
-        l.renewed("s1", t0 + ms(2_500));
-        assert_eq!(l.deadline(), Some(t0 + ms(11_900)));
-        assert_eq!(l.check(&7, t0 + ms(9_500)), Ok(FencingToken(40)));
-        assert!(l.check(&7, t0 + ms(11_900)).is_err());
-    }
-
-    #[test]
-    fn late_or_stale_replies_never_move_the_deadline_back_or_revive_a_session() {
-        let t0 = Instant::now();
-        let mut l = lease();
-        l.session_created("s1".into(), t0);
-        l.renewed("s1", t0 + ms(5_000));
-        l.renewed("s1", t0 + ms(2_500)); // an older renew answered late
-        assert_eq!(l.deadline(), Some(t0 + ms(14_400)));
-        // The session is gone: every shard lost, with its token.
-        l.acquired("s1", 1, FencingToken(10));
-        l.acquired("s1", 2, FencingToken(11));
-        assert_eq!(
-            l.session_gone("s1"),
-            vec![(1, FencingToken(10)), (2, FencingToken(11))]
-        );
-        assert_eq!(l.state(t0), LeaseState::Lost);
-        assert_eq!(l.check(&1, t0), Err(Denied::NotValid(LeaseState::Lost)));
-        // Late answers for the dead session change nothing.
-        l.renewed("s1", t0 + ms(6_000));
-        assert!(!l.acquired("s1", 1, FencingToken(12)));
-        assert_eq!(l.state(t0), LeaseState::Lost);
-        // A new session starts with no shards.
-        l.session_created("s2".into(), t0 + ms(7_000));
-        assert_eq!(l.owned().count(), 0);
-        assert_eq!(l.check(&1, t0 + ms(7_000)), Err(Denied::NotOwned));
-        assert!(l.session_gone("s1").is_empty(), "not the current session");
-        assert!(l.acquired("s2", 1, FencingToken(20)));
-        assert_eq!(l.released(&1), Some(FencingToken(20)));
-        assert_eq!(l.check(&1, t0 + ms(7_000)), Err(Denied::NotOwned));
-    }
-
-    #[test]
     fn renews_are_due_a_quarter_ttl_after_the_last_attempt() {
         let t0 = Instant::now();
-        let mut l = lease();
+        let mut l = Lease::new(config());
         assert_eq!(l.next_renew(), None);
-        l.session_created("s".into(), t0);
+        l.session_created("s".into(), stamp(0), t0);
         assert_eq!(l.next_renew(), Some(t0 + ms(2_500)));
         // A failed attempt still moves the schedule (no tight retry loop),
         // but not the deadline.
         l.renew_sent(t0 + ms(2_500));
         assert_eq!(l.next_renew(), Some(t0 + ms(5_000)));
-        assert_eq!(l.deadline(), Some(t0 + ms(9_400)));
-        // Three failed renews in a row still leave the lease valid.
+        assert_eq!(l.deadline(), Some(stamp(9_400)));
+        // Three failed renews in a row still leave time before the
+        // deadline.
         l.renew_sent(t0 + ms(5_000));
         l.renew_sent(t0 + ms(7_500));
-        assert!(matches!(l.state(t0 + ms(7_500)), LeaseState::Valid { .. }));
+        assert!(l.next_renew() < Some(t0 + ms(9_400) + ms(2_500)));
     }
 
     /// The bound the rule rests on: with the local clock slower than the
@@ -614,7 +577,6 @@ mod tests {
     /// renew, which is no earlier than its send).
     #[test]
     fn the_deadline_falls_before_the_servers_earliest_invalidation_within_rho() {
-        let t0 = Instant::now();
         let ttl = Duration::from_secs(10);
         for rho in [0.0, 0.01, 0.05] {
             let c = LeaseConfig::new(ttl, rho, ms(500)).unwrap();
@@ -622,9 +584,51 @@ mod tests {
             // clock running faster by `rho`: validity / (1 - rho).
             let server_elapsed = c.validity().div_f64(1.0 - rho);
             assert!(server_elapsed < ttl, "rho {rho}: {server_elapsed:?}");
-            let mut l: Lease<u16> = Lease::new(c);
-            l.session_created("s".into(), t0);
-            assert_eq!(l.deadline(), Some(t0 + c.validity()));
+            let at_store = c.validity_at_the_store();
+            assert!(
+                at_store.abs_diff(server_elapsed) < Duration::from_micros(1),
+                "{at_store:?} vs {server_elapsed:?}"
+            );
+            let mut l = Lease::new(c);
+            l.session_created("s".into(), stamp(0), Instant::now());
+            assert_eq!(l.deadline(), Some(stamp(0).plus(c.validity())));
         }
+    }
+
+    /// An explicit invalidation at store time D (after the last renew was
+    /// received) frees the keys at D + lock-delay; this node stops at
+    /// most `validity / (1 - rho)` of store time after that renew's send,
+    /// so no later than D + `TTL - epsilon / (1 - rho)`. The defaults keep
+    /// the lock-delay above that; a shorter one is refused at start.
+    #[test]
+    fn the_default_lock_delay_covers_the_validity_and_a_shorter_one_is_refused() {
+        let s = Strong::new();
+        assert_eq!(s.check(), Ok(()));
+        let needed = s.lease_config().validity_at_the_store();
+        assert!(s.lock_delay >= needed, "{:?} < {needed:?}", s.lock_delay);
+        assert_eq!(needed.as_millis(), 9_494);
+        assert_eq!(s.failover_bound(), ms(30_250));
+        // Scaled alike for a test agent: still safe.
+        assert_eq!(s.time_scale(0.05).check(), Ok(()));
+        // The review's case: 5 s against a validity of about 9.4 s.
+        let err = Strong::new().lock_delay(ms(5_000)).check().unwrap_err();
+        assert!(
+            err.contains("lock-delay 5s is shorter than the lease validity")
+                && err.contains("at least 9.495s"),
+            "{err}"
+        );
+        assert!(Strong::new().lock_delay(ms(9_494)).check().is_err());
+        assert_eq!(Strong::new().lock_delay(ms(9_495)).check(), Ok(()));
+        // A longer TTL needs a longer lock-delay...
+        let long = Strong::new().ttl(Duration::from_secs(30));
+        assert!(long.check().unwrap_err().contains("at least 29.495s"));
+        assert_eq!(long.lock_delay(Duration::from_secs(30)).check(), Ok(()));
+        // ... up to Consul's cap.
+        let err = Strong::new()
+            .ttl(Duration::from_secs(120))
+            .lock_delay(Duration::from_secs(120))
+            .check()
+            .unwrap_err();
+        assert!(err.contains("above Consul's cap of 60s"), "{err}");
     }
 }

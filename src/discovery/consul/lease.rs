@@ -13,8 +13,9 @@
 //!   A transaction is all or nothing: on 409 Consul lists every failing
 //!   op (`Errors[].OpIndex`), so the batch is sent once more without them.
 //!   The fencing token of a lock is its result's `ModifyIndex`.
-//! - Fenced write ([`Consul::fenced_put`]): `check-session` of the shard's
-//!   lock key and `set` of the value, in one `/v1/txn`.
+//! - Fenced write ([`Consul::fenced_put`]): `check-session` and
+//!   `check-index` of the shard's lock key, then `set` of the value, in
+//!   one `/v1/txn`.
 
 use base64::Engine;
 use serde::Deserialize;
@@ -244,11 +245,24 @@ impl LeaseStore for ConsulLeases {
 
 impl Consul {
     /// Writes `value` at KV `key` only if the shard lock of `fence` is
-    /// still held by its session, in one `/v1/txn` (`check-session` then
-    /// `set`): the fenced write of the strong mode ([`crate::lease`]).
+    /// still the very grant its token names, in one `/v1/txn`: the fenced
+    /// write of the strong mode ([`crate::lease`]).
+    ///
+    /// The transaction is `check-session` (the lock key is held by the
+    /// fence's session), `check-index` (the lock key's `ModifyIndex` still
+    /// equals [`Fence::token`], the `ModifyIndex` of the lock write that
+    /// granted it), then `set`. Any later write to the lock key moves its
+    /// `ModifyIndex`: an unlock, the session's invalidation, another
+    /// node's lock, and a new lock by this same session after the shard
+    /// went away and came back. So a write from an earlier activation
+    /// (token T1) is refused once the shard is held under a later grant
+    /// (T3), even by the same session, where the session check alone
+    /// would let it through.
+    ///
     /// Returns the write's `ModifyIndex`; [`Error::Fenced`] when the lock
-    /// is no longer this session's (another node owns the shard, or the
-    /// session ended), [`Error::Discovery`] when Consul fails.
+    /// is not that grant anymore (another node owns the shard, the session
+    /// ended, or a later activation holds it), [`Error::Discovery`] when
+    /// Consul fails.
     ///
     /// ```no_run
     /// # use mesh::prelude::*;
@@ -264,6 +278,7 @@ impl Consul {
         let api = self.api()?;
         let ops = [
             json!({"KV": {"Verb": "check-session", "Key": fence.key, "Session": fence.session}}),
+            json!({"KV": {"Verb": "check-index", "Key": fence.key, "Index": fence.token}}),
             json!({"KV": {"Verb": "set", "Key": key, "Value": b64(value)}}),
         ];
         match txn(&api, &ops)
