@@ -505,9 +505,13 @@ async fn a_chain_bomb_from_a_peer_is_refused_and_the_nodes_live() {
     for id in [&here, &forwarded] {
         assert!(two.call::<Alpha, _>(id, Hello).await.unwrap().is_ok());
     }
-    let mut peer =
-        mesh_testkit::raw::RawPeer::connect(two.addr().unwrap(), "chains", "bomber", mesh_testkit::COOKIE)
-            .await;
+    let mut peer = mesh_testkit::raw::RawPeer::connect(
+        two.addr().unwrap(),
+        "chains",
+        "bomber",
+        mesh_testkit::COOKIE,
+    )
+    .await;
     // 100 000 hops of empty names: about 300 KiB. Built as a linked list
     // and dropped recursively, it overflowed the stack and aborted the
     // process; forwarded, it did the same to the owner.

@@ -420,21 +420,13 @@ mod tests {
         .await;
         // reqwest has no crypto provider of its own here: mesh's client.
         let plain = super::super::agent_tls::client(&agent, &Default::default(), None).unwrap();
-        let resp = plain
-            .get(format!("{agent}/x"))
-            .send()
-            .await
-            .unwrap();
+        let resp = plain.get(format!("{agent}/x")).send().await.unwrap();
         let got = read_capped(resp, 1000).await.unwrap_err();
         assert!(
             matches!(&got, Capped::TooLarge(e) if e.contains("larger than 1000 bytes")),
             "{got:?}"
         );
-        let resp = plain
-            .get(format!("{agent}/x"))
-            .send()
-            .await
-            .unwrap();
+        let resp = plain.get(format!("{agent}/x")).send().await.unwrap();
         assert_eq!(read_capped(resp, 1500).await.unwrap().len(), 1500);
     }
 
