@@ -349,7 +349,7 @@ async fn cluster_node(name: &str, seeds: &[String], admin: Option<Limits>) -> No
         .name(name)
         .default_node(false)
         .cluster("flood")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(Transport::tcp())
         .listen("127.0.0.1:0")
         .seeds(seeds.iter().cloned());
