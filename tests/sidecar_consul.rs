@@ -684,3 +684,61 @@ async fn with_acls_on_the_sidecar_asks_consul_with_the_nodes_token() {
     a.shutdown().await.expect("a leaves");
     b.shutdown().await.expect("b leaves");
 }
+
+/// Issue 24, point 1: three nodes through managed HAProxy sidecars, with
+/// the default heartbeat (500 ms, so a dial backoff of up to 16 s), form
+/// a full membership on every node within 2 s of the last node's start.
+/// A peer's first dials fail ("no sidecar upstream for node .. yet"):
+/// its upstream going live must reset that peer's backoff and dial it at
+/// once, not at the next backoff tick; and peers learn of a sidecar only
+/// once its TCP check passes, so that check must not wait 10 s (Consul's
+/// default interval) after a first failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_through_sidecars_forms_within_2_s_of_the_last_start() {
+    require_haproxy();
+    let consul = TestConsul::start(
+        3,
+        TimeScale {
+            ttl: 1.0,
+            deregister: 0.01,
+        },
+    )
+    .await;
+    let mut meshes = Vec::new();
+    let mut nodes = Vec::new();
+    let mut last_called = tokio::time::Instant::now();
+    for (i, name) in NAMES.iter().enumerate() {
+        let m = ConsulSidecar::haproxy(
+            adapter(&consul, i),
+            ConsulHaproxy::new(scratch(&format!("sidecar-form-{name}"))),
+        );
+        last_called = tokio::time::Instant::now();
+        let node = within(STEP, builder(name, &m).start())
+            .await
+            .expect("node starts");
+        meshes.push(m);
+        nodes.push(node);
+    }
+    let last_started = tokio::time::Instant::now();
+    let mut formed = Vec::new();
+    for n in &nodes {
+        within(STEP, n.membership_changes().wait_for(|m| m.len() == 3))
+            .await
+            .expect("membership");
+        formed.push(last_started.elapsed());
+    }
+    let took = last_started.elapsed();
+    eprintln!(
+        "formation: full membership on every node {took:?} after the last start returned \
+         ({:?} after it was called; per node {formed:?})",
+        last_called.elapsed()
+    );
+    assert!(
+        took <= Duration::from_secs(2),
+        "the cluster formed {took:?} after the last start (per node {formed:?})"
+    );
+    for n in nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+    drop(meshes);
+}
