@@ -742,3 +742,28 @@ async fn a_cluster_through_sidecars_forms_within_2_s_of_the_last_start() {
     }
     drop(meshes);
 }
+
+/// Issue 24, point 2: a node process (the `consul_mesh` example, with a
+/// managed HAProxy) killed with SIGKILL takes its HAProxy with it: the
+/// master gets the parent-death signal and its worker exits with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_takes_its_haproxy_along() {
+    use mesh_testkit::procs::{await_gone, example_binary, master_and_workers, Proc};
+    require_haproxy();
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let dir = scratch("sidecar-kill9");
+    let mut cmd = tokio::process::Command::new(example_binary("consul_mesh"));
+    cmd.args(["--consul", &consul.url(0)])
+        .args(["--name", "a", "--listen", "127.0.0.1:0"])
+        .args(["--capabilities", "game"])
+        .args(["--sidecar", "haproxy", "--sidecar-port", "0"])
+        .arg("--sidecar-dir")
+        .arg(&dir);
+    let mut node = Proc::spawn(cmd, "a", "test-cookie").await;
+    let (master, workers) = master_and_workers(&dir.join("haproxy.pid"), STEP).await;
+    node.signal("KILL");
+    assert!(!node.exited(STEP).await);
+    let mut all = workers.clone();
+    all.push(master);
+    await_gone(&all, Duration::from_secs(10)).await;
+}
