@@ -36,9 +36,8 @@ use crate::transport::{
 /// Node id -> local upstream port, shared and updatable. Cheap to clone.
 ///
 /// Every node whose port appears or changes is also recorded as
-/// *retargeted* (see [`UpstreamPorts::retargeted`]): the node dialing
-/// through these ports resets that peer's dial backoff and dials it at
-/// once.
+/// *retargeted*: the node dialing through these ports resets that peer's
+/// dial backoff and dials it at once.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamPorts {
     map: Arc<ArcSwap<HashMap<String, u16>>>,
