@@ -759,7 +759,7 @@ async fn a_node_killed_with_sigkill_takes_its_haproxy_along() {
         .args(["--sidecar", "haproxy", "--sidecar-port", "0"])
         .arg("--sidecar-dir")
         .arg(&dir);
-    let mut node = Proc::spawn(cmd, "a", "test-cookie").await;
+    let mut node = Proc::spawn(cmd, "a", mesh_testkit::COOKIE).await;
     let (master, workers) = master_and_workers(&dir.join("haproxy.pid"), STEP).await;
     node.signal("KILL");
     assert!(!node.exited(STEP).await);

@@ -307,3 +307,54 @@ async fn actors_read_what_the_node_provides_and_a_missing_value_says_so() {
     bare.shutdown().await.unwrap();
     let _ = TimerError::Ended;
 }
+
+/// A timer armed in `activate`: how an actor re-arms after a move, a
+/// passivation or a restart (the new activation starts with no timer).
+#[derive(Actor)]
+#[actor(capability = "rearm", activate = Alarm::open)]
+struct Alarm {
+    rings: u64,
+}
+
+#[derive(Message, Clone, Serialize, Deserialize)]
+struct Ring;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Rings;
+
+impl Alarm {
+    async fn open(_id: &str, ctx: &Ctx) -> Result<Self, mesh::BoxError> {
+        ctx.timer::<Alarm, _>("ring", Timer::every(Duration::from_secs(1)), Ring)?;
+        Ok(Alarm { rings: 0 })
+    }
+}
+
+#[mesh::handlers]
+impl Alarm {
+    async fn ring(&mut self, _: Ring) {
+        self.rings += 1;
+    }
+    async fn rings(&mut self, _: Rings) -> u64 {
+        self.rings
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_armed_in_activate_ticks() {
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["rearm"])
+        .actor::<Alarm>()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(node.call::<Alarm, _>("a", Rings).await, Ok(0));
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let rings = node.call::<Alarm, _>("a", Rings).await.unwrap();
+    assert!(
+        (2..=4).contains(&rings),
+        "{rings} rings in 3.5 s of a 1 s timer"
+    );
+    node.shutdown().await.unwrap();
+}
