@@ -42,7 +42,7 @@
 //!   `denied` (an [`Authorize`] refusal), `io`, `other`. With TLS 1.3 a client whose certificate the server
 //!   refuses learns it on its first read, as `peer_refused`.
 //! - A peer that does not speak TLS is told from its first bytes
-//!   ([`Opening`](crate::wire::Opening)) and refused as `not_tls`, saying
+//!   ([`Opening`]) and refused as `not_tls`, saying
 //!   what it is and how to fix it: the acceptor reads them before rustls
 //!   does; to a plain mesh node (the frame magic) it answers an `Error`
 //!   frame saying that the listener uses TLS and the dialer plain TCP, to
@@ -785,7 +785,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// A stream that keeps a copy of the first [`wire::OPENING_MAX`](crate::wire::OPENING_MAX)
+/// A stream that keeps a copy of the first [`crate::wire::OPENING_MAX`]
 /// bytes read from `inner`: what a server answered, should the TLS
 /// handshake fail.
 struct Recording<S> {
