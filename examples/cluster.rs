@@ -2,11 +2,18 @@
 //!
 //! ```sh
 //! export MESH_COOKIE=$(openssl rand -base64 32)   # the same on every node
-//! cargo run --example cluster -- --name game-1 --listen 127.0.0.1:7001 --capabilities game
-//! cargo run --example cluster -- --name chat-1 --listen 127.0.0.1:7002 --capabilities chat --seeds 127.0.0.1:7001
+//! cargo run --example cluster -- --name game-1 --listen 127.0.0.1:7001 --capabilities game \
+//!     --min-members 2
+//! cargo run --example cluster -- --name chat-1 --listen 127.0.0.1:7002 --capabilities chat \
+//!     --seeds 127.0.0.1:7001 --min-members 2
 //! cargo run --example cluster -- --name both-1 --listen 127.0.0.1:7003 --capabilities game,chat \
-//!     --seeds 127.0.0.1:7001 --expect 3 --drive 12
+//!     --seeds 127.0.0.1:7001 --min-members 2 --expect 3 --drive 12
 //! ```
+//!
+//! `--min-members 2`: a node serves (and its `/readyz` says ready) only
+//! once it sees another member, so one started with the wrong
+//! `MESH_COOKIE` refuses calls (`NotEnoughMembers`) instead of serving
+//! every actor alone from empty state. A one-node run leaves it out.
 //!
 //! These runs use plain TCP, which assumes a trusted network (here,
 //! loopback). In production, across any network you do not trust, run
@@ -43,6 +50,11 @@ struct Args {
     /// Heartbeat interval in milliseconds (failure timeout: 4 of them).
     #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
+    /// Serve (and be ready) only once this many members are seen, this
+    /// node included (NodeBuilder::min_members): 2 keeps a node with the
+    /// wrong cookie or unreachable seeds from serving alone. 1: no guard.
+    #[arg(long, default_value_t = 1)]
+    min_members: usize,
 }
 
 #[tokio::main]
@@ -53,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node = common::builder(&args.node)?
         .seeds(args.seeds.iter().cloned())
         .heartbeat(heartbeat, heartbeat * 4)
+        .min_members(args.min_members)
         .start()
         .await?;
     println!("{} listening on {}", node.id(), node.addr().unwrap_or("?"));

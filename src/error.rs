@@ -210,6 +210,21 @@ pub enum Error {
     #[error("no node is running in this process")]
     NotStarted,
 
+    /// The node was built with [`crate::NodeBuilder::min_members`] and has
+    /// not yet seen that many members (itself included): it takes no calls
+    /// or casts, rather than serve every actor alone from empty state. Most
+    /// likely it is not in its cluster: another cookie or cluster name than
+    /// its peers (the logs name the refused connections), or seeds it
+    /// cannot reach; or the rest of the cluster is not up yet. Once it has
+    /// seen `need` members it serves for the rest of its life.
+    #[error("this node sees {have} member(s) of the {need} it needs before it serves (NodeBuilder::min_members): it has not joined its cluster yet; check that every node has the same cookie and cluster name, and that its seeds or discovery are reachable (the logs name refused connections)")]
+    NotEnoughMembers {
+        /// How many members the node sees, itself included.
+        have: usize,
+        /// How many it needs (its `min_members`).
+        need: usize,
+    },
+
     /// The discovery service (Consul) failed a request made while the node
     /// runs: deregistering at shutdown, or an operator function. The text
     /// carries the status and the agent's own words. A refusal at start is

@@ -349,7 +349,7 @@ async fn cluster_node(name: &str, seeds: &[String], admin: Option<Limits>) -> No
         .name(name)
         .default_node(false)
         .cluster("flood")
-        .cookie("s3cret")
+        .cookie(mesh_testkit::COOKIE)
         .transport(Transport::tcp())
         .listen("127.0.0.1:0")
         .seeds(seeds.iter().cloned());
@@ -478,4 +478,53 @@ async fn idle_connections_neither_starve_the_cluster_nor_outlive_the_timeout() {
         n.shutdown().await.unwrap();
     }
     nofile(was);
+}
+
+/// Issue 24, point 3: with `min_members(2)`, `/readyz` answers 503 with
+/// the reason (the count, the likely causes) while the node is alone, and
+/// 200 once a member joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_min_members() {
+    let net = Transport::memory(MemoryNetwork::new());
+    let guarded = |name: &str, seeds: &[&str], admin: bool| {
+        let b = Node::builder()
+            .name(name)
+            .default_node(false)
+            .cluster("test")
+            .cookie(mesh_testkit::COOKIE)
+            .transport(net.clone())
+            .listen(name)
+            .seeds(seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .min_members(2)
+            .capabilities(["game"])
+            .actor::<Player>();
+        let b = if admin { b.admin("127.0.0.1:0") } else { b };
+        b.start()
+    };
+    let a = guarded("mm-a", &[], true).await.unwrap();
+    let (status, body) = get(&a, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false);
+    assert_eq!(v["members"], 1);
+    assert_eq!(v["min_members"], 2);
+    assert_eq!(v["serving"], false);
+    let reason = v["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("1 member(s), fewer than the 2") && reason.contains("cookie"),
+        "{reason}"
+    );
+    assert_eq!(get_json(&a, "/admin/node").await["ready"], false);
+
+    let b = guarded("mm-b", &["mm-a"], false).await.unwrap();
+    soon(a.membership_changes().wait_for(|m| m.len() == 2))
+        .await
+        .unwrap();
+    let v = get_json(&a, "/readyz").await;
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(v["serving"], true);
+    assert!(v.get("reason").is_none(), "{v}");
+    assert_eq!(get_json(&a, "/admin/node").await["ready"], true);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
 }

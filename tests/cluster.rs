@@ -698,3 +698,87 @@ async fn a_rolling_restart_under_load_loses_no_call() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A game node of cluster "test" with `cookie`, seeded with `seeds`, that
+/// serves only once it has seen 2 members (`min_members(2)`).
+async fn guarded(net: &Transport, name: &str, cookie: &str, seeds: &[&str]) -> Node {
+    Node::builder()
+        .name(name)
+        .default_node(false)
+        .cluster("test")
+        .cookie(cookie)
+        .transport(net.clone())
+        .listen(format!("mem-{name}"))
+        .seeds(seeds.iter().copied())
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
+        .shutdown_timeout(Duration::from_millis(300))
+        .min_members(2)
+        .capabilities(["game"])
+        .actor::<Player>()
+        .start()
+        .await
+        .expect("node starts")
+}
+
+/// Issue 24, point 3: a node with the wrong cookie used to form a second,
+/// empty cluster of one, ready and serving every player from empty state.
+/// With `min_members(2)` it is not ready and refuses calls with a clear
+/// error, while a node with the right cookie joins and serves.
+#[tokio::test(start_paused = true)]
+async fn min_members_keeps_a_node_with_the_wrong_cookie_from_serving_alone() {
+    let net = Transport::memory(MemoryNetwork::new());
+    let a = guarded(&net, "qa", mesh_testkit::COOKIE, &[]).await;
+    let wrong = guarded(&net, "qwrong", mesh_testkit::OTHER_COOKIE, &["mem-qa"]).await;
+    let need = Err(Error::NotEnoughMembers { have: 1, need: 2 });
+    // Alone, both refuse: the first node waits for its cluster too.
+    for n in [&a, &wrong] {
+        assert!(!n.is_ready(), "{} is ready alone", n.id());
+        assert_eq!(n.call::<Player, _>("p1", Score(1)).await, need);
+        assert_eq!(n.cast::<Player, _>("p1", Score(1)), need.clone().map(drop));
+    }
+    let text = need.clone().unwrap_err().to_string();
+    assert!(
+        text.contains("1 member(s) of the 2") && text.contains("cookie"),
+        "{text}"
+    );
+
+    // The right cookie joins; both serve and are ready.
+    let b = guarded(&net, "qb", mesh_testkit::COOKIE, &["mem-qa"]).await;
+    until_members(&[&a, &b], 2).await;
+    for n in [&a, &b] {
+        assert!(n.is_ready(), "{} is not ready with 2 members", n.id());
+    }
+    let (_, score) = a.call::<Player, _>("p1", Score(1)).await.unwrap();
+    assert_eq!(score, 1);
+    assert_eq!(b.call::<Player, _>("p1", Score(1)).await.unwrap().1, 2);
+
+    // The wrong cookie stays out, unready, refusing, and activated nothing.
+    assert!(!a.membership().contains("qwrong"));
+    assert_eq!(wrong.membership().len(), 1);
+    assert!(!wrong.is_ready());
+    assert_eq!(wrong.call::<Player, _>("p1", Score(1)).await, need);
+    assert_eq!(wrong.activation_count(), 0);
+
+    // Below min_members later: not ready, but still serving (only the
+    // first time is gated).
+    b.sever();
+    until_members(&[&a], 1).await;
+    assert!(!a.is_ready());
+    assert_eq!(a.call::<Player, _>("p2", Score(5)).await.unwrap().1, 5);
+
+    // On a node that is not clustered, min_members > 1 is a start error.
+    let err = Node::builder()
+        .default_node(false)
+        .min_members(2)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StartError::Config(m) if m.contains("min_members")),
+        "{err:?}"
+    );
+
+    for n in [a, wrong, b] {
+        let _ = n.shutdown().await;
+    }
+}

@@ -988,3 +988,53 @@ async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_onl
         .unwrap_err();
     assert!(err.to_string().contains("loopback only"), "{err}");
 }
+
+/// Issue 24, point 2: a HAProxy left serving a sidecar directory (its
+/// node died without stopping it; here started by hand from the previous
+/// run's files, as the node starts it) is found through the pidfile and
+/// stopped, master and worker, when a new sidecar starts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_haproxy_in_the_directory_is_stopped_at_start() {
+    use mesh_testkit::procs::{await_gone, master_and_workers};
+    require_haproxy();
+    let ca = pki::Ca::new(TD);
+    let dir = scratch("sidecar-stale");
+    let settings = HaproxySettings::new(
+        dir.clone(),
+        format!("127.0.0.1:{}", free_port()),
+        certs(&ca, &ca.leaf(&id("mesh-a"))),
+    );
+    // A previous run: its files stay.
+    let first = Haproxy::start(settings.clone(), "127.0.0.1:1")
+        .await
+        .unwrap();
+    first.stop().await;
+    // Its HAProxy, still running (not ours to supervise).
+    let mut stale = tokio::process::Command::new(mesh::sidecar::DEFAULT_HAPROXY)
+        .arg("-W")
+        .arg("-S")
+        .arg(format!("{},mode,600", dir.join("master.sock").display()))
+        .arg("-p")
+        .arg(dir.join("haproxy.pid"))
+        .arg("-f")
+        .arg(dir.join("haproxy.cfg"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (master, workers) = master_and_workers(&dir.join("haproxy.pid"), SOON_LIMIT).await;
+    assert_eq!(Some(master), stale.id());
+    // The new start stops it first, then runs its own.
+    let h = Haproxy::start(settings, "127.0.0.1:1").await.unwrap();
+    soon(stale.wait()).await.unwrap();
+    await_gone(&workers, SOON_LIMIT).await;
+    let now = h.pid().expect("running");
+    assert_ne!(now, master);
+    let (named, _) = master_and_workers(&dir.join("haproxy.pid"), SOON_LIMIT).await;
+    assert_eq!(named, now);
+    h.stop().await;
+}
+
+const SOON_LIMIT: Duration = Duration::from_secs(20);

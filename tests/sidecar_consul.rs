@@ -684,3 +684,86 @@ async fn with_acls_on_the_sidecar_asks_consul_with_the_nodes_token() {
     a.shutdown().await.expect("a leaves");
     b.shutdown().await.expect("b leaves");
 }
+
+/// Issue 24, point 1: three nodes through managed HAProxy sidecars, with
+/// the default heartbeat (500 ms, so a dial backoff of up to 16 s), form
+/// a full membership on every node within 2 s of the last node's start.
+/// A peer's first dials fail ("no sidecar upstream for node .. yet"):
+/// its upstream going live must reset that peer's backoff and dial it at
+/// once, not at the next backoff tick; and peers learn of a sidecar only
+/// once its TCP check passes, so that check must not wait 10 s (Consul's
+/// default interval) after a first failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_through_sidecars_forms_within_2_s_of_the_last_start() {
+    require_haproxy();
+    let consul = TestConsul::start(
+        3,
+        TimeScale {
+            ttl: 1.0,
+            deregister: 0.01,
+        },
+    )
+    .await;
+    let mut meshes = Vec::new();
+    let mut nodes = Vec::new();
+    let mut last_called = tokio::time::Instant::now();
+    for (i, name) in NAMES.iter().enumerate() {
+        let m = ConsulSidecar::haproxy(
+            adapter(&consul, i),
+            ConsulHaproxy::new(scratch(&format!("sidecar-form-{name}"))),
+        );
+        last_called = tokio::time::Instant::now();
+        let node = within(STEP, builder(name, &m).start())
+            .await
+            .expect("node starts");
+        meshes.push(m);
+        nodes.push(node);
+    }
+    let last_started = tokio::time::Instant::now();
+    let mut formed = Vec::new();
+    for n in &nodes {
+        within(STEP, n.membership_changes().wait_for(|m| m.len() == 3))
+            .await
+            .expect("membership");
+        formed.push(last_started.elapsed());
+    }
+    let took = last_started.elapsed();
+    eprintln!(
+        "formation: full membership on every node {took:?} after the last start returned \
+         ({:?} after it was called; per node {formed:?})",
+        last_called.elapsed()
+    );
+    assert!(
+        took <= Duration::from_secs(2),
+        "the cluster formed {took:?} after the last start (per node {formed:?})"
+    );
+    for n in nodes {
+        n.shutdown().await.expect("shutdown");
+    }
+    drop(meshes);
+}
+
+/// Issue 24, point 2: a node process (the `consul_mesh` example, with a
+/// managed HAProxy) killed with SIGKILL takes its HAProxy with it: the
+/// master gets the parent-death signal and its worker exits with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_takes_its_haproxy_along() {
+    use mesh_testkit::procs::{await_gone, example_binary, master_and_workers, Proc};
+    require_haproxy();
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let dir = scratch("sidecar-kill9");
+    let mut cmd = tokio::process::Command::new(example_binary("consul_mesh"));
+    cmd.args(["--consul", &consul.url(0)])
+        .args(["--name", "a", "--listen", "127.0.0.1:0"])
+        .args(["--capabilities", "game"])
+        .args(["--sidecar", "haproxy", "--sidecar-port", "0"])
+        .arg("--sidecar-dir")
+        .arg(&dir);
+    let mut node = Proc::spawn(cmd, "a", "test-cookie").await;
+    let (master, workers) = master_and_workers(&dir.join("haproxy.pid"), STEP).await;
+    node.signal("KILL");
+    assert!(!node.exited(STEP).await);
+    let mut all = workers.clone();
+    all.push(master);
+    await_gone(&all, Duration::from_secs(10)).await;
+}

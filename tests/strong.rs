@@ -225,7 +225,7 @@ async fn a_lock_delay_shorter_than_the_lease_validity_is_refused_at_start() {
     // The review's case: 5 s against a validity of about 9.5 s.
     let err = Node::builder()
         .cluster("bank")
-        .cookie("c")
+        .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
         .capabilities(["bank"])
         .actor::<Account>()
@@ -444,7 +444,7 @@ async fn turns_node(
     Node::builder()
         .name("a")
         .cluster("turns")
-        .cookie("turns-cookie")
+        .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
         .default_node(false)
         .capabilities(["turns"])

@@ -8,7 +8,7 @@
 //! | route | body |
 //! |---|---|
 //! | `/` | the live cluster page: one HTML file, inline script, no CDN; it polls the JSON below every second |
-//! | `/admin/node` | `{node, incarnation, addr, capabilities, members, activations, ready}` |
+//! | `/admin/node` | `{node, incarnation, addr, capabilities, members, activations, ready, min_members}` |
 //! | `/admin/members` | `{self, members: [{node, addr, capabilities, protocol, ...}]}`; a peer adds `features`, `incarnation`, `identity` (the SPIFFE ID TLS verified, or null), `remote`, `since_unix_ms` (its oldest live connection's handshake), `discovered_by` (`seed`, `gossip`, `discovery` or `inbound`: how this node came to hold that connection) and `connections` |
 //! | `/admin/discovery` | `{node, discovery}`: the authoritative discovery's own account ([`Discovery::describe`](crate::discovery::Discovery::describe); Consul: agent, service, check, upstreams), `null` with static seeds |
 //! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}], map: [owner index of each shard]}]}`; `?capability=c` for one (404 if no member hosts it) |
@@ -16,7 +16,7 @@
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
 //! | `/livez` | 200 `{"status":"ok"}`, no cluster check |
-//! | `/readyz` | 200, or 503 until the node is a member of its own membership |
+//! | `/readyz` | 200 when the node is a member of its own membership and sees at least its `min_members` members (`NodeBuilder::min_members`), else 503; `{ready, members, min_members, serving, checks, reason}` (`reason` only when not ready) |
 //!
 //! Unknown paths get 404, other methods 405, each with a short text.
 //!

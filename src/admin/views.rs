@@ -13,16 +13,44 @@ pub(super) fn node(node: &NodeInner) -> Value {
         "capabilities": node.capability_names(),
         "members": m.len(),
         "activations": node.activations_by_type().iter().map(|a| a.2).sum::<usize>(),
-        "ready": m.contains(node.id_str()),
+        "ready": node.readiness().ready(),
+        "min_members": node.readiness().min_members,
     })
 }
 
+/// `/readyz`: ready when the node is a member of its own membership and
+/// sees its `min_members`; otherwise `reason` says why, naming the count
+/// and the likely causes.
 pub(super) fn ready(node: &NodeInner) -> Value {
-    let member = node.membership_snapshot().contains(node.id_str());
-    json!({
-        "ready": member,
-        "checks": [{"name": "member", "ok": member}],
-    })
+    let r = node.readiness();
+    let enough = r.members >= r.min_members;
+    let mut v = json!({
+        "ready": r.ready(),
+        "members": r.members,
+        "min_members": r.min_members,
+        "serving": r.formed,
+        "checks": [
+            {"name": "member", "ok": r.member},
+            {"name": "min_members", "ok": enough, "have": r.members, "need": r.min_members},
+        ],
+    });
+    if !r.member {
+        v["reason"] = json!("the node is not in its own membership: it is starting or leaving");
+    } else if !enough {
+        let serving = if r.formed {
+            "it had seen enough before, so it still serves the calls it gets"
+        } else {
+            "until then its calls fail with NotEnoughMembers"
+        };
+        v["reason"] = json!(format!(
+            "the node sees {} member(s), fewer than the {} it needs (NodeBuilder::min_members); \
+             {serving}. Likely causes: a cookie or cluster name other than its peers' (the logs \
+             name refused connections), seeds or discovery it cannot reach, or the other nodes \
+             are not up yet",
+            r.members, r.min_members
+        ));
+    }
+    v
 }
 
 /// Each member: where it listens, what it hosts (capabilities, and the

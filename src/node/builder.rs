@@ -57,6 +57,7 @@ pub struct NodeBuilder {
     strong: Option<crate::lease::Strong>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     weak_cookie: bool,
+    min_members: usize,
     #[cfg(feature = "admin")]
     admin: Option<String>,
     #[cfg(feature = "admin")]
@@ -75,6 +76,7 @@ impl std::fmt::Debug for NodeBuilder {
             .field("placement", &self.placement)
             .field("default_timeout", &self.default_timeout)
             .field("default_node", &self.default_node)
+            .field("min_members", &self.min_members)
             .field("cluster", &self.cluster)
             .finish()
     }
@@ -95,6 +97,7 @@ impl NodeBuilder {
             strong: None,
             deps: HashMap::new(),
             weak_cookie: false,
+            min_members: 1,
             #[cfg(feature = "admin")]
             admin: None,
             #[cfg(feature = "admin")]
@@ -133,6 +136,43 @@ impl NodeBuilder {
     /// offline from one handshake.
     pub fn allow_weak_cookie(mut self) -> Self {
         self.weak_cookie = true;
+        self
+    }
+
+    /// The guard against a node that serves alone (Akka's
+    /// `akka.cluster.min-nr-of-members`): until this node has seen `n`
+    /// members (itself included) in its membership, it is not ready
+    /// ([`Node::is_ready`], `/readyz` answers 503 naming the count) and
+    /// its calls and casts fail at once with
+    /// [`Error::NotEnoughMembers`](crate::Error::NotEnoughMembers), instead
+    /// of activating every actor here from empty state. That is what a node
+    /// with the wrong cookie or cluster name, or unreachable seeds, would
+    /// otherwise do: form a second, empty cluster of one, and say it is
+    /// ready.
+    ///
+    /// Default 1: no guard (a node without seeds, and the embedded single
+    /// node, serve at once). Give a clustered node 2, or the smallest
+    /// cluster that may serve; not the full cluster size, see the costs:
+    ///
+    /// - A cold start of the whole cluster serves nothing until `n` nodes
+    ///   are up and connected; a cluster meant to run as one node (seeds
+    ///   configured, none up) must say 1.
+    /// - Once the node has seen `n` members it serves for the rest of its
+    ///   life, as Akka gates only the first `Up`: losing members later
+    ///   does not stop it (a partition does not stop a running cluster of
+    ///   its own accord; strong mode is the guard against split brain).
+    ///   But it reports not ready while it sees fewer than `n`, so a load
+    ///   balancer that follows `/readyz` sends it nothing: with `n` equal
+    ///   to the cluster size, one node down makes every node unready.
+    /// - The guard is on the calling node: calls a peer routes here are
+    ///   served (that peer holds the cookie, so this node is in its
+    ///   cluster). A node joining a running cluster smaller than `n`
+    ///   waits like the others.
+    ///
+    /// 0 counts as 1. More than 1 on a node that is not clustered is a
+    /// start error (it would never serve).
+    pub fn min_members(mut self, n: usize) -> Self {
+        self.min_members = n.max(1);
         self
     }
 
@@ -506,6 +546,13 @@ impl NodeBuilder {
             }
         };
         hosted.sort_unstable();
+        if self.min_members > 1 && self.cluster.is_none() {
+            return Err(StartError::Config(format!(
+                "min_members({}) on a node that is not clustered: it would never see another \
+                 member, so never serve; give it seeds or a discovery, or remove min_members",
+                self.min_members
+            )));
+        }
         if let Some(cluster) = &self.cluster {
             check_cluster(cluster, &id, &capabilities, &hosted, self.weak_cookie).await?;
         }
@@ -544,6 +591,8 @@ impl NodeBuilder {
             history: self.history,
             gate,
             keeper: std::sync::OnceLock::new(),
+            min_members: self.min_members,
+            formed: std::sync::atomic::AtomicBool::new(self.min_members <= 1),
             deps: self.deps,
             #[cfg(feature = "admin")]
             admin: std::sync::OnceLock::new(),
@@ -581,6 +630,14 @@ impl NodeBuilder {
         }
         for (_, _, acts) in &inner.actors {
             acts.start(Arc::downgrade(&inner));
+        }
+        if !inner.formed.load(Ordering::Acquire) {
+            tracing::info!(
+                node = %inner.id,
+                need = inner.min_members,
+                "not serving until the node sees {} members (NodeBuilder::min_members)",
+                inner.min_members
+            );
         }
         #[cfg(feature = "admin")]
         if let Some(addr) = &self.admin {

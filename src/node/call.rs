@@ -262,10 +262,18 @@ fn with_node<T>(
     via: Via<'_>,
     f: impl FnOnce(&Arc<NodeInner>) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    // The `min_members` guard: a node that has not yet seen its cluster
+    // neither serves nor routes (`NodeBuilder::min_members`).
     match via {
-        Via::Node(node) => f(&node.inner),
+        Via::Node(node) => {
+            node.inner.check_members()?;
+            f(&node.inner)
+        }
         Via::Default => match &*DEFAULT.load() {
-            Some(inner) => f(inner),
+            Some(inner) => {
+                inner.check_members()?;
+                f(inner)
+            }
             None => Err(Error::NotStarted),
         },
     }

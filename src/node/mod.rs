@@ -55,6 +55,29 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
+/// What a node's readiness is made of: it is ready when it is a member of
+/// its own membership (it has started and is not leaving) and sees at
+/// least `min_members` members (`NodeBuilder::min_members`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readiness {
+    /// It is in its own membership.
+    pub(crate) member: bool,
+    /// How many members it sees, itself included.
+    pub(crate) members: usize,
+    /// How many it needs.
+    pub(crate) min_members: usize,
+    /// Whether it has seen `min_members` once (so it serves).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) formed: bool,
+}
+
+impl Readiness {
+    /// Ready: a member that sees enough members.
+    pub(crate) fn ready(&self) -> bool {
+        self.member && self.members >= self.min_members
+    }
+}
+
 /// Shared by the user's handles; its drop abandons the node.
 #[derive(Debug)]
 pub(crate) struct Handle(std::sync::Weak<NodeInner>);
@@ -109,6 +132,12 @@ pub(crate) struct NodeInner {
     /// [`crate::lease`]).
     pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,
     pub(crate) keeper: OnceLock<crate::lease::keeper::Keeper>,
+    /// `NodeBuilder::min_members`: the members this node must see before
+    /// it serves and is ready (1: no guard).
+    min_members: usize,
+    /// Whether it has seen them once: from then on it serves, whatever the
+    /// membership does (readiness still follows the count).
+    formed: std::sync::atomic::AtomicBool,
     /// The admin endpoint, if asked for (stops when the node is dropped).
     #[cfg(feature = "admin")]
     admin: OnceLock<crate::admin::Server>,
@@ -190,6 +219,16 @@ impl Node {
     /// `node.membership_changes().wait_for(|m| m.len() == 3).await`.
     pub fn membership_changes(&self) -> watch::Receiver<Membership> {
         self.inner.membership.subscribe()
+    }
+
+    /// Whether the node is ready to take traffic (what `/readyz` answers
+    /// with the feature `admin`): it has started, is not leaving, and sees
+    /// at least the members `NodeBuilder::min_members` asks for (itself
+    /// included; 1 unless set). Until it has seen them once its calls fail
+    /// with [`Error::NotEnoughMembers`]; after that it serves even when
+    /// members are lost, but is not ready while it sees fewer.
+    pub fn is_ready(&self) -> bool {
+        self.inner.readiness().ready()
     }
 
     /// The address peers dial to reach this node, if it is clustered and
@@ -430,6 +469,7 @@ impl NodeInner {
             if changed {
                 self.routing
                     .store(Arc::new(m.routing(&*self.strategy, &self.id)));
+                self.note_members(m.len());
             }
             changed
         });
@@ -447,6 +487,44 @@ impl NodeInner {
             }
         }
         changed
+    }
+
+    /// Marks the node formed once it sees `min_members` (sticky).
+    fn note_members(&self, have: usize) {
+        use std::sync::atomic::Ordering;
+        if have >= self.min_members && !self.formed.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.id, members = have, need = self.min_members, "enough members: the node serves");
+        }
+    }
+
+    /// The `min_members` guard on the calling path: `Ok` once the node
+    /// has seen its `min_members` (one relaxed load after that), else
+    /// [`Error::NotEnoughMembers`].
+    #[inline]
+    pub(crate) fn check_members(&self) -> Result<(), Error> {
+        if self.formed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let have = self.membership.borrow().len();
+        if have >= self.min_members {
+            self.note_members(have);
+            return Ok(());
+        }
+        Err(Error::NotEnoughMembers {
+            have,
+            need: self.min_members,
+        })
+    }
+
+    /// Whether the node is ready, and why not (see [`Readiness`]).
+    pub(crate) fn readiness(&self) -> Readiness {
+        let m = self.membership.borrow();
+        Readiness {
+            member: m.contains(&self.id),
+            members: m.len(),
+            min_members: self.min_members,
+            formed: self.formed.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
     /// The capability of actor type `name` on this node.

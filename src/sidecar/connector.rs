@@ -9,6 +9,10 @@
 //!   dial; established connections are untouched). A node with no port
 //!   yet is [`std::io::ErrorKind::NotFound`], which the peer table
 //!   retries with backoff.
+//! - A node whose port appears or changes (the managed sidecar has
+//!   reloaded with its upstream: it is live) is *retargeted*: the node's
+//!   owner task hears of it at once and resets that peer's dial backoff,
+//!   so the peer is dialed then, not at its next backoff tick.
 //! - A target without a node id (a seed) must be a loopback address (a
 //!   local upstream port given by hand): anything else is refused, since
 //!   it would bypass the mesh.
@@ -16,12 +20,13 @@
 //! - The sidecar verifies certificates, not this transport: streams carry
 //!   no verified identity in their [`ConnFacts`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use crate::transport::tcp::Tcp;
 use crate::transport::{
@@ -29,9 +34,21 @@ use crate::transport::{
 };
 
 /// Node id -> local upstream port, shared and updatable. Cheap to clone.
+///
+/// Every node whose port appears or changes is also recorded as
+/// *retargeted*: the node dialing through these ports resets that peer's
+/// dial backoff and dials it at once.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamPorts {
     map: Arc<ArcSwap<HashMap<String, u16>>>,
+    retarget: Arc<Retarget>,
+}
+
+/// Nodes whose dial target changed since the owner last looked.
+#[derive(Debug, Default)]
+struct Retarget {
+    pending: Mutex<BTreeSet<String>>,
+    notify: Notify,
 }
 
 impl UpstreamPorts {
@@ -40,19 +57,73 @@ impl UpstreamPorts {
         UpstreamPorts::default()
     }
 
-    /// Replaces the whole map.
+    /// Replaces the whole map. Nodes whose port is new or changed are
+    /// retargeted.
     pub fn set(&self, ports: impl IntoIterator<Item = (String, u16)>) {
-        self.map.store(Arc::new(ports.into_iter().collect()));
+        let new: HashMap<String, u16> = ports.into_iter().collect();
+        let changed: Vec<String> = {
+            let old = self.map.load();
+            new.iter()
+                .filter(|(n, p)| old.get(*n) != Some(*p))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        self.map.store(Arc::new(new));
+        self.touch(changed);
     }
 
-    /// Adds or changes one peer's port.
+    /// Adds or changes one peer's port (retargeted if it changed).
     pub fn insert(&self, node: impl Into<String>, port: u16) {
         let node = node.into();
-        self.map.rcu(|m| {
+        let old = self.map.rcu(|m| {
             let mut m = HashMap::clone(m);
             m.insert(node.clone(), port);
             m
         });
+        if old.get(&node) != Some(&port) {
+            self.touch([node]);
+        }
+    }
+
+    /// Marks `nodes` as retargeted: where their upstream leads changed
+    /// (a port, or the peer's sidecar behind an unchanged port), so a
+    /// dial now may succeed where the last one failed.
+    pub(crate) fn touch(&self, nodes: impl IntoIterator<Item = String>) {
+        let mut any = false;
+        {
+            let mut pending = self
+                .retarget
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for n in nodes {
+                pending.insert(n);
+                any = true;
+            }
+        }
+        if any {
+            // A permit is stored if nobody waits yet: never lost.
+            self.retarget.notify.notify_one();
+        }
+    }
+
+    /// Waits until some nodes were retargeted since the last call, and
+    /// returns them (sorted). Meant for one consumer: the owner task of
+    /// the node that dials through these ports.
+    pub(crate) async fn retargeted(&self) -> Vec<String> {
+        loop {
+            {
+                let mut pending = self
+                    .retarget
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if !pending.is_empty() {
+                    return std::mem::take(&mut *pending).into_iter().collect();
+                }
+            }
+            self.retarget.notify.notified().await;
+        }
     }
 
     /// Removes one peer.
@@ -187,5 +258,28 @@ mod tests {
         assert_eq!(q.get("b"), None);
         p.set([("d".to_owned(), 4)]);
         assert_eq!((q.get("c"), q.get("d")), (None, Some(4)));
+    }
+
+    #[tokio::test]
+    async fn new_and_changed_ports_are_retargeted() {
+        let p = UpstreamPorts::new();
+        p.insert("b", 1);
+        p.set([("b".to_owned(), 1), ("c".to_owned(), 2)]);
+        assert_eq!(p.retargeted().await, ["b", "c"]);
+        // Unchanged: nothing; changed or new: those.
+        p.set([("b".to_owned(), 1), ("c".to_owned(), 2)]);
+        p.insert("b", 1);
+        p.set([
+            ("b".to_owned(), 1),
+            ("c".to_owned(), 3),
+            ("d".to_owned(), 4),
+        ]);
+        assert_eq!(p.retargeted().await, ["c", "d"]);
+        // The same peer's sidecar moved behind an unchanged port.
+        p.touch(["b".to_owned()]);
+        assert_eq!(p.clone().retargeted().await, ["b"]);
+        // Nothing pending: it waits.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), p.retargeted());
+        assert!(waiting.await.is_err());
     }
 }

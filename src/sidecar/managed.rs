@@ -38,6 +38,17 @@
 //! - **Stop**: SIGTERM to the master (hard stop of its workers), SIGKILL
 //!   after 5 s. A node stops its sidecar after it has drained and closed
 //!   its connections.
+//! - **Dies with its node**: the master is started through util-linux
+//!   `setpriv --pdeathsig KILL` (see [`super::supervisor`]): when the
+//!   node's process dies, even by `kill -9`, the kernel kills the master,
+//!   and its workers exit with it. Without setpriv it starts directly,
+//!   with a warning.
+//! - **A stale one** (left by a node killed without setpriv, or started
+//!   by hand) is found at start through `D/haproxy.pid`: if that names a
+//!   live HAProxy run with `-f D/haproxy.cfg`, it and its workers get
+//!   SIGTERM, then SIGKILL after 5 s, with a warning, before the new one
+//!   starts (they would otherwise share the public port: HAProxy binds
+//!   with `SO_REUSEPORT`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -173,6 +184,7 @@ impl Haproxy {
         }
         let dir = absolute(&settings.dir)?;
         private_dir(&dir)?;
+        stop_stale(&dir).await;
         let cfg = HaproxyConfig {
             dir: dir.clone(),
             public: settings.public,
@@ -221,6 +233,7 @@ impl Haproxy {
             ready_timeout: settings.ready_timeout,
             restart: settings.restart,
             grace: Duration::from_secs(5),
+            die_with_node: true,
         };
         let sup = Supervisor::start(spec).await?;
         Ok(Haproxy {
@@ -394,6 +407,115 @@ fn parse_stat(text: &str) -> Vec<StatRow> {
             }
         })
         .collect()
+}
+
+/// How long a stale HAProxy gets after SIGTERM, then after SIGKILL.
+const STALE_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops a HAProxy that an earlier run left serving `dir` (its node died
+/// without stopping it, or it was started by hand): the pidfile names a
+/// live process whose command line is HAProxy's with `-f <dir>/haproxy.cfg`.
+/// It and its workers get SIGTERM, then SIGKILL after [`STALE_GRACE`]; a
+/// warning says so. Anything else the pidfile names is left alone.
+async fn stop_stale(dir: &Path) {
+    let pidfile = dir.join(files::PID_FILE);
+    let Ok(text) = read_small(&pidfile) else {
+        return;
+    };
+    let config = dir.join(files::CONFIG);
+    for pid in text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+    {
+        if pid == std::process::id() || !is_haproxy_for(pid, &config) || !alive(pid) {
+            continue;
+        }
+        let mut procs = children_of(pid);
+        procs.push(pid);
+        tracing::warn!(
+            target: "mesh::sidecar", sidecar = "haproxy", pid, dir = %dir.display(),
+            "a HAProxy left by an earlier run still serves this directory (its node died without stopping it): stopping it and its workers {procs:?} before starting a new one"
+        );
+        for signal_name in ["TERM", "KILL"] {
+            for p in &procs {
+                if alive(*p) {
+                    let _ = super::supervisor::signal(*p, signal_name).await;
+                }
+            }
+            if gone_within(&procs, STALE_GRACE).await {
+                break;
+            }
+            if signal_name == "KILL" {
+                tracing::warn!(target: "mesh::sidecar", sidecar = "haproxy", pid, "the stale HAProxy is still there {STALE_GRACE:?} after SIGKILL");
+            }
+        }
+    }
+}
+
+/// Reads a file of at most 4 KiB (a pidfile).
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(4096)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether process `pid` runs HAProxy with `-f <config>` (its command
+/// line in `/proc`).
+fn is_haproxy_for(pid: u32, config: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let program = args.first().copied().unwrap_or_default();
+    let is_haproxy = program
+        .rsplit(|b| *b == b'/')
+        .next()
+        .is_some_and(|name| name.starts_with(b"haproxy"));
+    is_haproxy
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"-f" && w[1] == config.as_os_str().as_bytes())
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub(crate) fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect()
+}
+
+/// Waits (polling `/proc` every 20 ms, at most `limit`) until none of
+/// `pids` is alive; returns whether they all went.
+async fn gone_within(pids: &[u32], limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if !pids.iter().any(|p| alive(*p)) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The parent of process `pid` (Linux `/proc`).
@@ -685,6 +807,7 @@ impl CommandSidecar {
             ready_timeout: settings.ready_timeout,
             restart: settings.restart,
             grace: settings.grace,
+            die_with_node: true,
         };
         Ok(CommandSidecar {
             sup: Supervisor::start(spec).await?,

@@ -33,6 +33,11 @@
 //!   on them fail at once with [`crate::Error::NodeDown`], peers drop out
 //!   of the membership; the supervisor restarts it with backoff, the peer
 //!   table redials, and later calls succeed.
+//! - **An upstream becomes live** (the reload that adds or changes it is
+//!   done, and the port is in [`UpstreamPorts`]): the node resets that
+//!   peer's dial backoff and dials it at once, so a cluster forms as fast
+//!   as its sidecars reload (not at the next backoff tick, up to 32
+//!   heartbeats away).
 //! - **Changes** reach a managed HAProxy by a master-worker reload:
 //!   established connections stay on the old worker (up to
 //!   `hard-stop-after`), new ones use the new configuration and
@@ -202,24 +207,38 @@ impl Sidecar {
         }
     }
 
-    /// Replaces the peers (one upstream each): the ports the node dials
-    /// change at once; a managed HAProxy reloads.
+    /// Replaces the peers (one upstream each): a managed HAProxy reloads,
+    /// then the ports the node dials change. Each peer whose upstream is
+    /// new or changed (port, or the peer's sidecar behind it) is live from
+    /// then on: the node resets that peer's dial backoff and dials it at
+    /// once.
     pub async fn set_upstreams(&self, upstreams: Vec<Upstream>) -> Result<(), SidecarError> {
-        let running = {
+        let (running, before) = {
             let mut kind = lock(&self.inner.kind);
             if let Kind::Haproxy { settings, running } = &mut *kind {
-                settings.upstreams = upstreams.clone();
-                running.clone()
+                let before = std::mem::replace(&mut settings.upstreams, upstreams.clone());
+                (running.clone(), before)
             } else {
-                None
+                (None, Vec::new())
             }
         };
         if let Some(h) = running {
             h.set_upstreams(upstreams.clone()).await?;
         }
+        let moved: Vec<String> = upstreams
+            .iter()
+            .filter(|u| {
+                before
+                    .iter()
+                    .any(|b| b.node == u.node && b.local_port == u.local_port && b != *u)
+            })
+            .map(|u| u.node.clone())
+            .collect();
         self.inner
             .ports
             .set(upstreams.into_iter().map(|u| (u.node, u.local_port)));
+        // Same port, another peer sidecar behind it: `set` did not see it.
+        self.inner.ports.touch(moved);
         Ok(())
     }
 

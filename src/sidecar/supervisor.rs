@@ -19,6 +19,17 @@
 //! - [`Supervisor::stop`]: SIGTERM, then SIGKILL after the grace period;
 //!   returns once the process is gone. Dropping the supervisor without
 //!   `stop` kills the process (SIGKILL) at once.
+//! - **Dies with its node**: the process is started through util-linux
+//!   `setpriv --pdeathsig KILL -- <program> ...` (setpriv execs the
+//!   program, so the pid is the program's), so the kernel sends it SIGKILL
+//!   when the node's process dies, `kill -9` included. The signal follows
+//!   the death of the *thread* that forked it, so every supervised process
+//!   is forked by one thread that lives as long as the process (started at
+//!   the first spawn, idle otherwise), not by a runtime thread that may
+//!   come and go. Without setpriv (`/usr/bin/setpriv`, `/bin/setpriv`;
+//!   Debian's util-linux) the program starts directly, with a warning: a
+//!   `kill -9` of the node then leaves it running. (No `prctl` here: the
+//!   crate forbids `unsafe`.)
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -103,6 +114,90 @@ pub(crate) struct Spec {
     pub(crate) restart: Restart,
     /// Between SIGTERM and SIGKILL at stop.
     pub(crate) grace: Duration,
+    /// Killed when the node's process dies (through setpriv).
+    pub(crate) die_with_node: bool,
+}
+
+/// Where util-linux installs setpriv.
+const SETPRIV: [&str; 2] = ["/usr/bin/setpriv", "/bin/setpriv"];
+
+fn setpriv() -> Option<&'static str> {
+    SETPRIV
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+/// The command that starts `spec`'s program: through setpriv when it
+/// must die with the node and setpriv is there.
+fn command(spec: &Spec) -> Command {
+    if spec.die_with_node {
+        match setpriv() {
+            Some(sp) => {
+                let mut c = Command::new(sp);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&spec.program);
+                return c;
+            }
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        target: "mesh::sidecar",
+                        sidecar = spec.name,
+                        "setpriv not found (apt-get install util-linux): the sidecar starts without a parent-death signal, so a node killed with SIGKILL leaves it running (the next start in its directory stops it)"
+                    );
+                });
+            }
+        }
+    }
+    Command::new(&spec.program)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread every supervised process is forked from: it lives as long
+/// as the process, so a parent-death signal fires only when the node's
+/// process dies.
+fn spawner() -> Option<&'static std::sync::mpsc::Sender<Job>> {
+    static SPAWNER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("mesh-sidecar-spawn".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Spawns `command` from the [`spawner`] thread (in this runtime), or
+/// here if that thread cannot be had.
+async fn spawn_lasting(mut command: Command) -> std::io::Result<Child> {
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _in = handle.enter();
+        let _ = tx.send(command.spawn());
+    });
+    match spawner() {
+        Some(s) => {
+            if let Err(std::sync::mpsc::SendError(job)) = s.send(job) {
+                job();
+            }
+        }
+        None => job(),
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the spawning thread dropped the spawn",
+        ))
+    })
 }
 
 /// A supervised process. See the module docs.
@@ -242,7 +337,14 @@ async fn run_once(
     tail: &Tail,
     first: &mut Option<oneshot::Sender<Result<(), SidecarError>>>,
 ) -> Once {
-    let mut command = Command::new(&spec.program);
+    // Through setpriv, a missing program would be setpriv's failure.
+    if spec.die_with_node && spec.program.components().count() > 1 && !spec.program.exists() {
+        return Once::Failed(SidecarError::Missing {
+            program: spec.program.display().to_string(),
+            hint: spec.install_hint.clone(),
+        });
+    }
+    let mut command = command(spec);
     match &spec.env {
         Env::Only(vars) => {
             command.env_clear().envs(vars.iter().map(|(k, v)| (k, v)));
@@ -253,14 +355,13 @@ async fn run_once(
             }
         }
     }
-    let mut child = match command
+    command
         .args(&spec.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    let mut child = match spawn_lasting(command).await {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Once::Failed(SidecarError::Missing {

@@ -68,6 +68,8 @@ pub mod code {
     pub const CALL_CYCLE: u16 = 16;
     /// [`crate::Error::ChainTooDeep`].
     pub const CHAIN_TOO_DEEP: u16 = 17;
+    /// [`crate::Error::NotEnoughMembers`].
+    pub const NOT_ENOUGH_MEMBERS: u16 = 18;
     /// [`crate::Error::Fenced`].
     pub const FENCED: u16 = 30;
     /// [`crate::StartError::Config`].
@@ -103,6 +105,7 @@ impl Error {
             Error::CallCycle { .. } => code::CALL_CYCLE,
             Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
             Error::Fenced { .. } => code::FENCED,
+            Error::NotEnoughMembers { .. } => code::NOT_ENOUGH_MEMBERS,
             Error::Start(e) => e.code(),
             Error::Remote { code, .. } => *code,
         }
@@ -223,6 +226,10 @@ impl Failure {
                 f.id = key.clone();
                 f.detail = reason.clone();
             }
+            Error::NotEnoughMembers { have, need } => {
+                f.tag = *need as u64;
+                f.detail = have.to_string();
+            }
             Error::Start(e) => match e {
                 StartError::Config(m) | StartError::Discovery(m) => f.detail = m.clone(),
                 StartError::TagCollision { tag, first, second } => {
@@ -303,6 +310,10 @@ impl Failure {
             code::FENCED => Error::Fenced {
                 key: id,
                 reason: detail,
+            },
+            code::NOT_ENOUGH_MEMBERS => Error::NotEnoughMembers {
+                have: detail.parse().unwrap_or(0),
+                need: usize::try_from(tag).unwrap_or(usize::MAX),
             },
             code::START_CONFIG => Error::Start(StartError::Config(detail)),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
@@ -477,6 +488,7 @@ mod tests {
                 key: "mesh/c/own/bank/Account/0042".into(),
                 reason: "failed session check".into(),
             },
+            Error::NotEnoughMembers { have: 1, need: 2 },
             Error::Start(StartError::Config("empty node name".into())),
             Error::Start(StartError::TagCollision {
                 tag: 7,
@@ -499,7 +511,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 22] = [
+        let want: [(u16, u16); 23] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -518,6 +530,7 @@ mod tests {
             (code::CALL_CYCLE, 16),
             (code::CHAIN_TOO_DEEP, 17),
             (code::FENCED, 30),
+            (code::NOT_ENOUGH_MEMBERS, 18),
             (code::START_CONFIG, 101),
             (code::START_TAG_COLLISION, 102),
             (code::START_LISTEN, 103),
@@ -530,8 +543,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 101, 102, 103, 104,
-                999
+                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 101, 102, 103,
+                104, 999
             ]
         );
     }

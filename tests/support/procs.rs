@@ -98,3 +98,72 @@ impl Proc {
             .unwrap_or(false)
     }
 }
+
+/// Whether process `pid` exists and is not a zombie (Linux `/proc`).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned));
+    !matches!(state.as_deref(), None | Some("Z") | Some("X"))
+}
+
+/// The live processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let parent = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent(*p) == Some(pid) && alive(*p))
+        .collect()
+}
+
+/// Waits until none of `pids` is alive, polling `/proc` every 20 ms;
+/// panics after `limit` naming the survivors.
+pub async fn await_gone(pids: &[u32], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processes {left:?} still alive after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pid a pidfile names (its first number), once it names one whose
+/// process has at least one child (a HAProxy master with its worker);
+/// waits at most `limit`. Returns the master and its children.
+pub async fn master_and_workers(pidfile: &std::path::Path, limit: Duration) -> (u32, Vec<u32>) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        {
+            let workers = children_of(pid);
+            if alive(pid) && !workers.is_empty() {
+                return (pid, workers);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} names no running master with a worker within {limit:?}",
+            pidfile.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

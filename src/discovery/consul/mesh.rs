@@ -19,6 +19,11 @@
 //!   (Kind `connect-proxy`, its public port from the agent's 21000-21255
 //!   range unless [`Mesh::sidecar_port`] sets one), which any Connect proxy
 //!   (`consul connect proxy|envoy -sidecar-for <id>`, HAProxy) serves.
+//!   Once its port is known (set, or assigned by the agent at the first
+//!   registration and kept from then on), the registration carries the
+//!   agent's two default sidecar checks itself, with the TCP one every
+//!   second instead of every 10 s: the proxy starts only after the
+//!   registration, and peers reach this node only once that check passes.
 //!
 //! **Upstreams follow membership**: when the discovery's view of the peers
 //! changes, the per-node service is registered again with the new
@@ -333,6 +338,10 @@ pub(crate) struct MeshNode {
     pub(crate) deregister_after: String,
 }
 
+/// How often the agent dials the sidecar's public port (its TCP check),
+/// when this node knows the port: Consul's default is 10 s.
+pub(crate) const SIDECAR_CHECK_INTERVAL: &str = "1s";
+
 impl MeshNode {
     pub(crate) fn id(&self) -> String {
         format!("{}-connect", destination(&self.service, &self.node))
@@ -359,10 +368,29 @@ impl MeshNode {
                 "Upstreams": ups,
             }
         });
+        let id = self.id();
         if let Some(port) = self.sidecar_port {
             sidecar["Port"] = json!(port);
+            // The agent's default checks, but the TCP one every second
+            // instead of every 10 s: the sidecar starts only after this
+            // registration, so its first check fails, and peers learn of
+            // it (and dial through it) only once it passes.
+            let public = SocketAddr::new(self.sidecar_address, port);
+            let sid = format!("{id}-sidecar-proxy");
+            sidecar["Checks"] = json!([
+                {
+                    "CheckID": format!("service:{sid}:1"),
+                    "Name": "Connect Sidecar Listening",
+                    "TCP": public.to_string(),
+                    "Interval": SIDECAR_CHECK_INTERVAL,
+                },
+                {
+                    "CheckID": format!("service:{sid}:2"),
+                    "Name": format!("Connect Sidecar Aliasing {id}"),
+                    "AliasService": id,
+                },
+            ]);
         }
-        let id = self.id();
         json!({
             "ID": id,
             "Name": destination(&self.service, &self.node),

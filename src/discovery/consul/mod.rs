@@ -807,6 +807,9 @@ impl Consul {
                 )));
             }
         };
+        // Keep the port the agent assigned: later registrations (upstreams
+        // follow membership) name it, with the faster sidecar check.
+        run.node.sidecar_port.get_or_insert(public.port());
         let datacenter = run.datacenter.clone();
         let service_name = mesh::destination(service, &me.node);
         let local_sidecar = LocalSidecar {

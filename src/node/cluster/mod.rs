@@ -323,6 +323,22 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         }));
     }
     tasks.push(tokio::spawn(heartbeat::run(Arc::downgrade(node))));
+    if let Some(sidecar) = cluster.sidecar() {
+        // An upstream going live (or moving) is news for the peer table:
+        // that peer is dialed at once, not at its next backoff tick.
+        let ports = sidecar.ports().clone();
+        let weak = Arc::downgrade(node);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let nodes = ports.retargeted().await;
+                let Some(node) = weak.upgrade() else { return };
+                let Some(cluster) = node.cluster.get() else {
+                    return;
+                };
+                cluster.send(Event::Retarget(nodes));
+            }
+        }));
+    }
     lock(&cluster.tasks).extend(tasks);
     if let Some(discovery) = cluster.discovery() {
         let me = LocalNode {

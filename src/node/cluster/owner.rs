@@ -34,6 +34,9 @@ pub(crate) enum Event {
     Gossip(wire::Membership),
     /// The authoritative discovery's full view.
     Discovered(Peers),
+    /// Where these peers are dialed changed (their sidecar upstream went
+    /// live or moved): dial them at once, whatever their backoff.
+    Retarget(Vec<String>),
     /// Time to dial what is due.
     Tick,
     /// A peer (this run of it) is leaving; acknowledge once it is out of
@@ -173,7 +176,9 @@ fn apply(
         Event::DialFailed(key, target, e) => {
             let failures = table.on_dial_failed(&key, tokio::time::Instant::now());
             // Log the first failure, then only at debug level.
-            if failures == 1 {
+            if failures == 0 {
+                tracing::debug!(node = %node.id, %target, "cannot reach peer: {e}; its target changed meanwhile: dialing it again");
+            } else if failures == 1 {
                 tracing::warn!(node = %node.id, %target, "cannot reach peer: {e}");
             } else {
                 tracing::debug!(node = %node.id, %target, failures, "cannot reach peer: {e}");
@@ -217,6 +222,10 @@ fn apply(
                 }
                 changed
             });
+        }
+        Event::Retarget(nodes) => {
+            tracing::debug!(node = %node.id, peers = ?nodes, "sidecar upstreams live: dialing them now");
+            table.on_retarget(nodes.iter().map(String::as_str));
         }
         Event::Tick => {}
         Event::Left(peer, incarnation, ack) => {

@@ -25,6 +25,11 @@
 //! - Dials: a target is due when its node has no live connection, no dial
 //!   to it is in progress, and its backoff has passed. Failures back off
 //!   exponentially from one heartbeat up to 32.
+//! - A change of a peer's dial target resets its backoff: a new address
+//!   (gossip, the discovery) or its sidecar upstream becoming live or
+//!   changing ([`PeerTable::on_retarget`]). The peer is due at once; if a
+//!   dial to it was in progress (to the old target), its failure does not
+//!   back off: the peer is due again at once, at the new target.
 //! - Gossip adds at most [`MAX_PEERS`] peers: once the table knows that
 //!   many, gossip about further nodes is ignored (and counted, for a
 //!   warning at most once a minute, see [`PeerTable::gossip_overflow`]),
@@ -46,6 +51,20 @@ pub(crate) const MAX_PEERS: usize = 1024;
 
 /// How often, at most, ignored gossip is reported.
 pub(crate) const OVERFLOW_REPORT: Duration = Duration::from_secs(60);
+
+/// `key`'s target changed: forget its backoff; a dial in progress (to
+/// the old target) is marked stale, so its failure does not back off.
+fn retarget(
+    backoff: &mut HashMap<DialKey, Backoff>,
+    dialing: &HashSet<DialKey>,
+    stale: &mut HashSet<DialKey>,
+    key: DialKey,
+) {
+    backoff.remove(&key);
+    if dialing.contains(&key) {
+        stale.insert(key);
+    }
+}
 
 /// What the table needs of a connection.
 pub(crate) trait Conn: Clone {
@@ -151,6 +170,9 @@ pub(crate) struct PeerTable<C> {
     seeds: BTreeMap<String, Option<String>>,
     dialing: HashSet<DialKey>,
     backoff: HashMap<DialKey, Backoff>,
+    /// Dials in progress whose target changed since they started: their
+    /// failure is no reason to back off.
+    stale: HashSet<DialKey>,
     /// The node ids an authoritative discovery reports; `None`: static.
     gate: Option<HashSet<String>>,
     /// Nodes that announced they are leaving, by the incarnation that
@@ -174,6 +196,7 @@ impl<C: Conn> PeerTable<C> {
             seeds: BTreeMap::new(),
             dialing: HashSet::new(),
             backoff: HashMap::new(),
+            stale: HashSet::new(),
             gate: None,
             left: HashMap::new(),
             leaving: false,
@@ -248,6 +271,7 @@ impl<C: Conn> PeerTable<C> {
     ) -> Admission {
         if let Some(key) = via {
             self.dialing.remove(key);
+            self.stale.remove(key);
             self.backoff.remove(key);
             if let DialKey::Seed(s) = key {
                 self.seeds.insert(s.clone(), Some(node.to_owned()));
@@ -291,9 +315,15 @@ impl<C: Conn> PeerTable<C> {
         before > 0 && entry.conns.is_empty()
     }
 
-    /// A dial for `key` failed at `now`.
+    /// A dial for `key` failed at `now`. Returns the failures in a row
+    /// (0: the target changed while it was dialed, so no backoff: the
+    /// new target is due at once).
     pub(crate) fn on_dial_failed(&mut self, key: &DialKey, now: Instant) -> u32 {
         self.dialing.remove(key);
+        if self.stale.remove(key) {
+            self.backoff.remove(key);
+            return 0;
+        }
         let b = self.backoff.entry(key.clone()).or_insert(Backoff {
             failures: 0,
             next: now,
@@ -328,7 +358,12 @@ impl<C: Conn> PeerTable<C> {
             let connected = entry.conns.iter().any(|c| !c.is_closed());
             if entry.addr != addr && (entry.addr.is_empty() || !connected) {
                 entry.addr = addr.to_owned();
-                self.backoff.remove(&DialKey::Node(node.to_owned()));
+                retarget(
+                    &mut self.backoff,
+                    &self.dialing,
+                    &mut self.stale,
+                    DialKey::Node(node.to_owned()),
+                );
                 new = true;
             }
         }
@@ -360,8 +395,15 @@ impl<C: Conn> PeerTable<C> {
                 continue;
             }
             gate.insert(node.to_owned());
-            self.peers.entry(node.to_owned()).or_default().addr = addr.to_owned();
-            self.backoff.remove(&DialKey::Node(node.to_owned()));
+            let entry = self.peers.entry(node.to_owned()).or_default();
+            let moved = entry.addr != addr;
+            entry.addr = addr.to_owned();
+            let key = DialKey::Node(node.to_owned());
+            if moved {
+                retarget(&mut self.backoff, &self.dialing, &mut self.stale, key);
+            } else {
+                self.backoff.remove(&key);
+            }
         }
         for (node, entry) in self.peers.iter_mut() {
             if !gate.contains(node) {
@@ -380,6 +422,24 @@ impl<C: Conn> PeerTable<C> {
             })
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Where `nodes` are dialed changed although their addresses did not
+    /// (their sidecar upstream became live, or leads elsewhere now): their
+    /// backoff is forgotten, so each is due at once (see the
+    /// [module docs](self)).
+    pub(crate) fn on_retarget<'a>(&mut self, nodes: impl IntoIterator<Item = &'a str>) {
+        for node in nodes {
+            if node == self.local {
+                continue;
+            }
+            retarget(
+                &mut self.backoff,
+                &self.dialing,
+                &mut self.stale,
+                DialKey::Node(node.to_owned()),
+            );
+        }
     }
 
     /// The dials due at `now`, marked in progress.
@@ -580,6 +640,62 @@ mod tests {
             assert!(t.due(next - Duration::from_millis(1)).is_empty());
             now = next;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_target_change_resets_the_backoff_and_is_dialed_at_once() {
+        let mut t = table();
+        t.on_discovered([("b", "b:1")]);
+        let key = DialKey::Node("b".into());
+        // "No sidecar upstream for b yet", four times: backing off 16 HB.
+        for _ in 0..4 {
+            let now = Instant::now();
+            assert_eq!(keys(&t.due(now)), std::slice::from_ref(&key));
+            t.on_dial_failed(&key, now);
+            tokio::time::advance(t.backoff[&key].next - now).await;
+        }
+        let now = Instant::now();
+        assert_eq!(keys(&t.due(now)), std::slice::from_ref(&key));
+        assert_eq!(t.on_dial_failed(&key, now), 5);
+        tokio::time::advance(HB).await;
+        assert!(t.due(Instant::now()).is_empty(), "backing off");
+        // Its upstream goes live: due at once, and the count starts over.
+        t.on_retarget(["b", "me", "unknown"]);
+        let now = Instant::now();
+        assert_eq!(keys(&t.due(now)), std::slice::from_ref(&key));
+        // It moves again while that dial is in progress: the dial (to the
+        // old target) fails without backing off; due again at once.
+        t.on_retarget(["b"]);
+        assert_eq!(t.on_dial_failed(&key, now), 0);
+        assert_eq!(keys(&t.due(now)), std::slice::from_ref(&key));
+        // An ordinary failure backs off from the start: 2 HB.
+        assert_eq!(t.on_dial_failed(&key, now), 1);
+        assert_eq!(t.backoff[&key].next - now, HB * 2);
+        assert!(t.due(now).is_empty());
+        // A new address from the discovery resets it too, also for a dial
+        // in progress to the old address.
+        tokio::time::advance(HB * 2).await;
+        let now = Instant::now();
+        assert_eq!(t.due(now)[0].1, DialTarget::node("b", "b:1"));
+        t.on_discovered([("b", "b:2")]);
+        assert_eq!(t.on_dial_failed(&key, now), 0);
+        assert_eq!(t.due(now)[0].1, DialTarget::node("b", "b:2"));
+        // The same address again: the dial in progress is not stale.
+        t.on_discovered([("b", "b:2")]);
+        assert_eq!(t.on_dial_failed(&key, now), 1);
+        // Gossip of a new address resets it as well (static discovery).
+        let mut t = table();
+        t.on_gossip([("c", "c:1")]);
+        let c = DialKey::Node("c".into());
+        let now = Instant::now();
+        assert_eq!(keys(&t.due(now)), std::slice::from_ref(&c));
+        t.on_gossip([("c", "c:2")]);
+        assert_eq!(t.on_dial_failed(&c, now), 0);
+        assert_eq!(t.due(now)[0].1, DialTarget::node("c", "c:2"));
+        // A connected peer is not dialed for a retarget.
+        t.on_connected("c", "c:2", FakeConn::new(1), Some(&c));
+        t.on_retarget(["c"]);
+        assert!(t.due(now).is_empty());
     }
 
     #[test]
