@@ -439,9 +439,10 @@ async fn garbage_wrong_versions_and_silence_are_dropped_with_a_reason() {
     cfg.handshake_timeout = Duration::from_millis(200);
     let server = tcp::listen("127.0.0.1:0", cfg, server_in).await.unwrap();
 
-    // Garbage bytes: refused with an Error frame saying why, then closed.
+    // Garbage bytes: refused with an Error frame saying why (its first
+    // bytes), then closed.
     let mut s = TcpStream::connect(server.addr()).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"\x05\x01\x00\x7f\x10\x20\x30\x40\x50\x60")
         .await
         .unwrap();
     let frames = read_until_closed(&mut s).await;
@@ -451,7 +452,26 @@ async fn garbage_wrong_versions_and_silence_are_dropped_with_a_reason() {
     let error = failure.into_error();
     assert!(matches!(error, Error::Refused { .. }), "{error:?}");
     assert!(
-        error.to_string().contains("too long") || error.to_string().contains("exceeds"),
+        error
+            .to_string()
+            .contains("not a mesh peer (first bytes 05 01 00 7f 10 20 30 40)"),
+        "{error}"
+    );
+
+    // The same TLS opens with: told that the peer speaks TLS and how to
+    // fix it, in a frame (a mesh TLS dialer recognises its magic).
+    let mut s = TcpStream::connect(server.addr()).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0, 0, 1, 0])
+        .await
+        .unwrap();
+    let frames = read_until_closed(&mut s).await;
+    assert_eq!(frames[0].kind, Kind::Error);
+    let error = wire::decode::<wire::Failure>(&frames[0].body)
+        .unwrap()
+        .into_error();
+    assert!(
+        error.to_string().contains("the peer speaks TLS")
+            && error.to_string().contains("configure the same transport"),
         "{error}"
     );
 
@@ -682,5 +702,156 @@ fn node_down(node: &str) -> Error {
         node: node.into(),
         actor: String::new(),
         id: String::new(),
+    }
+}
+
+/// The error of a failed dial, as its text.
+fn dial_error(result: Result<Connection, Error>) -> String {
+    match result {
+        Ok(_) => panic!("the dial succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Neither side of a TLS/plain mix is told of a frame of hundreds of
+/// megabytes any more: each says what the other speaks and how to fix it.
+#[tokio::test]
+async fn a_plain_node_dialing_a_tls_node_is_told_to_configure_the_same_transport() {
+    let (server_in, _) = echo();
+    let tls = tls();
+    let server = tls.listen(config("b", "c", "k"), server_in).await;
+    let (client_in, _) = echo();
+    let err = dial_error(
+        Transport::tcp()
+            .dial(
+                &DialTarget::addr(server.addr()),
+                &config("a", "c", "k"),
+                client_in,
+            )
+            .await,
+    );
+    assert!(
+        err.contains("the listener uses TLS and the dialer plain TCP")
+            && err.contains("configure the same transport on every node (`.transport(Tls::...)`"),
+        "{err}"
+    );
+    assert!(!err.contains("exceeds"), "{err}");
+
+    // A TLS server that answers with an alert (not a mesh node's own
+    // refusal) is recognised as TLS too.
+    let alerting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = alerting.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut s, _) = alerting.accept().await.unwrap();
+        let mut buf = [0u8; 512];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a])
+            .await;
+    });
+    let (client_in, _) = echo();
+    let err = dial_error(
+        Transport::tcp()
+            .dial(&DialTarget::addr(&addr), &config("a", "c", "k"), client_in)
+            .await,
+    );
+    assert!(
+        err.contains("the peer speaks TLS: this node uses plain TCP")
+            && err.contains("configure the same transport"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_node_dialing_a_plain_node_is_told_the_peer_speaks_plain_tcp() {
+    let (server_in, _) = echo();
+    let server = tcp::listen("127.0.0.1:0", config("b", "c", "k"), server_in)
+        .await
+        .unwrap();
+    let (client_in, _) = echo();
+    let err = dial_error(
+        tls()
+            .dial(server.addr(), &config("a", "c", "k"), client_in)
+            .await,
+    );
+    assert!(
+        err.contains("the peer speaks plain mesh TCP, this node TLS")
+            && err.contains("configure the same transport on every node (`.transport(Tls::...)`"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt message"), "{err}");
+}
+
+/// Reads what the server answers until it closes.
+async fn answer_to(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = soon(s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_http_request_to_the_cluster_port_is_answered_400_saying_what_the_port_is() {
+    let (server_in, _) = echo();
+    let plain = tcp::listen("127.0.0.1:0", config("b", "c", "k"), server_in)
+        .await
+        .unwrap();
+    let (server_in, _) = echo();
+    let tls = tls().listen(config("b", "c", "k"), server_in).await;
+    for server in [&plain, &tls] {
+        for request in [
+            &b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        ] {
+            let answer = answer_to(server.addr(), request).await;
+            let (head, body) = answer.split_once("\r\n\r\n").expect(&answer);
+            assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{answer}"
+            );
+            assert!(
+                body.contains("mesh cluster port")
+                    && body.contains("the admin endpoint is on another port"),
+                "{answer}"
+            );
+        }
+    }
+    // The listeners still serve mesh peers.
+    let (client_in, _) = echo();
+    tcp::dial(plain.addr(), &config("a", "c", "k"), client_in)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_dialer_pointed_at_an_http_server_says_the_address_answers_http() {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = http.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let (client_in, _) = echo();
+    let plain = dial_error(tcp::dial(&addr, &config("a", "c", "k"), client_in).await);
+    let (client_in, _) = echo();
+    let over_tls = dial_error(tls().dial(&addr, &config("a", "c", "k"), client_in).await);
+    for err in [plain, over_tls] {
+        assert!(
+            err.contains(
+                "the address answers HTTP: it is not a mesh node's cluster port (a sidecar or admin port?)"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("exceeds"), "{err}");
     }
 }

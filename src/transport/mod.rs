@@ -35,6 +35,13 @@
 //!   [`TransportConfig::max_handshakes_per_ip`] from one source address
 //!   (loopback excepted: a sidecar forwards every peer from there). A
 //!   stream beyond either cap is closed at once.
+//! - The first bytes each side reads are told apart from other protocols
+//!   before they are taken for a frame header ([`crate::wire::Opening`]):
+//!   a plain node dialing a TLS node, a TLS node dialing a plain one, an
+//!   HTTP client on the cluster port or a dialer pointed at an HTTP server
+//!   fails with a reason saying what is wrong and how to fix it; an HTTP
+//!   client gets a `400 Bad Request` saying this is a mesh cluster port.
+//!   A listener logs these at most once per 10 s.
 //! - A listener whose `accept` fails (out of descriptors, say) backs off,
 //!   from 5 ms doubling to 1 s, and logs at most once per 10 s how many
 //!   accepts failed.
@@ -370,6 +377,7 @@ pub async fn listen(
     }
     let (tx, accepted) = mpsc::unbounded_channel();
     let admission = Admission::new(cfg.max_handshakes, cfg.max_handshakes_per_ip);
+    let foreign = Arc::new(std::sync::Mutex::new(RateLimited::new(ACCEPT_LOG_EVERY)));
     let task = tokio::spawn(async move {
         let mut errors = AcceptErrors::new();
         let mut turned_away = RateLimited::new(ACCEPT_LOG_EVERY);
@@ -406,9 +414,9 @@ pub async fn listen(
                 }
             };
             let (cfg, inbound, tx) = (cfg.clone(), inbound.clone(), tx.clone());
-            let acceptor = acceptor.clone();
+            let (acceptor, foreign) = (acceptor.clone(), foreign.clone());
             tokio::spawn(async move {
-                let conn = accept_stream(&*acceptor, stream, facts, &cfg, inbound).await;
+                let conn = accept_stream(&*acceptor, stream, facts, &cfg, inbound, &foreign).await;
                 drop(slot);
                 if let Some(conn) = conn {
                     // Nobody listens any more: do not leave it open unowned.
@@ -470,27 +478,61 @@ pub async fn dial(
     }
 }
 
+/// Why an accepted stream was refused.
+enum Refusal {
+    /// Securing it (a TLS handshake) failed.
+    Secure(std::io::Error),
+    /// The cookie handshake failed.
+    Handshake(crate::wire::HandshakeError),
+}
+
+impl Refusal {
+    /// The peer speaks another protocol (TLS, HTTP, ...): a port scanner
+    /// or a health check may do that often, so it is logged rate-limited.
+    fn wrong_protocol(&self) -> bool {
+        match self {
+            Refusal::Secure(e) => e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<handshake::ForeignPeer>()),
+            Refusal::Handshake(e) => {
+                matches!(e, crate::wire::HandshakeError::WrongProtocol { .. })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Secure(e) => write!(f, "securing the stream failed: {e}"),
+            Refusal::Handshake(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Secures an accepted stream and runs the listener side of the handshake
 /// (both within the handshake timeout), then starts the connection; logs
-/// and drops the stream on refusal.
+/// and drops the stream on refusal (a peer of another protocol at most
+/// once per [`ACCEPT_LOG_EVERY`] per listener, through `foreign`).
 async fn accept_stream(
     acceptor: &dyn Acceptor,
     stream: BoxStream,
     facts: ConnFacts,
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,
+    foreign: &std::sync::Mutex<RateLimited>,
 ) -> Option<Connection> {
     let from = crate::wire::printable(&facts.remote, 100);
     let attempt = async {
         let (mut io, facts) = acceptor
             .secure(stream, facts)
             .await
-            .map_err(|e| format!("securing the stream failed: {e}"))?;
+            .map_err(Refusal::Secure)?;
         let (peer, leftover) = handshake::accept(&mut io, cfg)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Refusal::Handshake)?;
         let lifetime = facts.lifetime.clone();
-        Ok::<_, String>((io, leftover, peer.with_facts(facts), lifetime))
+        Ok::<_, Refusal>((io, leftover, peer.with_facts(facts), lifetime))
     };
     match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
         Ok(Ok((io, leftover, peer, lifetime))) => {
@@ -498,6 +540,19 @@ async fn accept_stream(
             Some(Connection::spawn(
                 io, leftover, peer, lifetime, cfg, inbound,
             ))
+        }
+        Ok(Err(e)) if e.wrong_protocol() => {
+            let log = foreign
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .tick(tokio::time::Instant::now());
+            if let Some(held) = log {
+                tracing::warn!(
+                    from,
+                    "refused a connection: {e} ({held} more such since the last report)"
+                );
+            }
+            None
         }
         Ok(Err(e)) => {
             tracing::warn!(from, "refused a connection: {e}");

@@ -41,6 +41,14 @@
 //!   `bad_certificate`, `not_tls`, `peer_refused`, `identity_source`,
 //!   `denied` (an [`Authorize`] refusal), `io`, `other`. With TLS 1.3 a client whose certificate the server
 //!   refuses learns it on its first read, as `peer_refused`.
+//! - A peer that does not speak TLS is told from its first bytes
+//!   ([`Opening`]) and refused as `not_tls`, saying
+//!   what it is and how to fix it: the acceptor reads them before rustls
+//!   does; to a plain mesh node (the frame magic) it answers an `Error`
+//!   frame saying that the listener uses TLS and the dialer plain TCP, to
+//!   an HTTP client a `400 Bad Request` saying this is a mesh cluster
+//!   port. The connector recognises a plain mesh node's answer (the frame
+//!   magic), an HTTP server's or an SSH server's.
 //!
 //! Open connections (those this node accepted; enforced by the node, see
 //! [`super::Lifetime`]):
@@ -72,11 +80,19 @@ use rustls::{
     ServerConfig, SignatureScheme,
 };
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::handshake::{self as hs, ForeignPeer, Side, SAME_TRANSPORT};
 use super::tcp::Tcp;
 use super::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
 };
 use crate::identity::{self, IdentitySource, Material};
+use crate::wire::Opening;
 use crate::Transport;
 
 /// Counter: refused TLS handshakes, by `reason`.
@@ -330,10 +346,17 @@ impl Connector for Tls {
             let built = self.inner.configs()?;
             let (tcp, facts) = self.inner.tcp.connect(local, target).await?;
             let connector = tokio_rustls::TlsConnector::from(built.client);
-            let tls = connector
-                .connect(server_name(&target.addr), tcp)
+            let what = format!("TLS handshake with {target}");
+            let tls = match connector
+                .connect(server_name(&target.addr), Recording::new(tcp))
+                .into_fallible()
                 .await
-                .map_err(|e| failed(e, &format!("TLS handshake with {target}")))?;
+            {
+                Ok(tls) => tls,
+                Err((e, io)) => {
+                    return Err(not_tls_answer(&io.first, &what).unwrap_or_else(|| failed(e, &what)))
+                }
+            };
             completed(tls.get_ref().1, &format_args!("with {target}"));
             let identity = peer_id(tls.get_ref().1.peer_certificates());
             let facts = match identity {
@@ -366,11 +389,33 @@ impl Acceptor for Tls {
         let inner = self.inner.clone();
         Box::pin(async move {
             let built = inner.configs()?;
+            let what = format!("TLS handshake from {}", facts.remote);
+            // Tell a peer of another protocol before rustls reads it.
+            let mut stream = stream;
+            let mut first = BytesMut::with_capacity(4096);
+            let opening = loop {
+                if let Some(opening) = Opening::sniff(&first) {
+                    break Some(opening);
+                }
+                match stream.read_buf(&mut first).await {
+                    Ok(0) => break None,
+                    Ok(_) => {}
+                    Err(e) => return Err(failed(e, &what)),
+                }
+            };
+            match opening {
+                None | Some(Opening::Tls | Opening::TlsAlert) => {}
+                Some(opening) => return Err(not_tls_opening(stream, opening, &what).await),
+            }
+            let stream = Prefixed {
+                first: first.freeze(),
+                inner: stream,
+            };
             let acceptor = tokio_rustls::TlsAcceptor::from(built.server);
             let tls = acceptor
                 .accept(stream)
                 .await
-                .map_err(|e| failed(e, &format!("TLS handshake from {}", facts.remote)))?;
+                .map_err(|e| failed(e, &what))?;
             completed(tls.get_ref().1, &format_args!("from {}", facts.remote));
             let identity = peer_id(tls.get_ref().1.peer_certificates());
             let serial = tls
@@ -637,6 +682,172 @@ fn peer_id(certs: Option<&[CertificateDer<'static>]>) -> Option<String> {
     certs
         .and_then(|c| c.first())
         .and_then(|c| identity::spiffe_id(c).ok())
+}
+
+/// Refuses an accepted stream whose peer opened with `opening`, not a
+/// TLS record: tells it what it understands (a plain mesh node an `Error`
+/// frame, an HTTP client a `400 Bad Request`), counts it as `not_tls`, and
+/// returns the error for the listener to log (rate-limited).
+async fn not_tls_opening(mut stream: BoxStream, opening: Opening, what: &str) -> io::Error {
+    let reason = match opening {
+        Opening::Mesh => {
+            hs::tell(
+                &mut stream,
+                &format!("the listener uses TLS and the dialer plain TCP: {SAME_TRANSPORT}"),
+            )
+            .await;
+            "the peer speaks plain mesh TCP: configure TLS on every node (`.transport(Tls::...)`)"
+                .to_owned()
+        }
+        Opening::HttpRequest => {
+            hs::answer_http(&mut stream, hs::HTTP_ANSWER).await;
+            hs::explain(opening, Side::Listener)
+        }
+        other => hs::explain(other, Side::Listener),
+    };
+    let _ = stream.shutdown().await;
+    hs::linger(&mut stream).await;
+    metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => "not_tls").increment(1);
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        ForeignPeer(format!("{what} refused (not_tls): {reason}")),
+    )
+}
+
+/// When a TLS handshake this node dialed failed: if the server's first
+/// bytes, `first`, are not TLS, the error saying what they are and how to
+/// fix it (logged and counted as `not_tls`).
+fn not_tls_answer(first: &[u8], what: &str) -> Option<io::Error> {
+    let reason = match Opening::sniff(first)? {
+        Opening::Tls | Opening::TlsAlert => return None,
+        Opening::Mesh => {
+            format!("the peer speaks plain mesh TCP, this node TLS: {SAME_TRANSPORT}")
+        }
+        other => hs::explain(other, Side::Dialer),
+    };
+    refused("not_tls", what, &reason);
+    Some(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{what} refused (not_tls): {reason}"),
+    ))
+}
+
+/// A stream that reads `first` before what `inner` has: the bytes the
+/// acceptor read to tell the protocol, handed back to rustls.
+struct Prefixed<S> {
+    first: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(self.first.len());
+        buf.put_slice(&self.first[..n]);
+        self.first.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that keeps a copy of the first [`crate::wire::OPENING_MAX`]
+/// bytes read from `inner`: what a server answered, should the TLS
+/// handshake fail.
+struct Recording<S> {
+    first: Vec<u8>,
+    inner: S,
+}
+
+impl<S> Recording<S> {
+    fn new(inner: S) -> Self {
+        Recording {
+            first: Vec::with_capacity(crate::wire::OPENING_MAX),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recording<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let room = crate::wire::OPENING_MAX - this.first.len();
+        if room > 0 {
+            let new = &buf.filled()[before..];
+            this.first.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recording<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Logs and counts a refused handshake; returns the error to hand on.

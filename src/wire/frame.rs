@@ -173,6 +173,130 @@ pub enum FrameError {
     ChecksumMismatch,
 }
 
+/// What the first bytes of a connection say the peer speaks, before they
+/// are taken for a frame header ([`Opening::sniff`]). A plain node
+/// dialing a TLS node reads a TLS record, whose first four bytes as a
+/// frame length announce hundreds of megabytes: telling the protocol is
+/// what lets both sides say what is wrong and how to fix it.
+/// `#[non_exhaustive]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Opening {
+    /// A mesh frame header: the magic at offset 4.
+    Mesh,
+    /// A TLS handshake record: `0x16 0x03 0x00..=0x04` (a ClientHello,
+    /// or a server's answer).
+    Tls,
+    /// A TLS alert record: `0x15 0x03 0x00..=0x04` (a TLS server refusing
+    /// what it read).
+    TlsAlert,
+    /// An HTTP request: `GET `, `POST `, `HEAD `, `PUT `, `DELETE `,
+    /// `OPTIONS `, `PATCH `, `CONNECT `, `TRACE `, or the HTTP/2 preface
+    /// `PRI * HTTP/2`.
+    HttpRequest,
+    /// An HTTP response: `HTTP/1.` or `HTTP/2 `.
+    HttpResponse,
+    /// An SSH banner: `SSH-`.
+    Ssh,
+    /// Anything else.
+    Other {
+        /// The first bytes read, `len` of them.
+        bytes: [u8; OPENING_SHOWN],
+        /// How many of `bytes` were read (at most [`OPENING_SHOWN`]).
+        len: u8,
+    },
+}
+
+/// The most bytes [`Opening::sniff`] needs to tell (the HTTP/2 preface).
+pub const OPENING_MAX: usize = 12;
+/// The most first bytes an [`Opening::Other`] keeps (and shows).
+pub const OPENING_SHOWN: usize = 8;
+
+const HTTP_REQUESTS: [&[u8]; 10] = [
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PRI * HTTP/2",
+];
+const HTTP_RESPONSES: [&[u8]; 2] = [b"HTTP/1.", b"HTTP/2 "];
+const SSH_BANNER: &[u8] = b"SSH-";
+
+impl Opening {
+    /// What the first bytes of a stream, `first`, are; `None` while they
+    /// could still be either a mesh frame header or one of the openings
+    /// above (at most [`OPENING_MAX`] bytes are needed to tell). Never
+    /// panics.
+    pub fn sniff(first: &[u8]) -> Option<Opening> {
+        let b = first;
+        if b.is_empty() {
+            return None;
+        }
+        if b.len() >= 6 && b[4..6] == MAGIC {
+            return Some(Opening::Mesh);
+        }
+        // A handshake frame is at most 64 KiB: its length starts with 0.
+        let mut undecided = b[0] == 0 && b.len() < 6;
+        if b[0] == 0x16 || b[0] == 0x15 {
+            match b.get(1..3) {
+                Some([0x03, 0x00..=0x04]) => {
+                    return Some(if b[0] == 0x16 {
+                        Opening::Tls
+                    } else {
+                        Opening::TlsAlert
+                    })
+                }
+                Some(_) => {}
+                None => undecided |= b.get(1).is_none_or(|&v| v == 0x03),
+            }
+        }
+        let signatures = HTTP_REQUESTS
+            .iter()
+            .map(|s| (*s, Opening::HttpRequest))
+            .chain(HTTP_RESPONSES.iter().map(|s| (*s, Opening::HttpResponse)))
+            .chain([(SSH_BANNER, Opening::Ssh)]);
+        for (signature, opening) in signatures {
+            if b.starts_with(signature) {
+                return Some(opening);
+            }
+            undecided |= signature.starts_with(b);
+        }
+        if undecided {
+            return None;
+        }
+        Some(Opening::other(b))
+    }
+
+    /// [`Opening::Other`] with the first bytes of `first`.
+    pub fn other(first: &[u8]) -> Opening {
+        let len = first.len().min(OPENING_SHOWN);
+        let mut bytes = [0; OPENING_SHOWN];
+        bytes[..len].copy_from_slice(&first[..len]);
+        Opening::Other {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// For [`Opening::Other`], its first bytes in hex (`"16 03 01"`);
+    /// empty for the others.
+    pub fn first_bytes_hex(&self) -> String {
+        match self {
+            Opening::Other { bytes, len } => bytes[..(*len as usize).min(OPENING_SHOWN)]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        }
+    }
+}
+
 /// Encodes and decodes frames. Cheap to copy.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
@@ -414,6 +538,53 @@ mod tests {
             codec.decode(&mut short),
             Err(FrameError::TooShort { len: 3 })
         );
+    }
+
+    #[test]
+    fn openings_of_other_protocols_are_told_from_a_mesh_frame() {
+        let mut hello = BytesMut::new();
+        FrameCodec::new(HANDSHAKE_MAX_FRAME, false)
+            .encode(Kind::Hello, 0, b"\x80", &mut hello)
+            .unwrap();
+        let cases: [(&[u8], Option<Opening>); 16] = [
+            (&hello, Some(Opening::Mesh)),
+            (&hello[..5], None),
+            (&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], Some(Opening::Tls)),
+            (&[0x16, 0x03, 0x04], Some(Opening::Tls)),
+            (
+                &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a],
+                Some(Opening::TlsAlert),
+            ),
+            (&[0x16, 0x03], None),
+            (b"GET / HTTP/1.1\r\n", Some(Opening::HttpRequest)),
+            (b"POST /x HTTP/1.1", Some(Opening::HttpRequest)),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                Some(Opening::HttpRequest),
+            ),
+            (b"PRI * HT", None),
+            (b"HTTP/1.1 400 Bad Request\r\n", Some(Opening::HttpResponse)),
+            (b"SSH-2.0-OpenSSH_9.6\r\n", Some(Opening::Ssh)),
+            (b"GE", None),
+            (b"", None),
+            (b"\x05\x01\x00", Some(Opening::other(b"\x05\x01\x00"))),
+            (
+                b"\x16\x01\x02\x03\x04\x05\x06\x07\x08\x09",
+                Some(Opening::other(b"\x16\x01\x02\x03\x04\x05\x06\x07")),
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(Opening::sniff(bytes), want, "{bytes:02x?}");
+        }
+        let other = Opening::other(b"\x00\x00\x00\x10XX\x04\x01\x00\x00");
+        assert_eq!(Opening::sniff(b"\x00\x00\x00\x10XX\x04\x01"), Some(other));
+        assert_eq!(other.first_bytes_hex(), "00 00 00 10 58 58 04 01");
+        // Never more than 12 bytes to tell, whatever they are.
+        for first in 0..=255u8 {
+            let mut b = [b'A'; OPENING_MAX];
+            b[0] = first;
+            assert!(Opening::sniff(&b).is_some(), "{first:02x}");
+        }
     }
 
     #[test]

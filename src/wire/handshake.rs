@@ -325,6 +325,16 @@ pub enum HandshakeError {
     /// The peer refused us, saying why (escaped and cut).
     #[error("refused by the peer: {0}")]
     Refused(String),
+    /// The peer speaks another protocol (TLS, HTTP, SSH, ...), as its
+    /// first bytes tell ([`Opening`](super::Opening)): `reason` says what
+    /// and how to fix it.
+    #[error("{reason}")]
+    WrongProtocol {
+        /// What the peer's first bytes are.
+        opening: super::Opening,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
     /// No random bytes for a nonce.
     #[error("no randomness for a nonce: {0}")]
     Random(String),

@@ -33,8 +33,8 @@ mod trace;
 
 pub use failure::{code, Failure};
 pub use frame::{
-    Frame, FrameCodec, FrameError, Kind, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME, HEADER_LEN, MAGIC,
-    VERSION,
+    Frame, FrameCodec, FrameError, Kind, Opening, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
+    HEADER_LEN, MAGIC, OPENING_MAX, OPENING_SHOWN, VERSION,
 };
 pub(crate) use handshake::prepare_key;
 pub use handshake::{
