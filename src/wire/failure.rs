@@ -68,6 +68,8 @@ pub mod code {
     pub const CALL_CYCLE: u16 = 16;
     /// [`crate::Error::ChainTooDeep`].
     pub const CHAIN_TOO_DEEP: u16 = 17;
+    /// [`crate::Error::ShutdownTimeout`].
+    pub const SHUTDOWN_TIMEOUT: u16 = 18;
     /// [`crate::Error::Fenced`].
     pub const FENCED: u16 = 30;
     /// [`crate::StartError::Config`].
@@ -103,6 +105,7 @@ impl Error {
             Error::CallCycle { .. } => code::CALL_CYCLE,
             Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
             Error::Fenced { .. } => code::FENCED,
+            Error::ShutdownTimeout { .. } => code::SHUTDOWN_TIMEOUT,
             Error::Start(e) => e.code(),
             Error::Remote { code, .. } => *code,
         }
@@ -213,6 +216,7 @@ impl Failure {
                 f.detail = reason.clone();
             }
             Error::Refused { reason } => f.detail = reason.clone(),
+            Error::ShutdownTimeout { pending } => f.detail = pending.clone(),
             Error::Codec(m) | Error::Discovery(m) => f.detail = m.clone(),
             Error::CallCycle { chain } => f.detail = chain.clone(),
             Error::ChainTooDeep { limit, chain } => {
@@ -304,6 +308,7 @@ impl Failure {
                 key: id,
                 reason: detail,
             },
+            code::SHUTDOWN_TIMEOUT => Error::ShutdownTimeout { pending: detail },
             code::START_CONFIG => Error::Start(StartError::Config(detail)),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
                 tag,
@@ -476,6 +481,9 @@ mod tests {
             Error::Fenced {
                 key: "mesh/c/own/bank/Account/0042".into(),
                 reason: "failed session check".into(),
+            },
+            Error::ShutdownTimeout {
+                pending: "the leave drain: 2 activations".into(),
             },
             Error::Start(StartError::Config("empty node name".into())),
             Error::Start(StartError::TagCollision {
