@@ -507,7 +507,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 22] = [
+        let want: [(u16, u16); 23] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -525,6 +525,7 @@ mod tests {
             (code::DISCOVERY, 15),
             (code::CALL_CYCLE, 16),
             (code::CHAIN_TOO_DEEP, 17),
+            (code::SHUTDOWN_TIMEOUT, 18),
             (code::FENCED, 30),
             (code::START_CONFIG, 101),
             (code::START_TAG_COLLISION, 102),
@@ -538,8 +539,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 101, 102, 103, 104,
-                999
+                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 101, 102, 103,
+                104, 999
             ]
         );
     }
