@@ -444,7 +444,7 @@ async fn turns_node(
     Node::builder()
         .name("a")
         .cluster("turns")
-        .cookie("turns-cookie")
+        .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
         .default_node(false)
         .capabilities(["turns"])
