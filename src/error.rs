@@ -206,6 +206,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`crate::Node::shutdown`] gave up at its shutdown timeout
+    /// (`NodeBuilder::shutdown_timeout`, 30 s by default): `pending` says
+    /// what was still pending then (the leave drain's activations or its
+    /// peers' calls not yet answered, or activations still busy), in the
+    /// words of the node's log line. What was pending is left to the
+    /// runtime; the node is stopped otherwise.
+    #[error("shutdown timed out: {pending}")]
+    ShutdownTimeout {
+        /// What was still pending at the timeout.
+        pending: String,
+    },
+
     /// `mesh::call` / `mesh::cast` was used with no default node running.
     #[error("no node is running in this process")]
     NotStarted,

@@ -566,3 +566,38 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
         assert!(f.contains("timed out") || f.contains("down"), "{f}");
     }
 }
+
+/// Issue 24, point 4: every node of a strong cluster stopped at once
+/// (SIGTERM to all three processes, as a terminal's Ctrl-C or a
+/// `docker compose down` does), after serving deposits. Each leaves
+/// cleanly and exits 0, well within its 30 s shutdown timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_strong_cluster_stopped_at_once_exits_promptly() {
+    let scene = Scene::start("all-stop", true, Duration::from_secs(5)).await;
+    let Scene {
+        dir,
+        mut procs,
+        driver,
+        load,
+        ..
+    } = scene;
+    // (The deposits stop first: once no node hosts `Account`, the
+    // driver's calls fail at once and its depositors would spin.)
+    let _ = load.finish().await;
+    driver.shutdown().await.expect("the driver leaves");
+    let started = Instant::now();
+    for p in &procs {
+        p.signal("TERM");
+    }
+    let mut exits = Vec::new();
+    for p in &mut procs {
+        let ok = p.exited(STEP * 2).await;
+        exits.push((p.name.clone(), ok, started.elapsed()));
+    }
+    println!("exits after SIGTERM to all: {exits:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    for (name, ok, at) in exits {
+        assert!(ok, "{name} did not exit cleanly");
+        assert!(at < Duration::from_secs(10), "{name} took {at:?}");
+    }
+}

@@ -1,9 +1,11 @@
 //! The dispatch gate of the strong mode: what the activations of this node
 //! read, without locks, before they activate or handle a message.
 //!
-//! Written only by the keeper task ([`super::keeper`]); read by every
-//! activation of a leased actor type. Leases are per (actor type, shard):
-//! with placement by actor type, the types of one capability may live on
+//! Written by the keeper task ([`super::keeper`]), and marked draining
+//! by a routing change ([`Gate::hand_off`]: a held shard the ring gives
+//! to another node stops admitting activations at once, not at the
+//! keeper's next pass); read by every activation of a leased actor type.
+//! Leases are per (actor type, shard): with placement by actor type, the types of one capability may live on
 //! different nodes, so each type's shards have their own owners (in the
 //! common case, where every node of a capability hosts all its types, the
 //! owners agree). Per (actor type, shard) it holds:
@@ -172,7 +174,7 @@ impl Gate {
     }
 
     /// Whether the lease holds now: both clocks before their deadline.
-    fn valid(&self) -> bool {
+    pub(crate) fn valid(&self) -> bool {
         let boot = self.boot_deadline.load(SeqCst);
         let wall = self.wall_deadline.load(SeqCst);
         if boot == 0 || wall == 0 {
@@ -277,6 +279,26 @@ impl Gate {
         };
         cap.state[s as usize].store(state, SeqCst);
         cap.live[s as usize].load(SeqCst)
+    }
+
+    /// The routing no longer names this node the owner of shard `s`:
+    /// marks it draining at once if it is held, so that no activation
+    /// starts on it between the routing change and the keeper's next pass
+    /// (which may be seconds away while it locks other shards on a slow
+    /// store), and the last activation to end wakes the keeper. A
+    /// compare-and-swap: whatever the keeper writes meanwhile wins, and its
+    /// next pass decides again. Returns whether it marked the shard.
+    pub(crate) fn hand_off(&self, key: u64, s: u16) -> bool {
+        let Some(cap) = self.cap(key) else {
+            return false;
+        };
+        let cell = &cap.state[s as usize];
+        let st = cell.load(SeqCst);
+        st != 0
+            && st & DRAINING == 0
+            && cell
+                .compare_exchange(st, st | DRAINING, SeqCst, SeqCst)
+                .is_ok()
     }
 
     /// Wakes the waiters after [`Gate::set`]s.

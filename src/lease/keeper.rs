@@ -22,8 +22,12 @@
 //!        batches; refused keys (held by the previous owner, or under
 //!        lock-delay) are tried again every `retry`;
 //!      - a shard it holds and should not: mark it draining (running
-//!        activations finish and run their hooks, none starts), and once
-//!        its live count is zero clear it, then unlock it, in batches.
+//!        activations finish and run their hooks, none starts; a routing
+//!        change marks it already, [`Gate::hand_off`]), and once its live
+//!        count is zero clear it, then unlock it, in batches. Drained
+//!        shards are unlocked first, and again between lock batches: a
+//!        pass that locks many shards (a crashed node's, refused until its
+//!        session expires) never holds up a handoff.
 //!   3. **Wait** for a membership change, a live count reaching zero, a
 //!      lost session, the retry timer (only while something is pending),
 //!      or a stop.
@@ -328,7 +332,6 @@ impl Run {
         drop(node);
         let gate = self.shared.gate.clone();
         let mut to_lock: Vec<Key> = Vec::new();
-        let mut to_unlock: Vec<Key> = Vec::new();
         for cap in gate.caps() {
             let table = routing.actor(cap.key, cap.cap);
             for s in 0..SHARDS as u16 {
@@ -341,15 +344,8 @@ impl Run {
                         // Ours again before it was released.
                         gate.set(cap.key, s, st & !DRAINING);
                     }
-                } else if st != 0 {
-                    let live = if st & DRAINING == 0 {
-                        gate.set(cap.key, s, st | DRAINING)
-                    } else {
-                        cap.live(s)
-                    };
-                    if live == 0 {
-                        to_unlock.push((cap.key, s));
-                    }
+                } else if st != 0 && st & DRAINING == 0 {
+                    gate.set(cap.key, s, st | DRAINING);
                 }
             }
         }
@@ -357,27 +353,15 @@ impl Run {
             return true;
         };
         // Unlock first: a peer may be waiting for these.
-        {
-            let _lease = lock(&self.shared.lease);
-            for (key, s) in &to_unlock {
-                gate.set(*key, *s, 0);
-                if let Some(k) = gate.lock_key_of(*key, *s) {
-                    self.pending_unlock.push(k);
-                }
+        let mut pending = self.release_drained(&session).await;
+        for (n, batch) in to_lock.chunks(self.strong.batch).enumerate() {
+            // Between batches too: locking thousands of shards a crashed
+            // node still holds (refused until its session expires) takes
+            // many round trips, and a shard handed off meanwhile must not
+            // wait for the end of the pass (issue 24, point 8).
+            if n > 0 && self.release_drained(&session).await {
+                pending = true;
             }
-        }
-        let mut pending = false;
-        if !self.pending_unlock.is_empty() {
-            let keys = std::mem::take(&mut self.pending_unlock);
-            for batch in keys.chunks(self.strong.batch) {
-                if let Err(e) = self.shared.store.unlock(&session, batch).await {
-                    self.shared.log_failure("cannot release shards", &e);
-                    self.pending_unlock.extend_from_slice(batch);
-                    pending = true;
-                }
-            }
-        }
-        for batch in to_lock.chunks(self.strong.batch) {
             let keys: Vec<String> = batch
                 .iter()
                 .filter_map(|(key, s)| gate.lock_key_of(*key, *s))
@@ -409,6 +393,41 @@ impl Run {
             }
         }
         pending
+    }
+
+    /// Clears every draining shard whose activations have all ended and
+    /// unlocks it (with the keys an earlier unlock failed on), in
+    /// batches; true if an unlock failed (it is tried again).
+    ///
+    /// Safe by the gate's order: the shard was marked draining before its
+    /// live count read zero here, so an activation counted after that sees
+    /// it draining (or cleared) and does not start.
+    async fn release_drained(&mut self, session: &str) -> bool {
+        let gate = self.shared.gate.clone();
+        {
+            let _lease = lock(&self.shared.lease);
+            for cap in gate.caps() {
+                for s in 0..SHARDS as u16 {
+                    if cap.state(s) & DRAINING != 0 && cap.live(s) == 0 {
+                        gate.set(cap.key, s, 0);
+                        self.pending_unlock.push(gate.lock_key(&cap.name, s));
+                    }
+                }
+            }
+        }
+        if self.pending_unlock.is_empty() {
+            return false;
+        }
+        let mut failed = false;
+        let keys = std::mem::take(&mut self.pending_unlock);
+        for batch in keys.chunks(self.strong.batch) {
+            if let Err(e) = self.shared.store.unlock(session, batch).await {
+                self.shared.log_failure("cannot release shards", &e);
+                self.pending_unlock.extend_from_slice(batch);
+                failed = true;
+            }
+        }
+        failed
     }
 
     /// Leaving: unlock everything held and destroy the session.

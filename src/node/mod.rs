@@ -316,16 +316,20 @@ impl Node {
     /// its connections, and this returns. If activations are still busy
     /// after the shutdown timeout (30 s unless
     /// `NodeBuilder::shutdown_timeout` says otherwise: a handler that
-    /// never returns), it returns [`Error::Timeout`] and leaves them to the
-    /// runtime. Calling it again is harmless.
+    /// never returns), it returns [`Error::ShutdownTimeout`], naming what
+    /// was pending, and leaves them to the runtime. Calling it again is
+    /// harmless.
     pub async fn shutdown(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         let started = tokio::time::Instant::now();
+        // What was pending at the timeout, if it passed.
+        let mut timed_out = None;
         if inner.cluster.get().is_some() && !inner.shared.is_shutting_down() {
             cluster::leave::announce(&self.inner).await;
             inner.hand_off_all();
-            if !cluster::leave::drain(&self.inner, inner.shutdown_timeout).await {
-                tracing::warn!(node = %inner.id, "leaving: calls still in flight at the shutdown timeout");
+            if let Err(what) = cluster::leave::drain(&self.inner, inner.shutdown_timeout).await {
+                tracing::warn!(node = %inner.id, "shutdown timed out in {what}");
+                timed_out = Some(what);
             }
         }
         inner.shared.begin_shutdown();
@@ -367,10 +371,13 @@ impl Node {
         {
             DEFAULT.compare_and_swap(&*current, None);
         }
-        if !in_time {
-            let left = self.activation_count();
-            tracing::warn!(node = %inner.id, left, "shutdown timed out: activations still busy");
-            return Err(Error::timeout());
+        if !in_time && timed_out.is_none() {
+            let what = format!("{} activations still busy", self.activation_count());
+            tracing::warn!(node = %inner.id, "shutdown timed out: {what}");
+            timed_out = Some(what);
+        }
+        if let Some(pending) = timed_out {
+            return Err(Error::ShutdownTimeout { pending });
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())
@@ -475,15 +482,30 @@ impl NodeInner {
         });
         if changed {
             let routing = self.routing.load();
+            let mut handed = 0;
             for (_, capability, acts) in &self.actors {
                 let cap = crate::ring::capability_key(capability);
                 let key = crate::ring::actor_key(capability, acts.actor_name());
                 let table = routing.actor(key, cap);
+                // Strong mode: a held shard that moved admits no new
+                // activation from now on (a call that raced the change
+                // would otherwise start one the drain below never sees,
+                // and the shard's handoff would wait for it to idle out).
+                if let Some(gate) = &self.gate {
+                    for s in 0..crate::ring::SHARDS as u16 {
+                        if !table.is_some_and(|t| t.is_local(s)) && gate.hand_off(key, s) {
+                            handed += 1;
+                        }
+                    }
+                }
                 let is_local = |id: &str| table.is_some_and(|t| t.is_local(shard(id)));
                 let moved = acts.drain_moved(&is_local);
                 if moved > 0 {
                     tracing::info!(node = %self.id, capability, moved, "draining activations whose shard moved");
                 }
+            }
+            if let (Some(gate), true) = (&self.gate, handed > 0) {
+                gate.drained.notify_one();
             }
         }
         changed

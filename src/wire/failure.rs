@@ -70,6 +70,8 @@ pub mod code {
     pub const CHAIN_TOO_DEEP: u16 = 17;
     /// [`crate::Error::NotEnoughMembers`].
     pub const NOT_ENOUGH_MEMBERS: u16 = 18;
+    /// [`crate::Error::ShutdownTimeout`].
+    pub const SHUTDOWN_TIMEOUT: u16 = 19;
     /// [`crate::Error::Fenced`].
     pub const FENCED: u16 = 30;
     /// [`crate::StartError::Config`].
@@ -106,6 +108,7 @@ impl Error {
             Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
             Error::Fenced { .. } => code::FENCED,
             Error::NotEnoughMembers { .. } => code::NOT_ENOUGH_MEMBERS,
+            Error::ShutdownTimeout { .. } => code::SHUTDOWN_TIMEOUT,
             Error::Start(e) => e.code(),
             Error::Remote { code, .. } => *code,
         }
@@ -216,6 +219,7 @@ impl Failure {
                 f.detail = reason.clone();
             }
             Error::Refused { reason } => f.detail = reason.clone(),
+            Error::ShutdownTimeout { pending } => f.detail = pending.clone(),
             Error::Codec(m) | Error::Discovery(m) => f.detail = m.clone(),
             Error::CallCycle { chain } => f.detail = chain.clone(),
             Error::ChainTooDeep { limit, chain } => {
@@ -315,6 +319,7 @@ impl Failure {
                 have: detail.parse().unwrap_or(0),
                 need: usize::try_from(tag).unwrap_or(usize::MAX),
             },
+            code::SHUTDOWN_TIMEOUT => Error::ShutdownTimeout { pending: detail },
             code::START_CONFIG => Error::Start(StartError::Config(detail)),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
                 tag,
@@ -489,6 +494,9 @@ mod tests {
                 reason: "failed session check".into(),
             },
             Error::NotEnoughMembers { have: 1, need: 2 },
+            Error::ShutdownTimeout {
+                pending: "the leave drain: 2 activations".into(),
+            },
             Error::Start(StartError::Config("empty node name".into())),
             Error::Start(StartError::TagCollision {
                 tag: 7,
@@ -529,6 +537,7 @@ mod tests {
             (code::DISCOVERY, 15),
             (code::CALL_CYCLE, 16),
             (code::CHAIN_TOO_DEEP, 17),
+            (code::SHUTDOWN_TIMEOUT, 19),
             (code::FENCED, 30),
             (code::NOT_ENOUGH_MEMBERS, 18),
             (code::START_CONFIG, 101),
@@ -543,8 +552,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 101, 102, 103,
-                104, 999
+                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 19, 101, 102,
+                103, 104, 999
             ]
         );
     }

@@ -16,7 +16,10 @@
 //!    its own callers, are forwarded to their new owners, once, even if
 //!    they were forwarded already.
 //! 3. It waits until its activations have ended and every call its peers
-//!    sent has been answered (at most the shutdown timeout).
+//!    sent has been answered (at most the shutdown timeout). In strong
+//!    mode it stops waiting once the lease has lapsed (the store is
+//!    unreachable): nothing it waits for can happen without the lease,
+//!    and the shutdown ends the activations left without their hooks.
 //!
 //! Then the shutdown refuses new calls, leaves the discovery (Consul:
 //! deregisters) and closes the connections.
@@ -70,8 +73,10 @@ pub(crate) async fn announce(node: &Arc<NodeInner>) -> (usize, usize) {
 }
 
 /// Step 3: waits until every activation has ended and every call peers
-/// sent has been answered, at most `timeout`. Returns whether it did.
-pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> bool {
+/// sent has been answered, at most `timeout`. On a timeout, returns what
+/// was still pending, in words (for the log line and
+/// [`crate::Error::ShutdownTimeout`]).
+pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> Result<(), String> {
     let done = async {
         node.shared
             .drained(|| node.actors.iter().all(|(_, _, a)| a.count() == 0))
@@ -83,5 +88,71 @@ pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> bool {
             }
         }
     };
-    tokio::time::timeout(timeout, done).await.is_ok()
+    // Strong mode: an activation ends only under a valid lease (its hook,
+    // its queued calls), so once the lease has lapsed (the store is
+    // unreachable: stopped with the cluster, say) waiting serves nothing
+    // until the shutdown timeout. The drain ends then; the shutdown that
+    // follows ends those activations without their hooks, as a lost lease
+    // does (issue 24, point 4).
+    let lapsed = async {
+        let Some(gate) = node.gate.as_deref() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let changed = gate.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !gate.valid() {
+                return;
+            }
+            // A deadline passes without a notification: look again soon.
+            let _ = tokio::time::timeout(LAPSE_RECHECK, changed).await;
+        }
+    };
+    let outcome = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            _ = done => true,
+            _ = lapsed => false,
+        }
+    })
+    .await;
+    match outcome {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::warn!(
+                node = %node.id,
+                "strong mode: the lease lapsed while leaving (is the store reachable?): {}; they end without their hooks",
+                pending(node)
+            );
+            Ok(())
+        }
+        Err(_) => Err(pending(node)),
+    }
+}
+
+/// How often a leave drain in strong mode looks whether the lease lapsed.
+const LAPSE_RECHECK: Duration = Duration::from_millis(50);
+
+/// What the leave drain still waits for, in words: the activations not
+/// ended and the calls of each peer not answered.
+pub(crate) fn pending(node: &Arc<NodeInner>) -> String {
+    let activations: usize = node.actors.iter().map(|(_, _, a)| a.count()).sum();
+    let mut calls = Vec::new();
+    if let Some(cluster) = node.cluster.get() {
+        let view = cluster.view.load_full();
+        for conn in view.values().flatten() {
+            let n = conn.inbound_in_flight();
+            if n > 0 && !conn.is_closed() {
+                calls.push(format!("{n} from {}", conn.peer().node));
+            }
+        }
+    }
+    let calls = if calls.is_empty() {
+        "none".to_owned()
+    } else {
+        calls.join(", ")
+    };
+    format!(
+        "the leave drain: {activations} activations not ended, peers' calls not answered: {calls}"
+    )
 }
