@@ -350,6 +350,8 @@ async fn a_timer_armed_in_activate_ticks() {
         .await
         .unwrap();
     assert_eq!(node.call::<Alarm, _>("a", Rings).await, Ok(0));
+    // The clock is paused: this sleep auto-advances virtual time, firing
+    // the ticks in order, and costs no real time.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let rings = node.call::<Alarm, _>("a", Rings).await.unwrap();
     assert!(

@@ -505,7 +505,6 @@ impl crate::transport::tls::Authorize for ConsulAuthorizer {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Two leaves of `uri` and their root, PEM: ([(cert, key); 2], root).
     fn pki(uri: &str) -> ([(String, String); 2], String) {
@@ -550,39 +549,11 @@ mod tests {
         )
     }
 
-    /// What the fake agent answers to a request line's target
-    /// (`/v1/...?...`): `None` never answers (the connection stays open).
-    type Answer = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+    use crate::discovery::consul::fake_http::Answer;
 
+    /// A fake agent (see `fake_http`): its `http://` base.
     async fn fake_agent(answer: Answer) -> String {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let text = String::from_utf8_lossy(&got).into_owned();
-                    let target = text.split(' ').nth(1).unwrap_or("").to_owned();
-                    match answer(&target) {
-                        Some(reply) => {
-                            let _ = s.write_all(reply.as_bytes()).await;
-                            let _ = s.shutdown().await;
-                        }
-                        // Silently dropped by the path: never a byte back.
-                        None => std::future::pending::<()>().await,
-                    }
-                });
-            }
-        });
-        format!("http://{addr}")
+        crate::discovery::consul::fake_http::serve(answer).await.0
     }
 
     fn quick() -> WatchTiming {

@@ -128,7 +128,10 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Waits until none of `pids` is alive, polling `/proc` every 20 ms;
-/// panics after `limit` naming the survivors.
+/// panics after `limit` naming the survivors. Polling, not an event: these
+/// are not our children (HAProxy's master and workers under a killed
+/// node), so there is no exit status to await, and a pidfd would need
+/// `unsafe` or a new dependency for a test helper.
 pub async fn await_gone(pids: &[u32], limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -334,34 +334,11 @@ mod tests {
 
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// An HTTP server on 127.0.0.1:0 answering every request with `reply`
     /// (raw bytes) and closing; counts the connections it accepted.
     async fn raw_server(reply: String) -> (String, Arc<AtomicUsize>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                h.fetch_add(1, Ordering::SeqCst);
-                let reply = reply.clone();
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s.write_all(reply.as_bytes()).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        (format!("http://{addr}"), hits)
+        super::super::fake_http::serve(Arc::new(move |_: &str| Some(reply.clone()))).await
     }
 
     fn api(base: &str) -> Api {

@@ -112,6 +112,8 @@
 
 mod agent_tls;
 mod api;
+#[cfg(test)]
+pub(crate) mod fake_http;
 mod health;
 mod lease;
 pub(crate) use health::backoff;
