@@ -41,12 +41,19 @@ impl Proc {
     /// most 30 s) for its `<name> listening on <addr>` line.
     pub async fn spawn(mut cmd: Command, name: &str, cookie: &str) -> Proc {
         // MESH_PROC_LOGS=<dir>: each process's stderr (its logs, filtered
-        // by RUST_LOG) goes to <dir>/<name>.log, for debugging a run.
+        // by RUST_LOG) goes to <dir>/<test>.<name>.log, for debugging a
+        // run (libtest names the thread running the test after it).
         let stderr = match std::env::var_os("MESH_PROC_LOGS") {
             Some(dir) => std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(std::path::Path::new(&dir).join(format!("{name}.log")))
+                .open(std::path::Path::new(&dir).join(format!(
+                    "{}.{name}.log",
+                    std::thread::current()
+                        .name()
+                        .unwrap_or("test")
+                        .replace("::", ".")
+                )))
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null()),
             None => Stdio::null(),
