@@ -619,7 +619,8 @@ impl NodeBuilder {
             }))
             .unwrap_or_default();
             let keeper = crate::lease::keeper::Keeper::start(
-                &inner,
+                Arc::new(KeeperView(Arc::downgrade(&inner))),
+                inner.membership_changes(),
                 gate.clone(),
                 store,
                 strong,
@@ -707,4 +708,15 @@ async fn check_cluster(
         .await
         .map_err(|e| StartError::Config(format!("deriving the handshake key: {e}")))?
         .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// What the lease keeper reads of its node (`lease::keeper::Wanted`):
+/// the routing table and the leaving flag, nothing else.
+struct KeeperView(std::sync::Weak<NodeInner>);
+
+impl crate::lease::keeper::Wanted for KeeperView {
+    fn wanted(&self) -> Option<(Arc<crate::ring::RoutingTable>, bool)> {
+        let node = self.0.upgrade()?;
+        Some((node.routing_table(), node.is_leaving()))
+    }
 }
