@@ -272,10 +272,7 @@ async fn a_hung_owner_in_eventual_mode_is_flagged_by_the_checkers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_hands_its_shards_over_after_its_session_expires() {
     let test = "killed-strong";
-    // A 10 s deadline: the kill also moves some shards between the two
-    // survivors (the bounded-load placement rebalances), and under a
-    // loaded machine one such handoff has once taken about 6 s.
-    let scene = Scene::start(test, true, Duration::from_secs(10)).await;
+    let scene = Scene::start(test, true, Duration::from_secs(5)).await;
     let (consul, load) = (&scene.consul, &scene.load);
     let (_, key) = account_on(&scene.driver, "p-1", test);
     let old = Some(until_held(consul, load, &key, "p-1").await);
