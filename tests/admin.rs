@@ -528,3 +528,68 @@ async fn readyz_waits_for_min_members() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+/// A discovery that counts its registrations.
+#[derive(Clone, Default)]
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl mesh::discovery::Discovery for Counting {
+    fn start(
+        &self,
+        _me: mesh::discovery::LocalNode,
+        _peers: tokio::sync::watch::Sender<mesh::discovery::Peers>,
+    ) -> Boxed<'_, Result<(), StartError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stop(&self) -> Boxed<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn halt(&self) {}
+}
+
+/// Issue 20, point 2: a start refused for a setting (here the admin
+/// endpoint's port is taken) leaves nothing behind: no registration, no
+/// sidecar process. The admin endpoint used to bind after the node had
+/// registered and started its sidecar.
+#[tokio::test]
+async fn a_start_refused_for_its_admin_port_leaves_nothing_registered_and_no_sidecar() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr");
+    let dir = std::env::temp_dir().join(format!("mesh-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let marker = dir.join("sidecar-ran");
+    let sidecar = mesh::sidecar::Sidecar::command(mesh::sidecar::CommandSettings::new(
+        format!("touch {}; exec sleep 600", marker.display()),
+        "refused",
+    ));
+    let discovery = Counting::default();
+    let refused = Node::builder()
+        .name("refused")
+        .default_node(false)
+        .cluster("test")
+        .cookie(mesh_testkit::COOKIE)
+        .listen("127.0.0.1:0")
+        .discovery(discovery.clone())
+        .through_sidecar(sidecar)
+        .admin(port.to_string())
+        .start()
+        .await
+        .expect_err("the admin port is taken");
+    assert!(refused.to_string().contains("admin endpoint"), "{refused}");
+    assert_eq!(
+        discovery.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the node registered before it was refused"
+    );
+    assert!(
+        !marker.exists(),
+        "the sidecar ran before the node was refused"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

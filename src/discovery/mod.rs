@@ -126,8 +126,9 @@ pub trait Discovery: Send + Sync + 'static {
 
     /// The store the strong mode keeps its leases in
     /// ([`crate::NodeBuilder::strong`]), if this discovery has one; called
-    /// once, after [`Discovery::start`]. The default has none: a node with
-    /// this discovery cannot run in strong mode.
+    /// once, *before* [`Discovery::start`] (a strong node without one is
+    /// refused before it registers anywhere). The default has none: a
+    /// node with this discovery cannot run in strong mode.
     fn lease_store(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {
         None
     }

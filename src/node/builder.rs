@@ -545,6 +545,31 @@ impl NodeBuilder {
                 )))
             }
         };
+        // Every check before the first side effect (a listener bound, a
+        // sidecar started, a registration): a refused start leaves
+        // nothing behind.
+        let store = match &self.strong {
+            None => None,
+            Some(_) => Some(
+                self.cluster
+                    .as_ref()
+                    .and_then(|c| c.discovery.as_ref())
+                    .and_then(|d| d.lease_store())
+                    .ok_or_else(|| {
+                        StartError::Config(
+                            "strong mode: this discovery has no lease store (Consul has one)"
+                                .into(),
+                        )
+                    })?,
+            ),
+        };
+        if let Some(c) = self.cluster.as_ref() {
+            if c.sidecar.is_some() && c.listen.is_none() {
+                return Err(StartError::Config(
+                    "a node through a sidecar needs a listener (NodeBuilder::listen)".into(),
+                ));
+            }
+        }
         hosted.sort_unstable();
         if self.min_members > 1 && self.cluster.is_none() {
             return Err(StartError::Config(format!(
@@ -598,20 +623,23 @@ impl NodeBuilder {
             admin: std::sync::OnceLock::new(),
         });
         shared.set_node(Arc::downgrade(&inner));
+        // The admin endpoint binds before the cluster starts: a taken port
+        // refuses the start before anything is registered. (Dropped with
+        // the node if the cluster then fails to start.)
+        #[cfg(feature = "admin")]
+        if let Some(addr) = &self.admin {
+            inner
+                .start_admin(addr, self.admin_limits)
+                .await
+                .map_err(|e| StartError::Listen {
+                    addr: addr.clone(),
+                    reason: format!("admin endpoint: {e}"),
+                })?;
+        }
         if let Some(cfg) = self.cluster {
             cluster::start(&inner, cfg).await?;
         }
-        if let (Some(strong), Some(gate)) = (self.strong, &inner.gate) {
-            let store = inner
-                .cluster
-                .get()
-                .and_then(|c| c.discovery())
-                .and_then(|d| d.lease_store())
-                .ok_or_else(|| {
-                    StartError::Config(
-                        "strong mode: this discovery has no lease store (Consul has one)".into(),
-                    )
-                })?;
+        if let (Some(strong), Some(gate), Some(store)) = (self.strong, &inner.gate, store) {
             let session = format!("mesh/{}/{}", inner.id, inner.incarnation);
             let value = serde_json::to_vec(&serde_json::json!({
                 "node": &*inner.id,
@@ -639,16 +667,6 @@ impl NodeBuilder {
                 "not serving until the node sees {} members (NodeBuilder::min_members)",
                 inner.min_members
             );
-        }
-        #[cfg(feature = "admin")]
-        if let Some(addr) = &self.admin {
-            inner
-                .start_admin(addr, self.admin_limits)
-                .await
-                .map_err(|e| StartError::Listen {
-                    addr: addr.clone(),
-                    reason: format!("admin endpoint: {e}"),
-                })?;
         }
         if self.default_node {
             DEFAULT.rcu(|cur| match cur {
@@ -692,7 +710,9 @@ async fn check_cluster(
         .check()
         .map_err(|e| StartError::Config(format!("this node cannot join a cluster: {e}")))?;
     let Some(cookie) = cluster.cookie.clone() else {
-        return Ok(()); // cluster::start says what is missing
+        return Err(StartError::Config(
+            "a clustered node needs a cookie (NodeBuilder::cookie)".into(),
+        ));
     };
     let bits = cookie.entropy_bits();
     if !weak_cookie && bits < crate::wire::MIN_COOKIE_BITS {
