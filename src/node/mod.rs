@@ -12,6 +12,7 @@ mod builder;
 mod call;
 mod cluster;
 mod handle;
+mod lifecycle;
 mod membership;
 mod routing;
 
@@ -295,15 +296,12 @@ impl Node {
     /// `NodeDown`), and it stops dialing. Local activations keep running.
     /// For failure tests and operators; [`Node::shutdown`] is the clean exit.
     pub fn sever(&self) {
-        if let Some(cluster) = self.inner.cluster.get() {
-            if let Some(d) = cluster.discovery() {
-                d.halt(); // no heartbeat, no deregistration: as in a crash
-            }
-            cluster.stop();
-        }
-        if let Some(keeper) = self.inner.keeper.get() {
-            keeper.halt(); // the session expires by itself
-        }
+        use std::future::Future as _;
+        let mut teardown = std::pin::pin!(self.inner.teardown(lifecycle::Exit::Sever));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // `Sever` awaits nothing (see `lifecycle`): done in one poll.
+        let done = teardown.as_mut().poll(&mut cx).is_ready();
+        debug_assert!(done, "a severed node's teardown waited");
     }
 
     /// Stops the node without losing a call: first it leaves the cluster
@@ -332,45 +330,12 @@ impl Node {
                 timed_out = Some(what);
             }
         }
-        inner.shared.begin_shutdown();
-        // The discovery first (heartbeat stopped, then deregistered), then
-        // the connections.
-        if let Some(cluster) = inner.cluster.get() {
-            if let Some(d) = cluster.discovery() {
-                if let Err(e) = d.stop().await {
-                    tracing::warn!(node = %inner.id, "leaving discovery: {e}");
-                }
-            }
-            cluster.stop();
-            // Drained and disconnected: the sidecar has nothing left to carry.
-            if let Some(sidecar) = cluster.sidecar() {
-                sidecar.stop().await;
-            }
-        }
-        for (_, _, acts) in &inner.actors {
-            acts.stop_all();
-        }
-        let drained = inner
-            .shared
-            .drained(|| inner.actors.iter().all(|(_, _, a)| a.count() == 0));
-        let left = inner.shutdown_timeout.saturating_sub(started.elapsed());
-        let in_time = tokio::time::timeout(left, drained).await.is_ok();
-        // Strong mode: the activations have ended (hooks and fenced writes
-        // done), so the locks can go, then the session.
-        if let Some(keeper) = inner.keeper.get() {
-            let left = inner.shutdown_timeout.saturating_sub(started.elapsed());
-            keeper
-                .leave(left.max(std::time::Duration::from_secs(1)))
-                .await;
-        }
-        // Stop being the default node (only if still this one).
-        let current = DEFAULT.load();
-        if current
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &self.inner))
-        {
-            DEFAULT.compare_and_swap(&*current, None);
-        }
+        let in_time = self
+            .inner
+            .teardown(lifecycle::Exit::Shutdown {
+                deadline: started + inner.shutdown_timeout,
+            })
+            .await;
         if !in_time && timed_out.is_none() {
             let what = format!("{} activations still busy", self.activation_count());
             tracing::warn!(node = %inner.id, "shutdown timed out: {what}");
@@ -429,39 +394,6 @@ impl NodeInner {
     #[inline]
     pub(crate) fn has_history(&self) -> bool {
         self.history.is_some()
-    }
-
-    /// The last user handle was dropped without `shutdown`: stop at once,
-    /// without waiting (see [`Node`]'s drop contract).
-    fn abandon(self: &Arc<Self>) {
-        if self.shared.is_shutting_down() {
-            return;
-        }
-        tracing::warn!(node = %self.id, "the last handle was dropped without shutdown(): stopping the node");
-        self.shared.begin_shutdown();
-        if let Some(cluster) = self.cluster.get() {
-            if let Some(d) = cluster.discovery() {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        let id = self.id.clone();
-                        rt.spawn(async move {
-                            if let Err(e) = d.stop().await {
-                                tracing::warn!(node = %id, "leaving discovery: {e}");
-                            }
-                        });
-                    }
-                    Err(_) => d.halt(),
-                }
-            }
-            cluster.stop();
-        }
-        for (_, _, acts) in &self.actors {
-            acts.stop_all();
-        }
-        let current = DEFAULT.load();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, self)) {
-            DEFAULT.compare_and_swap(&*current, None);
-        }
     }
 
     /// Applies `change` to the membership; if it changed anything, the

@@ -1,0 +1,137 @@
+//! How a node ends, written once: [`NodeInner::teardown`] for
+//! [`Node::shutdown`](super::Node::shutdown) (after its leave drain),
+//! for the last handle dropped without it, and for
+//! [`Node::sever`](super::Node::sever).
+//!
+//! The parts end in one order, each as its [`Exit`] says:
+//!
+//! | step | `Shutdown` | `Abandon` (dropped) | `Sever` (as a crash) |
+//! |---|---|---|---|
+//! | 1. new calls fail (`ShuttingDown`) | yes | yes | no |
+//! | 2. discovery | stopped (heartbeat, then deregister), awaited | stopped in a task (halted without a runtime) | halted: the registration expires |
+//! | 3. connections, dialing, cluster tasks | closed | closed | closed |
+//! | 4. managed sidecar | stopped, awaited | ends with the node (dropped) | left running |
+//! | 5. activations | told to stop | told to stop | keep running |
+//! | 6. wait for the activations to end | until the deadline | no | no |
+//! | 7. strong-mode leases | released, then the session destroyed | halted: the session expires | halted: the session expires |
+//! | 8. the process's default node | cleared if this one | cleared if this one | kept |
+//!
+//! Discovery goes before the connections so that peers stop routing here
+//! before the links close; the leases go last, once the activations (and
+//! their fenced writes) have ended. `Abandon` never waits: it runs from a
+//! `Drop`, so its teardown completes without awaiting anything (every step
+//! that would wait is spawned or skipped), which `abandon` checks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{NodeInner, DEFAULT};
+
+/// How a node ends. See the [module docs](self).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// `Node::shutdown`, after the leave drain: every step, awaited, until
+    /// `deadline`.
+    Shutdown {
+        /// When the shutdown timeout runs out.
+        deadline: Instant,
+    },
+    /// The last handle was dropped without `shutdown`: at once, no wait.
+    Abandon,
+    /// `Node::sever`: cut off as a crash looks to peers.
+    Sever,
+}
+
+impl NodeInner {
+    /// Ends the parts `exit` ends, in the one order of the [module
+    /// docs](self). Returns whether the activations ended before the
+    /// deadline (always true unless `Shutdown`).
+    pub(crate) async fn teardown(self: &Arc<Self>, exit: Exit) -> bool {
+        let shutdown = matches!(exit, Exit::Shutdown { .. });
+        // 1.
+        if exit != Exit::Sever {
+            self.shared.begin_shutdown();
+        }
+        if let Some(cluster) = self.cluster.get() {
+            // 2.
+            if let Some(d) = cluster.discovery() {
+                match exit {
+                    Exit::Shutdown { .. } => {
+                        if let Err(e) = d.stop().await {
+                            tracing::warn!(node = %self.id, "leaving discovery: {e}");
+                        }
+                    }
+                    Exit::Abandon => match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            let id = self.id.clone();
+                            rt.spawn(async move {
+                                if let Err(e) = d.stop().await {
+                                    tracing::warn!(node = %id, "leaving discovery: {e}");
+                                }
+                            });
+                        }
+                        Err(_) => d.halt(),
+                    },
+                    Exit::Sever => d.halt(),
+                }
+            }
+            // 3.
+            cluster.stop();
+            // 4. Drained and disconnected: nothing left to carry.
+            if shutdown {
+                if let Some(sidecar) = cluster.sidecar() {
+                    sidecar.stop().await;
+                }
+            }
+        }
+        // 5.
+        if exit != Exit::Sever {
+            for (_, _, acts) in &self.actors {
+                acts.stop_all();
+            }
+        }
+        // 6.
+        let mut in_time = true;
+        if let Exit::Shutdown { deadline } = exit {
+            let drained = self
+                .shared
+                .drained(|| self.actors.iter().all(|(_, _, a)| a.count() == 0));
+            in_time = tokio::time::timeout_at(deadline, drained).await.is_ok();
+        }
+        // 7.
+        if let Some(keeper) = self.keeper.get() {
+            match exit {
+                Exit::Shutdown { deadline } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    keeper.leave(left.max(Duration::from_secs(1))).await;
+                }
+                Exit::Abandon | Exit::Sever => keeper.halt(),
+            }
+        }
+        // 8.
+        if exit != Exit::Sever {
+            let current = DEFAULT.load();
+            if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, self)) {
+                DEFAULT.compare_and_swap(&*current, None);
+            }
+        }
+        in_time
+    }
+
+    /// The last user handle was dropped without `shutdown`: stop at once,
+    /// without waiting (see [`Node`](super::Node)'s drop contract).
+    pub(crate) fn abandon(self: &Arc<Self>) {
+        if self.shared.is_shutting_down() {
+            return;
+        }
+        tracing::warn!(node = %self.id, "the last handle was dropped without shutdown(): stopping the node");
+        use std::future::Future as _;
+        let mut teardown = std::pin::pin!(self.teardown(Exit::Abandon));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // `Abandon` awaits nothing (module docs): done in one poll.
+        let done = teardown.as_mut().poll(&mut cx).is_ready();
+        debug_assert!(done, "an abandoned node's teardown waited");
+    }
+}
