@@ -71,7 +71,8 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// The peer retires `conn` (a `Retire` frame): send no new request on
     /// it, then `ack` (dropped, it answers too). The peer answers what is
-    /// in flight, then closes. The default seals it and acks at once.
+    /// in flight, then closes. The default seals it and acks (the ack goes
+    /// out after every call that passed the seal check: [`Connection::seal`]).
     fn retire(&self, conn: Connection, ack: Ack) {
         conn.seal();
         ack.send();

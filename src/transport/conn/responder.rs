@@ -186,8 +186,10 @@ impl Drop for Responder {
     }
 }
 
-/// Acknowledges a peer's `Leave` on its connection (a `Pong` with the
-/// same correlation id). Sent on `send` or on drop, whichever comes first.
+/// Acknowledges a peer's `Leave` or `Retire` on its connection (a `Pong`
+/// with the same correlation id). Sent on `send` or on drop, whichever
+/// comes first; once the connection is sealed, after every call that
+/// passed the seal check.
 pub struct Ack {
     slot: Option<(u64, Arc<Shared>)>,
 }
