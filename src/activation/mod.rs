@@ -21,6 +21,7 @@
 //! Callers of a closed mailbox never exist: closing happens under the
 //! table's write lock, and producers push while holding its read lock.
 
+mod lease;
 mod mailbox;
 mod task;
 

@@ -1,6 +1,13 @@
 //! The task behind one activation: activate, serve, deactivate, repeat while
 //! messages keep coming, then leave the table.
 //!
+//! Serving is one loop ([`serve_turns`]) over a turn strategy ([`Turns`]):
+//! [`Sequential`] runs one handler at a time on `&mut A`; [`Interleaved`]
+//! (reentrant actors) starts a turn per message and interleaves the calls
+//! of its chain on `&A`. The loop owns what both share: deadlines and
+//! abandoned calls, the lease check before each message (strong mode, see
+//! [`super::lease`]), the history, and when the activation ends.
+//!
 //! Deadlines: calls arm no timer. This task enforces the deadlines of the
 //! messages it holds: a message found expired when its batch is taken is
 //! answered with [`Error::Timeout`] and skipped; while the task waits on
@@ -19,12 +26,13 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::lease::{enter, lease_check, still_leased, Leased};
 use super::mailbox::{Mailbox, Take};
 use super::{Activations, Envelope, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::{chain, BoxFuture, Ctx, Interleaver};
 use crate::history::Phase;
-use crate::lease::gate::{Check, Gate};
+use crate::lease::gate::Check;
 use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
 use crate::{Error, Handlers, Node};
@@ -187,7 +195,10 @@ fn fail_rest<A: Handlers>(acts: Option<&Activations<A>>, id: &str, mb: &Mb<A>, e
     }
 }
 
-/// Serves messages until the activation should end, and says why.
+/// Serves messages until the activation should end, and says why: one
+/// message at a time on `&mut A` ([`Sequential`]), or, for a reentrant
+/// actor, in turns that interleave the calls of a chain on `&A`
+/// ([`Interleaved`]).
 async fn serve<A: Handlers>(
     actor: &mut A,
     mb: &Mailbox<Envelope<A>>,
@@ -195,97 +206,142 @@ async fn serve<A: Handlers>(
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
-    let metrics = Metrics::get();
     if A::REENTRANT {
         if let Some(il) = actor.__interleaver(ctx) {
-            // Boxed: only reentrant actors pay for the interleaving loop.
-            return Box::pin(serve_interleaved(il, mb, ctx, batch, leased)).await;
+            // Boxed: only reentrant actors pay for the interleaving turn.
+            let turns = Interleaved { il, ctx };
+            return Box::pin(serve_turns(turns, mb, ctx, batch, leased)).await;
         }
     }
-    'take: loop {
-        match poll_fn(|cx| mb.poll_take(cx, batch)).await {
-            Take::Batch => {}
-            Take::Stop => return EndReason::Shutdown,
-            Take::Idle => return EndReason::Idle,
-            Take::Moved => return EndReason::Moved,
-        }
-        metrics.mailbox_depth.record(batch.len() as f64);
-        let now = Instant::now();
-        while let Some(env) = batch.pop_front() {
-            if env.abandoned() {
-                metrics.abandoned.increment(1);
-                continue;
+    serve_turns(Sequential { actor, ctx }, mb, ctx, batch, leased).await
+}
+
+/// How an activation serves a message it took: the turn strategy of the
+/// serve loop ([`serve_turns`]). It holds the actor and its `Ctx`.
+trait Turns<A: Handlers> {
+    /// Serves `env`, which passed its deadline and lease checks, and says
+    /// how its turn ended. While user code waits, the rest of `batch` goes
+    /// back to `mb` and the queued calls' deadlines run ([`watch_queue`]).
+    fn turn<'t>(
+        &'t mut self,
+        env: Envelope<A>,
+        mb: &'t Mailbox<Envelope<A>>,
+        batch: &'t mut VecDeque<Envelope<A>>,
+        leased: bool,
+    ) -> impl Future<Output = TurnEnd> + Send + 't;
+}
+
+/// One message at a time, on `&mut A`: a turn is one handler.
+struct Sequential<'s, A> {
+    actor: &'s mut A,
+    ctx: &'s Ctx,
+}
+
+impl<A: Handlers> Turns<A> for Sequential<'_, A> {
+    fn turn<'t>(
+        &'t mut self,
+        env: Envelope<A>,
+        mb: &'t Mailbox<Envelope<A>>,
+        batch: &'t mut VecDeque<Envelope<A>>,
+        _leased: bool,
+    ) -> impl Future<Output = TurnEnd> + Send + 't {
+        let (actor, ctx) = (&mut *self.actor, self.ctx);
+        // The handler runs knowing its chain of calls (see `actor::chain`):
+        // calls it makes extend it. Built here, not in an `async` block,
+        // so the envelope is not kept beside the handler's future.
+        match env {
+            Envelope::Local(env) => {
+                chain::serving(A::__caller(&env));
+                let fut = watch_queue(mb, batch, actor.__handle(env, ctx));
+                OneHandler::Local { fut }
             }
-            if env.deadline().is_some_and(|d| d <= now) {
-                metrics.abandoned.increment(1);
-                env.fail(Error::timeout());
-                continue;
+            Envelope::Wire(call) => {
+                // Boxed: inline, the wire path's future (decode, handler,
+                // encode) would grow every activation's task, idle or not;
+                // a wire call already crossed the network.
+                let WireCall {
+                    tag,
+                    body,
+                    reply,
+                    span,
+                    caller,
+                } = *call;
+                chain::serving(caller);
+                let handled = Box::pin(tracing::Instrument::instrument(
+                    async move { finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await },
+                    span,
+                ));
+                let fut = watch_queue(mb, batch, handled);
+                OneHandler::Wire { fut }
             }
-            let check = lease_check::<A>(ctx, leased);
-            if check != Check::Go {
-                batch.push_front(env);
-                mb.put_back(batch);
-                if check == Check::Wait && Box::pin(still_leased::<A>(ctx, mb, batch)).await {
-                    continue 'take;
-                }
-                return EndReason::Lost;
-            }
-            if ctx.node().inner().has_history() {
-                served::<A>(ctx);
-            }
-            // The handler runs knowing its chain of calls (see
-            // `actor::chain`): calls it makes extend it.
-            let outcome = match env {
-                Envelope::Local(env) => {
-                    chain::serving(A::__caller(&env));
-                    watch_queue(mb, batch, actor.__handle(env, ctx)).await
-                }
-                Envelope::Wire(call) => {
-                    // Boxed: inline, the wire path's future (decode, handler,
-                    // encode) would grow every activation's task, idle or not;
-                    // a wire call already crossed the network.
-                    let WireCall {
-                        tag,
-                        body,
-                        reply,
-                        span,
-                        caller,
-                    } = *call;
-                    let actor = &mut *actor;
-                    chain::serving(caller);
-                    let handled = Box::pin(tracing::Instrument::instrument(
-                        async move { finish(reply, ctx, actor.__handle_wire(tag, &body, ctx)).await },
-                        span,
-                    ));
-                    watch_queue(mb, batch, handled).await
-                }
-            };
-            let end = match outcome {
-                Outcome::Panicked => Some(EndReason::Panic),
-                Outcome::Done if ctx.take_deactivate() => Some(EndReason::Requested),
-                Outcome::Done => None,
-            };
-            if let Some(end) = end {
-                mb.put_back(batch);
-                return end;
-            }
-        }
-        // The batch and the mailbox queue swap buffers; do not let one burst
-        // pin a large buffer for the life of the activation.
-        if batch.capacity() > 256 {
-            batch.shrink_to(16);
         }
     }
 }
 
-/// [`serve`] for a reentrant actor (`#[mesh::handlers(reentrant)]`, see
-/// `actor::chain`): each message starts a turn ([`Turn`]) during which the
-/// calls whose chain passes through this activation are served at once,
-/// interleaved on `&A`; the other messages wait for the turn to end.
-async fn serve_interleaved<'a, A: Handlers>(
-    mut il: Interleaver<'a, A>,
-    mb: &Mailbox<Envelope<A>>,
+pin_project_lite::pin_project! {
+    /// A [`Sequential`] turn: one handler, of a typed or an encoded call.
+    #[project = OneHandlerProj]
+    enum OneHandler<L, W> {
+        Local { #[pin] fut: L },
+        Wire { #[pin] fut: W },
+    }
+}
+
+impl<L: Future<Output = Outcome>, W: Future<Output = Outcome>> Future for OneHandler<L, W> {
+    type Output = TurnEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TurnEnd> {
+        match self.project() {
+            OneHandlerProj::Local { fut } => fut.poll(cx).map(TurnEnd::Done),
+            OneHandlerProj::Wire { fut } => fut.poll(cx).map(TurnEnd::Done),
+        }
+    }
+}
+
+/// A reentrant actor (`#[mesh::handlers(reentrant)]`, see `actor::chain`):
+/// each message starts a turn ([`Turn`]) during which the calls whose chain
+/// passes through this activation are served at once, interleaved on `&A`;
+/// the other messages wait for the turn to end.
+struct Interleaved<'a, A: Handlers> {
+    il: Interleaver<'a, A>,
     ctx: &'a Ctx,
+}
+
+impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
+    fn turn<'t>(
+        &'t mut self,
+        env: Envelope<A>,
+        mb: &'t Mailbox<Envelope<A>>,
+        batch: &'t mut VecDeque<Envelope<A>>,
+        leased: bool,
+    ) -> impl Future<Output = TurnEnd> + Send + 't {
+        let ctx = self.ctx;
+        let first = start(&mut self.il, env, ctx);
+        Turn {
+            first: Some(first),
+            more: Vec::new(),
+            il: &mut self.il,
+            mb,
+            batch,
+            ctx,
+            leased,
+            outcome: Outcome::Done,
+            polled: false,
+            armed: None,
+            timer: None,
+            gate_wait: None,
+        }
+    }
+}
+
+/// The serve loop: takes batches from the mailbox, skips what was
+/// abandoned or expired, checks the lease before each message (strong
+/// mode), and hands each message to `turns`, until the mailbox stops, idles
+/// or moves, or a turn ends the activation.
+async fn serve_turns<A: Handlers, T: Turns<A>>(
+    mut turns: T,
+    mb: &Mailbox<Envelope<A>>,
+    ctx: &Ctx,
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
@@ -309,8 +365,8 @@ async fn serve_interleaved<'a, A: Handlers>(
                 env.fail(Error::timeout());
                 continue;
             }
-            // Strong mode: each turn starts under the lease, and each call
-            // it interleaves later is checked again (`Turn`).
+            // Strong mode: each turn starts under the lease (an interleaved
+            // turn checks it again for each call it interleaves later).
             let check = lease_check::<A>(ctx, leased);
             if check != Check::Go {
                 batch.push_front(env);
@@ -323,23 +379,7 @@ async fn serve_interleaved<'a, A: Handlers>(
             if ctx.node().inner().has_history() {
                 served::<A>(ctx);
             }
-            let first = start(&mut il, env, ctx);
-            let outcome = Turn {
-                first: Some(first),
-                more: Vec::new(),
-                il: &mut il,
-                mb,
-                batch: &mut *batch,
-                ctx,
-                leased,
-                outcome: Outcome::Done,
-                polled: false,
-                armed: None,
-                timer: None,
-                gate_wait: None,
-            }
-            .await;
-            let end = match outcome {
+            let end = match turns.turn(env, mb, batch, leased).await {
                 TurnEnd::Lost => Some(EndReason::Lost),
                 TurnEnd::Done(Outcome::Panicked) => Some(EndReason::Panic),
                 TurnEnd::Done(Outcome::Done) if ctx.take_deactivate() => Some(EndReason::Requested),
@@ -350,6 +390,8 @@ async fn serve_interleaved<'a, A: Handlers>(
                 return end;
             }
         }
+        // The batch and the mailbox queue swap buffers; do not let one burst
+        // pin a large buffer for the life of the activation.
         if batch.capacity() > 256 {
             batch.shrink_to(16);
         }
@@ -439,7 +481,7 @@ struct Turn<'t, 'a, A: Handlers> {
     gate_wait: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
-/// How a [`Turn`] ended.
+/// How a turn ended.
 enum TurnEnd {
     /// Every handler of the turn returned, or one panicked.
     Done(Outcome),
@@ -552,7 +594,7 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
 /// the queued calls whose deadline passes are answered with
 /// [`Error::Timeout`]: one timer, for the earliest deadline, re-armed when a
 /// call with an earlier one arrives.
-fn watch_queue<'a, A: Handlers, F: Future>(
+pub(super) fn watch_queue<'a, A: Handlers, F: Future>(
     mb: &'a Mailbox<Envelope<A>>,
     batch: &'a mut VecDeque<Envelope<A>>,
     fut: F,
@@ -569,7 +611,7 @@ fn watch_queue<'a, A: Handlers, F: Future>(
 
 pin_project_lite::pin_project! {
     /// The future of [`watch_queue`]: named, so `fut` is stored once.
-    struct WatchQueue<'a, A: Handlers, F> {
+    pub(super) struct WatchQueue<'a, A: Handlers, F> {
         #[pin]
         fut: F,
         mb: &'a Mailbox<Envelope<A>>,
@@ -656,127 +698,6 @@ pub(super) fn serve_for_size<'a, A: Handlers>(
     batch: &'a mut VecDeque<Envelope<A>>,
 ) -> impl Future<Output = EndReason> + 'a {
     serve(actor, mb, ctx, batch, false)
-}
-
-/// An activation's hold on its shard, in strong mode.
-pub(super) struct Leased<'g> {
-    gate: &'g Gate,
-    shard: u16,
-    token: u64,
-}
-
-/// While an activation waits at the gate, it looks again at least this
-/// often (its queued calls expire meanwhile; an empty mailbox ends it).
-const RECHECK: Duration = Duration::from_millis(50);
-
-impl Leased<'_> {
-    /// The hold of the activation of `ctx`, if it is `leased` (strong
-    /// mode). Built where needed from the boxed `Ctx`, so that nothing of
-    /// it lives in the activation's task.
-    fn of(ctx: &Ctx, leased: bool) -> Option<Leased<'_>> {
-        if !leased {
-            return None;
-        }
-        let gate = ctx.node().inner().gate.as_deref()?;
-        let (shard, token) = ctx.lease();
-        Some(Leased { gate, shard, token })
-    }
-
-    fn check<A: Handlers>(&self) -> Check {
-        self.gate.check(A::__ACTOR_KEY, self.shard, self.token)
-    }
-
-    fn exit<A: Handlers>(&self) {
-        self.gate.exit(A::__ACTOR_KEY, self.shard);
-    }
-
-    /// Waits until the lease holds again (true) or is lost (false); the
-    /// queued calls' deadlines run meanwhile.
-    async fn wait_valid<A: Handlers>(
-        &self,
-        mb: &Mailbox<Envelope<A>>,
-        batch: &mut VecDeque<Envelope<A>>,
-        shared: &crate::activation::Shared,
-    ) -> bool {
-        loop {
-            let changed = self.gate.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            match self.check::<A>() {
-                Check::Go => return true,
-                Check::Lost => return false,
-                Check::Wait if shared.is_shutting_down() => return false,
-                Check::Wait => {}
-            }
-            let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
-        }
-    }
-}
-
-/// Waits at the gate until this node may activate `id`'s shard (the
-/// shard and the token),
-/// or until nothing is left to wait for (`None`: the mailbox emptied, its
-/// calls expired, or the node is shutting down).
-///
-/// A call queued for a shard this node will not hold (it is handing it
-/// off, or leaving, or its ring names another owner) is routed again, to
-/// the owner: it would otherwise wait here for a lease that never comes.
-/// (A typed call from this process stays and waits for its deadline: it
-/// has no encoded form to forward.)
-async fn enter<A: Handlers>(
-    ctx: &Ctx,
-    mb: &Mailbox<Envelope<A>>,
-    batch: &mut VecDeque<Envelope<A>>,
-) -> Option<u64> {
-    let (node, id) = (ctx.node(), ctx.id());
-    let gate = node.inner().gate.as_deref()?;
-    let key = A::__ACTOR_KEY;
-    let s = crate::ring::shard(id);
-    loop {
-        let changed = gate.changed();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if let Some(token) = gate.enter(key, s) {
-            return Some(token);
-        }
-        if node.shared().is_shutting_down() || mb.len() == 0 {
-            return None;
-        }
-        if !node.inner().will_hold(key, A::__CAPABILITY_KEY, s) {
-            for env in mb.take_picked(|e| matches!(e, Envelope::Wire(_))) {
-                if let Envelope::Wire(call) = env {
-                    node.inner_arc().reroute_wire(id, *call);
-                }
-            }
-            if mb.len() == 0 {
-                return None;
-            }
-        }
-        let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
-    }
-}
-
-/// Strong mode, before a message: may it be handled now? (`Go` when the
-/// activation is not leased.)
-#[inline]
-fn lease_check<A: Handlers>(ctx: &Ctx, leased: bool) -> Check {
-    match Leased::of(ctx, leased) {
-        Some(l) => l.check::<A>(),
-        None => Check::Go,
-    }
-}
-
-/// Strong mode, before a message or the `on_deactivate` hook: waits
-/// until the lease holds (true) or is lost (false).
-async fn still_leased<A: Handlers>(
-    ctx: &Ctx,
-    mb: &Mailbox<Envelope<A>>,
-    batch: &mut VecDeque<Envelope<A>>,
-) -> bool {
-    match Leased::of(ctx, true) {
-        Some(l) => l.wait_valid::<A>(mb, batch, ctx.node().shared()).await,
-        None => true,
-    }
 }
 
 /// Records a dispatch in the node's history (a checker orders the
