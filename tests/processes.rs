@@ -95,6 +95,7 @@ async fn spawn_node(name: &str, caps: &str, seeds: &[&str]) -> Proc {
 
 #[derive(Debug)]
 struct Outcome {
+    id: String,
     owner: String,
     result: Result<String, Error>,
     took: Duration,
@@ -151,6 +152,7 @@ async fn sigkill_under_load() {
                     .await
                     .map(|(on, _)| on);
                 outcomes.lock().unwrap().push(Outcome {
+                    id,
                     owner,
                     result,
                     took: started.elapsed(),
@@ -163,6 +165,14 @@ async fn sigkill_under_load() {
     let mut done = progress.subscribe();
     // Under load, then SIGKILL p-2.
     done.wait_for(|n| *n >= 2_000).await.unwrap();
+    // The ids p-2 owns until it dies: while the views change, a call to
+    // one of them may reach a survivor that still sees p-2 as the owner
+    // and forwards it into the dying link (its outcome then unknown:
+    // `NodeDown`), even though the caller already counts it a survivor's.
+    let was_p2: std::collections::HashSet<String> = (0..8)
+        .flat_map(|w| (0..97).map(move |i| format!("player-{w}-{i}")))
+        .filter(|id| driver.owner_of::<Player>(id).is_ok_and(|o| o == "p-2"))
+        .collect();
     let mut n2 = n2;
     n2.child.start_kill().expect("SIGKILL p-2");
     let killed_at = Instant::now();
@@ -190,7 +200,7 @@ async fn sigkill_under_load() {
     );
     let failed_survivors: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| o.owner != "p-2" && o.result.is_err())
+        .filter(|o| o.owner != "p-2" && !was_p2.contains(&o.id) && o.result.is_err())
         .collect();
     assert!(
         failed_survivors.is_empty(),
