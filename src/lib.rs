@@ -64,18 +64,29 @@ mod activation;
 mod actor;
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "consul")]
+pub mod consul;
 pub mod discovery;
 mod error;
+#[cfg(feature = "history")]
 pub mod history;
+// Without the feature, only what a node records through (the `History`
+// trait, `Phase`) is used; the rest of the module is compiled but unused.
+#[cfg(not(feature = "history"))]
+#[allow(dead_code, unreachable_pub)]
+mod history;
+#[cfg(feature = "tls")]
 pub mod identity;
 pub mod lease;
 mod node;
 pub mod ring;
+#[cfg(feature = "sidecar")]
 pub mod sidecar;
 pub mod telemetry;
 pub use actor::timer;
 mod trace;
 pub mod transport;
+mod util;
 pub mod wire;
 
 #[doc(hidden)]

@@ -343,6 +343,7 @@ impl Node {
             }
             cluster.stop();
             // Drained and disconnected: the sidecar has nothing left to carry.
+            #[cfg(feature = "sidecar")]
             if let Some(sidecar) = cluster.sidecar() {
                 sidecar.stop().await;
             }

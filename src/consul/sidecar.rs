@@ -5,9 +5,9 @@
 //!
 //! ```no_run
 //! # async fn doc() -> Result<(), mesh::Error> {
-//! use mesh::discovery::consul::Mesh;
-//! use mesh::discovery::Consul;
-//! use mesh::sidecar::consul::{ConsulHaproxy, ConsulSidecar};
+//! use mesh::consul::Mesh;
+//! use mesh::consul::Consul;
+//! use mesh::consul::{ConsulHaproxy, ConsulSidecar};
 //!
 //! let consul = Consul::new().through_sidecar(Mesh::new());
 //! let mesh = ConsulSidecar::haproxy(consul.clone(), ConsulHaproxy::new("/run/mesh/sidecar"));
@@ -29,7 +29,7 @@
 //!
 //! With a managed HAProxy ([`ConsulSidecar::haproxy`]):
 //! - **public frontend**: binds [`LocalSidecar::public`] (the sidecar
-//!   port the agent assigned, or [`Mesh::sidecar_port`](crate::discovery::consul::Mesh::sidecar_port)), or that port on
+//!   port the agent assigned, or [`Mesh::sidecar_port`](crate::consul::Mesh::sidecar_port)), or that port on
 //!   [`ConsulHaproxy::bind`]; forwards to [`LocalSidecar::local_service`],
 //!   the node's loopback listener;
 //! - **its certificate**: the leaf of the per-node service
@@ -37,7 +37,7 @@
 //!   [`ConsulIdentity`] that follows both with blocking queries;
 //! - **upstreams**: one per entry of [`Consul::sidecar_upstreams`] whose
 //!   peer sidecar is known (`remote`): a frontend on its `local_bind` port,
-//!   a backend to `remote.addr`; the [`UpstreamPorts`](super::UpstreamPorts)
+//!   a backend to `remote.addr`; the [`UpstreamPorts`](crate::sidecar::UpstreamPorts)
 //!   the node dials hold the same ports, updated after HAProxy has
 //!   reloaded (a peer without a port yet is retried by the peer table);
 //! - **inbound** (the choice made here): HAProxy 2.6 cannot ask the agent
@@ -103,13 +103,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::haproxy::{Certs, Timeouts, Upstream};
-use super::managed::{CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY};
-use super::supervisor::Restart;
-use super::{Sidecar, SidecarError};
-use crate::discovery::consul::{LocalSidecar, SidecarUpstream};
-use crate::discovery::{BoxFuture, Consul, Discovery, LocalNode, Peers};
-use crate::identity::{ConnectPem, ConsulIdentity};
+use super::{ConnectPem, Consul, ConsulIdentity, LocalSidecar, SidecarUpstream};
+use crate::discovery::{Discovery, LocalNode, Peers};
+use crate::sidecar::haproxy::{Certs, Timeouts, Upstream};
+use crate::sidecar::managed::{
+    CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY,
+};
+use crate::sidecar::supervisor::Restart;
+use crate::sidecar::{Sidecar, SidecarError};
+use crate::util::lock;
+use crate::util::BoxFuture;
 use crate::{Error, StartError};
 
 /// How to run the managed HAProxy of a [`ConsulSidecar`]; what it serves
@@ -220,10 +223,6 @@ impl std::fmt::Debug for ConsulSidecar {
             .field("sidecar", &self.inner.sidecar)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ConsulSidecar {
@@ -348,7 +347,7 @@ impl ConsulSidecar {
                         local.service_name
                     ))
                 })?;
-                let http = crate::discovery::consul::agent_client(&agent, &tls, None)
+                let http = crate::consul::agent_client(&agent, &tls, None)
                     .map_err(SidecarError::Config)?;
                 let asker = Asker {
                     http,
@@ -475,7 +474,7 @@ async fn follow_ports(
 /// Asks the agent's intentions for each peer.
 struct Asker {
     http: reqwest::Client,
-    token: Option<crate::discovery::consul::Token>,
+    token: Option<crate::consul::Token>,
     url: String,
     local: LocalSidecar,
 }
@@ -522,10 +521,10 @@ impl Asker {
             .map_err(|e| e.to_string())?;
         let status = resp.status();
         if !status.is_success() {
-            let text = crate::discovery::consul::error_body(resp).await;
+            let text = crate::consul::error_body(resp).await;
             return Err(format!("{status}: {}", text.trim()));
         }
-        let bytes = crate::discovery::consul::read_capped(resp, 64 << 10)
+        let bytes = crate::consul::read_capped(resp, 64 << 10)
             .await
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&bytes);

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh::Error> {
-//! use mesh::discovery::Consul;
+//! use mesh::consul::Consul;
 //! use mesh::Node;
 //!
 //! // Address and token from CONSUL_HTTP_ADDR / CONSUL_HTTP_TOKEN, as the
@@ -63,7 +63,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh::Error> {
-//! use mesh::discovery::consul::{Consul, Mesh};
+//! use mesh::consul::{Consul, Mesh};
 //!
 //! let consul = Consul::new().through_sidecar(Mesh::new());
 //! // ... NodeBuilder::discovery(consul.clone()), listening on 127.0.0.1 ...
@@ -101,8 +101,8 @@
 //! are not supported.
 //!
 //! **Every request to the agent** (the adapter's, the lease store's,
-//! [`ConsulIdentity`](crate::identity::ConsulIdentity)'s,
-//! [`ConsulAuthorizer`](crate::identity::ConsulAuthorizer)'s and the
+//! [`ConsulIdentity`](crate::consul::ConsulIdentity)'s,
+//! [`ConsulAuthorizer`](crate::consul::ConsulAuthorizer)'s and the
 //! managed sidecar's) carries the ACL token when one is set, never
 //! follows a redirect (a 3xx is an error: the token goes to the agent
 //! only), and reads at most 64 MiB of answer (more is an error). A path
@@ -112,20 +112,26 @@
 
 mod agent_tls;
 mod api;
+mod connect;
 #[cfg(test)]
 pub(crate) mod fake_http;
 mod health;
+#[cfg(feature = "strong")]
 mod lease;
-pub(crate) use health::backoff;
 mod mesh;
+#[cfg(feature = "sidecar")]
+mod sidecar;
 mod watch;
 pub(crate) use api::{error_body, error_chain, read_capped, segment, Token, MAX_BODY};
 pub(crate) use watch::{BlockingIndex, TokenBucket};
 
+pub use connect::{ConnectPem, ConsulAuthorizer, ConsulIdentity};
 pub use mesh::{LocalSidecar, Mesh, SidecarRemote, SidecarUpstream, UpstreamPorts};
+#[cfg(feature = "sidecar")]
+pub use sidecar::{Applied, ConsulHaproxy, ConsulSidecar};
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -135,7 +141,9 @@ use serde_json::{json, Value};
 use self::api::{Api, ApiError};
 use self::health::{HealthMsg, HealthState, HealthWorker};
 use self::watch::{WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
-use super::{BoxFuture, Discovery, LocalNode, Peers};
+use crate::discovery::{Discovery, LocalNode, Peers};
+use crate::util::lock;
+use crate::util::BoxFuture;
 use crate::{Error, StartError};
 pub(crate) use agent_tls::client as agent_client;
 pub use agent_tls::AgentTls;
@@ -331,10 +339,6 @@ fn registration(
     Ok((id, check_id, body))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The ACL token of the `consul` CLI's environment: `CONSUL_HTTP_TOKEN`,
 /// else the contents of `CONSUL_HTTP_TOKEN_FILE`; `None` when neither is
 /// set (the agent's default token applies).
@@ -526,6 +530,7 @@ impl Consul {
 
     /// While it runs: the agent address, the ACL token and the TLS
     /// settings its requests use (for the sidecar's Connect requests).
+    #[cfg(feature = "sidecar")]
     pub(crate) fn agent_access(&self) -> Option<(String, Option<Token>, AgentTls)> {
         lock(&self.running).as_ref().map(|r| {
             (
@@ -886,6 +891,7 @@ async fn deregister(api: &Api, id: &str) -> Result<(), ApiError> {
 }
 
 impl Discovery for Consul {
+    #[cfg(feature = "strong")]
     fn lease_store(&self) -> Option<Arc<dyn crate::lease::LeaseStore>> {
         match self.leases() {
             Ok(l) => Some(Arc::new(l)),
