@@ -101,8 +101,8 @@
 //! are not supported.
 //!
 //! **Every request to the agent** (the adapter's, the lease store's,
-//! [`ConsulIdentity`](crate::consul::ConsulIdentity)'s,
-//! [`ConsulAuthorizer`](crate::consul::ConsulAuthorizer)'s and the
+//! [`ConsulIdentity`]'s,
+//! [`ConsulAuthorizer`]'s and the
 //! managed sidecar's) carries the ACL token when one is set, never
 //! follows a redirect (a 3xx is an error: the token goes to the agent
 //! only), and reads at most 64 MiB of answer (more is an error). A path

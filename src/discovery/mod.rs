@@ -119,7 +119,7 @@ pub trait Discovery: Send + Sync + 'static {
     fn halt(&self);
 
     /// The store the strong mode keeps its leases in
-    /// ([`crate::NodeBuilder::strong`]), if this discovery has one; called
+    /// (`NodeBuilder::strong`, feature `strong`), if this discovery has one; called
     /// once, after [`Discovery::start`]. The default has none: a node with
     /// this discovery cannot run in strong mode.
     fn lease_store(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {

@@ -143,7 +143,7 @@ mod store;
 
 pub use store::{LeaseStore, LeaseStoreError};
 
-/// The strong mode's settings ([`crate::NodeBuilder::strong`]). See the
+/// The strong mode's settings (`NodeBuilder::strong`, feature `strong`). See the
 /// [module docs](self) for what each one bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Strong {
