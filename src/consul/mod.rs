@@ -1,6 +1,18 @@
-//! The Consul adapter: registration, a TTL health worker, and discovery
-//! by one blocking query, written to Consul's documented HTTP API
-//! (`shared/reference/consul-api.md`).
+//! The Consul adapter (feature `consul`): registration, a TTL health
+//! worker, and discovery by one blocking query, written to Consul's
+//! documented HTTP API (`shared/reference/consul-api.md`).
+//!
+//! Everything mesh knows about Consul lives in this folder, above the
+//! vendor-neutral boundaries it implements; nothing below imports it:
+//!
+//! | file | implements | boundary |
+//! |---|---|---|
+//! | `mod.rs`, `health.rs`, `watch.rs` | [`Consul`]: registration, TTL worker, blocking query | [`crate::discovery::Discovery`] |
+//! | `mesh.rs` | [`Mesh`]: Connect registrations, upstreams | (Consul only) |
+//! | `connect.rs` | [`ConsulIdentity`], [`ConsulAuthorizer`] | [`crate::identity::IdentitySource`], [`crate::identity::Authorize`] |
+//! | `lease.rs` (feature `strong`) | sessions and KV locks, fenced writes | `mesh::lease::LeaseStore` |
+//! | `sidecar.rs` (feature `sidecar`) | `ConsulSidecar`: the node's sidecar in mesh mode | `mesh::sidecar::Sidecar` |
+//! | `api.rs`, `agent_tls.rs` | the agent client: token, caps, TLS to the agent | |
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh::Error> {
