@@ -61,7 +61,7 @@ impl HealthState {
                 tracing::warn!(node = %self.node, "consul agent forgot this node ({e}): registering again");
                 result = register(&self.api, &self.registration).await;
                 if let (Ok(()), Some(also)) = (&result, &self.also) {
-                    let body = super::lock(also).clone();
+                    let body = crate::util::lock(also).clone();
                     result = register(&self.api, &body).await;
                 }
             }

@@ -509,7 +509,7 @@ pub(crate) async fn register_upstreams(
         .collect();
     let body = run.node.registration(&ups);
     register(&run.api, &body).await?;
-    *super::lock(&run.current) = body;
+    *crate::util::lock(&run.current) = body;
     Ok(ups)
 }
 
