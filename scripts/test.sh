@@ -75,6 +75,11 @@ for tls in tls consul full; do
 done
 [ -z "$(providers)" ] \
   || fail "the default build of mesh links '$(providers)': the lean default must compile no TLS"
+# Nor the Consul adapter's or the sidecars' dependencies.
+heavy="$(cargo tree --locked -e normal -p mesh --prefix none \
+  | { grep -oE '^(reqwest|hyper|rustls|tokio-rustls|rustls-webpki|ractor|base64) ' || true; } \
+  | sort -u | tr -d ' ' | paste -sd, -)"
+[ -z "$heavy" ] || fail "the default build of mesh pulls $heavy: keep the default lean (features consul, tls, ...)"
 
 # The combinations users pick, each checked alone (the library only, as a
 # dependent crate builds it; `check`, warnings denied): the lean default,
