@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use mesh::discovery::Consul;
+use mesh::consul::Consul;
 use mesh::prelude::*;
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;

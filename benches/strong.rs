@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh::discovery::Consul;
+use mesh::consul::Consul;
 use mesh::lease::Strong;
 use mesh::prelude::*;
 use mesh_testkit::consul_agent::TestConsul;

@@ -47,11 +47,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use mesh::discovery::consul::Mesh;
-use mesh::discovery::Consul;
+use mesh::consul::{Consul, Mesh};
+use mesh::consul::{ConsulHaproxy, ConsulSidecar};
 use mesh::lease::Strong;
 use mesh::prelude::*;
-use mesh::sidecar::consul::{ConsulHaproxy, ConsulSidecar};
 
 #[path = "common/mod.rs"]
 mod common;

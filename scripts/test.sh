@@ -55,20 +55,53 @@ fi
 echo "   rendered in $((SECONDS - start)) s"
 rm -rf "$chromium_check"
 
-# One rustls crypto provider per build, never an accidental second: the
-# default build (feature `aws-lc-rs`) links aws-lc-rs and not ring, and the
-# `--no-default-features --features ring` build ring and not aws-lc-rs.
+# One rustls crypto provider per build, never an accidental second: a TLS
+# build (feature `tls`, or `consul`, which turns it on) with the default
+# provider feature `aws-lc-rs` links aws-lc-rs and not ring, and the
+# `--no-default-features --features ring,tls` build ring and not aws-lc-rs.
+# The default build (the quickstart's) has no TLS and links neither.
 # (aws-lc-sys builds its C with the cc crate and gcc on x86_64 Linux: no
 # cmake, no nasm.)
 providers() {
   cargo tree --locked -e normal -p mesh --prefix none "$@" \
     | grep -oE '^(aws-lc-rs|ring) ' | sort -u | tr -d ' ' | paste -sd, -
 }
-echo "== one crypto provider per build (aws-lc-rs by default, ring with --features ring)"
-[ "$(providers)" = "aws-lc-rs" ] \
-  || fail "the default build of mesh links '$(providers)', not exactly aws-lc-rs: some crate turned on another rustls provider"
-[ "$(providers --no-default-features --features ring)" = "ring" ] \
-  || fail "the ring build of mesh links '$(providers --no-default-features --features ring)', not exactly ring"
+echo "== one crypto provider per build (aws-lc-rs by default, ring with --features ring; none without TLS)"
+for tls in tls consul full; do
+  [ "$(providers --features "$tls")" = "aws-lc-rs" ] \
+    || fail "the --features $tls build of mesh links '$(providers --features "$tls")', not exactly aws-lc-rs: some crate turned on another rustls provider"
+  [ "$(providers --no-default-features --features "ring,$tls")" = "ring" ] \
+    || fail "the --features ring,$tls build of mesh links '$(providers --no-default-features --features "ring,$tls")', not exactly ring"
+done
+[ -z "$(providers)" ] \
+  || fail "the default build of mesh links '$(providers)': the lean default must compile no TLS"
+# Nor the Consul adapter's or the sidecars' dependencies.
+heavy="$(cargo tree --locked -e normal -p mesh --prefix none \
+  | { grep -oE '^(reqwest|hyper|rustls|tokio-rustls|rustls-webpki|ractor|base64) ' || true; } \
+  | sort -u | tr -d ' ' | paste -sd, -)"
+[ -z "$heavy" ] || fail "the default build of mesh pulls $heavy: keep the default lean (features consul, tls, ...)"
+
+# The combinations users pick, each checked alone (the library only, as a
+# dependent crate builds it; `check`, warnings denied): the lean default,
+# no features at all, each feature alone, the two providers with TLS, and
+# everything. The suites below build with every feature (mesh-testkit
+# turns on `full`), so only this step sees the lean builds.
+echo "== feature combinations (cargo check -p mesh --lib)"
+for features in "" "--no-default-features" \
+    "--features tls" "--features consul" "--features sidecar" "--features strong" \
+    "--features history" "--features otel" "--features admin" \
+    "--features consul,sidecar" "--features consul,strong" \
+    "--no-default-features --features ring,tls" "--no-default-features --features ring,consul" \
+    "--features full,otel,admin"; do
+  # shellcheck disable=SC2086 # word splitting of the flags is intended
+  out="$(cargo check --locked --quiet -p mesh --lib $features 2>&1)" \
+    || { echo "$out" >&2; fail "cargo check -p mesh ${features:-(default)} failed"; }
+  if grep -qE '^(warning|error)' <<<"$out"; then
+    echo "$out" >&2
+    fail "cargo check -p mesh ${features:-(default)} warns"
+  fi
+  echo "   ok: ${features:-(default)}"
+done
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings denied)"
@@ -84,4 +117,4 @@ cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
 cargo test --locked --features admin --lib --test admin
 echo "== cargo test with the ring provider (mTLS between nodes, no post-quantum key exchange)"
-cargo test --locked --no-default-features --features ring --test tls
+cargo test --locked --no-default-features --features ring,full --test tls

@@ -54,6 +54,18 @@
 //!   in which case it is skipped.
 //!
 //! See the README for the full list, including mailbox bounds and panics.
+//!
+//! ## Features
+//!
+//! The default build is the lean core: one node or a static-seed cluster
+//! over plain TCP. The rest is opt-in, each feature pulling only its own
+//! dependencies: `consul` (`mesh::consul`, the Consul adapter; turns on
+//! `tls`), `tls` (`mesh::transport::tls` and `mesh::identity`: in-process
+//! mTLS), `sidecar` (`mesh::sidecar`, `NodeBuilder::through_sidecar`),
+//! `strong` (`NodeBuilder::strong`; with `consul`, Consul's lease store),
+//! `history` (`mesh::history`, `NodeBuilder::history`), `full` (those
+//! five), `otel`, `admin`; `aws-lc-rs` (default) or `ring` picks the
+//! rustls provider when TLS is on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -64,18 +76,29 @@ mod activation;
 mod actor;
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "consul")]
+pub mod consul;
 pub mod discovery;
 mod error;
+#[cfg(feature = "history")]
 pub mod history;
+// Without the feature, only what a node records through (the `History`
+// trait, `Phase`) is used; the rest of the module is compiled but unused.
+#[cfg(not(feature = "history"))]
+#[allow(dead_code, unreachable_pub)]
+mod history;
+#[cfg(feature = "tls")]
 pub mod identity;
 pub mod lease;
 mod node;
 pub mod ring;
+#[cfg(feature = "sidecar")]
 pub mod sidecar;
 pub mod telemetry;
 pub use actor::timer;
 mod trace;
 pub mod transport;
+mod util;
 pub mod wire;
 
 #[doc(hidden)]

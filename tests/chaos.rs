@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::discovery::Consul;
+use mesh::consul::Consul;
 use mesh::history::Overlap;
 use mesh::prelude::*;
 use mesh::Membership;

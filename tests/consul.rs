@@ -5,8 +5,7 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
-use mesh::discovery::consul::AgentTls;
-use mesh::discovery::Consul;
+use mesh::consul::{AgentTls, Consul};
 use mesh::prelude::*;
 use mesh_testkit::actors::{Player, Score};
 use mesh_testkit::consul_agent::{Acl, TestConsul, Token};

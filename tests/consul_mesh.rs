@@ -8,8 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mesh::discovery::consul::{Mesh, SidecarUpstream, UpstreamPorts};
-use mesh::discovery::Consul;
+use mesh::consul::{Consul, Mesh, SidecarUpstream, UpstreamPorts};
 use mesh::prelude::*;
 use mesh_testkit::actors::Player;
 use mesh_testkit::consul_agent::{Acl, TestConsul, Token};

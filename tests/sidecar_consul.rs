@@ -20,10 +20,9 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::discovery::consul::Mesh;
-use mesh::discovery::Consul;
+use mesh::consul::{Applied, ConsulHaproxy, ConsulSidecar};
+use mesh::consul::{Consul, Mesh};
 use mesh::prelude::*;
-use mesh::sidecar::consul::{Applied, ConsulHaproxy, ConsulSidecar};
 use mesh::sidecar::{Haproxy, SidecarTransport};
 use mesh::transport::{self, DialTarget, Inbound, Responder, TransportConfig};
 use mesh::wire::{self, Cast, Cookie, Identity, Peer};

@@ -689,7 +689,7 @@ async fn a_tls_cluster_forms_and_refuses_foreign_and_wrong_identities() {
 /// Waits, renewal after renewal, until `source`'s identity satisfies
 /// `done` (a leaf and its roots may arrive as two renewals).
 async fn renewed(
-    source: &mesh::identity::ConsulIdentity,
+    source: &mesh::consul::ConsulIdentity,
     renewals: &mut tokio::sync::watch::Receiver<u64>,
     done: impl Fn(&mesh::identity::Material) -> bool,
 ) {
@@ -703,7 +703,7 @@ async fn renewed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_from_the_agents_connect_ca_follow_its_rotations() {
-    use mesh::identity::ConsulIdentity;
+    use mesh::consul::ConsulIdentity;
     use mesh_testkit::consul_agent::TestConsul;
     let consul = TestConsul::start(1, Default::default()).await;
     let id = pki::service_id(&consul.trust_domain(), "c");
@@ -753,7 +753,7 @@ async fn identities_from_the_agents_connect_ca_follow_its_rotations() {
 
 #[tokio::test]
 async fn an_unreachable_agent_is_a_clear_error() {
-    use mesh::identity::ConsulIdentity;
+    use mesh::consul::ConsulIdentity;
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
@@ -766,7 +766,7 @@ async fn an_unreachable_agent_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_on_the_agents_connect_ca() {
-    use mesh::identity::ConsulIdentity;
+    use mesh::consul::ConsulIdentity;
     use mesh_testkit::consul_agent::TestConsul;
     let consul = TestConsul::start(1, Default::default()).await;
     let connect = || async {
@@ -795,7 +795,7 @@ async fn a_tls_cluster_on_the_agents_connect_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intention_deny_refuses_a_caller_until_allowed() {
-    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
+    use mesh::consul::{ConsulAuthorizer, ConsulIdentity};
     use mesh_testkit::consul_agent::TestConsul;
     let consul = TestConsul::start(1, Default::default()).await;
     let db = pki::service_id(&consul.trust_domain(), "db");
@@ -822,8 +822,8 @@ async fn an_intention_deny_refuses_a_caller_until_allowed() {
 
 #[tokio::test]
 async fn with_acls_on_the_connect_requests_carry_the_token() {
-    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
-    use mesh::transport::tls::Authorize;
+    use mesh::consul::{ConsulAuthorizer, ConsulIdentity};
+    use mesh::identity::Authorize;
     use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
     let consul = TestConsul::start(1, Default::default()).await;
     let mut acl = Acl::default();
@@ -919,7 +919,7 @@ async fn caller(t: Transport, seed: &str) -> Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intention_denied_after_the_handshake_closes_the_open_connection() {
-    use mesh::identity::{ConsulAuthorizer, ConsulIdentity};
+    use mesh::consul::{ConsulAuthorizer, ConsulIdentity};
     use mesh_testkit::consul_agent::TestConsul;
     recorder();
     let consul = TestConsul::start(1, Default::default()).await;

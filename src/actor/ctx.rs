@@ -59,7 +59,7 @@ impl Ctx {
     /// writes to outside state with: its shard's lock key, the session
     /// holding it and the fencing token. `None` on a node in eventual mode
     /// (and outside an activation's life). Pass it to
-    /// [`crate::discovery::Consul::fenced_put`], or give the token to any
+    /// `mesh::consul::Consul::fenced_put`, or give the token to any
     /// store that refuses tokens below the highest it has seen.
     pub fn fence(&self) -> Option<crate::lease::Fence> {
         let token = self.token.load(std::sync::atomic::Ordering::Relaxed);

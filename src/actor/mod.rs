@@ -181,9 +181,7 @@ pub trait Handlers: Actor {
     fn __deadline(env: &Self::Envelope) -> Option<tokio::time::Instant>;
 }
 
-/// A boxed, sendable future borrowing an actor.
-#[doc(hidden)]
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) use crate::util::BoxFuture;
 
 /// A reentrant actor's handlers on `&self` (see [`Handlers::REENTRANT`]):
 /// `local` runs a typed envelope and answers its caller; `wire` decodes

@@ -6,7 +6,8 @@
 //!   seed list, addresses gossiped over the wire, failure detection by
 //!   heartbeats. No [`Discovery`] is set for it.
 //! - **Authoritative** discovery, a [`Discovery`] given to
-//!   [`crate::NodeBuilder::discovery`], such as [`Consul`]: it registers
+//!   [`crate::NodeBuilder::discovery`], such as `mesh::consul::Consul`
+//!   (feature `consul`): it registers
 //!   the node, and reports the full set of healthy peers whenever it
 //!   changes. A peer is then a member of the routing view only while the
 //!   discovery reports it **and** this node holds a live connection to it;
@@ -15,20 +16,13 @@
 //! The boundary is small on purpose (Meshx's ServiceMesh behaviour: start,
 //! stop, list): an adapter for another registry implements [`Discovery`].
 
-pub mod consul;
-
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use tokio::sync::watch;
 
 use crate::{Error, StartError};
 
-pub use consul::Consul;
-
-/// A boxed future, as [`Discovery`]'s methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::util::BoxFuture;
 
 /// What a node publishes about itself. `#[non_exhaustive]`: later
 /// versions publish more; build one with [`LocalNode::new`].
@@ -125,10 +119,10 @@ pub trait Discovery: Send + Sync + 'static {
     fn halt(&self);
 
     /// The store the strong mode keeps its leases in
-    /// ([`crate::NodeBuilder::strong`]), if this discovery has one; called
-    /// once, *before* [`Discovery::start`] (a strong node without one is
-    /// refused before it registers anywhere). The default has none: a
-    /// node with this discovery cannot run in strong mode.
+    /// (`NodeBuilder::strong`, feature `strong`), if this discovery has
+    /// one; called once, *before* [`Discovery::start`] (a strong node
+    /// without one is refused before it registers anywhere). The default
+    /// has none: a node with this discovery cannot run in strong mode.
     fn lease_store(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {
         None
     }

@@ -5,9 +5,16 @@
 //!
 //! Sources here: [`FileIdentity`] (PEM files, reloaded when they change on
 //! disk, as SPIRE's spiffe-helper, cert-manager or a Vault agent write
-//! them) and [`ConsulIdentity`] (the Consul agent's `ca/leaf` and
-//! `ca/roots` endpoints, followed by blocking queries). Consul marks those
-//! agent endpoints deprecated since 1.16, so files are the durable path.
+//! them); the Consul adapter adds `mesh::consul::ConsulIdentity` (the
+//! Consul agent's `ca/leaf` and `ca/roots` endpoints, followed by blocking
+//! queries; feature `consul`). Consul marks those agent endpoints
+//! deprecated since 1.16, so files are the durable path.
+//!
+//! [`Authorize`] is the other question the TLS transport asks (may this
+//! verified caller use the node?), and [`crypto_provider`] the rustls
+//! provider every TLS piece of mesh uses. This module is vendor-neutral
+//! and sits below the transport: nothing here names a transport or an
+//! adapter.
 //!
 //! Contracts:
 //! - [`IdentitySource::current`] is cheap when nothing changed (the files
@@ -21,11 +28,11 @@
 //!   usable root. Bad material is refused with an [`IdentityError`], never
 //!   half-applied.
 
-mod consul;
 mod files;
+mod provider;
 
-pub use consul::{ConnectPem, ConsulAuthorizer, ConsulIdentity};
 pub use files::{FileIdentity, IDENTITY_RELOAD_FAILURES_TOTAL};
+pub use provider::crypto_provider;
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,12 +42,26 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
+use crate::util::BoxFuture;
+
 /// Gives the identity material for new handshakes.
 pub trait IdentitySource: Send + Sync + 'static {
     /// The material to use for a handshake starting now. A source that
     /// watches something (files, an agent) picks up changes here or on its
     /// own schedule; it returns the same `Arc` while nothing changed.
     fn current(&self) -> Result<Arc<Material>, IdentityError>;
+}
+
+/// Decides whether an inbound caller, by its verified SPIFFE ID and its
+/// certificate's serial, may use this node. Runs after the TLS handshake
+/// and before the cookie handshake, inside the handshake timeout.
+pub trait Authorize: Send + Sync + 'static {
+    /// `Ok` lets the caller in; `Err` carries the reason it is refused.
+    fn authorize<'a>(
+        &'a self,
+        spiffe_id: &'a str,
+        serial: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Why identity material was refused.
@@ -117,7 +138,7 @@ impl Material {
             reason: "no certificate".into(),
         })?;
         let spiffe_id = spiffe_id(leaf).map_err(IdentityError::NoSpiffeId)?;
-        let key = CertifiedKey::from_der(chain, key, &crate::transport::tls::crypto_provider())
+        let key = CertifiedKey::from_der(chain, key, &crypto_provider())
             .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
         let mut store = RootCertStore::empty();
         let (_, ignored) = store.add_parsable_certificates(roots);

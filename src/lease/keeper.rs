@@ -307,7 +307,7 @@ impl Run {
                         self.shared
                             .log_failure("cannot create the lease session", &e);
                         failures += 1;
-                        let wait = crate::discovery::consul::backoff(
+                        let wait = crate::util::backoff(
                             self.strong.retry,
                             failures,
                             self.strong.ttl.mul_f64(self.strong.time_scale),

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mesh::Error> {
-//! use mesh::discovery::Consul;
+//! use mesh::consul::Consul;
 //! use mesh::lease::Strong;
 //! use mesh::Node;
 //!
@@ -81,7 +81,7 @@
 //!
 //! Strong mode needs an authoritative store: a static-seed cluster cannot
 //! offer it, and [`crate::NodeBuilder::start`] refuses `strong` without a
-//! discovery that has a [`LeaseStore`] ([`crate::discovery::Consul`] has).
+//! discovery that has a [`LeaseStore`] (`mesh::consul::Consul` has).
 //! When the store is unreachable, nodes stop serving their shards at
 //! their deadline (CP: the cluster's availability becomes the store's).
 //!
@@ -105,7 +105,7 @@
 //! shard and still perform the write it was about to do. Writes to state
 //! outside the actor must be **fenced**: carry the activation's token
 //! ([`crate::Ctx::fence`]) and let the store refuse a stale one. With
-//! Consul, [`crate::discovery::Consul::fenced_put`] writes in one `/v1/txn`
+//! Consul, `mesh::consul::Consul::fenced_put` writes in one `/v1/txn`
 //! with a `check-session` of the shard's lock key and a `check-index` of
 //! the token (the lock key's `ModifyIndex` must still be the one its grant
 //! wrote), which fails once the key is held by another session, by none,
@@ -143,7 +143,7 @@ mod store;
 
 pub use store::{LeaseStore, LeaseStoreError};
 
-/// The strong mode's settings ([`crate::NodeBuilder::strong`]). See the
+/// The strong mode's settings (`NodeBuilder::strong`, feature `strong`). See the
 /// [module docs](self) for what each one bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Strong {
@@ -321,7 +321,7 @@ pub struct Fence {
     /// keeps until its next write; not its `LockIndex`, a per-key count
     /// that no transaction verb can check). A later grant of the shard,
     /// to any session, holds a larger one, ordered across shards;
-    /// [`crate::discovery::Consul::fenced_put`] checks it with
+    /// `mesh::consul::Consul::fenced_put` checks it with
     /// `check-index`, which compares the key's `ModifyIndex`.
     pub token: u64,
 }

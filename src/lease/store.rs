@@ -1,6 +1,6 @@
 //! The boundary between the strong mode and the store its leases live in.
 //!
-//! [`crate::discovery::Consul`] implements it on Consul's sessions, KV
+//! `mesh::consul::Consul` implements it on Consul's sessions, KV
 //! locks and `/v1/txn` (see [`crate::discovery::Discovery::lease_store`]);
 //! another authoritative store (etcd's leases, ZooKeeper's ephemeral
 //! nodes) could too. The contract each method must keep is the one the
@@ -9,7 +9,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::discovery::BoxFuture;
+use crate::util::BoxFuture;
 
 /// Why a lease store call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -204,7 +204,7 @@ impl NodeBuilder {
         self
     }
 
-    /// An authoritative discovery, such as [`crate::discovery::Consul`]:
+    /// An authoritative discovery, such as `mesh::consul::Consul`:
     /// the node registers with it at start (a refusal fails
     /// [`NodeBuilder::start`]), and its members are the peers it reports
     /// healthy that this node can reach. Without one, the static seeds
@@ -246,6 +246,7 @@ impl NodeBuilder {
     /// // Later, as the discovery reports peers: sidecar.set_upstreams(...).
     /// # Ok(()) }
     /// ```
+    #[cfg(feature = "sidecar")]
     pub fn through_sidecar(mut self, sidecar: crate::sidecar::Sidecar) -> Self {
         let c = self.cluster_mut();
         c.transport = sidecar.transport();
@@ -331,6 +332,7 @@ impl NodeBuilder {
 
     /// Records when each activation starts and ends, for measuring
     /// duplicate activations ([`crate::history`]).
+    #[cfg(feature = "history")]
     pub fn history(mut self, history: impl crate::history::History) -> Self {
         self.history = Some(Arc::new(history));
         self
@@ -340,9 +342,10 @@ impl NodeBuilder {
     /// of an id at a time across the cluster, enforced by leases in the
     /// discovery's store, with fencing tokens ([`crate::Ctx::fence`]).
     /// Needs an authoritative discovery with a lease store, such as
-    /// [`crate::discovery::Consul`]; a static-seed cluster cannot offer it
+    /// `mesh::consul::Consul`; a static-seed cluster cannot offer it
     /// and [`NodeBuilder::start`] refuses. Every node of a cluster must use
     /// the same mode. The default is eventual placement.
+    #[cfg(feature = "strong")]
     pub fn strong(mut self, strong: crate::lease::Strong) -> Self {
         self.strong = Some(strong);
         self
@@ -563,6 +566,7 @@ impl NodeBuilder {
                     })?,
             ),
         };
+        #[cfg(feature = "sidecar")]
         if let Some(c) = self.cluster.as_ref() {
             if c.sidecar.is_some() && c.listen.is_none() {
                 return Err(StartError::Config(

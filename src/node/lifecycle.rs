@@ -49,7 +49,6 @@ impl NodeInner {
     /// docs](self). Returns whether the activations ended before the
     /// deadline (always true unless `Shutdown`).
     pub(crate) async fn teardown(self: &Arc<Self>, exit: Exit) -> bool {
-        let shutdown = matches!(exit, Exit::Shutdown { .. });
         // 1.
         if exit != Exit::Sever {
             self.shared.begin_shutdown();
@@ -80,7 +79,8 @@ impl NodeInner {
             // 3.
             cluster.stop();
             // 4. Drained and disconnected: nothing left to carry.
-            if shutdown {
+            #[cfg(feature = "sidecar")]
+            if matches!(exit, Exit::Shutdown { .. }) {
                 if let Some(sidecar) = cluster.sidecar() {
                     sidecar.stop().await;
                 }

@@ -61,6 +61,7 @@ use tokio::sync::watch;
 use super::haproxy::{self, files, Certs, HaproxyConfig, Timeouts, Upstream};
 use super::supervisor::{Env, Restart, Spec, Status, Supervisor};
 use super::SidecarError;
+use crate::util::lock;
 
 /// Where Debian installs HAProxy.
 pub const DEFAULT_HAPROXY: &str = "/usr/sbin/haproxy";
@@ -692,10 +693,6 @@ fn absolute(dir: &Path) -> Result<PathBuf, SidecarError> {
 
 fn io_err(path: &Path, e: std::io::Error) -> SidecarError {
     SidecarError::Io(format!("{}: {e}", path.display()))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// HAProxy's own messages by their tag; traffic logs (stdout) at debug.

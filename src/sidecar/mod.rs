@@ -11,10 +11,12 @@
 //! - [`supervisor`]: one supervised process (start, readiness, logs into
 //!   `tracing`, restart with backoff, stop);
 //! - [`Haproxy`] and [`CommandSidecar`]: the managed sidecars;
-//! - [`consul::ConsulSidecar`]: the sidecar driven by the Consul adapter
-//!   in mesh mode (leaf, upstreams and intentions from Consul);
 //! - [`SidecarTransport`]: the connector (dials a peer by node id at its
 //!   upstream port) and the loopback-only acceptor.
+//!
+//! Nothing here names a registry: the Consul adapter's
+//! `mesh::consul::ConsulSidecar` (features `consul` and `sidecar`) drives
+//! a [`Sidecar`] in mesh mode (leaf, upstreams and intentions from Consul).
 //!
 //! A [`Sidecar`] ties them for a node: which sidecar runs (external,
 //! HAProxy, a command template), the upstream ports its connector dials,
@@ -48,7 +50,6 @@
 //!   handle of a running sidecar kills its process.
 
 mod connector;
-pub mod consul;
 pub mod haproxy;
 pub mod managed;
 pub mod supervisor;
@@ -63,6 +64,7 @@ pub use supervisor::{Restart, Status};
 
 use std::sync::{Arc, Mutex};
 
+use crate::util::lock;
 use crate::Transport;
 
 /// Why a sidecar could not start or take a change.
@@ -131,10 +133,6 @@ impl std::fmt::Debug for Sidecar {
             .field("ports", &self.inner.ports)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sidecar {
@@ -312,9 +310,10 @@ impl Sidecar {
     }
 
     /// Makes this sidecar the managed HAProxy `running`, started after
-    /// the node by [`consul::ConsulSidecar`] (which learns the public
+    /// the node by the Consul adapter's `ConsulSidecar` (which learns the public
     /// port and the leaf only once the node has registered); the node
     /// stops it at the end of its shutdown like any managed sidecar.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn attach_haproxy(&self, settings: HaproxySettings, running: Haproxy) {
         *lock(&self.inner.kind) = Kind::Haproxy {
             settings: Box::new(settings),
@@ -323,6 +322,7 @@ impl Sidecar {
     }
 
     /// As [`Sidecar::attach_haproxy`], for a command-template sidecar.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn attach_command(&self, settings: CommandSettings, running: CommandSidecar) {
         *lock(&self.inner.kind) = Kind::Command {
             settings,

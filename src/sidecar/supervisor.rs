@@ -44,7 +44,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::SidecarError;
-use crate::transport::BoxFuture;
+use crate::util::BoxFuture;
 
 /// Restart backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,15 +22,12 @@
 //!   on.
 //! - Errors are `std::io::Error`s with a message fit for a log line.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// A boxed future, as the boundary's methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::util::BoxFuture;
 
 /// A byte stream a transport established.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -93,6 +93,7 @@ pub(super) async fn answer_http<S: AsyncWrite + Unpin>(io: &mut S, body: &str) {
 
 /// Tells a mesh peer why it is refused: an `Error` frame (correlation id
 /// 0, no checksum: any mesh codec reads it), best effort.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(super) async fn tell<S: AsyncWrite + Unpin>(io: &mut S, reason: &str) {
     let codec = FrameCodec::new(wire::HANDSHAKE_MAX_FRAME, false);
     let _ = write_frame_with(io, codec, Kind::Error, &refusal(reason)).await;

@@ -51,6 +51,7 @@ mod connect;
 mod handshake;
 pub mod memory;
 pub mod tcp;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 pub use conn::{Ack, Connection, Inbound, Responder};

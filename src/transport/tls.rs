@@ -91,7 +91,8 @@ use super::tcp::Tcp;
 use super::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
 };
-use crate::identity::{self, IdentitySource, Material};
+pub use crate::identity::crypto_provider;
+use crate::identity::{self, Authorize, IdentitySource, Material};
 use crate::wire::Opening;
 use crate::Transport;
 
@@ -101,38 +102,6 @@ pub const HANDSHAKE_FAILURES_TOTAL: &str = "mesh_tls_handshake_failures_total";
 /// Counter: completed TLS handshakes (either side), by the negotiated key
 /// exchange `group` (`X25519MLKEM768` is post-quantum).
 pub const HANDSHAKES_TOTAL: &str = "mesh_tls_handshakes_total";
-
-#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
-compile_error!(
-    "mesh needs a rustls crypto provider: enable the feature `aws-lc-rs` (the default) or `ring`"
-);
-
-/// The rustls crypto provider mesh's TLS (node-to-node mTLS, the https
-/// Consul agent client) uses: the process's default if one was installed
-/// ([`CryptoProvider::install_default`]) when the [`Tls`] or client is
-/// built, else the one of mesh's features: `aws-lc-rs` (the default; it
-/// prefers the post-quantum hybrid key exchange `X25519MLKEM768`) or
-/// `ring` (no post-quantum key exchange); aws-lc-rs when both are on.
-/// mesh never installs a process default itself.
-pub fn crypto_provider() -> Arc<CryptoProvider> {
-    match CryptoProvider::get_default() {
-        Some(installed) => installed.clone(),
-        None => Arc::new(fallback_provider()),
-    }
-}
-
-#[cfg(feature = "aws-lc-rs")]
-fn fallback_provider() -> CryptoProvider {
-    rustls::crypto::aws_lc_rs::default_provider()
-}
-
-#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-fn fallback_provider() -> CryptoProvider {
-    // rustls 0.23.48 deprecates it for its lack of post-quantum key
-    // exchange; this build asked for ring (feature `ring`) knowingly.
-    #[allow(deprecated)]
-    rustls::crypto::ring::default_provider()
-}
 
 /// The `group` label of a negotiated key exchange: a static name.
 fn group_label(group: Option<rustls::NamedGroup>) -> &'static str {
@@ -472,18 +441,6 @@ impl Recheck for Reauthorize {
                 .map_err(|why| format!("caller {} refused (denied): {why}", self.id))
         })
     }
-}
-
-/// Decides whether an inbound caller, by its verified SPIFFE ID and its
-/// certificate's serial, may use this node. Runs after the TLS handshake
-/// and before the cookie handshake, inside the handshake timeout.
-pub trait Authorize: Send + Sync + 'static {
-    /// `Ok` lets the caller in; `Err` carries the reason it is refused.
-    fn authorize<'a>(
-        &'a self,
-        spiffe_id: &'a str,
-        serial: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// A certificate's serial as Consul writes it: lowercase colon-hex,
@@ -869,30 +826,7 @@ fn reason(e: &io::Error) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use rustls::crypto::CryptoProvider;
     use rustls::NamedGroup;
-
-    /// The fallback of this build prefers the post-quantum hybrid with
-    /// aws-lc-rs; a provider the process installed wins over it.
-    #[test]
-    fn the_process_default_provider_wins_over_the_features() {
-        let fallback = super::fallback_provider();
-        let first = fallback.kx_groups[0].name();
-        if cfg!(feature = "aws-lc-rs") {
-            assert_eq!(first, NamedGroup::X25519MLKEM768);
-        } else {
-            assert_eq!(first, NamedGroup::secp384r1);
-        }
-        let mut classic = fallback;
-        classic.kx_groups.retain(|g| g.name() == NamedGroup::X25519);
-        let _ = classic.install_default();
-        let installed = CryptoProvider::get_default().expect("installed");
-        let used = super::crypto_provider();
-        assert!(Arc::ptr_eq(&used, installed));
-        assert_eq!(used.kx_groups.len(), 1);
-    }
 
     #[test]
     fn group_labels_are_static_names() {

@@ -3,7 +3,7 @@
 //! actor: tests that match on `"Player"` or on `tag_of::<Player, Score>()`
 //! rely on that. Actors that only one suite uses stay in that suite.
 
-use mesh::discovery::Consul;
+use mesh::consul::Consul;
 use mesh::prelude::*;
 
 /// A player of capability `game` keeping a score, for routing tests: its

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mesh::discovery::Consul;
+use mesh::consul::Consul;
 use mesh::Node;
 use tokio::time::Instant;
 

@@ -45,7 +45,7 @@ mod retire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -55,6 +55,7 @@ use tokio::task::JoinHandle;
 use super::NodeInner;
 use crate::discovery::{Discovery, LocalNode, Peers};
 use crate::transport::{Connection, Inbound, Transport, TransportConfig};
+use crate::util::lock;
 use crate::wire::{self, Cookie, FrameCodec, Identity};
 use crate::StartError;
 
@@ -82,6 +83,7 @@ pub(crate) struct ClusterConfig {
     pub(crate) advertise: Option<String>,
     pub(crate) discovery: Option<Arc<dyn Discovery>>,
     /// The sidecar node traffic goes through, if any.
+    #[cfg(feature = "sidecar")]
     pub(crate) sidecar: Option<crate::sidecar::Sidecar>,
 }
 
@@ -115,6 +117,7 @@ impl Default for ClusterConfig {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             advertise: None,
             discovery: None,
+            #[cfg(feature = "sidecar")]
             sidecar: None,
         }
     }
@@ -140,10 +143,6 @@ pub(crate) struct Cluster {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Cluster {
     /// The address peers dial to reach this node.
     pub(crate) fn addr(&self) -> &str {
@@ -151,6 +150,7 @@ impl Cluster {
     }
 
     /// The sidecar node traffic goes through, if any.
+    #[cfg(feature = "sidecar")]
     pub(crate) fn sidecar(&self) -> Option<&crate::sidecar::Sidecar> {
         self.cfg.sidecar.as_ref()
     }
@@ -262,6 +262,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
     }
     // The sidecar forwards to the listener: start it once that is bound,
     // before registering and dialing.
+    #[cfg(feature = "sidecar")]
     if let Some(sidecar) = &cfg.sidecar {
         let Some(l) = &listening else {
             return Err(StartError::Config(
@@ -323,6 +324,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         }));
     }
     tasks.push(tokio::spawn(heartbeat::run(Arc::downgrade(node))));
+    #[cfg(feature = "sidecar")]
     if let Some(sidecar) = cluster.sidecar() {
         // An upstream going live (or moving) is news for the peer table:
         // that peer is dialed at once, not at its next backoff tick.
@@ -351,6 +353,7 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
         let (tx, rx) = tokio::sync::watch::channel(Peers::new());
         if let Err(e) = discovery.start(me, tx).await {
             cluster.stop();
+            #[cfg(feature = "sidecar")]
             if let Some(sidecar) = cluster.sidecar() {
                 sidecar.stop().await;
             }

@@ -36,6 +36,7 @@ pub(crate) enum Event {
     Discovered(Peers),
     /// Where these peers are dialed changed (their sidecar upstream went
     /// live or moved): dial them at once, whatever their backoff.
+    #[cfg_attr(not(feature = "sidecar"), allow(dead_code))]
     Retarget(Vec<String>),
     /// Time to dial what is due.
     Tick,

@@ -96,7 +96,7 @@ impl ClusterArgs {
             b = b.name(n);
         }
         if let Some(url) = &self.consul {
-            b = b.discovery(mesh::discovery::Consul::new().address(url));
+            b = b.discovery(mesh::consul::Consul::new().address(url));
         }
         Ok(b)
     }

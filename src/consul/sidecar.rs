@@ -1,99 +1,5 @@
-//! A node's sidecar driven by the Consul adapter in mesh mode: the glue
-//! between [`Consul::through_sidecar`] (what is registered, where the
-//! peers' sidecars listen) and a [`Sidecar`] (the process and the ports
-//! the node dials).
-//!
-//! ```no_run
-//! # async fn doc() -> Result<(), mesh::Error> {
-//! use mesh::discovery::consul::Mesh;
-//! use mesh::discovery::Consul;
-//! use mesh::sidecar::consul::{ConsulHaproxy, ConsulSidecar};
-//!
-//! let consul = Consul::new().through_sidecar(Mesh::new());
-//! let mesh = ConsulSidecar::haproxy(consul.clone(), ConsulHaproxy::new("/run/mesh/sidecar"));
-//! let node = mesh::Node::builder()
-//!     .name("a")
-//!     .cookie("secret")
-//!     .discovery(mesh.clone()) // registers, then starts the sidecar
-//!     .through_sidecar(mesh.sidecar()) // dials through it, listens on loopback
-//!     .start()
-//!     .await?;
-//! # Ok(()) }
-//! ```
-//!
-//! A [`ConsulSidecar`] is the node's [`Discovery`] (it wraps the
-//! [`Consul`] adapter) *and* hands out the node's [`Sidecar`]; give both
-//! to the builder, as above.
-//!
-//! # What follows what
-//!
-//! With a managed HAProxy ([`ConsulSidecar::haproxy`]):
-//! - **public frontend**: binds [`LocalSidecar::public`] (the sidecar
-//!   port the agent assigned, or [`Mesh::sidecar_port`](crate::discovery::consul::Mesh::sidecar_port)), or that port on
-//!   [`ConsulHaproxy::bind`]; forwards to [`LocalSidecar::local_service`],
-//!   the node's loopback listener;
-//! - **its certificate**: the leaf of the per-node service
-//!   (`/v1/agent/connect/ca/leaf/<service>-<node>`) and every root, from a
-//!   [`ConsulIdentity`] that follows both with blocking queries;
-//! - **upstreams**: one per entry of [`Consul::sidecar_upstreams`] whose
-//!   peer sidecar is known (`remote`): a frontend on its `local_bind` port,
-//!   a backend to `remote.addr`; the [`UpstreamPorts`](super::UpstreamPorts)
-//!   the node dials hold the same ports, updated after HAProxy has
-//!   reloaded (a peer without a port yet is retried by the peer table);
-//! - **inbound** (the choice made here): HAProxy 2.6 cannot ask the agent
-//!   per connection, so the *agent's intentions are evaluated ahead*: for
-//!   each peer, `POST /v1/agent/connect/authorize` with Target = this
-//!   node's per-node service and `ClientCertURI` = the peer's SPIFFE ID
-//!   (`spiffe://<td>/ns/default/dc/<dc>/svc/<service>-<peer>`); the peers
-//!   authorized make HAProxy's allow list (matched against the caller
-//!   certificate's URI SAN). Asked again when the upstreams change, when
-//!   the leaf or roots rotate, and every [`ConsulSidecar::recheck`]
-//!   (10 s by default; intentions have no watch on the agent endpoint).
-//!   An intention changed to deny refuses *new* connections from then on;
-//!   connections already open stay (HAProxy does not re-check them). A
-//!   failed answer keeps the previous decision for that peer (none at
-//!   start: refused). Callers that are not cluster nodes are never
-//!   allowed, whatever the intentions say.
-//! - Every change goes through the managed HAProxy's checked reload
-//!   (see [`Haproxy`]): established connections stay on the old worker.
-//!   What was last applied is published by [`ConsulSidecar::applied`].
-//!
-//! With a command template ([`ConsulSidecar::command`]: `consul connect
-//! proxy -sidecar-for {{id}}`, `consul connect envoy -sidecar-for {{id}}`)
-//! the proxy reads its registration from the agent itself; the process
-//! is started once the node is registered (`{{id}}` = the per-node
-//! service ID) and is ready when its public port accepts. With
-//! [`ConsulSidecar::external`] nothing runs. In both, only the ports the
-//! node dials follow [`Consul::sidecar_upstreams`] (every upstream,
-//! known remote or not: the proxy listens on all of them).
-//!
-//! # Ordering, errors, shutdown
-//!
-//! - **Start** ([`Discovery::start`]): the node has bound its loopback
-//!   listener; the Consul adapter registers the node and its per-node
-//!   service, then the sidecar starts (HAProxy: leaf and roots fetched,
-//!   intentions asked, configuration checked, process ready). A sidecar
-//!   that cannot start deregisters the node and fails
-//!   [`NodeBuilder::start`](crate::NodeBuilder::start) with
-//!   [`StartError::Config`] starting `sidecar:` (HAProxy missing: the
-//!   error says how to install it). A [`Consul`] not in mesh mode is a
-//!   `Config` error too.
-//! - **Changes** are applied one at a time by one task; a change that
-//!   fails (HAProxy refuses a reload) is logged, kept in
-//!   [`Applied::error`], and tried again at the next trigger.
-//! - **Stop** ([`Discovery::stop`], from [`crate::Node::shutdown`]): the
-//!   task stops (no reload after it), the Consul adapter deregisters; the
-//!   node closes its connections and then stops the sidecar process.
-//!   [`Discovery::halt`] aborts the task and leaves the registrations, as
-//!   a crash would.
-//!
-//! The identity and authorize requests go to the adapter's agent with
-//! the adapter's own ACL token and TLS settings (those of
-//! [`Consul::token`] and [`Consul::agent_tls`], else the `consul` CLI's
-//! variables): the token needs `service:write` on the per-node service
-//! (`<service>-<node>`), which it has already to register it. No
-//! anonymous policy is needed, and none should hand out leaves: the
-//! leaf answer holds the node's private key.
+//! A node's sidecar driven by the Consul adapter in mesh mode (features
+//! `consul` and `sidecar`): [`ConsulSidecar`] says what follows what.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -103,13 +9,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::haproxy::{Certs, Timeouts, Upstream};
-use super::managed::{CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY};
-use super::supervisor::Restart;
-use super::{Sidecar, SidecarError};
-use crate::discovery::consul::{LocalSidecar, SidecarUpstream};
-use crate::discovery::{BoxFuture, Consul, Discovery, LocalNode, Peers};
-use crate::identity::{ConnectPem, ConsulIdentity};
+use super::{ConnectPem, Consul, ConsulIdentity, LocalSidecar, SidecarUpstream};
+use crate::discovery::{Discovery, LocalNode, Peers};
+use crate::sidecar::haproxy::{Certs, Timeouts, Upstream};
+use crate::sidecar::managed::{
+    CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY,
+};
+use crate::sidecar::supervisor::Restart;
+use crate::sidecar::{Sidecar, SidecarError};
+use crate::util::lock;
+use crate::util::BoxFuture;
 use crate::{Error, StartError};
 
 /// How to run the managed HAProxy of a [`ConsulSidecar`]; what it serves
@@ -171,7 +80,7 @@ impl ConsulHaproxy {
     }
 }
 
-/// What the sidecar was last given (see the [module docs](self)).
+/// What the sidecar was last given (see [`ConsulSidecar`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Applied {
@@ -196,9 +105,105 @@ enum Mode {
     External,
 }
 
-/// The Consul adapter in mesh mode plus the node's sidecar, kept in step
-/// (see the [module docs](self)). Cheap to clone: clones share
-/// everything.
+/// The Consul adapter in mesh mode plus the node's sidecar, kept in step.
+/// Cheap to clone: clones share everything.
+///
+/// It is the glue
+/// between [`Consul::through_sidecar`] (what is registered, where the
+/// peers' sidecars listen) and a [`Sidecar`] (the process and the ports
+/// the node dials).
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), mesh::Error> {
+/// use mesh::consul::Mesh;
+/// use mesh::consul::Consul;
+/// use mesh::consul::{ConsulHaproxy, ConsulSidecar};
+///
+/// let consul = Consul::new().through_sidecar(Mesh::new());
+/// let mesh = ConsulSidecar::haproxy(consul.clone(), ConsulHaproxy::new("/run/mesh/sidecar"));
+/// let node = mesh::Node::builder()
+///     .name("a")
+///     .cookie("secret")
+///     .discovery(mesh.clone()) // registers, then starts the sidecar
+///     .through_sidecar(mesh.sidecar()) // dials through it, listens on loopback
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// A [`ConsulSidecar`] is the node's [`Discovery`] (it wraps the
+/// [`Consul`] adapter) *and* hands out the node's [`Sidecar`]; give both
+/// to the builder, as above.
+///
+/// # What follows what
+///
+/// With a managed HAProxy ([`ConsulSidecar::haproxy`]):
+/// - **public frontend**: binds [`LocalSidecar::public`] (the sidecar
+///   port the agent assigned, or [`Mesh::sidecar_port`](crate::consul::Mesh::sidecar_port)), or that port on
+///   [`ConsulHaproxy::bind`]; forwards to [`LocalSidecar::local_service`],
+///   the node's loopback listener;
+/// - **its certificate**: the leaf of the per-node service
+///   (`/v1/agent/connect/ca/leaf/<service>-<node>`) and every root, from a
+///   [`ConsulIdentity`] that follows both with blocking queries;
+/// - **upstreams**: one per entry of [`Consul::sidecar_upstreams`] whose
+///   peer sidecar is known (`remote`): a frontend on its `local_bind` port,
+///   a backend to `remote.addr`; the [`UpstreamPorts`](crate::sidecar::UpstreamPorts)
+///   the node dials hold the same ports, updated after HAProxy has
+///   reloaded (a peer without a port yet is retried by the peer table);
+/// - **inbound** (the choice made here): HAProxy 2.6 cannot ask the agent
+///   per connection, so the *agent's intentions are evaluated ahead*: for
+///   each peer, `POST /v1/agent/connect/authorize` with Target = this
+///   node's per-node service and `ClientCertURI` = the peer's SPIFFE ID
+///   (`spiffe://<td>/ns/default/dc/<dc>/svc/<service>-<peer>`); the peers
+///   authorized make HAProxy's allow list (matched against the caller
+///   certificate's URI SAN). Asked again when the upstreams change, when
+///   the leaf or roots rotate, and every [`ConsulSidecar::recheck`]
+///   (10 s by default; intentions have no watch on the agent endpoint).
+///   An intention changed to deny refuses *new* connections from then on;
+///   connections already open stay (HAProxy does not re-check them). A
+///   failed answer keeps the previous decision for that peer (none at
+///   start: refused). Callers that are not cluster nodes are never
+///   allowed, whatever the intentions say.
+/// - Every change goes through the managed HAProxy's checked reload
+///   (see [`Haproxy`]): established connections stay on the old worker.
+///   What was last applied is published by [`ConsulSidecar::applied`].
+///
+/// With a command template ([`ConsulSidecar::command`]: `consul connect
+/// proxy -sidecar-for {{id}}`, `consul connect envoy -sidecar-for {{id}}`)
+/// the proxy reads its registration from the agent itself; the process
+/// is started once the node is registered (`{{id}}` = the per-node
+/// service ID) and is ready when its public port accepts. With
+/// [`ConsulSidecar::external`] nothing runs. In both, only the ports the
+/// node dials follow [`Consul::sidecar_upstreams`] (every upstream,
+/// known remote or not: the proxy listens on all of them).
+///
+/// # Ordering, errors, shutdown
+///
+/// - **Start** ([`Discovery::start`]): the node has bound its loopback
+///   listener; the Consul adapter registers the node and its per-node
+///   service, then the sidecar starts (HAProxy: leaf and roots fetched,
+///   intentions asked, configuration checked, process ready). A sidecar
+///   that cannot start deregisters the node and fails
+///   [`NodeBuilder::start`](crate::NodeBuilder::start) with
+///   [`StartError::Config`] starting `sidecar:` (HAProxy missing: the
+///   error says how to install it). A [`Consul`] not in mesh mode is a
+///   `Config` error too.
+/// - **Changes** are applied one at a time by one task; a change that
+///   fails (HAProxy refuses a reload) is logged, kept in
+///   [`Applied::error`], and tried again at the next trigger.
+/// - **Stop** ([`Discovery::stop`], from [`crate::Node::shutdown`]): the
+///   task stops (no reload after it), the Consul adapter deregisters; the
+///   node closes its connections and then stops the sidecar process.
+///   [`Discovery::halt`] aborts the task and leaves the registrations, as
+///   a crash would.
+///
+/// The identity and authorize requests go to the adapter's agent with
+/// the adapter's own ACL token and TLS settings (those of
+/// [`Consul::token`] and [`Consul::agent_tls`], else the `consul` CLI's
+/// variables): the token needs `service:write` on the per-node service
+/// (`<service>-<node>`), which it has already to register it. No
+/// anonymous policy is needed, and none should hand out leaves: the
+/// leaf answer holds the node's private key.
 #[derive(Clone)]
 pub struct ConsulSidecar {
     inner: Arc<Inner>,
@@ -220,10 +225,6 @@ impl std::fmt::Debug for ConsulSidecar {
             .field("sidecar", &self.inner.sidecar)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ConsulSidecar {
@@ -348,7 +349,7 @@ impl ConsulSidecar {
                         local.service_name
                     ))
                 })?;
-                let http = crate::discovery::consul::agent_client(&agent, &tls, None)
+                let http = crate::consul::agent_client(&agent, &tls, None)
                     .map_err(SidecarError::Config)?;
                 let asker = Asker {
                     http,
@@ -475,7 +476,7 @@ async fn follow_ports(
 /// Asks the agent's intentions for each peer.
 struct Asker {
     http: reqwest::Client,
-    token: Option<crate::discovery::consul::Token>,
+    token: Option<crate::consul::Token>,
     url: String,
     local: LocalSidecar,
 }
@@ -522,10 +523,10 @@ impl Asker {
             .map_err(|e| e.to_string())?;
         let status = resp.status();
         if !status.is_success() {
-            let text = crate::discovery::consul::error_body(resp).await;
+            let text = crate::consul::error_body(resp).await;
             return Err(format!("{status}: {}", text.trim()));
         }
-        let bytes = crate::discovery::consul::read_capped(resp, 64 << 10)
+        let bytes = crate::consul::read_capped(resp, 64 << 10)
             .await
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&bytes);

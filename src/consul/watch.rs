@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::api::{segment, Api, ApiError};
-use super::health::backoff;
 use crate::discovery::{DiscoveredPeer, Peers};
+use crate::util::backoff;
 
 /// Meta keys the adapter registers (and reads back from peers).
 pub(crate) const META_NODE: &str = "mesh_node";

@@ -33,7 +33,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 /// Without `CONSUL_CACERT` or `CONSUL_CAPATH`, the system bundle is used
 /// (`SSL_CERT_FILE`, else `/etc/ssl/certs/ca-certificates.crt`).
 /// rustls on mesh's crypto provider (the same as the node's own mTLS,
-/// [`crypto_provider`](crate::transport::tls::crypto_provider)), TLS 1.3
+/// [`crypto_provider`](crate::identity::crypto_provider)), TLS 1.3
 /// and 1.2. A file that cannot be read or parsed is a clear error at
 /// start; a certificate the agent does not pass fails each request with
 /// rustls's reason (an unknown issuer, a name mismatch).
@@ -127,7 +127,7 @@ impl AgentTls {
                 "CONSUL_HTTP_SSL_VERIFY=false: the Consul agent's certificate is not checked; anyone on the path can read the ACL token"
             );
         }
-        let provider = crate::transport::tls::crypto_provider();
+        let provider = crate::identity::crypto_provider();
         let mut roots = RootCertStore::empty();
         let mut sources: Vec<PathBuf> = self.ca_file.iter().cloned().collect();
         if let Some(dir) = &self.ca_path {
@@ -248,7 +248,7 @@ pub(crate) fn client(
     let config = if base.starts_with("https://") {
         tls.client_config()?
     } else {
-        rustls::ClientConfig::builder_with_provider(crate::transport::tls::crypto_provider())
+        rustls::ClientConfig::builder_with_provider(crate::identity::crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(RootCertStore::empty())

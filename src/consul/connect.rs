@@ -7,8 +7,8 @@ use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{IdentityError, IdentitySource, Material};
-use crate::discovery::consul::Token;
+use super::Token;
+use crate::identity::{IdentityError, IdentitySource, Material};
 
 /// The leaf of a service and the Connect CA roots from a Consul agent,
 /// `GET /v1/agent/connect/ca/leaf/<service>` and
@@ -37,7 +37,7 @@ use crate::discovery::consul::Token;
 /// than an anonymous policy that would hand the key to any local process.
 ///
 /// Consul marks these agent endpoints deprecated since 1.16: prefer
-/// [`FileIdentity`](super::FileIdentity) (Consul's agent or consul-template
+/// [`FileIdentity`](crate::identity::FileIdentity) (Consul's agent or consul-template
 /// can write the files) where the deprecation matters.
 ///
 /// Dropping the source stops its watches.
@@ -106,9 +106,9 @@ impl ConsulIdentity {
     /// contents of `CONSUL_HTTP_TOKEN_FILE`) when one is set.
     ///
     /// An `https://` agent is reached with the `consul` CLI's TLS
-    /// variables ([`AgentTls::from_env`](crate::discovery::consul::AgentTls::from_env)).
+    /// variables ([`AgentTls::from_env`](crate::consul::AgentTls::from_env)).
     pub async fn start(agent: &str, service: &str) -> Result<Self, IdentityError> {
-        let token = crate::discovery::consul::env_token().map_err(IdentityError::Agent)?;
+        let token = crate::consul::env_token().map_err(IdentityError::Agent)?;
         Self::start_with_token(agent, service, token.as_deref()).await
     }
 
@@ -123,7 +123,7 @@ impl ConsulIdentity {
             agent,
             service,
             token.and_then(Token::new),
-            &crate::discovery::consul::AgentTls::from_env(),
+            &crate::consul::AgentTls::from_env(),
             WatchTiming::default(),
         )
         .await
@@ -133,10 +133,10 @@ impl ConsulIdentity {
         agent: &str,
         service: &str,
         token: Option<Token>,
-        tls: &crate::discovery::consul::AgentTls,
+        tls: &crate::consul::AgentTls,
         timing: WatchTiming,
     ) -> Result<Self, IdentityError> {
-        let http = crate::discovery::consul::agent_client(agent, tls, None)
+        let http = crate::consul::agent_client(agent, tls, None)
             .map_err(|e| IdentityError::Agent(format!("agent {agent}: {e}")))?;
         let agent_api = Arc::new(Agent {
             http,
@@ -146,7 +146,7 @@ impl ConsulIdentity {
         let leaf_url = format!(
             "{}/v1/agent/connect/ca/leaf/{}",
             agent.trim_end_matches('/'),
-            crate::discovery::consul::segment(service)
+            crate::consul::segment(service)
         );
         let roots_url = format!("{}/v1/agent/connect/ca/roots", agent.trim_end_matches('/'));
         let leaf = fetch(&agent_api, &leaf_url, 0).await?;
@@ -251,7 +251,7 @@ async fn fetch(a: &Agent, url: &str, index: u64) -> Result<Seen, IdentityError> 
     let resp = req
         .send()
         .await
-        .map_err(|e| agent(crate::discovery::consul::error_chain(&e)))?;
+        .map_err(|e| agent(crate::consul::error_chain(&e)))?;
     let status = resp.status();
     let index = resp
         .headers()
@@ -259,10 +259,10 @@ async fn fetch(a: &Agent, url: &str, index: u64) -> Result<Seen, IdentityError> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     if !status.is_success() {
-        let text = crate::discovery::consul::error_body(resp).await;
+        let text = crate::consul::error_body(resp).await;
         return Err(agent(format!("{status}: {}", text.trim())));
     }
-    let bytes = crate::discovery::consul::read_capped(resp, crate::discovery::consul::MAX_BODY)
+    let bytes = crate::consul::read_capped(resp, crate::consul::MAX_BODY)
         .await
         .map_err(|e| agent(e.to_string()))?;
     let body = serde_json::from_slice(&bytes).map_err(|e| agent(e.to_string()))?;
@@ -272,7 +272,7 @@ async fn fetch(a: &Agent, url: &str, index: u64) -> Result<Seen, IdentityError> 
 /// One blocking-query loop: publishes each answer that differs from the
 /// last (a wake-up is only a hint).
 async fn follow(a: Arc<Agent>, url: String, tx: watch::Sender<Seen>) {
-    use crate::discovery::consul::{BlockingIndex, TokenBucket};
+    use crate::consul::{BlockingIndex, TokenBucket};
     let mut index = BlockingIndex::default();
     index.observe(tx.borrow().index);
     let mut bucket = TokenBucket::new(a.timing.burst, a.timing.period, tokio::time::Instant::now());
@@ -282,11 +282,7 @@ async fn follow(a: Arc<Agent>, url: String, tx: watch::Sender<Seen>) {
         // (100 ms doubling to 5 s, as the discovery's watch does).
         let retry = match failures {
             0 => Duration::ZERO,
-            n => crate::discovery::consul::backoff(
-                Duration::from_millis(100),
-                n,
-                Duration::from_secs(5),
-            ),
+            n => crate::util::backoff(Duration::from_millis(100), n, Duration::from_secs(5)),
         };
         let wait = bucket.take(tokio::time::Instant::now()).max(retry);
         if !wait.is_zero() {
@@ -341,7 +337,7 @@ async fn apply(
             }
             Err(e) => {
                 tracing::warn!("Connect CA answered unusable material, keeping the previous: {e}");
-                metrics::counter!(super::IDENTITY_RELOAD_FAILURES_TOTAL).increment(1);
+                metrics::counter!(crate::identity::IDENTITY_RELOAD_FAILURES_TOTAL).increment(1);
             }
         }
     }
@@ -409,10 +405,10 @@ impl ConsulAuthorizer {
     /// `CONSUL_CACERT`, an unreadable token file), every caller is
     /// refused with that reason.
     pub fn new(agent: &str, target: impl Into<String>) -> Self {
-        let tls = crate::discovery::consul::AgentTls::from_env();
-        let (http, token) = match crate::discovery::consul::env_token() {
+        let tls = crate::consul::AgentTls::from_env();
+        let (http, token) = match crate::consul::env_token() {
             Ok(token) => (
-                crate::discovery::consul::agent_client(agent, &tls, None)
+                crate::consul::agent_client(agent, &tls, None)
                     .map_err(|e| format!("agent {agent}: {e}")),
                 token.and_then(Token::new),
             ),
@@ -460,10 +456,10 @@ impl ConsulAuthorizer {
             .map_err(|e| format!("authorize unavailable: {e}"))?;
         let status = resp.status();
         if !status.is_success() {
-            let text = crate::discovery::consul::error_body(resp).await;
+            let text = crate::consul::error_body(resp).await;
             return Err(format!("authorize failed: {status}: {}", text.trim()));
         }
-        let bytes = crate::discovery::consul::read_capped(resp, MAX_AUTHORIZE_BODY)
+        let bytes = crate::consul::read_capped(resp, MAX_AUTHORIZE_BODY)
             .await
             .map_err(|e| format!("authorize unavailable: {e}"))?;
         let v: Value =
@@ -476,12 +472,12 @@ impl ConsulAuthorizer {
     }
 }
 
-impl crate::transport::tls::Authorize for ConsulAuthorizer {
+impl crate::identity::Authorize for ConsulAuthorizer {
     fn authorize<'a>(
         &'a self,
         spiffe_id: &'a str,
         serial: &'a str,
-    ) -> crate::transport::BoxFuture<'a, Result<(), String>> {
+    ) -> crate::util::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let key = (spiffe_id.to_owned(), serial.to_owned());
             {
@@ -549,11 +545,11 @@ mod tests {
         )
     }
 
-    use crate::discovery::consul::fake_http::Answer;
+    use crate::consul::fake_http::Answer;
 
     /// A fake agent (see `fake_http`): its `http://` base.
     async fn fake_agent(answer: Answer) -> String {
-        crate::discovery::consul::fake_http::serve(answer).await.0
+        crate::consul::fake_http::serve(answer).await.0
     }
 
     fn quick() -> WatchTiming {
@@ -594,7 +590,7 @@ mod tests {
             &agent,
             "web",
             None,
-            &crate::discovery::consul::AgentTls::new(),
+            &crate::consul::AgentTls::new(),
             quick(),
         )
         .await
@@ -635,7 +631,7 @@ mod tests {
             &agent,
             "web",
             None,
-            &crate::discovery::consul::AgentTls::new(),
+            &crate::consul::AgentTls::new(),
             timing,
         )
         .await

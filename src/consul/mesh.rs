@@ -29,7 +29,7 @@
 //! changes, the per-node service is registered again with the new
 //! upstream list (the sidecar's content hash changes, so proxies reload);
 //! a peer keeps its local port while it stays a member. The view published
-//! by [`crate::discovery::Consul::sidecar_upstreams`] changes only after the
+//! by [`crate::consul::Consul::sidecar_upstreams`] changes only after the
 //! agent accepted the registration. A refused registration is retried with
 //! backoff (100 ms doubling to 5 s) and logged once per failure streak.
 //!
@@ -70,9 +70,10 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::api::{segment, Api, ApiError};
-use super::health::{backoff, register};
+use super::health::register;
 use super::watch::{BlockingIndex, TokenBucket, META_NODE, META_PROTOCOL};
 use crate::discovery::Peers;
+use crate::util::backoff;
 
 /// Meta key marking the per-node registration (value `connect`).
 pub(crate) const META_ROLE: &str = "mesh_role";
@@ -98,7 +99,7 @@ pub enum UpstreamPorts {
     },
 }
 
-/// Mesh mode settings, given to [`crate::discovery::Consul::through_sidecar`].
+/// Mesh mode settings, given to [`crate::consul::Consul::through_sidecar`].
 ///
 /// # What the node registers
 ///
@@ -122,7 +123,7 @@ pub enum UpstreamPorts {
 /// upstreams for the first view of the peers, and reads the sidecar's
 /// port back. Afterwards every change of the peer set registers the
 /// per-node service again (peers keep their ports); the view of
-/// [`crate::discovery::Consul::sidecar_upstreams`] changes only once the
+/// [`crate::consul::Consul::sidecar_upstreams`] changes only once the
 /// agent accepted it. Refusals are retried with backoff (100 ms doubling
 /// to 5 s). Each peer's sidecar is watched with a blocking query on
 /// `/v1/health/connect/<service>-<peer>?passing`; `remote` is `None` until
@@ -508,7 +509,7 @@ pub(crate) async fn register_upstreams(
         .collect();
     let body = run.node.registration(&ups);
     register(&run.api, &body).await?;
-    *super::lock(&run.current) = body;
+    *crate::util::lock(&run.current) = body;
     Ok(ups)
 }
 

@@ -9,6 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
 
 use super::api::{segment, Api, ApiError};
+use crate::util::backoff;
 
 /// What the worker is told.
 #[derive(Debug)]
@@ -37,18 +38,6 @@ pub(crate) struct HealthState {
     pub(crate) paused: bool,
 }
 
-/// The delay before try `failures + 1`: the interval, doubled per failure
-/// in a row, at most `max` (and never less than the interval).
-pub(crate) fn backoff(interval: Duration, failures: u32, max: Duration) -> Duration {
-    if failures == 0 {
-        return interval;
-    }
-    interval
-        .saturating_mul(1u32 << failures.min(16))
-        .min(max)
-        .max(interval)
-}
-
 /// `PUT /v1/agent/service/register?replace-existing-checks`.
 pub(crate) async fn register(api: &Api, body: &Value) -> Result<(), ApiError> {
     api.put(
@@ -72,7 +61,7 @@ impl HealthState {
                 tracing::warn!(node = %self.node, "consul agent forgot this node ({e}): registering again");
                 result = register(&self.api, &self.registration).await;
                 if let (Ok(()), Some(also)) = (&result, &self.also) {
-                    let body = super::lock(also).clone();
+                    let body = crate::util::lock(also).clone();
                     result = register(&self.api, &body).await;
                 }
             }
@@ -130,21 +119,5 @@ impl Actor for HealthWorker {
             HealthMsg::Pause(paused) => state.paused = paused,
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let i = Duration::from_secs(1);
-        let cap = Duration::from_secs(3);
-        let got: Vec<u64> = (0..5).map(|f| backoff(i, f, cap).as_secs()).collect();
-        assert_eq!(got, [1, 2, 3, 3, 3]);
-        // A cap under the interval never makes the worker beat faster.
-        assert_eq!(backoff(i, 3, Duration::from_millis(10)), i);
-        assert_eq!(backoff(i, 1000, Duration::MAX), i * 65536);
     }
 }

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Api, ApiError};
 use super::{go_duration, Consul};
-use crate::discovery::BoxFuture;
 use crate::lease::{Fence, LeaseStore, LeaseStoreError};
+use crate::util::BoxFuture;
 use crate::Error;
 
 /// Consul's sessions and KV as a [`LeaseStore`].
@@ -266,7 +266,7 @@ impl Consul {
     ///
     /// ```no_run
     /// # use mesh::prelude::*;
-    /// # use mesh::discovery::Consul;
+    /// # use mesh::consul::Consul;
     /// # async fn save(ctx: &Ctx, consul: &Consul, balance: i64) -> Result<(), Error> {
     /// let fence = ctx.fence().expect("a strong-mode node");
     /// consul

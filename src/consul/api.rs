@@ -87,6 +87,7 @@ pub(crate) struct Api {
     base: String,
     token: Option<Token>,
     /// The TLS settings the client was built with.
+    #[cfg(feature = "sidecar")]
     tls: super::AgentTls,
     datacenter: Option<String>,
     /// Timeout of a request that does not block.
@@ -114,6 +115,7 @@ impl Api {
             http,
             base,
             token: token.and_then(Token::new),
+            #[cfg(feature = "sidecar")]
             tls: tls.clone(),
             datacenter,
             timeout,
@@ -125,11 +127,13 @@ impl Api {
     }
 
     /// The ACL token requests carry.
+    #[cfg(any(feature = "sidecar", test))]
     pub(crate) fn token(&self) -> Option<&Token> {
         self.token.as_ref()
     }
 
     /// The TLS settings of the client.
+    #[cfg(feature = "sidecar")]
     pub(crate) fn tls(&self) -> &super::AgentTls {
         &self.tls
     }
@@ -185,6 +189,7 @@ impl Api {
 
     /// A write whose answer is JSON (`/v1/session/create`, `/v1/txn`):
     /// PUT with a JSON body, the decoded answer back.
+    #[cfg(feature = "strong")]
     pub(crate) async fn put_read<T: DeserializeOwned>(
         &self,
         path: &str,
