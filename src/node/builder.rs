@@ -599,7 +599,8 @@ impl NodeBuilder {
         });
         shared.set_node(Arc::downgrade(&inner));
         if let Some(cfg) = self.cluster {
-            cluster::start(&inner, cfg).await?;
+            let inbound = Arc::new(super::router::NodeInbound::new(Arc::downgrade(&inner)));
+            cluster::start(&inner, cfg, inbound).await?;
         }
         if let (Some(strong), Some(gate)) = (self.strong, &inner.gate) {
             let store = inner
