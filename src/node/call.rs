@@ -1,5 +1,6 @@
-//! Calls and casts: routing a typed message to its activation and waiting
-//! for the reply.
+//! Calls and casts: the typed front door. A call hands its message to
+//! the router (`node::router`, which decides local, forward or reroute)
+//! and waits for the reply the router says will come.
 //!
 //! Allocation: a call allocates only the reply slot (a tokio oneshot); the
 //! message travels inside the actor's envelope enum, by value. A call arms

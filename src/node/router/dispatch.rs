@@ -7,9 +7,8 @@ use std::pin::Pin;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::forward::Decision;
-use super::{Along, Origin, Request, Router, Target};
-use crate::activation::Envelope;
+use super::{Along, Decision, Origin, Request, Router, Target};
+use crate::activation::{Envelope, WireCall, WireReply};
 use crate::actor::chain::Caller;
 use crate::actor::ReplyTo;
 use crate::{Error, Handler, Message};
@@ -104,5 +103,37 @@ impl Router<'_> {
                 actor: A::NAME.to_owned(),
             })?;
         acts.send(id, Envelope::Local(A::__wrap(msg, reply)))
+    }
+
+    /// Hands an encoded call or cast (a cast's slot is `ReplyTo::cast`) to
+    /// its local activation, in a `mesh.serve` span. On refusal the reply
+    /// slot is answered with the error too.
+    pub(super) fn serve_here(
+        &self,
+        target: Target,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        reply: WireReply,
+        along: Along,
+    ) -> Result<(), Error> {
+        let route = match target.here {
+            Some(route) => route,
+            None => self.wire_route(tag)?,
+        };
+        let node = self.node;
+        let (_, capability, actors) = &node.actors[route.actor];
+        let cast = matches!(&reply, WireReply::Local(r) if r.is_cast());
+        let span = crate::trace::serve_span(&node.id, capability, cast, along.trace.as_ref());
+        actors.send_wire(
+            id,
+            WireCall {
+                tag,
+                body,
+                reply,
+                span,
+                caller: along.caller,
+            },
+        )
     }
 }

@@ -1,7 +1,7 @@
-//! The routing decision for an encoded request (here, forward, or wait),
-//! and carrying it out to the end: the local reply, the forward (routed
-//! again by [`Reroute`] when the owner never saw it), or the strong-mode
-//! wait.
+//! Carrying an encoded request to its answer, from its first
+//! [`Decision`]: the local reply, the forward (routed again by
+//! [`Reroute`] when the owner never saw it, with a new decision each
+//! time), or the strong-mode wait (then a new decision, to the owner).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,13 +11,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::retry::{settle, Reroute};
-use super::{Along, Origin, Request, Router, Target};
+use super::{Along, Decision, Origin, Request, Router, Target};
 use crate::activation::{WireCall, WireReply};
-use crate::actor::chain::Caller;
 use crate::actor::ReplyTo;
 use crate::node::NodeInner;
 use crate::transport::Connection;
-use crate::wire::TraceContext;
 use crate::Error;
 
 /// Strong mode: how long a request that landed on a node that does not
@@ -25,18 +23,6 @@ use crate::Error;
 /// disagreeing views costs at least this, until they agree or the
 /// request's deadline passes).
 pub(crate) const STRONG_RECHECK: Duration = Duration::from_millis(50);
-
-/// Where one routing decision sends a request.
-pub(super) enum Decision {
-    /// Served on this node.
-    Here,
-    /// Forwarded to the owner, on this connection.
-    Forward(Connection),
-    /// Strong mode: this node does not own the shard (so it may never
-    /// hold its lease) and may not forward the request again: it waits for
-    /// the views to agree, then goes to the owner it sees then.
-    Await,
-}
 
 /// A request after its routing decision was carried out.
 enum Started {
@@ -49,52 +35,6 @@ enum Started {
 }
 
 impl Router<'_> {
-    /// Decides where `req` goes: [`Router::locate`] once, then the forward
-    /// rule. `forced` (after a strong-mode wait): to the owner, whatever
-    /// the hops.
-    pub(super) fn decide(
-        &self,
-        req: &Request,
-        target: Target,
-        forced: bool,
-    ) -> Result<Decision, Error> {
-        let owner = self.locate(target, &req.id)?;
-        // Strong mode never serves a shard this node does not own: it
-        // could not hold its lease (see `crate::lease`).
-        let elsewhere = self.node.gate.is_some() && owner.is_some();
-        let owner = if forced {
-            owner
-        } else {
-            self.forward_to(owner, req.hops, req.origin)
-        };
-        Ok(match owner {
-            Some(conn) => Decision::Forward(conn),
-            None if elsewhere => Decision::Await,
-            None => Decision::Here,
-        })
-    }
-
-    /// Where a request this node does not own goes: to `owner` if it may
-    /// still be forwarded (it came from this node, it was not forwarded
-    /// yet, or this node is leaving and it was forwarded once), else
-    /// nowhere (`None`): it is served here. A forwarded request whose owner
-    /// this node disagrees on means the views differ during a membership
-    /// change (eventual placement): serving it where it landed loses no
-    /// call, at the cost of a brief duplicate activation.
-    pub(super) fn forward_to(
-        &self,
-        owner: Option<Connection>,
-        hops: u8,
-        origin: Origin,
-    ) -> Option<Connection> {
-        let conn = owner?;
-        if hops == 0 || origin != Origin::Peer || (hops < 2 && self.node.is_leaving()) {
-            return Some(conn);
-        }
-        tracing::debug!(node = %self.node.id, owner = %conn.peer().node, hops, "serving a forwarded call here: the views differ");
-        None
-    }
-
     /// Routes an encoded call and resolves to its encoded reply: served
     /// here, or forwarded to the owner (see the module docs for the
     /// rules). The decision, and enqueueing here, happen before this
@@ -158,38 +98,6 @@ impl Router<'_> {
         })
     }
 
-    /// Hands an encoded call or cast (a cast's slot is `ReplyTo::cast`) to
-    /// its local activation, in a `mesh.serve` span. On refusal the reply
-    /// slot is answered with the error too.
-    pub(super) fn serve_here(
-        &self,
-        target: Target,
-        tag: u64,
-        id: &str,
-        body: Vec<u8>,
-        reply: WireReply,
-        along: Along,
-    ) -> Result<(), Error> {
-        let route = match target.here {
-            Some(route) => route,
-            None => self.wire_route(tag)?,
-        };
-        let node = self.node;
-        let (_, capability, actors) = &node.actors[route.actor];
-        let cast = matches!(&reply, WireReply::Local(r) if r.is_cast());
-        let span = crate::trace::serve_span(&node.id, capability, cast, along.trace.as_ref());
-        actors.send_wire(
-            id,
-            WireCall {
-                tag,
-                body,
-                reply,
-                span,
-                caller: along.caller,
-            },
-        )
-    }
-
     /// Strong mode: routes again an encoded call queued for an activation
     /// this node will not hold (its shard moved, or the node is leaving):
     /// to the owner the ring names now, answering the original caller.
@@ -220,40 +128,6 @@ impl Router<'_> {
         tokio::spawn(async move {
             reply.send(served.await.map(|b| b.to_vec()));
         });
-    }
-
-    /// Runs an encoded cast from a peer here, or forwards it once to the
-    /// owner (in a `mesh.forward` span, see `crate::trace`). Casts never
-    /// wait: in strong mode too, one this node may not forward is served
-    /// here.
-    pub(super) fn cast_encoded(
-        &self,
-        tag: u64,
-        id: &str,
-        body: Vec<u8>,
-        hops: u8,
-        trace: Option<TraceContext>,
-    ) -> Result<(), Error> {
-        let target = self.target(tag)?;
-        let owner = self.locate(target, id)?;
-        match self.forward_to(owner, hops, Origin::Peer) {
-            None => self.serve_here(
-                target,
-                tag,
-                id,
-                body,
-                WireReply::Local(ReplyTo::cast()),
-                Along {
-                    trace,
-                    caller: Caller::default(),
-                },
-            ),
-            Some(conn) => {
-                let (span, trace) = crate::trace::forward(&self.node.id, trace);
-                let _enter = span.enter();
-                conn.cast_traced(tag, id, body, hops.saturating_add(1), trace)
-            }
-        }
     }
 }
 

@@ -12,13 +12,13 @@
 
 use std::sync::Weak;
 
-use super::forward::Decision;
-use super::{Along, Origin, Request, Router};
+use super::{Along, Decision, Origin, Request, Router};
 use crate::activation::WireReply;
 use crate::actor::chain::Caller;
+use crate::actor::ReplyTo;
 use crate::node::{cluster, NodeInner};
 use crate::transport::{Ack, Connection, Inbound, Responder};
-use crate::wire::{self, Peer};
+use crate::wire::{self, Peer, TraceContext};
 use crate::Error;
 
 /// Serves requests that peers send to this node (it does not keep the
@@ -126,6 +126,40 @@ impl Router<'_> {
                 let fut = self.carry(req, target, decision);
                 let fut = async move { reply.send(fut.await.map(|b| b.to_vec())) };
                 tokio::spawn(tracing::Instrument::instrument(fut, span));
+            }
+        }
+    }
+
+    /// Runs an encoded cast from a peer here, or forwards it once to the
+    /// owner (in a `mesh.forward` span, see `crate::trace`). Casts never
+    /// wait: in strong mode too, one this node may not forward is served
+    /// here.
+    pub(super) fn cast_encoded(
+        &self,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+        hops: u8,
+        trace: Option<TraceContext>,
+    ) -> Result<(), Error> {
+        let target = self.target(tag)?;
+        let owner = self.locate(target, id)?;
+        match self.forward_to(owner, hops, Origin::Peer) {
+            None => self.serve_here(
+                target,
+                tag,
+                id,
+                body,
+                WireReply::Local(ReplyTo::cast()),
+                Along {
+                    trace,
+                    caller: Caller::default(),
+                },
+            ),
+            Some(conn) => {
+                let (span, trace) = crate::trace::forward(&self.node.id, trace);
+                let _enter = span.enter();
+                conn.cast_traced(tag, id, body, hops.saturating_add(1), trace)
             }
         }
     }

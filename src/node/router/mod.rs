@@ -4,68 +4,78 @@
 //! Every request this node sends or serves passes through here: a typed
 //! call or cast from this process ([`dispatch`]), an encoded call or cast
 //! from a peer ([`inbound`]), an encoded call this node routes for itself
-//! (`Node::call_wire`, a strong-mode activation giving back a call it will
-//! not hold: [`Router::reroute`]). The activation tables, the cluster and
-//! the transport only carry out what is decided here.
+//! (`Node::call_wire`, or a strong-mode activation giving back a call it
+//! will not hold: [`Router::reroute`]). The activation tables, the cluster
+//! and the transport only carry out what is decided here.
 //!
 //! # What is decided where
 //!
-//! - [`Router::locate`]: who owns the shard of an id, read lock-free from
-//!   the routing table (the actor type's own table, over the nodes of its
-//!   capability that host it) and the cluster's view (the live
-//!   connection to a remote owner). An owner the table names but this node
-//!   holds no live connection to is down by the membership's own rule: it
-//!   is evicted at once and the recomputed table read again, so a request
-//!   never waits for a heartbeat to find out. It runs **once per routing
-//!   decision**: once per request, and once more per reroute.
-//! - [`forward`]: the decision itself, from the owner found and the
-//!   request's [`Origin`] and hops: served here, forwarded to the owner,
-//!   or (strong mode) held until the views agree. A request from a peer
-//!   that was forwarded already (`hops > 0`) is not forwarded again but
-//!   served where it landed (the views differ for a moment during a
-//!   membership change: a brief duplicate activation is the eventual
-//!   mode's documented cost, a lost call is not), unless this node is
-//!   leaving (then once more). Strong mode never serves a shard this node
-//!   does not own (it could not hold the shard's lease): such a request
-//!   waits for a membership change or [`forward::STRONG_RECHECK`], then
-//!   goes to the owner seen then.
+//! - [`Router::locate`] (here): who owns the shard of an id, read
+//!   lock-free from the routing table (the actor type's own table, over
+//!   the nodes of its capability that host it) and the cluster's view (the
+//!   live connection to a remote owner). An owner the table names but this
+//!   node holds no live connection to is down by the membership's own
+//!   rule: it is evicted at once and the recomputed table read again, so a
+//!   request never waits for a heartbeat to find out.
+//! - [`Router::decide`] (here): from the owner found, the request's
+//!   [`Origin`] and its hops, one [`Decision`]: served here, forwarded to
+//!   the owner, or (strong mode) held until the views agree. A request
+//!   from this node goes to its owner. A request from a peer that was
+//!   forwarded already (`hops > 0`) is not forwarded again but served
+//!   where it landed (the views differ for a moment during a membership
+//!   change: a brief duplicate activation is the eventual mode's
+//!   documented cost, a lost call is not), unless this node is leaving
+//!   (then once more). Strong mode never serves a shard this node does not
+//!   own (it could not hold the shard's lease): such a request waits for a
+//!   membership change or [`forward::STRONG_RECHECK`], then goes to the
+//!   owner seen then, whatever its hops. A decision runs `locate` once:
+//!   once per request, and once more per reroute or strong-mode wait.
+//! - [`dispatch`]: carrying out `Here`: a typed message to its activation
+//!   by value, an encoded one through the wire table.
+//! - [`forward`]: carrying out `Forward` and `Await` until there is an
+//!   answer.
 //! - [`retry`]: the one reroute policy, [`retry::Reroute`], used by calls
 //!   and forwards alike (tower's `retry::Policy` shape). A request the
 //!   owner never saw (its connection closed before the request was
 //!   written: the transport gives the body back, `Routed::Unsent`) is
-//!   routed again, at most [`retry::REROUTES`] times, after its owner is
-//!   evicted: to the owner's heir or to this node. A request that may have
-//!   reached the owner is never repeated: it fails with `NodeDown` (the
-//!   handler may have run).
+//!   routed again, at most [`retry::REROUTES`] (2) times, after its owner
+//!   is evicted: to the owner's heir or to this node. A request that may
+//!   have reached the owner is never repeated: it fails with `NodeDown`
+//!   (the handler may have run), and so does one still unsent after the
+//!   last reroute. Casts are never rerouted (at most once).
 //!
 //! # Ordering
 //!
 //! The first decision, and enqueueing a request served here, happen before
-//! the first await (synchronously, in the caller's `poll` or the
-//! connection reader's dispatch): requests that arrive in order on one
-//! connection, or are sent in order by one task, reach the mailbox in
+//! the first await (synchronously, in the call future's first `poll` or in
+//! the connection reader's dispatch): requests that arrive in order on
+//! one connection, or are sent in order by one task, reach the mailbox in
 //! order. A forwarded request keeps its order on the owner's connection
-//! (frames keep their order), and a rerouted one keeps none.
+//! (frames keep their order); a rerouted or held one keeps none.
 //!
 //! # Cancel and drop
 //!
-//! Dropping a call's future (see `node::call`) abandons the request where
-//! it is: queued here, the activation skips it; sent to a peer, the
+//! Dropping a call's future (`node::call`) abandons the request where it
+//! is: queued here, the activation skips it; sent to a peer, the
 //! connection sends a `Cancel` frame and the owner skips it if it has not
-//! started; a reroute not yet made is not made. A request a peer sent
-//! that this node forwards or holds (strong mode) runs on in its own task
-//! until it is answered (the peer's `Cancel` reaches this node's
-//! responder, not the owner). Every request is answered exactly once: a
-//! dropped reply slot answers `ShuttingDown`.
+//! started; a reroute or strong-mode wait not yet made is not made. A
+//! request a peer sent that this node forwards or holds runs on in its own
+//! task until it has an answer (the peer's `Cancel` reaches this node's
+//! responder, not the owner). Every request is answered once: a reply
+//! slot dropped unanswered answers `ShuttingDown`.
 //!
 //! # The trip of a call from a peer
 //!
-//! `transport/conn.rs` (the reader decodes the `Call`, builds a
-//! `Responder`) → [`inbound`] (`Inbound::call`) → [`Router::locate`] (the
-//! routing table, the cluster's view) → [`dispatch`] (the mailbox, with the
-//! responder: the activation answers straight into the connection), or
-//! [`forward`] (`Connection::call_routed`, answering the responder from a
-//! task).
+//! Served here (eventual mode), 16 files: `transport/conn.rs` (the reader
+//! decodes the `Call` with `wire/frame.rs`, `wire/mod.rs` and builds a
+//! `Responder`) → [`inbound`] → here (the wire table of `node/mod.rs`;
+//! `locate`: `ring/table.rs`, `cluster/mod.rs`, `cluster/peers.rs`;
+//! `decide`) → [`inbound`] (the chain: `actor/chain.rs`) → [`dispatch`]
+//! (`trace.rs`'s span; `activation/mod.rs`, `mailbox.rs`, `task.rs`) →
+//! the handler (`actor/finish.rs`) → the responder answers straight into
+//! `transport/conn.rs`. Forwarded: the same up to the chain, then
+//! [`forward`] (`Connection::call_routed`, and the responder answered from
+//! the forward's task): `locate` is not run again.
 
 pub(crate) mod dispatch;
 pub(crate) mod forward;
@@ -147,7 +157,7 @@ pub(crate) enum Origin {
     /// This node itself (`Node::call_wire`, a strong-mode reroute): it
     /// goes to its owner, as a forward.
     Node,
-    /// A peer: forwarded at most once (see [`forward`]).
+    /// A peer: forwarded at most once (see [`Router::decide`]).
     Peer,
 }
 
@@ -157,6 +167,18 @@ pub(crate) enum Origin {
 pub(crate) struct Along {
     pub(crate) trace: Option<TraceContext>,
     pub(crate) caller: Caller,
+}
+
+/// Where one routing decision sends a request.
+pub(crate) enum Decision {
+    /// Served on this node.
+    Here,
+    /// Forwarded to the owner, on this connection.
+    Forward(Connection),
+    /// Strong mode: this node does not own the shard (so it may never
+    /// hold its lease) and may not forward the request again: it waits for
+    /// the views to agree, then goes to the owner it sees then.
+    Await,
 }
 
 /// The routing table a request is routed by and, when it came encoded,
@@ -231,6 +253,52 @@ impl Router<'_> {
             // No live connection: down by the membership's own rule.
             self.evict(&owner);
         }
+    }
+
+    /// Decides where `req` goes: [`Router::locate`] once, then the forward
+    /// rule. `forced` (after a strong-mode wait): to the owner, whatever
+    /// the hops.
+    pub(crate) fn decide(
+        &self,
+        req: &Request,
+        target: Target,
+        forced: bool,
+    ) -> Result<Decision, Error> {
+        let owner = self.locate(target, &req.id)?;
+        // Strong mode never serves a shard this node does not own: it
+        // could not hold its lease (see `crate::lease`).
+        let elsewhere = self.node.gate.is_some() && owner.is_some();
+        let owner = if forced {
+            owner
+        } else {
+            self.forward_to(owner, req.hops, req.origin)
+        };
+        Ok(match owner {
+            Some(conn) => Decision::Forward(conn),
+            None if elsewhere => Decision::Await,
+            None => Decision::Here,
+        })
+    }
+
+    /// Where a request this node does not own goes: to `owner` if it may
+    /// still be forwarded (it came from this node, it was not forwarded
+    /// yet, or this node is leaving and it was forwarded once), else
+    /// nowhere (`None`): it is served here. A forwarded request whose owner
+    /// this node disagrees on means the views differ during a membership
+    /// change (eventual placement): serving it where it landed loses no
+    /// call, at the cost of a brief duplicate activation.
+    fn forward_to(
+        &self,
+        owner: Option<Connection>,
+        hops: u8,
+        origin: Origin,
+    ) -> Option<Connection> {
+        let conn = owner?;
+        if hops == 0 || origin != Origin::Peer || (hops < 2 && self.node.is_leaving()) {
+            return Some(conn);
+        }
+        tracing::debug!(node = %self.node.id, owner = %conn.peer().node, hops, "serving a forwarded call here: the views differ");
+        None
     }
 
     /// Removes `peer` from the membership at once (rather than when its
