@@ -320,3 +320,34 @@ impl Router<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(origin: Origin, hops: u8) -> Request {
+        Request {
+            tag: 1,
+            id: "a".into(),
+            body: Vec::new(),
+            deadline: Instant::now(),
+            hops,
+            origin,
+            along: Along::default(),
+        }
+    }
+
+    /// The hops a request carries to its owner decide whether the owner
+    /// may forward it again: pinned, since a change would change routing.
+    #[test]
+    fn a_typed_call_goes_out_unforwarded_and_anything_else_counts_as_a_forward() {
+        assert_eq!(request(Origin::Caller, 0).wire_hops(false), 0);
+        assert_eq!(request(Origin::Node, 0).wire_hops(false), 1);
+        assert_eq!(request(Origin::Peer, 0).wire_hops(false), 1);
+        assert_eq!(request(Origin::Peer, 1).wire_hops(false), 2);
+        // After a strong-mode wait: never forwarded again, even by a
+        // leaving node (which forwards below 2 hops).
+        assert_eq!(request(Origin::Peer, 0).wire_hops(true), 2);
+        assert_eq!(request(Origin::Peer, u8::MAX).wire_hops(true), u8::MAX);
+    }
+}
