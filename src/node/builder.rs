@@ -641,7 +641,8 @@ impl NodeBuilder {
                 })?;
         }
         if let Some(cfg) = self.cluster {
-            cluster::start(&inner, cfg).await?;
+            let inbound = Arc::new(super::router::NodeInbound::new(Arc::downgrade(&inner)));
+            cluster::start(&inner, cfg, inbound).await?;
         }
         if let (Some(strong), Some(gate), Some(store)) = (self.strong, &inner.gate, store) {
             let session = format!("mesh/{}/{}", inner.id, inner.incarnation);

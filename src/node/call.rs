@@ -1,5 +1,6 @@
-//! Calls and casts: routing a typed message to its activation and waiting
-//! for the reply.
+//! Calls and casts: the typed front door. A call hands its message to
+//! the router (`node::router`, which decides local, forward or reroute)
+//! and waits for the reply the router says will come.
 //!
 //! Allocation: a call allocates only the reply slot (a tokio oneshot); the
 //! message travels inside the actor's envelope enum, by value. A call arms
@@ -21,12 +22,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::cluster::Along;
-use super::routing::Route;
+use super::router::dispatch::RemoteReply;
+use super::router::Sent;
 use super::{Node, NodeInner, DEFAULT};
-use crate::actor::ReplyTo;
 use crate::telemetry::Metrics;
-use crate::transport::Routed;
 use crate::{Error, Handler, Message};
 use std::sync::Arc;
 
@@ -114,8 +113,6 @@ pub struct CallFuture<'a, A, M: Message> {
     span: tracing::Span,
 }
 
-type RemoteReply = Pin<Box<dyn Future<Output = Result<bytes::Bytes, Error>> + Send>>;
-
 impl<A, M: Message> std::fmt::Debug for CallFuture<'_, A, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallFuture")
@@ -155,68 +152,8 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                     A::REENTRANT,
                     call.id,
                 )?);
-                match node.route::<A>(call.id)? {
-                    Route::Local => {
-                        let (reply, rx) = ReplyTo::call(now + timeout);
-                        let reply = reply.within(caller);
-                        node.dispatch_local::<A, M>(call.id, call.msg, reply)?;
-                        Ok(Sent::Local(rx))
-                    }
-                    Route::Remote(conn) => {
-                        let payload = crate::wire::encode(&call.msg)?;
-                        let id = call.id.to_owned();
-                        let tag = <A as Handler<M>>::TAG;
-                        let node = node.clone();
-                        let deadline = now + timeout;
-                        let trace = crate::trace::outgoing(&span);
-                        let chain = caller.to_wire();
-                        Ok(Sent::Remote(Box::pin(async move {
-                            let mut conn = conn;
-                            let mut payload = payload;
-                            for _ in 0..=REROUTES {
-                                let left = deadline.saturating_duration_since(Instant::now());
-                                match conn
-                                    .call_routed(
-                                        tag,
-                                        &id,
-                                        payload,
-                                        left,
-                                        0,
-                                        trace.clone(),
-                                        chain.clone(),
-                                    )
-                                    .await
-                                {
-                                    Ok(b) => return Ok(b),
-                                    Err(Routed::Failed(e)) => return Err(e),
-                                    // The owner never saw it (its connection
-                                    // closed first): it is down; route again.
-                                    Err(Routed::Unsent(p)) => {
-                                        node.evict(&conn.peer().node);
-                                        match node.owner_of_key(
-                                            A::__ACTOR_KEY,
-                                            A::__CAPABILITY_KEY,
-                                            A::CAPABILITY,
-                                            &id,
-                                        )? {
-                                            Some(next) => (conn, payload) = (next, p),
-                                            // Now ours: run it here, encoded.
-                                            None => {
-                                                let left = deadline
-                                                    .saturating_duration_since(Instant::now());
-                                                let along = Along { trace, caller };
-                                                return node
-                                                    .serve_wire(tag, &id, p, left, 0, false, along)
-                                                    .await;
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            Err(Error::node_down(conn.peer().node.clone()))
-                        })))
-                    }
-                }
+                node.router()
+                    .send::<A, M>(call.id, call.msg, now + timeout, caller, &span)
             });
             match sent {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
@@ -279,14 +216,6 @@ fn with_node<T>(
     }
 }
 
-/// How many times a call its owner never saw is routed again.
-const REROUTES: usize = 2;
-
-enum Sent<R> {
-    Local(oneshot::Receiver<Result<R, Error>>),
-    Remote(RemoteReply),
-}
-
 /// Calls actor `id` of type `A` with `msg` through the default node, and
 /// resolves to its reply.
 ///
@@ -324,19 +253,7 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
     );
     let _enter = span.enter();
     let metrics = Metrics::get();
-    let result = with_node(via, |node| match node.route::<A>(id)? {
-        Route::Local => node.dispatch_local::<A, M>(id, msg, ReplyTo::cast()),
-        Route::Remote(conn) => {
-            let trace = crate::trace::outgoing(&span);
-            conn.cast_traced(
-                <A as Handler<M>>::TAG,
-                id,
-                crate::wire::encode(&msg)?,
-                0,
-                trace,
-            )
-        }
-    });
+    let result = with_node(via, |node| node.router().cast::<A, M>(id, msg, &span));
     match &result {
         Ok(()) => metrics.casts_ok.increment(1),
         Err(_) => metrics.casts_error.increment(1),

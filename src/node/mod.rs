@@ -14,7 +14,7 @@ mod cluster;
 mod handle;
 mod lifecycle;
 mod membership;
-mod routing;
+mod router;
 
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
@@ -278,15 +278,16 @@ impl Node {
     pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner
-            .serve_wire(
+            .router()
+            .serve(router::Request {
                 tag,
-                id,
+                id: id.to_owned(),
                 body,
-                inner.default_timeout,
-                0,
-                false,
-                Default::default(),
-            )
+                deadline: tokio::time::Instant::now() + inner.default_timeout,
+                hops: 0,
+                origin: router::Origin::Node,
+                along: Default::default(),
+            })
             .await?;
         Ok(reply.to_vec())
     }
@@ -507,28 +508,16 @@ impl NodeInner {
 
     /// Strong mode: routes again an encoded call queued for an activation
     /// this node will not hold (its shard moved, or the node is leaving):
-    /// to the owner the ring names now, answering the original caller.
+    /// to the owner the ring names now, answering the original caller
+    /// (see [`router::Router::reroute`]).
     pub(crate) fn reroute_wire(self: &Arc<Self>, id: &str, call: crate::activation::WireCall) {
-        use crate::actor::finish::ReplySlot;
-        let crate::activation::WireCall {
-            tag,
-            body,
-            reply,
-            span: _,
-            caller,
-        } = call;
-        let now = tokio::time::Instant::now();
-        let timeout = reply
-            .deadline()
-            .map_or(self.default_timeout, |d| d.saturating_duration_since(now));
-        let along = cluster::forward::Along {
-            trace: None,
-            caller,
-        };
-        let served = self.serve_wire(tag, id, body, timeout, 0, false, along);
-        tokio::spawn(async move {
-            reply.send(served.await.map(|b| b.to_vec()));
-        });
+        self.router().reroute(id, call);
+    }
+
+    /// Whether this node is leaving the cluster (it forwards what still
+    /// reaches it).
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.cluster.get().is_some_and(|c| c.is_leaving())
     }
 
     /// The routing table as last published.

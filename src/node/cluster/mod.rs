@@ -8,13 +8,16 @@
 //!   view that calls read without a lock;
 //! - [`heartbeat`]: pings (failure detection) and gossip, every heartbeat;
 //! - [`follow`]: following an authoritative discovery (Consul);
-//! - [`inbound`]: serving requests that peers send;
-//! - [`forward`]: running an encoded call here or forwarding it once;
 //! - [`leave`]: leaving without losing a call (the first steps of
 //!   `Node::shutdown`);
 //! - [`retire`]: what a connection's transport asks while it is open
 //!   (re-authorization, maximum lifetime), and replacing a connection
 //!   without failing a call.
+//!
+//! What peers send on the connections is served by the [`Inbound`] the
+//! node hands to [`start`] (the router's, `node::router::inbound`); the
+//! control messages among it come back here through [`peer_left`],
+//! [`peer_retires`] and [`peer_gossip`].
 //!
 //! Membership is *what this node can reach*: a node is a member while this
 //! node holds a handshaken connection to it. Seeds and the addresses peers
@@ -35,9 +38,7 @@
 //! are closed on arrival), and ends every task of the cluster.
 
 mod follow;
-pub(crate) mod forward;
 mod heartbeat;
-mod inbound;
 pub(crate) mod leave;
 mod owner;
 pub(crate) mod peers;
@@ -54,12 +55,11 @@ use tokio::task::JoinHandle;
 
 use super::NodeInner;
 use crate::discovery::{Discovery, LocalNode, Peers};
-use crate::transport::{Connection, Inbound, Transport, TransportConfig};
+use crate::transport::{Ack, Connection, Inbound, Transport, TransportConfig};
 use crate::util::lock;
-use crate::wire::{self, Cookie, FrameCodec, Identity};
+use crate::wire::{self, Cookie, FrameCodec, Identity, Peer};
 use crate::StartError;
 
-pub(crate) use forward::Along;
 pub(crate) use owner::Event;
 
 /// At most this many connections per peer unless configured: one it
@@ -231,9 +231,34 @@ impl Drop for Cluster {
     }
 }
 
+/// A peer is leaving (a `Leave` frame): the owner task routes nothing new
+/// to it, then acks. Without a cluster, the ack's drop answers at once.
+pub(crate) fn peer_left(node: &NodeInner, from: &Peer, ack: Ack) {
+    if let Some(cluster) = node.cluster.get() {
+        cluster.send(Event::Left(from.node.clone(), from.incarnation, ack));
+    }
+}
+
+/// A peer retires `conn` (a `Retire` frame): see [`retire`].
+pub(crate) fn peer_retires(node: &Arc<NodeInner>, conn: Connection, ack: Ack) {
+    tokio::spawn(retire::retired_by_peer(Arc::downgrade(node), conn, ack));
+}
+
+/// A peer's membership view (gossip): places to dial.
+pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::Membership) {
+    if let Some(cluster) = node.cluster.get() {
+        cluster.send(Event::Gossip(membership));
+    }
+}
+
 /// Starts listening, the owner task, the heartbeat, dialing the seeds,
-/// and the discovery.
-pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Result<(), StartError> {
+/// and the discovery. `inbound` serves what peers send on every
+/// connection (the node's router).
+pub(crate) async fn start(
+    node: &Arc<NodeInner>,
+    mut cfg: ClusterConfig,
+    inbound: Arc<dyn Inbound>,
+) -> Result<(), StartError> {
     let cookie = cfg.cookie.take().ok_or_else(|| {
         StartError::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
     })?;
@@ -248,7 +273,6 @@ pub(crate) async fn start(node: &Arc<NodeInner>, mut cfg: ClusterConfig) -> Resu
     let mut transport = TransportConfig::new(identity, cookie);
     transport.codec = cfg.codec;
     transport.handshake_timeout = cfg.handshake_timeout;
-    let inbound: Arc<dyn Inbound> = Arc::new(inbound::NodeInbound(Arc::downgrade(node)));
     let listening = match &cfg.listen {
         None => None,
         Some(addr) => Some(
