@@ -82,6 +82,7 @@ pub mod discovery;
 mod error;
 #[cfg(feature = "history")]
 pub mod history;
+mod membership;
 // Without the feature, only what a node records through (the `History`
 // trait, `Phase`) is used; the rest of the module is compiled but unused.
 #[cfg(not(feature = "history"))]
@@ -105,7 +106,7 @@ pub mod wire;
 pub mod __private;
 
 pub use actor::{
-    Actor, BoxError, Ctx, Handler, Handlers, Message, MissingDependency, ReplyTo,
+    tag_of, Actor, BoxError, Ctx, Handler, Handlers, Message, MissingDependency, ReplyTo,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
 };
 pub use error::{Error, StartError};

@@ -825,7 +825,8 @@ async fn a_node_refuses_inconsistent_configuration() {
 
 #[tokio::test]
 async fn calls_round_trip_through_the_wire_table() {
-    use mesh::wire::{decode, encode, tag_of};
+    use mesh::tag_of;
+    use mesh::wire::{decode, encode};
     let node = node_with(|b| {
         b.capabilities(["panicky", "ctx"])
             .actor::<Panicky>()

@@ -213,7 +213,7 @@ async fn remote_failures_come_back_typed() {
     let (_, score) = chat.call::<Player, _>(&other, Score(0)).await.unwrap();
     assert_eq!(score, 5);
     // A body the owner cannot decode fails that call, typed, over there.
-    let tag = mesh::wire::tag_of::<Player, Score>();
+    let tag = mesh::tag_of::<Player, Score>();
     let err = game.call_wire(tag, &other, vec![0xc1]).await.unwrap_err();
     assert!(matches!(err, Error::Codec(_)), "{err:?}");
     // The hanging handler cannot finish: shutdown says so instead of hanging.
@@ -297,7 +297,7 @@ async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
         .unwrap();
     // game-1 receives an encoded call for a shard it does not own: it
     // forwards it to both-1 instead of failing it.
-    let tag = mesh::wire::tag_of::<Player, Score>();
+    let tag = mesh::tag_of::<Player, Score>();
     let reply = game
         .call_wire(tag, &id, mesh::wire::encode(&Score(7)).unwrap())
         .await

@@ -230,7 +230,7 @@ async fn an_older_build_without_a_message_fails_naming_node_actor_message_and_fi
         .call::<Room, _>(&old, Join("bob".into()))
         .await
         .unwrap_err();
-    let tag = mesh::wire::tag_of::<Room, Join>();
+    let tag = mesh::tag_of::<Room, Join>();
     assert_eq!(
         err,
         Error::UnknownMessage {
@@ -263,7 +263,8 @@ async fn an_older_build_without_a_message_fails_naming_node_actor_message_and_fi
 
 #[tokio::test]
 async fn two_actor_types_of_one_capability_may_share_a_message_name() {
-    use mesh::wire::{decode, encode, tag_of};
+    use mesh::tag_of;
+    use mesh::wire::{decode, encode};
     // Both handle `Get` (capability `chat`): before protocol version 3 their
     // tags were equal and the node refused to start (TagCollision).
     let node = Node::builder()

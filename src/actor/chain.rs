@@ -67,7 +67,7 @@ use std::sync::Arc;
 use crate::Error;
 
 /// The deepest chain allowed.
-pub(crate) const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = crate::wire::MAX_CHAIN;
 
 /// One link: an actor handling a call, and who called it.
 ///

@@ -13,6 +13,12 @@ pub(crate) mod reply;
 pub mod timer;
 
 pub use ctx::{Ctx, MissingDependency};
+
+/// The wire tag of `M` when sent to actor type `A` (see
+/// [`crate::wire::tag`]; `wire` names no actor trait, so this lives here).
+pub const fn tag_of<A: Handler<M>, M: Message>() -> u64 {
+    <A as Handler<M>>::TAG
+}
 pub use reply::ReplyTo;
 
 use std::future::Future;

@@ -61,7 +61,31 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::node::NodeInner;
+use crate::membership::{Membership, Readiness};
+use crate::ring::RoutingTable;
+
+/// What the endpoint reads of its node: snapshots only, never a lock the
+/// call path takes. The node implements it; `admin` names no node type.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// The node's id.
+    fn id(&self) -> &str;
+    /// This run of the node.
+    fn incarnation(&self) -> u64;
+    /// The capabilities it hosts.
+    fn capabilities(&self) -> &[String];
+    /// Its membership view now.
+    fn membership(&self) -> Membership;
+    /// Its routing table now.
+    fn routing(&self) -> Arc<RoutingTable>;
+    /// Whether it is ready, and why.
+    fn readiness(&self) -> Readiness;
+    /// The live connections to member `node`, oldest first.
+    fn connections_to(&self, node: &str) -> Vec<crate::transport::Connection>;
+    /// What its authoritative discovery says of itself, if it has one.
+    fn discovery_status(&self) -> Option<serde_json::Value>;
+    /// `(actor type, capability, live activations)` per hosted type.
+    fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)>;
+}
 
 /// Counter: admin connections closed at once because [`Limits`]'s cap was
 /// reached.
@@ -137,7 +161,7 @@ impl Server {
     /// Binds `addr` and serves `node` there within `limits`.
     pub(crate) async fn start(
         addr: &str,
-        node: Weak<NodeInner>,
+        node: Weak<dyn Source>,
         limits: Limits,
     ) -> std::io::Result<Server> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -318,7 +342,7 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 /// One request's response.
-fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Response<Full<Bytes>> {
+fn respond(node: &Weak<dyn Source>, method: &Method, uri: &hyper::Uri) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
@@ -339,7 +363,7 @@ fn respond(node: &Weak<NodeInner>, method: &Method, uri: &hyper::Uri) -> Respons
     let Some(node) = node.upgrade() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n");
     };
-    let node: &Arc<NodeInner> = &node;
+    let node: &dyn Source = &*node;
     match path {
         "/" | "/index.html" => with(StatusCode::OK, "text/html; charset=utf-8", page::HTML),
         "/readyz" => {

@@ -2,15 +2,15 @@
 
 use serde_json::{json, Value};
 
-use crate::node::NodeInner;
+use super::Source;
 
-pub(super) fn node(node: &NodeInner) -> Value {
-    let m = node.membership_snapshot();
+pub(super) fn node(node: &dyn Source) -> Value {
+    let m = node.membership();
     json!({
-        "node": node.id_str(),
-        "incarnation": node.incarnation_id(),
-        "addr": m.get(node.id_str()).map(|i| i.addr.clone()).unwrap_or_default(),
-        "capabilities": node.capability_names(),
+        "node": node.id(),
+        "incarnation": node.incarnation(),
+        "addr": m.get(node.id()).map(|i| i.addr.clone()).unwrap_or_default(),
+        "capabilities": node.capabilities(),
         "members": m.len(),
         "activations": node.activations_by_type().iter().map(|a| a.2).sum::<usize>(),
         "ready": node.readiness().ready(),
@@ -21,7 +21,7 @@ pub(super) fn node(node: &NodeInner) -> Value {
 /// `/readyz`: ready when the node is a member of its own membership and
 /// sees its `min_members`; otherwise `reason` says why, naming the count
 /// and the likely causes.
-pub(super) fn ready(node: &NodeInner) -> Value {
+pub(super) fn ready(node: &dyn Source) -> Value {
     let r = node.readiness();
     let enough = r.members >= r.min_members;
     let mut v = json!({
@@ -57,8 +57,8 @@ pub(super) fn ready(node: &NodeInner) -> Value {
 /// actor types its handshake advertised with how many handlers each has;
 /// `null` if it did not say), and for a peer how this node is connected to
 /// it (protocol, since when, how it was found).
-pub(super) fn members(node: &NodeInner) -> Value {
-    let m = node.membership_snapshot();
+pub(super) fn members(node: &dyn Source) -> Value {
+    let m = node.membership();
     let members: Vec<Value> = m
         .iter()
         .map(|(n, info)| {
@@ -73,7 +73,7 @@ pub(super) fn members(node: &NodeInner) -> Value {
                 })).collect::<Vec<_>>()),
                 "protocol": crate::wire::VERSION,
             });
-            if n == node.id_str() {
+            if n == node.id() {
                 v["self"] = json!(true);
                 return v;
             }
@@ -98,13 +98,13 @@ pub(super) fn members(node: &NodeInner) -> Value {
             v
         })
         .collect();
-    json!({"self": node.id_str(), "members": members})
+    json!({"self": node.id(), "members": members})
 }
 
 /// The discovery's own account (Consul: the registration and upstreams);
 /// `null` for a node without an authoritative discovery.
-pub(super) fn discovery(node: &NodeInner) -> Value {
-    json!({"node": node.id_str(), "discovery": node.discovery_status()})
+pub(super) fn discovery(node: &dyn Source) -> Value {
+    json!({"node": node.id(), "discovery": node.discovery_status()})
 }
 
 fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -113,20 +113,20 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub(super) fn activations(node: &NodeInner) -> Value {
+pub(super) fn activations(node: &dyn Source) -> Value {
     let by_type = node.activations_by_type();
     let total: usize = by_type.iter().map(|a| a.2).sum();
     let by_type: Vec<Value> = by_type
         .iter()
         .map(|(t, c, n)| json!({"type": t, "capability": c, "count": n}))
         .collect();
-    json!({"node": node.id_str(), "total": total, "by_type": by_type})
+    json!({"node": node.id(), "total": total, "by_type": by_type})
 }
 
 /// Owners and their shard counts per capability (`None`: no member hosts
 /// the one asked for).
-pub(super) fn shards(node: &NodeInner, only: Option<&str>) -> Option<Value> {
-    let routing = node.routing_snapshot();
+pub(super) fn shards(node: &dyn Source, only: Option<&str>) -> Option<Value> {
+    let routing = node.routing();
     let mut caps = Vec::new();
     for (capability, table) in routing.iter() {
         if only.is_some_and(|o| o != capability) {
@@ -157,12 +157,12 @@ pub(super) fn shards(node: &NodeInner, only: Option<&str>) -> Option<Value> {
     if only.is_some() && caps.is_empty() {
         return None;
     }
-    Some(json!({"node": node.id_str(), "shards": crate::ring::SHARDS, "capabilities": caps}))
+    Some(json!({"node": node.id(), "shards": crate::ring::SHARDS, "capabilities": caps}))
 }
 
 /// Where actor `id` of type `actor` lives: `Err` (a 4xx text) for an actor
 /// type this node does not host or a capability no member hosts.
-pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value, String> {
+pub(super) fn placement(node: &dyn Source, actor: &str, id: &str) -> Result<Value, String> {
     let types = node.activations_by_type();
     let Some(&(name, capability, _)) = types.iter().find(|(t, _, _)| *t == actor) else {
         let known: Vec<&str> = types.iter().map(|t| t.0).collect();
@@ -170,7 +170,7 @@ pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value
             "unknown actor type {actor:?}: this node hosts {known:?}\n"
         ));
     };
-    let routing = node.routing_snapshot();
+    let routing = node.routing();
     let key = crate::ring::actor_key(capability, name);
     let Some(table) = routing.actor(key, crate::ring::capability_key(capability)) else {
         return Err(format!(
@@ -185,6 +185,6 @@ pub(super) fn placement(node: &NodeInner, actor: &str, id: &str) -> Result<Value
         "capability": capability,
         "shard": shard,
         "owner": owner,
-        "local": owner == node.id_str(),
+        "local": owner == node.id(),
     }))
 }

@@ -60,7 +60,6 @@ use super::gate::{Gate, DRAINING};
 use super::store::{LeaseStore, LeaseStoreError};
 use super::{Lease, Strong};
 use crate::ring::{RoutingTable, SHARDS};
-use crate::Membership;
 
 /// Refusals in a row after which a wanted key is no longer tried between
 /// the batches of a pass, only once per pass: about a second of retries.
@@ -93,10 +92,11 @@ pub(crate) struct Keeper {
 
 impl Keeper {
     /// Starts a keeper holding the shards `wanted` names, woken by every
-    /// change `membership` sees.
-    pub(crate) fn start(
+    /// change `membership` sees (the node's membership; only the wake-up
+    /// matters here, so the keeper does not name the node's types).
+    pub(crate) fn start<M: Send + Sync + 'static>(
         wanted: Arc<dyn Wanted>,
-        membership: watch::Receiver<Membership>,
+        membership: watch::Receiver<M>,
         gate: Arc<Gate>,
         store: Arc<dyn LeaseStore>,
         strong: Strong,
@@ -259,13 +259,13 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// The main task.
-struct Run {
+struct Run<M> {
     shared: Arc<Shared>,
     strong: Strong,
     session_name: String,
     lock_value: Vec<u8>,
     wanted: Arc<dyn Wanted>,
-    membership: watch::Receiver<Membership>,
+    membership: watch::Receiver<M>,
     stop: watch::Receiver<Stop>,
     /// Tells the renew task to end (after the leases are released).
     renewing: watch::Sender<bool>,
@@ -275,7 +275,7 @@ struct Run {
     refusals: HashMap<Key, u32>,
 }
 
-impl Run {
+impl<M: Send + Sync + 'static> Run<M> {
     async fn run(mut self) {
         let mut failures = 0u32;
         loop {
@@ -660,7 +660,7 @@ mod tests {
     /// One node of the test: its view of the table, and its keeper.
     struct Member {
         table: Arc<Mutex<(Arc<RoutingTable>, bool)>>,
-        changes: watch::Sender<Membership>,
+        changes: watch::Sender<()>,
         gate: Arc<Gate>,
         keeper: Keeper,
     }
@@ -699,7 +699,7 @@ mod tests {
             placement: &dyn crate::ring::Placement,
         ) -> Member {
             let table = Arc::new(Mutex::new((table_with(members, name, placement), false)));
-            let (changes, rx) = watch::channel(Membership::default());
+            let (changes, rx) = watch::channel(());
             let gate = Arc::new(Gate::new(
                 "mesh/test/own".into(),
                 &[(KEY, capability_key("bank"), "bank/Account".into())],
@@ -732,7 +732,7 @@ mod tests {
             placement: &dyn crate::ring::Placement,
         ) {
             lock(&self.table).0 = table_with(members, local, placement);
-            self.changes.send_replace(Membership::default());
+            self.changes.send_replace(());
         }
 
         /// Whether every shard of `shards` is held here (not draining).

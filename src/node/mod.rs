@@ -13,13 +13,13 @@ mod call;
 mod cluster;
 mod handle;
 mod lifecycle;
-mod membership;
 mod router;
 
+pub(crate) use crate::membership::Readiness;
+pub use crate::membership::{MemberInfo, Membership};
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
 pub use handle::{ActorHandle, ActorRef, Flatten, HandleCall};
-pub use membership::{MemberInfo, Membership};
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -54,29 +54,6 @@ pub struct Node {
     // Dropped first, while `inner` is still alive for it to stop.
     _handle: Option<Arc<Handle>>,
     inner: Arc<NodeInner>,
-}
-
-/// What a node's readiness is made of: it is ready when it is a member of
-/// its own membership (it has started and is not leaving) and sees at
-/// least `min_members` members (`NodeBuilder::min_members`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Readiness {
-    /// It is in its own membership.
-    pub(crate) member: bool,
-    /// How many members it sees, itself included.
-    pub(crate) members: usize,
-    /// How many it needs.
-    pub(crate) min_members: usize,
-    /// Whether it has seen `min_members` once (so it serves).
-    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
-    pub(crate) formed: bool,
-}
-
-impl Readiness {
-    /// Ready: a member that sees enough members.
-    pub(crate) fn ready(&self) -> bool {
-        self.member && self.members >= self.min_members
-    }
 }
 
 /// Shared by the user's handles; its drop abandons the node.

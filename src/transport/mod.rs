@@ -455,7 +455,7 @@ pub async fn dial(
         match handshake::dial(&mut io, cfg).await {
             Ok((peer, leftover)) => {
                 let lifetime = facts.lifetime.clone();
-                let peer = peer.with_facts(facts);
+                let peer = peer.with_transport(facts.remote, facts.identity);
                 if let Some(expected) = &target.node {
                     if *expected != peer.node {
                         tracing::warn!(%target, found = %peer.node, "dialed another node than expected");
@@ -533,7 +533,12 @@ async fn accept_stream(
             .await
             .map_err(Refusal::Handshake)?;
         let lifetime = facts.lifetime.clone();
-        Ok::<_, Refusal>((io, leftover, peer.with_facts(facts), lifetime))
+        Ok::<_, Refusal>((
+            io,
+            leftover,
+            peer.with_transport(facts.remote, facts.identity),
+            lifetime,
+        ))
     };
     match tokio::time::timeout(cfg.handshake_timeout, attempt).await {
         Ok(Ok((io, leftover, peer, lifetime))) => {

@@ -287,10 +287,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The peer with what the transport established about the stream.
-    pub fn with_facts(mut self, facts: crate::transport::ConnFacts) -> Self {
-        self.remote = facts.remote;
-        self.identity = facts.identity;
+    /// The peer with what the transport established about the stream:
+    /// its remote address and the identity it verified (if any).
+    pub fn with_transport(mut self, remote: String, identity: Option<String>) -> Self {
+        self.remote = remote;
+        self.identity = identity;
         self
     }
 }

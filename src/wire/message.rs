@@ -156,7 +156,8 @@ impl Serialize for Call {
 
 /// The most links of a `Call`'s chain decoded: the depth limit (a node
 /// refuses a chain that long).
-const MAX_CHAIN: usize = crate::actor::chain::MAX_DEPTH;
+/// The most links a call chain has (`actor::chain::MAX_DEPTH` is this).
+pub(crate) const MAX_CHAIN: usize = 32;
 
 /// The largest `hops` a peer's `Call` or `Cast` decodes with: past every
 /// value the forwarding rules tell apart, far from `u8::MAX` (forwarding

@@ -42,6 +42,7 @@ pub use handshake::{
     Peer, MAX_ACTORS, MAX_ADDR, MAX_CAPABILITIES, MAX_ITEMS, MAX_NAME, MAX_STRING, MAX_TAGS,
     MIN_COOKIE_BITS,
 };
+pub(crate) use message::MAX_CHAIN;
 pub use message::{Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
@@ -49,7 +50,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::ring::actor_key;
-use crate::{Error, Handler, Message};
+use crate::Error;
 
 /// A type that can cross the wire: serde-serializable both ways, `Send`
 /// and owned. Every message and reply is one.
@@ -67,11 +68,6 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
 /// `xxh3_64_with_seed(message, actor_key(capability, actor))`.
 pub const fn tag(capability: &str, actor: &str, message: &str) -> u64 {
     xxhash_rust::const_xxh3::xxh3_64_with_seed(message.as_bytes(), actor_key(capability, actor))
-}
-
-/// The wire tag of `M` when sent to actor type `A`.
-pub const fn tag_of<A: Handler<M>, M: Message>() -> u64 {
-    <A as Handler<M>>::TAG
 }
 
 /// Encodes a message or reply body.

@@ -142,6 +142,29 @@ impl Membership {
     }
 }
 
+/// What a node's readiness is made of: it is ready when it is a member of
+/// its own membership (it has started and is not leaving) and sees at
+/// least `min_members` members (`NodeBuilder::min_members`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Readiness {
+    /// It is in its own membership.
+    pub(crate) member: bool,
+    /// How many members it sees, itself included.
+    pub(crate) members: usize,
+    /// How many it needs.
+    pub(crate) min_members: usize,
+    /// Whether it has seen `min_members` once (so it serves).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) formed: bool,
+}
+
+impl Readiness {
+    /// Ready: a member that sees enough members.
+    pub(crate) fn ready(&self) -> bool {
+        self.member && self.members >= self.min_members
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
