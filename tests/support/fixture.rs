@@ -322,3 +322,78 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::IntoFuture;
+
+    use super::*;
+    use crate::actors::{Player, Score};
+
+    fn game(b: NodeBuilder) -> NodeBuilder {
+        b.capabilities(["game"]).actor::<Player>()
+    }
+
+    /// Calls `id` from `from`: served by its owner, as `from` routes it.
+    async fn served(from: &Node, id: &str) -> String {
+        let (by, _) = soon(from.call::<Player, _>(id, Score(1)).into_future())
+            .await
+            .expect("the call succeeds");
+        assert_eq!(by, from.owner_of::<Player>(id).unwrap());
+        by
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_memory_cluster_forms_and_loses_nodes_gracefully_or_not() {
+        let mut c = Cluster::memory()
+            .fast()
+            .chain()
+            .node("a", game)
+            .node("b", game)
+            .node("c", game)
+            .start()
+            .await;
+        assert_eq!(c.len(), 3);
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(c.node(i).id(), name);
+            assert_eq!(c.node(i).addr(), Some(name), "memory: listens at its name");
+            wait_member_names(c.node(i), SOON, &["a", "b", "c"]).await;
+        }
+        // Gracefully: the others see it leave.
+        assert!(c.remove(2, Removal::Shutdown).await.is_none());
+        c.wait_members(2).await;
+        // Not gracefully: cut off, the survivor sees it go.
+        let severed = c.remove(1, Removal::Sever).await.expect("handed back");
+        c.wait_members(1).await;
+        assert_eq!(c.nodes().len(), 1);
+        assert_eq!(served(c.node(0), "p1").await, "a");
+        drop(severed);
+        c.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tcp_cluster_routes_and_notices_a_dropped_node() {
+        let mut c = Cluster::tcp()
+            .fast()
+            .node("t1", game)
+            .node("t2", game)
+            .start()
+            .await;
+        assert!(c.node(1).addr().unwrap().starts_with("127.0.0.1:"));
+        let mut owners = std::collections::BTreeSet::new();
+        for i in 0..50 {
+            owners.insert(served(c.node(0), &format!("p{i}")).await);
+        }
+        assert_eq!(owners.len(), 2, "{owners:?}");
+        assert!(c.remove(0, Removal::Drop).await.is_none());
+        c.wait_members(1).await;
+        c.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_local_node_serves_without_a_network() {
+        let n = local(game).await;
+        assert_eq!(n.addr(), None);
+        assert_eq!(served(&n, "p").await, n.id());
+    }
+}
