@@ -13,42 +13,27 @@ use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
 use mesh::Transport;
 use mesh_testkit::actors::{Player, Score};
+use mesh_testkit::fixture::{member, Cluster};
 use mesh_testkit::soon;
 use serde_json::Value;
-
-async fn node(net: &Transport, name: &str, caps: &[&str], seeds: &[&str], admin: bool) -> Node {
-    let b = Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("test")
-        .cookie(mesh_testkit::COOKIE)
-        .transport(net.clone())
-        .listen(name)
-        .seeds(seeds.iter().copied())
-        .capabilities(caps.iter().copied());
-    let b = if caps.contains(&"game") {
-        b.actor::<Player>()
-    } else {
-        b
-    };
-    let b = if admin { b.admin("127.0.0.1:0") } else { b };
-    b.start().await.unwrap()
-}
 
 /// Three nodes: `a` (game, with the admin endpoint), `b` (game), `c` (chat).
 async fn three(prefix: &str) -> (Node, Node, Node) {
     // The recorder must come before the first node resolves its handles.
     assert!(mesh::admin::prometheus::install());
-    let net = Transport::memory(MemoryNetwork::new());
-    let a = node(&net, &format!("{prefix}-a"), &["game"], &[], true).await;
-    let seed = format!("{prefix}-a");
-    let b = node(&net, &format!("{prefix}-b"), &["game"], &[&seed], false).await;
-    let c = node(&net, &format!("{prefix}-c"), &["chat"], &[&seed], false).await;
-    for n in [&a, &b, &c] {
-        soon(n.membership_changes().wait_for(|m| m.len() == 3))
-            .await
-            .unwrap();
-    }
+    let [a, b, c] = Cluster::memory()
+        .node(format!("{prefix}-a"), |b| {
+            b.capabilities(["game"])
+                .actor::<Player>()
+                .admin("127.0.0.1:0")
+        })
+        .node(format!("{prefix}-b"), |b| {
+            b.capabilities(["game"]).actor::<Player>()
+        })
+        .node(format!("{prefix}-c"), |b| b.capabilities(["chat"]))
+        .start()
+        .await
+        .into_array();
     (a, b, c)
 }
 
@@ -345,11 +330,7 @@ async fn closed_by_server(mut s: tokio::net::TcpStream) -> bool {
 }
 
 async fn cluster_node(name: &str, seeds: &[String], admin: Option<Limits>) -> Node {
-    let b = Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("flood")
-        .cookie(mesh_testkit::COOKIE)
+    let b = member("flood", name)
         .transport(Transport::tcp())
         .listen("127.0.0.1:0")
         .seeds(seeds.iter().cloned());

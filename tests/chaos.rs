@@ -28,6 +28,7 @@ use mesh::Membership;
 use mesh_testkit::chaos::{scratch, settled, summary, Load, Outcome, STEP};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
+use mesh_testkit::fixture::wait_membership;
 use mesh_testkit::procs::{example_binary, Proc};
 use mesh_testkit::{require, within};
 use tokio::process::Command;
@@ -93,8 +94,7 @@ async fn driver(mode: &Mode, procs: &[Proc]) -> Node {
 }
 
 async fn members(node: &Node, f: impl Fn(&Membership) -> bool) {
-    let mut changes = node.membership_changes();
-    within(STEP, changes.wait_for(|m| f(m))).await.unwrap();
+    wait_membership(node, STEP, f).await;
 }
 
 fn report(what: &str, outcomes: &[Outcome], found: &[Overlap]) {

@@ -32,6 +32,7 @@ use mesh_testkit::actors::Account;
 use mesh_testkit::bank::{adapter, agent, check_balances, holder, session_of, Deposits};
 use mesh_testkit::chaos::{histories, scratch};
 use mesh_testkit::consul_agent::TestConsul;
+use mesh_testkit::fixture::wait_membership;
 use mesh_testkit::procs::{example_binary, Proc};
 use mesh_testkit::{require, within};
 use tokio::process::Command;
@@ -80,10 +81,7 @@ async fn driver(consul: &TestConsul, strong: bool) -> Node {
 }
 
 async fn members(n: &Node, f: impl Fn(&mesh::Membership) -> bool) {
-    let mut rx = n.membership_changes();
-    within(STEP, rx.wait_for(|m| f(m)))
-        .await
-        .expect("membership watch");
+    wait_membership(n, STEP, f).await;
 }
 
 /// Waits, while `load` goes on, until lock key `key` is held by `node`'s

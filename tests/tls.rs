@@ -17,6 +17,7 @@ use mesh::transport::{Connection, DialTarget, Inbound, Listening, Responder, Tra
 use mesh::wire::{self, Cast, Cookie, Identity, Peer};
 use mesh::Transport;
 use mesh_testkit::actors::{Player, Score};
+use mesh_testkit::fixture::{fast, member};
 use mesh_testkit::pki::{self, Ca, Files, Leaf};
 use mesh_testkit::soon;
 use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
@@ -620,16 +621,10 @@ async fn new_roots_apply_to_new_handshakes_and_established_connections_live_on()
 // ------------------------------------------------------------ a cluster
 
 async fn node(t: Transport, name: &str, seeds: &[&str]) -> Node {
-    Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("tls")
-        .cookie(mesh_testkit::COOKIE)
+    fast(member("tls", name))
         .transport(t)
         .listen("127.0.0.1:0")
         .seeds(seeds.iter().copied())
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
-        .shutdown_timeout(Duration::from_millis(300))
         .capabilities(["game"])
         .actor::<Player>()
         .start()

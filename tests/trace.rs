@@ -88,7 +88,7 @@ fn find<'a>(spans: &'a [SpanData], name: &str, node: Option<&str>) -> Option<&'a
 
 /// Three nodes where `a` still places an id on `b`, which places it on `c`
 /// (heartbeats an hour apart: `a` never hears of `c`), as in
-/// `tests/cluster.rs`.
+/// `tests/core/cluster.rs`.
 async fn disagreeing(prefix: &str) -> (Node, Node, Node, String) {
     let net = Transport::memory(MemoryNetwork::new());
     let slow = |name: String, seeds: Vec<String>| {

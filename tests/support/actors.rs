@@ -1,5 +1,5 @@
-//! Test actors that more than one suite uses (`tests/cluster.rs`,
-//! `tests/consul.rs`). Their wire names are their type names, as for any
+//! Test actors that more than one suite uses (`tests/core/cluster.rs`,
+//! `tests/consul/consul.rs`). Their wire names are their type names, as for any
 //! actor: tests that match on `"Player"` or on `tag_of::<Player, Score>()`
 //! rely on that. Actors that only one suite uses stay in that suite.
 

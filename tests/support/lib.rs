@@ -6,8 +6,11 @@
 //!
 //! - [`consul_agent`] and [`consul_catalog`]: the Consul test agent, real
 //!   HTTP servers over one simulated catalog, pinned to the documented
-//!   behaviour by `tests/consul_agent.rs`; [`consul_kv`]: its sessions,
-//!   KV and `/v1/txn`, pinned by `tests/consul_kv.rs`;
+//!   behaviour by this crate's own suites (`tests/agent/catalog.rs`);
+//!   [`consul_kv`]: its sessions, KV and `/v1/txn`, pinned by
+//!   `tests/agent/kv.rs`;
+//! - [`fixture`]: clusters in one process (memory or TCP, n nodes,
+//!   membership waits, removal), the suites' base node builder;
 //! - [`actors`]: the test actors that more than one suite uses;
 //! - [`procs`]: real node processes (the cluster examples) and signals;
 //! - [`chaos`]: steady load from a driver node, outcomes, histories;
@@ -34,6 +37,7 @@ pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;
 pub mod consul_kv;
+pub mod fixture;
 pub mod pki;
 pub mod procs;
 pub mod raw;

@@ -6,6 +6,7 @@ use std::future::IntoFuture;
 
 use mesh::prelude::*;
 use mesh::ActorHandle;
+use mesh_testkit::fixture::local;
 
 #[derive(Actor, Default)]
 #[actor(capability = "chat")]
@@ -62,14 +63,7 @@ impl User {
 }
 
 async fn node() -> Node {
-    Node::builder()
-        .default_node(false)
-        .capabilities(["chat"])
-        .actor::<Room>()
-        .actor::<User>()
-        .start()
-        .await
-        .unwrap()
+    local(|b| b.capabilities(["chat"]).actor::<Room>().actor::<User>()).await
 }
 
 fn assert_send_static<T: Send + 'static>(_: &T) {}

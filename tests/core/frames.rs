@@ -3,7 +3,7 @@
 //! encoder writes. Bodies decode to errors, not panics, whatever the bytes.
 //!
 //! CI runs 2 000 cases per property; the large run is
-//! `PROPTEST_CASES=1000000 cargo test --release --test frames`.
+//! `PROPTEST_CASES=1000000 cargo test --release --test core frames::`.
 
 use bytes::BytesMut;
 use mesh::wire::{self, FrameCodec, FrameError, Kind};

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use mesh::prelude::*;
 use mesh::transport::memory::MemoryNetwork;
-use mesh::Transport;
+use mesh::{NodeBuilder, Transport};
 use mesh_testkit::actors::{Crash, Hang, Player, Score};
+use mesh_testkit::fixture::{fast, member, wait_members, Cluster, ClusterBuilder};
 use mesh_testkit::soon;
 
 static ROOMS_OPENED: AtomicUsize = AtomicUsize::new(0);
@@ -76,19 +77,9 @@ impl Account {
     }
 }
 
-/// A node of `caps` named `name`, listening at `listen`, seeded with `seeds`.
-async fn node(net: &Transport, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
-    let mut b = Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("test")
-        .cookie(mesh_testkit::COOKIE)
-        .transport(net.clone())
-        .listen(listen)
-        .seeds(seeds.iter().copied())
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
-        .shutdown_timeout(Duration::from_millis(300))
-        .capabilities(caps.iter().copied());
+/// `b` with capabilities `caps` and the suite's actors for them.
+fn with_actors(b: NodeBuilder, caps: &[&str]) -> NodeBuilder {
+    let mut b = b.capabilities(caps.iter().copied());
     if caps.contains(&"game") {
         b = b.actor::<Player>();
     }
@@ -101,29 +92,34 @@ async fn node(net: &Transport, name: &str, listen: &str, caps: &[&str], seeds: &
     if caps.contains(&"gate") {
         b = b.actor::<Gated>();
     }
-    b.start().await.expect("node starts")
+    b
 }
 
-async fn until_members(nodes: &[&Node], n: usize) {
-    for node in nodes {
-        let mut changes = node.membership_changes();
-        soon(changes.wait_for(|m| m.len() == n)).await.unwrap();
-    }
+/// A node of `caps` named `name`, listening at `listen`, seeded with `seeds`.
+async fn node(net: &Transport, name: &str, listen: &str, caps: &[&str], seeds: &[&str]) -> Node {
+    let b = fast(member("test", name))
+        .transport(net.clone())
+        .listen(listen)
+        .seeds(seeds.iter().copied());
+    with_actors(b, caps).start().await.expect("node starts")
 }
 
 /// Three nodes (game, chat, both) seeded in a chain: all find each other.
-async fn three(net: Transport, addrs: [&str; 3]) -> (Node, Node, Node) {
-    let game = node(&net, "game-1", addrs[0], &["game"], &[]).await;
-    let seed = game.addr().unwrap().to_owned();
-    let chat = node(&net, "chat-1", addrs[1], &["chat"], &[&seed]).await;
-    let seed2 = chat.addr().unwrap().to_owned();
-    let both = node(&net, "both-1", addrs[2], &["game", "chat"], &[&seed2]).await;
-    until_members(&[&game, &chat, &both], 3).await;
+async fn three(cluster: ClusterBuilder) -> (Node, Node, Node) {
+    let [game, chat, both] = cluster
+        .fast()
+        .chain()
+        .node("game-1", |b| with_actors(b, &["game"]))
+        .node("chat-1", |b| with_actors(b, &["chat"]))
+        .node("both-1", |b| with_actors(b, &["game", "chat"]))
+        .start()
+        .await
+        .into_array();
     (game, chat, both)
 }
 
-async fn calls_reach_the_owner(net: Transport, addrs: [&str; 3]) {
-    let (game, chat, both) = three(net, addrs).await;
+async fn calls_reach_the_owner(cluster: ClusterBuilder) {
+    let (game, chat, both) = three(cluster).await;
     let mut owners = BTreeMap::new();
     for i in 0..200 {
         let id = format!("p{i}");
@@ -159,19 +155,17 @@ async fn calls_reach_the_owner(net: Transport, addrs: [&str; 3]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_owner_in_memory() {
-    let net = Transport::memory(MemoryNetwork::new());
-    calls_reach_the_owner(net, ["mem-a", "mem-b", "mem-c"]).await;
+    calls_reach_the_owner(Cluster::memory()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_owner_over_tcp() {
-    calls_reach_the_owner(Transport::tcp(), ["127.0.0.1:0"; 3]).await;
+    calls_reach_the_owner(Cluster::tcp()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_failures_come_back_typed() {
-    let net = Transport::memory(MemoryNetwork::new());
-    let (game, chat, both) = three(net, ["e-a", "e-b", "e-c"]).await;
+    let (game, chat, both) = three(Cluster::memory()).await;
     // Find ids owned elsewhere than the caller.
     let remote_player = (0..)
         .map(|i| format!("r{i}"))
@@ -230,8 +224,7 @@ async fn remote_failures_come_back_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
-    let net = Transport::memory(MemoryNetwork::new());
-    let (game, chat, both) = three(net, ["l-a", "l-b", "l-c"]).await;
+    let (game, chat, both) = three(Cluster::memory()).await;
     let on_both: Vec<String> = (0..)
         .map(|i| format!("q{i}"))
         .filter(|id| game.owner_of::<Player>(id).unwrap() == "both-1")
@@ -274,7 +267,7 @@ async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
             on_both[0]
         )
     );
-    until_members(&[&game, &chat], 2).await;
+    wait_members(&[&game, &chat], 2).await;
     for id in &on_both {
         assert_eq!(game.owner_of::<Player>(id).unwrap(), "game-1");
         let (served_by, _) = soon(chat.call::<Player, _>(id, Score(1)).into_future())
@@ -289,8 +282,7 @@ async fn a_leaving_node_fails_in_flight_calls_fast_and_its_shards_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_no_longer_owns_a_shard_forwards_once() {
-    let net = Transport::memory(MemoryNetwork::new());
-    let (game, chat, both) = three(net, ["f-a", "f-b", "f-c"]).await;
+    let (game, chat, both) = three(Cluster::memory()).await;
     let id = (0..)
         .map(|i| format!("w{i}"))
         .find(|id| game.owner_of::<Player>(id).unwrap() == "both-1")
@@ -324,7 +316,7 @@ async fn actors_whose_shard_moves_are_drained_with_their_hook() {
     }
     // A second node joins: about half the shards move to it.
     let b = node(&net, "d-b", "d-b", &["ledger"], &["d-a"]).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     let moved: Vec<&String> = ids
         .iter()
         .filter(|id| a.owner_of::<Account>(id).unwrap() == "d-b")
@@ -363,11 +355,7 @@ async fn calls_are_forwarded_while_nodes_disagree_during_a_join() {
     // dialed knows it, until gossip, which here never comes in time.
     let net = Transport::memory(MemoryNetwork::new());
     let slow = |name: &str, seeds: &[&str]| {
-        Node::builder()
-            .name(name)
-            .default_node(false)
-            .cluster("test")
-            .cookie(mesh_testkit::COOKIE)
+        member("test", name)
             .transport(net.clone())
             .listen(name)
             .seeds(seeds.iter().copied())
@@ -378,7 +366,7 @@ async fn calls_are_forwarded_while_nodes_disagree_during_a_join() {
     };
     let a = slow("fw-a", &[]).await.unwrap();
     let b = slow("fw-b", &["fw-a"]).await.unwrap();
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     let c = slow("fw-c", &["fw-b"]).await.unwrap();
     soon(b.membership_changes().wait_for(|m| m.len() == 3))
         .await
@@ -464,7 +452,7 @@ async fn a_dropped_remote_call_is_cancelled_on_the_callee_if_not_started() {
     let net = Transport::memory(MemoryNetwork::new());
     let b = node(&net, "b", "mem-b", &["gate"], &[]).await;
     let a = node(&net, "a", "mem-a", &["game"], &["mem-b"]).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     // "g" is busy (blocked) on b, so a second message waits in its mailbox.
     let blocked = {
         let a = a.clone();
@@ -510,7 +498,7 @@ async fn dropping_the_last_handle_makes_the_node_leave() {
     let net = Transport::memory(MemoryNetwork::new());
     let a = node(&net, "a", "mem-a", &["game"], &[]).await;
     let b = node(&net, "b", "mem-b", &["game"], &["mem-a"]).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     let b2 = b.clone();
     drop(b);
     // A clone keeps it running.
@@ -530,11 +518,11 @@ async fn a_hung_peer_is_dropped_within_the_failure_timeout_and_rejoins_when_it_a
     let net = Transport::memory(memory.clone());
     let a = node(&net, "a", "mem-a", &["game"], &[]).await;
     let b = node(&net, "b", "mem-b", &["game"], &["mem-a"]).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     // b hangs: its links stay open but carry nothing (no error, no close).
     let started = tokio::time::Instant::now();
     memory.stall("a", "b");
-    until_members(&[&a, &b], 1).await;
+    wait_members(&[&a, &b], 1).await;
     // heartbeat 50 ms, failure timeout 500 ms: a ping sent within one
     // heartbeat goes unanswered for the failure timeout.
     let took = started.elapsed();
@@ -542,18 +530,14 @@ async fn a_hung_peer_is_dropped_within_the_failure_timeout_and_rejoins_when_it_a
     assert!(took <= Duration::from_millis(550), "{took:?}");
     all_served_by(&a, "a").await;
     memory.heal("a", "b");
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
 /// A chat node whose frames carry checksums and stop at `max_frame`.
 async fn strict(net: &Transport, name: &str, seeds: &[&str], max_frame: usize) -> Node {
-    Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("test")
-        .cookie(mesh_testkit::COOKIE)
+    member("test", name)
         .transport(net.clone())
         .listen(format!("mem-{name}"))
         .seeds(seeds.iter().copied())
@@ -574,7 +558,7 @@ async fn frame_limit_checksums_and_connections_per_peer_are_settable() {
     let net = Transport::memory(memory.clone());
     let a = strict(&net, "a", &[], 4096).await;
     let b = strict(&net, "b", &["mem-a"], 4096).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     assert_eq!(memory.link_count("a", "b"), 1, "one connection per peer");
     let remote = (0..100)
         .map(|i| format!("r{i}"))
@@ -661,7 +645,7 @@ async fn a_rolling_restart_under_load_loses_no_call() {
         v.push(client.clone());
         v
     };
-    until_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
+    wait_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ok, mut tasks) = load(&client, stop.clone());
     more_calls(&ok, 500).await;
@@ -683,7 +667,7 @@ async fn a_rolling_restart_under_load_loses_no_call() {
             &[&seed],
         )
         .await;
-        until_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
+        wait_members(&all(&nodes).iter().collect::<Vec<_>>(), 4).await;
         more_calls(&ok, 500).await;
     }
     stop.store(true, Ordering::SeqCst);
@@ -706,16 +690,11 @@ async fn a_rolling_restart_under_load_loses_no_call() {
 /// A game node of cluster "test" with `cookie`, seeded with `seeds`, that
 /// serves only once it has seen 2 members (`min_members(2)`).
 async fn guarded(net: &Transport, name: &str, cookie: &str, seeds: &[&str]) -> Node {
-    Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("test")
+    fast(member("test", name))
         .cookie(cookie)
         .transport(net.clone())
         .listen(format!("mem-{name}"))
         .seeds(seeds.iter().copied())
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
-        .shutdown_timeout(Duration::from_millis(300))
         .min_members(2)
         .capabilities(["game"])
         .actor::<Player>()
@@ -748,7 +727,7 @@ async fn min_members_keeps_a_node_with_the_wrong_cookie_from_serving_alone() {
 
     // The right cookie joins; both serve and are ready.
     let b = guarded(&net, "qb", mesh_testkit::COOKIE, &["mem-qa"]).await;
-    until_members(&[&a, &b], 2).await;
+    wait_members(&[&a, &b], 2).await;
     for n in [&a, &b] {
         assert!(n.is_ready(), "{} is not ready with 2 members", n.id());
     }
@@ -766,7 +745,7 @@ async fn min_members_keeps_a_node_with_the_wrong_cookie_from_serving_alone() {
     // Below min_members later: not ready, but still serving (only the
     // first time is gated).
     b.sever();
-    until_members(&[&a], 1).await;
+    wait_members(&[&a], 1).await;
     assert!(!a.is_ready());
     assert_eq!(a.call::<Player, _>("p2", Score(5)).await.unwrap().1, 5);
 

@@ -8,11 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
-use std::time::Duration;
 
 use mesh::prelude::*;
-use mesh::transport::memory::MemoryNetwork;
-use mesh::Transport;
+use mesh_testkit::fixture::{wait_members, Cluster};
 use mesh_testkit::soon;
 
 /// Read the served-by node of a reply: `"<Type>@<node>"`.
@@ -96,47 +94,22 @@ impl User {
     }
 }
 
-/// A clustered node of capability `chat` named `name`; `actors` adds its
-/// actor types.
-async fn node(
-    net: &Transport,
-    name: &str,
-    seeds: &[&str],
-    actors: impl FnOnce(mesh::NodeBuilder) -> mesh::NodeBuilder,
-) -> Node {
-    let b = Node::builder()
-        .name(name)
-        .default_node(false)
-        .cluster("test")
-        .cookie(mesh_testkit::COOKIE)
-        .transport(net.clone())
-        .listen(name)
-        .seeds(seeds.iter().copied())
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
-        .shutdown_timeout(Duration::from_millis(300))
-        .capabilities(["chat"]);
-    actors(b).start().await.expect("node starts")
-}
-
-async fn until_members(nodes: &[&Node], n: usize) {
-    for node in nodes {
-        let mut changes = node.membership_changes();
-        soon(changes.wait_for(|m| m.len() == n)).await.unwrap();
-    }
-}
-
-/// Two nodes of `chat`: `a` built by `first`, `b` by `second`, connected.
+/// Two clustered nodes of `chat`: `a` built by `first`, `b` by `second`,
+/// connected.
 async fn pair(
     a: &str,
-    first: impl FnOnce(mesh::NodeBuilder) -> mesh::NodeBuilder,
+    first: impl FnOnce(mesh::NodeBuilder) -> mesh::NodeBuilder + 'static,
     b: &str,
-    second: impl FnOnce(mesh::NodeBuilder) -> mesh::NodeBuilder,
+    second: impl FnOnce(mesh::NodeBuilder) -> mesh::NodeBuilder + 'static,
 ) -> (Node, Node) {
-    let net = Transport::memory(MemoryNetwork::new());
-    let a = node(&net, a, &[], first).await;
-    let seed = a.addr().unwrap().to_owned();
-    let b = node(&net, b, &[&seed], second).await;
-    until_members(&[&a, &b], 2).await;
+    let [a, b] = Cluster::memory()
+        .fast()
+        .all(|b| b.capabilities(["chat"]))
+        .node(a, first)
+        .node(b, second)
+        .start()
+        .await
+        .into_array();
     (a, b)
 }
 
@@ -185,7 +158,7 @@ async fn a_node_without_an_actor_type_owns_none_of_its_ids() {
     // With `a` gone, no node hosts Room: the error says so, and the fix,
     // while `chat` still has a node.
     a.sever();
-    until_members(&[&b], 1).await;
+    wait_members(&[&b], 1).await;
     let err = b.call::<Room, _>("room-1", Get).await.unwrap_err();
     assert_eq!(
         err.to_string(),

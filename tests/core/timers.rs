@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mesh::prelude::*;
 use mesh::timer::{Timer, TimerError};
+use mesh_testkit::fixture::local;
 
 /// Counters for one test each (tests run in parallel in this binary).
 struct Counts {
@@ -142,14 +143,7 @@ async fn elapse(d: Duration) {
 }
 
 async fn node() -> Node {
-    Node::builder()
-        .default_node(false)
-        .capabilities(["tick"])
-        .actor::<Ticker>()
-        .actor::<Other>()
-        .start()
-        .await
-        .unwrap()
+    local(|b| b.capabilities(["tick"]).actor::<Ticker>().actor::<Other>()).await
 }
 
 async fn start(node: &Node, id: &str, every_ms: u64, keep_alive: bool) {

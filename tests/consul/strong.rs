@@ -26,6 +26,7 @@ use mesh_testkit::actors::{Account, Deposit};
 use mesh_testkit::bank::{adapter, agent, check_balances, session_of, Deposits};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_kv::{TxnOp, TxnOutcome};
+use mesh_testkit::fixture::{member, wait_membership};
 use mesh_testkit::within;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -53,12 +54,8 @@ async fn node(
     hosts: bool,
 ) -> Node {
     let adapter = adapter(consul, i);
-    let mut b = Node::builder()
-        .name(name)
-        .cluster("bank")
-        .cookie(mesh_testkit::COOKIE)
+    let mut b = member("bank", name)
         .listen("127.0.0.1:0")
-        .default_node(false)
         .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
         .provide(adapter.clone())
         .history(history.clone())
@@ -73,10 +70,7 @@ async fn node(
 }
 
 async fn members(n: &Node, want: usize) {
-    let mut rx = n.membership_changes();
-    within(STEP, rx.wait_for(|m| m.len() == want))
-        .await
-        .expect("membership watch");
+    wait_membership(n, STEP, |m| m.len() == want).await;
 }
 
 /// Joins, a graceful leave and a crash, under steady deposits; returns the

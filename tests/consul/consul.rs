@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use mesh::consul::{AgentTls, Consul};
 use mesh::prelude::*;
+use mesh::NodeBuilder;
 use mesh_testkit::actors::{Player, Score};
 use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
 use mesh_testkit::consul_catalog::{Status, TimeScale};
+use mesh_testkit::fixture::{member, wait_member_names, Cluster};
 use mesh_testkit::within;
 
 /// The limit of a step against the agents: longer than `soon`'s, as these
@@ -36,34 +38,19 @@ fn adapter(consul: &TestConsul, agent: usize) -> Consul {
 }
 
 async fn start(name: &str, consul: Consul) -> Result<Node, StartError> {
-    Node::builder()
-        .name(name)
-        .cluster("game")
-        .cookie(mesh_testkit::COOKIE)
-        .listen("127.0.0.1:0")
-        .capabilities(["game"])
-        .actor::<Player>()
-        .default_node(false)
-        .discovery(consul)
+    game(member("game", name).listen("127.0.0.1:0"), consul)
         .start()
         .await
 }
 
+/// `b` as a game node found through `consul`.
+fn game(b: NodeBuilder, consul: Consul) -> NodeBuilder {
+    b.capabilities(["game"]).actor::<Player>().discovery(consul)
+}
+
 /// Waits until `node`'s membership is exactly `want`.
 async fn members(node: &Node, want: &[&str]) {
-    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    let mut rx = node.membership_changes();
-    within(
-        STEP,
-        rx.wait_for(|m| {
-            let mut have: Vec<String> = m.nodes().map(str::to_owned).collect();
-            have.sort();
-            have == want
-        }),
-    )
-    .await
-    .expect("membership watch open");
+    wait_member_names(node, STEP, want).await;
 }
 
 struct Three {
@@ -77,13 +64,13 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 /// Three nodes, each on its own simulated agent, all discovered.
 async fn three() -> Three {
     let consul = TestConsul::start(3, time()).await;
-    let mut adapters = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        let a = adapter(&consul, i);
-        nodes.push(start(name, a.clone()).await.expect("node starts"));
-        adapters.push(a);
+    let adapters: Vec<Consul> = (0..NAMES.len()).map(|i| adapter(&consul, i)).collect();
+    let mut cluster = Cluster::discovered().cluster("game");
+    for (name, a) in NAMES.iter().zip(&adapters) {
+        let a = a.clone();
+        cluster = cluster.node(*name, move |b| game(b, a));
     }
+    let nodes = cluster.start_unwaited().await.into_nodes();
     for n in &nodes {
         members(n, &NAMES).await;
     }

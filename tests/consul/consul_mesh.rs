@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use mesh::consul::{Consul, Mesh, SidecarUpstream, UpstreamPorts};
 use mesh::prelude::*;
+use mesh::NodeBuilder;
 use mesh_testkit::actors::Player;
 use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
 use mesh_testkit::consul_catalog::{Catalog, TimeScale, SIDECAR_PORTS};
+use mesh_testkit::fixture::{member, Cluster};
 use mesh_testkit::within;
 
 const STEP: Duration = Duration::from_secs(30);
@@ -35,18 +37,15 @@ fn adapter(consul: &TestConsul, agent: usize, mesh: Mesh) -> Consul {
 }
 
 async fn start(name: &str, consul: Consul) -> Node {
-    Node::builder()
-        .name(name)
-        .cluster("game")
-        .cookie(mesh_testkit::COOKIE)
-        .listen("127.0.0.1:0")
-        .capabilities(["game"])
-        .actor::<Player>()
-        .default_node(false)
-        .discovery(consul)
+    game(member("game", name).listen("127.0.0.1:0"), consul)
         .start()
         .await
         .expect("node starts")
+}
+
+/// `b` as a game node found through `consul`.
+fn game(b: NodeBuilder, consul: Consul) -> NodeBuilder {
+    b.capabilities(["game"]).actor::<Player>().discovery(consul)
 }
 
 /// Waits until `consul`'s published upstreams lead to exactly `peers`,
@@ -93,13 +92,16 @@ struct Three {
 
 async fn three(mesh: impl Fn() -> Mesh) -> Three {
     let consul = TestConsul::start(3, time()).await;
-    let mut adapters = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        let a = adapter(&consul, i, mesh());
-        nodes.push(start(name, a.clone()).await);
-        adapters.push(a);
+    let adapters: Vec<Consul> = (0..NAMES.len())
+        .map(|i| adapter(&consul, i, mesh()))
+        .collect();
+    let mut cluster = Cluster::discovered().cluster("game");
+    for (name, a) in NAMES.iter().zip(&adapters) {
+        let a = a.clone();
+        cluster = cluster.node(*name, move |b| game(b, a));
     }
+    // No membership wait: no sidecar runs, so the peers are not reachable.
+    let nodes = cluster.start_unwaited().await.into_nodes();
     for (i, a) in adapters.iter().enumerate() {
         let peers: Vec<&str> = NAMES.iter().copied().filter(|n| *n != NAMES[i]).collect();
         upstreams_to(a, &peers).await;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mesh::prelude::*;
+use mesh_testkit::fixture::local;
 
 #[derive(Actor, Default)]
 #[actor(capability = "chain")]
@@ -95,16 +96,14 @@ impl Beta {
 }
 
 async fn node() -> Node {
-    Node::builder()
-        .default_node(false)
-        .capabilities(["chain", "host", "guest"])
-        .actor::<Alpha>()
-        .actor::<Beta>()
-        .actor::<Host>()
-        .actor::<Guest>()
-        .start()
-        .await
-        .unwrap()
+    local(|b| {
+        b.capabilities(["chain", "host", "guest"])
+            .actor::<Alpha>()
+            .actor::<Beta>()
+            .actor::<Host>()
+            .actor::<Guest>()
+    })
+    .await
 }
 
 // Reentrancy: `Host` opts in, so a call of its own chain is served while
