@@ -10,7 +10,7 @@
 //!
 //! Implementations here: plain TCP ([`super::tcp::Tcp`]) and in-memory
 //! pipes ([`super::memory::MemoryNetwork`]). The TLS and sidecar ones join
-//! the same conformance suite (`tests/transport.rs`).
+//! the same conformance suite (`tests/core/transport.rs`).
 //!
 //! Contracts:
 //! - `connect` and `Acceptor::secure` run inside the handshake timeout:
