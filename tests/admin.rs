@@ -510,29 +510,6 @@ async fn readyz_waits_for_min_members() {
     a.shutdown().await.unwrap();
 }
 
-/// A discovery that counts its registrations.
-#[derive(Clone, Default)]
-struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-impl mesh::discovery::Discovery for Counting {
-    fn start(
-        &self,
-        _me: mesh::discovery::LocalNode,
-        _peers: tokio::sync::watch::Sender<mesh::discovery::Peers>,
-    ) -> Boxed<'_, Result<(), StartError>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn stop(&self) -> Boxed<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn halt(&self) {}
-}
-
 /// Issue 20, point 2: a start refused for a setting (here the admin
 /// endpoint's port is taken) leaves nothing behind: no registration, no
 /// sidecar process. The admin endpoint used to bind after the node had
@@ -549,7 +526,7 @@ async fn a_start_refused_for_its_admin_port_leaves_nothing_registered_and_no_sid
         format!("touch {}; exec sleep 600", marker.display()),
         "refused",
     ));
-    let discovery = Counting::default();
+    let discovery = mesh_testkit::fixture::Counting::default();
     let refused = Node::builder()
         .name("refused")
         .default_node(false)
@@ -564,7 +541,7 @@ async fn a_start_refused_for_its_admin_port_leaves_nothing_registered_and_no_sid
         .expect_err("the admin port is taken");
     assert!(refused.to_string().contains("admin endpoint"), "{refused}");
     assert_eq!(
-        discovery.0.load(std::sync::atomic::Ordering::SeqCst),
+        discovery.registrations(),
         0,
         "the node registered before it was refused"
     );

@@ -766,35 +766,12 @@ fn a_crash_moves_few_shards_between_the_survivors() {
     );
 }
 
-/// A discovery without a lease store that counts its registrations.
-#[derive(Clone, Default)]
-struct Counting(Arc<std::sync::atomic::AtomicUsize>);
-
-type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-impl mesh::discovery::Discovery for Counting {
-    fn start(
-        &self,
-        _me: mesh::discovery::LocalNode,
-        _peers: tokio::sync::watch::Sender<mesh::discovery::Peers>,
-    ) -> Boxed<'_, Result<(), StartError>> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn stop(&self) -> Boxed<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn halt(&self) {}
-}
-
 /// Issue 20, point 2: every setting is checked before the first side
 /// effect. A strong node whose discovery has no lease store used to be
 /// refused only after it had registered (and started its sidecar).
 #[tokio::test]
 async fn a_strong_node_without_a_lease_store_is_refused_before_it_registers() {
-    let discovery = Counting::default();
+    let discovery = mesh_testkit::fixture::Counting::default();
     let refused = Node::builder()
         .name("no-store")
         .cluster("bank")
@@ -810,7 +787,7 @@ async fn a_strong_node_without_a_lease_store_is_refused_before_it_registers() {
         .expect_err("strong mode without a lease store");
     assert!(refused.to_string().contains("lease store"), "{refused}");
     assert_eq!(
-        discovery.0.load(std::sync::atomic::Ordering::SeqCst),
+        discovery.registrations(),
         0,
         "the node registered before it was refused"
     );

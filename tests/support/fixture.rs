@@ -323,6 +323,35 @@ impl Cluster {
     }
 }
 
+/// A discovery that only counts its registrations (`Discovery::start`)
+/// and reports no peers: for tests that a node registers, or does not.
+#[derive(Debug, Clone, Default)]
+pub struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counting {
+    /// How many times a node registered with it.
+    pub fn registrations(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl mesh::discovery::Discovery for Counting {
+    fn start(
+        &self,
+        _me: mesh::discovery::LocalNode,
+        _peers: tokio::sync::watch::Sender<mesh::discovery::Peers>,
+    ) -> mesh::discovery::BoxFuture<'_, Result<(), mesh::StartError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn stop(&self) -> mesh::discovery::BoxFuture<'_, Result<(), mesh::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn halt(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::IntoFuture;
