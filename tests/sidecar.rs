@@ -618,16 +618,8 @@ async fn haproxy_starts_without_the_nodes_environment() {
         .unwrap();
     let pid = cmd.pid().unwrap();
     // The spawner forks, then the child execs setpriv, sh and sleep in
-    // turn: read the environment of the last image, not of one between
-    // (mid-exec it reads empty). No event says when a process that is not
-    // our child has exec'd, so this polls /proc, bounded.
-    mesh_testkit::soon(async {
-        while !std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    // turn: read the environment of the last image, not of one between.
+    mesh_testkit::procs::await_exec(pid, "sleep", mesh_testkit::SOON).await;
     let vars = environ(pid);
     assert!(
         !vars.iter().any(|v| v.starts_with("MESH_COOKIE=")),

@@ -134,46 +134,79 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until none of `pids` is alive, polling `/proc` every 20 ms;
-/// panics after `limit` naming the survivors. Polling, not an event: these
-/// are not our children (HAProxy's master and workers under a killed
-/// node), so there is no exit status to await, and a pidfd would need
-/// `unsafe` or a new dependency for a test helper.
-pub async fn await_gone(pids: &[u32], limit: Duration) {
+/// Polls `check` every 20 ms until it gives a value; panics after `limit`
+/// with what `failure` says. Polling, not an event: the processes these
+/// helpers watch are not our children (HAProxy's master and workers under
+/// a killed node, a sidecar between two `exec`s), so there is no exit
+/// status to await, and a pidfd would need `unsafe` or a new dependency
+/// for a test helper.
+async fn poll<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    failure: impl FnOnce() -> String,
+) -> T {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() {
-            return;
+        if let Some(v) = check() {
+            return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processes {left:?} still alive after {limit:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{}", failure());
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until none of `pids` is alive; panics after `limit` naming the
+/// survivors.
+pub async fn await_gone(pids: &[u32], limit: Duration) {
+    let left = || -> Vec<u32> { pids.iter().copied().filter(|p| alive(*p)).collect() };
+    poll(
+        limit,
+        || left().is_empty().then_some(()),
+        || format!("processes {:?} still alive after {limit:?}", left()),
+    )
+    .await
 }
 
 /// The pid a pidfile names (its first number), once it names one whose
 /// process has at least one child (a HAProxy master with its worker);
 /// waits at most `limit`. Returns the master and its children.
 pub async fn master_and_workers(pidfile: &std::path::Path, limit: Duration) -> (u32, Vec<u32>) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
-        {
+    poll(
+        limit,
+        || {
+            let pid = std::fs::read_to_string(pidfile)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u32>()
+                .ok()?;
             let workers = children_of(pid);
-            if alive(pid) && !workers.is_empty() {
-                return (pid, workers);
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} names no running master with a worker within {limit:?}",
-            pidfile.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            (alive(pid) && !workers.is_empty()).then_some((pid, workers))
+        },
+        || {
+            format!(
+                "{} names no running master with a worker within {limit:?}",
+                pidfile.display()
+            )
+        },
+    )
+    .await
+}
+
+/// Waits until process `pid` runs a program whose command line starts with
+/// `program` (it has gone through its `exec`s: reading its environment
+/// mid-`exec` gives nothing); panics after `limit`.
+pub async fn await_exec(pid: u32, program: &str, limit: Duration) {
+    poll(
+        limit,
+        || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(program.as_bytes()))
+                .then_some(())
+        },
+        || format!("process {pid} does not run {program} after {limit:?}"),
+    )
+    .await
 }
