@@ -596,8 +596,18 @@ impl Listening {
 }
 
 impl Drop for Listening {
+    /// Stops accepting, and closes the connections that completed their
+    /// handshake but were not taken yet: dropped unclosed, their tasks
+    /// would go on answering pings for a node that is gone (a severed
+    /// node would look alive to the peer that dialed it last). A
+    /// handshake still running when this runs closes its connection
+    /// itself (the send fails).
     fn drop(&mut self) {
         self.task.abort();
+        self.accepted.close();
+        while let Ok(conn) = self.accepted.try_recv() {
+            conn.close();
+        }
     }
 }
 
@@ -678,6 +688,39 @@ mod tests {
         // a second: about 17 tries in 10 s, not thousands.
         let n = calls.load(Ordering::SeqCst);
         assert!((10..=20).contains(&n), "{n} accepts in 10 s");
+    }
+
+    fn config(node: &str) -> TransportConfig {
+        let identity = Identity {
+            cluster: "c".into(),
+            node: node.into(),
+            capabilities: vec![],
+            addr: String::new(),
+            incarnation: 1,
+            actors: vec![],
+        };
+        TransportConfig::new(identity, Cookie::new("k"))
+    }
+
+    /// A connection that completed its handshake but was not taken when
+    /// the listener is dropped is closed: left open, it would answer the
+    /// dialer's pings for a node that is gone (a severed node looked alive
+    /// to the peer that redialed it first).
+    #[tokio::test]
+    async fn connections_not_taken_close_with_the_listener() {
+        let t = Transport::memory(memory::MemoryNetwork::new());
+        let listening = t.listen("l", config("l"), Arc::new(Nobody)).await.unwrap();
+        let dialed = t
+            .dial(&DialTarget::addr("l"), &config("d"), Arc::new(Nobody))
+            .await
+            .unwrap();
+        // The listener's side completed its handshake (the dialer's did,
+        // after it) and is queued, not taken.
+        assert!(dialed.ping(Duration::from_secs(5)).await.is_ok());
+        drop(listening);
+        tokio::time::timeout(Duration::from_secs(5), dialed.closed())
+            .await
+            .expect("the dialer's connection closes with the listener");
     }
 
     #[test]
