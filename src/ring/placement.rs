@@ -31,8 +31,10 @@ pub trait Placement: fmt::Debug + Send + Sync + 'static {
 /// So every node owns within 10% of the mean by construction (plain
 /// rendezvous drifts by +-25% at 64 nodes: 4096 independent draws are few),
 /// while a join or leave still moves about `1/(N+1)` of the shards: the
-/// property tests bound it by `1/(N+1) + 2%` for 2..64 nodes, and it stays
-/// under `1/(N+1) + 1%` in practice.
+/// property tests bound it by `1/(N+1) + 3%` for 2..64 nodes (a joiner may
+/// take up to 10% over its share at a few nodes: the worst of 300
+/// memberships of each size was +2.1%, at 3 nodes, and under +1.5% from 4
+/// nodes up).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rendezvous;
 

@@ -42,13 +42,17 @@ proptest! {
         }
     }
 
-    /// A join or a leave moves at most 1/(N+1) + 2% of the shards.
+    /// A join or a leave moves at most 1/(N+1) + 3% of the shards. The
+    /// bounded loads let a joiner take up to 10% over its share and the
+    /// floor pass moves a few more: in 300 memberships of each size from 2
+    /// to 63 nodes the worst was +2.1% (at 3 nodes), under +1.5% from 4
+    /// nodes up. (A +2% bound failed about once in 300 runs at 3 nodes.)
     #[test]
     fn rendezvous_moves_little_on_join_and_leave(n in 2usize..=63, salt in any::<u32>(), leaver in 0usize..64) {
         let before = names(n, salt);
         let mut after = before.clone();
         after.push(format!("joiner-{salt}"));
-        let bound = 1.0 / (n + 1) as f64 + 0.02;
+        let bound = 1.0 / (n + 1) as f64 + 0.03;
         let join = table(&Rendezvous, &before).moved(&table(&Rendezvous, &after)) as f64 / SHARDS as f64;
         prop_assert!(join <= bound, "join {n}->{}: moved {join:.4} > {bound:.4}", n + 1);
         // Leave: the larger membership loses one node.
