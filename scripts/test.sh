@@ -31,6 +31,8 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 # run real HAProxy sidecars (Debian's 2.6): apt-get install haproxy
 # (below) when it is missing; they fail, never skip, without it.
 [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+# The module-loop check (scripts/module-loops.py).
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"
   echo "installing ${need_pkgs[*]} (the tests need them)"
@@ -104,6 +106,8 @@ for features in "" "--no-default-features" \
 done
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== no import loop between the modules of src/"
+python3 scripts/module-loops.py
 echo "== cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo clippy with the optional features (otel, admin)"

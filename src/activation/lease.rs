@@ -19,9 +19,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::mailbox::Mailbox;
-use super::task::watch_queue;
+use super::task::{watch_queue, Here};
 use super::Envelope;
-use crate::actor::Ctx;
 use crate::lease::gate::{Check, Gate};
 use crate::Handlers;
 
@@ -37,15 +36,15 @@ pub(super) struct Leased<'g> {
 const RECHECK: Duration = Duration::from_millis(50);
 
 impl Leased<'_> {
-    /// The hold of the activation of `ctx`, if it is `leased` (strong
-    /// mode). Built where needed from the boxed `Ctx`, so that nothing of
-    /// it lives in the activation's task.
-    pub(super) fn of(ctx: &Ctx, leased: bool) -> Option<Leased<'_>> {
+    /// The hold of the activation `here`, if it is `leased` (strong
+    /// mode). Built where needed from the boxed [`Here`], so that nothing
+    /// of it lives in the activation's task.
+    pub(super) fn of(here: &Here, leased: bool) -> Option<Leased<'_>> {
         if !leased {
             return None;
         }
-        let gate = ctx.node().inner().gate.as_deref()?;
-        let (shard, token) = ctx.lease();
+        let gate = here.host.gate()?;
+        let (shard, token) = here.ctx.lease();
         Some(Leased { gate, shard, token })
     }
 
@@ -63,7 +62,7 @@ impl Leased<'_> {
         &self,
         mb: &Mailbox<Envelope<A>>,
         batch: &mut VecDeque<Envelope<A>>,
-        shared: &crate::activation::Shared,
+        host: &dyn super::Host,
     ) -> bool {
         loop {
             let changed = self.gate.changed();
@@ -72,7 +71,7 @@ impl Leased<'_> {
             match self.check::<A>() {
                 Check::Go => return true,
                 Check::Lost => return false,
-                Check::Wait if shared.is_shutting_down() => return false,
+                Check::Wait if host.is_shutting_down() => return false,
                 Check::Wait => {}
             }
             let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
@@ -91,12 +90,12 @@ impl Leased<'_> {
 /// (A typed call from this process stays and waits for its deadline: it
 /// has no encoded form to forward.)
 pub(super) async fn enter<A: Handlers>(
-    ctx: &Ctx,
+    here: &Here,
     mb: &Mailbox<Envelope<A>>,
     batch: &mut VecDeque<Envelope<A>>,
 ) -> Option<u64> {
-    let (node, id) = (ctx.node(), ctx.id());
-    let gate = node.inner().gate.as_deref()?;
+    let (host, id) = (&here.host, here.ctx.id());
+    let gate = host.gate()?;
     let key = A::__ACTOR_KEY;
     let s = crate::ring::shard(id);
     loop {
@@ -106,13 +105,13 @@ pub(super) async fn enter<A: Handlers>(
         if let Some(token) = gate.enter(key, s) {
             return Some(token);
         }
-        if node.shared().is_shutting_down() || mb.len() == 0 {
+        if host.is_shutting_down() || mb.len() == 0 {
             return None;
         }
-        if !node.inner().will_hold(key, A::__CAPABILITY_KEY, s) {
+        if !host.will_hold(key, A::__CAPABILITY_KEY, s) {
             for env in mb.take_picked(|e| matches!(e, Envelope::Wire(_))) {
                 if let Envelope::Wire(call) = env {
-                    node.inner_arc().reroute_wire(id, *call);
+                    host.clone().reroute(id, *call);
                 }
             }
             if mb.len() == 0 {
@@ -126,8 +125,8 @@ pub(super) async fn enter<A: Handlers>(
 /// Strong mode, before a message: may it be handled now? (`Go` when the
 /// activation is not leased.)
 #[inline]
-pub(super) fn lease_check<A: Handlers>(ctx: &Ctx, leased: bool) -> Check {
-    match Leased::of(ctx, leased) {
+pub(super) fn lease_check<A: Handlers>(here: &Here, leased: bool) -> Check {
+    match Leased::of(here, leased) {
         Some(l) => l.check::<A>(),
         None => Check::Go,
     }
@@ -136,12 +135,12 @@ pub(super) fn lease_check<A: Handlers>(ctx: &Ctx, leased: bool) -> Check {
 /// Strong mode, before a message or the `on_deactivate` hook: waits
 /// until the lease holds (true) or is lost (false).
 pub(super) async fn still_leased<A: Handlers>(
-    ctx: &Ctx,
+    here: &Here,
     mb: &Mailbox<Envelope<A>>,
     batch: &mut VecDeque<Envelope<A>>,
 ) -> bool {
-    match Leased::of(ctx, true) {
-        Some(l) => l.wait_valid::<A>(mb, batch, ctx.node().shared()).await,
+    match Leased::of(here, true) {
+        Some(l) => l.wait_valid::<A>(mb, batch, &*here.host).await,
         None => true,
     }
 }

@@ -28,7 +28,7 @@ mod task;
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
@@ -36,9 +36,36 @@ use tokio::sync::Notify;
 
 pub(crate) use mailbox::{Mailbox, Push};
 
-use crate::actor::ReplyTo;
-use crate::node::NodeInner;
+use crate::actor::timer::{Delivery, Inbox};
+use crate::actor::{Ctx, ReplyTo};
+use crate::history::Phase;
+use crate::lease::gate::Gate;
 use crate::{Error, Handlers};
+
+/// What an activation needs from the node that hosts it. The node
+/// implements it; nothing in this module names the node. An activation
+/// task holds its host (the node lives while one runs); the tables hold
+/// it weakly.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The context a new activation of `id` (of actor type `actor`) hands
+    /// its handlers; its timers deliver to `inbox`.
+    fn context(self: Arc<Self>, id: Arc<str>, actor: &'static str, inbox: Weak<dyn Inbox>) -> Ctx;
+    /// Records an activation's start, dispatch or end, if the node keeps a
+    /// history.
+    fn record(&self, phase: Phase, actor: &'static str, id: &str, token: u64);
+    /// Whether the node keeps a history (one branch per message).
+    fn has_history(&self) -> bool;
+    /// Strong mode: the gate activations pass (see [`crate::lease`]).
+    fn gate(&self) -> Option<&Gate>;
+    /// Strong mode: whether the node holds, or is about to lock, shard `s`
+    /// of the actor type keyed `key` of capability `capability`.
+    fn will_hold(&self, key: u64, capability: u64, s: u16) -> bool;
+    /// Whether the node is shutting down.
+    fn is_shutting_down(&self) -> bool;
+    /// Strong mode: routes again an encoded call queued for an activation
+    /// this node will not hold, to the owner the ring names now.
+    fn reroute(self: Arc<Self>, id: &str, call: WireCall);
+}
 
 /// A message in an activation's mailbox.
 pub(crate) enum Envelope<A: Handlers> {
@@ -140,21 +167,24 @@ pub(crate) struct Shared {
     /// Notified when an activation leaves its table during shutdown.
     retired: Notify,
     runtime: tokio::runtime::Handle,
-    node: OnceLock<Weak<NodeInner>>,
+    /// The node, which owns this (so weak).
+    host: Weak<dyn Host>,
+}
+
+impl std::fmt::Debug for dyn Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Host")
+    }
 }
 
 impl Shared {
-    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, host: Weak<dyn Host>) -> Self {
         Shared {
             shutting_down: AtomicBool::new(false),
             retired: Notify::new(),
             runtime,
-            node: OnceLock::new(),
+            host,
         }
-    }
-
-    pub(crate) fn set_node(&self, node: Weak<NodeInner>) {
-        let _ = self.node.set(node);
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -192,14 +222,17 @@ type Table<A> = DashMap<Arc<str>, Arc<Mailbox<Envelope<A>>>, foldhash::fast::Ran
 pub(crate) struct Activations<A: Handlers> {
     table: Table<A>,
     shared: Arc<Shared>,
+    /// Itself, for the tasks it spawns (each holds its table while it runs).
+    me: Weak<Activations<A>>,
 }
 
 impl<A: Handlers> Activations<A> {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Activations {
+    pub(crate) fn new(shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Activations {
             table: DashMap::with_hasher_and_shard_amount(Default::default(), 128),
             shared,
-        }
+            me: me.clone(),
+        })
     }
 
     /// Delivers `env` to the activation of `id`, activating it if needed.
@@ -228,8 +261,19 @@ impl<A: Handlers> Activations<A> {
                 v.insert(mb.clone());
                 // One strong reference per activation, taken here: the
                 // node's reference count is shared by every core.
-                let node = self.shared.node.get().and_then(Weak::upgrade);
-                self.shared.runtime.spawn(task::run::<A>(node, mb, id));
+                match (self.shared.host.upgrade(), self.me.upgrade()) {
+                    (Some(host), Some(me)) => {
+                        let here = task::Here::new::<A>(host, &mb, id.clone());
+                        self.shared.runtime.spawn(task::run::<A>(here, me, mb, id));
+                    }
+                    // The node is going away (it holds the table): nobody
+                    // can be waiting on a live table.
+                    _ => {
+                        for env in mb.close() {
+                            env.fail(Error::ShuttingDown);
+                        }
+                    }
+                }
                 Ok(())
             }
         }
@@ -286,9 +330,11 @@ impl<A: Handlers> Activations<A> {
     }
 
     /// Starts the idle sweeper of this actor type (if it passivates).
-    pub(crate) fn start_sweeper(&self, node: Weak<NodeInner>) {
+    pub(crate) fn start_sweeper(&self) {
         if A::IDLE_TIMEOUT.is_some() {
-            self.shared.runtime.spawn(task::sweep_idle::<A>(node));
+            self.shared
+                .runtime
+                .spawn(task::sweep_idle::<A>(self.me.clone()));
         }
     }
 
@@ -306,7 +352,7 @@ pub(crate) trait AnyActivations: Send + Sync + 'static {
     /// Asks every activation to finish its queue and stop.
     fn stop_all(&self);
     /// Starts background work (the idle sweeper).
-    fn start(&self, node: Weak<NodeInner>);
+    fn start(&self);
     /// Deactivates (after their queues) the activations whose id
     /// `is_local` says this node no longer owns; returns how many.
     fn drain_moved(&self, is_local: &dyn Fn(&str) -> bool) -> usize;
@@ -340,8 +386,8 @@ impl<A: Handlers> AnyActivations for Activations<A> {
         <A as crate::Actor>::NAME
     }
 
-    fn start(&self, node: Weak<NodeInner>) {
-        self.start_sweeper(node);
+    fn start(&self) {
+        self.start_sweeper();
     }
 
     fn drain_moved(&self, is_local: &dyn Fn(&str) -> bool) -> usize {
@@ -353,6 +399,32 @@ impl<A: Handlers> AnyActivations for Activations<A> {
             }
         }
         moved
+    }
+}
+
+/// A timer's ticks go into the mailbox of the activation that set it.
+impl<A: Handlers> Inbox for Mailbox<Envelope<A>> {
+    fn actor(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<A>()
+    }
+
+    fn deliver(&self, envelope: Box<dyn Any + Send>, keep_alive: bool) -> Delivery {
+        // `Ctx::timer` checked the type against `actor()` before it armed
+        // the timer: another type cannot come.
+        let Ok(env) = envelope.downcast::<A::Envelope>() else {
+            return Delivery::Closed;
+        };
+        let env = Envelope::Local(*env);
+        let pushed = if keep_alive {
+            self.push(env, None)
+        } else {
+            self.push_quiet(env)
+        };
+        match pushed {
+            Ok(()) => Delivery::Queued,
+            Err(Push::Full(_)) => Delivery::Full,
+            Err(Push::Closed(_)) => Delivery::Closed,
+        }
     }
 }
 
@@ -386,9 +458,17 @@ mod size_tests {
             .start()
             .await
             .unwrap();
+        use std::sync::Arc;
+        let host: Arc<dyn super::Host> = node.inner_arc().clone();
+        let shared = Arc::new(super::Shared::new(
+            tokio::runtime::Handle::current(),
+            Arc::downgrade(&host),
+        ));
+        let mb = Arc::new(super::Mailbox::new(1));
         let f = super::task::run::<C>(
-            None,
-            std::sync::Arc::new(super::Mailbox::new(1)),
+            super::task::Here::new::<C>(host.clone(), &mb, "x".into()),
+            super::Activations::<C>::new(shared),
+            mb,
             "x".into(),
         );
         eprintln!("run future: {} bytes", std::mem::size_of_val(&f));
@@ -400,22 +480,23 @@ mod size_tests {
             "mailbox: {} bytes",
             std::mem::size_of::<super::Mailbox<super::Envelope<C>>>()
         );
-        let none: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(());
-        let ctx = crate::Ctx::new(
-            "x".into(),
-            "C",
-            node.clone(),
-            std::sync::Arc::downgrade(&none),
-        );
+        let inbox: Arc<dyn super::Inbox> = Arc::new(super::Mailbox::<super::Envelope<C>>::new(1));
+        let here = super::task::Here {
+            ctx: host
+                .clone()
+                .context("x".into(), "C", Arc::downgrade(&inbox)),
+            host: host.clone(),
+        };
+        let ctx = &here.ctx;
         let mut c = C(0);
         let (r, _rx) = crate::actor::ReplyTo::call(tokio::time::Instant::now());
         let env = <C as crate::Handler<Inc>>::__wrap(Inc(1), r);
-        let h = crate::Handlers::__handle(&mut c, env, &ctx);
+        let h = crate::Handlers::__handle(&mut c, env, ctx);
         eprintln!("__handle future: {} bytes", std::mem::size_of_val(&h));
         drop(h);
         let mb = super::Mailbox::<super::Envelope<C>>::new(1);
         let mut batch = std::collections::VecDeque::<super::Envelope<C>>::new();
-        let s = super::task::serve_for_size(&mut c, &mb, &ctx, &mut batch);
+        let s = super::task::serve_for_size(&mut c, &mb, &here, &mut batch);
         eprintln!("serve future: {} bytes", std::mem::size_of_val(&s));
         assert!(std::mem::size_of_val(&f) <= 768, "the activation task grew");
         assert!(

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,59 +28,66 @@ use tokio::time::{Instant, Sleep};
 
 use super::lease::{enter, lease_check, still_leased, Leased};
 use super::mailbox::{Mailbox, Take};
-use super::{Activations, Envelope, WireCall};
+use super::{Activations, Envelope, Host, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::{chain, BoxFuture, Ctx, Interleaver};
 use crate::history::Phase;
 use crate::lease::gate::Check;
-use crate::node::NodeInner;
 use crate::telemetry::{EndReason, Metrics};
-use crate::{Error, Handlers, Node};
+use crate::{Error, Handlers};
 
 type Mb<A> = Arc<Mailbox<Envelope<A>>>;
 
-pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id: Arc<str>) {
+/// What an activation task holds of its node, boxed (one allocation per
+/// activation task): the `Ctx` its handlers see, and its host.
+pub(super) struct Here {
+    pub(super) ctx: Ctx,
+    pub(super) host: Arc<dyn Host>,
+}
+
+impl Here {
+    /// What a new activation of `id` of `A` on `host` holds; its timers
+    /// deliver to `mb`.
+    pub(super) fn new<A: Handlers>(host: Arc<dyn Host>, mb: &Mb<A>, id: Arc<str>) -> Box<Here> {
+        let inbox: Arc<dyn crate::actor::timer::Inbox> = mb.clone();
+        Box::new(Here {
+            ctx: host.clone().context(id, A::NAME, Arc::downgrade(&inbox)),
+            host,
+        })
+    }
+}
+
+/// The activation of `id`, its mailbox `mb` in the table `acts`.
+/// `here` is boxed: held across every await, inline it would grow the
+/// task's future past its size budget.
+pub(super) async fn run<A: Handlers>(
+    here: Box<Here>,
+    acts: Arc<Activations<A>>,
+    mb: Mb<A>,
+    id: Arc<str>,
+) {
     let metrics = Metrics::get();
-    let Some(node) = node.map(Node::from_inner) else {
-        // The node is gone; nobody can be waiting on a live table.
-        for env in mb.close() {
-            env.fail(Error::ShuttingDown);
-        }
-        return;
-    };
-    let mailbox: Arc<dyn std::any::Any + Send + Sync> = mb.clone();
-    // Boxed (one allocation per activation task): held across every await,
-    // inline it would grow the task's future past its size budget.
-    let ctx = Box::new(Ctx::new(
-        id.clone(),
-        A::NAME,
-        node,
-        Arc::downgrade(&mailbox),
-    ));
-    drop(mailbox);
-    let acts = ctx.node().activations::<A>();
-    let shared = ctx.node().shared();
     let mut batch = VecDeque::new();
     loop {
-        if shared.is_shutting_down() {
-            return fail_rest(acts, &id, &mb, Error::ShuttingDown);
+        if acts.shared.is_shutting_down() {
+            return fail_rest(&acts, &id, &mb, Error::ShuttingDown);
         }
         // Strong mode: activate only on a shard this node holds, under a
         // valid lease (see `crate::lease`).
-        let leased = match ctx.node().inner().gate.is_some() {
+        let leased = match here.host.gate().is_some() {
             false => false,
             // Boxed: rare (strong mode, before each activation), and inline it
             // would grow every activation's task.
-            true => match Box::pin(enter::<A>(&ctx, &mb, &mut batch)).await {
+            true => match Box::pin(enter::<A>(&here, &mb, &mut batch)).await {
                 Some(token) => {
-                    ctx.set_token(token);
+                    here.ctx.set_token(token);
                     true
                 }
-                None if shared.is_shutting_down() => {
-                    return fail_rest(acts, &id, &mb, Error::ShuttingDown);
+                None if acts.shared.is_shutting_down() => {
+                    return fail_rest(&acts, &id, &mb, Error::ShuttingDown);
                 }
                 None => {
-                    if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
+                    if acts.retire_if_empty(&id, &mb) {
                         return;
                     }
                     continue;
@@ -92,10 +99,9 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         // Recorded as the activation starts (it may read state from here
         // on), not once `activate` returns: a history orders activations by
         // when they began to act.
-        ctx.node()
-            .inner()
-            .record(Phase::Activated, A::NAME, &id, ctx.lease().1);
-        let activate = Box::pin(CatchUnwind::new(A::activate(&id, &ctx)));
+        here.host
+            .record(Phase::Activated, A::NAME, &id, here.ctx.lease().1);
+        let activate = Box::pin(CatchUnwind::new(A::activate(&id, &here.ctx)));
         let activated = watch_queue(&mb, &mut batch, activate).await;
         let mut actor = match activated {
             Ok(Ok(actor)) => actor,
@@ -106,9 +112,8 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
                     Ok(Ok(_)) => String::new(),
                 };
                 metrics.activation_failures.increment(1);
-                ctx.node()
-                    .inner()
-                    .record(Phase::Deactivated, A::NAME, &id, ctx.lease().1);
+                here.host
+                    .record(Phase::Deactivated, A::NAME, &id, here.ctx.lease().1);
                 tracing::warn!(actor = A::NAME, id = &*id, "activation failed: {reason}");
                 let err = Error::ActivationFailed {
                     actor: A::NAME.to_owned(),
@@ -118,10 +123,10 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
                 for env in mb.drain() {
                     env.fail(err.clone());
                 }
-                if let Some(l) = Leased::of(&ctx, leased) {
+                if let Some(l) = Leased::of(&here, leased) {
                     l.exit::<A>();
                 }
-                if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
+                if acts.retire_if_empty(&id, &mb) {
                     return;
                 }
                 continue; // new callers arrived: they get a fresh attempt
@@ -133,12 +138,12 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         // `actor::chain`); each message sets whose call it serves.
         let end = chain::scope(
             A::NAME,
-            ctx.id_arc(),
-            serve(&mut actor, &mb, &ctx, &mut batch, leased),
+            here.ctx.id_arc(),
+            serve(&mut actor, &mb, &here, &mut batch, leased),
         )
         .await;
         // Timers end with the activation (a queued tick is dropped).
-        ctx.end_timers();
+        here.ctx.end_timers();
         metrics.live.decrement(1.0);
         metrics.deactivated(end);
         // Strong mode: the hook may write (fenced) state; it runs only
@@ -147,11 +152,11 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
             EndReason::Panic | EndReason::Lost => end,
             _ if !leased => end,
             // Boxed, as `enter`.
-            _ if Box::pin(still_leased::<A>(&ctx, &mb, &mut batch)).await => end,
+            _ if Box::pin(still_leased::<A>(&here, &mb, &mut batch)).await => end,
             _ => EndReason::Lost,
         };
         if end != EndReason::Panic && end != EndReason::Lost {
-            let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(&ctx)));
+            let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(&here.ctx)));
             let hook = watch_queue(&mb, &mut batch, hook);
             if let Err(payload) = hook.await {
                 tracing::error!(
@@ -168,29 +173,23 @@ pub(super) async fn run<A: Handlers>(node: Option<Arc<NodeInner>>, mb: Mb<A>, id
         } else {
             Phase::Deactivated
         };
-        ctx.node()
-            .inner()
-            .record(phase, A::NAME, &id, ctx.lease().1);
-        if let Some(l) = Leased::of(&ctx, leased) {
+        here.host.record(phase, A::NAME, &id, here.ctx.lease().1);
+        if let Some(l) = Leased::of(&here, leased) {
             l.exit::<A>();
         }
-        ctx.set_token(0);
-        if end == EndReason::Shutdown || shared.is_shutting_down() {
-            return fail_rest(acts, &id, &mb, Error::ShuttingDown);
+        here.ctx.set_token(0);
+        if end == EndReason::Shutdown || acts.shared.is_shutting_down() {
+            return fail_rest(&acts, &id, &mb, Error::ShuttingDown);
         }
-        if acts.is_none_or(|a| a.retire_if_empty(&id, &mb)) {
+        if acts.retire_if_empty(&id, &mb) {
             return;
         }
         // Messages arrived during deactivation: serve them with a new activation.
     }
 }
 
-fn fail_rest<A: Handlers>(acts: Option<&Activations<A>>, id: &str, mb: &Mb<A>, err: Error) {
-    let left = match acts {
-        Some(a) => a.retire(id, mb),
-        None => mb.close(),
-    };
-    for env in left {
+fn fail_rest<A: Handlers>(acts: &Activations<A>, id: &str, mb: &Mb<A>, err: Error) {
+    for env in acts.retire(id, mb) {
         env.fail(err.clone());
     }
 }
@@ -202,18 +201,19 @@ fn fail_rest<A: Handlers>(acts: Option<&Activations<A>>, id: &str, mb: &Mb<A>, e
 async fn serve<A: Handlers>(
     actor: &mut A,
     mb: &Mailbox<Envelope<A>>,
-    ctx: &Ctx,
+    here: &Here,
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
+    let ctx = &here.ctx;
     if A::REENTRANT {
         if let Some(il) = actor.__interleaver(ctx) {
             // Boxed: only reentrant actors pay for the interleaving turn.
-            let turns = Interleaved { il, ctx };
-            return Box::pin(serve_turns(turns, mb, ctx, batch, leased)).await;
+            let turns = Interleaved { il, here };
+            return Box::pin(serve_turns(turns, mb, here, batch, leased)).await;
         }
     }
-    serve_turns(Sequential { actor, ctx }, mb, ctx, batch, leased).await
+    serve_turns(Sequential { actor, ctx }, mb, here, batch, leased).await
 }
 
 /// How an activation serves a message it took: the turn strategy of the
@@ -304,7 +304,7 @@ impl<L: Future<Output = Outcome>, W: Future<Output = Outcome>> Future for OneHan
 /// the other messages wait for the turn to end.
 struct Interleaved<'a, A: Handlers> {
     il: Interleaver<'a, A>,
-    ctx: &'a Ctx,
+    here: &'a Here,
 }
 
 impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
@@ -315,15 +315,15 @@ impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
         batch: &'t mut VecDeque<Envelope<A>>,
         leased: bool,
     ) -> impl Future<Output = TurnEnd> + Send + 't {
-        let ctx = self.ctx;
-        let first = start(&mut self.il, env, ctx);
+        let here = self.here;
+        let first = start(&mut self.il, env, &here.ctx);
         Turn {
             first: Some(first),
             more: Vec::new(),
             il: &mut self.il,
             mb,
             batch,
-            ctx,
+            here,
             leased,
             outcome: Outcome::Done,
             polled: false,
@@ -341,7 +341,7 @@ impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
 async fn serve_turns<A: Handlers, T: Turns<A>>(
     mut turns: T,
     mb: &Mailbox<Envelope<A>>,
-    ctx: &Ctx,
+    here: &Here,
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
@@ -367,22 +367,24 @@ async fn serve_turns<A: Handlers, T: Turns<A>>(
             }
             // Strong mode: each turn starts under the lease (an interleaved
             // turn checks it again for each call it interleaves later).
-            let check = lease_check::<A>(ctx, leased);
+            let check = lease_check::<A>(here, leased);
             if check != Check::Go {
                 batch.push_front(env);
                 mb.put_back(batch);
-                if check == Check::Wait && Box::pin(still_leased::<A>(ctx, mb, batch)).await {
+                if check == Check::Wait && Box::pin(still_leased::<A>(here, mb, batch)).await {
                     continue 'take;
                 }
                 return EndReason::Lost;
             }
-            if ctx.node().inner().has_history() {
-                served::<A>(ctx);
+            if here.host.has_history() {
+                served::<A>(here);
             }
             let end = match turns.turn(env, mb, batch, leased).await {
                 TurnEnd::Lost => Some(EndReason::Lost),
                 TurnEnd::Done(Outcome::Panicked) => Some(EndReason::Panic),
-                TurnEnd::Done(Outcome::Done) if ctx.take_deactivate() => Some(EndReason::Requested),
+                TurnEnd::Done(Outcome::Done) if here.ctx.take_deactivate() => {
+                    Some(EndReason::Requested)
+                }
                 TurnEnd::Done(Outcome::Done) => None,
             };
             if let Some(end) = end {
@@ -470,7 +472,7 @@ struct Turn<'t, 'a, A: Handlers> {
     il: &'t mut Interleaver<'a, A>,
     mb: &'t Mailbox<Envelope<A>>,
     batch: &'t mut VecDeque<Envelope<A>>,
-    ctx: &'a Ctx,
+    here: &'a Here,
     /// Strong mode: the activation holds a lease (see [`lease_check`]).
     leased: bool,
     outcome: Outcome,
@@ -494,7 +496,7 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TurnEnd> {
         let this = self.get_mut();
-        let id = this.ctx.id();
+        let id = this.here.ctx.id();
         loop {
             let mut outcome = this.outcome;
             if let Some(first) = this.first.as_mut() {
@@ -528,12 +530,12 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
             // Strong mode: a call of the chain starts only past the gate.
             let mut waiting = false;
             if this.leased && this.mb.any(|e| e.in_chain_of(id)) {
-                match lease_check::<A>(this.ctx, true) {
+                match lease_check::<A>(this.here, true) {
                     Check::Go => this.gate_wait = None,
                     Check::Lost => return Poll::Ready(TurnEnd::Lost),
                     Check::Wait => {
-                        let ctx: &'a Ctx = this.ctx;
-                        match (this.gate_wait.as_mut(), ctx.node().inner().gate.as_deref()) {
+                        let here: &'a Here = this.here;
+                        match (this.gate_wait.as_mut(), here.host.gate()) {
                             (Some(changed), _) => {
                                 if changed.as_mut().poll(cx).is_ready() {
                                     this.gate_wait = None;
@@ -559,7 +561,7 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
                 if !picked.is_empty() {
                     for env in picked {
                         if !env.abandoned() {
-                            this.more.push(start(this.il, env, this.ctx));
+                            this.more.push(start(this.il, env, &this.here.ctx));
                         }
                     }
                     continue;
@@ -667,7 +669,7 @@ impl<A: Handlers, F: Future> Future for WatchQueue<'_, A, F> {
 /// timer per activation, so an idle activation costs no timer and the hot
 /// path reads no clock for idleness. An activation is passivated between
 /// `IDLE_TIMEOUT` and `1.25 x IDLE_TIMEOUT` after its last message.
-pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
+pub(super) async fn sweep_idle<A: Handlers>(acts: std::sync::Weak<Activations<A>>) {
     const TICKS: u32 = 4;
     let Some(idle) = A::IDLE_TIMEOUT else { return };
     let tick = (idle / TICKS).max(Duration::from_millis(1));
@@ -675,10 +677,7 @@ pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let Some(node) = node.upgrade().map(Node::from_inner) else {
-            return;
-        };
-        let Some(acts) = node.activations::<A>() else {
+        let Some(acts) = acts.upgrade() else {
             return;
         };
         if acts.shared.is_shutting_down() {
@@ -694,17 +693,17 @@ pub(super) async fn sweep_idle<A: Handlers>(node: Weak<NodeInner>) {
 pub(super) fn serve_for_size<'a, A: Handlers>(
     actor: &'a mut A,
     mb: &'a Mailbox<Envelope<A>>,
-    ctx: &'a Ctx,
+    here: &'a Here,
     batch: &'a mut VecDeque<Envelope<A>>,
 ) -> impl Future<Output = EndReason> + 'a {
-    serve(actor, mb, ctx, batch, false)
+    serve(actor, mb, here, batch, false)
 }
 
 /// Records a dispatch in the node's history (a checker orders the
 /// dispatches of an id's activations: `history::violations`).
 #[cold]
-fn served<A: Handlers>(ctx: &Ctx) {
-    ctx.node()
-        .inner()
+fn served<A: Handlers>(here: &Here) {
+    let ctx = &here.ctx;
+    here.host
         .record(Phase::Served, A::NAME, ctx.id(), ctx.lease().1);
 }

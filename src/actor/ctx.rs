@@ -1,10 +1,16 @@
 //! The context a handler sees.
+//!
+//! [`Ctx`] is defined here with its node opaque (`host`): the node's module
+//! gives it the methods that need the node ([`Ctx::node`], [`Ctx::get`],
+//! [`Ctx::fence`], and its constructor), so that this layer, which the
+//! node builds on, does not import the node back. Cost: one type check
+//! when a handler asks for its node.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::timer::{Timer, TimerError, Timers};
-use crate::{Handler, Message, Node};
+use super::timer::{Inbox, Timer, TimerError, Timers};
+use crate::{Handler, Message};
 
 /// What a handler (or a lifecycle hook) knows about its activation.
 ///
@@ -12,7 +18,8 @@ use crate::{Handler, Message, Node};
 pub struct Ctx {
     id: Arc<str>,
     actor: &'static str,
-    node: Node,
+    /// The node running the activation (a `crate::Node`, opaque here).
+    pub(crate) host: Box<dyn std::any::Any + Send + Sync>,
     deactivate: AtomicBool,
     /// Strong mode: the fencing token this activation entered with (0:
     /// none, or eventual mode).
@@ -21,9 +28,8 @@ pub struct Ctx {
     shard: u16,
     /// Created with the first timer: most actors set none.
     timers: std::sync::OnceLock<Box<Timers>>,
-    /// The activation's own mailbox (a `Mailbox<Envelope<A>>`), for its
-    /// timers to deliver to.
-    mailbox: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+    /// The activation's own mailbox, for its timers to deliver to.
+    mailbox: std::sync::Weak<dyn Inbox>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -31,50 +37,29 @@ impl std::fmt::Debug for Ctx {
         f.debug_struct("Ctx")
             .field("id", &self.id)
             .field("actor", &self.actor)
-            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
 
 impl Ctx {
-    pub(crate) fn new(
+    /// A context whose node is `host` (the node's module wraps this: it
+    /// is the one that knows what a node is).
+    pub(crate) fn with_host(
         id: Arc<str>,
         actor: &'static str,
-        node: Node,
-        mailbox: std::sync::Weak<dyn std::any::Any + Send + Sync>,
+        host: Box<dyn std::any::Any + Send + Sync>,
+        mailbox: std::sync::Weak<dyn Inbox>,
     ) -> Self {
         Ctx {
             shard: crate::ring::shard(&id),
             id,
             actor,
-            node,
+            host,
             deactivate: AtomicBool::new(false),
             token: std::sync::atomic::AtomicU64::new(0),
             timers: std::sync::OnceLock::new(),
             mailbox,
         }
-    }
-
-    /// Strong mode ([`crate::lease`]): what this activation fences its
-    /// writes to outside state with: its shard's lock key, the session
-    /// holding it and the fencing token. `None` on a node in eventual mode
-    /// (and outside an activation's life). Pass it to
-    /// `mesh::consul::Consul::fenced_put`, or give the token to any
-    /// store that refuses tokens below the highest it has seen.
-    pub fn fence(&self) -> Option<crate::lease::Fence> {
-        let token = self.token.load(std::sync::atomic::Ordering::Relaxed);
-        if token == 0 {
-            return None;
-        }
-        let gate = self.node.inner().gate.as_ref()?;
-        let session = gate.session()?;
-        let capability = self.node.inner().capability_of(self.actor)?;
-        let key = crate::ring::actor_key(capability, self.actor);
-        Some(crate::lease::Fence {
-            key: gate.lock_key_of(key, self.shard)?,
-            session: session.to_string(),
-            token,
-        })
     }
 
     /// The lease this activation holds: its shard and token (0: none).
@@ -129,13 +114,12 @@ impl Ctx {
         let Some(mb) = self.mailbox.upgrade() else {
             return Err(TimerError::Ended);
         };
-        let Ok(mb) = mb.downcast::<crate::activation::Mailbox<crate::activation::Envelope<A>>>()
-        else {
+        if mb.actor() != std::any::TypeId::of::<A>() {
             return Err(TimerError::WrongActor {
                 actor: self.actor,
                 wanted: A::NAME,
             });
-        };
+        }
         self.timers.get_or_init(Box::default).start::<A, M>(
             key.into(),
             when,
@@ -171,22 +155,6 @@ impl Ctx {
     /// The actor type's name.
     pub fn actor_name(&self) -> &'static str {
         self.actor
-    }
-
-    /// The node running this activation, to call other actors.
-    pub fn node(&self) -> &Node {
-        &self.node
-    }
-
-    /// The value of type `T` the node was given with
-    /// [`NodeBuilder::provide`](crate::NodeBuilder::provide): a database
-    /// pool, a configuration, a client. One value per type (wrap two of one
-    /// type in newtypes). A missing one is an error that says so, to
-    /// return from `activate` with `?`.
-    ///
-    /// Cost: one hash lookup and one downcast.
-    pub fn get<T: Send + Sync + 'static>(&self) -> Result<&T, MissingDependency> {
-        self.node.get::<T>()
     }
 
     /// Asks for this activation to be deactivated once the current message

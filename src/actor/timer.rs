@@ -27,8 +27,31 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use crate::activation::{Envelope, Mailbox};
 use crate::{Handler, Message};
+
+/// Where a timer delivers its ticks: the mailbox of the activation that
+/// set it. The activation implements it (the actor layer does not know the
+/// mailbox's type); a tick goes in as the actor's own typed envelope,
+/// boxed (a tick is rare next to a call).
+pub(crate) trait Inbox: Send + Sync {
+    /// The actor type the activation runs (a timer for another type is
+    /// refused with [`TimerError::WrongActor`]).
+    fn actor(&self) -> std::any::TypeId;
+    /// Queues `envelope` (an `A::Envelope` of the activation's `A`);
+    /// `keep_alive`: the tick counts as activity.
+    fn deliver(&self, envelope: Box<dyn std::any::Any + Send>, keep_alive: bool) -> Delivery;
+}
+
+/// What [`Inbox::deliver`] did with a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Queued.
+    Queued,
+    /// The mailbox is full: the tick is skipped.
+    Full,
+    /// The activation has ended: the timer stops.
+    Closed,
+}
 
 /// When a timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +145,7 @@ impl Timers {
         key: String,
         when: Timer,
         msg: M,
-        mb: Weak<Mailbox<Envelope<A>>>,
+        mb: Weak<dyn Inbox>,
         id: Arc<str>,
     ) where
         A: Handler<M>,
@@ -142,24 +165,22 @@ impl Timers {
                 }
                 if !tick_state.queued.swap(true, Ordering::AcqRel) {
                     let reply = crate::ReplyTo::tick(tick_state.clone());
-                    let env = Envelope::Local(A::__wrap(msg.clone(), reply));
+                    let env: Box<dyn std::any::Any + Send> =
+                        Box::new(<A as Handler<M>>::__wrap(msg.clone(), reply));
                     let Some(mb) = mb.upgrade() else { return };
-                    let pushed = if when.keep_alive {
-                        mb.push(env, None)
-                    } else {
-                        mb.push_quiet(env)
-                    };
-                    if let Err(e) = pushed {
-                        tick_state.handled();
-                        match e {
-                            crate::activation::Push::Closed(_) => return,
-                            crate::activation::Push::Full(_) => {
-                                tracing::warn!(
-                                    actor = A::NAME,
-                                    id = &*id,
-                                    "mailbox full: a timer tick was skipped"
-                                );
-                            }
+                    match mb.deliver(env, when.keep_alive) {
+                        Delivery::Queued => {}
+                        Delivery::Closed => {
+                            tick_state.handled();
+                            return;
+                        }
+                        Delivery::Full => {
+                            tick_state.handled();
+                            tracing::warn!(
+                                actor = A::NAME,
+                                id = &*id,
+                                "mailbox full: a timer tick was skipped"
+                            );
                         }
                     }
                 }

@@ -377,7 +377,7 @@ impl NodeBuilder {
             name: A::NAME,
             capability: A::CAPABILITY,
             messages: A::MESSAGES,
-            make: |shared| Arc::new(Activations::<A>::new(shared)),
+            make: |shared| Activations::<A>::new(shared),
         });
         self
     }
@@ -588,45 +588,49 @@ impl NodeBuilder {
         let mut membership = Membership::new();
         membership.upsert_hosting(&id, "", &capabilities, Some(&hosted));
         let routing = membership.routing(&*self.placement, &id);
-        let shared = Arc::new(Shared::new(runtime));
-        let actors = self
-            .actors
-            .iter()
-            .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
-            .collect();
         let mut incarnation = [0u8; 8];
         getrandom::fill(&mut incarnation)
             .map_err(|e| StartError::Config(format!("no randomness for the incarnation: {e}")))?;
-        let inner = Arc::new(NodeInner {
-            id,
-            incarnation: u64::from_le_bytes(incarnation),
-            capabilities,
-            hosted,
-            strategy: self.placement,
-            membership: tokio::sync::watch::channel(membership).0,
-            routing: ArcSwap::from_pointee(routing),
-            cluster: std::sync::OnceLock::new(),
-            actors,
-            message_names: self
+        // The activation tables reach their node as their `Host`, weakly
+        // (the node owns them): built with it, not wired in after.
+        let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
+            let host: std::sync::Weak<dyn crate::activation::Host> = me.clone();
+            let shared = Arc::new(Shared::new(runtime, host));
+            let actors = self
                 .actors
                 .iter()
-                .flat_map(|a| a.messages.iter().copied())
-                .collect(),
-            wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
-            shared: shared.clone(),
-            default_timeout: self.default_timeout,
-            shutdown_timeout: self.shutdown_timeout,
-            handle: std::sync::OnceLock::new(),
-            history: self.history,
-            gate,
-            keeper: std::sync::OnceLock::new(),
-            min_members: self.min_members,
-            formed: std::sync::atomic::AtomicBool::new(self.min_members <= 1),
-            deps: self.deps,
-            #[cfg(feature = "admin")]
-            admin: std::sync::OnceLock::new(),
+                .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
+                .collect();
+            NodeInner {
+                id,
+                incarnation: u64::from_le_bytes(incarnation),
+                capabilities,
+                hosted,
+                strategy: self.placement,
+                membership: tokio::sync::watch::channel(membership).0,
+                routing: ArcSwap::from_pointee(routing),
+                cluster: std::sync::OnceLock::new(),
+                actors,
+                message_names: self
+                    .actors
+                    .iter()
+                    .flat_map(|a| a.messages.iter().copied())
+                    .collect(),
+                wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
+                shared: shared.clone(),
+                default_timeout: self.default_timeout,
+                shutdown_timeout: self.shutdown_timeout,
+                handle: std::sync::OnceLock::new(),
+                history: self.history,
+                gate,
+                keeper: std::sync::OnceLock::new(),
+                min_members: self.min_members,
+                formed: std::sync::atomic::AtomicBool::new(self.min_members <= 1),
+                deps: self.deps,
+                #[cfg(feature = "admin")]
+                admin: std::sync::OnceLock::new(),
+            }
         });
-        shared.set_node(Arc::downgrade(&inner));
         // The admin endpoint binds before the cluster starts: a taken port
         // refuses the start before anything is registered. (Dropped with
         // the node if the cluster then fails to start.)
@@ -663,7 +667,7 @@ impl NodeBuilder {
             let _ = inner.keeper.set(keeper);
         }
         for (_, _, acts) in &inner.actors {
-            acts.start(Arc::downgrade(&inner));
+            acts.start();
         }
         if !inner.formed.load(Ordering::Acquire) {
             tracing::info!(

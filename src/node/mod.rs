@@ -11,6 +11,7 @@ mod admin;
 mod builder;
 mod call;
 mod cluster;
+mod ctx;
 mod handle;
 mod lifecycle;
 mod router;
@@ -326,10 +327,8 @@ impl Node {
         Ok(())
     }
 
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.inner.shared
-    }
-
+    /// The node's own state (its activations' host, in tests).
+    #[cfg(test)]
     pub(crate) fn inner_arc(&self) -> &Arc<NodeInner> {
         &self.inner
     }
@@ -337,10 +336,42 @@ impl Node {
     pub(crate) fn inner(&self) -> &NodeInner {
         &self.inner
     }
+}
 
-    /// The activation table of `A`, if this node was built with it.
-    pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {
-        self.inner.activations::<A>()
+/// The node is its activations' host: what they need of it, and nothing
+/// more (see [`crate::activation::Host`]).
+impl crate::activation::Host for NodeInner {
+    fn context(
+        self: Arc<Self>,
+        id: Arc<str>,
+        actor: &'static str,
+        inbox: std::sync::Weak<dyn crate::actor::timer::Inbox>,
+    ) -> crate::Ctx {
+        crate::Ctx::new(id, actor, Node::from_inner(self), inbox)
+    }
+
+    fn record(&self, phase: crate::history::Phase, actor: &'static str, id: &str, token: u64) {
+        NodeInner::record(self, phase, actor, id, token);
+    }
+
+    fn has_history(&self) -> bool {
+        NodeInner::has_history(self)
+    }
+
+    fn gate(&self) -> Option<&crate::lease::gate::Gate> {
+        self.gate.as_deref()
+    }
+
+    fn will_hold(&self, key: u64, capability: u64, s: u16) -> bool {
+        NodeInner::will_hold(self, key, capability, s)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shared.is_shutting_down()
+    }
+
+    fn reroute(self: Arc<Self>, id: &str, call: crate::activation::WireCall) {
+        self.reroute_wire(id, call);
     }
 }
 

@@ -1,0 +1,64 @@
+//! What a handler's [`Ctx`] knows of its node: the methods of `Ctx` that
+//! need the node, beside its definition in `actor/` (which does not import
+//! the node: see its module docs).
+
+use std::sync::Arc;
+
+use crate::actor::timer::Inbox;
+use crate::{Ctx, MissingDependency, Node};
+
+impl Ctx {
+    /// The context of a new activation of `id` on `node`.
+    pub(crate) fn new(
+        id: Arc<str>,
+        actor: &'static str,
+        node: Node,
+        inbox: std::sync::Weak<dyn Inbox>,
+    ) -> Self {
+        Ctx::with_host(id, actor, Box::new(node), inbox)
+    }
+
+    /// The node running this activation, to call other actors.
+    pub fn node(&self) -> &Node {
+        match self.host.downcast_ref::<Node>() {
+            Some(node) => node,
+            // `Ctx::new` above is the only constructor.
+            None => unreachable!("a Ctx is built with its Node"),
+        }
+    }
+
+    /// The value of type `T` the node was given with
+    /// [`NodeBuilder::provide`](crate::NodeBuilder::provide): a database
+    /// pool, a configuration, a client. One value per type (wrap two of one
+    /// type in newtypes). A missing one is an error that says so, to
+    /// return from `activate` with `?`.
+    ///
+    /// Cost: one hash lookup and one downcast.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Result<&T, MissingDependency> {
+        self.node().get::<T>()
+    }
+
+    /// Strong mode ([`crate::lease`]): what this activation fences its
+    /// writes to outside state with: its shard's lock key, the session
+    /// holding it and the fencing token. `None` on a node in eventual mode
+    /// (and outside an activation's life). Pass it to
+    /// `mesh::consul::Consul::fenced_put`, or give the token to any
+    /// store that refuses tokens below the highest it has seen.
+    pub fn fence(&self) -> Option<crate::lease::Fence> {
+        let (shard, token) = self.lease();
+        if token == 0 {
+            return None;
+        }
+        let inner = self.node().inner();
+        let gate = inner.gate.as_ref()?;
+        let session = gate.session()?;
+        let actor = self.actor_name();
+        let capability = inner.capability_of(actor)?;
+        let key = crate::ring::actor_key(capability, actor);
+        Some(crate::lease::Fence {
+            key: gate.lock_key_of(key, shard)?,
+            session: session.to_string(),
+            token,
+        })
+    }
+}
