@@ -905,7 +905,7 @@ async fn caller(t: Transport, seed: &str) -> Node {
         .cookie(mesh_testkit::COOKIE)
         .transport(t)
         .seeds([seed])
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(500))
+        .heartbeat(Duration::from_millis(50), Duration::from_secs(2))
         .shutdown_timeout(Duration::from_millis(300))
         .start()
         .await

@@ -523,11 +523,11 @@ async fn a_hung_peer_is_dropped_within_the_failure_timeout_and_rejoins_when_it_a
     let started = tokio::time::Instant::now();
     memory.stall("a", "b");
     wait_members(&[&a, &b], 1).await;
-    // heartbeat 50 ms, failure timeout 500 ms: a ping sent within one
+    // heartbeat 50 ms, failure timeout 2 s: a ping sent within one
     // heartbeat goes unanswered for the failure timeout.
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(500), "{took:?}");
-    assert!(took <= Duration::from_millis(550), "{took:?}");
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took <= Duration::from_millis(2050), "{took:?}");
     all_served_by(&a, "a").await;
     memory.heal("a", "b");
     wait_members(&[&a, &b], 2).await;

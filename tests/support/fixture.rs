@@ -36,10 +36,14 @@ pub fn member(cluster: &str, name: &str) -> NodeBuilder {
         .cookie(COOKIE)
 }
 
-/// The quick failure detector of the in-process suites: heartbeats every
-/// 50 ms, a peer down after 500 ms of silence, a 300 ms shutdown.
+/// The quick settings of the in-process suites: heartbeats every 50 ms
+/// (peers meet and gossip fast), a peer down after 2 s of silence (the
+/// default: a loaded CI machine, or a test panicking on purpose while
+/// `RUST_BACKTRACE` symbolizes its backtrace, stalls a runtime thread for
+/// hundreds of milliseconds, and 500 ms dropped live peers), a 300 ms
+/// shutdown.
 pub fn fast(b: NodeBuilder) -> NodeBuilder {
-    b.heartbeat(Duration::from_millis(50), Duration::from_millis(500))
+    b.heartbeat(Duration::from_millis(50), Duration::from_secs(2))
         .shutdown_timeout(Duration::from_millis(300))
 }
 
