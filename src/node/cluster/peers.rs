@@ -83,12 +83,16 @@ pub(crate) trait Conn: Clone {
 }
 
 /// The connection that carries calls among `conns` (oldest first): the
-/// oldest open one not being retired, else the oldest open unsealed one.
+/// oldest open unsealed one not being retired, else the oldest open
+/// unsealed one. None when every open one is sealed (retired, or its peer
+/// is leaving): the peer is not reachable for new calls.
 pub(crate) fn carrier<C: Conn>(conns: &[C]) -> Option<&C> {
+    let open = |c: &&C| !c.is_closed() && !c.is_sealed();
     conns
         .iter()
-        .find(|c| !c.is_closed() && !c.is_retiring())
-        .or_else(|| conns.iter().find(|c| !c.is_closed() && !c.is_sealed()))
+        .filter(open)
+        .find(|c| !c.is_retiring())
+        .or_else(|| conns.iter().find(open))
 }
 
 /// Whether `c` counts as a connection to its peer (no dial is due for it).

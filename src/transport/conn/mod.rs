@@ -65,6 +65,9 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// The peer is leaving: route nothing new to it, then `ack` (which
     /// answers the peer; dropped, it answers too). The default acks at once.
+    /// The connection the `Leave` came on is sealed before this runs, so
+    /// the ack goes out after every call sent on it before, and a call
+    /// sent on it after comes back unsent ([`Routed::Unsent`]).
     fn leave(&self, from: &Peer, ack: Ack) {
         let _ = from;
         ack.send();
@@ -776,6 +779,40 @@ mod tests {
         accepted.answered().await;
         accepted.close_after_queued();
         conn.closed().await;
+    }
+
+    /// A peer that leaves gets its ack only after every call sent to it
+    /// on the connection, and nothing new follows: the connection is
+    /// sealed before the ack (before, a call that read the routing before
+    /// the leave could follow the ack, arrive after the leaving node's
+    /// drain, and fail with `NodeDown` when it closed).
+    #[tokio::test(start_paused = true)]
+    async fn a_leave_seals_the_connection_before_its_ack() {
+        let (_net, mut l, conn) = pair().await;
+        let accepted = l.accepted().await.unwrap();
+        // A call in flight from the dialer before the listener leaves.
+        let before = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        accepted.leave(Duration::from_secs(5)).await.unwrap();
+        // The dialer's side (default `Inbound::leave`) sealed before it
+        // acked: the call sent before has arrived (the listener holds it),
+        // and a new one comes back unsent.
+        assert!(conn.is_sealed());
+        assert_eq!(accepted.inbound_in_flight(), 1);
+        match conn
+            .call_routed(1, "y", b"q".to_vec(), Duration::from_secs(5), 0, None, None)
+            .await
+        {
+            Err(Routed::Unsent(p)) => assert_eq!(p, b"q"),
+            other => panic!("expected Unsent, got {other:?}"),
+        }
+        before.abort();
     }
 
     async fn pair() -> (Arc<MemoryNetwork>, super::super::Listening, Connection) {

@@ -121,7 +121,20 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
             }
         },
         Kind::Cancel => shared.inbound.cancel(corr),
-        Kind::Leave => inbound.leave(&shared.peer, Ack::new(corr, shared)),
+        Kind::Leave => {
+            // The peer routes nothing new here once it leaves; sealed
+            // first, this side sends no new call on the connection (one
+            // comes back unsent, for the caller to route elsewhere), and
+            // the ack goes out after every call that passed the seal
+            // check: once the leaving peer has the ack, every call sent
+            // to it on this connection has arrived.
+            let ack = Ack::new(corr, shared);
+            Connection {
+                shared: shared.clone(),
+            }
+            .seal();
+            inbound.leave(&shared.peer, ack);
+        }
         Kind::Retire => {
             let ack = Ack::new(corr, shared);
             let _ = shared.retiring.compare_exchange(
