@@ -82,7 +82,7 @@ async fn node(
     seeds: &[String],
 ) -> Node {
     let mut b = Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster(cluster)
         .cookie(COOKIE)

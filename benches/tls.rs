@@ -80,7 +80,7 @@ fn probe_config(node: &str) -> TransportConfig {
 /// crosses the link).
 async fn node(name: &str, cluster: &str, t: Transport, seeds: &[String]) -> Node {
     let b = Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster(cluster)
         .cookie(COOKIE)

@@ -175,7 +175,7 @@ async fn maximal_handshakes_from_strangers_cost_a_node_little_memory() {
 
     // A legitimate node joins right after and routes a call to it.
     let node = Node::builder()
-        .name("legit")
+        .id("legit")
         .default_node(false)
         .cluster("example")
         .cookie(COOKIE)
@@ -245,7 +245,7 @@ async fn a_weak_cookie_is_refused_at_start_unless_allowed_for_tests() {
 async fn an_identity_over_the_handshake_limits_is_refused_at_start() {
     let err = Node::builder()
         .default_node(false)
-        .name("n".repeat(wire::MAX_NAME + 1))
+        .id("n".repeat(wire::MAX_NAME + 1))
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
         .start()
@@ -261,7 +261,7 @@ async fn an_identity_over_the_handshake_limits_is_refused_at_start() {
 async fn a_stranger_learns_nothing_about_the_listener() {
     let secret_cluster = "secret-cluster";
     let node = Node::builder()
-        .name("secret-node")
+        .id("secret-node")
         .default_node(false)
         .cluster(secret_cluster)
         .cookie(COOKIE)

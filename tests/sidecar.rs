@@ -274,17 +274,17 @@ async fn a_missing_haproxy_is_a_clear_error_at_start() {
     assert!(err.to_string().contains("apt-get install haproxy"), "{err}");
     // Through the node builder: the node does not start, and says why.
     let err = Node::builder()
-        .name("a")
+        .id("a")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::haproxy(settings))
         .start()
         .await
         .unwrap_err();
+    assert!(err.to_string().starts_with("sidecar: "), "{err}");
     match err {
-        StartError::Config(e) => {
-            assert!(e.starts_with("sidecar: "), "{e}");
-            assert!(e.contains("apt-get install haproxy"), "{e}");
+        StartError::Sidecar { reason } => {
+            assert!(reason.contains("apt-get install haproxy"), "{reason}");
         }
         other => panic!("expected a sidecar error, got {other:?}"),
     }
@@ -745,7 +745,7 @@ async fn a_leaf_rotation_reloads_and_established_connections_survive() {
 /// A node of capability `game`, named `name`, through `sidecar`.
 async fn sidecar_node(name: &str, sidecar: Sidecar, seeds: &[String]) -> Node {
     Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster("mesh")
         .cookie(mesh_testkit::COOKIE)
@@ -971,7 +971,7 @@ async fn a_command_sidecar_is_supervised_with_a_stand_in_program() {
 async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_only() {
     let sidecar = Sidecar::external();
     let node = Node::builder()
-        .name("ext")
+        .id("ext")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(sidecar.clone())
@@ -982,7 +982,7 @@ async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_onl
     assert!(sidecar.running_haproxy().is_none() && sidecar.running_command().is_none());
     node.shutdown().await.unwrap();
     let err = Node::builder()
-        .name("ext2")
+        .id("ext2")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::external())

@@ -899,7 +899,7 @@ async fn with_acls_on_the_connect_requests_carry_the_token() {
 /// so its only connection is the one it dials (accepted by the seed).
 async fn caller(t: Transport, seed: &str) -> Node {
     Node::builder()
-        .name("caller")
+        .id("caller")
         .default_node(false)
         .cluster("tls")
         .cookie(mesh_testkit::COOKIE)

@@ -122,7 +122,7 @@ enum Mode {
 /// let consul = Consul::new().through_sidecar(Mesh::new());
 /// let mesh = ConsulSidecar::haproxy(consul.clone(), ConsulHaproxy::new("/run/mesh/sidecar"));
 /// let node = mesh::Node::builder()
-///     .name("a")
+///     .id("a")
 ///     .cookie("secret")
 ///     .discovery(mesh.clone()) // registers, then starts the sidecar
 ///     .through_sidecar(mesh.sidecar()) // dials through it, listens on loopback
@@ -185,9 +185,9 @@ enum Mode {
 ///   intentions asked, configuration checked, process ready). A sidecar
 ///   that cannot start deregisters the node and fails
 ///   [`NodeBuilder::start`](crate::NodeBuilder::start) with
-///   [`StartError::Config`] starting `sidecar:` (HAProxy missing: the
-///   error says how to install it). A [`Consul`] not in mesh mode is a
-///   `Config` error too.
+///   [`StartError::Sidecar`] (HAProxy missing: the error says how to
+///   install it). A [`Consul`] not in mesh mode is a
+///   `Sidecar` error too.
 /// - **Changes** are applied one at a time by one task; a change that
 ///   fails (HAProxy refuses a reload) is logged, kept in
 ///   [`Applied::error`], and tried again at the next trigger.
@@ -301,7 +301,9 @@ impl ConsulSidecar {
                 if let Err(d) = Discovery::stop(consul).await {
                     tracing::warn!(target: "mesh::sidecar", "deregistering after a failed sidecar start: {d}");
                 }
-                Err(StartError::Config(format!("sidecar: {e}")))
+                Err(StartError::Sidecar {
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -621,18 +623,21 @@ impl Discovery for ConsulSidecar {
 
     /// The Consul adapter's account, plus `sidecar_applied`: what the
     /// sidecar was last given.
-    fn describe(&self) -> serde_json::Value {
+    fn describe(&self) -> crate::discovery::Description {
         let mut v = self.inner.consul.describe();
         let a = self.inner.applied.borrow().clone();
-        v["sidecar_applied"] = serde_json::json!({
-            "changes": a.changes,
-            "upstreams": a.upstreams.iter().map(|u| serde_json::json!({
-                "node": u.node, "local_port": u.local_port, "peer_addr": u.peer_addr,
-            })).collect::<Vec<_>>(),
-            "allow": a.allow,
-            "renewals": a.renewals,
-            "error": a.error,
-        });
+        v.set(
+            "sidecar_applied",
+            serde_json::json!({
+                "changes": a.changes,
+                "upstreams": a.upstreams.iter().map(|u| serde_json::json!({
+                    "node": u.node, "local_port": u.local_port, "peer_addr": u.peer_addr,
+                })).collect::<Vec<_>>(),
+                "allow": a.allow,
+                "renewals": a.renewals,
+                "error": a.error,
+            }),
+        );
         v
     }
 }

@@ -29,7 +29,7 @@
 //!   loopback port), then starts the managed sidecar pointing at it, then
 //!   registers with its discovery and dials peers. A sidecar that cannot
 //!   start fails [`NodeBuilder::start`](crate::NodeBuilder::start) with
-//!   [`StartError::Config`](crate::StartError::Config) starting `sidecar:`
+//!   [`StartError::Sidecar`](crate::StartError::Sidecar)
 //!   (HAProxy missing: the error says `apt-get install haproxy`).
 //! - **The sidecar dies**: connections through it close, calls in flight
 //!   on them fail at once with [`crate::Error::NodeDown`], peers drop out

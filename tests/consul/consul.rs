@@ -310,11 +310,29 @@ async fn an_unreachable_agent_or_bad_settings_fail_the_start() {
     let err = start("a", adapter(&consul, 0).ttl(Duration::from_millis(200)))
         .await
         .expect_err("TTL under 3x the heartbeat");
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "Consul::ttl",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = start("a", Consul::new().address("unix:///tmp/consul.sock"))
         .await
         .expect_err("no unix sockets");
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "Consul::address",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = start(
         "a",
         Consul::new()
@@ -323,7 +341,16 @@ async fn an_unreachable_agent_or_bad_settings_fail_the_start() {
     )
     .await
     .expect_err("an unreadable CA file");
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "Consul::agent_tls",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 

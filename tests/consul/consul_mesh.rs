@@ -361,7 +361,7 @@ async fn a_refused_sidecar_registration_fails_the_start_and_leaves_nothing() {
     );
     consul.set_acl(Some(acl));
     let refused = Node::builder()
-        .name("a")
+        .id("a")
         .cluster("game")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
@@ -372,6 +372,7 @@ async fn a_refused_sidecar_registration_fails_the_start_and_leaves_nothing() {
     let Err(StartError::Discovery(why)) = refused else {
         panic!("the start must fail in the agent's words: {refused:?}");
     };
+    let why = why.message();
     assert!(
         why.contains("registering game-a-connect with its sidecar"),
         "{why}"

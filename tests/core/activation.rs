@@ -447,7 +447,7 @@ async fn deadlines_time_out_calls_and_expired_work_is_skipped() {
     let node = node_with(|b| {
         b.capabilities(["slow"])
             .actor::<Slow>()
-            .default_timeout(Duration::from_secs(30))
+            .call_timeout(Duration::from_secs(30))
     })
     .await;
     // A call stuck in its handler times out at its own deadline.
@@ -647,7 +647,7 @@ impl Session {
 
 #[tokio::test]
 async fn handlers_see_their_context_and_domain_results_pass_through() {
-    let node = node_with(|b| b.name("n1").capabilities(["ctx"]).actor::<Session>()).await;
+    let node = node_with(|b| b.id("n1").capabilities(["ctx"]).actor::<Session>()).await;
     assert_eq!(
         node.call::<Session, _>("u1", Describe).await.unwrap(),
         "Session u1 on n1 (1)"
@@ -812,9 +812,27 @@ async fn a_node_refuses_inconsistent_configuration() {
             .actor::<Session>(),
     )
     .await;
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "NodeBuilder::actor",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = start(Node::builder().capabilities([""])).await;
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "NodeBuilder::capabilities",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // `?` in a function returning `mesh::Error` wraps it, Display unchanged.
     let wrapped = Error::from(err.clone());
     assert_eq!(wrapped, Error::Start(err.clone()));
