@@ -50,7 +50,7 @@ impl Echo {
 struct Nothing;
 
 impl Inbound for Nothing {
-    fn call(&self, _: &Peer, _: wire::Call, reply: Responder) {
+    fn call(&self, _: &Peer, _: wire::CallFrame, reply: Responder) {
         reply.send(Ok(Vec::new()));
     }
     fn cast(&self, _: &Peer, _: Cast) {}

@@ -158,7 +158,7 @@ fn identity(name: &str, leaf: &Leaf, bundle: &str) -> (Files, FileIdentity) {
 struct Echo;
 
 impl Inbound for Echo {
-    fn call(&self, from: &Peer, call: wire::Call, reply: Responder) {
+    fn call(&self, from: &Peer, call: wire::CallFrame, reply: Responder) {
         reply.send(Ok([from.node.as_bytes(), b":", &call.payload].concat()));
     }
     fn cast(&self, _: &Peer, _: Cast) {}

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{ConnectPem, Consul, ConsulIdentity, LocalSidecar, SidecarUpstream};
 use crate::discovery::{Discovery, LocalNode, Peers};
-use crate::sidecar::haproxy::{Certs, Timeouts, Upstream};
+use crate::sidecar::haproxy::{Certs, HaproxyUpstream, Timeouts};
 use crate::sidecar::managed::{
     CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY,
 };
@@ -89,7 +89,7 @@ pub struct Applied {
     /// The upstreams HAProxy serves, one per peer whose sidecar is known
     /// (with a command or external sidecar: every registered upstream,
     /// `peer_addr` and `peer_id` possibly empty).
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<HaproxyUpstream>,
     /// The SPIFFE IDs let in (HAProxy only): the peers the intentions
     /// allow, sorted.
     pub allow: Vec<String>,
@@ -147,7 +147,7 @@ enum Mode {
 ///   [`ConsulIdentity`] that follows both with blocking queries;
 /// - **upstreams**: one per entry of [`Consul::sidecar_upstreams`] whose
 ///   peer sidecar is known (`remote`): a frontend on its `local_bind` port,
-///   a backend to `remote.addr`; the [`UpstreamPorts`](crate::sidecar::UpstreamPorts)
+///   a backend to `remote.addr`; the [`UpstreamTable`](crate::sidecar::UpstreamTable)
 ///   the node dials hold the same ports, updated after HAProxy has
 ///   reloaded (a peer without a port yet is retried by the peer table);
 /// - **inbound** (the choice made here): HAProxy 2.6 cannot ask the agent
@@ -414,11 +414,11 @@ fn peer_id(local: &LocalSidecar, destination: &str) -> String {
 }
 
 /// HAProxy's upstreams: the peers whose sidecar is known.
-fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
+fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<HaproxyUpstream> {
     ups.iter()
         .filter_map(|u| {
             let r = u.remote.as_ref()?;
-            Some(Upstream {
+            Some(HaproxyUpstream {
                 node: u.node.clone(),
                 destination: u.destination.clone(),
                 local_port: u.local_bind.port(),
@@ -431,9 +431,9 @@ fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
 
 /// Every registered upstream (a command or external proxy listens on
 /// all of them).
-fn all_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
+fn all_upstreams(ups: &[SidecarUpstream]) -> Vec<HaproxyUpstream> {
     ups.iter()
-        .map(|u| Upstream {
+        .map(|u| HaproxyUpstream {
             node: u.node.clone(),
             destination: u.destination.clone(),
             local_port: u.local_bind.port(),

@@ -58,7 +58,7 @@ use std::time::Duration;
 /// A peer reached through this node's sidecar: the data the Consul
 /// adapter registers for each peer (one upstream per peer node).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Upstream {
+pub struct HaproxyUpstream {
     /// The peer's node id (the connector dials by it).
     pub node: String,
     /// The peer's own destination service name (e.g. `<cluster>-<node>`).
@@ -139,7 +139,7 @@ pub struct HaproxyConfig {
     /// The SPIFFE IDs allowed to call in (the intentions to this node).
     pub allow: Vec<String>,
     /// One per peer.
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<HaproxyUpstream>,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -451,14 +451,14 @@ mod tests {
             },
             allow: vec!["spiffe://td/ns/default/dc/dc1/svc/web".into()],
             upstreams: vec![
-                Upstream {
+                HaproxyUpstream {
                     node: "c".into(),
                     destination: "mesh-c".into(),
                     local_port: 9192,
                     peer_addr: "10.0.0.7:21000".into(),
                     peer_id: "spiffe://td/ns/default/dc/dc1/svc/mesh-c".into(),
                 },
-                Upstream {
+                HaproxyUpstream {
                     node: "b".into(),
                     destination: "mesh-b".into(),
                     local_port: 9191,

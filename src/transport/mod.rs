@@ -659,7 +659,7 @@ mod tests {
     struct Nobody;
 
     impl Inbound for Nobody {
-        fn call(&self, _: &crate::wire::Peer, _: crate::wire::Call, _: Responder) {}
+        fn call(&self, _: &crate::wire::Peer, _: crate::wire::CallFrame, _: Responder) {}
         fn cast(&self, _: &crate::wire::Peer, _: crate::wire::Cast) {}
     }
 

@@ -19,8 +19,8 @@
 //! `#[mesh::handlers]`; [`crate::Node::call_wire`] drives it.
 //!
 //! Between nodes, bodies travel in frames ([`FrameCodec`], layout in
-//! `frame`) after a cookie-authenticated handshake ([`Dialer`],
-//! [`Listener`]; the dialer proves first, with a key the cookie gives
+//! `frame`) after a cookie-authenticated handshake ([`DialHandshake`],
+//! [`ListenHandshake`]; the dialer proves first, with a key the cookie gives
 //! through Argon2id). A failed call travels as a [`Failure`]: a stable error
 //! [`code`] and fields, never the Rust [`crate::Error`] enum itself.
 //! `PROTOCOL.md` at the repository root describes all of it.
@@ -38,12 +38,14 @@ pub use frame::{
 };
 pub(crate) use handshake::prepare_key;
 pub use handshake::{
-    decode_bounded, printable, AwaitingWelcome, Cookie, Dialer, HandshakeError, Identity, Listener,
-    Peer, MAX_ACTORS, MAX_ADDR, MAX_CAPABILITIES, MAX_ITEMS, MAX_NAME, MAX_STRING, MAX_TAGS,
-    MIN_COOKIE_BITS,
+    decode_bounded, printable, AwaitingWelcome, Cookie, DialHandshake, HandshakeError, Identity,
+    ListenHandshake, Peer, MAX_ACTORS, MAX_ADDR, MAX_CAPABILITIES, MAX_ITEMS, MAX_NAME, MAX_STRING,
+    MAX_TAGS, MIN_COOKIE_BITS,
 };
 pub(crate) use message::MAX_CHAIN;
-pub use message::{Auth, Call, Cast, Challenge, Hello, Hosted, Member, Membership, Reply, Welcome};
+pub use message::{
+    Auth, CallFrame, Cast, Challenge, Hello, Hosted, Member, MembershipFrame, Reply, Welcome,
+};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
 use serde::de::DeserializeOwned;

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mesh::consul::{Consul, Mesh, SidecarUpstream, UpstreamPorts};
+use mesh::consul::{Consul, Mesh, PortPolicy, SidecarUpstream};
 use mesh::prelude::*;
 use mesh::NodeBuilder;
 use mesh_testkit::actors::Player;
@@ -399,7 +399,7 @@ async fn a_full_upstream_port_range_leaves_the_extra_peer_out() {
         l.local_addr().expect("addr").port()
     };
     let narrow = move || {
-        Mesh::new().upstream_ports(UpstreamPorts::Range {
+        Mesh::new().upstream_ports(PortPolicy::Range {
             first: port,
             count: 1,
         })

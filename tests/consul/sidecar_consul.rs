@@ -329,7 +329,7 @@ async fn calls_route_through_haproxy_sidecars_configured_from_consul() {
 struct Nobody;
 
 impl Inbound for Nobody {
-    fn call(&self, _: &Peer, _: wire::Call, _: Responder) {}
+    fn call(&self, _: &Peer, _: wire::CallFrame, _: Responder) {}
     fn cast(&self, _: &Peer, _: Cast) {}
 }
 

@@ -476,7 +476,7 @@ async fn two_tcp_nodes() -> (Node, Node) {
 
 /// A `Call` of `Alpha`'s `Hello` on `id`, as a peer sends it.
 fn hello_call(id: &str, chain: Option<Vec<(String, String)>>) -> Vec<u8> {
-    let call = mesh::wire::Call {
+    let call = mesh::wire::CallFrame {
         tag: mesh::tag_of::<Alpha, Hello>(),
         id: id.into(),
         timeout_ms: 10_000,

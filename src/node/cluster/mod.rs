@@ -245,7 +245,7 @@ pub(crate) fn peer_retires(node: &Arc<NodeInner>, conn: Connection, ack: Ack) {
 }
 
 /// A peer's membership view (gossip): places to dial.
-pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::Membership) {
+pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::MembershipFrame) {
     if let Some(cluster) = node.cluster.get() {
         cluster.send(Event::Gossip(membership));
     }
