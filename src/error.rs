@@ -263,6 +263,7 @@ pub enum Error {
 
 impl Error {
     /// [`Error::Discovery`] saying `message`.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn discovery(message: impl Into<String>) -> Self {
         Error::Discovery(DiscoveryError::new(message))
     }
@@ -554,6 +555,7 @@ impl StartError {
     ];
 
     /// [`StartError::Discovery`] saying `message`.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
     pub(crate) fn discovery(message: impl Into<String>) -> Self {
         StartError::Discovery(DiscoveryError::new(message))
     }

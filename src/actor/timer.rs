@@ -141,7 +141,7 @@ impl Timers {
                     return;
                 }
                 if !tick_state.queued.swap(true, Ordering::AcqRel) {
-                    let reply = crate::ReplyTo::tick(tick_state.clone());
+                    let reply = crate::actor::ReplyTo::tick(tick_state.clone());
                     let env = Envelope::Local(A::__wrap(msg.clone(), reply));
                     let Some(mb) = mb.upgrade() else { return };
                     let pushed = if when.keep_alive {

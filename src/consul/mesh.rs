@@ -135,7 +135,7 @@ pub enum PortPolicy {
 /// The heartbeat stops, the mesh task stops (nothing is registered after
 /// it), the per-node service is deregistered (the agent removes the
 /// sidecar with it), then the node's registration. A halted node
-/// ([`crate::Node::sever`]) leaves both behind; they go critical with the
+/// (`Node::sever`) leaves both behind; they go critical with the
 /// TTL and are reaped after `DeregisterCriticalServiceAfter`.
 ///
 /// # Intentions

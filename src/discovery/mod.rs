@@ -115,7 +115,7 @@ pub trait Discovery: Send + Sync + 'static {
     fn stop(&self) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Stops every background task at once and leaves the registration
-    /// behind, as a crash would ([`crate::Node::sever`]): the registry
+    /// behind, as a crash would (`Node::sever`, feature `internals`): the registry
     /// finds out by itself (a TTL running out).
     fn halt(&self);
 

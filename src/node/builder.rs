@@ -122,7 +122,7 @@ impl NodeBuilder {
     ///
     /// It must be strong: [`NodeBuilder::start`] refuses a cookie of less
     /// than 128 bits of estimated entropy
-    /// ([`Cookie::entropy_bits`](crate::wire::Cookie::entropy_bits)), since
+    /// (`Cookie::entropy_bits`), since
     /// a peer that sees one proof can guess cookies offline. Generate one:
     /// `openssl rand -base64 32`.
     pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {

@@ -80,7 +80,7 @@ pub const MAX_ITEMS: usize = 8192;
 /// raw bytes before decoding.
 pub const MAX_STRING: usize = 1024;
 /// The least cookie entropy a node starts with (see
-/// [`Cookie::entropy_bits`]), unless told to allow a weak one.
+/// `Cookie::entropy_bits`), unless told to allow a weak one.
 pub const MIN_COOKIE_BITS: f64 = 128.0;
 
 /// A shared cluster secret. Its `Debug` does not show it.

@@ -193,7 +193,8 @@ async fn three_nodes_register_a_sidecar_each_with_one_upstream_per_peer() {
         );
         // What the admin endpoint's /admin/discovery shows: the sidecar
         // and one upstream per peer, as held (no request).
-        let d = mesh::discovery::Discovery::describe(&t.adapters[i]);
+        let d = serde_json::to_value(mesh::discovery::Discovery::describe(&t.adapters[i]))
+            .expect("json");
         assert_eq!(d["sidecar"]["proxy_id"], local.proxy_id, "{d}");
         assert_eq!(d["sidecar"]["public"], local.public.to_string(), "{d}");
         let shown: Vec<(String, String)> = d["upstreams"]

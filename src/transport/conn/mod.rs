@@ -479,6 +479,7 @@ impl Connection {
     /// Calls handler `tag` of actor `id` on the peer; returns the encoded
     /// reply. Fails with `Timeout` after `timeout`, or `NodeDown` as soon as
     /// the connection drops.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub async fn call(
         &self,
         tag: u64,
@@ -531,6 +532,7 @@ impl Connection {
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn cast(&self, tag: u64, id: &str, payload: Vec<u8>, hops: u8) -> Result<(), Error> {
         self.cast_traced(tag, id, payload, hops, None)
     }
