@@ -210,6 +210,11 @@ async fn a_weak_cookie_is_refused_at_start_unless_allowed_for_tests() {
             text.contains("cookie is too weak") && text.contains("openssl rand -base64 32"),
             "{text}"
         );
+        // A variant of its own, so a caller can match it.
+        assert!(
+            matches!(err, mesh::StartError::WeakCookie { bits, needed: 128 } if bits < 128),
+            "{err:?}"
+        );
     }
     // The escape for tests.
     let node = Node::builder()
@@ -252,6 +257,10 @@ async fn an_identity_over_the_handshake_limits_is_refused_at_start() {
         .await
         .expect_err("a node id over the limit");
     assert!(err.to_string().contains("node id of 256 bytes"), "{err}");
+    assert!(
+        matches!(&err, mesh::StartError::IdentityLimits { reason } if reason.contains("node id")),
+        "{err:?}"
+    );
 }
 
 /// What a listener says to a stranger of another cluster, and to one that
