@@ -65,7 +65,11 @@
 //! `strong` (`NodeBuilder::strong`; with `consul`, Consul's lease store),
 //! `history` (`mesh::history`, `NodeBuilder::history`), `full` (those
 //! five), `otel`, `admin`; `aws-lc-rs` (default) or `ring` picks the
-//! rustls provider when TLS is on.
+//! rustls provider when TLS is on. `internals` is hidden and unstable, not
+//! for users (like tokio's `test-util`): it makes the engine's parts
+//! public for mesh's own tests, benchmarks and fuzz targets (the wire
+//! frames and handshake, the transport's connections, `Node::sever`), and
+//! what it exposes changes in any release.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]

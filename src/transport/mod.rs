@@ -7,6 +7,12 @@
 //! frame still goes through the codec, so one conformance suite covers
 //! every transport. A [`Transport`] pairs the two for a node.
 //!
+//! Public here: [`Transport`] and the connector boundary below, for a
+//! transport of your own. The connections themselves (`Connection`,
+//! `Inbound`, `Responder`, `listen`, `dial`, `TransportConfig`) are the
+//! engine's: public only with the hidden, unstable feature `internals`
+//! (mesh's own tests and benchmarks).
+//!
 //! ## The connector boundary
 //!
 //! A connector turns a [`DialTarget`] into a stream, an acceptor binds a

@@ -23,6 +23,13 @@
 //! `ListenHandshake`; the dialer proves first, with a key the cookie gives
 //! through Argon2id). A failed call travels as a `Failure`: a stable error
 //! [`code`] and fields, never the Rust [`crate::Error`] enum itself.
+//!
+//! Public here: the [`Wire`] bound of messages and replies, [`tag`],
+//! [`encode`] and [`decode`], the error [`code`]s, the protocol
+//! [`VERSION`] and the handshake's limits ([`MAX_NAME`] and the others).
+//! The frames, the handshake state machines and the message envelopes are
+//! the engine's: public only with the hidden, unstable feature
+//! `internals` (mesh's own tests, benchmarks and fuzz targets).
 //! `PROTOCOL.md` at the repository root describes all of it.
 
 mod failure;
