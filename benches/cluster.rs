@@ -180,7 +180,7 @@ impl RawClient {
 
 async fn serve() {
     let node = Node::builder()
-        .name("server")
+        .id("server")
         .cluster("bench")
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
@@ -237,7 +237,7 @@ async fn measure() {
         (m, r)
     };
     let node = Node::builder()
-        .name("client")
+        .id("client")
         .default_node(false)
         .cluster("bench")
         .cookie(COOKIE)
@@ -383,7 +383,7 @@ async fn join_movement() -> (f64, u64, usize) {
         let name = name.to_owned();
         async move {
             Node::builder()
-                .name(name)
+                .id(name)
                 .default_node(false)
                 .cluster("join")
                 .cookie(COOKIE)

@@ -42,7 +42,7 @@ async fn start(consul: &TestConsul, agent: usize, name: &str) -> (Node, Consul) 
         .heartbeat(HEARTBEAT)
         .ttl(TTL);
     let node = Node::builder()
-        .name(name)
+        .id(name)
         .cluster("bench")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use mesh::prelude::*;
-use mesh::sidecar::{Certs, HaproxySettings, Sidecar, Upstream};
+use mesh::sidecar::{Certs, HaproxySettings, HaproxyUpstream, Sidecar};
 use mesh::Transport;
 use mesh_testkit::free_port;
 use mesh_testkit::pki::{self, Ca};
@@ -82,7 +82,7 @@ async fn node(
     seeds: &[String],
 ) -> Node {
     let mut b = Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster(cluster)
         .cookie(COOKIE)
@@ -275,7 +275,7 @@ async fn measure() {
             format!("127.0.0.1:{}", free_port()),
             read_certs(&dir, "client"),
         )
-        .upstreams(vec![Upstream {
+        .upstreams(vec![HaproxyUpstream {
             node: "server".into(),
             destination: "bench-server".into(),
             local_port: upstream,

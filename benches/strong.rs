@@ -71,7 +71,7 @@ async fn start(
         .heartbeat(Duration::from_millis(100))
         .ttl(Duration::from_secs(6));
     let mut b = Node::builder()
-        .name(name)
+        .id(name)
         .cluster("bench")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")

@@ -50,7 +50,7 @@ impl Echo {
 struct Nothing;
 
 impl Inbound for Nothing {
-    fn call(&self, _: &Peer, _: wire::Call, reply: Responder) {
+    fn call(&self, _: &Peer, _: wire::CallFrame, reply: Responder) {
         reply.send(Ok(Vec::new()));
     }
     fn cast(&self, _: &Peer, _: Cast) {}
@@ -80,7 +80,7 @@ fn probe_config(node: &str) -> TransportConfig {
 /// crosses the link).
 async fn node(name: &str, cluster: &str, t: Transport, seeds: &[String]) -> Node {
     let b = Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster(cluster)
         .cookie(COOKIE)

@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         procs.push(spawn(&args, i, &seeds, &dir).await);
     }
     let driver = Node::builder()
-        .name("driver")
+        .id("driver")
         .cluster("chaos")
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
@@ -295,7 +295,7 @@ async fn partition(
 async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let heartbeat = Duration::from_millis(args.heartbeat_ms);
     let mut builder = Node::builder()
-        .name(&args.name)
+        .id(&args.name)
         .cluster("chaos")
         .cookie(COOKIE)
         .listen(std::net::SocketAddr::new(args.ip, 0).to_string())

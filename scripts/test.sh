@@ -86,15 +86,18 @@ heavy="$(cargo tree --locked -e normal -p mesh --prefix none \
 # The combinations users pick, each checked alone (the library only, as a
 # dependent crate builds it; `check`, warnings denied): the lean default,
 # no features at all, each feature alone, the two providers with TLS, and
-# everything. The suites below build with every feature (mesh-testkit
-# turns on `full`), so only this step sees the lean builds.
+# everything; and the hidden `internals` (mesh's own tests and benches)
+# alone and with everything, so that what it exposes builds on its own.
+# The suites below build with every feature (mesh-testkit turns on `full`
+# and `internals`), so only this step sees the lean builds, and the
+# builds without `internals` (what users get).
 echo "== feature combinations (cargo check -p mesh --lib)"
 for features in "" "--no-default-features" \
     "--features tls" "--features consul" "--features sidecar" "--features strong" \
     "--features history" "--features otel" "--features admin" \
     "--features consul,sidecar" "--features consul,strong" \
     "--no-default-features --features ring,tls" "--no-default-features --features ring,consul" \
-    "--features full,otel,admin"; do
+    "--features full,otel,admin" "--features internals" "--features full,otel,admin,internals"; do
   # shellcheck disable=SC2086 # word splitting of the flags is intended
   out="$(cargo check --locked --quiet -p mesh --lib $features 2>&1)" \
     || { echo "$out" >&2; fail "cargo check -p mesh ${features:-(default)} failed"; }

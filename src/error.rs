@@ -240,9 +240,9 @@ pub enum Error {
     /// The discovery service (Consul) failed a request made while the node
     /// runs: deregistering at shutdown, or an operator function. The text
     /// carries the status and the agent's own words. A refusal at start is
-    /// [`StartError::Discovery`].
+    /// [`StartError::Discovery`], with the same [`DiscoveryError`].
     #[error("discovery: {0}")]
-    Discovery(String),
+    Discovery(DiscoveryError),
 
     /// The node (or an adapter) could not start; see [`StartError`].
     #[error(transparent)]
@@ -262,6 +262,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Discovery`] saying `message`.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
+    pub(crate) fn discovery(message: impl Into<String>) -> Self {
+        Error::Discovery(DiscoveryError::new(message))
+    }
+
     pub(crate) fn codec(err: impl fmt::Display) -> Self {
         Error::Codec(err.to_string())
     }
@@ -415,15 +421,79 @@ impl From<StartError> for Error {
 /// Returned by [`crate::NodeBuilder::start`] and
 /// [`crate::discovery::Discovery::start`]; a configuration mistake shows
 /// here, before any call is made. Converts into [`Error::Start`] with `?`.
-/// The enum is `#[non_exhaustive]`.
+/// The enum is `#[non_exhaustive]`: match the variants you handle, and
+/// `_` for the rest. Each variant has a wire code ([`StartError::code`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// The configuration is inconsistent: an empty or duplicate name, an
-    /// actor type whose capability the node does not host, a clustered
-    /// node without a cookie, an adapter setting out of range.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A setting is refused: out of range, empty, given twice, or
+    /// inconsistent with another. `setting` names it as the API spells it
+    /// (one of [`StartError::SETTINGS`]: `"NodeBuilder::capabilities"`,
+    /// `"NodeBuilder::actor"`, `"Consul::ttl"`, ...); `reason` says what is
+    /// wrong and how to fix it. The more common mistakes have variants of
+    /// their own ([`StartError::MissingCookie`], [`StartError::WeakCookie`],
+    /// [`StartError::NoLeaseStore`], ...).
+    #[error("invalid configuration: {reason}")]
+    InvalidSetting {
+        /// The setting, as the API spells it (`"NodeBuilder::min_members"`).
+        setting: &'static str,
+        /// What is wrong, and how to fix it.
+        reason: String,
+    },
+
+    /// [`crate::NodeBuilder::start`] ran outside a tokio runtime.
+    #[error("invalid configuration: start the node inside a tokio runtime")]
+    NoRuntime,
+
+    /// A clustered node (seeds, a listener or a discovery) was given no
+    /// cookie ([`crate::NodeBuilder::cookie`]).
+    #[error("invalid configuration: a clustered node needs a cookie (NodeBuilder::cookie)")]
+    MissingCookie,
+
+    /// The cluster cookie has too little entropy to resist an offline
+    /// guess (see [`crate::NodeBuilder::cookie`]).
+    #[error("invalid configuration: the cluster cookie is too weak: about {bits} bits of entropy, {needed} needed (anyone this node dials could guess it offline); generate one with `openssl rand -base64 32`, or, in tests only, call NodeBuilder::allow_weak_cookie")]
+    WeakCookie {
+        /// The cookie's estimated entropy, in bits (rounded).
+        bits: u32,
+        /// The entropy a cookie needs, in bits.
+        needed: u32,
+    },
+
+    /// The node's identity is over the handshake's limits: an id or name
+    /// over 255 bytes, more than 256 capabilities or actor types, more than
+    /// 4096 handlers. `reason` names the limit.
+    #[error("invalid configuration: this node cannot join a cluster: {reason}")]
+    IdentityLimits {
+        /// Which limit, and by how much.
+        reason: String,
+    },
+
+    /// Strong mode ([`crate::NodeBuilder`]'s `strong`) needs a discovery
+    /// with a lease store (Consul has one): the node has no discovery
+    /// (`has_discovery` false: a static-seed cluster or a single node), or
+    /// its discovery has no lease store.
+    #[error("{}", no_lease_store_text(*has_discovery))]
+    NoLeaseStore {
+        /// Whether the node was given a discovery (that has no store).
+        has_discovery: bool,
+    },
+
+    /// A node through a sidecar was given no listener
+    /// ([`crate::NodeBuilder::listen`]): the sidecar forwards to it.
+    #[error(
+        "invalid configuration: a node through a sidecar needs a listener (NodeBuilder::listen)"
+    )]
+    SidecarWithoutListener,
+
+    /// The node's sidecar could not start (HAProxy missing, its
+    /// configuration refused, its certificates not fetched); the text says
+    /// why and how to fix it.
+    #[error("sidecar: {reason}")]
+    Sidecar {
+        /// Why, as the sidecar's supervisor put it.
+        reason: String,
+    },
 
     /// Two handlers of the actor types given to one node share a wire tag:
     /// two messages of one name in one actor type (a tag hashes the
@@ -440,7 +510,8 @@ pub enum StartError {
         second: String,
     },
 
-    /// The node cannot listen where it was told to.
+    /// The node cannot listen where it was told to (or its admin endpoint
+    /// cannot bind).
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
         /// The address given to [`crate::NodeBuilder::listen`].
@@ -451,7 +522,107 @@ pub enum StartError {
 
     /// The discovery service refused the node at start (a wrong ACL token,
     /// an agent that cannot be reached), or the adapter could not start its
-    /// own tasks. The text carries the status and the agent's own words.
+    /// own tasks. The same [`DiscoveryError`] as [`Error::Discovery`]'s.
     #[error("discovery: {0}")]
-    Discovery(String),
+    Discovery(DiscoveryError),
+
+    /// What the process could not give the node at start: no randomness
+    /// for its incarnation, a failed handshake key derivation. Not a
+    /// configuration mistake.
+    #[error("cannot start: {reason}")]
+    Internal {
+        /// What failed.
+        reason: String,
+    },
 }
+
+impl StartError {
+    /// Every name [`StartError::InvalidSetting`]'s `setting` takes.
+    pub const SETTINGS: &'static [&'static str] = &[
+        "NodeBuilder::id",
+        "NodeBuilder::capabilities",
+        "NodeBuilder::actor",
+        "NodeBuilder::strong",
+        "NodeBuilder::min_members",
+        "NodeBuilder::advertise",
+        "NodeBuilder::discovery",
+        "Consul::address",
+        "Consul::token",
+        "Consul::agent_tls",
+        "Consul::ttl",
+        "Consul::mesh",
+        "Mesh::sidecar_port",
+    ];
+
+    /// [`StartError::Discovery`] saying `message`.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
+    pub(crate) fn discovery(message: impl Into<String>) -> Self {
+        StartError::Discovery(DiscoveryError::new(message))
+    }
+
+    /// [`StartError::InvalidSetting`] of `setting` (one of
+    /// [`StartError::SETTINGS`]).
+    pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> Self {
+        debug_assert!(Self::SETTINGS.contains(&setting), "{setting}");
+        StartError::InvalidSetting {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// The setting name from the wire, as one of [`StartError::SETTINGS`]
+    /// (`""` when this build does not know it).
+    pub(crate) fn setting_named(name: &str) -> &'static str {
+        Self::SETTINGS
+            .iter()
+            .find(|s| **s == name)
+            .copied()
+            .unwrap_or("")
+    }
+}
+
+fn no_lease_store_text(has_discovery: bool) -> &'static str {
+    if has_discovery {
+        "invalid configuration: strong mode: this discovery has no lease store (Consul has one)"
+    } else {
+        "invalid configuration: strong mode needs an authoritative store for its leases: give \
+         NodeBuilder::discovery a Consul (a static-seed cluster cannot offer it), or remove \
+         NodeBuilder::strong"
+    }
+}
+
+/// A request to the discovery service (Consul) failed: at start (inside
+/// [`StartError::Discovery`]: the registry refused the node, or could not
+/// be reached) or while the node runs (inside [`Error::Discovery`]:
+/// deregistering at shutdown, an operator function, a fenced write's
+/// store). One type for both, so a caller handles it once.
+///
+/// Its text carries what was asked, the status and the agent's own words,
+/// and a hint where one helps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryError {
+    message: String,
+}
+
+impl DiscoveryError {
+    /// A discovery error saying `message` (what failed, in the agent's
+    /// words). For adapters other than mesh's own.
+    pub fn new(message: impl Into<String>) -> Self {
+        DiscoveryError {
+            message: message.into(),
+        }
+    }
+
+    /// The text: what failed, in the agent's words.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DiscoveryError {}

@@ -66,7 +66,7 @@ pub struct ActivationEvent {
     pub at: SystemTime,
     /// The node that hosts it.
     pub node: String,
-    /// The node's run ([`crate::wire::Identity::incarnation`]).
+    /// The node's run (its incarnation, random at each start).
     pub incarnation: u64,
     /// The actor type's name.
     pub actor: String,

@@ -65,10 +65,19 @@
 //! `strong` (`NodeBuilder::strong`; with `consul`, Consul's lease store),
 //! `history` (`mesh::history`, `NodeBuilder::history`), `full` (those
 //! five), `otel`, `admin`; `aws-lc-rs` (default) or `ring` picks the
-//! rustls provider when TLS is on.
+//! rustls provider when TLS is on. `internals` is hidden and unstable, not
+//! for users (like tokio's `test-util`): it makes the engine's parts
+//! public for mesh's own tests, benchmarks and fuzz targets (the wire
+//! frames and handshake, the transport's connections, `Node::sever`), and
+//! what it exposes changes in any release.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![warn(missing_docs, missing_debug_implementations)]
+// `unreachable_pub` is checked where the engine's parts are public (the
+// hidden feature `internals`, on in every test and clippy build of the
+// workspace): without it, they are `pub` items of private modules on
+// purpose, exposed by `#[cfg_attr(feature = "internals", mesh_macros::expose)]`.
+#![cfg_attr(feature = "internals", warn(unreachable_pub))]
 
 extern crate self as mesh;
 
@@ -106,7 +115,7 @@ pub mod wire;
 pub mod __private;
 
 pub use actor::{
-    tag_of, Actor, BoxError, Ctx, Handler, Handlers, Message, MissingDependency, ReplyTo,
+    tag_of, Actor, BoxError, Ctx, Handler, Handlers, Message, MissingDependency,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAILBOX_CAPACITY,
 };
 pub use error::{Error, StartError};

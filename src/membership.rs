@@ -53,13 +53,16 @@ impl Membership {
     /// Adds or updates a member that does not say which actor types it
     /// hosts (it is taken to host every type of its capabilities); returns
     /// whether anything changed.
-    pub fn upsert(&mut self, node: &str, addr: &str, capabilities: &[String]) -> bool {
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn upsert(&mut self, node: &str, addr: &str, capabilities: &[String]) -> bool {
         self.upsert_hosting(node, addr, capabilities, None)
     }
 
     /// Adds or updates a member with the actor types it hosts (`None`: it
     /// did not say); returns whether anything changed.
-    pub fn upsert_hosting(
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    pub(crate) fn upsert_hosting(
         &mut self,
         node: &str,
         addr: &str,
@@ -88,7 +91,8 @@ impl Membership {
     }
 
     /// Removes a member; returns whether it was there.
-    pub fn remove(&mut self, node: &str) -> bool {
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    pub(crate) fn remove(&mut self, node: &str) -> bool {
         self.members.remove(node).is_some()
     }
 
@@ -125,7 +129,8 @@ impl Membership {
     /// The routing table this membership gives, as seen from `local`: a
     /// table per capability, and per actor type over the members that
     /// host it.
-    pub fn routing(&self, strategy: &dyn Placement, local: &str) -> RoutingTable {
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    pub(crate) fn routing(&self, strategy: &dyn Placement, local: &str) -> RoutingTable {
         RoutingTable::compute_hosting(
             strategy,
             self.iter().map(|(n, info)| {

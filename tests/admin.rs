@@ -469,7 +469,7 @@ async fn readyz_waits_for_min_members() {
     let net = Transport::memory(MemoryNetwork::new());
     let guarded = |name: &str, seeds: &[&str], admin: bool| {
         let b = Node::builder()
-            .name(name)
+            .id(name)
             .default_node(false)
             .cluster("test")
             .cookie(mesh_testkit::COOKIE)
@@ -528,7 +528,7 @@ async fn a_start_refused_for_its_admin_port_leaves_nothing_registered_and_no_sid
     ));
     let discovery = mesh_testkit::fixture::Counting::default();
     let refused = Node::builder()
-        .name("refused")
+        .id("refused")
         .default_node(false)
         .cluster("test")
         .cookie(mesh_testkit::COOKIE)

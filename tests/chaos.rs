@@ -75,7 +75,7 @@ async fn spawn(mode: &Mode, i: usize, seeds: &[&str], dir: &Path) -> Proc {
 
 async fn driver(mode: &Mode, procs: &[Proc]) -> Node {
     let b = Node::builder()
-        .name("driver")
+        .id("driver")
         .default_node(false)
         .cluster("chaos")
         .cookie(COOKIE)

@@ -67,7 +67,7 @@ async fn spawn(consul: &TestConsul, i: usize, strong: bool, dir: &Path) -> Proc 
 
 async fn driver(consul: &TestConsul, strong: bool) -> Node {
     let mut b = Node::builder()
-        .name("driver")
+        .id("driver")
         .default_node(false)
         .cluster("chaos")
         .cookie(COOKIE)

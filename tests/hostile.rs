@@ -175,7 +175,7 @@ async fn maximal_handshakes_from_strangers_cost_a_node_little_memory() {
 
     // A legitimate node joins right after and routes a call to it.
     let node = Node::builder()
-        .name("legit")
+        .id("legit")
         .default_node(false)
         .cluster("example")
         .cookie(COOKIE)
@@ -209,6 +209,11 @@ async fn a_weak_cookie_is_refused_at_start_unless_allowed_for_tests() {
         assert!(
             text.contains("cookie is too weak") && text.contains("openssl rand -base64 32"),
             "{text}"
+        );
+        // A variant of its own, so a caller can match it.
+        assert!(
+            matches!(err, mesh::StartError::WeakCookie { bits, needed: 128 } if bits < 128),
+            "{err:?}"
         );
     }
     // The escape for tests.
@@ -245,13 +250,17 @@ async fn a_weak_cookie_is_refused_at_start_unless_allowed_for_tests() {
 async fn an_identity_over_the_handshake_limits_is_refused_at_start() {
     let err = Node::builder()
         .default_node(false)
-        .name("n".repeat(wire::MAX_NAME + 1))
+        .id("n".repeat(wire::MAX_NAME + 1))
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
         .start()
         .await
         .expect_err("a node id over the limit");
     assert!(err.to_string().contains("node id of 256 bytes"), "{err}");
+    assert!(
+        matches!(&err, mesh::StartError::IdentityLimits { reason } if reason.contains("node id")),
+        "{err:?}"
+    );
 }
 
 /// What a listener says to a stranger of another cluster, and to one that
@@ -261,7 +270,7 @@ async fn an_identity_over_the_handshake_limits_is_refused_at_start() {
 async fn a_stranger_learns_nothing_about_the_listener() {
     let secret_cluster = "secret-cluster";
     let node = Node::builder()
-        .name("secret-node")
+        .id("secret-node")
         .default_node(false)
         .cluster(secret_cluster)
         .cookie(COOKIE)

@@ -108,7 +108,7 @@ async fn sigkill_under_load() {
     let n2 = spawn_node("p-2", "game", &[&n1.addr]).await;
     let n3 = spawn_node("p-3", "game,chat", &[&n1.addr]).await;
     let driver = Node::builder()
-        .name("driver")
+        .id("driver")
         .default_node(false)
         .cluster("example")
         .cookie(COOKIE)
@@ -344,7 +344,7 @@ async fn a_tls_cluster_of_processes_refuses_a_foreign_ca() {
     let fd = files("driver", &ca);
     let identity = FileIdentity::load(&fd.chain, &fd.key, &fd.bundle).unwrap();
     let driver = Node::builder()
-        .name("driver")
+        .id("driver")
         .default_node(false)
         .cluster("example")
         .cookie(COOKIE)

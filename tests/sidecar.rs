@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use mesh::prelude::*;
 use mesh::sidecar::{
-    haproxy, Certs, CommandSettings, CommandSidecar, Haproxy, HaproxySettings, Restart, Sidecar,
-    SidecarError, SidecarTransport, Upstream, UpstreamPorts,
+    haproxy, Certs, CommandSettings, CommandSidecar, Haproxy, HaproxySettings, HaproxyUpstream,
+    Restart, Sidecar, SidecarError, SidecarTransport, UpstreamTable,
 };
 use mesh::transport::{
     self, Connection, DialTarget, Inbound, Listening, Responder, TransportConfig,
@@ -49,7 +49,7 @@ fn certs(ca: &pki::Ca, leaf: &pki::Leaf) -> Certs {
 struct Echo;
 
 impl Inbound for Echo {
-    fn call(&self, from: &Peer, call: wire::Call, reply: Responder) {
+    fn call(&self, from: &Peer, call: wire::CallFrame, reply: Responder) {
         match call.tag {
             ECHO => reply.send(Ok([from.node.as_bytes(), b":", &call.payload].concat())),
             _ => {
@@ -108,7 +108,7 @@ async fn rig(opts: RigOptions) -> Rig {
     require_haproxy();
     let ca = pki::Ca::new(TD);
     let listening = transport::listen(
-        SidecarTransport::new(UpstreamPorts::new())
+        SidecarTransport::new(UpstreamTable::new())
             .transport()
             .acceptor()
             .clone(),
@@ -131,7 +131,7 @@ async fn rig(opts: RigOptions) -> Rig {
     .await
     .unwrap();
     let upstream_port = free_port();
-    let upstream = Upstream {
+    let upstream = HaproxyUpstream {
         node: "b".into(),
         destination: "mesh-b".into(),
         local_port: upstream_port,
@@ -158,7 +158,7 @@ async fn rig(opts: RigOptions) -> Rig {
     )
     .await
     .unwrap();
-    let ports = UpstreamPorts::new();
+    let ports = UpstreamTable::new();
     ports.insert("b", upstream_port);
     Rig {
         ca,
@@ -224,7 +224,7 @@ async fn the_rendered_configuration_passes_haproxy_check() {
         app: "127.0.0.1:7000".into(),
         certs: certs(&ca, &ca.leaf(&id("mesh-a"))),
         allow: vec![id("mesh-b"), id("mesh-c")],
-        upstreams: vec![Upstream {
+        upstreams: vec![HaproxyUpstream {
             node: "b".into(),
             destination: "mesh-b".into(),
             local_port: 9191,
@@ -274,17 +274,17 @@ async fn a_missing_haproxy_is_a_clear_error_at_start() {
     assert!(err.to_string().contains("apt-get install haproxy"), "{err}");
     // Through the node builder: the node does not start, and says why.
     let err = Node::builder()
-        .name("a")
+        .id("a")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::haproxy(settings))
         .start()
         .await
         .unwrap_err();
+    assert!(err.to_string().starts_with("sidecar: "), "{err}");
     match err {
-        StartError::Config(e) => {
-            assert!(e.starts_with("sidecar: "), "{e}");
-            assert!(e.contains("apt-get install haproxy"), "{e}");
+        StartError::Sidecar { reason } => {
+            assert!(reason.contains("apt-get install haproxy"), "{reason}");
         }
         other => panic!("expected a sidecar error, got {other:?}"),
     }
@@ -745,7 +745,7 @@ async fn a_leaf_rotation_reloads_and_established_connections_survive() {
 /// A node of capability `game`, named `name`, through `sidecar`.
 async fn sidecar_node(name: &str, sidecar: Sidecar, seeds: &[String]) -> Node {
     Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster("mesh")
         .cookie(mesh_testkit::COOKIE)
@@ -777,7 +777,7 @@ async fn three_nodes_route_calls_through_their_own_sidecars() {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(j, peer)| Upstream {
+            .map(|(j, peer)| HaproxyUpstream {
                 node: (*peer).into(),
                 destination: format!("mesh-{peer}"),
                 local_port: upstream[i][j],
@@ -971,7 +971,7 @@ async fn a_command_sidecar_is_supervised_with_a_stand_in_program() {
 async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_only() {
     let sidecar = Sidecar::external();
     let node = Node::builder()
-        .name("ext")
+        .id("ext")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(sidecar.clone())
@@ -982,7 +982,7 @@ async fn an_external_sidecar_starts_nothing_and_the_node_listens_on_loopback_onl
     assert!(sidecar.running_haproxy().is_none() && sidecar.running_command().is_none());
     node.shutdown().await.unwrap();
     let err = Node::builder()
-        .name("ext2")
+        .id("ext2")
         .default_node(false)
         .cookie(mesh_testkit::COOKIE)
         .through_sidecar(Sidecar::external())

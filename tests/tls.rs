@@ -158,7 +158,7 @@ fn identity(name: &str, leaf: &Leaf, bundle: &str) -> (Files, FileIdentity) {
 struct Echo;
 
 impl Inbound for Echo {
-    fn call(&self, from: &Peer, call: wire::Call, reply: Responder) {
+    fn call(&self, from: &Peer, call: wire::CallFrame, reply: Responder) {
         reply.send(Ok([from.node.as_bytes(), b":", &call.payload].concat()));
     }
     fn cast(&self, _: &Peer, _: Cast) {}
@@ -899,7 +899,7 @@ async fn with_acls_on_the_connect_requests_carry_the_token() {
 /// so its only connection is the one it dials (accepted by the seed).
 async fn caller(t: Transport, seed: &str) -> Node {
     Node::builder()
-        .name("caller")
+        .id("caller")
         .default_node(false)
         .cluster("tls")
         .cookie(mesh_testkit::COOKIE)

@@ -93,7 +93,7 @@ async fn disagreeing(prefix: &str) -> (Node, Node, Node, String) {
     let net = Transport::memory(MemoryNetwork::new());
     let slow = |name: String, seeds: Vec<String>| {
         Node::builder()
-            .name(name.clone())
+            .id(name.clone())
             .default_node(false)
             .cluster("test")
             .cookie(mesh_testkit::COOKIE)

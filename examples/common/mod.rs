@@ -94,7 +94,7 @@ pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error:
     let cookie = std::env::var("MESH_COOKIE")
         .map_err(|_| "set MESH_COOKIE to the cluster's shared secret")?;
     let mut builder = Node::builder()
-        .name(&args.name)
+        .id(&args.name)
         .cluster(&args.cluster)
         .cookie(cookie)
         .listen(&args.listen)

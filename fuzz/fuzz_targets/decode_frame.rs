@@ -14,9 +14,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(frame.body.len() <= codec.max_frame());
             let _ = wire::decode::<wire::Hello>(&frame.body);
             let _ = wire::decode::<wire::Challenge>(&frame.body);
-            let _ = wire::decode::<wire::Call>(&frame.body);
+            let _ = wire::decode::<wire::CallFrame>(&frame.body);
             let _ = wire::decode::<wire::Failure>(&frame.body);
-            let _ = wire::decode::<wire::Membership>(&frame.body);
+            let _ = wire::decode::<wire::MembershipFrame>(&frame.body);
         }
     }
 });

@@ -37,3 +37,46 @@ pub fn handlers(args: TokenStream, input: TokenStream) -> TokenStream {
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
+
+/// mesh's own: `#[cfg_attr(feature = "internals", mesh_macros::expose)]`
+/// on a `pub(crate)` item (a `use`, a type, a function, a method) makes it
+/// `pub`. The library marks its engine parts this way: crate-private for
+/// users, public to its own tests and benchmarks, which turn on the
+/// hidden, unstable feature `internals`. Not for use outside mesh.
+#[doc(hidden)]
+#[proc_macro_attribute]
+pub fn expose(args: TokenStream, input: TokenStream) -> TokenStream {
+    use proc_macro2::{Delimiter, TokenTree};
+    if !args.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[expose] takes no arguments",
+        )
+        .into_compile_error()
+        .into();
+    }
+    let mut out = Vec::new();
+    let mut tokens = proc_macro2::TokenStream::from(input).into_iter().peekable();
+    let mut done = false;
+    while let Some(t) = tokens.next() {
+        match (&t, done) {
+            // Outer attributes (`#` then `[..]`) pass through untouched.
+            (TokenTree::Punct(p), false) if p.as_char() == '#' => out.push(t),
+            (TokenTree::Group(g), false) if g.delimiter() == Delimiter::Bracket => out.push(t),
+            (TokenTree::Ident(i), false) if i == "pub" => {
+                out.push(t);
+                // `pub(crate)` becomes `pub`.
+                if matches!(tokens.peek(), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Parenthesis)
+                {
+                    tokens.next();
+                }
+                done = true;
+            }
+            _ => {
+                out.push(t);
+                done = true;
+            }
+        }
+    }
+    out.into_iter().collect::<proc_macro2::TokenStream>().into()
+}

@@ -24,7 +24,7 @@
 //! the limit) is refused at once with [`Error::ChainTooDeep`], by the owner
 //! and by a node that would forward it alike, and its decoder keeps no
 //! more than [`MAX_DEPTH`] links whatever the frame holds (see
-//! `wire::Call::chain`). A chain is a linked list of [`Hop`]s, dropped
+//! `wire::CallFrame::chain`). A chain is a linked list of [`Hop`]s, dropped
 //! iteratively: however long, dropping it never recurses.
 //!
 //! Casts do not wait and carry no chain.

@@ -164,7 +164,7 @@ impl Timers {
                     return;
                 }
                 if !tick_state.queued.swap(true, Ordering::AcqRel) {
-                    let reply = crate::ReplyTo::tick(tick_state.clone());
+                    let reply = crate::actor::ReplyTo::tick(tick_state.clone());
                     let env: Box<dyn std::any::Any + Send> =
                         Box::new(<A as Handler<M>>::__wrap(msg.clone(), reply));
                     let Some(mb) = mb.upgrade() else { return };

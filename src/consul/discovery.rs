@@ -137,13 +137,16 @@ pub(super) fn go_duration(d: Duration) -> String {
 fn normalize_address(addr: &str, https: bool) -> Result<String, StartError> {
     let addr = addr.trim().trim_end_matches('/');
     if addr.is_empty() {
-        return Err(StartError::Config("empty consul address".into()));
+        return Err(StartError::invalid(
+            "Consul::address",
+            "empty consul address",
+        ));
     }
     if addr.starts_with("http://") || addr.starts_with("https://") {
         return Ok(addr.to_owned());
     }
     if addr.starts_with("unix://") {
-        return Err(StartError::Config(format!(
+        return Err(StartError::invalid("Consul::address", format!(
             "consul address {addr:?}: unix sockets are not supported (use the agent's HTTP or HTTPS port)"
         )));
     }
@@ -151,9 +154,10 @@ fn normalize_address(addr: &str, https: bool) -> Result<String, StartError> {
         return Ok(format!("https://{addr}"));
     }
     if addr.contains("://") {
-        return Err(StartError::Config(format!(
-            "consul address {addr:?}: unknown scheme"
-        )));
+        return Err(StartError::invalid(
+            "Consul::address",
+            format!("consul address {addr:?}: unknown scheme"),
+        ));
     }
     Ok(format!("http://{addr}"))
 }
@@ -163,17 +167,23 @@ fn split_addr(addr: &str) -> Result<(String, u16), StartError> {
     let (host, port) = match addr.parse::<std::net::SocketAddr>() {
         Ok(sa) => (sa.ip().to_string(), sa.port()),
         Err(_) => {
-            let (h, p) = addr
-                .rsplit_once(':')
-                .ok_or_else(|| StartError::Config(format!("address {addr:?} has no port")))?;
-            let p = p
-                .parse()
-                .map_err(|_| StartError::Config(format!("address {addr:?} has no valid port")))?;
+            let (h, p) = addr.rsplit_once(':').ok_or_else(|| {
+                StartError::invalid(
+                    "NodeBuilder::advertise",
+                    format!("address {addr:?} has no port"),
+                )
+            })?;
+            let p = p.parse().map_err(|_| {
+                StartError::invalid(
+                    "NodeBuilder::advertise",
+                    format!("address {addr:?} has no valid port"),
+                )
+            })?;
             (h.trim_matches(['[', ']']).to_owned(), p)
         }
     };
     if host == "0.0.0.0" || host == "::" || host.is_empty() {
-        return Err(StartError::Config(format!(
+        return Err(StartError::invalid("NodeBuilder::advertise", format!(
             "the node listens on {addr}, which peers cannot dial: set NodeBuilder::advertise to a reachable address"
         )));
     }
@@ -242,7 +252,7 @@ fn start_error(what: &str, base: &str, e: &ApiError) -> StartError {
         ApiError::Transport(_) => " (is the agent running? Consul::address or CONSUL_HTTP_ADDR)",
         _ => "",
     };
-    StartError::Discovery(format!("{what} at {base}: {e}{hint}"))
+    StartError::discovery(format!("{what} at {base}: {e}{hint}"))
 }
 
 impl Consul {
@@ -369,7 +379,7 @@ impl Consul {
         };
         let token = match &self.cfg.token {
             Some(t) => Some(t.clone()),
-            None => env_token().map_err(StartError::Config)?,
+            None => env_token().map_err(|e| StartError::invalid("Consul::token", e))?,
         };
         let https = self.tls().https_default;
         Ok((
@@ -384,7 +394,7 @@ impl Consul {
     }
 
     /// The client: the running one, else one from the settings (a bad
-    /// setting is [`StartError::Config`]; the operator functions return it
+    /// setting is [`StartError::InvalidSetting`]; the operator functions return it
     /// as [`Error::Start`]).
     pub(super) fn api(&self) -> Result<Api, StartError> {
         if let Some(r) = lock(&self.running).as_ref() {
@@ -398,7 +408,7 @@ impl Consul {
             self.cfg.request_timeout,
             &self.tls(),
         )
-        .map_err(StartError::Config)
+        .map_err(|e| StartError::invalid("Consul::agent_tls", e))
     }
 
     /// While it runs: the agent address, the ACL token and the TLS
@@ -454,7 +464,7 @@ impl Consul {
         api.get(&path, &[], None)
             .await
             .map(|(v, _)| v)
-            .map_err(|e| Error::Discovery(e.to_string()))
+            .map_err(|e| Error::discovery(e.to_string()))
     }
 
     /// Operator function: the upstreams of this node's sidecar
@@ -478,7 +488,7 @@ impl Consul {
                 if let Some(ups) = proxy["Upstreams"].as_array() {
                     for u in ups {
                         let u: Upstream = serde_json::from_value(u.clone())
-                            .map_err(|e| Error::Discovery(format!("upstream of {id}: {e}")))?;
+                            .map_err(|e| Error::discovery(format!("upstream of {id}: {e}")))?;
                         out.push(u);
                     }
                 }
@@ -494,14 +504,18 @@ impl Consul {
     ) -> Result<(), StartError> {
         let ttl = self.effective_ttl();
         if self.cfg.heartbeat.is_zero() || ttl < self.cfg.heartbeat * 3 {
-            return Err(StartError::Config(format!(
-                "consul TTL {ttl:?} must be at least 3x the heartbeat {:?}",
-                self.cfg.heartbeat
-            )));
+            return Err(StartError::invalid(
+                "Consul::ttl",
+                format!(
+                    "consul TTL {ttl:?} must be at least 3x the heartbeat {:?}",
+                    self.cfg.heartbeat
+                ),
+            ));
         }
         if lock(&self.running).is_some() {
-            return Err(StartError::Config(
-                "this Consul adapter is already started".into(),
+            return Err(StartError::invalid(
+                "NodeBuilder::discovery",
+                "this Consul adapter is already started",
             ));
         }
         let api = self.api()?;
@@ -570,7 +584,7 @@ impl Consul {
                     let _ = deregister(&api, &local.service_id).await;
                 }
                 let _ = deregister(&api, &id).await;
-                return Err(StartError::Discovery(format!(
+                return Err(StartError::discovery(format!(
                     "cannot start the health worker: {e}"
                 )));
             }
@@ -620,13 +634,13 @@ impl Consul {
     > {
         let base = api.base().to_owned();
         let local: std::net::SocketAddr = me.addr.parse().map_err(|_| {
-            StartError::Config(format!(
+            StartError::invalid("Consul::mesh", format!(
                 "mesh mode needs the node's address as ip:port (the sidecar forwards to it), not {:?}",
                 me.addr
             ))
         })?;
         let trust_domain = mesh::trust_domain(api).await.map_err(|e| {
-            StartError::Discovery(format!(
+            StartError::discovery(format!(
                 "mesh mode needs Consul Connect, but the agent at {base} has no CA: {e} (enable connect in the agent's configuration)"
             ))
         })?;
@@ -634,7 +648,12 @@ impl Consul {
             Some(0) => Some(
                 std::net::TcpListener::bind(("0.0.0.0", 0))
                     .and_then(|l| l.local_addr())
-                    .map_err(|e| StartError::Config(format!("no free port for the sidecar: {e}")))?
+                    .map_err(|e| {
+                        StartError::invalid(
+                            "Mesh::sidecar_port",
+                            format!("no free port for the sidecar: {e}"),
+                        )
+                    })?
                     .port(),
             ),
             other => other,
@@ -682,7 +701,7 @@ impl Consul {
             }
             Err(e) => {
                 let _ = deregister(api, &mesh_id).await;
-                return Err(StartError::Discovery(format!(
+                return Err(StartError::discovery(format!(
                     "reading the sidecar {proxy_id} at {base}: {e}"
                 )));
             }
@@ -737,7 +756,7 @@ impl Consul {
                 tracing::info!(node = %r.node, service_id = %r.service_id, "deregistered from consul");
                 Ok(())
             }
-            Err((id, e)) => Err(Error::Discovery(format!(
+            Err((id, e)) => Err(Error::discovery(format!(
                 "deregistering {id} at {}: {e}",
                 r.api.base()
             ))),
@@ -750,7 +769,7 @@ async fn agent_services(api: &Api) -> Result<BTreeMap<String, Value>, Error> {
     api.get("agent/services", &[], None)
         .await
         .map(|(all, _)| all)
-        .map_err(|e| Error::Discovery(e.to_string()))
+        .map_err(|e| Error::discovery(e.to_string()))
 }
 
 /// `PUT /v1/agent/service/deregister/<id>`; an unknown ID (404) means
@@ -803,30 +822,31 @@ impl Discovery for Consul {
     /// service and proxy) and `upstreams` (one per peer: destination, local
     /// bind, the peer's sidecar and SPIFFE ID once known). No request is
     /// made: this is what the adapter holds.
-    fn describe(&self) -> serde_json::Value {
+    fn describe(&self) -> crate::discovery::Description {
         let running = lock(&self.running);
-        let mut v = serde_json::json!({
-            "kind": "consul",
-            "registered": running.is_some(),
-            "datacenter": self.cfg.datacenter,
-            "ttl_ms": self.effective_ttl().as_millis() as u64,
-            "heartbeat_ms": self.cfg.heartbeat.as_millis() as u64,
-        });
+        let mut v = crate::discovery::Description::new("consul")
+            .with("registered", running.is_some())
+            .with("datacenter", &self.cfg.datacenter)
+            .with("ttl_ms", self.effective_ttl().as_millis() as u64)
+            .with("heartbeat_ms", self.cfg.heartbeat.as_millis() as u64);
         if let Some(r) = running.as_ref() {
-            v["agent"] = serde_json::json!(r.api.base());
-            v["node"] = serde_json::json!(r.node);
-            v["service_id"] = serde_json::json!(r.service_id);
-            v["check_id"] = serde_json::json!(format!("service:{}", r.service_id));
+            v.set("agent", r.api.base());
+            v.set("node", &r.node);
+            v.set("service_id", &r.service_id);
+            v.set("check_id", format!("service:{}", r.service_id));
             if let Some(m) = r.mesh.as_ref() {
                 let l = &m.local;
-                v["sidecar"] = serde_json::json!({
+                v.set(
+                    "sidecar",
+                    serde_json::json!({
                     "service_id": l.service_id,
                     "service_name": l.service_name,
                     "proxy_id": l.proxy_id,
                     "public": l.public.to_string(),
                     "local_service": l.local_service.to_string(),
                     "spiffe_id": l.spiffe_id,
-                });
+                    }),
+                );
             }
         }
         if self.cfg.mesh.is_some() {
@@ -844,7 +864,7 @@ impl Discovery for Consul {
                     })
                 })
                 .collect();
-            v["upstreams"] = serde_json::json!(upstreams);
+            v.set("upstreams", upstreams);
         }
         v
     }
@@ -887,11 +907,11 @@ mod tests {
         );
         assert!(matches!(
             normalize_address("unix:///tmp/c.sock", false),
-            Err(StartError::Config(_))
+            Err(StartError::InvalidSetting { .. })
         ));
         assert!(matches!(
             normalize_address("", false),
-            Err(StartError::Config(_))
+            Err(StartError::InvalidSetting { .. })
         ));
     }
 
@@ -930,7 +950,7 @@ mod tests {
                 Duration::from_secs(3),
                 Duration::from_secs(60)
             ),
-            Err(StartError::Config(_))
+            Err(StartError::InvalidSetting { .. })
         ));
         let named = LocalNode {
             addr: "node-a.internal:7000".into(),

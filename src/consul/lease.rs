@@ -283,7 +283,7 @@ impl Consul {
         ];
         match txn(&api, &ops)
             .await
-            .map_err(|e| Error::Discovery(format!("fenced write of {key:?}: {e}")))?
+            .map_err(|e| Error::discovery(format!("fenced write of {key:?}: {e}")))?
         {
             Txn::Done(results) => Ok(results
                 .into_iter()
@@ -321,10 +321,10 @@ impl Consul {
                 base64::engine::general_purpose::STANDARD
                     .decode(value)
                     .map(Some)
-                    .map_err(|e| Error::Discovery(format!("KV {key:?}: bad base64 value: {e}")))
+                    .map_err(|e| Error::discovery(format!("KV {key:?}: bad base64 value: {e}")))
             }
             Err(ApiError::Status { code: 404, .. }) => Ok(None),
-            Err(e) => Err(Error::Discovery(format!("KV read of {key:?}: {e}"))),
+            Err(e) => Err(Error::discovery(format!("KV read of {key:?}: {e}"))),
         }
     }
 
@@ -337,11 +337,11 @@ impl Consul {
         let ops = [json!({"KV": {"Verb": "set", "Key": key, "Value": b64(value)}})];
         match txn(&api, &ops).await {
             Ok(Txn::Done(_)) => Ok(()),
-            Ok(Txn::Rolledback(e)) => Err(Error::Discovery(format!(
+            Ok(Txn::Rolledback(e)) => Err(Error::discovery(format!(
                 "KV write of {key:?} refused: {}",
                 e.first().map_or("", |e| e.what.as_str())
             ))),
-            Err(e) => Err(Error::Discovery(format!("KV write of {key:?}: {e}"))),
+            Err(e) => Err(Error::discovery(format!("KV write of {key:?}: {e}"))),
         }
     }
 

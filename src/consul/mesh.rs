@@ -14,7 +14,7 @@
 //!   drives it, with the same `DeregisterCriticalServiceAfter`), and
 //!   `Connect.SidecarService` whose `Proxy.Upstreams` hold one upstream per
 //!   peer: `DestinationName` `<service>-<peer>`, `LocalBindAddress`
-//!   127.0.0.1, `LocalBindPort` chosen by this node ([`UpstreamPorts`]);
+//!   127.0.0.1, `LocalBindPort` chosen by this node ([`PortPolicy`]);
 //! - through it, the agent's sidecar registration `<id>-sidecar-proxy`
 //!   (Kind `connect-proxy`, its public port from the agent's 21000-21255
 //!   range unless [`Mesh::sidecar_port`] sets one), which any Connect proxy
@@ -81,7 +81,7 @@ pub(crate) const META_ROLE: &str = "mesh_role";
 /// How the local ports of the upstreams are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum UpstreamPorts {
+pub enum PortPolicy {
     /// A free port from the OS per peer (bind port 0 on the upstream
     /// address, note the port, close): no configuration and no clash with
     /// other processes at the time, at the cost of a port that changes
@@ -113,7 +113,7 @@ pub enum UpstreamPorts {
 /// `Connect.SidecarService` with `Proxy.LocalServiceAddress/Port` = the
 /// node's listener and one upstream per peer (`DestinationName`
 /// `<service>-<peer>`, `LocalBindAddress` 127.0.0.1, `LocalBindPort` by
-/// [`UpstreamPorts`]). The agent derives the sidecar
+/// [`PortPolicy`]). The agent derives the sidecar
 /// `<service>-<node>-connect-sidecar-proxy` from it.
 ///
 /// # Ordering
@@ -135,7 +135,7 @@ pub enum UpstreamPorts {
 /// The heartbeat stops, the mesh task stops (nothing is registered after
 /// it), the per-node service is deregistered (the agent removes the
 /// sidecar with it), then the node's registration. A halted node
-/// ([`crate::Node::sever`]) leaves both behind; they go critical with the
+/// (`Node::sever`) leaves both behind; they go critical with the
 /// TTL and are reaped after `DeregisterCriticalServiceAfter`.
 ///
 /// # Intentions
@@ -152,7 +152,7 @@ pub enum UpstreamPorts {
 /// reach the nodes.
 #[derive(Debug, Clone)]
 pub struct Mesh {
-    pub(crate) upstream_ports: UpstreamPorts,
+    pub(crate) upstream_ports: PortPolicy,
     pub(crate) upstream_address: IpAddr,
     pub(crate) sidecar_address: Option<IpAddr>,
     pub(crate) sidecar_port: Option<u16>,
@@ -165,12 +165,12 @@ impl Default for Mesh {
 }
 
 impl Mesh {
-    /// The defaults: upstream ports from the OS ([`UpstreamPorts::Ephemeral`])
+    /// The defaults: upstream ports from the OS ([`PortPolicy::Ephemeral`])
     /// on 127.0.0.1, the sidecar's public address = the node's registered
     /// host, its port from the agent's sidecar range (21000-21255).
     pub fn new() -> Mesh {
         Mesh {
-            upstream_ports: UpstreamPorts::Ephemeral,
+            upstream_ports: PortPolicy::Ephemeral,
             upstream_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sidecar_address: None,
             sidecar_port: None,
@@ -178,7 +178,7 @@ impl Mesh {
     }
 
     /// How the upstreams' local ports are chosen.
-    pub fn upstream_ports(mut self, ports: UpstreamPorts) -> Self {
+    pub fn upstream_ports(mut self, ports: PortPolicy) -> Self {
         self.upstream_ports = ports;
         self
     }
@@ -266,16 +266,16 @@ pub(crate) fn spiffe_id(td: &str, dc: &str, svc: &str) -> String {
 }
 
 /// Local ports of the upstreams, by peer (sans-IO but for the OS query of
-/// [`UpstreamPorts::Ephemeral`]).
+/// [`PortPolicy::Ephemeral`]).
 #[derive(Debug)]
 pub(crate) struct PortBook {
-    mode: UpstreamPorts,
+    mode: PortPolicy,
     ip: IpAddr,
     by_node: BTreeMap<String, u16>,
 }
 
 impl PortBook {
-    pub(crate) fn new(mode: UpstreamPorts, ip: IpAddr) -> PortBook {
+    pub(crate) fn new(mode: PortPolicy, ip: IpAddr) -> PortBook {
         PortBook {
             mode,
             ip,
@@ -305,10 +305,10 @@ impl PortBook {
     fn next_port(&self) -> Option<u16> {
         let used: BTreeSet<u16> = self.by_node.values().copied().collect();
         match self.mode {
-            UpstreamPorts::Range { first, count } => (0..count)
+            PortPolicy::Range { first, count } => (0..count)
                 .filter_map(|i| first.checked_add(i))
                 .find(|p| !used.contains(p)),
-            UpstreamPorts::Ephemeral => (0..16).find_map(|_| {
+            PortPolicy::Ephemeral => (0..16).find_map(|_| {
                 let port = std::net::TcpListener::bind((self.ip, 0))
                     .and_then(|l| l.local_addr())
                     .ok()?
@@ -501,7 +501,7 @@ pub(crate) async fn register_upstreams(
     peers: &BTreeSet<String>,
 ) -> Result<Vec<(String, SocketAddr)>, ApiError> {
     for n in book.assign(peers) {
-        tracing::error!(node = %run.node.node, peer = %n, "no free upstream port for this peer (UpstreamPorts range full): it is not reachable through the sidecar");
+        tracing::error!(node = %run.node.node, peer = %n, "no free upstream port for this peer (PortPolicy range full): it is not reachable through the sidecar");
     }
     let ups: Vec<(String, SocketAddr)> = peers
         .iter()
@@ -752,7 +752,7 @@ mod tests {
     fn a_port_range_keeps_ports_and_reuses_freed_ones() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let mut b = PortBook::new(
-            UpstreamPorts::Range {
+            PortPolicy::Range {
                 first: 9000,
                 count: 2,
             },
@@ -770,7 +770,7 @@ mod tests {
         assert_eq!(b.get("b"), None);
         // A range at the top of the port space does not wrap.
         let mut top = PortBook::new(
-            UpstreamPorts::Range {
+            PortPolicy::Range {
                 first: 65535,
                 count: 3,
             },
@@ -781,7 +781,7 @@ mod tests {
 
     #[test]
     fn ephemeral_ports_are_distinct_and_kept() {
-        let mut b = PortBook::new(UpstreamPorts::Ephemeral, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let mut b = PortBook::new(PortPolicy::Ephemeral, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert!(b.assign(&nodes(&["a", "b", "c"])).is_empty());
         let ports: BTreeSet<u16> = ["a", "b", "c"]
             .iter()

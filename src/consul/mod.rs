@@ -97,7 +97,7 @@
 //! | its sidecar (by the agent) | `game-a-connect-sidecar-proxy` | `game-a-sidecar-proxy` | public mTLS port (21000-21255), `Proxy.Upstreams` = one per peer: `game-b` on `127.0.0.1:<port>` |
 //!
 //! Upstreams are registered again whenever membership changes, and each
-//! peer keeps its local port while it stays ([`UpstreamPorts`]); the
+//! peer keeps its local port while it stays ([`PortPolicy`]); the
 //! peers' sidecars are watched on `/v1/health/connect/game-<peer>`.
 //! [`Consul::sidecar_upstreams`] publishes the result,
 //! [`Consul::local_sidecar`] this node's own side. The whole contract
@@ -145,6 +145,6 @@ pub(crate) use discovery::env_token;
 #[cfg(feature = "strong")]
 use discovery::go_duration;
 pub use discovery::{Consul, Upstream, DEFAULT_ADDRESS};
-pub use mesh::{LocalSidecar, Mesh, SidecarRemote, SidecarUpstream, UpstreamPorts};
+pub use mesh::{LocalSidecar, Mesh, PortPolicy, SidecarRemote, SidecarUpstream};
 #[cfg(feature = "sidecar")]
 pub use sidecar::{Applied, ConsulHaproxy, ConsulSidecar};

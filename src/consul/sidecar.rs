@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::{ConnectPem, Consul, ConsulIdentity, LocalSidecar, SidecarUpstream};
 use crate::discovery::{Discovery, LocalNode, Peers};
-use crate::sidecar::haproxy::{Certs, Timeouts, Upstream};
+use crate::sidecar::haproxy::{Certs, HaproxyUpstream, Timeouts};
 use crate::sidecar::managed::{
     CommandSettings, CommandSidecar, Haproxy, HaproxySettings, DEFAULT_HAPROXY,
 };
@@ -89,7 +89,7 @@ pub struct Applied {
     /// The upstreams HAProxy serves, one per peer whose sidecar is known
     /// (with a command or external sidecar: every registered upstream,
     /// `peer_addr` and `peer_id` possibly empty).
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<HaproxyUpstream>,
     /// The SPIFFE IDs let in (HAProxy only): the peers the intentions
     /// allow, sorted.
     pub allow: Vec<String>,
@@ -122,7 +122,7 @@ enum Mode {
 /// let consul = Consul::new().through_sidecar(Mesh::new());
 /// let mesh = ConsulSidecar::haproxy(consul.clone(), ConsulHaproxy::new("/run/mesh/sidecar"));
 /// let node = mesh::Node::builder()
-///     .name("a")
+///     .id("a")
 ///     .cookie("secret")
 ///     .discovery(mesh.clone()) // registers, then starts the sidecar
 ///     .through_sidecar(mesh.sidecar()) // dials through it, listens on loopback
@@ -147,7 +147,7 @@ enum Mode {
 ///   [`ConsulIdentity`] that follows both with blocking queries;
 /// - **upstreams**: one per entry of [`Consul::sidecar_upstreams`] whose
 ///   peer sidecar is known (`remote`): a frontend on its `local_bind` port,
-///   a backend to `remote.addr`; the [`UpstreamPorts`](crate::sidecar::UpstreamPorts)
+///   a backend to `remote.addr`; the [`UpstreamTable`](crate::sidecar::UpstreamTable)
 ///   the node dials hold the same ports, updated after HAProxy has
 ///   reloaded (a peer without a port yet is retried by the peer table);
 /// - **inbound** (the choice made here): HAProxy 2.6 cannot ask the agent
@@ -185,9 +185,9 @@ enum Mode {
 ///   intentions asked, configuration checked, process ready). A sidecar
 ///   that cannot start deregisters the node and fails
 ///   [`NodeBuilder::start`](crate::NodeBuilder::start) with
-///   [`StartError::Config`] starting `sidecar:` (HAProxy missing: the
-///   error says how to install it). A [`Consul`] not in mesh mode is a
-///   `Config` error too.
+///   [`StartError::Sidecar`] (HAProxy missing: the error says how to
+///   install it). A [`Consul`] not in mesh mode is a
+///   `Sidecar` error too.
 /// - **Changes** are applied one at a time by one task; a change that
 ///   fails (HAProxy refuses a reload) is logged, kept in
 ///   [`Applied::error`], and tried again at the next trigger.
@@ -301,7 +301,9 @@ impl ConsulSidecar {
                 if let Err(d) = Discovery::stop(consul).await {
                     tracing::warn!(target: "mesh::sidecar", "deregistering after a failed sidecar start: {d}");
                 }
-                Err(StartError::Config(format!("sidecar: {e}")))
+                Err(StartError::Sidecar {
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -412,11 +414,11 @@ fn peer_id(local: &LocalSidecar, destination: &str) -> String {
 }
 
 /// HAProxy's upstreams: the peers whose sidecar is known.
-fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
+fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<HaproxyUpstream> {
     ups.iter()
         .filter_map(|u| {
             let r = u.remote.as_ref()?;
-            Some(Upstream {
+            Some(HaproxyUpstream {
                 node: u.node.clone(),
                 destination: u.destination.clone(),
                 local_port: u.local_bind.port(),
@@ -429,9 +431,9 @@ fn haproxy_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
 
 /// Every registered upstream (a command or external proxy listens on
 /// all of them).
-fn all_upstreams(ups: &[SidecarUpstream]) -> Vec<Upstream> {
+fn all_upstreams(ups: &[SidecarUpstream]) -> Vec<HaproxyUpstream> {
     ups.iter()
-        .map(|u| Upstream {
+        .map(|u| HaproxyUpstream {
             node: u.node.clone(),
             destination: u.destination.clone(),
             local_port: u.local_bind.port(),
@@ -621,18 +623,21 @@ impl Discovery for ConsulSidecar {
 
     /// The Consul adapter's account, plus `sidecar_applied`: what the
     /// sidecar was last given.
-    fn describe(&self) -> serde_json::Value {
+    fn describe(&self) -> crate::discovery::Description {
         let mut v = self.inner.consul.describe();
         let a = self.inner.applied.borrow().clone();
-        v["sidecar_applied"] = serde_json::json!({
-            "changes": a.changes,
-            "upstreams": a.upstreams.iter().map(|u| serde_json::json!({
-                "node": u.node, "local_port": u.local_port, "peer_addr": u.peer_addr,
-            })).collect::<Vec<_>>(),
-            "allow": a.allow,
-            "renewals": a.renewals,
-            "error": a.error,
-        });
+        v.set(
+            "sidecar_applied",
+            serde_json::json!({
+                "changes": a.changes,
+                "upstreams": a.upstreams.iter().map(|u| serde_json::json!({
+                    "node": u.node, "local_port": u.local_port, "peer_addr": u.peer_addr,
+                })).collect::<Vec<_>>(),
+                "allow": a.allow,
+                "renewals": a.renewals,
+                "error": a.error,
+            }),
+        );
         v
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::{Error, StartError};
 
+pub use crate::error::DiscoveryError;
 pub use crate::util::BoxFuture;
 
 /// What a node publishes about itself. `#[non_exhaustive]`: later
@@ -98,7 +99,7 @@ pub trait Discovery: Send + Sync + 'static {
     /// Registers `me` and starts watching. Each full view of the healthy
     /// peers is sent on `peers`. Fails when the registry refuses the node
     /// (wrong token, unreachable at start: [`StartError::Discovery`]) or
-    /// the adapter's settings are wrong ([`StartError::Config`]): the node
+    /// the adapter's settings are wrong ([`StartError::InvalidSetting`]): the node
     /// does not start.
     fn start(
         &self,
@@ -114,7 +115,7 @@ pub trait Discovery: Send + Sync + 'static {
     fn stop(&self) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Stops every background task at once and leaves the registration
-    /// behind, as a crash would ([`crate::Node::sever`]): the registry
+    /// behind, as a crash would (`Node::sever`, feature `internals`): the registry
     /// finds out by itself (a TTL running out).
     fn halt(&self);
 
@@ -129,8 +130,88 @@ pub trait Discovery: Send + Sync + 'static {
 
     /// The adapter's own account for operators (the admin endpoint's
     /// `/admin/discovery`): what it registered, where, and its state. The
-    /// default says only that an adapter is there.
-    fn describe(&self) -> serde_json::Value {
-        serde_json::json!({"kind": "custom"})
+    /// default says only that an adapter is there: `{"kind":"custom"}`.
+    fn describe(&self) -> Description {
+        Description::new("custom")
+    }
+}
+
+/// A discovery adapter's account of itself ([`Discovery::describe`]): its
+/// kind and named fields (kept in name order). Displays as the JSON object
+/// the admin endpoint serves under `/admin/discovery`
+/// (`{"kind":"consul","registered":true,...}`), and serializes as that
+/// object.
+///
+/// ```
+/// use mesh::discovery::Description;
+///
+/// let d = Description::new("etcd").with("endpoints", ["10.0.0.1:2379"]).with("registered", true);
+/// assert_eq!(d.kind(), "etcd");
+/// assert_eq!(d.get::<bool>("registered"), Some(true));
+/// assert_eq!(d.to_string(), r#"{"endpoints":["10.0.0.1:2379"],"kind":"etcd","registered":true}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Description {
+    /// An account of an adapter of `kind` (`"consul"`; `"custom"` is the
+    /// default's), with no other field.
+    pub fn new(kind: &str) -> Self {
+        let mut fields = serde_json::Map::new();
+        fields.insert("kind".to_owned(), kind.into());
+        Description { fields }
+    }
+
+    /// The same account with the field `name` set to `value` (replacing
+    /// it if set). A value that does not serialize is `null`.
+    pub fn with(mut self, name: &str, value: impl serde::Serialize) -> Self {
+        self.set(name, value);
+        self
+    }
+
+    /// Sets the field `name` to `value` (replacing it if set). A value
+    /// that does not serialize is `null`.
+    pub fn set(&mut self, name: &str, value: impl serde::Serialize) {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.fields.insert(name.to_owned(), value);
+    }
+
+    /// The adapter's kind (`"consul"`, `"custom"`).
+    pub fn kind(&self) -> &str {
+        self.fields
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+    }
+
+    /// The field `name` read as a `T`; `None` when not set or not a `T`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        T::deserialize(self.fields.get(name)?).ok()
+    }
+
+    /// The names of the fields set, in name order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+
+    /// The account as the JSON the admin endpoint serves.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn into_value(self) -> serde_json::Value {
+        serde_json::Value::Object(self.fields)
+    }
+}
+
+impl serde::Serialize for Description {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.fields.serialize(s)
+    }
+}
+
+impl std::fmt::Display for Description {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(&self.fields).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
     }
 }

@@ -41,7 +41,10 @@ impl crate::admin::Source for NodeInner {
     }
 
     fn discovery_status(&self) -> Option<serde_json::Value> {
-        self.cluster.get()?.discovery().map(|d| d.describe())
+        self.cluster
+            .get()?
+            .discovery()
+            .map(|d| d.describe().into_value())
     }
 
     fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)> {

@@ -122,7 +122,7 @@ impl NodeBuilder {
     ///
     /// It must be strong: [`NodeBuilder::start`] refuses a cookie of less
     /// than 128 bits of estimated entropy
-    /// ([`Cookie::entropy_bits`](crate::wire::Cookie::entropy_bits)), since
+    /// (`Cookie::entropy_bits`), since
     /// a peer that sees one proof can guess cookies offline. Generate one:
     /// `openssl rand -base64 32`.
     pub fn cookie(mut self, cookie: impl AsRef<[u8]>) -> Self {
@@ -351,10 +351,17 @@ impl NodeBuilder {
         self
     }
 
-    /// The node's id, unique in its cluster. Defaults to `node-<pid>-<n>`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
+    /// The node's id ([`Node::id`]), unique in its cluster. Defaults to
+    /// `node-<pid>-<n>`.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.name = Some(id.into());
         self
+    }
+
+    /// Renamed to [`NodeBuilder::id`] (it sets what [`Node::id`] returns).
+    #[deprecated(note = "renamed to `NodeBuilder::id`")]
+    pub fn name(self, name: impl Into<String>) -> Self {
+        self.id(name)
     }
 
     /// The capabilities this node hosts: shards of these capabilities may be
@@ -389,10 +396,17 @@ impl NodeBuilder {
         self
     }
 
-    /// The deadline of calls that do not set one (5 s by default).
-    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+    /// The deadline of calls that do not set one
+    /// ([`crate::DEFAULT_CALL_TIMEOUT`], 5 s, by default).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = timeout;
         self
+    }
+
+    /// Renamed to [`NodeBuilder::call_timeout`].
+    #[deprecated(note = "renamed to `NodeBuilder::call_timeout`")]
+    pub fn default_timeout(self, timeout: Duration) -> Self {
+        self.call_timeout(timeout)
     }
 
     /// How long [`Node::shutdown`] waits for busy activations (30 s by
@@ -433,12 +447,16 @@ impl NodeBuilder {
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
-    /// Errors: [`StartError::Config`] for an empty or duplicate
+    /// Errors, each a variant to match ([`StartError`] lists them all):
+    /// [`StartError::InvalidSetting`] for an empty or duplicate
     /// capability, an actor type given twice or whose capability the node
-    /// does not host, a clustered node without a cookie or with a weak
-    /// one (see [`NodeBuilder::cookie`]), or an identity over the
-    /// handshake's limits (ids and names of at most 255 bytes, at most 256
-    /// capabilities and actor types, 4096 handlers);
+    /// does not host, an empty id, `min_members` on a node that is not
+    /// clustered (`setting` names which); [`StartError::MissingCookie`] and
+    /// [`StartError::WeakCookie`] for a clustered node's cookie (see
+    /// [`NodeBuilder::cookie`]); [`StartError::IdentityLimits`] for an
+    /// identity over the handshake's limits (ids and names of at most 255
+    /// bytes, at most 256 capabilities and actor types, 4096 handlers);
+    /// [`StartError::NoLeaseStore`] for strong mode without a lease store;
     /// [`StartError::TagCollision`] if two handlers share a wire tag (two
     /// messages of one name in one actor type);
     /// [`StartError::Listen`] if the listener cannot bind;
@@ -451,11 +469,10 @@ impl NodeBuilder {
         if self.admin.is_some() {
             crate::admin::prometheus::install();
         }
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| StartError::Config("start the node inside a tokio runtime".into()))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let mut capabilities = self.capabilities;
         if let Some(c) = capabilities.iter().find(|c| c.is_empty()) {
-            return Err(StartError::Config(format!(
+            return Err(StartError::invalid("NodeBuilder::capabilities", format!(
                 "empty capability name {c:?}: give every capability in NodeBuilder::capabilities a name"
             )));
         }
@@ -465,27 +482,36 @@ impl NodeBuilder {
         let mut hosted: Vec<Hosted> = Vec::new();
         for (i, a) in self.actors.iter().enumerate() {
             if self.actors[..i].iter().any(|b| b.type_id == a.type_id) {
-                return Err(StartError::Config(format!(
-                    "actor type {} given twice: remove one `.actor::<{}>()`",
-                    a.name, a.name
-                )));
+                return Err(StartError::invalid(
+                    "NodeBuilder::actor",
+                    format!(
+                        "actor type {} given twice: remove one `.actor::<{}>()`",
+                        a.name, a.name
+                    ),
+                ));
             }
             if !capabilities.iter().any(|c| c == a.capability) {
-                return Err(StartError::Config(format!(
-                    "actor {} needs capability {:?}, which this node does not host: add it to \
+                return Err(StartError::invalid(
+                    "NodeBuilder::actor",
+                    format!(
+                        "actor {} needs capability {:?}, which this node does not host: add it to \
                      NodeBuilder::capabilities, or remove `.actor::<{}>()`",
-                    a.name, a.capability, a.name
-                )));
+                        a.name, a.capability, a.name
+                    ),
+                ));
             }
             if self.actors[..i]
                 .iter()
                 .any(|b| b.name == a.name && b.capability == a.capability)
             {
-                return Err(StartError::Config(format!(
+                return Err(StartError::invalid(
+                    "NodeBuilder::actor",
+                    format!(
                     "two actor types named {} in capability {:?}: the name identifies the type \
                      on the wire; rename one with `#[actor(name = \"...\")]`",
                     a.name, a.capability
-                )));
+                ),
+                ));
             }
             let mut tags: Vec<u64> = a.messages.iter().map(|&(t, _)| t).collect();
             tags.sort_unstable();
@@ -511,7 +537,9 @@ impl NodeBuilder {
             }
         }
         let id: Arc<str> = match self.name {
-            Some(n) if n.is_empty() => return Err(StartError::Config("empty node name".into())),
+            Some(n) if n.is_empty() => {
+                return Err(StartError::invalid("NodeBuilder::id", "empty node id"))
+            }
             Some(n) => n.into(),
             None => {
                 static N: AtomicU64 = AtomicU64::new(0);
@@ -522,14 +550,13 @@ impl NodeBuilder {
         let gate = match &self.strong {
             None => None,
             Some(strong) => {
-                strong.check().map_err(StartError::Config)?;
+                strong
+                    .check()
+                    .map_err(|e| StartError::invalid("NodeBuilder::strong", e))?;
                 let Some(cluster) = self.cluster.as_ref().filter(|c| c.discovery.is_some()) else {
-                    return Err(StartError::Config(
-                        "strong mode needs an authoritative store for its leases: give \
-                         NodeBuilder::discovery a Consul (a static-seed cluster cannot offer it), \
-                         or remove NodeBuilder::strong"
-                            .into(),
-                    ));
+                    return Err(StartError::NoLeaseStore {
+                        has_discovery: false,
+                    });
                 };
                 let types: Vec<(u64, u64, String)> = self
                     .actors
@@ -558,29 +585,27 @@ impl NodeBuilder {
                     .as_ref()
                     .and_then(|c| c.discovery.as_ref())
                     .and_then(|d| d.lease_store())
-                    .ok_or_else(|| {
-                        StartError::Config(
-                            "strong mode: this discovery has no lease store (Consul has one)"
-                                .into(),
-                        )
+                    .ok_or(StartError::NoLeaseStore {
+                        has_discovery: true,
                     })?,
             ),
         };
         #[cfg(feature = "sidecar")]
         if let Some(c) = self.cluster.as_ref() {
             if c.sidecar.is_some() && c.listen.is_none() {
-                return Err(StartError::Config(
-                    "a node through a sidecar needs a listener (NodeBuilder::listen)".into(),
-                ));
+                return Err(StartError::SidecarWithoutListener);
             }
         }
         hosted.sort_unstable();
         if self.min_members > 1 && self.cluster.is_none() {
-            return Err(StartError::Config(format!(
-                "min_members({}) on a node that is not clustered: it would never see another \
+            return Err(StartError::invalid(
+                "NodeBuilder::min_members",
+                format!(
+                    "min_members({}) on a node that is not clustered: it would never see another \
                  member, so never serve; give it seeds or a discovery, or remove min_members",
-                self.min_members
-            )));
+                    self.min_members
+                ),
+            ));
         }
         if let Some(cluster) = &self.cluster {
             check_cluster(cluster, &id, &capabilities, &hosted, self.weak_cookie).await?;
@@ -589,8 +614,9 @@ impl NodeBuilder {
         membership.upsert_hosting(&id, "", &capabilities, Some(&hosted));
         let routing = membership.routing(&*self.placement, &id);
         let mut incarnation = [0u8; 8];
-        getrandom::fill(&mut incarnation)
-            .map_err(|e| StartError::Config(format!("no randomness for the incarnation: {e}")))?;
+        getrandom::fill(&mut incarnation).map_err(|e| StartError::Internal {
+            reason: format!("no randomness for the incarnation: {e}"),
+        })?;
         // The activation tables reach their node as their `Host`, weakly
         // (the node owns them): built with it, not wired in after.
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
@@ -715,28 +741,28 @@ async fn check_cluster(
         incarnation: 0,
         actors: hosted.to_vec(),
     };
-    identity
-        .check()
-        .map_err(|e| StartError::Config(format!("this node cannot join a cluster: {e}")))?;
+    identity.check().map_err(|e| StartError::IdentityLimits {
+        reason: e.to_string(),
+    })?;
     let Some(cookie) = cluster.cookie.clone() else {
-        return Err(StartError::Config(
-            "a clustered node needs a cookie (NodeBuilder::cookie)".into(),
-        ));
+        return Err(StartError::MissingCookie);
     };
     let bits = cookie.entropy_bits();
     if !weak_cookie && bits < crate::wire::MIN_COOKIE_BITS {
-        return Err(StartError::Config(format!(
-            "the cluster cookie is too weak: about {bits:.0} bits of entropy, {:.0} needed \
-             (anyone this node dials could guess it offline); generate one with \
-             `openssl rand -base64 32`, or, in tests only, call NodeBuilder::allow_weak_cookie",
-            crate::wire::MIN_COOKIE_BITS
-        )));
+        return Err(StartError::WeakCookie {
+            bits: bits.round() as u32,
+            needed: crate::wire::MIN_COOKIE_BITS.round() as u32,
+        });
     }
     let name = cluster.name.clone();
     tokio::task::spawn_blocking(move || crate::wire::prepare_key(&cookie, &name))
         .await
-        .map_err(|e| StartError::Config(format!("deriving the handshake key: {e}")))?
-        .map_err(|e| StartError::Config(e.to_string()))
+        .map_err(|e| StartError::Internal {
+            reason: format!("deriving the handshake key: {e}"),
+        })?
+        .map_err(|e| StartError::Internal {
+            reason: e.to_string(),
+        })
 }
 
 /// What the lease keeper reads of its node (`lease::keeper::Wanted`):

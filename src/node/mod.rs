@@ -252,8 +252,14 @@ impl Node {
     /// selects the actor type and handler, `body` is the rmp-serde message,
     /// and the result is the rmp-serde reply. This is what a peer node's
     /// request runs; it waits at most the node's default timeout.
-    #[doc(hidden)]
-    pub async fn call_wire(&self, tag: u64, id: &str, body: Vec<u8>) -> Result<Vec<u8>, Error> {
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) async fn call_wire(
+        &self,
+        tag: u64,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
         let inner = &self.inner;
         let reply = inner
             .router()
@@ -273,8 +279,11 @@ impl Node {
     /// Cuts this node off the cluster at once, as a crash would look to its
     /// peers: every connection closes (their calls in flight here fail with
     /// `NodeDown`), and it stops dialing. Local activations keep running.
-    /// For failure tests and operators; [`Node::shutdown`] is the clean exit.
-    pub fn sever(&self) {
+    /// For failure tests (hidden feature `internals`); [`Node::shutdown`] is
+    /// the clean exit.
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn sever(&self) {
         use std::future::Future as _;
         let mut teardown = std::pin::pin!(self.inner.teardown(lifecycle::Exit::Sever));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

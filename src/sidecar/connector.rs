@@ -5,7 +5,7 @@
 //!
 //! Contracts:
 //! - A target with a node id is dialed at `127.0.0.1:<port>` from the
-//!   [`UpstreamPorts`] map, read at each dial (updates apply to the next
+//!   [`UpstreamTable`] map, read at each dial (updates apply to the next
 //!   dial; established connections are untouched). A node with no port
 //!   yet is [`std::io::ErrorKind::NotFound`], which the peer table
 //!   retries with backoff.
@@ -39,7 +39,7 @@ use crate::transport::{
 /// *retargeted*: the node dialing through these ports resets that peer's
 /// dial backoff and dials it at once.
 #[derive(Debug, Clone, Default)]
-pub struct UpstreamPorts {
+pub struct UpstreamTable {
     map: Arc<ArcSwap<HashMap<String, u16>>>,
     retarget: Arc<Retarget>,
 }
@@ -51,10 +51,10 @@ struct Retarget {
     notify: Notify,
 }
 
-impl UpstreamPorts {
+impl UpstreamTable {
     /// An empty map.
     pub fn new() -> Self {
-        UpstreamPorts::default()
+        UpstreamTable::default()
     }
 
     /// Replaces the whole map. Nodes whose port is new or changed are
@@ -144,13 +144,13 @@ impl UpstreamPorts {
 /// The sidecar connector and loopback-only acceptor.
 #[derive(Debug, Clone)]
 pub struct SidecarTransport {
-    ports: UpstreamPorts,
+    ports: UpstreamTable,
     tcp: Tcp,
 }
 
 impl SidecarTransport {
     /// Dials peers through the ports in `ports`.
-    pub fn new(ports: UpstreamPorts) -> Self {
+    pub fn new(ports: UpstreamTable) -> Self {
         SidecarTransport {
             ports,
             tcp: Tcp::default(),
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn ports_update_in_place() {
-        let p = UpstreamPorts::new();
+        let p = UpstreamTable::new();
         p.insert("b", 1);
         let q = p.clone();
         q.insert("c", 2);
@@ -262,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_and_changed_ports_are_retargeted() {
-        let p = UpstreamPorts::new();
+        let p = UpstreamTable::new();
         p.insert("b", 1);
         p.set([("b".to_owned(), 1), ("c".to_owned(), 2)]);
         assert_eq!(p.retargeted().await, ["b", "c"]);

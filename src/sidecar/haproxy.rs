@@ -16,7 +16,7 @@
 //!   (and `verifyhost` checks DNS names), so an ACL matches, with a
 //!   regular expression over `ssl_c_der,hex`, the whole DER of a
 //!   subjectAltName *extension* holding exactly that one URI
-//!   ([`san_extension_regex`]): the extension's SEQUENCE with its length,
+//!   (`san_extension_regex`): the extension's SEQUENCE with its length,
 //!   the OID 2.5.29.17 (`0603551D11`), the optional critical flag, the
 //!   OCTET STRING and the GeneralNames SEQUENCE with their lengths, then
 //!   the URI entry (`86`, its length, the URI). The match starts on a
@@ -58,7 +58,7 @@ use std::time::Duration;
 /// A peer reached through this node's sidecar: the data the Consul
 /// adapter registers for each peer (one upstream per peer node).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Upstream {
+pub struct HaproxyUpstream {
     /// The peer's node id (the connector dials by it).
     pub node: String,
     /// The peer's own destination service name (e.g. `<cluster>-<node>`).
@@ -139,13 +139,14 @@ pub struct HaproxyConfig {
     /// The SPIFFE IDs allowed to call in (the intentions to this node).
     pub allow: Vec<String>,
     /// One per peer.
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<HaproxyUpstream>,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
 
 /// The files of a rendered configuration, by name in [`HaproxyConfig::dir`].
-pub mod files {
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) mod files {
     /// The configuration.
     pub const CONFIG: &str = "haproxy.cfg";
     /// The leaf certificate chain followed by its key.
@@ -164,8 +165,9 @@ pub mod files {
 
 /// A rendered configuration: file names (in [`HaproxyConfig::dir`]) and
 /// contents, the configuration first.
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
 #[derive(Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// `(file name, contents)`.
     pub files: Vec<(&'static str, String)>,
 }
@@ -178,6 +180,7 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 impl Rendered {
     /// The configuration text.
     pub fn config(&self) -> &str {
@@ -194,16 +197,19 @@ impl Rendered {
 }
 
 /// An input that cannot go into the configuration.
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("haproxy sidecar config: {0}")]
-pub struct RenderError(pub String);
+pub(crate) struct RenderError(pub String);
 
 /// The name the public bind's crt-list line filters on: never sent by a
 /// client, it only gives the leaf an SNI context (see the module docs).
-pub const SNI_FILTER: &str = "sidecar.invalid";
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) const SNI_FILTER: &str = "sidecar.invalid";
 
 /// Renders the configuration and the files it references.
-pub fn render(cfg: &HaproxyConfig) -> Result<Rendered, RenderError> {
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) fn render(cfg: &HaproxyConfig) -> Result<Rendered, RenderError> {
     let dir = path_text(&cfg.dir)?;
     check_addr("public address", &cfg.public)?;
     check_addr("app address", &cfg.app)?;
@@ -335,7 +341,9 @@ pub fn render(cfg: &HaproxyConfig) -> Result<Rendered, RenderError> {
 
 /// The DER of a URI SAN entry (tag `86`, the length, the URI) in
 /// uppercase hex, as `ssl_c_der,hex` prints it.
-pub fn san_uri_hex(uri: &str) -> String {
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+pub(crate) fn san_uri_hex(uri: &str) -> String {
     hex(&tlv(0x86, uri.as_bytes()))
 }
 
@@ -343,7 +351,8 @@ pub fn san_uri_hex(uri: &str) -> String {
 /// whose subjectAltName extension holds `uri` and nothing else: from a
 /// byte boundary of the certificate, the extension's DER, critical or
 /// not, with every length computed from the URI's (see the module docs).
-pub fn san_extension_regex(uri: &str) -> String {
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) fn san_extension_regex(uri: &str) -> String {
     let names = tlv(0x30, &tlv(0x86, uri.as_bytes()));
     let value = tlv(0x04, &names);
     // 06 03 55 1D 11: the OID 2.5.29.17; 01 01 FF: critical TRUE.
@@ -451,14 +460,14 @@ mod tests {
             },
             allow: vec!["spiffe://td/ns/default/dc/dc1/svc/web".into()],
             upstreams: vec![
-                Upstream {
+                HaproxyUpstream {
                     node: "c".into(),
                     destination: "mesh-c".into(),
                     local_port: 9192,
                     peer_addr: "10.0.0.7:21000".into(),
                     peer_id: "spiffe://td/ns/default/dc/dc1/svc/mesh-c".into(),
                 },
-                Upstream {
+                HaproxyUpstream {
                     node: "b".into(),
                     destination: "mesh-b".into(),
                     local_port: 9191,

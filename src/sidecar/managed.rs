@@ -58,7 +58,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use super::haproxy::{self, files, Certs, HaproxyConfig, Timeouts, Upstream};
+use super::haproxy::{self, files, Certs, HaproxyConfig, HaproxyUpstream, Timeouts};
 use super::supervisor::{Env, Restart, Spec, Status, Supervisor};
 use super::SidecarError;
 use crate::util::lock;
@@ -81,7 +81,7 @@ pub struct HaproxySettings {
     /// The SPIFFE IDs allowed to call in.
     pub allow: Vec<String>,
     /// The peers, as known at start.
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<HaproxyUpstream>,
     /// Timeouts of the configuration.
     pub timeouts: Timeouts,
     /// Restart backoff.
@@ -115,7 +115,7 @@ impl HaproxySettings {
     }
 
     /// The peers known at start.
-    pub fn upstreams(mut self, upstreams: Vec<Upstream>) -> Self {
+    pub fn upstreams(mut self, upstreams: Vec<HaproxyUpstream>) -> Self {
         self.upstreams = upstreams;
         self
     }
@@ -250,7 +250,7 @@ impl Haproxy {
     }
 
     /// Replaces the upstreams (one per peer) and reloads.
-    pub async fn set_upstreams(&self, upstreams: Vec<Upstream>) -> Result<(), SidecarError> {
+    pub async fn set_upstreams(&self, upstreams: Vec<HaproxyUpstream>) -> Result<(), SidecarError> {
         self.change(|c| c.upstreams = upstreams).await
     }
 

@@ -29,14 +29,14 @@
 //!   loopback port), then starts the managed sidecar pointing at it, then
 //!   registers with its discovery and dials peers. A sidecar that cannot
 //!   start fails [`NodeBuilder::start`](crate::NodeBuilder::start) with
-//!   [`StartError::Config`](crate::StartError::Config) starting `sidecar:`
+//!   [`StartError::Sidecar`](crate::StartError::Sidecar)
 //!   (HAProxy missing: the error says `apt-get install haproxy`).
 //! - **The sidecar dies**: connections through it close, calls in flight
 //!   on them fail at once with [`crate::Error::NodeDown`], peers drop out
 //!   of the membership; the supervisor restarts it with backoff, the peer
 //!   table redials, and later calls succeed.
 //! - **An upstream becomes live** (the reload that adds or changes it is
-//!   done, and the port is in [`UpstreamPorts`]): the node resets that
+//!   done, and the port is in [`UpstreamTable`]): the node resets that
 //!   peer's dial backoff and dials it at once, so a cluster forms as fast
 //!   as its sidecars reload (not at the next backoff tick, up to 32
 //!   heartbeats away).
@@ -54,8 +54,8 @@ pub mod haproxy;
 pub mod managed;
 pub mod supervisor;
 
-pub use connector::{SidecarTransport, UpstreamPorts};
-pub use haproxy::{Certs, Timeouts, Upstream};
+pub use connector::{SidecarTransport, UpstreamTable};
+pub use haproxy::{Certs, HaproxyUpstream, Timeouts};
 pub use managed::{
     check as check_haproxy_config, CommandSettings, CommandSidecar, Haproxy, HaproxySettings,
     StatRow, DEFAULT_HAPROXY,
@@ -105,7 +105,7 @@ pub struct Sidecar {
 }
 
 struct Inner {
-    ports: UpstreamPorts,
+    ports: UpstreamTable,
     kind: Mutex<Kind>,
 }
 
@@ -139,7 +139,7 @@ impl Sidecar {
     fn with(kind: Kind) -> Self {
         Sidecar {
             inner: Arc::new(Inner {
-                ports: UpstreamPorts::new(),
+                ports: UpstreamTable::new(),
                 kind: Mutex::new(kind),
             }),
         }
@@ -180,7 +180,7 @@ impl Sidecar {
     }
 
     /// The ports the node dials its peers at.
-    pub fn ports(&self) -> &UpstreamPorts {
+    pub fn ports(&self) -> &UpstreamTable {
         &self.inner.ports
     }
 
@@ -210,7 +210,7 @@ impl Sidecar {
     /// new or changed (port, or the peer's sidecar behind it) is live from
     /// then on: the node resets that peer's dial backoff and dials it at
     /// once.
-    pub async fn set_upstreams(&self, upstreams: Vec<Upstream>) -> Result<(), SidecarError> {
+    pub async fn set_upstreams(&self, upstreams: Vec<HaproxyUpstream>) -> Result<(), SidecarError> {
         let (running, before) = {
             let mut kind = lock(&self.inner.kind);
             if let Kind::Haproxy { settings, running } = &mut *kind {

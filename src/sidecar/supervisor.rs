@@ -9,14 +9,14 @@
 //! - Later, whenever the process exits (killed, crashed), it is started
 //!   again after a backoff that doubles from [`Restart::min`] up to
 //!   [`Restart::max`], and falls back to the minimum once a run has lasted
-//!   [`Restart::max`]. Each start and exit is logged; [`Supervisor::status`]
+//!   [`Restart::max`]. Each start and exit is logged; `Supervisor::status`
 //!   publishes every change, so a caller can await a restart.
 //! - Environment: as the supervised program asks (HAProxy gets `PATH`
 //!   only; a command template inherits the node's, less `MESH_COOKIE`).
 //! - Output: every line on stdout and stderr becomes a `tracing` event
 //!   (target `mesh::sidecar`, field `sidecar`), its level chosen by the
-//!   supervised program's [`Classify`].
-//! - [`Supervisor::stop`]: SIGTERM, then SIGKILL after the grace period;
+//!   supervised program's `Classify`.
+//! - `Supervisor::stop`: SIGTERM, then SIGKILL after the grace period;
 //!   returns once the process is gone. Dropping the supervisor without
 //!   `stop` kills the process (SIGKILL) at once.
 //! - **Dies with its node**: the process is started through util-linux
@@ -76,16 +76,18 @@ pub struct Status {
     pub starts: u64,
     /// How the last run ended, if one did.
     pub last_exit: Option<String>,
-    /// Whether [`Supervisor::stop`] ended supervision.
+    /// Whether `Supervisor::stop` ended supervision.
     pub stopped: bool,
 }
 
 /// The level of one output line.
-pub type Classify = fn(line: &str, stderr: bool) -> tracing::Level;
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) type Classify = fn(line: &str, stderr: bool) -> tracing::Level;
 
 /// A readiness probe, given the pid of the process just started: `Ok`
 /// when it is ready. Called again (every 50 ms) until it answers `Ok`.
-pub type Ready = Arc<dyn Fn(u32) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>;
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) type Ready = Arc<dyn Fn(u32) -> BoxFuture<'static, std::io::Result<()>> + Send + Sync>;
 
 /// The environment a supervised process starts with.
 #[derive(Debug, Clone)]
@@ -201,7 +203,8 @@ async fn spawn_lasting(mut command: Command) -> std::io::Result<Child> {
 }
 
 /// A supervised process. See the module docs.
-pub struct Supervisor {
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) struct Supervisor {
     name: &'static str,
     status: watch::Receiver<Status>,
     stop: watch::Sender<bool>,

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::TransportConfig;
 use crate::wire::{
-    self, Auth, Challenge, Dialer, Failure, Frame, FrameCodec, HandshakeError, Hello, Kind,
-    Listener, Opening, Peer, Welcome,
+    self, Auth, Challenge, DialHandshake, Failure, Frame, FrameCodec, HandshakeError, Hello, Kind,
+    ListenHandshake, Opening, Peer, Welcome,
 };
 use crate::Error;
 
@@ -302,7 +302,7 @@ pub(super) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Peer, BytesMut), HandshakeError> {
     let mut buf = BytesMut::with_capacity(4096);
     let result = async {
-        let (dialer, hello) = Dialer::start(cfg.identity.clone(), cfg.cookie.clone())?;
+        let (dialer, hello) = DialHandshake::start(cfg.identity.clone(), cfg.cookie.clone())?;
         write_frame(io, cfg, Kind::Hello, &hello).await?;
         let first = read_first(io, cfg, &mut buf, Side::Dialer).await?;
         let challenge: Challenge = expect(first, Kind::Challenge)?;
@@ -324,7 +324,8 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let result = async {
         let first = read_first(io, cfg, &mut buf, Side::Listener).await?;
         let hello: Hello = expect(first, Kind::Hello)?;
-        let (listener, challenge) = Listener::on_hello(&cfg.identity, cfg.cookie.clone(), &hello)?;
+        let (listener, challenge) =
+            ListenHandshake::on_hello(&cfg.identity, cfg.cookie.clone(), &hello)?;
         write_frame(io, cfg, Kind::Challenge, &challenge).await?;
         let auth: Auth = expect(read_frame(io, cfg, &mut buf).await?, Kind::Auth)?;
         let (peer, welcome) = listener.on_auth(&auth)?;

@@ -7,12 +7,18 @@
 //! frame still goes through the codec, so one conformance suite covers
 //! every transport. A [`Transport`] pairs the two for a node.
 //!
+//! Public here: [`Transport`] and the connector boundary below, for a
+//! transport of your own. The connections themselves (`Connection`,
+//! `Inbound`, `Responder`, `listen`, `dial`, `TransportConfig`) are the
+//! engine's: public only with the hidden, unstable feature `internals`
+//! (mesh's own tests and benchmarks).
+//!
 //! ## The connector boundary
 //!
 //! A connector turns a [`DialTarget`] into a stream, an acceptor binds a
 //! [`Listener`] and may upgrade each stream it accepts. Both report
 //! [`ConnFacts`] (remote address, verified identity) that reach the
-//! handshake and end up in the connection's [`Peer`](crate::wire::Peer).
+//! handshake and end up in the connection's `Peer`.
 //!
 //! Contracts:
 //! - Writes are batched: one writer task per connection drains every frame
@@ -25,18 +31,18 @@
 //! - A call carries the time its caller has left; the callee drops the
 //!   work once it has passed. The caller's side answers `Timeout` from one
 //!   timer per connection, armed for the earliest deadline.
-//! - Inbound calls are answered through a [`Responder`] straight into the
+//! - Inbound calls are answered through a `Responder` straight into the
 //!   connection's writer, from wherever the work ends.
 //! - Before a peer is authenticated it costs little: the handshake reads
-//!   frames of at most [`crate::wire::HANDSHAKE_MAX_FRAME`] bytes, decodes
+//!   frames of at most `wire::HANDSHAKE_MAX_FRAME` bytes, decodes
 //!   them within fixed limits, and at most
-//!   [`TransportConfig::max_handshakes`] handshakes (securing the stream
+//!   `TransportConfig::max_handshakes` handshakes (securing the stream
 //!   included) run at once on a listener, at most
-//!   [`TransportConfig::max_handshakes_per_ip`] from one source address
+//!   `TransportConfig::max_handshakes_per_ip` from one source address
 //!   (loopback excepted: a sidecar forwards every peer from there). A
 //!   stream beyond either cap is closed at once.
 //! - The first bytes each side reads are told apart from other protocols
-//!   before they are taken for a frame header ([`crate::wire::Opening`]):
+//!   before they are taken for a frame header (`wire::Opening`):
 //!   a plain node dialing a TLS node, a TLS node dialing a plain one, an
 //!   HTTP client on the cluster port or a dialer pointed at an HTTP server
 //!   fails with a reason saying what is wrong and how to fix it; an HTTP
@@ -54,7 +60,8 @@ pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use conn::{Ack, Connection, Inbound, Responder};
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) use conn::{Ack, Connection, Inbound, Responder};
 pub(crate) use conn::{Origin, Routed};
 pub use connect::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
@@ -66,8 +73,9 @@ use std::time::Duration;
 use crate::wire::{Cookie, FrameCodec, Identity};
 
 /// How connections are set up and framed.
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
 #[derive(Debug, Clone)]
-pub struct TransportConfig {
+pub(crate) struct TransportConfig {
     /// This node, as the handshake presents it.
     pub identity: Identity,
     /// The cluster cookie.
@@ -86,9 +94,11 @@ pub struct TransportConfig {
 }
 
 /// The default cap on handshakes in progress at once on a listener.
-pub const MAX_HANDSHAKES: usize = 64;
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) const MAX_HANDSHAKES: usize = 64;
 /// The default cap on handshakes in progress at once from one source IP.
-pub const MAX_HANDSHAKES_PER_IP: usize = 8;
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) const MAX_HANDSHAKES_PER_IP: usize = 8;
 
 impl TransportConfig {
     /// Defaults: 8 MiB frames without checksums, 5 s handshake timeout,
@@ -330,7 +340,8 @@ impl Transport {
     }
 
     /// Listens on `addr`; see [`listen`].
-    pub async fn listen(
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    pub(crate) async fn listen(
         &self,
         addr: &str,
         cfg: TransportConfig,
@@ -340,7 +351,8 @@ impl Transport {
     }
 
     /// Dials `target`; see [`dial`].
-    pub async fn dial(
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    pub(crate) async fn dial(
         &self,
         target: &DialTarget,
         cfg: &TransportConfig,
@@ -355,7 +367,8 @@ impl Transport {
 /// timeout); the connections that complete are served by `inbound` and
 /// handed out by [`Listening::accepted`]. Dropping the [`Listening`] stops
 /// accepting.
-pub async fn listen(
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) async fn listen(
     acceptor: Arc<dyn Acceptor>,
     addr: &str,
     cfg: TransportConfig,
@@ -437,7 +450,8 @@ pub async fn listen(
 
 /// Dials `target` through `connector` and runs the handshake, both within
 /// the handshake timeout.
-pub async fn dial(
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+pub(crate) async fn dial(
     connector: &dyn Connector,
     target: &DialTarget,
     cfg: &TransportConfig,
@@ -576,8 +590,9 @@ async fn accept_stream(
 }
 
 /// A listener accepting connections until dropped.
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
 #[derive(Debug)]
-pub struct Listening {
+pub(crate) struct Listening {
     addr: String,
     accepted: mpsc::UnboundedReceiver<Connection>,
     task: JoinHandle<()>,
@@ -659,7 +674,7 @@ mod tests {
     struct Nobody;
 
     impl Inbound for Nobody {
-        fn call(&self, _: &crate::wire::Peer, _: crate::wire::Call, _: Responder) {}
+        fn call(&self, _: &crate::wire::Peer, _: crate::wire::CallFrame, _: Responder) {}
         fn cast(&self, _: &crate::wire::Peer, _: crate::wire::Cast) {}
     }
 

@@ -104,7 +104,9 @@ impl Listener for TcpAccepting {
 /// Listens on `addr` (port 0 picks one); every connection that completes
 /// the handshake is served by `inbound` and handed out by
 /// [`Listening::accepted`].
-pub async fn listen(
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+pub(crate) async fn listen(
     addr: &str,
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
@@ -113,7 +115,9 @@ pub async fn listen(
 }
 
 /// Dials `addr` and runs the handshake.
-pub async fn dial(
+#[cfg_attr(feature = "internals", mesh_macros::expose)]
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+pub(crate) async fn dial(
     addr: &str,
     cfg: &TransportConfig,
     inbound: Arc<dyn Inbound>,

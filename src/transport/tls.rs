@@ -14,7 +14,7 @@
 //!    Node ids are not in certificates: which node answers is still told
 //!    by the cookie handshake, which runs inside TLS.
 //!
-//! The verified ID reaches the connection's [`Peer`](crate::wire::Peer)
+//! The verified ID reaches the connection's `Peer`
 //! as `identity`.
 //!
 //! Contracts:
@@ -42,7 +42,7 @@
 //!   `denied` (an [`Authorize`] refusal), `io`, `other`. With TLS 1.3 a client whose certificate the server
 //!   refuses learns it on its first read, as `peer_refused`.
 //! - A peer that does not speak TLS is told from its first bytes
-//!   ([`Opening`]) and refused as `not_tls`, saying
+//!   (`wire::Opening`) and refused as `not_tls`, saying
 //!   what it is and how to fix it: the acceptor reads them before rustls
 //!   does; to a plain mesh node (the frame magic) it answers an `Error`
 //!   frame saying that the listener uses TLS and the dialer plain TCP, to

@@ -26,6 +26,7 @@ use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::discovery::DiscoveryError;
 use crate::{Error, StartError};
 
 /// The stable wire codes of the errors, one per variant.
@@ -74,7 +75,7 @@ pub mod code {
     pub const SHUTDOWN_TIMEOUT: u16 = 19;
     /// [`crate::Error::Fenced`].
     pub const FENCED: u16 = 30;
-    /// [`crate::StartError::Config`].
+    /// [`crate::StartError::InvalidSetting`] (named `Config` before).
     pub const START_CONFIG: u16 = 101;
     /// [`crate::StartError::TagCollision`].
     pub const START_TAG_COLLISION: u16 = 102;
@@ -82,6 +83,22 @@ pub mod code {
     pub const START_LISTEN: u16 = 103;
     /// [`crate::StartError::Discovery`].
     pub const START_DISCOVERY: u16 = 104;
+    /// [`crate::StartError::NoRuntime`].
+    pub const START_NO_RUNTIME: u16 = 105;
+    /// [`crate::StartError::MissingCookie`].
+    pub const START_MISSING_COOKIE: u16 = 106;
+    /// [`crate::StartError::WeakCookie`].
+    pub const START_WEAK_COOKIE: u16 = 107;
+    /// [`crate::StartError::IdentityLimits`].
+    pub const START_IDENTITY_LIMITS: u16 = 108;
+    /// [`crate::StartError::NoLeaseStore`].
+    pub const START_NO_LEASE_STORE: u16 = 109;
+    /// [`crate::StartError::SidecarWithoutListener`].
+    pub const START_SIDECAR_WITHOUT_LISTENER: u16 = 110;
+    /// [`crate::StartError::Sidecar`].
+    pub const START_SIDECAR: u16 = 111;
+    /// [`crate::StartError::Internal`].
+    pub const START_INTERNAL: u16 = 112;
 }
 
 impl Error {
@@ -119,10 +136,18 @@ impl StartError {
     /// The error's stable wire code (see [`crate::wire::code`]).
     pub fn code(&self) -> u16 {
         match self {
-            StartError::Config(_) => code::START_CONFIG,
+            StartError::InvalidSetting { .. } => code::START_CONFIG,
             StartError::TagCollision { .. } => code::START_TAG_COLLISION,
             StartError::Listen { .. } => code::START_LISTEN,
             StartError::Discovery(_) => code::START_DISCOVERY,
+            StartError::NoRuntime => code::START_NO_RUNTIME,
+            StartError::MissingCookie => code::START_MISSING_COOKIE,
+            StartError::WeakCookie { .. } => code::START_WEAK_COOKIE,
+            StartError::IdentityLimits { .. } => code::START_IDENTITY_LIMITS,
+            StartError::NoLeaseStore { .. } => code::START_NO_LEASE_STORE,
+            StartError::SidecarWithoutListener => code::START_SIDECAR_WITHOUT_LISTENER,
+            StartError::Sidecar { .. } => code::START_SIDECAR,
+            StartError::Internal { .. } => code::START_INTERNAL,
         }
     }
 }
@@ -220,7 +245,8 @@ impl Failure {
             }
             Error::Refused { reason } => f.detail = reason.clone(),
             Error::ShutdownTimeout { pending } => f.detail = pending.clone(),
-            Error::Codec(m) | Error::Discovery(m) => f.detail = m.clone(),
+            Error::Codec(m) => f.detail = m.clone(),
+            Error::Discovery(e) => f.detail = e.message().to_owned(),
             Error::CallCycle { chain } => f.detail = chain.clone(),
             Error::ChainTooDeep { limit, chain } => {
                 f.tag = *limit as u64;
@@ -235,7 +261,22 @@ impl Failure {
                 f.detail = have.to_string();
             }
             Error::Start(e) => match e {
-                StartError::Config(m) | StartError::Discovery(m) => f.detail = m.clone(),
+                StartError::InvalidSetting { setting, reason } => {
+                    (*setting).clone_into(&mut f.id);
+                    f.detail = reason.clone();
+                }
+                StartError::Discovery(e) => f.detail = e.message().to_owned(),
+                StartError::IdentityLimits { reason }
+                | StartError::Sidecar { reason }
+                | StartError::Internal { reason } => f.detail = reason.clone(),
+                StartError::WeakCookie { bits, needed } => {
+                    f.tag = u64::from(*needed);
+                    f.detail = bits.to_string();
+                }
+                StartError::NoLeaseStore { has_discovery } => f.tag = u64::from(*has_discovery),
+                StartError::NoRuntime
+                | StartError::MissingCookie
+                | StartError::SidecarWithoutListener => {}
                 StartError::TagCollision { tag, first, second } => {
                     f.tag = *tag;
                     f.actor = first.clone();
@@ -305,7 +346,7 @@ impl Failure {
             code::SHUTTING_DOWN => Error::ShuttingDown,
             code::CANCELLED => Error::Cancelled,
             code::NOT_STARTED => Error::NotStarted,
-            code::DISCOVERY => Error::Discovery(detail),
+            code::DISCOVERY => Error::Discovery(DiscoveryError::new(detail)),
             code::CALL_CYCLE => Error::CallCycle { chain: detail },
             code::CHAIN_TOO_DEEP => Error::ChainTooDeep {
                 limit: usize::try_from(tag).unwrap_or(usize::MAX),
@@ -320,7 +361,10 @@ impl Failure {
                 need: usize::try_from(tag).unwrap_or(usize::MAX),
             },
             code::SHUTDOWN_TIMEOUT => Error::ShutdownTimeout { pending: detail },
-            code::START_CONFIG => Error::Start(StartError::Config(detail)),
+            code::START_CONFIG => Error::Start(StartError::InvalidSetting {
+                setting: StartError::setting_named(&id),
+                reason: detail,
+            }),
             code::START_TAG_COLLISION => Error::Start(StartError::TagCollision {
                 tag,
                 first: actor,
@@ -330,7 +374,26 @@ impl Failure {
                 addr,
                 reason: detail,
             }),
-            code::START_DISCOVERY => Error::Start(StartError::Discovery(detail)),
+            code::START_DISCOVERY => {
+                Error::Start(StartError::Discovery(DiscoveryError::new(detail)))
+            }
+            code::START_NO_RUNTIME => Error::Start(StartError::NoRuntime),
+            code::START_MISSING_COOKIE => Error::Start(StartError::MissingCookie),
+            code::START_WEAK_COOKIE => Error::Start(StartError::WeakCookie {
+                bits: detail.parse().unwrap_or(0),
+                needed: u32::try_from(tag).unwrap_or(u32::MAX),
+            }),
+            code::START_IDENTITY_LIMITS => {
+                Error::Start(StartError::IdentityLimits { reason: detail })
+            }
+            code::START_NO_LEASE_STORE => Error::Start(StartError::NoLeaseStore {
+                has_discovery: tag != 0,
+            }),
+            code::START_SIDECAR_WITHOUT_LISTENER => {
+                Error::Start(StartError::SidecarWithoutListener)
+            }
+            code::START_SIDECAR => Error::Start(StartError::Sidecar { reason: detail }),
+            code::START_INTERNAL => Error::Start(StartError::Internal { reason: detail }),
             _ => Error::Remote {
                 code: wire_code,
                 message: text,
@@ -481,7 +544,7 @@ mod tests {
             Error::ShuttingDown,
             Error::Cancelled,
             Error::NotStarted,
-            Error::Discovery("deregistering: 500".into()),
+            Error::discovery("deregistering: 500"),
             Error::CallCycle {
                 chain: "A \"x\" -> B \"y\" -> A \"x\"".into(),
             },
@@ -497,7 +560,10 @@ mod tests {
             Error::ShutdownTimeout {
                 pending: "the leave drain: 2 activations".into(),
             },
-            Error::Start(StartError::Config("empty node name".into())),
+            Error::Start(StartError::InvalidSetting {
+                setting: "NodeBuilder::id",
+                reason: "empty node id".into(),
+            }),
             Error::Start(StartError::TagCollision {
                 tag: 7,
                 first: "A::m".into(),
@@ -507,7 +573,26 @@ mod tests {
                 addr: "0.0.0.0:7000".into(),
                 reason: "address in use".into(),
             }),
-            Error::Start(StartError::Discovery("403 ACL not found".into())),
+            Error::Start(StartError::discovery("403 ACL not found")),
+            Error::Start(StartError::NoRuntime),
+            Error::Start(StartError::MissingCookie),
+            Error::Start(StartError::WeakCookie {
+                bits: 40,
+                needed: 128,
+            }),
+            Error::Start(StartError::IdentityLimits {
+                reason: "node id of 300 bytes, 255 at most".into(),
+            }),
+            Error::Start(StartError::NoLeaseStore {
+                has_discovery: true,
+            }),
+            Error::Start(StartError::SidecarWithoutListener),
+            Error::Start(StartError::Sidecar {
+                reason: "haproxy is not installed".into(),
+            }),
+            Error::Start(StartError::Internal {
+                reason: "no randomness".into(),
+            }),
             Error::Remote {
                 code: 999,
                 message: "quota exceeded".into(),
@@ -519,7 +604,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 24] = [
+        let want: [(u16, u16); 32] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -544,6 +629,14 @@ mod tests {
             (code::START_TAG_COLLISION, 102),
             (code::START_LISTEN, 103),
             (code::START_DISCOVERY, 104),
+            (code::START_NO_RUNTIME, 105),
+            (code::START_MISSING_COOKIE, 106),
+            (code::START_WEAK_COOKIE, 107),
+            (code::START_IDENTITY_LIMITS, 108),
+            (code::START_NO_LEASE_STORE, 109),
+            (code::START_SIDECAR_WITHOUT_LISTENER, 110),
+            (code::START_SIDECAR, 111),
+            (code::START_INTERNAL, 112),
         ];
         for (got, want) in want {
             assert_eq!(got, want);
@@ -553,7 +646,7 @@ mod tests {
             codes,
             [
                 1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 19, 101, 102,
-                103, 104, 999
+                103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 999
             ]
         );
     }

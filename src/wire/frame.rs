@@ -39,7 +39,7 @@ pub const MAGIC: [u8; 2] = *b"MS";
 /// types of one capability may share message names) and has peers
 /// advertise the actor types they host in the handshake. Version 2
 /// changed the `Error` body from the serialized Rust error enum to a
-/// stable code and fields ([`Failure`](super::Failure)) and added the
+/// stable code and fields (`Failure`) and added the
 /// `Cancel` kind. The rule, also in `PROTOCOL.md`: an optional trailing
 /// body field with a default, or a new error code, needs no bump; any
 /// change an older peer cannot decode (a new kind, a changed or removed
@@ -208,6 +208,7 @@ pub enum Opening {
 }
 
 /// The most bytes [`Opening::sniff`] needs to tell (the HTTP/2 preface).
+#[cfg_attr(not(any(feature = "tls", feature = "internals")), allow(dead_code))]
 pub const OPENING_MAX: usize = 12;
 /// The most first bytes an [`Opening::Other`] keeps (and shows).
 pub const OPENING_SHOWN: usize = 8;

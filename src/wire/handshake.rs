@@ -80,7 +80,7 @@ pub const MAX_ITEMS: usize = 8192;
 /// raw bytes before decoding.
 pub const MAX_STRING: usize = 1024;
 /// The least cookie entropy a node starts with (see
-/// [`Cookie::entropy_bits`]), unless told to allow a weak one.
+/// `Cookie::entropy_bits`), unless told to allow a weak one.
 pub const MIN_COOKIE_BITS: f64 = 128.0;
 
 /// A shared cluster secret. Its `Debug` does not show it.
@@ -652,7 +652,7 @@ fn fields_of(me: &Identity) -> Fields<'_> {
 
 /// The dialing side, between `Hello` and `Challenge`.
 #[derive(Debug)]
-pub struct Dialer {
+pub struct DialHandshake {
     me: Identity,
     key: Key,
     nonce: Vec<u8>,
@@ -664,10 +664,10 @@ impl std::fmt::Debug for Key {
     }
 }
 
-impl Dialer {
+impl DialHandshake {
     /// Starts a handshake: the `Hello` to send. Derives the key unless
     /// this process already has it.
-    pub fn start(me: Identity, cookie: Cookie) -> Result<(Dialer, Hello), HandshakeError> {
+    pub fn start(me: Identity, cookie: Cookie) -> Result<(DialHandshake, Hello), HandshakeError> {
         let key = key(&cookie, &me.cluster)?;
         let nonce = nonce()?;
         let hello = Hello {
@@ -675,7 +675,7 @@ impl Dialer {
             cluster: me.cluster.clone(),
             nonce: ByteBuf::from(nonce.clone()),
         };
-        Ok((Dialer { me, key, nonce }, hello))
+        Ok((DialHandshake { me, key, nonce }, hello))
     }
 
     /// Answers the listener's challenge: the `Auth` to send (this node and
@@ -735,14 +735,14 @@ impl AwaitingWelcome {
 
 /// The listening side, between `Challenge` and `Auth`.
 #[derive(Debug)]
-pub struct Listener {
+pub struct ListenHandshake {
     me: Identity,
     key: Key,
     nonce: Vec<u8>,
     peer_nonce: Vec<u8>,
 }
 
-impl Listener {
+impl ListenHandshake {
     /// Answers a dialer's `Hello` with the `Challenge` to send, which says
     /// nothing about this node. A dialer of another cluster is told only
     /// that this node is not in its cluster.
@@ -750,7 +750,7 @@ impl Listener {
         me: &Identity,
         cookie: Cookie,
         h: &Hello,
-    ) -> Result<(Listener, Challenge), HandshakeError> {
+    ) -> Result<(ListenHandshake, Challenge), HandshakeError> {
         check_version(h.version)?;
         if h.cluster != me.cluster {
             return Err(HandshakeError::WrongCluster {
@@ -766,7 +766,7 @@ impl Listener {
             nonce: ByteBuf::from(nonce.clone()),
         };
         Ok((
-            Listener {
+            ListenHandshake {
                 me: me.clone(),
                 key,
                 nonce,
@@ -839,9 +839,9 @@ mod tests {
             decode_bounded(&crate::wire::encode(t).unwrap()).unwrap()
         }
         let refused = |e: &HandshakeError| Err(HandshakeError::Refused(e.to_string()));
-        let (d, hello) = Dialer::start(dialer.0, Cookie::new(dialer.1)).unwrap();
+        let (d, hello) = DialHandshake::start(dialer.0, Cookie::new(dialer.1)).unwrap();
         let (l, challenge) =
-            match Listener::on_hello(&listener.0, Cookie::new(listener.1), &wire(&hello)) {
+            match ListenHandshake::on_hello(&listener.0, Cookie::new(listener.1), &wire(&hello)) {
                 Ok(x) => x,
                 Err(e) => return (refused(&e), Err(e)),
             };
@@ -882,9 +882,9 @@ mod tests {
         assert!(matches!(d, Err(HandshakeError::Refused(r)) if r.contains("wrong cookie")));
         // A listener that skips the check (or forges its proof) is caught
         // by the dialer.
-        let (d, hello) = Dialer::start(id("c", "a"), Cookie::new("mine")).unwrap();
+        let (d, hello) = DialHandshake::start(id("c", "a"), Cookie::new("mine")).unwrap();
         let (l, challenge) =
-            Listener::on_hello(&id("c", "b"), Cookie::new("theirs"), &hello).unwrap();
+            ListenHandshake::on_hello(&id("c", "b"), Cookie::new("theirs"), &hello).unwrap();
         let (d, auth) = d.on_challenge(&challenge).unwrap();
         let mut forged = Welcome {
             node: "b".into(),
@@ -899,8 +899,9 @@ mod tests {
         assert_eq!(l.on_auth(&auth).unwrap_err(), HandshakeError::WrongCookie);
         assert_eq!(d.on_welcome(&forged), Err(HandshakeError::WrongCookie));
         // Nor can a relay alter a field of a genuine `Welcome`.
-        let (d, hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
-        let (l, challenge) = Listener::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
+        let (d, hello) = DialHandshake::start(id("c", "a"), Cookie::new(K)).unwrap();
+        let (l, challenge) =
+            ListenHandshake::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
         let (d, auth) = d.on_challenge(&challenge).unwrap();
         let (_, welcome) = l.on_auth(&auth).unwrap();
         forged = Welcome {
@@ -912,9 +913,9 @@ mod tests {
 
     #[test]
     fn the_listener_reveals_nothing_before_the_dialer_proves() {
-        let (_, hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
+        let (_, hello) = DialHandshake::start(id("c", "a"), Cookie::new(K)).unwrap();
         let (_, challenge) =
-            Listener::on_hello(&id("c", "secret-b"), Cookie::new(K), &hello).unwrap();
+            ListenHandshake::on_hello(&id("c", "secret-b"), Cookie::new(K), &hello).unwrap();
         let bytes = crate::wire::encode(&challenge).unwrap();
         // A version and a nonce: no node id, capability, actor or proof.
         let text = String::from_utf8_lossy(&bytes);
@@ -923,8 +924,9 @@ mod tests {
         }
         assert!(bytes.len() < 64, "{} bytes", bytes.len());
         // A tampered `Auth` (a relay adding a capability) fails.
-        let (d, hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
-        let (l, challenge) = Listener::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
+        let (d, hello) = DialHandshake::start(id("c", "a"), Cookie::new(K)).unwrap();
+        let (l, challenge) =
+            ListenHandshake::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
         let (_, mut auth) = d.on_challenge(&challenge).unwrap();
         auth.capabilities.push("bank".into());
         assert_eq!(l.on_auth(&auth).unwrap_err(), HandshakeError::WrongCookie);
@@ -945,9 +947,9 @@ mod tests {
             "wrong cluster: this node is not in cluster blue"
         );
         assert!(!err.to_string().contains("green"));
-        let (_, mut hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
+        let (_, mut hello) = DialHandshake::start(id("c", "a"), Cookie::new(K)).unwrap();
         hello.version = 9;
-        let err = Listener::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap_err();
+        let err = ListenHandshake::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap_err();
         assert_eq!(err, HandshakeError::WrongVersion { ours: 4, theirs: 9 });
         assert_eq!(
             err.to_string(),
@@ -960,17 +962,17 @@ mod tests {
         assert_eq!(VERSION, 4);
         // A version 3 dialer (the listener proved first): refused before
         // anything is derived or proved.
-        let (_, mut hello) = Dialer::start(id("c", "old"), Cookie::new(K)).unwrap();
+        let (_, mut hello) = DialHandshake::start(id("c", "old"), Cookie::new(K)).unwrap();
         hello.version = 3;
-        let err = Listener::on_hello(&id("c", "new"), Cookie::new(K), &hello).unwrap_err();
+        let err = ListenHandshake::on_hello(&id("c", "new"), Cookie::new(K), &hello).unwrap_err();
         assert_eq!(
             err.to_string(),
             "wrong protocol version: this node speaks 4, the peer 3"
         );
         // A version 3 listener: the dialer refuses its challenge.
-        let (d, hello) = Dialer::start(id("c", "new"), Cookie::new(K)).unwrap();
+        let (d, hello) = DialHandshake::start(id("c", "new"), Cookie::new(K)).unwrap();
         let (_, mut challenge) =
-            Listener::on_hello(&id("c", "old"), Cookie::new(K), &hello).unwrap();
+            ListenHandshake::on_hello(&id("c", "old"), Cookie::new(K), &hello).unwrap();
         challenge.version = 3;
         assert_eq!(
             d.on_challenge(&challenge).unwrap_err(),
@@ -992,12 +994,12 @@ mod tests {
 
     #[test]
     fn a_replayed_auth_does_not_pass_a_new_challenge() {
-        let (d, hello) = Dialer::start(id("c", "a"), Cookie::new(K)).unwrap();
-        let (l1, ch1) = Listener::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
+        let (d, hello) = DialHandshake::start(id("c", "a"), Cookie::new(K)).unwrap();
+        let (l1, ch1) = ListenHandshake::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
         let (_, auth) = d.on_challenge(&ch1).unwrap();
         assert!(l1.on_auth(&auth).is_ok());
         // Same Hello replayed: the listener picks a fresh nonce.
-        let (l2, _) = Listener::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
+        let (l2, _) = ListenHandshake::on_hello(&id("c", "b"), Cookie::new(K), &hello).unwrap();
         assert_eq!(l2.on_auth(&auth).unwrap_err(), HandshakeError::WrongCookie);
     }
 
@@ -1014,7 +1016,7 @@ mod tests {
     #[test]
     fn the_cookie_never_shows_in_debug_output() {
         assert_eq!(format!("{:?}", Cookie::new("hunter2")), "Cookie(..)");
-        let (d, _) = Dialer::start(id("c", "a"), Cookie::new("hunter2")).unwrap();
+        let (d, _) = DialHandshake::start(id("c", "a"), Cookie::new("hunter2")).unwrap();
         assert!(!format!("{d:?}").contains("hunter2"));
     }
 

@@ -54,9 +54,9 @@ pub struct Auth {
     /// Which run of the node this is: random at each start, so peers tell
     /// a restarted node from the one that left.
     pub incarnation: u64,
-    /// Whether it decodes the `trace` field of `Call` and `Cast`.
+    /// Whether it decodes the `trace` field of `CallFrame` and `Cast`.
     pub trace_context: bool,
-    /// Whether it decodes the `chain` field of `Call`.
+    /// Whether it decodes the `chain` field of `CallFrame`.
     pub call_chain: bool,
     /// The actor types it hosts, with their handlers' wire tags.
     pub actors: Vec<Hosted>,
@@ -77,9 +77,9 @@ pub struct Welcome {
     pub addr: String,
     /// Which run of the node this is (see [`Auth::incarnation`]).
     pub incarnation: u64,
-    /// Whether it decodes the `trace` field of `Call` and `Cast`.
+    /// Whether it decodes the `trace` field of `CallFrame` and `Cast`.
     pub trace_context: bool,
-    /// Whether it decodes the `chain` field of `Call`.
+    /// Whether it decodes the `chain` field of `CallFrame`.
     pub call_chain: bool,
     /// The actor types it hosts, with their handlers' wire tags.
     pub actors: Vec<Hosted>,
@@ -88,13 +88,13 @@ pub struct Welcome {
     pub proof: ByteBuf,
 }
 
-/// `Call`: run handler `tag` of actor `id`, reply with the same
+/// `CallFrame`: run handler `tag` of actor `id`, reply with the same
 /// correlation id.
 ///
 /// Encoded by hand: `trace` is written (nil when absent) whenever `chain`
 /// follows it, so the elements keep their positions in the array form.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Call {
+pub struct CallFrame {
     /// The handler's wire tag.
     pub tag: u64,
     /// The actor id.
@@ -130,7 +130,7 @@ pub struct Call {
     pub chain: Option<Vec<(String, String)>>,
 }
 
-impl Serialize for Call {
+impl Serialize for CallFrame {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let with_trace = self.trace.is_some() || self.chain.is_some();
@@ -154,12 +154,12 @@ impl Serialize for Call {
     }
 }
 
-/// The most links of a `Call`'s chain decoded: the depth limit (a node
+/// The most links of a `CallFrame`'s chain decoded: the depth limit (a node
 /// refuses a chain that long).
 /// The most links a call chain has (`actor::chain::MAX_DEPTH` is this).
 pub(crate) const MAX_CHAIN: usize = 32;
 
-/// The largest `hops` a peer's `Call` or `Cast` decodes with: past every
+/// The largest `hops` a peer's `CallFrame` or `Cast` decodes with: past every
 /// value the forwarding rules tell apart, far from `u8::MAX` (forwarding
 /// adds one, saturating).
 pub(crate) const MAX_HOPS: u8 = 16;
@@ -169,7 +169,7 @@ fn clamped_hops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> 
     u8::deserialize(d).map(|h| h.min(MAX_HOPS))
 }
 
-/// Decodes a `Call`'s chain keeping at most [`MAX_CHAIN`] links; the
+/// Decodes a `CallFrame`'s chain keeping at most [`MAX_CHAIN`] links; the
 /// elements past them are skipped (whatever they are) without being
 /// stored.
 fn bounded_chain<'de, D: serde::Deserializer<'de>>(
@@ -255,7 +255,7 @@ pub struct Reply {
     pub payload: ByteBuf,
 }
 
-/// One member in a `Membership` frame.
+/// One member in a `MembershipFrame` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Node id.
@@ -266,9 +266,9 @@ pub struct Member {
     pub capabilities: Vec<String>,
 }
 
-/// `Membership`: the members the sender knows to be up, itself included.
+/// `MembershipFrame`: the members the sender knows to be up, itself included.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Membership {
+pub struct MembershipFrame {
     /// The members.
     pub members: Vec<Member>,
 }
@@ -278,7 +278,7 @@ mod tests {
     use super::*;
     use crate::wire::TraceContext;
 
-    /// `Call` as version 2 peers before the trace field encode it.
+    /// `CallFrame` as version 2 peers before the trace field encode it.
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct OldCall {
         tag: u64,
@@ -291,8 +291,8 @@ mod tests {
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn call(trace: Option<TraceContext>) -> Call {
-        Call {
+    fn call(trace: Option<TraceContext>) -> CallFrame {
+        CallFrame {
             tag: 7,
             id: "p-1".into(),
             timeout_ms: 500,
@@ -318,7 +318,7 @@ mod tests {
         let new = rmp_serde::to_vec(&call(None)).unwrap();
         assert_eq!(new, rmp_serde::to_vec(&old()).unwrap());
         assert_eq!(new[0], 0x95, "an array of 5, the trace skipped");
-        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&old()).unwrap()).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&old()).unwrap()).unwrap();
         assert_eq!(back, call(None));
     }
 
@@ -327,7 +327,7 @@ mod tests {
         let t = TraceContext::from_header(TP, Some("congo=t61rcWkgMzE")).unwrap();
         let bytes = rmp_serde::to_vec(&call(Some(t.clone()))).unwrap();
         assert_eq!(bytes[0], 0x96);
-        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.trace, Some(t));
         // rmp-serde refuses an array longer than the struct: an older peer
         // cannot decode it, hence `trace_context` in the handshake.
@@ -335,7 +335,7 @@ mod tests {
         // Structs as maps (decoders accept either form).
         let traced = call(Some(TraceContext::from_header(TP, None).unwrap()));
         let named = rmp_serde::to_vec_named(&traced).unwrap();
-        let back: Call = rmp_serde::from_slice(&named).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&named).unwrap();
         assert_eq!(back.trace.unwrap().traceparent(), TP);
     }
 
@@ -359,43 +359,43 @@ mod tests {
             raw(()),
         ];
         for bytes in cases {
-            let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+            let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
             assert_eq!(back, call(None));
         }
         // A bad tracestate alone is dropped; the traceparent stays.
         let bytes = raw((TP, "Bad=Key"));
-        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
         let t = back.trace.unwrap();
         assert_eq!((t.traceparent(), t.tracestate()), (TP, None));
         // Bytes instead of a string, and a newer element after the two.
         let bytes = raw((ByteBuf::from(TP.as_bytes()), "a=1", 9u8));
-        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.trace.unwrap().tracestate(), Some("a=1"));
     }
 
     #[test]
     fn the_chain_follows_the_trace_which_keeps_its_place() {
         let chain = vec![("Alpha".to_owned(), "a".to_owned())];
-        let chained = Call {
+        let chained = CallFrame {
             chain: Some(chain.clone()),
             ..call(None)
         };
         let bytes = rmp_serde::to_vec(&chained).unwrap();
         assert_eq!(bytes[0], 0x97, "an array of 7, the trace nil");
-        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back, chained);
         // An older peer cannot decode it, hence `call_chain` in the handshake.
         assert!(rmp_serde::from_slice::<OldCall>(&bytes).is_err());
         let t = TraceContext::from_header(TP, None).unwrap();
-        let both = Call {
+        let both = CallFrame {
             chain: Some(chain),
             ..call(Some(t))
         };
         let bytes = rmp_serde::to_vec(&both).unwrap();
-        assert_eq!(rmp_serde::from_slice::<Call>(&bytes).unwrap(), both);
+        assert_eq!(rmp_serde::from_slice::<CallFrame>(&bytes).unwrap(), both);
         // As a map too.
         let named = rmp_serde::to_vec_named(&both).unwrap();
-        assert_eq!(rmp_serde::from_slice::<Call>(&named).unwrap(), both);
+        assert_eq!(rmp_serde::from_slice::<CallFrame>(&named).unwrap(), both);
         // A traced call without a chain is the version 2 form with trace.
         let traced = call(Some(TraceContext::from_header(TP, None).unwrap()));
         assert_eq!(rmp_serde::to_vec(&traced).unwrap()[0], 0x96);
@@ -412,18 +412,18 @@ mod tests {
                 )
             })
             .collect();
-        let bomb = Call {
+        let bomb = CallFrame {
             chain: Some(long.clone()),
             ..call(None)
         };
         let bytes = rmp_serde::to_vec(&bomb).unwrap();
         assert!(bytes.len() > 300_000);
-        let back: Call = rmp_serde::from_slice(&bytes).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(back.chain.as_deref(), Some(&long[..MAX_CHAIN]));
         assert_eq!((back.id.as_str(), back.tag), ("p-1", 7));
         // As a map too, and whatever the elements past the limit are.
         let named = rmp_serde::to_vec_named(&bomb).unwrap();
-        let back: Call = rmp_serde::from_slice(&named).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&named).unwrap();
         assert_eq!(back.chain.map(|c| c.len()), Some(MAX_CHAIN));
         #[derive(Serialize)]
         #[serde(untagged)]
@@ -438,29 +438,29 @@ mod tests {
             .collect();
         elems.extend((0..1000).map(Elem::Junk));
         let raw = Raw(7, "p-1".into(), 500, 1, ByteBuf::new(), (), elems);
-        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&raw).unwrap()).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&raw).unwrap()).unwrap();
         assert_eq!(back.chain.map(|c| c.len()), Some(MAX_CHAIN));
         // A short chain and nil decode as sent.
-        let short = Call {
+        let short = CallFrame {
             chain: Some(long[..3].to_vec()),
             ..call(None)
         };
-        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&short).unwrap()).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&short).unwrap()).unwrap();
         assert_eq!(back, short);
         // A bad link within the limit is still an error.
         #[derive(Serialize)]
         struct Bad(u64, String, u64, u8, ByteBuf, (), Vec<u8>);
         let bad = Bad(7, "p-1".into(), 500, 1, ByteBuf::new(), (), vec![1]);
-        assert!(rmp_serde::from_slice::<Call>(&rmp_serde::to_vec(&bad).unwrap()).is_err());
+        assert!(rmp_serde::from_slice::<CallFrame>(&rmp_serde::to_vec(&bad).unwrap()).is_err());
     }
 
     #[test]
     fn hops_from_a_peer_are_clamped() {
-        let far = Call {
+        let far = CallFrame {
             hops: u8::MAX,
             ..call(None)
         };
-        let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&far).unwrap()).unwrap();
+        let back: CallFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&far).unwrap()).unwrap();
         assert_eq!(back.hops, MAX_HOPS);
         // Adding the forward's one cannot overflow.
         assert_eq!(back.hops.checked_add(1), Some(MAX_HOPS + 1));
@@ -475,8 +475,8 @@ mod tests {
         assert_eq!(back.hops, MAX_HOPS);
         // Values the rules use pass unchanged.
         for hops in [0, 1, 2, MAX_HOPS] {
-            let c = Call { hops, ..call(None) };
-            let back: Call = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
+            let c = CallFrame { hops, ..call(None) };
+            let back: CallFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&c).unwrap()).unwrap();
             assert_eq!(back.hops, hops);
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use mesh::consul::{Consul, Mesh, SidecarUpstream, UpstreamPorts};
+use mesh::consul::{Consul, Mesh, PortPolicy, SidecarUpstream};
 use mesh::prelude::*;
 use mesh::NodeBuilder;
 use mesh_testkit::actors::Player;
@@ -193,7 +193,8 @@ async fn three_nodes_register_a_sidecar_each_with_one_upstream_per_peer() {
         );
         // What the admin endpoint's /admin/discovery shows: the sidecar
         // and one upstream per peer, as held (no request).
-        let d = mesh::discovery::Discovery::describe(&t.adapters[i]);
+        let d = serde_json::to_value(mesh::discovery::Discovery::describe(&t.adapters[i]))
+            .expect("json");
         assert_eq!(d["sidecar"]["proxy_id"], local.proxy_id, "{d}");
         assert_eq!(d["sidecar"]["public"], local.public.to_string(), "{d}");
         let shown: Vec<(String, String)> = d["upstreams"]
@@ -361,7 +362,7 @@ async fn a_refused_sidecar_registration_fails_the_start_and_leaves_nothing() {
     );
     consul.set_acl(Some(acl));
     let refused = Node::builder()
-        .name("a")
+        .id("a")
         .cluster("game")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
@@ -372,6 +373,7 @@ async fn a_refused_sidecar_registration_fails_the_start_and_leaves_nothing() {
     let Err(StartError::Discovery(why)) = refused else {
         panic!("the start must fail in the agent's words: {refused:?}");
     };
+    let why = why.message();
     assert!(
         why.contains("registering game-a-connect with its sidecar"),
         "{why}"
@@ -398,7 +400,7 @@ async fn a_full_upstream_port_range_leaves_the_extra_peer_out() {
         l.local_addr().expect("addr").port()
     };
     let narrow = move || {
-        Mesh::new().upstream_ports(UpstreamPorts::Range {
+        Mesh::new().upstream_ports(PortPolicy::Range {
             first: port,
             count: 1,
         })

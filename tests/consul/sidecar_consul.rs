@@ -193,7 +193,7 @@ async fn cluster(recheck: Duration) -> Cluster {
         )
         .recheck(recheck);
         let node = Node::builder()
-            .name(*name)
+            .id(*name)
             .cluster("game")
             .cookie(mesh_testkit::COOKIE)
             .capabilities(["game"])
@@ -329,7 +329,7 @@ async fn calls_route_through_haproxy_sidecars_configured_from_consul() {
 struct Nobody;
 
 impl Inbound for Nobody {
-    fn call(&self, _: &Peer, _: wire::Call, _: Responder) {}
+    fn call(&self, _: &Peer, _: wire::CallFrame, _: Responder) {}
     fn cast(&self, _: &Peer, _: Cast) {}
 }
 
@@ -493,7 +493,7 @@ fn adapter(consul: &TestConsul, agent: usize) -> Consul {
 
 fn builder(name: &str, m: &ConsulSidecar) -> mesh::NodeBuilder {
     Node::builder()
-        .name(name)
+        .id(name)
         .cluster("game")
         .cookie(mesh_testkit::COOKIE)
         .capabilities(["game"])
@@ -512,7 +512,7 @@ async fn a_missing_haproxy_fails_the_start_and_leaves_nothing_registered() {
     );
     let err = builder("a", &m).start().await.expect_err("the start fails");
     let text = err.to_string();
-    assert!(matches!(err, mesh::StartError::Config(_)), "{err:?}");
+    assert!(matches!(err, mesh::StartError::Sidecar { .. }), "{err:?}");
     assert!(
         text.contains("sidecar:") && text.contains("apt-get install haproxy"),
         "{text}"

@@ -172,7 +172,7 @@ async fn the_same_churn_in_eventual_mode_is_flagged_by_the_checkers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_mode_needs_an_authoritative_store() {
     let err = Node::builder()
-        .name("alone")
+        .id("alone")
         .cluster("bank")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
@@ -436,7 +436,7 @@ async fn turns_node(
     history: &MemoryHistory,
 ) -> Node {
     Node::builder()
-        .name("a")
+        .id("a")
         .cluster("turns")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")
@@ -773,7 +773,7 @@ fn a_crash_moves_few_shards_between_the_survivors() {
 async fn a_strong_node_without_a_lease_store_is_refused_before_it_registers() {
     let discovery = mesh_testkit::fixture::Counting::default();
     let refused = Node::builder()
-        .name("no-store")
+        .id("no-store")
         .cluster("bank")
         .cookie(mesh_testkit::COOKIE)
         .listen("127.0.0.1:0")

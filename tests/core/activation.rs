@@ -447,7 +447,7 @@ async fn deadlines_time_out_calls_and_expired_work_is_skipped() {
     let node = node_with(|b| {
         b.capabilities(["slow"])
             .actor::<Slow>()
-            .default_timeout(Duration::from_secs(30))
+            .call_timeout(Duration::from_secs(30))
     })
     .await;
     // A call stuck in its handler times out at its own deadline.
@@ -647,7 +647,7 @@ impl Session {
 
 #[tokio::test]
 async fn handlers_see_their_context_and_domain_results_pass_through() {
-    let node = node_with(|b| b.name("n1").capabilities(["ctx"]).actor::<Session>()).await;
+    let node = node_with(|b| b.id("n1").capabilities(["ctx"]).actor::<Session>()).await;
     assert_eq!(
         node.call::<Session, _>("u1", Describe).await.unwrap(),
         "Session u1 on n1 (1)"
@@ -812,9 +812,27 @@ async fn a_node_refuses_inconsistent_configuration() {
             .actor::<Session>(),
     )
     .await;
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "NodeBuilder::actor",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = start(Node::builder().capabilities([""])).await;
-    assert!(matches!(err, StartError::Config(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StartError::InvalidSetting {
+                setting: "NodeBuilder::capabilities",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // `?` in a function returning `mesh::Error` wraps it, Display unchanged.
     let wrapped = Error::from(err.clone());
     assert_eq!(wrapped, Error::Start(err.clone()));
@@ -1039,4 +1057,71 @@ async fn queued_calls_time_out_on_time_behind_a_slow_activation() {
     assert_eq!(slow.1, Duration::from_secs(1));
     assert_eq!(late, (Ok(7), Duration::from_secs(2)));
     node.shutdown().await.unwrap();
+}
+
+/// The common start mistakes are variants of their own, so a caller can
+/// match them (`StartError::Config(String)` before issue 20); the others
+/// name their setting. And the renamed builder methods' old names still
+/// work, deprecated, for one release.
+#[tokio::test]
+async fn start_errors_are_typed() {
+    let start = |b: mesh::NodeBuilder| async move {
+        b.default_node(false)
+            .start()
+            .await
+            .expect_err("a refused start")
+    };
+    // Clustered (a listener) without a cookie.
+    let err = start(Node::builder().listen("127.0.0.1:0")).await;
+    assert_eq!(err, StartError::MissingCookie);
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: a clustered node needs a cookie (NodeBuilder::cookie)"
+    );
+    // Strong mode on a node without a discovery.
+    let err = start(Node::builder().strong(mesh::lease::Strong::default())).await;
+    assert_eq!(
+        err,
+        StartError::NoLeaseStore {
+            has_discovery: false
+        }
+    );
+    assert!(err.to_string().contains("lease"), "{err}");
+    // A setting out of place names itself.
+    let err = start(Node::builder().id("")).await;
+    assert!(
+        matches!(
+            &err,
+            StartError::InvalidSetting {
+                setting: "NodeBuilder::id",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(StartError::SETTINGS.contains(&"NodeBuilder::id"));
+    // Outside a tokio runtime: refused before the first await.
+    let outside = std::thread::spawn(|| {
+        let mut fut = std::pin::pin!(Node::builder().default_node(false).start());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => e,
+            Poll::Ready(Ok(_)) => panic!("started outside a runtime"),
+            Poll::Pending => panic!("waited outside a runtime"),
+        }
+    })
+    .join()
+    .expect("the thread");
+    assert_eq!(outside, StartError::NoRuntime);
+    // The old builder names forward to the new ones.
+    #[allow(deprecated)]
+    let node = Node::builder()
+        .name("old-name")
+        .default_timeout(Duration::from_millis(1500))
+        .default_node(false)
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(node.id(), "old-name");
+    node.shutdown().await.expect("shutdown");
 }

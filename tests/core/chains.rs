@@ -334,7 +334,7 @@ async fn two_nodes() -> (Node, Node) {
     let net = mesh::Transport::memory(MemoryNetwork::new());
     let builder = |name: &str, listen: &str| {
         Node::builder()
-            .name(name)
+            .id(name)
             .default_node(false)
             .cluster("chains")
             .cookie(mesh_testkit::COOKIE)
@@ -452,7 +452,7 @@ async fn a_reentrant_actor_serves_its_own_chain_across_nodes() {
 async fn two_tcp_nodes() -> (Node, Node) {
     let builder = |name: &str| {
         Node::builder()
-            .name(name)
+            .id(name)
             .default_node(false)
             .cluster("chains")
             .cookie(mesh_testkit::COOKIE)
@@ -476,7 +476,7 @@ async fn two_tcp_nodes() -> (Node, Node) {
 
 /// A `Call` of `Alpha`'s `Hello` on `id`, as a peer sends it.
 fn hello_call(id: &str, chain: Option<Vec<(String, String)>>) -> Vec<u8> {
-    let call = mesh::wire::Call {
+    let call = mesh::wire::CallFrame {
         tag: mesh::tag_of::<Alpha, Hello>(),
         id: id.into(),
         timeout_ms: 10_000,

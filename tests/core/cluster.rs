@@ -757,7 +757,11 @@ async fn min_members_keeps_a_node_with_the_wrong_cookie_from_serving_alone() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StartError::Config(m) if m.contains("min_members")),
+        matches!(
+            &err,
+            StartError::InvalidSetting { setting: "NodeBuilder::min_members", reason }
+                if reason.contains("min_members")
+        ),
         "{err:?}"
     );
 

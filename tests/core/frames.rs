@@ -28,10 +28,10 @@ fn drain(codec: FrameCodec, bytes: &[u8]) -> Result<usize, FrameError> {
     while let Some(frame) = codec.decode(&mut buf)? {
         assert!(frame.body.len() <= codec.max_frame());
         // Bodies from the wire decode to errors, never panics.
-        let _ = wire::decode::<wire::Call>(&frame.body);
+        let _ = wire::decode::<wire::CallFrame>(&frame.body);
         let _ = wire::decode::<wire::Hello>(&frame.body);
         let _ = wire::decode::<wire::Failure>(&frame.body);
-        let _ = wire::decode::<wire::Membership>(&frame.body);
+        let _ = wire::decode::<wire::MembershipFrame>(&frame.body);
         // The handshake's bounded decoding, too.
         let _ = wire::decode_bounded::<wire::Hello>(&frame.body);
         let _ = wire::decode_bounded::<wire::Auth>(&frame.body);

@@ -241,7 +241,7 @@ async fn two_actor_types_of_one_capability_may_share_a_message_name() {
     // Both handle `Get` (capability `chat`): before protocol version 3 their
     // tags were equal and the node refused to start (TagCollision).
     let node = Node::builder()
-        .name("solo")
+        .id("solo")
         .default_node(false)
         .capabilities(["chat"])
         .actor::<Room>()

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use mesh::identity::FileIdentity;
-use mesh::sidecar::{Certs, Haproxy, HaproxySettings, SidecarTransport, Upstream, UpstreamPorts};
+use mesh::sidecar::{
+    Certs, Haproxy, HaproxySettings, HaproxyUpstream, SidecarTransport, UpstreamTable,
+};
 use mesh::transport::tls::Tls;
 use mesh::transport::{
     memory::MemoryNetwork, tcp, Connection, DialTarget, Inbound, Listening, Responder,
@@ -32,7 +34,7 @@ struct Echo {
 }
 
 impl Inbound for Echo {
-    fn call(&self, from: &Peer, call: wire::Call, reply: Responder) {
+    fn call(&self, from: &Peer, call: wire::CallFrame, reply: Responder) {
         match call.tag {
             ECHO => reply.send(Ok([
                 from.node.as_bytes(),
@@ -133,7 +135,7 @@ impl Sidecars {
                 format!("127.0.0.1:{}", free_port()),
                 certs("a"),
             )
-            .upstreams(vec![Upstream {
+            .upstreams(vec![HaproxyUpstream {
                 node: "b".into(),
                 destination: "b".into(),
                 local_port: port,
@@ -239,7 +241,7 @@ fn nets() -> Vec<Net> {
         },
         tls(),
         Net {
-            transport: SidecarTransport::new(UpstreamPorts::new()).transport(),
+            transport: SidecarTransport::new(UpstreamTable::new()).transport(),
             listen: |_| "127.0.0.1:0".to_owned(),
             memory: None,
             // The sidecars verify the certificates, not the node's transport.
@@ -515,7 +517,7 @@ async fn a_malformed_frame_after_the_handshake_closes_the_connection() {
         incarnation: 7,
         actors: Vec::new(),
     };
-    let (dialer, hello) = wire::Dialer::start(me, Cookie::new("k")).unwrap();
+    let (dialer, hello) = wire::DialHandshake::start(me, Cookie::new("k")).unwrap();
     let mut out = BytesMut::new();
     codec
         .encode(Kind::Hello, 0, &wire::encode(&hello).unwrap(), &mut out)

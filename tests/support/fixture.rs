@@ -30,7 +30,7 @@ use crate::{soon, within, COOKIE, SOON};
 /// suites' strong [`COOKIE`], not installed as the default node.
 pub fn member(cluster: &str, name: &str) -> NodeBuilder {
     Node::builder()
-        .name(name)
+        .id(name)
         .default_node(false)
         .cluster(cluster)
         .cookie(COOKIE)

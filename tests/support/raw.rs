@@ -60,7 +60,7 @@ impl RawPeer {
             incarnation: 7,
             actors: Vec::new(),
         };
-        let (dialer, hello) = wire::Dialer::start(me, Cookie::new(cookie)).expect("hello");
+        let (dialer, hello) = wire::DialHandshake::start(me, Cookie::new(cookie)).expect("hello");
         io.send(Kind::Hello, 0, &wire::encode(&hello).expect("encode"))
             .await;
         let frame = io.recv().await.expect("a challenge");

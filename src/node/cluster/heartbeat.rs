@@ -38,7 +38,7 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
             return;
         };
         cluster.send(Event::Tick);
-        let gossip = wire::Membership {
+        let gossip = wire::MembershipFrame {
             members: node
                 .membership
                 .borrow()

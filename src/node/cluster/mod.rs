@@ -245,7 +245,7 @@ pub(crate) fn peer_retires(node: &Arc<NodeInner>, conn: Connection, ack: Ack) {
 }
 
 /// A peer's membership view (gossip): places to dial.
-pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::Membership) {
+pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::MembershipFrame) {
     if let Some(cluster) = node.cluster.get() {
         cluster.send(Event::Gossip(membership));
     }
@@ -259,9 +259,7 @@ pub(crate) async fn start(
     mut cfg: ClusterConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<(), StartError> {
-    let cookie = cfg.cookie.take().ok_or_else(|| {
-        StartError::Config("a clustered node needs a cookie (NodeBuilder::cookie)".into())
-    })?;
+    let cookie = cfg.cookie.take().ok_or(StartError::MissingCookie)?;
     let identity = Identity {
         cluster: cfg.name.clone(),
         node: node.id.to_string(),
@@ -289,14 +287,14 @@ pub(crate) async fn start(
     #[cfg(feature = "sidecar")]
     if let Some(sidecar) = &cfg.sidecar {
         let Some(l) = &listening else {
-            return Err(StartError::Config(
-                "a node through a sidecar needs a listener (NodeBuilder::listen)".into(),
-            ));
+            return Err(StartError::SidecarWithoutListener);
         };
         sidecar
             .start(l.addr())
             .await
-            .map_err(|e| StartError::Config(format!("sidecar: {e}")))?;
+            .map_err(|e| StartError::Sidecar {
+                reason: e.to_string(),
+            })?;
     }
     let (events, rx) = mpsc::unbounded_channel();
     let mut table = peers::PeerTable::new(&node.id, cfg.max_connections_per_peer, cfg.heartbeat);
@@ -321,10 +319,14 @@ pub(crate) async fn start(
         m.upsert_hosting(&node.id, &addr, &node.capabilities, Some(&node.hosted));
     });
     if node.cluster.set(cluster).is_err() {
-        return Err(StartError::Config("cluster started twice".into()));
+        return Err(StartError::Internal {
+            reason: "cluster started twice".into(),
+        });
     }
     let Some(cluster) = node.cluster.get() else {
-        return Err(StartError::Config("cluster missing".into()));
+        return Err(StartError::Internal {
+            reason: "cluster missing".into(),
+        });
     };
     let mut tasks = vec![tokio::spawn(owner::run(
         Arc::downgrade(node),

@@ -31,7 +31,7 @@ pub(crate) enum Event {
     /// A dial failed.
     DialFailed(DialKey, DialTarget, String),
     /// A peer's membership view (places to dial).
-    Gossip(wire::Membership),
+    Gossip(wire::MembershipFrame),
     /// The authoritative discovery's full view.
     Discovered(Peers),
     /// Where these peers are dialed changed (their sidecar upstream went

@@ -32,7 +32,7 @@ impl NodeInbound {
 }
 
 impl Inbound for NodeInbound {
-    fn call(&self, _from: &Peer, call: wire::Call, reply: Responder) {
+    fn call(&self, _from: &Peer, call: wire::CallFrame, reply: Responder) {
         match self.0.upgrade() {
             Some(node) => node.router().serve_peer(call, reply),
             None => reply.send(Err(Error::ShuttingDown)),
@@ -64,7 +64,7 @@ impl Inbound for NodeInbound {
         }
     }
 
-    fn membership(&self, _from: &Peer, membership: wire::Membership) {
+    fn membership(&self, _from: &Peer, membership: wire::MembershipFrame) {
         if let Some(node) = self.0.upgrade() {
             cluster::peer_gossip(&node, membership);
         }
@@ -76,7 +76,7 @@ impl Router<'_> {
     /// activation answers straight into the connection), or forwarded once.
     /// A call whose chain is too deep is refused at once, here and not
     /// forwarded (see [`crate::actor::chain`]).
-    fn serve_peer(&self, call: wire::Call, reply: Responder) {
+    fn serve_peer(&self, call: wire::CallFrame, reply: Responder) {
         let node = self.node;
         let route = match self.wire_route(call.tag) {
             Ok(route) => route,

@@ -45,7 +45,7 @@ use self::responder::InboundCalls;
 pub use self::responder::{Ack, Responder};
 use self::writer::{Out, WriteSide};
 use super::{Lifetime, TransportConfig};
-use crate::wire::{self, Call, Cast, Kind, Membership, Peer};
+use crate::wire::{self, CallFrame, Cast, Kind, MembershipFrame, Peer};
 use crate::Error;
 
 /// What a node does with requests that arrive on its connections.
@@ -56,11 +56,11 @@ use crate::Error;
 /// work ends (an activation answers straight into the connection).
 pub trait Inbound: Send + Sync + 'static {
     /// Runs an inbound call; `reply` sends its `Reply` or `Error` frame.
-    fn call(&self, from: &Peer, call: Call, reply: Responder);
+    fn call(&self, from: &Peer, call: CallFrame, reply: Responder);
     /// Runs an inbound cast.
     fn cast(&self, from: &Peer, cast: Cast);
     /// Takes a peer's membership view.
-    fn membership(&self, from: &Peer, membership: Membership) {
+    fn membership(&self, from: &Peer, membership: MembershipFrame) {
         let _ = (from, membership);
     }
     /// The peer is leaving: route nothing new to it, then `ack` (which
@@ -482,6 +482,7 @@ impl Connection {
     /// Calls handler `tag` of actor `id` on the peer; returns the encoded
     /// reply. Fails with `Timeout` after `timeout`, or `NodeDown` as soon as
     /// the connection drops.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub async fn call(
         &self,
         tag: u64,
@@ -515,7 +516,7 @@ impl Connection {
         trace: Option<wire::TraceContext>,
         chain: Option<Vec<(String, String)>>,
     ) -> Result<Bytes, Routed> {
-        let call = Call {
+        let call = CallFrame {
             tag,
             id: id.to_owned(),
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
@@ -534,6 +535,7 @@ impl Connection {
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn cast(&self, tag: u64, id: &str, payload: Vec<u8>, hops: u8) -> Result<(), Error> {
         self.cast_traced(tag, id, payload, hops, None)
     }
@@ -680,7 +682,7 @@ impl Connection {
     }
 
     /// Sends our membership view.
-    pub fn send_membership(&self, m: &Membership) -> Result<(), Error> {
+    pub fn send_membership(&self, m: &MembershipFrame) -> Result<(), Error> {
         self.send(Kind::Membership, 0, wire::encode_envelope(m, 256)?, false)
     }
 }
@@ -732,7 +734,7 @@ mod tests {
     struct Hang;
 
     impl Inbound for Hang {
-        fn call(&self, _: &Peer, _: Call, reply: Responder) {
+        fn call(&self, _: &Peer, _: CallFrame, reply: Responder) {
             tokio::spawn(async move {
                 let _held = reply;
                 std::future::pending::<()>().await

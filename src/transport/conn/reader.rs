@@ -22,7 +22,9 @@ use tokio::time::Instant;
 
 use super::{Ack, Connection, Inbound, Responder, Routed, Shared, LIVE, RETIRED_BY_PEER};
 use crate::telemetry::Metrics;
-use crate::wire::{self, Call, Cast, Failure, Frame, FrameCodec, Kind, Membership, Reply};
+use crate::wire::{
+    self, CallFrame, Cast, Failure, Frame, FrameCodec, Kind, MembershipFrame, Reply,
+};
 
 /// How much a read asks the socket for.
 const READ_CHUNK: usize = 64 << 10;
@@ -99,7 +101,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
                 let _ = w.send(Err(Routed::Failed(err)));
             }
         }
-        Kind::Call => match wire::decode::<Call>(&frame.body) {
+        Kind::Call => match wire::decode::<CallFrame>(&frame.body) {
             Ok(call) => {
                 let deadline = Instant::now() + Duration::from_millis(call.timeout_ms);
                 let reply = Responder::arrived(corr, shared, deadline);
@@ -114,7 +116,7 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
         Kind::Ping => {
             shared.enqueue(Kind::Pong, corr, Vec::new(), false);
         }
-        Kind::Membership => match wire::decode::<Membership>(&frame.body) {
+        Kind::Membership => match wire::decode::<MembershipFrame>(&frame.body) {
             Ok(m) => inbound.membership(&shared.peer, m),
             Err(e) => {
                 tracing::warn!(peer = %shared.peer.node, "dropping malformed membership: {e}")

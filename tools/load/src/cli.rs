@@ -93,7 +93,7 @@ impl ClusterArgs {
             .cookie(self.cookie()?)
             .seeds(self.seeds.iter().cloned());
         if let Some(n) = &self.name {
-            b = b.name(n);
+            b = b.id(n);
         }
         if let Some(url) = &self.consul {
             b = b.discovery(mesh::consul::Consul::new().address(url));
@@ -335,7 +335,7 @@ async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
     if !a.cluster.clustered() {
         let mut b = crate::actors::host(Node::builder());
         if let Some(n) = &a.cluster.name {
-            b = b.name(n);
+            b = b.id(n);
         }
         let node = b
             .start()
