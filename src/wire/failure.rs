@@ -26,7 +26,7 @@ use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::discovery::DiscoveryError;
+use crate::error::DiscoveryError;
 use crate::{Error, StartError};
 
 /// The stable wire codes of the errors, one per variant.
