@@ -67,7 +67,7 @@ pub trait Inbound: Send + Sync + 'static {
     /// answers the peer; dropped, it answers too). The default acks at once.
     /// The connection the `Leave` came on is sealed before this runs, so
     /// the ack goes out after every call sent on it before, and a call
-    /// sent on it after comes back unsent ([`Routed::Unsent`]).
+    /// sent on it after comes back unsent (the caller routes it elsewhere).
     fn leave(&self, from: &Peer, ack: Ack) {
         let _ = from;
         ack.send();
