@@ -100,33 +100,26 @@ pub fn scratch(what: &str) -> PathBuf {
 }
 
 /// A loopback port free right now (HAProxy cannot bind port 0 and say
-/// which, so its tests pick one just before starting it).
-///
-/// Drawn at random below the kernel's ephemeral range
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: a port
-/// `bind(0)` returned and the test closed could be handed at once to any
-/// outgoing connection of the process before HAProxy binds it (seen:
-/// "Address already in use" with several suites at once). Below the
-/// range only another explicit bind can take it.
+/// which, so its tests pick one just before starting it). The kernel's
+/// pick (`bind(0)`), never one this process handed out before: a test that
+/// takes several before binding them would otherwise risk getting one
+/// twice. (Random ports outside the ephemeral range were tried and are
+/// worse: HAProxy binds with `SO_REUSEPORT`, so two sidecars on one port
+/// share its connections silently.)
 pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    // 20000 up to the range: clear of the well-known service ports.
-    let (low, high) = (20000u16, ephemeral_low.max(21000));
-    for _ in 0..1000 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        h.write_u32(std::process::id());
-        let port = low + (h.finish() % u64::from(high - low)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local address").port();
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
-    panic!("no free loopback port in {low}..{high} after 1000 tries")
+    panic!("bind(0) kept returning ports already handed out")
 }
 
 /// Panics, saying what to install, when the command `tool` (from Debian's
