@@ -99,27 +99,25 @@ pub fn scratch(what: &str) -> PathBuf {
     dir
 }
 
-/// A loopback port free right now (HAProxy cannot bind port 0 and say
-/// which, so its tests pick one just before starting it). The kernel's
-/// pick (`bind(0)`), never one this process handed out before: a test that
-/// takes several before binding them would otherwise risk getting one
-/// twice. (Random ports outside the ephemeral range were tried and are
-/// worse: HAProxy binds with `SO_REUSEPORT`, so two sidecars on one port
-/// share its connections silently.)
+/// A loopback port for HAProxy (it cannot bind port 0 and say which, so
+/// its tests pick one before starting it), reserved for the life of the
+/// process: a socket with `SO_REUSEADDR` stays bound to it without
+/// listening. HAProxy (which sets `SO_REUSEADDR` too) binds and listens
+/// beside it, while the kernel gives the port to no other socket: a port
+/// taken from `bind(0)` and closed could be handed to any outgoing
+/// connection before HAProxy bound it ("Address already in use").
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local address").port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("bind(0) kept returning ports already handed out")
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind 127.0.0.1:0");
+    let port = socket.local_addr().expect("local address").port();
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(socket);
+    port
 }
 
 /// Panics, saying what to install, when the command `tool` (from Debian's
