@@ -644,19 +644,17 @@ impl Consul {
                 "mesh mode needs Consul Connect, but the agent at {base} has no CA: {e} (enable connect in the agent's configuration)"
             ))
         })?;
-        let sidecar_port = match m.sidecar_port {
-            Some(0) => Some(
-                std::net::TcpListener::bind(("0.0.0.0", 0))
-                    .and_then(|l| l.local_addr())
-                    .map_err(|e| {
-                        StartError::invalid(
-                            "Mesh::sidecar_port",
-                            format!("no free port for the sidecar: {e}"),
-                        )
-                    })?
-                    .port(),
-            ),
-            other => other,
+        let (sidecar_port, port_reservation) = match m.sidecar_port {
+            Some(0) => {
+                let (port, socket) = mesh::reserve_port().map_err(|e| {
+                    StartError::invalid(
+                        "Mesh::sidecar_port",
+                        format!("no free port for the sidecar: {e}"),
+                    )
+                })?;
+                (Some(port), Some(Arc::new(socket)))
+            }
+            other => (other, None),
         };
         let node = mesh::MeshNode {
             service: service.to_owned(),
@@ -678,6 +676,7 @@ impl Consul {
             datacenter: self.cfg.datacenter.clone().unwrap_or_else(|| "dc1".into()),
             wait: self.cfg.wait,
             current: Arc::new(Mutex::new(Value::Null)),
+            _port_reservation: port_reservation,
         };
         let mut book = mesh::PortBook::new(m.upstream_ports, m.upstream_address);
         let first: std::collections::BTreeSet<String> = peers.borrow().keys().cloned().collect();

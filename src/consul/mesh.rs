@@ -491,6 +491,22 @@ pub(crate) struct MeshRun {
     /// The per-node registration as last accepted, for the health worker
     /// to send again when the agent forgot the node.
     pub(crate) current: Arc<Mutex<Value>>,
+    /// `Mesh::sidecar_port(0)`: the port picked for the sidecar, held
+    /// while the node runs (see [`reserve_port`]).
+    pub(crate) _port_reservation: Option<Arc<tokio::net::TcpSocket>>,
+}
+
+/// A free port for a sidecar to listen on, and the socket that reserves
+/// it: bound with `SO_REUSEADDR` and not listening, it keeps the kernel
+/// from handing the port to any other socket (an outgoing connection, say),
+/// while the sidecar (HAProxy and Envoy set `SO_REUSEADDR` too) binds and
+/// listens beside it. A port taken from `bind(0)` and closed at once could
+/// be taken before the sidecar bound it.
+pub(crate) fn reserve_port() -> std::io::Result<(u16, tokio::net::TcpSocket)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    Ok((socket.local_addr()?.port(), socket))
 }
 
 /// Registers the per-node service with upstreams for `peers` (ports from
