@@ -200,7 +200,10 @@ impl Mesh {
     }
 
     /// The sidecar's public port, instead of the agent's choice from its
-    /// sidecar range. `0` asks the OS for a free one at start.
+    /// sidecar range. `0` asks the OS for a free one at start, and keeps it
+    /// reserved while the node runs (a socket bound to it with
+    /// `SO_REUSEADDR`, not listening: the sidecar binds beside it, no other
+    /// connection of the process can take it meanwhile).
     pub fn sidecar_port(mut self, port: u16) -> Self {
         self.sidecar_port = Some(port);
         self
