@@ -158,14 +158,21 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves `node` there within `limits`.
-    pub(crate) async fn start(
-        addr: &str,
-        node: Weak<dyn Source>,
-        limits: Limits,
-    ) -> std::io::Result<Server> {
+    /// Binds `addr` (before the node's first other side effect); serve it
+    /// with [`Server::serve`].
+    pub(crate) async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        Ok((listener, addr))
+    }
+
+    /// Serves `node` on `listener` (bound at `addr`) within `limits`, on
+    /// a task (call it within a runtime), until dropped.
+    pub(crate) fn serve(
+        (listener, addr): (tokio::net::TcpListener, SocketAddr),
+        node: Weak<dyn Source>,
+        limits: Limits,
+    ) -> Server {
         let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let task = tokio::spawn(async move {
             loop {
@@ -201,7 +208,7 @@ impl Server {
                 });
             }
         });
-        Ok(Server { addr, task })
+        Server { addr, task }
     }
 
     /// The address it listens on.

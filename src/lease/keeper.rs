@@ -90,19 +90,35 @@ pub(crate) struct Keeper {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// Who the keeper is in the store: its settings, its session's name and
+/// the value its locks hold.
+#[derive(Debug, Clone)]
+pub(crate) struct Holder {
+    pub(crate) strong: Strong,
+    pub(crate) session_name: String,
+    pub(crate) lock_value: Vec<u8>,
+}
+
 impl Keeper {
     /// Starts a keeper holding the shards `wanted` names, woken by every
     /// change `membership` sees (the node's membership; only the wake-up
-    /// matters here, so the keeper does not name the node's types).
+    /// matters here, so the keeper does not name the node's types). It
+    /// touches the store only once `begin` fires; if `begin`'s sender is
+    /// dropped instead (the node's start was refused), it ends without
+    /// having created anything.
     pub(crate) fn start<M: Send + Sync + 'static>(
         wanted: Arc<dyn Wanted>,
         membership: watch::Receiver<M>,
         gate: Arc<Gate>,
         store: Arc<dyn LeaseStore>,
-        strong: Strong,
-        session_name: String,
-        lock_value: Vec<u8>,
+        holder: Holder,
+        begin: tokio::sync::oneshot::Receiver<()>,
     ) -> Keeper {
+        let Holder {
+            strong,
+            session_name,
+            lock_value,
+        } = holder;
         let (stop, stop_rx) = watch::channel(Stop::Run);
         let shared = Arc::new(Shared {
             lease: Mutex::new(Lease::new(strong.lease_config())),
@@ -126,7 +142,15 @@ impl Keeper {
             refusals: HashMap::new(),
         };
         let renew = tokio::spawn(renew_loop(shared, renew_stop));
-        let main = tokio::spawn(k.run());
+        // Nothing touches the store before `begin` (the node's start
+        // succeeded); a start refused drops it, and the keeper ends.
+        let main = tokio::spawn(async move {
+            if begin.await.is_err() {
+                let _ = k.renewing.send(true);
+                return;
+            }
+            k.run().await
+        });
         Keeper {
             stop,
             tasks: Mutex::new(vec![main, renew]),
@@ -704,15 +728,20 @@ mod tests {
                 "mesh/test/own".into(),
                 &[(KEY, capability_key("bank"), "bank/Account".into())],
             ));
+            let (go, begin) = tokio::sync::oneshot::channel();
             let keeper = Keeper::start(
                 Arc::new(View(table.clone())),
                 rx,
                 gate.clone(),
                 store.clone(),
-                Strong::new(),
-                name.into(),
-                Vec::new(),
+                Holder {
+                    strong: Strong::new(),
+                    session_name: name.into(),
+                    lock_value: Vec::new(),
+                },
+                begin,
             );
+            let _ = go.send(());
             Member {
                 table,
                 changes,
@@ -784,6 +813,44 @@ mod tests {
     /// Issue 24, point 8: a handoff between two live nodes must not wait
     /// behind a pass over a crashed node's keys (refused until its session
     /// expires; here never).
+    /// A node whose start is refused after its keeper was built drops
+    /// `begin`: the keeper ends without a session or a lock (a refused
+    /// start leaves nothing in the store). Fails if the keeper ran anyway
+    /// (a session) or never ended (the wait times out on the paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_keeper_that_never_begins_touches_nothing_and_ends() {
+        let store = Arc::new(Mem::default());
+        let (_changes, rx) = watch::channel(());
+        let table = Arc::new(Mutex::new((table_with(&["a"], "a", &Rendezvous), false)));
+        let gate = Arc::new(Gate::new(
+            "mesh/test/own".into(),
+            &[(KEY, capability_key("bank"), "bank/Account".into())],
+        ));
+        let (go, begin) = tokio::sync::oneshot::channel::<()>();
+        let keeper = Keeper::start(
+            Arc::new(View(table)),
+            rx,
+            gate,
+            store.clone(),
+            Holder {
+                strong: Strong::new(),
+                session_name: "a".into(),
+                lock_value: Vec::new(),
+            },
+            begin,
+        );
+        drop(go);
+        let tasks: Vec<_> = lock(&keeper.tasks).drain(..).collect();
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("the keeper ended")
+                .expect("the task did not panic");
+        }
+        let st = lock(&store.0);
+        assert!(st.sessions.is_empty() && st.held.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_handoff_does_not_wait_behind_a_crashed_nodes_keys() {
         let store = Arc::new(Mem::default());

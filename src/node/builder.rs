@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
 use super::cluster::{self, ClusterConfig};
+use super::members::{Catalog, Members};
 use super::{Membership, Node, NodeInner, WireRoute, DEFAULT};
 use crate::activation::{Activations, AnyActivations, Shared};
 use crate::ring::{actor_key, capability_key, Placement, Rendezvous};
@@ -463,7 +462,7 @@ impl NodeBuilder {
     /// [`StartError::Discovery`] if the discovery refuses the node.
     /// `?` turns it into [`crate::Error::Start`] where a function returns
     /// [`crate::Error`].
-    pub async fn start(self) -> Result<Node, StartError> {
+    pub async fn start(mut self) -> Result<Node, StartError> {
         // Before the metric handles are resolved (at the first node's start).
         #[cfg(feature = "admin")]
         if self.admin.is_some() {
@@ -610,97 +609,184 @@ impl NodeBuilder {
         if let Some(cluster) = &self.cluster {
             check_cluster(cluster, &id, &capabilities, &hosted, self.weak_cookie).await?;
         }
-        let mut membership = Membership::new();
-        membership.upsert_hosting(&id, "", &capabilities, Some(&hosted));
-        let routing = membership.routing(&*self.placement, &id);
         let mut incarnation = [0u8; 8];
         getrandom::fill(&mut incarnation).map_err(|e| StartError::Internal {
             reason: format!("no randomness for the incarnation: {e}"),
         })?;
-        // The activation tables reach their node as their `Host`, weakly
-        // (the node owns them): built with it, not wired in after.
+        let incarnation = u64::from_le_bytes(incarnation);
+        // Every port is bound before the first other side effect (a
+        // sidecar started, a registration): a taken port refuses the start
+        // with nothing behind. The admin endpoint first, then the cluster.
+        #[cfg(feature = "admin")]
+        let admin =
+            match &self.admin {
+                None => None,
+                Some(addr) => Some(crate::admin::Server::bind(addr).await.map_err(|e| {
+                    StartError::Listen {
+                        addr: addr.clone(),
+                        reason: format!("admin endpoint: {e}"),
+                    }
+                })?),
+            };
+        let mut cluster_cfg = self.cluster;
+        let (bound, cookie) = match cluster_cfg.as_mut() {
+            None => (None, None),
+            Some(cfg) => {
+                let cookie = cfg.cookie.take().ok_or(StartError::MissingCookie)?;
+                (cluster::bind(cfg, &id).await?, Some(cookie))
+            }
+        };
+        let addr = cluster_cfg
+            .as_ref()
+            .map(|cfg| cluster::advertised(cfg, bound.as_ref()))
+            .unwrap_or_default();
+        let mut membership = Membership::new();
+        membership.upsert_hosting(&id, &addr, &capabilities, Some(&hosted));
+        let message_names: Arc<HashMap<u64, &'static str>> = Arc::new(
+            self.actors
+                .iter()
+                .flat_map(|a| a.messages.iter().copied())
+                .collect(),
+        );
+        let keeper_begin = self
+            .strong
+            .is_some()
+            .then(tokio::sync::oneshot::channel::<()>);
+        let (go, begin) = match keeper_begin {
+            Some((go, begin)) => (Some(go), Some(begin)),
+            None => (None, None),
+        };
+        let mut first = None;
+        let mut pending = None;
+        // The node is built bottom-up from its parts, in one expression:
+        // the activation tables reach their node as their `Host`, the
+        // cluster's tasks reach only the cluster, the admin endpoint reads
+        // through `admin::Source`, the lease keeper reads the membership.
+        // Each holds its way back weakly (the node owns them).
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
             let host: std::sync::Weak<dyn crate::activation::Host> = me.clone();
             let shared = Arc::new(Shared::new(runtime, host));
-            let actors = self
-                .actors
-                .iter()
-                .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
-                .collect();
-            NodeInner {
-                id,
-                incarnation: u64::from_le_bytes(incarnation),
-                capabilities,
-                hosted,
-                strategy: self.placement,
-                membership: tokio::sync::watch::channel(membership).0,
-                routing: ArcSwap::from_pointee(routing),
-                cluster: std::sync::OnceLock::new(),
-                actors,
-                message_names: self
+            let catalog = Arc::new(Catalog {
+                actors: self
                     .actors
                     .iter()
-                    .flat_map(|a| a.messages.iter().copied())
+                    .map(|a| (a.type_id, a.capability, (a.make)(shared.clone())))
                     .collect(),
+            });
+            let members = Arc::new(Members::new(
+                id.clone(),
+                membership,
+                self.placement.clone(),
+                self.min_members,
+                catalog.clone(),
+                gate.clone(),
+            ));
+            let cluster = match (cluster_cfg, cookie) {
+                (Some(cfg), Some(cookie)) => {
+                    let identity = crate::wire::Identity {
+                        cluster: cfg.name.clone(),
+                        node: id.to_string(),
+                        capabilities: capabilities.clone(),
+                        addr: addr.clone(),
+                        incarnation,
+                        actors: hosted.clone(),
+                    };
+                    let (c, p) = cluster::Cluster::new(
+                        cfg,
+                        identity,
+                        cookie,
+                        bound,
+                        members.clone(),
+                        message_names.clone(),
+                        self.default_timeout,
+                    );
+                    pending = Some(p);
+                    Some(Arc::new(c))
+                }
+                _ => None,
+            };
+            let keeper = match (&self.strong, &gate, store, begin) {
+                (Some(strong), Some(gate), Some(store), Some(begin)) => {
+                    let session = format!("mesh/{id}/{incarnation}");
+                    let value = serde_json::to_vec(&serde_json::json!({
+                        "node": &*id,
+                        "incarnation": incarnation,
+                    }))
+                    .unwrap_or_default();
+                    Some(crate::lease::keeper::Keeper::start(
+                        Arc::new(KeeperView {
+                            members: members.clone(),
+                            cluster: cluster.as_ref().map(Arc::downgrade),
+                        }),
+                        members.changes(),
+                        gate.clone(),
+                        store,
+                        crate::lease::keeper::Holder {
+                            strong: *strong,
+                            session_name: session,
+                            lock_value: value,
+                        },
+                        begin,
+                    ))
+                }
+                _ => None,
+            };
+            #[cfg(feature = "admin")]
+            let admin = admin.map(|bound| {
+                let source: std::sync::Weak<dyn crate::admin::Source> = me.clone();
+                crate::admin::Server::serve(bound, source, self.admin_limits)
+            });
+            let handle = Arc::new(super::Handle(me.clone()));
+            let weak_handle = Arc::downgrade(&handle);
+            first = Some(handle);
+            NodeInner {
+                id: id.clone(),
+                incarnation,
+                capabilities: capabilities.clone(),
+                strategy: self.placement.clone(),
+                members,
+                cluster,
+                catalog,
                 wire: wire.into_iter().map(|(t, (r, _))| (t, r)).collect(),
-                shared: shared.clone(),
+                shared,
                 default_timeout: self.default_timeout,
                 shutdown_timeout: self.shutdown_timeout,
-                handle: std::sync::OnceLock::new(),
-                history: self.history,
-                gate,
-                keeper: std::sync::OnceLock::new(),
-                min_members: self.min_members,
-                formed: std::sync::atomic::AtomicBool::new(self.min_members <= 1),
-                deps: self.deps,
+                handle: weak_handle,
+                history: self.history.clone(),
+                gate: gate.clone(),
+                keeper,
+                deps: std::mem::take(&mut self.deps),
                 #[cfg(feature = "admin")]
-                admin: std::sync::OnceLock::new(),
+                admin,
             }
         });
-        // The admin endpoint binds before the cluster starts: a taken port
-        // refuses the start before anything is registered. (Dropped with
-        // the node if the cluster then fails to start.)
-        #[cfg(feature = "admin")]
-        if let Some(addr) = &self.admin {
-            inner
-                .start_admin(addr, self.admin_limits)
-                .await
-                .map_err(|e| StartError::Listen {
-                    addr: addr.clone(),
-                    reason: format!("admin endpoint: {e}"),
-                })?;
-        }
-        if let Some(cfg) = self.cluster {
+        let Some(first) = first else {
+            return Err(StartError::Internal {
+                reason: "the node was not built".into(),
+            });
+        };
+        if let (Some(cluster), Some(pending)) = (&inner.cluster, pending) {
             let inbound = Arc::new(super::router::NodeInbound::new(Arc::downgrade(&inner)));
-            cluster::start(&inner, cfg, inbound).await?;
+            if let Err(e) = cluster.start(pending, inbound).await {
+                // Refused: nothing to tear down beyond what drops with the
+                // node (the keeper never began, no activation started).
+                inner.shared.begin_shutdown();
+                drop(first);
+                return Err(e);
+            }
         }
-        if let (Some(strong), Some(gate), Some(store)) = (self.strong, &inner.gate, store) {
-            let session = format!("mesh/{}/{}", inner.id, inner.incarnation);
-            let value = serde_json::to_vec(&serde_json::json!({
-                "node": &*inner.id,
-                "incarnation": inner.incarnation,
-            }))
-            .unwrap_or_default();
-            let keeper = crate::lease::keeper::Keeper::start(
-                Arc::new(KeeperView(Arc::downgrade(&inner))),
-                inner.membership_changes(),
-                gate.clone(),
-                store,
-                strong,
-                session,
-                value,
-            );
-            let _ = inner.keeper.set(keeper);
+        if let Some(go) = go {
+            let _ = go.send(());
         }
-        for (_, _, acts) in &inner.actors {
+        for (_, _, acts) in &inner.catalog.actors {
             acts.start();
         }
-        if !inner.formed.load(Ordering::Acquire) {
+        if !inner.members.is_formed() {
             tracing::info!(
                 node = %inner.id,
-                need = inner.min_members,
+                need = inner.members.min_members(),
                 "not serving until the node sees {} members (NodeBuilder::min_members)",
-                inner.min_members
+                inner.members.min_members()
             );
         }
         if self.default_node {
@@ -719,7 +805,7 @@ impl NodeBuilder {
             }
         }
         tracing::info!(node = %inner.id, capabilities = ?inner.capabilities, "node started");
-        Ok(Node::first_handle(inner))
+        Ok(Node::first_handle(inner, first))
     }
 }
 
@@ -767,11 +853,17 @@ async fn check_cluster(
 
 /// What the lease keeper reads of its node (`lease::keeper::Wanted`):
 /// the routing table and the leaving flag, nothing else.
-struct KeeperView(std::sync::Weak<NodeInner>);
+struct KeeperView {
+    members: Arc<Members>,
+    cluster: Option<std::sync::Weak<cluster::Cluster>>,
+}
 
 impl crate::lease::keeper::Wanted for KeeperView {
     fn wanted(&self) -> Option<(Arc<crate::ring::RoutingTable>, bool)> {
-        let node = self.0.upgrade()?;
-        Some((node.routing_table(), node.is_leaving()))
+        let leaving = match &self.cluster {
+            None => false,
+            Some(c) => c.upgrade()?.is_leaving(),
+        };
+        Some((self.members.routing_table(), leaving))
     }
 }

@@ -203,12 +203,12 @@ fn with_node<T>(
     // neither serves nor routes (`NodeBuilder::min_members`).
     match via {
         Via::Node(node) => {
-            node.inner.check_members()?;
+            node.inner.members.check()?;
             f(&node.inner)
         }
         Via::Default => match &*DEFAULT.load() {
             Some(inner) => {
-                inner.check_members()?;
+                inner.members.check()?;
                 f(inner)
             }
             None => Err(Error::NotStarted),

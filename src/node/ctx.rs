@@ -53,7 +53,7 @@ impl Ctx {
         let gate = inner.gate.as_ref()?;
         let session = gate.session()?;
         let actor = self.actor_name();
-        let capability = inner.capability_of(actor)?;
+        let capability = inner.catalog.capability_of(actor)?;
         let key = crate::ring::actor_key(capability, actor);
         Some(crate::lease::Fence {
             key: gate.lock_key_of(key, shard)?,

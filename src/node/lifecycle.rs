@@ -53,7 +53,7 @@ impl NodeInner {
         if exit != Exit::Sever {
             self.shared.begin_shutdown();
         }
-        if let Some(cluster) = self.cluster.get() {
+        if let Some(cluster) = &self.cluster {
             // 2.
             if let Some(d) = cluster.discovery() {
                 match exit {
@@ -88,20 +88,16 @@ impl NodeInner {
         }
         // 5.
         if exit != Exit::Sever {
-            for (_, _, acts) in &self.actors {
-                acts.stop_all();
-            }
+            self.catalog.stop_all();
         }
         // 6.
         let mut in_time = true;
         if let Exit::Shutdown { deadline } = exit {
-            let drained = self
-                .shared
-                .drained(|| self.actors.iter().all(|(_, _, a)| a.count() == 0));
+            let drained = self.shared.drained(|| self.catalog.is_idle());
             in_time = tokio::time::timeout_at(deadline, drained).await.is_ok();
         }
         // 7.
-        if let Some(keeper) = self.keeper.get() {
+        if let Some(keeper) = &self.keeper {
             match exit {
                 Exit::Shutdown { deadline } => {
                     let left = deadline.saturating_duration_since(Instant::now());

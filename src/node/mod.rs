@@ -14,9 +14,9 @@ mod cluster;
 mod ctx;
 mod handle;
 mod lifecycle;
+mod members;
 mod router;
 
-pub(crate) use crate::membership::Readiness;
 pub use crate::membership::{MemberInfo, Membership};
 pub use builder::{NodeBuilder, DEFAULT_CALL_TIMEOUT};
 pub use call::{call, cast, Call, CallFuture};
@@ -25,15 +25,16 @@ pub use handle::{ActorHandle, ActorRef, Flatten, HandleCall};
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
-use crate::activation::{Activations, AnyActivations, Shared};
-use crate::ring::{shard, Placement, RoutingTable};
-use crate::{Actor, Error, Handlers};
+use crate::activation::Shared;
+use crate::ring::{shard, Placement};
+use crate::{Actor, Error};
+use members::{Catalog, Members};
 
 /// The process's default node.
 static DEFAULT: ArcSwapOption<NodeInner> = ArcSwapOption::const_empty();
@@ -84,25 +85,19 @@ pub(crate) struct NodeInner {
     /// tell a restarted node from the one that left.
     incarnation: u64,
     capabilities: Vec<String>,
-    /// The actor types this node hosts, sorted: what its handshake
-    /// advertises.
-    hosted: Vec<crate::wire::Hosted>,
-    /// The message name of each wire tag this node handles (for logs).
-    message_names: HashMap<u64, &'static str>,
     strategy: Arc<dyn Placement>,
-    /// The current membership; the routing table is recomputed from it
-    /// under its lock, so the two never disagree for long.
-    membership: watch::Sender<Membership>,
-    routing: ArcSwap<RoutingTable>,
-    cluster: OnceLock<cluster::Cluster>,
-    // A node has a handful of actor types: a linear scan beats hashing.
-    actors: Vec<(TypeId, &'static str, Arc<dyn AnyActivations>)>,
+    /// The membership and the routing table computed from it.
+    members: Arc<Members>,
+    /// The cluster side, if the node is clustered.
+    cluster: Option<Arc<cluster::Cluster>>,
+    /// The activation tables, one per actor type.
+    catalog: Arc<Catalog>,
     wire: HashMap<u64, WireRoute>,
     shared: Arc<Shared>,
     default_timeout: Duration,
     shutdown_timeout: Duration,
     /// The user's handles, shared; gone once they all are.
-    handle: OnceLock<std::sync::Weak<Handle>>,
+    handle: std::sync::Weak<Handle>,
     /// The values given with `NodeBuilder::provide`, by type.
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     /// Where activation starts and ends are recorded, if anywhere.
@@ -110,16 +105,10 @@ pub(crate) struct NodeInner {
     /// Strong mode: the gate activations pass, and its keeper (see
     /// [`crate::lease`]).
     pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,
-    pub(crate) keeper: OnceLock<crate::lease::keeper::Keeper>,
-    /// `NodeBuilder::min_members`: the members this node must see before
-    /// it serves and is ready (1: no guard).
-    min_members: usize,
-    /// Whether it has seen them once: from then on it serves, whatever the
-    /// membership does (readiness still follows the count).
-    formed: std::sync::atomic::AtomicBool,
+    pub(crate) keeper: Option<crate::lease::keeper::Keeper>,
     /// The admin endpoint, if asked for (stops when the node is dropped).
     #[cfg(feature = "admin")]
-    admin: OnceLock<crate::admin::Server>,
+    admin: Option<crate::admin::Server>,
 }
 
 impl fmt::Debug for Node {
@@ -154,10 +143,9 @@ impl Node {
         }
     }
 
-    /// The user's first handle of a node just started.
-    pub(crate) fn first_handle(inner: Arc<NodeInner>) -> Self {
-        let handle = Arc::new(Handle(Arc::downgrade(&inner)));
-        let _ = inner.handle.set(Arc::downgrade(&handle));
+    /// The user's first handle of a node just started: `handle` is the
+    /// one the node was built with.
+    pub(crate) fn first_handle(inner: Arc<NodeInner>, handle: Arc<Handle>) -> Self {
         Node {
             inner,
             _handle: Some(handle),
@@ -167,7 +155,7 @@ impl Node {
     /// The process's default node, if one is running.
     pub fn default_node() -> Option<Node> {
         let inner = DEFAULT.load_full()?;
-        let handle = inner.handle.get().and_then(std::sync::Weak::upgrade);
+        let handle = inner.handle.upgrade();
         Some(Node {
             inner,
             _handle: handle,
@@ -191,13 +179,13 @@ impl Node {
 
     /// The membership this node routes by (a snapshot).
     pub fn membership(&self) -> Membership {
-        self.inner.membership.borrow().clone()
+        self.inner.members.snapshot()
     }
 
     /// Every membership change, to await instead of polling: for example
     /// `node.membership_changes().wait_for(|m| m.len() == 3).await`.
     pub fn membership_changes(&self) -> watch::Receiver<Membership> {
-        self.inner.membership.subscribe()
+        self.inner.members.changes()
     }
 
     /// Whether the node is ready to take traffic (what `/readyz` answers
@@ -207,7 +195,7 @@ impl Node {
     /// with [`Error::NotEnoughMembers`]; after that it serves even when
     /// members are lost, but is not ready while it sees fewer.
     pub fn is_ready(&self) -> bool {
-        self.inner.readiness().ready()
+        self.inner.members.readiness().ready()
     }
 
     /// The address peers dial to reach this node, if it is clustered and
@@ -215,7 +203,7 @@ impl Node {
     pub fn addr(&self) -> Option<&str> {
         self.inner
             .cluster
-            .get()
+            .as_deref()
             .map(|c| c.addr())
             .filter(|a| !a.is_empty())
     }
@@ -235,7 +223,7 @@ impl Node {
     /// The id of the node owning actor `id` of type `A`: among the nodes
     /// of its capability that host `A`.
     pub fn owner_of<A: Actor>(&self, id: &str) -> Result<String, Error> {
-        let routing = self.inner.routing.load();
+        let routing = self.inner.members.routing.load();
         let table = routing
             .actor(A::__ACTOR_KEY, A::__CAPABILITY_KEY)
             .ok_or_else(|| Error::no_node(A::CAPABILITY).in_call(A::NAME, id, ""))?;
@@ -245,7 +233,7 @@ impl Node {
     /// How many activations this node holds, over every actor type
     /// (including ones activating or deactivating).
     pub fn activation_count(&self) -> usize {
-        self.inner.actors.iter().map(|(_, _, a)| a.count()).sum()
+        self.inner.catalog.count()
     }
 
     /// Sends an encoded message through the wire dispatch table: `tag`
@@ -310,7 +298,7 @@ impl Node {
         let started = tokio::time::Instant::now();
         // What was pending at the timeout, if it passed.
         let mut timed_out = None;
-        if inner.cluster.get().is_some() && !inner.shared.is_shutting_down() {
+        if inner.cluster.is_some() && !inner.shared.is_shutting_down() {
             cluster::leave::announce(&self.inner).await;
             inner.hand_off_all();
             if let Err(what) = cluster::leave::drain(&self.inner, inner.shutdown_timeout).await {
@@ -414,99 +402,6 @@ impl NodeInner {
         self.history.is_some()
     }
 
-    /// Applies `change` to the membership; if it changed anything, the
-    /// routing table is recomputed and published, and watchers are told.
-    ///
-    /// Then activations whose shard moved to another node drain: they
-    /// finish their queue, run `on_deactivate` and end; the new owner
-    /// activates them on their next call.
-    pub(crate) fn update_membership(&self, change: impl FnOnce(&mut Membership) -> bool) -> bool {
-        let changed = self.membership.send_if_modified(|m| {
-            let changed = change(m);
-            if changed {
-                self.routing
-                    .store(Arc::new(m.routing(&*self.strategy, &self.id)));
-                self.note_members(m.len());
-            }
-            changed
-        });
-        if changed {
-            let routing = self.routing.load();
-            let mut handed = 0;
-            for (_, capability, acts) in &self.actors {
-                let cap = crate::ring::capability_key(capability);
-                let key = crate::ring::actor_key(capability, acts.actor_name());
-                let table = routing.actor(key, cap);
-                // Strong mode: a held shard that moved admits no new
-                // activation from now on (a call that raced the change
-                // would otherwise start one the drain below never sees,
-                // and the shard's handoff would wait for it to idle out).
-                if let Some(gate) = &self.gate {
-                    for s in 0..crate::ring::SHARDS as u16 {
-                        if !table.is_some_and(|t| t.is_local(s)) && gate.hand_off(key, s) {
-                            handed += 1;
-                        }
-                    }
-                }
-                let is_local = |id: &str| table.is_some_and(|t| t.is_local(shard(id)));
-                let moved = acts.drain_moved(&is_local);
-                if moved > 0 {
-                    tracing::info!(node = %self.id, capability, moved, "draining activations whose shard moved");
-                }
-            }
-            if let (Some(gate), true) = (&self.gate, handed > 0) {
-                gate.drained.notify_one();
-            }
-        }
-        changed
-    }
-
-    /// Marks the node formed once it sees `min_members` (sticky).
-    fn note_members(&self, have: usize) {
-        use std::sync::atomic::Ordering;
-        if have >= self.min_members && !self.formed.swap(true, Ordering::AcqRel) {
-            tracing::info!(node = %self.id, members = have, need = self.min_members, "enough members: the node serves");
-        }
-    }
-
-    /// The `min_members` guard on the calling path: `Ok` once the node
-    /// has seen its `min_members` (one relaxed load after that), else
-    /// [`Error::NotEnoughMembers`].
-    #[inline]
-    pub(crate) fn check_members(&self) -> Result<(), Error> {
-        if self.formed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Ok(());
-        }
-        let have = self.membership.borrow().len();
-        if have >= self.min_members {
-            self.note_members(have);
-            return Ok(());
-        }
-        Err(Error::NotEnoughMembers {
-            have,
-            need: self.min_members,
-        })
-    }
-
-    /// Whether the node is ready, and why not (see [`Readiness`]).
-    pub(crate) fn readiness(&self) -> Readiness {
-        let m = self.membership.borrow();
-        Readiness {
-            member: m.contains(&self.id),
-            members: m.len(),
-            min_members: self.min_members,
-            formed: self.formed.load(std::sync::atomic::Ordering::Acquire),
-        }
-    }
-
-    /// The capability of actor type `name` on this node.
-    pub(crate) fn capability_of(&self, name: &str) -> Option<&'static str> {
-        self.actors
-            .iter()
-            .find(|(_, _, a)| a.actor_name() == name)
-            .map(|(_, c, _)| *c)
-    }
-
     /// Strong mode: whether this node holds, or is about to lock, shard
     /// `s` of the actor type keyed `key` of capability `cap` (not draining
     /// it, not leaving, and its ring names it the owner).
@@ -517,7 +412,8 @@ impl NodeInner {
         if gate.draining(key, s) || self.is_leaving() || self.shared.is_shutting_down() {
             return false;
         }
-        self.routing
+        self.members
+            .routing
             .load()
             .actor(key, cap)
             .is_some_and(|t| t.is_local(s))
@@ -534,17 +430,7 @@ impl NodeInner {
     /// Whether this node is leaving the cluster (it forwards what still
     /// reaches it).
     pub(crate) fn is_leaving(&self) -> bool {
-        self.cluster.get().is_some_and(|c| c.is_leaving())
-    }
-
-    /// The routing table as last published.
-    pub(crate) fn routing_table(&self) -> Arc<RoutingTable> {
-        self.routing.load_full()
-    }
-
-    /// A receiver that sees every membership change.
-    pub(crate) fn membership_changes(&self) -> watch::Receiver<Membership> {
-        self.membership.subscribe()
+        self.cluster.as_ref().is_some_and(|c| c.is_leaving())
     }
 
     /// Strong mode, leaving: every shard hands off (the keeper marks them
@@ -554,17 +440,9 @@ impl NodeInner {
         let Some(gate) = &self.gate else {
             return;
         };
-        for (_, _, acts) in &self.actors {
+        for (_, _, acts) in &self.catalog.actors {
             acts.drain_moved(&|_| false);
         }
         gate.drained.notify_one();
-    }
-
-    pub(crate) fn activations<A: Handlers>(&self) -> Option<&Activations<A>> {
-        let want = TypeId::of::<A>();
-        self.actors
-            .iter()
-            .find(|(t, _, _)| *t == want)
-            .and_then(|(_, _, a)| a.as_any().downcast_ref())
     }
 }

@@ -339,8 +339,10 @@ impl Transport {
         &self.acceptor
     }
 
-    /// Listens on `addr`; see [`listen`].
+    /// Listens on `addr`; see [`listen`]. (A node binds, then serves:
+    /// [`Transport::bind`].)
     #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    #[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
     pub(crate) async fn listen(
         &self,
         addr: &str,
@@ -348,6 +350,11 @@ impl Transport {
         inbound: Arc<dyn Inbound>,
     ) -> Result<Listening, StartError> {
         listen(self.acceptor.clone(), addr, cfg, inbound).await
+    }
+
+    /// Binds `addr` without accepting yet; see [`Bound`].
+    pub(crate) async fn bind(&self, addr: &str, node: &str) -> Result<Bound, StartError> {
+        bind(self.acceptor.clone(), addr, node).await
     }
 
     /// Dials `target`; see [`dial`].
@@ -374,14 +381,57 @@ pub(crate) async fn listen(
     cfg: TransportConfig,
     inbound: Arc<dyn Inbound>,
 ) -> Result<Listening, StartError> {
-    let mut listener =
-        acceptor
-            .bind(addr, &cfg.identity.node)
-            .await
-            .map_err(|e| StartError::Listen {
-                addr: addr.to_owned(),
-                reason: e.to_string(),
-            })?;
+    Ok(bind(acceptor, addr, &cfg.identity.node)
+        .await?
+        .serve(cfg, inbound))
+}
+
+/// Binds `addr` through `acceptor` for node `node`, accepting nothing
+/// until [`Bound::serve`]: a node binds every port before its first
+/// other side effect, and serves once it is built.
+async fn bind(acceptor: Arc<dyn Acceptor>, addr: &str, node: &str) -> Result<Bound, StartError> {
+    let listener = acceptor
+        .bind(addr, node)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Bound { acceptor, listener })
+}
+
+/// A bound listener not accepting yet. Dropping it unbinds.
+pub(crate) struct Bound {
+    acceptor: Arc<dyn Acceptor>,
+    listener: Box<dyn Listener>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("addr", &self.listener.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bound {
+    /// The bound address.
+    pub(crate) fn addr(&self) -> String {
+        self.listener.local_addr()
+    }
+
+    /// Starts accepting: see [`listen`].
+    pub(crate) fn serve(self, cfg: TransportConfig, inbound: Arc<dyn Inbound>) -> Listening {
+        serve(self.acceptor, self.listener, cfg, inbound)
+    }
+}
+
+fn serve(
+    acceptor: Arc<dyn Acceptor>,
+    mut listener: Box<dyn Listener>,
+    cfg: TransportConfig,
+    inbound: Arc<dyn Inbound>,
+) -> Listening {
     let local = listener.local_addr();
     // The handshake tells dialers where this node listens: the bound
     // address, unless the caller advertises another.
@@ -441,11 +491,11 @@ pub(crate) async fn listen(
             });
         }
     });
-    Ok(Listening {
+    Listening {
         addr: local,
         accepted,
         task,
-    })
+    }
 }
 
 /// Dials `target` through `connector` and runs the handshake, both within
@@ -593,6 +643,11 @@ async fn accept_stream(
 #[cfg_attr(feature = "internals", mesh_macros::expose)]
 #[derive(Debug)]
 pub(crate) struct Listening {
+    // Read by the sidecar (it forwards here) and by tests.
+    #[cfg_attr(
+        not(any(test, feature = "internals", feature = "sidecar")),
+        allow(dead_code)
+    )]
     addr: String,
     accepted: mpsc::UnboundedReceiver<Connection>,
     task: JoinHandle<()>,
@@ -600,6 +655,10 @@ pub(crate) struct Listening {
 
 impl Listening {
     /// The address peers dial (for TCP, with the port bound).
+    #[cfg_attr(
+        not(any(test, feature = "internals", feature = "sidecar")),
+        allow(dead_code)
+    )]
     pub fn addr(&self) -> &str {
         &self.addr
     }

@@ -12,19 +12,15 @@
 //! is not held against the peer, so a resumed node does not drop all its
 //! peers at once.
 //!
-//! The task holds only a weak reference to the node and ends with it.
+//! The task holds only a weak reference to its cluster and ends with it.
 
 use std::sync::Weak;
 
-use super::Event;
-use crate::node::NodeInner;
+use super::{Cluster, Event};
 use crate::wire::{self, Member};
 
-pub(super) async fn run(weak: Weak<NodeInner>) {
-    let Some(period) = weak
-        .upgrade()
-        .and_then(|n| n.cluster.get().map(|c| c.cfg.heartbeat))
-    else {
+pub(super) async fn run(weak: Weak<Cluster>) {
+    let Some(period) = weak.upgrade().map(|c| c.cfg.heartbeat) else {
         return;
     };
     let mut tick = tokio::time::interval(period);
@@ -33,14 +29,13 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(node) = weak.upgrade() else { return };
-        let Some(cluster) = node.cluster.get() else {
+        let Some(cluster) = weak.upgrade() else {
             return;
         };
         cluster.send(Event::Tick);
         let gossip = wire::MembershipFrame {
-            members: node
-                .membership
+            members: cluster
+                .members
                 .borrow()
                 .iter()
                 .map(|(n, i)| Member {
@@ -71,7 +66,7 @@ pub(super) async fn run(weak: Weak<NodeInner>) {
                     conn.close();
                     // Its other connections hang too: a spare left open
                     // would keep it a member until pinged in turn.
-                    if let Some(cluster) = weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+                    if let Some(cluster) = weak.upgrade() {
                         cluster.close_peer(peer);
                     }
                 }

@@ -41,7 +41,7 @@ use crate::node::NodeInner;
 /// Steps 1 and 2 of the module docs; returns how many peers acknowledged
 /// and how many connections were told.
 pub(crate) async fn announce(node: &Arc<NodeInner>) -> (usize, usize) {
-    let Some(cluster) = node.cluster.get() else {
+    let Some(cluster) = node.cluster.as_deref() else {
         return (0, 0);
     };
     if cluster.leaving.swap(true, Ordering::SeqCst) {
@@ -66,7 +66,7 @@ pub(crate) async fn announce(node: &Arc<NodeInner>) -> (usize, usize) {
             Err(_) => {}
         }
     }
-    if node.update_membership(|m| m.remove(&node.id)) {
+    if node.members.update(|m| m.remove(&node.id)) {
         tracing::info!(node = %node.id, acked, told, "left the routing: draining");
     }
     (acked, told)
@@ -78,10 +78,8 @@ pub(crate) async fn announce(node: &Arc<NodeInner>) -> (usize, usize) {
 /// [`crate::Error::ShutdownTimeout`]).
 pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> Result<(), String> {
     let done = async {
-        node.shared
-            .drained(|| node.actors.iter().all(|(_, _, a)| a.count() == 0))
-            .await;
-        if let Some(cluster) = node.cluster.get() {
+        node.shared.drained(|| node.catalog.is_idle()).await;
+        if let Some(cluster) = node.cluster.as_deref() {
             let view = cluster.view.load_full();
             for conn in view.values().flatten() {
                 conn.answered().await;
@@ -136,9 +134,9 @@ const LAPSE_RECHECK: Duration = Duration::from_millis(50);
 /// What the leave drain still waits for, in words: the activations not
 /// ended and the calls of each peer not answered.
 pub(crate) fn pending(node: &Arc<NodeInner>) -> String {
-    let activations: usize = node.actors.iter().map(|(_, _, a)| a.count()).sum();
+    let activations = node.catalog.count();
     let mut calls = Vec::new();
-    if let Some(cluster) = node.cluster.get() {
+    if let Some(cluster) = node.cluster.as_deref() {
         let view = cluster.view.load_full();
         for conn in view.values().flatten() {
             let n = conn.inbound_in_flight();

@@ -53,9 +53,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::NodeInner;
+use super::members::Members;
 use crate::discovery::{Discovery, LocalNode, Peers};
-use crate::transport::{Ack, Connection, Inbound, Transport, TransportConfig};
+use crate::transport::{Ack, Bound, Connection, Inbound, Transport, TransportConfig};
 use crate::util::lock;
 use crate::wire::{self, Cookie, FrameCodec, Identity, Peer};
 use crate::StartError;
@@ -126,10 +126,20 @@ impl Default for ClusterConfig {
 /// Every peer's live connections, oldest (the one calls use) first.
 pub(crate) type View = HashMap<String, Vec<Connection>>;
 
-/// The running cluster side of a node.
+/// The running cluster side of a node: it owns its connections, its
+/// tasks (each holds only a weak reference to it, and ends with it) and
+/// changes the node's [`Members`]; nothing in it reaches back into the
+/// node.
 pub(crate) struct Cluster {
     cfg: ClusterConfig,
     transport: TransportConfig,
+    /// The membership its owner task changes.
+    members: Arc<Members>,
+    /// The message name of each wire tag this node handles (for logs).
+    message_names: Arc<HashMap<u64, &'static str>>,
+    /// The node's call timeout: how long a call may still be in flight on
+    /// a connection being retired.
+    call_timeout: Duration,
     /// Published by the owner task after every event: calls read it
     /// without a lock.
     view: ArcSwap<View>,
@@ -231,162 +241,192 @@ impl Drop for Cluster {
     }
 }
 
-/// A peer is leaving (a `Leave` frame): the owner task routes nothing new
-/// to it, then acks. Without a cluster, the ack's drop answers at once.
-pub(crate) fn peer_left(node: &NodeInner, from: &Peer, ack: Ack) {
-    if let Some(cluster) = node.cluster.get() {
-        cluster.send(Event::Left(from.node.clone(), from.incarnation, ack));
+/// What [`Cluster::new`] leaves for [`Cluster::start`]: the bound
+/// listener, the peer table and the owner task's channel.
+pub(crate) struct Pending {
+    bound: Option<Bound>,
+    table: peers::PeerTable<Connection>,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+/// Binds the listener a cluster config asks for (before the node's first
+/// other side effect): `None` if it does not listen.
+pub(crate) async fn bind(cfg: &ClusterConfig, node: &str) -> Result<Option<Bound>, StartError> {
+    match &cfg.listen {
+        None => Ok(None),
+        Some(addr) => cfg.transport.bind(addr, node).await.map(Some),
     }
 }
 
-/// A peer retires `conn` (a `Retire` frame): see [`retire`].
-pub(crate) fn peer_retires(node: &Arc<NodeInner>, conn: Connection, ack: Ack) {
-    tokio::spawn(retire::retired_by_peer(Arc::downgrade(node), conn, ack));
-}
-
-/// A peer's membership view (gossip): places to dial.
-pub(crate) fn peer_gossip(node: &NodeInner, membership: wire::MembershipFrame) {
-    if let Some(cluster) = node.cluster.get() {
-        cluster.send(Event::Gossip(membership));
+/// The address peers dial: the advertised one, else the bound one, else
+/// none (a node that only dials).
+pub(crate) fn advertised(cfg: &ClusterConfig, bound: Option<&Bound>) -> String {
+    match (&cfg.advertise, bound) {
+        (Some(a), _) => a.clone(),
+        (None, Some(b)) => b.addr(),
+        (None, None) => String::new(),
     }
 }
 
-/// Starts listening, the owner task, the heartbeat, dialing the seeds,
-/// and the discovery. `inbound` serves what peers send on every
-/// connection (the node's router).
-pub(crate) async fn start(
-    node: &Arc<NodeInner>,
-    mut cfg: ClusterConfig,
-    inbound: Arc<dyn Inbound>,
-) -> Result<(), StartError> {
-    let cookie = cfg.cookie.take().ok_or(StartError::MissingCookie)?;
-    let identity = Identity {
-        cluster: cfg.name.clone(),
-        node: node.id.to_string(),
-        capabilities: node.capabilities.clone(),
-        addr: cfg.advertise.clone().unwrap_or_default(),
-        incarnation: node.incarnation,
-        actors: node.hosted.clone(),
-    };
-    let mut transport = TransportConfig::new(identity, cookie);
-    transport.codec = cfg.codec;
-    transport.handshake_timeout = cfg.handshake_timeout;
-    let listening = match &cfg.listen {
-        None => None,
-        Some(addr) => Some(
-            cfg.transport
-                .listen(addr, transport.clone(), inbound.clone())
-                .await?,
-        ),
-    };
-    if let Some(l) = &listening {
-        transport.identity.addr = cfg.advertise.clone().unwrap_or_else(|| l.addr().to_owned());
-    }
-    // The sidecar forwards to the listener: start it once that is bound,
-    // before registering and dialing.
-    #[cfg(feature = "sidecar")]
-    if let Some(sidecar) = &cfg.sidecar {
-        let Some(l) = &listening else {
-            return Err(StartError::SidecarWithoutListener);
-        };
-        sidecar
-            .start(l.addr())
-            .await
-            .map_err(|e| StartError::Sidecar {
-                reason: e.to_string(),
-            })?;
-    }
-    let (events, rx) = mpsc::unbounded_channel();
-    let mut table = peers::PeerTable::new(&node.id, cfg.max_connections_per_peer, cfg.heartbeat);
-    table.add_seeds(cfg.seeds.iter().map(String::as_str));
-    if cfg.discovery.is_some() {
-        // Gate admission from the start: nothing is a member before the
-        // discovery has said so.
-        table.on_discovered(std::iter::empty());
-    }
-    let cluster = Cluster {
-        cfg,
-        transport,
-        view: ArcSwap::from_pointee(View::new()),
-        published: tokio::sync::watch::channel(()).0,
-        events,
-        stopped: AtomicBool::new(false),
-        leaving: AtomicBool::new(false),
-        tasks: Mutex::new(Vec::new()),
-    };
-    let addr = cluster.addr().to_owned();
-    node.membership.send_modify(|m| {
-        m.upsert_hosting(&node.id, &addr, &node.capabilities, Some(&node.hosted));
-    });
-    if node.cluster.set(cluster).is_err() {
-        return Err(StartError::Internal {
-            reason: "cluster started twice".into(),
-        });
-    }
-    let Some(cluster) = node.cluster.get() else {
-        return Err(StartError::Internal {
-            reason: "cluster missing".into(),
-        });
-    };
-    let mut tasks = vec![tokio::spawn(owner::run(
-        Arc::downgrade(node),
-        table,
-        rx,
-        inbound.clone(),
-    ))];
-    if let Some(mut l) = listening {
-        let weak = Arc::downgrade(node);
-        tasks.push(tokio::spawn(async move {
-            while let Some(conn) = l.accepted().await {
-                let Some(node) = weak.upgrade() else {
-                    conn.close();
-                    return;
-                };
-                match node.cluster.get() {
-                    Some(c) => c.send(Event::connected(conn, None)),
-                    None => conn.close(),
-                }
-            }
-        }));
-    }
-    tasks.push(tokio::spawn(heartbeat::run(Arc::downgrade(node))));
-    #[cfg(feature = "sidecar")]
-    if let Some(sidecar) = cluster.sidecar() {
-        // An upstream going live (or moving) is news for the peer table:
-        // that peer is dialed at once, not at its next backoff tick.
-        let ports = sidecar.ports().clone();
-        let weak = Arc::downgrade(node);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let nodes = ports.retargeted().await;
-                let Some(node) = weak.upgrade() else { return };
-                let Some(cluster) = node.cluster.get() else {
-                    return;
-                };
-                cluster.send(Event::Retarget(nodes));
-            }
-        }));
-    }
-    lock(&cluster.tasks).extend(tasks);
-    if let Some(discovery) = cluster.discovery() {
-        let me = LocalNode {
-            cluster: cluster.cfg.name.clone(),
-            node: node.id.to_string(),
-            addr: cluster.addr().to_owned(),
-            capabilities: node.capabilities.clone(),
-            protocol: wire::VERSION,
-        };
-        let (tx, rx) = tokio::sync::watch::channel(Peers::new());
-        if let Err(e) = discovery.start(me, tx).await {
-            cluster.stop();
-            #[cfg(feature = "sidecar")]
-            if let Some(sidecar) = cluster.sidecar() {
-                sidecar.stop().await;
-            }
-            return Err(e);
+impl Cluster {
+    /// The cluster side of the node `identity` names (its `addr` from
+    /// [`advertised`]), listening on `bound`, changing `members`. Nothing
+    /// runs until [`Cluster::start`].
+    pub(crate) fn new(
+        cfg: ClusterConfig,
+        identity: Identity,
+        cookie: Cookie,
+        bound: Option<Bound>,
+        members: Arc<Members>,
+        message_names: Arc<HashMap<u64, &'static str>>,
+        call_timeout: Duration,
+    ) -> (Self, Pending) {
+        let mut transport = TransportConfig::new(identity, cookie);
+        transport.codec = cfg.codec;
+        transport.handshake_timeout = cfg.handshake_timeout;
+        let (events, rx) = mpsc::unbounded_channel();
+        let mut table = peers::PeerTable::new(
+            &transport.identity.node,
+            cfg.max_connections_per_peer,
+            cfg.heartbeat,
+        );
+        table.add_seeds(cfg.seeds.iter().map(String::as_str));
+        if cfg.discovery.is_some() {
+            // Gate admission from the start: nothing is a member before the
+            // discovery has said so.
+            table.on_discovered(std::iter::empty());
         }
-        let follow = tokio::spawn(follow::run(Arc::downgrade(node), rx));
-        lock(&cluster.tasks).push(follow);
+        let cluster = Cluster {
+            cfg,
+            transport,
+            members,
+            message_names,
+            call_timeout,
+            view: ArcSwap::from_pointee(View::new()),
+            published: tokio::sync::watch::channel(()).0,
+            events,
+            stopped: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        };
+        let pending = Pending {
+            bound,
+            table,
+            events: rx,
+        };
+        (cluster, pending)
     }
-    Ok(())
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        &self.transport.identity.node
+    }
+
+    /// A peer is leaving (a `Leave` frame): the owner task routes nothing
+    /// new to it, then acks.
+    pub(crate) fn peer_left(&self, from: &Peer, ack: Ack) {
+        self.send(Event::Left(from.node.clone(), from.incarnation, ack));
+    }
+
+    /// A peer retires `conn` (a `Retire` frame): see [`retire`].
+    pub(crate) fn peer_retires(self: &Arc<Self>, conn: Connection, ack: Ack) {
+        tokio::spawn(retire::retired_by_peer(Arc::downgrade(self), conn, ack));
+    }
+
+    /// A peer's membership view (gossip): places to dial.
+    pub(crate) fn peer_gossip(&self, membership: wire::MembershipFrame) {
+        self.send(Event::Gossip(membership));
+    }
+
+    /// Starts serving the listener, the sidecar, the owner task, the
+    /// heartbeat, dialing the seeds, and the discovery. `inbound` serves
+    /// what peers send on every connection (the node's router). On an
+    /// error, what it started is stopped.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        pending: Pending,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<(), StartError> {
+        let Pending {
+            bound,
+            table,
+            events,
+        } = pending;
+        let listening = bound.map(|b| b.serve(self.transport.clone(), inbound.clone()));
+        // The sidecar forwards to the listener: start it once that is
+        // serving, before registering and dialing.
+        #[cfg(feature = "sidecar")]
+        if let Some(sidecar) = &self.cfg.sidecar {
+            let Some(l) = &listening else {
+                return Err(StartError::SidecarWithoutListener);
+            };
+            sidecar
+                .start(l.addr())
+                .await
+                .map_err(|e| StartError::Sidecar {
+                    reason: e.to_string(),
+                })?;
+        }
+        let weak = Arc::downgrade(self);
+        let mut tasks = vec![tokio::spawn(owner::run(
+            weak.clone(),
+            table,
+            events,
+            inbound.clone(),
+        ))];
+        if let Some(mut l) = listening {
+            let weak = weak.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(conn) = l.accepted().await {
+                    match weak.upgrade() {
+                        Some(c) => c.send(Event::connected(conn, None)),
+                        None => {
+                            conn.close();
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(heartbeat::run(weak.clone())));
+        #[cfg(feature = "sidecar")]
+        if let Some(sidecar) = self.sidecar() {
+            // An upstream going live (or moving) is news for the peer
+            // table: that peer is dialed at once, not at its next backoff
+            // tick.
+            let ports = sidecar.ports().clone();
+            let weak = weak.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let nodes = ports.retargeted().await;
+                    let Some(cluster) = weak.upgrade() else {
+                        return;
+                    };
+                    cluster.send(Event::Retarget(nodes));
+                }
+            }));
+        }
+        lock(&self.tasks).extend(tasks);
+        if let Some(discovery) = self.discovery() {
+            let me = LocalNode {
+                cluster: self.cfg.name.clone(),
+                node: self.node().to_owned(),
+                addr: self.addr().to_owned(),
+                capabilities: self.transport.identity.capabilities.clone(),
+                protocol: wire::VERSION,
+            };
+            let (tx, rx) = tokio::sync::watch::channel(Peers::new());
+            if let Err(e) = discovery.start(me, tx).await {
+                self.stop();
+                #[cfg(feature = "sidecar")]
+                if let Some(sidecar) = self.sidecar() {
+                    sidecar.stop().await;
+                }
+                return Err(e);
+            }
+            let follow = tokio::spawn(follow::run(weak, rx));
+            lock(&self.tasks).push(follow);
+        }
+        Ok(())
+    }
 }

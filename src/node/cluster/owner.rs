@@ -16,9 +16,8 @@ use std::sync::{Arc, Weak};
 use tokio::sync::mpsc;
 
 use super::peers::{Admission, DialKey, PeerTable};
-use super::View;
+use super::{Cluster, View};
 use crate::discovery::Peers;
-use crate::node::NodeInner;
 use crate::transport::{Ack, Connection, DialTarget, Inbound, Origin};
 use crate::wire;
 
@@ -70,9 +69,9 @@ impl Drop for Owned {
     }
 }
 
-/// Runs until the node is gone or the cluster stops.
+/// Runs until the cluster is gone or stops.
 pub(super) async fn run(
-    weak: Weak<NodeInner>,
+    weak: Weak<Cluster>,
     mut table: PeerTable<Connection>,
     mut events: mpsc::UnboundedReceiver<Event>,
     inbound: Arc<dyn Inbound>,
@@ -87,11 +86,10 @@ pub(super) async fn run(
                 None => return,
             },
         };
-        let Some(node) = weak.upgrade() else { return };
-        let Some(cluster) = node.cluster.get() else {
+        let Some(cluster) = weak.upgrade() else {
             return;
         };
-        let joined = apply(&node, &mut table, event);
+        let joined = apply(&cluster, &mut table, event);
         // Publish, then look at `stopped`: `stop` sets it, then swaps the
         // view out; one of the two sees the other's work.
         let view: View = table
@@ -103,7 +101,7 @@ pub(super) async fn run(
         // A peer joins the membership only once its connection is in the
         // view: routing to a member without one would evict it.
         if let Some(peer) = joined {
-            if node.update_membership(|m| {
+            if cluster.members.update(|m| {
                 m.upsert_hosting(
                     &peer.node,
                     &peer.addr,
@@ -111,8 +109,8 @@ pub(super) async fn run(
                     peer.actors.as_deref(),
                 )
             }) {
-                tracing::info!(node = %node.id, peer = %peer.node, "peer up");
-                compare_builds(&node, &peer);
+                tracing::info!(node = %cluster.node(), peer = %peer.node, "peer up");
+                compare_builds(&cluster, &peer);
             }
         }
         if cluster.is_stopped() {
@@ -123,7 +121,7 @@ pub(super) async fn run(
             return;
         }
         for (key, target) in table.due(tokio::time::Instant::now()) {
-            dial(&weak, &cluster.cfg.transport, key, target, inbound.clone());
+            dial(&cluster, key, target, inbound.clone());
         }
     }
 }
@@ -131,7 +129,7 @@ pub(super) async fn run(
 /// Applies `event` to the table; returns a peer to add to the membership
 /// once the view is published.
 fn apply(
-    node: &Arc<NodeInner>,
+    cluster: &Arc<Cluster>,
     table: &mut PeerTable<Connection>,
     event: Event,
 ) -> Option<wire::Peer> {
@@ -148,48 +146,51 @@ fn apply(
             });
             match table.on_connected(&peer.node, &peer.addr, conn.clone(), via.as_ref()) {
                 Admission::Refused(why) => {
-                    tracing::debug!(node = %node.id, peer = %peer.node, "closing a connection: {why}");
+                    tracing::debug!(node = %cluster.node(), peer = %peer.node, "closing a connection: {why}");
                     conn.close();
                     return None;
                 }
                 Admission::Member => joined = Some(peer.clone()),
                 Admission::Held => {
-                    tracing::debug!(node = %node.id, peer = %peer.node, "connected to a peer discovery does not report (yet)");
+                    tracing::debug!(node = %cluster.node(), peer = %peer.node, "connected to a peer discovery does not report (yet)");
                 }
             }
             if conn.lifetime().is_some() {
-                tokio::spawn(super::retire::supervise(Arc::downgrade(node), conn.clone()));
+                tokio::spawn(super::retire::supervise(
+                    Arc::downgrade(cluster),
+                    conn.clone(),
+                ));
             }
-            let weak = Arc::downgrade(node);
+            let weak = Arc::downgrade(cluster);
             tokio::spawn(async move {
                 conn.closed().await;
-                if let Some(c) = weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+                if let Some(c) = weak.upgrade() {
                     c.send(Event::Closed(conn));
                 }
             });
         }
         Event::Closed(conn) => {
             let peer = &conn.peer().node;
-            if table.on_closed(peer, &conn) && node.update_membership(|m| m.remove(peer)) {
-                tracing::info!(node = %node.id, peer = %peer, "peer down");
+            if table.on_closed(peer, &conn) && cluster.members.update(|m| m.remove(peer)) {
+                tracing::info!(node = %cluster.node(), peer = %peer, "peer down");
             }
         }
         Event::DialFailed(key, target, e) => {
             let failures = table.on_dial_failed(&key, tokio::time::Instant::now());
             // Log the first failure, then only at debug level.
             if failures == 0 {
-                tracing::debug!(node = %node.id, %target, "cannot reach peer: {e}; its target changed meanwhile: dialing it again");
+                tracing::debug!(node = %cluster.node(), %target, "cannot reach peer: {e}; its target changed meanwhile: dialing it again");
             } else if failures == 1 {
-                tracing::warn!(node = %node.id, %target, "cannot reach peer: {e}");
+                tracing::warn!(node = %cluster.node(), %target, "cannot reach peer: {e}");
             } else {
-                tracing::debug!(node = %node.id, %target, failures, "cannot reach peer: {e}");
+                tracing::debug!(node = %cluster.node(), %target, failures, "cannot reach peer: {e}");
             }
         }
         Event::Gossip(m) => {
             table.on_gossip(m.members.iter().map(|m| (m.node.as_str(), m.addr.as_str())));
             if let Some(ignored) = table.gossip_overflow(tokio::time::Instant::now()) {
                 tracing::warn!(
-                    node = %node.id, ignored, limit = super::peers::MAX_PEERS,
+                    node = %cluster.node(), ignored, limit = super::peers::MAX_PEERS,
                     "gossip names more peers than a node learns by gossip: ignored (use an authoritative discovery for a larger cluster)"
                 );
             }
@@ -202,15 +203,15 @@ fn apply(
                 .filter_map(|n| table.connection(n))
                 .map(|c| c.peer().clone())
                 .collect();
-            node.update_membership(|m| {
+            cluster.members.update(|m| {
                 let gone: Vec<String> = m
                     .nodes()
-                    .filter(|n| *n != &*node.id && !peers.contains_key(*n))
+                    .filter(|n| *n != cluster.node() && !peers.contains_key(*n))
                     .map(str::to_owned)
                     .collect();
                 let mut changed = false;
                 for n in gone {
-                    tracing::info!(node = %node.id, peer = %n, "peer down (not healthy in discovery)");
+                    tracing::info!(node = %cluster.node(), peer = %n, "peer down (not healthy in discovery)");
                     changed |= m.remove(&n);
                 }
                 for p in &connected {
@@ -225,14 +226,14 @@ fn apply(
             });
         }
         Event::Retarget(nodes) => {
-            tracing::debug!(node = %node.id, peers = ?nodes, "sidecar upstreams live: dialing them now");
+            tracing::debug!(node = %cluster.node(), peers = ?nodes, "sidecar upstreams live: dialing them now");
             table.on_retarget(nodes.iter().map(String::as_str));
         }
         Event::Tick => {}
         Event::Left(peer, incarnation, ack) => {
             table.on_leaving(&peer, incarnation);
-            if node.update_membership(|m| m.remove(&peer)) {
-                tracing::info!(node = %node.id, %peer, "peer leaving");
+            if cluster.members.update(|m| m.remove(&peer)) {
+                tracing::info!(node = %cluster.node(), %peer, "peer leaving");
             }
             ack.send();
         }
@@ -245,9 +246,9 @@ fn apply(
 /// capability: an actor type it lacks (placed only on the nodes that host
 /// it, so nothing fails), or another build of a type (a message one of the
 /// two lacks fails its calls on the ids the lacking node owns).
-fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
+fn compare_builds(cluster: &Cluster, peer: &wire::Peer) {
     let Some(theirs) = &peer.actors else { return };
-    for mine in &node.hosted {
+    for mine in &cluster.transport.identity.actors {
         if !peer.capabilities.contains(&mine.capability) {
             continue;
         }
@@ -256,7 +257,7 @@ fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
             .find(|t| t.capability == mine.capability && t.actor == mine.actor)
         {
             None => tracing::info!(
-                node = %node.id, peer = %peer.node,
+                node = %cluster.node(), peer = %peer.node,
                 "peer hosts capability {:?} without actor type {}: {} is placed only on the nodes that host it",
                 mine.capability, mine.actor, mine.actor
             ),
@@ -265,11 +266,11 @@ fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
                     .tags
                     .iter()
                     .filter(|x| !t.tags.contains(x))
-                    .map(|x| node.message_names.get(x).copied().unwrap_or("?"))
+                    .map(|x| cluster.message_names.get(x).copied().unwrap_or("?"))
                     .collect();
                 let extra = t.tags.iter().filter(|x| !mine.tags.contains(x)).count();
                 tracing::warn!(
-                    node = %node.id, peer = %peer.node,
+                    node = %cluster.node(), peer = %peer.node,
                     "peer runs another build of {} (capability {:?}): it has no handler for {missing:?} and {extra} handlers this node lacks; a call of a message the owner lacks fails with UnknownMessage (deploy one build of {} on every node that hosts it)",
                     mine.actor, mine.capability, mine.actor
                 );
@@ -280,27 +281,16 @@ fn compare_builds(node: &NodeInner, peer: &wire::Peer) {
 }
 
 /// Dials `target` on a task of its own; the outcome comes back as an event.
-fn dial(
-    weak: &Weak<NodeInner>,
-    transport: &crate::transport::Transport,
-    key: DialKey,
-    target: DialTarget,
-    inbound: Arc<dyn Inbound>,
-) {
-    let (weak, transport) = (weak.clone(), transport.clone());
+fn dial(cluster: &Arc<Cluster>, key: DialKey, target: DialTarget, inbound: Arc<dyn Inbound>) {
+    let (transport, cfg) = (cluster.cfg.transport.clone(), cluster.transport.clone());
+    let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
-        let Some(cfg) = weak
-            .upgrade()
-            .and_then(|n| n.cluster.get().map(|c| c.transport.clone()))
-        else {
-            return;
-        };
         let result = transport.dial(&target, &cfg, inbound).await;
         let event = match result {
             Ok(conn) => Event::connected(conn, Some(key)),
             Err(e) => Event::DialFailed(key, target, e.to_string()),
         };
-        match weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+        match weak.upgrade() {
             Some(c) => c.send(event),
             None => drop(event), // closes a connection in it
         }

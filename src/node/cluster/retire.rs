@@ -36,12 +36,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Cluster, Event};
-use crate::node::NodeInner;
 use crate::telemetry::CONNECTIONS_CLOSED_TOTAL;
 use crate::transport::{Ack, Connection};
 
 /// Carries out `conn`'s lifetime (see the module docs); ends with it.
-pub(super) async fn supervise(weak: Weak<NodeInner>, conn: Connection) {
+pub(super) async fn supervise(weak: Weak<Cluster>, conn: Connection) {
     let Some(lifetime) = conn.lifetime().cloned() else {
         return;
     };
@@ -96,14 +95,12 @@ pub(super) async fn supervise(weak: Weak<NodeInner>, conn: Connection) {
 }
 
 /// Steps 1 and 3 of the module docs, on this node's side.
-pub(super) async fn retire(weak: &Weak<NodeInner>, conn: &Connection) {
-    let Some((bound, drain)) = weak.upgrade().and_then(|n| {
-        n.cluster.get().map(|c| {
-            (
-                c.cfg.handshake_timeout * 2,
-                n.default_timeout + c.cfg.failure_timeout,
-            )
-        })
+pub(super) async fn retire(weak: &Weak<Cluster>, conn: &Connection) {
+    let Some((bound, drain)) = weak.upgrade().map(|c| {
+        (
+            c.cfg.handshake_timeout * 2,
+            c.call_timeout + c.cfg.failure_timeout,
+        )
     }) else {
         conn.close();
         return;
@@ -124,8 +121,8 @@ pub(super) async fn retire(weak: &Weak<NodeInner>, conn: &Connection) {
 }
 
 /// Step 2 of the module docs: the peer retires `conn`.
-pub(super) async fn retired_by_peer(weak: Weak<NodeInner>, conn: Connection, ack: Ack) {
-    let bound = match weak.upgrade().as_ref().and_then(|n| n.cluster.get()) {
+pub(super) async fn retired_by_peer(weak: Weak<Cluster>, conn: Connection, ack: Ack) {
+    let bound = match weak.upgrade() {
         Some(c) => {
             c.send(Event::Tick); // dial the replacement now
             c.cfg.handshake_timeout * 2
@@ -139,19 +136,17 @@ pub(super) async fn retired_by_peer(weak: Weak<NodeInner>, conn: Connection, ack
 
 /// Waits (at most `bound`) until this node's view holds another connection
 /// to `conn`'s peer that carries calls.
-async fn fresh(weak: &Weak<NodeInner>, conn: &Connection, bound: Duration) {
+async fn fresh(weak: &Weak<Cluster>, conn: &Connection, bound: Duration) {
     let node = conn.peer().node.clone();
     let wait = async {
         let mut published = {
-            let Some(n) = weak.upgrade() else { return };
-            let Some(c) = n.cluster.get() else { return };
+            let Some(c) = weak.upgrade() else { return };
             c.published.subscribe()
         };
         loop {
             {
-                let Some(n) = weak.upgrade() else { return };
-                let Some(c) = n.cluster.get() else { return };
-                if has_fresh(c, &node, conn) || c.is_stopped() {
+                let Some(c) = weak.upgrade() else { return };
+                if has_fresh(&c, &node, conn) || c.is_stopped() {
                     return;
                 }
             }

@@ -98,6 +98,7 @@ impl Router<'_> {
     ) -> Result<(), Error> {
         let acts = self
             .node
+            .catalog
             .activations::<A>()
             .ok_or_else(|| Error::UnknownActorType {
                 actor: A::NAME.to_owned(),
@@ -122,7 +123,7 @@ impl Router<'_> {
             None => self.wire_route(tag)?,
         };
         let node = self.node;
-        let (_, capability, actors) = &node.actors[route.actor];
+        let (_, capability, actors) = &node.catalog.actors[route.actor];
         let cast = matches!(&reply, WireReply::Local(r) if r.is_cast());
         let span = crate::trace::serve_span(&node.id, capability, cast, along.trace.as_ref());
         actors.send_wire(

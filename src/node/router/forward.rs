@@ -170,7 +170,7 @@ async fn run(node: Arc<NodeInner>, started: Started, target: Target) -> Result<B
                 if left.is_zero() {
                     return Err(Error::timeout());
                 }
-                let mut changes = node.membership_changes();
+                let mut changes = node.members.changes();
                 let _ = tokio::time::timeout(left.min(STRONG_RECHECK), changes.changed()).await;
                 let router = node.router();
                 let decision = router.decide(&req, target, true)?;

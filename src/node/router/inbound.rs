@@ -16,7 +16,7 @@ use super::{Along, Decision, Origin, Request, Router};
 use crate::activation::WireReply;
 use crate::actor::chain::Caller;
 use crate::actor::ReplyTo;
-use crate::node::{cluster, NodeInner};
+use crate::node::NodeInner;
 use crate::transport::{Ack, Connection, Inbound, Responder};
 use crate::wire::{self, Peer, TraceContext};
 use crate::Error;
@@ -53,20 +53,26 @@ impl Inbound for NodeInbound {
     fn leave(&self, from: &Peer, ack: Ack) {
         // Without a node (gone), the ack's drop answers at once.
         if let Some(node) = self.0.upgrade() {
-            cluster::peer_left(&node, from, ack);
+            if let Some(c) = &node.cluster {
+                c.peer_left(from, ack);
+            }
         }
     }
 
     fn retire(&self, conn: Connection, ack: Ack) {
         // Without a node, the ack's drop answers at once.
         if let Some(node) = self.0.upgrade() {
-            cluster::peer_retires(&node, conn, ack);
+            if let Some(c) = &node.cluster {
+                c.peer_retires(conn, ack);
+            }
         }
     }
 
     fn membership(&self, _from: &Peer, membership: wire::MembershipFrame) {
         if let Some(node) = self.0.upgrade() {
-            cluster::peer_gossip(&node, membership);
+            if let Some(c) = &node.cluster {
+                c.peer_gossip(membership);
+            }
         }
     }
 }
@@ -97,7 +103,7 @@ impl Router<'_> {
             Ok(decision) => decision,
             Err(e) => return reply.send(Err(e)),
         };
-        let actor = node.actors[route.actor].2.actor_name();
+        let actor = node.catalog.actors[route.actor].2.actor_name();
         req.along.caller = match Caller::from_wire(call.chain, actor, &req.id) {
             Ok(caller) => caller,
             Err(e) => {

@@ -216,7 +216,7 @@ impl Router<'_> {
         Target {
             actor_key: route.actor_key,
             capability_key: route.capability_key,
-            capability: self.node.actors[route.actor].1,
+            capability: self.node.catalog.actors[route.actor].1,
             here: Some(route),
         }
     }
@@ -237,7 +237,7 @@ impl Router<'_> {
         let s = shard(id);
         loop {
             let owner = {
-                let routing = node.routing.load();
+                let routing = node.members.routing.load();
                 let table = routing
                     .actor(target.actor_key, target.capability_key)
                     .ok_or_else(|| Error::no_node(target.capability))?;
@@ -245,7 +245,7 @@ impl Router<'_> {
                     return Ok(None);
                 }
                 let owner = table.owner(s);
-                if let Some(conn) = node.cluster.get().and_then(|c| c.connection(owner)) {
+                if let Some(conn) = node.cluster.as_deref().and_then(|c| c.connection(owner)) {
                     return Ok(Some(conn));
                 }
                 owner.to_owned()
@@ -310,12 +310,12 @@ impl Router<'_> {
         // another one, it is not down.
         if node
             .cluster
-            .get()
+            .as_ref()
             .is_some_and(|c| c.connection(peer).is_some())
         {
             return;
         }
-        if peer != &*node.id && node.update_membership(|m| m.remove(peer)) {
+        if peer != &*node.id && node.members.update(|m| m.remove(peer)) {
             tracing::info!(node = %node.id, peer, "peer down (no live connection)");
         }
     }
