@@ -340,7 +340,7 @@ impl Transport {
     }
 
     /// Listens on `addr`; see [`listen`]. (A node binds, then serves:
-    /// [`Transport::bind`].)
+    /// `Transport::bind`.)
     #[cfg_attr(feature = "internals", mesh_macros::expose)]
     #[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
     pub(crate) async fn listen(
