@@ -696,12 +696,15 @@ impl NodeBuilder {
                         identity,
                         cookie,
                         bound,
-                        members.clone(),
-                        message_names.clone(),
-                        self.default_timeout,
+                        cluster::Parts {
+                            members: members.clone(),
+                            message_names: message_names.clone(),
+                            call_timeout: self.default_timeout,
+                            inbound: Arc::new(super::router::NodeInbound::new(me.clone())),
+                        },
                     );
                     pending = Some(p);
-                    Some(Arc::new(c))
+                    Some(c)
                 }
                 _ => None,
             };

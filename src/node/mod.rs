@@ -280,6 +280,19 @@ impl Node {
         debug_assert!(done, "a severed node's teardown waited");
     }
 
+    /// Makes one of the cluster's long-lived workers fail (a panic): the
+    /// peer-table owner, or with `heartbeat` the heartbeat. For tests of
+    /// their supervision (hidden feature `internals`; see
+    /// `node/cluster/supervisor.rs`). Nothing on a node that is not
+    /// clustered.
+    #[cfg_attr(feature = "internals", mesh_macros::expose)]
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn crash_worker(&self, heartbeat: bool) {
+        if let Some(c) = &self.inner.cluster {
+            c.crash_worker(heartbeat);
+        }
+    }
+
     /// Stops the node without losing a call: first it leaves the cluster
     /// gracefully (peers are told and acknowledge, so they route nothing
     /// new here; activations finish what is queued and run their

@@ -43,6 +43,7 @@ pub(crate) mod leave;
 mod owner;
 pub(crate) mod peers;
 mod retire;
+mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use ractor::ActorRef;
 use tokio::task::JoinHandle;
 
 use super::members::Members;
@@ -145,7 +146,14 @@ pub(crate) struct Cluster {
     view: ArcSwap<View>,
     /// Bumped after every publish of `view`.
     published: tokio::sync::watch::Sender<()>,
-    events: mpsc::UnboundedSender<Event>,
+    /// The peer-table owner (an actor, see [`supervisor`]): replaced if
+    /// it fails.
+    owner: ArcSwap<ActorRef<Event>>,
+    /// The owner's and the heartbeat's supervisor.
+    supervisor: ActorRef<supervisor::SupervisorMsg>,
+    /// Tells the discovery follower to send its last view again (to a
+    /// restarted owner).
+    rediscover: Arc<tokio::sync::Notify>,
     /// Set by `stop`: connections that complete later are closed at once.
     stopped: AtomicBool,
     /// Set when the node starts leaving (see [`leave`]).
@@ -203,10 +211,34 @@ impl Cluster {
         }
     }
 
-    /// Hands an event to the owner task; after `stop`, a connection in it
-    /// is closed (the event's drop does it).
+    /// Hands an event to the owner; after `stop`, a connection in it is
+    /// closed (the event's drop does it).
     pub(crate) fn send(&self, event: Event) {
-        let _ = self.events.send(event);
+        let _ = self.owner.load().cast(event);
+    }
+
+    /// Makes the peer-table owner (`heartbeat`: the heartbeat) fail, to
+    /// test the supervision.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn crash_worker(&self, heartbeat: bool) {
+        if heartbeat {
+            if let Some(cell) = self
+                .supervisor
+                .get_children()
+                .into_iter()
+                .find(|c| c.get_id() != self.owner.load().get_id())
+            {
+                let _ = cell.send_message(heartbeat::Beat::Crash);
+            }
+        } else {
+            self.send(Event::Crash);
+        }
+    }
+
+    /// A peer table as the configuration starts it: the seeds to dial,
+    /// and with a discovery, admission gated until it speaks.
+    fn fresh_table(&self) -> peers::PeerTable<Connection> {
+        fresh_table(&self.cfg, self.node())
     }
 
     /// Whether the node is leaving (see [`leave`]).
@@ -218,9 +250,10 @@ impl Cluster {
         self.stopped.load(Ordering::SeqCst)
     }
 
-    /// Closes every connection and stops the background tasks.
+    /// Closes every connection and stops the workers and tasks.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        self.supervisor.stop(None);
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
@@ -242,11 +275,35 @@ impl Drop for Cluster {
 }
 
 /// What [`Cluster::new`] leaves for [`Cluster::start`]: the bound
-/// listener, the peer table and the owner task's channel.
+/// listener.
 pub(crate) struct Pending {
     bound: Option<Bound>,
-    table: peers::PeerTable<Connection>,
-    events: mpsc::UnboundedReceiver<Event>,
+}
+
+/// What a cluster receives from its node: narrow collaborators, never
+/// the node.
+pub(crate) struct Parts {
+    /// The membership its owner changes.
+    pub(crate) members: Arc<Members>,
+    /// The message name of each wire tag this node handles (for logs).
+    pub(crate) message_names: Arc<HashMap<u64, &'static str>>,
+    /// The node's call timeout.
+    pub(crate) call_timeout: Duration,
+    /// What serves the frames peers send (the node's router).
+    pub(crate) inbound: Arc<dyn Inbound>,
+}
+
+/// A peer table as `cfg` starts it for node `node`: the seeds to dial,
+/// and with a discovery, admission gated until it speaks.
+fn fresh_table(cfg: &ClusterConfig, node: &str) -> peers::PeerTable<Connection> {
+    let mut table = peers::PeerTable::new(node, cfg.max_connections_per_peer, cfg.heartbeat);
+    table.add_seeds(cfg.seeds.iter().map(String::as_str));
+    if cfg.discovery.is_some() {
+        // Gate admission from the start: nothing is a member before the
+        // discovery has said so.
+        table.on_discovered(std::iter::empty());
+    }
+    table
 }
 
 /// Binds the listener a cluster config asks for (before the node's first
@@ -270,51 +327,68 @@ pub(crate) fn advertised(cfg: &ClusterConfig, bound: Option<&Bound>) -> String {
 
 impl Cluster {
     /// The cluster side of the node `identity` names (its `addr` from
-    /// [`advertised`]), listening on `bound`, changing `members`. Nothing
-    /// runs until [`Cluster::start`].
+    /// [`advertised`]), listening on `bound`. Its workers exist from here
+    /// (the owner idles: nothing reaches it before [`Cluster::start`]).
+    /// Call within a runtime.
     pub(crate) fn new(
         cfg: ClusterConfig,
         identity: Identity,
         cookie: Cookie,
         bound: Option<Bound>,
-        members: Arc<Members>,
-        message_names: Arc<HashMap<u64, &'static str>>,
-        call_timeout: Duration,
-    ) -> (Self, Pending) {
+        parts: Parts,
+    ) -> (Arc<Self>, Pending) {
         let mut transport = TransportConfig::new(identity, cookie);
         transport.codec = cfg.codec;
         transport.handshake_timeout = cfg.handshake_timeout;
-        let (events, rx) = mpsc::unbounded_channel();
-        let mut table = peers::PeerTable::new(
-            &transport.identity.node,
-            cfg.max_connections_per_peer,
-            cfg.heartbeat,
-        );
-        table.add_seeds(cfg.seeds.iter().map(String::as_str));
-        if cfg.discovery.is_some() {
-            // Gate admission from the start: nothing is a member before the
-            // discovery has said so.
-            table.on_discovered(std::iter::empty());
-        }
-        let cluster = Cluster {
-            cfg,
-            transport,
+        let Parts {
             members,
             message_names,
             call_timeout,
-            view: ArcSwap::from_pointee(View::new()),
-            published: tokio::sync::watch::channel(()).0,
-            events,
-            stopped: AtomicBool::new(false),
-            leaving: AtomicBool::new(false),
-            tasks: Mutex::new(Vec::new()),
-        };
-        let pending = Pending {
-            bound,
-            table,
-            events: rx,
-        };
-        (cluster, pending)
+            inbound,
+        } = parts;
+        let cluster = Arc::new_cyclic(|me: &std::sync::Weak<Cluster>| {
+            // Unnamed actors: spawning fails only on a taken name.
+            #[allow(clippy::expect_used)]
+            let (supervisor, _) = ractor::ActorRuntime::spawn_instant(
+                None,
+                supervisor::Supervisor,
+                supervisor::SupervisorState {
+                    cluster: me.clone(),
+                    inbound: inbound.clone(),
+                    heartbeat: None,
+                },
+            )
+            .expect("an unnamed actor spawns");
+            let table = fresh_table(&cfg, &transport.identity.node);
+            #[allow(clippy::expect_used)]
+            let (owner, _) = ractor::ActorRuntime::spawn_linked_instant(
+                None,
+                owner::Owner,
+                owner::OwnerState {
+                    cluster: me.clone(),
+                    table,
+                    inbound,
+                },
+                supervisor.get_cell(),
+            )
+            .expect("an unnamed actor spawns");
+            Cluster {
+                cfg,
+                transport,
+                members,
+                message_names,
+                call_timeout,
+                view: ArcSwap::from_pointee(View::new()),
+                published: tokio::sync::watch::channel(()).0,
+                owner: ArcSwap::from_pointee(owner),
+                supervisor,
+                rediscover: Arc::new(tokio::sync::Notify::new()),
+                stopped: AtomicBool::new(false),
+                leaving: AtomicBool::new(false),
+                tasks: Mutex::new(Vec::new()),
+            }
+        });
+        (cluster, Pending { bound })
     }
 
     /// This node's id.
@@ -347,12 +421,9 @@ impl Cluster {
         pending: Pending,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), StartError> {
-        let Pending {
-            bound,
-            table,
-            events,
-        } = pending;
-        let listening = bound.map(|b| b.serve(self.transport.clone(), inbound.clone()));
+        let listening = pending
+            .bound
+            .map(|b| b.serve(self.transport.clone(), inbound));
         // The sidecar forwards to the listener: start it once that is
         // serving, before registering and dialing.
         #[cfg(feature = "sidecar")]
@@ -368,12 +439,10 @@ impl Cluster {
                 })?;
         }
         let weak = Arc::downgrade(self);
-        let mut tasks = vec![tokio::spawn(owner::run(
-            weak.clone(),
-            table,
-            events,
-            inbound.clone(),
-        ))];
+        // Dial the seeds at once, and beat.
+        self.send(Event::Tick);
+        let _ = self.supervisor.cast(supervisor::SupervisorMsg::Start);
+        let mut tasks = Vec::new();
         if let Some(mut l) = listening {
             let weak = weak.clone();
             tasks.push(tokio::spawn(async move {
@@ -388,7 +457,6 @@ impl Cluster {
                 }
             }));
         }
-        tasks.push(tokio::spawn(heartbeat::run(weak.clone())));
         #[cfg(feature = "sidecar")]
         if let Some(sidecar) = self.sidecar() {
             // An upstream going live (or moving) is news for the peer
@@ -424,7 +492,7 @@ impl Cluster {
                 }
                 return Err(e);
             }
-            let follow = tokio::spawn(follow::run(weak, rx));
+            let follow = tokio::spawn(follow::run(weak, rx, self.rediscover.clone()));
             lock(&self.tasks).push(follow);
         }
         Ok(())

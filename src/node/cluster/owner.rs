@@ -1,19 +1,20 @@
-//! The owner task: the one place the peer table changes.
+//! The owner: the one place the peer table changes, a ractor actor.
 //!
-//! Every change arrives as an [`Event`] on one channel and is applied in
-//! order: the table decides (sans-IO), this task carries it out (closes
+//! Every change arrives as an [`Event`] in its mailbox and is applied in
+//! order: the table decides (sans-IO), the actor carries it out (closes
 //! refused connections, updates the membership, starts dials) and then
-//! publishes the view that calls read. A dial runs on its own task and
-//! reports back with an event.
+//! publishes the view that calls read (calls never message the owner:
+//! they read that view). A dial runs on its own task and reports back
+//! with an event.
 //!
 //! Drop contract: an event that carries a connection closes it when
-//! dropped unapplied (the task was stopped, or the channel is gone), so a
-//! connection that completes its handshake during `stop` is never left
+//! dropped unapplied (the actor was stopped, or its mailbox is gone), so
+//! a connection that completes its handshake during `stop` is never left
 //! open unowned.
 
 use std::sync::{Arc, Weak};
 
-use tokio::sync::mpsc;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::peers::{Admission, DialKey, PeerTable};
 use super::{Cluster, View};
@@ -44,6 +45,10 @@ pub(crate) enum Event {
     Left(String, u64, Ack),
     /// This node is leaving: dial nothing more.
     Leaving,
+    /// Fail (a panic), to test the supervision (`Node::crash_worker`,
+    /// hidden feature `internals`).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    Crash,
 }
 
 impl Event {
@@ -69,30 +74,46 @@ impl Drop for Owned {
     }
 }
 
-/// Runs until the cluster is gone or stops.
-pub(super) async fn run(
-    weak: Weak<Cluster>,
-    mut table: PeerTable<Connection>,
-    mut events: mpsc::UnboundedReceiver<Event>,
-    inbound: Arc<dyn Inbound>,
-) {
-    // Dial the seeds at once.
-    let mut next = Some(Event::Tick);
-    loop {
-        let event = match next.take() {
-            Some(e) => e,
-            None => match events.recv().await {
-                Some(e) => e,
-                None => return,
-            },
+/// The peer-table owner, a ractor actor (see the supervision in
+/// [`super::supervisor`]): its mailbox is the event channel, its state the
+/// table. It ends when its cluster is gone or stops.
+pub(super) struct Owner;
+
+/// The owner's state, and its arguments.
+pub(super) struct OwnerState {
+    pub(super) cluster: Weak<Cluster>,
+    pub(super) table: PeerTable<Connection>,
+    pub(super) inbound: Arc<dyn Inbound>,
+}
+
+impl Actor for Owner {
+    type Msg = Event;
+    type State = OwnerState;
+    type Arguments = OwnerState;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Event>,
+        state: OwnerState,
+    ) -> Result<OwnerState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Event>,
+        event: Event,
+        st: &mut OwnerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(cluster) = st.cluster.upgrade() else {
+            myself.stop(None);
+            return Ok(());
         };
-        let Some(cluster) = weak.upgrade() else {
-            return;
-        };
-        let joined = apply(&cluster, &mut table, event);
+        let joined = apply(&cluster, &mut st.table, event);
         // Publish, then look at `stopped`: `stop` sets it, then swaps the
         // view out; one of the two sees the other's work.
-        let view: View = table
+        let view: View = st
+            .table
             .connections()
             .map(|(n, c)| (n.to_owned(), c.to_vec()))
             .collect();
@@ -114,15 +135,29 @@ pub(super) async fn run(
             }
         }
         if cluster.is_stopped() {
-            for c in table.drain() {
+            for c in st.table.drain() {
                 c.close();
             }
             cluster.view.store(Arc::new(View::new()));
-            return;
+            myself.stop(None);
+            return Ok(());
         }
-        for (key, target) in table.due(tokio::time::Instant::now()) {
-            dial(&cluster, key, target, inbound.clone());
+        for (key, target) in st.table.due(tokio::time::Instant::now()) {
+            dial(&cluster, key, target, st.inbound.clone());
         }
+        Ok(())
+    }
+
+    /// Stopped (not killed): the connections it owns close.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Event>,
+        st: &mut OwnerState,
+    ) -> Result<(), ActorProcessingErr> {
+        for c in st.table.drain() {
+            c.close();
+        }
+        Ok(())
     }
 }
 
@@ -238,6 +273,7 @@ fn apply(
             ack.send();
         }
         Event::Leaving => table.set_leaving(),
+        Event::Crash => panic!("the peer-table owner was told to fail (a test)"),
     }
     joined
 }
