@@ -50,10 +50,13 @@
 //! crash would.
 
 use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::gate::{Gate, DRAINING};
@@ -83,11 +86,20 @@ pub(crate) enum Stop {
     Halt,
 }
 
-/// A running keeper.
-#[derive(Debug)]
+/// A keeper: a supervisor actor running one worker actor (see the
+/// [module docs](self)). Stopped by [`Keeper::leave`] or [`Keeper::halt`];
+/// dropping it halts it.
 pub(crate) struct Keeper {
     stop: watch::Sender<Stop>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    supervisor: ActorRef<SupMsg>,
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("stop", &*self.stop.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Who the keeper is in the store: its settings, its session's name and
@@ -100,90 +112,328 @@ pub(crate) struct Holder {
 }
 
 impl Keeper {
-    /// Starts a keeper holding the shards `wanted` names, woken by every
-    /// change `membership` sees (the node's membership; only the wake-up
-    /// matters here, so the keeper does not name the node's types). It
-    /// touches the store only once `begin` fires; if `begin`'s sender is
-    /// dropped instead (the node's start was refused), it ends without
-    /// having created anything.
+    /// A keeper holding the shards `wanted` names, woken by every change
+    /// `membership` sees (the node's membership; only the wake-up matters
+    /// here, so the keeper does not name the node's types). It touches
+    /// the store only from [`Keeper::begin`] (once the node's start
+    /// succeeded): a keeper dropped before that has created nothing.
+    /// Call within a runtime.
     pub(crate) fn start<M: Send + Sync + 'static>(
         wanted: Arc<dyn Wanted>,
         membership: watch::Receiver<M>,
         gate: Arc<Gate>,
         store: Arc<dyn LeaseStore>,
         holder: Holder,
-        begin: tokio::sync::oneshot::Receiver<()>,
     ) -> Keeper {
-        let Holder {
-            strong,
-            session_name,
-            lock_value,
-        } = holder;
         let (stop, stop_rx) = watch::channel(Stop::Run);
-        let shared = Arc::new(Shared {
-            lease: Mutex::new(Lease::new(strong.lease_config())),
-            gate,
-            store,
-            lost: Notify::new(),
-            created: Notify::new(),
-            failing: Mutex::new(None),
-        });
-        let (renewing, renew_stop) = watch::channel(false);
-        let k = Run {
-            shared: shared.clone(),
-            strong,
-            session_name,
-            lock_value,
+        let recipe = Recipe {
             wanted,
             membership,
+            gate,
+            store,
+            holder,
             stop: stop_rx,
-            renewing,
-            pending_unlock: Vec::new(),
-            refusals: HashMap::new(),
         };
-        let renew = tokio::spawn(renew_loop(shared, renew_stop));
-        // Nothing touches the store before `begin` (the node's start
-        // succeeded); a start refused drops it, and the keeper ends.
-        let main = tokio::spawn(async move {
-            if begin.await.is_err() {
-                let _ = k.renewing.send(true);
-                return;
-            }
-            k.run().await
-        });
-        Keeper {
-            stop,
-            tasks: Mutex::new(vec![main, renew]),
-        }
+        // Unnamed actors: spawning fails only on a taken name.
+        #[allow(clippy::expect_used)]
+        let (supervisor, _) = ractor::ActorRuntime::spawn_instant(
+            None,
+            KeeperSupervisor(PhantomData),
+            SupState {
+                recipe,
+                worker: None,
+            },
+        )
+        .expect("an unnamed actor spawns");
+        Keeper { stop, supervisor }
+    }
+
+    /// Starts the worker: from here the keeper creates its session and
+    /// locks shards.
+    pub(crate) fn begin(&self) {
+        let _ = self.supervisor.cast(SupMsg::Begin);
     }
 
     /// Releases every lock, destroys the session, and waits for the end
     /// (bounded by `limit`).
     pub(crate) async fn leave(&self, limit: Duration) {
         self.stop.send_replace(Stop::Leave);
-        let tasks = std::mem::take(&mut *lock(&self.tasks));
-        let all = async {
-            for t in tasks {
-                let _ = t.await;
-            }
-        };
-        if tokio::time::timeout(limit, all).await.is_err() {
+        let (done, left) = oneshot::channel();
+        if self.supervisor.cast(SupMsg::Leave(done)).is_ok()
+            && tokio::time::timeout(limit, left).await.is_err()
+        {
             tracing::warn!("strong mode: releasing the leases took longer than {limit:?}");
         }
+        self.supervisor.kill();
     }
 
     /// Ends the keeper at once, leaving the session to expire.
     pub(crate) fn halt(&self) {
         self.stop.send_replace(Stop::Halt);
-        for t in std::mem::take(&mut *lock(&self.tasks)) {
-            t.abort();
-        }
+        self.supervisor.kill();
+    }
+
+    /// Makes the worker fail (a panic), to test the supervision.
+    #[cfg(test)]
+    fn crash(&self) {
+        let _ = self.supervisor.cast(SupMsg::Crash);
     }
 }
 
 impl Drop for Keeper {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// What the keeper's supervisor is told.
+enum SupMsg {
+    /// The node started: run the first worker.
+    Begin,
+    /// Release everything and end; answered once done.
+    Leave(oneshot::Sender<()>),
+    /// Make the worker fail (tests).
+    #[cfg(test)]
+    Crash,
+}
+
+/// What the worker is told.
+enum WorkMsg {
+    /// Something changed (the membership, a drained shard, a lost session,
+    /// a timer): a pass.
+    Wake,
+    /// Release everything, destroy the session, end; answered once done.
+    Leave(oneshot::Sender<()>),
+    /// Fail (tests).
+    #[cfg(test)]
+    Crash,
+}
+
+/// What a worker is built from: the supervisor keeps it to start a fresh
+/// worker after a failure.
+struct Recipe<M> {
+    wanted: Arc<dyn Wanted>,
+    membership: watch::Receiver<M>,
+    gate: Arc<Gate>,
+    store: Arc<dyn LeaseStore>,
+    holder: Holder,
+    stop: watch::Receiver<Stop>,
+}
+
+impl<M> Recipe<M> {
+    /// A worker's state, with a fresh session book.
+    fn run(&self) -> Run<M> {
+        let strong = self.holder.strong;
+        Run {
+            shared: Arc::new(Shared {
+                lease: Mutex::new(Lease::new(strong.lease_config())),
+                gate: self.gate.clone(),
+                store: self.store.clone(),
+                lost: Notify::new(),
+                created: Notify::new(),
+                failing: Mutex::new(None),
+            }),
+            strong,
+            session_name: self.holder.session_name.clone(),
+            lock_value: self.holder.lock_value.clone(),
+            wanted: self.wanted.clone(),
+            membership: self.membership.clone(),
+            stop: self.stop.clone(),
+            renewing: watch::channel(false).0,
+            pending_unlock: Vec::new(),
+            refusals: HashMap::new(),
+            failures: 0,
+            woken: Arc::new(AtomicBool::new(false)),
+            timer: None,
+            tasks: Tasks(Vec::new()),
+        }
+    }
+}
+
+/// The keeper's supervisor. Policy: a worker that **fails** (a panic)
+/// leaves a session whose book is lost. Every shard is cleared at once
+/// (its activations end without their hooks, as on a lost session), the
+/// failed worker's session is destroyed (its locks are released now; if
+/// the store fails, they expire with its TTL, the renewing having ended
+/// with the worker), and a fresh worker starts with a new session. A
+/// worker that **stops** (after a leave) ends the supervisor.
+struct KeeperSupervisor<M>(PhantomData<fn() -> M>);
+
+struct SupState<M> {
+    recipe: Recipe<M>,
+    worker: Option<ActorRef<WorkMsg>>,
+}
+
+impl<M: Send + Sync + 'static> KeeperSupervisor<M> {
+    async fn start_worker(
+        myself: &ActorRef<SupMsg>,
+        st: &mut SupState<M>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (worker, _) = Actor::spawn_linked(
+            None,
+            Worker(PhantomData),
+            st.recipe.run(),
+            myself.get_cell(),
+        )
+        .await?;
+        st.worker = Some(worker);
+        Ok(())
+    }
+}
+
+impl<M: Send + Sync + 'static> Actor for KeeperSupervisor<M> {
+    type Msg = SupMsg;
+    type State = SupState<M>;
+    type Arguments = SupState<M>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        st: SupState<M>,
+    ) -> Result<SupState<M>, ActorProcessingErr> {
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState<M>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::Begin if st.worker.is_none() => Self::start_worker(&myself, st).await?,
+            SupMsg::Begin => {}
+            SupMsg::Leave(done) => match &st.worker {
+                Some(w) => {
+                    if let Err(ractor::MessagingErr::SendErr(WorkMsg::Leave(done))) =
+                        w.cast(WorkMsg::Leave(done))
+                    {
+                        let _ = done.send(());
+                    }
+                }
+                None => {
+                    let _ = done.send(());
+                }
+            },
+            #[cfg(test)]
+            SupMsg::Crash => {
+                if let Some(w) = &st.worker {
+                    let _ = w.cast(WorkMsg::Crash);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        event: SupervisionEvent,
+        st: &mut SupState<M>,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(_, err) if *st.recipe.stop.borrow() == Stop::Run => {
+                let gate = &st.recipe.gate;
+                let session = gate.session();
+                gate.set_session(None);
+                let lost = gate.clear();
+                tracing::error!(
+                    shards = lost,
+                    "strong mode: the lease keeper failed ({err}): every shard is lost and its activations end; starting a fresh keeper with a new session"
+                );
+                if let Some(id) = session {
+                    if let Err(e) = st.recipe.store.destroy(&id).await {
+                        tracing::warn!(session = %id, "strong mode: cannot destroy the failed keeper's session ({e}): its locks expire with its TTL");
+                    }
+                }
+                Self::start_worker(&myself, st).await?;
+            }
+            SupervisionEvent::ActorFailed(..) | SupervisionEvent::ActorTerminated(..) => {
+                myself.stop(None);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The worker: the main loop of the [module docs](self) as an actor, one
+/// pass per wake-up; the renew task and the wake-up task are its own
+/// (they end with it).
+struct Worker<M>(PhantomData<fn() -> M>);
+
+impl<M: Send + Sync + 'static> Actor for Worker<M> {
+    type Msg = WorkMsg;
+    type State = Run<M>;
+    type Arguments = Run<M>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkMsg>,
+        mut run: Run<M>,
+    ) -> Result<Run<M>, ActorProcessingErr> {
+        let renew = tokio::spawn(renew_loop(run.shared.clone(), run.renewing.subscribe()));
+        let waker = tokio::spawn(wake_on_changes(
+            myself.clone(),
+            run.membership.clone(),
+            run.shared.clone(),
+            run.woken.clone(),
+        ));
+        run.tasks = Tasks(vec![renew, waker]);
+        run.woken.store(true, Ordering::Release);
+        let _ = myself.cast(WorkMsg::Wake);
+        Ok(run)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkMsg>,
+        msg: WorkMsg,
+        run: &mut Run<M>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkMsg::Wake => run.pass(&myself).await,
+            WorkMsg::Leave(done) => {
+                run.release_all().await;
+                run.renewing.send_replace(true);
+                let _ = done.send(());
+                myself.stop(None);
+            }
+            #[cfg(test)]
+            WorkMsg::Crash => panic!("the lease keeper was told to fail (a test)"),
+        }
+        Ok(())
+    }
+}
+
+/// Tells the worker about every membership change, drained shard and
+/// lost session (step 3 of the module docs); one wake-up queued at most.
+async fn wake_on_changes<M>(
+    worker: ActorRef<WorkMsg>,
+    mut membership: watch::Receiver<M>,
+    shared: Arc<Shared>,
+    woken: Arc<AtomicBool>,
+) {
+    loop {
+        tokio::select! {
+            changed = membership.changed() => if changed.is_err() { return },
+            _ = shared.gate.drained.notified() => {}
+            _ = shared.lost.notified() => {}
+        }
+        if !woken.swap(true, Ordering::AcqRel) && worker.cast(WorkMsg::Wake).is_err() {
+            return;
+        }
+    }
+}
+
+/// Tasks that end with their owner.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
 }
 
@@ -238,7 +488,7 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let (Some(id), Some(due)) = (id, due) else {
             tokio::select! {
                 _ = created => {}
-                _ = stop.changed() => {}
+                r = stop.changed() => if r.is_err() { return },
             }
             continue;
         };
@@ -246,7 +496,7 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
                 _ = created => continue,
-                _ = stop.changed() => continue,
+                r = stop.changed() => if r.is_err() { return } else { continue },
             }
         }
         // Both clocks read *before* sending: the deadline counts from here.
@@ -297,82 +547,75 @@ struct Run<M> {
     pending_unlock: Vec<String>,
     /// Keys wanted and refused: how many times in a row.
     refusals: HashMap<Key, u32>,
+    /// Session creations failed in a row (their backoff).
+    failures: u32,
+    /// A wake-up is queued (the wake-up task queues one at most).
+    woken: Arc<AtomicBool>,
+    /// The next retry, if one is due.
+    timer: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<WorkMsg>>>>,
+    /// The renew task and the wake-up task.
+    tasks: Tasks,
 }
 
 impl<M: Send + Sync + 'static> Run<M> {
-    async fn run(mut self) {
-        let mut failures = 0u32;
-        loop {
-            if *self.stop.borrow() != Stop::Run {
-                break;
-            }
-            if self.shared.session().is_none() {
-                let (sent, at) = (self.shared.gate.now(), Instant::now());
-                let created = self
-                    .shared
-                    .store
-                    .create_session(&self.session_name, self.strong.ttl, self.strong.lock_delay)
-                    .await;
-                match created {
-                    Ok(id) => {
-                        failures = 0;
-                        *lock(&self.shared.failing) = None;
-                        tracing::info!(session = %id, "strong mode: lease session created");
-                        self.pending_unlock.clear();
-                        {
-                            let mut lease = lock(&self.shared.lease);
-                            lease.session_created(id.clone(), sent, at);
-                            self.shared.gate.set_session(Some(Arc::new(id)));
-                            self.shared.gate.set_deadline(lease.deadline());
-                        }
-                        self.shared.created.notify_one();
+    /// One turn of the module docs' main loop: the session, then a
+    /// reconcile; a retry is scheduled while something is pending.
+    async fn pass(&mut self, myself: &ActorRef<WorkMsg>) {
+        self.woken.store(false, Ordering::Release);
+        if *self.stop.borrow() != Stop::Run {
+            return;
+        }
+        if self.shared.session().is_none() {
+            let (sent, at) = (self.shared.gate.now(), Instant::now());
+            let created = self
+                .shared
+                .store
+                .create_session(&self.session_name, self.strong.ttl, self.strong.lock_delay)
+                .await;
+            match created {
+                Ok(id) => {
+                    self.failures = 0;
+                    *lock(&self.shared.failing) = None;
+                    tracing::info!(session = %id, "strong mode: lease session created");
+                    self.pending_unlock.clear();
+                    {
+                        let mut lease = lock(&self.shared.lease);
+                        lease.session_created(id.clone(), sent, at);
+                        self.shared.gate.set_session(Some(Arc::new(id)));
+                        self.shared.gate.set_deadline(lease.deadline());
                     }
-                    Err(e) => {
-                        self.shared
-                            .log_failure("cannot create the lease session", &e);
-                        failures += 1;
-                        let wait = crate::util::backoff(
-                            self.strong.retry,
-                            failures,
-                            self.strong.ttl.mul_f64(self.strong.time_scale),
-                        );
-                        if self.wait(Some(Instant::now() + wait)).await {
-                            break;
-                        }
-                        continue;
-                    }
+                    self.shared.created.notify_one();
+                }
+                Err(e) => {
+                    self.shared
+                        .log_failure("cannot create the lease session", &e);
+                    self.failures += 1;
+                    let wait = crate::util::backoff(
+                        self.strong.retry,
+                        self.failures,
+                        self.strong.ttl.mul_f64(self.strong.time_scale),
+                    );
+                    self.retry_in(myself, wait);
+                    return;
                 }
             }
-            let pending = self.reconcile().await;
-            self.shared.gate.publish();
-            let next = pending.then(|| Instant::now() + self.strong.retry);
-            if self.wait(next).await {
-                break;
-            }
         }
-        if *self.stop.borrow() == Stop::Leave {
-            self.release_all().await;
+        // This pass reads the table as it is now: a change from here on
+        // ends it early (`reconcile`) and wakes a new one.
+        self.membership.borrow_and_update();
+        let pending = self.reconcile().await;
+        self.shared.gate.publish();
+        if pending {
+            self.retry_in(myself, self.strong.retry);
         }
-        self.renewing.send_replace(true);
     }
 
-    /// Waits for `until`, a membership change, a drained shard, a lost
-    /// session or a stop; true on a stop.
-    async fn wait(&mut self, until: Option<Instant>) -> bool {
-        let sleep = async {
-            match until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = sleep => {}
-            _ = self.membership.changed() => {}
-            _ = self.shared.gate.drained.notified() => {}
-            _ = self.shared.lost.notified() => {}
-            _ = self.stop.changed() => {}
+    /// Schedules a pass in `wait` (replacing a retry already scheduled).
+    fn retry_in(&mut self, myself: &ActorRef<WorkMsg>, wait: Duration) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
         }
-        *self.stop.borrow() != Stop::Run
+        self.timer = Some(myself.send_after(wait, || WorkMsg::Wake));
     }
 
     /// One pass over every shard; true if something is left to retry.
@@ -728,7 +971,6 @@ mod tests {
                 "mesh/test/own".into(),
                 &[(KEY, capability_key("bank"), "bank/Account".into())],
             ));
-            let (go, begin) = tokio::sync::oneshot::channel();
             let keeper = Keeper::start(
                 Arc::new(View(table.clone())),
                 rx,
@@ -739,9 +981,8 @@ mod tests {
                     session_name: name.into(),
                     lock_value: Vec::new(),
                 },
-                begin,
             );
-            let _ = go.send(());
+            keeper.begin();
             Member {
                 table,
                 changes,
@@ -813,12 +1054,20 @@ mod tests {
     /// Issue 24, point 8: a handoff between two live nodes must not wait
     /// behind a pass over a crashed node's keys (refused until its session
     /// expires; here never).
-    /// A node whose start is refused after its keeper was built drops
-    /// `begin`: the keeper ends without a session or a lock (a refused
-    /// start leaves nothing in the store). Fails if the keeper ran anyway
-    /// (a session) or never ended (the wait times out on the paused clock).
+    /// Waits on the paused clock until `f` holds, at most `limit`.
+    async fn within(limit: Duration, f: impl Fn() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < limit, "not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A node whose start is refused after its keeper was built drops it
+    /// before `begin`: nothing reaches the store. Fails if the keeper ran
+    /// anyway (a session or a lock).
     #[tokio::test(start_paused = true)]
-    async fn a_keeper_that_never_begins_touches_nothing_and_ends() {
+    async fn a_keeper_that_never_begins_touches_nothing() {
         let store = Arc::new(Mem::default());
         let (_changes, rx) = watch::channel(());
         let table = Arc::new(Mutex::new((table_with(&["a"], "a", &Rendezvous), false)));
@@ -826,7 +1075,6 @@ mod tests {
             "mesh/test/own".into(),
             &[(KEY, capability_key("bank"), "bank/Account".into())],
         ));
-        let (go, begin) = tokio::sync::oneshot::channel::<()>();
         let keeper = Keeper::start(
             Arc::new(View(table)),
             rx,
@@ -837,18 +1085,39 @@ mod tests {
                 session_name: "a".into(),
                 lock_value: Vec::new(),
             },
-            begin,
         );
-        drop(go);
-        let tasks: Vec<_> = lock(&keeper.tasks).drain(..).collect();
-        for t in tasks {
-            tokio::time::timeout(Duration::from_secs(60), t)
-                .await
-                .expect("the keeper ended")
-                .expect("the task did not panic");
-        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        drop(keeper);
+        tokio::time::sleep(Duration::from_secs(5)).await;
         let st = lock(&store.0);
         assert!(st.sessions.is_empty() && st.held.is_empty());
+    }
+
+    /// The worker is a supervised actor: when it fails, every shard is
+    /// cleared at once, its session destroyed, and a fresh worker locks
+    /// the shards again under a new session. Fails without the restart
+    /// (nothing is held again) or without the destroy (the old session
+    /// keeps its locks in this store, which never expires sessions, so
+    /// the new one is refused).
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_keeper_is_replaced_by_a_fresh_session_that_holds_the_shards() {
+        let store = Arc::new(Mem::default());
+        let a = Member::start(&store, "a", &["a"]);
+        let all = SHARDS;
+        let held = |store: &Mem| lock(&store.0).held.len();
+        within(Duration::from_secs(30), || held(&store) == all).await;
+        let first = a.gate.session().expect("a session");
+        a.keeper.crash();
+        within(Duration::from_secs(30), || {
+            a.gate.session().is_some_and(|s| s != first) && held(&store) == all
+        })
+        .await;
+        let st = lock(&store.0);
+        assert!(
+            !st.sessions.contains(&*first),
+            "the failed worker's session is destroyed"
+        );
+        assert!(st.held.values().all(|(s, _)| *s != *first));
     }
 
     #[tokio::test(start_paused = true)]

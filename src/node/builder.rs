@@ -648,14 +648,6 @@ impl NodeBuilder {
                 .flat_map(|a| a.messages.iter().copied())
                 .collect(),
         );
-        let keeper_begin = self
-            .strong
-            .is_some()
-            .then(tokio::sync::oneshot::channel::<()>);
-        let (go, begin) = match keeper_begin {
-            Some((go, begin)) => (Some(go), Some(begin)),
-            None => (None, None),
-        };
         let mut first = None;
         let mut pending = None;
         // The node is built bottom-up from its parts, in one expression:
@@ -708,8 +700,8 @@ impl NodeBuilder {
                 }
                 _ => None,
             };
-            let keeper = match (&self.strong, &gate, store, begin) {
-                (Some(strong), Some(gate), Some(store), Some(begin)) => {
+            let keeper = match (&self.strong, &gate, store) {
+                (Some(strong), Some(gate), Some(store)) => {
                     let session = format!("mesh/{id}/{incarnation}");
                     let value = serde_json::to_vec(&serde_json::json!({
                         "node": &*id,
@@ -729,7 +721,6 @@ impl NodeBuilder {
                             session_name: session,
                             lock_value: value,
                         },
-                        begin,
                     ))
                 }
                 _ => None,
@@ -778,8 +769,8 @@ impl NodeBuilder {
                 return Err(e);
             }
         }
-        if let Some(go) = go {
-            let _ = go.send(());
+        if let Some(keeper) = &inner.keeper {
+            keeper.begin();
         }
         for (_, _, acts) in &inner.catalog.actors {
             acts.start();
