@@ -77,9 +77,10 @@ for tls in tls consul full; do
 done
 [ -z "$(providers)" ] \
   || fail "the default build of mesh links '$(providers)': the lean default must compile no TLS"
-# Nor the Consul adapter's or the sidecars' dependencies.
+# Nor the Consul adapter's or the sidecars' dependencies. (ractor is in
+# every build: the node's long-lived workers are ractor actors.)
 heavy="$(cargo tree --locked -e normal -p mesh --prefix none \
-  | { grep -oE '^(reqwest|hyper|rustls|tokio-rustls|rustls-webpki|ractor|base64) ' || true; } \
+  | { grep -oE '^(reqwest|hyper|rustls|tokio-rustls|rustls-webpki|base64) ' || true; } \
   | sort -u | tr -d ' ' | paste -sd, -)"
 [ -z "$heavy" ] || fail "the default build of mesh pulls $heavy: keep the default lean (features consul, tls, ...)"
 

@@ -38,10 +38,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 use super::SidecarError;
 use crate::util::BoxFuture;
@@ -208,7 +208,7 @@ pub(crate) struct Supervisor {
     name: &'static str,
     status: watch::Receiver<Status>,
     stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    actor: ActorRef<SupMsg>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -224,6 +224,9 @@ impl std::fmt::Debug for Supervisor {
 type Tail = Arc<Mutex<VecDeque<String>>>;
 const TAIL: usize = 20;
 
+/// The answer to the first start.
+type First = oneshot::Sender<Result<(), SidecarError>>;
+
 impl Supervisor {
     /// Starts `spec`'s program and waits for its first readiness.
     pub(crate) async fn start(spec: Spec) -> Result<Supervisor, SidecarError> {
@@ -231,22 +234,47 @@ impl Supervisor {
         let (stop, stop_rx) = watch::channel(false);
         let (first_tx, first_rx) = oneshot::channel();
         let name = spec.name;
-        let task = tokio::spawn(run(spec, status_tx, stop_rx, first_tx));
+        let started = Actor::spawn(
+            None,
+            ProcessSupervisor,
+            SupState {
+                delay: spec.restart.min,
+                spec: Arc::new(spec),
+                status: Arc::new(status_tx),
+                stop: stop_rx,
+                first: Some(first_tx),
+                running: false,
+                timer: None,
+            },
+        )
+        .await;
+        let actor = match started {
+            Ok((actor, _)) => actor,
+            Err(e) => {
+                return Err(SidecarError::Process {
+                    sidecar: name,
+                    reason: format!("cannot start its supervisor: {e}"),
+                })
+            }
+        };
         match first_rx.await {
             Ok(Ok(())) => Ok(Supervisor {
                 name,
                 status,
                 stop,
-                task: Mutex::new(Some(task)),
+                actor,
             }),
             Ok(Err(e)) => {
-                let _ = task.await;
+                let _ = actor.wait(None).await;
                 Err(e)
             }
-            Err(_) => Err(SidecarError::Process {
-                sidecar: name,
-                reason: "the supervision task ended before the first start".into(),
-            }),
+            Err(_) => {
+                actor.kill();
+                Err(SidecarError::Process {
+                    sidecar: name,
+                    reason: "the supervision ended before the first start".into(),
+                })
+            }
         }
     }
 
@@ -264,67 +292,232 @@ impl Supervisor {
     /// returns once the process is gone. Idempotent.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        let _ = self.actor.cast(SupMsg::Stop);
+        let _ = self.actor.wait(None).await;
     }
 }
 
 impl Drop for Supervisor {
+    /// Kills the actors at once; the child is `kill_on_drop`, so the
+    /// process gets SIGKILL.
     fn drop(&mut self) {
-        // The child is `kill_on_drop`: aborting the task kills it.
-        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            task.abort();
-        }
+        self.actor.kill();
     }
 }
 
-async fn run(
-    spec: Spec,
-    status: watch::Sender<Status>,
-    mut stop: watch::Receiver<bool>,
-    first: oneshot::Sender<Result<(), SidecarError>>,
-) {
-    let mut first = Some(first);
-    let mut delay = spec.restart.min;
-    loop {
-        let tail: Tail = Arc::default();
-        let started = tokio::time::Instant::now();
-        let outcome = run_once(&spec, &status, &mut stop, &tail, &mut first).await;
-        status.send_modify(|s| s.pid = None);
-        match outcome {
-            Once::Stopped => break,
-            Once::Failed(e) => {
-                if let Some(first) = first.take() {
-                    let _ = first.send(Err(e));
-                    break;
+/// What the process supervisor is told.
+enum SupMsg {
+    /// Start a run (sent to itself, after the backoff).
+    Run,
+    /// `Supervisor::stop`: end now if no run is going (a run ends itself
+    /// on the stop flag, gracefully).
+    Stop,
+}
+
+/// The process supervisor: one child actor per run of the process
+/// ([`ProcessRun`]); it restarts the process with a backoff when a run
+/// ends, whether the process exited or the run itself failed (a panic in
+/// mesh's code: the child is dropped and `kill_on_drop` kills it).
+struct ProcessSupervisor;
+
+struct SupState {
+    spec: Arc<Spec>,
+    status: Arc<watch::Sender<Status>>,
+    stop: watch::Receiver<bool>,
+    /// Answered by the first run (ready, or why not).
+    first: Option<First>,
+    delay: Duration,
+    /// A run is going.
+    running: bool,
+    /// The next run, if one is due.
+    timer: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<SupMsg>>>>,
+}
+
+impl SupState {
+    fn finish(&mut self, myself: &ActorRef<SupMsg>) {
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+        self.status.send_modify(|s| {
+            s.pid = None;
+            s.stopped = true;
+        });
+        myself.stop(None);
+    }
+}
+
+impl Actor for ProcessSupervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = SupState;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        st: SupState,
+    ) -> Result<SupState, ActorProcessingErr> {
+        let _ = myself.cast(SupMsg::Run);
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if *st.stop.borrow() {
+            if !st.running {
+                st.finish(&myself);
+            }
+            return Ok(());
+        }
+        if let (SupMsg::Run, false) = (msg, st.running) {
+            Actor::spawn_linked(
+                None,
+                ProcessRun,
+                RunState {
+                    spec: st.spec.clone(),
+                    status: st.status.clone(),
+                    stop: st.stop.clone(),
+                    first: st.first.take(),
+                    started: tokio::time::Instant::now(),
+                    outcome: None,
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            st.running = true;
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        event: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (outcome, ran) = match event {
+            SupervisionEvent::ActorTerminated(_, Some(mut state), _) => {
+                match state.take::<RunState>() {
+                    Ok(run) => {
+                        if let Some(first) = run.first {
+                            st.first = Some(first);
+                        }
+                        (
+                            run.outcome
+                                .unwrap_or(Once::Exited("ended without an outcome".into())),
+                            run.started.elapsed(),
+                        )
+                    }
+                    Err(_) => (
+                        Once::Exited("ended without an outcome".into()),
+                        Duration::ZERO,
+                    ),
                 }
-                tracing::warn!(target: "mesh::sidecar", sidecar = spec.name, "{e}");
-                status.send_modify(|s| s.last_exit = Some(e.to_string()));
+            }
+            SupervisionEvent::ActorTerminated(..) => (
+                Once::Exited("ended without an outcome".into()),
+                Duration::ZERO,
+            ),
+            SupervisionEvent::ActorFailed(_, err) => {
+                tracing::error!(target: "mesh::sidecar", sidecar = st.spec.name, "its supervision failed ({err}): the process was killed");
+                (
+                    Once::Exited(format!("supervision failed: {err}")),
+                    Duration::ZERO,
+                )
+            }
+            _ => return Ok(()),
+        };
+        st.running = false;
+        st.status.send_modify(|s| s.pid = None);
+        match outcome {
+            Once::Stopped => {
+                st.finish(&myself);
+                return Ok(());
+            }
+            Once::Failed(e) => {
+                if let Some(first) = st.first.take() {
+                    let _ = first.send(Err(e));
+                    st.finish(&myself);
+                    return Ok(());
+                }
+                tracing::warn!(target: "mesh::sidecar", sidecar = st.spec.name, "{e}");
+                st.status.send_modify(|s| s.last_exit = Some(e.to_string()));
             }
             Once::Exited(how) => {
-                status.send_modify(|s| s.last_exit = Some(how.clone()));
-                if started.elapsed() >= spec.restart.max {
-                    delay = spec.restart.min;
+                if let Some(first) = st.first.take() {
+                    // Failed before its first readiness (a panic).
+                    let _ = first.send(Err(SidecarError::Process {
+                        sidecar: st.spec.name,
+                        reason: how,
+                    }));
+                    st.finish(&myself);
+                    return Ok(());
+                }
+                st.status.send_modify(|s| s.last_exit = Some(how.clone()));
+                if ran >= st.spec.restart.max {
+                    st.delay = st.spec.restart.min;
                 }
                 tracing::warn!(
                     target: "mesh::sidecar",
-                    sidecar = spec.name,
-                    "exited ({how}); restarting in {delay:?}"
+                    sidecar = st.spec.name,
+                    "exited ({how}); restarting in {:?}",
+                    st.delay
                 );
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => break,
+        if *st.stop.borrow() {
+            st.finish(&myself);
+            return Ok(());
         }
-        delay = (delay * 2).min(spec.restart.max);
+        st.timer = Some(myself.send_after(st.delay, || SupMsg::Run));
+        st.delay = (st.delay * 2).min(st.spec.restart.max);
+        Ok(())
     }
-    status.send_modify(|s| {
-        s.pid = None;
-        s.stopped = true;
-    });
+}
+
+/// One run of the process, as a child actor of [`ProcessSupervisor`]:
+/// start, readiness, wait for the exit or the stop flag; its outcome goes
+/// back to the supervisor with its state.
+struct ProcessRun;
+
+struct RunState {
+    spec: Arc<Spec>,
+    status: Arc<watch::Sender<Status>>,
+    stop: watch::Receiver<bool>,
+    first: Option<First>,
+    started: tokio::time::Instant,
+    outcome: Option<Once>,
+}
+
+impl Actor for ProcessRun {
+    type Msg = ();
+    type State = RunState;
+    type Arguments = RunState;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        st: RunState,
+    ) -> Result<RunState, ActorProcessingErr> {
+        let _ = myself.cast(());
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<()>,
+        _: (),
+        st: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        let tail: Tail = Arc::default();
+        let outcome = run_once(&st.spec, &st.status, &mut st.stop, &tail, &mut st.first).await;
+        st.outcome = Some(outcome);
+        myself.stop(None);
+        Ok(())
+    }
 }
 
 enum Once {
@@ -529,5 +722,87 @@ async fn forward(
             }
             _ => tracing::trace!(target: "mesh::sidecar", sidecar = name, "{line}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A run is a supervised child actor: when it fails (here its
+    /// readiness probe panics, on the second run), its process is killed
+    /// with it and the supervisor starts another run after the backoff.
+    /// Fails if the failed run's process survives or no third run comes.
+    #[tokio::test]
+    async fn a_failed_run_kills_its_process_and_another_run_starts() {
+        let pids = Arc::new(Mutex::new(Vec::new()));
+        let seen = pids.clone();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let ready: Ready = Arc::new(move |pid| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            Box::pin(async move {
+                let mut pids = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+                drop(pids);
+                if run == 1 {
+                    panic!("the probe fails (a test)");
+                }
+                Ok(())
+            })
+        });
+        let spec = Spec {
+            name: "test",
+            program: "/bin/sleep".into(),
+            args: vec!["1000".into()],
+            env: Env::Only(Vec::new()),
+            install_hint: String::new(),
+            classify: |_, _| tracing::Level::INFO,
+            ready,
+            ready_timeout: Duration::from_secs(10),
+            restart: Restart {
+                min: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+            },
+            grace: Duration::from_secs(1),
+            die_with_node: false,
+        };
+        let sup = Supervisor::start(spec).await.expect("first run ready");
+        let first = sup.pid().expect("a pid");
+        signal(first, "KILL").await.expect("killed");
+        let mut status = sup.status();
+        tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| s.starts == 2))
+            .await
+            .expect("a third run became ready")
+            .expect("status");
+        let last = status.borrow().last_exit.clone().unwrap_or_default();
+        assert!(last.contains("supervision failed"), "{last}");
+        let pids = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(pids.len(), 3, "{pids:?}");
+        // The failed run's process is gone (or a zombie about to be reaped).
+        let failed = pids[1];
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{failed}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !gone() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the failed run's process was killed");
+        sup.stop().await;
+        assert!(sup.status().borrow().stopped);
+        assert_eq!(sup.pid(), None);
     }
 }
