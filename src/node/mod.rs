@@ -5,6 +5,17 @@
 //! [`crate::cast`] use, until it shuts down; `NodeBuilder::default_node(false)`
 //! opts out (several nodes in one test process call through explicit
 //! handles).
+//!
+//! The node is built bottom-up from parts that own their state, in one
+//! expression of `NodeBuilder::start` once every setting is checked and
+//! every port bound: the `Catalog` of activation tables and `Members`
+//! (the membership and routing table) in [`members`], the cluster in
+//! [`cluster`] (it receives `Members`, its call timeout and the router as
+//! its `Inbound`, never the node), the lease keeper, the admin server.
+//! Each part that runs tasks or actors holds its way back weakly and ends
+//! with its owner; nothing is wired in after construction. The node is
+//! what the parts serve: the activations' `Host`, the router's state, the
+//! admin endpoint's `Source`. Teardown is written once, in [`lifecycle`].
 
 #[cfg(feature = "admin")]
 mod admin;
