@@ -153,13 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let node = match sidecar(&args, &consul)? {
         None => builder.discovery(consul.clone()).start().await?,
-        Some(s) => {
-            builder
-                .discovery(s.clone())
-                .through_sidecar(s.sidecar())
-                .start()
-                .await?
-        }
+        Some(s) => builder.mesh(s).start().await?,
     };
     if let Some(local) = consul.local_sidecar() {
         println!(

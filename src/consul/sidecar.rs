@@ -227,6 +227,19 @@ impl std::fmt::Debug for ConsulSidecar {
     }
 }
 
+impl crate::NodeBuilder {
+    /// Joins the Consul service mesh through `mesh`, handed over once: the
+    /// node registers and discovers its peers through it (as
+    /// [`NodeBuilder::discovery`](crate::NodeBuilder::discovery)) and dials
+    /// them through its sidecar (as
+    /// [`NodeBuilder::through_sidecar`](crate::NodeBuilder::through_sidecar)
+    /// with [`ConsulSidecar::sidecar`]). Features `consul` and `sidecar`.
+    pub fn mesh(self, mesh: ConsulSidecar) -> Self {
+        let sidecar = mesh.sidecar();
+        self.discovery(mesh).through_sidecar(sidecar)
+    }
+}
+
 impl ConsulSidecar {
     fn with(consul: Consul, mode: Mode) -> Self {
         ConsulSidecar {

@@ -1,20 +1,20 @@
-//! The keeper: the tasks of a strong node that talk to the lease store.
+//! The keeper: what a strong node runs to talk to the lease store.
 //! They keep the session alive, lock the shards the routing table gives
 //! this node, hand off the ones it no longer owns, and publish all of it to
 //! the [`Gate`] the activations read.
 //!
-//! Two tasks share the session's book ([`Lease`], under a mutex never held
+//! A worker actor and its renew task share the session's book ([`Lease`], under a mutex never held
 //! across an await; the gate is written under it too, so a reply for a
 //! dead session can never publish a token):
 //!
 //! - **The renew task** renews every TTL / 4, the lease clocks
 //!   ([`super::clock`]) read *before* sending. A success moves the deadline (from the send time);
 //!   `SessionGone` clears every shard at once (the activations end without
-//!   their hooks) and wakes the main task to create a new session; any
+//!   their hooks) and wakes the worker to create a new session; any
 //!   other failure changes nothing, so the deadline lapses by itself. It
 //!   runs apart so that a long reconcile (thousands of shards to lock on a
 //!   slow store) never delays a renew.
-//! - **The main task**, per turn:
+//! - **The worker** (a ractor actor), one pass per wake-up:
 //!   1. **Session.** Without one, create it (backing off while the store
 //!      fails). The create's send time starts the deadline.
 //!   2. **Reconcile** with the routing table (and the leaving flag), read
@@ -40,9 +40,18 @@
 //!        once and starts a new one on the new table (a node that starts
 //!        alone and locks all 4096 shards does not go on locking the ones
 //!        the nodes joining meanwhile now own);
-//!   3. **Wait** for a membership change, a live count reaching zero, a
-//!      lost session, the retry timer (only while something is pending),
-//!      or a stop.
+//!   3. **Wake-ups**: a membership change, a live count reaching zero, a
+//!      lost session (each a message from the wake-up task, one queued at
+//!      most), the retry timer (only while something is pending).
+//!
+//! Supervision: the worker runs under the keeper's own supervisor
+//! ([`KeeperSupervisor`]). A worker that fails (a panic) has lost its
+//! book: every shard is cleared at once (its activations end without their
+//! hooks, as on a lost session), its session is destroyed (its locks
+//! released now, or by its TTL if the store fails: the renewing ended with
+//! the worker), and a fresh worker starts with a new session. Nothing
+//! reaches the store before [`Keeper::begin`] (the node's start
+//! succeeded).
 //!
 //! Stop: [`Stop::Leave`] unlocks what is held and destroys the session
 //! (called once the node's activations have ended; renews go on until
@@ -52,7 +61,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -63,6 +72,7 @@ use super::gate::{Gate, DRAINING};
 use super::store::{LeaseStore, LeaseStoreError};
 use super::{Lease, Strong};
 use crate::ring::{RoutingTable, SHARDS};
+use crate::util::lock;
 
 /// Refusals in a row after which a wanted key is no longer tried between
 /// the batches of a pass, only once per pass: about a second of retries.
@@ -437,10 +447,6 @@ impl Drop for Tasks {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 type Key = (u64, u16);
 
 /// What the two tasks share.
@@ -451,7 +457,7 @@ struct Shared {
     store: Arc<dyn LeaseStore>,
     /// The renew task found the session gone.
     lost: Notify,
-    /// The main task created a session.
+    /// The worker created a session.
     created: Notify,
     /// The last failure logged (logged once per change).
     failing: Mutex<Option<String>>,
@@ -532,7 +538,7 @@ async fn renew_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The main task.
+/// The worker's state (see [`Worker`]).
 struct Run<M> {
     shared: Arc<Shared>,
     strong: Strong,

@@ -201,8 +201,7 @@ async fn cluster(recheck: Duration) -> Cluster {
             .default_node(false)
             .heartbeat(Duration::from_millis(100), Duration::from_secs(2))
             .shutdown_timeout(Duration::from_secs(5))
-            .discovery(m.clone())
-            .through_sidecar(m.sidecar())
+            .mesh(m.clone())
             .start()
             .await
             .expect("node starts");
@@ -499,8 +498,7 @@ fn builder(name: &str, m: &ConsulSidecar) -> mesh::NodeBuilder {
         .capabilities(["game"])
         .actor::<Player>()
         .default_node(false)
-        .discovery(m.clone())
-        .through_sidecar(m.sidecar())
+        .mesh(m.clone())
 }
 
 #[tokio::test]
