@@ -30,9 +30,9 @@
 //!
 //! Cost: the call path never messages these actors. A call reads the
 //! view the owner publishes (an `ArcSwap` load), so ractor is off the
-//! call path (the local and cluster benchmarks' call figures are
-//! unchanged by it); each membership event costs the owner a boxed
-//! message and a select over its ports.
+//! call path (the local benchmark's call throughput is unchanged);
+//! each membership event costs the owner a boxed message and a select
+//! over its ports.
 
 use std::sync::{Arc, Weak};
 
