@@ -37,13 +37,13 @@ const RECHECK: Duration = Duration::from_millis(50);
 
 impl Leased<'_> {
     /// The hold of the activation `here`, if it is `leased` (strong
-    /// mode). Built where needed from the boxed [`Here`], so that nothing
-    /// of it lives in the activation's task.
-    pub(super) fn of(here: &Here, leased: bool) -> Option<Leased<'_>> {
+    /// mode). Built where needed from [`Here`], so that nothing of it
+    /// lives in the activation's task.
+    pub(super) fn of<'g>(here: &Here<'g>, leased: bool) -> Option<Leased<'g>> {
         if !leased {
             return None;
         }
-        let gate = here.host.gate()?;
+        let gate = here.shared.gate()?;
         let (shard, token) = here.ctx.lease();
         Some(Leased { gate, shard, token })
     }
@@ -62,7 +62,7 @@ impl Leased<'_> {
         &self,
         mb: &Mailbox<Envelope<A>>,
         batch: &mut VecDeque<Envelope<A>>,
-        host: &dyn super::Host,
+        shared: &super::Shared,
     ) -> bool {
         loop {
             let changed = self.gate.changed();
@@ -71,7 +71,7 @@ impl Leased<'_> {
             match self.check::<A>() {
                 Check::Go => return true,
                 Check::Lost => return false,
-                Check::Wait if host.is_shutting_down() => return false,
+                Check::Wait if shared.is_shutting_down() => return false,
                 Check::Wait => {}
             }
             let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
@@ -90,12 +90,12 @@ impl Leased<'_> {
 /// (A typed call from this process stays and waits for its deadline: it
 /// has no encoded form to forward.)
 pub(super) async fn enter<A: Handlers>(
-    here: &Here,
+    here: &Here<'_>,
     mb: &Mailbox<Envelope<A>>,
     batch: &mut VecDeque<Envelope<A>>,
 ) -> Option<u64> {
-    let (host, id) = (&here.host, here.ctx.id());
-    let gate = host.gate()?;
+    let (shared, id) = (here.shared, here.ctx.id());
+    let gate = shared.gate()?;
     let key = A::__ACTOR_KEY;
     let s = crate::ring::shard(id);
     loop {
@@ -105,13 +105,13 @@ pub(super) async fn enter<A: Handlers>(
         if let Some(token) = gate.enter(key, s) {
             return Some(token);
         }
-        if host.is_shutting_down() || mb.len() == 0 {
+        if shared.is_shutting_down() || mb.len() == 0 {
             return None;
         }
-        if !host.will_hold(key, A::__CAPABILITY_KEY, s) {
+        if !shared.will_hold(key, A::__CAPABILITY_KEY, s) {
             for env in mb.take_picked(|e| matches!(e, Envelope::Wire(_))) {
                 if let Envelope::Wire(call) = env {
-                    host.clone().reroute(id, *call);
+                    shared.reroute(id, *call);
                 }
             }
             if mb.len() == 0 {
@@ -125,7 +125,7 @@ pub(super) async fn enter<A: Handlers>(
 /// Strong mode, before a message: may it be handled now? (`Go` when the
 /// activation is not leased.)
 #[inline]
-pub(super) fn lease_check<A: Handlers>(here: &Here, leased: bool) -> Check {
+pub(super) fn lease_check<A: Handlers>(here: &Here<'_>, leased: bool) -> Check {
     match Leased::of(here, leased) {
         Some(l) => l.check::<A>(),
         None => Check::Go,
@@ -135,12 +135,12 @@ pub(super) fn lease_check<A: Handlers>(here: &Here, leased: bool) -> Check {
 /// Strong mode, before a message or the `on_deactivate` hook: waits
 /// until the lease holds (true) or is lost (false).
 pub(super) async fn still_leased<A: Handlers>(
-    here: &Here,
+    here: &Here<'_>,
     mb: &Mailbox<Envelope<A>>,
     batch: &mut VecDeque<Envelope<A>>,
 ) -> bool {
     match Leased::of(here, true) {
-        Some(l) => l.wait_valid::<A>(mb, batch, &*here.host).await,
+        Some(l) => l.wait_valid::<A>(mb, batch, here.shared).await,
         None => true,
     }
 }

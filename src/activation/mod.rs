@@ -37,31 +37,26 @@ use tokio::sync::Notify;
 pub(crate) use mailbox::{Mailbox, Push};
 
 use crate::actor::timer::{Delivery, Inbox};
-use crate::actor::{Ctx, ReplyTo};
+use crate::actor::{Ctx, NodeRef, ReplyTo};
 use crate::history::Phase;
 use crate::lease::gate::Gate;
 use crate::{Error, Handlers};
 
-/// What an activation needs from the node that hosts it. The node
-/// implements it; nothing in this module names the node. An activation
-/// task holds its host (the node lives while one runs); the tables hold
-/// it weakly.
+/// What an activation needs from the node that hosts it, beyond what
+/// [`Shared`] keeps (the gate, whether there is a history, the node's
+/// [`NodeRef`]). The node implements it; nothing in this module names the
+/// node. The tables hold it weakly and upgrade it only for what is rare
+/// (a history, strong mode's handoffs, the first activation).
 pub(crate) trait Host: Send + Sync + 'static {
-    /// The context a new activation of `id` (of actor type `actor`) hands
-    /// its handlers; its timers deliver to `inbox`.
-    fn context(self: Arc<Self>, id: Arc<str>, actor: &'static str, inbox: Weak<dyn Inbox>) -> Ctx;
+    /// The node as the contexts of its activations hold it (built once
+    /// and shared: see [`Shared`]).
+    fn node_ref(self: Arc<Self>) -> Arc<NodeRef>;
     /// Records an activation's start, dispatch or end, if the node keeps a
     /// history.
     fn record(&self, phase: Phase, actor: &'static str, id: &str, token: u64);
-    /// Whether the node keeps a history (one branch per message).
-    fn has_history(&self) -> bool;
-    /// Strong mode: the gate activations pass (see [`crate::lease`]).
-    fn gate(&self) -> Option<&Gate>;
     /// Strong mode: whether the node holds, or is about to lock, shard `s`
     /// of the actor type keyed `key` of capability `capability`.
     fn will_hold(&self, key: u64, capability: u64, s: u16) -> bool;
-    /// Whether the node is shutting down.
-    fn is_shutting_down(&self) -> bool;
     /// Strong mode: routes again an encoded call queued for an activation
     /// this node will not hold, to the owner the ring names now.
     fn reroute(self: Arc<Self>, id: &str, call: WireCall);
@@ -161,6 +156,12 @@ impl<A: Handlers> Envelope<A> {
 }
 
 /// Node-wide state the activations of every actor type share.
+///
+/// It holds the node's [`NodeRef`] (which every activation's `Ctx` shares)
+/// strongly once the first activation made it: a cycle with the node,
+/// which owns this, broken by [`Shared::begin_shutdown`], which every way
+/// a node ends goes through (`shutdown`, the last handle dropped, a
+/// refused start). After that no activation starts, so none re-makes it.
 #[derive(Debug)]
 pub(crate) struct Shared {
     shutting_down: AtomicBool,
@@ -169,6 +170,12 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
     /// The node, which owns this (so weak).
     host: Weak<dyn Host>,
+    /// The node as its activations' contexts hold it (see above).
+    node: arc_swap::ArcSwapOption<NodeRef>,
+    /// Strong mode: the gate activations pass (see [`crate::lease`]).
+    gate: Option<Arc<Gate>>,
+    /// Whether the node keeps a history (one branch per message).
+    history: bool,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -178,12 +185,76 @@ impl std::fmt::Debug for dyn Host {
 }
 
 impl Shared {
-    pub(crate) fn new(runtime: tokio::runtime::Handle, host: Weak<dyn Host>) -> Self {
+    pub(crate) fn new(
+        runtime: tokio::runtime::Handle,
+        host: Weak<dyn Host>,
+        gate: Option<Arc<Gate>>,
+        history: bool,
+    ) -> Self {
         Shared {
             shutting_down: AtomicBool::new(false),
             retired: Notify::new(),
             runtime,
             host,
+            node: arc_swap::ArcSwapOption::empty(),
+            gate,
+            history,
+        }
+    }
+
+    /// The node for a new activation's `Ctx`; `None` once it is shutting
+    /// down or gone. One reference count on the hot path; the first
+    /// activation makes it (a race makes two, both valid, one kept).
+    fn node_ref(&self) -> Option<Arc<NodeRef>> {
+        if let Some(node) = self.node.load_full() {
+            return Some(node);
+        }
+        if self.is_shutting_down() {
+            return None;
+        }
+        let node = self.host.upgrade()?.node_ref();
+        self.node.store(Some(node.clone()));
+        // `begin_shutdown` may have cleared it just before the store: do
+        // not leave the cycle behind.
+        if self.is_shutting_down() {
+            self.node.store(None);
+        }
+        Some(node)
+    }
+
+    /// Strong mode: the gate activations pass.
+    pub(crate) fn gate(&self) -> Option<&Gate> {
+        self.gate.as_deref()
+    }
+
+    /// Whether the node keeps a history.
+    pub(crate) fn has_history(&self) -> bool {
+        self.history
+    }
+
+    /// Records an activation's start, dispatch or end, if the node keeps a
+    /// history (and is still there).
+    pub(crate) fn record(&self, phase: Phase, actor: &'static str, id: &str, token: u64) {
+        if self.history {
+            if let Some(host) = self.host.upgrade() {
+                host.record(phase, actor, id, token);
+            }
+        }
+    }
+
+    /// Strong mode: see [`Host::will_hold`] (false once the node is gone).
+    pub(crate) fn will_hold(&self, key: u64, capability: u64, s: u16) -> bool {
+        self.host
+            .upgrade()
+            .is_some_and(|h| h.will_hold(key, capability, s))
+    }
+
+    /// Strong mode: see [`Host::reroute`] (the caller is told the node is
+    /// going away once it is gone).
+    pub(crate) fn reroute(&self, id: &str, call: WireCall) {
+        match self.host.upgrade() {
+            Some(host) => host.reroute(id, call),
+            None => crate::actor::finish::ReplySlot::send(call.reply, Err(Error::ShuttingDown)),
         }
     }
 
@@ -191,8 +262,11 @@ impl Shared {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// From now on no activation starts; breaks the cycle with the node
+    /// (see the type's docs).
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.node.store(None);
     }
 
     /// Waits until `empty()` holds, re-checking whenever an activation
@@ -259,12 +333,19 @@ impl<A: Handlers> Activations<A> {
                 }
                 let id = v.key().clone();
                 v.insert(mb.clone());
-                // One strong reference per activation, taken here: the
-                // node's reference count is shared by every core.
-                match (self.shared.host.upgrade(), self.me.upgrade()) {
-                    (Some(host), Some(me)) => {
-                        let here = task::Here::new::<A>(host, &mb, id.clone());
-                        self.shared.runtime.spawn(task::run::<A>(here, me, mb, id));
+                // The context is built here, not in the task: held across
+                // every await, inline it would grow the task's future.
+                match (self.shared.node_ref(), self.me.upgrade()) {
+                    (Some(node), Some(me)) => {
+                        let inbox: Arc<dyn Inbox> = mb.clone();
+                        let ctx = Box::new(Ctx::with_host(
+                            id.clone(),
+                            A::NAME,
+                            node,
+                            Arc::downgrade(&inbox),
+                        ));
+                        drop(inbox);
+                        self.shared.runtime.spawn(task::run::<A>(ctx, me, mb, id));
                     }
                     // The node is going away (it holds the table): nobody
                     // can be waiting on a live table.
@@ -429,8 +510,9 @@ impl<A: Handlers> Inbox for Mailbox<Envelope<A>> {
 }
 
 #[cfg(test)]
-mod size_tests {
-    //! Sizes of what every activation carries.
+mod tests {
+    //! Sizes of what every activation carries, and the node reference
+    //! they share.
     use crate::prelude::*;
 
     #[derive(Actor, Default)]
@@ -463,11 +545,22 @@ mod size_tests {
         let shared = Arc::new(super::Shared::new(
             tokio::runtime::Handle::current(),
             Arc::downgrade(&host),
+            None,
+            false,
         ));
         let mb = Arc::new(super::Mailbox::new(1));
+        let inbox: Arc<dyn super::Inbox> = mb.clone();
+        let ctx = |inbox: &Arc<dyn super::Inbox>| {
+            crate::Ctx::with_host(
+                "x".into(),
+                "C",
+                host.clone().node_ref(),
+                Arc::downgrade(inbox),
+            )
+        };
         let f = super::task::run::<C>(
-            super::task::Here::new::<C>(host.clone(), &mb, "x".into()),
-            super::Activations::<C>::new(shared),
+            Box::new(ctx(&inbox)),
+            super::Activations::<C>::new(shared.clone()),
             mb,
             "x".into(),
         );
@@ -480,14 +573,12 @@ mod size_tests {
             "mailbox: {} bytes",
             std::mem::size_of::<super::Mailbox<super::Envelope<C>>>()
         );
-        let inbox: Arc<dyn super::Inbox> = Arc::new(super::Mailbox::<super::Envelope<C>>::new(1));
+        let ctx = ctx(&inbox);
         let here = super::task::Here {
-            ctx: host
-                .clone()
-                .context("x".into(), "C", Arc::downgrade(&inbox)),
-            host: host.clone(),
+            ctx: &ctx,
+            shared: &shared,
         };
-        let ctx = &here.ctx;
+        let ctx = here.ctx;
         let mut c = C(0);
         let (r, _rx) = crate::actor::ReplyTo::call(tokio::time::Instant::now());
         let env = <C as crate::Handler<Inc>>::__wrap(Inc(1), r);
@@ -503,5 +594,37 @@ mod size_tests {
             std::mem::size_of::<super::Envelope<C>>() <= 48,
             "the envelope grew"
         );
+    }
+
+    /// The activations' shared `NodeRef` is a cycle with the node while it
+    /// runs; every way a node ends breaks it, so the node is freed.
+    #[tokio::test]
+    async fn a_node_is_freed_after_shutdown_and_after_its_last_handle_drops() {
+        for shutdown in [true, false] {
+            let node = Node::builder()
+                .capabilities(["c"])
+                .actor::<C>()
+                .default_node(false)
+                .start()
+                .await
+                .unwrap();
+            for i in 0..10 {
+                node.call::<C, _>(&format!("x{i}"), Inc(1)).await.unwrap();
+            }
+            let weak = std::sync::Arc::downgrade(node.inner_arc());
+            if shutdown {
+                node.shutdown().await.unwrap();
+            }
+            drop(node);
+            // No event says "freed": look until it is, with a deadline.
+            let t0 = std::time::Instant::now();
+            while weak.strong_count() > 0 {
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(10),
+                    "the node was not freed (shutdown first: {shutdown})"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
     }
 }

@@ -28,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::lease::{enter, lease_check, still_leased, Leased};
 use super::mailbox::{Mailbox, Take};
-use super::{Activations, Envelope, Host, WireCall};
+use super::{Activations, Envelope, Shared, WireCall};
 use crate::actor::finish::{finish, panic_message, CatchUnwind, Outcome};
 use crate::actor::{chain, BoxFuture, Ctx, Interleaver};
 use crate::history::Phase;
@@ -38,34 +38,26 @@ use crate::{Error, Handlers};
 
 type Mb<A> = Arc<Mailbox<Envelope<A>>>;
 
-/// What an activation task holds of its node, boxed (one allocation per
-/// activation task): the `Ctx` its handlers see, and its host.
-pub(super) struct Here {
-    pub(super) ctx: Ctx,
-    pub(super) host: Arc<dyn Host>,
+/// What an activation's steps read: its `Ctx` and the node-wide state of
+/// the activations ([`Shared`]: the gate, the history, shutdown).
+pub(super) struct Here<'a> {
+    pub(super) ctx: &'a Ctx,
+    pub(super) shared: &'a Shared,
 }
 
-impl Here {
-    /// What a new activation of `id` of `A` on `host` holds; its timers
-    /// deliver to `mb`.
-    pub(super) fn new<A: Handlers>(host: Arc<dyn Host>, mb: &Mb<A>, id: Arc<str>) -> Box<Here> {
-        let inbox: Arc<dyn crate::actor::timer::Inbox> = mb.clone();
-        Box::new(Here {
-            ctx: host.clone().context(id, A::NAME, Arc::downgrade(&inbox)),
-            host,
-        })
-    }
-}
-
-/// The activation of `id`, its mailbox `mb` in the table `acts`.
-/// `here` is boxed: held across every await, inline it would grow the
-/// task's future past its size budget.
+/// The activation of `id`, its mailbox `mb` in the table `acts`, its
+/// context `ctx` (boxed: held across every await, inline it would grow
+/// the task's future past its size budget).
 pub(super) async fn run<A: Handlers>(
-    here: Box<Here>,
+    ctx: Box<Ctx>,
     acts: Arc<Activations<A>>,
     mb: Mb<A>,
     id: Arc<str>,
 ) {
+    let here = Here {
+        ctx: &ctx,
+        shared: &acts.shared,
+    };
     let metrics = Metrics::get();
     let mut batch = VecDeque::new();
     loop {
@@ -74,7 +66,7 @@ pub(super) async fn run<A: Handlers>(
         }
         // Strong mode: activate only on a shard this node holds, under a
         // valid lease (see `crate::lease`).
-        let leased = match here.host.gate().is_some() {
+        let leased = match here.shared.gate().is_some() {
             false => false,
             // Boxed: rare (strong mode, before each activation), and inline it
             // would grow every activation's task.
@@ -99,9 +91,9 @@ pub(super) async fn run<A: Handlers>(
         // Recorded as the activation starts (it may read state from here
         // on), not once `activate` returns: a history orders activations by
         // when they began to act.
-        here.host
+        here.shared
             .record(Phase::Activated, A::NAME, &id, here.ctx.lease().1);
-        let activate = Box::pin(CatchUnwind::new(A::activate(&id, &here.ctx)));
+        let activate = Box::pin(CatchUnwind::new(A::activate(&id, here.ctx)));
         let activated = watch_queue(&mb, &mut batch, activate).await;
         let mut actor = match activated {
             Ok(Ok(actor)) => actor,
@@ -112,7 +104,7 @@ pub(super) async fn run<A: Handlers>(
                     Ok(Ok(_)) => String::new(),
                 };
                 metrics.activation_failures.increment(1);
-                here.host
+                here.shared
                     .record(Phase::Deactivated, A::NAME, &id, here.ctx.lease().1);
                 tracing::warn!(actor = A::NAME, id = &*id, "activation failed: {reason}");
                 let err = Error::ActivationFailed {
@@ -156,7 +148,7 @@ pub(super) async fn run<A: Handlers>(
             _ => EndReason::Lost,
         };
         if end != EndReason::Panic && end != EndReason::Lost {
-            let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(&here.ctx)));
+            let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(here.ctx)));
             let hook = watch_queue(&mb, &mut batch, hook);
             if let Err(payload) = hook.await {
                 tracing::error!(
@@ -173,7 +165,7 @@ pub(super) async fn run<A: Handlers>(
         } else {
             Phase::Deactivated
         };
-        here.host.record(phase, A::NAME, &id, here.ctx.lease().1);
+        here.shared.record(phase, A::NAME, &id, here.ctx.lease().1);
         if let Some(l) = Leased::of(&here, leased) {
             l.exit::<A>();
         }
@@ -201,11 +193,11 @@ fn fail_rest<A: Handlers>(acts: &Activations<A>, id: &str, mb: &Mb<A>, err: Erro
 async fn serve<A: Handlers>(
     actor: &mut A,
     mb: &Mailbox<Envelope<A>>,
-    here: &Here,
+    here: &Here<'_>,
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
-    let ctx = &here.ctx;
+    let ctx = here.ctx;
     if A::REENTRANT {
         if let Some(il) = actor.__interleaver(ctx) {
             // Boxed: only reentrant actors pay for the interleaving turn.
@@ -304,7 +296,7 @@ impl<L: Future<Output = Outcome>, W: Future<Output = Outcome>> Future for OneHan
 /// the other messages wait for the turn to end.
 struct Interleaved<'a, A: Handlers> {
     il: Interleaver<'a, A>,
-    here: &'a Here,
+    here: &'a Here<'a>,
 }
 
 impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
@@ -316,7 +308,7 @@ impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
         leased: bool,
     ) -> impl Future<Output = TurnEnd> + Send + 't {
         let here = self.here;
-        let first = start(&mut self.il, env, &here.ctx);
+        let first = start(&mut self.il, env, here.ctx);
         Turn {
             first: Some(first),
             more: Vec::new(),
@@ -341,7 +333,7 @@ impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
 async fn serve_turns<A: Handlers, T: Turns<A>>(
     mut turns: T,
     mb: &Mailbox<Envelope<A>>,
-    here: &Here,
+    here: &Here<'_>,
     batch: &mut VecDeque<Envelope<A>>,
     leased: bool,
 ) -> EndReason {
@@ -376,7 +368,7 @@ async fn serve_turns<A: Handlers, T: Turns<A>>(
                 }
                 return EndReason::Lost;
             }
-            if here.host.has_history() {
+            if here.shared.has_history() {
                 served::<A>(here);
             }
             let end = match turns.turn(env, mb, batch, leased).await {
@@ -472,7 +464,7 @@ struct Turn<'t, 'a, A: Handlers> {
     il: &'t mut Interleaver<'a, A>,
     mb: &'t Mailbox<Envelope<A>>,
     batch: &'t mut VecDeque<Envelope<A>>,
-    here: &'a Here,
+    here: &'a Here<'a>,
     /// Strong mode: the activation holds a lease (see [`lease_check`]).
     leased: bool,
     outcome: Outcome,
@@ -534,8 +526,8 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
                     Check::Go => this.gate_wait = None,
                     Check::Lost => return Poll::Ready(TurnEnd::Lost),
                     Check::Wait => {
-                        let here: &'a Here = this.here;
-                        match (this.gate_wait.as_mut(), here.host.gate()) {
+                        let here: &'a Here<'a> = this.here;
+                        match (this.gate_wait.as_mut(), here.shared.gate()) {
                             (Some(changed), _) => {
                                 if changed.as_mut().poll(cx).is_ready() {
                                     this.gate_wait = None;
@@ -561,7 +553,7 @@ impl<'a, A: Handlers> Future for Turn<'_, 'a, A> {
                 if !picked.is_empty() {
                     for env in picked {
                         if !env.abandoned() {
-                            this.more.push(start(this.il, env, &this.here.ctx));
+                            this.more.push(start(this.il, env, this.here.ctx));
                         }
                     }
                     continue;
@@ -693,7 +685,7 @@ pub(super) async fn sweep_idle<A: Handlers>(acts: std::sync::Weak<Activations<A>
 pub(super) fn serve_for_size<'a, A: Handlers>(
     actor: &'a mut A,
     mb: &'a Mailbox<Envelope<A>>,
-    here: &'a Here,
+    here: &'a Here<'a>,
     batch: &'a mut VecDeque<Envelope<A>>,
 ) -> impl Future<Output = EndReason> + 'a {
     serve(actor, mb, here, batch, false)
@@ -703,7 +695,7 @@ pub(super) fn serve_for_size<'a, A: Handlers>(
 /// dispatches of an id's activations: `history::violations`).
 #[cold]
 fn served<A: Handlers>(here: &Here) {
-    let ctx = &here.ctx;
-    here.host
+    let ctx = here.ctx;
+    here.shared
         .record(Phase::Served, A::NAME, ctx.id(), ctx.lease().1);
 }

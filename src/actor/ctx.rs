@@ -2,9 +2,11 @@
 //!
 //! [`Ctx`] is defined here with its node opaque (`host`): the node's module
 //! gives it the methods that need the node ([`Ctx::node`], [`Ctx::get`],
-//! [`Ctx::fence`], and its constructor), so that this layer, which the
-//! node builds on, does not import the node back. Cost: one type check
-//! when a handler asks for its node.
+//! [`Ctx::fence`], and the [`NodeRef`] it holds), so that this layer,
+//! which the node builds on, does not import the node back. Cost: one
+//! type check when a handler asks for its node. The `NodeRef` is one per
+//! node, shared by its activations: a new activation takes a reference
+//! count, not an allocation.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ pub struct Ctx {
     id: Arc<str>,
     actor: &'static str,
     /// The node running the activation (a `crate::Node`, opaque here).
-    pub(crate) host: Box<dyn std::any::Any + Send + Sync>,
+    pub(crate) host: Arc<NodeRef>,
     deactivate: AtomicBool,
     /// Strong mode: the fencing token this activation entered with (0:
     /// none, or eventual mode).
@@ -41,13 +43,23 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+/// The node a [`Ctx`] hands its handlers, opaque to this layer (the
+/// node's module builds it, holding a `crate::Node`, and reads it back).
+pub(crate) struct NodeRef(pub(crate) Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeRef")
+    }
+}
+
 impl Ctx {
-    /// A context whose node is `host` (the node's module wraps this: it
-    /// is the one that knows what a node is).
+    /// A context whose node is `host` (the node's module builds it: it is
+    /// the one that knows what a node is).
     pub(crate) fn with_host(
         id: Arc<str>,
         actor: &'static str,
-        host: Box<dyn std::any::Any + Send + Sync>,
+        host: Arc<NodeRef>,
         mailbox: std::sync::Weak<dyn Inbox>,
     ) -> Self {
         Ctx {

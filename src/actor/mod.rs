@@ -12,6 +12,7 @@ pub(crate) mod finish;
 pub(crate) mod reply;
 pub mod timer;
 
+pub(crate) use ctx::NodeRef;
 pub use ctx::{Ctx, MissingDependency};
 
 /// The wire tag of `M` when sent to actor type `A` (see

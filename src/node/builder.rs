@@ -657,7 +657,12 @@ impl NodeBuilder {
         // Each holds its way back weakly (the node owns them).
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
             let host: std::sync::Weak<dyn crate::activation::Host> = me.clone();
-            let shared = Arc::new(Shared::new(runtime, host));
+            let shared = Arc::new(Shared::new(
+                runtime,
+                host,
+                gate.clone(),
+                self.history.is_some(),
+            ));
             let catalog = Arc::new(Catalog {
                 actors: self
                     .actors

@@ -4,25 +4,21 @@
 
 use std::sync::Arc;
 
-use crate::actor::timer::Inbox;
+use crate::actor::NodeRef;
 use crate::{Ctx, MissingDependency, Node};
 
-impl Ctx {
-    /// The context of a new activation of `id` on `node`.
-    pub(crate) fn new(
-        id: Arc<str>,
-        actor: &'static str,
-        node: Node,
-        inbox: std::sync::Weak<dyn Inbox>,
-    ) -> Self {
-        Ctx::with_host(id, actor, Box::new(node), inbox)
-    }
+/// The node as its activations' contexts hold it (one per node, shared:
+/// see [`crate::activation::Host::node_ref`]).
+pub(crate) fn node_ref(node: Node) -> Arc<NodeRef> {
+    Arc::new(NodeRef(Box::new(node)))
+}
 
+impl Ctx {
     /// The node running this activation, to call other actors.
     pub fn node(&self) -> &Node {
-        match self.host.downcast_ref::<Node>() {
+        match self.host.0.downcast_ref::<Node>() {
             Some(node) => node,
-            // `Ctx::new` above is the only constructor.
+            // `node_ref` above is the only way a `NodeRef` is built.
             None => unreachable!("a Ctx is built with its Node"),
         }
     }

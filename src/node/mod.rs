@@ -362,33 +362,16 @@ impl Node {
 /// The node is its activations' host: what they need of it, and nothing
 /// more (see [`crate::activation::Host`]).
 impl crate::activation::Host for NodeInner {
-    fn context(
-        self: Arc<Self>,
-        id: Arc<str>,
-        actor: &'static str,
-        inbox: std::sync::Weak<dyn crate::actor::timer::Inbox>,
-    ) -> crate::Ctx {
-        crate::Ctx::new(id, actor, Node::from_inner(self), inbox)
+    fn node_ref(self: Arc<Self>) -> Arc<crate::actor::NodeRef> {
+        ctx::node_ref(Node::from_inner(self))
     }
 
     fn record(&self, phase: crate::history::Phase, actor: &'static str, id: &str, token: u64) {
         NodeInner::record(self, phase, actor, id, token);
     }
 
-    fn has_history(&self) -> bool {
-        NodeInner::has_history(self)
-    }
-
-    fn gate(&self) -> Option<&crate::lease::gate::Gate> {
-        self.gate.as_deref()
-    }
-
     fn will_hold(&self, key: u64, capability: u64, s: u16) -> bool {
         NodeInner::will_hold(self, key, capability, s)
-    }
-
-    fn is_shutting_down(&self) -> bool {
-        self.shared.is_shutting_down()
     }
 
     fn reroute(self: Arc<Self>, id: &str, call: crate::activation::WireCall) {
@@ -418,12 +401,6 @@ impl NodeInner {
                 .with_token(token),
             );
         }
-    }
-
-    /// Whether this node records a history (one branch per message).
-    #[inline]
-    pub(crate) fn has_history(&self) -> bool {
-        self.history.is_some()
     }
 
     /// Strong mode: whether this node holds, or is about to lock, shard
