@@ -7,6 +7,9 @@
 //! they read that view). A dial runs on its own task and reports back
 //! with an event.
 //!
+//! Once the cluster is stopped the owner applies no event (it stops
+//! itself at the next one): a stopped node's membership stays as it was.
+//!
 //! Drop contract: an event that carries a connection closes it when
 //! dropped unapplied (the actor was stopped, or its mailbox is gone), so
 //! a connection that completes its handshake during `stop` is never left
@@ -105,7 +108,12 @@ impl Actor for Owner {
         event: Event,
         st: &mut OwnerState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(cluster) = st.cluster.upgrade() else {
+        // A stopped cluster applies nothing more: `stop` closed its
+        // connections, and the closes it queued here must not rewrite the
+        // membership of a node that left or was severed (each update
+        // scans the node's activations). The event is dropped, closing
+        // any connection it carries (drop contract above).
+        let Some(cluster) = st.cluster.upgrade().filter(|c| !c.is_stopped()) else {
             myself.stop(None);
             return Ok(());
         };
