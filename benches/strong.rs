@@ -10,9 +10,11 @@
 //! - activation rate (calls to new ids: strong activations pass the gate);
 //! - join handoff: from a node's start to a call served by it on an id
 //!   that moved to it (strong: the old owner drains and unlocks, the new
-//!   one locks);
+//!   one locks), with a fixed population of live activations (`FRESH`
+//!   plus the working set: about 150 000 per hosting node, a third of
+//!   which move to the new node and drain);
 //! - leave handoff: from `shutdown()` to a call served elsewhere on an id
-//!   the leaving node owned;
+//!   the leaving node owned (once the join's drain has ended);
 //! - crash failover: from `sever()` (as a crash: nothing released) to a
 //!   call served elsewhere, next to the documented bound
 //!   `2 x TTL + lock-delay + retry`.
@@ -34,6 +36,9 @@ const SCALE: f64 = 0.05;
 const RUNS: usize = 3;
 const WINDOW: Duration = Duration::from_secs(2);
 const CALLERS: usize = 64;
+/// New ids activated by the activation-rate figure (on the two hosting
+/// nodes, about half each): the live population the handoffs then drain.
+const FRESH: usize = 300_000;
 
 #[derive(Actor, Default)]
 #[actor(capability = "game")]
@@ -124,35 +129,45 @@ async fn throughput(from: &Node, ids: Arc<Vec<String>>) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
-/// Activations per second: `CALLERS` tasks each calling new ids.
+/// Activations per second: `CALLERS` tasks calling `FRESH` new ids in all.
+/// A fixed number, not a time window: the handoffs measured next drain
+/// the activations that moved, so their time depends on how many live
+/// activations there are; a window would leave more behind in a faster
+/// run and make its handoffs look slower.
 async fn activations(from: &Node, prefix: &str) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
+    let per = FRESH / CALLERS;
+    let t0 = Instant::now();
     let tasks: Vec<_> = (0..CALLERS)
         .map(|w| {
-            let (from, stop, done, prefix) =
-                (from.clone(), stop.clone(), done.clone(), prefix.to_owned());
+            let (from, prefix) = (from.clone(), prefix.to_owned());
             tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                for i in 0..per {
                     from.call::<Counter, _>(&format!("{prefix}-{w}-{i}"), Hit)
                         .await
                         .expect("call");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
                 }
             })
         })
         .collect();
-    let t0 = Instant::now();
-    tokio::time::sleep(WINDOW).await;
-    stop.store(true, Ordering::Relaxed);
-    let n = done.load(Ordering::Relaxed);
-    let took = t0.elapsed();
     for t in tasks {
         t.await.expect("caller");
     }
-    n as f64 / took.as_secs_f64()
+    (per * CALLERS) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// Returns once the activation counts of `nodes` stay the same for 50 ms
+/// (a drain has ended; nothing else starts or ends activations here).
+async fn settled(nodes: &[&Node]) {
+    let count = || nodes.iter().map(|n| n.activation_count()).sum::<usize>();
+    let mut last = count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = count();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Calls `id` from `from` until `want(serving node)` holds; when it did.
@@ -238,6 +253,9 @@ async fn run(strong_mode: bool, round: usize) -> Figures {
     until(&c, |m| m.contains("d")).await;
     let moved = owned_by(&c, "d", "j");
     f.join = served_by(&c, &moved, |on| on == "d").await - t0;
+    // The join's drain on the old owners ends first (eventual mode serves
+    // the moved id before it does): the leave is measured alone.
+    settled(&[&a, &b]).await;
     // Leave: d shuts down; its id is served elsewhere.
     let t0 = Instant::now();
     d.shutdown().await.expect("d leaves");
