@@ -7,6 +7,11 @@
 //! no timer: its deadline travels with the message and the activation
 //! holding it enforces it (see `activation::task`).
 //!
+//! Cooperation: sending a call spends one unit of the tokio task's
+//! budget, as tokio's own resources do: a task that loops on calls which
+//! fail at once (`NoNodeForCapability`, `NotEnoughMembers`) yields to the
+//! runtime every budget's worth instead of holding its worker thread.
+//!
 //! Cancellation: dropping a [`CallFuture`] abandons the call. If its message
 //! has not started yet, the activation skips it. On another node too: the
 //! connection sends a `Cancel` frame for it, and the owner's activation
@@ -131,6 +136,13 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let metrics = Metrics::get();
+        if this.call.is_some() {
+            // Cooperative: sending spends a unit of the task's budget, so a
+            // loop of calls that fail at once (no node, refused) still
+            // yields to the runtime instead of starving it.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
+            coop.made_progress();
+        }
         if let Some(call) = this.call.take() {
             let span = tracing::debug_span!(
                 "mesh.call",

@@ -692,6 +692,32 @@ impl NotRegistered {
     }
 }
 
+/// A task looping on calls that fail at once (here: no node hosts the
+/// actor) still yields to the runtime: each call spends a unit of the
+/// task's budget. On a one-thread runtime the other task gets its turn
+/// within a budget's worth of calls (128); without it the loop ran all
+/// its calls first (seen as a hung test, the driver spinning on refusals).
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_calls_that_fail_at_once_yields_to_the_runtime() {
+    let node = node_with(|b| b.capabilities(["ctx"]).actor::<Session>()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let spinner = {
+        let (node, calls) = (node.clone(), calls.clone());
+        tokio::spawn(async move {
+            for _ in 0..100_000 {
+                assert!(node.call::<Elsewhere, _>("x", Describe).await.is_err());
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Let the spinner start, then see how far it got before this task ran
+    // again.
+    tokio::task::yield_now().await;
+    let seen = calls.load(Ordering::Relaxed);
+    spinner.abort();
+    assert!(seen <= 1_000, "the loop ran {seen} calls before yielding");
+}
+
 #[tokio::test]
 async fn routing_errors_are_typed() {
     let node = node_with(|b| b.capabilities(["ctx"]).actor::<Session>()).await;

@@ -85,26 +85,34 @@ impl Deposits {
                             .call::<Account, _>(&id, Deposit(1))
                             .timeout(deadline)
                             .await;
-                        let mut table = acked.lock().unwrap_or_else(PoisonError::into_inner);
-                        let entry = table.entry(id.clone()).or_insert((0, 0));
-                        entry.1 += 1;
-                        match result {
-                            Ok(Ok(_)) => entry.0 += 1,
-                            Ok(Err(e)) => failures
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(format!("{id}: refused: {e}")),
-                            Err(e) => failures
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(format!(
-                                    "{id}: {e} (sent {:?} before it failed, at {:?})",
-                                    started.elapsed(),
-                                    std::time::SystemTime::now()
-                                )),
+                        let refused = matches!(&result, Ok(Err(_)));
+                        {
+                            let mut table = acked.lock().unwrap_or_else(PoisonError::into_inner);
+                            let entry = table.entry(id.clone()).or_insert((0, 0));
+                            entry.1 += 1;
+                            match result {
+                                Ok(Ok(_)) => entry.0 += 1,
+                                Ok(Err(e)) => failures
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .push(format!("{id}: refused: {e}")),
+                                Err(e) => failures
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .push(format!(
+                                        "{id}: {e} (sent {:?} before it failed, at {:?})",
+                                        started.elapsed(),
+                                        std::time::SystemTime::now()
+                                    )),
+                            }
                         }
-                        drop(table);
                         done.send_modify(|n| *n += 1);
+                        // As a client would: a refusal (no node, not
+                        // enough members) comes back at once, and retrying
+                        // in a tight loop only piles up failures.
+                        if refused {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
                     }
                 })
             })
