@@ -20,12 +20,12 @@
 //!   2. **Reconcile** with the routing table (and the leaving flag), read
 //!      through [`Wanted`]:
 //!      - a shard this node should own and does not hold: lock it, in
-//!        batches, [`LOCKS_IN_FLIGHT`] at once; refused keys (held by the previous owner, or under
+//!        batches; refused keys (held by the previous owner, or under
 //!        lock-delay) are tried again every `retry`. A key refused fewer
 //!        than [`HOT`] times in a row is **hot**: most likely a live
 //!        node's handoff, unlocked as soon as its activations end. Hot
 //!        keys are tried first, and those refused are tried again every
-//!        `retry` *between* the waves of the others (a crashed node's
+//!        `retry` *between* the batches of the others (a crashed node's
 //!        keys, refused until its session expires), so that a pass of
 //!        many round trips on a loaded store never holds up a handoff
 //!        (issue 24, point 8: a join's handoff measured 5.2 s before);
@@ -87,13 +87,6 @@ const HOT: u32 = 4;
 /// the other they took 0.7-1.5 s under load in the strong suite, while the
 /// new owners waited.
 const UNLOCKS_IN_FLIGHT: usize = 8;
-
-/// Lock calls in flight at once: a pass locks its batches a wave of this
-/// many at a time. One after the other, the last shards in shard order
-/// waited for every batch before theirs (a third of 4096 shards, 22
-/// batches: about a second under load in the strong suite, and the
-/// account whose shard came last timed out a deposit there).
-const LOCKS_IN_FLIGHT: usize = 8;
 
 /// What the keeper reads of its node: which shards it should hold.
 pub(crate) trait Wanted: Send + Sync + 'static {
@@ -733,9 +726,9 @@ impl<M: Send + Sync + 'static> Run<M> {
         let mut refused: Vec<Key> = Vec::new();
         let mut tried = Instant::now();
         let mut first = true;
-        while !work.is_empty() {
+        while let Some(next) = work.pop_front() {
             if !first {
-                // Between waves too: locking thousands of shards a
+                // Between batches too: locking thousands of shards a
                 // crashed node still holds takes many round trips, and a
                 // shard handed off meanwhile must not wait for the end of
                 // the pass.
@@ -747,81 +740,52 @@ impl<M: Send + Sync + 'static> Run<M> {
                     return true;
                 }
                 if !refused.is_empty() && tried.elapsed() >= self.strong.retry {
+                    work.push_front(next);
                     for again in std::mem::take(&mut refused).chunks(batch).rev() {
                         work.push_front(again.to_vec());
                     }
                     tried = Instant::now();
+                    continue;
                 }
             }
             first = false;
-            let wave: Vec<Vec<Key>> = (0..LOCKS_IN_FLIGHT)
-                .map_while(|_| work.pop_front())
-                .collect();
-            for result in self.lock_wave(&session, wave).await {
-                match result {
-                    Some(no) => {
-                        pending |= !no.is_empty();
-                        for k in no {
-                            let n = self.refusals.entry(k).or_insert(0);
-                            *n = n.saturating_add(1);
-                            if *n < HOT {
-                                refused.push(k);
-                            }
+            match self.lock_batch(&session, &next).await {
+                Some(no) => {
+                    pending |= !no.is_empty();
+                    for k in no {
+                        let n = self.refusals.entry(k).or_insert(0);
+                        *n = n.saturating_add(1);
+                        if *n < HOT {
+                            refused.push(k);
                         }
                     }
-                    None => pending = true,
                 }
+                None => pending = true,
             }
         }
         pending
     }
 
-    /// Locks the batches of `wave` at once and publishes the tokens
-    /// granted, batch by batch in order; per batch, the keys refused, or
-    /// `None` when the store failed. Cancel: dropping the future aborts
-    /// the calls in flight; a grant not published is not used (the shard
-    /// is locked again by a later pass, which the store counts as held).
-    async fn lock_wave(&mut self, session: &str, wave: Vec<Vec<Key>>) -> Vec<Option<Vec<Key>>> {
+    /// Locks `batch` and publishes the tokens granted; returns the keys
+    /// refused, or `None` when the store failed.
+    async fn lock_batch(&mut self, session: &str, batch: &[Key]) -> Option<Vec<Key>> {
         let gate = self.shared.gate.clone();
-        let mut running = tokio::task::JoinSet::new();
-        for (i, batch) in wave.iter().enumerate() {
-            let keys: Vec<String> = batch
-                .iter()
-                .filter_map(|(key, s)| gate.lock_key_of(*key, *s))
-                .collect();
-            let (store, session, value) = (
-                self.shared.store.clone(),
-                session.to_owned(),
-                self.lock_value.clone(),
-            );
-            running.spawn(async move { (i, store.lock(&session, &keys, &value).await) });
-        }
-        let mut tokens: Vec<Option<Result<Vec<Option<u64>>, LeaseStoreError>>> =
-            wave.iter().map(|_| None).collect();
-        while let Some(done) = running.join_next().await {
-            match done {
-                Ok((i, r)) => tokens[i] = Some(r),
-                // The store's future panicked: as a failed call.
-                Err(e) => tracing::error!("strong mode: a lock call failed: {e}"),
+        let keys: Vec<String> = batch
+            .iter()
+            .filter_map(|(key, s)| gate.lock_key_of(*key, *s))
+            .collect();
+        let tokens = match self
+            .shared
+            .store
+            .lock(session, &keys, &self.lock_value)
+            .await
+        {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                self.shared.log_failure("cannot lock shards", &e);
+                return None;
             }
-        }
-        wave.iter()
-            .zip(tokens)
-            .map(|(batch, r)| match r {
-                Some(Ok(tokens)) => Some(self.publish(session, batch, tokens)),
-                Some(Err(e)) => {
-                    self.shared.log_failure("cannot lock shards", &e);
-                    None
-                }
-                None => None,
-            })
-            .collect()
-    }
-
-    /// Publishes the tokens the store granted for `batch` (in its order);
-    /// returns the keys refused.
-    fn publish(&mut self, session: &str, batch: &[Key], tokens: Vec<Option<u64>>) -> Vec<Key> {
-        let gate = self.shared.gate.clone();
+        };
         let lease = lock(&self.shared.lease);
         let current = lease.session() == Some(session);
         let mut locked = Vec::new();
@@ -842,7 +806,7 @@ impl<M: Send + Sync + 'static> Run<M> {
         if !locked.is_empty() {
             tracing::debug!(shards = ?locked, "strong mode: shards locked");
         }
-        refused
+        Some(refused)
     }
 
     /// Clears every draining shard whose activations have all ended and
@@ -1291,19 +1255,5 @@ mod tests {
         // (one after the other: 65 round trips).
         let bound = LATENCY * 10;
         assert!(took <= bound, "left in {took:?} (bound {bound:?})");
-    }
-
-    /// A pass locks its batches a wave at a time: a node alone wants all
-    /// 4096 shards, 64 batches, which one after the other took 64 round
-    /// trips (3.2 s here; the last shards in shard order waited for all
-    /// of them); now the session and 8 waves.
-    #[tokio::test(start_paused = true)]
-    async fn a_pass_locks_its_batches_a_wave_at_a_time() {
-        let store = Arc::new(Mem::default());
-        let a = Member::start(&store, "a", &["a"]);
-        let took = a.settled().await;
-        // The session, 8 waves, a spare.
-        let bound = LATENCY * 10;
-        assert!(took <= bound, "held all after {took:?} (bound {bound:?})");
     }
 }
