@@ -529,17 +529,22 @@ mod tests {
         }
     }
 
-    /// Every idle activation holds its task's future: keep it small. The
-    /// memory benchmark measures the whole; this catches a regression early.
-    #[tokio::test]
-    async fn activation_futures_stay_small() {
-        let node = Node::builder()
+    /// A node hosting `C`, not the process's default.
+    async fn node() -> Node {
+        Node::builder()
             .capabilities(["c"])
             .actor::<C>()
             .default_node(false)
             .start()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Every idle activation holds its task's future: keep it small. The
+    /// memory benchmark measures the whole; this catches a regression early.
+    #[tokio::test]
+    async fn activation_futures_stay_small() {
+        let node = node().await;
         use std::sync::Arc;
         let host: Arc<dyn super::Host> = node.inner_arc().clone();
         let shared = Arc::new(super::Shared::new(
@@ -601,13 +606,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_is_freed_after_shutdown_and_after_its_last_handle_drops() {
         for shutdown in [true, false] {
-            let node = Node::builder()
-                .capabilities(["c"])
-                .actor::<C>()
-                .default_node(false)
-                .start()
-                .await
-                .unwrap();
+            let node = node().await;
             for i in 0..10 {
                 node.call::<C, _>(&format!("x{i}"), Inc(1)).await.unwrap();
             }
