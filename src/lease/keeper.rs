@@ -84,8 +84,8 @@ const HOT: u32 = 4;
 /// Unlock calls in flight at once. Each is one store round trip (a Consul
 /// transaction of at most a batch of keys); a leaving node unlocks a
 /// third of 4096 shards in a three-node cluster, 22 batches: one after
-/// the other they took 0.7-1.5 s under load in the strong suite, while the
-/// new owners waited.
+/// the other they took about 0.7 s beside a CPU hog in the strong suite,
+/// while the new owners waited.
 const UNLOCKS_IN_FLIGHT: usize = 8;
 
 /// What the keeper reads of its node: which shards it should hold.
