@@ -87,6 +87,8 @@ impl Leased<'_> {
 /// A call queued for a shard this node will not hold (it is handing it
 /// off, or leaving, or its ring names another owner) is routed again, to
 /// the owner: it would otherwise wait here for a lease that never comes.
+/// A shard it will hold is demanded ([`Gate::demand`]): the keeper locks
+/// it before the shards nobody waits for.
 /// (A typed call from this process stays and waits for its deadline: it
 /// has no encoded form to forward.)
 pub(super) async fn enter<A: Handlers>(
@@ -117,6 +119,9 @@ pub(super) async fn enter<A: Handlers>(
             if mb.len() == 0 {
                 return None;
             }
+        } else {
+            // Ours soon (a handoff in progress): lock this one first.
+            gate.demand(key, s);
         }
         let _ = watch_queue(mb, batch, tokio::time::timeout(RECHECK, changed)).await;
     }

@@ -43,9 +43,16 @@
 //! Waiters ([`Gate::changed`]) are woken on every change of the deadline
 //! or the session, and once per pass of the keeper over the shards; a
 //! waiter re-reads and decides again.
+//!
+//! **Demand** ([`Gate::demand`]): an activation waiting for a shard this
+//! node should hold and does not yet (a handoff in progress) says so,
+//! once per shard until the keeper has dealt with it; the keeper locks
+//! demanded shards before the others (a call waits on them), in the
+//! batch it sends next. At most one entry per (actor type, shard) is ever
+//! queued, so the queue is bounded by the shards, whatever the callers do.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
@@ -80,6 +87,8 @@ pub(crate) struct CapGate {
     pub(crate) name: String,
     state: Box<[AtomicU64]>,
     live: Box<[AtomicU32]>,
+    /// Demanded and not yet settled by the keeper ([`Gate::demand`]).
+    demanded: Box<[AtomicBool]>,
 }
 
 impl CapGate {
@@ -90,6 +99,7 @@ impl CapGate {
             name: name.to_owned(),
             state: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             live: (0..SHARDS).map(|_| AtomicU32::new(0)).collect(),
+            demanded: (0..SHARDS).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -99,6 +109,12 @@ impl CapGate {
 
     pub(crate) fn live(&self, s: u16) -> u32 {
         self.live[s as usize].load(SeqCst)
+    }
+
+    /// Whether an activation demanded shard `s` ([`Gate::demand`]) and
+    /// the keeper has not settled it yet.
+    pub(crate) fn demanded(&self, s: u16) -> bool {
+        self.demanded[s as usize].load(SeqCst)
     }
 }
 
@@ -120,6 +136,8 @@ pub(crate) struct Gate {
     changed: Notify,
     /// The keeper waits here for a live count reaching zero.
     pub(crate) drained: Notify,
+    /// Shards demanded since the keeper last looked ([`Gate::demand`]).
+    demands: Mutex<Vec<(u64, u16)>>,
 }
 
 impl Gate {
@@ -147,6 +165,7 @@ impl Gate {
             prefix,
             changed: Notify::new(),
             drained: Notify::new(),
+            demands: Mutex::new(Vec::new()),
         }
     }
 
@@ -233,6 +252,19 @@ impl Gate {
             .is_some_and(|c| c.state[s as usize].load(SeqCst) & DRAINING != 0)
     }
 
+    /// An activation waits for shard `s`, which this node should hold and
+    /// does not: the keeper locks it before the shards nobody waits for.
+    /// Queued once until the keeper settles it ([`Gate::settle`]); a
+    /// repeat costs one atomic swap.
+    pub(crate) fn demand(&self, key: u64, s: u16) {
+        let Some(cap) = self.cap(key) else {
+            return;
+        };
+        if !cap.demanded[s as usize].swap(true, SeqCst) {
+            crate::util::lock(&self.demands).push((key, s));
+        }
+    }
+
     /// Resolves at the next change (create it before re-checking).
     pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
@@ -299,6 +331,29 @@ impl Gate {
             && cell
                 .compare_exchange(st, st | DRAINING, SeqCst, SeqCst)
                 .is_ok()
+    }
+
+    /// The shards demanded since the last call (each once).
+    pub(crate) fn take_demands(&self) -> Vec<(u64, u16)> {
+        std::mem::take(&mut *crate::util::lock(&self.demands))
+    }
+
+    /// Whether shard `s` of `key` is held (draining or not).
+    pub(crate) fn held(&self, key: u64, s: u16) -> bool {
+        self.cap(key).is_some_and(|c| c.state(s) != 0)
+    }
+
+    /// Whether shard `s` of `key` is demanded and not settled.
+    pub(crate) fn is_demanded(&self, key: u64, s: u16) -> bool {
+        self.cap(key).is_some_and(|c| c.demanded(s))
+    }
+
+    /// The keeper is done with the demand for shard `s` (it locked it, or
+    /// this node no longer wants it): the next wait demands it again.
+    pub(crate) fn settle(&self, key: u64, s: u16) {
+        if let Some(cap) = self.cap(key) {
+            cap.demanded[s as usize].store(false, SeqCst);
+        }
     }
 
     /// Wakes the waiters after [`Gate::set`]s.
@@ -398,6 +453,28 @@ mod tests {
             g.lock_key_of(7, 1).as_deref(),
             Some("mesh/c/own/game/Player/0001")
         );
+    }
+
+    /// However many activations wait on a shard, and however often they
+    /// look again, one demand is queued until the keeper settles it: the
+    /// queue is bounded by the shards.
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_is_demanded_once_until_the_keeper_settles_it() {
+        let clock = TestClock::new();
+        let (g, _) = gate(&clock);
+        for _ in 0..1000 {
+            g.demand(7, 5);
+            g.demand(7, 6);
+        }
+        g.demand(9, 5); // unknown capability: ignored
+        assert_eq!(g.take_demands(), vec![(7, 5), (7, 6)]);
+        assert!(g.is_demanded(7, 5));
+        g.demand(7, 5);
+        assert!(g.take_demands().is_empty(), "still demanded");
+        g.settle(7, 5);
+        assert!(!g.is_demanded(7, 5));
+        g.demand(7, 5);
+        assert_eq!(g.take_demands(), vec![(7, 5)]);
     }
 
     #[tokio::test(start_paused = true)]
