@@ -7,7 +7,9 @@ pub use crate::actor::finish::{
     activate_default, activate_with, deactivate_with, finish, panic_message, Activate,
     ActivateFuture, CatchUnwind, Finish, Outcome, ReplySlot,
 };
+pub use crate::actor::output::Persisted;
 pub use crate::actor::{BoxError, Ctx, Interleaver, ReplyTo};
+pub use crate::state::{State, Upgrade};
 pub use crate::util::BoxFuture;
 pub use crate::wire::{decode, encode, tag, Wire};
 pub use crate::{Actor, Error, Handler, Handlers, Message};

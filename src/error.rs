@@ -206,6 +206,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// A stateful actor's state (see [`crate::state`]) could not be loaded
+    /// or saved. For a save, the call that changed it fails with this
+    /// (its reply, and its casts, are never released: the change is not
+    /// durable), the activation is dropped without its `on_deactivate`
+    /// hook, and the next call loads the state afresh; the write is never
+    /// retried with the same bytes. [`crate::state::StoreError`] says why:
+    /// a conflict (another activation of the id wrote first: eventual
+    /// mode's duplicate), a fence (a newer owner claimed the row), a store
+    /// that cannot be reached, an uncertain outcome, or a row that does not
+    /// decode.
+    #[error("state of {actor} {id:?}: {error}")]
+    State {
+        /// The actor type.
+        actor: String,
+        /// The actor's id.
+        id: String,
+        /// What the store said.
+        error: StoreError,
+    },
+
     /// [`crate::Node::shutdown`] gave up at its shutdown timeout
     /// (`NodeBuilder::shutdown_timeout`, 30 s by default): `pending` says
     /// what was still pending then (the leave drain's activations or its
@@ -626,3 +646,50 @@ impl fmt::Display for DiscoveryError {
 }
 
 impl std::error::Error for DiscoveryError {}
+
+/// Why a state store ([`crate::state::StateStore`]) refused or failed
+/// (`mesh::state::StoreError`). Defined here, beside [`Error`], so that
+/// the error module imports nothing back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The stored version is not the one the write expected: another
+    /// activation wrote meanwhile (eventual mode's duplicate), or this one
+    /// lost track. Nothing was written.
+    #[error("state conflict: the write expected version {expected}, the store has {stored}")]
+    Conflict {
+        /// The version the write expected.
+        expected: u64,
+        /// The version the store has.
+        stored: u64,
+    },
+    /// The row was claimed with a higher fencing token: a newer owner
+    /// holds the shard. Nothing was written.
+    #[error("fenced: token {token} is below the store's {stored} (a newer owner claimed the row)")]
+    Fenced {
+        /// The token of the refused operation.
+        token: u64,
+        /// The fence the store has.
+        stored: u64,
+    },
+    /// The row or the write is larger than the store's limit. Nothing was
+    /// written.
+    #[error("state of {size} bytes exceeds the store's limit of {limit} bytes")]
+    TooLarge {
+        /// The size in bytes.
+        size: usize,
+        /// The store's limit.
+        limit: usize,
+    },
+    /// The store could not be reached or refused to work; nothing was
+    /// written.
+    #[error("state store unavailable: {0}")]
+    Unavailable(Box<str>),
+    /// The store cannot say whether the write happened.
+    #[error("state write outcome unknown: {0}")]
+    Uncertain(Box<str>),
+    /// The stored bytes do not decode as the actor's state type (or were
+    /// written with a newer schema than this build reads), or the state
+    /// does not encode. Nothing was written.
+    #[error("state codec: {0}")]
+    Codec(Box<str>),
+}

@@ -104,6 +104,7 @@ mod node;
 pub mod ring;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
+pub mod state;
 pub mod telemetry;
 pub use actor::timer;
 mod trace;

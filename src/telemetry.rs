@@ -9,13 +9,16 @@
 //! | `mesh_activations_live` | gauge | | activations currently running on this process |
 //! | `mesh_activations_total` | counter | | activations started (successful activation functions) |
 //! | `mesh_activation_failures_total` | counter | | activation functions that returned an error or panicked |
-//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown`, `moved`, `lost` (strong mode: the lease was lost) | activations ended |
+//! | `mesh_deactivations_total` | counter | `reason` = `idle`, `requested`, `panic`, `shutdown`, `moved`, `lost` (strong mode: the lease was lost), `state` (a durable state write failed) | activations ended |
 //! | `mesh_calls_total` | counter | `outcome` = `ok`, `timeout`, `mailbox_full`, `panicked`, `activation_failed`, `shutting_down`, `error` | calls completed, by outcome |
 //! | `mesh_casts_total` | counter | `outcome` = `ok`, `error` | casts enqueued or refused |
 //! | `mesh_call_duration_seconds` | histogram | | call latency as the caller saw it |
 //! | `mesh_mailbox_depth` | histogram | | messages an activation took from its mailbox in one batch |
 //! | `mesh_abandoned_total` | counter | | messages skipped because their caller had already given up or its deadline passed |
 //! | `mesh_frame_errors_total` | counter | | malformed frames received (each closed its connection) |
+//! | `mesh_state_writes_total` | counter | `outcome` = `ok`, `conflict`, `fenced`, `too_large`, `unavailable`, `uncertain`, `codec` | durable state writes (`mesh::state`), by outcome |
+//! | `mesh_state_write_seconds` | histogram | | durable state write latency (the output gate holds the turn's reply this long) |
+//! | `mesh_state_load_seconds` | histogram | | durable state load latency, at activation |
 //! | `mesh_connections_closed_total` | counter | `reason` = `denied`, `max_lifetime` | accepted connections this node closed on its transport's demand: a re-authorization refused (closed at once), or the maximum lifetime reached (retired gracefully) |
 //!
 //! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
@@ -57,6 +60,13 @@ pub const FRAME_ERRORS_TOTAL: &str = "mesh_frame_errors_total";
 /// (`denied`, `max_lifetime`).
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "mesh_connections_closed_total";
 
+/// Counter: durable state writes, by `outcome`.
+pub const STATE_WRITES_TOTAL: &str = "mesh_state_writes_total";
+/// Histogram: durable state write latency in seconds.
+pub const STATE_WRITE_SECONDS: &str = "mesh_state_write_seconds";
+/// Histogram: durable state load latency in seconds.
+pub const STATE_LOAD_SECONDS: &str = "mesh_state_load_seconds";
+
 /// Why an activation ended (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EndReason {
@@ -67,6 +77,8 @@ pub(crate) enum EndReason {
     Moved,
     /// Strong mode: the lease was lost; ended without its hook.
     Lost,
+    /// Its durable state could not be written; ended without its hook.
+    StateFailed,
 }
 
 /// Resolved metric handles, shared by every node of the process.
@@ -75,7 +87,7 @@ pub(crate) struct Metrics {
     pub(crate) live: Gauge,
     pub(crate) activations: Counter,
     pub(crate) activation_failures: Counter,
-    deactivations: [Counter; 6],
+    deactivations: [Counter; 7],
     calls_ok: Counter,
     calls_timeout: Counter,
     calls_full: Counter,
@@ -89,6 +101,11 @@ pub(crate) struct Metrics {
     pub(crate) mailbox_depth: Histogram,
     pub(crate) abandoned: Counter,
     pub(crate) frame_errors: Counter,
+    /// By outcome: ok, conflict, fenced, too_large, unavailable,
+    /// uncertain, codec.
+    state_writes: [Counter; 7],
+    pub(crate) state_write: Histogram,
+    pub(crate) state_load: Histogram,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -111,6 +128,7 @@ impl Metrics {
                     end("shutdown"),
                     end("moved"),
                     end("lost"),
+                    end("state"),
                 ],
                 calls_ok: call("ok"),
                 calls_timeout: call("timeout"),
@@ -125,8 +143,35 @@ impl Metrics {
                 mailbox_depth: metrics::histogram!(MAILBOX_DEPTH),
                 abandoned: metrics::counter!(ABANDONED_TOTAL),
                 frame_errors: metrics::counter!(FRAME_ERRORS_TOTAL),
+                state_writes: [
+                    "ok",
+                    "conflict",
+                    "fenced",
+                    "too_large",
+                    "unavailable",
+                    "uncertain",
+                    "codec",
+                ]
+                .map(|o| metrics::counter!(STATE_WRITES_TOTAL, "outcome" => o)),
+                state_write: metrics::histogram!(STATE_WRITE_SECONDS),
+                state_load: metrics::histogram!(STATE_LOAD_SECONDS),
             }
         })
+    }
+
+    /// Counts a durable state write by its outcome.
+    pub(crate) fn state_written(&self, result: &Result<u64, crate::error::StoreError>) {
+        use crate::error::StoreError as E;
+        let i = match result {
+            Ok(_) => 0,
+            Err(E::Conflict { .. }) => 1,
+            Err(E::Fenced { .. }) => 2,
+            Err(E::TooLarge { .. }) => 3,
+            Err(E::Unavailable(_)) => 4,
+            Err(E::Uncertain(_)) => 5,
+            Err(E::Codec(_)) => 6,
+        };
+        self.state_writes[i].increment(1);
     }
 
     pub(crate) fn deactivated(&self, reason: EndReason) {

@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{DeriveInput, Ident, LitInt, LitStr, Path};
+use syn::{Data, DeriveInput, Fields, Ident, Index, LitInt, LitStr, Member, Path};
 
 use crate::attr;
 
@@ -26,6 +26,19 @@ struct ActorIr {
     activate: Option<Path>,
     on_deactivate: Option<Path>,
     mailbox: Option<LitInt>,
+    /// The struct's fields, in order, if it is a struct.
+    fields: Option<Vec<Member>>,
+    /// A tuple struct.
+    tuple: bool,
+    /// The `#[state]` field, if any.
+    state: Option<StateField>,
+}
+
+/// The `#[state]` field: `#[state]` or `#[state(schema = N, upgrade = path)]`.
+struct StateField {
+    member: Member,
+    schema: Option<LitInt>,
+    upgrade: Option<Path>,
 }
 
 pub(crate) fn expand(input: DeriveInput) -> syn::Result<TokenStream> {
@@ -79,6 +92,7 @@ fn parse(input: DeriveInput) -> syn::Result<ActorIr> {
             Ok(())
         })?;
     }
+    let (fields, tuple, state) = state_field(&input)?;
     let Some(capability) = capability else {
         return Err(syn::Error::new(
             input.ident.span(),
@@ -96,7 +110,64 @@ fn parse(input: DeriveInput) -> syn::Result<ActorIr> {
         activate,
         on_deactivate,
         mailbox,
+        fields,
+        tuple,
+        state,
     })
+}
+
+/// The struct's fields and its `#[state]` field (one at most).
+fn state_field(
+    input: &DeriveInput,
+) -> syn::Result<(Option<Vec<Member>>, bool, Option<StateField>)> {
+    let Data::Struct(data) = &input.data else {
+        return Ok((None, false, None));
+    };
+    let tuple = matches!(data.fields, Fields::Unnamed(_));
+    let mut members = Vec::new();
+    let mut state: Option<StateField> = None;
+    for (i, f) in data.fields.iter().enumerate() {
+        let member = match &f.ident {
+            Some(id) => Member::Named(id.clone()),
+            None => Member::Unnamed(Index::from(i)),
+        };
+        members.push(member.clone());
+        for a in f.attrs.iter().filter(|a| a.path().is_ident("state")) {
+            if state.is_some() {
+                return Err(syn::Error::new_spanned(
+                    a,
+                    "one #[state] field per actor: it is one row, written in one atomic write; put the values in one struct",
+                ));
+            }
+            let mut field = StateField {
+                member: member.clone(),
+                schema: None,
+                upgrade: None,
+            };
+            if !matches!(a.meta, syn::Meta::Path(_)) {
+                a.parse_nested_meta(|meta| {
+                    if meta.path.is_ident("schema") {
+                        let lit: LitInt = meta.value()?.parse()?;
+                        if lit.base10_parse::<u32>()? == 0 {
+                            return Err(syn::Error::new(lit.span(), "schema versions start at 1"));
+                        }
+                        field.schema = Some(lit);
+                    } else if meta.path.is_ident("upgrade") {
+                        field.upgrade = Some(meta.value()?.parse()?);
+                    } else {
+                        return Err(attr::unknown_key(
+                            &meta.path,
+                            "state",
+                            &["schema", "upgrade"],
+                        ));
+                    }
+                    Ok(())
+                })?;
+            }
+            state = Some(field);
+        }
+    }
+    Ok((Some(members), tuple, state))
 }
 
 fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
@@ -108,6 +179,9 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
         activate,
         on_deactivate,
         mailbox,
+        fields,
+        tuple,
+        state,
     } = ir;
     let p = quote!(::mesh::__private);
     let idle = idle_ms.map(|ms| match ms {
@@ -128,6 +202,39 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
                 #p::activate_with::<Self, _, _>(#path, id, ctx)
             }
         },
+        // A stateful actor: its state is loaded, the other fields take
+        // their defaults.
+        None if state.is_some() => {
+            let st = state.as_ref().expect("checked");
+            let schema = st.schema.as_ref().map_or(quote!(1u32), |l| quote!(#l));
+            let upgrade = match &st.upgrade {
+                Some(path) => quote!(::core::option::Option::Some(#path as #p::Upgrade<_>)),
+                None => quote!(::core::option::Option::None),
+            };
+            let inits = fields.iter().flatten().map(|m| {
+                let value = if *m == st.member {
+                    quote!(#p::State::load_with(ctx, #schema, #upgrade).await?)
+                } else {
+                    quote!(::core::default::Default::default())
+                };
+                match m {
+                    Member::Named(id) => quote!(#id: #value),
+                    Member::Unnamed(_) => value,
+                }
+            });
+            let build = if tuple {
+                quote!(Self( #(#inits),* ))
+            } else {
+                quote!(Self { #(#inits),* })
+            };
+            quote_spanned! {ident.span()=>
+                fn activate<'a>(_id: &'a str, ctx: &'a #p::Ctx) -> impl ::core::future::Future<
+                    Output = ::core::result::Result<Self, #p::BoxError>,
+                > + ::core::marker::Send + 'a {
+                    async move { ::core::result::Result::Ok(#build) }
+                }
+            }
+        }
         None => quote_spanned! {ident.span()=>
             fn activate<'a>(_id: &'a str, _ctx: &'a #p::Ctx) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self, #p::BoxError>,
@@ -143,6 +250,14 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
             }
         }
     });
+    let state_fn = state.as_ref().map(|st| {
+        let m = &st.member;
+        quote! {
+            fn __state(&mut self) -> ::core::option::Option<&mut dyn #p::Persisted> {
+                ::core::option::Option::Some(&mut self.#m)
+            }
+        }
+    });
     Ok(quote! {
         #[automatically_derived]
         #[allow(clippy::manual_async_fn, clippy::useless_conversion)]
@@ -153,6 +268,7 @@ fn codegen(ir: ActorIr) -> syn::Result<TokenStream> {
             #mailbox
             #activate
             #on_deactivate
+            #state_fn
         }
     })
 }

@@ -11,7 +11,7 @@ mod handlers;
 mod message;
 
 /// See `mesh::Actor`.
-#[proc_macro_derive(Actor, attributes(actor))]
+#[proc_macro_derive(Actor, attributes(actor, state))]
 pub fn derive_actor(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     actor::expand(input)

@@ -98,20 +98,29 @@ pub(super) async fn run<A: Handlers>(
         let mut actor = match activated {
             Ok(Ok(actor)) => actor,
             failed => {
-                let reason = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(payload) => format!("activation panicked: {}", panic_message(&*payload)),
-                    Ok(Ok(_)) => String::new(),
+                // A state that would not load stays typed (`Error::State`):
+                // the caller can tell a store that is down from a bug.
+                let (reason, typed) = match failed {
+                    Ok(Err(e)) => match e.downcast::<Error>() {
+                        Ok(e) if matches!(*e, Error::State { .. }) => (e.to_string(), Some(*e)),
+                        Ok(e) => (e.to_string(), None),
+                        Err(e) => (e.to_string(), None),
+                    },
+                    Err(payload) => (
+                        format!("activation panicked: {}", panic_message(&*payload)),
+                        None,
+                    ),
+                    Ok(Ok(_)) => (String::new(), None),
                 };
                 metrics.activation_failures.increment(1);
                 here.shared
                     .record(Phase::Deactivated, A::NAME, &id, here.ctx.lease().1);
                 tracing::warn!(actor = A::NAME, id = &*id, "activation failed: {reason}");
-                let err = Error::ActivationFailed {
+                let err = typed.unwrap_or_else(|| Error::ActivationFailed {
                     actor: A::NAME.to_owned(),
                     id: id.to_string(),
                     reason,
-                };
+                });
                 for env in mb.drain() {
                     env.fail(err.clone());
                 }
@@ -141,13 +150,16 @@ pub(super) async fn run<A: Handlers>(
         // Strong mode: the hook may write (fenced) state; it runs only
         // under the lease, and not at all once the lease is lost.
         let end = match end {
-            EndReason::Panic | EndReason::Lost => end,
+            EndReason::Panic | EndReason::Lost | EndReason::StateFailed => end,
             _ if !leased => end,
             // Boxed, as `enter`.
             _ if Box::pin(still_leased::<A>(&here, &mb, &mut batch)).await => end,
             _ => EndReason::Lost,
         };
-        if end != EndReason::Panic && end != EndReason::Lost {
+        if !matches!(
+            end,
+            EndReason::Panic | EndReason::Lost | EndReason::StateFailed
+        ) {
             let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(here.ctx)));
             let hook = watch_queue(&mb, &mut batch, hook);
             if let Err(payload) = hook.await {
@@ -221,6 +233,10 @@ trait Turns<A: Handlers> {
         batch: &'t mut VecDeque<Envelope<A>>,
         leased: bool,
     ) -> impl Future<Output = TurnEnd> + Send + 't;
+
+    /// Writes the actor's durable state, which the turn changed (see
+    /// `actor::output`).
+    fn commit(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_;
 }
 
 /// One message at a time, on `&mut A`: a turn is one handler.
@@ -265,6 +281,23 @@ impl<A: Handlers> Turns<A> for Sequential<'_, A> {
                 ));
                 let fut = watch_queue(mb, batch, handled);
                 OneHandler::Wire { fut }
+            }
+        }
+    }
+
+    fn commit(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let ctx = self.ctx;
+        let state = self.actor.__state();
+        async move {
+            match state {
+                Some(state) => state.commit().await,
+                None => Err(Error::State {
+                    actor: A::NAME.to_owned(),
+                    id: ctx.id().to_owned(),
+                    error: crate::state::StoreError::Codec(
+                        "the actor loaded a State but has no #[state] field to write it from: mark the field #[state]".into(),
+                    ),
+                }),
             }
         }
     }
@@ -324,6 +357,11 @@ impl<A: Handlers> Turns<A> for Interleaved<'_, A> {
             gate_wait: None,
         }
     }
+
+    /// Reentrant handlers take `&self`: they cannot change a `State`.
+    fn commit(&mut self) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
 }
 
 /// The serve loop: takes batches from the mailbox, skips what was
@@ -371,7 +409,35 @@ async fn serve_turns<A: Handlers, T: Turns<A>>(
             if here.shared.has_history() {
                 served::<A>(here);
             }
-            let end = match turns.turn(env, mb, batch, leased).await {
+            let turn = turns.turn(env, mb, batch, leased).await;
+            // A stateful activation: the turn's change is written before
+            // what the turn sends goes out (see `actor::output`).
+            if let Some(gate) = here.ctx.output_gate() {
+                let saved = match turn {
+                    TurnEnd::Done(Outcome::Done) if gate.is_dirty() => {
+                        watch_queue(mb, batch, turns.commit()).await
+                    }
+                    TurnEnd::Done(Outcome::Done) => Ok(()),
+                    // Not written: the activation ends without it.
+                    _ => Err(Error::Cancelled),
+                };
+                match saved {
+                    Ok(()) => gate.release(None),
+                    Err(e) => {
+                        gate.release(Some(&e));
+                        if matches!(turn, TurnEnd::Done(Outcome::Done)) {
+                            tracing::warn!(
+                                actor = A::NAME,
+                                id = here.ctx.id(),
+                                "{e}: the call fails and the activation ends; the next call loads the state again"
+                            );
+                            mb.put_back(batch);
+                            return EndReason::StateFailed;
+                        }
+                    }
+                }
+            }
+            let end = match turn {
                 TurnEnd::Lost => Some(EndReason::Lost),
                 TurnEnd::Done(Outcome::Panicked) => Some(EndReason::Panic),
                 TurnEnd::Done(Outcome::Done) if here.ctx.take_deactivate() => {

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::output::OutputGate;
 use super::timer::{Inbox, Timer, TimerError, Timers};
 use crate::{Handler, Message};
 
@@ -32,6 +33,9 @@ pub struct Ctx {
     timers: std::sync::OnceLock<Box<Timers>>,
     /// The activation's own mailbox, for its timers to deliver to.
     mailbox: std::sync::Weak<dyn Inbox>,
+    /// Opened when the activation loads a durable state (see
+    /// [`super::output`]).
+    output: std::sync::OnceLock<Arc<OutputGate>>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -71,6 +75,7 @@ impl Ctx {
             token: std::sync::atomic::AtomicU64::new(0),
             timers: std::sync::OnceLock::new(),
             mailbox,
+            output: std::sync::OnceLock::new(),
         }
     }
 
@@ -178,6 +183,16 @@ impl Ctx {
 
     pub(crate) fn take_deactivate(&self) -> bool {
         self.deactivate.swap(false, Ordering::Relaxed)
+    }
+
+    /// The output gate, if this activation loaded a durable state.
+    pub(crate) fn output_gate(&self) -> Option<&Arc<OutputGate>> {
+        self.output.get()
+    }
+
+    /// The output gate, opened now if it was not (a state is loading).
+    pub(crate) fn open_output_gate(&self) -> Arc<OutputGate> {
+        self.output.get_or_init(Arc::default).clone()
     }
 }
 

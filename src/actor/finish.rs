@@ -84,7 +84,12 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<R, S: ReplySlot<R>, F: Future<Output = Result<R, Error>>> Future for Finish<'_, R, S, F> {
+impl<R, S, F> Future for Finish<'_, R, S, F>
+where
+    R: Send + 'static,
+    S: ReplySlot<R> + Send + 'static,
+    F: Future<Output = Result<R, Error>>,
+{
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -114,7 +119,15 @@ impl<R, S: ReplySlot<R>, F: Future<Output = Result<R, Error>>> Future for Finish
         };
         Poll::Ready(match result {
             Ok(result) => {
-                reply.send(result);
+                // A stateful activation whose turn changed its state: the
+                // reply waits for the save (`super::output`).
+                match this.ctx.output_gate().filter(|g| g.is_dirty()) {
+                    Some(gate) => gate.hold(Box::new(move |failed| match failed {
+                        None => reply.send(result),
+                        Some(e) => reply.send(Err(e.clone())),
+                    })),
+                    None => reply.send(result),
+                }
                 Outcome::Done
             }
             Err(payload) => {

@@ -9,6 +9,7 @@
 pub(crate) mod chain;
 mod ctx;
 pub(crate) mod finish;
+pub(crate) mod output;
 pub(crate) mod reply;
 pub mod timer;
 
@@ -96,6 +97,14 @@ pub trait Actor: Sized + Send + 'static {
     fn on_deactivate(&mut self, ctx: &Ctx) -> impl Future<Output = ()> + Send {
         let _ = ctx;
         async {}
+    }
+
+    /// The actor's durable state, its `#[state]` field
+    /// ([`crate::state::State`]); `None` for an actor without one. The
+    /// derive writes it; not to be written by hand.
+    #[doc(hidden)]
+    fn __state(&mut self) -> Option<&mut dyn output::Persisted> {
+        None
     }
 }
 

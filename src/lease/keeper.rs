@@ -31,8 +31,11 @@
 //!        (issue 24, point 8: a join's handoff measured 5.2 s before).
 //!        Before the hot ones: **demanded** keys, the shards an activation waits
 //!        for ([`Gate::demand`]); a demand made during a pass goes into
-//!        the next batch, and a demanded key refused is retried every
-//!        `retry` however often it was refused. A call never waits for
+//!        the next batch, and a demanded key refused past hot is still
+//!        retried between batches, backing off from `retry` to
+//!        [`DEMAND_BACKOFF`] (a crashed node's key is refused until its
+//!        session expires: retrying it every `retry` multiplied the round
+//!        trips of a pass and starved a loaded node). A call never waits for
 //!        the keeper to reach its shard in shard order (the strong suite
 //!        saw a deposit to shard 4087 time out at 5 s beside a CPU hog,
 //!        behind 11 batches of the leaving node's keys);
@@ -87,6 +90,10 @@ use crate::util::lock;
 /// Refusals in a row after which a wanted key is no longer tried between
 /// the batches of a pass, only once per pass: about a second of retries.
 const HOT: u32 = 4;
+
+/// The longest a demanded key refused many times waits between retries
+/// within a pass (or `retry`, if longer).
+const DEMAND_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Unlock calls in flight at once. Each is one store round trip (a Consul
 /// transaction of at most a batch of keys); a leaving node unlocks a
@@ -748,10 +755,11 @@ impl<M: Send + Sync + 'static> Run<M> {
         let wanted: HashSet<Key> = to_lock.iter().copied().collect();
         let batch = self.strong.batch;
         let mut work: VecDeque<Key> = to_lock.into();
-        // Hot or demanded keys refused in this pass, and when they were
-        // last tried.
+        // Hot keys refused in this pass, and when they were last tried.
         let mut refused: Vec<Key> = Vec::new();
         let mut tried = Instant::now();
+        // Demanded keys refused past hot, and when each is due again.
+        let mut slow: Vec<(Key, Instant)> = Vec::new();
         let mut first = true;
         loop {
             if !first {
@@ -775,6 +783,16 @@ impl<M: Send + Sync + 'static> Run<M> {
                         work.push_front(k);
                     }
                     tried = Instant::now();
+                }
+                if !work.is_empty() {
+                    let now = Instant::now();
+                    slow.retain(|(k, due)| {
+                        let keep = *due > now;
+                        if !keep {
+                            work.push_front(*k);
+                        }
+                        keep
+                    });
                 }
             }
             first = false;
@@ -808,8 +826,18 @@ impl<M: Send + Sync + 'static> Run<M> {
                     for k in no {
                         let n = self.refusals.entry(k).or_insert(0);
                         *n = n.saturating_add(1);
-                        if *n < HOT || gate.is_demanded(k.0, k.1) {
+                        if *n < HOT {
                             refused.push(k);
+                        } else if gate.is_demanded(k.0, k.1) {
+                            // Backing off: a crashed node's key is refused
+                            // until its session expires, and each retry
+                            // is a round trip the whole pass waits for.
+                            let wait = crate::util::backoff(
+                                self.strong.retry,
+                                *n - HOT + 1,
+                                self.strong.retry.max(DEMAND_BACKOFF),
+                            );
+                            slow.push((k, Instant::now() + wait));
                         }
                     }
                 }

@@ -53,6 +53,7 @@ pub struct NodeBuilder {
     default_node: bool,
     cluster: Option<ClusterConfig>,
     history: Option<Arc<dyn crate::history::History>>,
+    state: Option<Arc<dyn crate::state::StateStore>>,
     strong: Option<crate::lease::Strong>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     weak_cookie: bool,
@@ -93,6 +94,7 @@ impl NodeBuilder {
             default_node: true,
             cluster: None,
             history: None,
+            state: None,
             strong: None,
             deps: HashMap::new(),
             weak_cookie: false,
@@ -326,6 +328,18 @@ impl NodeBuilder {
     /// ```
     pub fn provide<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.deps.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Where the actors' durable state lives ([`crate::state`]): an actor
+    /// with a `#[state]` field loads it from this store on activation and
+    /// writes it at the end of each turn that changed it. Without one, a
+    /// stateful actor's activation fails, saying so; stateless actors
+    /// never touch it. On one machine,
+    /// `mesh::state::RedbStore::open("state.redb")?` (the embedded store);
+    /// in a cluster, a store every node reaches (PostgreSQL).
+    pub fn state(mut self, store: impl crate::state::StateStore) -> Self {
+        self.state = Some(Arc::new(store));
         self
     }
 
@@ -752,6 +766,7 @@ impl NodeBuilder {
                 shutdown_timeout: self.shutdown_timeout,
                 handle: weak_handle,
                 history: self.history.clone(),
+                state: std::sync::Mutex::new(self.state.clone()),
                 gate: gate.clone(),
                 keeper,
                 deps: std::mem::take(&mut self.deps),

@@ -34,6 +34,40 @@ impl Ctx {
         self.node().get::<T>()
     }
 
+    /// The node's state store, this activation's row, and its fencing
+    /// token (strong mode), for [`crate::state::State::load`].
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn state_binding(
+        &self,
+    ) -> Result<
+        (
+            Arc<dyn crate::state::StateStore>,
+            crate::state::StateKey,
+            Option<u64>,
+        ),
+        crate::Error,
+    > {
+        let inner = self.node().inner();
+        let actor = self.actor_name();
+        let Some(store) = crate::util::lock(&inner.state).clone() else {
+            return Err(crate::Error::State {
+                actor: actor.to_owned(),
+                id: self.id().to_owned(),
+                error: crate::state::StoreError::Unavailable(
+                    "this node has no state store (none was given with NodeBuilder::state(..), such as mesh::state::RedbStore::open(\"state.redb\")?, or the node is stopping)".into(),
+                ),
+            });
+        };
+        let capability = inner.catalog.capability_of(actor).unwrap_or_default();
+        let (shard, token) = self.lease();
+        let key = crate::state::StateKey {
+            kind: format!("{capability}/{actor}").into(),
+            id: self.id_arc(),
+            shard,
+        };
+        Ok((store, key, (token != 0).then_some(token)))
+    }
+
     /// Strong mode ([`crate::lease`]): what this activation fences its
     /// writes to outside state with: its shard's lock key, the session
     /// holding it and the fencing token. `None` on a node in eventual mode

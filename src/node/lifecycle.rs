@@ -15,10 +15,13 @@
 //! | 6. wait for the activations to end | until the deadline | no | no |
 //! | 7. strong-mode leases | released, then the session destroyed | halted: the session expires | halted: the session expires |
 //! | 8. the process's default node | cleared if this one | cleared if this one | kept |
+//! | 9. the state store | released, awaited | released in a task | kept |
 //!
 //! Discovery goes before the connections so that peers stop routing here
 //! before the links close; the leases go last, once the activations (and
-//! their fenced writes) have ended. `Abandon` never waits: it runs from a
+//! their fenced writes) have ended. The state store is released last: its
+//! file (the embedded store) is free once `shutdown` returns, for a node
+//! started again in the same process. `Abandon` never waits: it runs from a
 //! `Drop`, so its teardown completes without awaiting anything (every step
 //! that would wait is spawned or skipped), which `abandon` checks.
 
@@ -111,6 +114,17 @@ impl NodeInner {
             let current = DEFAULT.load();
             if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, self)) {
                 DEFAULT.compare_and_swap(&*current, None);
+            }
+        }
+        // 9. The last reference may close a file and join a thread (the
+        // embedded store): on a blocking thread, not this one.
+        if exit != Exit::Sever {
+            let store = crate::util::lock(&self.state).take();
+            if let Some(store) = store {
+                let closing = tokio::task::spawn_blocking(move || drop(store));
+                if matches!(exit, Exit::Shutdown { .. }) {
+                    let _ = closing.await;
+                }
             }
         }
         in_time

@@ -113,6 +113,9 @@ pub(crate) struct NodeInner {
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     /// Where activation starts and ends are recorded, if anywhere.
     history: Option<Arc<dyn crate::history::History>>,
+    /// Where the actors' durable state lives, if anywhere; released by
+    /// the teardown (see `lifecycle`).
+    pub(crate) state: std::sync::Mutex<Option<Arc<dyn crate::state::StateStore>>>,
     /// Strong mode: the gate activations pass, and its keeper (see
     /// [`crate::lease`]).
     pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,

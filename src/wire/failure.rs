@@ -26,7 +26,7 @@ use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::DiscoveryError;
+use crate::error::{DiscoveryError, StoreError};
 use crate::{Error, StartError};
 
 /// The stable wire codes of the errors, one per variant.
@@ -75,6 +75,8 @@ pub mod code {
     pub const SHUTDOWN_TIMEOUT: u16 = 19;
     /// [`crate::Error::Fenced`].
     pub const FENCED: u16 = 30;
+    /// [`crate::Error::State`].
+    pub const STATE: u16 = 31;
     /// [`crate::StartError::InvalidSetting`] (named `Config` before).
     pub const START_CONFIG: u16 = 101;
     /// [`crate::StartError::TagCollision`].
@@ -124,6 +126,7 @@ impl Error {
             Error::CallCycle { .. } => code::CALL_CYCLE,
             Error::ChainTooDeep { .. } => code::CHAIN_TOO_DEEP,
             Error::Fenced { .. } => code::FENCED,
+            Error::State { .. } => code::STATE,
             Error::NotEnoughMembers { .. } => code::NOT_ENOUGH_MEMBERS,
             Error::ShutdownTimeout { .. } => code::SHUTDOWN_TIMEOUT,
             Error::Start(e) => e.code(),
@@ -256,6 +259,11 @@ impl Failure {
                 f.id = key.clone();
                 f.detail = reason.clone();
             }
+            Error::State { actor, id, error } => {
+                f.actor = actor.clone();
+                f.id = id.clone();
+                (f.tag, f.detail) = state_to_wire(error);
+            }
             Error::NotEnoughMembers { have, need } => {
                 f.tag = *need as u64;
                 f.detail = have.to_string();
@@ -355,6 +363,11 @@ impl Failure {
             code::FENCED => Error::Fenced {
                 key: id,
                 reason: detail,
+            },
+            code::STATE => Error::State {
+                actor,
+                id,
+                error: state_from_wire(tag, detail),
             },
             code::NOT_ENOUGH_MEMBERS => Error::NotEnoughMembers {
                 have: detail.parse().unwrap_or(0),
@@ -487,6 +500,61 @@ impl<'de> Visitor<'de> for FailureVisitor {
     }
 }
 
+// `Error::State` (code 31): the store's error kind in the failure's `tag`,
+// its numbers or text in `detail`. Pinned like the codes: a renumbered kind
+// breaks mixed-version clusters.
+
+const STATE_CONFLICT: u64 = 1;
+const STATE_FENCED: u64 = 2;
+const STATE_TOO_LARGE: u64 = 3;
+const STATE_UNAVAILABLE: u64 = 4;
+const STATE_UNCERTAIN: u64 = 5;
+const STATE_CODEC: u64 = 6;
+
+/// The kind and detail of `e`.
+fn state_to_wire(e: &StoreError) -> (u64, String) {
+    match e {
+        StoreError::Conflict { expected, stored } => {
+            (STATE_CONFLICT, format!("{expected} {stored}"))
+        }
+        StoreError::Fenced { token, stored } => (STATE_FENCED, format!("{token} {stored}")),
+        StoreError::TooLarge { size, limit } => (STATE_TOO_LARGE, format!("{size} {limit}")),
+        StoreError::Unavailable(m) => (STATE_UNAVAILABLE, m.to_string()),
+        StoreError::Uncertain(m) => (STATE_UNCERTAIN, m.to_string()),
+        StoreError::Codec(m) => (STATE_CODEC, m.to_string()),
+    }
+}
+
+/// The error a peer sent. Numbers that do not parse read as 0; a kind
+/// this build does not know reads as [`StoreError::Unavailable`] with the
+/// detail (the call failed either way).
+fn state_from_wire(kind: u64, detail: String) -> StoreError {
+    let pair = || {
+        let mut it = detail.split(' ').map(|n| n.parse::<u64>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    match kind {
+        STATE_CONFLICT => {
+            let (expected, stored) = pair();
+            StoreError::Conflict { expected, stored }
+        }
+        STATE_FENCED => {
+            let (token, stored) = pair();
+            StoreError::Fenced { token, stored }
+        }
+        STATE_TOO_LARGE => {
+            let (size, limit) = pair();
+            StoreError::TooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            }
+        }
+        STATE_UNCERTAIN => StoreError::Uncertain(detail.into()),
+        STATE_CODEC => StoreError::Codec(detail.into()),
+        _ => StoreError::Unavailable(detail.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +625,42 @@ mod tests {
                 reason: "failed session check".into(),
             },
             Error::NotEnoughMembers { have: 1, need: 2 },
+            Error::State {
+                actor: "Account".into(),
+                id: "a1".into(),
+                error: StoreError::Conflict {
+                    expected: 3,
+                    stored: 4,
+                },
+            },
+            Error::State {
+                actor: "Account".into(),
+                id: "a2".into(),
+                error: StoreError::Fenced {
+                    token: 5,
+                    stored: 9,
+                },
+            },
+            Error::State {
+                actor: "Account".into(),
+                id: "a3".into(),
+                error: StoreError::TooLarge { size: 9, limit: 8 },
+            },
+            Error::State {
+                actor: "Account".into(),
+                id: "a4".into(),
+                error: StoreError::Unavailable("connection refused".into()),
+            },
+            Error::State {
+                actor: "Account".into(),
+                id: "a5".into(),
+                error: StoreError::Uncertain("commit failed".into()),
+            },
+            Error::State {
+                actor: "Account".into(),
+                id: "a6".into(),
+                error: StoreError::Codec("invalid type".into()),
+            },
             Error::ShutdownTimeout {
                 pending: "the leave drain: 2 activations".into(),
             },
@@ -604,7 +708,7 @@ mod tests {
     fn codes_are_pinned() {
         // Pinned forever: a renumbered code breaks every mixed-version
         // cluster. Add new codes, never change these.
-        let want: [(u16, u16); 32] = [
+        let want: [(u16, u16); 33] = [
             (code::TIMEOUT, 1),
             (code::NO_NODE_FOR_CAPABILITY, 2),
             (code::UNKNOWN_ACTOR_TYPE, 3),
@@ -624,6 +728,7 @@ mod tests {
             (code::CHAIN_TOO_DEEP, 17),
             (code::SHUTDOWN_TIMEOUT, 19),
             (code::FENCED, 30),
+            (code::STATE, 31),
             (code::NOT_ENOUGH_MEMBERS, 18),
             (code::START_CONFIG, 101),
             (code::START_TAG_COLLISION, 102),
@@ -645,8 +750,8 @@ mod tests {
         assert_eq!(
             codes,
             [
-                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 19, 101, 102,
-                103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 999
+                1, 2, 3, 4, 5, 6, 7, 8, 13, 9, 10, 11, 12, 14, 15, 16, 17, 30, 18, 31, 31, 31, 31,
+                31, 31, 19, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 999
             ]
         );
     }

@@ -11,5 +11,6 @@ mod frames;
 mod handles;
 mod placement;
 mod ring;
+mod state;
 mod timers;
 mod transport;

@@ -1024,7 +1024,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// Decodes standard padded base64, as `base64.StdEncoding.DecodeString`.
 pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(format!("illegal base64 data at input byte {}", bytes.len()));
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);

@@ -17,6 +17,7 @@
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run;
+//! - [`state`]: the conformance suite of state stores;
 //! - [`raw`]: a raw peer that handshakes by hand, then sends and reads
 //!   frames as they are (a misbehaving member);
 //! - [`COOKIE`] and [`OTHER_COOKIE`]: strong cluster cookies;
@@ -41,6 +42,7 @@ pub mod fixture;
 pub mod pki;
 pub mod procs;
 pub mod raw;
+pub mod state;
 
 /// The cluster cookie of the suites' nodes: strong, as a node requires
 /// (generated with `openssl rand -base64 32`; a node refuses a weak one

@@ -1,0 +1,95 @@
+//! The output gate of a stateful activation: what a turn that changed its
+//! durable state ([`crate::state::State`]) sends out waits until that
+//! change is written.
+//!
+//! Contract:
+//! - The gate exists only for an activation that loaded a state (its
+//!   [`Ctx`](super::Ctx) has one from then on); others pay one `OnceLock`
+//!   read per reply.
+//! - A change to the state marks the gate dirty ([`OutputGate::mark`]).
+//!   A reply ready while it is dirty is **held** ([`OutputGate::hold`]),
+//!   and so is a cast made while it is dirty; the activation's loop saves
+//!   at the end of the turn and then releases what was held: sent if the
+//!   save succeeded, failed with the save's error otherwise (a held cast
+//!   is dropped: it was never sent).
+//! - A reply ready while the gate is clean (the turn changed nothing, or
+//!   an explicit mid-turn save already wrote it) goes out at once.
+//! - Calls made during the turn go out at once (the handler waits for
+//!   them): a handler whose callee must see its change durable saves
+//!   first (`State::save`).
+//! - Drop: an activation that ends with replies still held (it panicked,
+//!   or lost its lease) fails them with the error given to
+//!   [`OutputGate::release`]; a gate dropped with replies held (never
+//!   released) fails them with `Error::Cancelled`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::util::{lock, BoxFuture};
+use crate::Error;
+
+/// Something held until the turn's save: given `None` when the save
+/// succeeded, or its error.
+pub(crate) type Held = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+/// See the [module docs](self).
+#[derive(Default)]
+pub(crate) struct OutputGate {
+    dirty: AtomicBool,
+    held: Mutex<Vec<Held>>,
+}
+
+impl std::fmt::Debug for OutputGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputGate")
+            .field("dirty", &self.is_dirty())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutputGate {
+    /// The state changed: what the turn sends from here on is held.
+    pub(crate) fn mark(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the state changed since it was last written.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// The state was written (or the change is abandoned).
+    pub(crate) fn clean(&self) {
+        self.dirty.store(false, Ordering::Relaxed);
+    }
+
+    /// Holds `f` until [`OutputGate::release`].
+    pub(crate) fn hold(&self, f: Held) {
+        lock(&self.held).push(f);
+    }
+
+    /// Releases what was held: `None` sends it, `Some(e)` fails it.
+    pub(crate) fn release(&self, failed: Option<&Error>) {
+        let held = std::mem::take(&mut *lock(&self.held));
+        for f in held {
+            f(failed);
+        }
+    }
+}
+
+impl Drop for OutputGate {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut *lock(&self.held));
+        for f in held {
+            f(Some(&Error::Cancelled));
+        }
+    }
+}
+
+/// A stateful actor's durable state, as the activation's loop sees it:
+/// the `#[state]` field (`crate::state::State`) behind
+/// [`Actor::__state`](super::Actor::__state).
+pub trait Persisted: Send {
+    /// Writes the state if it changed since it was last written.
+    fn commit(&mut self) -> BoxFuture<'_, Result<(), Error>>;
+}

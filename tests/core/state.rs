@@ -1,0 +1,476 @@
+//! The state stores mesh ships against the conformance suite
+//! (`mesh_testkit::state`), and what only the embedded store promises:
+//! its rows outlive the process that wrote them.
+
+use std::sync::Arc;
+
+use mesh::state::{MemoryStore, RedbOptions, RedbStore, StateKey, StateStore, StoreError};
+use mesh_testkit::scratch;
+
+const LIMIT: usize = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_keeps_the_contract() {
+    mesh_testkit::state::check(Arc::new(MemoryStore::with_limit(LIMIT)), LIMIT).await;
+}
+
+fn redb(dir: &std::path::Path) -> RedbStore {
+    let options = RedbOptions {
+        max_row: LIMIT,
+        ..RedbOptions::default()
+    };
+    RedbStore::open_with(dir.join("state.redb"), options).expect("the store opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_the_contract() {
+    let dir = scratch("state-redb");
+    mesh_testkit::state::check(Arc::new(redb(&dir)), LIMIT).await;
+}
+
+/// Rows, versions and fences are on disk: a store opened again on the
+/// file (the process restarted) has them, and a second open while the
+/// first is alive is refused with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_finds_its_rows_again_after_a_reopen() {
+    let dir = scratch("state-redb-reopen");
+    let key = StateKey::new("bank/Account", "a1");
+    {
+        let store = redb(&dir);
+        assert_eq!(store.load(&key, Some(3)).await.map(|s| s.version), Ok(0));
+        assert_eq!(store.save(&key, 0, Some(3), Some(b"42")).await, Ok(1));
+        let again = RedbStore::open(dir.join("state.redb")).expect_err("one process at a time");
+        assert!(matches!(again, StoreError::Unavailable(_)), "{again}");
+    }
+    // The last clone's drop waited for the writer: the file is free.
+    let store = RedbStore::open(dir.join("state.redb")).expect("opens again");
+    let got = store.load(&key, None).await.expect("load");
+    assert_eq!((got.version, got.bytes.as_deref()), (1, Some(&b"42"[..])));
+    assert!(matches!(
+        store.save(&key, 1, Some(2), Some(b"zombie")).await,
+        Err(StoreError::Fenced { stored: 3, .. })
+    ));
+}
+
+// ---- Stateful actors: `#[state]` fields, the output gate, failures ------
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use std::future::IntoFuture;
+
+use mesh::prelude::*;
+use mesh::state::{envelope, BoxFuture, State, Stored};
+use tokio::sync::{Notify, Semaphore};
+
+/// A counter whose value is durable.
+#[derive(Actor)]
+#[actor(capability = "st")]
+struct Counter {
+    #[state]
+    n: State<u64>,
+    /// Not durable: back to 0 on each activation.
+    seen: u64,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Inc;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = (u64, u64, u64))]
+struct Get;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Reset;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = ())]
+struct Passivate;
+
+#[mesh::handlers]
+impl Counter {
+    async fn inc(&mut self, _: Inc) -> u64 {
+        self.seen += 1;
+        *self.n += 1;
+        *self.n
+    }
+
+    /// The value, the calls this activation saw, the stored version.
+    async fn get(&mut self, _: Get) -> (u64, u64, u64) {
+        (*self.n, self.seen, self.n.version())
+    }
+
+    async fn reset(&mut self, _: Reset) {
+        self.n.clear();
+    }
+
+    async fn passivate(&mut self, _: Passivate, ctx: &Ctx) {
+        ctx.deactivate();
+    }
+}
+
+/// A stateless actor beside it: it must not care about the store.
+#[derive(Actor, Default)]
+#[actor(capability = "st")]
+struct Echo;
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u32)]
+struct Ping(u32);
+
+#[mesh::handlers]
+impl Echo {
+    async fn ping(&mut self, Ping(n): Ping) -> u32 {
+        n
+    }
+}
+
+/// A store in memory whose saves wait for a permit and say when they
+/// start, and which can be taken down.
+#[derive(Clone)]
+struct Gated {
+    inner: MemoryStore,
+    permits: Arc<Semaphore>,
+    saving: Arc<Notify>,
+    down: Arc<AtomicBool>,
+    saves: Arc<AtomicUsize>,
+}
+
+impl Default for Gated {
+    fn default() -> Self {
+        Gated {
+            inner: MemoryStore::new(),
+            permits: Arc::new(Semaphore::new(0)),
+            saving: Arc::default(),
+            down: Arc::default(),
+            saves: Arc::default(),
+        }
+    }
+}
+
+impl Gated {
+    fn open(&self) -> Gated {
+        self.permits.add_permits(1 << 20);
+        self.clone()
+    }
+}
+
+impl StateStore for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    fn load<'a>(
+        &'a self,
+        key: &'a StateKey,
+        claim: Option<u64>,
+    ) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the test took it down".into()));
+            }
+            self.inner.load(key, claim).await
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a StateKey,
+        expected: u64,
+        token: Option<u64>,
+        bytes: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            self.saving.notify_one();
+            let permit = self.permits.acquire().await.expect("never closed");
+            permit.forget();
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the test took it down".into()));
+            }
+            self.inner.save(key, expected, token, bytes).await
+        })
+    }
+}
+
+async fn node_with(store: impl StateStore) -> Node {
+    Node::builder()
+        .default_node(false)
+        .capabilities(["st"])
+        .actor::<Counter>()
+        .actor::<Echo>()
+        .state(store)
+        .start()
+        .await
+        .expect("node starts")
+}
+
+fn key(id: &str) -> StateKey {
+    StateKey::new("st/Counter", id)
+}
+
+/// Durable before visible: the reply of a turn that changed the state
+/// waits for its write. Fails if the reply is sent when the handler
+/// returns (it would be ready before the write even starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_waits_until_the_turns_write_is_durable() {
+    let store = Gated::default();
+    let node = node_with(store.clone()).await;
+    let saving = store.saving.notified();
+    let mut call = std::pin::pin!(node.call::<Counter, _>("c1", Inc).into_future());
+    tokio::select! {
+        _ = saving => {}
+        r = &mut call => panic!("the reply came before the write started: {r:?}"),
+    }
+    // The write has started and cannot finish: the reply must not be out.
+    assert!(
+        futures_poll(&mut call).is_none(),
+        "the reply went out before the write was durable"
+    );
+    store.permits.add_permits(1);
+    assert_eq!(call.await.expect("the call"), 1);
+    // When the reply came, the store had it.
+    let stored = store.inner.load(&key("c1"), None).await.expect("load");
+    assert_eq!(stored.version, 1);
+    // A turn that changes nothing writes nothing and waits for nothing.
+    let (n, _, version) = node.call::<Counter, _>("c1", Get).await.expect("get");
+    assert_eq!((n, version), (1, 1));
+    assert_eq!(
+        store.saves.load(Ordering::SeqCst),
+        1,
+        "one write per changing turn"
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Polls `f` once: `Some` if it is ready.
+fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(f).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// State outlives its activation: passivated, the next activation loads
+/// what the last one wrote (and only the `#[state]` field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_outlives_its_activation_and_clear_deletes_it() {
+    let store = Gated::default().open();
+    let node = node_with(store.clone()).await;
+    for want in 1..=3 {
+        assert_eq!(node.call::<Counter, _>("c2", Inc).await.expect("inc"), want);
+    }
+    node.call::<Counter, _>("c2", Passivate)
+        .await
+        .expect("passivate");
+    let (n, seen, version) = node.call::<Counter, _>("c2", Get).await.expect("get");
+    assert_eq!(
+        (n, seen, version),
+        (3, 0, 3),
+        "a new activation, the stored value"
+    );
+    node.call::<Counter, _>("c2", Reset).await.expect("reset");
+    assert_eq!(
+        store.inner.load(&key("c2"), None).await.expect("load"),
+        Stored {
+            version: 4,
+            bytes: None
+        },
+        "a clear is a write that deletes the bytes"
+    );
+    node.call::<Counter, _>("c2", Passivate)
+        .await
+        .expect("passivate");
+    assert_eq!(node.call::<Counter, _>("c2", Inc).await.expect("inc"), 1);
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A write refused (another writer moved the version: eventual mode's
+/// duplicate) fails the call that made the change, typed, and drops the
+/// activation; the next call loads afresh and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_write_fails_its_call_and_the_next_call_loads_afresh() {
+    let store = Gated::default().open();
+    let node = node_with(store.clone()).await;
+    assert_eq!(node.call::<Counter, _>("c3", Inc).await.expect("inc"), 1);
+    // Another activation of c3 (elsewhere) writes 41 on top of version 1.
+    let other = envelope::encode(1, &41u64).expect("encodes");
+    assert_eq!(
+        store.inner.save(&key("c3"), 1, None, Some(&other)).await,
+        Ok(2)
+    );
+    let err = node
+        .call::<Counter, _>("c3", Inc)
+        .await
+        .expect_err("a conflict");
+    match &err {
+        mesh::Error::State {
+            actor,
+            id,
+            error:
+                StoreError::Conflict {
+                    expected: 1,
+                    stored: 2,
+                },
+        } if actor == "Counter" && id == "c3" => {}
+        other => panic!("want a typed conflict, got {other:?}"),
+    }
+    // The lost increment was never acknowledged; the other writer's is
+    // there, and the next call builds on it.
+    assert_eq!(node.call::<Counter, _>("c3", Inc).await.expect("inc"), 42);
+    assert_eq!(
+        store.inner.load(&key("c3"), None).await.map(|s| s.version),
+        Ok(3)
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A store that cannot be reached fails calls to stateful actors at once,
+/// typed; stateless actors keep working; service resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_fails_stateful_calls_typed_and_service_resumes_after() {
+    let store = Gated::default().open();
+    let node = node_with(store.clone()).await;
+    assert_eq!(node.call::<Counter, _>("c4", Inc).await.expect("inc"), 1);
+    store.down.store(true, Ordering::SeqCst);
+    // The write of a live activation fails; then its next activation's load.
+    for _ in 0..2 {
+        let err = node.call::<Counter, _>("c4", Inc).await.expect_err("down");
+        assert!(
+            matches!(
+                err,
+                mesh::Error::State {
+                    error: StoreError::Unavailable(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        node.call::<Echo, _>("e", Ping(7)).await.expect("stateless"),
+        7
+    );
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(node.call::<Counter, _>("c4", Inc).await.expect("inc"), 2);
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_actor_on_a_node_without_a_store_fails_saying_so() {
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["st"])
+        .actor::<Counter>()
+        .start()
+        .await
+        .expect("node starts");
+    let err = node
+        .call::<Counter, _>("c5", Inc)
+        .await
+        .expect_err("no store");
+    assert!(err.to_string().contains("NodeBuilder::state"), "{err}");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// The embedded store across a node restart: the second node, on the
+/// same file, serves the values the first acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_values_survive_a_node_restart_on_the_embedded_store() {
+    let dir = scratch("state-restart");
+    let node = node_with(redb(&dir)).await;
+    for want in 1..=5 {
+        assert_eq!(node.call::<Counter, _>("r1", Inc).await.expect("inc"), want);
+    }
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+    let node = node_with(redb(&dir)).await;
+    let (n, _, version) = node.call::<Counter, _>("r1", Get).await.expect("get");
+    assert_eq!((n, version), (5, 5));
+    node.shutdown().await.expect("shutdown");
+}
+
+// ---- Schemas ---------------------------------------------------------------
+
+/// Version 1 of a wallet's state.
+#[derive(Serialize, Deserialize)]
+struct WalletV1 {
+    cents: u32,
+}
+
+/// Version 2: the field changed type and name, which serde's defaults
+/// cannot bridge: an upgrade function reads version 1.
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct WalletV2 {
+    millis: u64,
+}
+
+impl WalletV2 {
+    fn upgrade(schema: u32, payload: &[u8]) -> Result<Self, mesh::BoxError> {
+        match schema {
+            1 => {
+                let v1: WalletV1 = envelope::decode(payload)?;
+                Ok(WalletV2 {
+                    millis: u64::from(v1.cents) * 10,
+                })
+            }
+            other => Err(format!("no upgrade from schema {other}").into()),
+        }
+    }
+}
+
+/// A tuple struct, its state second, a schema and an upgrade.
+#[derive(Actor)]
+#[actor(capability = "st")]
+struct Wallet(
+    u8,
+    #[state(schema = 2, upgrade = WalletV2::upgrade)] State<WalletV2>,
+);
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Balance;
+
+#[mesh::handlers]
+impl Wallet {
+    /// Field 0 is not durable: always its default here.
+    async fn balance(&mut self, _: Balance) -> u64 {
+        self.1.millis + u64::from(self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_schema_is_upgraded_and_a_newer_one_refused() {
+    let store = MemoryStore::new();
+    let wallet = |id: &str| StateKey::new("st/Wallet", id);
+    let v1 = envelope::encode(1, &WalletV1 { cents: 12 }).expect("encodes");
+    assert_eq!(store.save(&wallet("old"), 0, None, Some(&v1)).await, Ok(1));
+    let v3 = envelope::encode(3, &WalletV2 { millis: 5 }).expect("encodes");
+    assert_eq!(store.save(&wallet("new"), 0, None, Some(&v3)).await, Ok(1));
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["st"])
+        .actor::<Wallet>()
+        .state(store)
+        .start()
+        .await
+        .expect("node starts");
+    assert_eq!(
+        node.call::<Wallet, _>("old", Balance)
+            .await
+            .expect("upgraded"),
+        120
+    );
+    let err = node
+        .call::<Wallet, _>("new", Balance)
+        .await
+        .expect_err("newer");
+    assert!(
+        matches!(&err, mesh::Error::State { error: StoreError::Codec(m), .. } if m.contains("schema 3")),
+        "{err:?}"
+    );
+    node.shutdown().await.expect("shutdown");
+}
