@@ -512,3 +512,63 @@ async fn examples_log_a_wrong_cookie_and_stop_on_sigterm() {
         .expect("exit status");
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The embedded store survives a SIGKILL of its process: every deposit
+/// `examples/ledger` acknowledged (printed after the call returned) is in
+/// the file when it is opened again, and nothing more than was attempted
+/// (one deposit in flight per account at most).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
+    use std::collections::HashMap;
+
+    use mesh::state::{envelope, RedbStore, StateKey, StateStore};
+
+    const ACCOUNTS: usize = 16;
+    let dir = mesh_testkit::scratch("ledger-kill");
+    let file = dir.join("ledger.redb");
+    for round in 0..2 {
+        let mut child = Command::new(mesh_testkit::procs::example_binary("ledger"))
+            .arg("--store")
+            .arg(&file)
+            .args(["--accounts", &ACCOUNTS.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the ledger example");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut acked: HashMap<String, u64> = HashMap::new();
+        let mut count = 0;
+        mesh_testkit::within(Duration::from_secs(60), async {
+            while count < 2000 {
+                let line = lines.next_line().await.expect("read").expect("a line");
+                let mut parts = line.split(' ');
+                if parts.next() == Some("acked") {
+                    let (id, balance) = (parts.next().expect("id"), parts.next().expect("n"));
+                    acked.insert(id.to_owned(), balance.parse().expect("a balance"));
+                    count += 1;
+                }
+            }
+        })
+        .await;
+        // SIGKILL: no hook, no flush, no shutdown.
+        child.start_kill().expect("SIGKILL");
+        let status = child.wait().await.expect("reaped");
+        assert!(!status.success(), "killed");
+        let store = RedbStore::open(&file).expect("the file opens after the kill");
+        for (id, want) in &acked {
+            let stored = store
+                .load(&StateKey::new("bank/Account", id.as_str()), None)
+                .await
+                .expect("load");
+            let bytes = stored.bytes.expect("a balance");
+            let (_, payload) = envelope::open(&bytes).expect("envelope");
+            let balance: u64 = envelope::decode(payload).expect("a u64");
+            assert!(
+                *want <= balance && balance <= want + 1,
+                "round {round}, {id}: acknowledged {want}, stored {balance}"
+            );
+        }
+        println!("round {round}: {count} deposits acknowledged before the SIGKILL, all on disk");
+    }
+}

@@ -50,11 +50,15 @@
 mod cell;
 pub mod envelope;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
 
 pub use cell::{State, Upgrade};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};
 #[cfg(feature = "redb")]
 pub use redb::{RedbOptions, RedbStore};
 

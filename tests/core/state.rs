@@ -55,6 +55,7 @@ async fn the_embedded_store_finds_its_rows_again_after_a_reopen() {
 // ---- Stateful actors: `#[state]` fields, the output gate, failures ------
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use std::future::IntoFuture;
 
@@ -473,4 +474,133 @@ async fn an_older_schema_is_upgraded_and_a_newer_one_refused() {
         "{err:?}"
     );
     node.shutdown().await.expect("shutdown");
+}
+
+// ---- PostgreSQL: a real server per test ------------------------------------
+
+use mesh::state::{PgOptions, PgStore};
+use mesh_testkit::pg;
+
+fn pg_store(server: &pg::Server, limit: usize) -> PgStore {
+    let options = PgOptions {
+        max_row: limit,
+        timeout: Duration::from_secs(2),
+        ..PgOptions::default()
+    };
+    PgStore::with_options(&server.config(), options).expect("a valid configuration")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_keeps_the_contract() {
+    let server = pg::Server::start();
+    mesh_testkit::state::check(Arc::new(pg_store(&server, LIMIT)), LIMIT).await;
+    // A second store on the same server (another node) sees the rows and
+    // creates nothing twice.
+    let other = pg_store(&server, LIMIT);
+    let key = StateKey::new("conformance-shared/Actor", "x");
+    assert_eq!(other.save(&key, 0, None, Some(b"1")).await, Ok(1));
+    let first = pg_store(&server, LIMIT);
+    assert_eq!(first.load(&key, None).await.map(|s| s.version), Ok(1));
+}
+
+/// PostgreSQL stopped and started again under load: calls to stateful
+/// actors fail typed while it is down, stateless ones keep working, service
+/// resumes by itself, and nothing acknowledged is lost (acknowledged <=
+/// stored <= attempted, per counter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_and_restarted_under_load_loses_nothing_acknowledged() {
+    const COUNTERS: usize = 8;
+    let mut server = pg::Server::start();
+    let node = node_with(pg_store(&server, LIMIT)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Notify::new());
+    let mut load = tokio::task::JoinSet::new();
+    for i in 0..COUNTERS {
+        let (node, stop) = (node.clone(), stop.clone());
+        let (failures, successes) = (failures.clone(), successes.clone());
+        let progress = progress.clone();
+        load.spawn(async move {
+            let id = format!("pg-{i}");
+            let (mut acked, mut attempted) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                attempted += 1;
+                match node.call::<Counter, _>(id.as_str(), Inc).await {
+                    Ok(_) => {
+                        acked += 1;
+                        successes.fetch_add(1, Ordering::SeqCst);
+                        progress.notify_waiters();
+                    }
+                    Err(mesh::Error::State { error, .. }) => {
+                        assert!(
+                            matches!(error, StoreError::Unavailable(_) | StoreError::Uncertain(_)),
+                            "a stopped server fails typed: {error:?}"
+                        );
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        progress.notify_waiters();
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
+            }
+            (id, acked, attempted)
+        });
+    }
+    let ok = || successes.load(Ordering::SeqCst);
+    until("some calls succeed", || ok() >= 100, &progress).await;
+    server.stop();
+    until(
+        "calls fail while the server is down",
+        &|| failures.load(Ordering::SeqCst) >= 20,
+        &progress,
+    )
+    .await;
+    assert_eq!(
+        node.call::<Echo, _>("e", Ping(3)).await.expect("stateless"),
+        3
+    );
+    server.resume();
+    let before = ok();
+    until("calls succeed again", || ok() >= before + 100, &progress).await;
+    stop.store(true, Ordering::SeqCst);
+    let store = pg_store(&server, LIMIT);
+    while let Some(r) = load.join_next().await {
+        let (id, acked, attempted) = r.expect("a load task");
+        let stored = store.load(&key(&id), None).await.expect("load");
+        let value = match stored.bytes {
+            Some(b) => {
+                let (_, payload) = envelope::open(&b).expect("an envelope");
+                envelope::decode::<u64>(payload).expect("a counter")
+            }
+            None => 0,
+        };
+        assert!(
+            acked <= value && value <= attempted,
+            "{id}: acknowledged {acked}, stored {value}, attempted {attempted}"
+        );
+    }
+    println!(
+        "{} calls acknowledged, {} failed typed while the server was down",
+        successes.load(Ordering::SeqCst),
+        failures.load(Ordering::SeqCst)
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Waits until `f` holds, looking again at each outcome (`progress`);
+/// fails past 60 s, naming `what`.
+async fn until(what: &str, f: impl Fn() -> bool, progress: &Notify) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let next = progress.notified();
+        if f() {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "not within 60 s: {what}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), next).await;
+    }
 }

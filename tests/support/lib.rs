@@ -17,7 +17,8 @@
 //! - [`soon`] and [`within`]: guards for steps that must finish long
 //!   before any deadline involved, so that a hang fails the test with a
 //!   message instead of stalling the run;
-//! - [`state`]: the conformance suite of state stores;
+//! - [`state`]: the conformance suite of state stores; [`pg`]: a
+//!   throwaway PostgreSQL server per test;
 //! - [`raw`]: a raw peer that handshakes by hand, then sends and reads
 //!   frames as they are (a misbehaving member);
 //! - [`COOKIE`] and [`OTHER_COOKIE`]: strong cluster cookies;
@@ -39,6 +40,7 @@ pub mod consul_agent;
 pub mod consul_catalog;
 pub mod consul_kv;
 pub mod fixture;
+pub mod pg;
 pub mod pki;
 pub mod procs;
 pub mod raw;

@@ -1,0 +1,428 @@
+//! The store for clusters: one PostgreSQL table every node reaches,
+//! through [tokio-postgres](https://docs.rs/tokio-postgres) and a pool of
+//! connections ([deadpool-postgres](https://docs.rs/deadpool-postgres)).
+//!
+//! ```sql
+//! CREATE TABLE <schema>.mesh_state (
+//!     kind    text   NOT NULL,  -- <capability>/<actor>
+//!     id      bytea  NOT NULL,  -- the id's UTF-8 bytes (text refuses NUL)
+//!     shard   int    NOT NULL,
+//!     version bigint NOT NULL,  -- writes so far; 0 = never written
+//!     fence   bigint NOT NULL,  -- highest fencing token seen
+//!     payload bytea,            -- NULL = cleared (a tombstone, never deleted)
+//!     PRIMARY KEY (kind, id));
+//! ```
+//!
+//! Each operation is one statement, atomic at READ COMMITTED (a blocked
+//! `UPDATE` re-checks its `WHERE` on the row version it waited for; an
+//! `INSERT ... ON CONFLICT DO UPDATE` is an atomic insert or update):
+//!
+//! - a claim: `INSERT ... ON CONFLICT DO UPDATE SET fence = $token WHERE
+//!   fence <= $token RETURNING version, payload` (no row back: fenced);
+//! - a save on version 0: the same upsert, `WHERE version = 0` (and the
+//!   fence, with a token); on version `v > 0`: `UPDATE ... WHERE version =
+//!   v` (and the fence). One row changed: written; none: a second
+//!   `SELECT` (off the hot path) says whether it was a conflict or a fence.
+//!
+//! Contracts (besides the store contract of [`super`]):
+//! - The table (and the schema) are created on first use, by whichever
+//!   node gets there first (`IF NOT EXISTS`, a concurrent creation
+//!   tolerated); a server that is down at start is not an error: calls
+//!   fail with [`StoreError::Unavailable`] until it answers.
+//! - Every operation is bounded by [`PgOptions::timeout`] (the wait for a
+//!   connection included). A load or a save that fails before the
+//!   statement was sent, or that the server refused (a database error),
+//!   wrote nothing: [`StoreError::Unavailable`]. A save whose connection
+//!   broke or that timed out after sending may have committed:
+//!   [`StoreError::Uncertain`].
+//! - A row is read back only if its payload is within
+//!   [`PgOptions::max_row`] (the length is checked in the statement), so
+//!   a row grown by another writer never makes this node allocate it.
+//! - TLS: not in this build; connect over a Unix socket or a trusted
+//!   network (see the README's State section).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+
+use super::{check_size, BoxFuture, StateKey, StateStore, StoreError, Stored};
+
+/// How the PostgreSQL store connects and works.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Connections in the pool (16).
+    pub pool: usize,
+    /// The schema the table lives in (`public`).
+    pub schema: String,
+    /// The most one operation may take, the wait for a connection
+    /// included (5 s).
+    pub timeout: Duration,
+    /// The largest row, in bytes ([`super::DEFAULT_MAX_ROW`]).
+    pub max_row: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool: 16,
+            schema: "public".into(),
+            timeout: Duration::from_secs(5),
+            max_row: super::DEFAULT_MAX_ROW,
+        }
+    }
+}
+
+/// The PostgreSQL [`StateStore`]. See the [module docs](self). Clones
+/// share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    options: Arc<PgOptions>,
+    sql: Arc<Sql>,
+    /// Set once the table exists (created on first use).
+    ready: Arc<OnceCell<()>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The statements, with the schema in them.
+struct Sql {
+    create: Vec<String>,
+    load: String,
+    claim: String,
+    insert: String,
+    insert_fenced: String,
+    update: String,
+    update_fenced: String,
+    row: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Sql {
+        let t = format!("{}.mesh_state", quote_ident(schema));
+        Sql {
+            create: vec![
+                format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (kind text NOT NULL, id bytea NOT NULL, \
+                     shard int NOT NULL, version bigint NOT NULL, fence bigint NOT NULL, \
+                     payload bytea, PRIMARY KEY (kind, id))"
+                ),
+            ],
+            // $3: the row limit. A longer payload comes back as NULL with
+            // its length, never as bytes.
+            load: format!(
+                "SELECT version, CASE WHEN octet_length(payload) > $3 THEN NULL ELSE payload END, \
+                 octet_length(payload) FROM {t} WHERE kind = $1 AND id = $2"
+            ),
+            claim: format!(
+                "INSERT INTO {t} AS s (kind, id, shard, version, fence, payload) \
+                 VALUES ($1, $2, $3, 0, $4, NULL) \
+                 ON CONFLICT (kind, id) DO UPDATE SET fence = EXCLUDED.fence \
+                 WHERE s.fence <= EXCLUDED.fence \
+                 RETURNING s.version, CASE WHEN octet_length(s.payload) > $5 THEN NULL ELSE s.payload END, \
+                 octet_length(s.payload)"
+            ),
+            insert: format!(
+                "INSERT INTO {t} AS s (kind, id, shard, version, fence, payload) \
+                 VALUES ($1, $2, $3, 1, 0, $4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET version = 1, payload = EXCLUDED.payload \
+                 WHERE s.version = 0"
+            ),
+            insert_fenced: format!(
+                "INSERT INTO {t} AS s (kind, id, shard, version, fence, payload) \
+                 VALUES ($1, $2, $3, 1, $5, $4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET version = 1, fence = EXCLUDED.fence, \
+                 payload = EXCLUDED.payload \
+                 WHERE s.version = 0 AND s.fence <= EXCLUDED.fence"
+            ),
+            update: format!(
+                "UPDATE {t} SET version = $3::bigint + 1, payload = $4 \
+                 WHERE kind = $1 AND id = $2 AND version = $3::bigint"
+            ),
+            update_fenced: format!(
+                "UPDATE {t} SET version = $3::bigint + 1, payload = $4, fence = $5 \
+                 WHERE kind = $1 AND id = $2 AND version = $3::bigint AND fence <= $5"
+            ),
+            row: format!("SELECT version, fence FROM {t} WHERE kind = $1 AND id = $2"),
+        }
+    }
+}
+
+/// What went wrong, in the server's words when it said any.
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "PostgreSQL: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        ),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A stored number as PostgreSQL's `bigint` (versions and tokens stay far
+/// below `i64::MAX`; beyond it, saturated).
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl PgStore {
+    /// A store on the server `config` names: a connection string
+    /// (`host=/run/postgresql user=mesh dbname=app`) or a URL
+    /// (`postgresql://mesh@db.internal/app`), with the default options.
+    /// Connects nothing yet (see the module docs).
+    pub fn new(config: &str) -> Result<PgStore, StoreError> {
+        PgStore::with_options(config, PgOptions::default())
+    }
+
+    /// The same with `options`.
+    pub fn with_options(config: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let mut pg: tokio_postgres::Config = config.parse().map_err(|e| {
+            StoreError::Unavailable(format!("the PostgreSQL connection string: {e}").into())
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(options.timeout);
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}").into()))?;
+        Ok(PgStore {
+            pool,
+            sql: Arc::new(Sql::new(&options.schema)),
+            options: Arc::new(options),
+            ready: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// A connection, the table created if this is the first use.
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}").into()))?;
+        self.ready
+            .get_or_try_init(|| async {
+                for sql in &self.sql.create {
+                    if let Err(e) = client.batch_execute(sql).await {
+                        // Two nodes creating it at once: one gets a
+                        // unique violation on the catalog; it exists.
+                        let code = e.code().map(|c| c.code());
+                        if !matches!(code, Some("23505") | Some("42P06") | Some("42P07")) {
+                            return Err(StoreError::Unavailable(
+                                format!("creating the table: {}", pg_error(&e)).into(),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(client)
+    }
+
+    async fn load_now(&self, key: &StateKey, claim: Option<u64>) -> Result<Stored, StoreError> {
+        let c = self.client().await?;
+        let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
+        let unavailable =
+            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let row = match claim {
+            None => {
+                let st = c
+                    .prepare_cached(&self.sql.load)
+                    .await
+                    .map_err(unavailable)?;
+                c.query_opt(&st, &[&&*key.kind, &key.id.as_bytes(), &limit])
+                    .await
+                    .map_err(unavailable)?
+            }
+            Some(token) => {
+                let st = c
+                    .prepare_cached(&self.sql.claim)
+                    .await
+                    .map_err(unavailable)?;
+                let shard = i32::from(key.shard);
+                let got = c
+                    .query_opt(
+                        &st,
+                        &[&&*key.kind, &key.id.as_bytes(), &shard, &big(token), &limit],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if got.is_none() {
+                    let (_, fence) = self.row(&c, key).await?.unwrap_or((0, 0));
+                    return Err(StoreError::Fenced {
+                        token,
+                        stored: fence,
+                    });
+                }
+                got
+            }
+        };
+        let Some(row) = row else {
+            return Ok(Stored::default());
+        };
+        let version: i64 = row.try_get(0).map_err(unavailable)?;
+        let bytes: Option<Vec<u8>> = row.try_get(1).map_err(unavailable)?;
+        let len: Option<i32> = row.try_get(2).map_err(unavailable)?;
+        if let Some(len) = len.filter(|_| bytes.is_none()) {
+            return Err(StoreError::TooLarge {
+                size: usize::try_from(len).unwrap_or(usize::MAX),
+                limit: self.options.max_row,
+            });
+        }
+        Ok(Stored {
+            version: unsigned(version),
+            bytes,
+        })
+    }
+
+    /// A row's version and fence.
+    async fn row(
+        &self,
+        c: &deadpool_postgres::Object,
+        key: &StateKey,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let unavailable =
+            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let st = c.prepare_cached(&self.sql.row).await.map_err(unavailable)?;
+        let row = c
+            .query_opt(&st, &[&&*key.kind, &key.id.as_bytes()])
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            let v: i64 = r.try_get(0).map_err(unavailable)?;
+            let f: i64 = r.try_get(1).map_err(unavailable)?;
+            Ok((unsigned(v), unsigned(f)))
+        })
+        .transpose()
+    }
+
+    async fn save_now(
+        &self,
+        key: &StateKey,
+        expected: u64,
+        token: Option<u64>,
+        bytes: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let unavailable =
+            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let sql = match (expected, token) {
+            (0, None) => &self.sql.insert,
+            (0, Some(_)) => &self.sql.insert_fenced,
+            (_, None) => &self.sql.update,
+            (_, Some(_)) => &self.sql.update_fenced,
+        };
+        let st = c.prepare_cached(sql).await.map_err(unavailable)?;
+        let (kind, id, shard) = (&*key.kind, key.id.as_bytes(), i32::from(key.shard));
+        let (version, fence) = (big(expected), big(token.unwrap_or(0)));
+        let sent = match (expected, token) {
+            (0, None) => c.execute(&st, &[&kind, &id, &shard, &bytes]).await,
+            (0, Some(_)) => c.execute(&st, &[&kind, &id, &shard, &bytes, &fence]).await,
+            (_, None) => c.execute(&st, &[&kind, &id, &version, &bytes]).await,
+            (_, Some(_)) => {
+                c.execute(&st, &[&kind, &id, &version, &bytes, &fence])
+                    .await
+            }
+        };
+        let changed = match sent {
+            Ok(n) => n,
+            // The server refused the statement: it wrote nothing.
+            Err(e) if e.as_db_error().is_some() => return Err(unavailable(e)),
+            Err(e) => {
+                return Err(StoreError::Uncertain(
+                    format!("{}: the write may or may not have committed", pg_error(&e)).into(),
+                ))
+            }
+        };
+        if changed == 1 {
+            return Ok(expected + 1);
+        }
+        // Refused: say why.
+        let row = self.row(&c, key).await?;
+        Err(super::check_save(row, expected, token)
+            .err()
+            .unwrap_or(StoreError::Conflict {
+                expected,
+                stored: row.map_or(0, |(v, _)| v),
+            }))
+    }
+}
+
+impl StateStore for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn load<'a>(
+        &'a self,
+        key: &'a StateKey,
+        claim: Option<u64>,
+    ) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(self.options.timeout, self.load_now(key, claim)).await {
+                Ok(r) => r,
+                // A claim that timed out may have raised the fence: that
+                // only refuses older tokens, never this one's next try.
+                Err(_) => Err(StoreError::Unavailable(
+                    format!("PostgreSQL: no answer within {:?}", self.options.timeout).into(),
+                )),
+            }
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a StateKey,
+        expected: u64,
+        token: Option<u64>,
+        bytes: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            check_size(bytes, self.options.max_row)?;
+            let write = self.save_now(key, expected, token, bytes);
+            match tokio::time::timeout(self.options.timeout, write).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Uncertain(
+                    format!(
+                        "PostgreSQL: no answer within {:?}: the write may or may not have committed",
+                        self.options.timeout
+                    )
+                    .into(),
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! A throwaway PostgreSQL server per test: `initdb` in a scratch directory,
+//! started as the `postgres` user when the tests run as root (the server
+//! refuses root), listening on a Unix socket in that directory only (no
+//! port to pick, nothing reachable from elsewhere), with fsync off (a test
+//! server: a crash of the machine may corrupt it; nothing here survives the
+//! test anyway).
+//!
+//! It needs PostgreSQL's server binaries (`pg_config --bindir`; Debian's
+//! `postgresql`, which `scripts/test.sh` installs when missing): without
+//! them [`Server::start`] panics saying so; the tests never skip.
+//!
+//! Drop: the server is stopped (`pg_ctl stop -m immediate`) and its
+//! directory removed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One server. See the [module docs](self).
+#[derive(Debug)]
+pub struct Server {
+    dir: PathBuf,
+    bin: PathBuf,
+    running: bool,
+}
+
+/// Runs `cmd` as the `postgres` user when this process is root.
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Server {
+    /// Creates and starts a server (a second or two).
+    pub fn start() -> Server {
+        let bin = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|b| b.join("initdb").exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "PostgreSQL's server is not installed (no initdb under `pg_config --bindir`): \
+                     apt-get install postgresql (scripts/test.sh does it)"
+                )
+            });
+        // Short: the socket path must stay under 107 bytes.
+        let dir = std::env::temp_dir().join(format!(
+            "mpg-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the server's directory");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&dir);
+                    c
+                },
+                "chown the server's directory to postgres",
+            );
+        }
+        let data = dir.join("data");
+        let mut init = as_postgres(&bin.join("initdb"));
+        init.current_dir(&dir).arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run(init, "initdb");
+        let conf = format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n\
+             max_parallel_workers_per_gather = 0\n",
+            dir.display()
+        );
+        let path = data.join("postgresql.conf");
+        let mut all = std::fs::read_to_string(&path).expect("postgresql.conf");
+        all.push_str(&conf);
+        std::fs::write(&path, all).expect("postgresql.conf");
+        let mut server = Server {
+            dir,
+            bin,
+            running: false,
+        };
+        server.resume();
+        server
+    }
+
+    /// The connection string of this server (`mesh::state::PgStore::new`).
+    pub fn config(&self) -> String {
+        format!(
+            "host={} port=5432 user=postgres dbname=postgres",
+            self.dir.display()
+        )
+    }
+
+    /// Stops the server (`-m fast`: clients are disconnected, nothing
+    /// committed is lost); [`Server::resume`] starts it again on the same
+    /// data.
+    pub fn stop(&mut self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+        self.running = false;
+    }
+
+    /// Starts it (again).
+    pub fn resume(&mut self) {
+        let log = self.dir.join("log");
+        let log = log.to_string_lossy().into_owned();
+        self.pg_ctl(&["-l", &log, "-w", "-t", "60", "start"]);
+        self.running = true;
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut c = as_postgres(&self.bin.join("pg_ctl"));
+        c.current_dir(&self.dir)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args);
+        run(c, "pg_ctl");
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running {
+            let mut c = as_postgres(&self.bin.join("pg_ctl"));
+            c.current_dir(&self.dir)
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"]);
+            let _ = c.output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
