@@ -1,53 +1,4 @@
-//! [`State<T>`]: an actor's durable state, the field it keeps it in.
-//!
-//! ```no_run
-//! use mesh::prelude::*;
-//! use mesh::state::State;
-//!
-//! #[derive(Default, Serialize, Deserialize)]
-//! struct Balance { cents: i64 }
-//!
-//! #[derive(Actor)]
-//! #[actor(capability = "bank")]
-//! struct Account {
-//!     #[state]
-//!     balance: State<Balance>,
-//! }
-//!
-//! #[derive(Message, Serialize, Deserialize)]
-//! #[message(reply = i64)]
-//! struct Deposit(i64);
-//!
-//! #[mesh::handlers]
-//! impl Account {
-//!     async fn deposit(&mut self, Deposit(n): Deposit) -> i64 {
-//!         self.balance.cents += n; // saved when the turn ends, before the reply
-//!         self.balance.cents
-//!     }
-//! }
-//! ```
-//!
-//! Contract:
-//! - **Loaded before the first message**: `#[derive(Actor)]` loads the
-//!   `#[state]` field in the default `activate` (an `activate = path`
-//!   function loads it itself with [`State::load`]). A row never written
-//!   loads as `T::default()`. In strong mode the load also claims the row
-//!   with the activation's fencing token.
-//! - **Saved once per turn that changed it**: any `&mut` access marks it
-//!   changed; when the handler returns, the activation writes it (one
-//!   compare-and-set on the version, fenced in strong mode), and only then
-//!   is the reply sent (the output gate, `actor::output`). The turn's
-//!   changes are one write: atomic.
-//! - **A failed or uncertain write** fails the call with
-//!   [`crate::Error::State`], drops the activation without its
-//!   `on_deactivate` hook (its memory may hold a change the store
-//!   refused), and the next call loads afresh. The same bytes are never
-//!   written again.
-//! - [`State::save`] writes now, mid-turn (before a call whose callee must
-//!   see the change durable); [`State::clear`] resets the value to
-//!   `T::default()` and deletes the stored bytes at the end of the turn
-//!   (the row keeps its version: a tombstone).
-//! - Reentrant actors (`&self` handlers) can read a `State`, not change it.
+//! `State<T>`: an actor's durable state (see [`State`]).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -66,7 +17,56 @@ use crate::Error;
 /// and the payload, returns the value (see [`State::load_with`]).
 pub type Upgrade<T> = fn(u32, &[u8]) -> Result<T, BoxError>;
 
-/// An actor's durable state. See the [module docs](self).
+/// [`State<T>`]: an actor's durable state, the field it keeps it in.
+///
+/// ```no_run
+/// use mesh::prelude::*;
+/// use mesh::state::State;
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Balance { cents: i64 }
+///
+/// #[derive(Actor)]
+/// #[actor(capability = "bank")]
+/// struct Account {
+///     #[state]
+///     balance: State<Balance>,
+/// }
+///
+/// #[derive(Message, Serialize, Deserialize)]
+/// #[message(reply = i64)]
+/// struct Deposit(i64);
+///
+/// #[mesh::handlers]
+/// impl Account {
+///     async fn deposit(&mut self, Deposit(n): Deposit) -> i64 {
+///         self.balance.cents += n; // saved when the turn ends, before the reply
+///         self.balance.cents
+///     }
+/// }
+/// ```
+///
+/// Contract:
+/// - **Loaded before the first message**: `#[derive(Actor)]` loads the
+///   `#[state]` field in the default `activate` (an `activate = path`
+///   function loads it itself with [`State::load`]). A row never written
+///   loads as `T::default()`. In strong mode the load also claims the row
+///   with the activation's fencing token.
+/// - **Saved once per turn that changed it**: any `&mut` access marks it
+///   changed; when the handler returns, the activation writes it (one
+///   compare-and-set on the version, fenced in strong mode), and only then
+///   is the reply sent (the output gate, `actor::output`). The turn's
+///   changes are one write: atomic.
+/// - **A failed or uncertain write** fails the call with
+///   [`crate::Error::State`], drops the activation without its
+///   `on_deactivate` hook (its memory may hold a change the store
+///   refused), and the next call loads afresh. The same bytes are never
+///   written again.
+/// - [`State::save`] writes now, mid-turn (before a call whose callee must
+///   see the change durable); [`State::clear`] resets the value to
+///   `T::default()` and deletes the stored bytes at the end of the turn
+///   (the row keeps its version: a tombstone).
+/// - Reentrant actors (`&self` handlers) can read a `State`, not change it.
 pub struct State<T> {
     value: T,
     bound: Bound,

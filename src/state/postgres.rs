@@ -1,45 +1,4 @@
-//! The store for clusters: one PostgreSQL table every node reaches,
-//! through [tokio-postgres](https://docs.rs/tokio-postgres) and a pool of
-//! connections ([deadpool-postgres](https://docs.rs/deadpool-postgres)).
-//!
-//! ```sql
-//! CREATE TABLE <schema>.mesh_state (
-//!     kind    text   NOT NULL,  -- <capability>/<actor>
-//!     id      bytea  NOT NULL,  -- the id's UTF-8 bytes (text refuses NUL)
-//!     shard   int    NOT NULL,
-//!     version bigint NOT NULL,  -- writes so far; 0 = never written
-//!     fence   bigint NOT NULL,  -- highest fencing token seen
-//!     payload bytea,            -- NULL = cleared (a tombstone, never deleted)
-//!     PRIMARY KEY (kind, id));
-//! ```
-//!
-//! Each operation is one statement, atomic at READ COMMITTED (a blocked
-//! `UPDATE` re-checks its `WHERE` on the row version it waited for; an
-//! `INSERT ... ON CONFLICT DO UPDATE` is an atomic insert or update):
-//!
-//! - a claim: `INSERT ... ON CONFLICT DO UPDATE SET fence = $token WHERE
-//!   fence <= $token RETURNING version, payload` (no row back: fenced);
-//! - a save on version 0: the same upsert, `WHERE version = 0` (and the
-//!   fence, with a token); on version `v > 0`: `UPDATE ... WHERE version =
-//!   v` (and the fence). One row changed: written; none: a second
-//!   `SELECT` (off the hot path) says whether it was a conflict or a fence.
-//!
-//! Contracts (besides the store contract of [`super`]):
-//! - The table (and the schema) are created on first use, by whichever
-//!   node gets there first (`IF NOT EXISTS`, a concurrent creation
-//!   tolerated); a server that is down at start is not an error: calls
-//!   fail with [`StoreError::Unavailable`] until it answers.
-//! - Every operation is bounded by [`PgOptions::timeout`] (the wait for a
-//!   connection included). A load or a save that fails before the
-//!   statement was sent, or that the server refused (a database error),
-//!   wrote nothing: [`StoreError::Unavailable`]. A save whose connection
-//!   broke or that timed out after sending may have committed:
-//!   [`StoreError::Uncertain`].
-//! - A row is read back only if its payload is within
-//!   [`PgOptions::max_row`] (the length is checked in the statement), so
-//!   a row grown by another writer never makes this node allocate it.
-//! - TLS: not in this build; connect over a Unix socket or a trusted
-//!   network (see the README's State section).
+//! The PostgreSQL store (see [`PgStore`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,8 +34,48 @@ impl Default for PgOptions {
     }
 }
 
-/// The PostgreSQL [`StateStore`]. See the [module docs](self). Clones
-/// share the pool.
+/// The store for clusters: one PostgreSQL table every node reaches,
+/// through [tokio-postgres](https://docs.rs/tokio-postgres) and a pool of
+/// connections ([deadpool-postgres](https://docs.rs/deadpool-postgres)).
+///
+/// ```sql
+/// CREATE TABLE <schema>.mesh_state (
+///     kind    text   NOT NULL,  -- <capability>/<actor>
+///     id      bytea  NOT NULL,  -- the id's UTF-8 bytes (text refuses NUL)
+///     shard   int    NOT NULL,
+///     version bigint NOT NULL,  -- writes so far; 0 = never written
+///     fence   bigint NOT NULL,  -- highest fencing token seen
+///     payload bytea,            -- NULL = cleared (a tombstone, never deleted)
+///     PRIMARY KEY (kind, id));
+/// ```
+///
+/// Each operation is one statement, atomic at READ COMMITTED (a blocked
+/// `UPDATE` re-checks its `WHERE` on the row version it waited for; an
+/// `INSERT ... ON CONFLICT DO UPDATE` is an atomic insert or update):
+///
+/// - a claim: `INSERT ... ON CONFLICT DO UPDATE SET fence = $token WHERE
+///   fence <= $token RETURNING version, payload` (no row back: fenced);
+/// - a save on version 0: the same upsert, `WHERE version = 0` (and the
+///   fence, with a token); on version `v > 0`: `UPDATE ... WHERE version =
+///   v` (and the fence). One row changed: written; none: a second
+///   `SELECT` (off the hot path) says whether it was a conflict or a fence.
+///
+/// Contracts (besides the store contract of [`super`]):
+/// - The table (and the schema) are created on first use, by whichever
+///   node gets there first (`IF NOT EXISTS`, a concurrent creation
+///   tolerated); a server that is down at start is not an error: calls
+///   fail with [`StoreError::Unavailable`] until it answers.
+/// - Every operation is bounded by [`PgOptions::timeout`] (the wait for a
+///   connection included). A load or a save that fails before the
+///   statement was sent, or that the server refused (a database error),
+///   wrote nothing: [`StoreError::Unavailable`]. A save whose connection
+///   broke or that timed out after sending may have committed:
+///   [`StoreError::Uncertain`].
+/// - A row is read back only if its payload is within
+///   [`PgOptions::max_row`] (the length is checked in the statement), so
+///   a row grown by another writer never makes this node allocate it.
+/// - TLS: not in this build; connect over a Unix socket or a trusted
+///   network (see the README's State section).
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,

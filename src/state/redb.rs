@@ -1,30 +1,4 @@
-//! The embedded store: one file on this machine, through
-//! [redb](https://docs.rs/redb) (pure Rust, copy-on-write B-tree, one
-//! writer). Durable on one machine: a node that restarts on the same disk
-//! finds every acknowledged write; another machine finds nothing.
-//!
-//! **Group commit.** One writer thread takes every claim and save queued
-//! since its last commit (up to [`RedbOptions::max_batch`]), applies them
-//! in order in one write transaction (each a read-compare-write on the
-//! row; a later one in the batch sees the earlier ones) and commits once:
-//! one fsync for the batch, then every caller gets its answer. A refused
-//! operation writes nothing and does not abort the others.
-//!
-//! Contracts (besides the store contract of [`super`]):
-//! - `Ok` from `save` comes after the commit returned: with
-//!   [`RedbOptions::fsync`] (the default) the bytes are on disk. Without
-//!   it, a commit is durable only once a later fsync'd one follows, so a
-//!   crash of the machine (not of the process) may lose the newest writes.
-//! - A commit that fails answers every write of its batch
-//!   [`StoreError::Uncertain`]; a transaction that cannot begin answers
-//!   [`StoreError::Unavailable`] (nothing written).
-//! - Plain loads read a snapshot on tokio's blocking pool, beside the
-//!   writer; a load sees every save acknowledged before it started.
-//! - Drop: dropping the last clone of the store closes the queue and
-//!   waits (blocking) for the writer thread to answer what was queued (a
-//!   commit at most) and end; then the file is free. One process opens a
-//!   file at a time (redb refuses a second: [`RedbStore::open`] fails,
-//!   saying so).
+//! The embedded store (see [`RedbStore`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,9 +44,33 @@ impl Default for RedbOptions {
     }
 }
 
-/// The embedded [`StateStore`]: one redb file, one writer thread with
-/// group commit. See the [module docs](self). Clones share the file and
-/// the writer.
+/// The embedded store: one file on this machine, through
+/// [redb](https://docs.rs/redb) (pure Rust, copy-on-write B-tree, one
+/// writer). Durable on one machine: a node that restarts on the same disk
+/// finds every acknowledged write; another machine finds nothing.
+///
+/// **Group commit.** One writer thread takes every claim and save queued
+/// since its last commit (up to [`RedbOptions::max_batch`]), applies them
+/// in order in one write transaction (each a read-compare-write on the
+/// row; a later one in the batch sees the earlier ones) and commits once:
+/// one fsync for the batch, then every caller gets its answer. A refused
+/// operation writes nothing and does not abort the others.
+///
+/// Contracts (besides the store contract of [`super`]):
+/// - `Ok` from `save` comes after the commit returned: with
+///   [`RedbOptions::fsync`] (the default) the bytes are on disk. Without
+///   it, a commit is durable only once a later fsync'd one follows, so a
+///   crash of the machine (not of the process) may lose the newest writes.
+/// - A commit that fails answers every write of its batch
+///   [`StoreError::Uncertain`]; a transaction that cannot begin answers
+///   [`StoreError::Unavailable`] (nothing written).
+/// - Plain loads read a snapshot on tokio's blocking pool, beside the
+///   writer; a load sees every save acknowledged before it started.
+/// - Drop: dropping the last clone of the store closes the queue and
+///   waits (blocking) for the writer thread to answer what was queued (a
+///   commit at most) and end; then the file is free. One process opens a
+///   file at a time (redb refuses a second: [`RedbStore::open`] fails,
+///   saying so).
 #[derive(Debug, Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
