@@ -33,6 +33,16 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 # The module-loop check (scripts/module-loops.py).
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+# The state suites run real PostgreSQL servers, one per test, as the
+# postgres user (mesh-testkit's `pg`): apt-get install postgresql (below)
+# when its server binaries are missing, without the cluster Debian would
+# create and start on port 5432 (nothing uses it).
+if [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
+  need_pkgs+=(postgresql)
+  mkdir -p /etc/postgresql-common
+  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf \
+    || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || fail "the tests need ${need_pkgs[*]}: install them (no apt-get here)"
   echo "installing ${need_pkgs[*]} (the tests need them)"

@@ -64,6 +64,16 @@ impl Server {
             .filter(|o| o.status.success())
             .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
             .filter(|b| b.join("initdb").exists())
+            .or_else(|| {
+                // Debian's layout, when pg_config is not there.
+                let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect();
+                found.sort();
+                found.pop()
+            })
             .unwrap_or_else(|| {
                 panic!(
                     "PostgreSQL's server is not installed (no initdb under `pg_config --bindir`): \
