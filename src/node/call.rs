@@ -265,7 +265,23 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
     );
     let _enter = span.enter();
     let metrics = Metrics::get();
-    let result = with_node(via, |node| node.router().cast::<A, M>(id, msg, &span));
+    let result = with_node(via, |node| {
+        // Made by a turn that changed its activation's durable state: the
+        // cast waits for that write, and is dropped if it fails
+        // (`actor::output`).
+        if let Some(gate) = crate::actor::chain::output_gate().filter(|g| g.is_dirty()) {
+            let (node, id, span) = (node.clone(), id.to_owned(), span.clone());
+            gate.hold(Box::new(move |failed| {
+                if failed.is_none() {
+                    if let Err(e) = node.router().cast::<A, M>(&id, msg, &span) {
+                        tracing::debug!(actor = A::NAME, id, "a cast held for a state write: {e}");
+                    }
+                }
+            }));
+            return Ok(());
+        }
+        node.router().cast::<A, M>(id, msg, &span)
+    });
     match &result {
         Ok(()) => metrics.casts_ok.increment(1),
         Err(_) => metrics.casts_error.increment(1),

@@ -62,6 +62,8 @@ pub type Upgrade<T> = fn(u32, &[u8]) -> Result<T, BoxError>;
 ///   `on_deactivate` hook (its memory may hold a change the store
 ///   refused), and the next call loads afresh. The same bytes are never
 ///   written again.
+/// - `on_deactivate` is the activation's last turn: what it changes is
+///   written after it (a failure is logged: nobody waits for it).
 /// - [`State::save`] writes now, mid-turn (before a call whose callee must
 ///   see the change durable); [`State::clear`] resets the value to
 ///   `T::default()` and deletes the stored bytes at the end of the turn

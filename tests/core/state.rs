@@ -604,3 +604,168 @@ async fn until(what: &str, f: impl Fn() -> bool, progress: &Notify) {
         let _ = tokio::time::timeout(Duration::from_secs(1), next).await;
     }
 }
+
+// ---- Casts wait for the turn's write ---------------------------------------
+
+/// What the witness received, in order, and a wake-up per message.
+#[derive(Default)]
+struct Seen {
+    values: std::sync::Mutex<Vec<u64>>,
+    more: Notify,
+}
+
+#[derive(Actor, Default)]
+#[actor(capability = "st")]
+struct Witness;
+
+#[derive(Message, Serialize, Deserialize)]
+struct Tell(u64);
+
+#[mesh::handlers]
+impl Witness {
+    async fn tell(&mut self, Tell(n): Tell, ctx: &Ctx) {
+        let seen = ctx.get::<Arc<Seen>>().expect("provided");
+        seen.values.lock().expect("lock").push(n);
+        seen.more.notify_waiters();
+    }
+}
+
+/// A stateful actor that tells the witness about each change.
+#[derive(Actor)]
+#[actor(capability = "st")]
+struct Teller {
+    #[state]
+    n: State<u64>,
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct IncAndTell;
+
+#[mesh::handlers]
+impl Teller {
+    async fn inc_and_tell(&mut self, _: IncAndTell, ctx: &Ctx) -> u64 {
+        *self.n += 1;
+        ctx.node()
+            .cast::<Witness, _>("w", Tell(*self.n))
+            .expect("cast");
+        *self.n
+    }
+}
+
+async fn until_seen(seen: &Seen, want: u64) -> Vec<u64> {
+    mesh_testkit::within(Duration::from_secs(10), async {
+        loop {
+            let more = seen.more.notified();
+            let values = seen.values.lock().expect("lock").clone();
+            if values.contains(&want) {
+                return values;
+            }
+            more.await;
+        }
+    })
+    .await
+}
+
+/// A cast made by a turn that changed the state leaves after the write
+/// (the witness never hears of a change the store does not have), and is
+/// dropped when the write fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cast_made_by_a_changing_turn_waits_for_its_write_and_dies_with_it() {
+    let store = Gated::default();
+    let seen = Arc::new(Seen::default());
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["st"])
+        .actor::<Teller>()
+        .actor::<Witness>()
+        .state(store.clone())
+        .provide(seen.clone())
+        .start()
+        .await
+        .expect("node starts");
+    let saving = store.saving.notified();
+    let call = tokio::spawn({
+        let node = node.clone();
+        async move { node.call::<Teller, _>("t", IncAndTell).await }
+    });
+    saving.await;
+    // The write is blocked: a marker cast from outside overtakes the
+    // held one (both go to the same mailbox, in the order sent).
+    node.cast::<Witness, _>("w", Tell(100)).expect("marker");
+    assert_eq!(
+        until_seen(&seen, 100).await,
+        vec![100],
+        "the held cast went out before the write"
+    );
+    store.permits.add_permits(1);
+    assert_eq!(call.await.expect("task").expect("call"), 1);
+    assert_eq!(until_seen(&seen, 1).await, vec![100, 1]);
+    // A failed write: the call fails and the cast is never sent.
+    store.down.store(true, Ordering::SeqCst);
+    store.permits.add_permits(1);
+    let err = node
+        .call::<Teller, _>("t", IncAndTell)
+        .await
+        .expect_err("down");
+    assert!(matches!(err, mesh::Error::State { .. }), "{err:?}");
+    node.cast::<Witness, _>("w", Tell(200)).expect("marker");
+    assert_eq!(
+        until_seen(&seen, 200).await,
+        vec![100, 1, 200],
+        "a cast of a turn whose write failed must not be sent"
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A state whose hook counts the activation's ends.
+#[derive(Default, Serialize, Deserialize)]
+struct Ends {
+    ends: u64,
+}
+
+#[derive(Actor)]
+#[actor(capability = "st", on_deactivate = Visits::ended)]
+struct Visits {
+    #[state]
+    s: State<Ends>,
+}
+
+impl Visits {
+    async fn ended(&mut self) {
+        self.s.ends += 1;
+    }
+}
+
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+struct Ended;
+
+#[mesh::handlers]
+impl Visits {
+    async fn ended_count(&mut self, _: Ended, ctx: &Ctx) -> u64 {
+        ctx.deactivate();
+        self.s.ends
+    }
+}
+
+/// `on_deactivate` is the last turn: what it changes is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_on_deactivate_changes_is_written() {
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["st"])
+        .actor::<Visits>()
+        .state(MemoryStore::new())
+        .start()
+        .await
+        .expect("node starts");
+    for want in 0..3 {
+        // Each call reads the count, then ends its activation.
+        assert_eq!(
+            node.call::<Visits, _>("v", Ended).await.expect("call"),
+            want
+        );
+    }
+    node.shutdown().await.expect("shutdown");
+}

@@ -55,8 +55,14 @@ fn run(mut cmd: Command, what: &str) {
 }
 
 impl Server {
-    /// Creates and starts a server (a second or two).
+    /// Creates and starts a server (a second or two), fsync off.
     pub fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// The same; with `fsync`, the server syncs its log on every commit
+    /// (PostgreSQL's defaults: what a benchmark of durable writes needs).
+    pub fn start_with(fsync: bool) -> Server {
         let bin = Command::new("pg_config")
             .arg("--bindir")
             .output()
@@ -111,10 +117,13 @@ impl Server {
             "--no-sync",
         ]);
         run(init, "initdb");
+        let durability = match fsync {
+            true => "fsync = on\nsynchronous_commit = on\n",
+            false => "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
+        };
         let conf = format!(
-            "listen_addresses = ''\nunix_socket_directories = '{}'\nfsync = off\n\
-             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n\
-             max_parallel_workers_per_gather = 0\n",
+            "listen_addresses = ''\nunix_socket_directories = '{}'\n{durability}\
+             max_connections = 200\nmax_parallel_workers_per_gather = 0\n",
             dir.display()
         );
         let path = data.join("postgresql.conf");
