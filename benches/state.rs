@@ -10,8 +10,10 @@
 //!   actors; sequential p50/p99 for raw single-write commits and for mesh;
 //! - **PostgreSQL (a local server, fsync and synchronous_commit on)**:
 //!   the same conditional update through raw tokio-postgres, on one
-//!   connection (256 pipelined) and on a pool of 16, and through mesh's
-//!   `PgStore` (pool of 16); sequential p50/p99;
+//!   connection (256 pipelined), on a deadpool pool of 16 (each write
+//!   takes a connection, as `PgStore` does) and on 16 connections shared
+//!   16 deep, and through mesh's `PgStore` (pool of 16); sequential
+//!   p50/p99;
 //! - **activation with state**: fresh activations/s of a stateful actor
 //!   (a load of a row never written) beside the same actor without state.
 //!
@@ -240,8 +242,43 @@ async fn pg_prepare(server: &pg::Server) {
         .expect("insert");
 }
 
+/// `IN_FLIGHT` writers on a deadpool pool of 16 connections, each write
+/// taking a connection for itself (what mesh's `PgStore` does): writes/s.
+async fn raw_pg_pool(pool: &deadpool_postgres::Pool) -> f64 {
+    let t0 = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..IN_FLIGHT {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let id = format!("r-{c}");
+            let from: i64 = {
+                let client = pool.get().await.expect("a connection");
+                let row = client
+                    .query_one("SELECT version FROM raw_state WHERE id = $1", &[&id])
+                    .await
+                    .expect("version");
+                row.get(0)
+            };
+            for v in from..from + (WRITES / IN_FLIGHT) as i64 {
+                let client = pool.get().await.expect("a connection");
+                let st = client.prepare_cached(PG_UPDATE).await.expect("prepare");
+                let n = client
+                    .execute(&st, &[&id, &&b"12345678"[..], &v])
+                    .await
+                    .expect("update");
+                assert_eq!(n, 1, "the compare-and-set holds");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("writer");
+    }
+    (WRITES / IN_FLIGHT * IN_FLIGHT) as f64 / t0.elapsed().as_secs_f64()
+}
+
 /// `IN_FLIGHT` writers sharing `clients` round-robin (one client: all
-/// pipelined on one connection); each keeps its row's version: writes/s.
+/// pipelined on one connection; 16: 16 deep on each); each keeps its
+/// row's version: writes/s.
 async fn raw_pg(clients: &[Arc<tokio_postgres::Client>]) -> f64 {
     let t0 = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -376,18 +413,38 @@ fn main() {
             ..PgOptions::default()
         };
         let n = node(PgStore::with_options(&server.config(), options).expect("store")).await;
-        let (mut raw_one, mut raw_pool, mut meshed) = (Vec::new(), Vec::new(), Vec::new());
+        let deadpool = {
+            let cfg: tokio_postgres::Config = server.config().parse().expect("config");
+            let mgr = deadpool_postgres::Manager::from_config(
+                cfg,
+                tokio_postgres::NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            deadpool_postgres::Pool::builder(mgr).max_size(16).build().expect("pool")
+        };
+        let (mut raw_one, mut raw_pool, mut raw_shared, mut meshed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..REPEATS {
             raw_one.push(raw_pg(&one).await);
-            raw_pool.push(raw_pg(&pool).await);
+            raw_pool.push(raw_pg_pool(&deadpool).await);
+            raw_shared.push(raw_pg(&pool).await);
             meshed.push(mesh_writes(&n, &format!("p{r}")).await);
         }
         let base_one = median(raw_one.clone()).0;
         let base_pool = median(raw_pool.clone()).0;
+        let base_shared = median(raw_shared.clone()).0;
         rate("raw tokio-postgres, one connection (pipelined)", raw_one, None);
-        rate("raw tokio-postgres, 16 connections", raw_pool, None);
-        rate("mesh PgStore (pool of 16), counter actors", meshed.clone(), Some(("16 connections", base_pool)));
-        println!("|   (mesh / one connection: {:.2}x)", median(meshed).0 / base_one);
+        rate("raw tokio-postgres, deadpool of 16 (one op each)", raw_pool, None);
+        rate("raw tokio-postgres, 16 connections, 16 deep each", raw_shared, None);
+        rate("mesh PgStore (pool of 16), counter actors", meshed.clone(), Some(("deadpool of 16", base_pool)));
+        let m = median(meshed).0;
+        println!(
+            "|   (mesh / one connection: {:.2}x; mesh / 16 connections 16 deep: {:.2}x)",
+            m / base_one,
+            m / base_shared
+        );
         let raw_seq = raw_pg_sequential(&one[0]).await;
         let mesh_seq = mesh_sequential(&n, "seq").await;
         lat("sequential: raw tokio-postgres", &raw_seq);
