@@ -22,8 +22,11 @@ use std::time::Duration;
 use mesh::history::{violations, MemoryHistory, Phase, Violation};
 use mesh::lease::{Fence, Strong};
 use mesh::prelude::*;
-use mesh_testkit::actors::{Account, Deposit};
-use mesh_testkit::bank::{adapter, agent, check_balances, session_of, Deposits};
+use mesh::state::MemoryStore;
+use mesh_testkit::actors::{Account, Deposit, StateAccount};
+use mesh_testkit::bank::{
+    adapter, agent, check_balances, check_state_balances, session_of, Deposits,
+};
 use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_kv::{TxnOp, TxnOutcome};
 use mesh_testkit::fixture::{member, wait_membership};
@@ -53,6 +56,20 @@ async fn node(
     history: &MemoryHistory,
     hosts: bool,
 ) -> Node {
+    node_with(consul, i, name, mode, history, hosts, None).await
+}
+
+/// The same; with `state`, the node also hosts `StateAccount`s on that
+/// store (one store for the cluster, as a database would be).
+async fn node_with(
+    consul: &TestConsul,
+    i: usize,
+    name: &str,
+    mode: Option<Strong>,
+    history: &MemoryHistory,
+    hosts: bool,
+    state: Option<&MemoryStore>,
+) -> Node {
     let adapter = adapter(consul, i);
     let mut b = member("bank", name)
         .listen("127.0.0.1:0")
@@ -62,6 +79,12 @@ async fn node(
         .discovery(adapter);
     if hosts {
         b = b.capabilities(["bank"]).actor::<Account>();
+        if state.is_some() {
+            b = b.actor::<StateAccount>();
+        }
+    }
+    if let Some(store) = state {
+        b = b.state(store.clone());
     }
     if let Some(s) = mode {
         b = b.strong(s);
@@ -85,6 +108,21 @@ async fn churn(
     Vec<String>,
     u64,
 ) {
+    churn_with(mode, prefix, None).await
+}
+
+/// The churn; with `state`, into `StateAccount`s whose balances live in
+/// that store (checked there), instead of Consul KV.
+async fn churn_with(
+    mode: Option<Strong>,
+    prefix: &str,
+    state: Option<MemoryStore>,
+) -> (
+    Vec<Violation>,
+    Vec<(String, u64, u64, u64)>,
+    Vec<String>,
+    u64,
+) {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -92,24 +130,25 @@ async fn churn(
     }
     let consul = agent(4, SCALE).await;
     let history = MemoryHistory::new();
-    let a = node(&consul, 0, "a", mode, &history, true).await;
-    let driver = node(&consul, 3, "driver", mode, &history, false).await;
+    let st = state.as_ref();
+    let a = node_with(&consul, 0, "a", mode, &history, true, st).await;
+    let driver = node_with(&consul, 3, "driver", mode, &history, false, st).await;
     members(&driver, 2).await;
     let t0 = Instant::now();
-    let load = Deposits::start(
-        &driver,
-        prefix,
-        ACCOUNTS,
-        PER_ACCOUNT,
-        Duration::from_secs(5),
-    );
+    let deadline = Duration::from_secs(5);
+    let load = match st {
+        None => Deposits::start(&driver, prefix, ACCOUNTS, PER_ACCOUNT, deadline),
+        Some(_) => {
+            Deposits::start_for::<StateAccount>(&driver, prefix, ACCOUNTS, PER_ACCOUNT, deadline)
+        }
+    };
     load.more(200).await;
     println!("{:?} b joins", t0.elapsed());
-    let b = node(&consul, 1, "b", mode, &history, true).await;
+    let b = node_with(&consul, 1, "b", mode, &history, true, st).await;
     members(&driver, 3).await;
     load.more(300).await;
     println!("{:?} c joins", t0.elapsed());
-    let c = node(&consul, 2, "c", mode, &history, true).await;
+    let c = node_with(&consul, 2, "c", mode, &history, true, st).await;
     members(&driver, 4).await;
     load.more(300).await;
     println!("{:?} b leaves", t0.elapsed());
@@ -125,7 +164,10 @@ async fn churn(
     load.more(300).await;
     let (acked, failures) = load.finish().await;
     let calls = acked.values().map(|(_, t)| t).sum();
-    let wrong = check_balances(&adapter(&consul, 3), &acked).await;
+    let wrong = match st {
+        None => check_balances(&adapter(&consul, 3), &acked).await,
+        Some(store) => check_state_balances(store, &acked).await,
+    };
     for n in [&a, &driver] {
         n.shutdown().await.expect("shutdown");
     }
@@ -151,6 +193,54 @@ async fn strong_mode_hands_shards_over_with_one_activation_at_a_time_and_no_lost
     // unknown: counted as attempted, not acknowledged).
     for f in &failures {
         assert!(f.contains("down"), "{f}");
+    }
+}
+
+/// Issue 22: the same churn into accounts whose balances are `#[state]`
+/// in a store the cluster shares. Strong mode: the store fences every
+/// write with the shard's token and each activation claims its row, so
+/// nothing acknowledged is lost and no call fails on a conflict (the only
+/// failures are the deposits in flight on the crashed node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_mode_state_follows_the_actor_through_joins_a_leave_and_a_crash() {
+    let store = MemoryStore::new();
+    let (found, wrong, failures, calls) =
+        churn_with(Some(strong()), "strong-state", Some(store)).await;
+    println!(
+        "strong, state store: {calls} deposits, {} failed, {} violations, {} wrong balances",
+        failures.len(),
+        found.len(),
+        wrong.len()
+    );
+    assert!(found.is_empty(), "single activation broken: {found:#?}");
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    for f in &failures {
+        assert!(f.contains("down"), "{f}");
+    }
+}
+
+/// The same in eventual mode: duplicates during the churn may fail calls
+/// with a conflict (counted and printed), never lose an acknowledged
+/// deposit (the version compare-and-set refuses the stale write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventual_mode_state_loses_no_acknowledged_deposit_and_counts_its_conflicts() {
+    let store = MemoryStore::new();
+    let (_, wrong, failures, calls) = churn_with(None, "eventual-state", Some(store)).await;
+    let conflicts = failures.iter().filter(|f| f.contains("conflict")).count();
+    println!(
+        "eventual, state store: {calls} deposits, {} failed ({conflicts} on a conflict), {} wrong balances",
+        failures.len(),
+        wrong.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    for f in &failures {
+        assert!(f.contains("conflict") || f.contains("down"), "{f}");
     }
 }
 

@@ -105,3 +105,23 @@ impl Account {
         }
     }
 }
+
+/// The same bank account with its balance in the node's state store
+/// (`#[state]`): loaded and claimed at activation, written at the end of
+/// each deposit before its reply, fenced by the store in strong mode. The
+/// same `Deposit` message; a refused write is the call's
+/// `Error::State`.
+#[derive(Actor)]
+#[actor(capability = "bank")]
+pub struct StateAccount {
+    #[state]
+    balance: mesh::state::State<u64>,
+}
+
+#[mesh::handlers]
+impl StateAccount {
+    async fn deposit(&mut self, Deposit(n): Deposit) -> Result<u64, String> {
+        *self.balance += n;
+        Ok(*self.balance)
+    }
+}

@@ -56,8 +56,20 @@ pub struct Deposits {
 }
 
 impl Deposits {
-    /// Starts the workers.
+    /// Starts the workers, depositing into [`Account`]s.
     pub fn start(
+        driver: &Node,
+        prefix: &str,
+        accounts: usize,
+        per_account: usize,
+        deadline: Duration,
+    ) -> Deposits {
+        Deposits::start_for::<Account>(driver, prefix, accounts, per_account, deadline)
+    }
+
+    /// The same into accounts of type `A` (such as
+    /// [`crate::actors::StateAccount`]).
+    pub fn start_for<A: mesh::Handler<Deposit>>(
         driver: &Node,
         prefix: &str,
         accounts: usize,
@@ -81,10 +93,7 @@ impl Deposits {
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
                         let started = Instant::now();
-                        let result = driver
-                            .call::<Account, _>(&id, Deposit(1))
-                            .timeout(deadline)
-                            .await;
+                        let result = driver.call::<A, _>(&id, Deposit(1)).timeout(deadline).await;
                         let refused = matches!(&result, Ok(Err(_)));
                         {
                             let mut table = acked.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,6 +176,34 @@ pub async fn check_balances(
                     .expect("a number")
             })
             .unwrap_or(0);
+        if stored < *ok || stored > *tried {
+            wrong.push((id.clone(), *ok, stored, *tried));
+        }
+    }
+    wrong
+}
+
+/// The balances in a state store (`actors::StateAccount`'s rows) against
+/// what was acknowledged and attempted: the accounts that lost an
+/// acknowledged deposit or gained more than was attempted.
+pub async fn check_state_balances(
+    store: &dyn mesh::state::StateStore,
+    acked: &BTreeMap<String, (u64, u64)>,
+) -> Vec<(String, u64, u64, u64)> {
+    use mesh::state::{envelope, StateKey};
+    let mut wrong = Vec::new();
+    for (id, (ok, tried)) in acked {
+        let row = store
+            .load(&StateKey::new("bank/StateAccount", id.as_str()), None)
+            .await
+            .expect("read a balance");
+        let stored = match row.bytes {
+            Some(b) => {
+                let (_, payload) = envelope::open(&b).expect("an envelope");
+                envelope::decode::<u64>(payload).expect("a number")
+            }
+            None => 0,
+        };
         if stored < *ok || stored > *tried {
             wrong.push((id.clone(), *ok, stored, *tried));
         }
