@@ -431,7 +431,9 @@ async fn serve_turns<A: Handlers, T: Turns<A>>(
             if let Some(gate) = here.ctx.output_gate() {
                 let saved = match turn {
                     TurnEnd::Done(Outcome::Done) if gate.is_dirty() => {
-                        watch_queue(mb, batch, turns.commit()).await
+                        // Boxed: only stateful activations pay for it.
+                        let save = Box::pin(gate.saving(turns.commit()));
+                        watch_queue(mb, batch, save).await
                     }
                     TurnEnd::Done(Outcome::Done) => Ok(()),
                     // Not written: the activation ends without it.

@@ -122,10 +122,7 @@ where
                 // A stateful activation whose turn changed its state: the
                 // reply waits for the save (`super::output`).
                 match this.ctx.output_gate().filter(|g| g.is_dirty()) {
-                    Some(gate) => gate.hold(Box::new(move |failed| match failed {
-                        None => reply.send(result),
-                        Some(e) => reply.send(Err(e.clone())),
-                    })),
+                    Some(gate) => gate.hold(Box::new(HeldReply { reply, result })),
                     None => reply.send(result),
                 }
                 Outcome::Done
@@ -142,6 +139,30 @@ where
                 Outcome::Panicked
             }
         })
+    }
+}
+
+/// A reply held until its turn's write (`super::output`).
+struct HeldReply<R, S> {
+    reply: S,
+    result: Result<R, Error>,
+}
+
+impl<R: Send, S: ReplySlot<R> + Send> super::output::Held for HeldReply<R, S> {
+    fn release(self: Box<Self>, failed: Option<&Error>) {
+        let HeldReply { reply, result } = *self;
+        match failed {
+            None => reply.send(result),
+            Some(e) => reply.send(Err(e.clone())),
+        }
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.reply.deadline()
+    }
+
+    fn time_out(&mut self) {
+        self.reply.time_out();
     }
 }
 

@@ -22,26 +22,56 @@
 //! - Calls made during the turn go out at once (the handler waits for
 //!   them): a handler whose callee must see its change durable saves
 //!   first (`State::save`).
+//! - Deadlines: while the write runs, a held reply whose caller's
+//!   deadline passes is answered `Timeout` at that deadline
+//!   ([`OutputGate::saving`]); the write goes on.
 //! - Drop: an activation that ends with replies still held (it panicked,
 //!   or lost its lease) fails them with the error given to
 //!   [`OutputGate::release`]; a gate dropped with replies held (never
 //!   released) fails them with `Error::Cancelled`.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+use tokio::time::Instant;
 
 use crate::util::{lock, BoxFuture};
 use crate::Error;
 
-/// Something held until the turn's save: given `None` when the save
-/// succeeded, or its error.
-pub(crate) type Held = Box<dyn FnOnce(Option<&Error>) + Send>;
+/// Something held until the turn's save: a reply or a cast.
+pub(crate) trait Held: Send {
+    /// The save ended: `None` if it succeeded, or its error.
+    fn release(self: Box<Self>, failed: Option<&Error>);
+    /// When its caller stops waiting (`None`: a cast, or answered).
+    fn deadline(&self) -> Option<Instant>;
+    /// The caller's deadline passed: answers `Timeout` now (a later
+    /// release goes nowhere).
+    fn time_out(&mut self);
+}
+
+/// A cast held until the save: sent by `f` if it succeeded.
+pub(crate) struct HeldCast<F>(pub(crate) F);
+
+impl<F: FnOnce() + Send> Held for HeldCast<F> {
+    fn release(self: Box<Self>, failed: Option<&Error>) {
+        if failed.is_none() {
+            (self.0)();
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn time_out(&mut self) {}
+}
 
 /// See the [module docs](self).
 #[derive(Default)]
 pub(crate) struct OutputGate {
     dirty: AtomicBool,
-    held: Mutex<Vec<Held>>,
+    held: Mutex<Vec<Box<dyn Held>>>,
 }
 
 impl std::fmt::Debug for OutputGate {
@@ -68,16 +98,41 @@ impl OutputGate {
         self.dirty.store(false, Ordering::Relaxed);
     }
 
-    /// Holds `f` until [`OutputGate::release`].
-    pub(crate) fn hold(&self, f: Held) {
-        lock(&self.held).push(f);
+    /// Holds `h` until [`OutputGate::release`].
+    pub(crate) fn hold(&self, h: Box<dyn Held>) {
+        lock(&self.held).push(h);
     }
 
     /// Releases what was held: `None` sends it, `Some(e)` fails it.
     pub(crate) fn release(&self, failed: Option<&Error>) {
         let held = std::mem::take(&mut *lock(&self.held));
-        for f in held {
-            f(failed);
+        for h in held {
+            h.release(failed);
+        }
+    }
+
+    /// Runs `save` (the turn's write), answering `Timeout` to each held
+    /// reply whose caller's deadline passes meanwhile: a slow store never
+    /// keeps a caller past its deadline (the write goes on; its outcome
+    /// is unknown to that caller, as a timed-out call's always is).
+    pub(crate) async fn saving<T>(&self, save: impl Future<Output = T>) -> T {
+        tokio::pin!(save);
+        loop {
+            let next = lock(&self.held).iter().filter_map(|h| h.deadline()).min();
+            let Some(next) = next else {
+                return save.await;
+            };
+            tokio::select! {
+                out = &mut save => return out,
+                () = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    for h in lock(&self.held).iter_mut() {
+                        if h.deadline().is_some_and(|d| d <= now) {
+                            h.time_out();
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -85,8 +140,8 @@ impl OutputGate {
 impl Drop for OutputGate {
     fn drop(&mut self) {
         let held = std::mem::take(&mut *lock(&self.held));
-        for f in held {
-            f(Some(&Error::Cancelled));
+        for h in held {
+            h.release(Some(&Error::Cancelled));
         }
     }
 }

@@ -271,13 +271,11 @@ fn cast_via<A: Handler<M>, M: Message>(via: Via<'_>, id: &str, msg: M) -> Result
         // (`actor::output`).
         if let Some(gate) = crate::actor::chain::output_gate().filter(|g| g.is_dirty()) {
             let (node, id, span) = (node.clone(), id.to_owned(), span.clone());
-            gate.hold(Box::new(move |failed| {
-                if failed.is_none() {
-                    if let Err(e) = node.router().cast::<A, M>(&id, msg, &span) {
-                        tracing::debug!(actor = A::NAME, id, "a cast held for a state write: {e}");
-                    }
+            gate.hold(Box::new(crate::actor::output::HeldCast(move || {
+                if let Err(e) = node.router().cast::<A, M>(&id, msg, &span) {
+                    tracing::debug!(actor = A::NAME, id, "a cast held for a state write: {e}");
                 }
-            }));
+            })));
             return Ok(());
         }
         node.router().cast::<A, M>(id, msg, &span)

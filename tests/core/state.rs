@@ -769,3 +769,23 @@ async fn what_on_deactivate_changes_is_written() {
     }
     node.shutdown().await.expect("shutdown");
 }
+
+/// A store slower than the caller's deadline: the held reply is answered
+/// `Timeout` at the deadline (a call never waits longer); the write goes
+/// on, and its effect stands, as a timed-out call's may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_reply_times_out_at_its_deadline_while_the_write_goes_on() {
+    let store = Gated::default();
+    let node = node_with(store.clone()).await;
+    let call = node
+        .call::<Counter, _>("slow", Inc)
+        .timeout(Duration::from_millis(100));
+    let err = mesh_testkit::within(Duration::from_secs(10), call.into_future())
+        .await
+        .expect_err("the write cannot finish");
+    assert!(matches!(err, mesh::Error::Timeout { .. }), "{err:?}");
+    store.permits.add_permits(1);
+    let (n, _, version) = node.call::<Counter, _>("slow", Get).await.expect("get");
+    assert_eq!((n, version), (1, 1), "the write went on");
+    node.shutdown().await.expect("shutdown");
+}
