@@ -43,6 +43,11 @@
 //! ```sh
 //! cargo run --example consul_mesh -- --name a --listen 127.0.0.1:7001 --capabilities bank --strong
 //! ```
+//!
+//! With `--pg "host=/run/postgresql dbname=bank"` it also hosts
+//! `StateAccount`, whose balance is a `#[state]` field in PostgreSQL
+//! (`mesh::state::PgStore`): the state store the cluster shares, the
+//! writes fenced by the store itself in strong mode.
 
 use std::time::Duration;
 
@@ -81,6 +86,11 @@ struct Args {
     /// Strong single activation: Consul leases per shard (`mesh::lease`).
     #[arg(long)]
     strong: bool,
+    /// Keep bank balances in PostgreSQL (`mesh::state::PgStore`): with
+    /// `--capabilities bank` the node also hosts `StateAccount`, whose
+    /// balance is a `#[state]` field (a libpq connection string or URL).
+    #[arg(long)]
+    pg: Option<String>,
     /// Strong mode against a test agent whose time runs faster
     /// (`Strong::time_scale`); 1 with a real Consul.
     #[arg(long, default_value_t = 1.0)]
@@ -147,6 +157,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = common::builder(&args.node)?;
     if args.node.capabilities.iter().any(|c| c == "bank") {
         builder = builder.actor::<Account>().provide(consul.clone());
+        if let Some(pg) = &args.pg {
+            builder = builder
+                .actor::<StateAccount>()
+                .state(mesh::state::PgStore::new(pg)?);
+        }
     }
     if args.strong {
         builder = builder.strong(Strong::new().time_scale(args.time_scale));
@@ -240,5 +255,25 @@ impl Account {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+/// The same account with its balance in the node's state store (`--pg`):
+/// a `#[state]` field, loaded (and in strong mode claimed with the shard's
+/// fencing token) at activation, written before each deposit's reply; the
+/// store refuses a stale or fenced write, and the call then fails with
+/// `Error::State`.
+#[derive(Actor)]
+#[actor(capability = "bank")]
+struct StateAccount {
+    #[state]
+    balance: mesh::state::State<u64>,
+}
+
+#[mesh::handlers]
+impl StateAccount {
+    async fn deposit(&mut self, Deposit(n): Deposit) -> Result<u64, String> {
+        *self.balance += n;
+        Ok(*self.balance)
     }
 }

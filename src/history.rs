@@ -40,8 +40,10 @@ pub enum Phase {
     Served,
     /// The activation has ended (its `on_deactivate` hook, if any, ran).
     Deactivated,
-    /// Strong mode: the activation ended because its lease was lost,
-    /// without its hook.
+    /// The activation ended without its hook, its last act the last
+    /// message it served: strong mode's lease was lost, or its durable
+    /// state could not be written (`mesh::state`: the store refused or
+    /// failed the write).
     Lost,
 }
 

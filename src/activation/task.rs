@@ -188,7 +188,9 @@ pub(super) async fn run<A: Handlers>(
             }
         }
         drop(actor);
-        let phase = if end == EndReason::Lost {
+        // Ended without its hook, its last act the last message it
+        // served: a lost lease, or a write the store refused.
+        let phase = if matches!(end, EndReason::Lost | EndReason::StateFailed) {
             Phase::Lost
         } else {
             Phase::Deactivated
