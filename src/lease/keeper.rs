@@ -34,8 +34,8 @@
 //!        the next batch, and a demanded key refused past hot is still
 //!        retried between batches, backing off from `retry` to
 //!        [`DEMAND_BACKOFF`] (a crashed node's key is refused until its
-//!        session expires: retrying it every `retry` multiplied the round
-//!        trips of a pass and starved a loaded node). A call never waits for
+//!        session expires: retried every `retry`, each demanded key would
+//!        ride along in every batch of a pass). A call never waits for
 //!        the keeper to reach its shard in shard order (the strong suite
 //!        saw a deposit to shard 4087 time out at 5 s beside a CPU hog,
 //!        behind 11 batches of the leaving node's keys);
