@@ -288,12 +288,7 @@ async fn hung_owner(strong: bool, test: &str) -> (Ending, Option<Result<u64, Err
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_owner_in_strong_mode_serves_nothing_out_of_turn_and_its_stale_write_is_refused() {
     let (o, stale_write) = hung_owner(true, "hung-strong").await;
-    assert!(o.found.is_empty(), "{:#?}", o.found);
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    in_turn_and_nothing_lost(&o);
     match stale_write {
         Some(Err(Error::Fenced { .. })) => {}
         other => panic!("the stale fenced write was not refused: {other:?}"),
@@ -365,12 +360,7 @@ async fn a_hung_owner_on_postgres_in_strong_mode_loses_nothing_and_the_store_ref
         "the store took a write with the hung owner's token {token}: {stale:?}"
     );
     let o = scene.end().await;
-    assert!(o.found.is_empty(), "{:#?}", o.found);
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    in_turn_and_nothing_lost(&o);
     for f in &o.failures {
         assert!(f.contains("timed out") || f.contains("down"), "{f}");
     }
@@ -471,12 +461,7 @@ async fn a_killed_owner_hands_its_shards_over_after_its_session_expires() {
     println!(
         "failover after SIGKILL: {failover:?} (bound 2 x TTL + lock-delay + retry = {bound:?}, as the agent counts time)"
     );
-    assert!(o.found.is_empty(), "{:#?}", o.found);
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    in_turn_and_nothing_lost(&o);
     // Only deposits that were in flight on the killed node fail (their
     // outcome is unknown: counted as attempted, not acknowledged).
     for f in &o.failures {
@@ -521,15 +506,21 @@ async fn a_rolling_restart_on_postgres_in_eventual_mode_loses_no_deposit() {
     }
 }
 
-/// A strong rolling restart's promise: nothing out of turn, nothing lost,
-/// no call failed.
-fn no_call_failed(o: &Ending) {
+/// Strong mode's promise: no activation out of turn (the merged
+/// histories), no acknowledged deposit lost and none stored that was not
+/// attempted (the balances).
+fn in_turn_and_nothing_lost(o: &Ending) {
     assert!(o.found.is_empty(), "{:#?}", o.found);
     assert!(
         o.wrong.is_empty(),
         "(id, acked, stored, attempted): {:?}",
         o.wrong
     );
+}
+
+/// A strong rolling restart's promise: that, and no call failed.
+fn no_call_failed(o: &Ending) {
+    in_turn_and_nothing_lost(o);
     assert!(
         o.failures.is_empty(),
         "{} failed: {:?}",
