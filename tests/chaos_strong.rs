@@ -23,7 +23,10 @@
 //!   deposit lost, and the store itself refuses a write carrying the hung
 //!   node's token; in eventual mode the duplicates' stale writes fail
 //!   their calls on a conflict and no acknowledged deposit is lost; and
-//!   the rolling restart on PostgreSQL: no call fails, no deposit lost.
+//!   the rolling restart on PostgreSQL: no call fails, no deposit lost;
+//!   a SIGKILL and a partition (cut off from Consul, in a network
+//!   namespace) on PostgreSQL in both modes: no deposit lost, nothing out
+//!   of turn in strong mode, the eventual partition's conflicts printed.
 //!
 //! Needs the examples built (`cargo test` builds them).
 
@@ -122,22 +125,6 @@ async fn until_held(consul: &TestConsul, load: &Deposits, key: &str, node: &str)
     .await
 }
 
-fn lock_key(id: &str) -> String {
-    format!("mesh/chaos/own/bank/Account/{:04}", mesh::ring::shard(id))
-}
-
-/// An account the driver routes to `node`, and its shard's lock key.
-fn account_on(driver: &Node, node: &str, prefix: &str) -> (String, String) {
-    (0..ACCOUNTS)
-        .map(|a| format!("{prefix}-{a}"))
-        .find(|id| driver.owner_of::<Account>(id).is_ok_and(|o| o == node))
-        .map(|id| {
-            let key = lock_key(&id);
-            (id, key)
-        })
-        .expect("an account on the node")
-}
-
 /// Three node processes, the driver and the deposits, started.
 struct Scene {
     test: String,
@@ -159,6 +146,38 @@ struct Ending {
 }
 
 impl Scene {
+    /// The actor the deposits go to: `StateAccount` with PostgreSQL.
+    fn kind(&self) -> &'static str {
+        if self.pg.is_some() {
+            "StateAccount"
+        } else {
+            "Account"
+        }
+    }
+
+    /// The lock key of `id`'s shard for the deposits' actor.
+    fn lock_key(&self, id: &str) -> String {
+        format!(
+            "mesh/chaos/own/bank/{}/{:04}",
+            self.kind(),
+            mesh::ring::shard(id)
+        )
+    }
+
+    /// The accounts the driver routes to `node` now.
+    fn accounts_on(&self, node: &str) -> Vec<String> {
+        (0..ACCOUNTS)
+            .map(|a| format!("{}-{a}", self.test))
+            .filter(|id| {
+                let owner = match self.pg {
+                    None => self.driver.owner_of::<Account>(id),
+                    Some(_) => self.driver.owner_of::<StateAccount>(id),
+                };
+                owner.is_ok_and(|o| o == node)
+            })
+            .collect()
+    }
+
     /// Starts p-0..p-2 and the driver (in `strong` mode or not), waits
     /// for the membership, and starts deposits with `deadline` each.
     async fn start(test: &str, strong: bool, deadline: Duration) -> Scene {
@@ -242,7 +261,7 @@ impl Scene {
 async fn hung_owner(strong: bool, test: &str) -> (Ending, Option<Result<u64, Error>>) {
     let scene = Scene::start(test, strong, Duration::from_secs(2)).await;
     let (consul, load, driver) = (&scene.consul, &scene.load, &scene.driver);
-    let (_, key) = account_on(driver, "p-1", test);
+    let key = scene.lock_key(&scene.accounts_on("p-1")[0]);
     let old = if strong {
         Some(until_held(consul, load, &key, "p-1").await)
     } else {
@@ -316,18 +335,8 @@ async fn a_hung_owner_on_postgres_in_strong_mode_loses_nothing_and_the_store_ref
     )
     .await;
     let (consul, load, driver) = (&scene.consul, &scene.load, &scene.driver);
-    let id = (0..ACCOUNTS)
-        .map(|a| format!("{test}-{a}"))
-        .find(|id| {
-            driver
-                .owner_of::<StateAccount>(id)
-                .is_ok_and(|o| o == "p-1")
-        })
-        .expect("an account on p-1");
-    let key = format!(
-        "mesh/chaos/own/bank/StateAccount/{:04}",
-        mesh::ring::shard(&id)
-    );
+    let id = scene.accounts_on("p-1").swap_remove(0);
+    let key = scene.lock_key(&id);
     let old = until_held(consul, load, &key, "p-1").await;
     let config = scene.pg.as_ref().expect("a server").config();
     let store = PgStore::new(&config).expect("a store");
@@ -427,46 +436,82 @@ async fn a_hung_owner_in_eventual_mode_is_flagged_by_the_checkers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_hands_its_shards_over_after_its_session_expires() {
-    let test = "killed-strong";
-    let scene = Scene::start(test, true, Duration::from_secs(5)).await;
+    let o = killed_owner("killed-strong", true, None).await;
+    in_turn_and_nothing_lost(&o);
+}
+
+/// Issue 22: SIGKILL of an owner with the balances `#[state]` in a real
+/// PostgreSQL, strong mode: its shards come back after its session
+/// expired, the new owners load what it wrote (its last acknowledged
+/// writes were durable before their replies), nothing is served out of
+/// turn and no acknowledged deposit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_on_postgres_in_strong_mode_loses_no_deposit() {
+    let o = killed_owner("killed-pg-strong", true, Some(pg::Server::start())).await;
+    in_turn_and_nothing_lost(&o);
+}
+
+/// The same in eventual mode: the survivors take the killed node's
+/// accounts as soon as its health check fails, and no acknowledged
+/// deposit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_on_postgres_in_eventual_mode_loses_no_deposit() {
+    let o = killed_owner("killed-pg-eventual", false, Some(pg::Server::start())).await;
+    assert!(
+        o.wrong.is_empty(),
+        "(id, acked, stored, attempted): {:?}",
+        o.wrong
+    );
+}
+
+/// SIGKILL p-1 under deposits (with `pg`, into `StateAccount`s there);
+/// in strong mode, waits for one of its shards to be locked by another
+/// node and prints the failover time next to its bound. Only deposits in
+/// flight on the killed node fail (their outcome is unknown: counted as
+/// attempted, not acknowledged).
+async fn killed_owner(test: &str, strong: bool, pg: Option<pg::Server>) -> Ending {
+    let scene = Scene::start_with(test, strong, Duration::from_secs(5), pg).await;
     let (consul, load) = (&scene.consul, &scene.load);
-    let (_, key) = account_on(&scene.driver, "p-1", test);
-    let old = Some(until_held(consul, load, &key, "p-1").await);
+    let on_p1 = scene.accounts_on("p-1");
+    println!("p-1's accounts: {on_p1:?}");
+    let key = scene.lock_key(on_p1.first().expect("an account on p-1"));
+    let old = if strong {
+        Some(until_held(consul, load, &key, "p-1").await)
+    } else {
+        None
+    };
     scene.procs[1].signal("KILL");
     let killed = Instant::now();
     println!("killed at {:?}", std::time::SystemTime::now());
-    let on_p1: Vec<String> = (0..ACCOUNTS)
-        .map(|a| format!("{test}-{a}"))
-        .filter(|id| {
-            scene
-                .driver
-                .owner_of::<Account>(id)
-                .is_ok_and(|o| o == "p-1")
-        })
-        .collect();
-    println!("p-1's accounts: {on_p1:?}");
-    within(STEP, async {
-        loop {
-            load.more(10).await;
-            if holder(consul, &key).is_some_and(|h| Some(&h) != old.as_ref()) {
-                return;
+    if strong {
+        within(STEP, async {
+            loop {
+                load.more(10).await;
+                if holder(consul, &key).is_some_and(|h| Some(&h) != old.as_ref()) {
+                    return;
+                }
             }
-        }
-    })
-    .await;
-    let failover = killed.elapsed();
+        })
+        .await;
+        let bound = Strong::new().time_scale(SCALE).failover_bound();
+        println!(
+            "{test}: failover after SIGKILL: {:?} (bound 2 x TTL + lock-delay + retry = {bound:?}, as the agent counts time)",
+            killed.elapsed()
+        );
+    } else {
+        members(&scene.driver, |m| !m.contains("p-1")).await;
+        println!(
+            "{test}: p-1 out of the driver's membership {:?} after SIGKILL",
+            killed.elapsed()
+        );
+    }
     load.more(300).await;
     let o = scene.end().await;
-    let bound = Strong::new().time_scale(SCALE).failover_bound();
-    println!(
-        "failover after SIGKILL: {failover:?} (bound 2 x TTL + lock-delay + retry = {bound:?}, as the agent counts time)"
-    );
-    in_turn_and_nothing_lost(&o);
-    // Only deposits that were in flight on the killed node fail (their
-    // outcome is unknown: counted as attempted, not acknowledged).
+    println!("{test}: {} failed calls", o.failures.len());
     for f in &o.failures {
         assert!(f.contains("p-1") || f.contains("down"), "{f}");
     }
+    o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,7 +597,7 @@ async fn rolling_restart(test: &str, strong: bool, pg: Option<pg::Server>) -> En
 /// Runs test `name` of this binary again, alone, in a network namespace
 /// of its own (`unshare --net`, loopback up), where it may change
 /// iptables; fails if it fails.
-async fn in_own_namespace(name: &str) {
+async fn in_own_namespace(name: &str, marker: &str) {
     require("unshare", "util-linux");
     require("ip", "iproute2");
     require("iptables", "iptables");
@@ -577,7 +622,7 @@ async fn in_own_namespace(name: &str) {
         out.status.success(),
         "in its namespace:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("cut off from consul:"), "{stdout}");
+    assert!(stdout.contains(marker), "{stdout}");
 }
 
 fn iptables(args: &[&str]) {
@@ -602,16 +647,16 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
     let test =
         "a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_replaced_before";
     if std::env::var("MESH_STRONG_NETNS").is_err() {
-        return in_own_namespace(test).await;
+        return in_own_namespace(test, "cut off from consul:").await;
     }
     let scene = Scene::start("cutoff-strong", true, Duration::from_millis(1500)).await;
     let (consul, load, driver, dir) = (&scene.consul, &scene.load, &scene.driver, &scene.dir);
-    let (_, key) = account_on(driver, "p-1", "cutoff-strong");
+    let key = scene.lock_key(&scene.accounts_on("p-1")[0]);
     let session = until_held(consul, load, &key, "p-1").await;
     // The accounts whose shard p-1 holds now.
     let p1_accounts: Vec<String> = (0..ACCOUNTS)
         .map(|a| format!("cutoff-strong-{a}"))
-        .filter(|id| holder(consul, &lock_key(id)).as_ref() == Some(&session))
+        .filter(|id| holder(consul, &scene.lock_key(id)).as_ref() == Some(&session))
         .collect();
     // p-1 serves its accounts (its shards were handed over to it).
     within(STEP, async {
@@ -642,7 +687,7 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
     // have moved in between).
     let p1_accounts: Vec<String> = p1_accounts
         .into_iter()
-        .filter(|id| holder(consul, &lock_key(id)).as_ref() == Some(&session))
+        .filter(|id| holder(consul, &scene.lock_key(id)).as_ref() == Some(&session))
         .collect();
     assert!(!p1_accounts.is_empty(), "p-1 held no account at the cut");
     // Its peers see its health check fail and route around it; calls it
@@ -763,6 +808,99 @@ async fn a_node_cut_off_from_consul_stops_serving_within_its_lease_and_is_not_re
     for f in &failures {
         assert!(f.contains("timed out") || f.contains("down"), "{f}");
     }
+}
+
+/// Issue 22: a partition on PostgreSQL, strong mode. p-1 is cut off from
+/// its Consul agent (iptables, in a network namespace of the test's own)
+/// while it serves deposits into `StateAccount`s, until its accounts are
+/// taken over by the others (after its session expired), then healed; p-1
+/// comes back and takes its shards again. Nothing is served out of turn,
+/// no acknowledged deposit is lost, and only calls in flight to p-1 fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_on_postgres_in_strong_mode_loses_no_deposit() {
+    let name = "a_partition_on_postgres_in_strong_mode_loses_no_deposit";
+    let Some(o) = partition(name, "cut-pg-strong", true).await else {
+        return;
+    };
+    in_turn_and_nothing_lost(&o);
+    for f in &o.failures {
+        assert!(f.contains("timed out") || f.contains("down"), "{f}");
+    }
+}
+
+/// The same partition in eventual mode: the others take p-1's accounts
+/// as soon as its health check fails, and after the heal its activations
+/// that lived through the cut hold stale versions: their writes are
+/// refused (a conflict fails the call, the activation is dropped, the
+/// next call loads afresh). No acknowledged deposit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_on_postgres_in_eventual_mode_loses_no_deposit() {
+    let name = "a_partition_on_postgres_in_eventual_mode_loses_no_deposit";
+    let Some(o) = partition(name, "cut-pg-eventual", false).await else {
+        return;
+    };
+    assert!(
+        o.wrong.is_empty(),
+        "(id, acked, stored, attempted): {:?}",
+        o.wrong
+    );
+}
+
+/// Runs test `name` in a network namespace of its own; there, cuts p-1
+/// off from its Consul agent under deposits into `StateAccount`s in a
+/// real PostgreSQL (reached over its Unix socket, which the cut leaves
+/// alone), until another node activated one of p-1's accounts, heals the
+/// cut, lets p-1 rejoin, and ends the scene. `None` in the outer process.
+async fn partition(name: &str, test: &str, strong: bool) -> Option<Ending> {
+    if std::env::var("MESH_STRONG_NETNS").is_err() {
+        in_own_namespace(name, "partition healed:").await;
+        return None;
+    }
+    let pg = pg::Server::start();
+    let scene = Scene::start_with(test, strong, Duration::from_millis(1500), Some(pg)).await;
+    let (load, driver, dir) = (&scene.load, &scene.driver, &scene.dir);
+    let p1 = scene.accounts_on("p-1");
+    // Whether the histories show one of p-1's accounts in `phase` on p-1
+    // (`on_p1`) or elsewhere.
+    let seen = |phase: mesh::history::Phase, on_p1: bool| {
+        histories(dir)
+            .iter()
+            .any(|e| e.phase == phase && (e.node == "p-1") == on_p1 && p1.contains(&e.id))
+    };
+    within(STEP, async {
+        while !seen(mesh::history::Phase::Served, true) {
+            load.more(20).await;
+        }
+    })
+    .await;
+    let port = scene
+        .consul
+        .url(1)
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    iptables(&["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"]);
+    let cut = Instant::now();
+    members(driver, |m| !m.contains("p-1")).await;
+    within(STEP, async {
+        while !seen(mesh::history::Phase::Activated, false) {
+            load.more(20).await;
+        }
+    })
+    .await;
+    let taken = cut.elapsed();
+    load.more(300).await;
+    iptables(&["-F", "INPUT"]);
+    members(driver, |m| m.len() == 4).await;
+    load.more(600).await;
+    let o = scene.end().await;
+    let conflicts = o.failures.iter().filter(|f| f.contains("conflict")).count();
+    println!(
+        "partition healed: {test}: p-1's accounts activated elsewhere {taken:?} after the cut; {} failed calls, {conflicts} on a conflict",
+        o.failures.len()
+    );
+    Some(o)
 }
 
 /// Issue 24, point 4: every node of a strong cluster stopped at once
