@@ -95,7 +95,7 @@ impl std::fmt::Debug for PgStore {
 
 /// The statements, with the schema in them.
 struct Sql {
-    create: Vec<String>,
+    create: String,
     load: String,
     claim: String,
     insert: String,
@@ -108,15 +108,20 @@ struct Sql {
 impl Sql {
     fn new(schema: &str) -> Sql {
         let t = format!("{}.mesh_state", quote_ident(schema));
+        // `IF NOT EXISTS` does not make two sessions' creates safe against
+        // each other (the loser fails on the catalog: "type already
+        // exists", a unique violation): a transaction-scoped advisory lock
+        // on the schema's name makes nodes that start together take turns.
+        let turn = xxhash_rust::xxh3::xxh3_64(format!("mesh_state:{schema}").as_bytes()) as i64;
         Sql {
-            create: vec![
-                format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {t} (kind text NOT NULL, id bytea NOT NULL, \
-                     shard int NOT NULL, version bigint NOT NULL, fence bigint NOT NULL, \
-                     payload bytea, PRIMARY KEY (kind, id))"
-                ),
-            ],
+            create: format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({turn}); \
+                 CREATE SCHEMA IF NOT EXISTS {schema}; \
+                 CREATE TABLE IF NOT EXISTS {t} (kind text NOT NULL, id bytea NOT NULL, \
+                 shard int NOT NULL, version bigint NOT NULL, fence bigint NOT NULL, \
+                 payload bytea, PRIMARY KEY (kind, id)); COMMIT",
+                schema = quote_ident(schema)
+            ),
             // $3: the row limit. A longer payload comes back as NULL with
             // its length, never as bytes.
             load: format!(
@@ -233,17 +238,13 @@ impl PgStore {
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}").into()))?;
         self.ready
             .get_or_try_init(|| async {
-                for sql in &self.sql.create {
-                    if let Err(e) = client.batch_execute(sql).await {
-                        // Two nodes creating it at once: one gets a
-                        // unique violation on the catalog; it exists.
-                        let code = e.code().map(|c| c.code());
-                        if !matches!(code, Some("23505") | Some("42P06") | Some("42P07")) {
-                            return Err(StoreError::Unavailable(
-                                format!("creating the table: {}", pg_error(&e)).into(),
-                            ));
-                        }
-                    }
+                if let Err(e) = client.batch_execute(&self.sql.create).await {
+                    // Not committed: end the transaction before the
+                    // connection goes back to the pool.
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(StoreError::Unavailable(
+                        format!("creating the table: {}", pg_error(&e)).into(),
+                    ));
                 }
                 Ok(())
             })

@@ -503,6 +503,27 @@ async fn the_postgres_store_keeps_the_contract() {
     assert_eq!(first.load(&key, None).await.map(|s| s.version), Ok(1));
 }
 
+/// Nodes that start together each create the table on their first use,
+/// at once: every one of them succeeds (`CREATE TABLE IF NOT EXISTS`
+/// alone lets the losers of that race fail with "type already exists";
+/// the chaos suite's rolling restarts met it under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_creating_the_table_at_once_all_succeed() {
+    for round in 0..5 {
+        let server = pg::Server::start();
+        let mut firsts = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let store = pg_store(&server, LIMIT);
+            firsts.spawn(async move {
+                let key = StateKey::new("race/Actor", format!("{i}"));
+                store.save(&key, 0, None, Some(b"1")).await
+            });
+        }
+        let got = firsts.join_all().await;
+        assert!(got.iter().all(|r| *r == Ok(1)), "round {round}: {got:?}");
+    }
+}
+
 /// PostgreSQL stopped and started again under load: calls to stateful
 /// actors fail typed while it is down, stateless ones keep working, service
 /// resumes by itself, and nothing acknowledged is lost (acknowledged <=
