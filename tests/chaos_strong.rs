@@ -56,6 +56,8 @@ const SCALE: f64 = 0.05;
 const STEP: Duration = Duration::from_secs(30);
 const ACCOUNTS: usize = 30;
 const PER_ACCOUNT: usize = 4;
+/// The nodes' health check TTL (`--ttl-ms`).
+const CHECK_TTL: Duration = Duration::from_millis(6000);
 
 /// Node process `p-<i>`; with `pg`, it keeps `StateAccount` balances
 /// there.
@@ -76,7 +78,7 @@ async fn spawn_with(
             "--heartbeat-ms",
             "100",
             "--ttl-ms",
-            "6000",
+            &CHECK_TTL.as_millis().to_string(),
         ])
         .arg("--history")
         .arg(dir.join(format!("{name}.history")));
@@ -493,10 +495,12 @@ async fn killed_owner(test: &str, strong: bool, pg: Option<pg::Server>) -> Endin
             }
         })
         .await;
-        let bound = Strong::new().time_scale(SCALE).failover_bound();
+        let strong = Strong::new().time_scale(SCALE);
         println!(
-            "{test}: failover after SIGKILL: {:?} (bound 2 x TTL + lock-delay + retry = {bound:?}, as the agent counts time)",
-            killed.elapsed()
+            "{test}: failover after SIGKILL: {:?} (bound check TTL + lock-delay + retry = {:?}; unbound 2 x TTL + lock-delay + retry = {:?}; as the agent counts time)",
+            killed.elapsed(),
+            strong.failover_bound_with_check(CHECK_TTL),
+            strong.failover_bound(),
         );
     } else {
         members(&scene.driver, |m| !m.contains("p-1")).await;

@@ -199,7 +199,7 @@ fn registration(
 ) -> Result<(String, String, Value), StartError> {
     let (address, port) = split_addr(&me.addr)?;
     let id = format!("{service}-{}", me.node);
-    let check_id = format!("service:{id}");
+    let check_id = check_of(&id);
     let body = json!({
         "ID": id,
         "Name": service,
@@ -778,6 +778,20 @@ async fn deregister(api: &Api, id: &str) -> Result<(), ApiError> {
     match api.put(&path, &[], None).await {
         Err(ApiError::Status { code: 404, .. }) => Ok(()),
         other => other,
+    }
+}
+
+/// The ID of the health check registered with service `id`.
+fn check_of(id: &str) -> String {
+    format!("service:{id}")
+}
+
+impl Consul {
+    /// This node's own health check ID while registered (`None` before
+    /// start and after stop): what strong mode binds its session to.
+    pub(super) fn own_check(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
+        let running = self.running.clone();
+        move || lock(&running).as_ref().map(|r| check_of(&r.service_id))
     }
 }
 

@@ -4,9 +4,16 @@
 //! `shared/reference/chaos-and-leases.md` section 3).
 //!
 //! - Session create: `PUT /v1/session/create` with `Name`, `TTL`,
-//!   `LockDelay`, `Behavior: "release"` and empty `NodeChecks` and
-//!   `ServiceChecks` (TTL-only: with `serfHealth` the servers could
-//!   invalidate it at any moment, and no local deadline would be safe).
+//!   `LockDelay`, `Behavior: "release"`, empty `NodeChecks` (not the
+//!   agent's `serfHealth`: a gossip flap would end the lease) and, unless
+//!   [`crate::lease::Strong::bind_to_health_check`] is off,
+//!   `ServiceChecks: [{"ID": "service:<service id>"}]`, this node's own
+//!   TTL check, so that a crashed process's session is invalidated once
+//!   its check goes critical. Consul refuses the create while that check
+//!   is critical or missing (a 500): the keeper retries with its backoff.
+//!   The lock-delay applies to every invalidation, which is what keeps the
+//!   local deadline safe whenever it comes (`crate::lease`, "Explicit
+//!   invalidation").
 //! - Renew: `PUT /v1/session/renew/:id`; 404 means the session is gone.
 //! - Destroy: `PUT /v1/session/destroy/:id`.
 //! - Lock / unlock: one `/v1/txn` of `lock` (or `unlock`) ops per batch.
@@ -28,14 +35,27 @@ use crate::util::BoxFuture;
 use crate::Error;
 
 /// Consul's sessions and KV as a [`LeaseStore`].
-#[derive(Debug)]
 pub(crate) struct ConsulLeases {
     api: Api,
+    /// This node's own health check, while registered.
+    check: Box<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ConsulLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulLeases").finish_non_exhaustive()
+    }
 }
 
 impl ConsulLeases {
-    pub(crate) fn new(api: Api) -> ConsulLeases {
-        ConsulLeases { api }
+    pub(crate) fn new(
+        api: Api,
+        check: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> ConsulLeases {
+        ConsulLeases {
+            api,
+            check: Box::new(check),
+        }
     }
 }
 
@@ -112,14 +132,19 @@ impl LeaseStore for ConsulLeases {
         name: &str,
         ttl: std::time::Duration,
         lock_delay: std::time::Duration,
+        bind_health: bool,
     ) -> BoxFuture<'_, Result<String, LeaseStoreError>> {
+        let checks: Vec<Value> = match (bind_health, (self.check)()) {
+            (true, Some(id)) => vec![json!({ "ID": id })],
+            _ => Vec::new(),
+        };
         let body = json!({
             "Name": name,
             "TTL": go_duration(ttl),
             "LockDelay": go_duration(lock_delay),
             "Behavior": "release",
             "NodeChecks": [],
-            "ServiceChecks": [],
+            "ServiceChecks": checks,
         });
         Box::pin(async move {
             self.api
@@ -347,6 +372,6 @@ impl Consul {
 
     /// The lease store of this adapter (strong mode).
     pub(crate) fn leases(&self) -> Result<ConsulLeases, crate::StartError> {
-        Ok(ConsulLeases::new(self.api()?))
+        Ok(ConsulLeases::new(self.api()?, self.own_check()))
     }
 }

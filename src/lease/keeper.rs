@@ -649,7 +649,12 @@ impl<M: Send + Sync + 'static> Run<M> {
             let created = self
                 .shared
                 .store
-                .create_session(&self.session_name, self.strong.ttl, self.strong.lock_delay)
+                .create_session(
+                    &self.session_name,
+                    self.strong.ttl,
+                    self.strong.lock_delay,
+                    self.strong.bind_health,
+                )
                 .await;
             match created {
                 Ok(id) => {
@@ -992,6 +997,7 @@ mod tests {
             name: &str,
             _ttl: Duration,
             _lock_delay: Duration,
+            _bind_health: bool,
         ) -> BoxFuture<'_, Result<String, LeaseStoreError>> {
             let name = name.to_owned();
             Box::pin(async move {

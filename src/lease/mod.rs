@@ -28,9 +28,10 @@
 //! keeps routing a local ring lookup (no directory hop) and gates only
 //! activation and dispatch:
 //!
-//! - **One session per node** in the store (Consul: TTL-only, no node
-//!   checks, `Behavior` release; TTL 10 s, lock-delay 10 s by default),
-//!   kept alive every TTL / 4.
+//! - **One session per node** in the store (Consul: bound to the node's
+//!   own service health check, not to the agent's `serfHealth`; `Behavior`
+//!   release; TTL 10 s, lock-delay 10 s by default), kept alive every TTL
+//!   / 4.
 //! - **One lock key per (actor type, shard)**,
 //!   `mesh/<cluster>/own/<capability>/<actor>/<shard:04>` (the types of a
 //!   capability may be placed on different nodes), locked in batches of 64
@@ -45,8 +46,9 @@
 //!   released key until the lock-delay after an invalidation, so stopping
 //!   at the deadline stays safe for a clock running up to rho slower than
 //!   the server's.
-//! - **Explicit invalidation** (an operator's `consul session destroy`, a
-//!   server-side invalidation): the keys are free at `D + lock-delay`,
+//! - **Explicit invalidation** (an operator's `consul session destroy`,
+//!   the bound health check going critical, a server-side invalidation):
+//!   the keys are free at `D + lock-delay`,
 //!   where `D` is the invalidation, which came after the last renew was
 //!   received. This node stops at most `validity / (1 - rho)` of server
 //!   time after that renew was sent, that is before `D + TTL - epsilon /
@@ -73,11 +75,23 @@
 //!   The new owner retries the lock every `retry` (250 ms) and buffers the
 //!   calls it gets meanwhile, each until its own deadline. A node that
 //!   leaves does the same for all its shards, then destroys its session.
-//! - **Crash**: the dead node's session expires at least a TTL after its
-//!   last renew (Consul's timer runs twice the TTL), then its keys are
-//!   free after the lock-delay: its shards are unavailable for at most
-//!   `2 x TTL + lock-delay + retry`, about 30 s with the defaults (the
-//!   10 s TTL is Consul's minimum).
+//! - **Crash**: a crashed process stops passing its health check, which
+//!   goes critical a check TTL after the last pass (3 heartbeats by
+//!   default); Consul then invalidates the session bound to it, and the
+//!   keys are free after the lock-delay: the shards are unavailable for at
+//!   most `check TTL + lock-delay + retry`, about 13 s with the defaults
+//!   ([`Strong::failover_bound_with_check`]). When the check cannot turn
+//!   critical (the whole host died with its Consul agent, whose checks
+//!   the servers then keep as they were), or with
+//!   [`Strong::bind_to_health_check`] off, the session expires at least a
+//!   TTL after its last renew (Consul's timer runs twice the TTL): `2 x
+//!   TTL + lock-delay + retry`, about 30 s ([`Strong::failover_bound`];
+//!   the 10 s TTL is Consul's minimum). The binding cannot shorten the
+//!   lock-delay: the invalidation it brings may come at any time, which
+//!   is the explicit invalidation above. What it costs is liveness: a
+//!   node whose health check lapses (its process stalled for a check
+//!   TTL) loses its session, so every activation it holds, and its
+//!   shards are out for the lock-delay.
 //!
 //! Strong mode needs an authoritative store: a static-seed cluster cannot
 //! offer it, and [`crate::NodeBuilder::start`] refuses `strong` without a
@@ -154,6 +168,7 @@ pub struct Strong {
     pub(crate) time_scale: f64,
     pub(crate) retry: Duration,
     pub(crate) batch: usize,
+    pub(crate) bind_health: bool,
 }
 
 impl Default for Strong {
@@ -176,6 +191,7 @@ impl Strong {
             time_scale: 1.0,
             retry: Duration::from_millis(250),
             batch: 64,
+            bind_health: true,
         }
     }
 
@@ -216,6 +232,18 @@ impl Strong {
     /// ms): bounds how long a handoff waits after the old owner released.
     pub fn retry(mut self, every: Duration) -> Self {
         self.retry = every;
+        self
+    }
+
+    /// Whether the session is bound to this node's own health check
+    /// (default: yes), so that a crashed process's shards come back a
+    /// check TTL after its last heartbeat instead of up to twice the
+    /// session TTL (see the [module docs](self), "Crash"). Safety does not
+    /// depend on it: the lock-delay covers an invalidation at any time.
+    /// Turn it off to keep the shards through a stall longer than the
+    /// check TTL (the session TTL still bounds it).
+    pub fn bind_to_health_check(mut self, bind: bool) -> Self {
+        self.bind_health = bind;
         self
     }
 
@@ -290,9 +318,22 @@ impl Strong {
     }
 
     /// How long a crashed owner's shards stay unavailable at most, as the
-    /// store counts time: `2 x TTL + lock-delay + retry`.
+    /// store counts time, when its health check cannot tell (the host died
+    /// with its agent, or the binding is off): `2 x TTL + lock-delay +
+    /// retry`.
     pub fn failover_bound(&self) -> Duration {
         (self.ttl * 2 + self.lock_delay).mul_f64(self.time_scale) + self.retry
+    }
+
+    /// The same for a crashed process whose health check (TTL `check_ttl`,
+    /// as registered) turns critical, with the session bound to it:
+    /// `check TTL + lock-delay + retry`; [`Strong::failover_bound`] when
+    /// the binding is off.
+    pub fn failover_bound_with_check(&self, check_ttl: Duration) -> Duration {
+        if !self.bind_health {
+            return self.failover_bound();
+        }
+        (check_ttl + self.lock_delay).mul_f64(self.time_scale) + self.retry
     }
 }
 

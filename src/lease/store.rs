@@ -40,11 +40,18 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// than `ttl` after its creation or its last renew *as received*, and
     /// whose released locks no other session can take for `lock_delay`
     /// after an invalidation. Returns its id.
+    ///
+    /// With `bind_health`, a store that knows this node's own health check
+    /// binds the session to it too, so that it invalidates the session as
+    /// soon as the check fails (a crashed process stops passing it): the
+    /// lock-delay applies to that invalidation like to any other. A store
+    /// without such a check ignores it.
     fn create_session(
         &self,
         name: &str,
         ttl: Duration,
         lock_delay: Duration,
+        bind_health: bool,
     ) -> BoxFuture<'_, Result<String, LeaseStoreError>>;
 
     /// Renews session `id`. [`LeaseStoreError::SessionGone`] when it no

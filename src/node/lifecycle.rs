@@ -19,7 +19,12 @@
 //!
 //! Discovery goes before the connections so that peers stop routing here
 //! before the links close; the leases go last, once the activations (and
-//! their fenced writes) have ended. The state store is released last: its
+//! their fenced writes) have ended. Except when they ended already (the
+//! leave drain of `Node::shutdown` waits for them): then step 7 runs
+//! first, since strong mode's session is bound to the node's health check
+//! ([`crate::lease::Strong::bind_to_health_check`]) and deregistering the
+//! check with keys still held would invalidate the session, keeping the
+//! keys from their new owners for the lock-delay. The state store is released last: its
 //! file (the embedded store) is free once `shutdown` returns, for a node
 //! started again in the same process. `Abandon` never waits: it runs from a
 //! `Drop`, so its teardown completes without awaiting anything (every step
@@ -55,6 +60,15 @@ impl NodeInner {
         // 1.
         if exit != Exit::Sever {
             self.shared.begin_shutdown();
+        }
+        // 7, early: see the module docs.
+        let mut released = false;
+        if let (Some(keeper), Exit::Shutdown { deadline }) = (&self.keeper, exit) {
+            if self.catalog.is_idle() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                keeper.leave(left.max(Duration::from_secs(1))).await;
+                released = true;
+            }
         }
         if let Some(cluster) = &self.cluster {
             // 2.
@@ -100,7 +114,7 @@ impl NodeInner {
             in_time = tokio::time::timeout_at(deadline, drained).await.is_ok();
         }
         // 7.
-        if let Some(keeper) = &self.keeper {
+        if let Some(keeper) = self.keeper.as_ref().filter(|_| !released) {
             match exit {
                 Exit::Shutdown { deadline } => {
                     let left = deadline.saturating_duration_since(Instant::now());

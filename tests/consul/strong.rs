@@ -524,6 +524,7 @@ async fn turns_node(
     scale: f64,
     turns: &Arc<Turns>,
     history: &MemoryHistory,
+    bind_health: bool,
 ) -> Node {
     Node::builder()
         .id("a")
@@ -540,7 +541,8 @@ async fn turns_node(
         .strong(
             Strong::new()
                 .time_scale(scale)
-                .retry(Duration::from_millis(20)),
+                .retry(Duration::from_millis(20))
+                .bind_to_health_check(bind_health),
         )
         .start()
         .await
@@ -555,7 +557,7 @@ async fn turns_node(
 async fn a_call_of_a_reentrant_turn_does_not_start_once_the_lease_is_lost() {
     let consul = agent(1, SCALE).await;
     let (turns, history) = (Turns::new(), MemoryHistory::new());
-    let a = turns_node(&consul, SCALE, &turns, &history).await;
+    let a = turns_node(&consul, SCALE, &turns, &history, true).await;
     let visit = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -610,10 +612,15 @@ async fn a_call_of_a_reentrant_turn_waits_while_the_lease_has_lapsed() {
     // Slower than the other suites: the session (timer 2 x TTL = 4 s
     // after the last renew received) must outlive the lapse (deadline
     // 1.88 s after the last renew sent) and the wait after it.
+    // The session is not bound to the node's health check here: the
+    // agent's failing answers stop the check's passes too, and a bound
+    // session would be invalidated once the check TTL ran out (the
+    // binding's liveness cost, `mesh::lease` "Crash"; the lost session's
+    // answer is the test above).
     const SLOW: f64 = 0.2;
     let consul = agent(1, SLOW).await;
     let (turns, history) = (Turns::new(), MemoryHistory::new());
-    let a = turns_node(&consul, SLOW, &turns, &history).await;
+    let a = turns_node(&consul, SLOW, &turns, &history, false).await;
     let visit = {
         let a = a.clone();
         tokio::spawn(async move {
@@ -881,4 +888,100 @@ async fn a_strong_node_without_a_lease_store_is_refused_before_it_registers() {
         0,
         "the node registered before it was refused"
     );
+}
+
+/// Issue 22, point 5: strong mode binds its session to the node's own
+/// health check (`ServiceChecks`). With the heartbeat paused while the
+/// session is still renewed, the check goes critical and the store
+/// invalidates the session at once, so a crashed process's shards come
+/// back a check TTL after its last heartbeat instead of up to twice the
+/// session TTL. Once the heartbeat resumes, the node takes a new session
+/// and serves again. Unbound (the negative control), the same session
+/// outlives the critical check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_bound_to_the_health_check_ends_when_the_check_goes_critical() {
+    assert!(!heartbeat_paused(true).await, "the bound session survived");
+    assert!(heartbeat_paused(false).await, "the unbound session ended");
+}
+
+/// Runs the scene above; whether the first session lived through it.
+async fn heartbeat_paused(bind: bool) -> bool {
+    let consul = agent(1, SCALE).await;
+    let adapter = adapter(&consul, 0);
+    let a = member("bank", "a")
+        .listen("127.0.0.1:0")
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(400))
+        .provide(adapter.clone())
+        .discovery(adapter.clone())
+        .capabilities(["bank"])
+        .actor::<Account>()
+        .strong(strong().bind_to_health_check(bind))
+        .start()
+        .await
+        .expect("node starts");
+    let first = a
+        .call::<Account, _>("bound-1", Deposit(1))
+        .timeout(STEP)
+        .await;
+    assert!(matches!(first, Ok(Ok(_))), "{first:?}");
+    let session = session_of(&consul, "a").expect("a session");
+    let info = |id: &str| consul.with_kv(|kv| kv.session_info(id)).0;
+    let checks: Vec<String> = info(&session)[0]["ServiceChecks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["ID"].as_str().map(str::to_owned))
+        .collect();
+    let check = format!("service:{}", adapter.service_id().expect("registered"));
+    let want = if bind {
+        vec![check.clone()]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(checks, want, "the session's ServiceChecks");
+    adapter.pause_heartbeat(true);
+    let node = consul.node(0).to_owned();
+    let critical = || {
+        let checks = consul.with_catalog(|c| c.agent_checks(&node));
+        checks[&check]["Status"] == "critical"
+    };
+    within(STEP, async {
+        while !critical() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let alive = |id: &str| info(id).as_array().is_some_and(|l| !l.is_empty());
+    if bind {
+        within(STEP, async {
+            while alive(&session) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    } else {
+        // Two renews after the check went critical, each answered.
+        let after = Instant::now();
+        within(STEP, consul.wait_requests(0, "session/renew", after, 2)).await;
+    }
+    let survived = alive(&session);
+    adapter.pause_heartbeat(false);
+    if !survived {
+        // Until the node saw its session end (a renew answered 404) and
+        // took a new one: meanwhile its activations may still serve under
+        // their old grants, and their fenced writes are refused.
+        within(STEP, async {
+            while session_of(&consul, "a").is_none_or(|s| s == session) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    let again = a
+        .call::<Account, _>("bound-1", Deposit(1))
+        .timeout(STEP)
+        .await;
+    assert!(matches!(again, Ok(Ok(_))), "served again: {again:?}");
+    a.shutdown().await.expect("shutdown");
+    survived
 }
