@@ -51,6 +51,8 @@ mod cell;
 pub mod envelope;
 mod memory;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redb")]
 mod redb;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
 use super::{check_size, BoxFuture, StateKey, StateStore, StoreError, Stored};
@@ -21,6 +22,15 @@ pub struct PgOptions {
     pub timeout: Duration,
     /// The largest row, in bytes ([`super::DEFAULT_MAX_ROW`]).
     pub max_row: usize,
+    /// TLS: the PEM certificates that verify the server's (its CA), or
+    /// `None` (no TLS). With roots, every TCP connection is TLS (an
+    /// `sslmode` of `prefer`, the default, is raised to `require`, so no
+    /// one between can downgrade it to plain text), the server's
+    /// certificate is checked against them and against the connection
+    /// string's host (libpq's `verify-full`), on mesh's crypto provider.
+    /// Without them, `sslmode=require` is refused: it would encrypt to
+    /// anyone. Unix sockets never use TLS.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Default for PgOptions {
@@ -30,6 +40,7 @@ impl Default for PgOptions {
             schema: "public".into(),
             timeout: Duration::from_secs(5),
             max_row: super::DEFAULT_MAX_ROW,
+            ca: None,
         }
     }
 }
@@ -74,8 +85,9 @@ impl Default for PgOptions {
 /// - A row is read back only if its payload is within
 ///   [`PgOptions::max_row`] (the length is checked in the statement), so
 ///   a row grown by another writer never makes this node allocate it.
-/// - TLS: not in this build; connect over a Unix socket or a trusted
-///   network (see the README's State section).
+/// - TLS with [`PgOptions::ca`] (see there), on rustls and mesh's crypto
+///   provider; without it, connect over a Unix socket or a trusted
+///   network.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
@@ -170,7 +182,26 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
             db.message(),
             db.code().code()
         ),
-        None => format!("PostgreSQL: {e}"),
+        None => {
+            // The causes too: "error performing TLS handshake: invalid
+            // peer certificate: UnknownIssuer".
+            let mut text = format!("PostgreSQL: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+/// What a pool's failure to give a connection says: the server's own
+/// error when it refused one (`no pg_hba.conf entry ...`).
+fn pool_error(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        other => format!("PostgreSQL: {other}"),
     }
 }
 
@@ -206,13 +237,26 @@ impl PgStore {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(options.timeout);
         }
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &options.ca {
+            Some(ca) => {
+                let tls = super::pg_tls::RustlsConnect::new(ca)?;
+                if matches!(pg.get_ssl_mode(), SslMode::Prefer) {
+                    pg.ssl_mode(SslMode::Require);
+                }
+                Manager::from_config(pg, tls, config)
+            }
+            None if matches!(pg.get_ssl_mode(), SslMode::Require) => {
+                return Err(StoreError::Unavailable(
+                    "sslmode=require without PgOptions::ca: the server's certificate could not \
+                     be verified (give the PEM roots of its CA)"
+                        .into(),
+                ))
+            }
+            None => Manager::from_config(pg, NoTls, config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool.max(1))
             .runtime(Runtime::Tokio1)
@@ -235,7 +279,7 @@ impl PgStore {
             .pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}").into()))?;
+            .map_err(|e| StoreError::Unavailable(pool_error(&e).into()))?;
         self.ready
             .get_or_try_init(|| async {
                 if let Err(e) = client.batch_execute(&self.sql.create).await {
@@ -255,8 +299,7 @@ impl PgStore {
     async fn load_now(&self, key: &StateKey, claim: Option<u64>) -> Result<Stored, StoreError> {
         let c = self.client().await?;
         let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
-        let unavailable =
-            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let row = match claim {
             None => {
                 let st = c
@@ -314,8 +357,7 @@ impl PgStore {
         c: &deadpool_postgres::Object,
         key: &StateKey,
     ) -> Result<Option<(u64, u64)>, StoreError> {
-        let unavailable =
-            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let st = c.prepare_cached(&self.sql.row).await.map_err(unavailable)?;
         let row = c
             .query_opt(&st, &[&&*key.kind, &key.id.as_bytes()])
@@ -337,8 +379,7 @@ impl PgStore {
         bytes: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        let unavailable =
-            |e: tokio_postgres::Error| StoreError::Unavailable(format!("PostgreSQL: {e}").into());
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let sql = match (expected, token) {
             (0, None) => &self.sql.insert,
             (0, Some(_)) => &self.sql.insert_fenced,

@@ -503,6 +503,40 @@ async fn the_postgres_store_keeps_the_contract() {
     assert_eq!(first.load(&key, None).await.map(|s| s.version), Ok(1));
 }
 
+/// PostgreSQL over TLS (rustls on mesh's crypto provider), against a
+/// server that lets TCP clients in over TLS only: with its CA's roots the
+/// store keeps the contract (so TLS was used); without roots it connects
+/// in plain text and the server refuses it; with another CA's roots the
+/// server's certificate is refused; `sslmode=require` without roots is
+/// refused when the store is made (it could not verify anyone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_over_tls_verifies_the_server() {
+    let server = pg::Server::start_tls();
+    let tls = |ca: Option<&str>| PgOptions {
+        max_row: LIMIT,
+        timeout: Duration::from_secs(2),
+        ca: ca.map(|c| c.as_bytes().to_vec()),
+        ..PgOptions::default()
+    };
+    let url = server.tcp_config();
+    let store = PgStore::with_options(&url, tls(Some(server.ca()))).expect("a valid store");
+    mesh_testkit::state::check(Arc::new(store), LIMIT).await;
+    let key = StateKey::new("tls/Actor", "x");
+    let unavailable = |got: &Result<u64, StoreError>, what: &str| matches!(got, Err(StoreError::Unavailable(m)) if m.contains(what));
+    let plain = PgStore::with_options(&url, tls(None)).expect("a valid store");
+    let got = plain.save(&key, 0, None, Some(b"1")).await;
+    assert!(unavailable(&got, "no encryption"), "{got:?}");
+    let elsewhere = mesh_testkit::pki::Ca::new("elsewhere.test");
+    let wrong = PgStore::with_options(&url, tls(Some(&elsewhere.pem))).expect("a valid store");
+    let got = wrong.save(&key, 0, None, Some(b"1")).await;
+    assert!(unavailable(&got, "UnknownIssuer"), "{got:?}");
+    let require = PgStore::with_options(&format!("{url} sslmode=require"), tls(None)).err();
+    assert!(
+        matches!(&require, Some(StoreError::Unavailable(m)) if m.contains("PgOptions::ca")),
+        "{require:?}"
+    );
+}
+
 /// Nodes that start together each create the table on their first use,
 /// at once: every one of them succeeds (`CREATE TABLE IF NOT EXISTS`
 /// alone lets the losers of that race fail with "type already exists";

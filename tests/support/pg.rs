@@ -9,6 +9,10 @@
 //! `postgresql`, which `scripts/test.sh` installs when missing): without
 //! them [`Server::start`] panics saying so; the tests never skip.
 //!
+//! [`Server::start_tls`] also listens on 127.0.0.1 with TLS (a test CA's
+//! certificate for that address), and takes TCP connections only over
+//! TLS (`hostssl` in `pg_hba.conf`).
+//!
 //! Drop: the server is stopped (`pg_ctl stop -m immediate`) and its
 //! directory removed.
 
@@ -21,6 +25,9 @@ pub struct Server {
     dir: PathBuf,
     bin: PathBuf,
     running: bool,
+    port: u16,
+    /// With TLS: the CA's certificate, PEM.
+    ca: Option<String>,
 }
 
 /// Runs `cmd` as the `postgres` user when this process is root.
@@ -63,6 +70,32 @@ impl Server {
     /// The same; with `fsync`, the server syncs its log on every commit
     /// (PostgreSQL's defaults: what a benchmark of durable writes needs).
     pub fn start_with(fsync: bool) -> Server {
+        Server::create(fsync, false)
+    }
+
+    /// A server that also listens on 127.0.0.1 (a free port) and takes
+    /// TCP connections over TLS only, its certificate (for the IP address
+    /// 127.0.0.1) signed by a CA of its own: [`Server::ca`],
+    /// [`Server::tcp_config`].
+    pub fn start_tls() -> Server {
+        Server::create(false, true)
+    }
+
+    /// The TLS server's CA certificate, PEM (`mesh::state::PgOptions::ca`).
+    pub fn ca(&self) -> &str {
+        self.ca.as_deref().expect("a server started with start_tls")
+    }
+
+    /// The connection string over TCP to 127.0.0.1 (with TLS: the only
+    /// way that server lets a TCP client in).
+    pub fn tcp_config(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    fn create(fsync: bool, tls: bool) -> Server {
         let bin = Command::new("pg_config")
             .arg("--bindir")
             .output()
@@ -121,8 +154,43 @@ impl Server {
             true => "fsync = on\nsynchronous_commit = on\n",
             false => "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n",
         };
+        let (mut port, mut ca, mut listen) = (5432, None, String::new());
+        if tls {
+            // A free port now; taken by someone else before the server
+            // starts, and the start fails saying so.
+            port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let authority = crate::pki::Ca::new("pg.test");
+            let leaf = authority.server_leaf("127.0.0.1");
+            for (name, text) in [("server.crt", &leaf.cert), ("server.key", &leaf.key)] {
+                let path = data.join(name);
+                std::fs::write(&path, text).expect("the server's TLS files");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod");
+                if is_root() {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&path);
+                    run(c, "chown the TLS files");
+                }
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("pg_hba.conf");
+            listen.push_str(
+                "listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = 'server.crt'\n\
+                 ssl_key_file = 'server.key'\n",
+            );
+            ca = Some(authority.pem.clone());
+        } else {
+            listen.push_str("listen_addresses = ''\n");
+        }
         let conf = format!(
-            "listen_addresses = ''\nunix_socket_directories = '{}'\n{durability}\
+            "{listen}port = {port}\nunix_socket_directories = '{}'\n{durability}\
              max_connections = 200\nmax_parallel_workers_per_gather = 0\n",
             dir.display()
         );
@@ -134,6 +202,8 @@ impl Server {
             dir,
             bin,
             running: false,
+            port,
+            ca,
         };
         server.resume();
         server
@@ -142,8 +212,9 @@ impl Server {
     /// The connection string of this server (`mesh::state::PgStore::new`).
     pub fn config(&self) -> String {
         format!(
-            "host={} port=5432 user=postgres dbname=postgres",
-            self.dir.display()
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir.display(),
+            self.port
         )
     }
 
