@@ -110,6 +110,31 @@ pub(crate) struct Metrics {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// The `outcome` labels of [`STATE_WRITES_TOTAL`], in index order.
+pub(crate) const STATE_OUTCOMES: [&str; 7] = [
+    "ok",
+    "conflict",
+    "fenced",
+    "too_large",
+    "unavailable",
+    "uncertain",
+    "codec",
+];
+
+/// The index in [`STATE_OUTCOMES`] of a write's outcome.
+pub(crate) fn state_outcome(result: &Result<u64, crate::error::StoreError>) -> usize {
+    use crate::error::StoreError as E;
+    match result {
+        Ok(_) => 0,
+        Err(E::Conflict { .. }) => 1,
+        Err(E::Fenced { .. }) => 2,
+        Err(E::TooLarge { .. }) => 3,
+        Err(E::Unavailable(_)) => 4,
+        Err(E::Uncertain(_)) => 5,
+        Err(E::Codec(_)) => 6,
+    }
+}
+
 impl Metrics {
     /// The process's handles, resolved on first use.
     pub(crate) fn get() -> &'static Metrics {
@@ -143,35 +168,20 @@ impl Metrics {
                 mailbox_depth: metrics::histogram!(MAILBOX_DEPTH),
                 abandoned: metrics::counter!(ABANDONED_TOTAL),
                 frame_errors: metrics::counter!(FRAME_ERRORS_TOTAL),
-                state_writes: [
-                    "ok",
-                    "conflict",
-                    "fenced",
-                    "too_large",
-                    "unavailable",
-                    "uncertain",
-                    "codec",
-                ]
-                .map(|o| metrics::counter!(STATE_WRITES_TOTAL, "outcome" => o)),
+                state_writes: STATE_OUTCOMES
+                    .map(|o| metrics::counter!(STATE_WRITES_TOTAL, "outcome" => o)),
                 state_write: metrics::histogram!(STATE_WRITE_SECONDS),
                 state_load: metrics::histogram!(STATE_LOAD_SECONDS),
             }
         })
     }
 
-    /// Counts a durable state write by its outcome.
-    pub(crate) fn state_written(&self, result: &Result<u64, crate::error::StoreError>) {
-        use crate::error::StoreError as E;
-        let i = match result {
-            Ok(_) => 0,
-            Err(E::Conflict { .. }) => 1,
-            Err(E::Fenced { .. }) => 2,
-            Err(E::TooLarge { .. }) => 3,
-            Err(E::Unavailable(_)) => 4,
-            Err(E::Uncertain(_)) => 5,
-            Err(E::Codec(_)) => 6,
-        };
-        self.state_writes[i].increment(1);
+    /// Counts a durable state write by its outcome, an index of
+    /// [`STATE_OUTCOMES`] ([`state_outcome`]).
+    pub(crate) fn state_written(&self, outcome: usize) {
+        if let Some(c) = self.state_writes.get(outcome) {
+            c.increment(1);
+        }
     }
 
     pub(crate) fn deactivated(&self, reason: EndReason) {

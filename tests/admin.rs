@@ -6,13 +6,16 @@
 //! Run with `cargo test --features admin --test admin`.
 
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::admin::Limits;
 use mesh::prelude::*;
+use mesh::state::{BoxFuture, MemoryStore, StateKey, StateStore, StoreError, Stored};
 use mesh::transport::memory::MemoryNetwork;
 use mesh::Transport;
-use mesh_testkit::actors::{Player, Score};
+use mesh_testkit::actors::{Deposit, Player, Score, StateAccount};
 use mesh_testkit::fixture::{member, Cluster};
 use mesh_testkit::soon;
 use serde_json::Value;
@@ -550,4 +553,136 @@ async fn a_start_refused_for_its_admin_port_leaves_nothing_registered_and_no_sid
         "the sidecar ran before the node was refused"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A memory store the test can take down.
+#[derive(Clone, Default)]
+struct Switch {
+    rows: MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl Switch {
+    fn check(&self) -> Result<(), StoreError> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(StoreError::Unavailable("the test took it down".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl StateStore for Switch {
+    fn name(&self) -> &'static str {
+        "switch"
+    }
+
+    fn load<'a>(
+        &'a self,
+        key: &'a StateKey,
+        claim: Option<u64>,
+    ) -> BoxFuture<'a, Result<Stored, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.rows.load(key, claim).await
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a StateKey,
+        expected: u64,
+        token: Option<u64>,
+        bytes: Option<&'a [u8]>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.rows.save(key, expected, token, bytes).await
+        })
+    }
+}
+
+/// Issue 22, point 7: `/admin/state` reports the store's health, its
+/// write and load latency, and the writes by outcome (a conflict among
+/// them); `null` on a node without a store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_view_shows_the_stores_health_latency_and_conflicts() {
+    let store = Switch::default();
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["bank"])
+        .actor::<StateAccount>()
+        .state(store.clone())
+        .admin("127.0.0.1:0")
+        .start()
+        .await
+        .expect("node starts");
+    let deposit = |id: &'static str| {
+        let node = node.clone();
+        async move { node.call::<StateAccount, _>(id, Deposit(1)).await }
+    };
+    assert_eq!(deposit("a").await.expect("served"), Ok(1));
+    let v = get_json(&node, "/admin/state").await;
+    let s = &v["store"];
+    assert_eq!(s["name"], "switch", "{v}");
+    assert_eq!(s["healthy"], true, "{v}");
+    assert_eq!(s["writes"]["ok"], 1, "{v}");
+    assert_eq!(s["loads"]["ok"], 1, "{v}");
+    assert_eq!(s["write_latency"]["count"], 1, "{v}");
+    assert!(s["write_latency"]["p99_ms"].as_f64().is_some(), "{v}");
+    assert!(s["last_error"].is_null(), "{v}");
+    // Another writer moves the row on: the next deposit conflicts.
+    let row = StateKey::new("bank/StateAccount", "a");
+    let other = mesh::state::envelope::encode(1, &10u64).expect("encodes");
+    assert_eq!(store.rows.save(&row, 1, None, Some(&other)).await, Ok(2));
+    let conflict = deposit("a").await;
+    assert!(
+        matches!(
+            conflict,
+            Err(mesh::Error::State {
+                error: StoreError::Conflict { .. },
+                ..
+            })
+        ),
+        "{conflict:?}"
+    );
+    let v = get_json(&node, "/admin/state").await;
+    assert_eq!(v["store"]["writes"]["conflict"], 1, "{v}");
+    assert_eq!(v["store"]["healthy"], true, "a conflict is an answer: {v}");
+    // Down: unhealthy, saying why; back: healthy again.
+    store.down.store(true, Ordering::SeqCst);
+    assert!(deposit("b").await.is_err());
+    let v = get_json(&node, "/admin/state").await;
+    assert_eq!(v["store"]["healthy"], false, "{v}");
+    assert_eq!(v["store"]["loads"]["failed"], 1, "{v}");
+    let error = v["store"]["last_error"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("the test took it down"), "{v}");
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(deposit("b").await.expect("served"), Ok(1));
+    let v = get_json(&node, "/admin/state").await;
+    assert_eq!(v["store"]["healthy"], true, "{v}");
+    assert_eq!(v["store"]["writes"]["ok"], 2, "{v}");
+    // The same in Prometheus' terms.
+    let (_, text) = get(&node, "/metrics").await;
+    for series in [
+        "mesh_state_writes_total{outcome=\"ok\"}",
+        "mesh_state_writes_total{outcome=\"conflict\"}",
+        "mesh_state_writes_total{outcome=\"fenced\"}",
+        "mesh_state_write_seconds",
+        "mesh_state_load_seconds",
+    ] {
+        assert!(text.contains(series), "{series} missing from /metrics");
+    }
+    node.shutdown().await.expect("shutdown");
+    // A node without a store says so.
+    let bare = Node::builder()
+        .default_node(false)
+        .admin("127.0.0.1:0")
+        .start()
+        .await
+        .expect("node starts");
+    let v = get_json(&bare, "/admin/state").await;
+    assert!(v["store"].is_null(), "{v}");
+    bare.shutdown().await.expect("shutdown");
 }

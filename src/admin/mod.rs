@@ -13,6 +13,7 @@
 //! | `/admin/discovery` | `{node, discovery}`: the authoritative discovery's own account ([`Discovery::describe`](crate::discovery::Discovery::describe); Consul: agent, service, check, upstreams), `null` with static seeds |
 //! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}], map: [owner index of each shard]}]}`; `?capability=c` for one (404 if no member hosts it) |
 //! | `/admin/activations` | `{node, total, by_type: [{type, capability, count}]}` |
+//! | `/admin/state` | `{node, store}`: `null` without a state store, else `{name, healthy, last_ok_unix_ms, last_error: {at_unix_ms, error} or null, writes: {ok, conflict, fenced, too_large, unavailable, uncertain, codec}, loads: {ok, failed}, write_latency, load_latency}`, each latency `{count, p50_ms, p99_ms, max_ms}` since the node started; `healthy` is false while the last operation that failed or succeeded on availability failed (unavailable or uncertain) |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
 //! | `/livez` | 200 `{"status":"ok"}`, no cluster check |
@@ -85,6 +86,8 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn discovery_status(&self) -> Option<serde_json::Value>;
     /// `(actor type, capability, live activations)` per hosted type.
     fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)>;
+    /// What it has seen of its state store, if it has one.
+    fn state_store(&self) -> Option<serde_json::Value>;
 }
 
 /// Counter: admin connections closed at once because [`Limits`]'s cap was
@@ -386,6 +389,7 @@ fn respond(node: &Weak<dyn Source>, method: &Method, uri: &hyper::Uri) -> Respon
         "/admin/node" => json(StatusCode::OK, &views::node(node)),
         "/admin/members" => json(StatusCode::OK, &views::members(node)),
         "/admin/activations" => json(StatusCode::OK, &views::activations(node)),
+        "/admin/state" => json(StatusCode::OK, &views::state(node)),
         "/admin/discovery" => json(StatusCode::OK, &views::discovery(node)),
         "/admin/placement" => {
             let (mut actor, mut id) = (None, None);

@@ -188,3 +188,7 @@ pub(super) fn placement(node: &dyn Source, actor: &str, id: &str) -> Result<Valu
         "local": owner == node.id(),
     }))
 }
+
+pub(super) fn state(node: &dyn Source) -> Value {
+    json!({ "node": node.id(), "store": node.state_store() })
+}

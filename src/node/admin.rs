@@ -47,6 +47,10 @@ impl crate::admin::Source for NodeInner {
             .map(|d| d.describe().into_value())
     }
 
+    fn state_store(&self) -> Option<serde_json::Value> {
+        self.state_stats.as_ref().map(|s| s.snapshot())
+    }
+
     fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)> {
         self.catalog
             .actors

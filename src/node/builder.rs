@@ -669,6 +669,15 @@ impl NodeBuilder {
         // cluster's tasks reach only the cluster, the admin endpoint reads
         // through `admin::Source`, the lease keeper reads the membership.
         // Each holds its way back weakly (the node owns them).
+        // Every load and save goes through the node's observer (metrics,
+        // `/admin/state`).
+        let (state_store, state_stats) = match self.state.clone() {
+            Some(s) => {
+                let (observed, stats) = crate::state::observed::Observed::wrap(s);
+                (Some(observed), Some(stats))
+            }
+            None => (None, None),
+        };
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
             let host: std::sync::Weak<dyn crate::activation::Host> = me.clone();
             let shared = Arc::new(Shared::new(
@@ -766,7 +775,8 @@ impl NodeBuilder {
                 shutdown_timeout: self.shutdown_timeout,
                 handle: weak_handle,
                 history: self.history.clone(),
-                state: std::sync::Mutex::new(self.state.clone()),
+                state: std::sync::Mutex::new(state_store),
+                state_stats,
                 gate: gate.clone(),
                 keeper,
                 deps: std::mem::take(&mut self.deps),

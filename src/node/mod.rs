@@ -116,6 +116,9 @@ pub(crate) struct NodeInner {
     /// Where the actors' durable state lives, if anywhere; released by
     /// the teardown (see `lifecycle`).
     pub(crate) state: std::sync::Mutex<Option<Arc<dyn crate::state::StateStore>>>,
+    /// What the node has seen of its store (`/admin/state`).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) state_stats: Option<Arc<crate::state::observed::Stats>>,
     /// Strong mode: the gate activations pass, and its keeper (see
     /// [`crate::lease`]).
     pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,

@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::{envelope, StateKey, StateStore, StoreError};
 use crate::actor::output::{OutputGate, Persisted};
 use crate::actor::{BoxError, Ctx};
-use crate::telemetry::Metrics;
 use crate::util::BoxFuture;
 use crate::Error;
 
@@ -126,10 +125,7 @@ where
             id: key.id.to_string(),
             error,
         };
-        let t0 = std::time::Instant::now();
-        let stored = store.load(&key, token).await;
-        Metrics::get().state_load.record(t0.elapsed().as_secs_f64());
-        let stored = stored.map_err(&failed)?;
+        let stored = store.load(&key, token).await.map_err(&failed)?;
         let value = match &stored.bytes {
             None => T::default(),
             Some(bytes) => decode(bytes, schema, upgrade).map_err(&failed)?,
@@ -166,14 +162,10 @@ where
             Some(encoded)
         };
         let b = &self.bound;
-        let t0 = std::time::Instant::now();
         let written = b
             .store
             .save(&b.key, b.version, b.token, bytes.as_deref())
             .await;
-        let metrics = Metrics::get();
-        metrics.state_write.record(t0.elapsed().as_secs_f64());
-        metrics.state_written(&written);
         match written {
             Ok(version) => {
                 self.bound.version = version;

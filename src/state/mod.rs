@@ -50,6 +50,7 @@
 mod cell;
 pub mod envelope;
 mod memory;
+pub(crate) mod observed;
 #[cfg(feature = "postgres")]
 mod pg_tls;
 #[cfg(feature = "postgres")]
