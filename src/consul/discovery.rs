@@ -789,6 +789,7 @@ fn check_of(id: &str) -> String {
 impl Consul {
     /// This node's own health check ID while registered (`None` before
     /// start and after stop): what strong mode binds its session to.
+    #[cfg(feature = "strong")]
     pub(super) fn own_check(&self) -> impl Fn() -> Option<String> + Send + Sync + 'static {
         let running = self.running.clone();
         move || lock(&running).as_ref().map(|r| check_of(&r.service_id))

@@ -1,10 +1,11 @@
 //! The benchmark actors: what a `mesh-load serve` node hosts and what the
 //! embedded node of `mesh-load run` hosts.
 //!
-//! Contract: one actor type, [`Bench`], capability [`CAPABILITY`]
-//! (`"bench"`), with three messages whose wire names are fixed here
-//! (`mesh-load.ping`, `mesh-load.fan-out`, `mesh-load.stall`), so a runner
-//! and a server built from different commits of this tool still agree.
+//! Contract: two actor types, capability [`CAPABILITY`] (`"bench"`):
+//! [`Bench`] with three messages and [`StatefulBench`] with one, whose
+//! wire names are fixed here (`mesh-load.ping`, `mesh-load.fan-out`,
+//! `mesh-load.stall`, `mesh-load.write`), so a runner and a server built
+//! from different commits of this tool still agree.
 //! Handlers do no work beyond what the message asks: the figures measure
 //! the framework, not the handler.
 
@@ -95,7 +96,51 @@ impl Bench {
     }
 }
 
-/// A node builder hosting the benchmark actors (capability and type).
+/// What a [`StatefulBench`] keeps durable: the writes it acknowledged and
+/// the last payload.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Writes acknowledged so far.
+    pub n: u64,
+    /// The last write's payload.
+    pub data: ByteBuf,
+}
+
+/// The stateful scenario's actor: every [`Write`] changes its `#[state]`,
+/// so every call is one durable write to the node's state store, and the
+/// reply waits for it (`mesh::state`).
+#[derive(Actor)]
+#[actor(capability = "bench", name = "StatefulBench", idle_timeout = "10m")]
+pub struct StatefulBench {
+    #[state]
+    written: mesh::state::State<Written>,
+}
+
+/// Stores `payload` as the actor's state; replies with the writes the
+/// actor has acknowledged, this one included.
+#[derive(Message, Serialize, Deserialize, Debug, Clone)]
+#[message(reply = u64, name = "mesh-load.write")]
+pub struct Write {
+    /// The bytes to store.
+    pub payload: ByteBuf,
+}
+
+#[mesh::handlers]
+impl StatefulBench {
+    async fn write(&mut self, Write { payload }: Write) -> u64 {
+        let w = &mut *self.written;
+        w.n += 1;
+        w.data = payload;
+        w.n
+    }
+}
+
+/// A node builder hosting the benchmark actors (capability and types).
+/// [`StatefulBench`] needs the node's state store
+/// (`NodeBuilder::state`); without one its calls fail, saying so.
 pub fn host(builder: mesh::NodeBuilder) -> mesh::NodeBuilder {
-    builder.capabilities([CAPABILITY]).actor::<Bench>()
+    builder
+        .capabilities([CAPABILITY])
+        .actor::<Bench>()
+        .actor::<StatefulBench>()
 }

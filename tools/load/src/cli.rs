@@ -1,8 +1,9 @@
 //! The command line and what each command does.
 //!
 //! Contract:
-//! - `mesh-load serve --listen ADDR [--seeds A,B] [--cookie C] [--name N]`
-//!   runs a node hosting the benchmark actors and prints
+//! - `mesh-load serve --listen ADDR [--seeds A,B] [--cookie C] [--name N]
+//!   [--state STORE]` runs a node hosting the benchmark actors (the
+//!   stateful ones on STORE, see [`StateArgs`]) and prints
 //!   `listening on ADDR` (the bound address, port 0 resolved) as a line on
 //!   stdout once it accepts peers; it runs until Ctrl-C or SIGTERM, then
 //!   leaves the cluster.
@@ -107,6 +108,67 @@ impl ClusterArgs {
     }
 }
 
+/// Where this node's stateful benchmark actors keep their state.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// The state store of this node's `StatefulBench` actors (the
+    /// `stateful` scenario): `redb:PATH` (the embedded store, fsync on),
+    /// `postgres:CONFIG` (a libpq connection string or a postgresql://
+    /// URL), or `memory`. Default: none, except that an embedded `run
+    /// stateful` uses a redb file in a temporary directory.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// With `postgres:`: the PEM roots of the server's CA, for TLS
+    /// (verified; `mesh::state::PgOptions::ca`).
+    #[arg(long)]
+    pub state_ca: Option<PathBuf>,
+    /// With `postgres:`: the pool's connections.
+    #[arg(long, default_value_t = 16)]
+    pub state_pool: usize,
+}
+
+impl StateArgs {
+    /// `b` with the store `spec` names (see [`StateArgs::state`]); what to
+    /// call it in the report.
+    fn apply(
+        &self,
+        b: mesh::NodeBuilder,
+        spec: &str,
+    ) -> Result<(mesh::NodeBuilder, String), String> {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        match kind {
+            "memory" => Ok((b.state(mesh::state::MemoryStore::new()), "memory".into())),
+            "redb" if !rest.is_empty() => {
+                let store = mesh::state::RedbStore::open(rest)
+                    .map_err(|e| format!("--state {spec}: {e}"))?;
+                Ok((b.state(store), format!("redb ({rest}, fsync on)")))
+            }
+            "postgres" if !rest.is_empty() => {
+                let ca = match &self.state_ca {
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .map_err(|e| format!("--state-ca {}: {e}", path.display()))?,
+                    ),
+                    None => None,
+                };
+                let tls = if ca.is_some() { ", TLS" } else { "" };
+                let options = mesh::state::PgOptions {
+                    pool: self.state_pool,
+                    ca,
+                    ..mesh::state::PgOptions::default()
+                };
+                let store = mesh::state::PgStore::with_options(rest, options)
+                    .map_err(|e| format!("--state {spec}: {e}"))?;
+                let label = format!("postgres (pool {}{tls})", self.state_pool);
+                Ok((b.state(store), label))
+            }
+            _ => Err(format!(
+                "--state {spec:?}: expected memory, redb:PATH or postgres:CONFIG"
+            )),
+        }
+    }
+}
+
 /// `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -120,6 +182,9 @@ pub struct ServeArgs {
     /// Cluster settings.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The state store.
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 /// `run`.
@@ -190,6 +255,9 @@ pub struct RunArgs {
     /// Cluster settings (no --seeds: an embedded node).
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// The state store of the embedded node, or of this one with --host.
+    #[command(flatten)]
+    pub state: StateArgs,
     /// In a cluster, host benchmark actors on this node too (some calls
     /// are then local); it listens on --listen.
     #[arg(long)]
@@ -260,7 +328,11 @@ async fn serve(a: ServeArgs) -> Result<i32, String> {
     if let Some(addr) = &a.advertise {
         b = b.advertise(addr);
     }
-    let node = crate::actors::host(b)
+    let mut b = crate::actors::host(b);
+    if let Some(spec) = &a.state.state {
+        b = a.state.apply(b, spec)?.0;
+    }
+    let node = b
         .start()
         .await
         .map_err(|e| format!("starting the node: {e}"))?;
@@ -331,21 +403,43 @@ pub fn model_of(a: &RunArgs) -> ModelCfg {
     }
 }
 
-async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
+/// A directory removed when dropped (the embedded `run stateful`'s store).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The node the run drives; with a store, what it is (for the report).
+async fn start_node(
+    a: &RunArgs,
+    state: Option<&str>,
+) -> Result<(Node, String, Option<String>), String> {
+    let mut store = None;
     if !a.cluster.clustered() {
         let mut b = crate::actors::host(Node::builder());
         if let Some(n) = &a.cluster.name {
             b = b.id(n);
         }
+        if let Some(spec) = state {
+            let (with, label) = a.state.apply(b, spec)?;
+            (b, store) = (with, Some(label));
+        }
         let node = b
             .start()
             .await
             .map_err(|e| format!("starting the node: {e}"))?;
-        return Ok((node, "embedded".into()));
+        return Ok((node, "embedded".into(), store));
     }
     let mut b = a.cluster.builder()?;
     if a.host {
         b = crate::actors::host(b);
+        if let Some(spec) = state {
+            let (with, label) = a.state.apply(b, spec)?;
+            (b, store) = (with, Some(label));
+        }
     }
     if a.host || a.cluster.consul.is_some() {
         // Hosting, peers must reach it; with Consul, its registration
@@ -387,7 +481,7 @@ async fn start_node(a: &RunArgs) -> Result<(Node, String), String> {
                 .unwrap_or_default()
         ));
     }
-    Ok((node, "cluster".into()))
+    Ok((node, "cluster".into(), store))
 }
 
 async fn run(a: RunArgs) -> Result<i32, String> {
@@ -404,7 +498,22 @@ async fn run(a: RunArgs) -> Result<i32, String> {
         return Err("--rate must be a positive number".into());
     }
     let env = Env::capture();
-    let (node, target) = start_node(&a).await?;
+    // An embedded stateful run without --state: the embedded default, in
+    // a directory of its own, removed after the run.
+    let mut temp = None;
+    let mut state = a.state.state.clone();
+    if state.is_none() && a.scenario == ScenarioKind::Stateful && !a.cluster.clustered() {
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("mesh-load-state-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        state = Some(format!("redb:{}", dir.join("state.redb").display()));
+        temp = Some(TempDir(dir));
+    }
+    let (node, target, store) = start_node(&a, state.as_deref()).await?;
     let scenario = ScenarioCfg {
         kind: a.scenario,
         actors: a.actors.unwrap_or_else(|| a.scenario.default_actors()),
@@ -414,7 +523,14 @@ async fn run(a: RunArgs) -> Result<i32, String> {
         timeout: a.timeout,
         seed: a.seed,
     };
-    let prepared = scenario::prepare(&node, &scenario);
+    let mut prepared = scenario::prepare(&node, &scenario);
+    if let Some(store) = store {
+        let store = match temp {
+            Some(_) => format!("{store}, a temporary file"),
+            None => store,
+        };
+        prepared.notes.push(("state_store".into(), store));
+    }
     let model = model_of(&a);
     let config = RunConfig {
         scenario,
@@ -511,6 +627,7 @@ async fn run(a: RunArgs) -> Result<i32, String> {
     if let Err(e) = node.shutdown().await {
         eprintln!("mesh-load: shutting the node down: {e}");
     }
+    drop(temp);
     Ok(if result.passed() {
         0
     } else {

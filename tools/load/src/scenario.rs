@@ -16,6 +16,7 @@
 //! | `fan-out` | uniform over `--actors` hubs | `FanOut`: the hub calls `--fanout` leaves through `ctx.node()` |
 //! | `ping-pong` | `--actors` ids (default 16) in turn, one caller | `Ping` |
 //! | `payload` | uniform over `--actors` ids | `Ping` echoing `--payload` bytes (default 4096) |
+//! | `stateful` | uniform over `--actors` ids (default 1000) of `StatefulBench` | `Write` of `--payload` bytes (default 64): one durable write to the node's state store per call |
 //! | `elixir-creation` | as `activation-storm`; 50 000 calls, closed loop, 500 workers | `Ping` |
 //! | `elixir-hot` | as `hot`; 10 000 calls, closed loop, 200 workers | `Ping` |
 //!
@@ -30,7 +31,7 @@ use mesh::Node;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::actors::{Bench, FanOut, Ping};
+use crate::actors::{Bench, FanOut, Ping, StatefulBench, Write};
 use crate::model::{CallFn, CallFuture, CallResult};
 use crate::record::{error_kind, Path};
 use crate::rng::{mix, unit};
@@ -53,6 +54,8 @@ pub enum ScenarioKind {
     PingPong,
     /// Calls echoing a payload of --payload bytes.
     Payload,
+    /// One durable state write per call (the node's state store).
+    Stateful,
     /// Elixir Mesh preset: 50 000 creations at concurrency 500.
     ElixirCreation,
     /// Elixir Mesh preset: 10 000 calls to one actor at concurrency 200.
@@ -70,6 +73,7 @@ impl ScenarioKind {
             ScenarioKind::FanOut => "fan-out",
             ScenarioKind::PingPong => "ping-pong",
             ScenarioKind::Payload => "payload",
+            ScenarioKind::Stateful => "stateful",
             ScenarioKind::ElixirCreation => "elixir-creation",
             ScenarioKind::ElixirHot => "elixir-hot",
         }
@@ -97,6 +101,7 @@ impl ScenarioKind {
         match self {
             ScenarioKind::Uniform | ScenarioKind::Zipf => 10_000,
             ScenarioKind::FanOut | ScenarioKind::Payload => 100,
+            ScenarioKind::Stateful => 1000,
             ScenarioKind::PingPong => 16,
             _ => 1,
         }
@@ -106,6 +111,7 @@ impl ScenarioKind {
     pub fn default_payload(self) -> usize {
         match self {
             ScenarioKind::Payload => 4096,
+            ScenarioKind::Stateful => 64,
             _ => 0,
         }
     }
@@ -175,8 +181,8 @@ pub fn zipf_cdf(n: u64, s: f64) -> Vec<f64> {
     cdf
 }
 
-fn path(node: &Node, id: &str) -> Path {
-    match node.owner_of::<Bench>(id) {
+fn path<A: mesh::Actor>(node: &Node, id: &str) -> Path {
+    match node.owner_of::<A>(id) {
         Ok(owner) if owner == node.id() => Path::Local,
         _ => Path::Remote,
     }
@@ -212,6 +218,7 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
         ScenarioKind::Uniform | ScenarioKind::Payload => {
             Arc::new(move |k| format!("u-{}", mix(seed ^ mix(k)) % n))
         }
+        ScenarioKind::Stateful => Arc::new(move |k| format!("s-{}", mix(seed ^ mix(k)) % n)),
         ScenarioKind::FanOut => Arc::new(move |k| format!("hub-{}", mix(seed ^ mix(k)) % n)),
         ScenarioKind::PingPong => Arc::new(move |k| format!("ping-{}", k % n)),
         ScenarioKind::Zipf => {
@@ -249,7 +256,7 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
                 payload: payload.clone(),
             };
             Box::pin(async move {
-                let p = path(&node, &id);
+                let p = path::<Bench>(&node, &id);
                 let r = node.call::<Bench, FanOut>(&id, msg).timeout(timeout).await;
                 match r {
                     Ok(0) => finish(p, Ok(())),
@@ -261,6 +268,21 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
                 }
             })
         })
+    } else if cfg.kind == ScenarioKind::Stateful {
+        Arc::new(move |k| -> CallFuture {
+            let (node, id) = (node.clone(), key(k));
+            let msg = Write {
+                payload: payload.clone(),
+            };
+            Box::pin(async move {
+                let p = path::<StatefulBench>(&node, &id);
+                let r = node
+                    .call::<StatefulBench, Write>(&id, msg)
+                    .timeout(timeout)
+                    .await;
+                finish(p, r)
+            })
+        })
     } else {
         Arc::new(move |k| -> CallFuture {
             let (node, id) = (node.clone(), key(k));
@@ -269,7 +291,7 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
                 echo,
             };
             Box::pin(async move {
-                let p = path(&node, &id);
+                let p = path::<Bench>(&node, &id);
                 let r = node.call::<Bench, Ping>(&id, msg).timeout(timeout).await;
                 finish(p, r)
             })
