@@ -11,9 +11,11 @@ use tokio_postgres::NoTls;
 use super::{check_size, BoxFuture, StateKey, StateStore, StoreError, Stored};
 
 /// How the PostgreSQL store connects and works.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PgOptions {
-    /// Connections in the pool (16).
+    /// Connections (16). Operations go round them, each connection
+    /// shared: the statements of concurrent operations on one connection
+    /// are pipelined (sent without waiting for the answers before them).
     pub pool: usize,
     /// The schema the table lives in (`public`).
     pub schema: String,
@@ -31,6 +33,24 @@ pub struct PgOptions {
     /// Without them, `sslmode=require` is refused: it would encrypt to
     /// anyone. Unix sockets never use TLS.
     pub ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("pool", &self.pool)
+            .field("schema", &self.schema)
+            .field("timeout", &self.timeout)
+            .field("max_row", &self.max_row)
+            .field(
+                "ca",
+                &self
+                    .ca
+                    .as_ref()
+                    .map(|c| format!("{} bytes of PEM", c.len())),
+            )
+            .finish()
+    }
 }
 
 impl Default for PgOptions {
@@ -71,6 +91,15 @@ impl Default for PgOptions {
 ///   v` (and the fence). One row changed: written; none: a second
 ///   `SELECT` (off the hot path) says whether it was a conflict or a fence.
 ///
+/// Connections: [`PgOptions::pool`] of them, taken from the pool as first
+/// needed and each shared by the operations sent round-robin to it, so
+/// that concurrent operations are *pipelined* (tokio-postgres sends a
+/// statement without waiting for the answers of those before it on the
+/// connection; each operation gets its own answer, in order). One failed
+/// operation fails no other; a broken connection fails the operations in
+/// flight on it (saves as [`StoreError::Uncertain`]) and is replaced by
+/// the next operation on its lane.
+///
 /// Contracts (besides the store contract of [`super`]):
 /// - The table (and the schema) are created on first use, by whichever
 ///   node gets there first (`IF NOT EXISTS`, a concurrent creation
@@ -95,6 +124,21 @@ pub struct PgStore {
     sql: Arc<Sql>,
     /// Set once the table exists (created on first use).
     ready: Arc<OnceCell<()>>,
+    /// The connections statements are pipelined on, taken from the pool
+    /// as first needed (see [`PgStore::client`]).
+    lanes: Arc<Lanes>,
+}
+
+/// A lane's connection, lent to one operation.
+struct Lease {
+    lane: usize,
+    c: Arc<deadpool_postgres::Object>,
+}
+
+/// One shared connection per lane; operations go round the lanes.
+struct Lanes {
+    lanes: Vec<tokio::sync::Mutex<Option<Arc<deadpool_postgres::Object>>>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -238,7 +282,10 @@ impl PgStore {
             pg.connect_timeout(options.timeout);
         }
         let config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // Verified: a connection given back after a failure is checked
+            // with a round trip before it is lent again (it may not know yet
+            // that it broke); lanes keep theirs, so this is rare.
+            recycling_method: RecyclingMethod::Verified,
         };
         let manager = match &options.ca {
             Some(ca) => {
@@ -265,23 +312,36 @@ impl PgStore {
             .recycle_timeout(Some(options.timeout))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("the connection pool: {e}").into()))?;
+        let lanes = (0..options.pool.max(1))
+            .map(|_| tokio::sync::Mutex::new(None))
+            .collect();
         Ok(PgStore {
             pool,
             sql: Arc::new(Sql::new(&options.schema)),
             options: Arc::new(options),
             ready: Arc::new(OnceCell::new()),
+            lanes: Arc::new(Lanes {
+                lanes,
+                next: std::sync::atomic::AtomicUsize::new(0),
+            }),
         })
     }
 
-    /// A connection, the table created if this is the first use.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(pool_error(&e).into()))?;
+    /// A connection to send one operation on, shared with the others of
+    /// its lane (tokio-postgres pipelines the statements of concurrent
+    /// operations on one connection: each is sent without waiting for the
+    /// answers before it, and answers come back in order). The table is
+    /// created first if this is the first use, on a connection of its own
+    /// (its transaction must not take in others' statements). A lane
+    /// whose connection broke takes a new one from the pool.
+    async fn client(&self) -> Result<Lease, StoreError> {
         self.ready
             .get_or_try_init(|| async {
+                let client = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| StoreError::Unavailable(pool_error(&e).into()))?;
                 if let Err(e) = client.batch_execute(&self.sql.create).await {
                     // Not committed: end the transaction before the
                     // connection goes back to the pool.
@@ -293,11 +353,80 @@ impl PgStore {
                 Ok(())
             })
             .await?;
-        Ok(client)
+        let lanes = &self.lanes.lanes;
+        let i = self
+            .lanes
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % lanes.len();
+        let mut lane = lanes[i].lock().await;
+        if let Some(c) = lane.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Lease {
+                lane: i,
+                c: c.clone(),
+            });
+        }
+        // Broken (or never taken): dropping the last reference to it
+        // gives it back to the pool, whose recycling discards it.
+        *lane = None;
+        let client = Arc::new(
+            self.pool
+                .get()
+                .await
+                .map_err(|e| StoreError::Unavailable(pool_error(&e).into()))?,
+        );
+        *lane = Some(client.clone());
+        Ok(Lease { lane: i, c: client })
     }
 
-    async fn load_now(&self, key: &StateKey, claim: Option<u64>) -> Result<Stored, StoreError> {
-        let c = self.client().await?;
+    /// Runs `op` on a connection, all within [`PgOptions::timeout`] (the
+    /// wait for the connection included; past it, `late`). A connection
+    /// whose operation failed unavailable or uncertain, or ran late (a
+    /// broken connection among the causes: it may not know yet that it is
+    /// closed), is taken out of its lane, so the next operation there
+    /// connects anew; the others in flight on it finish on it.
+    async fn on_lane<T, F>(
+        &self,
+        late: impl FnOnce() -> StoreError,
+        op: impl FnOnce(Arc<deadpool_postgres::Object>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let lease = match tokio::time::timeout_at(deadline, self.client()).await {
+            Ok(lease) => lease?,
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    format!(
+                        "PostgreSQL: no connection within {:?}",
+                        self.options.timeout
+                    )
+                    .into(),
+                ))
+            }
+        };
+        let result = tokio::time::timeout_at(deadline, op(lease.c.clone()))
+            .await
+            .unwrap_or_else(|_| Err(late()));
+        if matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Uncertain(_))
+        ) {
+            let mut lane = self.lanes.lanes[lease.lane].lock().await;
+            if lane.as_ref().is_some_and(|c| Arc::ptr_eq(c, &lease.c)) {
+                *lane = None;
+            }
+        }
+        result
+    }
+
+    async fn load_now(
+        &self,
+        c: Arc<deadpool_postgres::Object>,
+        key: &StateKey,
+        claim: Option<u64>,
+    ) -> Result<Stored, StoreError> {
         let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
         let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let row = match claim {
@@ -373,12 +502,12 @@ impl PgStore {
 
     async fn save_now(
         &self,
+        c: Arc<deadpool_postgres::Object>,
         key: &StateKey,
         expected: u64,
         token: Option<u64>,
         bytes: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
-        let c = self.client().await?;
         let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let sql = match (expected, token) {
             (0, None) => &self.sql.insert,
@@ -432,16 +561,14 @@ impl StateStore for PgStore {
         key: &'a StateKey,
         claim: Option<u64>,
     ) -> BoxFuture<'a, Result<Stored, StoreError>> {
-        Box::pin(async move {
-            match tokio::time::timeout(self.options.timeout, self.load_now(key, claim)).await {
-                Ok(r) => r,
-                // A claim that timed out may have raised the fence: that
-                // only refuses older tokens, never this one's next try.
-                Err(_) => Err(StoreError::Unavailable(
-                    format!("PostgreSQL: no answer within {:?}", self.options.timeout).into(),
-                )),
-            }
-        })
+        // A claim that timed out may have raised the fence: that only
+        // refuses older tokens, never this one's next try.
+        let late = move || {
+            StoreError::Unavailable(
+                format!("PostgreSQL: no answer within {:?}", self.options.timeout).into(),
+            )
+        };
+        Box::pin(self.on_lane(late, move |c| self.load_now(c, key, claim)))
     }
 
     fn save<'a>(
@@ -451,19 +578,19 @@ impl StateStore for PgStore {
         token: Option<u64>,
         bytes: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let late = move || {
+            StoreError::Uncertain(
+                format!(
+                    "PostgreSQL: no answer within {:?}: the write may or may not have committed",
+                    self.options.timeout
+                )
+                .into(),
+            )
+        };
         Box::pin(async move {
             check_size(bytes, self.options.max_row)?;
-            let write = self.save_now(key, expected, token, bytes);
-            match tokio::time::timeout(self.options.timeout, write).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Uncertain(
-                    format!(
-                        "PostgreSQL: no answer within {:?}: the write may or may not have committed",
-                        self.options.timeout
-                    )
-                    .into(),
-                )),
-            }
+            self.on_lane(late, move |c| self.save_now(c, key, expected, token, bytes))
+                .await
         })
     }
 }

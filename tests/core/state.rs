@@ -537,6 +537,73 @@ async fn the_postgres_store_over_tls_verifies_the_server() {
     );
 }
 
+/// The PostgreSQL store shares its connections: 64 saves at once on a
+/// store of one connection all land, on one server backend (their
+/// statements pipelined on it); when the server ends that backend, the
+/// operation in flight on it fails and the next one takes a new
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_share_pipelined_connections_and_a_broken_one_is_replaced() {
+    let server = pg::Server::start();
+    let options = PgOptions {
+        pool: 1,
+        timeout: Duration::from_secs(5),
+        ..PgOptions::default()
+    };
+    let store = PgStore::with_options(&server.config(), options).expect("a valid store");
+    let mut saves = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let store = store.clone();
+        saves.spawn(async move {
+            let key = StateKey::new("lanes/Actor", format!("{i}"));
+            store.save(&key, 0, None, Some(b"1")).await
+        });
+    }
+    let got = saves.join_all().await;
+    assert!(got.iter().all(|r| *r == Ok(1)), "{got:?}");
+    let (client, conn) = tokio_postgres::connect(&server.config(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let backends = || async {
+        client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<i32>>()
+    };
+    let first = backends().await;
+    assert_eq!(first.len(), 1, "the store's backends: {first:?}");
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&first[0]])
+        .await
+        .expect("terminate");
+    let key = StateKey::new("lanes/Actor", "0");
+    // The first load may meet the broken connection; the next takes a
+    // new one.
+    let mut loads = Vec::new();
+    for _ in 0..2 {
+        let load = store.load(&key, None).await;
+        let ok = load.is_ok();
+        loads.push(load.map(|s| s.version));
+        if ok {
+            break;
+        }
+    }
+    assert_eq!(loads.last(), Some(&Ok(1)), "{loads:?}");
+    let now = backends().await;
+    assert!(
+        now.len() == 1 && now != first,
+        "before {first:?}, now {now:?}"
+    );
+}
+
 /// Nodes that start together each create the table on their first use,
 /// at once: every one of them succeeds (`CREATE TABLE IF NOT EXISTS`
 /// alone lets the losers of that race fail with "type already exists";
