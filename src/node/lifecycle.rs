@@ -18,13 +18,16 @@
 //! | 9. the state store | released, awaited | released in a task | kept |
 //!
 //! Discovery goes before the connections so that peers stop routing here
-//! before the links close; the leases go last, once the activations (and
-//! their fenced writes) have ended. Except when they ended already (the
-//! leave drain of `Node::shutdown` waits for them): then step 7 runs
-//! first, since strong mode's session is bound to the node's health check
-//! ([`crate::lease::Strong::bind_to_health_check`]) and deregistering the
-//! check with keys still held would invalidate the session, keeping the
-//! keys from their new owners for the lock-delay. The state store is released last: its
+//! before the links close; the leases go after the activations (and
+//! their fenced writes) have ended. In strong mode a `Shutdown` runs steps
+//! 5, 6 and 7 first, then 2, 3 and 4: its session is bound to the node's
+//! health check ([`crate::lease::Strong::bind_to_health_check`]), so
+//! deregistering the check would invalidate the session at once, under
+//! activations still writing (their fenced writes refused, their calls
+//! failed) and with its keys still held (kept from their new owners for
+//! the lock-delay). Peers stopped routing here in the leave drain before
+//! the teardown, so the activations' last replies still go out on the
+//! open connections. The state store is released last: its
 //! file (the embedded store) is free once `shutdown` returns, for a node
 //! started again in the same process. `Abandon` never waits: it runs from a
 //! `Drop`, so its teardown completes without awaiting anything (every step
@@ -61,14 +64,11 @@ impl NodeInner {
         if exit != Exit::Sever {
             self.shared.begin_shutdown();
         }
-        // 7, early: see the module docs.
-        let mut released = false;
-        if let (Some(keeper), Exit::Shutdown { deadline }) = (&self.keeper, exit) {
-            if self.catalog.is_idle() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                keeper.leave(left.max(Duration::from_secs(1))).await;
-                released = true;
-            }
+        // 5, 6 and 7 first in strong mode: see the module docs.
+        let strong_first = self.keeper.is_some() && matches!(exit, Exit::Shutdown { .. });
+        let mut in_time = true;
+        if strong_first {
+            in_time = self.end_activations_and_leases(exit).await;
         }
         if let Some(cluster) = &self.cluster {
             // 2.
@@ -103,25 +103,8 @@ impl NodeInner {
                 }
             }
         }
-        // 5.
-        if exit != Exit::Sever {
-            self.catalog.stop_all();
-        }
-        // 6.
-        let mut in_time = true;
-        if let Exit::Shutdown { deadline } = exit {
-            let drained = self.shared.drained(|| self.catalog.is_idle());
-            in_time = tokio::time::timeout_at(deadline, drained).await.is_ok();
-        }
-        // 7.
-        if let Some(keeper) = self.keeper.as_ref().filter(|_| !released) {
-            match exit {
-                Exit::Shutdown { deadline } => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    keeper.leave(left.max(Duration::from_secs(1))).await;
-                }
-                Exit::Abandon | Exit::Sever => keeper.halt(),
-            }
+        if !strong_first {
+            in_time = self.end_activations_and_leases(exit).await;
         }
         // 8.
         if exit != Exit::Sever {
@@ -139,6 +122,33 @@ impl NodeInner {
                 if matches!(exit, Exit::Shutdown { .. }) {
                     let _ = closing.await;
                 }
+            }
+        }
+        in_time
+    }
+
+    /// Steps 5, 6 and 7: the activations told to stop, awaited (until the
+    /// deadline), then the leases released. Whether the activations ended
+    /// in time.
+    async fn end_activations_and_leases(&self, exit: Exit) -> bool {
+        // 5.
+        if exit != Exit::Sever {
+            self.catalog.stop_all();
+        }
+        // 6.
+        let mut in_time = true;
+        if let Exit::Shutdown { deadline } = exit {
+            let drained = self.shared.drained(|| self.catalog.is_idle());
+            in_time = tokio::time::timeout_at(deadline, drained).await.is_ok();
+        }
+        // 7.
+        if let Some(keeper) = &self.keeper {
+            match exit {
+                Exit::Shutdown { deadline } => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    keeper.leave(left.max(Duration::from_secs(1))).await;
+                }
+                Exit::Abandon | Exit::Sever => keeper.halt(),
             }
         }
         in_time
