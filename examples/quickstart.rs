@@ -1,11 +1,37 @@
 //! Quickstart: 10 000 counter actors on the embedded default (one node, no
-//! Consul), driven by concurrent callers.
+//! Consul), driven by concurrent callers, and one durable actor whose
+//! state is in the embedded store (`quickstart.redb` in the current
+//! directory): it counts the quickstart's runs, across restarts.
 //!
 //! Run with `cargo run --example quickstart` (add `--release` for speed).
 
 use std::time::Instant;
 
 use mesh::prelude::*;
+use mesh::state::{RedbStore, State};
+
+/// How many times the quickstart ran here: its count is durable (written
+/// to the node's store before the reply leaves), so it survives the
+/// process, a crash included.
+#[derive(Actor)]
+#[actor(capability = "counter")]
+pub struct Runs {
+    #[state]
+    count: State<u64>,
+}
+
+/// Counts one more run; replies with the count.
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = u64)]
+pub struct Started;
+
+#[mesh::handlers]
+impl Runs {
+    async fn started(&mut self, _: Started) -> u64 {
+        *self.count += 1;
+        *self.count
+    }
+}
 
 /// A counter per id: activated on first use, passivated after 10 idle minutes.
 #[derive(Actor, Default)]
@@ -41,11 +67,13 @@ const CALLERS: usize = 64;
 const ROUNDS: usize = 20;
 
 #[tokio::main]
-async fn main() -> Result<(), mesh::Error> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logs();
     let node = Node::builder()
         .capabilities(["counter"])
         .actor::<Counter>()
+        .actor::<Runs>()
+        .state(RedbStore::open("quickstart.redb")?)
         .start()
         .await?;
     println!("node {} hosts {:?}", node.id(), node.capabilities());
@@ -60,6 +88,8 @@ async fn main() -> Result<(), mesh::Error> {
         }
     };
 
+    let run = mesh::call::<Runs, _>("quickstart", Started).await?;
+    println!("run #{run} of the quickstart here (a durable count, in quickstart.redb)");
     node.shutdown().await?;
     println!("shut down: {} activations left", node.activation_count());
     if wrong.is_some_and(|w| w > 0) {
