@@ -404,11 +404,7 @@ async fn a_hung_owner_on_postgres_in_eventual_mode_fails_calls_on_conflicts_and_
         "{test}: {} failed calls, {conflicts} of them on a conflict",
         o.failures.len()
     );
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    nothing_lost(&o);
 }
 
 /// The fence stored in `row` (0 without one).
@@ -459,11 +455,7 @@ async fn a_killed_owner_on_postgres_in_strong_mode_loses_no_deposit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_on_postgres_in_eventual_mode_loses_no_deposit() {
     let o = killed_owner("killed-pg-eventual", false, Some(pg::Server::start())).await;
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    nothing_lost(&o);
 }
 
 /// SIGKILL p-1 under deposits (with `pg`, into `StateAccount`s there);
@@ -545,21 +537,22 @@ async fn a_rolling_restart_on_postgres_in_eventual_mode_loses_no_deposit() {
         "rolling-pg-eventual: {} failed calls, {conflicts} on a conflict",
         o.failures.len()
     );
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    nothing_lost(&o);
     for f in &o.failures {
         assert!(f.contains("conflict"), "{f}");
     }
 }
 
 /// Strong mode's promise: no activation out of turn (the merged
-/// histories), no acknowledged deposit lost and none stored that was not
-/// attempted (the balances).
+/// histories), and nothing lost.
 fn in_turn_and_nothing_lost(o: &Ending) {
     assert!(o.found.is_empty(), "{:#?}", o.found);
+    nothing_lost(o);
+}
+
+/// Both modes' promise: no acknowledged deposit lost and none stored that
+/// was not attempted (the balances).
+fn nothing_lost(o: &Ending) {
     assert!(
         o.wrong.is_empty(),
         "(id, acked, stored, attempted): {:?}",
@@ -843,11 +836,7 @@ async fn a_partition_on_postgres_in_eventual_mode_loses_no_deposit() {
     let Some(o) = partition(name, "cut-pg-eventual", false).await else {
         return;
     };
-    assert!(
-        o.wrong.is_empty(),
-        "(id, acked, stored, attempted): {:?}",
-        o.wrong
-    );
+    nothing_lost(&o);
 }
 
 /// Runs test `name` in a network namespace of its own; there, cuts p-1
