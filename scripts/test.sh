@@ -68,7 +68,7 @@ echo "   rendered in $((SECONDS - start)) s"
 rm -rf "$chromium_check"
 
 # One rustls crypto provider per build, never an accidental second: a TLS
-# build (feature `tls`, or `consul`, which turns it on) with the default
+# build (feature `tls`, or `consul` or `postgres`, which turn it on) with the default
 # provider feature `aws-lc-rs` links aws-lc-rs and not ring, and the
 # `--no-default-features --features ring,tls` build ring and not aws-lc-rs.
 # The default build (the quickstart's) has no TLS and links neither.
@@ -79,7 +79,7 @@ providers() {
     | grep -oE '^(aws-lc-rs|ring) ' | sort -u | tr -d ' ' | paste -sd, -
 }
 echo "== one crypto provider per build (aws-lc-rs by default, ring with --features ring; none without TLS)"
-for tls in tls consul full; do
+for tls in tls consul postgres full; do
   [ "$(providers --features "$tls")" = "aws-lc-rs" ] \
     || fail "the --features $tls build of mesh links '$(providers --features "$tls")', not exactly aws-lc-rs: some crate turned on another rustls provider"
   [ "$(providers --no-default-features --features "ring,$tls")" = "ring" ] \
