@@ -99,30 +99,44 @@ async fn members(n: &Node, want: usize) {
 /// Joins, a graceful leave and a crash, under steady deposits; returns the
 /// violations, the accounts whose balance is wrong, the failures and the
 /// number of calls.
-async fn churn(
-    mode: Option<Strong>,
-    prefix: &str,
-) -> (
+async fn churn(mode: Option<Strong>, prefix: &str) -> Churned {
+    churn_with(mode, prefix, None).await
+}
+
+/// What a churn ended with: the violations, the accounts whose balance is
+/// wrong (id, acknowledged, stored, attempted), the failures and the
+/// number of calls.
+type Churned = (
     Vec<Violation>,
     Vec<(String, u64, u64, u64)>,
     Vec<String>,
     u64,
-) {
-    churn_with(mode, prefix, None).await
+);
+
+/// Strong mode's promise through a churn, checked and printed under
+/// `label`: one activation at a time, no acknowledged deposit lost, and
+/// only the deposits in flight on the crashed node failed (their outcome
+/// is unknown: counted as attempted, not acknowledged).
+fn strong_churn_kept(label: &str, (found, wrong, failures, calls): Churned) {
+    println!(
+        "{label}: {calls} deposits, {} failed, {} violations, {} wrong balances",
+        failures.len(),
+        found.len(),
+        wrong.len()
+    );
+    assert!(found.is_empty(), "single activation broken: {found:#?}");
+    assert!(
+        wrong.is_empty(),
+        "(id, acked, stored, attempted): {wrong:?}"
+    );
+    for f in &failures {
+        assert!(f.contains("down"), "{f}");
+    }
 }
 
 /// The churn; with `state`, into `StateAccount`s whose balances live in
 /// that store (checked there), instead of Consul KV.
-async fn churn_with(
-    mode: Option<Strong>,
-    prefix: &str,
-    state: Option<MemoryStore>,
-) -> (
-    Vec<Violation>,
-    Vec<(String, u64, u64, u64)>,
-    Vec<String>,
-    u64,
-) {
+async fn churn_with(mode: Option<Strong>, prefix: &str, state: Option<MemoryStore>) -> Churned {
     if let Ok(filter) = std::env::var("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -177,23 +191,7 @@ async fn churn_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_mode_hands_shards_over_with_one_activation_at_a_time_and_no_lost_deposit() {
-    let (found, wrong, failures, calls) = churn(Some(strong()), "strong").await;
-    println!(
-        "strong: {calls} deposits, {} failed, {} violations, {} wrong balances",
-        failures.len(),
-        found.len(),
-        wrong.len()
-    );
-    assert!(found.is_empty(), "single activation broken: {found:#?}");
-    assert!(
-        wrong.is_empty(),
-        "(id, acked, stored, attempted): {wrong:?}"
-    );
-    // Only deposits in flight on the crashed node fail (their outcome is
-    // unknown: counted as attempted, not acknowledged).
-    for f in &failures {
-        assert!(f.contains("down"), "{f}");
-    }
+    strong_churn_kept("strong", churn(Some(strong()), "strong").await);
 }
 
 /// Issue 22: the same churn into accounts whose balances are `#[state]`
@@ -204,22 +202,8 @@ async fn strong_mode_hands_shards_over_with_one_activation_at_a_time_and_no_lost
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strong_mode_state_follows_the_actor_through_joins_a_leave_and_a_crash() {
     let store = MemoryStore::new();
-    let (found, wrong, failures, calls) =
-        churn_with(Some(strong()), "strong-state", Some(store)).await;
-    println!(
-        "strong, state store: {calls} deposits, {} failed, {} violations, {} wrong balances",
-        failures.len(),
-        found.len(),
-        wrong.len()
-    );
-    assert!(found.is_empty(), "single activation broken: {found:#?}");
-    assert!(
-        wrong.is_empty(),
-        "(id, acked, stored, attempted): {wrong:?}"
-    );
-    for f in &failures {
-        assert!(f.contains("down"), "{f}");
-    }
+    let churned = churn_with(Some(strong()), "strong-state", Some(store)).await;
+    strong_churn_kept("strong, state store", churned);
 }
 
 /// The same in eventual mode: duplicates during the churn may fail calls
