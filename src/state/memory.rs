@@ -2,11 +2,12 @@
 //! outlive the process. Every operation is atomic under one mutex, never
 //! held across an await; nothing is durable.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    check_claim, check_save, check_size, BoxFuture, StateKey, StateStore, StoreError, Stored,
+    check_claim, check_save, check_size, BoxFuture, ReminderRow, StateKey, StateStore, StoreError,
+    Stored,
 };
 use crate::util::lock;
 
@@ -16,11 +17,15 @@ type Row = (u64, u64, Option<Vec<u8>>);
 /// The rows by (kind, id).
 type Rows = HashMap<(Arc<str>, Arc<str>), Row>;
 
+/// The reminders by (kind, id, name), each with its fence.
+type Reminders = BTreeMap<(Arc<str>, Arc<str>, Arc<str>), (ReminderRow, u64)>;
+
 /// A [`StateStore`] in memory (nothing survives the process). Clones
 /// share the rows.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     rows: Arc<Mutex<Rows>>,
+    reminders: Arc<Mutex<Reminders>>,
     limit: usize,
 }
 
@@ -40,6 +45,7 @@ impl MemoryStore {
     pub fn with_limit(limit: usize) -> MemoryStore {
         MemoryStore {
             rows: Arc::default(),
+            reminders: Arc::default(),
             limit,
         }
     }
@@ -98,5 +104,80 @@ impl StateStore for MemoryStore {
             Ok(expected + 1)
         })();
         Box::pin(std::future::ready(out))
+    }
+
+    fn put_reminder<'a>(
+        &'a self,
+        row: &'a ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let out = (|| {
+            check_size(Some(&row.payload), self.limit)?;
+            let mut all = lock(&self.reminders);
+            let k = (row.key.kind.clone(), row.key.id.clone(), row.name.clone());
+            let r = all.get(&k).map(|(r, f)| (r.version, *f));
+            check_save(r, expected, token)?;
+            let fence = token.unwrap_or_else(|| r.map_or(0, |(_, f)| f));
+            let stored = ReminderRow {
+                version: expected + 1,
+                ..row.clone()
+            };
+            all.insert(k, (stored, fence));
+            Ok(expected + 1)
+        })();
+        Box::pin(std::future::ready(out))
+    }
+
+    fn delete_reminder<'a>(
+        &'a self,
+        key: &'a StateKey,
+        name: &'a str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let out = (|| {
+            let mut all = lock(&self.reminders);
+            let k = (key.kind.clone(), key.id.clone(), Arc::<str>::from(name));
+            let r = all.get(&k).map(|(r, f)| (r.version, *f));
+            check_save(r, expected, token)?;
+            all.remove(&k);
+            Ok(())
+        })();
+        Box::pin(std::future::ready(out))
+    }
+
+    fn reminders_of<'a>(
+        &'a self,
+        key: &'a StateKey,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let all = lock(&self.reminders);
+        let mine = all
+            .values()
+            .filter(|(r, _)| r.key.kind == key.kind && r.key.id == key.id)
+            .map(|(r, _)| r.clone())
+            .collect();
+        Box::pin(std::future::ready(Ok(mine)))
+    }
+
+    fn reminders_due<'a>(
+        &'a self,
+        kind: &'a str,
+        shards: &'a [u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let all = lock(&self.reminders);
+        let mut due: Vec<ReminderRow> = all
+            .values()
+            .map(|(r, _)| r)
+            .filter(|r| {
+                &*r.key.kind == kind && r.due_ms < before_ms && shards.contains(&r.key.shard)
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|r| r.due_ms);
+        due.truncate(limit);
+        Box::pin(std::future::ready(Ok(due)))
     }
 }

@@ -46,6 +46,23 @@
 //! - Without a token, the fence is neither checked nor changed (eventual
 //!   mode). A cluster runs one mode: mixing them gives eventual mode's
 //!   guarantee only.
+//!
+//! ## Reminders
+//!
+//! A store also keeps durable reminders ([`ReminderRow`]: an actor's named
+//! schedule, its next tick and period), the ground the reminders of issue
+//! 23 stand on. Each is keyed by (kind, id, name), with the id's shard,
+//! and written by the rules of a state row, on a version and a fence of
+//! its own: [`StateStore::put_reminder`] and
+//! [`StateStore::delete_reminder`] are compare-and-sets on the version
+//! (0: it does not exist; a delete removes the row), fenced like
+//! [`StateStore::save`]; [`StateStore::reminders_of`] lists an actor's by
+//! name; [`StateStore::reminders_due`] gives those of a kind in a set of
+//! shards due before a time, earliest first (what a shard's owner loads).
+//! A payload is bounded like a row's bytes. The methods have defaults
+//! that refuse ([`StoreError::Unavailable`]), so a store written before
+//! them still builds; `mesh_testkit::state::check_reminders` is their
+//! conformance suite, passed by the three stores mesh ships.
 
 mod cell;
 pub mod envelope;
@@ -96,6 +113,27 @@ impl StateKey {
     }
 }
 
+/// A durable reminder, as a store keeps it: named per actor, with its
+/// next tick and its period. Keyed by (kind, id, name); `shard` is the
+/// id's, so that a shard's owner can load its shards' reminders due soon
+/// ([`StateStore::reminders_due`]). Written with the same compare-and-set
+/// and fence rules as a state row, on a version and a fence of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderRow {
+    /// The actor's row: kind, id and shard.
+    pub key: StateKey,
+    /// The reminder's name, unique per actor.
+    pub name: Arc<str>,
+    /// The next tick, in milliseconds since the Unix epoch.
+    pub due_ms: u64,
+    /// The period in milliseconds; 0: once.
+    pub period_ms: u64,
+    /// The reminder's settings and data ([`envelope`]).
+    pub payload: Vec<u8>,
+    /// Its writes so far, as read (0: never written).
+    pub version: u64,
+}
+
 /// A row as loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stored {
@@ -132,6 +170,62 @@ pub trait StateStore: Send + Sync + 'static {
         token: Option<u64>,
         bytes: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Writes reminder `row` (its `version` is ignored) if its stored
+    /// version is `expected` (0: it does not exist) and, with `token`, its
+    /// stored fence is not higher: the rules of [`StateStore::save`].
+    /// Returns the new version. A store without reminders refuses
+    /// ([`StoreError::Unavailable`], the default).
+    fn put_reminder<'a>(
+        &'a self,
+        row: &'a ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = (row, expected, token);
+        Box::pin(std::future::ready(Err(no_reminders(self.name()))))
+    }
+
+    /// Deletes reminder `name` of `key` if its stored version is
+    /// `expected` (and the fence allows `token`): the same rules.
+    fn delete_reminder<'a>(
+        &'a self,
+        key: &'a StateKey,
+        name: &'a str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (key, name, expected, token);
+        Box::pin(std::future::ready(Err(no_reminders(self.name()))))
+    }
+
+    /// The reminders of `key`'s actor, by name.
+    fn reminders_of<'a>(
+        &'a self,
+        key: &'a StateKey,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let _ = key;
+        Box::pin(std::future::ready(Err(no_reminders(self.name()))))
+    }
+
+    /// The reminders of actor type `kind` whose id is in one of `shards`
+    /// and whose next tick is before `before_ms`, earliest first, at most
+    /// `limit` of them.
+    fn reminders_due<'a>(
+        &'a self,
+        kind: &'a str,
+        shards: &'a [u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let _ = (kind, shards, before_ms, limit);
+        Box::pin(std::future::ready(Err(no_reminders(self.name()))))
+    }
+}
+
+/// What a store without reminders answers.
+fn no_reminders(store: &str) -> StoreError {
+    StoreError::Unavailable(format!("the {store} store keeps no reminders").into())
 }
 
 /// What every store decides, given a row's version and fence (`None`: no

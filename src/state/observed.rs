@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{BoxFuture, StateKey, StateStore, StoreError, Stored};
+use super::{BoxFuture, ReminderRow, StateKey, StateStore, StoreError, Stored};
 use crate::telemetry::{state_outcome, Metrics, STATE_OUTCOMES};
 use crate::util::lock;
 
@@ -202,5 +202,42 @@ impl StateStore for Observed {
             self.stats.record(true, took, written.as_ref().err());
             written
         })
+    }
+
+    // Reminders pass through unrecorded (they have metrics of their own).
+    fn put_reminder<'a>(
+        &'a self,
+        row: &'a ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.inner.put_reminder(row, expected, token)
+    }
+
+    fn delete_reminder<'a>(
+        &'a self,
+        key: &'a StateKey,
+        name: &'a str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete_reminder(key, name, expected, token)
+    }
+
+    fn reminders_of<'a>(
+        &'a self,
+        key: &'a StateKey,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        self.inner.reminders_of(key)
+    }
+
+    fn reminders_due<'a>(
+        &'a self,
+        kind: &'a str,
+        shards: &'a [u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        self.inner.reminders_due(kind, shards, before_ms, limit)
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::NoTls;
 
-use super::{check_size, BoxFuture, StateKey, StateStore, StoreError, Stored};
+use super::{check_size, BoxFuture, ReminderRow, StateKey, StateStore, StoreError, Stored};
 
 /// How the PostgreSQL store connects and works.
 #[derive(Clone)]
@@ -159,11 +159,18 @@ struct Sql {
     update: String,
     update_fenced: String,
     row: String,
+    r_insert: String,
+    r_update: String,
+    r_delete: String,
+    r_row: String,
+    r_of: String,
+    r_due: String,
 }
 
 impl Sql {
     fn new(schema: &str) -> Sql {
         let t = format!("{}.mesh_state", quote_ident(schema));
+        let r = format!("{}.mesh_reminders", quote_ident(schema));
         // `IF NOT EXISTS` does not make two sessions' creates safe against
         // each other (the loser fails on the catalog: "type already
         // exists", a unique violation): a transaction-scoped advisory lock
@@ -175,7 +182,13 @@ impl Sql {
                  CREATE SCHEMA IF NOT EXISTS {schema}; \
                  CREATE TABLE IF NOT EXISTS {t} (kind text NOT NULL, id bytea NOT NULL, \
                  shard int NOT NULL, version bigint NOT NULL, fence bigint NOT NULL, \
-                 payload bytea, PRIMARY KEY (kind, id)); COMMIT",
+                 payload bytea, PRIMARY KEY (kind, id)); \
+                 CREATE TABLE IF NOT EXISTS {r} (kind text NOT NULL, id bytea NOT NULL, \
+                 name bytea NOT NULL, shard int NOT NULL, due_ms bigint NOT NULL, \
+                 period_ms bigint NOT NULL, payload bytea NOT NULL, version bigint NOT NULL, \
+                 fence bigint NOT NULL, PRIMARY KEY (kind, id, name)); \
+                 CREATE INDEX IF NOT EXISTS mesh_reminders_due ON {r} (kind, shard, due_ms); \
+                 COMMIT",
                 schema = quote_ident(schema)
             ),
             // $3: the row limit. A longer payload comes back as NULL with
@@ -214,6 +227,39 @@ impl Sql {
                  WHERE kind = $1 AND id = $2 AND version = $3::bigint AND fence <= $5"
             ),
             row: format!("SELECT version, fence FROM {t} WHERE kind = $1 AND id = $2"),
+            // $1 kind, $2 id, $3 name, $4 shard, $5 due_ms, $6 period_ms,
+            // $7 payload, $8 fence (0 without a token).
+            r_insert: format!(
+                "INSERT INTO {r} (kind, id, name, shard, due_ms, period_ms, payload, version, fence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) ON CONFLICT (kind, id, name) DO NOTHING"
+            ),
+            // The same, $8 the token (NULL: eventual), $9 the expected version.
+            r_update: format!(
+                "UPDATE {r} SET shard = $4, due_ms = $5, period_ms = $6, payload = $7, \
+                 version = $9::bigint + 1, fence = COALESCE($8::bigint, fence) \
+                 WHERE kind = $1 AND id = $2 AND name = $3 AND version = $9::bigint \
+                 AND ($8::bigint IS NULL OR fence <= $8::bigint)"
+            ),
+            r_delete: format!(
+                "DELETE FROM {r} WHERE kind = $1 AND id = $2 AND name = $3 \
+                 AND version = $4::bigint AND ($5::bigint IS NULL OR fence <= $5::bigint)"
+            ),
+            r_row: format!(
+                "SELECT version, fence FROM {r} WHERE kind = $1 AND id = $2 AND name = $3"
+            ),
+            // A payload over the limit ($3 / $4) comes back as NULL with its
+            // length, never as bytes.
+            r_of: format!(
+                "SELECT name, shard, due_ms, period_ms, version, \
+                 CASE WHEN octet_length(payload) > $3 THEN NULL ELSE payload END, \
+                 octet_length(payload) FROM {r} WHERE kind = $1 AND id = $2 ORDER BY name"
+            ),
+            r_due: format!(
+                "SELECT id, name, shard, due_ms, period_ms, version, \
+                 CASE WHEN octet_length(payload) > $5 THEN NULL ELSE payload END, \
+                 octet_length(payload) FROM {r} \
+                 WHERE kind = $1 AND shard = ANY($2) AND due_ms < $3 ORDER BY due_ms LIMIT $4"
+            ),
         }
     }
 }
@@ -551,6 +597,256 @@ impl PgStore {
     }
 }
 
+/// Reminders (the [`StateStore`] methods below), one statement each.
+impl PgStore {
+    /// A read that timed out.
+    fn no_answer(&self) -> StoreError {
+        StoreError::Unavailable(
+            format!("PostgreSQL: no answer within {:?}", self.options.timeout).into(),
+        )
+    }
+
+    /// A reminder's version and fence.
+    async fn reminder_row(
+        &self,
+        c: &deadpool_postgres::Object,
+        key: &StateKey,
+        name: &str,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
+        let st = c
+            .prepare_cached(&self.sql.r_row)
+            .await
+            .map_err(unavailable)?;
+        let row = c
+            .query_opt(&st, &[&&*key.kind, &key.id.as_bytes(), &name.as_bytes()])
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            let v: i64 = r.try_get(0).map_err(unavailable)?;
+            let f: i64 = r.try_get(1).map_err(unavailable)?;
+            Ok((unsigned(v), unsigned(f)))
+        })
+        .transpose()
+    }
+
+    /// Why a reminder write or delete changed no row.
+    async fn reminder_refused(
+        &self,
+        c: &deadpool_postgres::Object,
+        key: &StateKey,
+        name: &str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> StoreError {
+        match self.reminder_row(c, key, name).await {
+            Err(e) => e,
+            Ok(row) => {
+                super::check_save(row, expected, token)
+                    .err()
+                    .unwrap_or(StoreError::Conflict {
+                        expected,
+                        stored: row.map_or(0, |(v, _)| v),
+                    })
+            }
+        }
+    }
+
+    async fn put_reminder_now(
+        &self,
+        c: Arc<deadpool_postgres::Object>,
+        row: &ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
+        let key = &row.key;
+        let (kind, id, name) = (&*key.kind, key.id.as_bytes(), row.name.as_bytes());
+        let (shard, due, period) = (i32::from(key.shard), big(row.due_ms), big(row.period_ms));
+        let payload = &row.payload[..];
+        let sent = if expected == 0 {
+            let st = c
+                .prepare_cached(&self.sql.r_insert)
+                .await
+                .map_err(unavailable)?;
+            let fence = big(token.unwrap_or(0));
+            c.execute(
+                &st,
+                &[&kind, &id, &name, &shard, &due, &period, &payload, &fence],
+            )
+            .await
+        } else {
+            let st = c
+                .prepare_cached(&self.sql.r_update)
+                .await
+                .map_err(unavailable)?;
+            let (token, version) = (token.map(big), big(expected));
+            c.execute(
+                &st,
+                &[
+                    &kind, &id, &name, &shard, &due, &period, &payload, &token, &version,
+                ],
+            )
+            .await
+        };
+        match sent {
+            Ok(1) => Ok(expected + 1),
+            Ok(_) => Err(self
+                .reminder_refused(&c, key, &row.name, expected, token)
+                .await),
+            Err(e) if e.as_db_error().is_some() => Err(unavailable(e)),
+            Err(e) => Err(StoreError::Uncertain(
+                format!("{}: the write may or may not have committed", pg_error(&e)).into(),
+            )),
+        }
+    }
+
+    async fn delete_reminder_now(
+        &self,
+        c: Arc<deadpool_postgres::Object>,
+        key: &StateKey,
+        name: &str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
+        let st = c
+            .prepare_cached(&self.sql.r_delete)
+            .await
+            .map_err(unavailable)?;
+        let (version, token_arg) = (big(expected), token.map(big));
+        let sent = c
+            .execute(
+                &st,
+                &[
+                    &&*key.kind,
+                    &key.id.as_bytes(),
+                    &name.as_bytes(),
+                    &version,
+                    &token_arg,
+                ],
+            )
+            .await;
+        match sent {
+            Ok(1) => Ok(()),
+            Ok(_) => match self.reminder_row(&c, key, name).await? {
+                // Nothing to delete, as expected.
+                None if expected == 0 => Ok(()),
+                row => Err(super::check_save(row, expected, token).err().unwrap_or(
+                    StoreError::Conflict {
+                        expected,
+                        stored: row.map_or(0, |(v, _)| v),
+                    },
+                )),
+            },
+            Err(e) if e.as_db_error().is_some() => Err(unavailable(e)),
+            Err(e) => Err(StoreError::Uncertain(
+                format!("{}: the delete may or may not have committed", pg_error(&e)).into(),
+            )),
+        }
+    }
+
+    /// A reminder read back: `(payload or NULL, its length)` checked
+    /// against the row limit.
+    fn reminder_payload(
+        &self,
+        payload: Option<Vec<u8>>,
+        len: Option<i32>,
+    ) -> Result<Vec<u8>, StoreError> {
+        match payload {
+            Some(p) => Ok(p),
+            None => Err(StoreError::TooLarge {
+                size: len
+                    .and_then(|l| usize::try_from(l).ok())
+                    .unwrap_or(usize::MAX),
+                limit: self.options.max_row,
+            }),
+        }
+    }
+
+    async fn reminders_of_now(
+        &self,
+        c: Arc<deadpool_postgres::Object>,
+        key: &StateKey,
+    ) -> Result<Vec<ReminderRow>, StoreError> {
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
+        let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
+        let st = c
+            .prepare_cached(&self.sql.r_of)
+            .await
+            .map_err(unavailable)?;
+        let rows = c
+            .query(&st, &[&&*key.kind, &key.id.as_bytes(), &limit])
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let name: Vec<u8> = r.try_get(0).map_err(unavailable)?;
+                let shard: i32 = r.try_get(1).map_err(unavailable)?;
+                Ok(ReminderRow {
+                    key: StateKey {
+                        kind: key.kind.clone(),
+                        id: key.id.clone(),
+                        shard: u16::try_from(shard).unwrap_or_default(),
+                    },
+                    name: String::from_utf8_lossy(&name).into(),
+                    due_ms: unsigned(r.try_get(2).map_err(unavailable)?),
+                    period_ms: unsigned(r.try_get(3).map_err(unavailable)?),
+                    version: unsigned(r.try_get(4).map_err(unavailable)?),
+                    payload: self.reminder_payload(
+                        r.try_get(5).map_err(unavailable)?,
+                        r.try_get(6).map_err(unavailable)?,
+                    )?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reminders_due_now(
+        &self,
+        c: Arc<deadpool_postgres::Object>,
+        kind: &str,
+        shards: &[u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ReminderRow>, StoreError> {
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
+        let max_row = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
+        let shards: Vec<i32> = shards.iter().map(|s| i32::from(*s)).collect();
+        let (before, count) = (big(before_ms), i64::try_from(limit).unwrap_or(i64::MAX));
+        let st = c
+            .prepare_cached(&self.sql.r_due)
+            .await
+            .map_err(unavailable)?;
+        let rows = c
+            .query(&st, &[&kind, &shards, &before, &count, &max_row])
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let id: Vec<u8> = r.try_get(0).map_err(unavailable)?;
+                let name: Vec<u8> = r.try_get(1).map_err(unavailable)?;
+                let shard: i32 = r.try_get(2).map_err(unavailable)?;
+                Ok(ReminderRow {
+                    key: StateKey {
+                        kind: kind.into(),
+                        id: String::from_utf8_lossy(&id).into(),
+                        shard: u16::try_from(shard).unwrap_or_default(),
+                    },
+                    name: String::from_utf8_lossy(&name).into(),
+                    due_ms: unsigned(r.try_get(3).map_err(unavailable)?),
+                    period_ms: unsigned(r.try_get(4).map_err(unavailable)?),
+                    version: unsigned(r.try_get(5).map_err(unavailable)?),
+                    payload: self.reminder_payload(
+                        r.try_get(6).map_err(unavailable)?,
+                        r.try_get(7).map_err(unavailable)?,
+                    )?,
+                })
+            })
+            .collect()
+    }
+}
+
 impl StateStore for PgStore {
     fn name(&self) -> &'static str {
         "postgres"
@@ -592,5 +888,73 @@ impl StateStore for PgStore {
             self.on_lane(late, move |c| self.save_now(c, key, expected, token, bytes))
                 .await
         })
+    }
+
+    fn put_reminder<'a>(
+        &'a self,
+        row: &'a ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let late = move || {
+            StoreError::Uncertain(
+                format!(
+                    "PostgreSQL: no answer within {:?}: the write may or may not have committed",
+                    self.options.timeout
+                )
+                .into(),
+            )
+        };
+        Box::pin(async move {
+            check_size(Some(&row.payload), self.options.max_row)?;
+            self.on_lane(late, move |c| {
+                self.put_reminder_now(c, row, expected, token)
+            })
+            .await
+        })
+    }
+
+    fn delete_reminder<'a>(
+        &'a self,
+        key: &'a StateKey,
+        name: &'a str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let late = move || {
+            StoreError::Uncertain(
+                format!(
+                    "PostgreSQL: no answer within {:?}: the delete may or may not have committed",
+                    self.options.timeout
+                )
+                .into(),
+            )
+        };
+        Box::pin(self.on_lane(late, move |c| {
+            self.delete_reminder_now(c, key, name, expected, token)
+        }))
+    }
+
+    fn reminders_of<'a>(
+        &'a self,
+        key: &'a StateKey,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        Box::pin(self.on_lane(
+            move || self.no_answer(),
+            move |c| self.reminders_of_now(c, key),
+        ))
+    }
+
+    fn reminders_due<'a>(
+        &'a self,
+        kind: &'a str,
+        shards: &'a [u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        Box::pin(self.on_lane(
+            move || self.no_answer(),
+            move |c| self.reminders_due_now(c, kind, shards, before_ms, limit),
+        ))
     }
 }

@@ -7,7 +7,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    check_claim, check_save, check_size, BoxFuture, StateKey, StateStore, StoreError, Stored,
+    check_claim, check_save, check_size, BoxFuture, ReminderRow, StateKey, StateStore, StoreError,
+    Stored,
 };
 
 /// A row's key: `(kind, id)`.
@@ -17,6 +18,18 @@ type RowValue<'a> = (u64, u64, u16, Option<&'a [u8]>);
 
 /// The rows.
 const ROWS: TableDefinition<RowKey, RowValue> = TableDefinition::new("mesh_state");
+
+/// A reminder's key: `(kind, id, name)`.
+type ReminderKey<'a> = (&'a str, &'a str, &'a str);
+/// A reminder: `(shard, due_ms, period_ms, version, fence, payload)`.
+type ReminderValue<'a> = (u16, u64, u64, u64, u64, &'a [u8]);
+/// The reminders.
+const REMINDERS: TableDefinition<ReminderKey, ReminderValue> =
+    TableDefinition::new("mesh_reminders");
+/// The reminders by when they are due: `(kind, shard, due_ms, id, name)`,
+/// kept beside [`REMINDERS`] in the same transactions.
+type DueKey<'a> = (&'a str, u16, u64, &'a str, &'a str);
+const DUE: TableDefinition<DueKey, ()> = TableDefinition::new("mesh_reminders_due");
 
 /// How the embedded store works.
 #[derive(Debug, Clone)]
@@ -112,6 +125,16 @@ enum Op {
         bytes: Option<Vec<u8>>,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// A reminder written (`row: Some`) or deleted (`None`, `name` of
+    /// `key`); answers the new version (0 for a delete).
+    Reminder {
+        key: StateKey,
+        name: Arc<str>,
+        row: Option<Box<ReminderRow>>,
+        expected: u64,
+        token: Option<u64>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 impl std::fmt::Debug for Op {
@@ -119,6 +142,12 @@ impl std::fmt::Debug for Op {
         match self {
             Op::Claim { key, token, .. } => write!(f, "Claim({key:?}, {token})"),
             Op::Save { key, expected, .. } => write!(f, "Save({key:?}, {expected})"),
+            Op::Reminder {
+                key,
+                name,
+                expected,
+                ..
+            } => write!(f, "Reminder({key:?}, {name}, {expected})"),
         }
     }
 }
@@ -158,6 +187,8 @@ impl RedbStore {
         // The table exists from the start: a read never finds it missing.
         let tx = db.begin_write().map_err(|e| unavailable(&e))?;
         tx.open_table(ROWS).map_err(|e| unavailable(&e))?;
+        tx.open_table(REMINDERS).map_err(|e| unavailable(&e))?;
+        tx.open_table(DUE).map_err(|e| unavailable(&e))?;
         tx.commit().map_err(|e| unavailable(&e))?;
         let db = Arc::new(db);
         let (ops, rx) = mpsc::channel(options.queue.max(1));
@@ -261,6 +292,170 @@ impl StateStore for RedbStore {
             self.ask(op, answer).await
         })
     }
+
+    fn put_reminder<'a>(
+        &'a self,
+        row: &'a ReminderRow,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            check_size(Some(&row.payload), self.limit)?;
+            let (reply, answer) = oneshot::channel();
+            let op = Op::Reminder {
+                key: row.key.clone(),
+                name: row.name.clone(),
+                row: Some(Box::new(row.clone())),
+                expected,
+                token,
+                reply,
+            };
+            self.ask(op, answer).await
+        })
+    }
+
+    fn delete_reminder<'a>(
+        &'a self,
+        key: &'a StateKey,
+        name: &'a str,
+        expected: u64,
+        token: Option<u64>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let op = Op::Reminder {
+                key: key.clone(),
+                name: name.into(),
+                row: None,
+                expected,
+                token,
+                reply,
+            };
+            self.ask(op, answer).await.map(drop)
+        })
+    }
+
+    fn reminders_of<'a>(
+        &'a self,
+        key: &'a StateKey,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let (db, key, limit) = (self.db.clone(), key.clone(), self.limit);
+        Box::pin(blocking(move || reminders_of(&db, &key, limit)))
+    }
+
+    fn reminders_due<'a>(
+        &'a self,
+        kind: &'a str,
+        shards: &'a [u16],
+        before_ms: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<ReminderRow>, StoreError>> {
+        let (db, kind, shards) = (self.db.clone(), kind.to_owned(), shards.to_vec());
+        let max_row = self.limit;
+        Box::pin(blocking(move || {
+            reminders_due(&db, &kind, &shards, before_ms, limit, max_row)
+        }))
+    }
+}
+
+/// Runs a read on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Unavailable(
+            format!("the read failed: {e}").into(),
+        ))
+    })
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string().into())
+}
+
+/// A stored reminder, its payload copied out if within `limit`.
+fn reminder_row(
+    key: &StateKey,
+    name: &str,
+    (shard, due_ms, period_ms, version, _, payload): ReminderValue,
+    limit: usize,
+) -> Result<ReminderRow, StoreError> {
+    check_size(Some(payload), limit)?;
+    Ok(ReminderRow {
+        key: StateKey {
+            kind: key.kind.clone(),
+            id: key.id.clone(),
+            shard,
+        },
+        name: name.into(),
+        due_ms,
+        period_ms,
+        payload: payload.to_vec(),
+        version,
+    })
+}
+
+/// The reminders of `key`'s actor, by name, on a snapshot.
+fn reminders_of(
+    db: &Database,
+    key: &StateKey,
+    limit: usize,
+) -> Result<Vec<ReminderRow>, StoreError> {
+    let tx = db.begin_read().map_err(|e| unavailable(&e))?;
+    let t = tx.open_table(REMINDERS).map_err(|e| unavailable(&e))?;
+    let from: ReminderKey = (&*key.kind, &*key.id, "");
+    let mut out = Vec::new();
+    for entry in t.range(from..).map_err(|e| unavailable(&e))? {
+        let (k, v) = entry.map_err(|e| unavailable(&e))?;
+        let (kind, id, name) = k.value();
+        if kind != &*key.kind || id != &*key.id {
+            break;
+        }
+        out.push(reminder_row(key, name, v.value(), limit)?);
+    }
+    Ok(out)
+}
+
+/// The reminders of `kind` in `shards` due before `before_ms`, earliest
+/// first, at most `limit`, on a snapshot.
+fn reminders_due(
+    db: &Database,
+    kind: &str,
+    shards: &[u16],
+    before_ms: u64,
+    limit: usize,
+    max_row: usize,
+) -> Result<Vec<ReminderRow>, StoreError> {
+    let tx = db.begin_read().map_err(|e| unavailable(&e))?;
+    let due = tx.open_table(DUE).map_err(|e| unavailable(&e))?;
+    let rows = tx.open_table(REMINDERS).map_err(|e| unavailable(&e))?;
+    let mut found: Vec<(u64, String, String)> = Vec::new();
+    for &shard in shards {
+        let from: DueKey = (kind, shard, 0, "", "");
+        let to: DueKey = (kind, shard, before_ms, "", "");
+        for entry in due.range(from..to).map_err(|e| unavailable(&e))? {
+            let (k, _) = entry.map_err(|e| unavailable(&e))?;
+            let (_, _, at, id, name) = k.value();
+            found.push((at, id.to_owned(), name.to_owned()));
+        }
+    }
+    found.sort();
+    found.truncate(limit);
+    let mut out = Vec::with_capacity(found.len());
+    for (_, id, name) in found {
+        let key = StateKey {
+            kind: kind.into(),
+            id: id.as_str().into(),
+            shard: 0,
+        };
+        if let Some(v) = rows
+            .get((kind, id.as_str(), name.as_str()))
+            .map_err(|e| unavailable(&e))?
+        {
+            out.push(reminder_row(&key, &name, v.value(), max_row)?);
+        }
+    }
+    Ok(out)
 }
 
 /// A plain load, on a snapshot.
@@ -369,6 +564,52 @@ impl Writer {
                         }
                         Answer::Save(reply, out.map(|()| expected + 1))
                     }
+                    Op::Reminder {
+                        key,
+                        name,
+                        row,
+                        expected,
+                        token,
+                        reply,
+                    } => {
+                        let mut rt = tx.open_table(REMINDERS)?;
+                        let mut due = tx.open_table(DUE)?;
+                        let k = (&*key.kind, &*key.id, &*name);
+                        let old = rt.get(k)?.map(|g| {
+                            let (shard, at, _, v, f, _) = g.value();
+                            (shard, at, v, f)
+                        });
+                        let out = check_save(old.map(|(_, _, v, f)| (v, f)), expected, token);
+                        if out.is_ok() {
+                            if let Some((shard, at, _, _)) = old {
+                                due.remove((&*key.kind, shard, at, &*key.id, &*name))?;
+                            }
+                            match &row {
+                                Some(r) => {
+                                    let fence =
+                                        token.unwrap_or_else(|| old.map_or(0, |(_, _, _, f)| f));
+                                    let value = (
+                                        key.shard,
+                                        r.due_ms,
+                                        r.period_ms,
+                                        expected + 1,
+                                        fence,
+                                        &r.payload[..],
+                                    );
+                                    rt.insert(k, value)?;
+                                    due.insert(
+                                        (&*key.kind, key.shard, r.due_ms, &*key.id, &*name),
+                                        (),
+                                    )?;
+                                }
+                                None => {
+                                    rt.remove(k)?;
+                                }
+                            }
+                        }
+                        let version = if row.is_some() { expected + 1 } else { 0 };
+                        Answer::Save(reply, out.map(|()| version))
+                    }
                 });
             }
             Ok(())
@@ -423,7 +664,7 @@ fn fail_all(ops: impl Iterator<Item = Op>, e: StoreError) {
     for op in ops {
         match op {
             Op::Claim { reply, .. } => drop(reply.send(Err(e.clone()))),
-            Op::Save { reply, .. } => drop(reply.send(Err(e.clone()))),
+            Op::Save { reply, .. } | Op::Reminder { reply, .. } => drop(reply.send(Err(e.clone()))),
         }
     }
 }

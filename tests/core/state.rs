@@ -12,6 +12,7 @@ const LIMIT: usize = 64 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_keeps_the_contract() {
     mesh_testkit::state::check(Arc::new(MemoryStore::with_limit(LIMIT)), LIMIT).await;
+    mesh_testkit::state::check_reminders(Arc::new(MemoryStore::with_limit(LIMIT)), LIMIT).await;
 }
 
 fn redb(dir: &std::path::Path) -> RedbStore {
@@ -25,7 +26,9 @@ fn redb(dir: &std::path::Path) -> RedbStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_keeps_the_contract() {
     let dir = scratch("state-redb");
-    mesh_testkit::state::check(Arc::new(redb(&dir)), LIMIT).await;
+    let store = Arc::new(redb(&dir));
+    mesh_testkit::state::check(store.clone(), LIMIT).await;
+    mesh_testkit::state::check_reminders(store, LIMIT).await;
 }
 
 /// Rows, versions and fences are on disk: a store opened again on the
@@ -494,6 +497,7 @@ fn pg_store(server: &pg::Server, limit: usize) -> PgStore {
 async fn the_postgres_store_keeps_the_contract() {
     let server = pg::Server::start();
     mesh_testkit::state::check(Arc::new(pg_store(&server, LIMIT)), LIMIT).await;
+    mesh_testkit::state::check_reminders(Arc::new(pg_store(&server, LIMIT)), LIMIT).await;
     // A second store on the same server (another node) sees the rows and
     // creates nothing twice.
     let other = pg_store(&server, LIMIT);
@@ -910,4 +914,16 @@ async fn a_held_reply_times_out_at_its_deadline_while_the_write_goes_on() {
     let (n, _, version) = node.call::<Counter, _>("slow", Get).await.expect("get");
     assert_eq!((n, version), (1, 1), "the write went on");
     node.shutdown().await.expect("shutdown");
+}
+
+/// A store written before reminders (it implements none of their methods)
+/// still builds, and refuses them saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_reminders_refuses_them_saying_so() {
+    let store = Gated::default().open();
+    let got = store.reminders_of(&key("r")).await;
+    assert!(
+        matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("gated store keeps no reminders")),
+        "{got:?}"
+    );
 }

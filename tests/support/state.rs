@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mesh::state::{StateKey, StateStore, StoreError, Stored};
+use mesh::state::{ReminderRow, StateKey, StateStore, StoreError, Stored};
 
 /// Runs every check against `store`, whose rows may hold up to `limit`
 /// bytes. Panics, naming the check, on the first broken promise.
@@ -286,4 +286,181 @@ async fn many_writers_on_many_rows_all_land(store: Arc<dyn StateStore>) {
         assert_eq!(got.version, 5);
         assert_eq!(got.bytes.as_deref(), Some(&i.to_be_bytes()[..]));
     }
+}
+
+/// The reminder half of the contract (`StateStore::put_reminder` and the
+/// rest): run it against a store that keeps reminders. Panics, naming the
+/// check, on the first broken promise.
+pub async fn check_reminders(store: Arc<dyn StateStore>, limit: usize) {
+    reminder_writes_are_a_compare_and_set(&*store).await;
+    reminders_are_listed_per_actor_by_name(&*store).await;
+    due_reminders_are_the_owned_shards_earliest_first(&*store).await;
+    reminder_writes_are_fenced(&*store).await;
+    reminders_over_the_limit_are_refused(&*store, limit).await;
+}
+
+fn reminder(key: &StateKey, name: &str, due_ms: u64) -> ReminderRow {
+    ReminderRow {
+        key: key.clone(),
+        name: name.into(),
+        due_ms,
+        period_ms: 1000,
+        payload: format!("{name}@{due_ms}").into_bytes(),
+        version: 0,
+    }
+}
+
+async fn reminder_writes_are_a_compare_and_set(store: &dyn StateStore) {
+    let key = StateKey::new(kind("rcas"), "a");
+    let r = reminder(&key, "daily", 10);
+    assert_eq!(store.put_reminder(&r, 0, None).await, Ok(1));
+    assert_eq!(
+        store.put_reminder(&r, 0, None).await,
+        Err(StoreError::Conflict {
+            expected: 0,
+            stored: 1
+        }),
+        "a second registration on version 0 must be refused"
+    );
+    let later = reminder(&key, "daily", 20);
+    assert_eq!(store.put_reminder(&later, 1, None).await, Ok(2));
+    let got = store.reminders_of(&key).await.expect("list");
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].version, got[0].due_ms), (2, 20));
+    assert_eq!(got[0].payload, later.payload);
+    assert_eq!(
+        store.delete_reminder(&key, "daily", 1, None).await,
+        Err(StoreError::Conflict {
+            expected: 1,
+            stored: 2
+        }),
+        "a delete on a stale version must be refused"
+    );
+    assert_eq!(store.delete_reminder(&key, "daily", 2, None).await, Ok(()));
+    assert_eq!(store.reminders_of(&key).await, Ok(Vec::new()));
+    // Gone: registered anew from version 0.
+    assert_eq!(store.put_reminder(&r, 0, None).await, Ok(1));
+}
+
+async fn reminders_are_listed_per_actor_by_name(store: &dyn StateStore) {
+    let k = kind("rlist");
+    let (a, b) = (
+        StateKey::new(k.as_str(), "a"),
+        StateKey::new(k.as_str(), "b"),
+    );
+    for name in ["z", "m", "a"] {
+        assert_eq!(
+            store.put_reminder(&reminder(&a, name, 5), 0, None).await,
+            Ok(1)
+        );
+    }
+    assert_eq!(
+        store.put_reminder(&reminder(&b, "x", 5), 0, None).await,
+        Ok(1)
+    );
+    let names: Vec<String> = store
+        .reminders_of(&a)
+        .await
+        .expect("list")
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(names, ["a", "m", "z"], "one actor's reminders, by name");
+}
+
+async fn due_reminders_are_the_owned_shards_earliest_first(store: &dyn StateStore) {
+    let k = kind("rdue");
+    let ids: Vec<String> = (0..40).map(|i| format!("id-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let key = StateKey::new(k.as_str(), id.as_str());
+        let r = reminder(&key, "tick", 1000 - i as u64 * 10);
+        assert_eq!(store.put_reminder(&r, 0, None).await, Ok(1));
+    }
+    let key = |id: &str| StateKey::new(k.as_str(), id);
+    let owned: Vec<u16> = ids.iter().take(20).map(|id| key(id).shard).collect();
+    let due = store
+        .reminders_due(&k, &owned, 900, 100)
+        .await
+        .expect("due");
+    // Owned (the first 20 ids' shards) and before 900: due 1000 - 10 i
+    // < 900, so i in 11..20 (and any other id sharing an owned shard).
+    assert!(!due.is_empty());
+    for r in &due {
+        assert!(
+            owned.contains(&r.key.shard),
+            "{r:?} is not in an owned shard"
+        );
+        assert!(r.due_ms < 900, "{r:?} is not due before 900");
+    }
+    assert!(
+        due.windows(2).all(|w| w[0].due_ms <= w[1].due_ms),
+        "earliest first"
+    );
+    for (i, id) in ids.iter().enumerate().take(20).skip(11) {
+        assert!(
+            due.iter().any(|r| *r.key.id == **id),
+            "{id} (due {}) is missing",
+            1000 - i * 10
+        );
+    }
+    let two = store.reminders_due(&k, &owned, 900, 2).await.expect("due");
+    assert_eq!(two, due[..2].to_vec(), "the limit keeps the earliest");
+    let other = store
+        .reminders_due(&kind("rdue-other"), &owned, u64::MAX, 100)
+        .await
+        .expect("due");
+    assert!(other.is_empty(), "another kind's reminders: {other:?}");
+}
+
+async fn reminder_writes_are_fenced(store: &dyn StateStore) {
+    let key = StateKey::new(kind("rfence"), "a");
+    let r = reminder(&key, "tick", 1);
+    assert_eq!(store.put_reminder(&r, 0, Some(5)).await, Ok(1));
+    assert_eq!(
+        store.put_reminder(&r, 1, Some(3)).await,
+        Err(StoreError::Fenced {
+            token: 3,
+            stored: 5
+        }),
+        "an older owner's advance must be refused"
+    );
+    assert_eq!(
+        store.delete_reminder(&key, "tick", 1, Some(3)).await,
+        Err(StoreError::Fenced {
+            token: 3,
+            stored: 5
+        }),
+        "an older owner's delete must be refused"
+    );
+    assert_eq!(store.put_reminder(&r, 1, Some(7)).await, Ok(2));
+    assert_eq!(
+        store.put_reminder(&r, 2, Some(5)).await,
+        Err(StoreError::Fenced {
+            token: 5,
+            stored: 7
+        })
+    );
+    // Eventual mode: no token, the fence neither checked nor moved.
+    assert_eq!(store.put_reminder(&r, 2, None).await, Ok(3));
+    assert_eq!(
+        store.put_reminder(&r, 3, Some(6)).await,
+        Err(StoreError::Fenced {
+            token: 6,
+            stored: 7
+        })
+    );
+}
+
+async fn reminders_over_the_limit_are_refused(store: &dyn StateStore, limit: usize) {
+    let key = StateKey::new(kind("rlimit"), "a");
+    let mut r = reminder(&key, "big", 1);
+    r.payload = vec![7; limit + 1];
+    assert!(
+        matches!(
+            store.put_reminder(&r, 0, None).await,
+            Err(StoreError::TooLarge { .. })
+        ),
+        "a reminder over the row limit must be refused"
+    );
+    assert_eq!(store.reminders_of(&key).await, Ok(Vec::new()));
 }
