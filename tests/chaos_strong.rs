@@ -489,10 +489,12 @@ async fn killed_owner(test: &str, strong: bool, pg: Option<pg::Server>) -> Endin
         .await;
         let strong = Strong::new().time_scale(SCALE);
         println!(
-            "{test}: failover after SIGKILL: {:?} (bound check TTL + lock-delay + retry = {:?}; unbound 2 x TTL + lock-delay + retry = {:?}; as the agent counts time)",
+            "{test}: failover after SIGKILL: {:?} (bound 2 x TTL + lock-delay + retry = {:?}; with the session bound to the health check it would be check TTL + lock-delay + retry = {:?}; as the agent counts time)",
             killed.elapsed(),
-            strong.failover_bound_with_check(CHECK_TTL),
             strong.failover_bound(),
+            strong
+                .bind_to_health_check(true)
+                .failover_bound_with_check(CHECK_TTL),
         );
     } else {
         members(&scene.driver, |m| !m.contains("p-1")).await;

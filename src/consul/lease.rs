@@ -5,8 +5,9 @@
 //!
 //! - Session create: `PUT /v1/session/create` with `Name`, `TTL`,
 //!   `LockDelay`, `Behavior: "release"`, empty `NodeChecks` (not the
-//!   agent's `serfHealth`: a gossip flap would end the lease) and, unless
-//!   [`crate::lease::Strong::bind_to_health_check`] is off,
+//!   agent's `serfHealth`: a gossip flap would end the lease) and empty
+//!   `ServiceChecks`, or, with
+//!   [`crate::lease::Strong::bind_to_health_check`],
 //!   `ServiceChecks: [{"ID": "service:<service id>"}]`, this node's own
 //!   TTL check, so that a crashed process's session is invalidated once
 //!   its check goes critical. Consul refuses the create while that check

@@ -28,10 +28,11 @@
 //! keeps routing a local ring lookup (no directory hop) and gates only
 //! activation and dispatch:
 //!
-//! - **One session per node** in the store (Consul: bound to the node's
-//!   own service health check, not to the agent's `serfHealth`; `Behavior`
-//!   release; TTL 10 s, lock-delay 10 s by default), kept alive every TTL
-//!   / 4.
+//! - **One session per node** in the store (Consul: TTL-only by default,
+//!   or bound to the node's own service health check with
+//!   [`Strong::bind_to_health_check`], never to the agent's `serfHealth`;
+//!   `Behavior` release; TTL 10 s, lock-delay 10 s by default), kept alive
+//!   every TTL / 4.
 //! - **One lock key per (actor type, shard)**,
 //!   `mesh/<cluster>/own/<capability>/<actor>/<shard:04>` (the types of a
 //!   capability may be placed on different nodes), locked in batches of 64
@@ -75,23 +76,27 @@
 //!   The new owner retries the lock every `retry` (250 ms) and buffers the
 //!   calls it gets meanwhile, each until its own deadline. A node that
 //!   leaves does the same for all its shards, then destroys its session.
-//! - **Crash**: a crashed process stops passing its health check, which
-//!   goes critical a check TTL after the last pass (3 heartbeats by
-//!   default); Consul then invalidates the session bound to it, and the
-//!   keys are free after the lock-delay: the shards are unavailable for at
-//!   most `check TTL + lock-delay + retry`, about 13 s with the defaults
-//!   ([`Strong::failover_bound_with_check`]). When the check cannot turn
+//! - **Crash**: the dead node's session expires at least a TTL after its
+//!   last renew (Consul's timer runs twice the TTL), then its keys are
+//!   free after the lock-delay: its shards are unavailable for at most
+//!   `2 x TTL + lock-delay + retry`, about 30 s with the defaults
+//!   ([`Strong::failover_bound`]; the 10 s TTL is Consul's minimum).
+//!   With [`Strong::bind_to_health_check`], a crashed process stops
+//!   passing its health check, which goes critical a check TTL after the
+//!   last pass (3 heartbeats by default); Consul then invalidates the
+//!   session bound to it: at most `check TTL + lock-delay + retry`, about
+//!   13 s with the defaults ([`Strong::failover_bound_with_check`];
+//!   measured about halved, see the README), unless the check cannot turn
 //!   critical (the whole host died with its Consul agent, whose checks
-//!   the servers then keep as they were), or with
-//!   [`Strong::bind_to_health_check`] off, the session expires at least a
-//!   TTL after its last renew (Consul's timer runs twice the TTL): `2 x
-//!   TTL + lock-delay + retry`, about 30 s ([`Strong::failover_bound`];
-//!   the 10 s TTL is Consul's minimum). The binding cannot shorten the
+//!   the servers keep as they were). The binding cannot shorten the
 //!   lock-delay: the invalidation it brings may come at any time, which
-//!   is the explicit invalidation above. What it costs is liveness: a
-//!   node whose health check lapses (its process stalled for a check
-//!   TTL) loses its session, so every activation it holds, and its
-//!   shards are out for the lock-delay.
+//!   is the explicit invalidation above. What it costs is liveness, and
+//!   that is why it is off by default: a node whose health check lapses
+//!   (its process stalled for a check TTL, which the chaos suite's debug
+//!   builds did under the whole suite's load at a 300 ms check TTL) loses
+//!   its session, every activation it holds ends without its hook and its
+//!   shards are out for the lock-delay; unbound, the same stall only
+//!   takes it out of its peers' routing until its check passes again.
 //!
 //! Strong mode needs an authoritative store: a static-seed cluster cannot
 //! offer it, and [`crate::NodeBuilder::start`] refuses `strong` without a
@@ -191,7 +196,7 @@ impl Strong {
             time_scale: 1.0,
             retry: Duration::from_millis(250),
             batch: 64,
-            bind_health: true,
+            bind_health: false,
         }
     }
 
@@ -236,12 +241,14 @@ impl Strong {
     }
 
     /// Whether the session is bound to this node's own health check
-    /// (default: yes), so that a crashed process's shards come back a
+    /// (default: no), so that a crashed process's shards come back a
     /// check TTL after its last heartbeat instead of up to twice the
     /// session TTL (see the [module docs](self), "Crash"). Safety does not
     /// depend on it: the lock-delay covers an invalidation at any time.
-    /// Turn it off to keep the shards through a stall longer than the
-    /// check TTL (the session TTL still bounds it).
+    /// Its cost: a stall longer than the check TTL ends the lease (every
+    /// activation, and the shards for the lock-delay). Turn it on where
+    /// crashes are likelier than such stalls, with a check TTL well above
+    /// the longest pause the process may see.
     pub fn bind_to_health_check(mut self, bind: bool) -> Self {
         self.bind_health = bind;
         self

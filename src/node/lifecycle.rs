@@ -20,9 +20,9 @@
 //! Discovery goes before the connections so that peers stop routing here
 //! before the links close; the leases go after the activations (and
 //! their fenced writes) have ended. In strong mode a `Shutdown` runs steps
-//! 5, 6 and 7 first, then 2, 3 and 4: its session is bound to the node's
-//! health check ([`crate::lease::Strong::bind_to_health_check`]), so
-//! deregistering the check would invalidate the session at once, under
+//! 5, 6 and 7 first, then 2, 3 and 4: its session may be bound to the
+//! node's health check ([`crate::lease::Strong::bind_to_health_check`]),
+//! and then deregistering the check would invalidate the session at once, under
 //! activations still writing (their fenced writes refused, their calls
 //! failed) and with its keys still held (kept from their new owners for
 //! the lock-delay). Peers stopped routing here in the leave drain before
