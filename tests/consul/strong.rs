@@ -925,24 +925,17 @@ async fn heartbeat_paused(bind: bool) -> bool {
     assert_eq!(checks, want, "the session's ServiceChecks");
     adapter.pause_heartbeat(true);
     let node = consul.node(0).to_owned();
-    let critical = || {
-        let checks = consul.with_catalog(|c| c.agent_checks(&node));
-        checks[&check]["Status"] == "critical"
-    };
-    within(STEP, async {
-        while !critical() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
+    // Re-checked on every change of the catalog.
+    within(
+        STEP,
+        consul.until(|c| c.agent_checks(&node)[&check]["Status"] == "critical"),
+    )
     .await;
     let alive = |id: &str| info(id).as_array().is_some_and(|l| !l.is_empty());
     if bind {
-        within(STEP, async {
-            while alive(&session) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        // Re-checked on every request the node sends (its renews, then
+        // its attempts at a new session).
+        within(STEP, consul.wait_logged(|_| !alive(&session))).await;
     } else {
         // Two renews after the check went critical, each answered.
         let after = Instant::now();
@@ -954,11 +947,10 @@ async fn heartbeat_paused(bind: bool) -> bool {
         // Until the node saw its session end (a renew answered 404) and
         // took a new one: meanwhile its activations may still serve under
         // their old grants, and their fenced writes are refused.
-        within(STEP, async {
-            while session_of(&consul, "a").is_none_or(|s| s == session) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
+        within(
+            STEP,
+            consul.wait_logged(|_| session_of(&consul, "a").is_some_and(|s| s != session)),
+        )
         .await;
     }
     let again = a
