@@ -295,6 +295,39 @@ fn pool_error(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
+/// A statement the server refused, or that could not reach it: nothing
+/// was written.
+fn unavailable(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Unavailable(pg_error(&e).into())
+}
+
+/// Why a compare-and-set that changed no row was refused, given the row's
+/// `(version, fence)` now: the store contract's one rule.
+fn refusal(row: Option<(u64, u64)>, expected: u64, token: Option<u64>) -> StoreError {
+    super::check_save(row, expected, token)
+        .err()
+        .unwrap_or(StoreError::Conflict {
+            expected,
+            stored: row.map_or(0, |(v, _)| v),
+        })
+}
+
+/// The `(version, fence)` a one-row `SELECT version, fence ...` returns.
+async fn version_and_fence(
+    c: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let st = c.prepare_cached(sql).await.map_err(unavailable)?;
+    let row = c.query_opt(&st, params).await.map_err(unavailable)?;
+    row.map(|r| {
+        let v: i64 = r.try_get(0).map_err(unavailable)?;
+        let f: i64 = r.try_get(1).map_err(unavailable)?;
+        Ok((unsigned(v), unsigned(f)))
+    })
+    .transpose()
+}
+
 /// `name` as a quoted SQL identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -474,7 +507,6 @@ impl PgStore {
         claim: Option<u64>,
     ) -> Result<Stored, StoreError> {
         let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let row = match claim {
             None => {
                 let st = c
@@ -532,18 +564,9 @@ impl PgStore {
         c: &deadpool_postgres::Object,
         key: &StateKey,
     ) -> Result<Option<(u64, u64)>, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
-        let st = c.prepare_cached(&self.sql.row).await.map_err(unavailable)?;
-        let row = c
-            .query_opt(&st, &[&&*key.kind, &key.id.as_bytes()])
-            .await
-            .map_err(unavailable)?;
-        row.map(|r| {
-            let v: i64 = r.try_get(0).map_err(unavailable)?;
-            let f: i64 = r.try_get(1).map_err(unavailable)?;
-            Ok((unsigned(v), unsigned(f)))
-        })
-        .transpose()
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&&*key.kind, &key.id.as_bytes()];
+        version_and_fence(c, &self.sql.row, &params).await
     }
 
     async fn save_now(
@@ -554,7 +577,6 @@ impl PgStore {
         token: Option<u64>,
         bytes: Option<&[u8]>,
     ) -> Result<u64, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let sql = match (expected, token) {
             (0, None) => &self.sql.insert,
             (0, Some(_)) => &self.sql.insert_fenced,
@@ -588,12 +610,7 @@ impl PgStore {
         }
         // Refused: say why.
         let row = self.row(&c, key).await?;
-        Err(super::check_save(row, expected, token)
-            .err()
-            .unwrap_or(StoreError::Conflict {
-                expected,
-                stored: row.map_or(0, |(v, _)| v),
-            }))
+        Err(refusal(row, expected, token))
     }
 }
 
@@ -613,43 +630,9 @@ impl PgStore {
         key: &StateKey,
         name: &str,
     ) -> Result<Option<(u64, u64)>, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
-        let st = c
-            .prepare_cached(&self.sql.r_row)
-            .await
-            .map_err(unavailable)?;
-        let row = c
-            .query_opt(&st, &[&&*key.kind, &key.id.as_bytes(), &name.as_bytes()])
-            .await
-            .map_err(unavailable)?;
-        row.map(|r| {
-            let v: i64 = r.try_get(0).map_err(unavailable)?;
-            let f: i64 = r.try_get(1).map_err(unavailable)?;
-            Ok((unsigned(v), unsigned(f)))
-        })
-        .transpose()
-    }
-
-    /// Why a reminder write or delete changed no row.
-    async fn reminder_refused(
-        &self,
-        c: &deadpool_postgres::Object,
-        key: &StateKey,
-        name: &str,
-        expected: u64,
-        token: Option<u64>,
-    ) -> StoreError {
-        match self.reminder_row(c, key, name).await {
-            Err(e) => e,
-            Ok(row) => {
-                super::check_save(row, expected, token)
-                    .err()
-                    .unwrap_or(StoreError::Conflict {
-                        expected,
-                        stored: row.map_or(0, |(v, _)| v),
-                    })
-            }
-        }
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&&*key.kind, &key.id.as_bytes(), &name.as_bytes()];
+        version_and_fence(c, &self.sql.r_row, &params).await
     }
 
     async fn put_reminder_now(
@@ -659,7 +642,6 @@ impl PgStore {
         expected: u64,
         token: Option<u64>,
     ) -> Result<u64, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let key = &row.key;
         let (kind, id, name) = (&*key.kind, key.id.as_bytes(), row.name.as_bytes());
         let (shard, due, period) = (i32::from(key.shard), big(row.due_ms), big(row.period_ms));
@@ -691,9 +673,10 @@ impl PgStore {
         };
         match sent {
             Ok(1) => Ok(expected + 1),
-            Ok(_) => Err(self
-                .reminder_refused(&c, key, &row.name, expected, token)
-                .await),
+            Ok(_) => Err(match self.reminder_row(&c, key, &row.name).await {
+                Err(e) => e,
+                Ok(now) => refusal(now, expected, token),
+            }),
             Err(e) if e.as_db_error().is_some() => Err(unavailable(e)),
             Err(e) => Err(StoreError::Uncertain(
                 format!("{}: the write may or may not have committed", pg_error(&e)).into(),
@@ -709,7 +692,6 @@ impl PgStore {
         expected: u64,
         token: Option<u64>,
     ) -> Result<(), StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let st = c
             .prepare_cached(&self.sql.r_delete)
             .await
@@ -732,12 +714,7 @@ impl PgStore {
             Ok(_) => match self.reminder_row(&c, key, name).await? {
                 // Nothing to delete, as expected.
                 None if expected == 0 => Ok(()),
-                row => Err(super::check_save(row, expected, token).err().unwrap_or(
-                    StoreError::Conflict {
-                        expected,
-                        stored: row.map_or(0, |(v, _)| v),
-                    },
-                )),
+                row => Err(refusal(row, expected, token)),
             },
             Err(e) if e.as_db_error().is_some() => Err(unavailable(e)),
             Err(e) => Err(StoreError::Uncertain(
@@ -764,12 +741,40 @@ impl PgStore {
         }
     }
 
+    /// A reminder read back: from column `from`, its name, shard, due
+    /// time, period, version, and payload (NULL past the row limit) with
+    /// its length (the order of `r_of` and, after the id, of `r_due`).
+    fn reminder_at(
+        &self,
+        r: &tokio_postgres::Row,
+        kind: &str,
+        id: Arc<str>,
+        from: usize,
+    ) -> Result<ReminderRow, StoreError> {
+        let name: Vec<u8> = r.try_get(from).map_err(unavailable)?;
+        let shard: i32 = r.try_get(from + 1).map_err(unavailable)?;
+        Ok(ReminderRow {
+            key: StateKey {
+                kind: kind.into(),
+                id,
+                shard: u16::try_from(shard).unwrap_or_default(),
+            },
+            name: String::from_utf8_lossy(&name).into(),
+            due_ms: unsigned(r.try_get(from + 2).map_err(unavailable)?),
+            period_ms: unsigned(r.try_get(from + 3).map_err(unavailable)?),
+            version: unsigned(r.try_get(from + 4).map_err(unavailable)?),
+            payload: self.reminder_payload(
+                r.try_get(from + 5).map_err(unavailable)?,
+                r.try_get(from + 6).map_err(unavailable)?,
+            )?,
+        })
+    }
+
     async fn reminders_of_now(
         &self,
         c: Arc<deadpool_postgres::Object>,
         key: &StateKey,
     ) -> Result<Vec<ReminderRow>, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let limit = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
         let st = c
             .prepare_cached(&self.sql.r_of)
@@ -780,25 +785,7 @@ impl PgStore {
             .await
             .map_err(unavailable)?;
         rows.iter()
-            .map(|r| {
-                let name: Vec<u8> = r.try_get(0).map_err(unavailable)?;
-                let shard: i32 = r.try_get(1).map_err(unavailable)?;
-                Ok(ReminderRow {
-                    key: StateKey {
-                        kind: key.kind.clone(),
-                        id: key.id.clone(),
-                        shard: u16::try_from(shard).unwrap_or_default(),
-                    },
-                    name: String::from_utf8_lossy(&name).into(),
-                    due_ms: unsigned(r.try_get(2).map_err(unavailable)?),
-                    period_ms: unsigned(r.try_get(3).map_err(unavailable)?),
-                    version: unsigned(r.try_get(4).map_err(unavailable)?),
-                    payload: self.reminder_payload(
-                        r.try_get(5).map_err(unavailable)?,
-                        r.try_get(6).map_err(unavailable)?,
-                    )?,
-                })
-            })
+            .map(|r| self.reminder_at(r, &key.kind, key.id.clone(), 0))
             .collect()
     }
 
@@ -810,7 +797,6 @@ impl PgStore {
         before_ms: u64,
         limit: usize,
     ) -> Result<Vec<ReminderRow>, StoreError> {
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable(pg_error(&e).into());
         let max_row = i32::try_from(self.options.max_row).unwrap_or(i32::MAX);
         let shards: Vec<i32> = shards.iter().map(|s| i32::from(*s)).collect();
         let (before, count) = (big(before_ms), i64::try_from(limit).unwrap_or(i64::MAX));
@@ -825,23 +811,7 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 let id: Vec<u8> = r.try_get(0).map_err(unavailable)?;
-                let name: Vec<u8> = r.try_get(1).map_err(unavailable)?;
-                let shard: i32 = r.try_get(2).map_err(unavailable)?;
-                Ok(ReminderRow {
-                    key: StateKey {
-                        kind: kind.into(),
-                        id: String::from_utf8_lossy(&id).into(),
-                        shard: u16::try_from(shard).unwrap_or_default(),
-                    },
-                    name: String::from_utf8_lossy(&name).into(),
-                    due_ms: unsigned(r.try_get(3).map_err(unavailable)?),
-                    period_ms: unsigned(r.try_get(4).map_err(unavailable)?),
-                    version: unsigned(r.try_get(5).map_err(unavailable)?),
-                    payload: self.reminder_payload(
-                        r.try_get(6).map_err(unavailable)?,
-                        r.try_get(7).map_err(unavailable)?,
-                    )?,
-                })
+                self.reminder_at(r, kind, String::from_utf8_lossy(&id).into(), 1)
             })
             .collect()
     }
