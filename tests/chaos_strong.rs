@@ -451,7 +451,8 @@ async fn a_killed_owner_on_postgres_in_strong_mode_loses_no_deposit() {
 
 /// The same in eventual mode: the survivors take the killed node's
 /// accounts as soon as its health check fails, and no acknowledged
-/// deposit is lost.
+/// deposit is lost. A call may fail on a conflict: the killed node's last
+/// write, already sent, can commit after a survivor loaded the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_on_postgres_in_eventual_mode_loses_no_deposit() {
     let o = killed_owner("killed-pg-eventual", false, Some(pg::Server::start())).await;
@@ -507,7 +508,12 @@ async fn killed_owner(test: &str, strong: bool, pg: Option<pg::Server>) -> Endin
     let o = scene.end().await;
     println!("{test}: {} failed calls", o.failures.len());
     for f in &o.failures {
-        assert!(f.contains("p-1") || f.contains("down"), "{f}");
+        // In eventual mode a write the killed node sent just before its
+        // death can still commit after a survivor loaded the row (no lease
+        // orders them): the survivor's write then fails on a conflict,
+        // which is the compare-and-set doing its job, never a lost deposit.
+        let raced = !strong && f.contains("conflict");
+        assert!(f.contains("p-1") || f.contains("down") || raced, "{f}");
     }
     o
 }
