@@ -101,6 +101,7 @@ mod history;
 pub mod identity;
 pub mod lease;
 mod node;
+pub mod reminder;
 pub mod ring;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;

@@ -19,6 +19,9 @@
 //! | `mesh_state_writes_total` | counter | `outcome` = `ok`, `conflict`, `fenced`, `too_large`, `unavailable`, `uncertain`, `codec` | durable state writes (`mesh::state`), by outcome |
 //! | `mesh_state_write_seconds` | histogram | | durable state write latency (the output gate holds the turn's reply this long) |
 //! | `mesh_state_load_seconds` | histogram | | durable state load latency, at activation |
+//! | `mesh_reminder_ticks_total` | counter | `outcome` = `ok` (delivered and acknowledged), `failed` (to be delivered again), `skipped` (missed, [`crate::reminder::Missed::Skip`]) | reminder ticks this node fired |
+//! | `mesh_reminder_lateness_seconds` | histogram | | how long after its due time a reminder tick was sent |
+//! | `mesh_reminders_held` | gauge | | reminders the node's keeper holds in memory (due within its window) |
 //! | `mesh_connections_closed_total` | counter | `reason` = `denied`, `max_lifetime` | accepted connections this node closed on its transport's demand: a re-authorization refused (closed at once), or the maximum lifetime reached (retired gracefully) |
 //!
 //! Every call runs in a `tracing` span named `mesh.call` (or `mesh.cast`) at
@@ -66,6 +69,13 @@ pub const STATE_WRITES_TOTAL: &str = "mesh_state_writes_total";
 pub const STATE_WRITE_SECONDS: &str = "mesh_state_write_seconds";
 /// Histogram: durable state load latency in seconds.
 pub const STATE_LOAD_SECONDS: &str = "mesh_state_load_seconds";
+
+/// Counter: reminder ticks fired, by `outcome` (`ok`, `failed`, `skipped`).
+pub const REMINDER_TICKS_TOTAL: &str = "mesh_reminder_ticks_total";
+/// Histogram: how late a reminder tick was sent, in seconds.
+pub const REMINDER_LATENESS_SECONDS: &str = "mesh_reminder_lateness_seconds";
+/// Gauge: reminders held in memory by the node's keeper.
+pub const REMINDERS_HELD: &str = "mesh_reminders_held";
 
 /// Why an activation ended (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,6 +54,7 @@ pub struct NodeBuilder {
     cluster: Option<ClusterConfig>,
     history: Option<Arc<dyn crate::history::History>>,
     state: Option<Arc<dyn crate::state::StateStore>>,
+    reminders: crate::reminder::ReminderOptions,
     strong: Option<crate::lease::Strong>,
     deps: HashMap<TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     weak_cookie: bool,
@@ -95,6 +96,7 @@ impl NodeBuilder {
             cluster: None,
             history: None,
             state: None,
+            reminders: crate::reminder::ReminderOptions::default(),
             strong: None,
             deps: HashMap::new(),
             weak_cookie: false,
@@ -340,6 +342,15 @@ impl NodeBuilder {
     /// in a cluster, a store every node reaches (PostgreSQL).
     pub fn state(mut self, store: impl crate::state::StateStore) -> Self {
         self.state = Some(Arc::new(store));
+        self
+    }
+
+    /// The settings of the node's reminder keeper ([`crate::reminder`]):
+    /// how often it loads, how far ahead, and its catch-up throttle. The
+    /// keeper runs on a node with a state store that hosts an actor type
+    /// handling [`crate::reminder::Tick`].
+    pub fn reminders(mut self, options: crate::reminder::ReminderOptions) -> Self {
+        self.reminders = options;
         self
     }
 
@@ -678,6 +689,30 @@ impl NodeBuilder {
             }
             None => (None, None),
         };
+        // The actor types with a `Tick` handler: their reminders are fired
+        // here (by the owner of their shards), if the node has a store.
+        let reminder_kinds: Vec<crate::reminder::Kind> = self
+            .actors
+            .iter()
+            .filter_map(|a| {
+                let tag = crate::wire::tag(
+                    a.capability,
+                    a.name,
+                    <crate::reminder::Tick as crate::Message>::NAME,
+                );
+                a.messages
+                    .iter()
+                    .any(|&(t, _)| t == tag)
+                    .then(|| crate::reminder::Kind {
+                        name: format!("{}/{}", a.capability, a.name).into(),
+                        tag,
+                        actor_key: actor_key(a.capability, a.name),
+                        capability_key: capability_key(a.capability),
+                    })
+            })
+            .collect();
+        let reminders = (state_store.is_some() && !reminder_kinds.is_empty())
+            .then(|| crate::reminder::Keeper::new(reminder_kinds, self.reminders));
         let inner = Arc::new_cyclic(|me: &std::sync::Weak<NodeInner>| {
             let host: std::sync::Weak<dyn crate::activation::Host> = me.clone();
             let shared = Arc::new(Shared::new(
@@ -779,6 +814,7 @@ impl NodeBuilder {
                 state_stats,
                 gate: gate.clone(),
                 keeper,
+                reminders,
                 deps: std::mem::take(&mut self.deps),
                 #[cfg(feature = "admin")]
                 admin,
@@ -805,6 +841,7 @@ impl NodeBuilder {
         for (_, _, acts) in &inner.catalog.actors {
             acts.start();
         }
+        super::reminders::start(&inner);
         if !inner.members.is_formed() {
             tracing::info!(
                 node = %inner.id,

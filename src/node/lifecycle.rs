@@ -7,7 +7,7 @@
 //!
 //! | step | `Shutdown` | `Abandon` (dropped) | `Sever` (as a crash) |
 //! |---|---|---|---|
-//! | 1. new calls fail (`ShuttingDown`) | yes | yes | no |
+//! | 1. new calls fail (`ShuttingDown`); reminders | yes; no new tick | yes; halted | no; halted |
 //! | 2. discovery | stopped (heartbeat, then deregister), awaited | stopped in a task (halted without a runtime) | halted: the registration expires |
 //! | 3. connections, dialing, cluster tasks | closed | closed | closed |
 //! | 4. managed sidecar | stopped, awaited | ends with the node (dropped) | left running |
@@ -15,7 +15,7 @@
 //! | 6. wait for the activations to end | until the deadline | no | no |
 //! | 7. strong-mode leases | released, then the session destroyed | halted: the session expires | halted: the session expires |
 //! | 8. the process's default node | cleared if this one | cleared if this one | kept |
-//! | 9. the state store | released, awaited | released in a task | kept |
+//! | 9. the state store | released, awaited (after the reminder ticks in flight) | released in a task | kept |
 //!
 //! Discovery goes before the connections so that peers stop routing here
 //! before the links close; the leases go after the activations (and
@@ -63,6 +63,14 @@ impl NodeInner {
         // 1.
         if exit != Exit::Sever {
             self.shared.begin_shutdown();
+        }
+        // With 1: no new reminder tick; on `Shutdown` those in flight end
+        // with the activations (their store is released after, step 9).
+        if let Some(reminders) = &self.reminders {
+            match exit {
+                Exit::Shutdown { .. } => reminders.stop(),
+                Exit::Abandon | Exit::Sever => reminders.halt(),
+            }
         }
         // 5, 6 and 7 first in strong mode: see the module docs.
         let strong_first = self.keeper.is_some() && matches!(exit, Exit::Shutdown { .. });
@@ -114,7 +122,16 @@ impl NodeInner {
             }
         }
         // 9. The last reference may close a file and join a thread (the
-        // embedded store): on a blocking thread, not this one.
+        // embedded store): on a blocking thread, not this one. The
+        // reminder ticks still in flight hold it: awaited first.
+        if let (Some(reminders), Exit::Shutdown { deadline }) = (&self.reminders, exit) {
+            if tokio::time::timeout_at(deadline, reminders.stopped())
+                .await
+                .is_err()
+            {
+                reminders.halt();
+            }
+        }
         if exit != Exit::Sever {
             let store = crate::util::lock(&self.state).take();
             if let Some(store) = store {

@@ -26,6 +26,7 @@ mod ctx;
 mod handle;
 mod lifecycle;
 mod members;
+mod reminders;
 mod router;
 
 pub use crate::membership::{MemberInfo, Membership};
@@ -123,6 +124,9 @@ pub(crate) struct NodeInner {
     /// [`crate::lease`]).
     pub(crate) gate: Option<Arc<crate::lease::gate::Gate>>,
     pub(crate) keeper: Option<crate::lease::keeper::Keeper>,
+    /// The reminder keeper, on a node with a store that hosts an actor
+    /// type taking reminders (see [`crate::reminder`]).
+    pub(crate) reminders: Option<crate::reminder::Keeper>,
     /// The admin endpoint, if asked for (stops when the node is dropped).
     #[cfg(feature = "admin")]
     admin: Option<crate::admin::Server>,

@@ -10,6 +10,7 @@ mod cluster;
 mod frames;
 mod handles;
 mod placement;
+mod reminders;
 mod ring;
 mod state;
 mod timers;
