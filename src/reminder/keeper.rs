@@ -86,6 +86,46 @@ enum Event {
     Cancelled(Arc<str>, Arc<str>, Arc<str>),
     /// Load now: the ring changed.
     Nudge,
+    /// Fail (tests of the supervision).
+    #[cfg(test)]
+    Crash,
+}
+
+/// A runner not started yet, with the ports that outlive its restarts.
+struct Supervised {
+    runner: Runner,
+    ports: Ports,
+}
+
+/// What a keeper's successive runners share: its events, its stop
+/// signal, and the sender whose drop says the keeper ended.
+struct Ports {
+    events: mpsc::UnboundedReceiver<Event>,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the task ends: [`Keeper::stopped`] waits for it.
+    _ending: watch::Sender<()>,
+}
+
+/// A future that resolves to `Err` with the panic's payload if polling
+/// its inner future panicked.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// The handle of a node's keeper: tells it of changes, stops it.
@@ -94,7 +134,7 @@ pub(crate) struct Keeper {
     events: mpsc::UnboundedSender<Event>,
     stop: Arc<watch::Sender<bool>>,
     task: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
-    pending: Arc<Mutex<Option<Runner>>>,
+    pending: Arc<Mutex<Option<Supervised>>>,
     /// Its sender is the runner's: closed when the task ends.
     ended: watch::Receiver<()>,
     stats: Arc<Stats>,
@@ -122,22 +162,13 @@ impl Keeper {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Stats::default());
         let (ending, ended) = watch::channel(());
-        let runner = Runner {
-            _ending: ending,
-            kinds,
-            opts: options,
-            slots: HashMap::new(),
-            queue: BTreeMap::new(),
-            seq: 0,
-            flight: JoinSet::new(),
-            flying: HashMap::new(),
-            started: Instant::now(),
-            tokens: 0.0,
-            refilled: Instant::now(),
-            last_load: Instant::now(),
-            events: rx,
-            stop: stop_rx,
-            stats: stats.clone(),
+        let runner = Supervised {
+            runner: Runner::fresh(kinds, options, stats.clone()),
+            ports: Ports {
+                events: rx,
+                stop: stop_rx,
+                _ending: ending,
+            },
         };
         Keeper {
             events: tx,
@@ -150,12 +181,46 @@ impl Keeper {
     }
 
     /// Starts the keeper's task, on the current runtime (once).
+    ///
+    /// Supervision: a panic in the keeper (a bug in mesh) loses what it
+    /// held in memory, and the ticks it had in flight are aborted (their
+    /// outcome unknown: delivered again later); a fresh keeper starts at
+    /// once and reloads from the store, which is the truth. Logged at
+    /// error level. A keeper that stops is not restarted.
     pub(crate) fn start(&self, host: Weak<dyn Host>) {
-        let Some(runner) = crate::util::lock(&self.pending).take() else {
+        let Some(Supervised { runner, mut ports }) = crate::util::lock(&self.pending).take() else {
             return;
         };
-        let task = tokio::spawn(runner.run(host));
+        let task = tokio::spawn(async move {
+            let mut runner = runner;
+            loop {
+                let (kinds, opts, stats) =
+                    (runner.kinds.clone(), runner.opts, runner.stats.clone());
+                let ran = {
+                    let run = std::panic::AssertUnwindSafe(runner.run(host.clone(), &mut ports));
+                    CatchUnwind(std::pin::pin!(run)).await
+                };
+                match ran {
+                    Ok(()) => return,
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!("the reminder keeper failed ({why}): a fresh one reloads its reminders from the store");
+                        runner = Runner::fresh(kinds, opts, stats);
+                    }
+                }
+            }
+        });
         *crate::util::lock(&self.task) = Some(task.abort_handle());
+    }
+
+    /// Makes the keeper fail, as a bug would (tests of its supervision).
+    #[cfg(test)]
+    fn crash(&self) {
+        let _ = self.events.send(Event::Crash);
     }
 
     /// Reminder `row` was written on this node.
@@ -233,8 +298,6 @@ enum Outcome {
 }
 
 struct Runner {
-    /// Dropped with the runner: [`Keeper::stopped`] waits for it.
-    _ending: watch::Sender<()>,
     kinds: Vec<Kind>,
     opts: ReminderOptions,
     slots: HashMap<Key, Slot>,
@@ -246,13 +309,29 @@ struct Runner {
     tokens: f64,
     refilled: Instant,
     last_load: Instant,
-    events: mpsc::UnboundedReceiver<Event>,
-    stop: watch::Receiver<bool>,
     stats: Arc<Stats>,
 }
 
 impl Runner {
-    async fn run(mut self, host: Weak<dyn Host>) {
+    /// A runner holding nothing yet.
+    fn fresh(kinds: Vec<Kind>, opts: ReminderOptions, stats: Arc<Stats>) -> Runner {
+        Runner {
+            kinds,
+            opts,
+            slots: HashMap::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            flight: JoinSet::new(),
+            flying: HashMap::new(),
+            started: Instant::now(),
+            tokens: 0.0,
+            refilled: Instant::now(),
+            last_load: Instant::now(),
+            stats,
+        }
+    }
+
+    async fn run(&mut self, host: Weak<dyn Host>, ports: &mut Ports) {
         let mut next_load = Instant::now();
         let mut stopping = false;
         loop {
@@ -266,15 +345,15 @@ impl Runner {
             };
             tokio::select! {
                 biased;
-                r = self.stop.changed(), if !stopping => {
-                    if r.is_err() || *self.stop.borrow() {
+                r = ports.stop.changed(), if !stopping => {
+                    if r.is_err() || *ports.stop.borrow() {
                         stopping = true;
                     }
                 }
                 Some(done) = self.flight.join_next_with_id(), if !self.flight.is_empty() => {
                     self.landed(done);
                 }
-                ev = self.events.recv(), if !stopping => match ev {
+                ev = ports.events.recv(), if !stopping => match ev {
                     // At most ten loads per refresh, however often the
                     // ring changes.
                     Some(Event::Nudge) => {
@@ -397,6 +476,8 @@ impl Runner {
                 self.drop_slot(&key);
             }
             Event::Nudge => {}
+            #[cfg(test)]
+            Event::Crash => panic!("crashed on purpose"),
         }
     }
 
@@ -711,5 +792,96 @@ async fn sleep_until(wake: Option<Instant>) {
     match wake {
         Some(w) => tokio::time::sleep_until(w).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reminder::{Bound, Reminders, Schedule};
+    use crate::state::MemoryStore;
+
+    /// A node that owns every shard and acknowledges every tick.
+    struct Fake {
+        store: Arc<dyn StateStore>,
+        ticks: mpsc::UnboundedSender<Tick>,
+    }
+
+    impl Host for Fake {
+        fn store(&self) -> Option<Arc<dyn StateStore>> {
+            Some(self.store.clone())
+        }
+        fn owned(&self, _: &Kind) -> Vec<(u16, u64)> {
+            (0..crate::ring::SHARDS as u16).map(|s| (s, 0)).collect()
+        }
+        fn owns(&self, _: &Kind, _: u16) -> Option<u64> {
+            Some(0)
+        }
+        fn deliver(
+            self: Arc<Self>,
+            _: &Kind,
+            _: &str,
+            body: Vec<u8>,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+            let tick: Tick = crate::wire::decode(&body).expect("a tick");
+            let _ = self.ticks.send(tick);
+            Box::pin(std::future::ready(crate::wire::encode(&Ok::<(), String>(
+                (),
+            ))))
+        }
+    }
+
+    fn reminders(store: &Arc<dyn StateStore>, id: &str, keeper: Option<Keeper>) -> Reminders {
+        Reminders {
+            inner: Ok(Bound {
+                store: store.clone(),
+                key: StateKey::new("cap/A", id),
+                token: None,
+                keeper,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_keeper_is_replaced_by_a_fresh_one_that_reloads_from_the_store() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let (tx, mut ticks) = mpsc::unbounded_channel();
+        let host: Arc<dyn Host> = Arc::new(Fake {
+            store: store.clone(),
+            ticks: tx,
+        });
+        let kind = Kind {
+            name: "cap/A".into(),
+            tag: 1,
+            actor_key: 2,
+            capability_key: 3,
+        };
+        let options = ReminderOptions {
+            refresh: Duration::from_millis(50),
+            ..ReminderOptions::default()
+        };
+        let keeper = Keeper::new(vec![kind], options);
+        keeper.start(Arc::downgrade(&host));
+        let soon = Duration::from_millis(20);
+        reminders(&store, "x", Some(keeper.clone()))
+            .register("first", Schedule::after(soon), &())
+            .await
+            .unwrap();
+        let t = tokio::time::timeout(Duration::from_secs(10), ticks.recv()).await;
+        assert_eq!(t.unwrap().unwrap().name, "first");
+        keeper.crash();
+        // Written where no keeper hears of it: only a load finds it, so
+        // only a fresh keeper's loads can fire it.
+        reminders(&store, "y", None)
+            .register("second", Schedule::after(soon), &())
+            .await
+            .unwrap();
+        let t = tokio::time::timeout(Duration::from_secs(10), ticks.recv()).await;
+        assert_eq!(t.unwrap().unwrap().name, "second");
+        keeper.stop();
+        tokio::time::timeout(Duration::from_secs(10), keeper.stopped())
+            .await
+            .expect("the keeper ends once stopped");
     }
 }

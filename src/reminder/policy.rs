@@ -39,7 +39,7 @@ pub(crate) fn plan(due: u64, period: u64, missed: Missed, now: u64) -> Plan {
             next: None,
         };
     }
-    let k = now.saturating_sub(due) / period + 1;
+    let k = (now.saturating_sub(due) / period).saturating_add(1);
     let at = |n: u64| due.saturating_add(n.saturating_mul(period));
     match missed {
         _ if k == 1 => Plan {
@@ -65,7 +65,7 @@ pub(crate) fn plan(due: u64, period: u64, missed: Missed, now: u64) -> Plan {
                     due: at(dropped),
                     missed: dropped,
                 }),
-                next: Some(at(dropped + 1)),
+                next: Some(at(dropped.saturating_add(1))),
             }
         }
     }
