@@ -47,7 +47,9 @@
 //! With `--pg "host=/run/postgresql dbname=bank"` it also hosts
 //! `StateAccount`, whose balance is a `#[state]` field in PostgreSQL
 //! (`mesh::state::PgStore`): the state store the cluster shares, the
-//! writes fenced by the store itself in strong mode.
+//! writes fenced by the store itself in strong mode. It also hosts the
+//! chaos suite's reminder probe (`mesh_testkit::actors::Beacon`, durable
+//! reminders: `mesh::reminder`), logging its ticks to `--ticks`.
 
 use std::time::Duration;
 
@@ -91,6 +93,18 @@ struct Args {
     /// balance is a `#[state]` field (a libpq connection string or URL).
     #[arg(long)]
     pg: Option<String>,
+    /// With `--pg`: where the chaos suite's reminder probes
+    /// (`mesh_testkit::actors::Beacon`) log their ticks.
+    #[arg(long)]
+    ticks: Option<std::path::PathBuf>,
+    /// The reminder keeper's budget, in ticks per second
+    /// (`ReminderOptions::budget`).
+    #[arg(long)]
+    reminder_budget: Option<u32>,
+    /// How often the reminder keeper loads, in milliseconds
+    /// (`ReminderOptions::refresh`).
+    #[arg(long)]
+    reminder_refresh_ms: Option<u64>,
     /// Strong mode against a test agent whose time runs faster
     /// (`Strong::time_scale`); 1 with a real Consul.
     #[arg(long, default_value_t = 1.0)]
@@ -160,7 +174,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(pg) = &args.pg {
             builder = builder
                 .actor::<StateAccount>()
+                .actor::<mesh_testkit::actors::Beacon>()
                 .state(mesh::state::PgStore::new(pg)?);
+            let mut reminders = mesh::reminder::ReminderOptions::default();
+            if let Some(budget) = args.reminder_budget {
+                reminders.budget = budget;
+            }
+            if let Some(ms) = args.reminder_refresh_ms {
+                reminders.refresh = Duration::from_millis(ms);
+            }
+            builder = builder.reminders(reminders);
+            if let Some(path) = &args.ticks {
+                builder = builder.provide(mesh_testkit::actors::TickLog::append(path)?);
+            }
         }
     }
     if args.strong {

@@ -125,3 +125,148 @@ impl StateAccount {
         Ok(*self.balance)
     }
 }
+
+/// The chaos suite's reminder probe (capability `bank`, on nodes with a
+/// state store): armed with [`Arm`], it takes a periodic reminder
+/// `"beat"` and keeps in its `#[state]` what its ticks were ([`Beats`]);
+/// idle 300 ms, so with a longer period each tick finds it passivated and
+/// activates it again. A node that provides a [`TickLog`] has each tick
+/// appended to it: `<id> <due_ms> <node> <start_ms> <end_ms>`.
+#[derive(Actor)]
+#[actor(capability = "bank", idle_timeout = "300ms")]
+pub struct Beacon {
+    #[state]
+    beats: mesh::state::State<Beats>,
+}
+
+/// What a [`Beacon`]'s ticks were, durable with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beats {
+    /// The reminder's period.
+    pub period_ms: u64,
+    /// Ticks acknowledged.
+    pub count: u64,
+    /// The last acknowledged tick's due time.
+    pub last_due: u64,
+    /// Ticks at or before the last acknowledged (delivered again).
+    pub duplicates: u64,
+    /// `(last, next)` where a tick came that was not the next one due
+    /// (after `tick.missed` is counted).
+    pub gaps: Vec<(u64, u64)>,
+    /// The largest `tick.missed` seen.
+    pub most_missed: u64,
+}
+
+/// Arms a [`Beacon`]: a reminder every `every_ms`, first one period from
+/// now, with missed-tick policy `missed` (`skip`, `once`, or `burst:<n>`).
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Result<(), String>)]
+pub struct Arm {
+    /// The period.
+    pub every_ms: u64,
+    /// The missed-tick policy.
+    pub missed: String,
+}
+
+/// Reads a [`Beacon`]'s [`Beats`].
+#[derive(Message, Serialize, Deserialize)]
+#[message(reply = Beats)]
+pub struct Report;
+
+/// Where a node's [`Beacon`]s log their ticks (give it with
+/// `NodeBuilder::provide`).
+#[derive(Debug)]
+pub struct TickLog(std::sync::Mutex<std::fs::File>);
+
+impl TickLog {
+    /// Appends to `path` (created if missing).
+    pub fn append(path: &std::path::Path) -> std::io::Result<TickLog> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(TickLog(std::sync::Mutex::new(f)))
+    }
+
+    /// The ticks in the logs at `paths`: `(id, due_ms, node, start_ms,
+    /// end_ms)` (a torn last line, from a killed process, is skipped).
+    pub fn read(paths: &[std::path::PathBuf]) -> Vec<(String, u64, String, u64, u64)> {
+        let mut out = Vec::new();
+        for p in paths {
+            let Ok(text) = std::fs::read_to_string(p) else {
+                continue;
+            };
+            for line in text.lines() {
+                let f: Vec<&str> = line.split(' ').collect();
+                if let [id, due, node, start, end] = f[..] {
+                    if let (Ok(due), Ok(start), Ok(end)) = (due.parse(), start.parse(), end.parse())
+                    {
+                        out.push((id.to_owned(), due, node.to_owned(), start, end));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[mesh::handlers]
+impl Beacon {
+    async fn arm(&mut self, a: Arm, ctx: &Ctx) -> Result<(), String> {
+        use mesh::reminder::{Missed, Schedule};
+        let missed = match a.missed.split_once(':') {
+            None if a.missed == "skip" => Missed::Skip,
+            None if a.missed == "once" => Missed::Once,
+            Some(("burst", n)) => Missed::Burst(n.parse().map_err(|_| "burst:<n>")?),
+            _ => return Err(format!("unknown policy {:?}", a.missed)),
+        };
+        self.beats.period_ms = a.every_ms;
+        let every = std::time::Duration::from_millis(a.every_ms);
+        ctx.reminders()
+            .register("beat", Schedule::every(every).missed(missed), &())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn report(&mut self, _: Report) -> Beats {
+        (*self.beats).clone()
+    }
+
+    async fn tick(&mut self, tick: mesh::reminder::Tick, ctx: &Ctx) -> Result<(), String> {
+        let start = unix_ms();
+        let b = &mut *self.beats;
+        if tick.due_ms <= b.last_due {
+            b.duplicates += 1;
+        } else {
+            let expected = b.last_due + b.period_ms * (tick.missed + 1);
+            if b.last_due != 0 && tick.due_ms != expected {
+                b.gaps.push((b.last_due, tick.due_ms));
+            }
+            b.last_due = tick.due_ms;
+            b.count += 1;
+            b.most_missed = b.most_missed.max(tick.missed);
+        }
+        if let Ok(log) = ctx.get::<TickLog>() {
+            use std::io::Write;
+            let line = format!(
+                "{} {} {} {start} {}\n",
+                ctx.id(),
+                tick.due_ms,
+                ctx.node().id(),
+                unix_ms()
+            );
+            let mut f = log
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = f.write_all(line.as_bytes());
+        }
+        Ok(())
+    }
+}
