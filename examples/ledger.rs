@@ -10,11 +10,17 @@
 //! Each acknowledged deposit is printed as `acked <account> <balance>`
 //! once the call returned: after the balance was written and fsync'd
 //! (`tests/processes.rs` kills it with SIGKILL and checks the file).
+//!
+//! With `--remind-ms 100` a clock actor also ticks every 100 ms from a
+//! durable reminder (`mesh::reminder`), printed as `tick <due_ms>
+//! <missed>`: kill the process, run it again, and the ticks go on from
+//! where they were.
 
 use std::path::PathBuf;
 
 use clap::Parser;
 use mesh::prelude::*;
+use mesh::reminder::{Missed, Schedule};
 use mesh::state::{RedbStore, State};
 use tokio::io::AsyncWriteExt;
 
@@ -40,6 +46,28 @@ impl Account {
     }
 }
 
+/// A clock (`--remind-ms`): a durable reminder ticks it, and it prints
+/// each tick as `tick <due_ms> <missed>`. The reminder outlives the
+/// process: run the example again on the same file and the ticks go on
+/// from where they were, those missed meanwhile fired one after the
+/// other (`Missed::Burst`).
+#[derive(Actor, Default)]
+#[actor(capability = "bank")]
+pub struct Clock;
+
+/// Where the clock prints.
+struct Out(tokio::sync::mpsc::UnboundedSender<String>);
+
+#[mesh::handlers]
+impl Clock {
+    async fn tick(&mut self, tick: mesh::reminder::Tick, ctx: &Ctx) -> Result<(), String> {
+        let out = ctx.get::<Out>().map_err(|e| e.to_string())?;
+        out.0
+            .send(format!("tick {} {}\n", tick.due_ms, tick.missed))
+            .map_err(|_| "stdout closed".to_string())
+    }
+}
+
 #[derive(Parser)]
 struct Args {
     /// The embedded store's file.
@@ -51,20 +79,38 @@ struct Args {
     /// Deposits per account; 0 deposits until stopped.
     #[arg(long, default_value_t = 0)]
     deposits: u64,
+    /// Also tick a clock with a durable reminder every this many
+    /// milliseconds (kept if the file has it already).
+    #[arg(long)]
+    remind_ms: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let store = RedbStore::open(&args.store)?;
-    let node = Node::builder()
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut builder = Node::builder()
         .capabilities(["bank"])
         .actor::<Account>()
-        .state(store)
-        .start()
-        .await?;
+        .actor::<Clock>()
+        .state(store);
+    if args.remind_ms.is_some() {
+        // The clock keeps a sender: with it, the example runs until stopped.
+        builder = builder.provide(Out(tx.clone()));
+    }
+    let node = builder.start().await?;
     println!("ledger on {}", args.store.display());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if let Some(ms) = args.remind_ms {
+        let clock = node.reminders::<Clock>("clock");
+        // Registered once: a run on a file that has it keeps its schedule.
+        if !clock.list().await?.iter().any(|r| r.name == "tick") {
+            let every = Schedule::every(std::time::Duration::from_millis(ms));
+            clock
+                .register("tick", every.missed(Missed::Burst(100_000)), &())
+                .await?;
+        }
+    }
     let mut callers = tokio::task::JoinSet::new();
     for a in 0..args.accounts {
         let tx = tx.clone();

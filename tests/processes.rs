@@ -583,3 +583,84 @@ async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
         println!("round {round}: {count} deposits acknowledged before the SIGKILL, all on disk");
     }
 }
+
+/// Issue 23: a durable reminder outlives its process on the embedded
+/// store. `examples/ledger --remind-ms 100` ticks a clock from a reminder
+/// it registers once; SIGKILLed and run again on the same file, the
+/// ticks go on from where they were: every tick from the first to the
+/// last is delivered (those due while no process ran, one after the
+/// other), none early, a tick at most delivered again (one whose
+/// acknowledgement the kill cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_on_the_embedded_store_goes_on_after_a_sigkill_and_a_restart() {
+    const PERIOD: u64 = 100;
+    let dir = mesh_testkit::scratch("ledger-remind");
+    let file = dir.join("ledger.redb");
+    let mut dues: Vec<u64> = Vec::new();
+    for round in 0..2 {
+        let mut child = Command::new(mesh_testkit::procs::example_binary("ledger"))
+            .arg("--store")
+            .arg(&file)
+            .args(["--accounts", "0", "--remind-ms", &PERIOD.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the ledger example");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut seen = 0;
+        mesh_testkit::within(Duration::from_secs(60), async {
+            while seen < 8 {
+                let line = lines.next_line().await.expect("read").expect("a line");
+                let mut parts = line.split(' ');
+                if parts.next() == Some("tick") {
+                    let due: u64 = parts.next().expect("due").parse().expect("a time");
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as u64;
+                    assert!(
+                        due <= now,
+                        "round {round}: a tick due at {due} printed at {now}"
+                    );
+                    dues.push(due);
+                    seen += 1;
+                }
+            }
+        })
+        .await;
+        child.start_kill().expect("SIGKILL");
+        let status = child.wait().await.expect("reaped");
+        assert!(!status.success(), "killed");
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut parts = line.split(' ');
+            if let (Some("tick"), Some(Ok(due))) = (parts.next(), parts.next().map(str::parse)) {
+                dues.push(due);
+            }
+        }
+    }
+    let mut distinct = dues.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    println!(
+        "{} ticks printed over two runs, {} distinct, from {} to {}",
+        dues.len(),
+        distinct.len(),
+        distinct[0],
+        distinct[distinct.len() - 1]
+    );
+    for w in distinct.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + PERIOD,
+            "a tick lost between {} and {}",
+            w[0],
+            w[1]
+        );
+    }
+    assert!(
+        dues.len() - distinct.len() <= 2,
+        "delivered again: {dues:?}"
+    );
+    assert!(distinct.len() >= 15, "{distinct:?}");
+}
