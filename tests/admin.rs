@@ -686,3 +686,65 @@ async fn the_state_view_shows_the_stores_health_latency_and_conflicts() {
     assert!(v["store"].is_null(), "{v}");
     bare.shutdown().await.expect("shutdown");
 }
+
+/// Issue 23: `/admin/reminders` lists an actor's durable reminders from
+/// the store, with what the node's keeper has done; the ticks show in
+/// `/metrics`. An actor type the node does not host, or a missing id, is
+/// an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reminders_view_lists_an_actors_reminders_and_the_keepers_work() {
+    use mesh_testkit::actors::{Arm, Beacon};
+    let node = Node::builder()
+        .default_node(false)
+        .capabilities(["bank"])
+        .actor::<Beacon>()
+        .state(mesh::state::MemoryStore::new())
+        .admin("127.0.0.1:0")
+        .start()
+        .await
+        .expect("node starts");
+    let arm = Arm {
+        every_ms: 100,
+        missed: "once".into(),
+    };
+    node.call::<Beacon, _>("b 1", arm).await.unwrap().unwrap();
+    let v = soon(async {
+        loop {
+            let v = get_json(&node, "/admin/reminders?actor=Beacon&id=b%201").await;
+            if v["keeper"]["fired"].as_u64() >= Some(1) {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(v["id"], "b 1", "{v}");
+    let r = &v["reminders"][0];
+    assert_eq!(r["name"], "beat", "{v}");
+    assert_eq!(r["period_ms"], 100, "{v}");
+    assert_eq!(r["missed"], "Once", "{v}");
+    assert!(
+        r["version"].as_u64() >= Some(2),
+        "registered and advanced: {v}"
+    );
+    let none = get_json(&node, "/admin/reminders?actor=Beacon&id=nobody").await;
+    assert_eq!(
+        none["reminders"].as_array().map(Vec::len),
+        Some(0),
+        "{none}"
+    );
+    let (status, body) = get(&node, "/admin/reminders?actor=Nope&id=x").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no actor type \"Nope\""), "{body}");
+    let (status, body) = get(&node, "/admin/reminders?actor=Beacon").await;
+    assert_eq!(status, 400, "{body}");
+    let (_, text) = get(&node, "/metrics").await;
+    for series in [
+        "mesh_reminder_ticks_total{outcome=\"ok\"}",
+        "mesh_reminder_lateness_seconds",
+        "mesh_reminders_held",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    node.shutdown().await.unwrap();
+}

@@ -167,8 +167,11 @@ struct Ending {
     beats: Vec<(String, Beats)>,
     /// With PostgreSQL: the ticks the nodes logged, `(id, due, node,
     /// start, end)`.
-    ticks: Vec<(String, u64, String, u64, u64)>,
+    ticks: Vec<Logged>,
 }
+
+/// A tick as a node logged it: `(id, due, node, start, end)`.
+type Logged = (String, u64, String, u64, u64);
 
 impl Scene {
     /// The actor the deposits go to: `StateAccount` with PostgreSQL.
@@ -398,7 +401,7 @@ fn no_tick_lost(o: &Ending) {
 /// Strong mode's promise for reminders: no two nodes ran a tick of one
 /// probe at once (the ticks' logged intervals).
 fn no_tick_twice_at_once(o: &Ending) {
-    let mut by_id: std::collections::BTreeMap<&str, Vec<&(String, u64, String, u64, u64)>> =
+    let mut by_id: std::collections::BTreeMap<&str, Vec<&Logged>> =
         std::collections::BTreeMap::new();
     for t in &o.ticks {
         by_id.entry(&t.0).or_default().push(t);

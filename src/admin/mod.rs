@@ -13,6 +13,7 @@
 //! | `/admin/discovery` | `{node, discovery}`: the authoritative discovery's own account ([`Discovery::describe`](crate::discovery::Discovery::describe); Consul: agent, service, check, upstreams), `null` with static seeds |
 //! | `/admin/shards` | `{node, shards: 4096, capabilities: [{capability, owners: [{node, count}], map: [owner index of each shard]}]}`; `?capability=c` for one (404 if no member hosts it) |
 //! | `/admin/activations` | `{node, total, by_type: [{type, capability, count}]}` |
+//! | `/admin/reminders?actor=TYPE&id=ID` | `{node, actor, id, reminders: [{name, next_unix_ms, period_ms, missed, version}], keeper}`: the actor's durable reminders as the store has them (404 naming why for an actor type not hosted here or a node without a store; 504 if the store takes over 5 s), and what this node's keeper holds and has fired (`{held, fired, failed, skipped}`, or `null` without a keeper) |
 //! | `/admin/state` | `{node, store}`: `null` without a state store, else `{name, healthy, last_ok_unix_ms, last_error: {at_unix_ms, error} or null, writes: {ok, conflict, fenced, too_large, unavailable, uncertain, codec}, loads: {ok, failed}, write_latency, load_latency}`, each latency `{count, p50_ms, p99_ms, max_ms}` since the node started; `healthy` is false while the last operation that failed or succeeded on availability failed (unavailable or uncertain) |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
@@ -88,6 +89,14 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn activations_by_type(&self) -> Vec<(&'static str, &'static str, usize)>;
     /// What it has seen of its state store, if it has one.
     fn state_store(&self) -> Option<serde_json::Value>;
+    /// The durable reminders of actor `id` of type `actor`, read from the
+    /// store (`/admin/reminders`); `Err` names why not (an actor type not
+    /// hosted here, no store, the store failed).
+    fn reminders(
+        &self,
+        actor: &str,
+        id: &str,
+    ) -> crate::util::BoxFuture<'static, Result<serde_json::Value, String>>;
 }
 
 /// Counter: admin connections closed at once because [`Limits`]'s cap was
@@ -198,8 +207,24 @@ impl Server {
                     let _permit = permit;
                     let io = hyper_util::rt::TokioIo::new(Idle::new(stream, limits.idle_timeout));
                     let svc = hyper::service::service_fn(move |req: Request<_>| {
-                        let resp = respond(&node, req.method(), req.uri());
-                        async move { Ok::<_, Infallible>(resp) }
+                        // The one route that reads the store: awaited, under
+                        // the idle timeout.
+                        let listing = (req.uri().path() == "/admin/reminders"
+                            && (req.method() == Method::GET || req.method() == Method::HEAD))
+                            .then(|| reminders(&node, req.uri().query().unwrap_or("")));
+                        let resp = match listing {
+                            Some(_) => None,
+                            None => Some(respond(&node, req.method(), req.uri())),
+                        };
+                        async move {
+                            Ok::<_, Infallible>(match (resp, listing) {
+                                (Some(resp), _) => resp,
+                                (None, Some(listing)) => listing.await,
+                                (None, None) => {
+                                    text(StatusCode::INTERNAL_SERVER_ERROR, "no response\n")
+                                }
+                            })
+                        }
                     });
                     // Without a timer hyper silently drops its header read
                     // timeout.
@@ -442,10 +467,55 @@ fn respond(node: &Weak<dyn Source>, method: &Method, uri: &hyper::Uri) -> Respon
             StatusCode::NOT_FOUND,
             format!(
                 "no such page {path:?}: try /, /admin/node, /admin/members, /admin/shards, \
-                 /admin/activations, /admin/placement, /admin/discovery, /metrics, /livez, /readyz\n"
+                 /admin/activations, /admin/placement, /admin/discovery, /admin/state, \
+                 /admin/reminders, /metrics, /livez, /readyz\n"
             ),
         ),
     }
+}
+
+/// `/admin/reminders?actor=TYPE&id=ID`: the actor's reminders, from the
+/// store (within 5 s).
+fn reminders(
+    node: &Weak<dyn Source>,
+    query: &str,
+) -> crate::util::BoxFuture<'static, Response<Full<Bytes>>> {
+    let ready = |r| -> crate::util::BoxFuture<'static, Response<Full<Bytes>>> {
+        Box::pin(std::future::ready(r))
+    };
+    let (mut actor, mut id) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("actor", a)) if !a.is_empty() => actor = Some(a),
+            Some(("id", i)) => id = Some(i),
+            _ => {
+                return ready(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?}: actor=TYPE&id=ID\n"),
+                ))
+            }
+        }
+    }
+    let (Some(actor), Some(id)) = (actor, id) else {
+        return ready(text(StatusCode::BAD_REQUEST, "give actor=TYPE&id=ID\n"));
+    };
+    let Some(node) = node.upgrade() else {
+        return ready(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node has stopped\n",
+        ));
+    };
+    let listing = node.reminders(actor, &percent_decode(id));
+    Box::pin(async move {
+        match tokio::time::timeout(Duration::from_secs(5), listing).await {
+            Ok(Ok(v)) => json(StatusCode::OK, &v),
+            Ok(Err(e)) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+            Err(_) => text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the state store did not answer within 5 s\n",
+            ),
+        }
+    })
 }
 
 /// `%XX` escapes and `+` decoded (an id in a query string); a bad escape

@@ -264,7 +264,7 @@ impl Keeper {
     }
 
     /// What it has done so far.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }
