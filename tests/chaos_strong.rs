@@ -395,6 +395,17 @@ fn no_tick_lost(o: &Ending) {
     for (id, b) in &o.beats {
         assert!(b.gaps.is_empty(), "{id}: ticks lost: {b:?}");
         assert!(b.count >= 2, "{id}: {b:?}");
+        // Passivated between ticks (idle 300 ms, period 500 ms): its
+        // ticks activated it again and again.
+        let activations = o
+            .events
+            .iter()
+            .filter(|e| &e.id == id && e.phase == mesh::history::Phase::Activated)
+            .count();
+        assert!(
+            activations >= 2,
+            "{id}: activated {activations} times: {b:?}"
+        );
     }
 }
 

@@ -417,23 +417,10 @@ fn respond(node: &Weak<dyn Source>, method: &Method, uri: &hyper::Uri) -> Respon
         "/admin/state" => json(StatusCode::OK, &views::state(node)),
         "/admin/discovery" => json(StatusCode::OK, &views::discovery(node)),
         "/admin/placement" => {
-            let (mut actor, mut id) = (None, None);
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                match pair.split_once('=') {
-                    Some(("actor", a)) if !a.is_empty() => actor = Some(a),
-                    Some(("id", i)) => id = Some(i),
-                    _ => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            format!("unknown query parameter {pair:?}: actor=TYPE&id=ID\n"),
-                        )
-                    }
-                }
-            }
-            let (Some(actor), Some(id)) = (actor, id) else {
-                return text(StatusCode::BAD_REQUEST, "give actor=TYPE&id=ID\n");
+            let (actor, id) = match actor_and_id(query) {
+                Ok(q) => q,
+                Err(refused) => return refused,
             };
-            let id = percent_decode(id);
             match views::placement(node, actor, &id) {
                 Ok(v) => json(StatusCode::OK, &v),
                 Err(e) => text(StatusCode::NOT_FOUND, e),
@@ -483,21 +470,9 @@ fn reminders(
     let ready = |r| -> crate::util::BoxFuture<'static, Response<Full<Bytes>>> {
         Box::pin(std::future::ready(r))
     };
-    let (mut actor, mut id) = (None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("actor", a)) if !a.is_empty() => actor = Some(a),
-            Some(("id", i)) => id = Some(i),
-            _ => {
-                return ready(text(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {pair:?}: actor=TYPE&id=ID\n"),
-                ))
-            }
-        }
-    }
-    let (Some(actor), Some(id)) = (actor, id) else {
-        return ready(text(StatusCode::BAD_REQUEST, "give actor=TYPE&id=ID\n"));
+    let (actor, id) = match actor_and_id(query) {
+        Ok(q) => q,
+        Err(refused) => return ready(refused),
     };
     let Some(node) = node.upgrade() else {
         return ready(text(
@@ -505,7 +480,7 @@ fn reminders(
             "the node has stopped\n",
         ));
     };
-    let listing = node.reminders(actor, &percent_decode(id));
+    let listing = node.reminders(actor, &id);
     Box::pin(async move {
         match tokio::time::timeout(Duration::from_secs(5), listing).await {
             Ok(Ok(v)) => json(StatusCode::OK, &v),
@@ -516,6 +491,29 @@ fn reminders(
             ),
         }
     })
+}
+
+/// The `actor=TYPE&id=ID` of a query (the id decoded), or the 400 that
+/// says what is wrong with it.
+#[allow(clippy::result_large_err)]
+fn actor_and_id(query: &str) -> Result<(&str, String), Response<Full<Bytes>>> {
+    let (mut actor, mut id) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("actor", a)) if !a.is_empty() => actor = Some(a),
+            Some(("id", i)) => id = Some(i),
+            _ => {
+                return Err(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?}: actor=TYPE&id=ID\n"),
+                ))
+            }
+        }
+    }
+    match (actor, id) {
+        (Some(actor), Some(id)) => Ok((actor, percent_decode(id))),
+        _ => Err(text(StatusCode::BAD_REQUEST, "give actor=TYPE&id=ID\n")),
+    }
 }
 
 /// `%XX` escapes and `+` decoded (an id in a query string); a bad escape

@@ -18,6 +18,7 @@
 //! struct Tenant { runs: u64 }
 //!
 //! #[derive(Message, Serialize, Deserialize)]
+//! #[message(reply = Result<(), String>)]
 //! struct Start;
 //!
 //! #[mesh::handlers]
