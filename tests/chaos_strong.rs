@@ -249,7 +249,7 @@ impl Scene {
         };
         load.more(300).await;
         let beacons = match probes {
-            true => arm_beacons(&driver, test, &load).await,
+            true => arm_beacons(&driver, test, &dir, &load).await,
             false => Vec::new(),
         };
         Scene {
@@ -267,7 +267,7 @@ impl Scene {
     /// Stops the deposits, checks the balances, stops everything, checks
     /// the merged histories and prints both.
     async fn end(self) -> Ending {
-        let beats = settle_beacons(&self.driver, &self.beacons, &self.load).await;
+        let beats = settle_beacons(&self.driver, &self.beacons, &self.dir, &self.load).await;
         let (acked, failures) = self.load.finish().await;
         let calls: u64 = acked.values().map(|(_, t)| t).sum();
         let wrong = match &self.pg {
@@ -326,7 +326,9 @@ const BEAT_MS: u64 = 500;
 
 /// Arms two reminder probes per node (every [`BEAT_MS`], missed ticks
 /// fired in a burst, so none is dropped) and waits until each ticked.
-async fn arm_beacons(driver: &Node, test: &str, load: &Deposits) -> Vec<String> {
+/// The waits read the nodes' tick logs, not the probes: a call would keep
+/// a probe from being passivated between its ticks.
+async fn arm_beacons(driver: &Node, test: &str, dir: &Path, load: &Deposits) -> Vec<String> {
     let mut ids = Vec::new();
     for node in ["p-0", "p-1", "p-2"] {
         let mine = (0..)
@@ -346,46 +348,56 @@ async fn arm_beacons(driver: &Node, test: &str, load: &Deposits) -> Vec<String> 
             .expect("the probe answers")
             .expect("the probe is armed");
     }
-    within(STEP, async {
-        loop {
-            load.more(20).await;
-            let mut all = true;
-            for id in &ids {
-                let b = driver.call::<Beacon, _>(id, Report).await;
-                all &= b.is_ok_and(|b| b.count >= 1);
-            }
-            if all {
-                return;
-            }
-        }
-    })
-    .await;
+    ticked_since(&ids, dir, 0, load).await;
     ids
 }
 
-/// Waits until every probe has acknowledged a tick due after now (the
-/// schedule goes on after whatever the test did), and reads them.
-async fn settle_beacons(driver: &Node, ids: &[String], load: &Deposits) -> Vec<(String, Beats)> {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+/// Waits, while `load` goes on, until the nodes' tick logs have a tick of
+/// each of `ids` due at or after `since` (Unix ms).
+async fn ticked_since(ids: &[String], dir: &Path, since: u64, load: &Deposits) {
+    let logs: Vec<_> = (0..3).map(|i| dir.join(format!("p-{i}.ticks"))).collect();
     within(STEP, async {
-        let mut beats = Vec::new();
         loop {
+            let ticks = TickLog::read(&logs);
+            if ids
+                .iter()
+                .all(|id| ticks.iter().any(|t| &t.0 == id && t.1 >= since))
+            {
+                return;
+            }
             load.more(20).await;
-            beats.clear();
-            for id in ids {
-                match driver.call::<Beacon, _>(id, Report).await {
-                    Ok(b) if b.last_due >= since => beats.push((id.clone(), b)),
-                    _ => break,
-                }
-            }
-            if beats.len() == ids.len() {
-                return beats;
-            }
         }
     })
-    .await
+    .await;
+}
+
+/// Waits until every probe has a tick due after now (the schedule goes on
+/// after whatever the test did), and reads what each acknowledged.
+async fn settle_beacons(
+    driver: &Node,
+    ids: &[String],
+    dir: &Path,
+    load: &Deposits,
+) -> Vec<(String, Beats)> {
+    ticked_since(ids, dir, unix_ms(), load).await;
+    let mut beats = Vec::new();
+    for id in ids {
+        let b = within(STEP, async {
+            loop {
+                // The tick logged may still be writing its state: read
+                // until the probe has it.
+                if let Ok(b) = driver.call::<Beacon, _>(id, Report).await {
+                    if b.count >= 2 {
+                        return b;
+                    }
+                }
+                load.more(5).await;
+            }
+        })
+        .await;
+        beats.push((id.clone(), b));
+    }
+    beats
 }
 
 /// Both modes' promise for reminders: every probe ticked on, and no tick
