@@ -105,7 +105,7 @@ heavy="$(cargo tree --locked -e normal -p mesh --prefix none \
 echo "== feature combinations (cargo check -p mesh --lib)"
 for features in "" "--no-default-features" \
     "--features tls" "--features consul" "--features sidecar" "--features strong" \
-    "--features history" "--features otel" "--features admin" \
+    "--features history" "--features otel" "--features admin" "--features dns" \
     "--features consul,sidecar" "--features consul,strong" \
     "--no-default-features --features ring,tls" "--no-default-features --features ring,consul" \
     "--features full,otel,admin" "--features internals" "--features full,otel,admin,internals"; do

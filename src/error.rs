@@ -566,6 +566,7 @@ impl StartError {
         "NodeBuilder::min_members",
         "NodeBuilder::advertise",
         "NodeBuilder::discovery",
+        "NodeBuilder::dns_seeds",
         "Consul::address",
         "Consul::token",
         "Consul::agent_tls",

@@ -13,8 +13,16 @@
 //!   discovery reports it **and** this node holds a live connection to it;
 //!   gossip is not used to find peers.
 //!
+//! Static seeds may also come from a DNS name, re-resolved
+//! ([`DnsSeeds`], feature `dns`): still static discovery, with its gossip.
+//!
 //! The boundary is small on purpose (Meshx's ServiceMesh behaviour: start,
 //! stop, list): an adapter for another registry implements [`Discovery`].
+
+#[cfg(feature = "dns")]
+mod dns;
+#[cfg(feature = "dns")]
+pub use dns::DnsSeeds;
 
 use std::collections::BTreeMap;
 

@@ -199,6 +199,17 @@ impl NodeBuilder {
         self
     }
 
+    /// Seeds from a DNS name, re-resolved every period (feature `dns`;
+    /// see [`crate::discovery::DnsSeeds`]): on Kubernetes, a headless
+    /// Service that publishes not-ready pods. Static discovery, as
+    /// [`NodeBuilder::seeds`] (the two add up); not with an authoritative
+    /// [`NodeBuilder::discovery`], whose peers are the truth.
+    #[cfg(feature = "dns")]
+    pub fn dns_seeds(mut self, seeds: crate::discovery::DnsSeeds) -> Self {
+        self.cluster_mut().dns_seeds = Some(seeds);
+        self
+    }
+
     /// The address peers are told to dial (gossip, handshake, Consul's
     /// registration), when it is not the listener's own: a node listening
     /// on `0.0.0.0:7000` advertises `10.0.0.5:7000`, say.
@@ -891,6 +902,19 @@ async fn check_cluster(
     identity.check().map_err(|e| StartError::IdentityLimits {
         reason: e.to_string(),
     })?;
+    #[cfg(feature = "dns")]
+    if let Some(seeds) = &cluster.dns_seeds {
+        if cluster.discovery.is_some() {
+            return Err(StartError::invalid(
+                "NodeBuilder::dns_seeds",
+                "DNS seeds with an authoritative discovery: the discovery's peers are the truth \
+                 and seeds are ignored; give one or the other",
+            ));
+        }
+        seeds
+            .resolver()
+            .map_err(|reason| StartError::invalid("NodeBuilder::dns_seeds", reason))?;
+    }
     let Some(cookie) = cluster.cookie.clone() else {
         return Err(StartError::MissingCookie);
     };

@@ -7,6 +7,7 @@
 mod activation;
 mod chains;
 mod cluster;
+mod dns;
 mod frames;
 mod handles;
 mod placement;

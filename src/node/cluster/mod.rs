@@ -83,6 +83,9 @@ pub(crate) struct ClusterConfig {
     /// The address peers are told to dial, when not the listener's own.
     pub(crate) advertise: Option<String>,
     pub(crate) discovery: Option<Arc<dyn Discovery>>,
+    /// Seeds from a DNS name, re-resolved (static discovery).
+    #[cfg(feature = "dns")]
+    pub(crate) dns_seeds: Option<crate::discovery::DnsSeeds>,
     /// The sidecar node traffic goes through, if any.
     #[cfg(feature = "sidecar")]
     pub(crate) sidecar: Option<crate::sidecar::Sidecar>,
@@ -110,6 +113,8 @@ impl Default for ClusterConfig {
             cookie: None,
             listen: None,
             seeds: Vec::new(),
+            #[cfg(feature = "dns")]
+            dns_seeds: None,
             transport: Transport::tcp(),
             heartbeat: Duration::from_millis(500),
             failure_timeout: Duration::from_secs(2),
@@ -471,6 +476,39 @@ impl Cluster {
                         return;
                     };
                     cluster.send(Event::Retarget(nodes));
+                }
+            }));
+        }
+        #[cfg(feature = "dns")]
+        if let Some(seeds) = self.cfg.dns_seeds.clone() {
+            let resolver = seeds
+                .resolver()
+                .map_err(|reason| StartError::invalid("NodeBuilder::dns_seeds", reason))?;
+            let weak = weak.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(seeds.period());
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failures = 0u64;
+                loop {
+                    every.tick().await;
+                    let answer = seeds.resolve(&resolver).await;
+                    let Some(cluster) = weak.upgrade() else {
+                        return;
+                    };
+                    match answer {
+                        Ok(addrs) => {
+                            failures = 0;
+                            cluster.send(Event::DnsSeeds(addrs));
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures == 1 {
+                                tracing::warn!(node = %cluster.node(), "DNS seeds: {e}; keeping the last answer");
+                            } else {
+                                tracing::debug!(node = %cluster.node(), failures, "DNS seeds: {e}");
+                            }
+                        }
+                    }
                 }
             }));
         }

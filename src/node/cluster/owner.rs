@@ -41,6 +41,10 @@ pub(crate) enum Event {
     /// live or moved): dial them at once, whatever their backoff.
     #[cfg_attr(not(feature = "sidecar"), allow(dead_code))]
     Retarget(Vec<String>),
+    /// The addresses a DNS name gave now (`DnsSeeds`): the seeds it
+    /// contributes, replaced.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    DnsSeeds(Vec<String>),
     /// Time to dial what is due.
     Tick,
     /// A peer (this run of it) is leaving; acknowledge once it is out of
@@ -272,6 +276,7 @@ fn apply(
             tracing::debug!(node = %cluster.node(), peers = ?nodes, "sidecar upstreams live: dialing them now");
             table.on_retarget(nodes.iter().map(String::as_str));
         }
+        Event::DnsSeeds(addrs) => table.set_dns_seeds(addrs),
         Event::Tick => {}
         Event::Left(peer, incarnation, ack) => {
             table.on_leaving(&peer, incarnation);

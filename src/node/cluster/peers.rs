@@ -37,7 +37,7 @@
 //!   authoritative discovery are not limited by it: each peer they add
 //!   is an authenticated connection, or the operator's own view.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -172,6 +172,10 @@ pub(crate) struct PeerTable<C> {
     peers: HashMap<String, Entry<C>>,
     /// Seed addresses, and the node each one turned out to be.
     seeds: BTreeMap<String, Option<String>>,
+    /// The seeds given in the configuration.
+    static_seeds: BTreeSet<String>,
+    /// The seeds the last DNS answer gave ([`PeerTable::set_dns_seeds`]).
+    dns_seeds: BTreeSet<String>,
     dialing: HashSet<DialKey>,
     backoff: HashMap<DialKey, Backoff>,
     /// Dials in progress whose target changed since they started: their
@@ -198,6 +202,8 @@ impl<C: Conn> PeerTable<C> {
             heartbeat,
             peers: HashMap::new(),
             seeds: BTreeMap::new(),
+            static_seeds: BTreeSet::new(),
+            dns_seeds: BTreeSet::new(),
             dialing: HashSet::new(),
             backoff: HashMap::new(),
             stale: HashSet::new(),
@@ -231,8 +237,30 @@ impl<C: Conn> PeerTable<C> {
     /// Adds seed addresses (static discovery).
     pub(crate) fn add_seeds<'a>(&mut self, seeds: impl IntoIterator<Item = &'a str>) {
         for s in seeds {
+            self.static_seeds.insert(s.to_owned());
             self.seeds.entry(s.to_owned()).or_insert(None);
         }
+    }
+
+    /// Replaces the seeds a DNS name gave (static discovery): the new
+    /// addresses are dialed; those gone from the answer are no longer
+    /// (their backoff forgotten), unless also given in the configuration.
+    /// A peer reached through one stays a peer: its connection decides.
+    pub(crate) fn set_dns_seeds(&mut self, addrs: impl IntoIterator<Item = String>) {
+        if self.gate.is_some() {
+            return;
+        }
+        let answer: BTreeSet<String> = addrs.into_iter().collect();
+        for gone in self.dns_seeds.difference(&answer) {
+            if !self.static_seeds.contains(gone) {
+                self.seeds.remove(gone);
+                self.backoff.remove(&DialKey::Seed(gone.clone()));
+            }
+        }
+        for a in &answer {
+            self.seeds.entry(a.clone()).or_insert(None);
+        }
+        self.dns_seeds = answer;
     }
 
     /// Whether `node` may be a member now.
@@ -278,7 +306,10 @@ impl<C: Conn> PeerTable<C> {
             self.stale.remove(key);
             self.backoff.remove(key);
             if let DialKey::Seed(s) = key {
-                self.seeds.insert(s.clone(), Some(node.to_owned()));
+                // (Not again if the DNS answer dropped it meanwhile.)
+                if let Some(reached) = self.seeds.get_mut(s) {
+                    *reached = Some(node.to_owned());
+                }
             }
         }
         if node == self.local {
@@ -327,6 +358,10 @@ impl<C: Conn> PeerTable<C> {
         if self.stale.remove(key) {
             self.backoff.remove(key);
             return 0;
+        }
+        if matches!(key, DialKey::Seed(s) if !self.seeds.contains_key(s)) {
+            // A DNS seed dropped while its dial was in flight.
+            return 1;
         }
         let b = self.backoff.entry(key.clone()).or_insert(Backoff {
             failures: 0,
@@ -548,6 +583,38 @@ mod tests {
 
     fn keys(due: &[(DialKey, DialTarget)]) -> Vec<DialKey> {
         due.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn dns_seeds_are_replaced_by_each_answer_and_static_seeds_stay() {
+        let mut t = table();
+        t.add_seeds(["s:1"]);
+        t.set_dns_seeds(["d:1".to_owned(), "d:2".to_owned()]);
+        let now = Instant::now();
+        let mut due = keys(&t.due(now));
+        due.sort_by_key(|k| format!("{k:?}"));
+        let seed = |a: &str| DialKey::Seed(a.into());
+        assert_eq!(due, [seed("d:1"), seed("d:2"), seed("s:1")]);
+        // d:1 failed and backs off; the next answer drops it and d:2,
+        // adds s:1 (static too) and d:3.
+        t.on_dial_failed(&seed("d:1"), now);
+        for k in [seed("d:2"), seed("s:1")] {
+            t.on_dial_failed(&k, now);
+        }
+        t.set_dns_seeds(["s:1".to_owned(), "d:3".to_owned()]);
+        assert!(!t.seeds.contains_key("d:1") && !t.seeds.contains_key("d:2"));
+        assert!(
+            !t.backoff.contains_key(&seed("d:1")),
+            "its backoff forgotten"
+        );
+        assert_eq!(keys(&t.due(now)), [seed("d:3")], "s:1 still backs off");
+        // An empty answer keeps the static seed; the dial of d:3 (in
+        // flight since the `due` above) that lands afterwards adds
+        // nothing back.
+        t.set_dns_seeds(Vec::new());
+        assert_eq!(t.seeds.keys().collect::<Vec<_>>(), ["s:1"]);
+        t.on_dial_failed(&seed("d:3"), now);
+        assert!(!t.seeds.contains_key("d:3") && !t.backoff.contains_key(&seed("d:3")));
     }
 
     #[test]
