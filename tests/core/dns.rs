@@ -159,3 +159,72 @@ async fn dns_seeds_with_a_discovery_are_refused() {
     );
     assert!(err.to_string().contains("one or the other"), "{err}");
 }
+
+/// Without `nameserver`, DNS seeds read the system's configuration, and
+/// hickory reads `/etc/hosts` itself: in a mount namespace of its own
+/// (`unshare --mount`, as root), this test binds a hosts file naming the
+/// first node over `/etc/hosts` (and a `resolv.conf` naming only
+/// loopback, so no query leaves the machine), and the second node joins
+/// through the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_seeds_read_the_hosts_file_through_the_system_configuration() {
+    const NAME: &str = "seeds.mesh-hosts.test";
+    const INSIDE: &str = "MESH_DNS_HOSTS_NS";
+    const MARKER: &str = "joined through /etc/hosts";
+    if std::env::var(INSIDE).is_err() {
+        mesh_testkit::require("unshare", "util-linux");
+        let dir = mesh_testkit::scratch("dns-hosts");
+        let (hosts, resolv) = (dir.join("hosts"), dir.join("resolv.conf"));
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.2 {NAME}\n")).unwrap();
+        std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let script = format!(
+            "mount --bind {} /etc/hosts && mount --bind {} /etc/resolv.conf && exec {} --exact dns::dns_seeds_read_the_hosts_file_through_the_system_configuration --nocapture --test-threads 1",
+            hosts.display(),
+            resolv.display(),
+            exe.display()
+        );
+        let out = mesh_testkit::within(
+            Duration::from_secs(120),
+            tokio::process::Command::new("unshare")
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .env(INSIDE, "1")
+                .output(),
+        )
+        .await
+        .expect("run the test in a mount namespace");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "in its namespace:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains(MARKER), "{stdout}");
+        return;
+    }
+    let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let probe = std::net::TcpListener::bind((a_ip, 0)).unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let start = |name: &'static str, ip: Ipv4Addr| {
+        fast(member("dns-hosts", name))
+            .capabilities(["game"])
+            .listen(format!("{ip}:{port}"))
+            .dns_seeds(DnsSeeds::new(NAME, port).every(Duration::from_millis(100)))
+            .start()
+    };
+    let a = start("a", a_ip).await.expect("a starts");
+    let b = start("b", b_ip).await.expect("b starts");
+    wait_members(&[&a, &b], 2).await;
+    println!("{MARKER}");
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
