@@ -193,6 +193,7 @@ impl Keeper {
         };
         let task = tokio::spawn(async move {
             let mut runner = runner;
+            let mut failures = 0u32;
             loop {
                 let (kinds, opts, stats) =
                     (runner.kinds.clone(), runner.opts, runner.stats.clone());
@@ -208,7 +209,12 @@ impl Keeper {
                             .map(|s| s.to_string())
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_default();
-                        tracing::error!("the reminder keeper failed ({why}): a fresh one reloads its reminders from the store");
+                        failures += 1;
+                        // Not a hot loop if it fails again and again: 1 s,
+                        // doubling to 32 s, between runs.
+                        let pause = Duration::from_secs(1 << (failures - 1).min(5));
+                        tracing::error!("the reminder keeper failed ({why}): a fresh one reloads its reminders from the store in {pause:?}");
+                        tokio::time::sleep(pause).await;
                         runner = Runner::fresh(kinds, opts, stats);
                     }
                 }
@@ -277,6 +283,9 @@ struct Slot {
     queued: Option<(u64, u64)>,
     /// Failed deliveries in a row.
     attempt: u32,
+    /// After a failure: the plan that failed, delivered again as it was
+    /// (the same tick, whatever the missed-tick policy says by then).
+    retry: Option<Plan>,
     /// In flight: a change made meanwhile, applied when it lands
     /// (`Some(None)`: cancelled).
     replaced: Option<Option<ReminderRow>>,
@@ -293,8 +302,9 @@ enum Outcome {
     Finished,
     /// Another write came first, or the shard moved: dropped.
     Gone,
-    /// To try again after a backoff.
-    Failed,
+    /// To try again after a backoff, with the plan that failed (`None`:
+    /// it failed before it was planned).
+    Failed(Option<Plan>),
 }
 
 struct Runner {
@@ -393,6 +403,11 @@ impl Runner {
         let Some((&(at, _), _)) = self.queue.first_key_value() else {
             return now + self.opts.refresh;
         };
+        if self.flight.len() >= self.limit() {
+            // Full: a tick landing wakes the loop (its own branch); the
+            // queue's head may wait, and must not spin it meanwhile.
+            return now + self.opts.refresh.min(self.opts.ramp);
+        }
         let wall = now_ms();
         let mut wake = now + Duration::from_millis(at.saturating_sub(wall));
         if self.tokens < 1.0 && self.opts.budget > 0 {
@@ -416,6 +431,18 @@ impl Runner {
     /// Puts `row` in the queue at its due time if it is due within the
     /// window; drops it otherwise (a later load brings it back).
     fn hold(&mut self, key: Key, row: ReminderRow, attempt: u32, at: u64) {
+        self.hold_retry(key, row, attempt, at, None);
+    }
+
+    /// [`Runner::hold`], keeping the plan a failed tick is retried with.
+    fn hold_retry(
+        &mut self,
+        key: Key,
+        row: ReminderRow,
+        attempt: u32,
+        at: u64,
+        retry: Option<Plan>,
+    ) {
         self.unqueue(&key);
         if row.due_ms > now_ms().saturating_add(ms(self.opts.window)) && attempt == 0 {
             self.slots.remove(&key);
@@ -430,6 +457,7 @@ impl Runner {
                 row,
                 queued: Some(q),
                 attempt,
+                retry,
                 replaced: None,
                 in_flight: false,
                 touched: Instant::now(),
@@ -453,9 +481,20 @@ impl Runner {
                     .upgrade()
                     .is_some_and(|h| h.owns(&self.kinds[k], row.key.shard).is_some());
                 let key = (k, row.key.id.clone(), row.name.clone());
-                if let Some(slot) = self.slots.get_mut(&key).filter(|s| s.in_flight) {
-                    slot.replaced = Some(Some(row));
-                    return;
+                if let Some(slot) = self.slots.get_mut(&key) {
+                    // Versions only grow (a cancel leaves a tombstone): an
+                    // older write's notice, arriving late, changes nothing.
+                    let newest = match &slot.replaced {
+                        Some(Some(r)) => r.version.max(slot.row.version),
+                        _ => slot.row.version,
+                    };
+                    if row.version <= newest {
+                        return;
+                    }
+                    if slot.in_flight {
+                        slot.replaced = Some(Some(row));
+                        return;
+                    }
                 }
                 if owned {
                     let at = row.due_ms;
@@ -592,25 +631,39 @@ impl Runner {
             let Some((&(at, seq), _)) = self.queue.first_key_value() else {
                 break;
             };
-            if at > now || !self.take_token() {
+            if at > now {
+                break;
+            }
+            // Ownership first: a moved reminder spends no budget.
+            let owner = self.queue.get(&(at, seq)).and_then(|key| {
+                let slot = self.slots.get(key)?;
+                Some(host.owns(&self.kinds[key.0], slot.row.key.shard))
+            });
+            if let Some(None) = owner {
+                // Moved: its new owner fires it.
+                if let Some(key) = self.queue.remove(&(at, seq)) {
+                    self.slots.remove(&key);
+                }
+                continue;
+            }
+            if !self.take_token() {
                 break;
             }
             let Some(key) = self.queue.remove(&(at, seq)) else {
                 break;
+            };
+            let Some(token) = owner.flatten() else {
+                continue;
             };
             let Some(slot) = self.slots.get_mut(&key) else {
                 continue;
             };
             slot.queued = None;
             let kind = &self.kinds[key.0];
-            let Some(token) = host.owns(kind, slot.row.key.shard) else {
-                // Moved: its new owner fires it.
-                self.slots.remove(&key);
-                continue;
-            };
             slot.in_flight = true;
             let row = slot.row.clone();
             let fire = Fire {
+                retry: slot.retry,
                 store: store.clone(),
                 row,
                 token: (token != 0).then_some(token),
@@ -628,7 +681,7 @@ impl Runner {
     fn landed(&mut self, done: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>) {
         let (id, outcome) = match done {
             Ok(done) => done,
-            Err(e) => (e.id(), Outcome::Failed),
+            Err(e) => (e.id(), Outcome::Failed(None)),
         };
         let Some(key) = self.flying.remove(&id) else {
             return;
@@ -649,7 +702,7 @@ impl Runner {
                 self.hold(key, row, 0, at);
             }
             Outcome::Finished | Outcome::Gone => {}
-            Outcome::Failed => {
+            Outcome::Failed(retry) => {
                 slot.attempt = slot.attempt.saturating_add(1);
                 let backoff = self
                     .opts
@@ -657,7 +710,8 @@ impl Runner {
                     .saturating_mul(1 << (slot.attempt - 1).min(20))
                     .min(self.opts.max_retry);
                 let at = now_ms().saturating_add(ms(backoff));
-                self.hold(key, slot.row, slot.attempt, at);
+                let retry = retry.or(slot.retry);
+                self.hold_retry(key, slot.row, slot.attempt, at, retry);
             }
         }
     }
@@ -669,6 +723,8 @@ type Started = Result<(Plan, Option<BoxFuture<'static, Result<Vec<u8>, Error>>>)
 
 /// One tick's delivery and advance.
 struct Fire {
+    /// A failed tick's plan, delivered again as it was.
+    retry: Option<Plan>,
     store: Arc<dyn StateStore>,
     row: ReminderRow,
     token: Option<u64>,
@@ -681,7 +737,9 @@ impl Fire {
     /// Plans the tick at `now` and starts its delivery (if it fires).
     fn delivery(&self, host: Arc<dyn Host>, now: u64) -> Started {
         let (missed, data) = decode_payload(&self.row.payload).map_err(|e| e.to_string())?;
-        let p = plan(self.row.due_ms, self.row.period_ms, missed, now);
+        let p = self
+            .retry
+            .unwrap_or_else(|| plan(self.row.due_ms, self.row.period_ms, missed, now));
         let Some(f) = p.fire else {
             return Ok((p, None));
         };
@@ -714,7 +772,7 @@ impl Fire {
                 tracing::warn!("{}: {e}", what());
                 self.outcome("failed");
                 self.stats.failed.fetch_add(1, Relaxed);
-                return Outcome::Failed;
+                return Outcome::Failed(None);
             }
         };
         match delivery {
@@ -735,13 +793,13 @@ impl Fire {
                         tracing::debug!("{}: the handler failed the tick: {reason}", what());
                         self.outcome("failed");
                         self.stats.failed.fetch_add(1, Relaxed);
-                        return Outcome::Failed;
+                        return Outcome::Failed(Some(p));
                     }
                     Err(e) => {
                         tracing::debug!("{}: the tick failed: {e}", what());
                         self.outcome("failed");
                         self.stats.failed.fetch_add(1, Relaxed);
-                        return Outcome::Failed;
+                        return Outcome::Failed(Some(p));
                     }
                 }
             }
@@ -773,7 +831,7 @@ impl Fire {
                     "{}: advancing after a delivered tick: {e} (it will be delivered again)",
                     what()
                 );
-                Outcome::Failed
+                Outcome::Failed(Some(p))
             }
         }
     }
@@ -800,11 +858,14 @@ mod tests {
     use super::*;
     use crate::reminder::{Bound, Reminders, Schedule};
     use crate::state::MemoryStore;
+    use std::sync::atomic::Ordering::Relaxed;
 
     /// A node that owns every shard and acknowledges every tick.
     struct Fake {
         store: Arc<dyn StateStore>,
         ticks: mpsc::UnboundedSender<Tick>,
+        /// How many deliveries to fail (the handler says `Err`).
+        fail: std::sync::atomic::AtomicUsize,
     }
 
     impl Host for Fake {
@@ -826,9 +887,15 @@ mod tests {
         ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
             let tick: Tick = crate::wire::decode(&body).expect("a tick");
             let _ = self.ticks.send(tick);
-            Box::pin(std::future::ready(crate::wire::encode(&Ok::<(), String>(
-                (),
-            ))))
+            let failing = self
+                .fail
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            let verdict: Result<(), String> = match failing {
+                true => Err("failed on purpose".into()),
+                false => Ok(()),
+            };
+            Box::pin(std::future::ready(crate::wire::encode(&verdict)))
         }
     }
 
@@ -843,6 +910,53 @@ mod tests {
         }
     }
 
+    fn kind() -> Kind {
+        Kind {
+            name: "cap/A".into(),
+            tag: 1,
+            actor_key: 2,
+            capability_key: 3,
+        }
+    }
+
+    /// A tick whose handler failed is delivered again, the same tick, even
+    /// under `Missed::Skip` with a backoff longer than the period (by
+    /// then its successor is due too: a new plan would skip both).
+    #[tokio::test]
+    async fn a_failed_tick_is_delivered_again_under_skip() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let (tx, mut ticks) = mpsc::unbounded_channel();
+        let host: Arc<dyn Host> = Arc::new(Fake {
+            store: store.clone(),
+            ticks: tx,
+            fail: 1.into(),
+        });
+        let options = ReminderOptions {
+            refresh: Duration::from_millis(50),
+            retry: Duration::from_millis(100),
+            max_retry: Duration::from_millis(100),
+            ..ReminderOptions::default()
+        };
+        let keeper = Keeper::new(vec![kind()], options);
+        keeper.start(Arc::downgrade(&host));
+        let every =
+            Schedule::every(Duration::from_millis(20)).missed(crate::reminder::Missed::Skip);
+        reminders(&store, "x", Some(keeper.clone()))
+            .register("r", every, &())
+            .await
+            .unwrap();
+        let failed = tokio::time::timeout(Duration::from_secs(10), ticks.recv())
+            .await
+            .expect("a tick")
+            .expect("open");
+        let again = tokio::time::timeout(Duration::from_secs(10), ticks.recv())
+            .await
+            .expect("a tick")
+            .expect("open");
+        assert_eq!(again.due_ms, failed.due_ms, "the failed tick, again");
+        keeper.halt();
+    }
+
     #[tokio::test]
     async fn a_failed_keeper_is_replaced_by_a_fresh_one_that_reloads_from_the_store() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -850,6 +964,7 @@ mod tests {
         let host: Arc<dyn Host> = Arc::new(Fake {
             store: store.clone(),
             ticks: tx,
+            fail: 0.into(),
         });
         let kind = Kind {
             name: "cap/A".into(),

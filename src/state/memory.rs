@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    check_claim, check_save, check_size, BoxFuture, ReminderRow, StateKey, StateStore, StoreError,
-    Stored,
+    check_claim, check_reminder, check_save, check_size, BoxFuture, ReminderRow, StateKey,
+    StateStore, StoreError, Stored,
 };
 use crate::util::lock;
 
@@ -17,8 +17,9 @@ type Row = (u64, u64, Option<Vec<u8>>);
 /// The rows by (kind, id).
 type Rows = HashMap<(Arc<str>, Arc<str>), Row>;
 
-/// The reminders by (kind, id, name), each with its fence.
-type Reminders = BTreeMap<(Arc<str>, Arc<str>, Arc<str>), (ReminderRow, u64)>;
+/// The reminders by (kind, id, name), each with its fence and whether it
+/// is live (`false`: a deleted one's tombstone).
+type Reminders = BTreeMap<(Arc<str>, Arc<str>, Arc<str>), (ReminderRow, u64, bool)>;
 
 /// A [`StateStore`] in memory (nothing survives the process). Clones
 /// share the rows.
@@ -116,15 +117,15 @@ impl StateStore for MemoryStore {
             check_size(Some(&row.payload), self.limit)?;
             let mut all = lock(&self.reminders);
             let k = (row.key.kind.clone(), row.key.id.clone(), row.name.clone());
-            let r = all.get(&k).map(|(r, f)| (r.version, *f));
-            check_save(r, expected, token)?;
-            let fence = token.unwrap_or_else(|| r.map_or(0, |(_, f)| f));
+            let r = all.get(&k).map(|(r, f, live)| (r.version, *f, *live));
+            let version = check_reminder(r, expected, token)?;
+            let fence = token.unwrap_or_else(|| r.map_or(0, |(_, f, _)| f));
             let stored = ReminderRow {
-                version: expected + 1,
+                version,
                 ..row.clone()
             };
-            all.insert(k, (stored, fence));
-            Ok(expected + 1)
+            all.insert(k, (stored, fence, true));
+            Ok(version)
         })();
         Box::pin(std::future::ready(out))
     }
@@ -139,9 +140,13 @@ impl StateStore for MemoryStore {
         let out = (|| {
             let mut all = lock(&self.reminders);
             let k = (key.kind.clone(), key.id.clone(), Arc::<str>::from(name));
-            let r = all.get(&k).map(|(r, f)| (r.version, *f));
-            check_save(r, expected, token)?;
-            all.remove(&k);
+            let r = all.get(&k).map(|(r, f, live)| (r.version, *f, *live));
+            let version = check_reminder(r, expected, token)?;
+            if let Some((row, fence, live)) = all.get_mut(&k).filter(|(_, _, live)| *live) {
+                row.version = version;
+                *fence = token.unwrap_or(*fence);
+                *live = false;
+            }
             Ok(())
         })();
         Box::pin(std::future::ready(out))
@@ -154,8 +159,8 @@ impl StateStore for MemoryStore {
         let all = lock(&self.reminders);
         let mine = all
             .values()
-            .filter(|(r, _)| r.key.kind == key.kind && r.key.id == key.id)
-            .map(|(r, _)| r.clone())
+            .filter(|(r, _, live)| *live && r.key.kind == key.kind && r.key.id == key.id)
+            .map(|(r, _, _)| r.clone())
             .collect();
         Box::pin(std::future::ready(Ok(mine)))
     }
@@ -170,7 +175,8 @@ impl StateStore for MemoryStore {
         let all = lock(&self.reminders);
         let mut due: Vec<ReminderRow> = all
             .values()
-            .map(|(r, _)| r)
+            .filter(|(_, _, live)| *live)
+            .map(|(r, _, _)| r)
             .filter(|r| {
                 &*r.key.kind == kind && r.due_ms < before_ms && shards.contains(&r.key.shard)
             })

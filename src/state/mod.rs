@@ -55,7 +55,9 @@
 //! and written by the rules of a state row, on a version and a fence of
 //! its own: [`StateStore::put_reminder`] and
 //! [`StateStore::delete_reminder`] are compare-and-sets on the version
-//! (0: it does not exist; a delete removes the row), fenced like
+//! (0: it does not exist; a delete leaves a tombstone that keeps the
+//! version and fence and counts as absent, so a reminder's versions only
+//! grow across a cancel and a new registration), fenced like
 //! [`StateStore::save`]; [`StateStore::reminders_of`] lists an actor's by
 //! name; [`StateStore::reminders_due`] gives those of a kind in a set of
 //! shards due before a time, earliest first (what a shard's owner loads).
@@ -173,8 +175,11 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Writes reminder `row` (its `version` is ignored) if its stored
     /// version is `expected` (0: it does not exist) and, with `token`, its
-    /// stored fence is not higher: the rules of [`StateStore::save`].
-    /// Returns the new version. A store without reminders refuses
+    /// stored fence is not higher: the rules of [`StateStore::save`]
+    /// (expected 0 also matches a deleted reminder). Returns the new
+    /// version: one more than the stored one, a deleted reminder's
+    /// tombstone included (so not always `expected + 1`). A store without
+    /// reminders refuses
     /// ([`StoreError::Unavailable`], the default).
     fn put_reminder<'a>(
         &'a self,
@@ -187,7 +192,11 @@ pub trait StateStore: Send + Sync + 'static {
     }
 
     /// Deletes reminder `name` of `key` if its stored version is
-    /// `expected` (and the fence allows `token`): the same rules.
+    /// `expected` (and the fence allows `token`): the same rules. It
+    /// leaves a tombstone (the version, one more, and the fence) that
+    /// [`StateStore::reminders_of`] and [`StateStore::reminders_due`] do
+    /// not list; expected 0 on an absent or deleted reminder is `Ok` and
+    /// writes nothing.
     fn delete_reminder<'a>(
         &'a self,
         key: &'a StateKey,
@@ -252,6 +261,26 @@ pub(crate) fn check_save(
         });
     }
     Ok(())
+}
+
+/// What every store decides for a reminder's put or delete, given its
+/// stored version, fence and whether it is live (`None`: never written):
+/// the new version. A deleted reminder is a tombstone that keeps its
+/// version and fence and counts as absent (expected 0), so versions only
+/// grow: a writer that read the deleted one cannot write over a new
+/// registration of the same name, whose version is higher.
+pub(crate) fn check_reminder(
+    row: Option<(u64, u64, bool)>,
+    expected: u64,
+    token: Option<u64>,
+) -> Result<u64, StoreError> {
+    let (version, fence, live) = row.unwrap_or((0, 0, false));
+    check_save(
+        Some((if live { version } else { 0 }, fence)),
+        expected,
+        token,
+    )?;
+    Ok(version + 1)
 }
 
 /// The same for a claim.

@@ -185,7 +185,7 @@ impl Sql {
                  payload bytea, PRIMARY KEY (kind, id)); \
                  CREATE TABLE IF NOT EXISTS {r} (kind text NOT NULL, id bytea NOT NULL, \
                  name bytea NOT NULL, shard int NOT NULL, due_ms bigint NOT NULL, \
-                 period_ms bigint NOT NULL, payload bytea NOT NULL, version bigint NOT NULL, \
+                 period_ms bigint NOT NULL, payload bytea, version bigint NOT NULL, \
                  fence bigint NOT NULL, PRIMARY KEY (kind, id, name)); \
                  CREATE INDEX IF NOT EXISTS mesh_reminders_due ON {r} (kind, shard, due_ms); \
                  COMMIT",
@@ -227,38 +227,52 @@ impl Sql {
                  WHERE kind = $1 AND id = $2 AND version = $3::bigint AND fence <= $5"
             ),
             row: format!("SELECT version, fence FROM {t} WHERE kind = $1 AND id = $2"),
+            // A deleted reminder is a tombstone: its payload NULL, its
+            // version and fence kept (versions only grow).
             // $1 kind, $2 id, $3 name, $4 shard, $5 due_ms, $6 period_ms,
-            // $7 payload, $8 fence (0 without a token).
+            // $7 payload, $8 fence (0 without a token), $9 the token (NULL:
+            // eventual). Over a tombstone: its version + 1.
             r_insert: format!(
-                "INSERT INTO {r} (kind, id, name, shard, due_ms, period_ms, payload, version, fence) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) ON CONFLICT (kind, id, name) DO NOTHING"
+                "INSERT INTO {r} AS x (kind, id, name, shard, due_ms, period_ms, payload, version, fence) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) ON CONFLICT (kind, id, name) DO UPDATE \
+                 SET shard = EXCLUDED.shard, due_ms = EXCLUDED.due_ms, period_ms = EXCLUDED.period_ms, \
+                 payload = EXCLUDED.payload, version = x.version + 1, \
+                 fence = COALESCE($9::bigint, x.fence) \
+                 WHERE x.payload IS NULL AND ($9::bigint IS NULL OR x.fence <= $9::bigint) \
+                 RETURNING version"
             ),
             // The same, $8 the token (NULL: eventual), $9 the expected version.
             r_update: format!(
                 "UPDATE {r} SET shard = $4, due_ms = $5, period_ms = $6, payload = $7, \
                  version = $9::bigint + 1, fence = COALESCE($8::bigint, fence) \
                  WHERE kind = $1 AND id = $2 AND name = $3 AND version = $9::bigint \
-                 AND ($8::bigint IS NULL OR fence <= $8::bigint)"
+                 AND payload IS NOT NULL AND ($8::bigint IS NULL OR fence <= $8::bigint)"
             ),
             r_delete: format!(
-                "DELETE FROM {r} WHERE kind = $1 AND id = $2 AND name = $3 \
-                 AND version = $4::bigint AND ($5::bigint IS NULL OR fence <= $5::bigint)"
+                "UPDATE {r} SET payload = NULL, version = version + 1, \
+                 fence = COALESCE($5::bigint, fence) \
+                 WHERE kind = $1 AND id = $2 AND name = $3 AND version = $4::bigint \
+                 AND payload IS NOT NULL AND ($5::bigint IS NULL OR fence <= $5::bigint)"
             ),
+            // A tombstone's version reads as 0 (absent).
             r_row: format!(
-                "SELECT version, fence FROM {r} WHERE kind = $1 AND id = $2 AND name = $3"
+                "SELECT CASE WHEN payload IS NULL THEN 0 ELSE version END, fence FROM {r} \
+                 WHERE kind = $1 AND id = $2 AND name = $3"
             ),
             // A payload over the limit ($3 / $4) comes back as NULL with its
             // length, never as bytes.
             r_of: format!(
                 "SELECT name, shard, due_ms, period_ms, version, \
                  CASE WHEN octet_length(payload) > $3 THEN NULL ELSE payload END, \
-                 octet_length(payload) FROM {r} WHERE kind = $1 AND id = $2 ORDER BY name"
+                 octet_length(payload) FROM {r} WHERE kind = $1 AND id = $2 \
+                 AND payload IS NOT NULL ORDER BY name"
             ),
             r_due: format!(
                 "SELECT id, name, shard, due_ms, period_ms, version, \
                  CASE WHEN octet_length(payload) > $5 THEN NULL ELSE payload END, \
                  octet_length(payload) FROM {r} \
-                 WHERE kind = $1 AND shard = ANY($2) AND due_ms < $3 ORDER BY due_ms LIMIT $4"
+                 WHERE kind = $1 AND shard = ANY($2) AND due_ms < $3 AND payload IS NOT NULL \
+                 ORDER BY due_ms LIMIT $4"
             ),
         }
     }
@@ -651,12 +665,19 @@ impl PgStore {
                 .prepare_cached(&self.sql.r_insert)
                 .await
                 .map_err(unavailable)?;
-            let fence = big(token.unwrap_or(0));
-            c.execute(
+            let (fence, token_arg) = (big(token.unwrap_or(0)), token.map(big));
+            c.query_opt(
                 &st,
-                &[&kind, &id, &name, &shard, &due, &period, &payload, &fence],
+                &[
+                    &kind, &id, &name, &shard, &due, &period, &payload, &fence, &token_arg,
+                ],
             )
             .await
+            .and_then(|row| {
+                row.map(|r| r.try_get::<_, i64>(0).map(unsigned))
+                    .transpose()
+            })
+            .map(|v| v.map_or((0, expected), |v| (1, v - 1)))
         } else {
             let st = c
                 .prepare_cached(&self.sql.r_update)
@@ -670,9 +691,11 @@ impl PgStore {
                 ],
             )
             .await
+            .map(|n| (n, expected))
         };
+        // (rows written, the version written over)
         match sent {
-            Ok(1) => Ok(expected + 1),
+            Ok((1, over)) => Ok(over + 1),
             Ok(_) => Err(match self.reminder_row(&c, key, &row.name).await {
                 Err(e) => e,
                 Ok(now) => refusal(now, expected, token),
@@ -711,11 +734,14 @@ impl PgStore {
             .await;
         match sent {
             Ok(1) => Ok(()),
-            Ok(_) => match self.reminder_row(&c, key, name).await? {
-                // Nothing to delete, as expected.
-                None if expected == 0 => Ok(()),
-                row => Err(refusal(row, expected, token)),
-            },
+            Ok(_) => {
+                let row = self.reminder_row(&c, key, name).await?;
+                match super::check_save(row, expected, token) {
+                    // Nothing to delete (absent, or a tombstone), as expected.
+                    Ok(()) if expected == 0 => Ok(()),
+                    _ => Err(refusal(row, expected, token)),
+                }
+            }
             Err(e) if e.as_db_error().is_some() => Err(unavailable(e)),
             Err(e) => Err(StoreError::Uncertain(
                 format!("{}: the delete may or may not have committed", pg_error(&e)).into(),
@@ -808,12 +834,21 @@ impl PgStore {
             .query(&st, &[&kind, &shards, &before, &count, &max_row])
             .await
             .map_err(unavailable)?;
-        rows.iter()
-            .map(|r| {
-                let id: Vec<u8> = r.try_get(0).map_err(unavailable)?;
-                self.reminder_at(r, kind, String::from_utf8_lossy(&id).into(), 1)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: Vec<u8> = r.try_get(0).map_err(unavailable)?;
+            let id: Arc<str> = String::from_utf8_lossy(&id).into();
+            match self.reminder_at(r, kind, id.clone(), 1) {
+                Ok(row) => out.push(row),
+                // One row this node cannot hold (over its limit) does not
+                // keep the others from firing.
+                Err(e @ StoreError::TooLarge { .. }) => {
+                    tracing::warn!(kind, %id, "a due reminder skipped: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 

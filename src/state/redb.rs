@@ -7,8 +7,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    check_claim, check_save, check_size, BoxFuture, ReminderRow, StateKey, StateStore, StoreError,
-    Stored,
+    check_claim, check_reminder, check_save, check_size, BoxFuture, ReminderRow, StateKey,
+    StateStore, StoreError, Stored,
 };
 
 /// A row's key: `(kind, id)`.
@@ -21,8 +21,10 @@ const ROWS: TableDefinition<RowKey, RowValue> = TableDefinition::new("mesh_state
 
 /// A reminder's key: `(kind, id, name)`.
 type ReminderKey<'a> = (&'a str, &'a str, &'a str);
-/// A reminder: `(shard, due_ms, period_ms, version, fence, payload)`.
-type ReminderValue<'a> = (u16, u64, u64, u64, u64, &'a [u8]);
+/// A reminder: `(shard, due_ms, period_ms, version, fence, live,
+/// payload)`; not live: a deleted one's tombstone (version and fence
+/// kept, not in [`DUE`]).
+type ReminderValue<'a> = (u16, u64, u64, u64, u64, bool, &'a [u8]);
 /// The reminders.
 const REMINDERS: TableDefinition<ReminderKey, ReminderValue> =
     TableDefinition::new("mesh_reminders");
@@ -377,7 +379,7 @@ fn unavailable(e: &dyn std::fmt::Display) -> StoreError {
 fn reminder_row(
     key: &StateKey,
     name: &str,
-    (shard, due_ms, period_ms, version, _, payload): ReminderValue,
+    (shard, due_ms, period_ms, version, _, _, payload): ReminderValue,
     limit: usize,
 ) -> Result<ReminderRow, StoreError> {
     check_size(Some(payload), limit)?;
@@ -411,7 +413,10 @@ fn reminders_of(
         if kind != &*key.kind || id != &*key.id {
             break;
         }
-        out.push(reminder_row(key, name, v.value(), limit)?);
+        let v = v.value();
+        if v.5 {
+            out.push(reminder_row(key, name, v, limit)?);
+        }
     }
     Ok(out)
 }
@@ -452,7 +457,18 @@ fn reminders_due(
             .get((kind, id.as_str(), name.as_str()))
             .map_err(|e| unavailable(&e))?
         {
-            out.push(reminder_row(&key, &name, v.value(), max_row)?);
+            let v = v.value();
+            if v.5 {
+                match reminder_row(&key, &name, v, max_row) {
+                    Ok(row) => out.push(row),
+                    // One row this store cannot hold (over its limit) does
+                    // not keep the others from firing.
+                    Err(e @ StoreError::TooLarge { .. }) => {
+                        tracing::warn!(kind, id, name, "a due reminder skipped: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
     Ok(out)
@@ -576,24 +592,28 @@ impl Writer {
                         let mut due = tx.open_table(DUE)?;
                         let k = (&*key.kind, &*key.id, &*name);
                         let old = rt.get(k)?.map(|g| {
-                            let (shard, at, _, v, f, _) = g.value();
-                            (shard, at, v, f)
+                            let (shard, at, _, v, f, live, _) = g.value();
+                            (shard, at, v, f, live)
                         });
-                        let out = check_save(old.map(|(_, _, v, f)| (v, f)), expected, token);
-                        if out.is_ok() {
-                            if let Some((shard, at, _, _)) = old {
+                        let out = check_reminder(
+                            old.map(|(_, _, v, f, live)| (v, f, live)),
+                            expected,
+                            token,
+                        );
+                        if let Ok(version) = out {
+                            let fence = token.unwrap_or_else(|| old.map_or(0, |(_, _, _, f, _)| f));
+                            if let Some((shard, at, _, _, true)) = old {
                                 due.remove((&*key.kind, shard, at, &*key.id, &*name))?;
                             }
                             match &row {
                                 Some(r) => {
-                                    let fence =
-                                        token.unwrap_or_else(|| old.map_or(0, |(_, _, _, f)| f));
                                     let value = (
                                         key.shard,
                                         r.due_ms,
                                         r.period_ms,
-                                        expected + 1,
+                                        version,
                                         fence,
+                                        true,
                                         &r.payload[..],
                                     );
                                     rt.insert(k, value)?;
@@ -602,13 +622,18 @@ impl Writer {
                                         (),
                                     )?;
                                 }
+                                // A tombstone, for a live one only.
                                 None => {
-                                    rt.remove(k)?;
+                                    if let Some((shard, at, _, _, true)) = old {
+                                        rt.insert(
+                                            k,
+                                            (shard, at, 0, version, fence, false, &[][..]),
+                                        )?;
+                                    }
                                 }
                             }
                         }
-                        let version = if row.is_some() { expected + 1 } else { 0 };
-                        Answer::Save(reply, out.map(|()| version))
+                        Answer::Save(reply, out)
                     }
                 });
             }

@@ -338,8 +338,33 @@ async fn reminder_writes_are_a_compare_and_set(store: &dyn StateStore) {
     );
     assert_eq!(store.delete_reminder(&key, "daily", 2, None).await, Ok(()));
     assert_eq!(store.reminders_of(&key).await, Ok(Vec::new()));
-    // Gone: registered anew from version 0.
-    assert_eq!(store.put_reminder(&r, 0, None).await, Ok(1));
+    assert_eq!(
+        store
+            .reminders_due(&key.kind, &[key.shard], u64::MAX, 10)
+            .await,
+        Ok(Vec::new()),
+        "a deleted reminder is not due"
+    );
+    // Deleting what is gone, expecting it gone: nothing to do.
+    assert_eq!(store.delete_reminder(&key, "daily", 0, None).await, Ok(()));
+    // Gone: registered anew from version 0, and its versions only grow
+    // (the delete left a tombstone at 3): a writer that read the deleted
+    // one (version 2) cannot write over the new one, nor delete it.
+    assert_eq!(store.put_reminder(&r, 0, None).await, Ok(4));
+    assert_eq!(
+        store.put_reminder(&later, 2, None).await,
+        Err(StoreError::Conflict {
+            expected: 2,
+            stored: 4
+        }),
+        "a write from before the delete must not land on the new registration"
+    );
+    assert!(matches!(
+        store.delete_reminder(&key, "daily", 2, None).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let got = store.reminders_of(&key).await.expect("list");
+    assert_eq!((got.len(), got[0].version, got[0].due_ms), (1, 4, r.due_ms));
 }
 
 async fn reminders_are_listed_per_actor_by_name(store: &dyn StateStore) {
