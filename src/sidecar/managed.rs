@@ -428,7 +428,7 @@ async fn stop_stale(dir: &Path) {
         .split_whitespace()
         .filter_map(|p| p.parse::<u32>().ok())
     {
-        if pid == std::process::id() || !is_haproxy_for(pid, &config) || !alive(pid) {
+        if pid == std::process::id() || !alive(pid) || !settled_haproxy_for(pid, &config).await {
             continue;
         }
         let mut procs = children_of(pid);
@@ -461,6 +461,21 @@ fn read_small(path: &Path) -> std::io::Result<String> {
         .take(4096)
         .read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// [`is_haproxy_for`], read again while the process's command line is
+/// empty (for at most a second): a HAProxy master re-executes itself once
+/// its workers run (its wait mode), and mid-`exec` `/proc` shows no
+/// command line, which is no reason to leave it running.
+async fn settled_haproxy_for(pid: u32, config: &Path) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let empty = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty());
+        if !empty || tokio::time::Instant::now() >= deadline {
+            return is_haproxy_for(pid, config);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Whether process `pid` runs HAProxy with `-f <config>` (its command
