@@ -526,16 +526,7 @@ async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
     let dir = mesh_testkit::scratch("ledger-kill");
     let file = dir.join("ledger.redb");
     for round in 0..2 {
-        let mut child = Command::new(mesh_testkit::procs::example_binary("ledger"))
-            .arg("--store")
-            .arg(&file)
-            .args(["--accounts", &ACCOUNTS.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the ledger example");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut child, mut lines) = ledger(&file, &["--accounts", &ACCOUNTS.to_string()]);
         let mut acked: HashMap<String, u64> = HashMap::new();
         let mut count = 0;
         mesh_testkit::within(Duration::from_secs(60), async {
@@ -551,9 +542,7 @@ async fn the_embedded_store_keeps_every_acknowledged_write_through_a_sigkill() {
         })
         .await;
         // SIGKILL: no hook, no flush, no shutdown.
-        child.start_kill().expect("SIGKILL");
-        let status = child.wait().await.expect("reaped");
-        assert!(!status.success(), "killed");
+        sigkill(&mut child).await;
         // What it printed before it died counts too.
         while let Ok(Some(line)) = lines.next_line().await {
             let mut parts = line.split(' ');
@@ -598,16 +587,10 @@ async fn a_reminder_on_the_embedded_store_goes_on_after_a_sigkill_and_a_restart(
     let file = dir.join("ledger.redb");
     let mut dues: Vec<u64> = Vec::new();
     for round in 0..2 {
-        let mut child = Command::new(mesh_testkit::procs::example_binary("ledger"))
-            .arg("--store")
-            .arg(&file)
-            .args(["--accounts", "0", "--remind-ms", &PERIOD.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn the ledger example");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let (mut child, mut lines) = ledger(
+            &file,
+            &["--accounts", "0", "--remind-ms", &PERIOD.to_string()],
+        );
         let mut seen = 0;
         mesh_testkit::within(Duration::from_secs(60), async {
             while seen < 8 {
@@ -629,9 +612,7 @@ async fn a_reminder_on_the_embedded_store_goes_on_after_a_sigkill_and_a_restart(
             }
         })
         .await;
-        child.start_kill().expect("SIGKILL");
-        let status = child.wait().await.expect("reaped");
-        assert!(!status.success(), "killed");
+        sigkill(&mut child).await;
         while let Ok(Some(line)) = lines.next_line().await {
             let mut parts = line.split(' ');
             if let (Some("tick"), Some(Ok(due))) = (parts.next(), parts.next().map(str::parse)) {
@@ -663,4 +644,32 @@ async fn a_reminder_on_the_embedded_store_goes_on_after_a_sigkill_and_a_restart(
         "delivered again: {dues:?}"
     );
     assert!(distinct.len() >= 15, "{distinct:?}");
+}
+
+/// `examples/ledger` on store `file` with `args`, and its stdout's lines.
+fn ledger(
+    file: &std::path::Path,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut child = Command::new(mesh_testkit::procs::example_binary("ledger"))
+        .arg("--store")
+        .arg(file)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the ledger example");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+/// SIGKILLs `child` (no hook, no flush, no shutdown) and reaps it.
+async fn sigkill(child: &mut tokio::process::Child) {
+    child.start_kill().expect("SIGKILL");
+    let status = child.wait().await.expect("reaped");
+    assert!(!status.success(), "killed");
 }

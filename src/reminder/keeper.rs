@@ -919,72 +919,75 @@ mod tests {
         }
     }
 
+    /// A keeper started with `options` over a fake node that fails its
+    /// first `fail` deliveries: the store, the keeper (the node is kept
+    /// alive with it), and the ticks delivered.
+    fn started(
+        fail: usize,
+        options: ReminderOptions,
+    ) -> (
+        Arc<dyn StateStore>,
+        Keeper,
+        Arc<dyn Host>,
+        mpsc::UnboundedReceiver<Tick>,
+    ) {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let (tx, ticks) = mpsc::unbounded_channel();
+        let host: Arc<dyn Host> = Arc::new(Fake {
+            store: store.clone(),
+            ticks: tx,
+            fail: fail.into(),
+        });
+        let keeper = Keeper::new(vec![kind()], options);
+        keeper.start(Arc::downgrade(&host));
+        (store, keeper, host, ticks)
+    }
+
+    /// The next tick delivered (within 10 s).
+    async fn next(ticks: &mut mpsc::UnboundedReceiver<Tick>) -> Tick {
+        tokio::time::timeout(Duration::from_secs(10), ticks.recv())
+            .await
+            .expect("a tick")
+            .expect("open")
+    }
+
     /// A tick whose handler failed is delivered again, the same tick, even
     /// under `Missed::Skip` with a backoff longer than the period (by
     /// then its successor is due too: a new plan would skip both).
     #[tokio::test]
     async fn a_failed_tick_is_delivered_again_under_skip() {
-        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-        let (tx, mut ticks) = mpsc::unbounded_channel();
-        let host: Arc<dyn Host> = Arc::new(Fake {
-            store: store.clone(),
-            ticks: tx,
-            fail: 1.into(),
-        });
         let options = ReminderOptions {
             refresh: Duration::from_millis(50),
             retry: Duration::from_millis(100),
             max_retry: Duration::from_millis(100),
             ..ReminderOptions::default()
         };
-        let keeper = Keeper::new(vec![kind()], options);
-        keeper.start(Arc::downgrade(&host));
+        let (store, keeper, _host, mut ticks) = started(1, options);
         let every =
             Schedule::every(Duration::from_millis(20)).missed(crate::reminder::Missed::Skip);
         reminders(&store, "x", Some(keeper.clone()))
             .register("r", every, &())
             .await
             .unwrap();
-        let failed = tokio::time::timeout(Duration::from_secs(10), ticks.recv())
-            .await
-            .expect("a tick")
-            .expect("open");
-        let again = tokio::time::timeout(Duration::from_secs(10), ticks.recv())
-            .await
-            .expect("a tick")
-            .expect("open");
+        let failed = next(&mut ticks).await;
+        let again = next(&mut ticks).await;
         assert_eq!(again.due_ms, failed.due_ms, "the failed tick, again");
         keeper.halt();
     }
 
     #[tokio::test]
     async fn a_failed_keeper_is_replaced_by_a_fresh_one_that_reloads_from_the_store() {
-        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
-        let (tx, mut ticks) = mpsc::unbounded_channel();
-        let host: Arc<dyn Host> = Arc::new(Fake {
-            store: store.clone(),
-            ticks: tx,
-            fail: 0.into(),
-        });
-        let kind = Kind {
-            name: "cap/A".into(),
-            tag: 1,
-            actor_key: 2,
-            capability_key: 3,
-        };
         let options = ReminderOptions {
             refresh: Duration::from_millis(50),
             ..ReminderOptions::default()
         };
-        let keeper = Keeper::new(vec![kind], options);
-        keeper.start(Arc::downgrade(&host));
+        let (store, keeper, _host, mut ticks) = started(0, options);
         let soon = Duration::from_millis(20);
         reminders(&store, "x", Some(keeper.clone()))
             .register("first", Schedule::after(soon), &())
             .await
             .unwrap();
-        let t = tokio::time::timeout(Duration::from_secs(10), ticks.recv()).await;
-        assert_eq!(t.unwrap().unwrap().name, "first");
+        assert_eq!(next(&mut ticks).await.name, "first");
         keeper.crash();
         // Written where no keeper hears of it: only a load finds it, so
         // only a fresh keeper's loads can fire it.
@@ -992,8 +995,7 @@ mod tests {
             .register("second", Schedule::after(soon), &())
             .await
             .unwrap();
-        let t = tokio::time::timeout(Duration::from_secs(10), ticks.recv()).await;
-        assert_eq!(t.unwrap().unwrap().name, "second");
+        assert_eq!(next(&mut ticks).await.name, "second");
         keeper.stop();
         tokio::time::timeout(Duration::from_secs(10), keeper.stopped())
             .await
