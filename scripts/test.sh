@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 fail() { echo "error: $*" >&2; exit 1; }
 
+# CI builds once from a fresh clone: incremental compilation's caches would
+# only take disk (several GB over the builds below), so it is off.
+export CARGO_INCREMENTAL=0
+
 command -v cargo >/dev/null 2>&1 || fail "cargo is missing: install Rust with rustup (https://rustup.rs)"
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
