@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::consul_catalog::{parse_go_duration, ApiError, Catalog, Status, TimeScale};
 use crate::consul_kv::{self, Kv};
+use crate::consul_servers::{ConfigEntries, Login, Logins};
 
 /// An ACL token of the test agent.
 #[derive(Debug, Clone)]
@@ -72,6 +73,10 @@ struct Shared {
     ca: Mutex<ConnectCa>,
     /// Sessions, KV and txn (`consul_kv`).
     kv: Mutex<Kv>,
+    /// Auth methods and the tokens `/v1/acl/login` minted.
+    logins: Mutex<Logins>,
+    /// Config entries (`/v1/config`).
+    config: Mutex<ConfigEntries>,
 }
 
 /// The test agent's Connect CA: rcgen certificates in Consul's profile
@@ -189,6 +194,8 @@ impl TestConsul {
             logged: watch::channel(0).0,
             ca: Mutex::new(ConnectCa::new()),
             kv: Mutex::new(Kv::new(time.ttl)),
+            logins: Mutex::new(Logins::default()),
+            config: Mutex::new(ConfigEntries::default()),
         });
         let mut list = Vec::new();
         for (i, at) in addrs.iter().enumerate() {
@@ -352,6 +359,38 @@ impl TestConsul {
     /// Switches ACL mode on (default deny) with these tokens, or off.
     pub fn set_acl(&self, acl: Option<Acl>) {
         *lock(&self.shared.acl) = acl;
+    }
+
+    /// Adds (or replaces) auth method `name` for `/v1/acl/login`: each
+    /// `(bearer token, service account)` pair logs in as that service.
+    pub fn set_auth_method(&self, name: &str, bearers: &[(&str, &str)]) {
+        lock(&self.shared.logins).methods.insert(
+            name.to_owned(),
+            bearers
+                .iter()
+                .map(|(b, sa)| ((*b).to_owned(), (*sa).to_owned()))
+                .collect(),
+        );
+    }
+
+    /// The tokens logins minted and still alive: secret and login.
+    pub fn logins(&self) -> Vec<(String, Login)> {
+        lock(&self.shared.logins)
+            .minted
+            .iter()
+            .map(|(s, l)| (s.clone(), l.clone()))
+            .collect()
+    }
+
+    /// Hook: destroys the login tokens whose login `Meta[key]` is `value`,
+    /// as consul-k8s's endpoints controller does when it deregisters a
+    /// pod's instance (`pod` meta). Returns how many went.
+    pub fn revoke_logins(&self, key: &str, value: &str) -> usize {
+        let mut l = lock(&self.shared.logins);
+        let before = l.minted.len();
+        l.minted
+            .retain(|_, login| login.meta.get(key).and_then(Value::as_str) != Some(value));
+        before - l.minted.len()
     }
 
     /// The requests seen so far.
@@ -561,8 +600,14 @@ fn authorize(shared: &Shared, token: Option<&str>, write: Option<&str>) -> Resul
     let Some(acl) = acl.as_ref() else {
         return Ok(());
     };
+    let minted = token.and_then(|t| {
+        lock(&shared.logins).minted.get(t).map(|l| Token {
+            accessor: l.accessor.clone(),
+            write: vec![l.service.clone(), format!("{}-sidecar-proxy", l.service)],
+        })
+    });
     let who = match token {
-        Some(t) => match acl.tokens.get(t) {
+        Some(t) => match acl.tokens.get(t).or(minted.as_ref()) {
             None => return Err(ApiError(403, "ACL not found".into())),
             Some(tok) => {
                 if let Some(svc) = write {
@@ -885,6 +930,9 @@ async fn route(
         let output = v["Output"].as_str().unwrap_or("").to_owned();
         return update_check(shared, agent, id, status, &output, token, now);
     }
+    if let Some(out) = servers_route(shared, method, rel, query, token, body, now) {
+        return out;
+    }
     if let Some(name) = rel.strip_prefix("health/service/") {
         if method != Method::GET {
             return method_not_allowed(method, "GET");
@@ -893,6 +941,149 @@ async fn route(
         return health_service(shared, name, query).await;
     }
     Err(ApiError(404, String::new()))
+}
+
+/// The servers' endpoints (`consul_servers`): catalog register and
+/// deregister, ACL login and logout, config entries. `None`: not one of
+/// them.
+fn servers_route(
+    shared: &Shared,
+    method: &Method,
+    rel: &str,
+    query: &[(String, String)],
+    token: Option<&str>,
+    body: &[u8],
+    now: Instant,
+) -> Option<Result<Reply, ApiError>> {
+    let decode = |body: &[u8]| {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))
+    };
+    let out = match rel {
+        "catalog/register" => (|| {
+            if *method != Method::PUT {
+                return method_not_allowed(method, "PUT");
+            }
+            let v = decode(body)?;
+            // ACL first: service:write on the service (and a proxy's
+            // destination); node:write when the node is new or changed.
+            let svc = &v["Service"];
+            for name in [&svc["Service"], &svc["Proxy"]["DestinationServiceName"]] {
+                if let Some(name) = name.as_str().filter(|n| !n.is_empty()) {
+                    authorize(shared, token, Some(name))?;
+                }
+            }
+            let node = v["Node"].as_str().unwrap_or("");
+            let node_known = lock(&shared.catalog).nodes.contains_key(node);
+            if !node_known || v["SkipNodeUpdate"].as_bool() != Some(true) {
+                authorize(shared, token, Some("*")).map_err(|_| node_write_denied(token, node))?;
+            }
+            lock(&shared.catalog).catalog_register(&v, now)?;
+            shared.notify();
+            Ok(Reply::json(&json!(true)))
+        })(),
+        "catalog/deregister" => (|| {
+            if *method != Method::PUT {
+                return method_not_allowed(method, "PUT");
+            }
+            let v = decode(body)?;
+            let node = v["Node"].as_str().unwrap_or("");
+            // node:write suffices; without it, service:write on the
+            // service, else the service is unknown to this token.
+            if authorize(shared, token, Some("*")).is_err() {
+                let sid = v["ServiceID"].as_str().unwrap_or("");
+                let name = lock(&shared.catalog).service_name(node, sid);
+                match name {
+                    Some(name) if !sid.is_empty() => authorize(shared, token, Some(&name))?,
+                    _ => {
+                        return Err(ApiError(500, format!("Unknown service ID '{sid}'")));
+                    }
+                }
+            }
+            lock(&shared.catalog).catalog_deregister(&v)?;
+            shared.notify();
+            Ok(Reply::json(&json!(true)))
+        })(),
+        "acl/login" | "acl/logout" => (|| {
+            if *method != Method::POST {
+                return method_not_allowed(method, "POST");
+            }
+            if lock(&shared.acl).is_none() {
+                return Err(ApiError(401, "ACL support disabled".into()));
+            }
+            if rel == "acl/login" {
+                let (secret, login) = lock(&shared.logins).login(body)?;
+                Ok(Reply::json(&Logins::token_json(&secret, &login)))
+            } else {
+                let is_token = token.is_some_and(|t| {
+                    lock(&shared.acl)
+                        .as_ref()
+                        .is_some_and(|a| a.tokens.contains_key(t))
+                });
+                if is_token {
+                    // A token not minted by a login.
+                    return Err(ApiError(403, "Permission denied".into()));
+                }
+                lock(&shared.logins).logout(token)?;
+                Ok(Reply::json(&json!(true)))
+            }
+        })(),
+        "config" => (|| {
+            if *method != Method::PUT {
+                return method_not_allowed(method, "PUT");
+            }
+            match ConfigEntries::acl_target(body)? {
+                Some(name) => authorize(shared, token, Some(&name))?,
+                None => authorize(shared, token, Some("*"))?,
+            }
+            let cas = match query.iter().find(|(k, _)| k == "cas") {
+                None => None,
+                Some((_, v)) => Some(
+                    v.parse::<u64>()
+                        .map_err(|_| ApiError(400, format!("Failed to parse cas: {v:?}")))?,
+                ),
+            };
+            let index = lock(&shared.catalog).next_index();
+            let done = lock(&shared.config).put(body, cas, index)?;
+            Ok(Reply::json(&json!(done)))
+        })(),
+        _ => {
+            let rest = rel.strip_prefix("config/")?;
+            (|| {
+                let Some((kind, name)) = rest.split_once('/') else {
+                    return Err(ApiError(400, "Must provide kind and name".into()));
+                };
+                if *method == Method::GET {
+                    authorize(shared, token, None)?;
+                    let v = lock(&shared.config).get(kind, name)?;
+                    Ok(Reply::json(&v))
+                } else if *method == Method::DELETE {
+                    let needs = ConfigEntries::acl_target(
+                        json!({"Kind": kind, "Name": name}).to_string().as_bytes(),
+                    )?;
+                    authorize(shared, token, Some(needs.as_deref().unwrap_or("*")))?;
+                    lock(&shared.config).delete(kind, name);
+                    Ok(Reply::json(&json!({})))
+                } else {
+                    method_not_allowed(method, "GET, DELETE")
+                }
+            })()
+        }
+    };
+    Some(out)
+}
+
+/// Consul's refusal of a catalog write that needs `node:write`.
+fn node_write_denied(token: Option<&str>, node: &str) -> ApiError {
+    let who = if token.is_some() {
+        "token"
+    } else {
+        "anonymous token"
+    };
+    ApiError(
+        403,
+        format!("Permission denied: {who} lacks permission 'node:write' on {node:?}"),
+    )
 }
 
 fn update_check(

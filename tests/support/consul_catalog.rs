@@ -131,6 +131,9 @@ pub struct Check {
     pub expired: bool,
     /// What the check runs.
     pub kind: CheckKind,
+    /// The `Type` a catalog registration gave (`kubernetes-readiness`);
+    /// empty: the kind's.
+    pub declared_type: String,
     /// When a TCP check is due next.
     pub next_run: Option<Instant>,
 }
@@ -138,6 +141,12 @@ pub struct Check {
 #[derive(Debug, Default)]
 pub struct Node {
     pub address: String,
+    /// Registered through `/v1/catalog/register` (consul-k8s's synthetic
+    /// `<k8s-node>-virtual` nodes): no agent runs there, so it has no
+    /// `serfHealth` check.
+    pub synthetic: bool,
+    /// `NodeMeta` of a catalog registration.
+    pub meta: Map<String, Value>,
     pub services: BTreeMap<String, Service>,
     pub checks: BTreeMap<String, Check>,
 }
@@ -697,6 +706,7 @@ impl Catalog {
                             critical_since: (c.status == Status::Critical).then_some(now),
                             expired: false,
                             kind: c.kind,
+                            declared_type: String::new(),
                             next_run,
                         },
                     );
@@ -958,6 +968,280 @@ impl Catalog {
         any
     }
 
+    /// `PUT /v1/catalog/register`, the servers' endpoint that consul-k8s's
+    /// endpoints controller calls for every pod (reference
+    /// deploy-and-agentless section 3, Consul's `Catalog.Register`):
+    ///
+    /// - `Node` is required (`Must provide node`), `ID` must be a UUID
+    ///   (`Bad node ID`), `Address` is required unless `SkipNodeUpdate`;
+    ///   these are the RPC's errors, which the HTTP layer answers with 500.
+    /// - A missing node is created (without `serfHealth`: no agent runs
+    ///   there); an existing one is updated (address, `NodeMeta`) unless
+    ///   `SkipNodeUpdate`.
+    /// - `Service.ID` defaults to `Service.Service`; an ID without a name
+    ///   and a `0.0.0.0` address are refused.
+    /// - `Check`/`Checks`: `CheckID` defaults to `Name`; a `ServiceID`
+    ///   must name the request's service or one the node has (`Unknown
+    ///   service ID '<s>' for check ID '<c>'`); a check's `Node` must be
+    ///   the request's. Catalog checks are static: the status given is the
+    ///   status kept (a re-registration flips it, as the controller does on
+    ///   readiness), and nothing expires them.
+    ///
+    /// Returns the service names whose health changed and whether the node
+    /// is new or changed (for the ACL: `node:write`).
+    pub fn catalog_register(
+        &mut self,
+        body: &Value,
+        now: Instant,
+    ) -> Result<(Vec<String>, bool), ApiError> {
+        let rpc = |m: String| ApiError(500, m);
+        let obj = body
+            .as_object()
+            .ok_or_else(|| bad("Request decode failed: expected an object"))?;
+        let node = field(obj, "Node")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| rpc("Must provide node".into()))?
+            .to_owned();
+        if let Some(id) = field(obj, "ID")
+            .and_then(Value::as_str)
+            .filter(|i| !i.is_empty())
+        {
+            if !is_uuid(id) {
+                return Err(rpc(format!(
+                    "Bad node ID: uuid string is wrong length or improperly formatted: {id:?}"
+                )));
+            }
+        }
+        let skip = field(obj, "SkipNodeUpdate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let address = field(obj, "Address")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if address.is_empty() && !skip {
+            return Err(rpc(
+                "Must provide address if SkipNodeUpdate is not set".into()
+            ));
+        }
+        let node_meta = match field(obj, "NodeMeta") {
+            None => Map::new(),
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => m.clone(),
+            Some(_) => {
+                return Err(bad(
+                    "Request decode failed: NodeMeta values must be strings",
+                ))
+            }
+        };
+        let service = match field(obj, "Service") {
+            None => None,
+            Some(Value::Object(svc)) => {
+                let name = field(svc, "Service")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let id = field(svc, "ID").and_then(Value::as_str).unwrap_or("");
+                if name.is_empty() {
+                    if !id.is_empty() {
+                        return Err(rpc(
+                            "Must provide service name (Service.Service) when service ID is provided"
+                                .into(),
+                        ));
+                    }
+                    None
+                } else {
+                    let mut m = svc.clone();
+                    m.retain(|k, _| {
+                        !["service", "check", "checks", "name"].contains(&k.to_lowercase().as_str())
+                    });
+                    m.insert("Name".into(), json!(name));
+                    let def = self.parse_service(&m).map_err(|e| rpc(e.1))?;
+                    Some(def)
+                }
+            }
+            Some(_) => return Err(bad("Request decode failed: Service")),
+        };
+        let mut defs: Vec<&Map<String, Value>> = Vec::new();
+        if let Some(Value::Object(c)) = field(obj, "Check") {
+            defs.push(c);
+        }
+        if let Some(Value::Array(cs)) = field(obj, "Checks") {
+            defs.extend(cs.iter().filter_map(Value::as_object));
+        }
+        let mut checks = Vec::new();
+        for def in defs {
+            let name = field(def, "Name").and_then(Value::as_str).unwrap_or("");
+            let id = field(def, "CheckID")
+                .and_then(Value::as_str)
+                .filter(|i| !i.is_empty())
+                .unwrap_or(name)
+                .to_owned();
+            let service_id = field(def, "ServiceID")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            if let Some(n) = field(def, "Node").and_then(Value::as_str) {
+                if !n.is_empty() && n != node {
+                    return Err(rpc(format!(
+                        "Node name {n:?} for check {id:?} does not match the request's {node:?}"
+                    )));
+                }
+            }
+            let known = service.as_ref().is_some_and(|s| s.service.id == service_id)
+                || self
+                    .nodes
+                    .get(&node)
+                    .is_some_and(|n| n.services.contains_key(&service_id));
+            if !service_id.is_empty() && !known {
+                return Err(rpc(format!(
+                    "Unknown service ID '{service_id}' for check ID '{id}'"
+                )));
+            }
+            let status = match field(def, "Status").and_then(Value::as_str) {
+                None | Some("") => Status::Critical,
+                Some(s) => Status::parse(s).ok_or_else(|| {
+                    rpc("Status for checks must 'passing', 'warning', 'critical'".into())
+                })?,
+            };
+            checks.push(Check {
+                id,
+                name: name.to_owned(),
+                service_id,
+                status,
+                output: truncate_output(field(def, "Output").and_then(Value::as_str).unwrap_or("")),
+                ttl: None,
+                deregister_after: None,
+                critical_since: (status == Status::Critical).then_some(now),
+                expired: false,
+                kind: CheckKind::Other,
+                declared_type: field(def, "Type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                next_run: None,
+            });
+        }
+
+        let mut node_changed = false;
+        match self.nodes.get_mut(&node) {
+            None => {
+                node_changed = true;
+                self.nodes.insert(
+                    node.clone(),
+                    Node {
+                        address: address.clone(),
+                        synthetic: true,
+                        meta: node_meta,
+                        ..Node::default()
+                    },
+                );
+            }
+            Some(n) if !skip => {
+                node_changed = n.address != address || n.meta != node_meta;
+                n.address = address;
+                n.meta = node_meta;
+            }
+            Some(_) => {}
+        }
+        let mut names = Vec::new();
+        if let Some(def) = service {
+            names.push(def.service.name.clone());
+            self.apply(&node, def, false, now)?;
+        }
+        for c in checks {
+            let node_state = self.node_mut(&node)?;
+            let same = node_state.checks.get(&c.id).is_some_and(|old| {
+                old.status == c.status
+                    && old.output == c.output
+                    && old.name == c.name
+                    && old.service_id == c.service_id
+                    && old.declared_type == c.declared_type
+            });
+            if same {
+                continue;
+            }
+            let service_name = node_state
+                .services
+                .get(&c.service_id)
+                .map(|s| s.name.clone());
+            node_state.checks.insert(c.id.clone(), c);
+            match service_name {
+                Some(name) => {
+                    self.bump(&name);
+                    names.push(name);
+                }
+                None => {
+                    // A node-level check changes every service of the node.
+                    let all: Vec<String> = self
+                        .nodes
+                        .get(&node)
+                        .map(|n| n.services.values().map(|s| s.name.clone()).collect())
+                        .unwrap_or_default();
+                    for name in all {
+                        self.bump(&name);
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        self.sync_aliases(now);
+        names.sort();
+        names.dedup();
+        Ok((names, node_changed))
+    }
+
+    /// `PUT /v1/catalog/deregister` `{Node, ServiceID | CheckID}`: the
+    /// service (with its checks), the check, or with neither the node and
+    /// everything on it. An unknown node or ID is a no-op, as in Consul's
+    /// state store.
+    pub fn catalog_deregister(&mut self, body: &Value) -> Result<(), ApiError> {
+        let obj = body
+            .as_object()
+            .ok_or_else(|| bad("Request decode failed: expected an object"))?;
+        let node = field(obj, "Node")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError(500, "Must provide node".into()))?
+            .to_owned();
+        let service_id = field(obj, "ServiceID").and_then(Value::as_str);
+        let check_id = field(obj, "CheckID").and_then(Value::as_str);
+        if !self.nodes.contains_key(&node) {
+            return Ok(());
+        }
+        match (service_id, check_id) {
+            (Some(id), _) if !id.is_empty() => {
+                self.remove_service(&node, id);
+            }
+            (_, Some(id)) if !id.is_empty() => {
+                let n = self.node_mut(&node)?;
+                if let Some(c) = n.checks.remove(id) {
+                    let name = n.services.get(&c.service_id).map(|s| s.name.clone());
+                    if let Some(name) = name {
+                        self.bump(&name);
+                    }
+                }
+            }
+            _ => {
+                if let Some(n) = self.nodes.remove(&node) {
+                    for s in n.services.values() {
+                        self.bump(&s.name);
+                    }
+                }
+            }
+        }
+        self.sync_aliases(Instant::now());
+        Ok(())
+    }
+
+    /// The service name of `id` on `node`, if registered.
+    pub fn service_name(&self, node: &str, id: &str) -> Option<String> {
+        self.nodes
+            .get(node)
+            .and_then(|n| n.services.get(id))
+            .map(|s| s.name.clone())
+    }
+
     /// Test hook: the agent of `node` restarted in `-dev` mode and forgot
     /// every registration it held.
     pub fn restart_agent(&mut self, node: &str) {
@@ -975,13 +1259,22 @@ impl Catalog {
     /// The JSON of one health entry (`Node`, `Service`, `Checks` with the
     /// node's synthetic `serfHealth`), and whether every check passes.
     fn health_entry(node_name: &str, node: &Node, service: &Service) -> (Value, bool) {
-        let mut checks = vec![json!({
-            "Node": node_name, "CheckID": "serfHealth", "Name": "Serf Health Status",
-            "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
-            "ServiceID": "", "ServiceName": "", "ServiceTags": []
-        })];
+        let mut checks = Vec::new();
+        if !node.synthetic {
+            checks.push(json!({
+                "Node": node_name, "CheckID": "serfHealth", "Name": "Serf Health Status",
+                "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
+                "ServiceID": "", "ServiceName": "", "ServiceTags": []
+            }));
+        }
         let mut all_passing = true;
-        for c in node.checks.values().filter(|c| c.service_id == service.id) {
+        // Node-level checks (a catalog registration's without ServiceID)
+        // count for every service of the node, as Consul's do.
+        for c in node
+            .checks
+            .values()
+            .filter(|c| c.service_id == service.id || c.service_id.is_empty())
+        {
             all_passing &= c.status == Status::Passing;
             checks.push(check_json(node_name, c, service));
         }
@@ -997,11 +1290,16 @@ impl Catalog {
         if let Some(proxy) = &service.proxy {
             svc["Proxy"] = proxy.clone();
         }
+        let node_meta = if node.synthetic {
+            Value::Object(node.meta.clone())
+        } else {
+            json!({"consul-network-segment": ""})
+        };
         let entry = json!({
             "Node": {
                 "ID": "", "Node": node_name, "Address": node.address, "Datacenter": "dc1",
                 "TaggedAddresses": {"lan": node.address, "wan": node.address},
-                "Meta": {"consul-network-segment": ""}
+                "Meta": node_meta
             },
             "Service": svc,
             "Checks": checks
@@ -1145,7 +1443,8 @@ fn check_json(node: &str, c: &Check, service: &Service) -> Value {
         "Node": node, "CheckID": c.id, "Name": c.name,
         "Status": c.status.as_str(), "Notes": "", "Output": c.output,
         "ServiceID": c.service_id, "ServiceName": service.name,
-        "ServiceTags": service.tags, "Type": c.kind.type_name()
+        "ServiceTags": service.tags,
+        "Type": if c.declared_type.is_empty() { c.kind.type_name() } else { &c.declared_type }
     })
 }
 
@@ -1233,4 +1532,14 @@ fn normalize_proxy(p: &Map<String, Value>) -> Value {
         out.insert("Upstreams".into(), Value::Array(upstreams));
     }
     Value::Object(out)
+}
+
+/// Whether `s` has the shape `go-uuid` parses: 36 characters, hex digits
+/// with dashes after the 8th, 12th, 16th and 20th.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }

@@ -39,6 +39,7 @@ pub mod chaos;
 pub mod consul_agent;
 pub mod consul_catalog;
 pub mod consul_kv;
+pub mod consul_servers;
 pub mod fixture;
 pub mod pg;
 pub mod pki;

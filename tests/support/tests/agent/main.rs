@@ -4,3 +4,4 @@
 
 mod catalog;
 mod kv;
+mod servers;
