@@ -572,6 +572,8 @@ impl StartError {
         "Consul::agent_tls",
         "Consul::ttl",
         "Consul::mesh",
+        "Consul::observe",
+        "Observe::node_meta",
         "Mesh::sidecar_port",
     ];
 

@@ -126,6 +126,34 @@ impl Api {
         &self.base
     }
 
+    /// The same client with another ACL token (observe mode's login).
+    pub(crate) fn with_token(&self, token: Option<String>) -> Api {
+        Api {
+            token: token.and_then(Token::new),
+            ..self.clone()
+        }
+    }
+
+    /// A POST with an optional JSON body whose answer is JSON
+    /// (`/v1/acl/login`, `/v1/acl/logout`).
+    pub(crate) async fn post_read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ApiError> {
+        check_path(path)?;
+        let mut req = self.request(reqwest::Method::POST, path);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(dc) = &self.datacenter {
+            req = req.query(&[("dc", dc)]);
+        }
+        let resp = Self::send(req).await?;
+        let bytes = Self::body(resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
     /// The ACL token requests carry.
     #[cfg(any(feature = "sidecar", test))]
     pub(crate) fn token(&self) -> Option<&Token> {

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use super::api::{Api, ApiError};
 use super::health::{HealthMsg, HealthState, HealthWorker};
-use super::watch::{WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
+use super::observe::{Observe, Relogin};
+use super::watch::{Identify, WatchConfig, META_ADDR, META_NODE, META_PROTOCOL};
 use super::{
     health, mesh, segment, watch, AgentTls, BlockingIndex, LocalSidecar, Mesh, SidecarUpstream,
 };
@@ -39,6 +40,8 @@ struct Config {
     mesh: Option<Mesh>,
     /// TLS to an `https://` agent; `None`: from the environment.
     tls: Option<AgentTls>,
+    /// Observe mode (agentless Consul): read only, never register.
+    observe: Option<Observe>,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             mesh: None,
             tls: None,
+            observe: None,
         }
     }
 }
@@ -67,6 +71,15 @@ struct Running {
     worker: ActorRef<HealthMsg>,
     watch: tokio::task::JoinHandle<()>,
     mesh: Option<MeshRunning>,
+}
+
+/// Observe mode, while the node runs.
+struct Observing {
+    api: Api,
+    node: String,
+    service: String,
+    watch: tokio::task::JoinHandle<()>,
+    relogin: Option<Relogin>,
 }
 
 /// Mesh mode, while the node runs.
@@ -83,6 +96,7 @@ struct MeshRunning {
 pub struct Consul {
     cfg: Config,
     running: Arc<Mutex<Option<Running>>>,
+    observing: Arc<Mutex<Option<Observing>>>,
     /// Mesh mode: the upstreams as last registered.
     view: Arc<tokio::sync::watch::Sender<Vec<SidecarUpstream>>>,
 }
@@ -99,6 +113,7 @@ impl std::fmt::Debug for Consul {
             .field("deregister_after", &self.cfg.deregister_after)
             .field("wait", &self.cfg.wait)
             .field("mesh", &self.cfg.mesh)
+            .field("observe", &self.cfg.observe)
             .finish_non_exhaustive()
     }
 }
@@ -265,6 +280,7 @@ impl Consul {
         Consul {
             cfg: Config::default(),
             running: Arc::new(Mutex::new(None)),
+            observing: Arc::new(Mutex::new(None)),
             view: Arc::new(tokio::sync::watch::channel(Vec::new()).0),
         }
     }
@@ -345,6 +361,18 @@ impl Consul {
         self
     }
 
+    /// Observe mode, for agentless Consul (consul-k8s since 1.14, or any
+    /// deployment where the platform registers the nodes): the adapter
+    /// talks to the servers' API at [`Consul::address`], optionally logs
+    /// in ([`Observe::login`]), follows the service's passing instances
+    /// and **never registers**; a member's node id is read from the
+    /// instance's meta ([`Observe::node_meta`]). Cannot be combined with
+    /// [`Consul::through_sidecar`]. See [`Observe`] and the module docs of `consul`.
+    pub fn observe(mut self, observe: Observe) -> Self {
+        self.cfg.observe = Some(observe);
+        self
+    }
+
     /// Mesh mode: the upstreams of this node's sidecar, one per peer (its
     /// node id, destination name, local bind address and, once Consul
     /// lists it passing, the peer sidecar's public address and SPIFFE ID),
@@ -399,6 +427,9 @@ impl Consul {
     pub(super) fn api(&self) -> Result<Api, StartError> {
         if let Some(r) = lock(&self.running).as_ref() {
             return Ok(r.api.clone());
+        }
+        if let Some(o) = lock(&self.observing).as_ref() {
+            return Ok(o.api.clone());
         }
         let (base, token) = self.resolved()?;
         Api::new(
@@ -502,6 +533,9 @@ impl Consul {
         me: LocalNode,
         peers: tokio::sync::watch::Sender<Peers>,
     ) -> Result<(), StartError> {
+        if let Some(o) = &self.cfg.observe {
+            return self.start_observing(o, me, peers).await;
+        }
         let ttl = self.effective_ttl();
         if self.cfg.heartbeat.is_zero() || ttl < self.cfg.heartbeat * 3 {
             return Err(StartError::invalid(
@@ -538,6 +572,8 @@ impl Consul {
             period: Duration::from_millis(100),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            stale: false,
+            identify: Identify::Registered,
         };
         // The first view before the node returns from start.
         let mut index = BlockingIndex::default();
@@ -554,7 +590,7 @@ impl Consul {
         };
         watch::publish(
             &peers,
-            watch::peers_from_health(entries, &me.node, me.protocol).0,
+            watch::peers_from_health(entries, &me.node, me.protocol, &cfg.identify).0,
         );
         let mesh = match &self.cfg.mesh {
             None => None,
@@ -599,7 +635,7 @@ impl Consul {
             ));
             MeshRunning { local, task }
         });
-        let watch = tokio::spawn(watch::run(api.clone(), cfg, index, peers));
+        let watch = tokio::spawn(watch::run(api.clone(), cfg, index, peers, None));
         tracing::info!(node = %me.node, service_id = %id, consul = %base, "registered with consul");
         *lock(&self.running) = Some(Running {
             api,
@@ -722,7 +758,102 @@ impl Consul {
         Ok((local_sidecar, run, book, registered))
     }
 
+    /// Observe mode's start: log in if asked, read the first view, then
+    /// follow the service; nothing is registered.
+    async fn start_observing(
+        &self,
+        o: &Observe,
+        me: LocalNode,
+        peers: tokio::sync::watch::Sender<Peers>,
+    ) -> Result<(), StartError> {
+        if self.cfg.mesh.is_some() {
+            return Err(StartError::invalid(
+                "Consul::observe",
+                "observe mode cannot be combined with Consul::through_sidecar: mesh mode registers a per-node service with one upstream per peer, which an agentless deployment (consul-k8s) cannot express; exclude the cluster port from the transparent proxy and use in-process mTLS (NodeBuilder::tls) instead",
+            ));
+        }
+        if o.node_meta.is_empty() {
+            return Err(StartError::invalid(
+                "Observe::node_meta",
+                "observe mode needs a service meta key that names each member (pod-name, say)",
+            ));
+        }
+        if lock(&self.observing).is_some() || lock(&self.running).is_some() {
+            return Err(StartError::invalid(
+                "NodeBuilder::discovery",
+                "this Consul adapter is already started",
+            ));
+        }
+        let mut api = self.api()?;
+        let base = api.base().to_owned();
+        let relogin = o.login.clone().map(|l| Relogin::new(&api, l));
+        if let Some(r) = &relogin {
+            api = r.login().await.map_err(|e| {
+                start_error(
+                    &format!("logging in with auth method {:?}", r.auth_method()),
+                    &base,
+                    &e,
+                )
+            })?;
+        }
+        let service = self
+            .cfg
+            .service
+            .clone()
+            .unwrap_or_else(|| me.cluster.clone());
+        let cfg = WatchConfig {
+            service: service.clone(),
+            me: me.node.clone(),
+            protocol: me.protocol,
+            wait: self.cfg.wait,
+            burst: 4,
+            period: Duration::from_millis(100),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            stale: true,
+            identify: Identify::Observed(o.node_meta.clone()),
+        };
+        let mut index = BlockingIndex::default();
+        let entries = match watch::fetch(&api, &cfg, 0).await {
+            Ok((entries, returned)) => {
+                index.observe(returned);
+                entries
+            }
+            Err(e) => {
+                if let Some(r) = &relogin {
+                    let _ = r.logout().await;
+                }
+                return Err(start_error("reading the peers", &base, &e));
+            }
+        };
+        watch::publish(
+            &peers,
+            watch::peers_from_health(entries, &me.node, me.protocol, &cfg.identify).0,
+        );
+        let watch = tokio::spawn(watch::run(api.clone(), cfg, index, peers, relogin.clone()));
+        tracing::info!(node = %me.node, %service, consul = %base, logged_in = relogin.is_some(), "observing consul (agentless: nothing registered)");
+        *lock(&self.observing) = Some(Observing {
+            api,
+            node: me.node,
+            service,
+            watch,
+            relogin,
+        });
+        Ok(())
+    }
+
     async fn stop_inner(&self) -> Result<(), Error> {
+        let observing = lock(&self.observing).take();
+        if let Some(o) = observing {
+            o.watch.abort();
+            if let Some(r) = &o.relogin {
+                r.logout().await.map_err(|e| {
+                    Error::discovery(format!("logging out of {}: {e}", o.api.base()))
+                })?;
+                tracing::info!(node = %o.node, "logged out of consul");
+            }
+            return Ok(());
+        }
         let Some(r) = lock(&self.running).take() else {
             return Ok(());
         };
@@ -821,6 +952,9 @@ impl Discovery for Consul {
     }
 
     fn halt(&self) {
+        if let Some(o) = lock(&self.observing).take() {
+            o.watch.abort();
+        }
         if let Some(r) = lock(&self.running).take() {
             r.worker.kill();
             r.watch.abort();
@@ -830,6 +964,10 @@ impl Discovery for Consul {
         }
     }
 
+    /// Observe mode: `{kind: "consul", mode: "observe", registered:
+    /// false, datacenter, node_meta, auth_method}` and, while running,
+    /// `servers`, `node`, `service`, `logged_in`. Agent mode (`mode:
+    /// "agent"`):
     /// `{kind: "consul", registered, agent, node, service_id, check_id,
     /// datacenter, ttl_ms, heartbeat_ms}` (agent and ids only while
     /// registered); in mesh mode also `sidecar` (this node's per-node
@@ -837,8 +975,31 @@ impl Discovery for Consul {
     /// bind, the peer's sidecar and SPIFFE ID once known). No request is
     /// made: this is what the adapter holds.
     fn describe(&self) -> crate::discovery::Description {
+        if let Some(o) = &self.cfg.observe {
+            let observing = lock(&self.observing);
+            let mut v = crate::discovery::Description::new("consul")
+                .with("mode", "observe")
+                .with("registered", false)
+                .with("datacenter", &self.cfg.datacenter)
+                .with("node_meta", &o.node_meta)
+                .with(
+                    "auth_method",
+                    o.login.as_ref().map(|l| l.auth_method.clone()),
+                );
+            if let Some(o) = observing.as_ref() {
+                v.set("servers", o.api.base());
+                v.set("node", &o.node);
+                v.set("service", &o.service);
+                v.set(
+                    "logged_in",
+                    o.relogin.as_ref().is_some_and(Relogin::logged_in),
+                );
+            }
+            return v;
+        }
         let running = lock(&self.running);
         let mut v = crate::discovery::Description::new("consul")
+            .with("mode", "agent")
             .with("registered", running.is_some())
             .with("datacenter", &self.cfg.datacenter)
             .with("ttl_ms", self.effective_ttl().as_millis() as u64)

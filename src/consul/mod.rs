@@ -12,6 +12,7 @@
 //! | `connect.rs` | [`ConsulIdentity`], [`ConsulAuthorizer`] | [`crate::identity::IdentitySource`], [`crate::identity::Authorize`] |
 //! | `lease.rs` (feature `strong`) | sessions and KV locks, fenced writes | `mesh::lease::LeaseStore` |
 //! | `sidecar.rs` (feature `sidecar`) | `ConsulSidecar`: the node's sidecar in mesh mode | `mesh::sidecar::Sidecar` |
+//! | `observe.rs` | [`Observe`]: agentless mode (read only, ACL login) | [`crate::discovery::Discovery`] (through [`Consul::observe`]) |
 //! | `api.rs`, `agent_tls.rs` | the agent client: token, caps, TLS to the agent | |
 //!
 //! ```no_run
@@ -132,6 +133,7 @@ mod health;
 #[cfg(feature = "strong")]
 mod lease;
 mod mesh;
+mod observe;
 #[cfg(feature = "sidecar")]
 mod sidecar;
 mod watch;
@@ -146,5 +148,6 @@ pub(crate) use discovery::env_token;
 use discovery::go_duration;
 pub use discovery::{Consul, Upstream, DEFAULT_ADDRESS};
 pub use mesh::{LocalSidecar, Mesh, PortPolicy, SidecarRemote, SidecarUpstream};
+pub use observe::{Observe, SERVICE_ACCOUNT_TOKEN};
 #[cfg(feature = "sidecar")]
 pub use sidecar::{Applied, ConsulHaproxy, ConsulSidecar};

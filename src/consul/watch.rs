@@ -143,29 +143,54 @@ pub(crate) enum Skipped {
     NotPassing(String),
 }
 
+/// How an entry names its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Identify {
+    /// Registered by a mesh node: `mesh_node` and `mesh_protocol` meta,
+    /// the protocol must be ours.
+    Registered,
+    /// Registered by the platform (observe mode): the node id is the value
+    /// of the first of these meta keys the entry has (`pod-name`, ...); a
+    /// `mesh_protocol` meta, when there is one, must be ours.
+    Observed(Vec<String>),
+}
+
 /// Reads healthy peers out of a health answer: every entry whose checks
-/// all pass (node checks such as `serfHealth` included), registered by a
-/// mesh node of this protocol, other than `me`. The address is the
+/// all pass (node checks such as `serfHealth` included), named as
+/// `identify` says, of this protocol, other than `me`. The address is the
 /// registered `mesh_addr`, or the service address (the node's when
 /// empty) with the service port.
 pub(crate) fn peers_from_health(
     entries: Vec<HealthEntry>,
     me: &str,
     protocol: u8,
+    identify: &Identify,
 ) -> (Peers, Vec<Skipped>) {
     let mut peers = Peers::new();
     let mut skipped = Vec::new();
     for e in entries {
         let meta = e.service.meta.unwrap_or_default();
-        let Some(node) = meta.get(META_NODE).filter(|n| !n.is_empty()).cloned() else {
+        let named = match identify {
+            Identify::Registered => meta.get(META_NODE),
+            Identify::Observed(keys) => keys
+                .iter()
+                .find_map(|k| meta.get(k).filter(|n| !n.is_empty())),
+        };
+        let Some(node) = named.filter(|n| !n.is_empty()).cloned() else {
             skipped.push(Skipped::NotMesh(e.service.id));
             continue;
         };
         if node == me {
             continue;
         }
-        let theirs = meta.get(META_PROTOCOL).cloned().unwrap_or_default();
-        if theirs != protocol.to_string() {
+        let theirs = meta.get(META_PROTOCOL).cloned();
+        let mismatch = match (identify, &theirs) {
+            (Identify::Registered, _) => theirs.as_deref() != Some(&protocol.to_string()),
+            (Identify::Observed(_), Some(t)) => *t != protocol.to_string(),
+            (Identify::Observed(_), None) => false,
+        };
+        if mismatch {
+            let theirs = theirs.unwrap_or_default();
             skipped.push(Skipped::Protocol {
                 node,
                 protocol: theirs,
@@ -217,6 +242,10 @@ pub(crate) struct WatchConfig {
     pub(crate) period: Duration,
     pub(crate) retry_min: Duration,
     pub(crate) retry_max: Duration,
+    /// Read with `?stale` (any server answers; observe mode, which talks
+    /// to the servers, not to a local agent).
+    pub(crate) stale: bool,
+    pub(crate) identify: Identify,
 }
 
 /// One health query: `index` 0 answers at once.
@@ -227,6 +256,9 @@ pub(crate) async fn fetch(
 ) -> Result<(Vec<HealthEntry>, Option<u64>), ApiError> {
     let path = format!("health/service/{}", segment(&cfg.service));
     let mut query = vec![("passing", "1".to_owned())];
+    if cfg.stale {
+        query.push(("stale", String::new()));
+    }
     let mut timeout = None;
     if index > 0 {
         query.push(("index", index.to_string()));
@@ -273,11 +305,15 @@ pub(crate) fn publish(tx: &watch::Sender<Peers>, peers: Peers) {
 /// The loop: block on the service's index, diff each answer into the
 /// view, and when Consul fails keep the last view, log once per change of
 /// state, and retry with exponential backoff. Ends when nobody listens.
+/// With `relogin` (observe mode with an auth method), a 403 (the login
+/// token was destroyed: consul-k8s deletes a pod's tokens when it
+/// deregisters the pod) logs in again and retries with the new token.
 pub(crate) async fn run(
-    api: Api,
+    mut api: Api,
     cfg: WatchConfig,
     mut index: BlockingIndex,
     tx: watch::Sender<Peers>,
+    relogin: Option<super::observe::Relogin>,
 ) {
     let mut bucket = TokenBucket::new(cfg.burst, cfg.period, Instant::now());
     let mut failures = 0u32;
@@ -306,9 +342,24 @@ pub(crate) async fn run(
                 if index.get() == 0 && before.get() > 0 {
                     tracing::info!(node = %cfg.me, "consul index went backwards ({} -> {returned:?}): starting over", before.get());
                 }
-                let (peers, skipped) = peers_from_health(entries, &cfg.me, cfg.protocol);
+                let (peers, skipped) =
+                    peers_from_health(entries, &cfg.me, cfg.protocol, &cfg.identify);
                 log_skipped(&skipped, &mut last_skipped);
                 publish(&tx, peers);
+            }
+            Err(ApiError::Status { code: 403, .. }) if relogin.is_some() => {
+                failures += 1;
+                let Some(r) = relogin.as_ref() else { continue };
+                match r.login().await {
+                    Ok(fresh) => {
+                        tracing::info!(node = %cfg.me, "consul refused the login token: logged in again");
+                        api = fresh;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %cfg.me, "consul refused the login token and logging in again failed: {e}; retrying")
+                    }
+                }
+                index.reset();
             }
             Err(e) => {
                 failures += 1;
@@ -407,7 +458,7 @@ mod tests {
                     "Meta": {"mesh_node": "e", "mesh_protocol": "1"}}
             })),
         ];
-        let (peers, skipped) = peers_from_health(entries, "me", 1);
+        let (peers, skipped) = peers_from_health(entries, "me", 1, &Identify::Registered);
         assert_eq!(peers.keys().collect::<Vec<_>>(), ["a", "b", "e"]);
         assert_eq!(peers["a"].addr, "10.0.0.5:7000");
         assert_eq!(peers["a"].capabilities, ["a", "b"]);
@@ -432,7 +483,7 @@ mod tests {
             "Service": {"ID": "mesh-a", "Port": 7000, "Address": "10.0.0.5",
                 "Meta": {"mesh_node": "a", "mesh_protocol": "1", "mesh_addr": "a.internal:7000"}}
         }));
-        let (peers, _) = peers_from_health(vec![e], "me", 1);
+        let (peers, _) = peers_from_health(vec![e], "me", 1, &Identify::Registered);
         assert_eq!(peers["a"].addr, "a.internal:7000");
     }
 }

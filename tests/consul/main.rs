@@ -4,5 +4,6 @@
 
 mod consul;
 mod consul_mesh;
+mod observe;
 mod sidecar_consul;
 mod strong;
