@@ -54,7 +54,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use mesh::consul::{Consul, Mesh};
+use mesh::consul::{Consul, Mesh, Observe};
 use mesh::consul::{ConsulHaproxy, ConsulSidecar};
 use mesh::lease::Strong;
 use mesh::prelude::*;
@@ -123,6 +123,25 @@ struct Args {
     /// The managed HAProxy's directory (default: a temporary one per node).
     #[arg(long)]
     sidecar_dir: Option<std::path::PathBuf>,
+    /// Observe mode, for agentless Consul (`Consul::observe`): read the
+    /// servers' API only, never register; the platform (consul-k8s)
+    /// registers the node, named by its `pod-name` meta (= `--name`).
+    #[arg(long)]
+    observe: bool,
+    /// The Consul service to follow (default: the cluster name).
+    #[arg(long)]
+    service: Option<String>,
+    /// With `--observe`: log in with this auth method
+    /// (`POST /v1/acl/login`).
+    #[arg(long, requires = "observe")]
+    login: Option<String>,
+    /// With `--login`: the bearer token file (default: the Kubernetes
+    /// service-account token).
+    #[arg(long, requires = "login")]
+    bearer_token_file: Option<std::path::PathBuf>,
+    /// With `--login`: meta of the login token, `key=value` (repeatable).
+    #[arg(long, requires = "login")]
+    login_meta: Vec<String>,
 }
 
 /// The sidecar asked for on the command line, if any.
@@ -160,6 +179,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ttl) = args.ttl_ms {
         consul = consul.ttl(Duration::from_millis(ttl));
+    }
+    if let Some(service) = &args.service {
+        consul = consul.service(service);
+    }
+    if args.observe {
+        let mut o = Observe::new();
+        if let Some(method) = &args.login {
+            o = o.login(method);
+            if let Some(path) = &args.bearer_token_file {
+                o = o.bearer_token_file(path);
+            }
+            for kv in &args.login_meta {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--login-meta {kv:?}: expected key=value"))?;
+                o = o.login_meta(k, v);
+            }
+        }
+        consul = consul.observe(o);
     }
     if !args.sidecar.is_empty() {
         let mut m = Mesh::new();
@@ -202,12 +240,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             local.service_name, local.proxy_id, local.public, local.spiffe_id
         );
     }
-    println!(
-        "{} listening on {}, registered in consul as {:?}",
-        node.id(),
-        node.addr().unwrap_or("?"),
-        consul.services().await?
-    );
+    if args.observe {
+        println!(
+            "{} listening on {}, observing consul (nothing registered)",
+            node.id(),
+            node.addr().unwrap_or("?"),
+        );
+    } else {
+        println!(
+            "{} listening on {}, registered in consul as {:?}",
+            node.id(),
+            node.addr().unwrap_or("?"),
+            consul.services().await?
+        );
+    }
     #[cfg(feature = "admin")]
     if let Some(admin) = node.admin_addr() {
         println!("admin page: http://{admin}/");
