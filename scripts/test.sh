@@ -167,6 +167,22 @@ guarded() {
 }
 echo "== cargo test"
 guarded 1500 cargo test --workspace --locked
+# deploy/'s manifests: what can be validated without a cluster (see
+# deploy/README.md), in a virtualenv of pinned validators from PyPI.
+echo "== deploy/: Kubernetes schemas, HCL2, compose, mesh-node's variables"
+venv=target/deploy-venv
+if ! "$venv/bin/python" -c "import kubernetes_validate, hcl2, yaml" >/dev/null 2>&1; then
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || fail "python3 -m venv does not work and there is no apt-get to install python3-venv"
+    apt-get install -y -qq python3-venv >/dev/null || fail "could not install python3-venv"
+    python3 -m venv "$venv" || fail "python3 -m venv failed"
+  fi
+  "$venv/bin/pip" install -q kubernetes-validate==1.31.0 python-hcl2==8.1.4 \
+    || fail "could not install the manifest validators (kubernetes-validate, python-hcl2) from PyPI"
+fi
+cargo build --locked -q -p mesh-node
+"$venv/bin/python" scripts/validate-deploy.py target/debug/mesh-node
 echo "== cargo test --features otel (trace context across nodes)"
 guarded 900 cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
