@@ -183,6 +183,40 @@ if ! "$venv/bin/python" -c "import kubernetes_validate, hcl2, yaml" >/dev/null 2
 fi
 cargo build --locked -q -p mesh-node
 "$venv/bin/python" scripts/validate-deploy.py target/debug/mesh-node
+# The container image (Dockerfile): a FROM scratch image around a
+# statically linked mesh-node. These machines pull no base image, so the
+# binary is built here (release, glibc +crt-static) and copied into the
+# image (deploy/image/Dockerfile.prebuilt, a build context holding only the
+# binary); podman cannot run containers in this VM, so the image is
+# checked without running it: its user, stop signal and files, then the
+# binary extracted from it runs mesh-node's suite (PID 1 of its own PID
+# namespace, joins, serves, leaves on SIGTERM).
+echo "== the container image (FROM scratch, static mesh-node)"
+if ! command -v podman >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || fail "the image check needs podman: install it (no apt-get here)"
+  echo "installing podman (the image check needs it)"
+  apt-get install -y -qq podman >/dev/null || fail "could not install podman: the image check needs it"
+fi
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release -q \
+  --target x86_64-unknown-linux-gnu -p mesh-node
+static_bin=target/x86_64-unknown-linux-gnu/release/mesh-node
+ldd "$static_bin" 2>&1 | grep -qE "not a dynamic executable|statically linked" \
+  || fail "$static_bin is not statically linked: $(ldd "$static_bin" 2>&1 | head -3)"
+image_ctx="$(mktemp -d)"
+cp "$static_bin" "$image_ctx/mesh-node"
+podman build -q -f deploy/image/Dockerfile.prebuilt -t localhost/mesh-node:ci "$image_ctx" >/dev/null \
+  || fail "podman build of deploy/image/Dockerfile.prebuilt failed"
+config="$(podman image inspect --format '{{.Config.User}} {{.Config.StopSignal}} {{index .Config.Entrypoint 0}}' localhost/mesh-node:ci)"
+[ "$config" = "65532:65532 SIGTERM /mesh-node" ] \
+  || fail "the image's user, stop signal or entrypoint is '$config', not '65532:65532 SIGTERM /mesh-node'"
+layers="$(podman save localhost/mesh-node:ci | tar -t)" || fail "podman save failed"
+echo "   image: user, stop signal and entrypoint as stated; $(echo "$layers" | wc -l) entries saved"
+ctr="$(podman create localhost/mesh-node:ci)"
+podman cp "$ctr:/mesh-node" "$image_ctx/extracted" || fail "could not copy /mesh-node out of the image"
+podman rm -f "$ctr" >/dev/null
+cmp -s "$static_bin" "$image_ctx/extracted" || fail "the image's /mesh-node is not the binary built"
+MESH_NODE_BIN="$image_ctx/extracted" guarded 600 cargo test --locked -q -p mesh-node --test cli
+rm -rf "$image_ctx"
 echo "== cargo test --features otel (trace context across nodes)"
 guarded 900 cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"

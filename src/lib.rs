@@ -102,6 +102,7 @@ pub mod identity;
 pub mod lease;
 mod node;
 pub mod reminder;
+mod resolve;
 pub mod ring;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;

@@ -255,6 +255,11 @@ pub(crate) fn client(
             .with_no_client_auth()
     };
     b = b.use_preconfigured_tls(config);
+    // Names through hickory (no getaddrinfo: static binaries resolve too).
+    #[cfg(feature = "dns")]
+    {
+        b = b.dns_resolver(Arc::new(crate::resolve::Hickory));
+    }
     b.build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }

@@ -35,11 +35,13 @@ impl Connector for Tcp {
         target: &'a DialTarget,
     ) -> BoxFuture<'a, io::Result<(BoxStream, ConnFacts)>> {
         Box::pin(async move {
+            // Names through `crate::resolve` (hickory with feature `dns`).
+            let addrs = crate::resolve::lookup(&target.addr).await?;
             let stream = match self.from {
-                None => TcpStream::connect(&target.addr).await?,
+                None => connect_any(&addrs, &target.addr).await?,
                 Some(ip) => {
-                    let to = tokio::net::lookup_host(&target.addr)
-                        .await?
+                    let to = addrs
+                        .into_iter()
                         .find(|a| a.is_ipv4() == ip.is_ipv4())
                         .ok_or_else(|| {
                             io::Error::new(
@@ -63,6 +65,22 @@ impl Connector for Tcp {
             Ok((Box::new(stream) as BoxStream, ConnFacts::unverified(remote)))
         })
     }
+}
+
+/// Connects to the first of `addrs` that accepts, as
+/// `TcpStream::connect` does with a name's addresses; the last error when
+/// none does.
+async fn connect_any(addrs: &[std::net::SocketAddr], name: &str) -> io::Result<TcpStream> {
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{name} has no address"))
+    }))
 }
 
 impl Acceptor for Tcp {

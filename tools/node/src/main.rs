@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use mesh::consul::{Consul, Observe};
+use mesh::consul::{Consul, ConsulHaproxy, ConsulSidecar, Mesh, Observe};
 use mesh::discovery::DnsSeeds;
 use mesh::prelude::*;
 
@@ -35,6 +35,16 @@ enum ConsulMode {
     Agent,
     /// Agentless (consul-k8s): read the servers, never register.
     Observe,
+}
+
+/// Which sidecar carries node traffic in Consul's mesh mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SidecarMode {
+    /// A managed HAProxy, configured from Consul (leaf, upstreams,
+    /// intentions): the Debian image, which has HAProxy.
+    Haproxy,
+    /// The platform runs the proxy; the node only registers it.
+    External,
 }
 
 /// A mesh node.
@@ -101,6 +111,14 @@ struct Args {
     /// Observe mode: the service meta key naming each member.
     #[arg(long, env = "MESH_CONSUL_NODE_META")]
     consul_node_meta: Option<String>,
+    /// Agent mode through the service mesh: the node registers a Connect
+    /// sidecar for itself and its traffic goes through it (listen on
+    /// loopback then).
+    #[arg(long, env = "MESH_CONSUL_SIDECAR", value_enum)]
+    consul_sidecar: Option<SidecarMode>,
+    /// The managed HAProxy's directory.
+    #[arg(long, env = "MESH_SIDECAR_DIR", default_value = "/tmp/mesh-haproxy")]
+    sidecar_dir: PathBuf,
     /// Durable actor state in this redb file, or a `postgres://` URL.
     #[arg(long, env = "MESH_STATE")]
     state: Option<String>,
@@ -221,7 +239,26 @@ fn builder(args: &Args) -> Result<mesh::NodeBuilder, Error> {
         b = b.dns_seeds(dns_seeds(spec)?);
     }
     if sources[2] {
-        b = b.discovery(consul(args));
+        let c = consul(args);
+        b = match args.consul_sidecar {
+            None => b.discovery(c),
+            Some(_) if args.consul_mode == Some(ConsulMode::Observe) => {
+                return Err("--consul-sidecar needs agent mode: an agentless deployment cannot express per-node upstreams".into());
+            }
+            Some(SidecarMode::Haproxy) => {
+                let c = c.through_sidecar(Mesh::new());
+                b.mesh(ConsulSidecar::haproxy(
+                    c,
+                    ConsulHaproxy::new(&args.sidecar_dir),
+                ))
+            }
+            Some(SidecarMode::External) => {
+                let c = c.through_sidecar(Mesh::new());
+                b.mesh(ConsulSidecar::external(c))
+            }
+        };
+    } else if args.consul_sidecar.is_some() {
+        return Err("--consul-sidecar needs --consul".into());
     }
     Ok(b)
 }
