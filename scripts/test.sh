@@ -35,6 +35,8 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 # run real HAProxy sidecars (Debian's 2.6): apt-get install haproxy
 # (below) when it is missing; they fail, never skip, without it.
 [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+# The container image check builds a FROM scratch image with podman.
+command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
 # The module-loop check (scripts/module-loops.py).
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
 # The state suites run real PostgreSQL servers, one per test, as the
@@ -192,11 +194,7 @@ cargo build --locked -q -p mesh-node
 # binary extracted from it runs mesh-node's suite (PID 1 of its own PID
 # namespace, joins, serves, leaves on SIGTERM).
 echo "== the container image (FROM scratch, static mesh-node)"
-if ! command -v podman >/dev/null 2>&1; then
-  command -v apt-get >/dev/null 2>&1 || fail "the image check needs podman: install it (no apt-get here)"
-  echo "installing podman (the image check needs it)"
-  apt-get install -y -qq podman >/dev/null || fail "could not install podman: the image check needs it"
-fi
+command -v podman >/dev/null 2>&1 || fail "podman is missing: the image check needs it (apt-get install podman)"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release -q \
   --target x86_64-unknown-linux-gnu -p mesh-node
 static_bin=target/x86_64-unknown-linux-gnu/release/mesh-node

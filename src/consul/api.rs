@@ -256,6 +256,34 @@ impl Api {
     }
 }
 
+impl Api {
+    /// A GET for diagnosis: the status, the `Date` header and the body
+    /// (at most [`MAX_BODY`]), whatever the status.
+    pub(crate) async fn probe(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(u16, Option<String>, Vec<u8>), ApiError> {
+        check_path(path)?;
+        let mut req = self.request(reqwest::Method::GET, path).query(query);
+        if let Some(dc) = &self.datacenter {
+            req = req.query(&[("dc", dc)]);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(error_chain(&e)))?;
+        let code = resp.status().as_u16();
+        let date = resp
+            .headers()
+            .get("Date")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = Self::body(resp).await?;
+        Ok((code, date, body))
+    }
+}
+
 /// Refuses a path with a `.` or `..` segment: URL parsing removes dot
 /// segments (`%2e` too), so `kv/a/../b` would read `kv/b` while a write
 /// of the same key through `/v1/txn` names it literally.

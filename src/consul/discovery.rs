@@ -455,6 +455,21 @@ impl Consul {
         })
     }
 
+    /// Observe mode's settings, if set (for `diagnose`).
+    pub(super) fn observe_settings(&self) -> Option<&Observe> {
+        self.cfg.observe.as_ref()
+    }
+
+    /// The service name set in code, if any (for `diagnose`).
+    pub(super) fn service_setting(&self) -> Option<&str> {
+        self.cfg.service.as_deref()
+    }
+
+    /// Whether mesh mode is on (for `diagnose`).
+    pub(super) fn mesh_mode(&self) -> bool {
+        self.cfg.mesh.is_some()
+    }
+
     /// The ID this node registered under, while it runs.
     pub fn service_id(&self) -> Option<String> {
         lock(&self.running).as_ref().map(|r| r.service_id.clone())

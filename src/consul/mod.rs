@@ -12,6 +12,7 @@
 //! | `connect.rs` | [`ConsulIdentity`], [`ConsulAuthorizer`] | [`crate::identity::IdentitySource`], [`crate::identity::Authorize`] |
 //! | `lease.rs` (feature `strong`) | sessions and KV locks, fenced writes | `mesh::lease::LeaseStore` |
 //! | `sidecar.rs` (feature `sidecar`) | `ConsulSidecar`: the node's sidecar in mesh mode | `mesh::sidecar::Sidecar` |
+//! | `diagnose.rs` | [`Consul::diagnose`], [`Finding`]: checks without registering | |
 //! | `observe.rs` | [`Observe`]: agentless mode (read only, ACL login) | [`crate::discovery::Discovery`] (through [`Consul::observe`]) |
 //! | `api.rs`, `agent_tls.rs` | the agent client: token, caps, TLS to the agent | |
 //!
@@ -126,6 +127,7 @@
 mod agent_tls;
 mod api;
 mod connect;
+mod diagnose;
 mod discovery;
 #[cfg(test)]
 pub(crate) mod fake_http;
@@ -143,6 +145,7 @@ pub(crate) use watch::{BlockingIndex, TokenBucket};
 pub(crate) use agent_tls::client as agent_client;
 pub use agent_tls::AgentTls;
 pub use connect::{ConnectPem, ConsulAuthorizer, ConsulIdentity};
+pub use diagnose::Finding;
 pub(crate) use discovery::env_token;
 #[cfg(feature = "strong")]
 use discovery::go_duration;

@@ -31,6 +31,15 @@ use tokio::sync::watch;
 use crate::{Error, StartError};
 
 pub use crate::error::DiscoveryError;
+
+/// The addresses of `addr` (`host:port`) as mesh itself looks them up for
+/// its own connections: a literal `ip:port` is parsed; a name goes through
+/// hickory with feature `dns` (no `getaddrinfo`: it works in a statically
+/// linked binary), else through the system's resolver. For tools that
+/// check what a node will dial (`mesh-node diagnose`).
+pub async fn lookup(addr: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    crate::resolve::lookup(addr).await
+}
 pub use crate::util::BoxFuture;
 
 /// What a node publishes about itself. `#[non_exhaustive]`: later

@@ -77,6 +77,8 @@ struct Shared {
     logins: Mutex<Logins>,
     /// Config entries (`/v1/config`).
     config: Mutex<ConfigEntries>,
+    /// Seconds added to the `Date` header (a skewed server clock).
+    clock_offset: Mutex<i64>,
 }
 
 /// The test agent's Connect CA: rcgen certificates in Consul's profile
@@ -196,6 +198,7 @@ impl TestConsul {
             kv: Mutex::new(Kv::new(time.ttl)),
             logins: Mutex::new(Logins::default()),
             config: Mutex::new(ConfigEntries::default()),
+            clock_offset: Mutex::new(0),
         });
         let mut list = Vec::new();
         for (i, at) in addrs.iter().enumerate() {
@@ -391,6 +394,12 @@ impl TestConsul {
         l.minted
             .retain(|_, login| login.meta.get(key).and_then(Value::as_str) != Some(value));
         before - l.minted.len()
+    }
+
+    /// Hook: the agent's clock runs `secs` ahead (behind when negative),
+    /// as its `Date` header shows.
+    pub fn skew_clock(&self, secs: i64) {
+        *lock(&self.shared.clock_offset) = secs;
     }
 
     /// The requests seen so far.
@@ -723,7 +732,20 @@ async fn handle(
             .unwrap_or_else(Reply::error)
         }
     };
-    finish(reply, acl_mode)
+    let offset = *lock(&shared.clock_offset);
+    let mut resp = finish(reply, acl_mode);
+    if offset != 0 {
+        let now = std::time::SystemTime::now();
+        let at = if offset > 0 {
+            now + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            now - Duration::from_secs(offset.unsigned_abs())
+        };
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+            resp.headers_mut().insert(hyper::header::DATE, v);
+        }
+    }
+    resp
 }
 
 fn finish(reply: Reply, acl_mode: bool) -> Response<Full<Bytes>> {
@@ -960,6 +982,55 @@ fn servers_route(
             .map_err(|e| ApiError(400, format!("Request decode failed: {e}")))
     };
     let out = match rel {
+        // The Raft leader's address: what `consul info` and health checks
+        // of the servers read; no ACL.
+        "status/leader" => {
+            if *method != Method::GET {
+                return Some(method_not_allowed(method, "GET"));
+            }
+            Ok(Reply::json(&json!("127.0.0.1:8300")))
+        }
+        // The token the request carries: 401 with ACLs off, 403 for an
+        // unknown token, else its AccessorID, SecretID and identities.
+        "acl/token/self" => (|| {
+            if *method != Method::GET {
+                return method_not_allowed(method, "GET");
+            }
+            let acl = lock(&shared.acl).clone();
+            let Some(acl) = acl else {
+                return Err(ApiError(401, "ACL support disabled".into()));
+            };
+            let Some(t) = token.filter(|t| !t.is_empty()) else {
+                return Err(ApiError(403, "ACL not found".into()));
+            };
+            if let Some(tok) = acl.tokens.get(t) {
+                return Ok(Reply::json(&json!({
+                    "AccessorID": tok.accessor, "SecretID": t,
+                    "Description": "", "Local": false,
+                    "Policies": [{"Name": format!("write:{}", tok.write.join(","))}],
+                })));
+            }
+            match lock(&shared.logins).minted.get(t) {
+                Some(l) => Ok(Reply::json(&Logins::token_json(t, l))),
+                None => Err(ApiError(403, "ACL not found".into())),
+            }
+        })(),
+        // The servers' CA roots (`/v1/connect/ca/roots`), as the agent's.
+        "connect/ca/roots" => {
+            if *method != Method::GET {
+                return Some(method_not_allowed(method, "GET"));
+            }
+            let ca = lock(&shared.ca);
+            let active = ca.roots.len() - 1;
+            Ok(Reply::json(&json!({
+                "ActiveRootID": format!("root-{active}"),
+                "TrustDomain": ca.td,
+                "Roots": ca.roots.iter().enumerate().map(|(i, r)| json!({
+                    "ID": format!("root-{i}"), "Name": "Consul CA Root Cert",
+                    "RootCert": r.pem, "Active": i == active,
+                })).collect::<Vec<_>>(),
+            })))
+        }
         "catalog/register" => (|| {
             if *method != Method::PUT {
                 return method_not_allowed(method, "PUT");

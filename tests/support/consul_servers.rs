@@ -4,7 +4,11 @@
 //! `PUT /v1/catalog/register` and `/v1/catalog/deregister` (the endpoints
 //! controller's calls; the rules are in `Catalog::catalog_register`),
 //! `POST /v1/acl/login` and `/v1/acl/logout`, and the config entries
-//! `PUT /v1/config[?cas=N]`, `GET` and `DELETE /v1/config/:kind/:name`.
+//! `PUT /v1/config[?cas=N]`, `GET` and `DELETE /v1/config/:kind/:name`;
+//! and what a diagnosis reads (routed in `consul_agent.rs`):
+//! `GET /v1/status/leader`, `/v1/acl/token/self` (401 with ACLs off, 403
+//! for an unknown token) and the servers' `/v1/connect/ca/roots`. A hook
+//! skews the `Date` header (`TestConsul::skew_clock`).
 //!
 //! ACL, as Consul checks it: catalog writes need `service:write` on the
 //! service (and on a proxy's destination) and `node:write` when the node is

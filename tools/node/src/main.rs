@@ -21,12 +21,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use mesh::consul::{Consul, ConsulHaproxy, ConsulSidecar, Mesh, Observe};
 use mesh::discovery::DnsSeeds;
 use mesh::prelude::*;
 
 mod actors;
+mod diagnose;
 
 /// How the node uses Consul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,10 +48,20 @@ enum SidecarMode {
     External,
 }
 
+/// What to do.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the settings and the surroundings without starting the node;
+    /// print each problem with its fix, exit 1 if there is one.
+    Diagnose,
+}
+
 /// A mesh node.
 #[derive(Parser, Debug)]
 #[command(name = "mesh-node", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Node id (default: $POD_NAME, else $HOSTNAME).
     #[arg(long, env = "MESH_NODE_ID")]
     id: Option<String>,
@@ -108,6 +119,10 @@ struct Args {
     /// service-account token).
     #[arg(long, env = "MESH_CONSUL_LOGIN")]
     consul_login: Option<String>,
+    /// Observe mode: the bearer token for the login (default: the pod's
+    /// service-account token).
+    #[arg(long, env = "MESH_CONSUL_BEARER_TOKEN_FILE")]
+    consul_bearer_token_file: Option<PathBuf>,
     /// Observe mode: the service meta key naming each member.
     #[arg(long, env = "MESH_CONSUL_NODE_META")]
     consul_node_meta: Option<String>,
@@ -119,6 +134,10 @@ struct Args {
     /// The managed HAProxy's directory.
     #[arg(long, env = "MESH_SIDECAR_DIR", default_value = "/tmp/mesh-haproxy")]
     sidecar_dir: PathBuf,
+    /// For `diagnose`: the pod's downward API directory, holding its
+    /// `annotations` (to check the transparent proxy's exclusions).
+    #[arg(long, env = "MESH_PODINFO_DIR")]
+    podinfo_dir: Option<PathBuf>,
     /// Durable actor state in this redb file, or a `postgres://` URL.
     #[arg(long, env = "MESH_STATE")]
     state: Option<String>,
@@ -181,6 +200,9 @@ fn consul(args: &Args) -> Consul {
         }
         if let Some(method) = &args.consul_login {
             o = o.login(method);
+            if let Some(path) = &args.consul_bearer_token_file {
+                o = o.bearer_token_file(path);
+            }
             if let Ok(ns) = std::env::var("POD_NAMESPACE") {
                 if let Ok(pod) = std::env::var("POD_NAME") {
                     o = o.login_meta("pod", format!("{ns}/{pod}"));
@@ -296,6 +318,15 @@ async fn main() -> Result<(), Error> {
         .with_writer(std::io::stderr)
         .try_init();
     let args = Args::parse();
+    if let Some(Command::Diagnose) = args.command {
+        let findings = diagnose::run(&args).await;
+        for f in &findings {
+            println!("{f}");
+        }
+        let problems = findings.iter().filter(|f| !f.ok).count();
+        println!("{problems} problem(s)");
+        std::process::exit(if problems == 0 { 0 } else { 1 });
+    }
     let stop = stop_signal()?;
     let node = builder(&args)?.start().await?;
     println!(
