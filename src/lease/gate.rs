@@ -127,6 +127,9 @@ pub(crate) struct Gate {
     boot_deadline: AtomicU64,
     /// The same on the wall clock (nanoseconds since the Unix epoch).
     wall_deadline: AtomicU64,
+    /// How far ahead the last deadline was when it was set (nanoseconds):
+    /// one validity span, for [`Gate::lapsed`].
+    span: AtomicU64,
     caps: Vec<CapGate>,
     /// The session the tokens were granted under (for fenced writes).
     session: ArcSwapOption<String>,
@@ -157,6 +160,7 @@ impl Gate {
             clock,
             boot_deadline: AtomicU64::new(0),
             wall_deadline: AtomicU64::new(0),
+            span: AtomicU64::new(0),
             caps: types
                 .iter()
                 .map(|(key, cap, name)| CapGate::new(*key, *cap, name))
@@ -201,6 +205,24 @@ impl Gate {
         }
         let now = self.clock.now();
         nanos(now.boot) < boot && nanos(now.wall) < wall
+    }
+
+    /// Whether the lease is gone for good, for a leave's drain: none is
+    /// held (never granted, or cleared: the session is gone), or its
+    /// deadline passed at least one validity span ago. A deadline just
+    /// passed is not enough: under load a renewal can come late (the
+    /// keeper renews several times a span), and a drain that gave up then
+    /// would drop the calls it was about to answer.
+    pub(crate) fn lapsed(&self) -> bool {
+        let boot = self.boot_deadline.load(SeqCst);
+        if boot == 0 || self.wall_deadline.load(SeqCst) == 0 {
+            return true;
+        }
+        if self.valid() {
+            return false;
+        }
+        let now = nanos(self.clock.now().boot);
+        now >= boot.saturating_add(self.span.load(SeqCst))
     }
 
     /// An activation of shard `s` wants to start: `Some(token)` if it may
@@ -291,6 +313,8 @@ impl Gate {
     pub(crate) fn set_deadline(&self, deadline: Option<Stamp>) {
         match deadline {
             Some(d) => {
+                let now = nanos(self.clock.now().boot);
+                self.span.store(nanos(d.boot).saturating_sub(now), SeqCst);
                 self.boot_deadline.store(nanos(d.boot).max(1), SeqCst);
                 self.wall_deadline.store(nanos(d.wall).max(1), SeqCst);
             }
@@ -418,6 +442,31 @@ mod tests {
     /// What the keeper does after each answer: publish the deadline.
     fn publish(g: &Gate, l: &Lease) {
         g.set_deadline(l.deadline());
+    }
+
+    #[test]
+    fn a_late_renewal_is_not_a_lapse_until_a_whole_span_passes() {
+        let clock = TestClock::new();
+        let (g, _) = gate(&clock);
+        assert!(g.lapsed(), "no lease yet");
+        g.set_deadline(Some(clock.now().plus(ms(500))));
+        assert!(!g.lapsed());
+        // The deadline passes (a renewal is late): invalid, not lapsed.
+        clock.advance(ms(600));
+        assert!(!g.valid());
+        assert!(!g.lapsed());
+        // The late renewal arrives: valid again.
+        g.set_deadline(Some(clock.now().plus(ms(500))));
+        assert!(g.valid() && !g.lapsed());
+        // No renewal for a whole span past the deadline: lapsed.
+        clock.advance(ms(999));
+        assert!(!g.lapsed());
+        clock.advance(ms(1));
+        assert!(g.lapsed());
+        // Cleared (the session is gone): lapsed at once.
+        g.set_deadline(Some(clock.now().plus(ms(500))));
+        g.set_deadline(None);
+        assert!(g.lapsed());
     }
 
     #[tokio::test(start_paused = true)]

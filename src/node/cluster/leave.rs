@@ -91,7 +91,11 @@ pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> Result<()
     // unreachable: stopped with the cluster, say) waiting serves nothing
     // until the shutdown timeout. The drain ends then; the shutdown that
     // follows ends those activations without their hooks, as a lost lease
-    // does (issue 24, point 4).
+    // does (issue 24, point 4). Lapsed means gone for a whole validity
+    // span (`Gate::lapsed`), not a renewal that comes late under load: a
+    // drain that gave up on the first late renewal dropped the calls it
+    // held (seen in CI: a strong rolling restart on PostgreSQL failed 56
+    // calls with "node is down or unreachable").
     let lapsed = async {
         let Some(gate) = node.gate.as_deref() else {
             return std::future::pending().await;
@@ -100,7 +104,7 @@ pub(crate) async fn drain(node: &Arc<NodeInner>, timeout: Duration) -> Result<()
             let changed = gate.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if !gate.valid() {
+            if gate.lapsed() {
                 return;
             }
             // A deadline passes without a notification: look again soon.
