@@ -35,6 +35,16 @@
 //!     --sidecar command "consul connect proxy -sidecar-for {{id}}"
 //! ```
 //!
+//! **Agentless Consul** (`--observe`, `Consul::observe`): the platform
+//! (consul-k8s) registers the node, which only reads the servers, named by
+//! its `pod-name` meta (= `--name`); `--login <auth method>` logs in with
+//! `--bearer-token-file` (`tests/tproxy.rs` runs it so, in namespaces):
+//!
+//! ```sh
+//! cargo run --example consul_mesh -- --name mesh-0 --listen 10.1.2.3:7000 --capabilities game \
+//!     --consul https://consul-server.consul.svc:8501 --service mesh --observe --login consul-k8s-auth-method
+//! ```
+//!
 //! **Strong single activation** (`--strong`, see `mesh::lease`): at most
 //! one activation of an id at a time across the cluster, under Consul
 //! leases. With `--capabilities bank` the node hosts `Account`, whose

@@ -51,7 +51,7 @@ use mesh::identity::FileIdentity;
 use mesh::prelude::*;
 use mesh::transport::tls::Tls;
 use mesh_testkit::chaos::scratch;
-use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::consul_servers::K8sPod;
 use mesh_testkit::pki::{self, Ca, Files};
@@ -281,22 +281,12 @@ async fn main() -> Result<(), Error> {
     // The Consul servers (the test agent) on the cluster network, in ACL
     // mode with the Kubernetes auth method.
     let consul = TestConsul::start_at(&[format!("{HOST}:0")], TimeScale::default()).await?;
-    let mut acl = Acl::default();
-    acl.tokens.insert(
-        CONTROLLER.into(),
-        Token {
-            accessor: "acc-controller".into(),
-            write: vec!["*".into()],
-        },
-    );
-    consul.set_acl(Some(acl));
     let names: Vec<String> = (0..NODES)
         .map(|i| format!("mesh-{i}"))
         .chain(["driver".to_owned()])
         .collect();
-    let bearers: Vec<(String, &str)> = names.iter().map(|n| (format!("jwt-{n}"), "mesh")).collect();
-    let bearers: Vec<(&str, &str)> = bearers.iter().map(|(b, s)| (b.as_str(), *s)).collect();
-    consul.set_auth_method(METHOD, &bearers);
+    let pods: Vec<&str> = names.iter().map(String::as_str).collect();
+    consul.acl_like_consul_k8s(CONTROLLER, METHOD, "mesh", &pods);
     let consul_port: u16 = consul
         .url(0)
         .rsplit(':')

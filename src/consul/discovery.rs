@@ -455,6 +455,24 @@ impl Consul {
         })
     }
 
+    /// The watch loop's settings: a token bucket of 4 then one query per
+    /// 100 ms, retries from 100 ms doubling to 5 s; observe mode reads
+    /// `?stale` (from any server: it talks to the servers, not an agent).
+    fn watch_config(&self, service: &str, me: &LocalNode, identify: Identify) -> WatchConfig {
+        WatchConfig {
+            service: service.to_owned(),
+            me: me.node.clone(),
+            protocol: me.protocol,
+            wait: self.cfg.wait,
+            burst: 4,
+            period: Duration::from_millis(100),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            stale: matches!(identify, Identify::Observed(_)),
+            identify,
+        }
+    }
+
     /// Observe mode's settings, if set (for `diagnose`).
     pub(super) fn observe_settings(&self) -> Option<&Observe> {
         self.cfg.observe.as_ref()
@@ -578,18 +596,7 @@ impl Consul {
         health::register(&api, &body)
             .await
             .map_err(|e| start_error(&format!("registering {id}"), &base, &e))?;
-        let cfg = WatchConfig {
-            service: service.clone(),
-            me: me.node.clone(),
-            protocol: me.protocol,
-            wait: self.cfg.wait,
-            burst: 4,
-            period: Duration::from_millis(100),
-            retry_min: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            stale: false,
-            identify: Identify::Registered,
-        };
+        let cfg = self.watch_config(&service, &me, Identify::Registered);
         // The first view before the node returns from start.
         let mut index = BlockingIndex::default();
         let first = watch::fetch(&api, &cfg, 0).await;
@@ -816,18 +823,7 @@ impl Consul {
             .service
             .clone()
             .unwrap_or_else(|| me.cluster.clone());
-        let cfg = WatchConfig {
-            service: service.clone(),
-            me: me.node.clone(),
-            protocol: me.protocol,
-            wait: self.cfg.wait,
-            burst: 4,
-            period: Duration::from_millis(100),
-            retry_min: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            stale: true,
-            identify: Identify::Observed(o.node_meta.clone()),
-        };
+        let cfg = self.watch_config(&service, &me, Identify::Observed(o.node_meta.clone()));
         let mut index = BlockingIndex::default();
         let entries = match watch::fetch(&api, &cfg, 0).await {
             Ok((entries, returned)) => {

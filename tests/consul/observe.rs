@@ -12,7 +12,7 @@ use std::time::Duration;
 use mesh::consul::{Consul, Mesh, Observe};
 use mesh::prelude::*;
 use mesh_testkit::actors::{Player, Score};
-use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::consul_servers::K8sPod;
 use mesh_testkit::fixture::{member, wait_member_names};
@@ -29,18 +29,7 @@ const CONTROLLER: &str = "controller-token";
 /// logs in as service account `mesh`.
 async fn agent() -> TestConsul {
     let consul = TestConsul::start(1, TimeScale::default()).await;
-    let mut acl = Acl::default();
-    acl.tokens.insert(
-        CONTROLLER.into(),
-        Token {
-            accessor: "acc-controller".into(),
-            write: vec!["*".into()],
-        },
-    );
-    consul.set_acl(Some(acl));
-    let bearers: Vec<(String, &str)> = NAMES.iter().map(|n| (format!("jwt-{n}"), "mesh")).collect();
-    let bearers: Vec<(&str, &str)> = bearers.iter().map(|(b, s)| (b.as_str(), *s)).collect();
-    consul.set_auth_method(METHOD, &bearers);
+    consul.acl_like_consul_k8s(CONTROLLER, METHOD, "mesh", &NAMES);
     consul
 }
 

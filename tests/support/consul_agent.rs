@@ -364,6 +364,31 @@ impl TestConsul {
         *lock(&self.shared.acl) = acl;
     }
 
+    /// ACL mode as consul-k8s sets it up: token `controller` may write
+    /// everything (the endpoints controller's), and auth method `method`
+    /// logs `jwt-<name>` in as service account `service`, for each of
+    /// `names` (the pods' service-account tokens).
+    pub fn acl_like_consul_k8s(
+        &self,
+        controller: &str,
+        method: &str,
+        service: &str,
+        names: &[&str],
+    ) {
+        let mut acl = Acl::default();
+        acl.tokens.insert(
+            controller.to_owned(),
+            Token {
+                accessor: format!("acc-{controller}"),
+                write: vec!["*".into()],
+            },
+        );
+        self.set_acl(Some(acl));
+        let bearers: Vec<String> = names.iter().map(|n| format!("jwt-{n}")).collect();
+        let pairs: Vec<(&str, &str)> = bearers.iter().map(|b| (b.as_str(), service)).collect();
+        self.set_auth_method(method, &pairs);
+    }
+
     /// Adds (or replaces) auth method `name` for `/v1/acl/login`: each
     /// `(bearer token, service account)` pair logs in as that service.
     pub fn set_auth_method(&self, name: &str, bearers: &[(&str, &str)]) {

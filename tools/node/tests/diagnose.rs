@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use mesh_testkit::consul_agent::{Acl, TestConsul, Token};
+use mesh_testkit::consul_agent::TestConsul;
 use mesh_testkit::consul_catalog::TimeScale;
 use mesh_testkit::consul_servers::K8sPod;
 use tokio::process::Command;
@@ -156,16 +156,7 @@ fn bearer(dir: &Path) -> String {
 #[tokio::test]
 async fn against_agentless_consul_it_checks_login_registration_and_clock() {
     let consul = TestConsul::start(1, TimeScale::default()).await;
-    let mut acl = Acl::default();
-    acl.tokens.insert(
-        "controller".into(),
-        Token {
-            accessor: "acc-controller".into(),
-            write: vec!["*".into()],
-        },
-    );
-    consul.set_acl(Some(acl));
-    consul.set_auth_method("k8s-auth", &[("jwt-mesh-0", "mesh")]);
+    consul.acl_like_consul_k8s("controller", "k8s-auth", "mesh", &["mesh-0"]);
     let dir =
         std::env::temp_dir().join(format!("mesh-node-diagnose-consul-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
