@@ -66,6 +66,14 @@ pub use handshake::{
     MAX_ACTORS, MAX_ADDR, MAX_CAPABILITIES, MAX_ITEMS, MAX_NAME, MAX_STRING, MAX_TAGS,
     MIN_COOKIE_BITS,
 };
+
+/// The estimated entropy of a cluster cookie, in bits, as
+/// `NodeBuilder::start` judges it (it refuses less than
+/// [`MIN_COOKIE_BITS`]): for tools that check a setting before a start
+/// (`mesh-node diagnose`).
+pub fn cookie_bits(secret: impl AsRef<[u8]>) -> f64 {
+    handshake::Cookie::new(secret).entropy_bits()
+}
 pub(crate) use message::MAX_CHAIN;
 #[cfg_attr(feature = "internals", mesh_macros::expose)]
 pub(crate) use message::{

@@ -41,8 +41,8 @@ pub async fn run(args: &Args) -> Vec<Finding> {
     };
     match cookie(args) {
         Ok(c) => {
-            let bits = mesh::wire::Cookie::new(&c).entropy_bits();
-            if bits >= 128.0 {
+            let bits = mesh::wire::cookie_bits(&c);
+            if bits >= mesh::wire::MIN_COOKIE_BITS {
                 out.push(Finding::pass("cookie", format!("about {bits:.0} bits")));
             } else {
                 out.push(Finding::fail(
