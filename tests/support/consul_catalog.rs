@@ -986,23 +986,9 @@ impl Catalog {
     ///   the request's. Catalog checks are static: the status given is the
     ///   status kept (a re-registration flips it, as the controller does on
     ///   readiness), and nothing expires them.
-    ///
-    /// Returns the service names whose health changed and whether the node
-    /// is new or changed (for the ACL: `node:write`).
-    pub fn catalog_register(
-        &mut self,
-        body: &Value,
-        now: Instant,
-    ) -> Result<(Vec<String>, bool), ApiError> {
+    pub fn catalog_register(&mut self, body: &Value, now: Instant) -> Result<(), ApiError> {
         let rpc = |m: String| ApiError(500, m);
-        let obj = body
-            .as_object()
-            .ok_or_else(|| bad("Request decode failed: expected an object"))?;
-        let node = field(obj, "Node")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| rpc("Must provide node".into()))?
-            .to_owned();
+        let (obj, node) = catalog_body(body)?;
         if let Some(id) = field(obj, "ID")
             .and_then(Value::as_str)
             .filter(|i| !i.is_empty())
@@ -1123,10 +1109,8 @@ impl Catalog {
             });
         }
 
-        let mut node_changed = false;
         match self.nodes.get_mut(&node) {
             None => {
-                node_changed = true;
                 self.nodes.insert(
                     node.clone(),
                     Node {
@@ -1138,15 +1122,12 @@ impl Catalog {
                 );
             }
             Some(n) if !skip => {
-                node_changed = n.address != address || n.meta != node_meta;
                 n.address = address;
                 n.meta = node_meta;
             }
             Some(_) => {}
         }
-        let mut names = Vec::new();
         if let Some(def) = service {
-            names.push(def.service.name.clone());
             self.apply(&node, def, false, now)?;
         }
         for c in checks {
@@ -1169,7 +1150,6 @@ impl Catalog {
             match service_name {
                 Some(name) => {
                     self.bump(&name);
-                    names.push(name);
                 }
                 None => {
                     // A node-level check changes every service of the node.
@@ -1180,15 +1160,12 @@ impl Catalog {
                         .unwrap_or_default();
                     for name in all {
                         self.bump(&name);
-                        names.push(name);
                     }
                 }
             }
         }
         self.sync_aliases(now);
-        names.sort();
-        names.dedup();
-        Ok((names, node_changed))
+        Ok(())
     }
 
     /// `PUT /v1/catalog/deregister` `{Node, ServiceID | CheckID}`: the
@@ -1196,14 +1173,7 @@ impl Catalog {
     /// everything on it. An unknown node or ID is a no-op, as in Consul's
     /// state store.
     pub fn catalog_deregister(&mut self, body: &Value) -> Result<(), ApiError> {
-        let obj = body
-            .as_object()
-            .ok_or_else(|| bad("Request decode failed: expected an object"))?;
-        let node = field(obj, "Node")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| ApiError(500, "Must provide node".into()))?
-            .to_owned();
+        let (obj, node) = catalog_body(body)?;
         let service_id = field(obj, "ServiceID").and_then(Value::as_str);
         let check_id = field(obj, "CheckID").and_then(Value::as_str);
         if !self.nodes.contains_key(&node) {
@@ -1532,6 +1502,20 @@ fn normalize_proxy(p: &Map<String, Value>) -> Value {
         out.insert("Upstreams".into(), Value::Array(upstreams));
     }
     Value::Object(out)
+}
+
+/// A catalog write's body and its `Node` (required: the RPC's 500
+/// `Must provide node`).
+fn catalog_body(body: &Value) -> Result<(&Map<String, Value>, String), ApiError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| bad("Request decode failed: expected an object"))?;
+    let node = field(obj, "Node")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError(500, "Must provide node".into()))?
+        .to_owned();
+    Ok((obj, node))
 }
 
 /// Whether `s` has the shape `go-uuid` parses: 36 characters, hex digits
