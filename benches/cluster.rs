@@ -7,6 +7,10 @@
 //!   rmp-serde TCP echo with the same pipelining (one connection, a batching
 //!   writer task, a reader task completing requests by id);
 //! - sequential call latency p50/p99, vs a raw TCP ping-pong;
+//! - three processes (two more `--serve` nodes), 500 callers of which
+//!   65 % call an actor in another process, vs the same load over plain
+//!   tokio routed to the same processes (a task and channel per local
+//!   actor, the pipelined raw client per remote process);
 //! - shards moved when a 4th node joins a running 3-node cluster, read from
 //!   the running nodes' routing, and actors drained by the join.
 
@@ -178,12 +182,19 @@ impl RawClient {
 
 // ------------------------------------------------------------ processes
 
-async fn serve() {
+/// A server process: `--serve [ID CLUSTER [SEED]]` hosts a mesh node of
+/// `echo` actors and a raw echo server, prints both addresses, and serves
+/// until its stdin closes.
+async fn serve(args: &[String]) {
+    let id = args.first().map_or("server", String::as_str);
+    let cluster = args.get(1).map_or("bench", String::as_str);
     let node = Node::builder()
-        .id("server")
-        .cluster("bench")
+        .id(id)
+        .default_node(false)
+        .cluster(cluster)
         .cookie(COOKIE)
         .listen("127.0.0.1:0")
+        .seeds(args.get(2).cloned())
         .capabilities(["echo"])
         .actor::<Echo>()
         .start()
@@ -203,14 +214,25 @@ async fn serve() {
     let _ = node.shutdown().await;
 }
 
-fn q(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+/// A server process started by [`spawn_server`], and its two addresses.
+struct Server {
+    child: tokio::process::Child,
+    mesh: String,
+    raw: String,
 }
 
-async fn measure() {
+impl Server {
+    async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait().await;
+    }
+}
+
+async fn spawn_server(args: &[&str]) -> Server {
     let exe = std::env::current_exe().expect("bench binary");
     let mut child = tokio::process::Command::new(exe)
         .arg("--serve")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -222,20 +244,27 @@ async fn measure() {
         .await
         .expect("server output")
         .expect("server line");
-    let (mesh_addr, raw_addr) = {
-        let mut parts = line.split_whitespace();
-        let m = parts
-            .next()
-            .and_then(|p| p.strip_prefix("mesh="))
-            .expect("mesh addr")
-            .to_owned();
-        let r = parts
-            .next()
-            .and_then(|p| p.strip_prefix("raw="))
-            .expect("raw addr")
-            .to_owned();
-        (m, r)
-    };
+    let mut parts = line.split_whitespace();
+    let mesh = parts
+        .next()
+        .and_then(|p| p.strip_prefix("mesh="))
+        .expect("mesh addr")
+        .to_owned();
+    let raw = parts
+        .next()
+        .and_then(|p| p.strip_prefix("raw="))
+        .expect("raw addr")
+        .to_owned();
+    Server { child, mesh, raw }
+}
+
+fn q(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn measure() {
+    let server = spawn_server(&[]).await;
+    let (mesh_addr, raw_addr) = (server.mesh.clone(), server.raw.clone());
     let node = Node::builder()
         .id("client")
         .default_node(false)
@@ -261,23 +290,33 @@ async fn measure() {
 
     let mut tp_mesh = Vec::new();
     let mut tp_raw = Vec::new();
+    // Profiling: `MESH_BENCH_ONLY=mesh|raw` runs one side's throughput only.
+    let only = std::env::var("MESH_BENCH_ONLY").ok();
     for _ in 0..3 {
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..IN_FLIGHT {
-            let (node, ids) = (node.clone(), ids.clone());
-            tasks.push(tokio::spawn(async move {
-                for i in 0..TP_CALLS / IN_FLIGHT {
-                    node.call::<Echo, _>(&ids[w], Ping(i as u64))
-                        .await
-                        .expect("call");
-                }
-            }));
+        if only.as_deref() == Some("raw") {
+            tp_mesh.push(0.0);
+        } else {
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..IN_FLIGHT {
+                let (node, ids) = (node.clone(), ids.clone());
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..TP_CALLS / IN_FLIGHT {
+                        node.call::<Echo, _>(&ids[w], Ping(i as u64))
+                            .await
+                            .expect("call");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("caller");
+            }
+            tp_mesh.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
         }
-        for t in tasks {
-            t.await.expect("caller");
+        if only.as_deref() == Some("mesh") {
+            tp_raw.push(0.0);
+            continue;
         }
-        tp_mesh.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
 
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -298,6 +337,11 @@ async fn measure() {
     }
     tp_mesh.sort_by(f64::total_cmp);
     tp_raw.sort_by(f64::total_cmp);
+    if only.is_some() {
+        println!("throughput only: mesh {:?} raw {:?}", tp_mesh, tp_raw);
+        server.stop().await;
+        return;
+    }
 
     // Sequential latency: mesh call vs raw ping-pong on its own connection.
     let mut lat_mesh = Histogram::<u64>::new(3).expect("histogram");
@@ -339,10 +383,10 @@ async fn measure() {
             }
         }
     }
-    drop(child.stdin.take());
-    let _ = child.wait().await;
+    server.stop().await;
     let _ = node.shutdown().await;
 
+    let three = three_processes().await;
     let (moved_shards, drained, actors) = join_movement().await;
 
     let cores = std::thread::available_parallelism()
@@ -364,6 +408,12 @@ async fn measure() {
         "| latency p99, sequential | {m99:.1} us | raw TCP ping-pong | {r99:.1} us | {:.2}x | |",
         m99 / r99
     );
+    let (m, r) = (three.mesh[1], three.raw[1]);
+    println!(
+        "| calls/s, 3 processes, {THREE_IN_FLIGHT} in flight, {:.0}% remote | {m:.0}/s | raw tokio, same routing | {r:.0}/s | {:.2}x | >= 0.8x |",
+        three.remote * 100.0,
+        m / r
+    );
     println!(
         "| shards moved, 4th node joins 3 | {:.1}% | ideal 1/4 | 25.0% | {:.2}x | <= 27% |",
         moved_shards * 100.0,
@@ -373,6 +423,153 @@ async fn measure() {
         "| actors drained by that join | {drained} of {actors} ({:.1}%) | | | | |",
         drained as f64 * 100.0 / actors as f64
     );
+}
+
+// ------------------------------------------------------------ 3 processes
+
+const THREE_IN_FLIGHT: usize = 500;
+const THREE_CALLS: usize = 200_000;
+/// The share of callers whose actor lives in another process.
+const THREE_REMOTE: f64 = 0.65;
+
+/// Medians' inputs of the three-process row: calls/s per run, sorted.
+struct Three {
+    mesh: Vec<f64>,
+    raw: Vec<f64>,
+    remote: f64,
+}
+
+/// A raw local "actor": a tokio task answering over a channel.
+type RawLocal = mpsc::UnboundedSender<(u64, oneshot::Sender<u64>)>;
+
+fn raw_local() -> RawLocal {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, oneshot::Sender<u64>)>();
+    tokio::spawn(async move {
+        while let Some((n, reply)) = rx.recv().await {
+            let _ = reply.send(n);
+        }
+    });
+    tx
+}
+
+/// Where a raw baseline call goes: the same owner mesh routes the id to.
+#[derive(Clone)]
+enum RawRoute {
+    Local(RawLocal),
+    Remote(RawClient),
+}
+
+/// Three processes, each a node hosting `echo` (this one drives): 500
+/// callers, each calling its own actor, 65 % of them owned by another
+/// process; beside the same load over plain tokio (a task and channel
+/// for a local actor, the pipelined rmp-serde TCP client for a remote
+/// one), routed to the same process as mesh routes each id.
+async fn three_processes() -> Three {
+    let first = spawn_server(&["three-1", "three"]).await;
+    let second = spawn_server(&["three-2", "three", &first.mesh]).await;
+    let node = Node::builder()
+        .id("three-0")
+        .default_node(false)
+        .cluster("three")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .seeds([first.mesh.clone()])
+        .capabilities(["echo"])
+        .actor::<Echo>()
+        .start()
+        .await
+        .expect("driver node");
+    node.membership_changes()
+        .wait_for(|m| m.len() == 3)
+        .await
+        .expect("3 members");
+    let raw_first = RawClient::connect(&first.raw).await;
+    let raw_second = RawClient::connect(&second.raw).await;
+    // Ids in the set proportion: 35 % owned here, the rest by the others.
+    let want_local = THREE_IN_FLIGHT - (THREE_IN_FLIGHT as f64 * THREE_REMOTE).round() as usize;
+    let (mut ids, mut local, mut i) = (Vec::new(), 0, 0u64);
+    let mut routes = Vec::new();
+    while ids.len() < THREE_IN_FLIGHT {
+        let id = format!("three-{i}");
+        i += 1;
+        let owner = node.owner_of::<Echo>(&id).expect("owner");
+        let route = match owner.as_str() {
+            "three-0" if local < want_local => {
+                local += 1;
+                RawRoute::Local(raw_local())
+            }
+            "three-0" => continue,
+            _ if ids.len() - local >= THREE_IN_FLIGHT - want_local => continue,
+            "three-1" => RawRoute::Remote(raw_first.clone()),
+            _ => RawRoute::Remote(raw_second.clone()),
+        };
+        ids.push(id);
+        routes.push(route);
+    }
+    let ids = Arc::new(ids);
+    for (id, route) in ids.iter().zip(&routes) {
+        node.call::<Echo, _>(id, Ping(0)).await.expect("warm");
+        raw_call(route, 0).await;
+    }
+    let per = THREE_CALLS / THREE_IN_FLIGHT;
+    let (mut mesh, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..THREE_IN_FLIGHT {
+            let (node, ids) = (node.clone(), ids.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    node.call::<Echo, _>(&ids[w], Ping(i as u64))
+                        .await
+                        .expect("call");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        mesh.push((per * THREE_IN_FLIGHT) as f64 / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for route in &routes {
+            let route = route.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    raw_call(&route, i as u64).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("caller");
+        }
+        raw.push((per * THREE_IN_FLIGHT) as f64 / started.elapsed().as_secs_f64());
+    }
+    mesh.sort_by(f64::total_cmp);
+    raw.sort_by(f64::total_cmp);
+    let _ = node.shutdown().await;
+    second.stop().await;
+    first.stop().await;
+    Three {
+        mesh,
+        raw,
+        remote: 1.0 - local as f64 / THREE_IN_FLIGHT as f64,
+    }
+}
+
+async fn raw_call(route: &RawRoute, n: u64) -> u64 {
+    match route {
+        RawRoute::Local(tx) => {
+            let (reply, rx) = oneshot::channel();
+            tx.send((n, reply)).expect("raw actor alive");
+            rx.await.expect("raw reply")
+        }
+        RawRoute::Remote(client) => {
+            let reply = client.call(rmp_serde::to_vec(&n).expect("encode")).await;
+            rmp_serde::from_slice(&reply).expect("decode")
+        }
+    }
 }
 
 /// Starts 3 nodes, activates actors on every shard, joins a 4th; returns
@@ -458,8 +655,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if std::env::args().any(|a| a == "--serve") {
-        rt.block_on(serve());
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--serve") {
+        rt.block_on(serve(&args[at + 1..]));
     } else {
         rt.block_on(measure());
     }

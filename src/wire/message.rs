@@ -132,21 +132,50 @@ pub struct CallFrame {
 
 impl Serialize for CallFrame {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CallFrameRef {
+            tag: self.tag,
+            id: &self.id,
+            timeout_ms: self.timeout_ms,
+            hops: self.hops,
+            payload: &self.payload,
+            trace: self.trace.as_ref(),
+            chain: self.chain.as_deref(),
+        }
+        .serialize(s)
+    }
+}
+
+/// A [`CallFrame`] to encode, borrowing its id, payload and chain (the
+/// caller keeps them: no copy, and the payload stays the caller's to route
+/// elsewhere if the frame is never sent). Encodes exactly as `CallFrame`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallFrameRef<'a> {
+    pub(crate) tag: u64,
+    pub(crate) id: &'a str,
+    pub(crate) timeout_ms: u64,
+    pub(crate) hops: u8,
+    pub(crate) payload: &'a [u8],
+    pub(crate) trace: Option<&'a super::TraceContext>,
+    pub(crate) chain: Option<&'a [(String, String)]>,
+}
+
+impl Serialize for CallFrameRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let with_trace = self.trace.is_some() || self.chain.is_some();
         let len = 5 + usize::from(with_trace) + usize::from(self.chain.is_some());
         let mut st = s.serialize_struct("Call", len)?;
         st.serialize_field("tag", &self.tag)?;
-        st.serialize_field("id", &self.id)?;
+        st.serialize_field("id", self.id)?;
         st.serialize_field("timeout_ms", &self.timeout_ms)?;
         st.serialize_field("hops", &self.hops)?;
-        st.serialize_field("payload", &self.payload)?;
+        st.serialize_field("payload", serde_bytes::Bytes::new(self.payload))?;
         if with_trace {
             st.serialize_field("trace", &self.trace)?;
         } else {
             st.skip_field("trace")?;
         }
-        match &self.chain {
+        match self.chain {
             Some(chain) => st.serialize_field("chain", chain)?,
             None => st.skip_field("chain")?,
         }
@@ -253,6 +282,52 @@ pub struct Cast {
 pub struct Reply {
     /// The reply, rmp-serde.
     pub payload: ByteBuf,
+}
+
+impl Reply {
+    /// Encodes a `Reply` body around `payload`, byte for byte as serde
+    /// would (`[bin]`, the shortest bin header), without the serde detour.
+    pub(crate) fn encode(payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut out = Vec::with_capacity(n + 6);
+        out.push(0x91);
+        if let Ok(n) = u8::try_from(n) {
+            out.extend_from_slice(&[0xc4, n]);
+        } else if let Ok(n) = u16::try_from(n) {
+            out.push(0xc5);
+            out.extend_from_slice(&n.to_be_bytes());
+        } else {
+            out.push(0xc6);
+            // Frames are bounded far below 4 GiB (`FrameCodec`'s maximum).
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The payload of a `Reply` body, sliced out of it (no copy) when the
+    /// body is the array form with nothing after the payload; any other
+    /// form (a map, from a peer that encodes one) decodes through serde.
+    pub(crate) fn payload_of(body: &bytes::Bytes) -> Result<bytes::Bytes, crate::Error> {
+        let (len, start) = match body.get(..2) {
+            Some([0x91, 0xc4]) => (body.get(2).map(|&n| usize::from(n)), 3),
+            Some([0x91, 0xc5]) => (
+                body.get(2..4)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))),
+                4,
+            ),
+            Some([0x91, 0xc6]) => (
+                body.get(2..6)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize),
+                6,
+            ),
+            _ => (None, 0),
+        };
+        match len {
+            Some(len) if start + len == body.len() => Ok(body.slice(start..)),
+            _ => super::decode::<Reply>(body).map(|r| bytes::Bytes::from(r.payload.into_vec())),
+        }
+    }
 }
 
 /// One member in a `MembershipFrame` frame.
@@ -493,5 +568,52 @@ mod tests {
         };
         let back: Cast = rmp_serde::from_slice(&rmp_serde::to_vec(&cast).unwrap()).unwrap();
         assert_eq!(back, cast);
+    }
+
+    #[test]
+    fn a_reply_encoded_by_hand_is_the_serde_encoding_and_slices_back() {
+        for n in [0usize, 1, 255, 256, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let by_hand = Reply::encode(&payload);
+            let by_serde = crate::wire::encode_envelope(
+                &Reply {
+                    payload: ByteBuf::from(payload.clone()),
+                },
+                n,
+            )
+            .unwrap();
+            assert_eq!(by_hand, by_serde, "length {n}");
+            let body = bytes::Bytes::from(by_hand);
+            assert_eq!(Reply::payload_of(&body).unwrap(), payload);
+        }
+    }
+
+    #[test]
+    fn a_reply_in_map_form_or_malformed_decodes_through_serde() {
+        let map = rmp_serde::to_vec_named(&Reply {
+            payload: ByteBuf::from(b"abc".to_vec()),
+        })
+        .unwrap();
+        assert_eq!(
+            Reply::payload_of(&bytes::Bytes::from(map)).unwrap(),
+            &b"abc"[..]
+        );
+        // A length past the body, a trailing byte, a cut header: refused
+        // or decoded by serde, never sliced out of bounds.
+        for bad in [
+            &[0x91, 0xc4, 5, 1, 2][..],
+            &[0x91, 0xc4, 1, 1, 2][..],
+            &[0x91, 0xc5, 0][..],
+            &[0x91, 0xc6, 0, 0, 0][..],
+            &[0x91][..],
+            &[][..],
+        ] {
+            let body = bytes::Bytes::copy_from_slice(bad);
+            match Reply::payload_of(&body) {
+                Ok(p) => assert!(p.len() <= body.len()),
+                Err(crate::Error::Codec(_)) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
     }
 }

@@ -74,11 +74,11 @@ pub use handshake::{
 pub fn cookie_bits(secret: impl AsRef<[u8]>) -> f64 {
     handshake::Cookie::new(secret).entropy_bits()
 }
-pub(crate) use message::MAX_CHAIN;
 #[cfg_attr(feature = "internals", mesh_macros::expose)]
 pub(crate) use message::{
     Auth, CallFrame, Cast, Challenge, Hello, Hosted, Member, MembershipFrame, Reply, Welcome,
 };
+pub(crate) use message::{CallFrameRef, MAX_CHAIN};
 pub use trace::{TraceContext, TRACEPARENT_LEN, TRACESTATE_MAX};
 
 use serde::de::DeserializeOwned;

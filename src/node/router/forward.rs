@@ -148,10 +148,10 @@ async fn run(node: Arc<NodeInner>, started: Started, target: Target) -> Result<B
                         req.tag,
                         &req.id,
                         body,
-                        req.left(),
+                        req.deadline,
                         hops,
-                        req.along.trace.clone(),
-                        chain,
+                        req.along.trace.as_ref(),
+                        chain.as_deref(),
                     )
                     .await;
                 let owner = &conn.peer().node;

@@ -130,6 +130,9 @@ struct Shared {
     /// The peer's calls in flight here.
     inbound: InboundCalls,
     closed: watch::Sender<bool>,
+    /// `closed`'s value, read without the watch's lock on every call
+    /// (set before the watch is, so a waiter woken by the watch sees it).
+    is_closed: AtomicBool,
     /// When the handshake completed (wall clock, for operators).
     #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     opened_at: std::time::SystemTime,
@@ -196,6 +199,11 @@ impl Origin {
 }
 
 impl Shared {
+    /// Whether the connection has closed (one atomic load).
+    fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::SeqCst)
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending<Waiter>> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -219,6 +227,7 @@ impl Shared {
     /// (the caller may route it elsewhere); one that may have gone out
     /// fails as `NodeDown` (it may have run).
     fn close(&self) {
+        self.is_closed.store(true, Ordering::SeqCst);
         self.closed.send_replace(true);
         let failed = self.pending().close();
         self.idle.notify_waiters();
@@ -280,7 +289,7 @@ struct Abandon<'a> {
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         let waiting = self.shared.take_waiter(self.corr).is_some();
-        if waiting && self.cancel && !*self.shared.closed.borrow() {
+        if waiting && self.cancel && !self.shared.is_closed() {
             self.shared
                 .enqueue(Kind::Cancel, self.corr, EMPTY_BODY.to_vec(), false);
         }
@@ -334,6 +343,7 @@ impl Connection {
             codec: cfg.codec,
             inbound: InboundCalls::default(),
             closed: watch::channel(false).0,
+            is_closed: AtomicBool::new(false),
             opened_at: std::time::SystemTime::now(),
             origin: std::sync::OnceLock::new(),
             retiring: AtomicU8::new(LIVE),
@@ -385,7 +395,7 @@ impl Connection {
 
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
-        *self.shared.closed.borrow()
+        self.shared.is_closed()
     }
 
     /// Resolves once the connection has closed.
@@ -425,13 +435,13 @@ impl Connection {
     }
 
     /// Sends a request of `kind` and waits for the frame answering it, at
-    /// most `timeout`: the connection's deadline task answers `Timeout`
-    /// (one timer per connection, not one per call).
+    /// most until `deadline`: the connection's deadline task answers
+    /// `Timeout` (one timer per connection, not one per call).
     async fn request(
         &self,
         kind: Kind,
         body: Vec<u8>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Bytes, Routed<()>> {
         // A sealed connection takes no new call: it comes back unsent (the
         // caller routes it to a fresh connection). What must follow the
@@ -446,7 +456,6 @@ impl Connection {
             None
         };
         let corr = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         let inserted = self.shared.pending().insert(corr, tx, deadline);
         if inserted.earlier {
@@ -492,7 +501,7 @@ impl Connection {
         hops: u8,
     ) -> Result<Bytes, Error> {
         match self
-            .call_routed(tag, id, payload, timeout, hops, None, None)
+            .call_routed(tag, id, payload, Instant::now() + timeout, hops, None, None)
             .await
         {
             Ok(b) => Ok(b),
@@ -501,36 +510,38 @@ impl Connection {
         }
     }
 
-    /// [`Connection::call`], but a call the peer never saw comes back as
-    /// `Err(Unsent(payload))`, so the caller can route it elsewhere. It
-    /// carries the caller's trace context and call chain to peers that
-    /// take them.
+    /// [`Connection::call`] until `deadline`, but a call the peer never saw
+    /// comes back as `Err(Unsent(payload))`, so the caller can route it
+    /// elsewhere. It carries the caller's trace context and call chain to
+    /// peers that take them. The frame is encoded from the borrowed id,
+    /// payload and chain (no copy of them but the encoding itself).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_routed(
         &self,
         tag: u64,
         id: &str,
         payload: Vec<u8>,
-        timeout: Duration,
+        deadline: Instant,
         hops: u8,
-        trace: Option<wire::TraceContext>,
-        chain: Option<Vec<(String, String)>>,
+        trace: Option<&wire::TraceContext>,
+        chain: Option<&[(String, String)]>,
     ) -> Result<Bytes, Routed> {
-        let call = CallFrame {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let call = wire::CallFrameRef {
             tag,
-            id: id.to_owned(),
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            id,
+            timeout_ms: left.as_millis().min(u64::MAX as u128) as u64,
             hops,
-            payload: ByteBuf::from(payload),
+            payload: &payload,
             // An older peer would refuse the body with it.
             trace: trace.filter(|_| self.shared.peer.trace_context),
             chain: chain.filter(|_| self.shared.peer.call_chain),
         };
-        let body = wire::encode_envelope(&call, call.payload.len() + call.id.len())?;
-        match self.request(Kind::Call, body, timeout).await {
+        let body = wire::encode_envelope(&call, payload.len() + id.len())?;
+        match self.request(Kind::Call, body, deadline).await {
             Ok(b) => Ok(b),
             Err(Routed::Failed(e)) => Err(Routed::Failed(e)),
-            Err(Routed::Unsent(())) => Err(Routed::Unsent(call.payload.into_vec())),
+            Err(Routed::Unsent(())) => Err(Routed::Unsent(payload)),
         }
     }
 
@@ -565,7 +576,7 @@ impl Connection {
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let started = Instant::now();
         let r = self
-            .request(Kind::Ping, vec![0x80], timeout) // body `{}`: an empty map
+            .request(Kind::Ping, vec![0x80], started + timeout) // body `{}`: an empty map
             .await;
         self.public(r)?;
         Ok(started.elapsed())
@@ -577,7 +588,7 @@ impl Connection {
     /// arrived (frames keep their order on a connection).
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         let r = self
-            .request(Kind::Leave, EMPTY_BODY.to_vec(), timeout)
+            .request(Kind::Leave, EMPTY_BODY.to_vec(), Instant::now() + timeout)
             .await;
         self.public(r).map(drop)
     }
@@ -594,7 +605,7 @@ impl Connection {
             Ordering::Acquire,
         );
         let r = self
-            .request(Kind::Retire, EMPTY_BODY.to_vec(), timeout)
+            .request(Kind::Retire, EMPTY_BODY.to_vec(), Instant::now() + timeout)
             .await;
         self.public(r).map(drop)
     }
@@ -693,7 +704,7 @@ impl Connection {
 async fn expire_loop(shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
     loop {
-        if *shared.closed.borrow() {
+        if shared.is_closed() {
             return;
         }
         let (expired, next, drained) = {
@@ -768,7 +779,15 @@ mod tests {
         assert!(accepted.is_retiring() && !accepted.is_retired_by_peer());
         assert!(conn.is_retired_by_peer() && conn.is_sealed());
         match conn
-            .call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
+            .call_routed(
+                1,
+                "x",
+                b"p".to_vec(),
+                Instant::now() + Duration::from_secs(5),
+                0,
+                None,
+                None,
+            )
             .await
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"p"),
@@ -796,8 +815,16 @@ mod tests {
         let before = {
             let conn = conn.clone();
             tokio::spawn(async move {
-                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
-                    .await
+                conn.call_routed(
+                    1,
+                    "x",
+                    b"p".to_vec(),
+                    Instant::now() + Duration::from_secs(5),
+                    0,
+                    None,
+                    None,
+                )
+                .await
             })
         };
         tokio::task::yield_now().await;
@@ -808,7 +835,15 @@ mod tests {
         assert!(conn.is_sealed());
         assert_eq!(accepted.inbound_in_flight(), 1);
         match conn
-            .call_routed(1, "y", b"q".to_vec(), Duration::from_secs(5), 0, None, None)
+            .call_routed(
+                1,
+                "y",
+                b"q".to_vec(),
+                Instant::now() + Duration::from_secs(5),
+                0,
+                None,
+                None,
+            )
             .await
         {
             Err(Routed::Unsent(p)) => assert_eq!(p, b"q"),
@@ -888,7 +923,7 @@ mod tests {
                 1,
                 "x",
                 b"payload".to_vec(),
-                Duration::from_secs(5),
+                Instant::now() + Duration::from_secs(5),
                 0,
                 None,
                 None,
@@ -946,8 +981,16 @@ mod tests {
         let call = {
             let conn = conn.clone();
             tokio::spawn(async move {
-                conn.call_routed(1, "x", b"p".to_vec(), Duration::from_secs(5), 0, None, None)
-                    .await
+                conn.call_routed(
+                    1,
+                    "x",
+                    b"p".to_vec(),
+                    Instant::now() + Duration::from_secs(5),
+                    0,
+                    None,
+                    None,
+                )
+                .await
             })
         };
         // Let the call reach the (stalled) socket.

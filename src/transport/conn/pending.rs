@@ -41,7 +41,8 @@ pub(super) struct Inserted {
 /// Calls waiting for their answer (`W` is how one is answered), and their
 /// deadlines in order.
 pub(super) struct Pending<W> {
-    waiters: HashMap<u64, (W, Instant)>,
+    /// By correlation id (our own sequential ids: a fast, seeded hasher).
+    waiters: HashMap<u64, (W, Instant), foldhash::fast::RandomState>,
     deadlines: BTreeSet<(Instant, u64)>,
     /// The deadline the deadline task sleeps until.
     armed: Option<Instant>,
@@ -60,7 +61,7 @@ pub(super) struct Pending<W> {
 impl<W> Default for Pending<W> {
     fn default() -> Self {
         Pending {
-            waiters: HashMap::new(),
+            waiters: HashMap::default(),
             deadlines: BTreeSet::new(),
             armed: None,
             attempted: 0,

@@ -41,9 +41,12 @@ pub(super) async fn read_loop<R: AsyncRead>(
     let mut rd = std::pin::pin!(rd);
     let mut closed = shared.closed.subscribe();
     'outer: loop {
+        // When the frames of this read arrived: read once, by the first
+        // call among them (a call's deadline counts from its arrival).
+        let mut arrived = None;
         loop {
             match codec.decode(&mut buf) {
-                Ok(Some(frame)) => dispatch(frame, &shared, &inbound),
+                Ok(Some(frame)) => dispatch(frame, &shared, &inbound, &mut arrived),
                 Ok(None) => break,
                 Err(e) => {
                     Metrics::get().frame_errors.increment(1);
@@ -73,14 +76,17 @@ pub(super) async fn read_loop<R: AsyncRead>(
     shared.close();
 }
 
-fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
+fn dispatch(
+    frame: Frame,
+    shared: &Arc<Shared>,
+    inbound: &Arc<dyn Inbound>,
+    arrived: &mut Option<Instant>,
+) {
     let corr = frame.corr;
     match frame.kind {
         Kind::Reply | Kind::Pong => {
             let result = match frame.kind {
-                Kind::Reply => {
-                    wire::decode::<Reply>(&frame.body).map(|r| Bytes::from(r.payload.into_vec()))
-                }
+                Kind::Reply => Reply::payload_of(&frame.body),
                 _ => Ok(Bytes::new()),
             };
             if let Some(w) = shared.take_waiter(corr) {
@@ -103,7 +109,8 @@ fn dispatch(frame: Frame, shared: &Arc<Shared>, inbound: &Arc<dyn Inbound>) {
         }
         Kind::Call => match wire::decode::<CallFrame>(&frame.body) {
             Ok(call) => {
-                let deadline = Instant::now() + Duration::from_millis(call.timeout_ms);
+                let now = *arrived.get_or_insert_with(Instant::now);
+                let deadline = now + Duration::from_millis(call.timeout_ms);
                 let reply = Responder::arrived(corr, shared, deadline);
                 inbound.call(&shared.peer, call, reply);
             }

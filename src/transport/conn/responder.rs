@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_bytes::ByteBuf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -138,13 +137,7 @@ impl Responder {
         // The caller is gone (cancelled): nobody reads an answer.
         if !calls.take_cancelled(corr) {
             let frame = match result {
-                Ok(payload) => {
-                    let n = payload.len();
-                    let reply = Reply {
-                        payload: ByteBuf::from(payload),
-                    };
-                    wire::encode_envelope(&reply, n).map(|b| (Kind::Reply, b))
-                }
+                Ok(payload) => Ok((Kind::Reply, Reply::encode(&payload))),
                 Err(error) => wire::encode_envelope(&Failure::from_error(&error), 64)
                     .map(|b| (Kind::Error, b)),
             };
@@ -174,9 +167,9 @@ impl Responder {
     /// Whether nobody waits for the answer any more: the connection is
     /// gone, or the caller cancelled the call (a `Cancel` frame).
     pub fn is_closed(&self) -> bool {
-        self.slot.as_ref().is_none_or(|(corr, shared)| {
-            *shared.closed.borrow() || shared.inbound.is_cancelled(*corr)
-        })
+        self.slot
+            .as_ref()
+            .is_none_or(|(corr, shared)| shared.is_closed() || shared.inbound.is_cancelled(*corr))
     }
 }
 

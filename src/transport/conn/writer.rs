@@ -55,7 +55,7 @@ impl Shared {
     /// writer drops it, and a caller must see the close (`NodeDown`), not
     /// a late answer.
     pub(super) fn enqueue(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) {
-        if *self.closed.borrow() {
+        if self.is_closed() {
             return;
         }
         if direct && self.queued.load(Ordering::Acquire) == 0 {
