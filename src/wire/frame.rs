@@ -366,6 +366,52 @@ impl FrameCodec {
         Ok(())
     }
 
+    /// Appends one frame to `dst` whose body `body` writes into `dst`
+    /// itself (no buffer of its own, no copy). On any error (the body's,
+    /// or [`FrameError::Oversized`] as `Error::Codec`) `dst` is left as it
+    /// was.
+    pub(crate) fn encode_with(
+        &self,
+        kind: Kind,
+        corr: u64,
+        dst: &mut BytesMut,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), crate::Error>,
+    ) -> Result<(), crate::Error> {
+        let start = dst.len();
+        let extra = if self.checksum { 8 } else { 0 };
+        dst.reserve(4 + HEADER_LEN + extra + 64);
+        dst.put_u32(0); // the length, once the body is written
+        dst.put_slice(&MAGIC);
+        dst.put_u8(VERSION);
+        dst.put_u8(kind as u8);
+        dst.put_u8(if self.checksum { FLAG_CHECKSUM } else { 0 });
+        dst.put_slice(&[0, 0, 0]);
+        dst.put_u64(corr);
+        if self.checksum {
+            dst.put_u64(0); // the checksum, once the body is written
+        }
+        let body_at = dst.len();
+        if let Err(e) = body(dst) {
+            dst.truncate(start);
+            return Err(e);
+        }
+        let len = dst.len() - start - 4;
+        if len > self.max_frame {
+            dst.truncate(start);
+            let oversized = FrameError::Oversized {
+                len,
+                max: self.max_frame,
+            };
+            return Err(crate::Error::Codec(oversized.to_string()));
+        }
+        dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        if self.checksum {
+            let sum = xxh3_64(&dst[body_at..]);
+            dst[body_at - 8..body_at].copy_from_slice(&sum.to_be_bytes());
+        }
+        Ok(())
+    }
+
     /// Takes one frame off the front of `src`, if it holds a whole one.
     /// `Ok(None)`: need more bytes (and `src` has room reserved for them).
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -595,5 +641,37 @@ mod tests {
         let last = buf.len() - 1;
         buf[last] ^= 1;
         assert_eq!(codec.decode(&mut buf), Err(FrameError::ChecksumMismatch));
+    }
+
+    #[test]
+    fn a_frame_written_in_place_is_the_frame_encoded_from_its_body() {
+        for checksum in [false, true] {
+            let codec = FrameCodec::new(1024, checksum);
+            for body in [&b""[..], b"\x91\xc4\x01x", &[7u8; 600]] {
+                let mut by_copy = BytesMut::from(&b"before"[..]);
+                codec.encode(Kind::Reply, 9, body, &mut by_copy).unwrap();
+                let mut in_place = BytesMut::from(&b"before"[..]);
+                codec
+                    .encode_with(Kind::Reply, 9, &mut in_place, |d| {
+                        d.put_slice(body);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!(by_copy, in_place);
+            }
+            // Too big, or the body fails: nothing is left behind.
+            let mut dst = BytesMut::from(&b"before"[..]);
+            let big = codec.encode_with(Kind::Reply, 9, &mut dst, |d| {
+                d.put_slice(&[0; 2048]);
+                Ok(())
+            });
+            assert!(matches!(big, Err(crate::Error::Codec(_))));
+            let failed = codec.encode_with(Kind::Reply, 9, &mut dst, |d| {
+                d.put_slice(b"partial");
+                Err(crate::Error::Codec("no".into()))
+            });
+            assert!(failed.is_err());
+            assert_eq!(&dst[..], b"before");
+        }
     }
 }

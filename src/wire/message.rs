@@ -287,22 +287,28 @@ pub struct Reply {
 impl Reply {
     /// Encodes a `Reply` body around `payload`, byte for byte as serde
     /// would (`[bin]`, the shortest bin header), without the serde detour.
+    #[cfg(test)]
     pub(crate) fn encode(payload: &[u8]) -> Vec<u8> {
-        let n = payload.len();
-        let mut out = Vec::with_capacity(n + 6);
-        out.push(0x91);
-        if let Ok(n) = u8::try_from(n) {
-            out.extend_from_slice(&[0xc4, n]);
-        } else if let Ok(n) = u16::try_from(n) {
-            out.push(0xc5);
-            out.extend_from_slice(&n.to_be_bytes());
-        } else {
-            out.push(0xc6);
-            // Frames are bounded far below 4 GiB (`FrameCodec`'s maximum).
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        out.extend_from_slice(payload);
+        let mut out = Vec::with_capacity(payload.len() + 6);
+        Reply::encode_into(payload, &mut out);
         out
+    }
+
+    /// [`Reply::encode`] appended to `dst` (a connection's outbox).
+    pub(crate) fn encode_into(payload: &[u8], dst: &mut impl bytes::BufMut) {
+        let n = payload.len();
+        dst.put_u8(0x91);
+        if let Ok(n) = u8::try_from(n) {
+            dst.put_slice(&[0xc4, n]);
+        } else if let Ok(n) = u16::try_from(n) {
+            dst.put_u8(0xc5);
+            dst.put_u16(n);
+        } else {
+            dst.put_u8(0xc6);
+            // Frames are bounded far below 4 GiB (`FrameCodec`'s maximum).
+            dst.put_u32(n as u32);
+        }
+        dst.put_slice(payload);
     }
 
     /// The payload of a `Reply` body, sliced out of it (no copy) when the

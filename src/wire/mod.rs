@@ -124,6 +124,14 @@ pub(crate) fn encode_envelope<T: Serialize + ?Sized>(
     Ok(out)
 }
 
+/// [`encode_envelope`] straight into `dst` (a connection's outbox).
+pub(crate) fn encode_envelope_into<T: Serialize + ?Sized>(
+    value: &T,
+    dst: &mut bytes::BytesMut,
+) -> Result<(), Error> {
+    rmp_serde::encode::write(&mut bytes::BufMut::writer(dst), value).map_err(Error::codec)
+}
+
 /// Decodes a message or reply body. Never panics on bad bytes.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     rmp_serde::from_slice(body).map_err(Error::codec)

@@ -37,13 +37,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use self::pending::{Pending, Sent};
 use self::responder::InboundCalls;
 pub use self::responder::{Ack, Responder};
-use self::writer::{Out, WriteSide};
+use self::writer::{Outbox, WriteSide};
 use super::{Lifetime, TransportConfig};
 use crate::wire::{self, CallFrame, Cast, Kind, MembershipFrame, Peer};
 use crate::Error;
@@ -120,9 +120,10 @@ struct Shared {
     /// Wakes the deadline task for a deadline earlier than it is armed for.
     earlier: Notify,
     next: AtomicU64,
-    out: mpsc::UnboundedSender<Out>,
-    /// Frames handed to the writer task and not yet written.
-    queued: AtomicUsize,
+    /// Frames encoded and not yet written ([`writer`]).
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer task for an outbox that was empty.
+    wake: Notify,
     /// The socket's write side; the writer task takes it out while it
     /// awaits a write, a direct write borrows it under the lock.
     wr: Mutex<Option<WriteSide>>,
@@ -290,14 +291,24 @@ impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         let waiting = self.shared.take_waiter(self.corr).is_some();
         if waiting && self.cancel && !self.shared.is_closed() {
-            self.shared
-                .enqueue(Kind::Cancel, self.corr, EMPTY_BODY.to_vec(), false);
+            // A cancel too big to encode cannot be: it is one byte.
+            let _ = self
+                .shared
+                .enqueue(Kind::Cancel, self.corr, &EMPTY_BODY, false);
         }
     }
 }
 
 /// `{}` in MessagePack: the body of frames that carry nothing.
 const EMPTY_BODY: [u8; 1] = [0x80];
+
+/// Writes `body` as a frame's body.
+fn put(body: &[u8]) -> impl FnOnce(&mut BytesMut) -> Result<(), Error> + '_ {
+    move |dst| {
+        bytes::BufMut::put_slice(dst, body);
+        Ok(())
+    }
+}
 
 /// A handle on an established connection. Cheap to clone; the connection
 /// closes when the peer goes away, on a malformed frame, or on `close()`.
@@ -330,15 +341,14 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
-        let (out, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             peer,
             pending: Mutex::new(Pending::default()),
             idle: Notify::new(),
             earlier: Notify::new(),
             next: AtomicU64::new(1),
-            out,
-            queued: AtomicUsize::new(0),
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
             wr: Mutex::new(Some(Box::pin(wr))),
             codec: cfg.codec,
             inbound: InboundCalls::default(),
@@ -354,7 +364,7 @@ impl Connection {
             lifetime,
         });
         let conn = Connection { shared };
-        tokio::spawn(writer::write_loop(out_rx, conn.shared.clone()));
+        tokio::spawn(writer::write_loop(conn.shared.clone()));
         tokio::spawn(reader::read_loop(
             rd,
             leftover,
@@ -416,18 +426,15 @@ impl Connection {
         if self.is_closed() {
             return;
         }
-        self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        if self.shared.out.send(Out::Close).is_err() {
-            self.shared.close();
-        }
+        self.shared.close_after_queued();
     }
 
-    fn send(&self, kind: Kind, corr: u64, body: Vec<u8>, direct: bool) -> Result<(), Error> {
+    /// Sends a frame that is not a request of ours (no waiter).
+    fn send(&self, kind: Kind, corr: u64, body: &[u8]) -> Result<(), Error> {
         if self.is_closed() {
             return Err(self.down());
         }
-        self.shared.enqueue(kind, corr, body, direct);
-        Ok(())
+        self.shared.enqueue(kind, corr, body, false)
     }
 
     fn down(&self) -> Error {
@@ -437,11 +444,14 @@ impl Connection {
     /// Sends a request of `kind` and waits for the frame answering it, at
     /// most until `deadline`: the connection's deadline task answers
     /// `Timeout` (one timer per connection, not one per call).
+    ///
+    /// `body` encodes the frame's body straight into the outbox; its error
+    /// (a frame too big) fails the request, never sent.
     async fn request(
         &self,
         kind: Kind,
-        body: Vec<u8>,
         deadline: Instant,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<Bytes, Routed<()>> {
         // A sealed connection takes no new call: it comes back unsent (the
         // caller routes it to a fresh connection). What must follow the
@@ -462,9 +472,14 @@ impl Connection {
             self.shared.earlier.notify_one();
         }
         // Closed between the check and the insert: nobody would fail us.
-        if self.is_closed() || self.send(kind, corr, body, inserted.alone).is_err() {
+        if self.is_closed() {
             self.shared.take_waiter(corr);
             return Err(Routed::Unsent(()));
+        }
+        // Closed from here on, `close` fails the waiter.
+        if let Err(e) = self.shared.enqueue_with(kind, corr, inserted.alone, body) {
+            self.shared.take_waiter(corr);
+            return Err(Routed::Failed(e));
         }
         drop(sending);
         // Dropped before the answer (the caller gave up): forget the call
@@ -537,8 +552,8 @@ impl Connection {
             trace: trace.filter(|_| self.shared.peer.trace_context),
             chain: chain.filter(|_| self.shared.peer.call_chain),
         };
-        let body = wire::encode_envelope(&call, payload.len() + id.len())?;
-        match self.request(Kind::Call, body, deadline).await {
+        let encode = |dst: &mut BytesMut| wire::encode_envelope_into(&call, dst);
+        match self.request(Kind::Call, deadline, encode).await {
             Ok(b) => Ok(b),
             Err(Routed::Failed(e)) => Err(Routed::Failed(e)),
             Err(Routed::Unsent(())) => Err(Routed::Unsent(payload)),
@@ -569,14 +584,14 @@ impl Connection {
             trace: trace.filter(|_| self.shared.peer.trace_context),
         };
         let body = wire::encode_envelope(&cast, cast.payload.len() + cast.id.len())?;
-        self.send(Kind::Cast, 0, body, false)
+        self.send(Kind::Cast, 0, &body)
     }
 
     /// Round trip of a `Ping`.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let started = Instant::now();
         let r = self
-            .request(Kind::Ping, vec![0x80], started + timeout) // body `{}`: an empty map
+            .request(Kind::Ping, started + timeout, put(&EMPTY_BODY)) // body `{}`: an empty map
             .await;
         self.public(r)?;
         Ok(started.elapsed())
@@ -588,7 +603,7 @@ impl Connection {
     /// arrived (frames keep their order on a connection).
     pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
         let r = self
-            .request(Kind::Leave, EMPTY_BODY.to_vec(), Instant::now() + timeout)
+            .request(Kind::Leave, Instant::now() + timeout, put(&EMPTY_BODY))
             .await;
         self.public(r).map(drop)
     }
@@ -605,7 +620,7 @@ impl Connection {
             Ordering::Acquire,
         );
         let r = self
-            .request(Kind::Retire, EMPTY_BODY.to_vec(), Instant::now() + timeout)
+            .request(Kind::Retire, Instant::now() + timeout, put(&EMPTY_BODY))
             .await;
         self.public(r).map(drop)
     }
@@ -694,7 +709,7 @@ impl Connection {
 
     /// Sends our membership view.
     pub fn send_membership(&self, m: &MembershipFrame) -> Result<(), Error> {
-        self.send(Kind::Membership, 0, wire::encode_envelope(m, 256)?, false)
+        self.send(Kind::Membership, 0, &wire::encode_envelope(m, 256)?)
     }
 }
 
@@ -954,9 +969,7 @@ mod tests {
         conn.cast(1, "x", vec![0; 64 << 10], 0).unwrap();
         // The writer takes the write side out while its write waits.
         let mut turns = 0;
-        while conn.shared.queued.load(Ordering::Acquire) == 0
-            || conn.shared.wr.lock().unwrap().is_some()
-        {
+        while !conn.shared.outbox().is_busy() || conn.shared.wr.lock().unwrap().is_some() {
             turns += 1;
             assert!(turns < 10_000, "the writer never blocked");
             tokio::task::yield_now().await;

@@ -121,7 +121,7 @@ fn dispatch(
             Err(e) => tracing::warn!(peer = %shared.peer.node, "dropping malformed cast: {e}"),
         },
         Kind::Ping => {
-            shared.enqueue(Kind::Pong, corr, Vec::new(), false);
+            let _ = shared.enqueue(Kind::Pong, corr, &[], false);
         }
         Kind::Membership => match wire::decode::<MembershipFrame>(&frame.body) {
             Ok(m) => inbound.membership(&shared.peer, m),

@@ -136,14 +136,24 @@ impl Responder {
         let alone = calls.in_flight() == 1;
         // The caller is gone (cancelled): nobody reads an answer.
         if !calls.take_cancelled(corr) {
-            let frame = match result {
-                Ok(payload) => Ok((Kind::Reply, Reply::encode(&payload))),
-                Err(error) => wire::encode_envelope(&Failure::from_error(&error), 64)
-                    .map(|b| (Kind::Error, b)),
+            // Encoded straight into the outbox. A reply too big for a
+            // frame is answered with that error instead (`Codec`), so the
+            // caller learns why rather than timing out.
+            let sent = match result {
+                Ok(payload) => shared.enqueue_with(Kind::Reply, corr, alone, |dst| {
+                    Reply::encode_into(&payload, dst);
+                    Ok(())
+                }),
+                Err(error) => Err(error),
             };
-            match frame {
-                Ok((kind, body)) => shared.enqueue(kind, corr, body, alone),
-                Err(e) => tracing::warn!("cannot encode a response: {e}"),
+            if let Err(error) = sent {
+                let failure = Failure::from_error(&error);
+                let sent = shared.enqueue_with(Kind::Error, corr, alone, |dst| {
+                    wire::encode_envelope_into(&failure, dst)
+                });
+                if let Err(e) = sent {
+                    tracing::warn!("cannot encode a response: {e}");
+                }
             }
         }
         // Counted as answered once the reply is queued: what waits for
@@ -211,7 +221,8 @@ impl Ack {
     fn answer(&mut self) {
         if let Some((corr, shared)) = self.slot.take() {
             shared.after_sealed_calls(move |shared| {
-                shared.enqueue(Kind::Pong, corr, Vec::new(), false)
+                // An empty body cannot be too big.
+                let _ = shared.enqueue(Kind::Pong, corr, &[], false);
             });
         }
     }
