@@ -2,9 +2,13 @@
 //! the router (`node::router`, which decides local, forward or reroute)
 //! and waits for the reply the router says will come.
 //!
-//! Allocation: a call allocates only the reply slot (a tokio oneshot); the
-//! message travels inside the actor's envelope enum, by value. A call arms
-//! no timer: its deadline travels with the message and the activation
+//! Allocation: a local call allocates only the reply slot (a tokio
+//! oneshot); the message travels inside the actor's envelope enum, by
+//! value. A remote call allocates its encoded message and id (kept to
+//! route it again if the owner never saw it) and the connection's reply
+//! slot; its frame is encoded straight into the connection's outbox and
+//! nothing is boxed unless it is routed again. A call arms no timer: its
+//! deadline travels with the message and the activation (or connection)
 //! holding it enforces it (see `activation::task`).
 //!
 //! Cooperation: sending a call spends one unit of the tokio task's
@@ -27,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::router::dispatch::RemoteReply;
+use super::router::forward::RemoteCall;
 use super::router::Sent;
 use super::{Node, NodeInner, DEFAULT};
 use crate::telemetry::Metrics;
@@ -111,9 +115,9 @@ pub struct CallFuture<'a, A, M: Message> {
     id: &'a str,
     call: Option<Call<'a, A, M>>,
     rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
-    /// A call to another node: the encoded reply, boxed (one allocation per
-    /// remote call, next to a network round trip).
-    remote: Option<RemoteReply>,
+    /// A call to another node: the wait for its encoded reply (nothing
+    /// boxed unless it is routed again).
+    remote: Option<RemoteCall>,
     started: Option<Instant>,
     span: tracing::Span,
 }
@@ -181,7 +185,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
         }
         let _enter = this.span.enter();
         let result = if let Some(remote) = this.remote.as_mut() {
-            let bytes = ready!(remote.as_mut().poll(cx));
+            let bytes = ready!(Pin::new(remote).poll(cx));
             this.remote = None;
             bytes.and_then(|b| crate::wire::decode::<M::Reply>(&b))
         } else {

@@ -62,7 +62,7 @@ pub mod tls;
 
 #[cfg_attr(feature = "internals", mesh_macros::expose)]
 pub(crate) use conn::{Ack, Connection, Inbound, Responder};
-pub(crate) use conn::{Origin, Routed};
+pub(crate) use conn::{Origin, Routed, Waiting};
 pub use connect::{
     Acceptor, BoxFuture, BoxStream, ConnFacts, Connector, DialTarget, Lifetime, Listener, Recheck,
     Stream,

@@ -1,21 +1,15 @@
 //! Typed requests from this process: a call or cast goes to its local
 //! activation by value (nothing encoded), or, encoded once, to its owner.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{Along, Decision, Origin, Request, Router, Target};
+use super::forward::RemoteCall;
+use super::{Along, Origin, Request, Router, Target};
 use crate::activation::{Envelope, WireCall, WireReply};
 use crate::actor::chain::Caller;
 use crate::actor::ReplyTo;
 use crate::{Error, Handler, Message};
-
-/// The encoded reply of a request sent to another node, boxed (one
-/// allocation per remote call, next to a network round trip).
-pub(crate) type RemoteReply = Pin<Box<dyn Future<Output = Result<bytes::Bytes, Error>> + Send>>;
 
 /// Where the router sent a typed call, and where its reply comes from.
 pub(crate) enum Sent<R> {
@@ -23,13 +17,13 @@ pub(crate) enum Sent<R> {
     Local(oneshot::Receiver<Result<R, Error>>),
     /// Sent to its owner, encoded; rerouted by the router if the owner
     /// never saw it.
-    Remote(RemoteReply),
+    Remote(RemoteCall),
 }
 
 impl Router<'_> {
-    /// Sends a typed call to actor `id` of type `A`: enqueued here before
-    /// this returns, or sent to the owner (when the returned future is
-    /// first polled). `span` is the call's span, whose trace context goes
+    /// Sends a typed call to actor `id` of type `A`: enqueued here, or
+    /// sent to the owner, before this returns (so calls made in order go
+    /// out in order). `span` is the call's span, whose trace context goes
     /// with a remote call.
     pub(crate) fn send<A: Handler<M>, M: Message>(
         &self,
@@ -59,11 +53,7 @@ impl Router<'_> {
                         caller,
                     },
                 };
-                Ok(Sent::Remote(Box::pin(self.carry(
-                    req,
-                    target,
-                    Decision::Forward(conn),
-                ))))
+                Ok(Sent::Remote(self.call_remote(conn, req, target)))
             }
         }
     }

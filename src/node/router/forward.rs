@@ -4,7 +4,9 @@
 //! time), or the strong-mode wait (then a new decision, to the owner).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +17,7 @@ use super::{Along, Decision, Origin, Request, Router, Target};
 use crate::activation::{WireCall, WireReply};
 use crate::actor::ReplyTo;
 use crate::node::NodeInner;
-use crate::transport::Connection;
+use crate::transport::{Connection, Routed, Waiting};
 use crate::Error;
 
 /// Strong mode: how long a request that landed on a node that does not
@@ -134,7 +136,16 @@ impl Router<'_> {
 /// Waits for a started request's answer, routing it again as the policy
 /// and the strong-mode rule say.
 async fn run(node: Arc<NodeInner>, started: Started, target: Target) -> Result<Bytes, Error> {
-    let mut policy = Reroute::default();
+    rerouted(node, started, target, Reroute::default()).await
+}
+
+/// [`run`], with what is left of the reroute policy.
+async fn rerouted(
+    node: Arc<NodeInner>,
+    started: Started,
+    target: Target,
+    mut policy: Reroute,
+) -> Result<Bytes, Error> {
     let mut started = started;
     loop {
         started = match started {
@@ -154,16 +165,10 @@ async fn run(node: Arc<NodeInner>, started: Started, target: Target) -> Result<B
                         chain.as_deref(),
                     )
                     .await;
-                let owner = &conn.peer().node;
                 if !policy.retry(&mut req, &mut result) {
-                    return settle(result, owner);
+                    return settle(result, &conn.peer().node);
                 }
-                // Its connection is gone: down by the membership's rule;
-                // route once more.
-                let router = node.router();
-                router.evict(owner);
-                let decision = router.decide(&req, target, false)?;
-                router.start(req, target, decision, false)?
+                after_unsent(&node, &conn, req, target)?
             }
             Started::Await(req) => {
                 let left = req.left();
@@ -175,6 +180,142 @@ async fn run(node: Arc<NodeInner>, started: Started, target: Target) -> Result<B
                 let router = node.router();
                 let decision = router.decide(&req, target, true)?;
                 router.start(req, target, decision, true)?
+            }
+        }
+    }
+}
+
+/// A request `conn`'s owner never saw: its connection is gone (down by
+/// the membership's rule), so the owner is evicted and the request routed
+/// once more.
+fn after_unsent(
+    node: &Arc<NodeInner>,
+    conn: &Connection,
+    req: Request,
+    target: Target,
+) -> Result<Started, Error> {
+    let router = node.router();
+    router.evict(&conn.peer().node);
+    let decision = router.decide(&req, target, false)?;
+    router.start(req, target, decision, false)
+}
+
+/// A typed call sent to its owner on another node: the wait for its
+/// answer. While the first send is answered (every remote call's path)
+/// nothing is boxed and no future is nested: the call's request and the
+/// connection's [`Waiting`]. A call the owner never saw is routed again
+/// ([`Reroute`]) in a boxed future of its own (rare).
+///
+/// Dropped before its answer, the call is abandoned: the owner is told
+/// (`Cancel`) and skips it if it has not started it.
+pub(crate) struct RemoteCall(Remote);
+
+enum Remote {
+    Waiting {
+        node: Arc<NodeInner>,
+        conn: Connection,
+        req: Request,
+        target: Target,
+        waiting: Waiting,
+    },
+    Again(Pin<Box<dyn Future<Output = Result<Bytes, Error>> + Send>>),
+    Ready(Option<Result<Bytes, Error>>),
+}
+
+impl std::fmt::Debug for RemoteCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            Remote::Waiting { .. } => "waiting",
+            Remote::Again(_) => "rerouted",
+            Remote::Ready(_) => "ready",
+        };
+        f.debug_tuple("RemoteCall").field(&state).finish()
+    }
+}
+
+impl Router<'_> {
+    /// Sends a typed call's request to its owner on `conn` now (before this
+    /// returns, so calls made in order are sent in order) and gives back
+    /// the wait for its answer.
+    pub(super) fn call_remote(&self, conn: Connection, req: Request, target: Target) -> RemoteCall {
+        let chain = req.along.caller.to_wire();
+        let sent = conn.start_call(
+            req.tag,
+            &req.id,
+            &req.body,
+            req.deadline,
+            req.wire_hops(false),
+            req.along.trace.as_ref(),
+            chain.as_deref(),
+        );
+        match sent {
+            Ok(waiting) => RemoteCall(Remote::Waiting {
+                node: self.node.clone(),
+                conn,
+                req,
+                target,
+                waiting,
+            }),
+            Err(routed) => RemoteCall(again(self.node.clone(), conn, req, target, routed)),
+        }
+    }
+}
+
+/// What follows a first send that failed (`routed`): routed again if the
+/// owner never saw it and the policy allows, else the failure.
+fn again(
+    node: Arc<NodeInner>,
+    conn: Connection,
+    mut req: Request,
+    target: Target,
+    routed: Routed<()>,
+) -> Remote {
+    let mut policy = Reroute::default();
+    let mut result = Err(match routed {
+        Routed::Unsent(()) => Routed::Unsent(std::mem::take(&mut req.body)),
+        Routed::Failed(e) => Routed::Failed(e),
+    });
+    if !policy.retry(&mut req, &mut result) {
+        return Remote::Ready(Some(settle(result, &conn.peer().node)));
+    }
+    Remote::Again(Box::pin(async move {
+        let started = after_unsent(&node, &conn, req, target)?;
+        rerouted(node, started, target, policy).await
+    }))
+}
+
+impl Future for RemoteCall {
+    type Output = Result<Bytes, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut self.0 {
+                Remote::Waiting { waiting, .. } => {
+                    let result = ready!(Pin::new(waiting).poll(cx));
+                    let done = std::mem::replace(&mut self.0, Remote::Ready(None));
+                    let Remote::Waiting {
+                        node,
+                        conn,
+                        req,
+                        target,
+                        ..
+                    } = done
+                    else {
+                        unreachable!("matched as waiting above");
+                    };
+                    match result {
+                        Ok(reply) => return Poll::Ready(Ok(reply)),
+                        Err(routed) => self.0 = again(node, conn, req, target, routed),
+                    }
+                }
+                Remote::Again(fut) => {
+                    let result = ready!(fut.as_mut().poll(cx));
+                    self.0 = Remote::Ready(None);
+                    return Poll::Ready(result);
+                }
+                Remote::Ready(result) => {
+                    return Poll::Ready(result.take().expect("RemoteCall polled after completion"));
+                }
             }
         }
     }

@@ -30,8 +30,11 @@ mod reader;
 mod responder;
 mod writer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -280,15 +283,50 @@ impl Shared {
     }
 }
 
-/// Cancels a request whose future was dropped before its answer.
-struct Abandon<'a> {
-    shared: &'a Arc<Shared>,
+/// A request handed to its connection, waiting for the frame answering
+/// it (a future, with nothing boxed: a remote call's whole wait).
+///
+/// Dropped before its answer (the caller gave up), it forgets the request
+/// and, for a `Call`, tells the peer (`Cancel`) so it skips the work if it
+/// has not started it. The connection closing answers it (`Routed`).
+#[must_use = "a request is abandoned when its Waiting is dropped"]
+pub(crate) struct Waiting {
+    shared: Arc<Shared>,
     corr: u64,
     cancel: bool,
+    rx: oneshot::Receiver<Result<Bytes, Routed<()>>>,
+    answered: bool,
 }
 
-impl Drop for Abandon<'_> {
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("peer", &self.shared.peer.node)
+            .field("corr", &self.corr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Waiting {
+    type Output = Result<Bytes, Routed<()>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.answered = true;
+        // The waiter went without an answer: the connection is gone.
+        Poll::Ready(result.unwrap_or_else(|_| {
+            Err(Routed::Failed(Error::node_down(
+                self.shared.peer.node.clone(),
+            )))
+        }))
+    }
+}
+
+impl Drop for Waiting {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         let waiting = self.shared.take_waiter(self.corr).is_some();
         if waiting && self.cancel && !self.shared.is_closed() {
             // A cancel too big to encode cannot be: it is one byte.
@@ -453,6 +491,18 @@ impl Connection {
         deadline: Instant,
         body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<Bytes, Routed<()>> {
+        self.start(kind, deadline, body)?.await
+    }
+
+    /// Hands a request to the connection now (before this returns: in
+    /// order with whatever this task sends next) and gives back its wait.
+    /// See [`Connection::request`].
+    fn start(
+        &self,
+        kind: Kind,
+        deadline: Instant,
+        body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+    ) -> Result<Waiting, Routed<()>> {
         // A sealed connection takes no new call: it comes back unsent (the
         // caller routes it to a fresh connection). What must follow the
         // calls past this check waits for them (`Shared::calls_queued`).
@@ -482,17 +532,13 @@ impl Connection {
             return Err(Routed::Failed(e));
         }
         drop(sending);
-        // Dropped before the answer (the caller gave up): forget the call
-        // and, for a `Call`, tell the peer so it skips the work if it has
-        // not started it.
-        let guard = Abandon {
-            shared: &self.shared,
+        Ok(Waiting {
+            shared: self.shared.clone(),
             corr,
             cancel: kind == Kind::Call,
-        };
-        let result = rx.await.unwrap_or_else(|_| Err(self.down().into()));
-        std::mem::forget(guard);
-        result
+            rx,
+            answered: false,
+        })
     }
 
     /// A request's outcome for the public API: never sent is `NodeDown`.
@@ -528,8 +574,7 @@ impl Connection {
     /// [`Connection::call`] until `deadline`, but a call the peer never saw
     /// comes back as `Err(Unsent(payload))`, so the caller can route it
     /// elsewhere. It carries the caller's trace context and call chain to
-    /// peers that take them. The frame is encoded from the borrowed id,
-    /// payload and chain (no copy of them but the encoding itself).
+    /// peers that take them.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn call_routed(
         &self,
@@ -541,23 +586,47 @@ impl Connection {
         trace: Option<&wire::TraceContext>,
         chain: Option<&[(String, String)]>,
     ) -> Result<Bytes, Routed> {
+        let sent = self.start_call(tag, id, &payload, deadline, hops, trace, chain);
+        let result = match sent {
+            Ok(waiting) => waiting.await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| match e {
+            Routed::Failed(e) => Routed::Failed(e),
+            Routed::Unsent(()) => Routed::Unsent(payload),
+        })
+    }
+
+    /// Sends a call now (in order with what this task sends next) and gives
+    /// back its wait: [`Connection::call_routed`] without the payload
+    /// handed over (the caller keeps it, to route it elsewhere if it comes
+    /// back unsent). The frame is encoded from the borrowed id, payload and
+    /// chain straight into the connection's outbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_call(
+        &self,
+        tag: u64,
+        id: &str,
+        payload: &[u8],
+        deadline: Instant,
+        hops: u8,
+        trace: Option<&wire::TraceContext>,
+        chain: Option<&[(String, String)]>,
+    ) -> Result<Waiting, Routed<()>> {
         let left = deadline.saturating_duration_since(Instant::now());
         let call = wire::CallFrameRef {
             tag,
             id,
             timeout_ms: left.as_millis().min(u64::MAX as u128) as u64,
             hops,
-            payload: &payload,
+            payload,
             // An older peer would refuse the body with it.
             trace: trace.filter(|_| self.shared.peer.trace_context),
             chain: chain.filter(|_| self.shared.peer.call_chain),
         };
-        let encode = |dst: &mut BytesMut| wire::encode_envelope_into(&call, dst);
-        match self.request(Kind::Call, deadline, encode).await {
-            Ok(b) => Ok(b),
-            Err(Routed::Failed(e)) => Err(Routed::Failed(e)),
-            Err(Routed::Unsent(())) => Err(Routed::Unsent(payload)),
-        }
+        self.start(Kind::Call, deadline, |dst| {
+            wire::encode_envelope_into(&call, dst)
+        })
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
