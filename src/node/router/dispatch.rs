@@ -12,6 +12,9 @@ use crate::actor::ReplyTo;
 use crate::{Error, Handler, Message};
 
 /// Where the router sent a typed call, and where its reply comes from.
+// A value returned and moved once into the call's future: boxing the
+// remote call would put back the allocation it exists to avoid.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Sent<R> {
     /// Enqueued in its local activation's mailbox.
     Local(oneshot::Receiver<Result<R, Error>>),
