@@ -94,6 +94,7 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
     fn into_future(self) -> Self::IntoFuture {
         CallFuture {
             id: self.id,
+            via: self.via,
             call: Some(self),
             rx: None,
             remote: None,
@@ -113,6 +114,8 @@ impl<'a, A: Handler<M>, M: Message> IntoFuture for Call<'a, A, M> {
 pub struct CallFuture<'a, A, M: Message> {
     /// The actor id, kept to name the call in its error.
     id: &'a str,
+    /// The node it goes through (again, if it is routed again).
+    via: Via<'a>,
     call: Option<Call<'a, A, M>>,
     rx: Option<oneshot::Receiver<Result<M::Reply, Error>>>,
     /// A call to another node: the wait for its encoded reply (nothing
@@ -168,8 +171,13 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                     A::REENTRANT,
                     call.id,
                 )?);
-                node.router()
-                    .send::<A, M>(call.id, call.msg, now + timeout, caller, &span)
+                node.router().send::<A, M>(
+                    call.id,
+                    call.msg,
+                    (now + timeout, timeout),
+                    caller,
+                    &span,
+                )
             });
             match sent {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
@@ -185,7 +193,8 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
         }
         let _enter = this.span.enter();
         let result = if let Some(remote) = this.remote.as_mut() {
-            let bytes = ready!(Pin::new(remote).poll(cx));
+            let via = this.via;
+            let bytes = ready!(remote.poll_reply(cx, || with_node(via, |n| Ok(n.clone()))));
             this.remote = None;
             bytes.and_then(|b| crate::wire::decode::<M::Reply>(&b))
         } else {

@@ -26,13 +26,14 @@ pub(crate) enum Sent<R> {
 impl Router<'_> {
     /// Sends a typed call to actor `id` of type `A`: enqueued here, or
     /// sent to the owner, before this returns (so calls made in order go
-    /// out in order). `span` is the call's span, whose trace context goes
-    /// with a remote call.
+    /// out in order). It ends at the deadline, which is the timeout from
+    /// now. `span` is the call's span, whose trace context goes with a
+    /// remote call.
     pub(crate) fn send<A: Handler<M>, M: Message>(
         &self,
         id: &str,
         msg: M,
-        deadline: Instant,
+        (deadline, timeout): (Instant, std::time::Duration),
         caller: Caller,
         span: &tracing::Span,
     ) -> Result<Sent<M::Reply>, Error> {
@@ -56,7 +57,7 @@ impl Router<'_> {
                         caller,
                     },
                 };
-                Ok(Sent::Remote(self.call_remote(conn, req, target)))
+                Ok(Sent::Remote(self.call_remote(conn, req, target, timeout)))
             }
         }
     }

@@ -202,9 +202,11 @@ fn after_unsent(
 
 /// A typed call sent to its owner on another node: the wait for its
 /// answer. While the first send is answered (every remote call's path)
-/// nothing is boxed and no future is nested: the call's request and the
-/// connection's [`Waiting`]. A call the owner never saw is routed again
-/// ([`Reroute`]) in a boxed future of its own (rare).
+/// nothing is boxed, no future is nested and no shared count is touched
+/// but the connection's: the call's request and the connection's
+/// [`Waiting`]. A call the owner never saw is routed again ([`Reroute`])
+/// in a boxed future of its own (rare), through the node the caller
+/// names then ([`RemoteCall::poll_reply`]).
 ///
 /// Dropped before its answer, the call is abandoned: the owner is told
 /// (`Cancel`) and skips it if it has not started it.
@@ -212,8 +214,6 @@ pub(crate) struct RemoteCall(Remote);
 
 enum Remote {
     Waiting {
-        node: Arc<NodeInner>,
-        conn: Connection,
         req: Request,
         target: Target,
         waiting: Waiting,
@@ -236,22 +236,28 @@ impl std::fmt::Debug for RemoteCall {
 impl Router<'_> {
     /// Sends a typed call's request to its owner on `conn` now (before this
     /// returns, so calls made in order are sent in order) and gives back
-    /// the wait for its answer.
-    pub(super) fn call_remote(&self, conn: Connection, req: Request, target: Target) -> RemoteCall {
+    /// the wait for its answer. `timeout` is what is left of the call's
+    /// time (`req.deadline` is when it ends): the owner drops the work
+    /// once it has passed.
+    pub(super) fn call_remote(
+        &self,
+        conn: Connection,
+        req: Request,
+        target: Target,
+        timeout: Duration,
+    ) -> RemoteCall {
         let chain = req.along.caller.to_wire();
-        let sent = conn.start_call(
+        let sent = conn.clone().start_call(
             req.tag,
             &req.id,
             &req.body,
-            req.deadline,
+            (req.deadline, timeout),
             req.wire_hops(false),
             req.along.trace.as_ref(),
             chain.as_deref(),
         );
         match sent {
             Ok(waiting) => RemoteCall(Remote::Waiting {
-                node: self.node.clone(),
-                conn,
                 req,
                 target,
                 waiting,
@@ -284,29 +290,42 @@ fn again(
     }))
 }
 
-impl Future for RemoteCall {
-    type Output = Result<Bytes, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+impl RemoteCall {
+    /// Polls for the encoded reply. `node` is asked for the node to route
+    /// through only if the call comes back unsent (its owner never saw
+    /// it).
+    pub(crate) fn poll_reply(
+        &mut self,
+        cx: &mut Context<'_>,
+        node: impl FnOnce() -> Result<Arc<NodeInner>, Error>,
+    ) -> Poll<Result<Bytes, Error>> {
+        let mut node = Some(node);
         loop {
             match &mut self.0 {
                 Remote::Waiting { waiting, .. } => {
-                    let result = ready!(Pin::new(waiting).poll(cx));
+                    let result = ready!(Pin::new(&mut *waiting).poll(cx));
+                    let routed = match result {
+                        Ok(reply) => {
+                            self.0 = Remote::Ready(None);
+                            return Poll::Ready(Ok(reply));
+                        }
+                        Err(routed) => routed,
+                    };
                     let done = std::mem::replace(&mut self.0, Remote::Ready(None));
                     let Remote::Waiting {
-                        node,
-                        conn,
                         req,
                         target,
-                        ..
+                        waiting,
                     } = done
                     else {
                         unreachable!("matched as waiting above");
                     };
-                    match result {
-                        Ok(reply) => return Poll::Ready(Ok(reply)),
-                        Err(routed) => self.0 = again(node, conn, req, target, routed),
-                    }
+                    let conn = waiting.connection();
+                    self.0 = match node.take().map(|f| f()) {
+                        Some(Ok(node)) => again(node, conn, req, target, routed),
+                        Some(Err(e)) => Remote::Ready(Some(Err(e))),
+                        None => unreachable!("a call comes back unsent once"),
+                    };
                 }
                 Remote::Again(fut) => {
                     let result = ready!(fut.as_mut().poll(cx));

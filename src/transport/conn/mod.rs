@@ -322,6 +322,15 @@ impl Future for Waiting {
     }
 }
 
+impl Waiting {
+    /// The connection the request went out on.
+    pub(crate) fn connection(&self) -> Connection {
+        Connection {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl Drop for Waiting {
     fn drop(&mut self) {
         if self.answered {
@@ -491,14 +500,14 @@ impl Connection {
         deadline: Instant,
         body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<Bytes, Routed<()>> {
-        self.start(kind, deadline, body)?.await
+        self.clone().start(kind, deadline, body)?.await
     }
 
     /// Hands a request to the connection now (before this returns: in
     /// order with whatever this task sends next) and gives back its wait.
     /// See [`Connection::request`].
     fn start(
-        &self,
+        self,
         kind: Kind,
         deadline: Instant,
         body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
@@ -533,7 +542,7 @@ impl Connection {
         }
         drop(sending);
         Ok(Waiting {
-            shared: self.shared.clone(),
+            shared: self.shared,
             corr,
             cancel: kind == Kind::Call,
             rx,
@@ -586,7 +595,10 @@ impl Connection {
         trace: Option<&wire::TraceContext>,
         chain: Option<&[(String, String)]>,
     ) -> Result<Bytes, Routed> {
-        let sent = self.start_call(tag, id, &payload, deadline, hops, trace, chain);
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let sent =
+            self.clone()
+                .start_call(tag, id, &payload, (deadline, timeout), hops, trace, chain);
         let result = match sent {
             Ok(waiting) => waiting.await,
             Err(e) => Err(e),
@@ -601,19 +613,20 @@ impl Connection {
     /// back its wait: [`Connection::call_routed`] without the payload
     /// handed over (the caller keeps it, to route it elsewhere if it comes
     /// back unsent). The frame is encoded from the borrowed id, payload and
-    /// chain straight into the connection's outbox.
+    /// chain straight into the connection's outbox. `until` is the call's
+    /// deadline and the time left before it (the caller read the clock).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start_call(
-        &self,
+        self,
         tag: u64,
         id: &str,
         payload: &[u8],
-        deadline: Instant,
+        until: (Instant, Duration),
         hops: u8,
         trace: Option<&wire::TraceContext>,
         chain: Option<&[(String, String)]>,
     ) -> Result<Waiting, Routed<()>> {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let (deadline, left) = until;
         let call = wire::CallFrameRef {
             tag,
             id,

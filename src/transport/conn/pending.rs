@@ -15,9 +15,14 @@
 //!   table closes never reached the socket ([`Sent::Never`]), so its caller
 //!   may route it elsewhere.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use tokio::time::Instant;
+
+/// How many stale deadlines the table keeps beyond twice its waiters
+/// before it rebuilds the heap.
+const SLACK: usize = 64;
 
 /// Whether the peer may have seen a request failed by [`Pending::close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +48,12 @@ pub(super) struct Inserted {
 pub(super) struct Pending<W> {
     /// By correlation id (our own sequential ids: a fast, seeded hasher).
     waiters: HashMap<u64, (W, Instant), foldhash::fast::RandomState>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Deadlines, earliest first. An answered request's entry is not
+    /// taken out (that would cost every call a search): it is skipped
+    /// when it comes to the top, and the heap is rebuilt from `waiters`
+    /// once stale entries outnumber live ones ([`Pending::remove`]), so
+    /// it holds at most twice the waiters (plus [`SLACK`]).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// The deadline the deadline task sleeps until.
     armed: Option<Instant>,
     /// The highest correlation id of a request handed to the socket: the
@@ -62,7 +72,7 @@ impl<W> Default for Pending<W> {
     fn default() -> Self {
         Pending {
             waiters: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: BinaryHeap::new(),
             armed: None,
             attempted: 0,
             closed: false,
@@ -76,7 +86,7 @@ impl<W> Pending<W> {
     /// `deadline`.
     pub(super) fn insert(&mut self, corr: u64, waiter: W, deadline: Instant) -> Inserted {
         self.waiters.insert(corr, (waiter, deadline));
-        self.deadlines.insert((deadline, corr));
+        self.deadlines.push(Reverse((deadline, corr)));
         Inserted {
             earlier: self.armed.is_none_or(|a| deadline < a),
             alone: self.waiters.len() == 1,
@@ -86,8 +96,14 @@ impl<W> Pending<W> {
     /// Takes out the waiter of `corr` (its answer came, it failed to go
     /// out, or its caller gave up); `None` if it already left.
     pub(super) fn remove(&mut self, corr: u64) -> Option<W> {
-        let (w, deadline) = self.waiters.remove(&corr)?;
-        self.deadlines.remove(&(deadline, corr));
+        let (w, _) = self.waiters.remove(&corr)?;
+        if self.deadlines.len() > 2 * self.waiters.len() + SLACK {
+            self.deadlines = self
+                .waiters
+                .iter()
+                .map(|(&corr, &(_, deadline))| Reverse((deadline, corr)))
+                .collect();
+        }
         Some(w)
     }
 
@@ -96,16 +112,19 @@ impl<W> Pending<W> {
     /// task sleeps until next, `None` for nothing).
     pub(super) fn expire(&mut self, now: Instant) -> (Vec<W>, Option<Instant>) {
         let mut expired = Vec::new();
-        while let Some(&(d, corr)) = self.deadlines.first() {
-            if d > now {
+        while let Some(&Reverse((d, corr))) = self.deadlines.peek() {
+            let live = self.waiters.contains_key(&corr);
+            if live && d > now {
                 break;
             }
-            self.deadlines.pop_first();
-            if let Some((w, _)) = self.waiters.remove(&corr) {
-                expired.push(w);
+            self.deadlines.pop();
+            if live {
+                if let Some((w, _)) = self.waiters.remove(&corr) {
+                    expired.push(w);
+                }
             }
         }
-        self.armed = self.deadlines.first().map(|&(d, _)| d);
+        self.armed = self.deadlines.peek().map(|&Reverse((d, _))| d);
         (expired, self.armed)
     }
 
@@ -282,5 +301,20 @@ mod tests {
         assert!(!p.is_drained());
         p.close();
         assert!(p.is_drained());
+    }
+
+    #[test]
+    fn answered_deadlines_do_not_pile_up_and_never_fire() {
+        let t = Instant::now();
+        let mut p = Pending::default();
+        p.insert(0, 0u64, at(t, 1_000));
+        for corr in 1..10_000u64 {
+            p.insert(corr, corr, at(t, 5 + corr));
+            assert_eq!(p.remove(corr), Some(corr));
+            assert!(p.deadlines.len() <= 2 * p.waiters.len() + SLACK + 1);
+        }
+        // Only the one left expires, and nothing stale is armed for.
+        assert_eq!(p.expire(at(t, 999)), (vec![], Some(at(t, 1_000))));
+        assert_eq!(p.expire(at(t, 1_000)), (vec![0], None));
     }
 }
