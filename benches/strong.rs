@@ -37,6 +37,9 @@ use mesh_testkit::consul_catalog::TimeScale;
 const SCALE: f64 = 0.05;
 const RUNS: usize = 3;
 const WINDOW: Duration = Duration::from_secs(2);
+/// Each mode's `WINDOW` is measured in this many slices, alternating with
+/// the other mode's.
+const SLICES: usize = 8;
 const CALLERS: usize = 64;
 /// New ids activated by the activation-rate figure (on the two hosting
 /// nodes, about half each): the live population the handoffs then drain.
@@ -108,8 +111,8 @@ async fn until(node: &Node, f: impl Fn(&mesh::Membership) -> bool) {
 }
 
 /// Calls per second from `CALLERS` tasks on `from` to `ids` (cycled) for
-/// `WINDOW`.
-async fn throughput(from: &Node, ids: Arc<Vec<String>>) -> f64 {
+/// `window`.
+async fn throughput(from: &Node, ids: Arc<Vec<String>>, window: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..CALLERS)
@@ -127,7 +130,7 @@ async fn throughput(from: &Node, ids: Arc<Vec<String>>) -> f64 {
         })
         .collect();
     let t0 = Instant::now();
-    tokio::time::sleep(WINDOW).await;
+    tokio::time::sleep(window).await;
     stop.store(true, Ordering::Relaxed);
     let n = done.load(Ordering::Relaxed);
     let took = t0.elapsed();
@@ -210,7 +213,20 @@ struct Figures {
     crash: Duration,
 }
 
-async fn run(strong_mode: bool, round: usize) -> Figures {
+/// One mode's cluster: `a` and `b` host, `c` only calls; every id of the
+/// working set is active.
+struct Cluster {
+    strong: bool,
+    consul: TestConsul,
+    a: Node,
+    b: Node,
+    c: Node,
+    /// The working set's ids that `a` owns.
+    local: Arc<Vec<String>>,
+    all: Arc<Vec<String>>,
+}
+
+async fn cluster(strong_mode: bool) -> Cluster {
     let consul = TestConsul::start(
         4,
         TimeScale {
@@ -237,13 +253,72 @@ async fn run(strong_mode: bool, round: usize) -> Figures {
     for id in all.iter() {
         c.call::<Counter, _>(id, Hit).await.expect("warm");
     }
+    Cluster {
+        strong: strong_mode,
+        consul,
+        a,
+        b,
+        c,
+        local,
+        all,
+    }
+}
+
+/// Local and remote call throughput of both modes, measured in `SLICES`
+/// alternating slices of each (whichever mode went first last time goes
+/// second): the machine's speed drifts within seconds, and two windows
+/// measured one after the other would each catch a different speed.
+/// Both clusters run throughout; the idle one only heartbeats (and, in
+/// strong mode, renews).
+async fn interleaved(eventual: &Cluster, strong: &Cluster) -> [(f64, f64); 2] {
+    let slice = WINDOW / SLICES as u32;
+    let mut sums = [[0.0f64; 2]; 2]; // [local, remote][eventual, strong]
+    for k in 0..SLICES {
+        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let cl = [eventual, strong][mode];
+            sums[0][mode] += throughput(&cl.a, cl.local.clone(), slice).await;
+        }
+        for mode in order {
+            let cl = [eventual, strong][mode];
+            sums[1][mode] += throughput(&cl.c, cl.all.clone(), slice).await;
+        }
+    }
+    let n = SLICES as f64;
+    [
+        (sums[0][0] / n, sums[0][1] / n),
+        (sums[1][0] / n, sums[1][1] / n),
+    ]
+}
+
+/// A round: both clusters, their throughput interleaved, then each one's
+/// activations and handoffs in turn (eventual first).
+async fn round(round: usize) -> (Figures, Figures) {
+    let eventual = cluster(false).await;
+    let strong = cluster(true).await;
+    let [(el, sl), (er, sr)] = interleaved(&eventual, &strong).await;
+    let e = rest(eventual, round, el, er).await;
+    let s = rest(strong, round, sl, sr).await;
+    (e, s)
+}
+
+/// The rest of a round for one cluster: activations, join, leave, crash.
+async fn rest(cl: Cluster, round: usize, local: f64, remote: f64) -> Figures {
+    let Cluster {
+        strong: strong_mode,
+        consul,
+        a,
+        b,
+        c,
+        ..
+    } = cl;
     let before: Vec<usize> = (0..3).map(|i| consul.requests(i, "txn").len()).collect();
     let renews_before: Vec<usize> = (0..3)
         .map(|i| consul.requests(i, "session/renew").len())
         .collect();
     let mut f = Figures {
-        local: throughput(&a, local).await,
-        remote: throughput(&c, all).await,
+        local,
+        remote,
         activations: activations(&c, &format!("fresh{round}")).await,
         ..Figures::default()
     };
@@ -252,7 +327,7 @@ async fn run(strong_mode: bool, round: usize) -> Figures {
         let renews: Vec<usize> = (0..3)
             .map(|i| consul.requests(i, "session/renew").len())
             .collect();
-        println!("txns during the windows: {before:?} -> {after:?}; renews {renews_before:?} -> {renews:?}");
+        println!("txns during the activations: {before:?} -> {after:?}; renews {renews_before:?} -> {renews:?}");
     }
 
     // Join: d starts; an id that moves to d is served by d.
@@ -311,11 +386,12 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(RUNS);
-    for round in 0..runs {
-        eventual.push(run(false, round).await);
-        strong_runs.push(run(true, round).await);
-        println!("run {round}: eventual {:?}", eventual[round]);
-        println!("run {round}: strong   {:?}", strong_runs[round]);
+    for r in 0..runs {
+        let (e, s) = round(r).await;
+        eventual.push(e);
+        strong_runs.push(s);
+        println!("run {r}: eventual {:?}", eventual[r]);
+        println!("run {r}: strong   {:?}", strong_runs[r]);
     }
     type Get = fn(&Figures) -> f64;
     let rows: [(&str, Get, &str, &str); 6] = [
