@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 const ECHO: u64 = 1;
 const FAIL: u64 = 2;
 const HANG: u64 = 3;
+/// Answers with a reply too big for a frame.
+const BIG_REPLY: u64 = 4;
 
 struct Echo {
     casts: mpsc::UnboundedSender<(String, Cast)>,
@@ -44,6 +46,7 @@ impl Inbound for Echo {
                 &call.payload,
             ]
             .concat())),
+            BIG_REPLY => reply.send(Ok(vec![0; wire::DEFAULT_MAX_FRAME + 1])),
             FAIL => reply.send(Err(Error::HandlerPanicked {
                 actor: "Echo".into(),
                 id: call.id,
@@ -332,6 +335,21 @@ async fn casts_and_remote_errors_arrive_typed() {
         ));
         assert!(conn
             .call(ECHO, "small", Vec::new(), Duration::from_secs(30), 0)
+            .await
+            .is_ok());
+        // A reply too big for a frame fails that call with the reason, at
+        // once (not at its deadline), and the connection goes on.
+        let started = std::time::Instant::now();
+        match conn
+            .call(BIG_REPLY, "r", Vec::new(), Duration::from_secs(600), 0)
+            .await
+        {
+            Err(Error::Codec(why)) => assert!(why.contains("frame"), "{why}"),
+            other => panic!("expected the codec error, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+        assert!(conn
+            .call(ECHO, "after", Vec::new(), Duration::from_secs(30), 0)
             .await
             .is_ok());
     }
