@@ -468,20 +468,59 @@ async fn start_node(
     )
     .await;
     if !matches!(found, Ok(Ok(_))) {
-        return Err(format!(
-            "fewer than {} members hosting {:?} joined within {:?} (seeds {}{})",
-            a.expect.max(1),
-            crate::actors::CAPABILITY,
-            a.wait,
-            a.cluster.seeds.join(","),
+        let seen = node.membership();
+        let where_ = format!(
+            "seeds {}{}",
+            if a.cluster.seeds.is_empty() {
+                "none".to_owned()
+            } else {
+                a.cluster.seeds.join(",")
+            },
             a.cluster
                 .consul
                 .as_ref()
                 .map(|c| format!(", consul {c}"))
                 .unwrap_or_default()
-        ));
+        );
+        return Err(not_joined(&seen, node.id(), a.expect.max(1), a.wait, &where_));
     }
     Ok((node, "cluster".into(), store))
+}
+
+/// Why the run could not start on the cluster: nobody answered at all
+/// (the seeds, Consul, the cookie or the network), or members joined but
+/// fewer than `want` host the scenario's actors.
+fn not_joined(
+    seen: &mesh::Membership,
+    me: &str,
+    want: usize,
+    wait: std::time::Duration,
+    where_: &str,
+) -> String {
+    let others: Vec<(&str, &mesh::MemberInfo)> = seen.iter().filter(|(id, _)| *id != me).collect();
+    if others.is_empty() {
+        return format!(
+            "could not join the cluster: no member answered within {wait:?} ({where_}; \
+             check the addresses, the cookie and the cluster name)"
+        );
+    }
+    let hosting = others
+        .iter()
+        .filter(|(_, m)| m.capabilities.iter().any(|c| c == crate::actors::CAPABILITY))
+        .count();
+    let members: Vec<String> = others
+        .iter()
+        .map(|(id, m)| format!("{id} hosts [{}]", m.capabilities.join(", ")))
+        .collect();
+    format!(
+        "joined the cluster ({} member{}: {}), but {hosting} of them host {:?} and the run \
+         wants {want} within {wait:?}: start `mesh-load serve` nodes in it, or pass --host to \
+         host them in this process too",
+        others.len(),
+        if others.len() == 1 { "" } else { "s" },
+        members.join("; "),
+        crate::actors::CAPABILITY,
+    )
 }
 
 async fn run(a: RunArgs) -> Result<i32, String> {

@@ -157,7 +157,7 @@ fn run_without_a_reachable_cluster_fails_clearly() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("members hosting \"bench\""),
+        String::from_utf8_lossy(&o.stderr).contains("could not join the cluster: no member answered"),
         "{}",
         text(&o)
     );
@@ -168,6 +168,52 @@ fn run_without_a_reachable_cluster_fails_clearly() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cookie"));
+}
+
+/// A user's own actor type, hosted by a node of theirs (not `bench`).
+#[derive(mesh::Actor, Default)]
+#[actor(capability = "game")]
+struct Player;
+
+#[derive(mesh::Message, serde::Serialize, serde::Deserialize)]
+#[message(reply = ())]
+struct Nudge;
+
+#[mesh::handlers]
+impl Player {
+    async fn nudge(&mut self, _: Nudge) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_cluster_where_nobody_hosts_bench_says_that_and_not_unreachable() {
+    let node = mesh::Node::builder()
+        .id("game-1")
+        .cluster("mesh-load")
+        .cookie(COOKIE)
+        .listen("127.0.0.1:0")
+        .default_node(false)
+        .capabilities(["game"])
+        .actor::<Player>()
+        .start()
+        .await
+        .unwrap();
+    let seed = node.addr().unwrap().to_owned();
+    let o = tokio::task::spawn_blocking(move || {
+        mesh_load(&[
+            "run", "hot", "--seeds", &seed, "--cookie", COOKIE, "--wait", "2s", "--calls", "1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("joined the cluster (1 member: game-1 hosts [game]), but 0 of them host \"bench\""),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("could not join"), "{err}");
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
