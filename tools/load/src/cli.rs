@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use mesh::Node;
 use tokio::time::Instant;
 
@@ -36,7 +36,7 @@ use crate::model::{self, ClosedLoop, OpenLoop, Search, Stop};
 use crate::progress::Progress;
 use crate::record::Recorder;
 use crate::report::{self, Inputs, ModelCfg, RunConfig};
-use crate::scenario::{self, ScenarioCfg, ScenarioKind};
+use crate::scenario::{self, Custom, ScenarioCfg, ScenarioKind};
 use crate::threshold::Threshold;
 
 /// `mesh-load`: load generator and reports for mesh actor workloads.
@@ -190,9 +190,11 @@ pub struct ServeArgs {
 /// `run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The scenario.
-    #[arg(value_enum)]
-    pub scenario: ScenarioKind,
+    /// The scenario: activation-storm, hot, uniform, zipf, fan-out,
+    /// ping-pong, payload, stateful, elixir-creation, elixir-hot, or one of
+    /// the program's own (`mesh_load::scenario::Custom`).
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: String,
     /// Open-loop: intended calls per second (with --slo: the first step's rate).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -310,6 +312,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs a parsed command line; returns the exit code.
 pub fn main(cli: Cli) -> Result<i32, String> {
+    main_with(cli, Vec::new())
+}
+
+/// [`main`] for a program with scenarios of its own: `run NAME` runs the
+/// [`Custom`] scenario of that name with every option of `run` (models,
+/// rate, thresholds, outputs, cluster, `--host`), and every output names
+/// it. A name of a built-in scenario runs the built-in one.
+pub fn main_with(cli: Cli, scenarios: Vec<Custom>) -> Result<i32, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -317,7 +327,7 @@ pub fn main(cli: Cli) -> Result<i32, String> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(a) => serve(a).await,
-            Command::Run(a) => run(*a).await,
+            Command::Run(a) => run(*a, &scenarios).await,
             Command::Compare(a) => compare(a),
         }
     })
@@ -363,9 +373,16 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+impl RunArgs {
+    /// The built-in scenario it names, or [`ScenarioKind::Custom`].
+    pub fn kind(&self) -> ScenarioKind {
+        <ScenarioKind as ValueEnum>::from_str(&self.scenario, false).unwrap_or(ScenarioKind::Custom)
+    }
+}
+
 /// The model a run's arguments ask for.
 pub fn model_of(a: &RunArgs) -> ModelCfg {
-    let preset = a.scenario.preset();
+    let preset = a.kind().preset();
     let stop = match (a.calls, a.duration, preset) {
         (Some(n), _, _) => Stop::Calls(n),
         (None, Some(d), _) => Stop::Duration(d),
@@ -397,7 +414,7 @@ pub fn model_of(a: &RunArgs) -> ModelCfg {
         ModelCfg::ClosedLoop(ClosedLoop {
             concurrency: a
                 .concurrency
-                .unwrap_or_else(|| a.scenario.default_concurrency()),
+                .unwrap_or_else(|| a.kind().default_concurrency()),
             stop,
         })
     }
@@ -416,10 +433,19 @@ impl Drop for TempDir {
 async fn start_node(
     a: &RunArgs,
     state: Option<&str>,
+    custom: Option<&Custom>,
 ) -> Result<(Node, String, Option<String>), String> {
+    // The actors a node started here hosts: the scenario's own, or the
+    // benchmark actors.
+    let host = |b: mesh::NodeBuilder| match custom.and_then(Custom::hosting) {
+        Some(h) => h(b),
+        None if custom.is_some() => b,
+        None => crate::actors::host(b),
+    };
+    let capability = custom.map_or(crate::actors::CAPABILITY, Custom::capability);
     let mut store = None;
     if !a.cluster.clustered() {
-        let mut b = crate::actors::host(Node::builder());
+        let mut b = host(Node::builder());
         if let Some(n) = &a.cluster.name {
             b = b.id(n);
         }
@@ -435,7 +461,7 @@ async fn start_node(
     }
     let mut b = a.cluster.builder()?;
     if a.host {
-        b = crate::actors::host(b);
+        b = host(b);
         if let Some(spec) = state {
             let (with, label) = a.state.apply(b, spec)?;
             (b, store) = (with, Some(label));
@@ -456,11 +482,7 @@ async fn start_node(
         changes.wait_for(|m| {
             m.iter()
                 .filter(|(id, info)| {
-                    *id != node.id()
-                        && info
-                            .capabilities
-                            .iter()
-                            .any(|c| c == crate::actors::CAPABILITY)
+                    *id != node.id() && info.capabilities.iter().any(|c| c == capability)
                 })
                 .count()
                 >= a.expect.max(1)
@@ -482,7 +504,13 @@ async fn start_node(
                 .map(|c| format!(", consul {c}"))
                 .unwrap_or_default()
         );
-        return Err(not_joined(&seen, node.id(), a.expect.max(1), a.wait, &where_));
+        return Err(not_joined(
+            &seen,
+            node.id(),
+            (capability, a.expect.max(1)),
+            a.wait,
+            &where_,
+        ));
     }
     Ok((node, "cluster".into(), store))
 }
@@ -493,7 +521,7 @@ async fn start_node(
 fn not_joined(
     seen: &mesh::Membership,
     me: &str,
-    want: usize,
+    (capability, want): (&str, usize),
     wait: std::time::Duration,
     where_: &str,
 ) -> String {
@@ -506,7 +534,7 @@ fn not_joined(
     }
     let hosting = others
         .iter()
-        .filter(|(_, m)| m.capabilities.iter().any(|c| c == crate::actors::CAPABILITY))
+        .filter(|(_, m)| m.capabilities.iter().any(|c| c == capability))
         .count();
     let members: Vec<String> = others
         .iter()
@@ -519,11 +547,36 @@ fn not_joined(
         others.len(),
         if others.len() == 1 { "" } else { "s" },
         members.join("; "),
-        crate::actors::CAPABILITY,
+        capability,
     )
 }
 
-async fn run(a: RunArgs) -> Result<i32, String> {
+/// What the run calls its scenario.
+fn scenario_name(a: &RunArgs, custom: &Option<Custom>) -> String {
+    match custom {
+        Some(c) => c.name().to_owned(),
+        None => a.kind().name().to_owned(),
+    }
+}
+
+fn unknown_scenario(name: &str, customs: &[Custom]) -> String {
+    let builtin: Vec<&str> = ScenarioKind::value_variants()
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    let own: Vec<&str> = customs.iter().map(Custom::name).collect();
+    format!(
+        "no scenario {name:?}: the built-in ones are {}{}",
+        builtin.join(", "),
+        if own.is_empty() {
+            String::new()
+        } else {
+            format!("; this program's own: {}", own.join(", "))
+        }
+    )
+}
+
+async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
     let thresholds = a
         .thresholds
         .iter()
@@ -541,7 +594,18 @@ async fn run(a: RunArgs) -> Result<i32, String> {
     // a directory of its own, removed after the run.
     let mut temp = None;
     let mut state = a.state.state.clone();
-    if state.is_none() && a.scenario == ScenarioKind::Stateful && !a.cluster.clustered() {
+    let kind = a.kind();
+    let custom = match kind {
+        ScenarioKind::Custom => Some(
+            customs
+                .iter()
+                .find(|c| c.name() == a.scenario)
+                .ok_or_else(|| unknown_scenario(&a.scenario, customs))?
+                .clone(),
+        ),
+        _ => None,
+    };
+    if state.is_none() && kind == ScenarioKind::Stateful && !a.cluster.clustered() {
         let nanos = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -552,17 +616,21 @@ async fn run(a: RunArgs) -> Result<i32, String> {
         state = Some(format!("redb:{}", dir.join("state.redb").display()));
         temp = Some(TempDir(dir));
     }
-    let (node, target, store) = start_node(&a, state.as_deref()).await?;
+    let (node, target, store) = start_node(&a, state.as_deref(), custom.as_ref()).await?;
     let scenario = ScenarioCfg {
-        kind: a.scenario,
-        actors: a.actors.unwrap_or_else(|| a.scenario.default_actors()),
+        kind,
+        name: custom.as_ref().map(|c| c.name().to_owned()),
+        actors: a.actors.unwrap_or_else(|| kind.default_actors()),
         zipf_s: a.zipf_s,
         fanout: a.fanout,
-        payload: a.payload.unwrap_or_else(|| a.scenario.default_payload()),
+        payload: a.payload.unwrap_or_else(|| kind.default_payload()),
         timeout: a.timeout,
         seed: a.seed,
     };
-    let mut prepared = scenario::prepare(&node, &scenario);
+    let mut prepared = match &custom {
+        Some(c) => c.prepare(&node, &scenario),
+        None => scenario::prepare(&node, &scenario),
+    };
     if let Some(store) = store {
         let store = match temp {
             Some(_) => format!("{store}, a temporary file"),
@@ -590,7 +658,7 @@ async fn run(a: RunArgs) -> Result<i32, String> {
         },
         ModelCfg::Adaptive(_) => None,
     };
-    let label = format!("{} {}", a.scenario.name(), model.kind());
+    let label = format!("{} {}", scenario_name(&a, &custom), model.kind());
     let activations_before = node.activation_count();
     let progress = Progress::start(total, a.quiet);
     let start = SystemTime::now();

@@ -63,8 +63,8 @@ pub fn config_differences(a: &RunResult, b: &RunResult) -> Vec<String> {
     let (ca, cb) = (&a.config, &b.config);
     check(
         "scenario",
-        ca.scenario.kind.name().into(),
-        cb.scenario.kind.name().into(),
+        ca.scenario.name().into(),
+        cb.scenario.name().into(),
     );
     check(
         "model",

@@ -60,6 +60,10 @@ pub enum ScenarioKind {
     ElixirCreation,
     /// Elixir Mesh preset: 10 000 calls to one actor at concurrency 200.
     ElixirHot,
+    /// A scenario of the program's own ([`Custom`]): not on the command
+    /// line by this name, but by the scenario's.
+    #[value(skip)]
+    Custom,
 }
 
 impl ScenarioKind {
@@ -76,6 +80,7 @@ impl ScenarioKind {
             ScenarioKind::Stateful => "stateful",
             ScenarioKind::ElixirCreation => "elixir-creation",
             ScenarioKind::ElixirHot => "elixir-hot",
+            ScenarioKind::Custom => "custom",
         }
     }
 
@@ -122,6 +127,9 @@ impl ScenarioKind {
 pub struct ScenarioCfg {
     /// Which scenario.
     pub kind: ScenarioKind,
+    /// A [`Custom`] scenario's own name (what every output calls it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Actors the keys spread over (hubs, for fan-out).
     pub actors: u64,
     /// Zipf exponent.
@@ -147,6 +155,159 @@ mod millis {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_secs_f64(f64::deserialize(d)? / 1e3))
+    }
+}
+
+impl ScenarioCfg {
+    /// The name every output gives the scenario: a custom scenario's own,
+    /// else the built-in's (`hot`, `elixir-creation`, ...).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind.name())
+    }
+}
+
+/// Makes a custom scenario's call function on a node, for a run's settings.
+pub type MakeCalls = Arc<dyn Fn(&Node, &ScenarioCfg) -> CallFn + Send + Sync>;
+
+/// Registers actor types on a node being built.
+pub type Host = Arc<dyn Fn(mesh::NodeBuilder) -> mesh::NodeBuilder + Send + Sync>;
+
+/// A scenario over the program's own actor types, run with every option
+/// of `mesh-load run` (models, rate, thresholds, outputs) by
+/// [`crate::cli::main_with`], and named by its own name in every output
+/// (the summary, `result.json`, the HTML, SMP and fortio reports).
+///
+/// ```no_run
+/// use mesh::prelude::*;
+/// use mesh_load::scenario::Custom;
+///
+/// #[derive(Actor, Default)]
+/// #[actor(capability = "game")]
+/// struct Player { score: u64 }
+///
+/// #[derive(Message, Serialize, Deserialize)]
+/// #[message(reply = u64)]
+/// struct Score(u64);
+///
+/// #[mesh::handlers]
+/// impl Player {
+///     async fn score(&mut self, Score(n): Score) -> u64 { self.score += n; self.score }
+/// }
+///
+/// let players = Custom::calls::<Player, Score>(
+///     "players",
+///     |k| format!("player-{}", k % 1000),
+///     |k| Score(k % 7),
+/// )
+/// .host(|b| b.capabilities(["game"]).actor::<Player>());
+/// // `my-load run players --rate 5000 --duration 30s --out report`
+/// let code = mesh_load::cli::main_with(
+///     <mesh_load::cli::Cli as clap::Parser>::parse(),
+///     vec![players],
+/// );
+/// ```
+#[derive(Clone)]
+pub struct Custom {
+    name: String,
+    capability: String,
+    host: Option<Host>,
+    make: MakeCalls,
+}
+
+impl std::fmt::Debug for Custom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Custom")
+            .field("name", &self.name)
+            .field("capability", &self.capability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Custom {
+    /// Call number `k` calls actor type `A` at id `key(k)` with
+    /// `message(k)`, within the run's `--timeout`; its path (local or
+    /// remote) is read from the node's routing, as the built-in
+    /// scenarios' are.
+    pub fn calls<A, M>(
+        name: impl Into<String>,
+        key: impl Fn(u64) -> String + Send + Sync + 'static,
+        message: impl Fn(u64) -> M + Send + Sync + 'static,
+    ) -> Custom
+    where
+        A: mesh::Handler<M>,
+        M: mesh::Message,
+    {
+        let (key, message) = (Arc::new(key), Arc::new(message));
+        let make: MakeCalls = Arc::new(move |node, cfg| -> CallFn {
+            let (node, timeout) = (node.clone(), cfg.timeout);
+            let (key, message) = (key.clone(), message.clone());
+            Arc::new(move |k| -> CallFuture {
+                let (node, id, msg) = (node.clone(), key(k), message(k));
+                Box::pin(async move {
+                    let p = path::<A>(&node, &id);
+                    let r = node.call::<A, M>(&id, msg).timeout(timeout).await;
+                    finish(p, r)
+                })
+            })
+        });
+        Custom {
+            name: name.into(),
+            capability: A::CAPABILITY.to_owned(),
+            host: None,
+            make,
+        }
+    }
+
+    /// The most general form: `make(node, settings)` gives the function
+    /// that makes call number `k` (and reports its path and outcome).
+    /// `capability` is what a cluster's members must host for the run to
+    /// start.
+    pub fn new(
+        name: impl Into<String>,
+        capability: impl Into<String>,
+        make: impl Fn(&Node, &ScenarioCfg) -> CallFn + Send + Sync + 'static,
+    ) -> Custom {
+        Custom {
+            name: name.into(),
+            capability: capability.into(),
+            host: None,
+            make: Arc::new(make),
+        }
+    }
+
+    /// Registers the scenario's actors on a node `mesh-load` starts: the
+    /// embedded node of a run without `--seeds`, or a cluster run's own
+    /// with `--host`. Without it, such a node hosts nothing of the
+    /// scenario's, and an embedded run fails at its first call.
+    pub fn host(
+        mut self,
+        f: impl Fn(mesh::NodeBuilder) -> mesh::NodeBuilder + Send + Sync + 'static,
+    ) -> Custom {
+        self.host = Some(Arc::new(f));
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The capability cluster members must host.
+    pub fn capability(&self) -> &str {
+        &self.capability
+    }
+
+    /// What hosts its actors, if it said ([`Custom::host`]).
+    pub fn hosting(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    /// Its call function on `node` for `cfg`.
+    pub fn prepare(&self, node: &Node, cfg: &ScenarioCfg) -> Prepared {
+        Prepared {
+            call: (self.make)(node, cfg),
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -214,7 +375,9 @@ pub fn prepare(node: &Node, cfg: &ScenarioCfg) -> Prepared {
             notes.push(("id_prefix".into(), format!("storm-{nonce:08x}-")));
             Arc::new(move |k| format!("storm-{nonce:08x}-{k}"))
         }
-        ScenarioKind::Hot | ScenarioKind::ElixirHot => Arc::new(|_| "hot".to_owned()),
+        ScenarioKind::Hot | ScenarioKind::ElixirHot | ScenarioKind::Custom => {
+            Arc::new(|_| "hot".to_owned())
+        }
         ScenarioKind::Uniform | ScenarioKind::Payload => {
             Arc::new(move |k| format!("u-{}", mix(seed ^ mix(k)) % n))
         }

@@ -157,7 +157,8 @@ fn run_without_a_reachable_cluster_fails_clearly() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("could not join the cluster: no member answered"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("could not join the cluster: no member answered"),
         "{}",
         text(&o)
     );
@@ -208,7 +209,9 @@ async fn run_on_a_cluster_where_nobody_hosts_bench_says_that_and_not_unreachable
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("joined the cluster (1 member: game-1 hosts [game]), but 0 of them host \"bench\""),
+        err.contains(
+            "joined the cluster (1 member: game-1 hosts [game]), but 0 of them host \"bench\""
+        ),
         "{}",
         text(&o)
     );

@@ -159,6 +159,7 @@ async fn closed_loop_hides_the_stall_and_says_closed_loop() {
         config: RunConfig {
             scenario: ScenarioCfg {
                 kind: ScenarioKind::Hot,
+                name: None,
                 actors: 1,
                 zipf_s: 1.1,
                 fanout: 0,

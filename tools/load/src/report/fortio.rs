@@ -107,8 +107,8 @@ pub fn document(r: &RunResult) -> Value {
         codes.insert(kind.clone(), json!(n));
     }
     json!({
-        "RunType": format!("mesh-load {} ({})", r.config.scenario.kind.name(), r.summary.model),
-        "Labels": format!("{} {} {}", r.config.scenario.kind.name(), r.summary.model_label, r.config.target),
+        "RunType": format!("mesh-load {} ({})", r.config.scenario.name(), r.summary.model),
+        "Labels": format!("{} {} {}", r.config.scenario.name(), r.summary.model_label, r.config.target),
         "StartTime": r.start_time,
         "RequestedQPS": requested,
         "RequestedDuration": requested_duration,

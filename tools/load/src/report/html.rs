@@ -329,7 +329,7 @@ pub fn render(r: &RunResult) -> String {
     );
 
     let mut h = String::new();
-    let title = format!("mesh-load: {} · {}", c.scenario.kind.name(), s.model_label);
+    let title = format!("mesh-load: {} · {}", c.scenario.name(), s.model_label);
     let _ = write!(
         h,
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>
@@ -345,7 +345,7 @@ svg .label{{font-size:12px;fill:#222}} svg .legend{{font-size:11px}} svg .grid{{
     let _ = write!(
         h,
         r#"<p>{} against the {} target ({} node(s)), {} → {}, {:.2}s. <b>{}</b> calls completed ({:.1}/s), {} errors, {} dropped.</p>"#,
-        esc(c.scenario.kind.name()),
+        esc(c.scenario.name()),
         esc(&c.target),
         c.nodes,
         esc(&r.start_time),
@@ -452,7 +452,7 @@ svg .label{{font-size:12px;fill:#222}} svg .legend{{font-size:11px}} svg .grid{{
     h.push_str("</table><h2>Configuration</h2><table>");
     let sc = &c.scenario;
     let rows = [
-        ("scenario", sc.kind.name().to_owned()),
+        ("scenario", sc.name().to_owned()),
         ("model", s.model_label.clone()),
         ("target", c.target.clone()),
         ("seeds", c.seeds.join(", ")),

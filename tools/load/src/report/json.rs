@@ -26,7 +26,7 @@ pub fn intervals_csv(r: &RunResult) -> String {
     let _ = writeln!(
         s,
         "# mesh-load {} {}",
-        r.config.scenario.kind.name(),
+        r.config.scenario.name(),
         r.summary.model_label
     );
     let _ = writeln!(s, "# start {} command {}", r.start_time, e.command_line);

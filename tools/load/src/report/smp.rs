@@ -52,7 +52,7 @@ fn labels(r: &RunResult) -> BTreeMap<String, String> {
         l.insert(k.to_owned(), v);
     };
     put("tool", "mesh-load".into());
-    put("scenario", c.scenario.kind.name().into());
+    put("scenario", c.scenario.name().into());
     put("model", s.model.clone());
     put("model_label", s.model_label.clone());
     put("target", c.target.clone());
@@ -92,7 +92,7 @@ pub fn config(r: &RunResult) -> Value {
         "test": {
             "smp_version": SMP_VERSION,
             "id": config_id(r),
-            "name": format!("mesh-load {} {}", r.config.scenario.kind.name(), r.summary.model),
+            "name": format!("mesh-load {} {}", r.config.scenario.name(), r.summary.model),
             "labels": labels(r),
             "clients": [{
                 "internal": false,

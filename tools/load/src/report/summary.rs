@@ -42,7 +42,7 @@ pub fn render(r: &RunResult, color: bool) -> String {
     let _ = writeln!(
         out,
         "\n  mesh-load · {} · {} · {} ({} node{})\n",
-        c.scenario.kind.name(),
+        c.scenario.name(),
         s.model_label,
         c.target,
         c.nodes,
