@@ -78,6 +78,30 @@ pub struct ClusterArgs {
     /// (e.g. http://127.0.0.1:8500) instead of, or besides, --seeds.
     #[arg(long)]
     pub consul: Option<String>,
+    /// mTLS between nodes, in process: a directory holding `cert.pem`,
+    /// `key.pem` and `bundle.pem` (as `mesh-node --tls-dir`; every node of
+    /// the cluster needs certificates of the same trust domain).
+    #[arg(long, conflicts_with = "consul_sidecar")]
+    pub tls_dir: Option<PathBuf>,
+    /// Through Consul's service mesh (needs --consul): the node registers
+    /// a Connect sidecar for itself and every byte to other nodes goes
+    /// through sidecars: `haproxy` (managed by the node) or `external`
+    /// (one you run, e.g. `consul connect proxy -sidecar-for ID`).
+    #[arg(long, value_enum, requires = "consul")]
+    pub consul_sidecar: Option<SidecarMode>,
+    /// The managed HAProxy's working directory (default: one per node in
+    /// the temporary directory).
+    #[arg(long)]
+    pub sidecar_dir: Option<PathBuf>,
+}
+
+/// Which sidecar carries node traffic through Consul's mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SidecarMode {
+    /// A HAProxy the node renders and supervises.
+    Haproxy,
+    /// A sidecar the operator runs (Consul's proxy, Envoy).
+    External,
 }
 
 impl ClusterArgs {
@@ -96,10 +120,50 @@ impl ClusterArgs {
         if let Some(n) = &self.name {
             b = b.id(n);
         }
+        if let Some(dir) = &self.tls_dir {
+            let identity = mesh::identity::FileIdentity::load(
+                dir.join("cert.pem"),
+                dir.join("key.pem"),
+                dir.join("bundle.pem"),
+            )
+            .map_err(|e| format!("--tls-dir {}: {e}", dir.display()))?;
+            b = b.transport(mesh::transport::tls::Tls::new(identity).transport());
+        }
         if let Some(url) = &self.consul {
-            b = b.discovery(mesh::consul::Consul::new().address(url));
+            let consul = mesh::consul::Consul::new().address(url);
+            b = match self.consul_sidecar {
+                None => b.discovery(consul),
+                Some(mode) => {
+                    use mesh::consul::{ConsulHaproxy, ConsulSidecar, Mesh};
+                    let consul = consul.through_sidecar(Mesh::new());
+                    b.mesh(match mode {
+                        SidecarMode::Haproxy => {
+                            let dir = self.sidecar_dir.clone().unwrap_or_else(|| {
+                                std::env::temp_dir().join(format!(
+                                    "mesh-load-haproxy-{}-{}",
+                                    self.name.as_deref().unwrap_or("node"),
+                                    std::process::id()
+                                ))
+                            });
+                            ConsulSidecar::haproxy(consul, ConsulHaproxy::new(dir))
+                        }
+                        SidecarMode::External => ConsulSidecar::external(consul),
+                    })
+                }
+            };
         }
         Ok(b)
+    }
+
+    /// How node traffic goes: `tcp`, `mtls` or `sidecar:haproxy|external`
+    /// (for the report).
+    pub fn transport(&self) -> String {
+        match (&self.tls_dir, self.consul_sidecar) {
+            (_, Some(SidecarMode::Haproxy)) => "sidecar:haproxy".into(),
+            (_, Some(SidecarMode::External)) => "sidecar:external".into(),
+            (Some(_), None) => "mtls".into(),
+            (None, None) => "tcp".into(),
+        }
     }
 
     /// Whether a cluster is to be joined at all.
@@ -645,6 +709,7 @@ async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
         target,
         seeds: a.cluster.seeds.clone(),
         nodes: node.membership().len(),
+        transport: a.cluster.transport(),
         thresholds: a.thresholds.clone(),
     };
     let total = match &model {

@@ -171,6 +171,66 @@ fn run_without_a_reachable_cluster_fails_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cookie"));
 }
 
+#[test]
+fn serve_and_run_over_mtls_and_a_plain_runner_cannot_join() {
+    use mesh_testkit::pki::{service_id, Ca, Files};
+    let dir = Scratch::new("mtls");
+    let td = "11111111-2222-3333-4444-555555555555.consul";
+    let ca = Ca::new(td);
+    let id = service_id(td, "mesh-load");
+    for n in ["server", "runner"] {
+        Files::in_dir(&dir.join(n)).write(&ca.leaf(&id), &ca.pem);
+    }
+    let server_dir = dir.join("server");
+    let server = serve("tls-server", &["--tls-dir", server_dir.to_str().unwrap()]);
+    let out = dir.join("out");
+    let runner = dir.join("runner");
+    let o = mesh_load(&[
+        "run",
+        "hot",
+        "--seeds",
+        &server.addr,
+        "--cookie",
+        COOKIE,
+        "--tls-dir",
+        runner.to_str().unwrap(),
+        "--calls",
+        "200",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["transport"], "mtls");
+    assert_eq!(r["summary"]["ok"], 200);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(", mtls)"),
+        "{}",
+        text(&o)
+    );
+    // Without certificates the runner's handshake is refused: it joins
+    // nobody, and says so.
+    let o = mesh_load(&[
+        "run",
+        "hot",
+        "--seeds",
+        &server.addr,
+        "--cookie",
+        COOKIE,
+        "--wait",
+        "2s",
+        "--calls",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("could not join the cluster"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// A user's own actor type, hosted by a node of theirs (not `bench`).
 #[derive(mesh::Actor, Default)]
 #[actor(capability = "game")]
@@ -264,5 +324,81 @@ async fn serve_and_run_find_each_other_through_consul() {
     // Both registered in the agent's catalog under the cluster's name.
     let registered = consul.with_catalog(|c| format!("{c:?}"));
     assert!(registered.contains("consul-server"), "{registered}");
+    drop(server);
+}
+
+/// Through Consul's service mesh: both processes register a Connect
+/// sidecar and every byte between them goes through two real HAProxy
+/// sidecars (mTLS between them, the test agent's Connect CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_run_through_managed_haproxy_sidecars() {
+    use mesh_testkit::{consul_agent::TestConsul, consul_catalog::TimeScale};
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let url = consul.url(0);
+    let dir = Scratch::new("sidecars");
+    let server_dir = dir.join("haproxy-server");
+    let server = tokio::task::spawn_blocking({
+        let (url, d) = (url.clone(), server_dir.to_str().unwrap().to_owned());
+        move || {
+            serve(
+                "sidecar-server",
+                &[
+                    "--consul",
+                    &url,
+                    "--consul-sidecar",
+                    "haproxy",
+                    "--sidecar-dir",
+                    &d,
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let out = dir.join("out");
+    let args = [
+        "run",
+        "hot",
+        "--consul",
+        &url,
+        "--consul-sidecar",
+        "haproxy",
+        "--sidecar-dir",
+        dir.join("haproxy-runner").to_str().unwrap(),
+        "--cookie",
+        COOKIE,
+        "--name",
+        "sidecar-runner",
+        "--calls",
+        "200",
+        "--concurrency",
+        "4",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let o = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mesh_load(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["transport"], "sidecar:haproxy");
+    assert_eq!(r["summary"]["ok"], 200);
+    // The server's HAProxy carried it: its rendered configuration has the
+    // public mTLS frontend, and the runner's an upstream to the server.
+    let rendered = std::fs::read_dir(&server_dir)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .find(|t| t.contains("frontend public"));
+    assert!(rendered.is_some_and(|t| t.contains("ssl crt-list")));
+    let upstream = std::fs::read_dir(dir.join("haproxy-runner"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|t| t.contains("# Upstream to node sidecar-server"));
+    assert!(upstream, "the runner's sidecar has no upstream to the server");
     drop(server);
 }

@@ -171,6 +171,7 @@ async fn closed_loop_hides_the_stall_and_says_closed_loop() {
             target: "embedded".into(),
             seeds: vec![],
             nodes: 1,
+            transport: "tcp".into(),
             thresholds: vec![],
         },
         start: SystemTime::now(),

@@ -455,6 +455,7 @@ svg .label{{font-size:12px;fill:#222}} svg .legend{{font-size:11px}} svg .grid{{
         ("scenario", sc.name().to_owned()),
         ("model", s.model_label.clone()),
         ("target", c.target.clone()),
+        ("transport", c.transport.clone()),
         ("seeds", c.seeds.join(", ")),
         ("actors", sc.actors.to_string()),
         ("payload bytes", sc.payload.to_string()),

@@ -106,8 +106,16 @@ pub struct RunConfig {
     pub seeds: Vec<String>,
     /// Members of the cluster when the run started (this node included).
     pub nodes: usize,
+    /// How node traffic went: `tcp`, `mtls` (in process) or
+    /// `sidecar:haproxy|external` (through Consul's service mesh).
+    #[serde(default = "tcp")]
+    pub transport: String,
     /// The thresholds given.
     pub thresholds: Vec<String>,
+}
+
+fn tcp() -> String {
+    "tcp".into()
 }
 
 /// Figures of one histogram, in milliseconds.

@@ -56,6 +56,7 @@ fn labels(r: &RunResult) -> BTreeMap<String, String> {
     put("model", s.model.clone());
     put("model_label", s.model_label.clone());
     put("target", c.target.clone());
+    put("transport", c.transport.clone());
     put("nodes", c.nodes.to_string());
     put("actors", c.scenario.actors.to_string());
     put("payload_bytes", c.scenario.payload.to_string());

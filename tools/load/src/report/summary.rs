@@ -41,12 +41,17 @@ pub fn render(r: &RunResult, color: bool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n  mesh-load · {} · {} · {} ({} node{})\n",
+        "\n  mesh-load · {} · {} · {} ({} node{}{})\n",
         c.scenario.name(),
         s.model_label,
         c.target,
         c.nodes,
-        if c.nodes == 1 { "" } else { "s" }
+        if c.nodes == 1 { "" } else { "s" },
+        if c.transport == "tcp" {
+            String::new()
+        } else {
+            format!(", {}", c.transport)
+        }
     );
     if s.model == "closed-loop" {
         let _ = writeln!(
