@@ -52,7 +52,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node hosting the benchmark actors; prints `listening on ADDR`.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Drive a scenario against an embedded node or a cluster.
     Run(Box<RunArgs>),
     /// Compare two result.json files.
@@ -390,7 +390,7 @@ pub fn main_with(cli: Cli, scenarios: Vec<Custom>) -> Result<i32, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(a) => serve(a).await,
+            Command::Serve(a) => serve(*a).await,
             Command::Run(a) => run(*a, &scenarios).await,
             Command::Compare(a) => compare(a),
         }
