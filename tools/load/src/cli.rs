@@ -35,7 +35,7 @@ use crate::env::Env;
 use crate::model::{self, ClosedLoop, OpenLoop, Search, Stop};
 use crate::progress::Progress;
 use crate::record::Recorder;
-use crate::report::{self, Inputs, ModelCfg, RunConfig};
+use crate::report::{self, Inputs, ModelCfg, RunConfig, RunResult};
 use crate::scenario::{self, Custom, ScenarioCfg, ScenarioKind};
 use crate::threshold::Threshold;
 
@@ -57,6 +57,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Compare two result.json files.
     Compare(CompareArgs),
+    /// The same scenario and load through each transport (plain TCP,
+    /// in-process mTLS, Connect sidecars), between server processes this
+    /// starts, in one report.
+    Transports(Box<crate::transports::TransportsArgs>),
 }
 
 /// Joining a cluster.
@@ -252,7 +256,7 @@ pub struct ServeArgs {
 }
 
 /// `run`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The scenario: activation-storm, hot, uniform, zipf, fan-out,
     /// ping-pong, payload, stateful, elixir-creation, elixir-hot, or one of
@@ -390,19 +394,25 @@ pub fn main_with(cli: Cli, scenarios: Vec<Custom>) -> Result<i32, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(a) => serve(*a).await,
+            Command::Serve(a) => serve(*a, &scenarios).await,
+            Command::Transports(a) => crate::transports::run(*a, &scenarios).await,
             Command::Run(a) => run(*a, &scenarios).await,
             Command::Compare(a) => compare(a),
         }
     })
 }
 
-async fn serve(a: ServeArgs) -> Result<i32, String> {
+async fn serve(a: ServeArgs, customs: &[Custom]) -> Result<i32, String> {
     let mut b = a.cluster.builder()?.listen(&a.listen);
     if let Some(addr) = &a.advertise {
         b = b.advertise(addr);
     }
+    // The benchmark actors, and the program's own scenarios' (what a
+    // `main_with` program serves).
     let mut b = crate::actors::host(b);
+    for host in customs.iter().filter_map(Custom::hosting) {
+        b = host(b);
+    }
     if let Some(spec) = &a.state.state {
         b = a.state.apply(b, spec)?.0;
     }
@@ -641,6 +651,26 @@ fn unknown_scenario(name: &str, customs: &[Custom]) -> String {
 }
 
 async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
+    let result = execute(&a, customs).await?;
+    print!(
+        "{}",
+        report::summary::render(&result, std::io::stdout().is_terminal())
+    );
+    if let Some(dir) = &a.out {
+        report::write_all(dir, &result).map_err(|e| format!("writing {}: {e}", dir.display()))?;
+        println!("\n  reports: {}", dir.join("report.html").display());
+    }
+    let _ = std::io::stdout().flush();
+    Ok(if result.passed() {
+        0
+    } else {
+        crate::EXIT_THRESHOLDS
+    })
+}
+
+/// Runs `a` and gives back its result (nothing printed but the progress
+/// line, nothing written): `run` and `transports` render it.
+pub(crate) async fn execute(a: &RunArgs, customs: &[Custom]) -> Result<RunResult, String> {
     let thresholds = a
         .thresholds
         .iter()
@@ -680,7 +710,7 @@ async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
         state = Some(format!("redb:{}", dir.join("state.redb").display()));
         temp = Some(TempDir(dir));
     }
-    let (node, target, store) = start_node(&a, state.as_deref(), custom.as_ref()).await?;
+    let (node, target, store) = start_node(a, state.as_deref(), custom.as_ref()).await?;
     let scenario = ScenarioCfg {
         kind,
         name: custom.as_ref().map(|c| c.name().to_owned()),
@@ -702,7 +732,7 @@ async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
         };
         prepared.notes.push(("state_store".into(), store));
     }
-    let model = model_of(&a);
+    let model = model_of(a);
     let config = RunConfig {
         scenario,
         model: model.clone(),
@@ -723,7 +753,7 @@ async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
         },
         ModelCfg::Adaptive(_) => None,
     };
-    let label = format!("{} {}", scenario_name(&a, &custom), model.kind());
+    let label = format!("{} {}", scenario_name(a, &custom), model.kind());
     let activations_before = node.activation_count();
     let progress = Progress::start(total, a.quiet);
     let start = SystemTime::now();
@@ -787,24 +817,11 @@ async fn run(a: RunArgs, customs: &[Custom]) -> Result<i32, String> {
         activations: (activations_before, activations_after),
         notes: prepared.notes.clone(),
     });
-    print!(
-        "{}",
-        report::summary::render(&result, std::io::stdout().is_terminal())
-    );
-    if let Some(dir) = &a.out {
-        report::write_all(dir, &result).map_err(|e| format!("writing {}: {e}", dir.display()))?;
-        println!("\n  reports: {}", dir.join("report.html").display());
-    }
-    let _ = std::io::stdout().flush();
     if let Err(e) = node.shutdown().await {
         eprintln!("mesh-load: shutting the node down: {e}");
     }
     drop(temp);
-    Ok(if result.passed() {
-        0
-    } else {
-        crate::EXIT_THRESHOLDS
-    })
+    Ok(result)
 }
 
 fn compare(a: CompareArgs) -> Result<i32, String> {

@@ -31,6 +31,7 @@ pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod threshold;
+pub mod transports;
 
 /// Exit code of a run whose thresholds (or SLO search) failed.
 pub const EXIT_THRESHOLDS: i32 = 3;

@@ -399,6 +399,9 @@ async fn serve_and_run_through_managed_haproxy_sidecars() {
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
         .any(|t| t.contains("# Upstream to node sidecar-server"));
-    assert!(upstream, "the runner's sidecar has no upstream to the server");
+    assert!(
+        upstream,
+        "the runner's sidecar has no upstream to the server"
+    );
     drop(server);
 }

@@ -7,35 +7,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
-use common::{mesh_load, run_limited, text, Scratch};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn chromium(args: &[&str], profile: &Path) -> std::process::Output {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install it (`apt-get install -y chromium` on Debian) to run the HTML report test"
-    );
-    let mut cmd = Command::new(CHROMIUM);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args);
-    run_limited(cmd, Duration::from_secs(120))
-}
+use common::{chromium, mesh_load, text, Scratch};
 
 #[test]
 fn report_html_renders_its_svg_charts_in_chromium() {
