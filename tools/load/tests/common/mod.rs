@@ -91,7 +91,6 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Runs headless Chromium with `args` and a profile of its own (2 minutes
 /// at most). Fails, saying so, when Chromium is missing: never skipped.
-
 pub fn chromium(args: &[&str], profile: &Path) -> Output {
     assert!(
         Path::new(CHROMIUM).exists(),
