@@ -85,8 +85,14 @@ pub struct ClusterArgs {
     /// mTLS between nodes, in process: a directory holding `cert.pem`,
     /// `key.pem` and `bundle.pem` (as `mesh-node --tls-dir`; every node of
     /// the cluster needs certificates of the same trust domain).
-    #[arg(long, conflicts_with = "consul_sidecar")]
+    #[arg(long, conflicts_with_all = ["consul_sidecar", "tls_connect"])]
     pub tls_dir: Option<PathBuf>,
+    /// mTLS between nodes, in process, with certificates from Consul
+    /// Connect (needs --consul): the agent's leaf for the cluster's
+    /// service (`--cluster`) and its roots, renewed as the agent rotates
+    /// them.
+    #[arg(long, requires = "consul", conflicts_with = "consul_sidecar")]
+    pub tls_connect: bool,
     /// Through Consul's service mesh (needs --consul): the node registers
     /// a Connect sidecar for itself and every byte to other nodes goes
     /// through sidecars: `haproxy` (managed by the node) or `external`
@@ -116,7 +122,7 @@ impl ClusterArgs {
             .ok_or_else(|| "a cluster needs a cookie: --cookie or MESH_COOKIE".to_owned())
     }
 
-    fn builder(&self) -> Result<mesh::NodeBuilder, String> {
+    async fn builder(&self) -> Result<mesh::NodeBuilder, String> {
         let mut b = Node::builder()
             .cluster(&self.cluster)
             .cookie(self.cookie()?)
@@ -131,6 +137,14 @@ impl ClusterArgs {
                 dir.join("bundle.pem"),
             )
             .map_err(|e| format!("--tls-dir {}: {e}", dir.display()))?;
+            b = b.transport(mesh::transport::tls::Tls::new(identity).transport());
+        }
+        if let (true, Some(url)) = (self.tls_connect, &self.consul) {
+            let identity = mesh::consul::ConsulIdentity::start(url, &self.cluster)
+                .await
+                .map_err(|e| {
+                    format!("--tls-connect: the Connect leaf of {:?}: {e}", self.cluster)
+                })?;
             b = b.transport(mesh::transport::tls::Tls::new(identity).transport());
         }
         if let Some(url) = &self.consul {
@@ -159,13 +173,15 @@ impl ClusterArgs {
         Ok(b)
     }
 
-    /// How node traffic goes: `tcp`, `mtls` or `sidecar:haproxy|external`
+    /// How node traffic goes: `tcp`, `mtls`, `mtls:connect` or
+    /// `sidecar:haproxy|external`
     /// (for the report).
     pub fn transport(&self) -> String {
         match (&self.tls_dir, self.consul_sidecar) {
             (_, Some(SidecarMode::Haproxy)) => "sidecar:haproxy".into(),
             (_, Some(SidecarMode::External)) => "sidecar:external".into(),
             (Some(_), None) => "mtls".into(),
+            (None, None) if self.tls_connect => "mtls:connect".into(),
             (None, None) => "tcp".into(),
         }
     }
@@ -403,7 +419,7 @@ pub fn main_with(cli: Cli, scenarios: Vec<Custom>) -> Result<i32, String> {
 }
 
 async fn serve(a: ServeArgs, customs: &[Custom]) -> Result<i32, String> {
-    let mut b = a.cluster.builder()?.listen(&a.listen);
+    let mut b = a.cluster.builder().await?.listen(&a.listen);
     if let Some(addr) = &a.advertise {
         b = b.advertise(addr);
     }
@@ -533,7 +549,7 @@ async fn start_node(
             .map_err(|e| format!("starting the node: {e}"))?;
         return Ok((node, "embedded".into(), store));
     }
-    let mut b = a.cluster.builder()?;
+    let mut b = a.cluster.builder().await?;
     if a.host {
         b = host(b);
         if let Some(spec) = state {

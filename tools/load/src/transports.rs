@@ -183,6 +183,7 @@ pub async fn run(a: TransportsArgs, customs: &[Custom]) -> Result<i32, String> {
         r.cluster.cluster = cluster.clone();
         r.cluster.name = Some(format!("{t}-runner"));
         r.cluster.tls_dir = None;
+        r.cluster.tls_connect = false;
         r.cluster.consul_sidecar = None;
         r.cluster.sidecar_dir = None;
         r.expect = a.servers.max(1);

@@ -405,3 +405,54 @@ async fn serve_and_run_through_managed_haproxy_sidecars() {
     );
     drop(server);
 }
+
+/// In-process mTLS with certificates from Consul Connect: both processes
+/// take the agent's leaf for the cluster's service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_run_over_mtls_from_connect() {
+    use mesh_testkit::{consul_agent::TestConsul, consul_catalog::TimeScale};
+    let consul = TestConsul::start(1, TimeScale::default()).await;
+    let url = consul.url(0);
+    let server = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || serve("connect-server", &["--consul", &url, "--tls-connect"])
+    })
+    .await
+    .unwrap();
+    let dir = Scratch::new("connect");
+    let out = dir.join("out");
+    let args = [
+        "run",
+        "hot",
+        "--consul",
+        &url,
+        "--tls-connect",
+        "--cookie",
+        COOKIE,
+        "--name",
+        "connect-runner",
+        "--calls",
+        "100",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let o = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mesh_load(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = json(&out.join("result.json"));
+    assert_eq!(r["config"]["transport"], "mtls:connect");
+    assert_eq!(r["summary"]["ok"], 100);
+    // Both asked the agent for the service's leaf.
+    assert!(
+        consul.requests(0, "agent/connect/ca/leaf/").len() >= 2,
+        "{:?}",
+        consul.requests(0, "agent/connect/ca/leaf/")
+    );
+    drop(server);
+}
