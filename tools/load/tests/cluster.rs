@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{bin, json, mesh_load, text, Scratch};
+use common::{bin, json, mesh_load, mesh_load_async, text, Scratch};
 
 /// A strong cookie, as nodes require (`openssl rand -base64 32`).
 const COOKIE: &str = "veCLvSdmubDodCa34gM9yDnYsz5OnvgJ3KZ8WVaiC4A=";
@@ -259,13 +259,10 @@ async fn run_on_a_cluster_where_nobody_hosts_bench_says_that_and_not_unreachable
         .await
         .unwrap();
     let seed = node.addr().unwrap().to_owned();
-    let o = tokio::task::spawn_blocking(move || {
-        mesh_load(&[
-            "run", "hot", "--seeds", &seed, "--cookie", COOKIE, "--wait", "2s", "--calls", "1",
-        ])
-    })
-    .await
-    .unwrap();
+    let o = mesh_load_async(&[
+        "run", "hot", "--seeds", &seed, "--cookie", COOKIE, "--wait", "2s", "--calls", "1",
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -292,7 +289,7 @@ async fn serve_and_run_find_each_other_through_consul() {
     .unwrap();
     let dir = Scratch::new("consul");
     let out = dir.join("out");
-    let args = [
+    let o = mesh_load_async(&[
         "run",
         "hot",
         "--consul",
@@ -308,14 +305,8 @@ async fn serve_and_run_find_each_other_through_consul() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]
-    .map(str::to_owned);
-    let o = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        mesh_load(&args)
-    })
-    .await
-    .unwrap();
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r = json(&out.join("result.json"));
     assert_eq!(r["config"]["target"], "cluster");
@@ -356,7 +347,7 @@ async fn serve_and_run_through_managed_haproxy_sidecars() {
     .await
     .unwrap();
     let out = dir.join("out");
-    let args = [
+    let o = mesh_load_async(&[
         "run",
         "hot",
         "--consul",
@@ -376,14 +367,8 @@ async fn serve_and_run_through_managed_haproxy_sidecars() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]
-    .map(str::to_owned);
-    let o = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        mesh_load(&args)
-    })
-    .await
-    .unwrap();
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r = json(&out.join("result.json"));
     assert_eq!(r["config"]["transport"], "sidecar:haproxy");
@@ -421,7 +406,7 @@ async fn serve_and_run_over_mtls_from_connect() {
     .unwrap();
     let dir = Scratch::new("connect");
     let out = dir.join("out");
-    let args = [
+    let o = mesh_load_async(&[
         "run",
         "hot",
         "--consul",
@@ -436,14 +421,8 @@ async fn serve_and_run_over_mtls_from_connect() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]
-    .map(str::to_owned);
-    let o = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        mesh_load(&args)
-    })
-    .await
-    .unwrap();
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r = json(&out.join("result.json"));
     assert_eq!(r["config"]["transport"], "mtls:connect");

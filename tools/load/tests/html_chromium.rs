@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{chromium, mesh_load, text, Scratch};
+use common::{chromium, mesh_load, screenshot, text, Scratch};
 
 #[test]
 fn report_html_renders_its_svg_charts_in_chromium() {
@@ -55,24 +55,5 @@ fn report_html_renders_its_svg_charts_in_chromium() {
     assert!(!dom.contains("<script"), "no script in the page");
 
     // And it paints: a screenshot is written.
-    let shot = dir.join("report.png");
-    let o = chromium(
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=900,1600",
-            &url,
-        ],
-        &dir.join("profile2"),
-    );
-    assert!(
-        o.status.success(),
-        "chromium screenshot failed: {}",
-        text(&o)
-    );
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{} bytes",
-        png.len()
-    );
+    screenshot(&url, (900, 1600), &dir.0, 10_000);
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{chromium, json, mesh_load, text, Scratch};
+use common::{chromium, json, mesh_load, mesh_load_async, screenshot, text, Scratch};
 use mesh_testkit::pki::{service_id, Ca, Files};
 use mesh_testkit::{consul_agent::TestConsul, consul_catalog::TimeScale};
 
@@ -21,7 +21,7 @@ async fn one_invocation_compares_tcp_mtls_and_sidecars_in_one_report() {
     let ca = Ca::new(td);
     Files::in_dir(&dir.join("tls")).write(&ca.leaf(&service_id(td, "mesh-load")), &ca.pem);
     let (tls, out) = (dir.join("tls"), dir.join("out"));
-    let args = [
+    let o = mesh_load_async(&[
         "transports",
         "hot",
         "--calls",
@@ -37,14 +37,8 @@ async fn one_invocation_compares_tcp_mtls_and_sidecars_in_one_report() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]
-    .map(str::to_owned);
-    let o = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        mesh_load(&args)
-    })
-    .await
-    .unwrap();
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("per proxy (2 on the path"), "{stdout}");
@@ -87,28 +81,9 @@ async fn one_invocation_compares_tcp_mtls_and_sidecars_in_one_report() {
     }
     assert_eq!(dom.matches("<rect").count(), 9, "three bars per transport");
     assert!(!dom.contains("<script"));
-    let shot = dir.join("transports.png");
-    let o = chromium(
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1000,700",
-            &url,
-        ],
-        &dir.join("profile2"),
-    );
-    assert!(
-        o.status.success(),
-        "chromium screenshot failed: {}",
-        text(&o)
-    );
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 5_000,
-        "{} bytes",
-        png.len()
-    );
+    let png = screenshot(&url, (1250, 560), &dir.0, 5_000);
     if let Ok(keep) = std::env::var("MESH_LOAD_KEEP_SCREENSHOT") {
-        std::fs::copy(&shot, keep).unwrap();
+        std::fs::write(keep, png).unwrap();
     }
 }
 

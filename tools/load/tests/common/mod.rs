@@ -69,6 +69,18 @@ pub fn mesh_load(args: &[&str]) -> Output {
     run_limited(cmd, Duration::from_secs(25))
 }
 
+/// [`mesh_load`] from an async test, off the runtime's threads (the
+/// servers the test runs in its runtime keep being served meanwhile).
+pub async fn mesh_load_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        mesh_load(&args)
+    })
+    .await
+    .expect("mesh-load ran")
+}
+
 /// Reads and parses a JSON file.
 pub fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)
@@ -111,4 +123,30 @@ pub fn chromium(args: &[&str], profile: &Path) -> Output {
     .arg(format!("--user-data-dir={}", profile.display()))
     .args(args);
     run_limited(cmd, Duration::from_secs(120))
+}
+
+/// A screenshot of the page at `url` (`width`x`height`), by headless
+/// Chromium; checked to be a PNG of more than `min` bytes.
+pub fn screenshot(url: &str, (width, height): (u32, u32), dir: &Path, min: usize) -> Vec<u8> {
+    let shot = dir.join("screenshot.png");
+    let o = chromium(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            &format!("--window-size={width},{height}"),
+            url,
+        ],
+        &dir.join("screenshot-profile"),
+    );
+    assert!(
+        o.status.success(),
+        "chromium screenshot failed: {}",
+        text(&o)
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > min,
+        "{} bytes",
+        png.len()
+    );
+    png
 }
