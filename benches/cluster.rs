@@ -240,6 +240,20 @@ impl RawClient {
     }
 }
 
+/// Calls per second of `calls` calls made by `callers` (each spawned as a
+/// task), timed from before the first spawn to the last caller's end.
+async fn rate<F>(calls: usize, callers: impl Iterator<Item = F>) -> f64
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = callers.map(tokio::spawn).collect();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
 // ------------------------------------------------------------ processes
 
 /// A server process: `--serve [ID CLUSTER [SEED]]` hosts a mesh node of
@@ -379,61 +393,46 @@ async fn measure() {
         if only.as_deref() == Some("raw") {
             tp_mesh.push(0.0);
         } else {
-            let started = Instant::now();
-            let mut tasks = Vec::new();
-            for w in 0..IN_FLIGHT {
+            let callers = (0..IN_FLIGHT).map(|w| {
                 let (node, ids) = (node.clone(), ids.clone());
-                tasks.push(tokio::spawn(async move {
+                async move {
                     for i in 0..TP_CALLS / IN_FLIGHT {
                         node.call::<Echo, _>(&ids[w], Ping(i as u64))
                             .await
                             .expect("call");
                     }
-                }));
-            }
-            for t in tasks {
-                t.await.expect("caller");
-            }
-            tp_mesh.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
+                }
+            });
+            tp_mesh.push(rate(TP_CALLS, callers).await);
         }
         if only.as_deref() == Some("mesh") {
             tp_raw.push(0.0);
             continue;
         }
 
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..IN_FLIGHT {
+        let callers = (0..IN_FLIGHT).map(|_| {
             let raw = raw.clone();
-            tasks.push(tokio::spawn(async move {
+            async move {
                 for i in 0..TP_CALLS / IN_FLIGHT {
                     let body = rmp_serde::to_vec(&(i as u64)).expect("encode");
                     let reply = raw.call(body).await;
                     let _: u64 = rmp_serde::from_slice(&reply).expect("decode");
                 }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        tp_raw.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
+            }
+        });
+        tp_raw.push(rate(TP_CALLS, callers).await);
 
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..IN_FLIGHT {
+        let callers = (0..IN_FLIGHT).map(|w| {
             let raw = raw_actors.clone();
-            tasks.push(tokio::spawn(async move {
+            async move {
                 for i in 0..TP_CALLS / IN_FLIGHT {
                     let body = rmp_serde::to_vec(&(w as u32, i as u64)).expect("encode");
                     let reply = raw.call(body).await;
                     let _: u64 = rmp_serde::from_slice(&reply).expect("decode");
                 }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        tp_actors.push(TP_CALLS as f64 / started.elapsed().as_secs_f64());
+            }
+        });
+        tp_actors.push(rate(TP_CALLS, callers).await);
     }
     tp_mesh.sort_by(f64::total_cmp);
     tp_raw.sort_by(f64::total_cmp);
@@ -645,53 +644,29 @@ async fn three_processes() -> Three {
     }
     let per = THREE_CALLS / THREE_IN_FLIGHT;
     let (mut mesh, mut raw, mut actors) = (Vec::new(), Vec::new(), Vec::new());
+    let calls = per * THREE_IN_FLIGHT;
+    let raw_callers = |routes: &[RawRoute]| {
+        let routes = routes.to_vec();
+        routes.into_iter().map(move |route| async move {
+            for i in 0..per {
+                raw_call(&route, i as u64).await;
+            }
+        })
+    };
     for _ in 0..3 {
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..THREE_IN_FLIGHT {
+        let callers = (0..THREE_IN_FLIGHT).map(|w| {
             let (node, ids) = (node.clone(), ids.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 for i in 0..per {
                     node.call::<Echo, _>(&ids[w], Ping(i as u64))
                         .await
                         .expect("call");
                 }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        mesh.push((per * THREE_IN_FLIGHT) as f64 / started.elapsed().as_secs_f64());
-
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for route in &routes {
-            let route = route.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..per {
-                    raw_call(&route, i as u64).await;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        raw.push((per * THREE_IN_FLIGHT) as f64 / started.elapsed().as_secs_f64());
-
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for route in &actor_routes {
-            let route = route.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..per {
-                    raw_call(&route, i as u64).await;
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("caller");
-        }
-        actors.push((per * THREE_IN_FLIGHT) as f64 / started.elapsed().as_secs_f64());
+            }
+        });
+        mesh.push(rate(calls, callers).await);
+        raw.push(rate(calls, raw_callers(&routes)).await);
+        actors.push(rate(calls, raw_callers(&actor_routes)).await);
     }
     mesh.sort_by(f64::total_cmp);
     raw.sort_by(f64::total_cmp);
