@@ -46,6 +46,10 @@ pub struct NodeArgs {
     /// (comma-separated), besides this node's own.
     #[arg(long, value_delimiter = ',')]
     pub tls_allow: Vec<String>,
+    /// How long a peer may leave our pings unanswered before it is taken
+    /// for down, in milliseconds (default: the library's).
+    #[arg(long)]
+    pub failure_timeout_ms: Option<u64>,
 }
 
 /// A player: lives on a node hosting `game`.
@@ -99,6 +103,13 @@ pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error:
         .cookie(cookie)
         .listen(&args.listen)
         .capabilities(args.capabilities.iter().cloned());
+    if let Some(ms) = args.failure_timeout_ms {
+        let failure = std::time::Duration::from_millis(ms);
+        builder = builder.heartbeat(
+            (failure / 4).min(std::time::Duration::from_secs(1)),
+            failure,
+        );
+    }
     if let (Some(cert), Some(key), Some(roots)) = (&args.tls_cert, &args.tls_key, &args.tls_roots) {
         let identity = mesh::identity::FileIdentity::load(cert, key, roots)?;
         let tls = mesh::transport::tls::Tls::new(identity).allow(args.tls_allow.iter().cloned());
