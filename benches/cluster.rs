@@ -119,6 +119,27 @@ async fn raw_server(listener: TcpListener) {
     }
 }
 
+/// A raw connection's writer: batches what is queued into one write. As
+/// mesh's writer, it first lets the tasks about to send run, so one write
+/// carries their frames too.
+async fn batching_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    while let Some(f) = rx.recv().await {
+        tokio::task::yield_now().await;
+        put_frame(&mut buf, &f);
+        while let Ok(f) = rx.try_recv() {
+            put_frame(&mut buf, &f);
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
 /// Raw echo server with the actor model's one hop and nothing else: a
 /// frame's body is `(actor, n)`; the reader hands `n` to that actor's task
 /// (a tokio task and channel, spawned on first use), which answers
@@ -130,22 +151,9 @@ async fn raw_actor_server(listener: TcpListener) {
             return;
         };
         let _ = s.set_nodelay(true);
-        let (mut rd, mut wr) = s.into_split();
-        let (out, mut rx) = mpsc::unbounded_channel::<Frame>();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            while let Some(f) = rx.recv().await {
-                tokio::task::yield_now().await;
-                put_frame(&mut buf, &f);
-                while let Ok(f) = rx.try_recv() {
-                    put_frame(&mut buf, &f);
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-                buf.clear();
-            }
-        });
+        let (mut rd, wr) = s.into_split();
+        let (out, rx) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(batching_writer(wr, rx));
         tokio::spawn(async move {
             let mut actors: HashMap<u32, mpsc::UnboundedSender<(u64, u64)>> = HashMap::new();
             let mut inb = BytesMut::with_capacity(64 << 10);
@@ -188,25 +196,10 @@ impl RawClient {
     async fn connect(addr: &str) -> RawClient {
         let s = TcpStream::connect(addr).await.expect("raw connect");
         let _ = s.set_nodelay(true);
-        let (mut rd, mut wr) = s.into_split();
-        let (out, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let (mut rd, wr) = s.into_split();
+        let (out, rx) = mpsc::unbounded_channel::<Frame>();
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<ByteBuf>>>> = Arc::default();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            while let Some(f) = rx.recv().await {
-                // As mesh's writer: let the callers about to send run
-                // first, so one write carries their frames too.
-                tokio::task::yield_now().await;
-                put_frame(&mut buf, &f);
-                while let Ok(f) = rx.try_recv() {
-                    put_frame(&mut buf, &f);
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-                buf.clear();
-            }
-        });
+        tokio::spawn(batching_writer(wr, rx));
         let p = pending.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 << 10);

@@ -352,18 +352,24 @@ impl FrameCodec {
             });
         }
         dst.reserve(4 + len);
-        dst.put_u32(len as u32);
+        self.put_header(dst, len as u32, kind, corr);
+        if self.checksum {
+            dst.put_u64(xxh3_64(body));
+        }
+        dst.put_slice(body);
+        Ok(())
+    }
+
+    /// The length prefix `len` and the 16 header bytes, as `encode`
+    /// writes them (the checksum, if any, follows).
+    fn put_header(&self, dst: &mut BytesMut, len: u32, kind: Kind, corr: u64) {
+        dst.put_u32(len);
         dst.put_slice(&MAGIC);
         dst.put_u8(VERSION);
         dst.put_u8(kind as u8);
         dst.put_u8(if self.checksum { FLAG_CHECKSUM } else { 0 });
         dst.put_slice(&[0, 0, 0]);
         dst.put_u64(corr);
-        if self.checksum {
-            dst.put_u64(xxh3_64(body));
-        }
-        dst.put_slice(body);
-        Ok(())
     }
 
     /// Appends one frame to `dst` whose body `body` writes into `dst`
@@ -380,13 +386,7 @@ impl FrameCodec {
         let start = dst.len();
         let extra = if self.checksum { 8 } else { 0 };
         dst.reserve(4 + HEADER_LEN + extra + 64);
-        dst.put_u32(0); // the length, once the body is written
-        dst.put_slice(&MAGIC);
-        dst.put_u8(VERSION);
-        dst.put_u8(kind as u8);
-        dst.put_u8(if self.checksum { FLAG_CHECKSUM } else { 0 });
-        dst.put_slice(&[0, 0, 0]);
-        dst.put_u64(corr);
+        self.put_header(dst, 0, kind, corr); // the length, once the body is written
         if self.checksum {
             dst.put_u64(0); // the checksum, once the body is written
         }
