@@ -53,7 +53,8 @@
 //!   a timed-out call's message may still run, unless it had not started,
 //!   in which case it is skipped.
 //!
-//! See the README for the full list, including mailbox bounds and panics.
+//! See the guide's "Guarantees, stated plainly" (`docs/guide/10-guarantees.md`)
+//! for the full list, including mailbox bounds and panics.
 //!
 //! ## Features
 //!
@@ -159,11 +160,43 @@ pub use mesh_macros::Message;
 /// `#[mesh::handlers(reentrant)]`: calls of the actor's own chain are
 /// served interleaved instead of failing with [`Error::CallCycle`]; its
 /// handlers take `&self` and the actor must be `Sync` (what this relaxes:
-/// the README's "Call cycles and reentrancy").
+/// the guide's "Call cycles and reentrancy", in `docs/guide/01-actors.md`).
 pub use mesh_macros::handlers;
 
 /// The names most programs need: `use mesh::prelude::*;`.
 pub mod prelude {
     pub use crate::{Actor, ActorRef, Ctx, Error, Flatten, Message, Node, StartError};
     pub use serde::{Deserialize, Serialize};
+}
+
+/// The README and the guide (`docs/guide/`) as doctests: `cargo test --doc`
+/// compiles every Rust code block in them (and runs those not marked
+/// `no_run`), so the snippets users copy keep building. Compiled only for
+/// doctests: nothing of it is in the library or its documentation.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../README.md")]
+    mod readme {}
+    #[doc = include_str!("../docs/guide/01-actors.md")]
+    mod actors {}
+    #[doc = include_str!("../docs/guide/02-cluster.md")]
+    mod cluster {}
+    #[doc = include_str!("../docs/guide/03-consul.md")]
+    mod consul {}
+    #[doc = include_str!("../docs/guide/04-mesh-and-tls.md")]
+    mod mesh_and_tls {}
+    #[doc = include_str!("../docs/guide/05-state.md")]
+    mod state {}
+    #[doc = include_str!("../docs/guide/06-reminders.md")]
+    mod reminders {}
+    #[doc = include_str!("../docs/guide/07-operating.md")]
+    mod operating {}
+    #[doc = include_str!("../docs/guide/08-deploying.md")]
+    mod deploying {}
+    #[doc = include_str!("../docs/guide/09-load-testing.md")]
+    mod load_testing {}
+    #[doc = include_str!("../docs/guide/10-guarantees.md")]
+    mod guarantees {}
+    #[doc = include_str!("../docs/guide/11-reference.md")]
+    mod reference {}
 }
