@@ -69,7 +69,7 @@ const CHECK_TTL: Duration = Duration::from_secs(6);
 fn strong() -> Strong {
     Strong::new()
         .time_scale(SCALE)
-        // What the README's crash failover figure measures (off by
+        // What docs/benchmarks.md's crash failover figure measures (off by
         // default; see `Strong::bind_to_health_check`).
         .bind_to_health_check(true)
         .retry(Duration::from_millis(20))

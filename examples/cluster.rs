@@ -19,7 +19,8 @@
 //! loopback). In production, across any network you do not trust, run
 //! every node with mTLS (identity files in PEM, as SPIRE's spiffe-helper,
 //! cert-manager or a Vault agent write them; every node presents the
-//! cluster's one SPIFFE ID, see the README):
+//! cluster's one SPIFFE ID, see "TLS between nodes" in
+//! `docs/guide/04-mesh-and-tls.md`):
 //!
 //! ```sh
 //! cargo run --example cluster -- --name game-1 --listen 0.0.0.0:7001 --capabilities game \

@@ -22,8 +22,8 @@
 //! mTLS.
 //!
 //! Through the service mesh (Consul Connect), `--sidecar` puts every byte
-//! between nodes through a sidecar proxy (see the README's "Through the
-//! service mesh"); the node then listens on loopback only:
+//! between nodes through a sidecar proxy (see "Through the service mesh"
+//! in `docs/guide/04-mesh-and-tls.md`); the node then listens on loopback only:
 //!
 //! ```sh
 //! # a managed HAProxy per node, configured from Consul (leaf, upstreams, intentions)

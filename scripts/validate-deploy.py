@@ -4,7 +4,7 @@
 - every Kubernetes manifest parses and validates against the Kubernetes
   1.31 JSON schemas (kubernetes-validate, strict: unknown fields fail);
 - the Nomad job parses as HCL2 (python-hcl2) and has the job/group/task
-  shape, the kill signal and timeouts the README states;
+  shape, the kill signal and timeouts docs/guide/08-deploying.md states;
 - the compose file parses, every node service has the image, the stop
   signal and the environment;
 - every MESH_* variable the files set is one `mesh-node` reads (its

@@ -31,7 +31,7 @@
 //! Prometheus text format (`/metrics` on the admin endpoint), with
 //! `mesh_call_duration_seconds` as a histogram of buckets 100 µs to 5 s. With
 //! the `otel` feature, the spans join the callers' OpenTelemetry traces
-//! across nodes (see the README's Observability section).
+//! across nodes (see "Observability" in `docs/guide/07-operating.md`).
 
 use std::sync::OnceLock;
 

@@ -40,7 +40,7 @@
 //! service per pod, named after the Kubernetes Service) and transparent
 //! proxy never routes a service to itself. Under consul-k8s, exclude the
 //! cluster port from the transparent proxy and use mesh's in-process mTLS
-//! (README, "Deploying").
+//! (the guide's "Deploying", `docs/guide/08-deploying.md`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -86,7 +86,7 @@
 //!   last pass (3 heartbeats by default); Consul then invalidates the
 //!   session bound to it: at most `check TTL + lock-delay + retry`, about
 //!   13 s with the defaults ([`Strong::failover_bound_with_check`];
-//!   measured about halved, see the README), unless the check cannot turn
+//!   measured about halved, see `docs/guide/10-guarantees.md`), unless the check cannot turn
 //!   critical (the whole host died with its Consul agent, whose checks
 //!   the servers keep as they were). The binding cannot shorten the
 //!   lock-delay: the invalidation it brings may come at any time, which

@@ -219,7 +219,7 @@ fn annotations(dir: &Path) -> Option<BTreeMap<String, String>> {
 }
 
 /// Under consul-k8s's transparent proxy, the cluster port must be excluded
-/// both ways (README, "Deploying").
+/// both ways (the guide's "Deploying", `docs/guide/08-deploying.md`).
 fn exclusions(args: &Args, dir: &Path, out: &mut Vec<Finding>) {
     let Some(ann) = annotations(dir) else {
         out.push(Finding::fail(
