@@ -56,6 +56,38 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     || fail "could not install ${need_pkgs[*]}: the tests need them"
 fi
 
+# The README is a landing page; the text lives in the guide (docs/guide/),
+# docs/benchmarks.md and CHANGELOG.md. It stays under 300 lines, and every
+# relative link of the README, the changelog and docs/ names a file that
+# exists (outside code blocks and code spans; anchors are not checked).
+echo "== README under 300 lines; relative Markdown links name files that exist"
+readme_lines=$(wc -l < README.md)
+[ "$readme_lines" -lt 300 ] \
+  || fail "README.md has $readme_lines lines: keep it a landing page under 300 (the rest goes in docs/guide/)"
+python3 - README.md CHANGELOG.md $(find docs -name '*.md' | sort) <<'PY' \
+  || fail "broken relative Markdown links (above): fix the paths, or move the files back"
+import os, re, sys
+link = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)|^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)')
+broken = 0
+for path in sys.argv[1:]:
+    fenced = False
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        if re.match(r'\s*(```|~~~)', line):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        for m in link.finditer(re.sub(r'(`+).*?\1', '', line)):
+            target = m.group(1) or m.group(2)
+            if re.match(r'[a-z][a-z0-9+.-]*:', target, re.I) or target.startswith('#'):
+                continue
+            file = os.path.normpath(os.path.join(os.path.dirname(path), target.split('#')[0]))
+            if not os.path.exists(file):
+                print(f"{path}:{n}: {target}: no such file ({file})", file=sys.stderr)
+                broken += 1
+sys.exit(1 if broken else 0)
+PY
+
 # A first Chromium start on a fresh machine can be slow (seen once: over
 # 25 s in CI right after the install). Pay it here, once, with a generous
 # limit and a clear message, so the page tests measure the page.
