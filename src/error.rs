@@ -575,6 +575,8 @@ impl StartError {
         "Consul::observe",
         "Observe::node_meta",
         "Mesh::sidecar_port",
+        "NodeBuilder::admin_token",
+        "Node::drain",
     ];
 
     /// [`StartError::Discovery`] saying `message`.

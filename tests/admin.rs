@@ -748,3 +748,383 @@ async fn the_reminders_view_lists_an_actors_reminders_and_the_keepers_work() {
     }
     node.shutdown().await.unwrap();
 }
+
+// ------------------------------------------- the cluster view, lookup, drain
+
+/// A room that sets a timer when opened (the lookup lists its timers).
+#[derive(Actor, Default)]
+#[actor(capability = "game")]
+struct Room;
+
+#[derive(Message, Serialize, Deserialize, Clone)]
+#[message(reply = ())]
+struct Open;
+
+#[derive(Message, Serialize, Deserialize, Clone)]
+#[message(reply = ())]
+struct Flush;
+
+#[mesh::handlers]
+impl Room {
+    async fn open(&mut self, _: Open, ctx: &Ctx) {
+        let every = mesh::timer::Timer::every(Duration::from_secs(60));
+        ctx.timer::<Room, _>("flush", every, Flush)
+            .expect("the timer is set");
+    }
+
+    async fn flush(&mut self, _: Flush) {}
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Issue 26, items 3 and 4, on three nodes over TCP: `a` (game, with the
+/// admin endpoint), `b` (game), `c` (bank, with a state store whose view
+/// it grants). `a`'s page and JSON show every member's activations and
+/// calls per type, gathered over the cluster connections; an actor is
+/// found wherever it lives (its timers, mailbox, stored version and,
+/// granted, its state); the active ids are listed a page at a time; a
+/// member that does not answer is marked, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_and_the_actor_lookup_cover_every_member() {
+    assert!(mesh::admin::prometheus::install());
+    let store = MemoryStore::new();
+    let [a, b, c] = Cluster::tcp()
+        .node("v-a", |b| {
+            b.capabilities(["game"])
+                .actor::<Player>()
+                .actor::<Room>()
+                .admin("127.0.0.1:0")
+        })
+        .node("v-b", |b| {
+            b.capabilities(["game"]).actor::<Player>().actor::<Room>()
+        })
+        .node("v-c", move |b| {
+            b.capabilities(["bank"])
+                .actor::<StateAccount>()
+                .state(store.clone())
+                .admin_state_view::<StateAccount>()
+        })
+        .start()
+        .await
+        .into_array();
+    let before = unix_ms();
+    for i in 0..40 {
+        a.call::<Player, _>(&format!("p-{i:02}"), Score(1))
+            .await
+            .expect("scored");
+    }
+    a.call::<Room, _>("r-1", Open).await.expect("opened");
+    for _ in 0..5 {
+        a.call::<StateAccount, _>("acct-1", Deposit(2))
+            .await
+            .expect("served")
+            .expect("deposited");
+    }
+
+    // The cluster: three members answered, each with its own figures.
+    let v = get_json(&a, "/admin/cluster").await;
+    assert_eq!(v["answered"], 3, "{v}");
+    let members = v["members"].as_array().unwrap();
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["v-a", "v-b", "v-c"], "{v}");
+    let players = |m: &Value| {
+        m["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["actor"] == "Player")
+            .map_or(0, |t| t["activations"].as_u64().unwrap())
+    };
+    assert_eq!(players(&members[0]) + players(&members[1]), 40, "{v}");
+    assert!(players(&members[0]) > 0 && players(&members[1]) > 0, "{v}");
+    for m in members {
+        assert_eq!(m["state"], "serving", "{v}");
+        assert_eq!(m["member"], true, "{v}");
+    }
+    assert_eq!(members[0]["self"], true, "{v}");
+    // The calls a's callers made, per type: 40 + 1 + 5.
+    let calls = members[0]["calls"].as_array().unwrap();
+    let of = |t: &str| calls.iter().find(|c| c["actor"] == t).unwrap();
+    assert_eq!(of("Player")["calls_total"], 40, "{v}");
+    assert_eq!(of("StateAccount")["calls_total"], 5, "{v}");
+    assert_eq!(of("Player")["errors_total"], 0, "{v}");
+    let by_type = v["by_type"].as_array().unwrap();
+    let player = by_type.iter().find(|t| t["actor"] == "Player").unwrap();
+    assert_eq!(player["activations"], 40, "{v}");
+    assert!(player["calls_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    let p50 = player["p50_ms"].as_f64().unwrap();
+    let p99 = player["p99_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p99 >= p50, "{v}");
+    let accounts = by_type
+        .iter()
+        .find(|t| t["actor"] == "StateAccount")
+        .unwrap();
+    assert_eq!(accounts["activations"], 1, "{v}");
+
+    // The lookup: where r-1 lives and what it is doing.
+    let v = get_json(&a, "/admin/actor?actor=Room&id=r-1").await;
+    let placed = get_json(&a, "/admin/placement?actor=Room&id=r-1").await;
+    assert_eq!(v["owner"], placed["owner"], "{v}");
+    assert_eq!(v["answered"], true, "{v}");
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["mailbox_depth"], 0, "{v}");
+    let since = v["since_unix_ms"].as_u64().unwrap();
+    let last = v["last_message_unix_ms"].as_u64().unwrap();
+    // The coarse clock is at most 100 ms old (a 1 s margin for a slow
+    // machine).
+    assert!(
+        since + 1000 >= before && last >= since && last <= unix_ms() + 1000,
+        "{v}"
+    );
+    let timers = v["timers"].as_array().unwrap();
+    assert_eq!(timers.len(), 1, "{v}");
+    assert_eq!(timers[0]["key"], "flush", "{v}");
+    assert_eq!(timers[0]["every_ms"], 60_000, "{v}");
+    let next = timers[0]["next_unix_ms"].as_u64().unwrap();
+    assert!(next > unix_ms() + 50_000, "{v}");
+    assert!(v["stored"].is_null(), "game nodes have no store: {v}");
+    // An actor of a type a does not host: found on c, with its row.
+    let v = get_json(&a, "/admin/actor?actor=StateAccount&id=acct-1").await;
+    assert_eq!(v["owner"], "v-c", "{v}");
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["stored"]["version"], 5, "{v}");
+    assert!(v["stored"]["size"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["stored"]["state"], 10, "the view was granted: {v}");
+    // Never called: placed, not active.
+    let v = get_json(&a, "/admin/actor?actor=Player&id=nobody").await;
+    assert_eq!(v["active"], false, "{v}");
+    assert!(v["since_unix_ms"].is_null(), "{v}");
+    let (status, body) = get(&a, "/admin/actor?actor=Nope&id=x").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no member hosts an actor type \"Nope\""),
+        "{body}"
+    );
+
+    // The listing, 7 at a time: every id once, in order, with its node.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let v = get_json(
+            &a,
+            &format!("/admin/actors?actor=Player&limit=7&after={after}"),
+        )
+        .await;
+        let ids = v["ids"].as_array().unwrap();
+        assert!(ids.len() <= 7, "{v}");
+        for id in ids {
+            assert!(
+                ["v-a", "v-b"].contains(&id["node"].as_str().unwrap()),
+                "{v}"
+            );
+            seen.push(id["id"].as_str().unwrap().to_owned());
+        }
+        match v["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..40).map(|i| format!("p-{i:02}")).collect();
+    assert_eq!(seen, want);
+    let (status, _) = get(&a, "/admin/actors?actor=Player&limit=0").await;
+    assert_eq!(status, 400);
+
+    // The page: the cluster, a lookup and a listing, in a real browser.
+    let url = format!("http://{}/", a.admin_addr().unwrap());
+    let dom = tokio::time::timeout(
+        Duration::from_secs(60),
+        dump_dom(format!("{url}?actor=Room&id=r-1")),
+    )
+    .await
+    .unwrap();
+    for n in ["v-a", "v-b", "v-c"] {
+        assert!(
+            dom.contains(&format!(
+                "data-member=\"{n}\" data-answered=\"true\" data-state=\"serving\""
+            )),
+            "{n} missing:\n{dom}"
+        );
+    }
+    assert!(dom.contains("data-type-total=\"Player\""), "{dom}");
+    let owner = placed["owner"].as_str().unwrap();
+    assert!(
+        dom.contains(&format!("data-owner=\"{owner}\" data-active=\"true\"")),
+        "{dom}"
+    );
+    assert!(dom.contains("flush every 60000 ms"), "{dom}");
+    // The members table names the types each member hosts.
+    assert!(dom.contains("<td>Player, Room</td>"), "{dom}");
+    let dom = tokio::time::timeout(
+        Duration::from_secs(60),
+        dump_dom(format!("{url}?list=Player")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dom.matches("<tr data-id=\"p-").count(), 40, "{dom}");
+    assert!(dom.contains("data-next=\"\" data-count=\"40\""), "{dom}");
+
+    // c is cut off: it is still a member for a while, marked as not
+    // answering rather than left out.
+    c.sever();
+    let v = get_json(&a, "/admin/cluster").await;
+    let gone = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "v-c")
+        .cloned();
+    if let Some(gone) = gone {
+        assert_eq!(gone["answered"], false, "{v}");
+        assert!(gone["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        assert_eq!(v["answered"], 2, "{v}");
+    }
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+async fn post(node: &Node, path: &str, token: Option<&str>) -> (u16, String) {
+    let url = format!("http://{}{path}", node.admin_addr().unwrap());
+    let mut req = mesh_testkit::http().post(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = soon(req.send()).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+const TOKEN: &str = "drain-token-0123456789abcdef";
+
+/// Issue 26, item 5: draining `b` (an authenticated admin action) while
+/// `a` and `c` keep depositing into 60 accounts with durable state moves
+/// `b`'s activations to `a` and `c` with no failed call and no lost
+/// deposit; `b` stays up, not ready, and `a`'s cluster view shows it
+/// drained. Without the token, with a wrong one, or on a node that has
+/// none, the drain is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_the_nodes_actors_with_no_failed_call_and_needs_the_token() {
+    let store = MemoryStore::new();
+    let [a, b, c] = Cluster::tcp()
+        .all(move |n| {
+            n.capabilities(["bank"])
+                .actor::<StateAccount>()
+                .state(store.clone())
+        })
+        .node("d-a", |n| n.admin("127.0.0.1:0"))
+        .node("d-b", |n| n.admin("127.0.0.1:0").admin_token(TOKEN))
+        .node("d-c", |n| n)
+        .start()
+        .await
+        .into_array();
+    let ids: Vec<String> = (0..60).map(|i| format!("acct-{i}")).collect();
+    // Every account active first (a balance read each), so b holds some.
+    for id in &ids {
+        a.call::<StateAccount, _>(id, Deposit(0))
+            .await
+            .expect("served")
+            .expect("read");
+    }
+    assert!(b.activation_count() > 5, "{}", b.activation_count());
+    // Callers on a and c deposit 1 into every account, round after round,
+    // until told to stop; each counts what was acknowledged per account
+    // and says how many rounds it has done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = |node: Node| {
+        let (ids, stop) = (ids.clone(), stop.clone());
+        let (done, rounds) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let mut acked = std::collections::HashMap::<String, u64>::new();
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for id in &ids {
+                    match node.call::<StateAccount, _>(id, Deposit(1)).await {
+                        Ok(Ok(_)) => *acked.entry(id.clone()).or_default() += 1,
+                        other => failed.push(format!("{id}: {other:?}")),
+                    }
+                }
+                done.send_modify(|n| *n += 1);
+            }
+            (acked, failed)
+        });
+        (task, rounds)
+    };
+    let callers = [caller(a.clone()), caller(c.clone())];
+
+    // Refused: no token, a wrong one, the wrong method, a node with none.
+    let (status, body) = post(&b, "/admin/drain", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post(&b, "/admin/drain", Some("drain-token-0123456789abcdeX")).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = get(&b, "/admin/drain").await;
+    assert_eq!(status, 405);
+    let (status, body) = post(&a, "/admin/drain", Some(TOKEN)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("NodeBuilder::admin_token"), "{body}");
+    assert_eq!(b.drain_state(), "serving");
+
+    // Accepted: b drains while the deposits go on.
+    let (status, body) = post(&b, "/admin/drain", Some(TOKEN)).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains("\"state\":\"draining\""), "{body}");
+    // Draining already: this waits for its end.
+    b.drain().await.expect("drained");
+    assert_eq!(b.drain_state(), "drained");
+    assert_eq!(b.activation_count(), 0);
+    // Two more rounds of each caller: the accounts live on a and c.
+    for (_, rounds) in &callers {
+        let mut rounds = rounds.clone();
+        let now = *rounds.borrow();
+        soon(rounds.wait_for(|n| *n >= now + 2))
+            .await
+            .expect("rounds");
+    }
+    assert_eq!(b.activation_count(), 0);
+    assert!(a.activation_count() + c.activation_count() >= 60);
+    // b is still up, answering its views, but not ready.
+    let (status, _) = get(&b, "/readyz").await;
+    assert_eq!(status, 503);
+    let v = get_json(&a, "/admin/cluster").await;
+    let drained = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == "d-b")
+        .cloned()
+        .unwrap_or_else(|| panic!("b is not in the view: {v}"));
+    assert_eq!(drained["state"], "drained", "{v}");
+    assert_eq!(drained["member"], false, "{v}");
+    assert_eq!(drained["activations"], 0, "{v}");
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = std::collections::HashMap::<String, u64>::new();
+    for (caller, _) in callers {
+        let (got, failed) = caller.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "calls failed during the drain: {failed:?}"
+        );
+        for (id, n) in got {
+            *acked.entry(id).or_default() += n;
+        }
+    }
+    // Every acknowledged deposit is in the balance.
+    for id in &ids {
+        let balance = a
+            .call::<StateAccount, _>(id, Deposit(0))
+            .await
+            .expect("served")
+            .expect("read");
+        assert_eq!(balance, acked[id], "{id}");
+    }
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}

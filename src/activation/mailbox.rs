@@ -76,6 +76,34 @@ struct State<E> {
     /// not keep the actor alive): a batch of only these leaves the idle
     /// accounting alone.
     quiet_queued: usize,
+    /// What the admin views show: when the mailbox was made and last
+    /// pushed to (coarse Unix ms, see `admin::stats::coarse_ms`), and the
+    /// activation's timers once it set one.
+    #[cfg(feature = "admin")]
+    seen: Seen,
+}
+
+/// See `State::seen`.
+#[cfg(feature = "admin")]
+#[derive(Debug)]
+struct Seen {
+    since_ms: u64,
+    last_ms: u64,
+    timers: Option<std::sync::Weak<crate::actor::timer::Timers>>,
+}
+
+/// One activation as the admin views show it.
+#[cfg(feature = "admin")]
+#[derive(Debug)]
+pub(crate) struct Inspected {
+    /// Messages waiting.
+    pub(crate) depth: usize,
+    /// When the mailbox was made: the activation's start (Unix ms).
+    pub(crate) since_ms: u64,
+    /// When a message was last queued (Unix ms; 0: none yet).
+    pub(crate) last_ms: u64,
+    /// Its timers.
+    pub(crate) timers: Vec<crate::actor::timer::TimerInfo>,
 }
 
 /// See the module docs.
@@ -100,6 +128,12 @@ impl<E> Mailbox<E> {
                 swept: 0,
                 quiet_ticks: 0,
                 quiet_queued: 0,
+                #[cfg(feature = "admin")]
+                seen: Seen {
+                    since_ms: crate::admin::stats::coarse_ms(),
+                    last_ms: 0,
+                    timers: None,
+                },
             }),
             capacity: capacity.max(1),
         }
@@ -134,6 +168,11 @@ impl<E> Mailbox<E> {
         s.queue.push_back(msg);
         if quiet {
             s.quiet_queued += 1;
+        } else {
+            #[cfg(feature = "admin")]
+            {
+                s.seen.last_ms = crate::admin::stats::coarse_ms();
+            }
         }
         let wake = match s.wait {
             Wait::Message => true,
@@ -149,6 +188,30 @@ impl<E> Mailbox<E> {
             w.wake();
         }
         Ok(())
+    }
+
+    /// What the admin views show of it (feature `admin`).
+    #[cfg(feature = "admin")]
+    pub(crate) fn inspect(&self) -> Inspected {
+        let s = self.lock();
+        let timers = s.seen.timers.as_ref().and_then(|t| t.upgrade());
+        let (depth, since_ms, last_ms) = (s.queue.len(), s.seen.since_ms, s.seen.last_ms);
+        drop(s);
+        Inspected {
+            depth,
+            since_ms,
+            last_ms,
+            timers: timers.map(|t| t.describe()).unwrap_or_default(),
+        }
+    }
+
+    /// Where the activation's timers are (the admin views list them).
+    #[cfg_attr(not(feature = "admin"), allow(unused_variables))]
+    pub(crate) fn attach_timers(&self, timers: std::sync::Weak<crate::actor::timer::Timers>) {
+        #[cfg(feature = "admin")]
+        {
+            self.lock().seen.timers = Some(timers);
+        }
     }
 
     /// Moves every queued message into `batch` (which must be empty), or

@@ -442,6 +442,13 @@ pub(crate) trait AnyActivations: Send + Sync + 'static {
     /// The actor type's name (the admin endpoint's views).
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     fn actor_name(&self) -> &'static str;
+    /// Activation `id` as the admin views show it, if it is active here.
+    #[cfg(feature = "admin")]
+    fn inspect(&self, id: &str) -> Option<mailbox::Inspected>;
+    /// The ids active here after `after` in byte order, at most `limit`,
+    /// and whether there are more.
+    #[cfg(feature = "admin")]
+    fn ids(&self, after: &str, limit: usize) -> (Vec<String>, bool);
 }
 
 impl<A: Handlers> AnyActivations for Activations<A> {
@@ -467,6 +474,32 @@ impl<A: Handlers> AnyActivations for Activations<A> {
         <A as crate::Actor>::NAME
     }
 
+    #[cfg(feature = "admin")]
+    fn inspect(&self, id: &str) -> Option<mailbox::Inspected> {
+        // Cloned out of the table first: no table lock held while the
+        // mailbox's is taken.
+        let mb = self.table.get(id).map(|e| e.value().clone())?;
+        Some(mb.inspect())
+    }
+
+    #[cfg(feature = "admin")]
+    fn ids(&self, after: &str, limit: usize) -> (Vec<String>, bool) {
+        let mut ids: Vec<Arc<str>> = self
+            .table
+            .iter()
+            .filter(|e| &**e.key() > after)
+            .map(|e| e.key().clone())
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            // The first `limit` in order, without sorting them all.
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        (ids.iter().map(|i| i.to_string()).collect(), more)
+    }
+
     fn start(&self) {
         self.start_sweeper();
     }
@@ -487,6 +520,10 @@ impl<A: Handlers> AnyActivations for Activations<A> {
 impl<A: Handlers> Inbox for Mailbox<Envelope<A>> {
     fn actor(&self) -> std::any::TypeId {
         std::any::TypeId::of::<A>()
+    }
+
+    fn attach_timers(&self, timers: Weak<crate::actor::timer::Timers>) {
+        Mailbox::attach_timers(self, timers);
     }
 
     fn deliver(&self, envelope: Box<dyn Any + Send>, keep_alive: bool) -> Delivery {

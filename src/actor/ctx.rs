@@ -30,7 +30,7 @@ pub struct Ctx {
     /// The shard of `id` (strong mode's lease key, with the capability).
     shard: u16,
     /// Created with the first timer: most actors set none.
-    timers: std::sync::OnceLock<Box<Timers>>,
+    timers: std::sync::OnceLock<std::sync::Arc<Timers>>,
     /// The activation's own mailbox, for its timers to deliver to.
     mailbox: std::sync::Weak<dyn Inbox>,
     /// Opened when the activation loads a durable state (see
@@ -137,13 +137,19 @@ impl Ctx {
                 wanted: A::NAME,
             });
         }
-        self.timers.get_or_init(Box::default).start::<A, M>(
-            key.into(),
-            when,
-            msg,
-            std::sync::Arc::downgrade(&mb),
-            self.id.clone(),
-        );
+        self.timers
+            .get_or_init(|| {
+                let timers = std::sync::Arc::<Timers>::default();
+                mb.attach_timers(std::sync::Arc::downgrade(&timers));
+                timers
+            })
+            .start::<A, M>(
+                key.into(),
+                when,
+                msg,
+                std::sync::Arc::downgrade(&mb),
+                self.id.clone(),
+            );
         Ok(())
     }
 

@@ -40,6 +40,22 @@ pub(crate) trait Inbox: Send + Sync {
     /// Queues `envelope` (an `A::Envelope` of the activation's `A`);
     /// `keep_alive`: the tick counts as activity.
     fn deliver(&self, envelope: Box<dyn std::any::Any + Send>, keep_alive: bool) -> Delivery;
+    /// Where the activation's timers are, once it set the first one (the
+    /// admin views list them).
+    fn attach_timers(&self, timers: Weak<Timers>);
+}
+
+/// One timer as the admin views show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TimerInfo {
+    /// Its key.
+    pub(crate) key: String,
+    /// Its period (`None`: once).
+    pub(crate) every: Option<Duration>,
+    /// When its next tick is due (Unix ms; 0: none is, it fired once).
+    pub(crate) next_ms: u64,
+    /// Whether its ticks keep the actor alive.
+    pub(crate) keep_alive: bool,
 }
 
 /// What [`Inbox::deliver`] did with a tick.
@@ -98,6 +114,17 @@ impl Timer {
 pub(crate) struct TickState {
     live: AtomicBool,
     queued: AtomicBool,
+    /// When the next tick is due (Unix ms, 0: none), for the admin views.
+    next_ms: std::sync::atomic::AtomicU64,
+    when: Timer,
+}
+
+/// The wall clock `after` from now, in Unix ms (a timer arms rarely: a
+/// real clock read).
+fn unix_ms_after(after: Duration) -> u64 {
+    (std::time::SystemTime::now() + after)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TickState {
@@ -154,11 +181,16 @@ impl Timers {
         let state = Arc::new(TickState {
             live: AtomicBool::new(true),
             queued: AtomicBool::new(false),
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            when,
         });
         let tick_state = state.clone();
         let task = tokio::spawn(async move {
             let mut wait = when.first;
             loop {
+                tick_state
+                    .next_ms
+                    .store(unix_ms_after(wait), Ordering::Relaxed);
                 tokio::time::sleep(wait).await;
                 if !tick_state.is_live() {
                     return;
@@ -186,7 +218,10 @@ impl Timers {
                 }
                 match when.every {
                     Some(period) => wait = period,
-                    None => return,
+                    None => {
+                        tick_state.next_ms.store(0, Ordering::Relaxed);
+                        return;
+                    }
                 }
             }
         });
@@ -195,6 +230,23 @@ impl Timers {
             s.cancel();
             t.abort();
         }
+    }
+
+    /// Every live timer, by key.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) fn describe(&self) -> Vec<TimerInfo> {
+        let mut all: Vec<TimerInfo> = self
+            .lock()
+            .iter()
+            .map(|(key, (s, _))| TimerInfo {
+                key: key.clone(),
+                every: s.when.every,
+                next_ms: s.next_ms.load(Ordering::Relaxed),
+                keep_alive: s.when.keep_alive,
+            })
+            .collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
     }
 
     /// Cancels timer `key`; returns whether there was one.

@@ -3,7 +3,10 @@
 //! cluster page.
 //!
 //! Opt-in with [`NodeBuilder::admin`](crate::NodeBuilder::admin); bind it
-//! to `127.0.0.1` (it is read-only but unauthenticated). Routes, all `GET`:
+//! to `127.0.0.1` (its views are unauthenticated). Its one write action,
+//! `POST /admin/drain`, needs the token set with
+//! [`NodeBuilder::admin_token`](crate::NodeBuilder::admin_token) (without
+//! one it is refused: 403). Routes, all `GET` but the drain:
 //!
 //! | route | body |
 //! |---|---|
@@ -16,6 +19,10 @@
 //! | `/admin/reminders?actor=TYPE&id=ID` | `{node, actor, id, reminders: [{name, next_unix_ms, period_ms, missed, version}], keeper}`: the actor's durable reminders as the store has them (404 naming why for an actor type not hosted here or a node without a store; 504 if the store takes over 5 s), and what this node's keeper holds and has fired (`{held, fired, failed, skipped}`, or `null` without a keeper) |
 //! | `/admin/state` | `{node, store}`: `null` without a state store, else `{name, healthy, last_ok_unix_ms, last_error: {at_unix_ms, error} or null, writes: {ok, conflict, fenced, too_large, unavailable, uncertain, codec}, loads: {ok, failed}, write_latency, load_latency}`, each latency `{count, p50_ms, p99_ms, max_ms}` since the node started; `healthy` is false while the last operation that failed or succeeded on availability failed (unavailable or uncertain) |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
+//! | `/admin/cluster` | `{self, at_unix_ms, window_s, answered, members: [...], by_type: [{actor, activations, calls_per_s, errors_per_s, p50_ms, p99_ms}]}`: every member's own figures, asked over the cluster connections ([`cluster`]): each member `{node, member, answered, state (serving, draining, drained), incarnation, addr, capabilities, activations, types: [{actor, capability, activations}], calls: [{actor, calls_total, errors_total, calls_per_s, errors_per_s, p50_ms, p99_ms, buckets}]}`, or `{node, answered: false, error}`; calls are counted by the caller's node over the last 10 s ([`stats`]), and `by_type` merges the members' histograms |
+//! | `/admin/actor?actor=Player&id=player-7` | where the actor lives (`capability, shard, owner`) and what its owner says of it: `{active, since_unix_ms, last_message_unix_ms, mailbox_depth, timers: [{key, every_ms, next_unix_ms, keep_alive}], stored: {version, size[, state]} or null}` (`state` only for a type granted with [`NodeBuilder::admin_state_view`](crate::NodeBuilder::admin_state_view)); `answered: false` with `error` if the owner did not answer; 404 if no member hosts the type |
+//! | `/admin/actors?actor=Player[&after=ID][&limit=N]` | `{actor, ids: [{id, node}], next, missing}`: the ids active anywhere in the cluster, in byte order, a page at a time (`limit` 1 to 1000, default 100); `next` is the next page's `after` (`null` on the last); `missing` names the members that did not answer |
+//! | `POST /admin/drain` | with `Authorization: Bearer <token>`: starts [`Node::drain`](crate::Node::drain) and answers 202 `{node, state: "draining", was}` at once; 401 without the right token, 403 if the node has none |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
 //! | `/livez` | 200 `{"status":"ok"}`, no cluster check |
 //! | `/readyz` | 200 when the node is a member of its own membership and sees at least its `min_members` members (`NodeBuilder::min_members`), else 503; `{ready, members, min_members, serving, checks, reason}` (`reason` only when not ready) |
@@ -45,8 +52,10 @@
 //!   [`DEFAULT_IDLE_TIMEOUT`] (30 s) is closed** (a client that stops
 //!   reading a response).
 
+pub mod cluster;
 mod page;
 pub mod prometheus;
+pub(crate) mod stats;
 mod views;
 
 use std::convert::Infallible;
@@ -97,6 +106,28 @@ pub(crate) trait Source: Send + Sync + 'static {
         actor: &str,
         id: &str,
     ) -> crate::util::BoxFuture<'static, Result<serde_json::Value, String>>;
+    /// Its own figures for the cluster view: `{node, incarnation, state,
+    /// addr, capabilities, activations, types: [{actor, capability,
+    /// activations}], calls: [..] (see `stats::Calls::view`), at_unix_ms}`.
+    fn summary(&self) -> serde_json::Value;
+    /// Actor `id` of type `actor` as this node holds it, with its stored
+    /// version and size (and its state, if the type's view was granted);
+    /// `Err` names why not (a type not hosted here).
+    fn inspect(
+        &self,
+        actor: &str,
+        id: &str,
+    ) -> crate::util::BoxFuture<'static, Result<serde_json::Value, String>>;
+    /// `{node, ids, more}`: the ids of `actor` active here after `after`.
+    fn list(&self, actor: &str, after: &str, limit: usize) -> Result<serde_json::Value, String>;
+    /// Whom the cluster views ask: itself, each member, and each peer it
+    /// is still connected to that left the routing.
+    fn targets(&self) -> Vec<cluster::Target>;
+    /// Whether `presented` is the write token (`None`: no token is set, so
+    /// write actions are refused).
+    fn token_matches(&self, presented: &[u8]) -> Option<bool>;
+    /// Drains the node (`Node::drain`), to its end.
+    fn drain(self: Arc<Self>) -> crate::util::BoxFuture<'static, Result<(), String>>;
 }
 
 /// Counter: admin connections closed at once because [`Limits`]'s cap was
@@ -207,24 +238,17 @@ impl Server {
                     let _permit = permit;
                     let io = hyper_util::rt::TokioIo::new(Idle::new(stream, limits.idle_timeout));
                     let svc = hyper::service::service_fn(move |req: Request<_>| {
-                        // The one route that reads the store: awaited, under
-                        // the idle timeout.
-                        let listing = (req.uri().path() == "/admin/reminders"
-                            && (req.method() == Method::GET || req.method() == Method::HEAD))
-                            .then(|| reminders(&node, req.uri().query().unwrap_or("")));
-                        let resp = match listing {
-                            Some(_) => None,
-                            None => Some(respond(&node, req.method(), req.uri())),
+                        // The routes that ask the members or the store, or
+                        // act, are awaited (under the idle timeout); the
+                        // others answer from snapshots at once.
+                        let resp = match awaited(&node, &req) {
+                            Some(fut) => fut,
+                            None => {
+                                let r = respond(&node, req.method(), req.uri());
+                                Box::pin(std::future::ready(r))
+                            }
                         };
-                        async move {
-                            Ok::<_, Infallible>(match (resp, listing) {
-                                (Some(resp), _) => resp,
-                                (None, Some(listing)) => listing.await,
-                                (None, None) => {
-                                    text(StatusCode::INTERNAL_SERVER_ERROR, "no response\n")
-                                }
-                            })
-                        }
+                        async move { Ok::<_, Infallible>(resp.await) }
                     });
                     // Without a timer hyper silently drops its header read
                     // timeout.
@@ -455,10 +479,152 @@ fn respond(node: &Weak<dyn Source>, method: &Method, uri: &hyper::Uri) -> Respon
             format!(
                 "no such page {path:?}: try /, /admin/node, /admin/members, /admin/shards, \
                  /admin/activations, /admin/placement, /admin/discovery, /admin/state, \
-                 /admin/reminders, /metrics, /livez, /readyz\n"
+                 /admin/reminders, /admin/cluster, /admin/actor, /admin/actors, /metrics, \
+                 /livez, /readyz (and POST /admin/drain)\n"
             ),
         ),
     }
+}
+
+type Answer = crate::util::BoxFuture<'static, Response<Full<Bytes>>>;
+
+/// The routes answered by a future: those that ask the members
+/// (`/admin/cluster`, `/admin/actor`, `/admin/actors`), read the store
+/// (`/admin/reminders`) or act (`POST /admin/drain`). `None`: another
+/// route, answered by [`respond`].
+fn awaited<B>(node: &Weak<dyn Source>, req: &Request<B>) -> Option<Answer> {
+    let ready = |r| -> Option<Answer> { Some(Box::pin(std::future::ready(r))) };
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    match path {
+        "/admin/drain" if req.method() == Method::POST => {
+            let presented = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .map(<[u8]>::to_vec);
+            return ready(drain(node, presented.as_deref()));
+        }
+        "/admin/drain" => {
+            return ready(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST /admin/drain with Authorization: Bearer <token>\n",
+            ))
+        }
+        _ if !read => return None,
+        "/admin/reminders" => return Some(reminders(node, query)),
+        "/admin/cluster" | "/admin/actor" | "/admin/actors" => {}
+        _ => return None,
+    }
+    let Some(node) = node.upgrade() else {
+        return ready(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node has stopped\n",
+        ));
+    };
+    match path {
+        "/admin/cluster" => Some(Box::pin(async move {
+            json(StatusCode::OK, &cluster::cluster(node).await)
+        })),
+        "/admin/actor" => {
+            let (actor, id) = match actor_and_id(query) {
+                Ok((a, id)) => (a.to_owned(), id),
+                Err(refused) => return ready(refused),
+            };
+            Some(Box::pin(async move {
+                match cluster::actor(node, &actor, &id).await {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => text(StatusCode::NOT_FOUND, e),
+                }
+            }))
+        }
+        _ => {
+            let (mut actor, mut after, mut limit) = (None, String::new(), cluster::DEFAULT_LIMIT);
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("actor", a)) if !a.is_empty() => actor = Some(percent_decode(a)),
+                    Some(("after", a)) => after = percent_decode(a),
+                    Some(("limit", n)) => match n.parse::<usize>() {
+                        Ok(n) if (1..=cluster::MAX_LIMIT).contains(&n) => limit = n,
+                        _ => {
+                            return ready(text(
+                                StatusCode::BAD_REQUEST,
+                                format!("limit must be 1 to {}\n", cluster::MAX_LIMIT),
+                            ))
+                        }
+                    },
+                    _ => return ready(text(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "unknown query parameter {pair:?}: actor=TYPE[&after=ID][&limit=N]\n"
+                        ),
+                    )),
+                }
+            }
+            let Some(actor) = actor else {
+                return ready(text(
+                    StatusCode::BAD_REQUEST,
+                    "give actor=TYPE[&after=ID][&limit=N]\n",
+                ));
+            };
+            Some(Box::pin(async move {
+                json(
+                    StatusCode::OK,
+                    &cluster::actors(node, &actor, &after, limit).await,
+                )
+            }))
+        }
+    }
+}
+
+/// `POST /admin/drain`: starts draining the node (`Node::drain`) if the
+/// request carries the write token; answers at once (202) with the
+/// node's state, while the drain runs on.
+fn drain(node: &Weak<dyn Source>, presented: Option<&[u8]>) -> Response<Full<Bytes>> {
+    let Some(node) = node.upgrade() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n");
+    };
+    match (node.token_matches(presented.unwrap_or_default()), presented) {
+        (None, _) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                "write actions are off: this node has no admin token (NodeBuilder::admin_token)\n",
+            )
+        }
+        (Some(true), Some(_)) => {}
+        (Some(_), _) => {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "POST /admin/drain needs Authorization: Bearer <the node's admin token>\n",
+            );
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    let id = node.id().to_owned();
+    let before = node.summary()["state"].clone();
+    tracing::info!(node = %id, "drain asked for on the admin endpoint");
+    let drained = node.drain();
+    let who = id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = drained.await {
+            tracing::warn!(node = %who, "drain: {e}");
+        }
+    });
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"node": id, "state": "draining", "was": before}),
+    )
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths
+/// only (the admin token's check).
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `/admin/reminders?actor=TYPE&id=ID`: the actor's reminders, from the

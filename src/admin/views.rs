@@ -189,6 +189,56 @@ pub(super) fn placement(node: &dyn Source, actor: &str, id: &str) -> Result<Valu
     }))
 }
 
+/// Where actor `id` of type `actor` lives, by any member's account of the
+/// type (so a node that does not host it can say): `{actor, id,
+/// capability, shard, owner, local}`. `Err` (a 404 text) when no member
+/// hosts the type.
+pub(super) fn locate(node: &dyn Source, actor: &str, id: &str) -> Result<Value, String> {
+    let local = node.activations_by_type();
+    let capability = match local.iter().find(|(t, _, _)| *t == actor) {
+        Some(&(_, c, _)) => c.to_owned(),
+        None => {
+            let m = node.membership();
+            let found = m.iter().find_map(|(_, info)| {
+                info.actors
+                    .as_ref()?
+                    .iter()
+                    .find(|h| h.actor == actor)
+                    .map(|h| h.capability.clone())
+            });
+            let Some(c) = found else {
+                let mut known: Vec<String> = m
+                    .iter()
+                    .flat_map(|(_, i)| i.actors.iter().flatten().map(|h| h.actor.clone()))
+                    .collect();
+                known.sort();
+                known.dedup();
+                return Err(format!(
+                    "no member hosts an actor type {actor:?}: the members host {known:?}\n"
+                ));
+            };
+            c
+        }
+    };
+    let routing = node.routing();
+    let key = crate::ring::actor_key(&capability, actor);
+    let Some(table) = routing.actor(key, crate::ring::capability_key(&capability)) else {
+        return Err(format!(
+            "no member hosts {actor} (capability {capability:?})\n"
+        ));
+    };
+    let shard = crate::ring::shard(id);
+    let owner = table.owner(shard);
+    Ok(json!({
+        "actor": actor,
+        "id": id,
+        "capability": capability,
+        "shard": shard,
+        "owner": owner,
+        "local": owner == node.id(),
+    }))
+}
+
 pub(super) fn state(node: &dyn Source) -> Value {
     json!({ "node": node.id(), "store": node.state_store() })
 }

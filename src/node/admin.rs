@@ -4,7 +4,11 @@
 
 use std::sync::Arc;
 
+use serde_json::{json, Value};
+
 use super::{Node, NodeInner};
+use crate::admin::cluster::Target;
+use crate::admin::stats::Calls;
 use crate::membership::{Membership, Readiness};
 use crate::ring::RoutingTable;
 
@@ -109,6 +113,225 @@ impl crate::admin::Source for NodeInner {
             .iter()
             .map(|(_, capability, acts)| (acts.actor_name(), *capability, acts.count()))
             .collect()
+    }
+
+    fn summary(&self) -> Value {
+        let m = self.members.snapshot();
+        let types: Vec<Value> = self
+            .activations_by_type()
+            .iter()
+            .map(|(t, c, n)| json!({"actor": t, "capability": c, "activations": n}))
+            .collect();
+        json!({
+            "node": &*self.id,
+            "incarnation": self.incarnation,
+            "state": self.drain.as_str(),
+            "addr": m.get(&self.id).map(|i| i.addr.clone()),
+            "capabilities": self.capabilities,
+            "activations": self.catalog.actors.iter().map(|a| a.2.count()).sum::<usize>(),
+            "types": types,
+            "calls": self.ops.calls.view(),
+            "at_unix_ms": crate::admin::stats::coarse_ms(),
+        })
+    }
+
+    fn inspect(
+        &self,
+        actor: &str,
+        id: &str,
+    ) -> crate::util::BoxFuture<'static, Result<Value, String>> {
+        let fail = |e: String| -> crate::util::BoxFuture<'static, _> {
+            Box::pin(std::future::ready(Err(e)))
+        };
+        let Some((_, capability, acts)) = self
+            .catalog
+            .actors
+            .iter()
+            .find(|a| a.2.actor_name() == actor)
+        else {
+            return fail(format!("this node hosts no actor type {actor:?}"));
+        };
+        let mut v = json!({
+            "node": &*self.id,
+            "actor": actor,
+            "id": id,
+            "active": false,
+        });
+        if let Some(seen) = acts.inspect(id) {
+            let timers: Vec<Value> = seen
+                .timers
+                .iter()
+                .map(|t| {
+                    json!({
+                        "key": t.key,
+                        "every_ms": t.every.map(|d| d.as_millis() as u64),
+                        "next_unix_ms": (t.next_ms > 0).then_some(t.next_ms),
+                        "keep_alive": t.keep_alive,
+                    })
+                })
+                .collect();
+            v["active"] = json!(true);
+            v["since_unix_ms"] = json!(seen.since_ms);
+            v["last_message_unix_ms"] = json!((seen.last_ms > 0).then_some(seen.last_ms));
+            v["mailbox_depth"] = json!(seen.depth);
+            v["timers"] = json!(timers);
+        }
+        let Some(store) = crate::util::lock(&self.state).clone() else {
+            v["stored"] = Value::Null;
+            return Box::pin(std::future::ready(Ok(v)));
+        };
+        let key = crate::state::StateKey::new(format!("{capability}/{actor}"), id);
+        let show = self.ops.state_views.contains(&actor);
+        Box::pin(async move {
+            let load =
+                tokio::time::timeout(std::time::Duration::from_secs(5), store.load(&key, None));
+            v["stored"] = match load.await {
+                Ok(Ok(stored)) => {
+                    let mut s = json!({
+                        "version": stored.version,
+                        "size": stored.bytes.as_ref().map_or(0, Vec::len),
+                    });
+                    if let Some(Ok((schema, payload))) =
+                        stored.bytes.as_deref().map(crate::state::envelope::open)
+                    {
+                        s["schema"] = json!(schema);
+                        if show {
+                            s["state"] = crate::state::envelope::decode::<Value>(payload)
+                                .unwrap_or_else(|e| json!(format!("not readable: {e}")));
+                        }
+                    }
+                    s
+                }
+                Ok(Err(e)) => json!({"error": e.to_string()}),
+                Err(_) => json!({"error": "the state store did not answer within 5 s"}),
+            };
+            Ok(v)
+        })
+    }
+
+    fn list(&self, actor: &str, after: &str, limit: usize) -> Result<Value, String> {
+        let Some((_, _, acts)) = self
+            .catalog
+            .actors
+            .iter()
+            .find(|a| a.2.actor_name() == actor)
+        else {
+            return Err(format!("this node hosts no actor type {actor:?}"));
+        };
+        let (ids, more) = acts.ids(after, limit.max(1));
+        Ok(json!({"node": &*self.id, "ids": ids, "more": more}))
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let m = self.members.snapshot();
+        let mut out: Vec<Target> = m
+            .iter()
+            .map(|(n, _)| {
+                if n == &*self.id {
+                    return Target {
+                        node: n.to_owned(),
+                        member: true,
+                        conn: None,
+                        reachable: true,
+                    };
+                }
+                let conn = self.cluster.as_ref().and_then(|c| {
+                    c.connection(n)
+                        .or_else(|| c.connections_to(n).into_iter().next())
+                });
+                Target {
+                    node: n.to_owned(),
+                    member: true,
+                    reachable: conn.is_some(),
+                    conn,
+                }
+            })
+            .collect();
+        // Itself, when it left its own membership (draining).
+        if m.get(&self.id).is_none() {
+            out.push(Target {
+                node: self.id.to_string(),
+                member: false,
+                conn: None,
+                reachable: true,
+            });
+        }
+        // Peers still connected that left the routing (draining).
+        if let Some(c) = &self.cluster {
+            for conn in c.open_connections() {
+                let node = conn.peer().node.clone();
+                if m.get(&node).is_none() && !out.iter().any(|t| t.node == node) {
+                    out.push(Target {
+                        node,
+                        member: false,
+                        conn: Some(conn),
+                        reachable: true,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    fn token_matches(&self, presented: &[u8]) -> Option<bool> {
+        let token = self.ops.token.as_ref()?;
+        Some(crate::admin::constant_time_eq(token.as_bytes(), presented))
+    }
+
+    fn drain(self: Arc<Self>) -> crate::util::BoxFuture<'static, Result<(), String>> {
+        let node = Node::from_inner(self);
+        Box::pin(async move { node.drain().await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// What the admin views keep on a node (feature `admin`).
+pub(crate) struct Ops {
+    /// What its callers saw of each actor type.
+    pub(crate) calls: Arc<Calls>,
+    /// The write actions' token.
+    token: Option<String>,
+    /// The actor types whose stored state the views may show.
+    state_views: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("state_views", &self.state_views)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ops {
+    pub(crate) fn new(token: Option<String>, state_views: Vec<&'static str>) -> Self {
+        Ops {
+            calls: Arc::new(Calls::default()),
+            token,
+            state_views,
+        }
+    }
+
+    /// Starts the ticker (coarse clock, call windows): it ends with the
+    /// node (it holds the figures weakly).
+    pub(crate) fn start(&self) {
+        tokio::spawn(crate::admin::stats::ticker(Arc::downgrade(&self.calls)));
+    }
+}
+
+impl NodeInner {
+    /// Answers a node query from a peer (see `admin::cluster`), in a task.
+    pub(crate) fn answer_query(
+        self: Arc<Self>,
+        payload: Vec<u8>,
+        reply: crate::transport::Responder,
+    ) {
+        let me: Arc<dyn crate::admin::Source> = self;
+        tokio::spawn(async move {
+            let answer = crate::admin::cluster::answer_bytes(me, payload).await;
+            reply.send(Ok(answer));
+        });
     }
 }
 

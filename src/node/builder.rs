@@ -63,6 +63,10 @@ pub struct NodeBuilder {
     admin: Option<String>,
     #[cfg(feature = "admin")]
     admin_limits: crate::admin::Limits,
+    #[cfg(feature = "admin")]
+    admin_token: Option<String>,
+    #[cfg(feature = "admin")]
+    state_views: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -105,6 +109,10 @@ impl NodeBuilder {
             admin: None,
             #[cfg(feature = "admin")]
             admin_limits: crate::admin::Limits::default(),
+            #[cfg(feature = "admin")]
+            admin_token: None,
+            #[cfg(feature = "admin")]
+            state_views: Vec::new(),
         }
     }
 
@@ -479,6 +487,29 @@ impl NodeBuilder {
         self
     }
 
+    /// The token the admin endpoint's write actions require (feature
+    /// `admin`): `POST /admin/drain` must carry `Authorization: Bearer
+    /// <token>`. Without one, write actions are refused (403); the
+    /// read-only views need none. At least 16 bytes; compared in constant
+    /// time. Keep it out of logs and command lines (an environment
+    /// variable or a file).
+    #[cfg(feature = "admin")]
+    pub fn admin_token(mut self, token: impl Into<String>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    /// Lets the admin views show actor type `A`'s stored state (feature
+    /// `admin`): `/admin/actor?actor=A&id=...` then adds the stored
+    /// document, as JSON. Off by default, since state can be private: the
+    /// views show only its version and size. Set it on the nodes that host
+    /// `A` (the node holding the actor's shard answers).
+    #[cfg(feature = "admin")]
+    pub fn admin_state_view<A: crate::Actor>(mut self) -> Self {
+        self.state_views.push(A::NAME);
+        self
+    }
+
     /// Validates the configuration and starts the node. Must run inside a
     /// tokio runtime, which the node's activations then use.
     ///
@@ -505,6 +536,13 @@ impl NodeBuilder {
             crate::admin::prometheus::install();
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        #[cfg(feature = "admin")]
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(StartError::invalid(
+                "NodeBuilder::admin_token",
+                "the admin token is shorter than 16 bytes: use a long random one",
+            ));
+        }
         let mut capabilities = self.capabilities;
         if let Some(c) = capabilities.iter().find(|c| c.is_empty()) {
             return Err(StartError::invalid("NodeBuilder::capabilities", format!(
@@ -562,6 +600,13 @@ impl NodeBuilder {
                     capability_key: capability_key(a.capability),
                     actor_key: actor_key(a.capability, a.name),
                 };
+                if tag == crate::wire::INSPECT_TAG {
+                    return Err(StartError::TagCollision {
+                        tag,
+                        first: "the node's own queries (mesh::wire::INSPECT_TAG)".into(),
+                        second: here,
+                    });
+                }
                 if let Some((_, first)) = wire.insert(tag, (route, here.clone())) {
                     return Err(StartError::TagCollision {
                         tag,
@@ -829,6 +874,12 @@ impl NodeBuilder {
                 deps: std::mem::take(&mut self.deps),
                 #[cfg(feature = "admin")]
                 admin,
+                #[cfg(feature = "admin")]
+                ops: super::admin::Ops::new(
+                    self.admin_token.take(),
+                    std::mem::take(&mut self.state_views),
+                ),
+                drain: super::DrainState::default(),
             }
         });
         let Some(first) = first else {
@@ -849,6 +900,8 @@ impl NodeBuilder {
         if let Some(keeper) = &inner.keeper {
             keeper.begin();
         }
+        #[cfg(feature = "admin")]
+        inner.ops.start();
         for (_, _, acts) in &inner.catalog.actors {
             acts.start();
         }

@@ -183,6 +183,8 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 Ok(Sent::Local(rx)) => this.rx = Some(rx),
                 Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
+                    #[cfg(feature = "admin")]
+                    record_call(this.via, A::NAME, now.elapsed(), false);
                     let result = Err(e.in_call(A::NAME, this.id, M::NAME));
                     metrics.call_done(&result);
                     return Poll::Ready(result);
@@ -210,13 +212,28 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
             result
         };
         if let Some(started) = this.started {
-            metrics
-                .call_duration
-                .record(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            metrics.call_duration.record(took.as_secs_f64());
+            #[cfg(feature = "admin")]
+            record_call(this.via, A::NAME, took, result.is_ok());
         }
         let result = result.map_err(|e| e.in_call(A::NAME, this.id, M::NAME));
         metrics.call_done(&result);
         Poll::Ready(result)
+    }
+}
+
+/// Counts a completed call in its node's per actor type figures (the
+/// cluster view, see `admin::stats`).
+#[cfg(feature = "admin")]
+fn record_call(via: Via<'_>, actor: &'static str, took: std::time::Duration, ok: bool) {
+    match via {
+        Via::Node(node) => node.inner.ops.calls.record(actor, took, ok),
+        Via::Default => {
+            if let Some(inner) = &*DEFAULT.load() {
+                inner.ops.calls.record(actor, took, ok);
+            }
+        }
     }
 }
 

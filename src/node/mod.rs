@@ -130,6 +130,58 @@ pub(crate) struct NodeInner {
     /// The admin endpoint, if asked for (stops when the node is dropped).
     #[cfg(feature = "admin")]
     admin: Option<crate::admin::Server>,
+    /// What the admin views keep (call figures per actor type, the write
+    /// token, the state views granted).
+    #[cfg(feature = "admin")]
+    pub(crate) ops: admin::Ops,
+    /// Whether the node is draining or drained (see `Node::drain`).
+    pub(crate) drain: DrainState,
+}
+
+/// Where a node is in [`Node::drain`]: serving, draining (its peers route
+/// around it, its activations finish), drained.
+#[derive(Debug)]
+pub(crate) struct DrainState(tokio::sync::watch::Sender<u8>);
+
+impl Default for DrainState {
+    fn default() -> Self {
+        DrainState(tokio::sync::watch::Sender::new(Self::SERVING))
+    }
+}
+
+impl DrainState {
+    const SERVING: u8 = 0;
+    const DRAINING: u8 = 1;
+    const DRAINED: u8 = 2;
+
+    /// `serving`, `draining` or `drained`.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match *self.0.borrow() {
+            Self::SERVING => "serving",
+            Self::DRAINING => "draining",
+            _ => "drained",
+        }
+    }
+
+    /// Moves to draining; false if it was not serving.
+    fn begin(&self) -> bool {
+        self.0.send_if_modified(|s| {
+            let serving = *s == Self::SERVING;
+            if serving {
+                *s = Self::DRAINING;
+            }
+            serving
+        })
+    }
+
+    fn done(&self) {
+        self.0.send_replace(Self::DRAINED);
+    }
+
+    /// Resolves once the drain has ended.
+    async fn ended(&self) {
+        let _ = self.0.subscribe().wait_for(|s| *s == Self::DRAINED).await;
+    }
 }
 
 impl fmt::Debug for Node {
@@ -356,6 +408,63 @@ impl Node {
         }
         tracing::info!(node = %inner.id, "node shut down");
         Ok(())
+    }
+
+    /// Drains the node before maintenance (a *cordon*): it leaves the
+    /// routing as [`Node::shutdown`] does (peers are told and acknowledge,
+    /// so they place nothing new here; its activations finish what is
+    /// queued, run `on_deactivate` and are activated again on their new
+    /// owners at their next call, their durable state with them; calls that
+    /// still arrive are forwarded), then keeps running: its connections
+    /// stay open, its own callers' calls go to the other members, and the
+    /// admin views and `/readyz` say it is draining (503: not a member).
+    /// Returns once its activations have ended and every call peers sent
+    /// was answered, or with [`Error::ShutdownTimeout`] after the shutdown
+    /// timeout, naming what was pending.
+    ///
+    /// One way: a drained node does not take shards again (its peers took
+    /// this run of it, its incarnation, for gone); restart it to serve
+    /// again, which is what maintenance does. [`Node::shutdown`] after it
+    /// is the usual end. Calling it again is harmless: the second call
+    /// returns `Ok` once the activations have ended. A node that is not
+    /// clustered has nobody to hand off to: [`Error::Start`] with
+    /// [`crate::StartError::InvalidSetting`] naming `Node::drain`.
+    pub async fn drain(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        if inner.cluster.is_none() {
+            return Err(Error::Start(crate::StartError::invalid(
+                "Node::drain",
+                "the node is not clustered: there is no member to hand its actors to",
+            )));
+        }
+        if inner.shared.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        if !inner.drain.begin() {
+            // Draining already: wait for that one to end.
+            inner.drain.ended().await;
+            return Ok(());
+        }
+        tracing::info!(node = %inner.id, "draining: leaving the routing, handing off the activations");
+        cluster::leave::announce(&self.inner).await;
+        inner.hand_off_all();
+        let drained = cluster::leave::drain(&self.inner, inner.shutdown_timeout).await;
+        inner.drain.done();
+        match drained {
+            Ok(()) => {
+                tracing::info!(node = %inner.id, "drained: no activation left, still connected");
+                Ok(())
+            }
+            Err(pending) => {
+                tracing::warn!(node = %inner.id, "drain timed out in {pending}");
+                Err(Error::ShutdownTimeout { pending })
+            }
+        }
+    }
+
+    /// `serving`, `draining` or `drained` (see [`Node::drain`]).
+    pub fn drain_state(&self) -> &'static str {
+        self.inner.drain.as_str()
     }
 
     /// The node's own state (its activations' host, in tests).

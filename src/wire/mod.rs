@@ -105,6 +105,16 @@ pub const fn tag(capability: &str, actor: &str, message: &str) -> u64 {
     xxhash_rust::const_xxh3::xxh3_64_with_seed(message.as_bytes(), actor_key(capability, actor))
 }
 
+/// The tag of a `Call` to the node itself rather than to an actor: an
+/// operator's question (the admin endpoint's cluster view, actor lookup
+/// and listing), `id` empty, the payload a JSON query, the reply a JSON
+/// document (see PROTOCOL.md, "Node queries"). No handler's tag is this
+/// one: a node refuses to start with such a handler
+/// ([`crate::StartError::TagCollision`]). A node that does not answer
+/// these (built without the `admin` feature, or older) answers
+/// `UnknownMessage`.
+pub const INSPECT_TAG: u64 = u64::MAX;
+
 /// Encodes a message or reply body.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(64);

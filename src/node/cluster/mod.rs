@@ -197,6 +197,17 @@ impl Cluster {
             .collect()
     }
 
+    /// One open connection to each connected peer, sealed ones included
+    /// (the admin views ask peers that left the routing about themselves).
+    #[cfg(feature = "admin")]
+    pub(crate) fn open_connections(&self) -> Vec<Connection> {
+        self.view
+            .load()
+            .values()
+            .filter_map(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .collect()
+    }
+
     /// Every live connection to `node`, oldest first (operators' view).
     #[cfg_attr(not(feature = "admin"), allow(dead_code))] // read by the admin views only
     pub(crate) fn connections_to(&self, node: &str) -> Vec<Connection> {

@@ -34,6 +34,12 @@ impl NodeInbound {
 impl Inbound for NodeInbound {
     fn call(&self, _from: &Peer, call: wire::CallFrame, reply: Responder) {
         match self.0.upgrade() {
+            // A question to the node itself, never forwarded (see
+            // `admin::cluster`); without the feature, the tag is unknown.
+            #[cfg(feature = "admin")]
+            Some(node) if call.tag == wire::INSPECT_TAG => {
+                node.answer_query(call.payload.into_vec(), reply)
+            }
             Some(node) => node.router().serve_peer(call, reply),
             None => reply.send(Err(Error::ShuttingDown)),
         }

@@ -500,22 +500,26 @@ impl Connection {
         deadline: Instant,
         body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
     ) -> Result<Bytes, Routed<()>> {
-        self.clone().start(kind, deadline, body)?.await
+        self.clone()
+            .start(kind, deadline, body, kind == Kind::Call)?
+            .await
     }
 
     /// Hands a request to the connection now (before this returns: in
     /// order with whatever this task sends next) and gives back its wait.
     /// See [`Connection::request`].
+    /// `sealable`: a routed call, which a sealed connection refuses.
     fn start(
         self,
         kind: Kind,
         deadline: Instant,
         body: impl FnOnce(&mut BytesMut) -> Result<(), Error>,
+        sealable: bool,
     ) -> Result<Waiting, Routed<()>> {
         // A sealed connection takes no new call: it comes back unsent (the
         // caller routes it to a fresh connection). What must follow the
         // calls past this check waits for them (`Shared::calls_queued`).
-        let sending = if kind == Kind::Call {
+        let sending = if sealable {
             let sending = Sending::enter(&self.shared);
             if self.shared.sealed.load(Ordering::SeqCst) {
                 return Err(Routed::Unsent(()));
@@ -637,9 +641,42 @@ impl Connection {
             trace: trace.filter(|_| self.shared.peer.trace_context),
             chain: chain.filter(|_| self.shared.peer.call_chain),
         };
-        self.start(Kind::Call, deadline, |dst| {
-            wire::encode_envelope_into(&call, dst)
-        })
+        self.start(
+            Kind::Call,
+            deadline,
+            |dst| wire::encode_envelope_into(&call, dst),
+            true,
+        )
+    }
+
+    /// Asks the peer itself a node query (a `Call` of tag
+    /// [`wire::INSPECT_TAG`]: see `admin::cluster`) and waits at most
+    /// `timeout` for its answer. Sent on a sealed connection too: the seal
+    /// keeps calls routed by the ring from a peer that left, and a
+    /// question to that peer about itself is not routed (the cluster view
+    /// asks draining peers).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    pub(crate) async fn query(&self, body: &[u8], timeout: Duration) -> Result<Bytes, Error> {
+        let call = wire::CallFrameRef {
+            tag: wire::INSPECT_TAG,
+            id: "",
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            hops: 0,
+            payload: body,
+            trace: None,
+            chain: None,
+        };
+        let started = self.clone().start(
+            Kind::Call,
+            Instant::now() + timeout,
+            |dst| wire::encode_envelope_into(&call, dst),
+            false,
+        );
+        let answered = match started {
+            Ok(waiting) => waiting.await,
+            Err(e) => Err(e),
+        };
+        self.public(answered)
     }
 
     /// Casts to handler `tag` of actor `id` on the peer: at most once.
