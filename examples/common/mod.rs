@@ -122,6 +122,11 @@ pub fn builder(args: &NodeArgs) -> Result<mesh::NodeBuilder, Box<dyn std::error:
         #[cfg(feature = "admin")]
         {
             builder = builder.admin(addr);
+            // The drain's token (`POST /admin/drain`), from the
+            // environment: never on a command line.
+            if let Ok(token) = std::env::var("MESH_ADMIN_TOKEN") {
+                builder = builder.admin_token(token);
+            }
         }
         #[cfg(not(feature = "admin"))]
         return Err(format!(

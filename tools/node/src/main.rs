@@ -94,6 +94,10 @@ struct Args {
     /// The admin endpoint (`/livez`, `/readyz`, `/metrics`, the page).
     #[arg(long, env = "MESH_ADMIN")]
     admin: Option<String>,
+    /// A file holding the admin token that `POST /admin/drain` needs
+    /// (default: $MESH_ADMIN_TOKEN; neither: the drain is refused).
+    #[arg(long, env = "MESH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     /// Ready (`/readyz`) once this many members are seen.
     #[arg(long, env = "MESH_MIN_MEMBERS", default_value_t = 1)]
     min_members: usize,
@@ -230,6 +234,18 @@ fn builder(args: &Args) -> Result<mesh::NodeBuilder, Error> {
     }
     if let Some(addr) = &args.admin {
         b = b.admin(addr);
+        let token = match &args.admin_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("--admin-token-file {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("MESH_ADMIN_TOKEN").ok(),
+        };
+        if let Some(token) = token {
+            b = b.admin_token(token);
+        }
     }
     if let Some(dir) = &args.tls_dir {
         let identity = mesh::identity::FileIdentity::load(
