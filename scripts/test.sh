@@ -251,5 +251,8 @@ echo "== cargo test --features otel (trace context across nodes)"
 guarded 900 cargo test --locked --features otel --lib --test trace
 echo "== cargo test --features admin (admin endpoint, page in headless Chromium)"
 guarded 900 cargo test --locked --features admin --lib --test admin
+# The guide's snippets that need the feature (guarded by a hidden
+# cfg(feature = "admin"), so the workspace run above compiles them away).
+guarded 600 cargo test --locked --features admin -p mesh --doc
 echo "== cargo test with the ring provider (mTLS between nodes, no post-quantum key exchange)"
 guarded 900 cargo test --locked --no-default-features --features ring,full --test tls

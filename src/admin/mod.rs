@@ -19,7 +19,7 @@
 //! | `/admin/reminders?actor=TYPE&id=ID` | `{node, actor, id, reminders: [{name, next_unix_ms, period_ms, missed, version}], keeper}`: the actor's durable reminders as the store has them (404 naming why for an actor type not hosted here or a node without a store; 504 if the store takes over 5 s), and what this node's keeper holds and has fired (`{held, fired, failed, skipped}`, or `null` without a keeper) |
 //! | `/admin/state` | `{node, store}`: `null` without a state store, else `{name, healthy, last_ok_unix_ms, last_error: {at_unix_ms, error} or null, writes: {ok, conflict, fenced, too_large, unavailable, uncertain, codec}, loads: {ok, failed}, write_latency, load_latency}`, each latency `{count, p50_ms, p99_ms, max_ms}` since the node started; `healthy` is false while the last operation that failed or succeeded on availability failed (unavailable or uncertain) |
 //! | `/admin/placement?actor=Player&id=player-17` | `{actor, id, capability, shard, owner, local}`; 404 for an actor type this node does not host |
-//! | `/admin/cluster` | `{self, at_unix_ms, window_s, answered, members: [...], by_type: [{actor, activations, calls_per_s, errors_per_s, p50_ms, p99_ms}]}`: every member's own figures, asked over the cluster connections ([`cluster`]): each member `{node, member, answered, state (serving, draining, drained), incarnation, addr, capabilities, activations, types: [{actor, capability, activations}], calls: [{actor, calls_total, errors_total, calls_per_s, errors_per_s, p50_ms, p99_ms, buckets}]}`, or `{node, answered: false, error}`; calls are counted by the caller's node over the last 10 s ([`stats`]), and `by_type` merges the members' histograms |
+//! | `/admin/cluster` | `{self, at_unix_ms, window_s, answered, members: [...], by_type: [{actor, activations, calls_per_s, errors_per_s, p50_ms, p99_ms}]}`: every member's own figures, asked over the cluster connections ([`cluster`]): each member `{node, member, answered, state (serving, draining, drained), incarnation, addr, capabilities, activations, types: [{actor, capability, activations}], calls: [{actor, calls_total, errors_total, calls_per_s, errors_per_s, p50_ms, p99_ms, buckets}]}`, or `{node, answered: false, error}`; calls are counted by the caller's node over the last 10 s (see docs/guide/07-operating.md), and `by_type` merges the members' histograms |
 //! | `/admin/actor?actor=Player&id=player-7` | where the actor lives (`capability, shard, owner`) and what its owner says of it: `{active, since_unix_ms, last_message_unix_ms, mailbox_depth, timers: [{key, every_ms, next_unix_ms, keep_alive}], stored: {version, size[, state]} or null}` (`state` only for a type granted with [`NodeBuilder::admin_state_view`](crate::NodeBuilder::admin_state_view)); `answered: false` with `error` if the owner did not answer; 404 if no member hosts the type |
 //! | `/admin/actors?actor=Player[&after=ID][&limit=N]` | `{actor, ids: [{id, node}], next, missing}`: the ids active anywhere in the cluster, in byte order, a page at a time (`limit` 1 to 1000, default 100); `next` is the next page's `after` (`null` on the last); `missing` names the members that did not answer |
 //! | `POST /admin/drain` | with `Authorization: Bearer <token>`: starts [`Node::drain`](crate::Node::drain) and answers 202 `{node, state: "draining", was}` at once; 401 without the right token, 403 if the node has none |
@@ -554,12 +554,14 @@ fn awaited<B>(node: &Weak<dyn Source>, req: &Request<B>) -> Option<Answer> {
                             ))
                         }
                     },
-                    _ => return ready(text(
-                        StatusCode::BAD_REQUEST,
-                        format!(
+                    _ => {
+                        return ready(text(
+                            StatusCode::BAD_REQUEST,
+                            format!(
                             "unknown query parameter {pair:?}: actor=TYPE[&after=ID][&limit=N]\n"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             let Some(actor) = actor else {
