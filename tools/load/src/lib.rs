@@ -37,3 +37,10 @@ pub mod transports;
 pub const EXIT_THRESHOLDS: i32 = 3;
 /// Exit code of `compare` when B is worse than A beyond `--fail-if-worse`.
 pub const EXIT_REGRESSION: i32 = 4;
+
+/// The guide's load-testing chapter as a doctest: `cargo test --doc -p
+/// mesh-load` compiles its snippets (they use this crate, which mesh's own
+/// doctests cannot name).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide/09-load-testing.md")]
+mod guide {}
