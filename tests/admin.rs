@@ -1074,8 +1074,10 @@ async fn a_drain_moves_the_nodes_actors_with_no_failed_call_and_needs_the_token(
     // Accepted: b drains while the deposits go on.
     let (status, body) = post(&b, "/admin/drain", Some(TOKEN)).await;
     assert_eq!(status, 202, "{body}");
-    assert!(body.contains("\"state\":\"draining\""), "{body}");
-    // Draining already: this waits for its end.
+    assert!(body.contains("\"was\":\"serving\""), "{body}");
+    // The endpoint started it before answering.
+    assert_ne!(b.drain_state(), "serving");
+    // Under way already: this waits for that drain's end.
     b.drain().await.expect("drained");
     assert_eq!(b.drain_state(), "drained");
     assert_eq!(b.activation_count(), 0);

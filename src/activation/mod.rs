@@ -484,19 +484,25 @@ impl<A: Handlers> AnyActivations for Activations<A> {
 
     #[cfg(feature = "admin")]
     fn ids(&self, after: &str, limit: usize) -> (Vec<String>, bool) {
-        let mut ids: Vec<Arc<str>> = self
-            .table
-            .iter()
-            .filter(|e| &**e.key() > after)
-            .map(|e| e.key().clone())
-            .collect();
-        let more = ids.len() > limit;
-        if more {
-            // The first `limit` in order, without sorting them all.
-            ids.select_nth_unstable(limit);
-            ids.truncate(limit);
+        // The `limit + 1` smallest ids after the cursor, in a max-heap:
+        // memory for a page, not for the table (which is read one shard
+        // lock at a time, as the idle sweeper does).
+        let mut heap = std::collections::BinaryHeap::<Arc<str>>::with_capacity(limit + 1);
+        for e in self.table.iter() {
+            let id = e.key();
+            if &**id <= after {
+                continue;
+            }
+            if heap.len() <= limit {
+                heap.push(id.clone());
+            } else if heap.peek().is_some_and(|top| id < top) {
+                heap.pop();
+                heap.push(id.clone());
+            }
         }
-        ids.sort_unstable();
+        let mut ids = heap.into_sorted_vec();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
         (ids.iter().map(|i| i.to_string()).collect(), more)
     }
 

@@ -120,11 +120,14 @@ pub(crate) struct TickState {
 }
 
 /// The wall clock `after` from now, in Unix ms (a timer arms rarely: a
-/// real clock read).
+/// real clock read), for the admin views; `u64::MAX` past the clock's
+/// range.
+#[cfg(feature = "admin")]
 fn unix_ms_after(after: Duration) -> u64 {
-    (std::time::SystemTime::now() + after)
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .checked_add(after)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(u64::MAX, |d| d.as_millis() as u64)
 }
 
 impl TickState {
@@ -188,6 +191,7 @@ impl Timers {
         let task = tokio::spawn(async move {
             let mut wait = when.first;
             loop {
+                #[cfg(feature = "admin")]
                 tick_state
                     .next_ms
                     .store(unix_ms_after(wait), Ordering::Relaxed);

@@ -8,20 +8,28 @@
 //! cookie, or mTLS).
 //!
 //! Contracts:
-//! - Every member is asked at once, each within [`ASK_TIMEOUT`]; a member
-//!   that does not answer in time, has no live connection, or takes no
-//!   queries (built without the `admin` feature) is listed with
-//!   `"answered": false` and the reason, never left out. A view is never
-//!   slower than [`ASK_TIMEOUT`] plus the local work.
+//! - Every member is asked at once, each within [`ASK_TIMEOUT`] (this node
+//!   too); a member that does not answer in time, has no live connection,
+//!   takes no queries (built without the `admin` feature) or answers
+//!   something malformed is listed with `"answered": false` and the
+//!   reason, never left out. A view is never slower than [`ASK_TIMEOUT`]
+//!   plus the merging.
 //! - Members are the node's membership plus the peers it is still
 //!   connected to that left the routing: a draining member (see
 //!   `Node::drain`) shows with its `state`.
-//! - A member answers only about itself, from the same snapshots its own
-//!   views read (no lock the call path takes); the only query that reads
-//!   the state store (an actor's stored version and size) gives it 5 s.
-//! - Answers are bounded: a listing returns at most [`MAX_LIMIT`] ids per
-//!   member; a query's answer is refused past the frame limit like any
-//!   reply.
+//! - A member answers only about itself, from the snapshots its own views
+//!   read; a lookup takes that activation's mailbox lock for a moment, and
+//!   a listing reads its activation table one shard at a time (as the
+//!   idle sweeper does). The only query that reads the state store (an
+//!   actor's stored row) gives it [`STORE_TIMEOUT`], less than the asker
+//!   waits. A member answers at most [`MAX_QUERIES`] queries at once (more
+//!   are answered "busy"), each within the asker's deadline.
+//! - What a member answers is bounded on both ends: it lists at most
+//!   [`MAX_LIMIT`] ids; the asker refuses an answer over [`MAX_ANSWER`]
+//!   bytes or one that is not the documented shape, keeps at most `limit`
+//!   ids and 144 latency buckets per type of it, and adds its counts with
+//!   saturation. A node query reaches a draining peer too: it is sent on a
+//!   connection the leave sealed (see `Connection::query`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +48,15 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// The ids a listing returns unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
+
+/// The largest answer a member may send (bytes of JSON).
+pub const MAX_ANSWER: usize = 1 << 20;
+
+/// How long a member gives its state store for a lookup's stored row.
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How many node queries a member answers at once.
+pub const MAX_QUERIES: usize = 16;
 
 /// A question one node asks another (the payload of a node query).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,23 +138,38 @@ async fn ask(
         return Err("no live connection to it".into());
     }
     let Some(conn) = conn else {
-        return answer(node, query.clone()).await;
+        return match tokio::time::timeout(ASK_TIMEOUT, answer(node, query.clone())).await {
+            Ok(answered) => answered,
+            Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
+        };
     };
     let body = serde_json::to_vec(query).map_err(|e| e.to_string())?;
     match conn.query(&body, ASK_TIMEOUT).await {
-        Ok(bytes) => {
-            let mut v: Value =
-                serde_json::from_slice(&bytes).map_err(|e| format!("bad answer: {e}"))?;
-            match (v["answer"].take(), v["error"].as_str()) {
-                (_, Some(e)) => Err(e.to_owned()),
-                (Value::Null, None) => Err("an answer without a body".into()),
-                (a, None) => Ok(a),
-            }
-        }
+        Ok(bytes) => parse_answer(&bytes),
         Err(crate::Error::UnknownMessage { .. }) => {
             Err("it takes no node queries (built without the admin feature, or older)".into())
         }
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A member's answer (`{"answer": {...}}` or `{"error": "..."}`), taken
+/// only if it has that shape and is at most [`MAX_ANSWER`] bytes.
+fn parse_answer(bytes: &[u8]) -> Result<Value, String> {
+    if bytes.len() > MAX_ANSWER {
+        return Err(format!(
+            "an answer of {} bytes, over the {MAX_ANSWER} taken",
+            bytes.len()
+        ));
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("bad answer: {e}"))?;
+    let Value::Object(mut v) = v else {
+        return Err("bad answer: not an object".into());
+    };
+    match (v.remove("answer"), v.get("error").and_then(Value::as_str)) {
+        (_, Some(e)) => Err(e.to_owned()),
+        (Some(a @ Value::Object(_)), None) => Ok(a),
+        _ => Err("bad answer: no object under \"answer\"".into()),
     }
 }
 
@@ -173,22 +205,40 @@ pub(crate) async fn cluster(node: Arc<dyn Source>) -> Value {
     for (t, a) in targets.iter().zip(answers) {
         let mut m = match a {
             Ok(mut v) => {
-                for ty in v["types"].as_array().into_iter().flatten() {
-                    if let Some(name) = ty["actor"].as_str() {
-                        by_type.entry(name.to_owned()).or_default().0 +=
-                            ty["activations"].as_u64().unwrap_or(0);
+                let list = |key: &str| {
+                    v.get(key)
+                        .and_then(Value::as_array)
+                        .map(|a| &a[..a.len().min(MAX_TYPES)])
+                        .unwrap_or_default()
+                };
+                for ty in list("types") {
+                    if let Some(name) = ty.get("actor").and_then(Value::as_str) {
+                        let e = by_type.entry(name.to_owned()).or_default();
+                        e.0 = e.0.saturating_add(
+                            ty.get("activations").and_then(Value::as_u64).unwrap_or(0),
+                        );
                     }
                 }
-                for c in v["calls"].as_array().into_iter().flatten() {
-                    let Some(name) = c["actor"].as_str() else {
+                for c in list("calls") {
+                    let Some(name) = c.get("actor").and_then(Value::as_str) else {
                         continue;
                     };
                     let e = by_type.entry(name.to_owned()).or_default();
-                    e.1 += c["calls_per_s"].as_f64().unwrap_or(0.0);
-                    e.2 += c["errors_per_s"].as_f64().unwrap_or(0.0);
-                    for b in c["buckets"].as_array().into_iter().flatten() {
-                        if let (Some(up), Some(n)) = (b[0].as_u64(), b[1].as_u64()) {
-                            e.3.push((up, n));
+                    let rate = |k: &str| {
+                        c.get(k)
+                            .and_then(Value::as_f64)
+                            .filter(|r| r.is_finite() && *r >= 0.0)
+                            .unwrap_or(0.0)
+                    };
+                    e.1 += rate("calls_per_s");
+                    e.2 += rate("errors_per_s");
+                    let buckets = c.get("buckets").and_then(Value::as_array);
+                    for b in buckets.into_iter().flatten().take(super::stats::BUCKETS) {
+                        let pair = b.as_array().map(|p| (p.first(), p.get(1)));
+                        if let Some((Some(up), Some(n))) = pair {
+                            if let (Some(up), Some(n)) = (up.as_u64(), n.as_u64()) {
+                                e.3.push((up, n));
+                            }
                         }
                     }
                 }
@@ -197,8 +247,10 @@ pub(crate) async fn cluster(node: Arc<dyn Source>) -> Value {
             }
             Err(e) => json!({"node": t.node, "answered": false, "error": e}),
         };
-        m["member"] = json!(t.member);
-        m["self"] = json!(t.conn.is_none() && t.reachable);
+        if let Value::Object(fields) = &mut m {
+            fields.insert("member".into(), json!(t.member));
+            fields.insert("self".into(), json!(t.conn.is_none() && t.reachable));
+        }
         members.push(m);
     }
     let by_type: Vec<Value> = by_type
@@ -227,6 +279,9 @@ pub(crate) async fn cluster(node: Arc<dyn Source>) -> Value {
     })
 }
 
+/// The most actor types taken from one member's answer.
+const MAX_TYPES: usize = 1024;
+
 /// One actor type across the members: activations, calls/s, errors/s,
 /// and the members' buckets (`(upper_us, count)`).
 type TypeTotal = (u64, f64, f64, Vec<(u64, u64)>);
@@ -236,7 +291,7 @@ fn merge(buckets: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &(up, n) in buckets {
         match out.last_mut() {
-            Some(last) if last.0 == up => last.1 += n,
+            Some(last) if last.0 == up => last.1 = last.1.saturating_add(n),
             _ => out.push((up, n)),
         }
     }
@@ -267,11 +322,10 @@ pub(crate) async fn actor(node: Arc<dyn Source>, actor: &str, id: &str) -> Resul
     match ask(node.clone(), target.conn, target.reachable, &query).await {
         Ok(a) => {
             v["answered"] = json!(true);
-            if let Value::Object(fields) = a {
+            // The owner's account, beside (never over) the placement.
+            if let (Value::Object(fields), Value::Object(into)) = (a, &mut v) {
                 for (k, val) in fields {
-                    if !matches!(k.as_str(), "actor" | "id") {
-                        v[k] = val;
-                    }
+                    into.entry(k).or_insert(val);
                 }
             }
         }
@@ -301,15 +355,20 @@ pub(crate) async fn actors(node: Arc<dyn Source>, actor: &str, after: &str, limi
     for (t, a) in targets.iter().zip(answers) {
         match a {
             Ok(v) => {
-                more |= v["more"].as_bool().unwrap_or(false);
-                for id in v["ids"].as_array().into_iter().flatten() {
-                    if let Some(id) = id.as_str() {
-                        ids.push((id.to_owned(), t.node.clone()));
-                    }
+                more |= v.get("more").and_then(Value::as_bool).unwrap_or(false);
+                let listed = v.get("ids").and_then(Value::as_array);
+                // Ids in order after the cursor, at most `limit` of them.
+                let fit = |id: &&str| *id > after;
+                for id in listed
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .filter(fit)
+                    .take(limit)
+                {
+                    ids.push((id.to_owned(), t.node.clone()));
                 }
             }
-            // A member that does not host the type has nothing to list.
-            Err(e) if e.starts_with("this node hosts no actor type") => {}
             Err(e) => missing.push(json!({"node": t.node, "error": e})),
         }
     }
@@ -331,4 +390,39 @@ pub(crate) async fn actors(node: Arc<dyn Source>, actor: &str, after: &str, limi
         "next": next,
         "missing": missing,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a member sends back, the asker takes only the documented
+    /// shape, never panics, and says what was wrong.
+    #[test]
+    fn answers_of_the_wrong_shape_are_refused_not_panicked_on() {
+        let ok = parse_answer(br#"{"answer":{"node":"a"}}"#).unwrap();
+        assert_eq!(ok["node"], "a");
+        assert_eq!(parse_answer(br#"{"error":"busy"}"#).unwrap_err(), "busy");
+        for bad in [
+            &b"[]"[..],
+            b"1",
+            b"null",
+            br#"{"answer":1}"#,
+            br#"{"answer":[1,2]}"#,
+            br#"{}"#,
+            b"{",
+            b"",
+        ] {
+            let e = parse_answer(bad).unwrap_err();
+            assert!(e.starts_with("bad answer"), "{e}");
+        }
+        let big = vec![b' '; MAX_ANSWER + 1];
+        assert!(parse_answer(&big).unwrap_err().contains("over the"));
+    }
+
+    #[test]
+    fn merged_buckets_add_equal_bounds_and_saturate() {
+        let m = merge(&[(1, 2), (1, 3), (5, u64::MAX), (5, 1), (9, 1)]);
+        assert_eq!(m, [(1, 5), (5, u64::MAX), (9, 1)]);
+    }
 }

@@ -22,7 +22,7 @@
 //! | `/admin/cluster` | `{self, at_unix_ms, window_s, answered, members: [...], by_type: [{actor, activations, calls_per_s, errors_per_s, p50_ms, p99_ms}]}`: every member's own figures, asked over the cluster connections ([`cluster`]): each member `{node, member, answered, state (serving, draining, drained), incarnation, addr, capabilities, activations, types: [{actor, capability, activations}], calls: [{actor, calls_total, errors_total, calls_per_s, errors_per_s, p50_ms, p99_ms, buckets}]}`, or `{node, answered: false, error}`; calls are counted by the caller's node over the last 10 s (see docs/guide/07-operating.md), and `by_type` merges the members' histograms |
 //! | `/admin/actor?actor=Player&id=player-7` | where the actor lives (`capability, shard, owner`) and what its owner says of it: `{active, since_unix_ms, last_message_unix_ms, mailbox_depth, timers: [{key, every_ms, next_unix_ms, keep_alive}], stored: {version, size[, state]} or null}` (`state` only for a type granted with [`NodeBuilder::admin_state_view`](crate::NodeBuilder::admin_state_view)); `answered: false` with `error` if the owner did not answer; 404 if no member hosts the type |
 //! | `/admin/actors?actor=Player[&after=ID][&limit=N]` | `{actor, ids: [{id, node}], next, missing}`: the ids active anywhere in the cluster, in byte order, a page at a time (`limit` 1 to 1000, default 100); `next` is the next page's `after` (`null` on the last); `missing` names the members that did not answer |
-//! | `POST /admin/drain` | with `Authorization: Bearer <token>`: starts [`Node::drain`](crate::Node::drain) and answers 202 `{node, state: "draining", was}` at once; 401 without the right token, 403 if the node has none |
+//! | `POST /admin/drain` | with `Authorization: Bearer <token>`: starts [`Node::drain`](crate::Node::drain) on a task of its own, then answers 202 `{node, state, was}` (`was`: the state before; `serving` for the drain this request started); 401 without the right token (`Bearer`, any case), 403 if the node has none, 409 if it cannot drain (not clustered, shutting down) |
 //! | `/metrics` | Prometheus text format ([`prometheus`]) |
 //! | `/livez` | 200 `{"status":"ok"}`, no cluster check |
 //! | `/readyz` | 200 when the node is a member of its own membership and sees at least its `min_members` members (`NodeBuilder::min_members`), else 503; `{ready, members, min_members, serving, checks, reason}` (`reason` only when not ready) |
@@ -126,8 +126,9 @@ pub(crate) trait Source: Send + Sync + 'static {
     /// Whether `presented` is the write token (`None`: no token is set, so
     /// write actions are refused).
     fn token_matches(&self, presented: &[u8]) -> Option<bool>;
-    /// Drains the node (`Node::drain`), to its end.
-    fn drain(self: Arc<Self>) -> crate::util::BoxFuture<'static, Result<(), String>>;
+    /// Starts draining the node (`Node::drain`) on a task of its own;
+    /// returns its state before, or why it cannot drain.
+    fn start_drain(self: Arc<Self>) -> Result<&'static str, String>;
 }
 
 /// Counter: admin connections closed at once because [`Limits`]'s cap was
@@ -502,8 +503,9 @@ fn awaited<B>(node: &Weak<dyn Source>, req: &Request<B>) -> Option<Answer> {
             let presented = req
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .map(<[u8]>::to_vec);
+                .map(|v| v.as_bytes())
+                .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+                .map(|v| v[7..].to_vec());
             return ready(drain(node, presented.as_deref()));
         }
         "/admin/drain" => {
@@ -608,19 +610,17 @@ fn drain(node: &Weak<dyn Source>, presented: Option<&[u8]>) -> Response<Full<Byt
         }
     }
     let id = node.id().to_owned();
-    let before = node.summary()["state"].clone();
-    tracing::info!(node = %id, "drain asked for on the admin endpoint");
-    let drained = node.drain();
-    let who = id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = drained.await {
-            tracing::warn!(node = %who, "drain: {e}");
+    match node.start_drain() {
+        Ok(was) => {
+            tracing::info!(node = %id, was, "drain asked for on the admin endpoint");
+            let state = if was == "serving" { "draining" } else { was };
+            json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"node": id, "state": state, "was": was}),
+            )
         }
-    });
-    json(
-        StatusCode::ACCEPTED,
-        &serde_json::json!({"node": id, "state": "draining", "was": before}),
-    )
+        Err(e) => text(StatusCode::CONFLICT, format!("cannot drain: {e}\n")),
+    }
 }
 
 /// Whether `a` and `b` are equal, in time that depends on their lengths

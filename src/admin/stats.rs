@@ -6,20 +6,27 @@
 //! - **Caller side.** A call is counted on the node whose caller made it
 //!   (`mesh::call`, `Node::call`), when it completes, with the latency the
 //!   caller saw (network hop included), whatever node served it. Casts are
-//!   not counted (they have no outcome). The cluster view sums the
+//!   not counted (they have no outcome), nor calls whose caller dropped
+//!   them before the answer (their latency is unknown: a caller that
+//!   gives up with its own timeout hides that tail; mesh's own deadline,
+//!   `Call::timeout`, is an error and counted). The cluster view sums the
 //!   members' figures per actor type and merges their histograms, so its
 //!   percentiles are the cluster's, not an average of the members'.
 //! - **Cost.** Only builds with the `admin` feature record, on every call:
-//!   a lock-free read of the type list and two relaxed atomic additions
-//!   (no clock read beyond the one the call's latency metric already
-//!   makes). A build without the feature records nothing.
+//!   a lock-free read of the type list and one or two relaxed atomic
+//!   additions (no clock read beyond the one the call's latency metric
+//!   already makes). A build without the feature records nothing.
 //! - **Windows.** [`Calls::tick`] (every node's ticker calls it each
 //!   second) keeps a snapshot per second for [`WINDOW`]; a view compares
-//!   the live counts with the oldest snapshot, so rates and percentiles
-//!   cover the last ten seconds (less just after the node started).
+//!   the live counts with the oldest snapshot it keeps, so rates and
+//!   percentiles cover the last 10 to 11 seconds (less just after the
+//!   node started; `window_s` says how long). The counts are read one by
+//!   one, not at one instant: under load `errors_per_s` and `calls_per_s`
+//!   can disagree by the calls of that moment.
 //! - **Percentiles** come from log-linear buckets (four per power of two
 //!   of microseconds): a percentile is stated as its bucket's upper
-//!   bound, at most 25 % above the true value.
+//!   bound, at most 25 % above the true value (1 µs above it below 4 µs;
+//!   the last bucket is open-ended).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,8 +38,10 @@ use serde_json::{json, Value};
 /// How far back the rates and percentiles look.
 pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
-/// Four buckets per power of two of microseconds, up to 2^35 µs (9.5 h).
-const BUCKETS: usize = 36 * 4;
+/// How many buckets: four per power of two of microseconds, 1 µs wide
+/// below 4 µs; the last one (from 2^37 µs, about 38 h) takes everything
+/// above.
+pub(crate) const BUCKETS: usize = 36 * 4;
 
 /// The bucket of a latency of `us` microseconds.
 fn bucket(us: u64) -> usize {
@@ -182,9 +191,11 @@ impl Calls {
                     .buckets
                     .iter()
                     .enumerate()
-                    .map(|(i, n)| n - before.map_or(0, |b| b.buckets[i]))
+                    // Never below the snapshot: it was read before the
+                    // window's lock was released, and counts only grow.
+                    .map(|(i, n)| n.saturating_sub(before.map_or(0, |b| b.buckets[i])))
                     .collect();
-                let errors = live.errors - before.map_or(0, |b| b.errors);
+                let errors = live.errors.saturating_sub(before.map_or(0, |b| b.errors));
                 let calls: u64 = window.iter().sum();
                 let buckets: Vec<Value> = window
                     .iter()
@@ -270,8 +281,8 @@ pub(crate) fn refresh() -> u64 {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_millis() as u64);
-    COARSE.store(ms, Relaxed);
-    ms
+    // Tickers of several nodes may race: the clock never goes back.
+    COARSE.fetch_max(ms, Relaxed).max(ms)
 }
 
 /// Runs while `calls` lives: refreshes the coarse clock every

@@ -125,7 +125,7 @@ impl crate::admin::Source for NodeInner {
         json!({
             "node": &*self.id,
             "incarnation": self.incarnation,
-            "state": self.drain.as_str(),
+            "state": if self.shared.is_shutting_down() { "stopping" } else { self.drain.as_str() },
             "addr": m.get(&self.id).map(|i| i.addr.clone()),
             "capabilities": self.capabilities,
             "activations": self.catalog.actors.iter().map(|a| a.2.count()).sum::<usize>(),
@@ -183,8 +183,8 @@ impl crate::admin::Source for NodeInner {
         let key = crate::state::StateKey::new(format!("{capability}/{actor}"), id);
         let show = self.ops.state_views.contains(&actor);
         Box::pin(async move {
-            let load =
-                tokio::time::timeout(std::time::Duration::from_secs(5), store.load(&key, None));
+            let limit = crate::admin::cluster::STORE_TIMEOUT;
+            let load = tokio::time::timeout(limit, store.load(&key, None));
             v["stored"] = match load.await {
                 Ok(Ok(stored)) => {
                     let mut s = json!({
@@ -203,7 +203,9 @@ impl crate::admin::Source for NodeInner {
                     s
                 }
                 Ok(Err(e)) => json!({"error": e.to_string()}),
-                Err(_) => json!({"error": "the state store did not answer within 5 s"}),
+                Err(_) => {
+                    json!({"error": format!("the state store did not answer within {limit:?}")})
+                }
             };
             Ok(v)
         })
@@ -216,10 +218,11 @@ impl crate::admin::Source for NodeInner {
             .iter()
             .find(|a| a.2.actor_name() == actor)
         else {
-            return Err(format!("this node hosts no actor type {actor:?}"));
+            // A node that does not host the type has none of it active.
+            return Ok(json!({"node": &*self.id, "ids": [], "more": false, "hosted": false}));
         };
         let (ids, more) = acts.ids(after, limit.max(1));
-        Ok(json!({"node": &*self.id, "ids": ids, "more": more}))
+        Ok(json!({"node": &*self.id, "ids": ids, "more": more, "hosted": true}))
     }
 
     fn targets(&self) -> Vec<Target> {
@@ -279,9 +282,10 @@ impl crate::admin::Source for NodeInner {
         Some(crate::admin::constant_time_eq(token.as_bytes(), presented))
     }
 
-    fn drain(self: Arc<Self>) -> crate::util::BoxFuture<'static, Result<(), String>> {
-        let node = Node::from_inner(self);
-        Box::pin(async move { node.drain().await.map_err(|e| e.to_string()) })
+    fn start_drain(self: Arc<Self>) -> Result<&'static str, String> {
+        Node::from_inner(self)
+            .start_drain()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -293,6 +297,8 @@ pub(crate) struct Ops {
     token: Option<String>,
     /// The actor types whose stored state the views may show.
     state_views: Vec<&'static str>,
+    /// The node queries being answered.
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Ops {
@@ -310,6 +316,9 @@ impl Ops {
             calls: Arc::new(Calls::default()),
             token,
             state_views,
+            queries: Arc::new(tokio::sync::Semaphore::new(
+                crate::admin::cluster::MAX_QUERIES,
+            )),
         }
     }
 
@@ -321,16 +330,31 @@ impl Ops {
 }
 
 impl NodeInner {
-    /// Answers a node query from a peer (see `admin::cluster`), in a task.
+    /// Answers a node query from a peer (see `admin::cluster`), in a task:
+    /// at most `MAX_QUERIES` at once (beyond, "busy" at once), each within
+    /// the asker's deadline.
     pub(crate) fn answer_query(
         self: Arc<Self>,
         payload: Vec<u8>,
         reply: crate::transport::Responder,
     ) {
+        let Ok(permit) = self.ops.queries.clone().try_acquire_owned() else {
+            let busy = serde_json::json!({"error": "busy: too many node queries at once"});
+            return reply.send(Ok(busy.to_string().into_bytes()));
+        };
+        // Answered already (it cannot be): nobody waits.
+        let Some(deadline) = reply.deadline() else {
+            return;
+        };
         let me: Arc<dyn crate::admin::Source> = self;
         tokio::spawn(async move {
-            let answer = crate::admin::cluster::answer_bytes(me, payload).await;
-            reply.send(Ok(answer));
+            let _permit = permit;
+            let answer = crate::admin::cluster::answer_bytes(me, payload);
+            let mut reply = reply;
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(bytes) => reply.send(Ok(bytes)),
+                Err(_) => reply.time_out(),
+            }
         });
     }
 }

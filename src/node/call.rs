@@ -184,7 +184,7 @@ impl<A: Handler<M>, M: Message> Future for CallFuture<'_, A, M> {
                 Ok(Sent::Remote(fut)) => this.remote = Some(fut),
                 Err(e) => {
                     #[cfg(feature = "admin")]
-                    record_call(this.via, A::NAME, now.elapsed(), false);
+                    record_call(this.via, A::NAME, std::time::Duration::ZERO, false);
                     let result = Err(e.in_call(A::NAME, this.id, M::NAME));
                     metrics.call_done(&result);
                     return Poll::Ready(result);

@@ -139,48 +139,64 @@ pub(crate) struct NodeInner {
 }
 
 /// Where a node is in [`Node::drain`]: serving, draining (its peers route
-/// around it, its activations finish), drained.
+/// around it, its activations finish), drained (with what was pending if
+/// it timed out).
 #[derive(Debug)]
-pub(crate) struct DrainState(tokio::sync::watch::Sender<u8>);
+pub(crate) struct DrainState(tokio::sync::watch::Sender<Drain>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Drain {
+    Serving,
+    Draining,
+    /// `Some`: what was still pending at the shutdown timeout.
+    Drained(Option<String>),
+}
 
 impl Default for DrainState {
     fn default() -> Self {
-        DrainState(tokio::sync::watch::Sender::new(Self::SERVING))
+        DrainState(tokio::sync::watch::Sender::new(Drain::Serving))
     }
 }
 
 impl DrainState {
-    const SERVING: u8 = 0;
-    const DRAINING: u8 = 1;
-    const DRAINED: u8 = 2;
-
-    /// `serving`, `draining` or `drained`.
+    /// `serving`, `draining`, `drained` or `drain timed out`.
     pub(crate) fn as_str(&self) -> &'static str {
-        match *self.0.borrow() {
-            Self::SERVING => "serving",
-            Self::DRAINING => "draining",
-            _ => "drained",
+        match &*self.0.borrow() {
+            Drain::Serving => "serving",
+            Drain::Draining => "draining",
+            Drain::Drained(None) => "drained",
+            Drain::Drained(Some(_)) => "drain timed out",
         }
     }
 
     /// Moves to draining; false if it was not serving.
     fn begin(&self) -> bool {
         self.0.send_if_modified(|s| {
-            let serving = *s == Self::SERVING;
+            let serving = *s == Drain::Serving;
             if serving {
-                *s = Self::DRAINING;
+                *s = Drain::Draining;
             }
             serving
         })
     }
 
-    fn done(&self) {
-        self.0.send_replace(Self::DRAINED);
+    fn done(&self, pending: Option<String>) {
+        self.0.send_replace(Drain::Drained(pending));
     }
 
-    /// Resolves once the drain has ended.
-    async fn ended(&self) {
-        let _ = self.0.subscribe().wait_for(|s| *s == Self::DRAINED).await;
+    /// Resolves once the drain has ended: what was pending if it timed
+    /// out.
+    async fn ended(&self) -> Option<String> {
+        let mut rx = self.0.subscribe();
+        let ended = match rx.wait_for(|s| matches!(s, Drain::Drained(_))).await {
+            Ok(s) => match &*s {
+                Drain::Drained(pending) => pending.clone(),
+                _ => None,
+            },
+            // The sender lives in the node, which this waits on: not gone.
+            Err(_) => None,
+        };
+        ended
     }
 }
 
@@ -425,11 +441,24 @@ impl Node {
     /// One way: a drained node does not take shards again (its peers took
     /// this run of it, its incarnation, for gone); restart it to serve
     /// again, which is what maintenance does. [`Node::shutdown`] after it
-    /// is the usual end. Calling it again is harmless: the second call
-    /// returns `Ok` once the activations have ended. A node that is not
+    /// is the usual end. Calling it again is harmless: every call waits
+    /// for the one drain and returns its outcome. A node that is not
     /// clustered has nobody to hand off to: [`Error::Start`] with
     /// [`crate::StartError::InvalidSetting`] naming `Node::drain`.
+    ///
+    /// Cancel: the drain runs on its own task, started before the first
+    /// await; dropping this future stops the waiting, not the drain.
     pub async fn drain(&self) -> Result<(), Error> {
+        self.start_drain()?;
+        match self.inner.drain.ended().await {
+            None => Ok(()),
+            Some(pending) => Err(Error::ShutdownTimeout { pending }),
+        }
+    }
+
+    /// Starts [`Node::drain`] on a task of its own, unless it is under way
+    /// or done; returns at once, with the state as it was before.
+    pub(crate) fn start_drain(&self) -> Result<&'static str, Error> {
         let inner = &self.inner;
         if inner.cluster.is_none() {
             return Err(Error::Start(crate::StartError::invalid(
@@ -440,29 +469,32 @@ impl Node {
         if inner.shared.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
+        let was = inner.drain.as_str();
         if !inner.drain.begin() {
-            // Draining already: wait for that one to end.
-            inner.drain.ended().await;
-            return Ok(());
+            return Ok(was);
         }
-        tracing::info!(node = %inner.id, "draining: leaving the routing, handing off the activations");
-        cluster::leave::announce(&self.inner).await;
-        inner.hand_off_all();
-        let drained = cluster::leave::drain(&self.inner, inner.shutdown_timeout).await;
-        inner.drain.done();
-        match drained {
-            Ok(()) => {
-                tracing::info!(node = %inner.id, "drained: no activation left, still connected");
-                Ok(())
+        let node = self.inner.clone();
+        tokio::spawn(async move {
+            tracing::info!(node = %node.id, "draining: leaving the routing, handing off the activations");
+            cluster::leave::announce(&node).await;
+            node.hand_off_all();
+            match cluster::leave::drain(&node, node.shutdown_timeout).await {
+                Ok(()) => {
+                    tracing::info!(node = %node.id, "drained: no activation left, still connected");
+                    node.drain.done(None);
+                }
+                Err(pending) => {
+                    tracing::warn!(node = %node.id, "drain timed out in {pending}");
+                    node.drain.done(Some(pending));
+                }
             }
-            Err(pending) => {
-                tracing::warn!(node = %inner.id, "drain timed out in {pending}");
-                Err(Error::ShutdownTimeout { pending })
-            }
-        }
+        });
+        Ok(was)
     }
 
-    /// `serving`, `draining` or `drained` (see [`Node::drain`]).
+    /// `serving`, `draining`, `drained` (see [`Node::drain`]), or
+    /// `drain timed out` (its activations did not end within the shutdown
+    /// timeout; the node still routes around itself).
     pub fn drain_state(&self) -> &'static str {
         self.inner.drain.as_str()
     }

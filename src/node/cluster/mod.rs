@@ -197,14 +197,19 @@ impl Cluster {
             .collect()
     }
 
-    /// One open connection to each connected peer, sealed ones included
-    /// (the admin views ask peers that left the routing about themselves).
+    /// One open connection to each connected peer, the carrier if it has
+    /// one, else a sealed or retiring one (the admin views ask peers that
+    /// left the routing about themselves).
     #[cfg(feature = "admin")]
     pub(crate) fn open_connections(&self) -> Vec<Connection> {
         self.view
             .load()
             .values()
-            .filter_map(|conns| conns.iter().find(|c| !c.is_closed()).cloned())
+            .filter_map(|conns| {
+                peers::carrier(conns)
+                    .or_else(|| conns.iter().find(|c| !c.is_closed()))
+                    .cloned()
+            })
             .collect()
     }
 

@@ -75,8 +75,9 @@ pub trait Inbound: Send + Sync + 'static {
         let _ = from;
         ack.send();
     }
-    /// The peer retires `conn` (a `Retire` frame): send no new request on
-    /// it, then `ack` (dropped, it answers too). The peer answers what is
+    /// The peer retires `conn` (a `Retire` frame): send no new routed
+    /// call on it (a node query may still go, on the connection the asker
+    /// found), then `ack` (dropped, it answers too). The peer answers what is
     /// in flight, then closes. The default seals it and acks (the ack goes
     /// out after every call that passed the seal check: [`Connection::seal`]).
     fn retire(&self, conn: Connection, ack: Ack) {
@@ -654,7 +655,9 @@ impl Connection {
     /// `timeout` for its answer. Sent on a sealed connection too: the seal
     /// keeps calls routed by the ring from a peer that left, and a
     /// question to that peer about itself is not routed (the cluster view
-    /// asks draining peers).
+    /// asks draining peers). On a connection the peer retires it may fail
+    /// (`NodeDown`) once the peer closed it; the asker says so and asks
+    /// again at its next view, on the connection then carrying calls.
     #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) async fn query(&self, body: &[u8], timeout: Duration) -> Result<Bytes, Error> {
         let call = wire::CallFrameRef {
@@ -757,8 +760,9 @@ impl Connection {
 
     /// Sends no new call on this connection from now on: a call made on
     /// it comes back as never sent (routed elsewhere by the node), or
-    /// `NodeDown` through [`Connection::call`]. Pings, casts and answers
-    /// still go out.
+    /// `NodeDown` through [`Connection::call`]. Pings, casts, answers and
+    /// node queries ([`Connection::query`]: a question to the peer about
+    /// itself, never routed) still go out.
     ///
     /// Returns at once, without waiting for the calls already past the
     /// check (a few instructions without an await from their enqueue):
