@@ -761,7 +761,7 @@ impl Connection {
     /// Sends no new call on this connection from now on: a call made on
     /// it comes back as never sent (routed elsewhere by the node), or
     /// `NodeDown` through [`Connection::call`]. Pings, casts, answers and
-    /// node queries ([`Connection::query`]: a question to the peer about
+    /// node queries (a question to the peer about
     /// itself, never routed) still go out.
     ///
     /// Returns at once, without waiting for the calls already past the
