@@ -164,29 +164,13 @@ pub(super) fn shards(node: &dyn Source, only: Option<&str>) -> Option<Value> {
 /// type this node does not host or a capability no member hosts.
 pub(super) fn placement(node: &dyn Source, actor: &str, id: &str) -> Result<Value, String> {
     let types = node.activations_by_type();
-    let Some(&(name, capability, _)) = types.iter().find(|(t, _, _)| *t == actor) else {
+    if !types.iter().any(|(t, _, _)| *t == actor) {
         let known: Vec<&str> = types.iter().map(|t| t.0).collect();
         return Err(format!(
             "unknown actor type {actor:?}: this node hosts {known:?}\n"
         ));
-    };
-    let routing = node.routing();
-    let key = crate::ring::actor_key(capability, name);
-    let Some(table) = routing.actor(key, crate::ring::capability_key(capability)) else {
-        return Err(format!(
-            "no member hosts {name} (capability {capability:?})\n"
-        ));
-    };
-    let shard = crate::ring::shard(id);
-    let owner = table.owner(shard);
-    Ok(json!({
-        "actor": name,
-        "id": id,
-        "capability": capability,
-        "shard": shard,
-        "owner": owner,
-        "local": owner == node.id(),
-    }))
+    }
+    locate(node, actor, id)
 }
 
 /// Where actor `id` of type `actor` lives, by any member's account of the
