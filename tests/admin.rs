@@ -214,33 +214,16 @@ async fn the_json_views_show_members_shards_and_activations() {
     }
 }
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// The page's DOM after its script polled for a (virtual) 3 seconds.
+/// The page's DOM after its script polled for a (virtual) 3 seconds, in
+/// headless Chromium ([`mesh_testkit::chromium`]).
 async fn dump_dom(url: String) -> String {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: the page test needs a real headless Chromium \
-         (apt-get install chromium; scripts/test.sh installs it)"
-    );
     tokio::task::spawn_blocking(move || {
         let profile = std::env::temp_dir().join(format!(
             "mesh-admin-chromium-{}-{}",
             std::process::id(),
             url.len() + url.as_ptr() as usize % 1000
         ));
-        let out = std::process::Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+        let out = mesh_testkit::chromium(&profile)
             .args(["--virtual-time-budget=3000", "--dump-dom", &url])
             .output()
             .expect("run chromium");

@@ -139,6 +139,34 @@ pub fn require(tool: &str, package: &str) {
     );
 }
 
+/// Debian's Chromium, which the suites that render a page run headless.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A headless Chromium command with the suites' flags and the profile
+/// directory `profile` (its own per run); the caller adds what to do
+/// (`--dump-dom URL`, `--screenshot=...`). Panics, saying what to install,
+/// when Chromium is missing: those suites fail, never skip.
+pub fn chromium(profile: &std::path::Path) -> std::process::Command {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install it (apt-get install -y chromium; scripts/test.sh installs it)"
+    );
+    let mut cmd = std::process::Command::new(CHROMIUM);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
 /// Panics, saying how to install it, when HAProxy is missing: the sidecar
 /// suites fail, never skip.
 pub fn require_haproxy() {

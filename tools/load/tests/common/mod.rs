@@ -98,30 +98,12 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// Debian's Chromium.
-pub const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs headless Chromium with `args` and a profile of its own (2 minutes
-/// at most). Fails, saying so, when Chromium is missing: never skipped.
+/// Runs headless Chromium ([`mesh_testkit::chromium`]) with `args` and a
+/// profile of its own (2 minutes at most). Fails, saying so, when Chromium
+/// is missing: never skipped.
 pub fn chromium(args: &[&str], profile: &Path) -> Output {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install it (`apt-get install -y chromium` on Debian) to run the HTML report tests"
-    );
-    let mut cmd = Command::new(CHROMIUM);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .args(args);
+    let mut cmd = mesh_testkit::chromium(profile);
+    cmd.args(args);
     run_limited(cmd, Duration::from_secs(120))
 }
 
